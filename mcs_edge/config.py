@@ -1,0 +1,757 @@
+"""``edge.toml`` -> one frozen, validated configuration tree.
+
+Theory of operation
+-------------------
+Every section of the file is a frozen dataclass below. Each field carries, in its metadata, a
+*converter*: a function ``(value, path) -> typed value`` that raises :class:`ConfigError` naming the
+key path (``tenants[2].backend_sip``) and the reason. :func:`load` walks the TOML tables against
+these dataclasses, rejects unknown keys, applies defaults (which live only here, in the schema),
+collects *every* error, then runs the cross-field checks (unique tenant ids and domains, at most
+250 tenants, default tenant exists, ACME settings present when a tenant uses ACME...). The result is
+immutable: a reload builds a new :class:`EdgeConfig` and swaps it whole.
+
+Adding a key is one field with a converter and a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from mcs_edge.errors import ConfigError, ConfigErrors
+
+__all__ = [
+    "MAX_TENANTS",
+    "AcmeConfig",
+    "AdminConfig",
+    "Backend",
+    "EdgeConfig",
+    "EdgeSection",
+    "HostPort",
+    "LimitsConfig",
+    "ListenConfig",
+    "MediaConfig",
+    "ShapingConfig",
+    "SipConfig",
+    "TenantConfig",
+    "TlsConfig",
+    "embedded_default",
+    "load",
+    "loads",
+    "parse_host_port",
+]
+
+MAX_TENANTS = 250
+
+T = TypeVar("T")
+Converter = Callable[[Any, str], Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Value types
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A ``host:port`` address; ``host`` is an IP literal or a DNS name (no brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A tenant's PBX: ``transport`` is ``udp``, ``tcp`` or ``tls``."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{HostPort(self.host, self.port)}"
+
+
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_TENANT_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_host_port(text: str, path: str = "", allow_zero: bool = False) -> HostPort:
+    """Parse ``host:port`` / ``[v6]:port``; raise :class:`ConfigError` naming ``path``.
+
+    ``allow_zero`` admits port 0 (listeners only: "any free port", used by tests).
+    """
+    if not isinstance(text, str) or not text:
+        raise ConfigError(path, f"{text!r} is not a host:port address")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ConfigError(path, f"{text!r} is not a [IPv6]:port address")
+        host, port_text = text[1:end], text[end + 2 :]
+        if not _is_ip(host) or ":" not in host:
+            raise ConfigError(path, f"{host!r} is not an IPv6 address")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(path, f"{text!r} is not a host:port address (missing port)")
+        if ":" in host:
+            raise ConfigError(path, f"{text!r}: write IPv6 addresses as [addr]:port")
+        if not (_is_ip(host) or _HOSTNAME_RE.match(host)):
+            raise ConfigError(path, f"{host!r} is not a valid host name or IP address")
+    if not port_text.isdigit():
+        raise ConfigError(path, f"{text!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ConfigError(path, f"{text!r}: port {port} out of range 1-65535")
+    return HostPort(host, port)
+
+
+# ---------------------------------------------------------------------------------------------
+# Converters
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+
+
+def c_str(max_len: int = 4096, pattern: re.Pattern[str] | None = None, what: str = "") -> Converter:
+    def conv(value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {_type_name(value)}")
+        if len(value) > max_len:
+            raise ConfigError(path, f"longer than {max_len} characters")
+        if pattern is not None and not pattern.match(value):
+            raise ConfigError(path, f"{value!r} is not {what or 'valid'}")
+        return value
+
+    return conv
+
+
+def c_secret(min_len: int = 8) -> Converter:
+    def conv(value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {_type_name(value)}")
+        if len(value) < min_len:
+            # never echo the secret itself
+            raise ConfigError(path, f"too short: at least {min_len} characters")
+        return value
+
+    return conv
+
+
+def c_int(lo: int | None = None, hi: int | None = None) -> Converter:
+    def conv(value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {_type_name(value)}")
+        if lo is not None and value < lo:
+            raise ConfigError(path, f"{value} is below the minimum {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(path, f"{value} is above the maximum {hi}")
+        return value
+
+    return conv
+
+
+def c_float(lo: float | None = None, hi: float | None = None) -> Converter:
+    def conv(value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, f"expected a number, got {_type_name(value)}")
+        if value != value:  # NaN
+            raise ConfigError(path, "NaN is not a number")
+        if lo is not None and value < lo:
+            raise ConfigError(path, f"{value} is below the minimum {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(path, f"{value} is above the maximum {hi}")
+        return float(value)
+
+    return conv
+
+
+def c_bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def c_enum(*choices: str) -> Converter:
+    def conv(value: Any, path: str) -> str:
+        if value not in choices:
+            raise ConfigError(path, f"{value!r} is not one of {', '.join(repr(c) for c in choices)}")
+        return str(value)
+
+    return conv
+
+
+def c_addr(value: Any, path: str) -> HostPort:
+    return parse_host_port(value, path)
+
+
+def c_listen_opt(value: Any, path: str) -> HostPort | None:
+    """An optional listener: ``"off"`` (or ``""``) disables it."""
+    if value in ("", "off"):
+        return None
+    return c_listen(value, path)
+
+
+def c_listen(value: Any, path: str) -> HostPort:
+    hp = parse_host_port(value, path, allow_zero=True)
+    if not _is_ip(hp.host):
+        raise ConfigError(path, f"{hp.host!r}: listen on an IP address, not a name")
+    return hp
+
+
+def c_ip(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not _is_ip(value):
+        raise ConfigError(path, f"{value!r} is not an IP address")
+    return str(ipaddress.ip_address(value))
+
+
+def c_network(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a CIDR string, got {_type_name(value)}")
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ConfigError(path, f"{value!r} is not a network in CIDR form ({exc})") from None
+
+
+def c_backend(value: Any, path: str) -> Backend:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected 'udp:|tcp:|tls:host:port', got {_type_name(value)}")
+    transport, sep, rest = value.partition(":")
+    if not sep or transport not in ("udp", "tcp", "tls"):
+        raise ConfigError(path, f"{value!r} must start with udp:, tcp: or tls:")
+    hp = parse_host_port(rest, path)
+    return Backend(transport, hp.host, hp.port)
+
+
+def c_http_url(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a URL, got {_type_name(value)}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(path, f"{value!r} is not an http:// or https:// URL")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(path, f"{value!r} has an invalid port") from None
+    if port == 0:
+        raise ConfigError(path, f"{value!r} has an invalid port")
+    return value
+
+
+def c_origin(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected an origin URL, got {_type_name(value)}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(path, f"{value!r} is not an origin like https://host[:port]")
+    return value.rstrip("/").lower()
+
+
+def _norm_domain(value: str) -> str:
+    return value.rstrip(".").lower()
+
+
+def c_domain(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a domain name, got {_type_name(value)}")
+    name = _norm_domain(value)
+    bare = name[2:] if name.startswith("*.") else name
+    if "*" in bare:
+        raise ConfigError(path, f"{value!r}: a wildcard is allowed only as the whole first label ('*.x.y')")
+    if name.startswith("*.") and "." not in bare:
+        raise ConfigError(path, f"{value!r}: a wildcard needs at least two labels after '*.'")
+    if not _HOSTNAME_RE.match(bare) and not _is_ip(bare):
+        raise ConfigError(path, f"{value!r} is not a valid domain name")
+    return name
+
+
+def c_path(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, "expected a non-empty path string")
+    if "\x00" in value:
+        raise ConfigError(path, "contains a NUL character")
+    return value
+
+
+def c_url_prefix(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not re.match(r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$", value):
+        raise ConfigError(path, f"{value!r} is not a URL path prefix like '/rossi'")
+    return value
+
+
+def c_list(item: Converter, min_len: int = 0, max_len: int = 10_000) -> Converter:
+    def conv(value: Any, path: str) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected an array, got {_type_name(value)}")
+        if len(value) < min_len:
+            raise ConfigError(path, f"needs at least {min_len} item(s)")
+        if len(value) > max_len:
+            raise ConfigError(path, f"has {len(value)} items, at most {max_len} allowed")
+        return tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+    return conv
+
+
+def c_port_range(value: Any, path: str) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ConfigError(path, "expected [first, last], two port numbers")
+    lo, hi = (c_int(1024, 65535)(v, f"{path}[{i}]") for i, v in enumerate(value))
+    if lo > hi:
+        raise ConfigError(path, f"first port {lo} is above last port {hi}")
+    if hi - lo + 1 < 4:
+        raise ConfigError(path, "the range must hold at least 4 ports")
+    return (lo, hi)
+
+
+def f(
+    conv: Converter, default: Any = MISSING, *, factory: Callable[[], Any] | None = None, doc: str = ""
+) -> Any:
+    """A schema field: its converter, its default (none = required) and a one-line doc."""
+    meta = {"conv": conv, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type[T]) -> Converter:
+    def conv(value: Any, path: str) -> T:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a table, got {_type_name(value)}")
+        errors: list[ConfigError] = []
+        result = _build(cls, value, path, errors)
+        if errors:
+            raise ConfigErrors(errors)
+        assert result is not None
+        return result
+
+    return conv
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "mcs-edge")
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSection:
+    public_address: str = f(c_ip, "127.0.0.1", doc="what clients are told (Record-Route/Path, SDP c=, ICE)")
+    backend_address: str = f(c_ip, "127.0.0.1", doc="our address as the PBXs see it")
+    state_dir: str = f(c_path, factory=_default_state_dir, doc="generated keys/certs, ACME account, state")
+    workers: int = f(c_int(1, 64), 1, doc="reactor processes")
+    name: str = f(c_str(64), "mcs-edge", doc="product token in Server/User-Agent headers")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    https: HostPort = f(c_listen, HostPort("127.0.0.1", 8443), doc="TLS: SIP over WebSocket + HTTPS")
+    sip_tls: HostPort | None = f(c_listen_opt, HostPort("127.0.0.1", 5061), doc="SIP over TLS (mobile app)")
+    backend_sip: HostPort = f(c_listen, HostPort("127.0.0.1", 5070), doc="UDP and TCP toward the PBXs")
+    admin: HostPort = f(c_listen, HostPort("127.0.0.1", 9090), doc="admin API, /metrics, /health")
+    http: HostPort | None = f(c_listen_opt, None, doc="plain HTTP: ACME HTTP-01 and redirects (optional)")
+    turn: HostPort | None = f(c_listen_opt, None, doc="STUN/TURN over UDP and TCP (optional)")
+    turns: HostPort | None = f(c_listen_opt, None, doc="dedicated TURN over TLS port (optional)")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    token: str | None = f(c_secret(16), None, doc="bearer token; generated into state_dir when absent")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    min_version: str = f(c_enum("1.2", "1.3"), "1.2")
+    unknown_sni: str = f(c_enum("reject", "default"), "reject")
+    default_tenant: str | None = f(c_str(32, _TENANT_ID_RE, "a tenant id"), None)
+    reload_interval: float = f(
+        c_float(0, 86400), 30.0, doc="seconds between certificate file checks; 0 = off"
+    )
+    handshake_timeout: float = f(c_float(1, 300), 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    directory: str | None = f(c_http_url, None)
+    email: str | None = f(c_str(254, re.compile(r"^[^@\s]+@[^@\s]+$"), "an e-mail address"), None)
+    challenge: str = f(c_enum("tls-alpn-01", "http-01"), "tls-alpn-01")
+    ca_bundle: str = f(c_str(4096), "")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    ports: tuple[int, int] = f(c_port_range, (10000, 20000))
+    idle_timeout: float = f(c_float(1, 3600), 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ShapingConfig:
+    rate: int = f(c_int(1000, 1_000_000_000), 60000, doc="bytes/s per connection and per media leg")
+    burst: int = f(c_int(1500, 1_000_000_000), 120000, doc="bucket depth in bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantShapingConfig:
+    rate: int | None = f(c_int(1000, 1_000_000_000), None)
+    burst: int | None = f(c_int(1500, 1_000_000_000), None)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_connections: int = f(c_int(1, 1_000_000), 2000)
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    max_message_size: int = f(c_int(1024, 1_048_576), 65536)
+    keepalive_timeout: float = f(c_float(10, 86400), 120.0, doc="close a client connection silent this long")
+    t1: float = f(c_float(0.05, 10), 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    id: str = f(c_str(32, _TENANT_ID_RE, "a tenant id ([a-z0-9-]{1,32})"))
+    domains: tuple[str, ...] = f(c_list(c_domain, 1, 100))
+    backend_sip: Backend = f(c_backend)
+    backend_http: str | None = f(c_http_url, None)
+    path_prefix: str | None = f(c_url_prefix, None, doc="URL path prefix routed to this tenant")
+    media: str = f(c_enum("bridge", "bridge-sdes", "passthrough"), "bridge")
+    path: bool = f(c_bool, True)
+    certificate: str = f(c_enum("files", "acme", "self-signed"), "files")
+    cert_file: str | None = f(c_path, None, doc="default certs/<id>/fullchain.pem")
+    key_file: str | None = f(c_path, None, doc="default certs/<id>/privkey.pem")
+    allowed_origins: tuple[str, ...] = f(c_list(c_origin), ())
+    turn_secret: str | None = f(c_secret(16), None)
+    turn_peers: tuple[str, ...] = f(c_list(c_network), ())
+    echo: bool = f(c_bool, False)
+    shaping: TenantShapingConfig = f(section(TenantShapingConfig), factory=TenantShapingConfig)
+    limits: LimitsConfig = f(section(LimitsConfig), factory=LimitsConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    edge: EdgeSection = f(section(EdgeSection), factory=EdgeSection)
+    listen: ListenConfig = f(section(ListenConfig), factory=ListenConfig)
+    admin: AdminConfig = f(section(AdminConfig), factory=AdminConfig)
+    tls: TlsConfig = f(section(TlsConfig), factory=TlsConfig)
+    acme: AcmeConfig = f(section(AcmeConfig), factory=AcmeConfig)
+    media: MediaConfig = f(section(MediaConfig), factory=MediaConfig)
+    shaping: ShapingConfig = f(section(ShapingConfig), factory=ShapingConfig)
+    sip: SipConfig = f(section(SipConfig), factory=SipConfig)
+    tenants: tuple[TenantConfig, ...] = f(c_list(section(TenantConfig)), ())
+    # Where the file was read from (relative paths in it are resolved against its folder).
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    # -- derived helpers ------------------------------------------------------------------
+    def tenant(self, tenant_id: str) -> TenantConfig | None:
+        for t in self.tenants:
+            if t.id == tenant_id:
+                return t
+        return None
+
+    def resolve(self, path: str) -> str:
+        """Resolve a path from the file against the file's folder."""
+        p = Path(os.path.expanduser(path))
+        return str(p if p.is_absolute() else Path(self.base_dir) / p)
+
+    @property
+    def state_dir(self) -> str:
+        return self.resolve(self.edge.state_dir)
+
+    def tenant_rate(self, tenant: TenantConfig) -> tuple[int, int]:
+        """Effective (rate, burst) of one connection/leg of ``tenant``."""
+        return (
+            tenant.shaping.rate if tenant.shaping.rate is not None else self.shaping.rate,
+            tenant.shaping.burst if tenant.shaping.burst is not None else self.shaping.burst,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loader
+# ---------------------------------------------------------------------------------------------
+
+
+def _build(cls: type[T], table: Mapping[str, Any], path: str, errors: list[ConfigError]) -> T | None:
+    assert is_dataclass(cls)
+    known = {fl.name: fl for fl in fields(cls) if not fl.metadata.get("internal")}
+    for key in table:
+        if key not in known:
+            errors.append(ConfigError(_join(path, key), "unknown key"))
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for name, fl in known.items():
+        sub = _join(path, name)
+        if name in table:
+            try:
+                kwargs[name] = fl.metadata["conv"](table[name], sub)
+            except ConfigErrors as exc:
+                errors.extend(exc.errors)
+                ok = False
+            except ConfigError as exc:
+                errors.append(exc)
+                ok = False
+        elif fl.default is MISSING and fl.default_factory is MISSING:
+            errors.append(ConfigError(sub, "required key is missing"))
+            ok = False
+    if not ok:
+        return None
+    return cls(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    if len(cfg.tenants) > MAX_TENANTS:
+        errors.append(ConfigError("tenants", f"{len(cfg.tenants)} tenants, at most {MAX_TENANTS} allowed"))
+    seen_ids: dict[str, int] = {}
+    seen_domains: dict[str, str] = {}
+    seen_prefixes: dict[str, str] = {}
+    for i, t in enumerate(cfg.tenants):
+        if t.id in seen_ids:
+            errors.append(
+                ConfigError(
+                    f"tenants[{i}].id", f"duplicate tenant id {t.id!r} (also tenants[{seen_ids[t.id]}])"
+                )
+            )
+        seen_ids.setdefault(t.id, i)
+        for j, d in enumerate(t.domains):
+            owner = seen_domains.get(d)
+            if owner is not None:
+                where = "this tenant" if owner == t.id else f"tenant {owner!r}"
+                errors.append(
+                    ConfigError(f"tenants[{i}].domains[{j}]", f"domain {d!r} already belongs to {where}")
+                )
+            else:
+                seen_domains[d] = t.id
+        if t.path_prefix is not None:
+            other = seen_prefixes.get(t.path_prefix)
+            if other is not None:
+                errors.append(
+                    ConfigError(f"tenants[{i}].path_prefix", f"{t.path_prefix!r} is used by tenant {other!r}")
+                )
+            seen_prefixes.setdefault(t.path_prefix, t.id)
+        if t.certificate == "acme" and not cfg.acme.directory:
+            errors.append(ConfigError(f"tenants[{i}].certificate", "'acme' needs acme.directory to be set"))
+        if (t.cert_file is None) != (t.key_file is None):
+            errors.append(ConfigError(f"tenants[{i}].cert_file", "cert_file and key_file go together"))
+        if t.certificate != "files" and t.cert_file is not None:
+            errors.append(
+                ConfigError(
+                    f"tenants[{i}].cert_file", f"only used with certificate = 'files', not {t.certificate!r}"
+                )
+            )
+        _rate, burst = cfg.tenant_rate(t)
+        if burst < 1500:
+            errors.append(
+                ConfigError(f"tenants[{i}].shaping.burst", "must be at least 1500 bytes (one packet)")
+            )
+    if cfg.shaping.burst < 1500:
+        errors.append(ConfigError("shaping.burst", "must be at least 1500 bytes"))
+    if cfg.tls.unknown_sni == "default":
+        if cfg.tls.default_tenant is None:
+            errors.append(ConfigError("tls.default_tenant", "required when tls.unknown_sni = 'default'"))
+        elif cfg.tls.default_tenant not in seen_ids:
+            errors.append(ConfigError("tls.default_tenant", f"no tenant with id {cfg.tls.default_tenant!r}"))
+    elif cfg.tls.default_tenant is not None and cfg.tls.default_tenant not in seen_ids:
+        errors.append(ConfigError("tls.default_tenant", f"no tenant with id {cfg.tls.default_tenant!r}"))
+    if (
+        cfg.acme.challenge == "http-01"
+        and cfg.listen.http is None
+        and any(t.certificate == "acme" for t in cfg.tenants)
+    ):
+        errors.append(ConfigError("listen.http", "required for acme.challenge = 'http-01'"))
+    # listeners must not collide (same port on the same IP for the same socket type)
+    tcp: dict[tuple[str, int], str] = {}
+    for name in ("https", "sip_tls", "backend_sip", "admin", "http", "turn", "turns"):
+        hp = getattr(cfg.listen, name)
+        if hp is None or hp.port == 0:
+            continue
+        key = (hp.host, hp.port)
+        if key in tcp:
+            errors.append(ConfigError(f"listen.{name}", f"{hp} is already used by listen.{tcp[key]}"))
+        else:
+            tcp[key] = name
+    lo, hi = cfg.media.ports
+    for (_host, port), listener in tcp.items():
+        if lo <= port <= hi and listener in ("backend_sip", "turn"):
+            errors.append(ConfigError(f"listen.{listener}", f"port {port} lies inside media.ports {lo}-{hi}"))
+    if (hi - lo + 1) < 4 * cfg.edge.workers:
+        errors.append(ConfigError("media.ports", f"too few ports for {cfg.edge.workers} workers"))
+    return errors
+
+
+def loads(text: str, base_dir: str = ".") -> EdgeConfig:
+    """Parse and validate TOML text; raise :class:`ConfigErrors` listing every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigErrors([ConfigError("", f"not valid TOML: {exc}")]) from None
+    return from_mapping(data, base_dir)
+
+
+def from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> EdgeConfig:
+    """Validate an already-parsed mapping (the admin API uses this for edits)."""
+    errors: list[ConfigError] = []
+    cfg = _build(EdgeConfig, data, "", errors)
+    if cfg is None or errors:
+        raise ConfigErrors(errors)
+    cfg = _replace_base(cfg, base_dir)
+    errors = _cross_checks(cfg)
+    if errors:
+        raise ConfigErrors(errors)
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> EdgeConfig:
+    """Read and validate ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigErrors([ConfigError("", f"cannot read {str(p)!r}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigErrors([ConfigError("", f"{str(p)!r} is not UTF-8 text")]) from None
+    return loads(text, str(p.resolve().parent))
+
+
+def _replace_base(cfg: EdgeConfig, base_dir: str) -> EdgeConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, base_dir=base_dir)
+
+
+def to_mapping(obj: Any) -> Any:
+    """The inverse of :func:`from_mapping`: a TOML-ready mapping of explicit values."""
+    if isinstance(obj, HostPort | Backend):
+        return str(obj)
+    if _is_section(obj):
+        out: dict[str, Any] = {}
+        for fl in fields(obj):
+            if fl.metadata.get("internal"):
+                continue
+            value = getattr(obj, fl.name)
+            if value is None:
+                continue
+            out[fl.name] = to_mapping(value)
+        return out
+    if isinstance(obj, HostPort | Backend):
+        return str(obj)
+    if isinstance(obj, tuple | list):
+        return [to_mapping(v) for v in obj]
+    return obj
+
+
+EMBEDDED_DEFAULT = """\
+# The embedded default: one demo tenant on localhost, loopback listeners only,
+# development certificates generated into the state directory on first start.
+[edge]
+public_address = "127.0.0.1"
+backend_address = "127.0.0.1"
+
+[listen]
+https = "127.0.0.1:8443"
+sip_tls = "127.0.0.1:5061"
+backend_sip = "127.0.0.1:5070"
+admin = "127.0.0.1:9090"
+turn = "127.0.0.1:3478"
+
+[tls]
+unknown_sni = "default"
+default_tenant = "demo"
+
+[media]
+ports = [40000, 40999]
+
+[[tenants]]
+id = "demo"
+domains = ["localhost", "127.0.0.1"]
+backend_sip = "udp:127.0.0.1:5080"
+certificate = "self-signed"
+echo = true
+allowed_origins = ["https://localhost:8443", "https://127.0.0.1:8443"]
+"""
+
+
+def embedded_default(state_dir: str | None = None) -> EdgeConfig:
+    """The configuration used when no ``--config`` is given."""
+    text = EMBEDDED_DEFAULT
+    if state_dir is not None:
+        text = text.replace("[edge]\n", f"[edge]\nstate_dir = {_toml_str(state_dir)}\n", 1)
+    return loads(text, os.getcwd())
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _is_section(obj: Any) -> bool:
+    return (
+        is_dataclass(obj)
+        and not isinstance(obj, type)
+        and all("conv" in fl.metadata or fl.metadata.get("internal") for fl in fields(obj))
+    )
+
+
+def describe_keys(cls: type[Any] = EdgeConfig, prefix: str = "") -> Sequence[tuple[str, str, str]]:
+    """(key path, default, doc) for every key: used to generate the reference page."""
+    rows: list[tuple[str, str, str]] = []
+    for fl in fields(cls):
+        if fl.metadata.get("internal"):
+            continue
+        path = _join(prefix, fl.name)
+        default: Any
+        if fl.default is not MISSING:
+            default = fl.default
+        elif fl.default_factory is not MISSING:
+            default = fl.default_factory()
+        else:
+            default = "(required)"
+        if _is_section(default):
+            rows.extend(describe_keys(type(default), path))
+            continue
+        rows.append(
+            (
+                path,
+                str(to_mapping(default)) if default != "(required)" else default,
+                fl.metadata.get("doc", ""),
+            )
+        )
+    return rows

@@ -1,0 +1,1 @@
+"""mcs_edge.core.guard."""

@@ -1,0 +1,168 @@
+"""EdgeService: the one ``MultiService`` that owns every listener, timer and piece of state.
+
+Theory of operation
+-------------------
+Built from one validated :class:`~mcs_edge.config.EdgeConfig` and a reactor passed in. Start order:
+state directory, certificates (generated or loaded), then listeners (children, started in the order
+added and stopped in reverse), then periodic tasks (certificate file checks). Stop cancels every
+timer through :class:`~mcs_edge.tx.timers.Timers`.
+
+Reload (SIGHUP, or :meth:`reload` from the admin API) reads and validates a new configuration; a bad
+one is refused with every error logged and the old configuration stays. A good one is swapped
+whole: the tenant table is rebuilt and replaced by reference, certificates are re-checked. Live
+connections keep working; listener addresses cannot change without a restart (logged).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.application import internet
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
+
+from mcs_edge import config as config_mod
+from mcs_edge.config import EdgeConfig, TenantConfig
+from mcs_edge.core.tenants import TenantTable
+from mcs_edge.errors import ConfigErrors
+from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.tls import CertificateStore
+from mcs_edge.tx.web import FrontResource
+
+__all__ = ["EdgeService"]
+
+
+class EdgeService(MultiService):
+    """The edge: listeners, tenant table, certificates, timers."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        reactor: Any,
+        config_path: str | None = None,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.setName("mcs-edge")
+        self.reactor = reactor
+        self.config = config
+        self.config_path = config_path
+        self.timers = Timers(reactor, now)
+        self.tenants: TenantTable[TenantConfig] = TenantTable(config.tenants)
+        self.certs = CertificateStore(config, self.tenants)
+        self._cert_loop: Any = None
+        self._old_sighup: Any = None
+        self.ports: dict[str, Any] = {}
+        self._build_listeners()
+
+    # -- construction ------------------------------------------------------------------------
+    def _tcp(self, name: str, hp: config_mod.HostPort, factory: Any) -> None:
+        server = internet.TCPServer(hp.port, factory, interface=hp.host, reactor=self.reactor)
+        server.setName(name)
+        server.setServiceParent(self)
+
+    def _build_listeners(self) -> None:
+        cfg = self.config
+        site = Site(FrontResource(self), logPath=None)
+        site.displayTracebacks = False
+        site.timeOut = 60
+        self._tcp("https", cfg.listen.https, TLSMemoryBIOFactory(self.certs, False, site))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def privilegedStartService(self) -> None:  # noqa: N802
+        self._prepare_state()
+        changed = self.certs.refresh()
+        self.log.info("EDG100 certificates ready for {count} tenant(s)", count=len(changed))
+        super().privilegedStartService()
+
+    def startService(self) -> None:  # noqa: N802
+        if not self.certs.loaded() and self.config.tenants:
+            self.certs.refresh()
+        super().startService()
+        for child in self:
+            port = getattr(child, "_port", None)
+            if port is not None:
+                self.ports[child.name] = port
+        interval = self.config.tls.reload_interval
+        if interval > 0:
+            self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
+        self._install_sighup()
+        https = self.ports.get("https")
+        where = https.getHost() if https is not None else self.config.listen.https
+        names = ", ".join(d for t in self.config.tenants for d in t.domains[:1])
+        self.log.info(
+            "EDG101 mcs_edge ready: {tenants} tenant(s) ({names}); point a client at https://{host}:{port}/",
+            tenants=len(self.config.tenants),
+            names=names,
+            host=self.config.tenants[0].domains[0] if self.config.tenants else where.host,
+            port=where.port,
+        )
+
+    def stopService(self) -> Any:  # noqa: N802
+        self._restore_sighup()
+        self.timers.cancel_all()
+        return super().stopService()
+
+    def _prepare_state(self) -> None:
+        state = Path(self.config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(state, 0o700)
+        except OSError:
+            pass
+
+    # -- reload --------------------------------------------------------------------------------
+    def _install_sighup(self) -> None:
+        if not hasattr(signal, "SIGHUP") or not isinstance(self.reactor, IReactorCore):
+            return
+        try:
+            self._old_sighup = signal.signal(
+                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
+            )
+        except ValueError:  # not in the main thread (tests)
+            self._old_sighup = None
+
+    def _restore_sighup(self) -> None:
+        if self._old_sighup is not None:
+            try:
+                signal.signal(signal.SIGHUP, self._old_sighup)
+            except ValueError:
+                pass
+            self._old_sighup = None
+
+    def refresh_certificates(self) -> list[str]:
+        return self.certs.refresh()
+
+    def reload(self, new_config: EdgeConfig | None = None) -> bool:
+        """Validate and swap in a new configuration; False (old kept) when it is invalid."""
+        if new_config is None:
+            if self.config_path is None:
+                self.log.info("CFG200 reload: embedded default, nothing to read; re-checking certificates")
+                self.refresh_certificates()
+                return True
+            try:
+                new_config = config_mod.load(self.config_path)
+            except ConfigErrors as exc:
+                for err in exc.errors:
+                    self.log.error("CFG400 reload refused: {error}", error=str(err))
+                return False
+        if new_config.listen != self.config.listen:
+            self.log.warn("CFG300 listener addresses changed: they take effect at the next restart")
+        self.config = new_config
+        self.tenants = TenantTable(new_config.tenants)
+        self.certs.update(new_config, self.tenants)
+        self.log.info("CFG201 configuration reloaded: {count} tenant(s)", count=len(new_config.tenants))
+        return True
+
+
+def _is_reactor(obj: Any) -> bool:
+    return IReactorTCP.providedBy(obj) and IReactorTime.providedBy(obj)

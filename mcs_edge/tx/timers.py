@@ -1,0 +1,136 @@
+"""One owner for every timer of the service.
+
+Core objects expose ``get_timer()`` (an absolute monotonic deadline or None) and
+``handle_timer(now)``. :class:`CoreTimer` keeps exactly one ``DelayedCall`` per core object and
+re-arms it after each input; :class:`Timers` tracks every delayed and looping call it made so that
+shutdown cancels them all, and logs (never loses) an exception raised by a timer callback.
+
+``now`` is monotonic. The reactor's own clock (``reactor.seconds()``) is wall-clock on real
+reactors, so deadlines are turned into delays against our monotonic ``now`` and scheduled with
+``callLater``. Tests pass a ``Clock`` and ``now=clock.seconds`` so both agree in virtual time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+__all__ = ["CoreTimer", "TimedCore", "Timers"]
+
+
+class TimedCore(Protocol):
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> Any: ...
+
+
+class Timers:
+    """Every timer of one service: created here, cancelled here."""
+
+    log = Logger()
+
+    def __init__(self, reactor: IReactorTime, now: Callable[[], float] | None = None) -> None:
+        self.reactor = reactor
+        self.now: Callable[[], float] = now or time.monotonic
+        self._calls: set[DelayedCall] = set()
+        self._loops: set[LoopingCall] = set()
+
+    def __len__(self) -> int:
+        return len(self._calls) + len(self._loops)
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> DelayedCall:
+        holder: list[DelayedCall] = []
+
+        def run() -> None:
+            self._calls.discard(holder[0])
+            try:
+                fn(*args)
+            except Exception:
+                self.log.failure("TMR500 timer callback {fn!r} failed", fn=fn)
+
+        call = self.reactor.callLater(max(0.0, delay), run)
+        holder.append(call)  # type: ignore[arg-type]
+        self._calls.add(call)  # type: ignore[arg-type]
+        return call  # type: ignore[return-value]
+
+    def cancel(self, call: DelayedCall | None) -> None:
+        if call is not None:
+            self._calls.discard(call)
+            if call.active():
+                call.cancel()
+
+    def looping(self, interval: float, fn: Callable[[], Any], now: bool = False) -> LoopingCall:
+        def guarded() -> None:
+            try:
+                fn()
+            except Exception:
+                self.log.failure("TMR501 periodic task {fn!r} failed", fn=fn)
+
+        loop = LoopingCall(guarded)
+        loop.clock = self.reactor
+        self._loops.add(loop)
+        loop.start(interval, now=now)
+        return loop
+
+    def stop_looping(self, loop: LoopingCall | None) -> None:
+        if loop is not None:
+            self._loops.discard(loop)
+            if loop.running:
+                loop.stop()
+
+    def cancel_all(self) -> None:
+        for call in list(self._calls):
+            if call.active():
+                call.cancel()
+        self._calls.clear()
+        for loop in list(self._loops):
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+
+
+class CoreTimer:
+    """Drives one core object's single timer: ``arm()`` after every input, ``cancel()`` at the end."""
+
+    __slots__ = ("_call", "_core", "_deadline", "_on_fire", "_timers")
+
+    def __init__(self, timers: Timers, core: TimedCore, on_fire: Callable[[Any], None] | None = None) -> None:
+        self._timers = timers
+        self._core = core
+        self._call: DelayedCall | None = None
+        self._deadline: float | None = None
+        self._on_fire = on_fire
+
+    def arm(self) -> None:
+        deadline = self._core.get_timer()
+        if deadline == self._deadline and (self._call is None or self._call.active()):
+            return
+        self.cancel()
+        if deadline is None:
+            return
+        self._deadline = deadline
+        self._call = self._timers.call_later(deadline - self._timers.now(), self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        self._deadline = None
+        result = self._core.handle_timer(self._timers.now())
+        if self._on_fire is not None:
+            self._on_fire(result)
+        self.arm()
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._timers.cancel(self._call)
+        self._call = None
+        self._deadline = None
+
+    @property
+    def active(self) -> bool:
+        return self._call is not None and self._call.active()

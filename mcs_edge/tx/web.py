@@ -1,0 +1,75 @@
+"""The HTTPS front on ``listen.https``: routes each request to its tenant by Host (and SNI).
+
+A request whose Host names no tenant is refused (421 when the TLS name belongs to a tenant but the
+Host does not agree with it, 404 otherwise); nothing is served for an unknown tenant. The reverse
+proxy, the SIP WebSocket upgrade and the check page hang off :class:`FrontResource`.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from mcs_edge import __version__
+from mcs_edge.tx.tls import tenant_of_tls
+
+if TYPE_CHECKING:
+    from mcs_edge.config import TenantConfig
+    from mcs_edge.tx.service import EdgeService
+
+__all__ = ["FrontResource", "bound_tenant"]
+
+
+def bound_tenant(service: EdgeService, request: Request) -> tuple[TenantConfig | None, int, str]:
+    """(tenant, status, reason): the tenant this request may reach, or why not."""
+    host = request.getHeader("host")
+    by_host = service.tenants.by_host(host)
+    by_sni = tenant_of_tls(request.channel.transport, service.tenants, service.config)
+    if by_host is None:
+        return None, 404, "unknown host"
+    if by_sni is not None and by_sni.id != by_host.id:
+        return None, 421, "Host does not match the TLS server name"
+    return by_host, 200, ""
+
+
+class FrontResource(Resource):
+    """Root of the HTTPS site."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, service: EdgeService) -> None:
+        super().__init__()
+        self.service = service
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"server", b"mcs-edge")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        tenant, status, reason = bound_tenant(self.service, request)
+        if tenant is None:
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return f"{status} {reason}\n".encode()
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            return b"405 method not allowed\n"
+        if request.path != b"/":
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"404 not found\n"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return _landing(tenant).encode()
+
+
+def _landing(tenant: Any) -> str:
+    name = html.escape(tenant.domains[0])
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>mcs_edge</title></head><body>"
+        f"<h1>mcs_edge {html.escape(__version__)}</h1><p>Edge for <b>{name}</b> is running.</p>"
+        "</body></html>\n"
+    )

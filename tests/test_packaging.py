@@ -1,0 +1,66 @@
+"""Packaging: the wheel ships the twistd plugin and twistd finds it on every reactor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (whl,) = out.glob("mcs_edge-*.whl")
+    return whl
+
+
+def test_wheel_contains_the_plugin_file(wheel: Path) -> None:
+    """The wheel ships twisted/plugins/mcs_edge_plugin.py and no __init__.py under twisted/."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "twisted/plugins/mcs_edge_plugin.py" in names
+    assert "twisted/plugins/mcs_edge_reactors.py" in names
+    assert "twisted/__init__.py" not in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert "mcs_edge/tx/service.py" in names and "mcs_edge/core/tenants/table.py" in names
+
+
+def test_plugin_file_holds_only_the_service_maker() -> None:
+    """The plugin file imports nothing but ServiceMaker (importing the reactor there breaks --reactor)."""
+    text = (ROOT / "twisted" / "plugins" / "mcs_edge_plugin.py").read_text()
+    imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
+    assert imports == ["from twisted.application.service import ServiceMaker"]
+
+
+@pytest.mark.parametrize("reactor", [None, "asyncio", "uvloop", "epoll"])
+def test_twistd_lists_the_plugin(reactor: str | None) -> None:
+    """`twistd --help` lists mcs-edge, and `twistd mcs-edge --help` works, on each reactor."""
+    args = [str(BIN / "twistd")] + ([f"--reactor={reactor}"] if reactor else [])
+    listing = subprocess.run([*args, "--help"], capture_output=True, text=True, timeout=60, check=True)
+    assert "mcs-edge" in listing.stdout
+    own = subprocess.run([*args, "mcs-edge", "--help"], capture_output=True, text=True, timeout=60, check=True)
+    assert "--config" in own.stdout
+
+
+def test_check_config_cli_prints_every_error(tmp_path: Path) -> None:
+    """`mcs-edge check-config` exits 1 and prints each error with its key path."""
+    bad = tmp_path / "edge.toml"
+    bad.write_text('[edge]\nworkers = 0\n[[tenants]]\nid = "x"\ndomains = ["x.example.com"]\nbackend_sip = "udp:h:0"\n')
+    res = subprocess.run([str(BIN / "mcs-edge"), "check-config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "edge.workers" in res.stderr and "tenants[0].backend_sip" in res.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[[tenants]]\nid = "x"\ndomains = ["x.example.com"]\nbackend_sip = "udp:h:5060"\n')
+    res = subprocess.run([str(BIN / "mcs-edge"), "check-config", str(good)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
