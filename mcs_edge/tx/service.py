@@ -96,6 +96,12 @@ class EdgeService(MultiService):
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
         self._install_sighup()
+        if hasattr(self.reactor, "callWhenRunning"):
+            self.reactor.callWhenRunning(self._log_ready)
+        else:
+            self._log_ready()
+
+    def _log_ready(self) -> None:
         https = self.ports.get("https")
         where = https.getHost() if https is not None else self.config.listen.https
         names = ", ".join(d for t in self.config.tenants for d in t.domains[:1])

@@ -98,11 +98,17 @@ def test_each_tenant_gets_its_own_certificate(env: dict[str, Any]) -> Any:
     port = _serve(store)
     try:
         for name in NAMES.values():
-            san, version = yield threads.deferToThread(_handshake, port.getHost().port, name, env["ca"].cert_path)
+            san, version = yield threads.deferToThread(
+                _handshake, port.getHost().port, name, env["ca"].cert_path
+            )
             assert san == name
             assert version in ("TLSv1.2", "TLSv1.3")
         san, version = yield threads.deferToThread(
-            _handshake, port.getHost().port, NAMES["verdi"], env["ca"].cert_path, max_version=ssl.TLSVersion.TLSv1_2
+            _handshake,
+            port.getHost().port,
+            NAMES["verdi"],
+            env["ca"].cert_path,
+            max_version=ssl.TLSVersion.TLSv1_2,
         )
         assert (san, version) == (NAMES["verdi"], "TLSv1.2")
     finally:
@@ -134,7 +140,9 @@ def test_unknown_sni_gets_default_tenant_when_configured(env: dict[str, Any]) ->
     try:
         for sni in (None, "unknown.example.net"):
             ctx_sni = sni
-            san, _ = yield threads.deferToThread(_handshake_no_verify_name, port.getHost().port, ctx_sni, env["ca"].cert_path)
+            san, _ = yield threads.deferToThread(
+                _handshake_no_verify_name, port.getHost().port, ctx_sni, env["ca"].cert_path
+            )
             assert san == NAMES["bianchi"]
     finally:
         yield port.stopListening()
@@ -146,7 +154,7 @@ def _handshake_no_verify_name(port: int, sni: str | None, cafile: str) -> tuple[
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname=sni) as tls:
             cert = tls.getpeercert()
-            return [v for k, v in cert["subjectAltName"] if k == "DNS"][0], str(tls.version())
+            return next(v for k, v in cert["subjectAltName"] if k == "DNS"), str(tls.version())
 
 
 def _open_and_echo(port: int, sni: str, cafile: str) -> tuple[ssl.SSLSocket, int]:
@@ -212,7 +220,9 @@ def test_broken_replacement_keeps_the_old_certificate(env: dict[str, Any]) -> An
         yield port.stopListening()
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/openssl"), reason="needs the openssl command (Debian openssl)")
+@pytest.mark.skipif(
+    not os.path.exists("/usr/bin/openssl"), reason="needs the openssl command (Debian openssl)"
+)
 @pytest_twisted.inlineCallbacks
 def test_tls_1_1_is_refused_by_the_server(env: dict[str, Any]) -> Any:
     """A TLS 1.1 ClientHello gets a protocol_version alert from the edge."""
@@ -222,8 +232,15 @@ def test_tls_1_1_is_refused_by_the_server(env: dict[str, Any]) -> Any:
     port = _serve(store)
     try:
         cmd = [
-            "openssl", "s_client", "-connect", f"127.0.0.1:{port.getHost().port}",
-            "-servername", NAMES["rossi"], "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0",
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port.getHost().port}",
+            "-servername",
+            NAMES["rossi"],
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
         ]
         out = yield threads.deferToThread(
             subprocess.run, cmd, input=b"", capture_output=True, timeout=10, check=False
