@@ -32,6 +32,8 @@ from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
+from mcs_edge.tx.sip_proxy import BackendUDP, SipRouter
+from mcs_edge.tx.sip_ws import SipWebSocketFactory
 from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls import CertificateStore
 from mcs_edge.tx.web import FrontResource
@@ -62,6 +64,8 @@ class EdgeService(MultiService):
         self._cert_loop: Any = None
         self._old_sighup: Any = None
         self.ports: dict[str, Any] = {}
+        self.sip = SipRouter(config, self.tenants, self.timers)
+        self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(self.sip, config, reactor)
         self._build_listeners()
 
     # -- construction ------------------------------------------------------------------------
@@ -76,6 +80,14 @@ class EdgeService(MultiService):
         site.displayTracebacks = False
         site.timeOut = 60
         self._tcp("https", cfg.listen.https, TLSMemoryBIOFactory(self.certs, False, site))
+        backend = internet.UDPServer(
+            cfg.listen.backend_sip.port,
+            BackendUDP(self.sip),
+            interface=cfg.listen.backend_sip.host,
+            reactor=self.reactor,
+        )
+        backend.setName("backend_sip_udp")
+        backend.setServiceParent(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def privilegedStartService(self) -> None:  # noqa: N802
@@ -92,6 +104,13 @@ class EdgeService(MultiService):
             port = getattr(child, "_port", None)
             if port is not None:
                 self.ports[child.name] = port
+        udp = self.ports.get("backend_sip_udp")
+        if udp is not None:
+            self.sip.udp = udp
+            self.sip.set_backend_port(udp.getHost().port)
+        https_port = self.ports.get("https")
+        if https_port is not None and self.config.listen.https.port == 0:
+            self.sip.set_public_port(https_port.getHost().port)
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
@@ -115,6 +134,7 @@ class EdgeService(MultiService):
 
     def stopService(self) -> Any:  # noqa: N802
         self._restore_sighup()
+        self.sip.stop()
         self.timers.cancel_all()
         return super().stopService()
 
@@ -166,6 +186,7 @@ class EdgeService(MultiService):
         self.config = new_config
         self.tenants = TenantTable(new_config.tenants)
         self.certs.update(new_config, self.tenants)
+        self.sip.update(new_config, self.tenants)
         self.log.info("CFG201 configuration reloaded: {count} tenant(s)", count=len(new_config.tenants))
         return True
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from mcs_edge import __version__
 from mcs_edge.tx.tls import tenant_of_tls
@@ -54,6 +54,17 @@ class FrontResource(Resource):
             request.setResponseCode(status)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return f"{status} {reason}\n".encode()
+        upgrade = (request.getHeader("upgrade") or "").lower()
+        if upgrade == "websocket":
+            offered = [p.strip() for p in (request.getHeader("sec-websocket-protocol") or "").split(",")]
+            if "sip" in offered and self.service.sip_ws is not None:
+                from mcs_edge.tx.sip_ws import take_over
+
+                if take_over(request, self.service.sip_ws, tenant):
+                    return NOT_DONE_YET  # type: ignore[return-value]
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"400 WebSocket subprotocol 'sip' required\n"
         if request.method not in (b"GET", b"HEAD"):
             request.setResponseCode(405)
             request.setHeader(b"allow", b"GET, HEAD")

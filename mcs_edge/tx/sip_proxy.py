@@ -1,0 +1,241 @@
+"""The SIP router: feeds the proxy core from client flows and the backend UDP socket.
+
+Theory of operation
+-------------------
+One :class:`SipRouter` per service. Client transports (:mod:`mcs_edge.tx.sip_ws`, the TLS stream
+listener) call :meth:`open_flow` when a connection is accepted, :meth:`data_from_client` per SIP
+message and :meth:`close_flow` when it ends. The backend side is one UDP socket on
+``listen.backend_sip`` (:class:`BackendUDP`). After every input the router drains the core's
+actions (bytes to a flow, bytes to a PBX, close a flow) and re-arms the core's single timer.
+Problems the core reports are logged rate-limited.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from mcs_edge.core.sip.proxy import CloseFlow, ProxySettings, SipProxy, ToBackend, ToFlow
+from mcs_edge.core.sip.transaction import TimerConfig
+from mcs_edge.tx.timers import CoreTimer
+
+if TYPE_CHECKING:
+    from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.core.tenants import TenantTable
+    from mcs_edge.tx.timers import Timers
+
+__all__ = ["BackendUDP", "ClientFlow", "SipRouter"]
+
+
+@dataclass(slots=True, eq=False)
+class ClientFlow:
+    """The adapter's side of a flow: how to send to and close the connection."""
+
+    id: int
+    tenant: TenantConfig
+    send: Callable[[bytes], None]
+    close: Callable[[int, str], None]
+    transport: str
+    peer: tuple[str, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class BackendUDP(DatagramProtocol):
+    """The backend SIP socket (UDP)."""
+
+    def __init__(self, router: SipRouter) -> None:
+        self.router = router
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
+        self.router.data_from_backend(datagram, addr, "udp")
+
+
+class SipRouter:
+    log = Logger()
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        tenants: TenantTable[TenantConfig],
+        timers: Timers,
+        backend_port: int | None = None,
+    ) -> None:
+        self.timers = timers
+        self.flows: dict[int, ClientFlow] = {}
+        self.udp: Any = None  # IListeningPort of BackendUDP, set by the service
+        self.counters: dict[tuple[str, str, str], int] = {}
+        self._log_budget = 0.0
+        self._log_stamp = 0.0
+        self.config = config
+        self.tenants = tenants
+        self._backends: dict[str, list[TenantConfig]] = {}
+        self._build(config, tenants, backend_port)
+
+    def _build(
+        self, config: EdgeConfig, tenants: TenantTable[TenantConfig], backend_port: int | None
+    ) -> None:
+        listen = config.listen
+        settings = ProxySettings(
+            public_host=config.edge.public_address,
+            public_port=listen.https.port,
+            backend_host=config.edge.backend_address,
+            backend_port=backend_port or listen.backend_sip.port,
+            max_message_size=config.sip.max_message_size,
+            timers=TimerConfig(t1=config.sip.t1),
+            server_name=config.edge.name,
+        )
+        self.core = SipProxy(
+            settings,
+            tenant_for_domain=lambda host: self.tenants.by_sip_domain(host),
+            backend_of=self._backend_of,
+            tenants_at=lambda ip: self._backends.get(ip, ()),
+        )
+        self.timer = CoreTimer(self.timers, self.core, on_fire=lambda _result: self._flush())
+        self._index_backends(tenants)
+
+    def _index_backends(self, tenants: TenantTable[TenantConfig]) -> None:
+        index: dict[str, list[TenantConfig]] = {}
+        for t in tenants:
+            host = t.backend_sip.host
+            try:
+                host = str(ipaddress.ip_address(host))
+            except ValueError:
+                pass  # a DNS name: matched after resolution (not yet supported for inbound)
+            index.setdefault(host, []).append(t)
+        self._backends = index
+
+    def set_backend_port(self, port: int) -> None:
+        """The real bound port (when configured as 0) goes into Via/Record-Route/Path."""
+        old = self.core.settings
+        if old.backend_port == port:
+            return
+        from dataclasses import replace
+
+        self.core.settings = replace(old, backend_port=port)
+        self.core._our_hosts = {
+            (old.public_host.lower(), old.public_port),
+            (old.backend_host.lower(), port),
+        }
+
+    def set_public_port(self, port: int) -> None:
+        old = self.core.settings
+        from dataclasses import replace
+
+        self.core.settings = replace(old, public_port=port)
+        self.core._our_hosts = {
+            (old.public_host.lower(), port),
+            (old.backend_host.lower(), self.core.settings.backend_port),
+        }
+
+    def update(self, config: EdgeConfig, tenants: TenantTable[TenantConfig]) -> None:
+        """Adopt a reloaded configuration; flows of removed tenants are closed."""
+        self.config = config
+        self.tenants = tenants
+        self._index_backends(tenants)
+        for flow in list(self.flows.values()):
+            current = tenants.by_id(flow.tenant.id)
+            if current is None:
+                flow.close(1001, "tenant removed")
+            else:
+                flow.tenant = current
+                core_flow = self.core.flows.get(flow.id)
+                if core_flow is not None:
+                    core_flow.tenant = current
+
+    def _backend_of(self, tenant: TenantConfig) -> tuple[str, tuple[str, int]]:
+        current = self.tenants.by_id(tenant.id) or tenant
+        b = current.backend_sip
+        return b.transport, (b.host, b.port)
+
+    # ------------------------------------------------------------------ client flows
+    def open_flow(
+        self,
+        tenant: TenantConfig,
+        transport: str,
+        peer: tuple[str, int],
+        send: Callable[[bytes], None],
+        close: Callable[[int, str], None],
+    ) -> ClientFlow | None:
+        core_flow = self.core.open_flow(tenant, transport, peer, self.timers.now())
+        flow = ClientFlow(core_flow.id, tenant, send, close, transport, peer)
+        self.flows[flow.id] = flow
+        self.count("flows_opened", tenant.id, transport)
+        return flow
+
+    def data_from_client(self, flow: ClientFlow, data: bytes) -> None:
+        self.core.receive_from_client(flow.id, data, self.timers.now())
+        self._flush()
+
+    def close_flow(self, flow: ClientFlow, reason: str) -> None:
+        if self.flows.pop(flow.id, None) is None:
+            return
+        self.core.close_flow(flow.id, self.timers.now())
+        self.count("flows_closed", flow.tenant.id, flow.transport)
+        self._flush()
+
+    # ------------------------------------------------------------------ backend
+    def data_from_backend(self, data: bytes, addr: tuple[str, int], transport: str) -> None:
+        self.core.receive_from_backend(data, addr, transport, self.timers.now())
+        self._flush()
+
+    def _flush(self) -> None:
+        core = self.core
+        while (action := core.next_action()) is not None:
+            if isinstance(action, ToFlow):
+                flow = self.flows.get(action.flow_id)
+                if flow is not None:
+                    flow.send(action.data)
+            elif isinstance(action, ToBackend):
+                if action.transport == "udp" and self.udp is not None:
+                    try:
+                        self.udp.write(action.data, action.addr)
+                    except Exception as exc:  # e.g. EHOSTUNREACH, a name that is not an IP
+                        self.count("backend_send_errors", action.tenant_id, type(exc).__name__)
+                else:
+                    self.count(
+                        "backend_send_errors", action.tenant_id, f"transport {action.transport} not available"
+                    )
+            elif isinstance(action, CloseFlow):
+                flow = self.flows.get(action.flow_id)
+                if flow is not None:
+                    flow.close(1000, action.reason)
+        self.timer.arm()
+        self._log_problems()
+
+    def handle_timer(self) -> None:
+        self._flush()
+
+    # ------------------------------------------------------------------ counting and logging
+    def count(self, name: str, tenant: str, reason: str = "") -> None:
+        key = (name, tenant, reason)
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    def _log_problems(self) -> None:
+        problems = self.core.problems
+        if not problems:
+            return
+        now = self.timers.now()
+        # at most 10 lines per second, the rest counted
+        if now - self._log_stamp >= 1.0:
+            self._log_stamp = now
+            self._log_budget = 10
+        dropped = 0
+        while problems:
+            text = problems.popleft()
+            if self._log_budget > 0:
+                self._log_budget -= 1
+                self.log.info("SIP400 {problem}", problem=text)
+            else:
+                dropped += 1
+        if dropped:
+            self.count("log_suppressed", "", "sip")
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        for flow in list(self.flows.values()):
+            flow.close(1001, "edge shutting down")

@@ -1,0 +1,165 @@
+"""SIP over secure WebSocket (RFC 7118) from browsers, on the shared HTTPS port.
+
+Theory of operation
+-------------------
+The HTTPS front (:mod:`mcs_edge.tx.web`) binds every request to a tenant (TLS SNI and Host must
+agree). An upgrade request that offers the ``sip`` subprotocol is handed here: the WebSocket
+handshake is checked (subprotocol ``sip`` required, Origin in the tenant's ``allowed_origins`` or,
+when that list is empty, the same host), then each WebSocket message is one SIP message given to
+the SIP router as coming from this connection's *flow*.
+
+autobahn is never run on its defaults (see :func:`configure_factory`): frame and message sizes
+are capped, compression is refused (SIP does not need it and it costs tens of KiB per
+connection), there is no status page, the opening handshake times out, and the server pings
+idle connections.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+    from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.tx.sip_proxy import ClientFlow, SipRouter
+
+__all__ = ["SipWebSocketFactory", "SipWebSocketProtocol", "configure_factory", "origin_allowed", "take_over"]
+
+
+def origin_allowed(tenant: TenantConfig, origin: str | None, host: str | None) -> bool:
+    """True when a browser page at ``origin`` may open a SIP WebSocket to ``tenant``.
+
+    Non-browser clients send no Origin and are allowed (RFC 6455 s.10.2: Origin protects browsers).
+    """
+    if origin is None or origin == "":
+        return True
+    origin = origin.rstrip("/").lower()
+    if tenant.allowed_origins:
+        return origin in tenant.allowed_origins
+    parts = urlsplit(origin)
+    if parts.scheme != "https" or not host:
+        return False
+    return (parts.netloc or "").lower() == host.lower()
+
+
+class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+    """One browser connection: a flow of SIP messages."""
+
+    log = Logger()
+    tenant: TenantConfig
+    flow: ClientFlow | None = None
+
+    def onConnect(self, request: Any) -> str:  # noqa: N802
+        router: SipRouter = self.factory.router
+        if "sip" not in request.protocols:
+            router.count("ws_refused", self.tenant.id, "no_sip_subprotocol")
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "WebSocket subprotocol 'sip' required")
+        origin = request.headers.get("origin")
+        if not origin_allowed(self.tenant, origin, request.headers.get("host")):
+            router.count("ws_refused", self.tenant.id, "origin")
+            self.log.info(
+                "WSS403 {tenant} origin {origin} refused from {peer}",
+                tenant=self.tenant.id,
+                origin=origin,
+                peer=request.peer,
+            )
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
+        return "sip"
+
+    def onOpen(self) -> None:  # noqa: N802
+        router: SipRouter = self.factory.router
+        peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        self.flow = router.open_flow(
+            self.tenant, "wss", (peer.host, peer.port), self._send_sip, self._close_flow
+        )
+        if self.flow is None:
+            self.sendClose(4008, "connection limit")
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        if self.flow is not None:
+            self.factory.router.data_from_client(self.flow, payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
+        flow, self.flow = self.flow, None
+        if flow is not None:
+            self.factory.router.close_flow(flow, reason or f"websocket closed ({code})")
+
+    # -- called by the router ------------------------------------------------------------------
+    def _send_sip(self, data: bytes) -> None:
+        self.sendMessage(data, isBinary=False)
+
+    def _close_flow(self, code: int, reason: str) -> None:
+        # autobahn lets applications send 1000 or 3000-4999 only (1001 "going away" is its own)
+        if code != 1000 and not 3000 <= code <= 4999:
+            code = 1000
+        self.sendClose(code, reason[:120])
+
+
+class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
+    protocol = SipWebSocketProtocol
+
+    def __init__(self, router: SipRouter, config: EdgeConfig, reactor: Any) -> None:
+        super().__init__(reactor=reactor, protocols=["sip"], server="mcs-edge")
+        self.router = router
+        configure_factory(self, config)
+
+
+def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> None:
+    """Every WebSocket option set explicitly, in one place."""
+    max_size = config.sip.max_message_size
+    factory.setProtocolOptions(
+        webStatus=False,
+        maxFramePayloadSize=max_size,
+        maxMessagePayloadSize=max_size,
+        autoFragmentSize=0,
+        failByDrop=False,
+        openHandshakeTimeout=config.tls.handshake_timeout,
+        closeHandshakeTimeout=5,
+        tcpNoDelay=True,
+        autoPingInterval=config.sip.keepalive_timeout / 2,
+        autoPingTimeout=max(10.0, config.sip.keepalive_timeout / 4),
+        perMessageCompressionAccept=lambda offers: None,
+        allowedOrigins=["*"],  # checked per tenant in onConnect
+        requireMaskedClientFrames=True,
+        trustXForwardedFor=0,
+        utf8validateIncoming=False,  # SIP bytes are validated by the SIP parser
+    )
+
+
+def take_over(request: Request, factory: SipWebSocketFactory, tenant: TenantConfig) -> bool:
+    """Hand an HTTP upgrade request's connection to a new SIP WebSocket protocol."""
+    channel: Any = request.channel
+    transport: Any = channel.transport
+    if transport is None:
+        return False
+    proto: Any = factory.buildProtocol(transport.getPeer())
+    if proto is None:
+        return False
+    proto.tenant = tenant
+    channel.setTimeout(None)  # the HTTP idle timer must not fire on the upgraded connection
+    channel.transport = None
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = proto
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = proto
+    else:
+        transport.protocol = proto
+    proto.makeConnection(transport)
+    producer = getattr(transport, "_networkProducer", None)
+    if producer is not None:
+        producer.resumeProducing()
+    elif hasattr(transport, "resumeProducing"):
+        transport.resumeProducing()
+    data = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        data += name + b": " + b",".join(values) + b"\r\n"
+    data += b"\r\n"
+    proto.dataReceived(data)
+    return True
