@@ -33,6 +33,7 @@ from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.sip_proxy import BackendUDP, SipRouter
+from mcs_edge.tx.sip_stream import SipStreamFactory
 from mcs_edge.tx.sip_ws import SipWebSocketFactory
 from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls import CertificateStore
@@ -80,6 +81,8 @@ class EdgeService(MultiService):
         site.displayTracebacks = False
         site.timeOut = 60
         self._tcp("https", cfg.listen.https, TLSMemoryBIOFactory(self.certs, False, site))
+        if cfg.listen.sip_tls is not None:
+            self._tcp("sip_tls", cfg.listen.sip_tls, TLSMemoryBIOFactory(self.certs, False, SipStreamFactory(self)))
         backend = internet.UDPServer(
             cfg.listen.backend_sip.port,
             BackendUDP(self.sip),
@@ -114,6 +117,7 @@ class EdgeService(MultiService):
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
+        self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
         self._install_sighup()
         if hasattr(self.reactor, "callWhenRunning"):
             self.reactor.callWhenRunning(self._log_ready)

@@ -171,6 +171,25 @@ class SipRouter:
         self.core.receive_from_client(flow.id, data, self.timers.now())
         self._flush()
 
+    def touch(self, flow: ClientFlow) -> None:
+        """A keepalive arrived on ``flow``: it is alive."""
+        core_flow = self.core.flows.get(flow.id)
+        if core_flow is not None:
+            core_flow.last_seen = self.timers.now()
+
+    def sweep_idle(self) -> int:
+        """Close stream flows silent for longer than ``sip.keepalive_timeout`` (WebSockets ping)."""
+        now = self.timers.now()
+        limit = self.config.sip.keepalive_timeout
+        closed = 0
+        for flow in list(self.flows.values()):
+            core_flow = self.core.flows.get(flow.id)
+            if flow.transport != "wss" and core_flow is not None and now - core_flow.last_seen > limit:
+                self.count("flows_idle_closed", flow.tenant.id, flow.transport)
+                flow.close(1000, "keepalive timeout")
+                closed += 1
+        return closed
+
     def close_flow(self, flow: ClientFlow, reason: str) -> None:
         if self.flows.pop(flow.id, None) is None:
             return

@@ -44,7 +44,7 @@ class Edge:
 state_dir = "{tmp / "state"}"
 [listen]
 https = "127.0.0.1:0"
-sip_tls = "off"
+sip_tls = "127.0.0.1:0"
 backend_sip = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 [sip]
@@ -68,6 +68,7 @@ certificate = "self-signed"
         self.service.startService()
         self.https = self.service.ports["https"].getHost().port
         self.backend = self.service.ports["backend_sip_udp"].getHost().port
+        self.sip_tls = self.service.ports["sip_tls"].getHost().port
         self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
         self.tmp = tmp
 
@@ -438,3 +439,70 @@ def _sleep(seconds: float) -> Any:
     from twisted.internet import reactor, task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+class TLSClient:
+    """The mobile app's transport: SIP over TLS with Content-Length framing."""
+
+    def __init__(self, port: int, ca: str, host: str = "rossi.example.com") -> None:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=ca)
+        self.sock = ctx.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname=host
+        )
+        self.buf = b""
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode())
+
+    def recv_raw(self, n: int = 65536) -> bytes:
+        return self.sock.recv(n)
+
+    def recv_sip(self, skip_provisional: bool = True) -> str:
+        while True:
+            while b"\r\n\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed")
+                self.buf += chunk
+            head, rest = self.buf.split(b"\r\n\r\n", 1)
+            length = int(header(head.decode(), "Content-Length") or 0)
+            while len(rest) < length:
+                rest += self.sock.recv(65536)
+            self.buf = rest[length:]
+            msg = head.decode() + "\r\n\r\n" + rest[:length].decode()
+            if skip_provisional and msg.startswith("SIP/2.0 1"):
+                continue
+            return msg
+
+
+def _tls_session(port: int, ca: str) -> tuple[str, str, bytes, bytes]:
+    cl = TLSClient(port, ca)
+    first, second = _register(cl)  # type: ignore[arg-type]
+    cl.send("\r\n\r\n")
+    pong = cl.recv_raw(2)
+    cl.send("INVITE garbage\r\n\r\n" + "x" * 10)
+    data = b"x"
+    try:
+        while data:
+            data = cl.recv_raw()  # anything the edge still sends, then EOF
+    except (ConnectionError, OSError):
+        data = b""
+    return first, second, pong, data
+
+
+@pytest_twisted.inlineCallbacks
+def test_sip_over_tls_registers_and_answers_keepalives(edge: Edge) -> Any:
+    """The mobile app's SIP over TLS: REGISTER through the edge, CRLFCRLF gets CRLF, stream garbage closes."""
+    pbx = edge.sipp("pbx_register.xml")
+    first, second, pong, _eof = yield threads.deferToThread(_tls_session, edge.sip_tls, edge.ca)
+    assert status(first) == 401 and status(second) == 200
+    assert pong == b"\r\n"
+    assert (yield threads.deferToThread(edge.sipp_result, pbx, "pbx_register.xml")) == 0
+    counts = edge.service.sip.counters
+    assert counts.get(("flows_opened", "rossi", "tls")) == 1
+    assert _eof == b""
+    yield _sleep(0.1)
+    assert counts.get(("sip_stream_garbage", "rossi", "framing")) == 1
+    assert counts.get(("flows_closed", "rossi", "tls")) == 1

@@ -245,7 +245,7 @@ def try_consume_all(buckets: Iterable[TokenBucket], n: float, now: float) -> tup
     for bucket in chain:
         tokens = bucket.refill(now)
         if n > tokens:
-            t = bucket._time_when(n, tokens, max(now, bucket._last))
+            t = bucket._time_when(n, tokens, bucket._last)
             if t > retry_at:
                 retry_at = t
     if retry_at > now:

@@ -1,0 +1,112 @@
+"""SIP over TLS (``listen.sip_tls``) for the TVox Team mobile app: Content-Length framing.
+
+Theory of operation
+-------------------
+A TLS connection is bound to its tenant by SNI when the handshake completes (the same
+CertificateStore as the HTTPS port serves the certificate); it then becomes a *flow* of the SIP
+router exactly like a WebSocket. Bytes go through :class:`~mcs_edge.core.sip.framing.StreamFramer`:
+each complete message is handed to the router; a CRLFCRLF keepalive is answered with CRLF
+(RFC 5626 s.4.4.1); garbage that cannot be resynchronised closes the connection (a stream has no
+message boundaries to recover from). A connection silent for ``sip.keepalive_timeout`` is closed by
+the router's idle sweep.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mcs_edge.core.sip.framing import PONG, KeepalivePing, MessageBytes, StreamFramer
+from mcs_edge.core.sip.message import Limits
+from mcs_edge.errors import RemoteProtocolError
+from mcs_edge.tx.tls import tenant_of_tls
+
+if TYPE_CHECKING:
+    from mcs_edge.tx.service import EdgeService
+    from mcs_edge.tx.sip_proxy import ClientFlow
+
+__all__ = ["SipStreamFactory", "SipStreamProtocol"]
+
+
+@implementer(IHandshakeListener)
+class SipStreamProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, service: EdgeService) -> None:
+        self.service = service
+        self.flow: ClientFlow | None = None
+        self.framer = StreamFramer(Limits(max_message_size=service.config.sip.max_message_size))
+        self._pending = b""
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        svc = self.service
+        tenant = tenant_of_tls(self.transport, svc.tenants, svc.config)
+        if tenant is None:
+            svc.sip.count("tls_refused", "", "unknown_tenant")
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        self.flow = svc.sip.open_flow(tenant, "tls", (peer.host, peer.port), self._send, self._close)
+        if self.flow is None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if self._pending:
+            data, self._pending = self._pending, b""
+            self.dataReceived(data)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        flow = self.flow
+        if flow is None:  # data before the handshake listener ran (should not happen with TLS)
+            self._pending += data
+            return
+        try:
+            events = self.framer.feed(data)
+        except RemoteProtocolError as exc:
+            self.service.sip.count("sip_stream_garbage", flow.tenant.id, "framing")
+            self.log.info(
+                "SIP401 {tenant} TLS stream from {peer} closed: {reason}",
+                tenant=flow.tenant.id,
+                peer=flow.peer,
+                reason=str(exc),
+            )
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        router = self.service.sip
+        for ev in events:
+            if isinstance(ev, MessageBytes):
+                router.data_from_client(flow, ev.data)
+            elif isinstance(ev, KeepalivePing):
+                router.touch(flow)
+                self.transport.write(PONG)  # type: ignore[union-attr]
+            else:
+                router.touch(flow)
+            if self.flow is None:
+                return
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
+        flow, self.flow = self.flow, None
+        if flow is not None:
+            self.service.sip.close_flow(flow, "connection lost")
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class SipStreamFactory(Factory):
+    def __init__(self, service: EdgeService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: Any) -> SipStreamProtocol:  # noqa: N802
+        p = SipStreamProtocol(self.service)
+        p.factory = self
+        return p
