@@ -24,6 +24,7 @@ demand by ``parse_*`` functions; each has ``__str__`` giving its wire form. Inva
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -600,6 +601,13 @@ class Via:
 
 def parse_via(text: str) -> list[Via]:
     """Parse a Via header value (one or more comma-separated via-parms)."""
+    return list(_parse_via_cached(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_via_cached(text: str) -> tuple[Via, ...]:
+    # A proxy reads the same Via text several times per message (matching, loop check,
+    # received/rport): parse each distinct value once. Vias are frozen, so sharing is safe.
     out: list[Via] = []
     for item in split_commas(text):
         m = _abnf.VIA_RE.fullmatch(item)
@@ -616,7 +624,7 @@ def parse_via(text: str) -> list[Via]:
                 protocol="SIP/2.0" if protocol.upper() == "SIP/2.0" else protocol,
             )
         )
-    return out
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
