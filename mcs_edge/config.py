@@ -34,14 +34,17 @@ __all__ = [
     "Backend",
     "EdgeConfig",
     "EdgeSection",
+    "GuardConfig",
     "HostPort",
     "LimitsConfig",
     "ListenConfig",
     "MediaConfig",
+    "ProxyConfig",
     "ShapingConfig",
     "SipConfig",
     "TenantConfig",
     "TlsConfig",
+    "TurnConfig",
     "embedded_default",
     "load",
     "loads",
@@ -176,6 +179,21 @@ def c_int(lo: int | None = None, hi: int | None = None) -> Converter:
         if hi is not None and value > hi:
             raise ConfigError(path, f"{value} is above the maximum {hi}")
         return value
+
+    return conv
+
+
+def c_int_or_zero(lo: int, hi: int) -> Converter:
+    """An integer in ``[lo, hi]``, or 0 (meaning "derived" or "off", as the key's doc says)."""
+    within = c_int(lo, hi)
+
+    def conv(value: Any, path: str) -> int:
+        if value == 0 and not isinstance(value, bool):
+            return 0
+        try:
+            return int(within(value, path))
+        except ConfigError as exc:
+            raise ConfigError(path, f"{exc.reason} (or 0)") from None
 
     return conv
 
@@ -376,6 +394,9 @@ class EdgeSection:
     state_dir: str = f(c_path, factory=_default_state_dir, doc="generated keys/certs, ACME account, state")
     workers: int = f(c_int(1, 64), 1, doc="reactor processes")
     name: str = f(c_str(64), "mcs-edge", doc="product token in Server/User-Agent headers")
+    drain_timeout: float = f(
+        c_float(0, 86400), 30.0, doc="on SIGTERM, seconds to wait for calls to end before stopping"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,39 +417,149 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    min_version: str = f(c_enum("1.2", "1.3"), "1.2")
-    unknown_sni: str = f(c_enum("reject", "default"), "reject")
-    default_tenant: str | None = f(c_str(32, _TENANT_ID_RE, "a tenant id"), None)
+    min_version: str = f(c_enum("1.2", "1.3"), "1.2", doc="lowest TLS version accepted on every listener")
+    unknown_sni: str = f(
+        c_enum("reject", "default"), "reject", doc="no/unknown SNI: fail the handshake, or serve tls.default_tenant"
+    )
+    default_tenant: str | None = f(
+        c_str(32, _TENANT_ID_RE, "a tenant id"), None, doc="tenant whose certificate answers unknown SNI"
+    )
     reload_interval: float = f(
         c_float(0, 86400), 30.0, doc="seconds between certificate file checks; 0 = off"
     )
-    handshake_timeout: float = f(c_float(1, 300), 10.0)
+    handshake_timeout: float = f(c_float(1, 300), 10.0, doc="seconds for the TLS + WebSocket opening handshake")
 
 
 @dataclass(frozen=True, slots=True)
 class AcmeConfig:
-    directory: str | None = f(c_http_url, None)
-    email: str | None = f(c_str(254, re.compile(r"^[^@\s]+@[^@\s]+$"), "an e-mail address"), None)
-    challenge: str = f(c_enum("tls-alpn-01", "http-01"), "tls-alpn-01")
-    ca_bundle: str = f(c_str(4096), "")
+    directory: str | None = f(c_http_url, None, doc="the CA's ACME directory URL")
+    email: str | None = f(
+        c_str(254, re.compile(r"^[^@\s]+@[^@\s]+$"), "an e-mail address"), None, doc="ACME account contact"
+    )
+    challenge: str = f(
+        c_enum("tls-alpn-01", "http-01"),
+        "tls-alpn-01",
+        doc="tls-alpn-01 (listen.https) or http-01 (listen.http)",
+    )
+    ca_bundle: str = f(c_str(4096), "", doc="extra CA file trusted for the directory itself (testing)")
+    renew_fraction: float = f(
+        c_float(0.05, 0.9), 1 / 3, doc="renew when this fraction of the certificate lifetime remains"
+    )
+    retry_min: float = f(c_float(1, 86400), 60.0, doc="first retry delay after a failed order (doubles)")
+    retry_max: float = f(c_float(1, 7 * 86400), 6 * 3600.0, doc="longest retry delay after failures")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    connect_timeout: float = f(c_float(0.1, 300), 5.0, doc="backend_http connect timeout (then 502/504)")
+    read_timeout: float = f(
+        c_float(0.1, 3600), 60.0, doc="backend_http silence allowed before/within a response (then 504)"
+    )
+    max_url_length: int = f(c_int(256, 16000), 8192, doc="longest request target proxied (else 414)")
+    max_header_bytes: int = f(
+        c_int(1024, 16000), 12288, doc="request line plus headers, bytes (else 431; Twisted caps at 16384)"
+    )
+    max_local_body: int = f(
+        c_int(0, 1_048_576), 65536, doc="request body cap for what the edge answers itself (else 413)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class MediaConfig:
-    ports: tuple[int, int] = f(c_port_range, (10000, 20000))
-    idle_timeout: float = f(c_float(1, 3600), 30.0)
+    ports: tuple[int, int] = f(c_port_range, (10000, 20000), doc="relay port range, inclusive")
+    idle_timeout: float = f(
+        c_float(1, 3600), 30.0, doc="a leg whose peer should send and sent nothing this long ends its call's media"
+    )
+    hold_timeout: float = f(
+        c_float(1, 86400), 3600.0, doc="the same for a peer on hold (recvonly/inactive: may stay silent)"
+    )
+    bind: str | None = f(c_ip, None, doc="IP the relay sockets bind; default 0.0.0.0 (:: if edge.public_address is IPv6)")
 
 
 @dataclass(frozen=True, slots=True)
 class ShapingConfig:
     rate: int = f(c_int(1000, 1_000_000_000), 60000, doc="bytes/s per connection and per media leg")
     burst: int = f(c_int(1500, 1_000_000_000), 120000, doc="bucket depth in bytes")
+    aggregate_rate: int = f(
+        c_int(0, 100_000_000_000),
+        0,
+        doc="bytes/s summed over one tenant's client connections (and, apart, over its media legs); 0 = no cap",
+    )
+    aggregate_burst: int = f(
+        c_int_or_zero(1500, 100_000_000_000),
+        0,
+        doc="depth of a tenant aggregate bucket; 0 = 2 s of aggregate_rate",
+    )
+    send_queue: int = f(
+        c_int(4096, 64 * 1024 * 1024),
+        262144,
+        doc="bytes held toward one client connection (rate or slow reader) before it is closed",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    max_connections_per_ip: int = f(
+        c_int(0, 1_000_000), 64, doc="concurrent connections per source on the TLS listeners; 0 = no cap"
+    )
+    connection_rate_per_ip: float = f(
+        c_float(0, 1_000_000), 5.0, doc="new connections per second per source, on average; 0 = no limit"
+    )
+    connection_burst_per_ip: int = f(c_int(1, 1_000_000), 20, doc="new connections a source may open at once")
+    request_rate_per_ip: float = f(
+        c_float(0, 1_000_000), 20.0, doc="SIP requests per second per source, on average; 0 = no limit"
+    )
+    request_burst_per_ip: int = f(c_int(1, 1_000_000), 100, doc="SIP requests a source may send at once")
+    allow_networks: tuple[str, ...] = f(
+        c_list(c_network), (), doc="CIDRs exempt from per-source caps and bans for every tenant"
+    )
+    ban_failures: int = f(
+        c_int(1, 100_000), 10, doc="failed authentications from one source within ban_window that ban it"
+    )
+    ban_window: float = f(c_float(1, 86400), 60.0, doc="seconds over which failed authentications count")
+    ban_duration: float = f(c_float(1, 30 * 86400), 600.0, doc="seconds a ban lasts")
+    ipv6_prefix: int = f(c_int(32, 128), 64, doc="IPv6 sources are counted per prefix of this length")
+    max_sources: int = f(
+        c_int(1000, 10_000_000), 100_000, doc="sources, and apart bans, remembered at most (bounds memory)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    realm: str = f(
+        c_str(128, re.compile(r"^[\x21-\x7e]+$"), "a realm (printable ASCII, no spaces)"),
+        "mcs-edge",
+        doc="realm in challenges on listen.turn (UDP/TCP); TLS challenges name the SNI tenant's domain",
+    )
+    tls_on_https: bool = f(
+        c_bool, True, doc="serve TURN over TLS on listen.https (ALPN stun.turn or sniffed)"
+    )
+    relay_interface: str | None = f(
+        c_ip, None, doc="IP the relay sockets bind; default: the host of listen.turn (else listen.https)"
+    )
+    max_allocations_per_user: int = f(c_int(1, 1_000_000), 10, doc="live allocations of one REST user")
+    max_allocations_per_tenant: int = f(c_int(1, 1_000_000), 1000, doc="live allocations of one tenant")
+    default_lifetime: float = f(c_float(60, 86400), 600.0, doc="allocation lifetime granted by default")
+    max_lifetime: float = f(c_float(60, 86400), 3600.0, doc="longest allocation lifetime granted")
+    nonce_lifetime: float = f(c_float(30, 86400), 600.0, doc="seconds a NONCE stays valid (then 438)")
+    credential_ttl: int = f(
+        c_int(60, 30 * 86400), 86400, doc="lifetime of REST credentials issued by the ice-servers endpoint"
+    )
+    legacy_channels: bool = f(
+        c_bool, True, doc="also accept RFC 5766 channel numbers 0x5000-0x7FFF (coturn-era clients)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class TenantShapingConfig:
     rate: int | None = f(c_int(1000, 1_000_000_000), None)
     burst: int | None = f(c_int(1500, 1_000_000_000), None)
+    aggregate_rate: int | None = f(
+        c_int(0, 100_000_000_000), None, doc="this tenant's aggregate bytes/s (0 = no cap); default shaping's"
+    )
+    aggregate_burst: int | None = f(
+        c_int_or_zero(1500, 100_000_000_000), None, doc="this tenant's aggregate depth; default shaping's"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,10 +568,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantGuardConfig:
+    allow_networks: tuple[str, ...] = f(
+        c_list(c_network), (), doc="this tenant's offices behind NAT: exempt from per-source caps and bans"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SipConfig:
-    max_message_size: int = f(c_int(1024, 1_048_576), 65536)
+    max_message_size: int = f(c_int(1024, 1_048_576), 65536, doc="largest SIP message (and WebSocket message) accepted")
     keepalive_timeout: float = f(c_float(10, 86400), 120.0, doc="close a client connection silent this long")
-    t1: float = f(c_float(0.05, 10), 0.5)
+    t1: float = f(c_float(0.05, 10), 0.5, doc="SIP timer T1 (RTT estimate): retransmissions and timeouts scale with it")
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,14 +591,31 @@ class TenantConfig:
     media: str = f(c_enum("bridge", "bridge-sdes", "passthrough"), "bridge")
     path: bool = f(c_bool, True)
     certificate: str = f(c_enum("files", "acme", "self-signed"), "files")
+    acme_challenge: str | None = f(
+        c_enum("tls-alpn-01", "http-01"), None, doc="this tenant's ACME challenge; default acme.challenge"
+    )
     cert_file: str | None = f(c_path, None, doc="default certs/<id>/fullchain.pem")
     key_file: str | None = f(c_path, None, doc="default certs/<id>/privkey.pem")
     allowed_origins: tuple[str, ...] = f(c_list(c_origin), ())
-    turn_secret: str | None = f(c_secret(16), None)
-    turn_peers: tuple[str, ...] = f(c_list(c_network), ())
+    turn_secret: str | None = f(
+        c_secret(16),
+        None,
+        doc="TURN REST secret: password = base64(HMAC-SHA1(secret, username)); absent: no TURN",
+    )
+    turn_peers: tuple[str, ...] = f(
+        c_list(c_network),
+        (),
+        doc="private/loopback networks this tenant's TURN relays may reach (e.g. its PBX)",
+    )
+    api_secret: str | None = f(
+        c_secret(16),
+        None,
+        doc="bearer secret for GET /.well-known/mcs-edge/ice-servers and .../certificate (absent: off)",
+    )
     echo: bool = f(c_bool, False)
     shaping: TenantShapingConfig = f(section(TenantShapingConfig), factory=TenantShapingConfig)
     limits: LimitsConfig = f(section(LimitsConfig), factory=LimitsConfig)
+    guard: TenantGuardConfig = f(section(TenantGuardConfig), factory=TenantGuardConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +627,10 @@ class EdgeConfig:
     acme: AcmeConfig = f(section(AcmeConfig), factory=AcmeConfig)
     media: MediaConfig = f(section(MediaConfig), factory=MediaConfig)
     shaping: ShapingConfig = f(section(ShapingConfig), factory=ShapingConfig)
+    guard: GuardConfig = f(section(GuardConfig), factory=GuardConfig)
     sip: SipConfig = f(section(SipConfig), factory=SipConfig)
+    proxy: ProxyConfig = f(section(ProxyConfig), factory=ProxyConfig)
+    turn: TurnConfig = f(section(TurnConfig), factory=TurnConfig)
     tenants: tuple[TenantConfig, ...] = f(c_list(section(TenantConfig)), ())
     # Where the file was read from (relative paths in it are resolved against its folder).
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -583,6 +741,8 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(
                 ConfigError(f"tenants[{i}].shaping.burst", "must be at least 1500 bytes (one packet)")
             )
+    if cfg.turn.default_lifetime > cfg.turn.max_lifetime:
+        errors.append(ConfigError("turn.default_lifetime", "must not exceed turn.max_lifetime"))
     if cfg.shaping.burst < 1500:
         errors.append(ConfigError("shaping.burst", "must be at least 1500 bytes"))
     if cfg.tls.unknown_sni == "default":
@@ -592,10 +752,8 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(ConfigError("tls.default_tenant", f"no tenant with id {cfg.tls.default_tenant!r}"))
     elif cfg.tls.default_tenant is not None and cfg.tls.default_tenant not in seen_ids:
         errors.append(ConfigError("tls.default_tenant", f"no tenant with id {cfg.tls.default_tenant!r}"))
-    if (
-        cfg.acme.challenge == "http-01"
-        and cfg.listen.http is None
-        and any(t.certificate == "acme" for t in cfg.tenants)
+    if cfg.listen.http is None and any(
+        t.certificate == "acme" and (t.acme_challenge or cfg.acme.challenge) == "http-01" for t in cfg.tenants
     ):
         errors.append(ConfigError("listen.http", "required for acme.challenge = 'http-01'"))
     # listeners must not collide (same port on the same IP for the same socket type)
@@ -699,6 +857,7 @@ default_tenant = "demo"
 
 [media]
 ports = [40000, 40999]
+bind = "127.0.0.1"
 
 [[tenants]]
 id = "demo"
@@ -740,12 +899,17 @@ def describe_keys(cls: type[Any] = EdgeConfig, prefix: str = "") -> Sequence[tup
         default: Any
         if fl.default is not MISSING:
             default = fl.default
+        elif fl.default_factory is _default_state_dir:
+            default = "$XDG_STATE_HOME/mcs-edge (~/.local/state/mcs-edge)"
         elif fl.default_factory is not MISSING:
             default = fl.default_factory()
         else:
             default = "(required)"
         if _is_section(default):
             rows.extend(describe_keys(type(default), path))
+            continue
+        if cls is EdgeConfig and fl.name == "tenants":
+            rows.extend(describe_keys(TenantConfig, "tenants[]"))
             continue
         rows.append(
             (

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.python import usage
 
 from mcs_edge import config as config_mod
+from mcs_edge.config_store import ConfigSource
 from mcs_edge.errors import ConfigErrors
 
 __all__ = ["Options", "makeService"]
@@ -26,9 +27,16 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "edge.toml to load (default: the embedded demo configuration)"],
         ["state-dir", None, None, "state directory for the embedded default (overrides edge.state_dir)"],
+        ["log-format", None, "text", "log output: 'text' (twistd's) or 'json' (one JSON object per line)"],
+        ["worker", None, None, "internal: run as worker N of a supervisor (edge.workers > 1)"],
+        ["shared-ports", None, None, "internal: ports the supervisor reserved for shared listeners"],
     ]
 
     def postOptions(self) -> None:  # noqa: N802
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be 'text' or 'json'")
+        if self["worker"] is not None and not str(self["worker"]).isdigit():
+            raise usage.UsageError("--worker takes a worker index")
         try:
             if self["config"]:
                 if self["state-dir"]:
@@ -37,7 +45,8 @@ class Options(usage.Options):
                     )
                 self.edge_config = config_mod.load(self["config"])
             else:
-                self.edge_config = config_mod.embedded_default(self["state-dir"])
+                # the embedded default plus the tenants saved by the admin API (config_store.py)
+                self.edge_config = ConfigSource(None, self["state-dir"]).load()
         except ConfigErrors as exc:
             raise usage.UsageError(
                 "invalid configuration:\n  " + "\n  ".join(str(e) for e in exc.errors)
@@ -59,4 +68,25 @@ def makeService(options: Options) -> Any:  # noqa: N802
             f"mcs-edge: running the embedded default configuration (state in {options.edge_config.state_dir})",
             file=sys.stderr,
         )
-    return EdgeService(options.edge_config, reactor, config_path=options["config"])
+    cfg = options.edge_config
+    worker = options["worker"]
+    service: Any
+    if worker is not None:  # one worker process of a supervisor (tx/workers.py)
+        from mcs_edge.tx.workers import make_worker, parse_shared_ports
+
+        service = make_worker(
+            cfg, reactor, options["config"], int(worker), parse_shared_ports(options["shared-ports"])
+        )
+    elif cfg.edge.workers > 1:
+        from mcs_edge.tx.workers import Supervisor
+
+        service = Supervisor(cfg, reactor, options["config"], ["--log-format", options["log-format"]])
+    else:
+        service = EdgeService(cfg, reactor, config_path=options["config"])
+    if options["log-format"] == "json" or worker is not None:
+        from mcs_edge.tx.logs import LoggingRoot, log_observer
+
+        root = LoggingRoot(log_observer(options["log-format"], None if worker is None else int(worker)))
+        service.setServiceParent(root)
+        return root
+    return service

@@ -25,18 +25,27 @@ from twisted.application import internet
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig, TenantConfig
+from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
+from mcs_edge.tx.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
+from mcs_edge.tx.admin import Health, LocalAdmin, admin_site, service_checks
+from mcs_edge.tx.drain import Drainer
+from mcs_edge.tx.guard import GuardedFactory, Protection
+from mcs_edge.tx.media_udp import MediaRelay
+from mcs_edge.tx.metrics import EdgeMetrics
+from mcs_edge.tx.proxy_http import HttpProxy
+from mcs_edge.tx.shaping import Shaping
 from mcs_edge.tx.sip_proxy import BackendUDP, SipRouter
 from mcs_edge.tx.sip_stream import SipStreamFactory
 from mcs_edge.tx.sip_ws import SipWebSocketFactory
 from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls import CertificateStore
+from mcs_edge.tx.turn import TurnService, turn_alpn, turn_enabled
 from mcs_edge.tx.web import FrontResource
 
 __all__ = ["EdgeService"]
@@ -61,12 +70,41 @@ class EdgeService(MultiService):
         self.config_path = config_path
         self.timers = Timers(reactor, now)
         self.tenants: TenantTable[TenantConfig] = TenantTable(config.tenants)
-        self.certs = CertificateStore(config, self.tenants)
+        self.certs = CertificateStore(config, self.tenants, alpn=(b"http/1.1", *turn_alpn(config)))
         self._cert_loop: Any = None
         self._old_sighup: Any = None
         self.ports: dict[str, Any] = {}
-        self.sip = SipRouter(config, self.tenants, self.timers)
+        # Operations (tx/metrics.py, tx/admin.py, tx/drain.py): components add their metric
+        # collectors to self.metrics and their readiness checks to self.health.
+        self.config_source = ConfigSource(config_path, None if config_path else config.edge.state_dir)
+        self.metrics = EdgeMetrics(self)
+        self.health = Health()
+        for check_name, check in service_checks(self).items():
+            self.health.add_check(check_name, check)
+        # Guard (tx/guard.py): per-source caps before TLS, tenant caps, request rates, bans, scanners.
+        self.protection = Protection(config, self.timers)
+        self.guard = self.protection.guard  # SourceGuard: per-source caps and refusal counts
+        self.bans = self.protection.bans  # auth-failure bans: listed and lifted by the admin API
+        self.shaping = Shaping(config, self.timers)  # token buckets per connection, media leg, tenant
+        self.certs.on_unknown_sni = lambda: self.protection.scanner("tls_sni")
+        self.drainer = Drainer(self)
+        self.admin = LocalAdmin(self)
+        # Media relay (tx/media_udp.py): the proxy's media hook; relay ports, sessions, SDP rewriting.
+        self.media = MediaRelay(
+            config,
+            reactor,
+            self.timers,
+            tenant_media=lambda tid: getattr(self.tenants.by_id(tid), "media", None),
+            client_transport=lambda fid: getattr(self.sip.core.flows.get(fid), "transport", None),
+            leg_policer=self.shaping.leg_policer,
+        )
+        self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
         self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(self.sip, config, reactor)
+        self.sip.protection = self.protection
+        self.sip_ws.shaping = self.shaping
+        self.acme = AcmeManager(
+            config, self.tenants, self.certs, self.timers, reactor, lambda _tenant: self.refresh_certificates()
+        )
         self._build_listeners()
 
     # -- construction ------------------------------------------------------------------------
@@ -80,9 +118,36 @@ class EdgeService(MultiService):
         site = Site(FrontResource(self), logPath=None)
         site.displayTracebacks = False
         site.timeOut = 60
-        self._tcp("https", cfg.listen.https, TLSMemoryBIOFactory(self.certs, False, site))
+        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/proxy_http.py)
+        site.requestFactory = self.http_proxy.request_factory()
+        # STUN/TURN (UDP/TCP on listen.turn, TLS on listen.turns and, sniffed, on listen.https)
+        self.turn: TurnService | None = None
+        if turn_enabled(cfg):
+            # relay ports from the media relay's allocator (one pool for media.ports), policed like legs
+            self.turn = TurnService(
+                cfg,
+                self.tenants,
+                self.reactor,
+                self.timers,
+                self.certs,
+                ports=self.media.anchor.allocator,
+                leg_policer=self.shaping.leg_policer,
+                wrap_listener=lambda name, factory: GuardedFactory(factory, self.protection, name),
+            )
+            self.turn.setServiceParent(self)
+            self.metrics.add_collector("turn", self.turn.collect)
+        https_factory = site if self.turn is None else self.turn.https_factory(site)
+        https_tls = self.metrics.tls_factory("https", self.certs, https_factory)
+        self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
         if cfg.listen.sip_tls is not None:
-            self._tcp("sip_tls", cfg.listen.sip_tls, TLSMemoryBIOFactory(self.certs, False, SipStreamFactory(self)))
+            sip_tls = self.metrics.tls_factory("sip_tls", self.certs, SipStreamFactory(self))
+            self._tcp("sip_tls", cfg.listen.sip_tls, GuardedFactory(sip_tls, self.protection, "sip_tls"))
+        if cfg.listen.http is not None:  # ACME HTTP-01 answers, redirects to HTTPS
+            plain = Site(PlainHttpResource(self), logPath=None)
+            plain.requestFactory = PlainHttpRequest
+            plain.displayTracebacks = False
+            plain.timeOut = 30
+            self._tcp("http", cfg.listen.http, plain)
         backend = internet.UDPServer(
             cfg.listen.backend_sip.port,
             BackendUDP(self.sip),
@@ -91,10 +156,12 @@ class EdgeService(MultiService):
         )
         backend.setName("backend_sip_udp")
         backend.setServiceParent(self)
+        self._tcp("admin", cfg.listen.admin, admin_site(self.admin))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def privilegedStartService(self) -> None:  # noqa: N802
         self._prepare_state()
+        self.admin.token()  # generated into the state directory when not configured
         changed = self.certs.refresh()
         self.log.info("EDG100 certificates ready for {count} tenant(s)", count=len(changed))
         super().privilegedStartService()
@@ -107,6 +174,10 @@ class EdgeService(MultiService):
             port = getattr(child, "_port", None)
             if port is not None:
                 self.ports[child.name] = port
+        admin = self.ports.get("admin")
+        if admin is not None:
+            where = admin.getHost()
+            self.log.info("ADM100 admin API, /metrics and /health on http://{host}:{port}/", host=where.host, port=where.port)
         udp = self.ports.get("backend_sip_udp")
         if udp is not None:
             self.sip.udp = udp
@@ -118,6 +189,7 @@ class EdgeService(MultiService):
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
         self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
+        self.acme.start()
         self._install_sighup()
         if hasattr(self.reactor, "callWhenRunning"):
             self.reactor.callWhenRunning(self._log_ready)
@@ -137,8 +209,17 @@ class EdgeService(MultiService):
         )
 
     def stopService(self) -> Any:  # noqa: N802
+        # Graceful drain first (tx/drain.py): no new connections or calls, wait for calls to end.
+        return self.drainer.start().addCallback(lambda _: self._stop_now())
+
+    def _stop_now(self) -> Any:
         self._restore_sighup()
         self.sip.stop()
+        self.media.stop()
+        self.shaping.stop()
+        self.protection.stop()
+        self.acme.stop()
+        self.http_proxy.close()
         self.timers.cancel_all()
         return super().stopService()
 
@@ -152,7 +233,7 @@ class EdgeService(MultiService):
 
     # -- reload --------------------------------------------------------------------------------
     def _install_sighup(self) -> None:
-        if not hasattr(signal, "SIGHUP") or not isinstance(self.reactor, IReactorCore):
+        if not hasattr(signal, "SIGHUP") or not IReactorCore.providedBy(self.reactor):
             return
         try:
             self._old_sighup = signal.signal(
@@ -175,15 +256,12 @@ class EdgeService(MultiService):
     def reload(self, new_config: EdgeConfig | None = None) -> bool:
         """Validate and swap in a new configuration; False (old kept) when it is invalid."""
         if new_config is None:
-            if self.config_path is None:
-                self.log.info("CFG200 reload: embedded default, nothing to read; re-checking certificates")
-                self.refresh_certificates()
-                return True
-            try:
-                new_config = config_mod.load(self.config_path)
+            try:  # the config file, or the embedded default plus its saved tenants (config_store.py)
+                new_config = self.config_source.load()
             except ConfigErrors as exc:
                 for err in exc.errors:
                     self.log.error("CFG400 reload refused: {error}", error=str(err))
+                self.metrics.reloads["refused"] += 1
                 return False
         if new_config.listen != self.config.listen:
             self.log.warn("CFG300 listener addresses changed: they take effect at the next restart")
@@ -191,6 +269,12 @@ class EdgeService(MultiService):
         self.tenants = TenantTable(new_config.tenants)
         self.certs.update(new_config, self.tenants)
         self.sip.update(new_config, self.tenants)
+        self.protection.update(new_config)
+        self.shaping.update(new_config)
+        if self.turn is not None:
+            self.turn.update(new_config, self.tenants)
+        self.acme.update(new_config, self.tenants)
+        self.metrics.reloads["ok"] += 1
         self.log.info("CFG201 configuration reloaded: {count} tenant(s)", count=len(new_config.tenants))
         return True
 

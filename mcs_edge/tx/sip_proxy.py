@@ -13,6 +13,8 @@ Problems the core reports are logged rate-limited.
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,16 +22,25 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from mcs_edge.core.sip.proxy import CloseFlow, ProxySettings, SipProxy, ToBackend, ToFlow
+from mcs_edge.core.guard.sip_auth import auth_outcome
+from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
+    from mcs_edge.tx.guard import Protection
     from mcs_edge.tx.timers import Timers
 
 __all__ = ["BackendUDP", "ClientFlow", "SipRouter"]
+
+# A client message that is a request: not a response, not only CRLF keepalives (group 1 set
+# for a response; nothing after the CRLFs for a keepalive).
+_LEADING = re.compile(rb"[\r\n]*(SIP/)?")
+# Source (tenant id, IP) of recently closed flows: a PBX answer may arrive after the client left.
+_CLOSED_PEERS = 16384
 
 
 @dataclass(slots=True, eq=False)
@@ -64,8 +75,10 @@ class SipRouter:
         tenants: TenantTable[TenantConfig],
         timers: Timers,
         backend_port: int | None = None,
+        media: Any = None,
     ) -> None:
         self.timers = timers
+        self.media = media  # the proxy's MediaHook (tx/media_udp.MediaRelay); None = SDP untouched
         self.flows: dict[int, ClientFlow] = {}
         self.udp: Any = None  # IListeningPort of BackendUDP, set by the service
         self.counters: dict[tuple[str, str, str], int] = {}
@@ -74,6 +87,9 @@ class SipRouter:
         self.config = config
         self.tenants = tenants
         self._backends: dict[str, list[TenantConfig]] = {}
+        #: Per-source guard, tenant caps and bans (tx/guard.py), set by the service; None = off.
+        self.protection: Protection | None = None
+        self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -94,8 +110,10 @@ class SipRouter:
             tenant_for_domain=lambda host: self.tenants.by_sip_domain(host),
             backend_of=self._backend_of,
             tenants_at=lambda ip: self._backends.get(ip, ()),
+            media=self.media,
         )
         self.timer = CoreTimer(self.timers, self.core, on_fire=lambda _result: self._flush())
+        self.core.on_backend_final = self._observe_final
         self._index_backends(tenants)
 
     def _index_backends(self, tenants: TenantTable[TenantConfig]) -> None:
@@ -161,6 +179,12 @@ class SipRouter:
         send: Callable[[bytes], None],
         close: Callable[[int, str], None],
     ) -> ClientFlow | None:
+        protection = self.protection
+        if protection is not None:
+            decision = protection.flow_opened(tenant.id, peer[0])
+            if not decision.allowed:
+                self.count("flows_refused", tenant.id, decision.reason)
+                return None
         core_flow = self.core.open_flow(tenant, transport, peer, self.timers.now())
         flow = ClientFlow(core_flow.id, tenant, send, close, transport, peer)
         self.flows[flow.id] = flow
@@ -168,6 +192,13 @@ class SipRouter:
         return flow
 
     def data_from_client(self, flow: ClientFlow, data: bytes) -> None:
+        protection = self.protection
+        if protection is not None:
+            m = _LEADING.match(data)
+            is_request = m is not None and m.group(1) is None and m.end() < len(data)  # or garbage
+            if is_request and not protection.admit_request(flow.tenant.id, flow.peer[0]):
+                self.count("requests_dropped", flow.tenant.id, flow.transport)
+                return
         self.core.receive_from_client(flow.id, data, self.timers.now())
         self._flush()
 
@@ -193,14 +224,38 @@ class SipRouter:
     def close_flow(self, flow: ClientFlow, reason: str) -> None:
         if self.flows.pop(flow.id, None) is None:
             return
+        if self.protection is not None:
+            self.protection.flow_closed(flow.tenant.id, flow.peer[0])
+            closed = self._closed_peers
+            closed[flow.id] = (flow.tenant.id, flow.peer[0])
+            if len(closed) > _CLOSED_PEERS:
+                closed.popitem(last=False)
         self.core.close_flow(flow.id, self.timers.now())
         self.count("flows_closed", flow.tenant.id, flow.transport)
         self._flush()
 
     # ------------------------------------------------------------------ backend
     def data_from_backend(self, data: bytes, addr: tuple[str, int], transport: str) -> None:
+        if self.protection is not None and addr[0] not in self._backends:
+            # Not a tenant's PBX (a scanner on the backend port): dropped quietly, only counted.
+            self.protection.scanner("backend_sip")
+            self.core.count("sip_unknown_backend")
+            return
         self.core.receive_from_backend(data, addr, transport, self.timers.now())
         self._flush()
+
+    def _observe_final(self, pair: Pair, response: Response) -> None:
+        """A PBX's final answer to a client's request: authentication failures and successes."""
+        protection = self.protection
+        if protection is None:
+            return
+        outcome = auth_outcome(pair.request, response)
+        if outcome is None:
+            return
+        flow = self.flows.get(pair.flow_id)
+        source = (flow.tenant.id, flow.peer[0]) if flow is not None else self._closed_peers.get(pair.flow_id)
+        if source is not None:
+            protection.observe_auth(source[0], source[1], outcome)
 
     def _flush(self) -> None:
         core = self.core

@@ -28,6 +28,7 @@ from mcs_edge.tx.tls import tenant_of_tls
 
 if TYPE_CHECKING:
     from mcs_edge.tx.service import EdgeService
+    from mcs_edge.tx.shaping import StreamShaper
     from mcs_edge.tx.sip_proxy import ClientFlow
 
 __all__ = ["SipStreamFactory", "SipStreamProtocol"]
@@ -42,6 +43,7 @@ class SipStreamProtocol(Protocol):
         self.flow: ClientFlow | None = None
         self.framer = StreamFramer(Limits(max_message_size=service.config.sip.max_message_size))
         self._pending = b""
+        self.shaper: StreamShaper | None = None  # rate in both directions (tx/shaping.py)
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         svc = self.service
@@ -55,11 +57,23 @@ class SipStreamProtocol(Protocol):
         if self.flow is None:
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
+        shaping = getattr(svc, "shaping", None)
+        if shaping is not None:
+            self.shaper = shaping.stream(
+                tenant, self.transport, self._received, self._write, self._abort, "tls", peer.host
+            )
         if self._pending:
             data, self._pending = self._pending, b""
             self.dataReceived(data)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        shaper = self.shaper
+        if shaper is not None:
+            shaper.data_received(data)  # paced: handed to _received now or later, in order
+        else:
+            self._received(data)
+
+    def _received(self, data: bytes) -> None:
         flow = self.flow
         if flow is None:  # data before the handshake listener ran (should not happen with TLS)
             self._pending += data
@@ -74,7 +88,7 @@ class SipStreamProtocol(Protocol):
                 peer=flow.peer,
                 reason=str(exc),
             )
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._lose()
             return
         router = self.service.sip
         for ev in events:
@@ -90,16 +104,33 @@ class SipStreamProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
         flow, self.flow = self.flow, None
+        if self.shaper is not None:
+            self.shaper.stop()
         if flow is not None:
             self.service.sip.close_flow(flow, "connection lost")
 
     def _send(self, data: bytes) -> None:
+        if self.shaper is not None:
+            self.shaper.send(data)
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
 
     def _close(self, code: int, reason: str) -> None:
+        self._lose()
+
+    def _lose(self) -> None:
+        if self.shaper is not None:
+            self.shaper.stop()  # unregisters its producer: a TLS transport closes only after that
         if self.transport is not None:
             self.transport.loseConnection()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class SipStreamFactory(Factory):

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.tx.shaping import Shaping, StreamShaper
     from mcs_edge.tx.sip_proxy import ClientFlow, SipRouter
 
 __all__ = ["SipWebSocketFactory", "SipWebSocketProtocol", "configure_factory", "origin_allowed", "take_over"]
@@ -52,9 +53,12 @@ def origin_allowed(tenant: TenantConfig, origin: str | None, host: str | None) -
 class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """One browser connection: a flow of SIP messages."""
 
-    log = Logger()
+    # not ``log``: autobahn logs every frame through ``self.log.debug``; our own logger must not
+    # shadow its (level-filtered) txaio logger
+    edge_log = Logger()
     tenant: TenantConfig
     flow: ClientFlow | None = None
+    shaper: StreamShaper | None = None  # rate in both directions (tx/shaping.py), once open
 
     def onConnect(self, request: Any) -> str:  # noqa: N802
         router: SipRouter = self.factory.router
@@ -64,7 +68,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         origin = request.headers.get("origin")
         if not origin_allowed(self.tenant, origin, request.headers.get("host")):
             router.count("ws_refused", self.tenant.id, "origin")
-            self.log.info(
+            self.edge_log.info(
                 "WSS403 {tenant} origin {origin} refused from {peer}",
                 tenant=self.tenant.id,
                 origin=origin,
@@ -81,6 +85,31 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         )
         if self.flow is None:
             self.sendClose(4008, "connection limit")
+            return
+        shaping: Shaping | None = self.factory.shaping
+        if shaping is not None:
+            self.shaper = shaping.stream(
+                self.tenant, self.transport, self._deliver, self._write_sip, self._abort, "wss", peer.host
+            )
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        shaper = self.shaper
+        if shaper is None:
+            WebSocketServerProtocol.dataReceived(self, data)
+        else:  # paced: delivered now or, while reading is paused, later and in order
+            shaper.data_received(data)
+
+    def _deliver(self, data: bytes) -> None:
+        WebSocketServerProtocol.dataReceived(self, data)
+
+    def _abort(self) -> None:
+        self.dropConnection(abort=True)
+
+    def _closeConnection(self, abort: bool = False) -> None:  # noqa: N802
+        shaper = self.shaper
+        if shaper is not None:
+            shaper.stop()  # unregisters its producer: a TLS transport closes only after that
+        super()._closeConnection(abort)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
         if self.flow is not None:
@@ -88,12 +117,23 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
         flow, self.flow = self.flow, None
+        shaper = self.shaper
+        if shaper is not None:
+            shaper.stop()
         if flow is not None:
             self.factory.router.close_flow(flow, reason or f"websocket closed ({code})")
 
     # -- called by the router ------------------------------------------------------------------
     def _send_sip(self, data: bytes) -> None:
-        self.sendMessage(data, isBinary=False)
+        shaper = self.shaper
+        if shaper is None:
+            self.sendMessage(data, isBinary=False)
+        else:
+            shaper.send(data)
+
+    def _write_sip(self, data: bytes) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(data, isBinary=False)
 
     def _close_flow(self, code: int, reason: str) -> None:
         # autobahn lets applications send 1000 or 3000-4999 only (1001 "going away" is its own)
@@ -106,8 +146,15 @@ class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
     protocol = SipWebSocketProtocol
 
     def __init__(self, router: SipRouter, config: EdgeConfig, reactor: Any) -> None:
+        import txaio
+
+        txaio.use_twisted()
+        # autobahn logs every frame at debug level through txaio: filter at the source
+        txaio.set_global_log_level("info")  # type: ignore[attr-defined]
         super().__init__(reactor=reactor, protocols=["sip"], server="mcs-edge")
         self.router = router
+        #: Per-connection buckets (tx/shaping.py), set by the service; None = unshaped.
+        self.shaping: Shaping | None = None
         configure_factory(self, config)
 
 
@@ -144,6 +191,10 @@ def take_over(request: Request, factory: SipWebSocketFactory, tenant: TenantConf
         return False
     proto.tenant = tenant
     channel.setTimeout(None)  # the HTTP idle timer must not fire on the upgraded connection
+    # The channel registered itself as the transport's producer; the WebSocket's shaper takes its
+    # place (and a TLS transport with a producer left registered never closes).
+    if hasattr(transport, "unregisterProducer"):
+        transport.unregisterProducer()
     channel.transport = None
     if isinstance(transport, ProtocolWrapper):
         transport.wrappedProtocol = proto

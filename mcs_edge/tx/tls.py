@@ -49,6 +49,7 @@ __all__ = ["CertificateStore", "LoadedCert", "make_base_options", "tenant_of_tls
 # Modern ciphers for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults, all AEAD).
 _CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+ACME_TLS_ALPN = b"acme-tls/1"  # RFC 8737
 
 
 def make_base_options(ctx: SSL.Context, min_version: str) -> None:
@@ -102,6 +103,10 @@ class CertificateStore:
         self._loaded: dict[str, LoadedCert] = {}
         self._on_error = on_error
         self.errors: dict[str, str] = {}
+        # RFC 8737 challenge contexts by name, set by the ACME client (tx/acme.py) while pending
+        self._acme_alpn: dict[str, SSL.Context] = {}
+        #: Called for a handshake whose server name no tenant owns (scanners; tx/guard.py counts them).
+        self.on_unknown_sni: Callable[[], None] | None = None
         self._base = self._make_base_context()
 
     # -- configuration ---------------------------------------------------------------------
@@ -224,12 +229,29 @@ class CertificateStore:
         if tenant is None and self._config.tls.unknown_sni == "default" and self._config.tls.default_tenant:
             tenant = self._tenants.by_id(self._config.tls.default_tenant)
         if tenant is None:
+            if self.on_unknown_sni is not None:
+                self.on_unknown_sni()
             return  # no certificate on the base context: the handshake fails
         loaded = self._loaded.get(tenant.id)
         if loaded is not None:
             conn.set_context(loaded.context)
 
+    def set_acme_challenge(self, name: str, context: SSL.Context | None) -> None:
+        """Serve ``context`` (RFC 8737 challenge certificate) to ``acme-tls/1`` handshakes for ``name``."""
+        if context is None:
+            self._acme_alpn.pop(name.lower(), None)
+        else:
+            self._acme_alpn[name.lower()] = context
+
     def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes:
+        if self._acme_alpn and ACME_TLS_ALPN in offered:
+            # Only in TLS 1.3 is ALPN chosen before the certificate (OpenSSL's final_alpn runs in
+            # early ClientHello processing), so swapping the context here is safe there only.
+            name = (conn.get_servername() or b"").decode("ascii", "replace").lower()
+            challenge = self._acme_alpn.get(name)
+            if challenge is not None and conn.get_protocol_version_name() == "TLSv1.3":
+                conn.set_context(challenge)
+                return ACME_TLS_ALPN
         for proto in self._alpn:
             if proto in offered:
                 return proto

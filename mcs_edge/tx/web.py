@@ -45,6 +45,9 @@ class FrontResource(Resource):
     def __init__(self, service: EdgeService) -> None:
         super().__init__()
         self.service = service
+        from mcs_edge.tx.handoff import CertificateHandoff
+
+        self.handoff = CertificateHandoff(service)
 
     def render(self, request: Request) -> bytes:
         request.setHeader(b"server", b"mcs-edge")
@@ -54,6 +57,16 @@ class FrontResource(Resource):
             request.setResponseCode(status)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return f"{status} {reason}\n".encode()
+        turn = getattr(self.service, "turn", None)
+        if turn is not None and request.path == b"/.well-known/mcs-edge/ice-servers":
+            from mcs_edge.tx.turn_api import render_ice_servers
+
+            return render_ice_servers(turn, request, tenant)
+        if request.path == b"/.well-known/mcs-edge/certificate":
+            return self.handoff.render(request, tenant)
+        check = getattr(self.service, "check", None)  # network check page (tx/check.py)
+        if check is not None and check.handles(request.path):
+            return check.render(request, tenant)  # type: ignore[no-any-return]
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade == "websocket":
             offered = [p.strip() for p in (request.getHeader("sec-websocket-protocol") or "").split(",")]
@@ -61,6 +74,11 @@ class FrontResource(Resource):
                 from mcs_edge.tx.sip_ws import take_over
 
                 if take_over(request, self.service.sip_ws, tenant):
+                    return NOT_DONE_YET  # type: ignore[return-value]
+            elif tenant.backend_http and getattr(self.service, "http_proxy", None) is not None:
+                from mcs_edge.tx.proxy_http import pass_websocket  # widget chat etc.
+
+                if pass_websocket(self.service.http_proxy, request, tenant):
                     return NOT_DONE_YET  # type: ignore[return-value]
             request.setResponseCode(400)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")

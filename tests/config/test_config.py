@@ -285,3 +285,13 @@ def test_describe_keys_lists_config_md_keys() -> None:
         "acme.challenge",
     ):
         assert k in keys
+
+
+def test_docs_config_md_is_current() -> None:
+    """docs/config.md lists every key of the schema (regenerate with `mcs-edge keys --markdown`)."""
+    from pathlib import Path
+
+    from mcs_edge.cli import config_reference
+
+    doc = Path(__file__).resolve().parent.parent.parent / "docs" / "config.md"
+    assert doc.read_text() == config_reference(), "run: .venv/bin/mcs-edge keys --markdown > docs/config.md"

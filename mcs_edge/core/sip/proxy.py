@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
+from .calls import CallTable
 from .framing import PING, PONG
 from .headers import NameAddr, SipUri
 from .message import Limits, Request, Response, parse
@@ -62,6 +63,7 @@ from .transaction import (
 __all__ = [
     "CloseFlow",
     "Flow",
+    "LocalService",
     "MediaHook",
     "Pair",
     "ProxySettings",
@@ -163,6 +165,23 @@ class MediaHook(Protocol):
 
     def on_end(self, call_id: str, reason: str) -> None: ...
 
+    def on_flow_closed(self, flow_id: int, now: float) -> None: ...
+
+
+class LocalService(Protocol):
+    """Requests the edge answers itself instead of forwarding them (the echo service, tx/echo.py).
+
+    ``claims`` is asked about every request from a client after the tenant checks (initial requests
+    only reach it when they address a domain of the flow's tenant); a claimed request is given to
+    ``request``, whose response (None for an ACK) goes back through the server transaction.
+    """
+
+    def claims(self, flow: Flow, request: Request) -> bool: ...
+
+    def request(self, flow: Flow, request: Request, now: float) -> Response | None: ...
+
+    def on_flow_closed(self, flow_id: int, now: float) -> None: ...
+
 
 class PassthroughMedia:
     """The media hook that changes nothing (until media anchoring is configured)."""
@@ -173,6 +192,9 @@ class PassthroughMedia:
         return None
 
     def on_end(self, call_id: str, reason: str) -> None:
+        return None
+
+    def on_flow_closed(self, flow_id: int, now: float) -> None:
         return None
 
 
@@ -212,6 +234,15 @@ class SipProxy:
         self._pairs_by_client: dict[ClientTransaction, Pair] = {}
         self.counters: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
+        #: Calls (INVITE dialogs) up, by Call-ID and by flow (admin API, metrics, drain).
+        self.calls = CallTable()
+        #: Graceful drain: new calls (initial INVITEs, either direction) get 503 + Retry-After.
+        self.draining = False
+        #: Told of every final response a PBX gives to a client's request, before it is relayed
+        #: (the guard watches authentication outcomes there); None = nobody listens.
+        self.on_backend_final: Callable[[Pair, Response], None] | None = None
+        #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
+        self.local: LocalService | None = None
         self._our_hosts = {
             (settings.public_host.lower(), settings.public_port),
             (settings.backend_host.lower(), settings.backend_port),
@@ -259,6 +290,10 @@ class SipProxy:
         if flow is None:
             return
         self._tokens.pop(flow.token, None)
+        self.calls.flow_closed(flow_id)
+        self.media.on_flow_closed(flow_id, now)
+        if self.local is not None:
+            self.local.on_flow_closed(flow_id, now)
         self._dead_tokens[flow.token] = None
         if len(self._dead_tokens) > 100_000:
             self._dead_tokens.pop(next(iter(self._dead_tokens)))
@@ -297,6 +332,7 @@ class SipProxy:
         return f"<sip:{_hostport(s.backend_host, s.backend_port)};transport={s.backend_transport};lr;r2=on>"
 
     def _respond(self, tx: ServerTransaction, request: Request, status: int, reason: str, now: float) -> None:
+        self.count(_LOCAL_CLASS[status // 100 % 7])
         resp = Response.for_request(request, status, reason, to_tag=new_tag() if status > 100 else None)
         resp.headers.add("Server", self.settings.server_name)
         if status == 503:
@@ -393,6 +429,9 @@ class SipProxy:
             return
         tx, is_new = self.layer.receive_request(req, now, reliable=True)
         if tx is None:  # ACK for a 2xx: stateless, along the route to this tenant's PBX
+            if self.local is not None and self.local.claims(flow, req):
+                self.local.request(flow, req, now)
+                return
             self._forward_ack_to_backend(flow, req, now)
             return
         if not is_new:
@@ -416,6 +455,16 @@ class SipProxy:
                 self.count("sip_foreign_domain", f"{tenant.id} -> {getattr(ruri, 'host', ruri)}")
                 self._respond(tx, req, 403, "Forbidden (domain not served for this connection)", now)
                 return
+        if self.draining and not in_dialog and req.method == "INVITE":
+            self.count("sip_refused_draining")
+            self._respond(tx, req, 503, "Service Unavailable (draining)", now)
+            return
+        if self.local is not None and self.local.claims(flow, req):
+            self.count("sip_requests_local")
+            response = self.local.request(flow, req, now)
+            if response is not None:
+                self.layer.send_response(tx, response, now)
+            return
         fwd = req.copy()
         self._strip_our_routes(fwd)
         fwd.decrement_max_forwards()
@@ -439,6 +488,34 @@ class SipProxy:
         self._pairs_by_client[ctx] = pair
         self._dest[ctx] = ("backend", tenant.id, transport, addr)
         self.count("sip_requests_to_backend")
+        self._track_call(req, in_dialog, tenant.id, flow.id, True, now)
+
+    def _track_call(
+        self, req: Request, in_dialog: bool, tenant_id: str, flow_id: int, from_client: bool, now: float
+    ) -> None:
+        method = req.method
+        if method == "INVITE" and not in_dialog:
+            self.calls.invite(req.call_id, tenant_id, flow_id, from_client, now)
+        elif method == "BYE":
+            self.calls.bye(req.call_id)
+            self.media.on_end(req.call_id, "BYE")
+
+    def send_to_flow(self, flow_id: int, request: Request, now: float) -> bool:
+        """Send a request the edge itself originates (e.g. the echo service's BYE) to a client flow.
+
+        Our Via is pushed; a client transaction retransmits and times out as usual; its response
+        is absorbed (no pair). False when the flow is gone.
+        """
+        flow = self.flows.get(flow_id)
+        if flow is None:
+            return False
+        s = self.settings
+        request.push_via(self._via(flow.transport, s.public_host, s.public_port, new_branch()))
+        ctx = self.layer.send_request(request, now, reliable=True)
+        self._dest[ctx] = ("flow", flow_id)
+        self.count("sip_requests_local_to_client")
+        self._pump(now)
+        return True
 
     def _respond_trying(self, tx: ServerTransaction, req: Request, now: float) -> None:
         resp = Response.for_request(req, 100, "Trying")
@@ -630,6 +707,10 @@ class SipProxy:
         self._dest[tx] = ("backend", flow.tenant.id, transport, _response_addr(req.top_via, src))
         fwd.decrement_max_forwards()
         in_dialog = req.to.tag is not None
+        if self.draining and not in_dialog and req.method == "INVITE":
+            self.count("sip_refused_draining")
+            self._respond(tx, req, 503, "Service Unavailable (draining)", now)
+            return
         if req.method in DIALOG_METHODS and not in_dialog:
             fwd.prepend_record_route(self._backend_rr())
             fwd.prepend_record_route(self._client_rr(flow))
@@ -648,6 +729,7 @@ class SipProxy:
         self._pairs_by_client[ctx] = pair
         self._dest[ctx] = ("flow", flow.id)
         self.count("sip_requests_to_client")
+        self._track_call(req, in_dialog, flow.tenant.id, flow.id, False, now)
 
     # ------------------------------------------------------------------ CANCEL
     def _cancel(self, cancel: Request, dest: Dest, now: float) -> None:
@@ -662,6 +744,9 @@ class SipProxy:
         self._dest[tx] = dest
         pair = self._pairs_by_server.get(invite_tx) if invite_tx is not None else None
         if pair is None:
+            if invite_tx is not None:  # answered here (e.g. by the echo service): no effect
+                self._respond(tx, cancel, 200, "OK", now)
+                return
             self._respond(tx, cancel, 481, "Call/Transaction Does Not Exist", now)
             return
         self._respond(tx, cancel, 200, "OK", now)
@@ -698,6 +783,8 @@ class SipProxy:
         pair = self._pairs_by_client.get(ctx)
         if pair is None:
             return  # e.g. the 200 for a CANCEL we sent
+        if resp.status >= 200 and pair.from_client and self.on_backend_final is not None:
+            self.on_backend_final(pair, resp)
         if resp.status < 200:
             pair.got_provisional = True
             if pair.cancel_pending:
@@ -714,12 +801,18 @@ class SipProxy:
             refused = self.media.on_message(pair, out, not pair.from_client, now)
             if refused is not None and resp.status < 300:
                 out = Response.for_request(pair.server.request, 500, "Media Error")
+        self.count(_RELAYED_CLASS[resp.status // 100 % 7])
         if resp.status >= 200:
+            if pair.request.method == "INVITE":
+                if resp.status < 300:
+                    self.calls.answered(pair.request.call_id, now)
+                else:
+                    self.calls.failed(pair.request.call_id)
             if pair.final_sent and resp.status >= 300:
                 return
             pair.final_sent = True
-            if resp.status >= 300 and pair.request.method == "INVITE":
-                self.media.on_end(pair.request.call_id, f"{resp.status}")
+            if resp.status >= 300 and pair.request.method == "INVITE" and pair.request.to.tag is None:
+                self.media.on_end(pair.request.call_id, f"{resp.status}")  # a failed re-INVITE keeps the call
         if resp.status in (401, 403, 407) and pair.from_client:
             self.count("sip_auth_challenges")
         self.layer.send_response(pair.server, out, now)
@@ -743,6 +836,12 @@ class SipProxy:
     def _relay_ack(self, stx: ServerTransaction, ack: Request, now: float) -> None:
         pair = self._pairs_by_server.get(stx)
         if pair is None:
+            dest = self._dest.get(stx)
+            local = self.local
+            if local is not None and dest is not None and dest[0] == "flow":
+                flow = self.flows.get(dest[1])
+                if flow is not None and local.claims(flow, ack):
+                    local.request(flow, ack, now)
             return
         flow = self.flows.get(pair.flow_id)
         if pair.from_client and flow is not None:
@@ -763,7 +862,9 @@ class SipProxy:
                 else:
                     status, reason = 430, "Flow Failed"
             if pair.request.method == "INVITE":
-                self.media.on_end(pair.request.call_id, reason)
+                if pair.request.to.tag is None:
+                    self.media.on_end(pair.request.call_id, reason)
+                self.calls.failed(pair.request.call_id)
             self._respond(pair.server, pair.server.request, status, reason, now)
         else:
             self.count("sip_server_tx_failure")
@@ -771,6 +872,10 @@ class SipProxy:
 
 # ---------------------------------------------------------------------------------------------
 
+
+# Counter names of responses by class (index = status // 100; 0 and 7+ are not SIP classes).
+_LOCAL_CLASS = tuple(f"sip_responses_local_{c}xx" for c in range(7))
+_RELAYED_CLASS = tuple(f"sip_responses_relayed_{c}xx" for c in range(7))
 
 _REASONS = {488: "Not Acceptable Here", 503: "Service Unavailable", 500: "Server Internal Error"}
 

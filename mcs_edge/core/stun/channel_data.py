@@ -13,6 +13,10 @@ cuts STUN messages: ``20 + length``) and calls :func:`pack_channel_data` with ``
 
 The relay path (:func:`pack_channel_data`, :func:`unpack_channel_data`) is one struct call and one
 slice; :class:`ChannelData` is the value form for tests and tools.
+
+RFC 5766 allowed channels 0x4000..0x7FFF and clients of that era (coturn's own test client among
+them) still use the whole range; :data:`LEGACY_CHANNEL_MAX` names it for servers that accept them
+(on a TURN listener nothing else is multiplexed, so first bytes 0x50..0x7F are unambiguous there).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "CHANNEL_MAX",
     "CHANNEL_MIN",
+    "LEGACY_CHANNEL_MAX",
     "ChannelData",
     "is_channel_data",
     "pack_channel_data",
@@ -34,6 +39,7 @@ __all__ = [
 
 CHANNEL_MIN = 0x4000
 CHANNEL_MAX = 0x4FFF
+LEGACY_CHANNEL_MAX = 0x7FFF
 _HEADER = struct.Struct("!HH")
 _PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
@@ -65,11 +71,12 @@ def unpack_channel_data(data: bytes) -> tuple[int, bytes]:
     return channel, data[4 : 4 + length]
 
 
-def stream_frame_length(buf: bytes | bytearray | memoryview) -> int | None:
+def stream_frame_length(buf: bytes | bytearray | memoryview, max_first: int = 0x4F) -> int | None:
     """Length of the next STUN or ChannelData frame at the start of a TCP/TLS stream buffer.
 
     None if fewer than 4 bytes are buffered; raises :class:`RemoteProtocolError` (hint None: close
-    the connection) if the stream does not start with STUN or ChannelData.
+    the connection) if the stream does not start with STUN or ChannelData. ``max_first`` is the
+    highest ChannelData first byte accepted (0x7F with :data:`LEGACY_CHANNEL_MAX`).
     """
     if len(buf) < 4:
         return None
@@ -77,7 +84,7 @@ def stream_frame_length(buf: bytes | bytearray | memoryview) -> int | None:
     length = (buf[2] << 8) | buf[3]
     if first < 0x40:
         return 20 + length
-    if first <= 0x4F:
+    if first <= max_first:
         return 4 + length + (-length & 3)
     raise RemoteProtocolError("TURN stream: neither STUN nor ChannelData", None)
 

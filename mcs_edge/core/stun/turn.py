@@ -7,6 +7,8 @@ wall-clock ``wall_now`` (TURN REST usernames and nonces carry unix times)::
 
     actions = server.receive(data, client_addr, now, wall_now)      # from a client (STUN or ChannelData)
     action  = server.receive_from_peer(relay_addr, peer_addr, data, now)   # from a peer, or None
+    hit = server.channel_data(data, client_addr, now)   # hot paths: plain tuples, not actions
+    hit = server.peer_data(relay_addr, peer_addr, data, now)
     deadline = server.get_timer();  actions = server.handle_timer(now)
     actions = server.client_gone(client_addr)   # TCP/TLS connection closed
     actions = server.close()                    # shutdown: every allocation released
@@ -29,13 +31,16 @@ condition                                                   answer
 no MESSAGE-INTEGRITY(-SHA256)                               401 + REALM + NONCE
 USERNAME, REALM or NONCE missing                            400
 NONCE not ours, tampered, or expired                        438 Stale Nonce + REALM + fresh NONCE
-unknown realm, REST username malformed or expired           401 + REALM + NONCE
+unknown realm/tenant, REST username malformed or expired    401 + REALM + NONCE
 integrity does not verify                                   401 + REALM + NONCE
 ==========================================================  ====================================
 
 Nonces are stateless: ``base64(expiry || HMAC-SHA256(server secret, expiry, client IP, realm)[:12])``,
-valid for ``nonce_lifetime`` seconds of wall-clock time. The realm names the tenant:
-``credentials_for(realm)`` returns that tenant's TURN REST secret; the username is
+valid for ``nonce_lifetime`` seconds of wall-clock time. ``lookup(realm, username)`` names the
+tenant and returns ``(tenant, TURN REST secret)`` or None; the simple form ``credentials_for(realm)``
+makes the realm the tenant. A connection bound to a tenant (TLS SNI) passes ``tenant=`` to
+:meth:`TurnServer.receive`: credentials that resolve to another tenant are refused like unknown ones
+(401). The username is
 ``"<unix expiry>:<user>"`` and the password ``base64(HMAC-SHA1(secret, username))``; the key is
 ``MD5(username:realm:password)`` (SHA-256 when the client sends PASSWORD-ALGORITHM SHA-256). A client
 using MESSAGE-INTEGRITY-SHA256 gets responses protected the same way. Unauthenticated error
@@ -52,7 +57,8 @@ After authentication (errors are authenticated):
   than the allocation's -> 441; Refresh with LIFETIME 0 deletes.
 * CreatePermission / ChannelBind: peer of the other family -> 443; ``peer_allowed(tenant, ip)``
   false -> 403 (one refused peer refuses the whole request); ChannelBind number outside
-  0x4000..0x4FFF, the number bound to another peer, or the peer bound to another number -> 400.
+  0x4000..0x4FFF (0x7FFF with ``channel_max=LEGACY_CHANNEL_MAX``, the RFC 5766 range), the number
+  bound to another peer, or the peer bound to another number -> 400.
 
 Send indications are never authenticated (RFC 8656 s.11): they are relayed if the allocation has a
 permission for the peer, otherwise dropped and counted, like every malformed indication.
@@ -80,7 +86,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from mcs_edge.core.stun.channel_data import CHANNEL_MAX, CHANNEL_MIN
+from mcs_edge.core.stun.channel_data import CHANNEL_MAX, CHANNEL_MIN, LEGACY_CHANNEL_MAX
 from mcs_edge.core.stun.message import (
     ADDRESS_FAMILY_IPV4,
     ADDRESS_FAMILY_IPV6,
@@ -183,7 +189,7 @@ class SendToPeer:
 
 @dataclass(frozen=True, slots=True)
 class AllocationCreated:
-    """Open a relay socket on ``relay`` for ``client`` (tenant = realm)."""
+    """Open a relay socket on ``relay`` for ``client`` of ``tenant``."""
 
     client: Addr
     relay: Addr
@@ -234,6 +240,7 @@ class AllocationInfo:
     expires: float
     permissions: dict[str, float]
     channels: dict[int, Addr]
+    realm: str = ""
 
 
 class TurnCounters:
@@ -308,25 +315,34 @@ class _Allocation:
         "deleted",
         "expires",
         "family",
+        "handle",
         "key",
         "permissions",
         "quota_key",
         "realm",
         "relay",
         "scheduled",
+        "tenant",
         "username",
     )
 
     def __init__(
-        self, client: Addr, relay: Addr, family: int, realm: str, username: str, key: bytes, expires: float
+        self,
+        client: Addr,
+        relay: Addr,
+        family: int,
+        auth: _Auth,
+        expires: float,
     ) -> None:
         self.client = client
         self.relay = relay
+        self.handle: object = relay
         self.family = family
-        self.realm = realm
-        self.username = username
-        self.quota_key = (realm, _rest_user(username))
-        self.key = key
+        self.realm = auth.realm
+        self.tenant = auth.tenant
+        self.username = auth.username
+        self.quota_key = (auth.tenant, _rest_user(auth.username))
+        self.key = auth.key
         self.expires = expires
         self.permissions: dict[str, _Permission] = {}
         self.channels: dict[int, _Channel] = {}
@@ -346,11 +362,12 @@ class _Allocation:
 
 
 class _Auth:
-    __slots__ = ("key", "realm", "sha256", "username")
+    __slots__ = ("key", "realm", "sha256", "tenant", "username")
 
-    def __init__(self, username: str, realm: str, key: bytes, sha256: bool) -> None:
+    def __init__(self, username: str, realm: str, tenant: str, key: bytes, sha256: bool) -> None:
         self.username = username
         self.realm = realm
+        self.tenant = tenant
         self.key = key
         self.sha256 = sha256
 
@@ -375,6 +392,16 @@ def _rest_expiry(username: str) -> int | None:
     return int(head)
 
 
+def _realm_lookup(
+    credentials_for: Callable[[str], bytes | None],
+) -> Callable[[str, str], tuple[str, bytes] | None]:
+    def lookup(realm: str, _username: str) -> tuple[str, bytes] | None:
+        secret = credentials_for(realm)
+        return None if secret is None else (realm, secret)
+
+    return lookup
+
+
 def _family_of(ip: str) -> int:
     return ADDRESS_FAMILY_IPV6 if ":" in ip else ADDRESS_FAMILY_IPV4
 
@@ -389,7 +416,8 @@ class TurnServer:
         self,
         *,
         realm: str,
-        credentials_for: Callable[[str], bytes | None],
+        credentials_for: Callable[[str], bytes | None] | None = None,
+        lookup: Callable[[str, str], tuple[str, bytes] | None] | None = None,
         relay_allocator: RelayAllocator,
         peer_allowed: Callable[[str, str], bool] = default_peer_policy,
         quota_for: Callable[[str], TurnQuota] | None = None,
@@ -402,11 +430,22 @@ class TurnServer:
         permission_lifetime: float = PERMISSION_LIFETIME,
         channel_lifetime: float = CHANNEL_LIFETIME,
         families: frozenset[int] = frozenset({ADDRESS_FAMILY_IPV4}),
+        channel_max: int = CHANNEL_MAX,
     ) -> None:
         if not 0 < default_lifetime <= max_lifetime:
             raise LocalProtocolError("TURN: need 0 < default_lifetime <= max_lifetime")
+        if channel_max not in (CHANNEL_MAX, LEGACY_CHANNEL_MAX):
+            raise LocalProtocolError("TURN: channel_max is CHANNEL_MAX or LEGACY_CHANNEL_MAX")
+        #: highest channel number accepted in ChannelBind, and the first byte of its ChannelData
+        self.channel_max = channel_max
+        self.channel_first_max = channel_max >> 8
+        if lookup is None:
+            if credentials_for is None:
+                raise LocalProtocolError("TURN: give credentials_for or lookup")
+            lookup = _realm_lookup(credentials_for)
         self.realm = realm
-        self.credentials_for = credentials_for
+        #: ``(realm, username) -> (tenant, secret)`` or None
+        self.lookup = lookup
         self.relay_allocator = relay_allocator
         self.peer_allowed = peer_allowed
         self.quota_for = quota_for or (lambda _realm: TurnQuota())
@@ -433,6 +472,10 @@ class TurnServer:
     def __len__(self) -> int:
         return len(self._by_client)
 
+    def allocations_by_tenant(self) -> dict[str, int]:
+        """Live allocations per tenant."""
+        return dict(self._tenant_counts)
+
     def allocation(self, client: Addr) -> AllocationInfo | None:
         """A snapshot of the allocation of ``client``, or None."""
         alloc = self._by_client.get(client)
@@ -441,17 +484,29 @@ class TurnServer:
         return AllocationInfo(
             alloc.client,
             alloc.relay,
-            alloc.realm,
+            alloc.tenant,
             alloc.username,
             alloc.expires,
             {ip: p.expires for ip, p in alloc.permissions.items()},
             {n: c.peer for n, c in alloc.channels.items()},
+            alloc.realm,
         )
 
     # --- data path ------------------------------------------------------------------------------
 
-    def relay_channel_data(self, data: bytes, client: Addr, now: float) -> SendToPeer | None:
-        """ChannelData from ``client`` -> the datagram to send to the bound peer, or None (dropped)."""
+    def attach(self, relay: Addr, handle: object) -> bool:
+        """Let :meth:`channel_data` name the allocation on ``relay`` by ``handle`` (the adapter's
+        relay socket object, saving it a lookup per packet); False if there is no such allocation."""
+        alloc = self._by_relay.get(relay)
+        if alloc is None:
+            return False
+        alloc.handle = handle
+        return True
+
+    def channel_data(self, data: bytes, client: Addr, now: float) -> tuple[object, Addr, bytes] | None:
+        """The hot path from clients: ChannelData from ``client`` -> ``(handle, peer, payload)`` to
+        send from the allocation's relay (``handle`` is the relayed address unless :meth:`attach`
+        named another), or None (dropped, counted)."""
         alloc = self._by_client.get(client)
         if alloc is None:
             self.counters.dropped_no_allocation += 1
@@ -470,10 +525,18 @@ class TurnServer:
         if 4 + length > len(data):
             self.counters.dropped_malformed += 1
             return None
-        return SendToPeer(alloc.relay, channel.peer, data[4 : 4 + length])
+        return alloc.handle, channel.peer, data[4 : 4 + length]
 
-    def receive_from_peer(self, relay: Addr, peer: Addr, data: bytes, now: float) -> SendToClient | None:
-        """A datagram from ``peer`` on relay ``relay`` -> ChannelData or Data indication, or None."""
+    def relay_channel_data(self, data: bytes, client: Addr, now: float) -> SendToPeer | None:
+        """ChannelData from ``client`` -> the datagram to send to the bound peer, or None (dropped)."""
+        hit = self.channel_data(data, client, now)
+        if hit is None:
+            return None
+        return SendToPeer(self._by_client[client].relay, hit[1], hit[2])
+
+    def peer_data(self, relay: Addr, peer: Addr, data: bytes, now: float) -> tuple[Addr, bytes] | None:
+        """The hot path from peers: a datagram from ``peer`` on ``relay`` -> ``(client, bytes)``
+        (ChannelData, or a Data indication when the peer has no channel), or None (dropped)."""
         alloc = self._by_relay.get(relay)
         if alloc is None:
             self.counters.dropped_no_allocation += 1
@@ -489,11 +552,14 @@ class TurnServer:
         channel = alloc.channel_by_peer.get(peer)
         if channel is not None and channel.expires > now:
             if self.stream and size & 3:
-                return SendToClient(
-                    alloc.client, _CD_HEADER.pack(channel.number, size) + data + _PAD[size & 3]
-                )
-            return SendToClient(alloc.client, _CD_HEADER.pack(channel.number, size) + data)
-        return SendToClient(alloc.client, self._data_indication(peer, data))
+                return alloc.client, _CD_HEADER.pack(channel.number, size) + data + _PAD[size & 3]
+            return alloc.client, _CD_HEADER.pack(channel.number, size) + data
+        return alloc.client, self._data_indication(peer, data)
+
+    def receive_from_peer(self, relay: Addr, peer: Addr, data: bytes, now: float) -> SendToClient | None:
+        """A datagram from ``peer`` on relay ``relay`` -> ChannelData or Data indication, or None."""
+        hit = self.peer_data(relay, peer, data, now)
+        return None if hit is None else SendToClient(hit[0], hit[1])
 
     def _data_indication(self, peer: Addr, data: bytes) -> bytes:
         txid = secrets.token_bytes(12)
@@ -511,15 +577,23 @@ class TurnServer:
     # --- control path ---------------------------------------------------------------------------
 
     def receive(
-        self, data: bytes, client: Addr, now: float, wall_now: float, *, realm: str | None = None
+        self,
+        data: bytes,
+        client: Addr,
+        now: float,
+        wall_now: float,
+        *,
+        realm: str | None = None,
+        tenant: str | None = None,
     ) -> list[TurnAction]:
         """One STUN message or ChannelData from ``client``; ``realm`` overrides the listener's realm
-        in challenges (e.g. chosen from SNI on a TLS listener)."""
+        in challenges (e.g. chosen from SNI on a TLS listener); ``tenant`` binds the request to one
+        tenant (credentials resolving to another are refused)."""
         if not data:
             self.counters.dropped_malformed += 1
             return []
         first = data[0]
-        if 0x40 <= first <= 0x4F:
+        if 0x40 <= first <= self.channel_first_max:
             action = self.relay_channel_data(data, client, now)
             return [] if action is None else [action]
         if first >= 0x40:
@@ -545,7 +619,7 @@ class TurnServer:
         if view.cls != CLASS_REQUEST:
             self.counters.dropped_malformed += 1
             return []
-        return self._on_request(view, client, now, wall_now, realm or self.realm)
+        return self._on_request(view, client, now, wall_now, realm or self.realm, tenant)
 
     def _on_send(self, view: MessageView, client: Addr, now: float) -> SendToPeer | None:
         alloc = self._by_client.get(client)
@@ -569,7 +643,7 @@ class TurnServer:
         return SendToPeer(alloc.relay, (peer.ip, peer.port), view.data[where[0] : where[0] + where[1]])
 
     def _on_request(
-        self, view: MessageView, client: Addr, now: float, wall_now: float, realm: str
+        self, view: MessageView, client: Addr, now: float, wall_now: float, realm: str, tenant: str | None
     ) -> list[TurnAction]:
         method = view.method
         txid = view.transaction_id
@@ -589,7 +663,7 @@ class TurnServer:
             existing = self._by_client.get(client)
             if existing is not None and existing.allocate_txid == txid:
                 return [self._send(client, existing.allocate_response)]
-        auth = self._authenticate(view, msg, client, wall_now, realm)
+        auth = self._authenticate(view, msg, client, wall_now, realm, tenant)
         if not isinstance(auth, _Auth):
             return [self._send(client, auth)]
         try:
@@ -655,7 +729,13 @@ class TurnServer:
         )
 
     def _authenticate(
-        self, view: MessageView, msg: Message, client: Addr, wall_now: float, challenge_realm: str
+        self,
+        view: MessageView,
+        msg: Message,
+        client: Addr,
+        wall_now: float,
+        challenge_realm: str,
+        bound_tenant: str | None,
     ) -> _Auth | bytes:
         counters = self.counters
         sha256 = view.integrity_sha256_at >= 0
@@ -668,15 +748,18 @@ class TurnServer:
         if username is None or realm is None or nonce is None:
             counters.bad_requests += 1
             return self._error_bytes(view.msg_type, view.transaction_id, 400, None, view.fingerprint_at >= 0)
-        secret = self.credentials_for(realm.value)
-        reply_realm = realm.value if secret is not None else challenge_realm
+        found = self.lookup(realm.value, username.value)
+        if found is not None and bound_tenant is not None and found[0] != bound_tenant:
+            found = None
+        reply_realm = realm.value if found is not None else challenge_realm
         if not self._nonce_valid(nonce.value, realm.value, client[0], wall_now):
             counters.stale_nonces += 1
             return self._challenge(view, 438, reply_realm, client, wall_now)
         expiry = _rest_expiry(username.value)
-        if secret is None or expiry is None or expiry <= wall_now:
+        if found is None or expiry is None or expiry <= wall_now:
             counters.auth_failures += 1
             return self._challenge(view, 401, reply_realm, client, wall_now)
+        tenant, secret = found
         algorithm = msg.get(PasswordAlgorithm)
         alg = PASSWORD_ALGORITHM_MD5 if algorithm is None else algorithm.algorithm
         if alg not in (PASSWORD_ALGORITHM_MD5, PASSWORD_ALGORITHM_SHA256):
@@ -688,7 +771,7 @@ class TurnServer:
         if not ok:
             counters.auth_failures += 1
             return self._challenge(view, 401, reply_realm, client, wall_now)
-        return _Auth(username.value, realm.value, key, sha256)
+        return _Auth(username.value, realm.value, tenant, key, sha256)
 
     # --- methods --------------------------------------------------------------------------------
 
@@ -716,22 +799,22 @@ class TurnServer:
         family = ADDRESS_FAMILY_IPV4 if requested_family is None else requested_family.value
         if family not in self.families:
             raise _Reply(440)
-        quota = self.quota_for(auth.realm)
-        quota_key = (auth.realm, _rest_user(auth.username))
+        quota = self.quota_for(auth.tenant)
+        quota_key = (auth.tenant, _rest_user(auth.username))
         if (
             self._user_counts.get(quota_key, 0) >= quota.per_user
-            or self._tenant_counts.get(auth.realm, 0) >= quota.per_tenant
+            or self._tenant_counts.get(auth.tenant, 0) >= quota.per_tenant
         ):
             raise _Reply(486)
-        relay = self.relay_allocator.allocate(auth.realm, family, even is not None)
+        relay = self.relay_allocator.allocate(auth.tenant, family, even is not None)
         if relay is None:
             raise _Reply(508)
         lifetime = self._lifetime(msg.get(Lifetime))
-        alloc = _Allocation(client, relay, family, auth.realm, auth.username, auth.key, now + lifetime)
+        alloc = _Allocation(client, relay, family, auth, now + lifetime)
         self._by_client[client] = alloc
         self._by_relay[relay] = alloc
         self._user_counts[quota_key] = self._user_counts.get(quota_key, 0) + 1
-        self._tenant_counts[auth.realm] = self._tenant_counts.get(auth.realm, 0) + 1
+        self._tenant_counts[auth.tenant] = self._tenant_counts.get(auth.tenant, 0) + 1
         self.counters.allocations_created += 1
         self._schedule(alloc)
         attrs: tuple[Attribute, ...] = (
@@ -743,7 +826,7 @@ class TurnServer:
         alloc.allocate_txid = msg.transaction_id
         alloc.allocate_response = response
         return [
-            AllocationCreated(client, relay, auth.realm, auth.username, lifetime),
+            AllocationCreated(client, relay, auth.tenant, auth.username, lifetime),
             self._send(client, response),
         ]
 
@@ -778,7 +861,7 @@ class TurnServer:
     def _check_peer(self, alloc: _Allocation, peer: XorPeerAddress) -> None:
         if _family_of(peer.ip) != alloc.family:
             raise _Reply(443)
-        if not self.peer_allowed(alloc.realm, peer.ip):
+        if not self.peer_allowed(alloc.tenant, peer.ip):
             raise _Reply(403)
 
     def _permit(self, alloc: _Allocation, ip: str, now: float) -> _Permission:
@@ -808,7 +891,7 @@ class TurnServer:
         if number_attr is None or peer_attr is None:
             raise _Reply(400)
         number = number_attr.number
-        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= number <= self.channel_max:
             raise _Reply(400)
         self._check_peer(alloc, peer_attr)
         peer = (peer_attr.ip, peer_attr.port)
@@ -921,14 +1004,14 @@ class TurnServer:
             self._user_counts[alloc.quota_key] = count
         else:
             del self._user_counts[alloc.quota_key]
-        count = self._tenant_counts[alloc.realm] - 1
+        count = self._tenant_counts[alloc.tenant] - 1
         if count:
-            self._tenant_counts[alloc.realm] = count
+            self._tenant_counts[alloc.tenant] = count
         else:
-            del self._tenant_counts[alloc.realm]
+            del self._tenant_counts[alloc.tenant]
         self.relay_allocator.release(alloc.relay)
         self.counters.allocations_deleted += 1
-        return [AllocationDeleted(alloc.client, alloc.relay, alloc.realm, reason)]
+        return [AllocationDeleted(alloc.client, alloc.relay, alloc.tenant, reason)]
 
     def client_gone(self, client: Addr) -> list[TurnAction]:
         """The client's TCP/TLS connection closed: its allocation goes (RFC 8656 s.5)."""

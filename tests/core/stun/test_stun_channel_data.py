@@ -64,3 +64,6 @@ def test_stream_frame_length() -> None:
     assert stream_frame_length(memoryview(b"\x40\x01\x00\x08")) == 12
     with pytest.raises(RemoteProtocolError):
         stream_frame_length(b"\x80\x00\x00\x00")
+    with pytest.raises(RemoteProtocolError):
+        stream_frame_length(b"\x74\x74\x00\x05")  # RFC 5766 range: refused unless asked for
+    assert stream_frame_length(b"\x74\x74\x00\x05", max_first=0x7F) == 12

@@ -929,3 +929,123 @@ def test_timer_heap_stays_small_under_refreshes() -> None:
         server.handle_timer(float(t))
     assert len(server._heap) <= 2
     assert server.allocation(CLIENT) is not None
+
+
+# --- tenant lookup by username, tenant binding -------------------------------------------------
+
+TENANT_SECRETS = {"rossi": b"rossi-secret", "bianchi": b"bianchi-secret"}
+
+
+def _suffix_lookup(realm: str, username: str) -> tuple[str, bytes] | None:
+    """Test lookup: the tenant is the ``@tenant`` suffix of the REST user part; any realm."""
+    tenant = username.rpartition("@")[2]
+    secret = TENANT_SECRETS.get(tenant)
+    return None if secret is None else (tenant, secret)
+
+
+def _lookup_server(**kwargs: object) -> tuple[TurnServer, FakeAllocator]:
+    allocator = FakeAllocator()
+    server = TurnServer(
+        realm="edge.example.net",
+        lookup=_suffix_lookup,
+        relay_allocator=allocator,
+        nonce_secret=b"n" * 32,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return server, allocator
+
+
+class LookupClient(Client):
+    """A client whose password comes from its tenant's secret, sending to a listener realm."""
+
+    def __init__(self, server: TurnServer, addr: tuple[str, int], user: str, tenant_hint: str | None = None):
+        super().__init__(server, addr, user=user, realm="edge.example.net")
+        self.password = rest_password(TENANT_SECRETS.get(user.rpartition("@")[2], b"?"), self.username)
+        self.tenant_hint = tenant_hint
+
+    def raw(self, data: bytes, now: float = 0.0, wall: float = WALL) -> list[TurnAction]:
+        return self.server.receive(data, self.addr, now, wall, tenant=self.tenant_hint)
+
+
+def test_lookup_names_the_tenant_from_the_username() -> None:
+    """With ``lookup``, the tenant comes from the credentials: it is reported, counted and checked per tenant."""
+    seen: list[str] = []
+    server, allocator = _lookup_server(
+        quota_for=lambda t: seen.append(t) or TurnQuota(per_user=5, per_tenant=1),
+        peer_allowed=lambda tenant, ip: tenant == "rossi",
+    )
+    alice = LookupClient(server, CLIENT, "alice@rossi")
+    resp, actions = alice.request(METHOD_ALLOCATE, (m.RequestedTransport(17),))
+    assert resp.cls == CLASS_SUCCESS
+    created = [a for a in actions if isinstance(a, AllocationCreated)]
+    assert created[0].tenant == "rossi" and allocator.calls[0][0] == "rossi" and seen == ["rossi"]
+    info = server.allocation(CLIENT)
+    assert info is not None and info.tenant == "rossi" and info.realm == "edge.example.net"
+    assert permit(alice, PEER).cls == CLASS_SUCCESS
+    bob = LookupClient(server, CLIENT2, "bob@bianchi")
+    assert bob.request(METHOD_ALLOCATE, (m.RequestedTransport(17),))[0].cls == CLASS_SUCCESS
+    assert code_of(permit(bob, PEER)) == 403  # peer policy asked for tenant bianchi
+    carol = LookupClient(server, ("198.51.100.12", 1), "carol@rossi")
+    assert code_of(carol.request(METHOD_ALLOCATE, (m.RequestedTransport(17),))[0]) == 486
+
+
+def test_unknown_tenant_in_username_is_401() -> None:
+    """A username naming no tenant gets a 401 challenge."""
+    server, _ = _lookup_server()
+    mallory = LookupClient(server, CLIENT, "mallory@nobody")
+    assert code_of(mallory.request(METHOD_ALLOCATE, (m.RequestedTransport(17),))[0]) == 401
+    assert server.counters.auth_failures == 1
+
+
+def test_bound_tenant_refuses_other_tenants_credentials() -> None:
+    """A connection bound to tenant rossi (SNI) cannot authenticate with bianchi's credentials."""
+    server, _ = _lookup_server()
+    bob = LookupClient(server, CLIENT, "bob@bianchi", tenant_hint="rossi")
+    resp = bob.request(METHOD_ALLOCATE, (m.RequestedTransport(17),))[0]
+    assert code_of(resp) == 401 and len(server) == 0
+    alice = LookupClient(server, CLIENT2, "alice@rossi", tenant_hint="rossi")
+    assert alice.request(METHOD_ALLOCATE, (m.RequestedTransport(17),))[0].cls == CLASS_SUCCESS
+
+
+def test_server_needs_a_credential_source() -> None:
+    """Neither credentials_for nor lookup: our misuse, refused at construction."""
+    with pytest.raises(LocalProtocolError):
+        TurnServer(realm="x", relay_allocator=FakeAllocator())
+
+
+def test_legacy_channel_range_when_enabled() -> None:
+    """channel_max=0x7FFF (RFC 5766 clients such as coturn's): 0x7474 binds and its ChannelData relays."""
+    from mcs_edge.core.stun.channel_data import LEGACY_CHANNEL_MAX
+
+    server, _ = make_server(channel_max=LEGACY_CHANNEL_MAX)
+    client, relay = allocated(server)
+    assert bind(client, 0x7474, PEER).cls == CLASS_SUCCESS
+    assert code_of(bind(client, 0x8000, PEER2)) == 400
+    actions = client.raw(pack_channel_data(0x7474, b"hello"))
+    assert actions == [SendToPeer(relay, PEER, b"hello")]
+    back = server.receive_from_peer(relay, PEER, b"pong", 1.0)
+    assert back is not None and back.data == b"\x74\x74\x00\x04pong"
+
+
+def test_channel_max_must_be_a_known_range() -> None:
+    """Only the RFC 8656 and RFC 5766 ranges are accepted."""
+    with pytest.raises(LocalProtocolError):
+        make_server(channel_max=0x6000)
+
+
+def test_hot_path_tuples_and_attached_handle() -> None:
+    """channel_data/peer_data return plain tuples; attach() makes channel_data name the adapter's handle."""
+    server, _ = make_server()
+    client, relay = allocated(server)
+    assert bind(client, 0x4001, PEER).cls == CLASS_SUCCESS
+    frame = pack_channel_data(0x4001, b"abc")
+    assert server.channel_data(frame, CLIENT, 1.0) == (relay, PEER, b"abc")
+    handle = object()
+    assert server.attach(relay, handle) is True
+    assert server.attach(("192.0.2.9", 1), handle) is False
+    hit = server.channel_data(frame, CLIENT, 1.0)
+    assert hit is not None and hit[0] is handle
+    assert server.relay_channel_data(frame, CLIENT, 1.0) == SendToPeer(relay, PEER, b"abc")
+    assert server.peer_data(relay, PEER, b"xyz", 1.0) == (CLIENT, pack_channel_data(0x4001, b"xyz"))
+    assert server.peer_data(relay, ("203.0.113.99", 1), b"xyz", 1.0) is None
+    assert server.channel_data(frame, CLIENT2, 1.0) is None

@@ -1,0 +1,521 @@
+"""Media relay cost: edge CPU per 1,000 relayed packets, loss and added latency, beside a Twisted UDP floor.
+
+For 100 and 500 concurrent streams of 50 packets/s (RTP, 160-byte payload; half of the streams go
+client -> PBX, half PBX -> client, i.e. N/2 calls carrying audio both ways), it prints one row per
+relay:
+
+* ``direct``      the load generator's sockets talk to each other (latency baseline, no relay)
+* ``floor``       a minimal Twisted ``listenUDP`` forwarder (epoll reactor): two ports per call,
+                  each forwarding to the other side's last source
+* ``passthrough`` the edge's relay (MediaRelay on Twisted's asyncio reactor over uvloop, native
+                  datagram endpoints), both legs PASSTHROUGH: opaque packets, latching, policing
+* ``bridge``      the same relay bridging DTLS-SRTP (client side, keys from a real DTLS handshake
+                  per call) <-> plain RTP (PBX side): SRTP unprotect one way, protect the other
+
+Columns: packets relayed in the measuring window, relay CPU ms per 1,000 packets (process CPU time
+of the relay process, read over its control pipe), loss, one-way latency p50/p99 through the relay
+and the latency it adds over ``direct``. The relay process is pinned to CPU 0 (``taskset``) and the
+generator to CPU 1 when the machine has two CPUs. Never pass/fail: figures only.
+
+    .venv/bin/python bench/bench_media.py [--streams 100,500] [--seconds 5] [--epoll]
+
+``--epoll`` also runs the relay on Twisted's default epoll reactor (``listenUDP`` path).
+The same script is the relay process when called with ``--serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+PAYLOAD = bytes(range(160))
+RATE = 50  # packets/s per stream
+TICK = 0.002  # the generator spreads each 20 ms period over 10 ticks
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ================================================================================= relay process
+
+
+def serve(kind: str, reactor_name: str, mode: str, lo: int) -> None:
+    """The relay process: a control line protocol on stdin/stdout, the relay on the chosen reactor."""
+    _raise_fd_limit()
+    if reactor_name == "uvloop":
+        from mcs_edge.reactor import install
+
+        install()
+    else:
+        from twisted.internet import epollreactor
+
+        epollreactor.install()
+    from twisted.internet import reactor, stdio
+    from twisted.internet.protocol import DatagramProtocol
+    from twisted.protocols.basic import LineReceiver
+
+    handlers: dict[str, Any] = {}
+
+    if kind == "relay":
+        from mcs_edge import config as c
+        from mcs_edge.core.sip.message import parse
+        from mcs_edge.tx.media_udp import MediaRelay
+        from mcs_edge.tx.timers import Timers
+
+        cfg = c.loads(
+            f'[edge]\nstate_dir = "{tempfile.gettempdir()}/bench-media-state"\n'
+            f'[media]\nports = [{lo}, {lo + 3999}]\nbind = "127.0.0.1"\nidle_timeout = 3600\n'
+            '[[tenants]]\nid = "t"\ndomains = ["t.example.com"]\nbackend_sip = "udp:127.0.0.1:5999"\n'
+            'certificate = "self-signed"\n',
+            ".",
+        )
+        timers = Timers(reactor)
+        relay = MediaRelay(cfg, reactor, timers, tenant_media=lambda _tid: mode)
+
+        class Pair:
+            tenant_id = "t"
+            flow_id = 1
+
+        def message(start: str, call_id: str, body: str) -> Any:
+            head = (
+                f"{start}\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <sip:a@t.example.com>;tag=1\r\n"
+                f"To: <sip:b@t.example.com>;tag=2\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+                f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            return parse(head.encode() + body.encode())
+
+        def call(msg: dict[str, Any]) -> dict[str, Any]:
+            call_id = uuid.uuid4().hex
+            invite = message("INVITE sip:b@t.example.com SIP/2.0", call_id, msg["offer"])
+            status = relay.on_message(Pair(), invite, True, timers.now())
+            if status is not None:
+                return {"error": status}
+            ok = message("SIP/2.0 200 OK", call_id, msg["answer"])
+            status = relay.on_message(Pair(), ok, False, timers.now())
+            return {"offer": invite.body.decode(), "answer": ok.body.decode(), "error": status}
+
+        def stats(_msg: dict[str, Any]) -> dict[str, Any]:
+            dropped: dict[str, int] = {}
+            for session in relay.anchor.sessions.values():
+                for leg in session.legs:
+                    for reason, n in leg.counters.dropped.items():
+                        dropped[reason] = dropped.get(reason, 0) + n
+            return {"dropped": dropped, "native": relay.native, "sessions": len(relay.anchor.sessions)}
+
+        handlers["call"] = call
+        handlers["stats"] = stats
+    else:
+
+        class Fwd(DatagramProtocol):
+            """Forward to the other side's last source (or its initial address): the minimal relay."""
+
+            def __init__(self, dest: tuple[str, int]) -> None:
+                self.remote = dest
+                self.peer: Fwd | None = None
+
+            def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+                self.remote = addr
+                peer = self.peer
+                peer.transport.write(datagram, peer.remote)  # type: ignore[union-attr]
+
+        class NativeFwd(asyncio.DatagramProtocol):
+            """The same forwarder as a native datagram endpoint of the loop (uvloop)."""
+
+            def __init__(self, dest: tuple[str, int]) -> None:
+                self.remote: Any = dest
+                self.peer: NativeFwd | None = None
+                self.transport: Any = None
+
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                self.remote = addr
+                peer = self.peer
+                peer.transport.sendto(data, peer.remote)  # type: ignore[union-attr]
+
+        def pair(msg: dict[str, Any]) -> dict[str, Any]:
+            if kind == "floor-native":
+                loop = reactor._asyncioEventloop  # type: ignore[attr-defined]
+                na, nb = NativeFwd(tuple(msg["a"])), NativeFwd(tuple(msg["b"]))  # type: ignore[arg-type]
+                na.peer, nb.peer = nb, na
+                ports = []
+                for proto in (na, nb):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    sock.bind(("127.0.0.1", 0))
+                    sock.setblocking(False)
+                    ports.append(sock.getsockname()[1])
+                    loop.create_task(loop.create_datagram_endpoint(lambda p=proto: p, sock=sock))
+                return {"a": ports[0], "b": ports[1]}
+            a, b = Fwd(tuple(msg["a"])), Fwd(tuple(msg["b"]))  # type: ignore[arg-type]
+            a.peer, b.peer = b, a
+            pa = reactor.listenUDP(0, a, interface="127.0.0.1")
+            pb = reactor.listenUDP(0, b, interface="127.0.0.1")
+            return {"a": pa.getHost().port, "b": pb.getHost().port}
+
+        handlers["pair"] = pair
+        handlers["stats"] = lambda _msg: {"dropped": {}, "native": False}
+
+    def cpu(_msg: dict[str, Any]) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {"cpu": usage.ru_utime + usage.ru_stime, "user": usage.ru_utime}
+
+    handlers["cpu"] = cpu
+
+    class Control(LineReceiver):
+        delimiter = b"\n"
+        MAX_LENGTH = 1 << 20
+
+        def lineReceived(self, line: bytes) -> None:  # noqa: N802
+            msg = json.loads(line)
+            if msg["op"] == "quit":
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(os.environ["MCS_BENCH_PROFILE"])
+                reactor.stop()
+                return
+            self.sendLine(json.dumps(handlers[msg["op"]](msg)).encode())
+
+        def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+            if reactor.running:
+                reactor.stop()
+
+    profiler = None
+    if os.environ.get("MCS_BENCH_PROFILE"):  # profile the relay process (cProfile stats to that file)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    stdio.StandardIO(Control(), reactor=reactor)
+    reactor.run()
+
+
+# ================================================================================ load generator
+
+
+class Control:
+    """The generator's end of the relay process's control pipe."""
+
+    def __init__(self, kind: str, reactor_name: str, mode: str, pin: bool) -> None:
+        lo = random.randrange(20000, 28000, 2)  # below the kernel's ephemeral range (32768-)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--serve",
+            kind,
+            "--reactor",
+            reactor_name,
+            "--mode",
+            mode,
+            "--lo",
+            str(lo),
+        ]
+        if pin:
+            cmd = ["taskset", "-c", "0", *cmd]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+
+    def request(self, **msg: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("relay process died")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def close(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b'{"op": "quit"}\n')
+            self.proc.stdin.flush()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+def _sock() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return s
+
+
+def _rtp(seq: int, ssrc: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, ssrc) + PAYLOAD
+
+
+class Stream:
+    """One direction of one call: packets to send, where to, and when each went out."""
+
+    def __init__(self, packets: list[bytes], dest: tuple[str, int], count: int) -> None:
+        self.packets = packets
+        self.dest = dest
+        self.sent_at = [0.0] * count
+        self.transport: Any = None  # the sending socket's transport
+
+
+class Receiver(asyncio.DatagramProtocol):
+    """Records (send time, one-way latency) of every packet of its stream; filtered by window at the end."""
+
+    def __init__(self, stream: Stream, records: list[tuple[float, float]]) -> None:
+        self.stream = stream
+        self.records = records
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        now = time.perf_counter()
+        sent = self.stream.sent_at[(data[2] << 8) | data[3]]
+        self.records.append((sent, now - sent))
+
+
+def _handshake(sock: socket.socket, peer: Any, edge: tuple[str, int]) -> None:
+    """ICE check and DTLS client handshake with the relay's client leg over a real socket."""
+    sock.settimeout(2)
+    sock.sendto(peer.check(), edge)
+    sock.recvfrom(2048)
+    out = peer.start_dtls(0.0)
+    for _ in range(20):
+        for data in out:
+            sock.sendto(data, edge)
+        out = []
+        try:
+            data, _ = sock.recvfrom(4096)
+        except TimeoutError:
+            break
+        out = peer.feed_dtls(data, 0.0)
+        if peer.srtp is not None and not out:
+            break
+    if peer.srtp is None:
+        raise RuntimeError("DTLS handshake with the relay failed")
+    sock.setblocking(False)
+
+
+def setup_calls(
+    kind: str, mode: str, ctl: Control | None, calls: int, count: int
+) -> tuple[list[Stream], list[Any]]:
+    """Create the calls; returns the streams and the (socket, stream received there) pairs."""
+    from helpers.webrtc_peer import WebRtcPeer
+
+    from mcs_edge.core.media.sdp import SessionDescription
+
+    streams: list[Stream] = []
+    sockets: list[Any] = []
+    for i in range(calls):
+        client, pbx = _sock(), _sock()
+        caddr, paddr = client.getsockname(), pbx.getsockname()
+        ssrc_c, ssrc_p = 0x10000000 + i, 0x20000000 + i
+        plain_c = [_rtp(seq, ssrc_c) for seq in range(count)]
+        plain_p = [_rtp(seq, ssrc_p) for seq in range(count)]
+        if kind == "direct":
+            to_pbx, to_client = paddr, caddr
+            packets_c = plain_c
+        elif kind in ("floor", "floor-native"):
+            assert ctl is not None
+            ports = ctl.request(op="pair", a=list(caddr), b=list(paddr))
+            to_pbx, to_client = ("127.0.0.1", ports["a"]), ("127.0.0.1", ports["b"])
+            packets_c = plain_c
+        else:
+            assert ctl is not None
+            browser = WebRtcPeer(caddr)
+            offer = browser.offer()
+            if mode == "passthrough":
+                pbx_peer = WebRtcPeer(paddr)
+                reply = ctl.request(
+                    op="call", offer=offer, answer=pbx_peer.answer(SessionDescription.parse(offer))
+                )
+            else:
+                answer = (
+                    f"v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                    f"m=audio {paddr[1]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+                )
+                reply = ctl.request(op="call", offer=offer, answer=answer)
+            if reply.get("error") is not None:
+                raise RuntimeError(f"relay refused the call: {reply}")
+            pbx_side = SessionDescription.parse(reply["offer"])
+            client_side = SessionDescription.parse(reply["answer"])
+            to_client = ("127.0.0.1", pbx_side.media[0].port)  # the PBX sends here, it reaches the client
+            to_pbx = ("127.0.0.1", client_side.media[0].port)
+            if mode == "bridge":
+                browser.accept(client_side)
+                _handshake(client, browser, to_pbx)
+                packets_c = [browser.srtp.protect_rtp(p) for p in plain_c]
+            else:
+                packets_c = plain_c
+        client.setblocking(False)
+        pbx.setblocking(False)
+        up = Stream(packets_c, to_pbx, count)  # client -> PBX
+        down = Stream(plain_p, to_client, count)  # PBX -> client
+        streams += [up, down]
+        sockets += [(client, up, down), (pbx, down, up)]  # (socket, stream it sends, stream it receives)
+    return streams, sockets
+
+
+async def load(
+    sockets: list[Any], streams: list[Stream], seconds: float, ctl: Control | None
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    records: list[tuple[float, float]] = []
+    window = [float("inf"), float("inf")]
+    for sock, sends, receives in sockets:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda r=receives: Receiver(r, records),
+            sock=sock,  # type: ignore[misc]
+        )
+        sends.transport = transport
+    slots: list[list[Stream]] = [[] for _ in range(10)]
+    for i, stream in enumerate(streams):
+        slots[i % 10].append(stream)
+    warmup, tail = 1.0, 0.5
+    total_ticks = int((warmup + seconds + tail) / TICK)
+    start = loop.time() + 0.05
+    done = loop.create_future()
+
+    def tick(k: int) -> None:
+        seq = k // 10
+        now = time.perf_counter()
+        for stream in slots[k % 10]:
+            stream.sent_at[seq] = now
+            stream.transport.sendto(stream.packets[seq], stream.dest)
+        if k + 1 < total_ticks:
+            loop.call_at(start + (k + 1) * TICK, tick, k + 1)
+        else:
+            done.set_result(None)
+
+    async def cpu() -> tuple[float, float]:
+        if ctl is None:
+            return 0.0, 0.0
+        reply = await loop.run_in_executor(None, lambda: ctl.request(op="cpu"))
+        return float(reply["cpu"]), float(reply["user"])
+
+    loop.call_at(start, tick, 0)
+    await asyncio.sleep(start - loop.time() + warmup)
+    cpu0 = await cpu()
+    window[0] = time.perf_counter()
+    await asyncio.sleep(seconds)
+    window[1] = time.perf_counter()
+    cpu1 = await cpu()
+    await done
+    await asyncio.sleep(0.3)
+    sent = sum(1 for s in streams for t in s.sent_at if window[0] <= t < window[1])
+    for _sock, stream, _r in sockets:
+        if stream.transport is not None:
+            stream.transport.close()
+            stream.transport = None
+    samples = sorted(latency for sent_at, latency in records if window[0] <= sent_at < window[1])
+    return {
+        "sent": sent,
+        "got": len(samples),
+        "cpu": cpu1[0] - cpu0[0],
+        "user": cpu1[1] - cpu0[1],
+        "p50": samples[len(samples) // 2] if samples else float("nan"),
+        "p99": samples[int(len(samples) * 0.99)] if samples else float("nan"),
+        "mean": statistics.fmean(samples) if samples else float("nan"),
+    }
+
+
+def run_one(
+    kind: str, mode: str, reactor_name: str, n_streams: int, seconds: float, pin: bool
+) -> dict[str, Any]:
+    calls = n_streams // 2
+    count = int((1.0 + seconds + 0.5) * RATE) + 20
+    ctl = None if kind == "direct" else Control(kind, reactor_name, mode, pin)
+    try:
+        streams, sockets = setup_calls(kind, mode, ctl, calls, count)
+        if kind == "floor-native":
+            time.sleep(0.2)  # its endpoints are created on the relay's next loop iterations
+        result = asyncio.run(load(sockets, streams, seconds, ctl))
+        if ctl is not None:
+            result.update(ctl.request(op="stats"))
+        return result
+    finally:
+        if ctl is not None:
+            ctl.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--serve", choices=("relay", "floor", "floor-native"))
+    parser.add_argument("--reactor", default="uvloop", choices=("uvloop", "epoll"))
+    parser.add_argument("--mode", default="bridge", choices=("bridge", "passthrough"))
+    parser.add_argument("--lo", type=int, default=30000)
+    parser.add_argument("--streams", default="100,500")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--epoll", action="store_true", help="also run the relay on the epoll reactor")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.reactor, args.mode, args.lo)
+        return
+    _raise_fd_limit()
+    pin = (os.cpu_count() or 1) >= 2 and os.path.exists("/usr/bin/taskset")
+    if pin:
+        os.sched_setaffinity(0, {1})
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    rows = [
+        ("direct", "passthrough", "epoll", "no relay (baseline)"),
+        ("floor", "passthrough", "epoll", "Twisted listenUDP forwarder (floor)"),
+        ("floor-native", "passthrough", "uvloop", "uvloop endpoint forwarder (floor)"),
+        ("relay", "passthrough", "uvloop", "mcs_edge passthrough (uvloop)"),
+        ("relay", "bridge", "uvloop", "mcs_edge bridge SRTP<->RTP (uvloop)"),
+    ]
+    if args.epoll:
+        rows += [
+            ("relay", "passthrough", "epoll", "mcs_edge passthrough (epoll)"),
+            ("relay", "bridge", "epoll", "mcs_edge bridge SRTP<->RTP (epoll)"),
+        ]
+    print(
+        f"relay pinned to CPU 0, generator to CPU 1: {pin}; {args.seconds:.0f} s window, {RATE} pkt/s per stream"
+    )
+    header = f"{'relay':40} {'streams':>7} {'packets':>8} {'CPU ms/1k pkt':>13} {'(user)':>7} {'loss %':>7} {'p50 us':>7} {'p99 us':>7} {'+p50 us':>7} {'+p99 us':>7}"
+    for n in (int(x) for x in args.streams.split(",")):
+        print()
+        print(header)
+        base: dict[str, Any] | None = None
+        for kind, mode, reactor_name, label in rows:
+            r = run_one(kind, mode, reactor_name, n, args.seconds, pin)
+            if kind == "direct":
+                base = r
+            loss = 100.0 * (1 - r["got"] / r["sent"]) if r["sent"] else float("nan")
+            cpu = f"{1e6 * r['cpu'] / r['got']:.1f}" if kind != "direct" and r["got"] else "-"
+            user = f"{1e6 * r['user'] / r['got']:.1f}" if kind != "direct" and r["got"] else "-"
+            add50 = add99 = "-"
+            if base is not None and kind != "direct":
+                add50 = f"{1e6 * (r['p50'] - base['p50']):.0f}"
+                add99 = f"{1e6 * (r['p99'] - base['p99']):.0f}"
+            print(
+                f"{label:40} {n:>7} {r['got']:>8} {cpu:>13} {user:>7} {loss:>7.2f} {1e6 * r['p50']:>7.0f} {1e6 * r['p99']:>7.0f}"
+                f" {add50:>7} {add99:>7}"
+            )
+            dropped = {k: v for k, v in r.get("dropped", {}).items() if v}
+            if dropped:
+                print(f"{'':40} relay drops: {dropped}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The media relay's sockets: one UDP socket per relay port, feeding the anchor's legs.
+
+Theory of operation
+-------------------
+:class:`MediaRelay` owns the :class:`~mcs_edge.core.media.anchor.MediaAnchor` (sessions, port plan,
+SDP rewriting) and is what the SIP proxy core uses as its media hook: it forwards the hook calls to
+the anchor and re-arms the anchor's single timer (:class:`CoreTimer`) afterwards. As the anchor's
+:class:`~mcs_edge.core.media.anchor.RelayIO` it binds a socket when a leg gets a port and closes it
+when the leg is released.
+
+Per packet (DESIGN.md, Performance budget): on Twisted's asyncio reactor (uvloop in production)
+each relay port is a native datagram endpoint of the loop (``loop.create_datagram_endpoint`` on a
+socket bound synchronously, so bind errors are known before the SDP names the port). The loop calls
+``datagram_received`` once per datagram, which makes the one Python call of the hot path,
+``leg.receive(data, addr, now)``: demux, source check, police, (un)protect, forward with the other
+leg's ``transport.sendto`` (a C method on uvloop, attached to the leg once the endpoint exists;
+until then a plain ``sock.sendto``). Only when the leg reports an ICE/DTLS change does the relay
+poke the anchor and re-arm the timer. On any other reactor the same protocol object runs on
+Twisted's ``listenUDP`` (slower, same behaviour).
+
+Failures: a port that cannot be bound makes the anchor try the next one; send errors are counted
+by the legs; ``error_received`` (ICMP errors) is counted here; problems are logged rate-limited.
+:meth:`stop` releases every session, cancels the timer and closes every socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from mcs_edge.core.media.anchor import AnchorSettings, MediaAnchor
+from mcs_edge.core.media.session import Leg, Sender, SessionSettings
+from mcs_edge.core.shaping import Policer
+from mcs_edge.tx.timers import CoreTimer
+
+if TYPE_CHECKING:
+    from mcs_edge.config import EdgeConfig
+    from mcs_edge.core.sip.message import Request, Response
+    from mcs_edge.tx.timers import Timers
+
+__all__ = ["MediaRelay", "relay_settings"]
+
+_LOG_PER_SECOND = 10
+
+
+def relay_settings(config: EdgeConfig) -> AnchorSettings:
+    """The anchor's settings from ``[edge]``, ``[media]`` and ``[shaping]``."""
+    media = config.media
+    ipv6 = ":" in (media.bind or config.edge.public_address)
+    return AnchorSettings(
+        SessionSettings(
+            client_host=config.edge.public_address,
+            pbx_host=config.edge.backend_address,
+            idle_timeout=media.idle_timeout,
+            hold_timeout=media.hold_timeout,
+            rate=float(config.shaping.rate),
+            burst=float(config.shaping.burst),
+            ipv6=ipv6,
+        ),
+        ports=media.ports,
+    )
+
+
+class _RelayPort(asyncio.DatagramProtocol):
+    """One relay port: a datagram endpoint of the asyncio loop, or a Twisted ``listenUDP`` port."""
+
+    log = Logger()
+
+    def __init__(self, relay: MediaRelay, port: int, leg: Leg, rtcp: bool) -> None:
+        self.relay = relay
+        self.number = port
+        self.leg = leg
+        self.rtcp = rtcp
+        self.receive = leg.receive_rtcp if rtcp else leg.receive
+        self.now = relay.now
+        self.closed = False
+        self.transport: Any = None
+        self.sock: socket.socket | None = None
+        self.twisted_port: Any = None
+
+    # -- asyncio ------------------------------------------------------------------------------
+    def start_asyncio(self, loop: asyncio.AbstractEventLoop, host: str) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((host, self.number))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        task = loop.create_task(loop.create_datagram_endpoint(lambda: self, sock=sock))  # type: ignore[arg-type]
+        task.add_done_callback(self._created)
+
+    def _created(self, task: asyncio.Task[Any]) -> None:
+        sock = self.sock
+        if task.cancelled() or task.exception() is not None:
+            if not self.closed:
+                self.relay.count("media_endpoint_failed")
+                self.relay.problem(f"datagram endpoint on port {self.number} failed: {task.exception()!r}")
+            if sock is not None and sock.fileno() != -1:
+                sock.close()
+            return
+        transport, _ = task.result()
+        if self.closed:
+            transport.close()
+            return
+        self.transport = transport
+        sendto = transport.sendto
+        if self.rtcp:
+            self.leg.send_rtcp = sendto
+        else:
+            self.leg.send = sendto
+
+    def send_early(self, data: bytes, addr: Any) -> None:
+        """Send before the loop's endpoint exists (the socket is already bound)."""
+        sock = self.sock
+        if sock is not None and not self.closed:
+            try:
+                sock.sendto(data, addr)
+            except OSError:
+                self.relay.count("media_send_errors")
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.receive(data, addr, self.now()):
+            self.relay.poke(self.leg)
+
+    def error_received(self, exc: Exception) -> None:
+        self.relay.count("media_icmp_errors")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        return None
+
+    # -- Twisted --------------------------------------------------------------------------------
+    def start_twisted(self, reactor: Any, host: str) -> None:
+        self.twisted_port = reactor.listenUDP(self.number, _TwistedAdapter(self), interface=host)
+
+    def send_twisted(self, data: bytes, addr: Any) -> None:
+        port = self.twisted_port
+        if port is not None and not self.closed:
+            try:
+                port.write(data, addr)
+            except Exception:  # e.g. MessageLengthError, EHOSTUNREACH
+                self.relay.count("media_send_errors")
+
+    # -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self.twisted_port is not None:
+            self.twisted_port.stopListening()
+            self.twisted_port = None
+
+
+class _TwistedAdapter(DatagramProtocol):
+    """``listenUDP``'s protocol: the same one call per datagram."""
+
+    def __init__(self, port: _RelayPort) -> None:
+        self.port = port
+        self.receive = port.receive
+        self.now = port.now
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        if self.receive(datagram, addr, self.now()):
+            self.port.relay.poke(self.port.leg)
+
+
+class MediaRelay:
+    """Relay sockets + the media anchor; the SIP proxy's media hook (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        reactor: Any,
+        timers: Timers,
+        tenant_media: Callable[[str], str | None],
+        client_transport: Callable[[int], str | None] = lambda _flow: "wss",
+        leg_policer: Callable[[str], Policer] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.timers = timers
+        self.now = timers.now
+        self.settings = relay_settings(config)
+        bind = config.media.bind
+        if bind is None:
+            bind = "::" if self.settings.session.ipv6 else "0.0.0.0"  # relay ports face the internet
+        self.bind_host = bind
+        self.loop: asyncio.AbstractEventLoop | None = getattr(reactor, "_asyncioEventloop", None)
+        self.anchor = MediaAnchor(self.settings, self, tenant_media, client_transport, leg_policer)
+        self.timer = CoreTimer(timers, self.anchor, on_fire=lambda _result: self._log_problems())
+        self.ports: dict[int, _RelayPort] = {}
+        self.counters: dict[str, int] = {}
+        self._log_stamp = 0.0
+        self._log_budget = 0
+
+    @property
+    def native(self) -> bool:
+        """True when relay ports are native asyncio (uvloop) datagram endpoints."""
+        return self.loop is not None
+
+    # ---------------------------------------------------------------------------- MediaHook
+    def on_message(self, pair: Any, message: Request | Response, from_client: bool, now: float) -> int | None:
+        status = self.anchor.on_message(pair, message, from_client, now)
+        self._after()
+        return status
+
+    def on_end(self, call_id: str, reason: str) -> None:
+        self.anchor.on_end(call_id, reason)
+        self._after()
+
+    def on_flow_closed(self, flow_id: int, now: float) -> None:
+        self.anchor.on_flow_closed(flow_id, now)
+        self._after()
+
+    # ------------------------------------------------------------------------------ RelayIO
+    def open_port(self, port: int, leg: Leg, rtcp: bool) -> Sender | None:
+        if port in self.ports:
+            return None
+        relay_port = _RelayPort(self, port, leg, rtcp)
+        try:
+            if self.loop is not None:
+                relay_port.start_asyncio(self.loop, self.bind_host)
+                sender: Sender = relay_port.send_early
+            else:
+                relay_port.start_twisted(self.reactor, self.bind_host)
+                sender = relay_port.send_twisted
+        except (OSError, CannotListenError) as exc:
+            self.count("media_bind_errors")
+            self.problem(f"cannot bind relay port {self.bind_host}:{port}: {exc}")
+            return None
+        self.ports[port] = relay_port
+        return sender
+
+    def close_port(self, port: int) -> None:
+        relay_port = self.ports.pop(port, None)
+        if relay_port is not None:
+            relay_port.close()
+
+    # --------------------------------------------------------------------------------- misc
+    def poke(self, leg: Leg) -> None:
+        """A datagram changed ICE/DTLS state of the leg's session: reschedule, reap, re-arm."""
+        self.anchor.poke(leg.session)
+        self.timer.arm()
+        if self.anchor.problems:
+            self._log_problems()
+
+    def _after(self) -> None:
+        self.timer.arm()
+        self._log_problems()
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def problem(self, text: str) -> None:
+        self.anchor.problems.append(text)
+
+    def _log_problems(self) -> None:
+        problems = self.anchor.problems
+        if not problems:
+            return
+        now = self.now()
+        if now - self._log_stamp >= 1.0:
+            self._log_stamp = now
+            self._log_budget = _LOG_PER_SECOND
+        while problems:
+            text = problems.popleft()
+            if self._log_budget > 0:
+                self._log_budget -= 1
+                self.log.info("MED400 {problem}", problem=text)
+            else:
+                self.count("log_suppressed")
+
+    def stop(self) -> None:
+        """Release every session and port; cancel the timer."""
+        self.anchor.shutdown()
+        self.timer.cancel()
+        for port in list(self.ports):
+            self.close_port(port)

@@ -1,0 +1,468 @@
+"""Prometheus metrics of one edge process, read at scrape time from the objects that already count.
+
+Theory of operation
+-------------------
+Each :class:`~mcs_edge.tx.service.EdgeService` owns one :class:`EdgeMetrics`: its own
+``CollectorRegistry`` (never prometheus_client's global one, so several services in one process
+- tests - do not collide), served as text on ``listen.admin`` at ``/metrics``.
+
+Collect-time, not hot-path: the SIP core, the router, the TLS listeners, the ban list already keep
+plain integer counters (``SipProxy.counters``, ``SipRouter.counters``, ``len(flows)``...). The
+collector turns them into metric families when Prometheus scrapes; the per-message path pays
+nothing beyond its existing ``dict`` increment. Components built later (media relay, TURN, ACME,
+shaping) register the same way::
+
+    def collect() -> Iterable[Metric]:
+        g = GaugeMetricFamily("mcs_edge_media_ports_free", "Relay ports free", labels=[])
+        g.add_metric([], allocator.free)
+        yield g
+
+    service.metrics.add_collector("media", collect)
+
+or, when an event is not already counted anywhere, with a prometheus_client object bound to this
+registry: ``service.metrics.counter("mcs_edge_turn_allocations_total", "...", ["tenant"])``.
+Readiness conditions go to ``service.health.add_check(name, fn)`` (:mod:`mcs_edge.tx.admin`).
+
+Label policy
+------------
+* ``tenant`` (the tenant id) is a label on per-tenant *aggregates* only: connections, calls,
+  registrations, transactions, certificate expiry. At most 250 tenants, so each such family has
+  at most 250 x (other labels) series.
+* Never a per-connection, per-call, per-user, per-IP or per-port series: no peer address, Call-ID,
+  flow id, user name or port number as a label. Those are listed by the admin API instead.
+* Other labels come from small closed sets: ``transport`` (wss, tls, udp, tcp), ``direction``,
+  ``class`` (1xx..6xx), ``result``, ``listener`` (configured listener names), ``reason`` (the code
+  that counted the event, from the code, never from the peer's text), ``domain`` (a configured
+  certificate name).
+* Units in the name (``_seconds``, ``_bytes``), counters end in ``_total``.
+
+Several workers
+---------------
+With ``edge.workers > 1`` the supervisor scrapes each worker's local ``/metrics`` and merges them
+with :func:`merge_expositions`: samples with the same name and labels are summed (counters, and
+gauges such as connections, calls, free ports, which add up across workers), except the families
+listed in :data:`MERGE_MODES` (for example certificate expiry: the minimum). A component whose
+gauge must not be summed calls :func:`register_merge` at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.process_collector import ProcessCollector
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from mcs_edge import __version__
+
+if TYPE_CHECKING:
+    from mcs_edge.tx.service import EdgeService
+
+__all__ = [
+    "CONTENT_TYPE",
+    "MERGE_MODES",
+    "CountingTLSFactory",
+    "EdgeMetrics",
+    "TlsStats",
+    "merge_expositions",
+    "register_merge",
+]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Family name -> how samples of several workers combine ("sum" when absent, "min" or "max").
+MERGE_MODES: dict[str, str] = {
+    "mcs_edge_info": "max",
+    "mcs_edge_tenants": "max",
+    "mcs_edge_draining": "max",
+    "mcs_edge_certificate_expiry_timestamp_seconds": "min",
+    "mcs_edge_certificate_expires_in_seconds": "min",
+    "mcs_edge_certificate_load_errors": "max",
+    "process_start_time_seconds": "min",
+    "process_max_fds": "min",
+}
+
+
+def register_merge(name: str, mode: str) -> None:
+    """Declare how a gauge family combines across workers ("sum", "min" or "max")."""
+    if mode not in ("sum", "min", "max"):
+        raise ValueError(f"merge mode {mode!r} is not sum, min or max")
+    MERGE_MODES[name] = mode
+
+
+Collect = Callable[[], Iterable[Metric]]
+
+
+class TlsStats:
+    """Handshake outcomes of one TLS listener."""
+
+    __slots__ = ("aborted", "failed", "ok")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed = 0  # a TLS error (no certificate for the name, protocol version, bad record)
+        self.aborted = 0  # the connection ended before the handshake finished, without a TLS error
+
+
+class _CountingTLSTransport(BufferingTLSTransport):
+    """Counts the handshake outcome of each connection in its factory's :class:`TlsStats`."""
+
+    _mcs_failed = False
+
+    def _checkHandshakeStatus(self) -> None:  # noqa: N802
+        was_done = self._handshakeDone
+        super()._checkHandshakeStatus()
+        if was_done:
+            return
+        stats: TlsStats = self.factory.stats  # type: ignore[attr-defined]
+        if self._handshakeDone:
+            stats.ok += 1
+        elif self._lostTLSConnection and not self._mcs_failed:
+            self._mcs_failed = True
+            stats.failed += 1
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        if not self._handshakeDone and not self._mcs_failed:
+            self._mcs_failed = True
+            self.factory.stats.aborted += 1  # type: ignore[attr-defined]
+        super().connectionLost(reason)
+
+
+class CountingTLSFactory(TLSMemoryBIOFactory):
+    """``TLSMemoryBIOFactory`` whose connections count their handshake outcome."""
+
+    protocol = _CountingTLSTransport
+
+    def __init__(self, context_factory: Any, is_client: bool, wrapped: Any, stats: TlsStats) -> None:
+        super().__init__(context_factory, is_client, wrapped)
+        self.stats = stats
+
+
+class _Collector:
+    def __init__(self, metrics: EdgeMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        yield from _service_families(m)
+        for name, fn in list(m._collectors.items()):
+            try:
+                yield from fn()
+            except Exception:
+                m.collector_errors[name] = m.collector_errors.get(name, 0) + 1
+        errs = CounterMetricFamily(
+            "mcs_edge_metrics_collector_errors",
+            "Collectors that raised during a scrape",
+            labels=["collector"],
+        )
+        for name, n in sorted(m.collector_errors.items()):
+            errs.add_metric([name], n)
+        yield errs
+
+
+class EdgeMetrics:
+    """The metrics registry of one service (see the module docstring)."""
+
+    def __init__(self, service: EdgeService, process: bool = True) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._collectors: dict[str, Collect] = {}
+        self.collector_errors: dict[str, int] = {}
+        self.tls: dict[str, TlsStats] = {}
+        #: Reload outcomes: "ok", "refused".
+        self.reloads: dict[str, int] = {"ok": 0, "refused": 0}
+        #: Admin API requests by result ("ok", "unauthorized", "bad_request", "not_found", "error").
+        self.admin_requests: dict[str, int] = {}
+        self.registry.register(_Collector(self))
+        if process:
+            ProcessCollector(registry=self.registry)
+
+    # -- registration -----------------------------------------------------------------------
+    def add_collector(self, name: str, collect: Collect) -> None:
+        """Add (or replace) a collect-time source of metric families."""
+        self._collectors[name] = collect
+
+    def remove_collector(self, name: str) -> None:
+        self._collectors.pop(name, None)
+
+    def tls_stats(self, listener: str) -> TlsStats:
+        """The handshake counters of ``listener`` (created on first use)."""
+        stats = self.tls.get(listener)
+        if stats is None:
+            stats = self.tls[listener] = TlsStats()
+        return stats
+
+    def tls_factory(self, listener: str, creator: Any, wrapped: Any) -> CountingTLSFactory:
+        """A server-side TLS wrapping factory whose handshakes count under ``listener``."""
+        return CountingTLSFactory(creator, False, wrapped, self.tls_stats(listener))
+
+    def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+        return Counter(name, doc, list(labels), registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+        return Gauge(name, doc, list(labels), registry=self.registry)
+
+    def histogram(self, name: str, doc: str, labels: Iterable[str] = (), **kw: Any) -> Histogram:
+        return Histogram(name, doc, list(labels), registry=self.registry, **kw)
+
+    # -- output -----------------------------------------------------------------------------
+    def render(self) -> bytes:
+        """The text exposition (format 0.0.4)."""
+        return bytes(generate_latest(self.registry))
+
+
+def _service_families(m: EdgeMetrics) -> Iterator[Metric]:
+    svc = m.service
+    info = GaugeMetricFamily("mcs_edge_info", "Edge version", labels=["version"])
+    info.add_metric([__version__], 1)
+    yield info
+    g = GaugeMetricFamily("mcs_edge_tenants", "Tenants configured")
+    g.add_metric([], len(svc.config.tenants))
+    yield g
+    drainer = getattr(svc, "drainer", None)
+    g = GaugeMetricFamily("mcs_edge_draining", "1 while the edge drains before stopping")
+    g.add_metric([], 1 if drainer is not None and drainer.draining else 0)
+    yield g
+    c = CounterMetricFamily("mcs_edge_config_reloads", "Configuration reloads", labels=["result"])
+    for result, n in sorted(m.reloads.items()):
+        c.add_metric([result], n)
+    yield c
+    c = CounterMetricFamily("mcs_edge_admin_requests", "Admin API requests", labels=["result"])
+    for result, n in sorted(m.admin_requests.items()):
+        c.add_metric([result], n)
+    yield c
+    yield from _sip_families(svc)
+    yield from _tls_families(m)
+    yield from _guard_families(svc)
+    yield from _component_families(svc)
+
+
+def _sip_families(svc: Any) -> Iterator[Metric]:
+    router = svc.sip
+    core = router.core
+    conns: dict[tuple[str, str], int] = {}
+    for flow in router.flows.values():
+        key = (flow.tenant.id, flow.transport)
+        conns[key] = conns.get(key, 0) + 1
+    g = GaugeMetricFamily("mcs_edge_connections", "Live client connections", labels=["tenant", "transport"])
+    for (tenant, transport), n in sorted(conns.items()):
+        g.add_metric([tenant, transport], n)
+    yield g
+    regs: dict[str, int] = {}
+    for cf in core.flows.values():
+        if cf.registered:
+            regs[cf.tenant.id] = regs.get(cf.tenant.id, 0) + 1
+    g = GaugeMetricFamily(
+        "mcs_edge_registrations", "Client connections with a successful REGISTER", labels=["tenant"]
+    )
+    for tenant, n in sorted(regs.items()):
+        g.add_metric([tenant], n)
+    yield g
+    calls: dict[tuple[str, str], int] = {}
+    for call in core.calls.calls.values():
+        key = (call.tenant_id, "answered" if call.answered is not None else "early")
+        calls[key] = calls.get(key, 0) + 1
+    g = GaugeMetricFamily("mcs_edge_calls", "Calls up (INVITE dialogs)", labels=["tenant", "state"])
+    for (tenant, state), n in sorted(calls.items()):
+        g.add_metric([tenant, state], n)
+    yield g
+    c = CounterMetricFamily("mcs_edge_calls_started", "Calls started (initial INVITEs forwarded)")
+    c.add_metric([], core.calls.started_total)
+    yield c
+    c = CounterMetricFamily("mcs_edge_calls_ended", "Calls ended (BYE, failure or connection loss)")
+    c.add_metric([], core.calls.ended_total)
+    yield c
+    pairs: dict[str, int] = {}
+    for pair in core._pairs_by_server.values():
+        pairs[pair.tenant_id] = pairs.get(pair.tenant_id, 0) + 1
+    g = GaugeMetricFamily("mcs_edge_sip_transactions", "SIP transactions in progress", labels=["tenant"])
+    for tenant, n in sorted(pairs.items()):
+        g.add_metric([tenant], n)
+    yield g
+    counters: dict[str, int] = dict(core.counters)
+    req = CounterMetricFamily("mcs_edge_sip_requests", "SIP requests forwarded", labels=["direction"])
+    req.add_metric(["to_backend"], counters.pop("sip_requests_to_backend", 0))
+    req.add_metric(["to_client"], counters.pop("sip_requests_to_client", 0))
+    yield req
+    resp = CounterMetricFamily(
+        "mcs_edge_sip_responses", "SIP responses sent, by class", labels=["origin", "class"]
+    )
+    for origin in ("relayed", "local"):
+        for cls in range(1, 7):
+            resp.add_metric([origin, f"{cls}xx"], counters.pop(f"sip_responses_{origin}_{cls}xx", 0))
+    for leftover in [k for k in counters if k.startswith("sip_responses_")]:
+        counters.pop(leftover)
+    yield resp
+    ev = CounterMetricFamily(
+        "mcs_edge_sip_events", "SIP events counted by the proxy core (refusals, errors)", labels=["event"]
+    )
+    for name, n in sorted(counters.items()):
+        ev.add_metric([name], n)
+    yield ev
+    opened = CounterMetricFamily(
+        "mcs_edge_connections_opened", "Client connections opened", labels=["tenant", "transport"]
+    )
+    closed = CounterMetricFamily(
+        "mcs_edge_connections_closed", "Client connections closed", labels=["tenant", "transport"]
+    )
+    other = CounterMetricFamily(
+        "mcs_edge_router_events",
+        "SIP router events (refusals, send errors)",
+        labels=["event", "tenant", "reason"],
+    )
+    for (name, tenant, reason), n in sorted(router.counters.items()):
+        if name == "flows_opened":
+            opened.add_metric([tenant, reason], n)
+        elif name == "flows_closed":
+            closed.add_metric([tenant, reason], n)
+        else:
+            other.add_metric([name, tenant, reason], n)
+    yield opened
+    yield closed
+    yield other
+
+
+def _tls_families(m: EdgeMetrics) -> Iterator[Metric]:
+    svc = m.service
+    hs = CounterMetricFamily(
+        "mcs_edge_tls_handshakes", "TLS handshakes by outcome", labels=["listener", "result"]
+    )
+    for listener, stats in sorted(m.tls.items()):
+        hs.add_metric([listener, "ok"], stats.ok)
+        hs.add_metric([listener, "failed"], stats.failed)
+        hs.add_metric([listener, "aborted"], stats.aborted)
+    yield hs
+    exp = GaugeMetricFamily(
+        "mcs_edge_certificate_expiry_timestamp_seconds",
+        "Expiry (Unix time) of the certificate served for each name",
+        labels=["tenant", "domain"],
+    )
+    left = GaugeMetricFamily(
+        "mcs_edge_certificate_expires_in_seconds",
+        "Seconds until the certificate served for each name expires",
+        labels=["tenant", "domain"],
+    )
+    now = time.time()
+    for tenant_id, loaded in sorted(svc.certs.loaded().items()):
+        not_after = loaded.info.not_after.timestamp()
+        names = loaded.info.names or (loaded.info.subject,)
+        for name in sorted(set(names)):
+            exp.add_metric([tenant_id, name], not_after)
+            left.add_metric([tenant_id, name], not_after - now)
+    yield exp
+    yield left
+    errs = GaugeMetricFamily(
+        "mcs_edge_certificate_load_errors",
+        "1 when the tenant's certificate files failed to load",
+        labels=["tenant"],
+    )
+    for tenant_id in sorted(svc.certs.errors):
+        errs.add_metric([tenant_id], 1)
+    yield errs
+
+
+def _guard_families(svc: Any) -> Iterator[Metric]:
+    bans = getattr(svc, "bans", None)
+    if bans is not None:
+        now = svc.timers.now()
+        g = GaugeMetricFamily("mcs_edge_bans", "Sources banned now")
+        g.add_metric([], len(bans.list_bans(now)))
+        yield g
+        c = CounterMetricFamily("mcs_edge_bans_created", "Bans created (by failures or by hand)")
+        c.add_metric([], bans.bans_total)
+        yield c
+    guard = getattr(svc, "guard", None)
+    refusals = getattr(guard, "refusals", None)
+    if isinstance(refusals, dict):
+        c = CounterMetricFamily(
+            "mcs_edge_guard_refusals", "Connections and requests refused by the guard", labels=["reason"]
+        )
+        for reason, n in sorted(refusals.items()):
+            c.add_metric([reason], n)
+        yield c
+
+
+def _component_families(svc: Any) -> Iterator[Metric]:
+    """What the media relay and shaping already count (read defensively: they are young)."""
+    media = getattr(svc, "media", None)
+    counters = getattr(media, "counters", None)
+    if isinstance(counters, dict):
+        c = CounterMetricFamily(
+            "mcs_edge_media_events", "Media relay events (drops by reason, errors)", labels=["event"]
+        )
+        for name, n in sorted(counters.items()):
+            if isinstance(name, str) and isinstance(n, int):
+                c.add_metric([name], n)
+        yield c
+    ports = getattr(media, "ports", None)
+    if isinstance(ports, dict):
+        g = GaugeMetricFamily("mcs_edge_media_ports_open", "Relay ports open")
+        g.add_metric([], len(ports))
+        yield g
+    shaping = getattr(svc, "shaping", None)
+    counters = getattr(shaping, "counters", None)
+    if isinstance(counters, dict):
+        c = CounterMetricFamily(
+            "mcs_edge_shaping_events",
+            "Shaping events (connections closed, reads paused)",
+            labels=["event", "tenant", "reason"],
+        )
+        for key, n in sorted(counters.items()):
+            if isinstance(key, tuple) and len(key) == 3 and isinstance(n, int):
+                c.add_metric([str(k) for k in key], n)
+        yield c
+
+
+# ---------------------------------------------------------------------------------------------
+# Several workers
+# ---------------------------------------------------------------------------------------------
+
+
+class _Static:
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def merge_expositions(texts: Iterable[str], extra: Iterable[Metric] = ()) -> bytes:
+    """Merge the text expositions of several workers into one (see the module docstring)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            target = families.get(fam.name)
+            if target is None:
+                target = families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                values[fam.name] = {}
+            mode = MERGE_MODES.get(fam.name, "sum")
+            acc = values[fam.name]
+            for s in fam.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                old = acc.get(key)
+                if old is None:
+                    acc[key] = s.value
+                elif mode == "min":
+                    acc[key] = min(old, s.value)
+                elif mode == "max":
+                    acc[key] = max(old, s.value)
+                elif s.name.endswith("_created"):
+                    acc[key] = min(old, s.value)
+                else:
+                    acc[key] = old + s.value
+    out: list[Metric] = []
+    for name, fam in families.items():
+        for (sample_name, labels), value in values[name].items():
+            fam.add_sample(sample_name, dict(labels), value)
+        out.append(fam)
+    out.extend(extra)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Static(out))
+    return bytes(generate_latest(reg))

@@ -1,0 +1,1043 @@
+"""STUN/TURN adapters: UDP and TCP on ``listen.turn``, TLS on ``listen.https`` (shared) and ``listen.turns``.
+
+Theory of operation
+-------------------
+Each listener owns one sans-IO :class:`~mcs_edge.core.stun.turn.TurnServer` (allocations are keyed
+by the client's transport address, which is unique per listener) and one
+:class:`~mcs_edge.tx.timers.CoreTimer`. The adapter only moves bytes: it feeds datagrams or stream
+frames to the core and executes the returned actions (send to a client, send to a peer from a relay
+socket, log an allocation's start and end).
+
+Transports:
+
+* **UDP** (``listen.turn``): one datagram = one STUN message or ChannelData.
+* **TCP** (``listen.turn``) and **TLS** (``listen.turns``, and ``listen.https`` when
+  ``turn.tls_on_https``): a byte stream cut into frames with
+  :func:`~mcs_edge.core.stun.channel_data.stream_frame_length`; a stream that is neither STUN nor
+  ChannelData, or whose buffered input would exceed one maximal frame, is closed. When the
+  connection closes its allocation goes (RFC 8656 s.5).
+* **The shared HTTPS port**: :class:`~mcs_edge.tx.tls_front.TlsFrontFactory` sits between the
+  TLS layer and the web ``Site`` and hands each connection to TURN (ALPN ``stun.turn``, RFC 7443,
+  or a first byte below 0x40: STUN) or to the web site (an HTTP method), once.
+
+Tenancy. On TLS the SNI name binds the connection to its tenant: challenges carry that tenant's
+realm and credentials of another tenant are refused (401). On UDP/TCP (and TLS without SNI)
+the challenge realm is ``turn.realm`` and the tenant comes from the credentials: the REST username
+is ``"<expiry>:<user>@<tenant id>"`` (what :mod:`mcs_edge.tx.turn_api` issues); a username without the
+suffix is accepted when the realm the client echoes is a tenant's realm. The password is
+``base64(HMAC-SHA1(tenant.turn_secret, username))``.
+
+Relays. :class:`RelayPool` implements the core's ``RelayAllocator``: it takes a port from a
+:class:`~mcs_edge.core.media.ports.PortAllocator` over ``media.ports`` (the service passes the media
+relay's own allocator, so both share one pool), binds the socket at once (a port found busy is skipped, up to a few tries, then the
+core answers 508) and closes it and returns the port in ``release``, which the core calls on every
+deletion path (Refresh 0, expiry, connection loss, shutdown). On Twisted's asyncio reactor the
+sockets are the loop's native datagram endpoints and the per-packet handler *is* the protocol's
+``datagram_received`` (one Python call per packet, see DESIGN.md); on other reactors it is
+``listenUDP``'s ``datagramReceived``. The advertised relayed address is ``edge.public_address``
+with the bound port. The hot paths use the core's tuple forms (``channel_data``, ``peer_data``)
+and the relay object attached to the allocation (``TurnServer.attach``): per packet, a handful of
+dictionary lookups, one policer and one ``sendto``.
+
+Safety. Peers are checked by :class:`TurnPolicy` on CreatePermission/ChannelBind: restricted
+networks (loopback, private, link-local, multicast...) and the edge's own addresses are refused
+(403) unless inside the tenant's ``turn_peers``. The one exception is the edge's public relay
+address when it is a public IP, so two relay-only clients of the same edge can reach each other;
+per packet, a datagram to one of the edge's own addresses is dropped unless its port is in the
+relay range, so no allow-list ever reaches the edge's own services. Each allocation's traffic is
+policed in each direction by a policer at the tenant's shaping rate (the service's media leg
+policers: leg bucket inside the tenant's media aggregate). The TCP/TLS listeners are wrapped by the
+service's per-source guard (``wrap_listener``).
+
+Metrics (:meth:`TurnService.collect`) are read from the cores' counters at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.application import internet
+from twisted.application.service import MultiService, Service
+from twisted.internet.error import CannotListenError, MessageLengthError
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mcs_edge.core.media.ports import PortAllocator
+from mcs_edge.core.shaping import Policer, TokenBucket
+from mcs_edge.core.stun.channel_data import CHANNEL_MAX, LEGACY_CHANNEL_MAX, stream_frame_length
+from mcs_edge.core.stun.message import ADDRESS_FAMILY_IPV4, ADDRESS_FAMILY_IPV6
+from mcs_edge.core.stun.peer_policy import PeerPolicy, is_restricted_ip
+from mcs_edge.core.stun.turn import (
+    AllocationCreated,
+    AllocationDeleted,
+    SendToClient,
+    SendToPeer,
+    TurnAction,
+    TurnQuota,
+    TurnServer,
+)
+from mcs_edge.errors import RemoteProtocolError
+from mcs_edge.tx.timers import CoreTimer, Timers
+from mcs_edge.tx.tls_front import TlsFrontFactory
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.core.tenants import TenantTable
+    from mcs_edge.tx.tls import CertificateStore
+
+__all__ = [
+    "ALPN_STUN_TURN",
+    "RelayPool",
+    "TurnListener",
+    "TurnPolicy",
+    "TurnService",
+    "TurnStreamProtocol",
+    "turn_alpn",
+    "turn_enabled",
+    "turn_username",
+]
+
+Addr = tuple[str, int]
+
+ALPN_STUN_TURN = b"stun.turn"
+#: the largest stream frame: a STUN message (20 + 65535) or padded ChannelData (4 + 65536)
+MAX_FRAME = 20 + 0xFFFF
+_BIND_TRIES = 8
+#: seconds a TCP/TLS TURN connection may stay open without an allocation
+STREAM_IDLE = 60.0
+_LOG_EVERY = 10.0
+
+
+def turn_username(expiry: int, user: str, tenant_id: str) -> str:
+    """The REST username the edge issues: ``"<expiry>:<user>@<tenant id>"``."""
+    return f"{expiry}:{user}@{tenant_id}"
+
+
+def tenant_realm(tenant: TenantConfig) -> str:
+    """The realm of ``tenant``: its first domain that is not a wildcard (else its id)."""
+    for domain in tenant.domains:
+        if not domain.startswith("*."):
+            return domain
+    return tenant.id
+
+
+def turn_enabled(config: EdgeConfig) -> bool:
+    """True when any TURN listener is configured (``listen.turn``, ``listen.turns``, ``turn.tls_on_https``)."""
+    return config.listen.turn is not None or config.listen.turns is not None or config.turn.tls_on_https
+
+
+def turn_alpn(config: EdgeConfig) -> tuple[bytes, ...]:
+    """ALPN names the TLS listeners must also accept for TURN (``stun.turn``, RFC 7443)."""
+    return (ALPN_STUN_TURN,) if config.turn.tls_on_https or config.listen.turns is not None else ()
+
+
+def asyncio_loop_of(reactor: Any) -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop under Twisted's asyncio reactor, or None on other reactors."""
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+class _RateLimitedLog:
+    """At most one log line per code every ``_LOG_EVERY`` seconds (bad input must not flood logs)."""
+
+    __slots__ = ("_last", "_now")
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
+        self._last: dict[str, float] = {}
+
+    def allow(self, code: str) -> bool:
+        now = self._now()
+        if now - self._last.get(code, -_LOG_EVERY - 1.0) < _LOG_EVERY:
+            return False
+        self._last[code] = now
+        return True
+
+
+# --- policy (rebuilt on reload) -------------------------------------------------------------------
+
+
+class TurnPolicy:
+    """Tenants' realms, secrets, quotas, peer rules and shaping rates for the TURN cores."""
+
+    def __init__(self, config: EdgeConfig, tenants: TenantTable[TenantConfig]) -> None:
+        self.config = config
+        self.realm = config.turn.realm
+        self._by_id: dict[str, TenantConfig] = {t.id: t for t in tenants}
+        self._by_realm: dict[str, TenantConfig] = {tenant_realm(t): t for t in tenants}
+        self._secrets: dict[str, bytes] = {
+            t.id: t.turn_secret.encode() for t in tenants if t.turn_secret is not None
+        }
+        self.quota = TurnQuota(config.turn.max_allocations_per_user, config.turn.max_allocations_per_tenant)
+        self.public_ip = config.edge.public_address
+        self.relay_range = config.media.ports
+        own = {config.edge.public_address, config.edge.backend_address}
+        listen = config.listen
+        for hp in (listen.https, listen.sip_tls, listen.backend_sip, listen.admin, listen.http):
+            if hp is not None:
+                own.add(hp.host)
+        for hp in (listen.turn, listen.turns):
+            if hp is not None:
+                own.add(hp.host)
+        if config.turn.relay_interface is not None:
+            own.add(config.turn.relay_interface)
+        own = {ip for ip in own if not ipaddress.ip_address(ip).is_unspecified}
+        #: the edge's own addresses: a packet to one of them must go to a relay port
+        self.own_ips = frozenset(own)
+        self._peers = PeerPolicy(
+            own_addresses=own,
+            tenant_allow_networks={t.id: t.turn_peers for t in tenants if t.turn_peers},
+        )
+        #: relay-to-relay on this edge is allowed when the relayed address is a public IP
+        self._relay_peer_ok = not is_restricted_ip(self.public_ip)
+
+    def lookup(self, realm: str, username: str) -> tuple[str, bytes] | None:
+        """``(tenant id, secret)`` for a request's REALM and USERNAME (see the module docstring)."""
+        user = username.partition(":")[2]
+        _name, at, tenant_id = user.rpartition("@")
+        by_user = self._by_id.get(tenant_id) if at else None
+        by_realm = self._by_realm.get(realm)
+        tenant = by_user or by_realm
+        if tenant is None or (by_realm is not None and by_realm is not tenant):
+            return None
+        if realm != self.realm and realm != tenant_realm(tenant):
+            return None
+        secret = self._secrets.get(tenant.id)
+        return None if secret is None else (tenant.id, secret)
+
+    def quota_for(self, _tenant_id: str) -> TurnQuota:
+        return self.quota
+
+    def peer_allowed(self, tenant_id: str, ip: str) -> bool:
+        if self._relay_peer_ok and ip == self.public_ip:
+            return True
+        return self._peers(tenant_id, ip)
+
+    def rate_of(self, tenant_id: str) -> tuple[int, int]:
+        tenant = self._by_id.get(tenant_id)
+        if tenant is None:
+            return self.config.shaping.rate, self.config.shaping.burst
+        return self.config.tenant_rate(tenant)
+
+
+# --- relay sockets -------------------------------------------------------------------------------
+
+
+class _AsyncioUdp(asyncio.DatagramProtocol):
+    """An asyncio datagram protocol whose ``datagram_received`` is the owner's handler itself."""
+
+    def __init__(self, owner: _Relay | TurnListener) -> None:
+        self.owner = owner
+        self.datagram_received = owner.datagram_received  # type: ignore[method-assign]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.owner.transport_ready(transport)
+
+    def error_received(self, exc: Exception) -> None:
+        self.owner.errors += 1  # ICMP unreachable from a gone peer: counted, nothing else
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+class _TwistedUdp(DatagramProtocol):
+    """A Twisted datagram protocol whose ``datagramReceived`` is the owner's handler itself."""
+
+    noisy = False
+
+    def __init__(self, owner: _Relay | TurnListener) -> None:
+        self.owner = owner
+        self.datagramReceived = owner.datagram_received  # type: ignore[method-assign,assignment]
+
+    def startProtocol(self) -> None:  # noqa: N802
+        self.owner.transport_ready(_TwistedSendto(self.transport))
+
+
+class _TwistedSendto:
+    """``sendto(data, addr)`` over a Twisted UDP port, so both reactors share one send path.
+
+    Twisted's ``write`` raises on some socket errors; here they are counted, never raised into the
+    reactor (asyncio transports report them to ``error_received`` instead)."""
+
+    __slots__ = ("errors", "port", "write")
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.write = port.write
+        self.errors = 0
+
+    def sendto(self, data: bytes, addr: Addr) -> None:
+        try:
+            self.write(data, addr)
+        except (OSError, MessageLengthError):
+            self.errors += 1
+
+    def close(self) -> None:
+        self.port.stopListening()
+
+
+class _Relay:
+    """One allocation's relay socket: peer datagrams in, client-bound data out, two policers."""
+
+    __slots__ = (
+        "addr",
+        "closed",
+        "errors",
+        "listener",
+        "now",
+        "peer_data",
+        "policer_in",
+        "policer_out",
+        "port",
+        "sock",
+        "tenant",
+        "transport",
+    )
+
+    def __init__(self, listener: TurnListener, addr: Addr, port: int) -> None:
+        self.listener = listener
+        self.addr = addr
+        self.port = port
+        self.tenant = ""
+        self.transport: Any = None
+        self.sock: socket.socket | None = None
+        self.closed = False
+        self.errors = 0
+        self.now = listener.now
+        self.peer_data = listener.server.peer_data
+        # admit nothing until attach() installs the tenant's policers (toward client / toward peer)
+        self.policer_in = self.policer_out = Policer(TokenBucket(0.0, 0.0, 0.0))
+
+    def transport_ready(self, transport: Any) -> None:
+        if self.closed:
+            transport.close()
+            return
+        self.transport = transport
+        self.sock = None  # owned by the transport now
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """A datagram from a peer: the per-packet path toward the client."""
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])
+        now = self.now()
+        hit = self.peer_data(self.addr, addr, data, now)
+        if hit is None:
+            return
+        out = hit[1]
+        if not self.policer_in.admit(len(out), now):
+            self.listener.dropped_policed += 1
+            return
+        self.listener.send_to_client(hit[0], out)
+
+    def close(self) -> None:
+        """Close the socket; an asyncio endpoint still being created closes itself on arrival."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+class RelayPool:
+    """The TURN cores' ``RelayAllocator``: relay ports from the media range, sockets bound at once."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        ports: PortAllocator,
+        bind_ip: str,
+        public_ip: str,
+        now: Callable[[], float],
+        leg_policer: Callable[[str], Policer] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.ports = ports
+        self.leg_policer = leg_policer
+        self.bind_ip = bind_ip
+        self.public_ip = public_ip
+        self.now = now
+        self.loop = asyncio_loop_of(reactor)
+        self.family = socket.AF_INET6 if ":" in bind_ip else socket.AF_INET
+        #: live relays by relayed address
+        self.relays: dict[Addr, _Relay] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.bind_failures = 0
+        #: ports found busy, withheld from the allocator until it runs dry (or shutdown)
+        self.busy: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.relays)
+
+    def for_listener(self, listener: TurnListener) -> _ListenerAllocator:
+        return _ListenerAllocator(self, listener)
+
+    def allocate(self, listener: TurnListener, tenant: str, family: int, even_port: bool) -> Addr | None:
+        want = ADDRESS_FAMILY_IPV6 if self.family == socket.AF_INET6 else ADDRESS_FAMILY_IPV4
+        if family != want:
+            return None
+        retried = False
+        for _ in range(_BIND_TRIES):
+            alloc = self.ports.allocate(rtcp_mux=not even_port)
+            if alloc is None:
+                if retried or not self.busy:
+                    return None
+                self._release_busy()  # the range ran dry: give the withheld ports one more chance
+                retried = True
+                continue
+            port = alloc.rtp_port
+            relay = _Relay(listener, (self.public_ip, port), port)
+            relay.tenant = tenant
+            if self._bind(relay):
+                self.relays[relay.addr] = relay
+                return relay.addr
+            # Taken by another socket (another process, an ephemeral port): withhold it, or the
+            # allocator (which hands a just-released single port out first) would offer it again.
+            self.busy.append(port)
+            self.bind_failures += 1
+        return None
+
+    def _release_busy(self) -> None:
+        busy, self.busy = self.busy, []
+        for port in busy:
+            self.ports.release(port)
+
+    def _bind(self, relay: _Relay) -> bool:
+        if self.loop is None:
+            try:
+                self.reactor.listenUDP(relay.port, _TwistedUdp(relay), interface=self.bind_ip)
+            except CannotListenError:
+                return False
+            return True
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.bind_ip, relay.port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                self.log.error(
+                    "TRN500 relay bind {ip}:{port} failed: {err}", ip=self.bind_ip, port=relay.port, err=exc
+                )
+            return False
+        relay.sock = sock
+        proto = _AsyncioUdp(relay)
+        task = asyncio.ensure_future(
+            self.loop.create_datagram_endpoint(lambda: proto, sock=sock), loop=self.loop
+        )
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._endpoint_done(t, relay, sock))
+        return True
+
+    def _endpoint_done(self, task: asyncio.Future[Any], relay: _Relay, sock: socket.socket) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                self.log.error(
+                    "TRN501 relay endpoint on port {port} failed: {err}",
+                    port=relay.port,
+                    err=task.exception(),
+                )
+            if relay.transport is None:
+                sock.close()
+
+    def release(self, relay_addr: Addr) -> None:
+        relay = self.relays.pop(relay_addr, None)
+        if relay is None:
+            return
+        relay.close()
+        self.ports.release(relay.port)
+
+    def attach(self, relay_addr: Addr, tenant: str, rate: int, burst: int, now: float) -> _Relay | None:
+        """Start policing ``relay_addr`` at the tenant's rate (on AllocationCreated): the service's
+        media leg policers (leg bucket inside the tenant's media aggregate) when given, else a
+        plain bucket per direction."""
+        relay = self.relays.get(relay_addr)
+        if relay is not None:
+            relay.tenant = tenant
+            if self.leg_policer is not None:
+                relay.policer_in = self.leg_policer(tenant)
+                relay.policer_out = self.leg_policer(tenant)
+            else:
+                relay.policer_in = Policer(TokenBucket(rate, burst, now))
+                relay.policer_out = Policer(TokenBucket(rate, burst, now))
+        return relay
+
+    def close(self) -> None:
+        """Shutdown: close whatever is still open (the cores released their allocations first)."""
+        for relay_addr in list(self.relays):
+            self.release(relay_addr)
+        self._release_busy()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+class _ListenerAllocator:
+    """The pool as seen by one listener's core (relays remember which listener owns them)."""
+
+    __slots__ = ("listener", "pool")
+
+    def __init__(self, pool: RelayPool, listener: TurnListener) -> None:
+        self.pool = pool
+        self.listener = listener
+
+    def allocate(self, tenant: str, family: int, even_port: bool) -> Addr | None:
+        return self.pool.allocate(self.listener, tenant, family, even_port)
+
+    def release(self, relay: Addr) -> None:
+        self.pool.release(relay)
+
+
+# --- listeners -----------------------------------------------------------------------------------
+
+
+class TurnListener:
+    """One listener's TURN core, timer and client transports (UDP socket or stream connections)."""
+
+    log = Logger()
+
+    def __init__(self, turn: TurnService, name: str, *, stream: bool) -> None:
+        self.turn = turn
+        self.name = name
+        self.stream = stream
+        self.now = turn.now
+        self.pool = turn.pool
+        # the lambdas read turn.policy at call time, so a reload applies to every later request
+        self.server = TurnServer(
+            realm=turn.policy.realm,
+            lookup=lambda realm, username: turn.policy.lookup(realm, username),
+            relay_allocator=turn.pool.for_listener(self),
+            peer_allowed=lambda tenant, ip: turn.policy.peer_allowed(tenant, ip),
+            quota_for=lambda tenant: turn.policy.quota_for(tenant),
+            stream=stream,
+            nonce_secret=turn.nonce_secret,
+            nonce_lifetime=turn.config.turn.nonce_lifetime,
+            default_lifetime=turn.config.turn.default_lifetime,
+            max_lifetime=turn.config.turn.max_lifetime,
+            families=frozenset(
+                {ADDRESS_FAMILY_IPV6 if ":" in turn.config.edge.public_address else ADDRESS_FAMILY_IPV4}
+            ),
+            channel_max=LEGACY_CHANNEL_MAX if turn.config.turn.legacy_channels else CHANNEL_MAX,
+        )
+        #: highest first byte of ChannelData (0x4F, or 0x7F with legacy channel numbers)
+        self.cd_max = self.server.channel_first_max
+        self.channel_data = self.server.channel_data
+        self.timer = CoreTimer(turn.timers, self.server, self.run)
+        self.transport: Any = None  # UDP: sendto
+        self.sock: socket.socket | None = None
+        self.conns: dict[Addr, TurnStreamProtocol] = {}
+        self.errors = 0
+        self.dropped_policed = 0
+        self.dropped_own = 0
+        self.dropped_not_ready = 0
+        self.dropped_no_client = 0
+        self._own_ips = turn.policy.own_ips
+        self._relay_lo, self._relay_hi = turn.policy.relay_range
+
+    # -- UDP --------------------------------------------------------------------------------------
+    def transport_ready(self, transport: Any) -> None:
+        self.transport = transport
+        self.sock = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """A datagram from a client on the UDP listener (ChannelData: the per-packet path to peers)."""
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])
+        if data and 0x40 <= data[0] <= self.cd_max:
+            now = self.now()
+            hit = self.channel_data(data, addr, now)
+            if hit is not None:
+                self.to_peer(hit[0], hit[1], hit[2], now)
+            return
+        self.receive(data, addr)
+
+    # -- both -------------------------------------------------------------------------------------
+    def receive(self, data: bytes, client: Addr, realm: str | None = None, tenant: str | None = None) -> None:
+        """A STUN message (control path) from ``client``."""
+        try:
+            actions = self.server.receive(
+                data, client, self.now(), self.turn.wall(), realm=realm, tenant=tenant
+            )
+        except Exception:  # never into the reactor: the core is tested not to raise
+            self.log.failure("TRN502 {listener}: TURN core raised on input", listener=self.name)
+            return
+        self.run(actions)
+        self.timer.arm()
+
+    def to_peer(self, relay: object, peer: Addr, data: bytes, now: float) -> None:
+        """Send one datagram from its allocation's relay socket (the per-packet path toward peers);
+        ``relay`` is the :class:`_Relay` attached to the allocation, or its relayed address."""
+        if relay.__class__ is not _Relay:
+            relay = self.pool.relays.get(relay)  # type: ignore[call-overload]
+            if relay is None:
+                self.dropped_not_ready += 1
+                return
+        transport = relay.transport  # type: ignore[attr-defined]
+        if transport is None:
+            self.dropped_not_ready += 1
+            return
+        if peer[0] in self._own_ips and not self._relay_lo <= peer[1] <= self._relay_hi:
+            self.dropped_own += 1
+            return
+        if not relay.policer_out.admit(len(data), now):  # type: ignore[attr-defined]
+            self.dropped_policed += 1
+            return
+        transport.sendto(data, peer)
+
+    def send_to_client(self, client: Addr, data: bytes) -> None:
+        if self.stream:
+            conn = self.conns.get(client)
+            if conn is None or conn.transport is None:
+                self.dropped_no_client += 1
+                return
+            conn.transport.write(data)
+        elif self.transport is not None:
+            self.transport.sendto(data, client)
+
+    def run(self, actions: list[TurnAction] | None) -> None:
+        """Execute the core's actions."""
+        if not actions:
+            return
+        now = self.now()
+        for action in actions:
+            if isinstance(action, SendToClient):
+                self.send_to_client(action.client, action.data)
+            elif isinstance(action, SendToPeer):
+                self.to_peer(action.relay, action.peer, action.data, now)
+            elif isinstance(action, AllocationCreated):
+                rate, burst = self.turn.policy.rate_of(action.tenant)
+                relay = self.pool.attach(action.relay, action.tenant, rate, burst, now)
+                if relay is not None:
+                    self.server.attach(action.relay, relay)
+                conn = self.conns.get(action.client) if self.stream else None
+                if conn is not None:
+                    conn.allocated()
+                self.log.info(
+                    "TRN100 {listener} allocation {relay} for {tenant} user {user} from {client} ({lifetime:.0f} s)",
+                    listener=self.name,
+                    relay=f"{action.relay[0]}:{action.relay[1]}",
+                    tenant=action.tenant,
+                    user=action.username.partition(":")[2],
+                    client=f"{action.client[0]}:{action.client[1]}",
+                    lifetime=action.lifetime,
+                )
+            elif isinstance(action, AllocationDeleted):
+                conn = self.conns.get(action.client) if self.stream else None
+                if conn is not None and action.reason in ("refresh", "expired"):
+                    conn.unallocated()
+                self.log.info(
+                    "TRN101 {listener} allocation {relay} of {tenant} ended: {reason}",
+                    listener=self.name,
+                    relay=f"{action.relay[0]}:{action.relay[1]}",
+                    tenant=action.tenant,
+                    reason=action.reason,
+                )
+
+    def client_gone(self, client: Addr) -> None:
+        self.conns.pop(client, None)
+        self.run(self.server.client_gone(client))
+        self.timer.arm()
+
+    def close(self) -> None:
+        """Shutdown: every allocation deleted (relays released), timer cancelled, sockets closed."""
+        self.run(self.server.close())
+        self.timer.cancel()
+        for conn in list(self.conns.values()):
+            if conn.transport is not None:
+                conn.transport.abortConnection()
+        self.conns.clear()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def counters(self) -> dict[str, int]:
+        out = self.server.counters.as_dict()
+        out.update(
+            dropped_policed=self.dropped_policed,
+            dropped_own_address=self.dropped_own,
+            dropped_relay_not_ready=self.dropped_not_ready,
+            dropped_client_gone=self.dropped_no_client,
+            socket_errors=self.errors,
+            allocations=len(self.server),
+        )
+        return out
+
+
+class TurnStreamProtocol(Protocol):
+    """One TURN client over TCP or TLS: STUN/ChannelData frames in, one allocation at most."""
+
+    log = Logger()
+    transport: Any = None
+
+    def __init__(self, listener: TurnListener, tls: bool) -> None:
+        self.listener = listener
+        self.tls = tls
+        self.client: Addr = ("", 0)
+        self._buf = b""
+        self._bound = False
+        self._realm: str | None = None
+        self._tenant: str | None = None
+        self._idle: Any = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        peer = self.transport.getPeer()
+        self.client = (peer.host, peer.port)
+        self.listener.conns[self.client] = self
+        self.unallocated()
+
+    def allocated(self) -> None:
+        """The connection holds an allocation: it lives as long as the allocation (or the client)."""
+        if self._idle is not None:
+            self.listener.turn.timers.cancel(self._idle)
+            self._idle = None
+
+    def unallocated(self) -> None:
+        """No allocation (yet, or any more): close the connection unless one comes within
+        ``TurnService.stream_idle`` seconds, so idle connections cannot pile up."""
+        self.allocated()
+        self._idle = self.listener.turn.timers.call_later(self.listener.turn.stream_idle, self._idle_close)
+
+    def _idle_close(self) -> None:
+        self._idle = None
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _bind_tenant(self) -> None:
+        """TLS: the SNI name (not the default tenant) binds this connection to a tenant."""
+        self._bound = True
+        if not self.tls:
+            return
+        handle = self.transport.getHandle() if hasattr(self.transport, "getHandle") else None
+        get_name = getattr(handle, "get_servername", None)
+        name = get_name() if get_name is not None else None
+        tenant = self.listener.turn.tenants.by_sni(name) if name else None
+        if tenant is not None:
+            self._tenant = tenant.id
+            self._realm = tenant_realm(tenant)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if not self._bound:
+            self._bind_tenant()
+        buf = self._buf + data if self._buf else data
+        listener = self.listener
+        size = len(buf)
+        pos = 0
+        while size - pos >= 4:
+            try:
+                length = stream_frame_length(buf if pos == 0 else buf[pos : pos + 4], listener.cd_max)
+            except RemoteProtocolError:
+                listener.server.counters.dropped_malformed += 1
+                if listener.turn.ratelog.allow("TRN400"):
+                    self.log.info(
+                        "TRN400 {listener}: not STUN/ChannelData from {client}; closing",
+                        listener=listener.name,
+                        client=self.client[0],
+                    )
+                self._buf = b""
+                self.transport.loseConnection()
+                return
+            assert length is not None
+            if size - pos < length:
+                break
+            frame = buf[pos : pos + length] if (pos or length != size) else buf
+            pos += length
+            if frame[0] >= 0x40:
+                now = listener.now()
+                hit = listener.channel_data(frame, self.client, now)
+                if hit is not None:
+                    listener.to_peer(hit[0], hit[1], hit[2], now)
+            else:
+                listener.receive(frame, self.client, self._realm, self._tenant)
+            if self.transport is None or self.client not in listener.conns:
+                return  # closed while handling
+        rest = buf[pos:] if pos else buf
+        if len(rest) > MAX_FRAME + 4:
+            self.transport.loseConnection()
+            rest = b""
+        self._buf = rest
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
+        self._buf = b""
+        self.allocated()  # cancels the idle timer
+        if self.listener.conns.get(self.client) is self:
+            self.listener.client_gone(self.client)
+
+
+class TurnStreamFactory(Factory):
+    """Builds :class:`TurnStreamProtocol` for one stream listener."""
+
+    noisy = False
+
+    def __init__(self, listener: TurnListener, tls: bool) -> None:
+        self.listener = listener
+        self.tls = tls
+
+    def buildProtocol(self, addr: Any) -> TurnStreamProtocol:  # noqa: N802
+        proto = TurnStreamProtocol(self.listener, self.tls)
+        proto.factory = self
+        return proto
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+class _UdpListenerService(Service):
+    """Opens the TURN UDP socket on start (native asyncio endpoint when available), closes it on stop."""
+
+    def __init__(self, turn: TurnService, listener: TurnListener, host: str, port: int) -> None:
+        self.turn = turn
+        self.listener = listener
+        self.host = host
+        self.port = port
+        self.bound_port: int | None = None
+        self._twisted_port: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        loop = asyncio_loop_of(self.turn.reactor)
+        if loop is None:
+            self._twisted_port = self.turn.reactor.listenUDP(
+                self.port, _TwistedUdp(self.listener), interface=self.host
+            )
+            self.bound_port = self._twisted_port.getHost().port
+            return
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise CannotListenError(self.host, self.port, exc) from exc
+        self.bound_port = sock.getsockname()[1]
+        self.listener.sock = sock
+        proto = _AsyncioUdp(self.listener)
+        task = asyncio.ensure_future(loop.create_datagram_endpoint(lambda: proto, sock=sock), loop=loop)
+        self.turn.pool._tasks.add(task)
+        task.add_done_callback(self._endpoint_done)
+
+    def _endpoint_done(self, task: asyncio.Future[Any]) -> None:
+        self.turn.pool._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.turn.log.error(
+                "TRN503 TURN UDP endpoint on {host}:{port} failed: {err}",
+                host=self.host,
+                port=self.bound_port,
+                err=task.exception(),
+            )
+        if self.listener.transport is None and self.listener.sock is not None:
+            self.listener.sock.close()
+            self.listener.sock = None
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        port, self._twisted_port = self._twisted_port, None
+        if port is not None:
+            self.listener.transport = None  # stopped here, once, with its Deferred returned
+        self.listener.close()
+        return port.stopListening() if port is not None else None
+
+
+class TurnService(MultiService):
+    """All TURN listeners of the edge, their relay pool and the ice-servers endpoint's data."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        tenants: TenantTable[TenantConfig],
+        reactor: Any,
+        timers: Timers,
+        certs: CertificateStore,
+        *,
+        ports: PortAllocator | None = None,
+        leg_policer: Callable[[str], Policer] | None = None,
+        wrap_listener: Callable[[str, Any], Any] | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.setName("turn")
+        self.config = config
+        self.tenants = tenants
+        self.reactor = reactor
+        self.timers = timers
+        self.now = timers.now
+        self.wall = wall
+        self.certs = certs
+        self.policy = TurnPolicy(config, tenants)
+        self.nonce_secret = secrets.token_bytes(32)
+        self.ratelog = _RateLimitedLog(self.now)
+        #: ice-servers requests refused for a bad bearer token
+        self.api_refusals = 0
+        #: seconds a TCP/TLS connection may stay open without an allocation
+        self.stream_idle = STREAM_IDLE
+        listen = config.listen
+        bind_ip = config.turn.relay_interface
+        if bind_ip is None:
+            bind_ip = (listen.turn or listen.turns or listen.https).host
+        #: relay ports: a shared allocator when the edge has one, else our own over media.ports
+        self.pool = RelayPool(
+            reactor,
+            ports if ports is not None else PortAllocator(*config.media.ports),
+            bind_ip,
+            config.edge.public_address,
+            self.now,
+            leg_policer,
+        )
+        #: wraps each TCP listener's factory (the service's per-source guard), by listener name
+        self._wrap = wrap_listener or (lambda _name, factory: factory)
+        self.listeners: dict[str, TurnListener] = {}
+        self._udp: _UdpListenerService | None = None
+        self._tcp_servers: dict[str, Any] = {}
+        if listen.turn is not None:
+            udp = self._listener("udp", stream=False)
+            self._udp = _UdpListenerService(self, udp, listen.turn.host, listen.turn.port)
+            self._udp.setName("turn_udp")
+            self._udp.setServiceParent(self)
+            tcp = self._listener("tcp", stream=True)
+            self._add_tcp("turn_tcp", listen.turn, TurnStreamFactory(tcp, tls=False))
+        if listen.turns is not None:
+            turns = self._listener("tls", stream=True)
+            self._add_tcp(
+                "turns", listen.turns, TLSMemoryBIOFactory(certs, False, TurnStreamFactory(turns, tls=True))
+            )
+        self.https_listener: TurnListener | None = (
+            self._listener("https", stream=True) if config.turn.tls_on_https else None
+        )
+
+    def _listener(self, name: str, *, stream: bool) -> TurnListener:
+        listener = TurnListener(self, name, stream=stream)
+        self.listeners[name] = listener
+        return listener
+
+    def _add_tcp(self, name: str, hp: Any, factory: Any) -> None:
+        factory = self._wrap(name, factory)
+        server = internet.TCPServer(hp.port, factory, interface=hp.host, reactor=self.reactor)
+        server.setName(name)
+        server.setServiceParent(self)
+        self._tcp_servers[name] = server
+
+    # -- wiring helpers ---------------------------------------------------------------------------
+    def https_factory(self, site: Any) -> Any:
+        """What ``TLSMemoryBIOFactory`` on ``listen.https`` should wrap: the front, or ``site`` alone."""
+        if self.https_listener is None:
+            return site
+        idle = float(getattr(site, "timeOut", None) or 60.0)
+        return TlsFrontFactory(site, TurnStreamFactory(self.https_listener, tls=True), self.timers, idle)
+
+    def update(self, config: EdgeConfig, tenants: TenantTable[TenantConfig]) -> None:
+        """Reload: new tenants, secrets, quotas, peer rules and rates (listeners stay)."""
+        self.config = config
+        self.tenants = tenants
+        self.policy = TurnPolicy(config, tenants)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Bound ports by listener name (``turn_udp``, ``turn_tcp``, ``turns``)."""
+        out: dict[str, int] = {}
+        if self._udp is not None and self._udp.bound_port is not None:
+            out["turn_udp"] = self._udp.bound_port
+        for name, server in self._tcp_servers.items():
+            port = getattr(server, "_port", None)
+            if port is not None:
+                out[name] = port.getHost().port
+        return out
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per-listener counters (for metrics)."""
+        out = {name: listener.counters() for name, listener in self.listeners.items()}
+        out["relays"] = {"live": len(self.pool), "bind_failures": self.pool.bind_failures}
+        return out
+
+    def allocations(self) -> int:
+        return sum(len(listener.server) for listener in self.listeners.values())
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus families, read at scrape time (``service.metrics.add_collector("turn", ...)``)."""
+        live = GaugeMetricFamily("mcs_edge_turn_allocations", "Live TURN allocations", labels=["tenant"])
+        per_tenant: dict[str, int] = {}
+        for listener in self.listeners.values():
+            for tenant, count in listener.server.allocations_by_tenant().items():
+                per_tenant[tenant] = per_tenant.get(tenant, 0) + count
+        for tenant, count in sorted(per_tenant.items()):
+            live.add_metric([tenant], count)
+        yield live
+        created = CounterMetricFamily(
+            "mcs_edge_turn_allocations_created", "TURN allocations created", labels=["listener"]
+        )
+        deleted = CounterMetricFamily(
+            "mcs_edge_turn_allocations_deleted", "TURN allocations ended", labels=["listener"]
+        )
+        refused = CounterMetricFamily(
+            "mcs_edge_turn_requests_refused",
+            "TURN requests answered with an error",
+            labels=["listener", "reason"],
+        )
+        dropped = CounterMetricFamily(
+            "mcs_edge_turn_packets_dropped", "TURN packets dropped", labels=["listener", "reason"]
+        )
+        for name, listener in sorted(self.listeners.items()):
+            counters = listener.counters()
+            created.add_metric([name], counters["allocations_created"])
+            deleted.add_metric([name], counters["allocations_deleted"])
+            for reason, key in _REFUSALS:
+                refused.add_metric([name, reason], counters[key])
+            for reason, key in _DROPS:
+                dropped.add_metric([name, reason], counters[key])
+        yield from (created, deleted, refused, dropped)
+        relays = GaugeMetricFamily("mcs_edge_turn_relays", "Open TURN relay sockets", labels=[])
+        relays.add_metric([], len(self.pool))
+        yield relays
+        bind = CounterMetricFamily(
+            "mcs_edge_turn_relay_bind_failures", "Relay ports found busy and skipped", labels=[]
+        )
+        bind.add_metric([], self.pool.bind_failures)
+        yield bind
+        api = CounterMetricFamily(
+            "mcs_edge_turn_ice_servers_refused", "ice-servers requests with a bad bearer token", labels=[]
+        )
+        api.add_metric([], self.api_refusals)
+        yield api
+
+    def stopService(self) -> Any:  # noqa: N802
+        result = super().stopService()
+        for listener in self.listeners.values():
+            listener.close()
+        self.pool.close()
+        return result
+
+
+_REFUSALS = (
+    ("challenge", "auth_challenges"),
+    ("auth_failure", "auth_failures"),
+    ("stale_nonce", "stale_nonces"),
+    ("forbidden_peer", "forbidden_peers"),
+    ("quota", "quota_refusals"),
+    ("bad_request", "bad_requests"),
+)
+_DROPS = (
+    ("malformed", "dropped_malformed"),
+    ("no_allocation", "dropped_no_allocation"),
+    ("no_channel", "dropped_no_channel"),
+    ("no_permission", "dropped_no_permission"),
+    ("policed", "dropped_policed"),
+    ("own_address", "dropped_own_address"),
+    ("relay_not_ready", "dropped_relay_not_ready"),
+    ("client_gone", "dropped_client_gone"),
+)
