@@ -1,17 +1,33 @@
-"""Transaction capacity with 1 and 2 worker processes (``edge.workers``), side by side in one run.
+"""Capacity with 1 and 2 worker processes (``edge.workers``), side by side in one run: SIP and media.
 
-What it measures: SIP OPTIONS transactions sent by WSS clients (TLS + WebSocket) through the edge to
-a UDP PBX that answers 200 at once, closed loop (each connection sends its next request when the
-previous one is answered). For each worker count it prints the transactions/s reached, p50/p99
+**SIP** (``--bench sip``): OPTIONS transactions sent by WSS clients (TLS + WebSocket) through the
+edge to a UDP PBX that answers 200 at once, closed loop (each connection sends its next request when
+the previous one is answered). For each worker count it prints the transactions/s reached, p50/p99
 latency and the edge's CPU per 1000 transactions (utime+stime of the supervisor and all workers,
-from /proc). The media relay is not in this figure yet (the SIP core still runs PassthroughMedia);
-when it is, a media leg load belongs beside these rows.
+from /proc).
 
-On a 2-core machine the load generator and the PBX responder share the cores with the workers, so
-2 workers cannot double the 1-worker figure here: read the CPU-per-transaction column for the cost
-of the supervisor and SO_REUSEPORT spreading, and the tx/s column for what this box reached.
+**Media relay** (``--bench media``): calls set up over SIP/WSS through the edge (tenant media mode
+``passthrough`` by default, ``--media-mode bridge`` for DTLS-SRTP <-> RTP; the bench itself is the
+PBX), each carrying one 50 packets/s RTP stream each way (160-byte payload; a *stream* is one
+direction of one call, as in ``bench_media.py``). Streams are added in steps of x1.25 from
+``--media-start``; at each level the bench waits a second, then counts over ``--media-window``
+seconds the packets sent and received (by the sequence numbers sent in the window, so late packets
+count) and the CPU of the edge (supervisor + workers) and of the generator. The ramp stops at the
+first level whose loss is >= 0.1% (re-measured once to rule out a one-off stall of this shared
+machine), then two bisection steps between the last good and the first bad level refine the
+figure. A level at which the generator itself could not keep its send schedule (lagging, or below
+97% of the nominal rate) ends the ramp: the figure is then bounded by the generator, and printed as
+such. Each configuration has a time budget (``--media-budget``). The baseline row ``direct`` runs the
+same ramp with the generator's sockets talking to each other (no edge): the generator's own
+ceiling on this machine.
 
-Usage: ``python bench/bench_workers.py [--seconds 8] [--conns 64] [--workers 1,2]``.
+On a 2-core machine the load generator (and for SIP the PBX responder) shares the cores with the
+workers, so 2 workers cannot double the 1-worker figure here: read the CPU-per-unit columns for the
+cost of the supervisor and SO_REUSEPORT spreading, and the capacity columns for what this box
+reached with the generator on it.
+
+Usage: ``python bench/bench_workers.py [--bench sip,media] [--workers 1,2] [--seconds 8]
+[--conns 64] [--media-mode passthrough|bridge] [--media-window 3] [--media-budget 120]``.
 """
 
 from __future__ import annotations

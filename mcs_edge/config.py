@@ -612,7 +612,11 @@ class TenantConfig:
         None,
         doc="bearer secret for GET /.well-known/mcs-edge/ice-servers and .../certificate (absent: off)",
     )
-    echo: bool = f(c_bool, False)
+    echo: bool = f(
+        c_bool,
+        False,
+        doc="calls to user echo at a tenant domain are answered by the edge (media looped back); serves /check",
+    )
     shaping: TenantShapingConfig = f(section(TenantShapingConfig), factory=TenantShapingConfig)
     limits: LimitsConfig = f(section(LimitsConfig), factory=LimitsConfig)
     guard: TenantGuardConfig = f(section(TenantGuardConfig), factory=TenantGuardConfig)

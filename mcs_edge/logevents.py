@@ -19,6 +19,8 @@ TRN       STUN/TURN
 GRD       guard: per-source caps, rate limits, bans
 SHP       shaping
 WEB       HTTPS front and reverse proxy
+ECH       the echo service (echo@<tenant domain>)
+CHK       the network check page
 ADM       admin API, metrics and health endpoints
 WRK       worker processes and their supervisor
 LOG       the logging system itself (rate limits)
@@ -111,6 +113,9 @@ EVENTS: dict[str, str] = {
     "WEB411": "{tenant} certificate hand-off: files unreadable or mismatched ({reason})",
     "WEB420": "{tenant} proxy {kind}{detail} ({count} so far)",
     "WEB500": "{tenant} proxy exchange failed",
+    # echo service and network check page
+    "ECH200": "{tenant} echo call ended by its media: {reason}",
+    "CHK200": "{tenant} network check reported: {result} ({kept} figures)",
     # logging
     "LOG300": "{key}: {count} more message(s) suppressed in the last {window:.0f} s",
     # timers

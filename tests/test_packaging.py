@@ -64,3 +64,9 @@ def test_check_config_cli_prints_every_error(tmp_path: Path) -> None:
     good.write_text('[[tenants]]\nid = "x"\ndomains = ["x.example.com"]\nbackend_sip = "udp:h:5060"\n')
     res = subprocess.run([str(BIN / "mcs-edge"), "check-config", str(good)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_wheel_ships_the_network_check_page(wheel: Path) -> None:
+    """The check page's HTML, JavaScript and CSS are package data (served by mcs_edge/tx/check.py)."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"mcs_edge/static/check.html", "mcs_edge/static/check.js", "mcs_edge/static/check.css"} <= names

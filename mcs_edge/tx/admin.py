@@ -179,7 +179,19 @@ def service_checks(service: EdgeService) -> dict[str, Check]:
     def draining() -> tuple[bool, str]:
         return (not _draining(service)), "draining" if _draining(service) else "accepting"
 
-    return {"listeners": listeners, "config": config, "draining": draining}
+    def media_ports() -> tuple[bool, str]:
+        allocator = getattr(getattr(getattr(service, "media", None), "anchor", None), "allocator", None)
+        if allocator is None:
+            return True, "no media relay"
+        free, capacity = allocator.free, allocator.capacity
+        return free >= MIN_FREE_PORTS, f"{free} of {capacity} relay ports free"
+
+    return {"listeners": listeners, "config": config, "draining": draining, "media_ports": media_ports}
+
+
+#: Relay ports one more call may need (two legs, each an RTP/RTCP pair without rtcp-mux): below
+#: this the port pool is exhausted and ``/health/ready`` fails its ``media_ports`` check.
+MIN_FREE_PORTS = 4
 
 
 def _draining(service: Any) -> bool:

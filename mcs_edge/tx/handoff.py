@@ -17,7 +17,8 @@ that tenant's: there is no tenant parameter to tamper with. The secret is compar
 The chain and key are read from the files the certificate store serves, and the leaf's public key
 is checked against the private key, so a download racing an ACME renewal never hands out a
 mismatched pair. Every download is logged (tenant, peer, fingerprint, expiry; never the secret or
-key); refusals are logged at most once per ``LOG_INTERVAL`` per tenant and reason, and counted.
+key); refusals are logged at most once per ``LOG_INTERVAL`` per tenant and reason, and counted
+(``counters``, exported as ``mcs_edge_certificate_handoffs_total{tenant, result}``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 
 from mcs_edge import certs
+from mcs_edge.tx.metrics import handoff_families
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -61,6 +63,9 @@ class CertificateHandoff:
         self.clock = clock
         self.counters: Counter[tuple[str, str]] = Counter()  # (tenant, outcome) -> count
         self._last_log: dict[tuple[str, str], float] = {}
+        metrics = getattr(service, "metrics", None)
+        if metrics is not None:
+            metrics.add_collector("handoff", lambda: handoff_families(self.counters))
 
     def render(self, request: Request, tenant: TenantConfig) -> bytes:
         request.setHeader(b"cache-control", b"no-store")

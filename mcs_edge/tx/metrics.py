@@ -47,8 +47,10 @@ gauge must not be summed calls :func:`register_merge` at import time.
 
 from __future__ import annotations
 
+import datetime
+import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, generate_latest
@@ -70,6 +72,8 @@ __all__ = [
     "CountingTLSFactory",
     "EdgeMetrics",
     "TlsStats",
+    "handoff_families",
+    "label_value",
     "merge_expositions",
     "register_merge",
 ]
@@ -86,6 +90,11 @@ MERGE_MODES: dict[str, str] = {
     "mcs_edge_certificate_load_errors": "max",
     "process_start_time_seconds": "min",
     "process_max_fds": "min",
+    "mcs_edge_acme_last_success_timestamp_seconds": "max",
+    "mcs_edge_acme_next_renewal_timestamp_seconds": "min",
+    "mcs_edge_acme_next_attempt_timestamp_seconds": "min",
+    "mcs_edge_acme_failures": "max",
+    "mcs_edge_acme_state": "max",
 }
 
 
@@ -241,6 +250,9 @@ def _service_families(m: EdgeMetrics) -> Iterator[Metric]:
     yield from _tls_families(m)
     yield from _guard_families(svc)
     yield from _component_families(svc)
+    yield from _media_pool_families(svc)
+    yield from _acme_families(svc)
+    yield from _http_proxy_families(svc)
 
 
 def _sip_families(svc: Any) -> Iterator[Metric]:
@@ -386,6 +398,37 @@ def _guard_families(svc: Any) -> Iterator[Metric]:
         for reason, n in sorted(refusals.items()):
             c.add_metric([reason], n)
         yield c
+    protection = getattr(svc, "protection", None)
+    if protection is None:
+        return
+    c = CounterMetricFamily(
+        "mcs_edge_tenant_limit_refusals",
+        "Client connections refused by a tenant's limits (tenants.limits), by reason",
+        labels=["reason"],
+    )
+    for reason, n in sorted(protection.tenant_guard.refusals.items()):
+        c.add_metric([reason], n)
+    yield c
+    c = CounterMetricFamily(
+        "mcs_edge_guard_requests_dropped",
+        "SIP requests dropped by the guard (bans, request rate), by reason",
+        labels=["reason"],
+    )
+    for reason, n in sorted(protection.requests_dropped.items()):
+        c.add_metric([reason], n)
+    yield c
+    c = CounterMetricFamily(
+        "mcs_edge_scanner_drops",
+        "Requests that addressed no tenant, dropped without an answer, by where they arrived",
+        labels=["kind"],
+    )
+    kinds: dict[str, int] = dict(protection.scanner_kinds)
+    unlabelled = int(protection.scanners) - sum(kinds.values())
+    if unlabelled > 0:
+        kinds["other"] = kinds.get("other", 0) + unlabelled
+    for kind, n in sorted(kinds.items()):
+        c.add_metric([kind], n)
+    yield c
 
 
 def _component_families(svc: Any) -> Iterator[Metric]:
@@ -417,6 +460,109 @@ def _component_families(svc: Any) -> Iterator[Metric]:
             if isinstance(key, tuple) and len(key) == 3 and isinstance(n, int):
                 c.add_metric([str(k) for k in key], n)
         yield c
+
+
+def _media_pool_families(svc: Any) -> Iterator[Metric]:
+    """The relay port pool (media legs and TURN relays share it)."""
+    anchor = getattr(getattr(svc, "media", None), "anchor", None)
+    allocator = getattr(anchor, "allocator", None)
+    if allocator is None:
+        return
+    g = GaugeMetricFamily(
+        "mcs_edge_media_ports", "Relay ports of media.ports (this worker's slice), by state", labels=["state"]
+    )
+    g.add_metric(["free"], allocator.free)
+    g.add_metric(["used"], allocator.in_use)
+    yield g
+
+
+def _timestamp(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+#: ACME order states (``AcmeManager.status()``), each a series of ``mcs_edge_acme_state``.
+ACME_STATES = ("idle", "ordering", "valid", "error")
+
+
+def _acme_families(svc: Any) -> Iterator[Metric]:
+    """Per ACME tenant: last success, next renewal, failures in a row, state (``AcmeManager.status()``)."""
+    acme = getattr(svc, "acme", None)
+    if acme is None:
+        return
+    status: Mapping[str, Mapping[str, Any]] = acme.status()
+    last = GaugeMetricFamily(
+        "mcs_edge_acme_last_success_timestamp_seconds",
+        "When (Unix time) this process last had a certificate issued for the tenant",
+        labels=["tenant"],
+    )
+    renew = GaugeMetricFamily(
+        "mcs_edge_acme_next_renewal_timestamp_seconds",
+        "When (Unix time) the tenant's certificate is due for renewal",
+        labels=["tenant"],
+    )
+    attempt = GaugeMetricFamily(
+        "mcs_edge_acme_next_attempt_timestamp_seconds",
+        "When (Unix time) the next order is tried after a failure",
+        labels=["tenant"],
+    )
+    failures = GaugeMetricFamily(
+        "mcs_edge_acme_failures", "Failed ACME orders in a row (0 after a success)", labels=["tenant"]
+    )
+    orders = CounterMetricFamily("mcs_edge_acme_orders", "ACME orders started", labels=["tenant"])
+    state = GaugeMetricFamily(
+        "mcs_edge_acme_state", "1 for the tenant's current ACME state", labels=["tenant", "state"]
+    )
+    for tenant_id, st in sorted(status.items()):
+        for family, key in ((last, "last_issued"), (renew, "renew_at"), (attempt, "next_attempt")):
+            ts = _timestamp(st.get(key))
+            if ts is not None:
+                family.add_metric([tenant_id], ts)
+        failures.add_metric([tenant_id], int(st.get("failures", 0)))
+        orders.add_metric([tenant_id], int(st.get("orders", 0)))
+        for name in ACME_STATES:
+            state.add_metric([tenant_id, name], 1 if st.get("state") == name else 0)
+    yield from (last, renew, attempt, failures, orders, state)
+
+
+def _http_proxy_families(svc: Any) -> Iterator[Metric]:
+    """The reverse proxy's refusals and events (``HttpProxy.counters``: (tenant, event) -> n)."""
+    proxy = getattr(svc, "http_proxy", None)
+    counters = getattr(proxy, "counters", None)
+    if counters is None:
+        return
+    c = CounterMetricFamily(
+        "mcs_edge_http_proxy_events",
+        "Reverse proxy refusals and events ('-' when the request was bound to no tenant)",
+        labels=["tenant", "event"],
+    )
+    for (tenant, event), n in sorted(counters.items()):
+        c.add_metric([tenant, label_value(event)], n)
+    yield c
+
+
+def handoff_families(counters: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
+    """The certificate hand-off's outcomes (``CertificateHandoff.counters``: (tenant, outcome) -> n)."""
+    c = CounterMetricFamily(
+        "mcs_edge_certificate_handoffs",
+        "Certificate hand-off requests by outcome ('ok' or the refusal)",
+        labels=["tenant", "result"],
+    )
+    for (tenant, outcome), n in sorted(counters.items()):
+        c.add_metric([tenant, label_value(outcome)], n)
+    yield c
+
+
+_NOT_LABEL = re.compile(r"[^a-z0-9]+")
+
+
+def label_value(text: str) -> str:
+    """A code's own reason text as a label value: lower case, runs of other characters as ``_``."""
+    return _NOT_LABEL.sub("_", text.lower()).strip("_") or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
 from mcs_edge.tx.admin import Health, LocalAdmin, admin_site, service_checks
+from mcs_edge.tx.check import NetworkCheck
 from mcs_edge.tx.drain import Drainer
+from mcs_edge.tx.echo import EchoService
 from mcs_edge.tx.guard import GuardedFactory, Protection
 from mcs_edge.tx.media_udp import MediaRelay
 from mcs_edge.tx.metrics import EdgeMetrics
@@ -99,6 +101,11 @@ class EdgeService(MultiService):
             leg_policer=self.shaping.leg_policer,
         )
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
+        # Echo service (tx/echo.py): echo@<tenant domain> answered here, media looped back in the
+        # relay; the network check page (tx/check.py) calls it and keeps per-tenant figures.
+        self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
+        self.metrics.add_collector("echo", self.echo.collect)
+        self.check = NetworkCheck(self)
         self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(self.sip, config, reactor)
         self.sip.protection = self.protection
         self.sip_ws.shaping = self.shaping
@@ -214,6 +221,7 @@ class EdgeService(MultiService):
 
     def _stop_now(self) -> Any:
         self._restore_sighup()
+        self.echo.stop()
         self.sip.stop()
         self.media.stop()
         self.shaping.stop()

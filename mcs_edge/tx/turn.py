@@ -70,7 +70,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError, MessageLengthError
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mcs_edge.core.media.ports import PortAllocator
 from mcs_edge.core.shaping import Policer, TokenBucket
@@ -87,8 +86,10 @@ from mcs_edge.core.stun.turn import (
     TurnServer,
 )
 from mcs_edge.errors import RemoteProtocolError
+from mcs_edge.tx.metrics import CountingTLSFactory, TlsStats
 from mcs_edge.tx.timers import CoreTimer, Timers
 from mcs_edge.tx.tls_front import TlsFrontFactory
+from mcs_edge.tx.workers import reuse_port_for
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -586,7 +587,7 @@ class TurnListener:
                 return
         transport = relay.transport  # type: ignore[attr-defined]
         if transport is None:
-            self.dropped_not_ready += 1
+            self._to_peer_early(relay, peer, data, now)  # type: ignore[arg-type]
             return
         if peer[0] in self._own_ips and not self._relay_lo <= peer[1] <= self._relay_hi:
             self.dropped_own += 1
@@ -595,6 +596,26 @@ class TurnListener:
             self.dropped_policed += 1
             return
         transport.sendto(data, peer)
+
+    def _to_peer_early(self, relay: _Relay, peer: Addr, data: bytes, now: float) -> None:
+        """The relay's asyncio endpoint is still being created: send on its bound socket.
+
+        uvloop reads up to 32 datagrams per wake-up before running ready callbacks, so a quick
+        client's ChannelBind and first ChannelData can arrive before the endpoint exists."""
+        sock = relay.sock
+        if sock is None:
+            self.dropped_not_ready += 1
+            return
+        if peer[0] in self._own_ips and not self._relay_lo <= peer[1] <= self._relay_hi:
+            self.dropped_own += 1
+            return
+        if not relay.policer_out.admit(len(data), now):
+            self.dropped_policed += 1
+            return
+        try:
+            sock.sendto(data, peer)
+        except OSError:
+            relay.errors += 1
 
     def send_to_client(self, client: Addr, data: bytes) -> None:
         if self.stream:
@@ -820,6 +841,9 @@ class _UdpListenerService(Service):
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            if reuse_port_for(self.turn.reactor, self.host, self.port):  # shared by worker processes
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.host, self.port))
         except OSError as exc:
             sock.close()
@@ -912,11 +936,12 @@ class TurnService(MultiService):
             self._udp.setServiceParent(self)
             tcp = self._listener("tcp", stream=True)
             self._add_tcp("turn_tcp", listen.turn, TurnStreamFactory(tcp, tls=False))
+        #: the ``turns`` listener's TLS layer; its handshakes count in the service's metrics (start)
+        self.turns_tls: CountingTLSFactory | None = None
         if listen.turns is not None:
             turns = self._listener("tls", stream=True)
-            self._add_tcp(
-                "turns", listen.turns, TLSMemoryBIOFactory(certs, False, TurnStreamFactory(turns, tls=True))
-            )
+            self.turns_tls = CountingTLSFactory(certs, False, TurnStreamFactory(turns, tls=True), TlsStats())
+            self._add_tcp("turns", listen.turns, self.turns_tls)
         self.https_listener: TurnListener | None = (
             self._listener("https", stream=True) if config.turn.tls_on_https else None
         )
@@ -1014,6 +1039,14 @@ class TurnService(MultiService):
         )
         api.add_metric([], self.api_refusals)
         yield api
+
+    def startService(self) -> None:  # noqa: N802
+        # Count ``turns`` handshakes with the other TLS listeners (``mcs_edge_tls_handshakes``),
+        # as ``service.metrics.tls_factory("turns", ...)`` would, before the port opens.
+        metrics = getattr(self.parent, "metrics", None)
+        if self.turns_tls is not None and metrics is not None:
+            self.turns_tls.stats = metrics.tls_stats("turns")
+        super().startService()
 
     def stopService(self) -> Any:  # noqa: N802
         result = super().stopService()

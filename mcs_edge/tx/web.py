@@ -100,5 +100,10 @@ def _landing(tenant: Any) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>mcs_edge</title></head><body>"
         f"<h1>mcs_edge {html.escape(__version__)}</h1><p>Edge for <b>{name}</b> is running.</p>"
-        "</body></html>\n"
+        + (
+            "<p><a href='/check'>Network check</a>: test this computer's connection for calls.</p>"
+            if tenant.echo
+            else ""
+        )
+        + "</body></html>\n"
     )

@@ -19,6 +19,9 @@ configuration (:func:`worker_config`):
   loop) checks ``reuse_port_for(reactor, host, port)``. A listener configured on port 0 is given a
   real port by the supervisor first: it binds (never listens on) a reservation socket with
   ``SO_REUSEPORT``, which keeps the port while workers come and go and receives no connection.
+  ``turn`` is reserved on TCP only (a bound UDP socket in the group would receive its share of
+  the datagrams); the workers bind its UDP socket on the same number. The bound numbers are in
+  the supervisor's ``/api/status`` (``listeners``).
 * **The backend SIP port is per worker**: ``listen.backend_sip`` port + worker index (port 0 stays
   0: each worker gets its own ephemeral port). The SIP router writes the bound port into Via,
   Record-Route and Path, so in-dialog requests and requests to a registered client come back from
@@ -673,6 +676,7 @@ class SupervisorAdmin:
                     for w in self.sup.workers
                 ],
                 "tenants": len(self.sup.config.tenants),
+                "listeners": dict(self.sup.shared_ports),  # shared client ports, as bound (port 0 resolved)
                 "connections": sum(s.get("connections", 0) for s in statuses),
                 "calls": sum(s.get("calls", 0) for s in statuses),
                 "draining": self.sup.stopping,

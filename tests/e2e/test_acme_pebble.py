@@ -7,6 +7,7 @@ HTTP-01 on ``listen.http``, TLS-ALPN-01 (ALPN ``acme-tls/1``) on ``listen.https`
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,17 @@ def until(predicate: Any, timeout: float = 60.0, step: float = 0.2) -> Any:
     return loop()
 
 
+def _metrics(service: EdgeService) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The service's /metrics samples, parsed with prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(service.metrics.render().decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
 def _names(der: bytes) -> set[str]:
     cert = x509.load_der_x509_certificate(der)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -143,6 +155,14 @@ def test_two_tenants_get_certificates_by_http01_and_tls_alpn01(edge: AcmeEdge) -
     status = acme.status()
     assert status["rossi"]["challenge"] == "http-01" and status["bianchi"]["challenge"] == "tls-alpn-01"
     assert status["rossi"]["failures"] == 0 and status["bianchi"]["failures"] == 0
+    m = _metrics(edge.service)
+    now = time.time()
+    for tid in ("rossi", "bianchi"):
+        tenant = (("tenant", tid),)
+        assert now - 120 < m[("mcs_edge_acme_last_success_timestamp_seconds", tenant)] <= now
+        assert m[("mcs_edge_acme_next_renewal_timestamp_seconds", tenant)] > now + 86400
+        assert m[("mcs_edge_acme_failures", tenant)] == 0 and m[("mcs_edge_acme_orders_total", tenant)] >= 1
+        assert m[("mcs_edge_acme_state", (("state", "valid"), ("tenant", tid)))] == 1
     trust = yield threads.deferToThread(edge.trust)
 
     def fetch(sni: str) -> tuple[set[str], int]:
@@ -188,6 +208,8 @@ def test_forced_renewal_swaps_certificate_while_open_connection_stays(edge: Acme
         [("Authorization", "Bearer bianchi-platform-secret")],
     )
     assert handed.status == 200 and json.loads(handed.body)["sha256"] == after.peer_sha256()
+    m = _metrics(edge.service)
+    assert m[("mcs_edge_certificate_handoffs_total", (("result", "ok"), ("tenant", "bianchi")))] == 1
     before.close()
     after.close()
 
@@ -202,11 +224,16 @@ def test_failing_validation_leaves_other_tenant_alone_and_is_retried(edge_with_b
     )
     verdi = acme.status()["verdi"]
     assert verdi["state"] in ("error", "ordering")
+    m = _metrics(e.service)
+    assert m[("mcs_edge_acme_failures", (("tenant", "verdi"),))] >= 1
     assert verdi["last_error"] is not None or verdi["state"] == "ordering"
     rossi_orders = acme.status()["rossi"]["orders"]
     yield threads.deferToThread(e.pebble.clear_a, "verdi.example.net")  # DNS fixed: next retry validates
     yield until(lambda: acme.status()["verdi"]["state"] == "valid")
     assert acme.status()["verdi"]["orders"] >= 2 and acme.status()["verdi"]["failures"] == 0
+    m = _metrics(e.service)
+    assert m[("mcs_edge_acme_failures", (("tenant", "verdi"),))] == 0
+    assert m[("mcs_edge_acme_state", (("state", "valid"), ("tenant", "verdi")))] == 1
     assert acme.status()["rossi"]["orders"] == rossi_orders  # untouched by verdi's retries
 
     conn = yield threads.deferToThread(Conn, e.https_port, "verdi.example.net")

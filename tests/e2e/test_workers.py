@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,66 +13,28 @@ import pytest
 from helpers.edge import TOKEN, api, config_text, metrics, sample, tenant_toml
 from helpers.pbx import Pbx
 from helpers.phone import Phone
+from helpers.twistd import TwistdEdge
 from helpers.wsclient import WSClient, header, status
 
-BIN = Path(sys.executable).parent
 
+class Twistd(TwistdEdge):
+    """``twistd -n --reactor=uvloop mcs-edge --config FILE`` in a subprocess, tenant rossi on a test PBX."""
 
-class Twistd:
-    """``twistd -n --reactor=uvloop mcs-edge --config FILE`` in a subprocess, ports read from its log."""
-
-    def __init__(self, tmp: Path, extra: str) -> None:
+    def __init__(
+        self, tmp: Path, extra: str, listen: str = "", tenant: str = "", reactor: str = "uvloop"
+    ) -> None:
         self.pbx = Pbx()
         self.state = tmp / "state"
-        self.conf = tmp / "edge.toml"
-        self.conf.write_text(config_text(self.state, tenant_toml("rossi", self.pbx.port), extra))
-        self.log = tmp / "edge.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "twistd"),
-                    "-n",
-                    "--pidfile=",
-                    "--reactor=uvloop",
-                    "mcs-edge",
-                    "--config",
-                    str(self.conf),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=tmp,
-            )
-        text = self.wait_log(r"^\S+ \[(?!worker)[^\]]*\] EDG101 .*https://[^:]+:(\d+)/")
-        self.https = int(
-            re.findall(r"^\S+ \[(?!worker)[^\]]*\] EDG101 .*https://[^:]+:(\d+)/", text, re.M)[0]
-        )
-        self.admin = int(
-            re.findall(r"ADM100 .*http://127\.0\.0\.1:(\d+)/", text)[0]
-        )  # the first: supervisor's
+        text = config_text(self.state, tenant_toml("rossi", self.pbx.port) + tenant, extra)
+        text = text.replace('admin = "127.0.0.1:0"\n', 'admin = "127.0.0.1:0"\n' + listen, 1)
+        super().__init__(tmp, text, reactor)  # a start that fails calls stop(), which closes the PBX
         self.ca = str(self.state / "dev-ca" / "ca.pem")
-
-    def wait_log(self, pattern: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_text()
-            if re.search(pattern, text, re.M):
-                return text
-            if self.proc.poll() is not None:
-                raise AssertionError(f"twistd exited early:\n{text}")
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} never logged:\n{self.log.read_text()}")
 
     def client(self) -> WSClient:
         return WSClient(self.https, "rossi.example.com", cafile=self.ca)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().stop()
         self.pbx.close()
 
 
@@ -233,5 +193,83 @@ def test_sigterm_during_a_call_drains_it(tmp_path: Path) -> None:
         assert t.proc.wait(15) in (0, -signal.SIGTERM)
         log = t.log.read_text()
         assert "EDG103 drained" in log and "Traceback (most recent call last)" not in log, log
+    finally:
+        t.stop()
+
+
+TURN_SECRET = "rossi-turn-secret-0123"
+
+
+def _turn_round_trip(t: Twistd, kind: str, port: int) -> int:
+    """One allocation over ``kind`` (udp, tcp, tls) on ``port``, a datagram relayed both ways, Refresh 0; the relay port."""
+    from helpers.turnclient import TurnClient
+
+    from mcs_edge.core.stun.turn import rest_password
+    from mcs_edge.tx.turn import turn_username
+
+    username = turn_username(int(time.time()) + 600, "alice", "rossi")
+    password = rest_password(TURN_SECRET.encode(), username)
+    kw = {"server_hostname": "rossi.example.com", "cafile": t.ca} if kind == "tls" else {}
+    client = TurnClient(kind, ("127.0.0.1", port), username, password, **kw)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.2", 0))
+    peer.settimeout(5)
+    try:
+        relay = client.allocate()
+        assert client.bind(0x4001, peer.getsockname()) == 0
+        client.send_channel(0x4001, b"to peer")
+        data, src = peer.recvfrom(2048)
+        assert data == b"to peer" and src == relay
+        peer.sendto(b"to client", relay)
+        assert client.recv_channel() == (0x4001, b"to client")
+        assert client.refresh(0) == 0
+        return relay[1]
+    finally:
+        peer.close()
+        client.close()
+
+
+@pytest.mark.parametrize("reactor", ["uvloop", "epoll"])
+def test_two_workers_serve_turn_on_shared_udp_tcp_and_tls_ports(tmp_path: Path, reactor: str) -> None:
+    """workers = 2 with TURN: both workers bind the shared UDP/TCP/TLS ports (SO_REUSEPORT) and relay; TLS handshakes are counted."""
+    import random
+
+    from mcs_edge.core.media.ports import split_range
+
+    lo = random.randrange(33000, 39000, 2)
+    slices = split_range(lo, lo + 199, 2)
+    t = Twistd(
+        tmp_path,
+        'workers = 2\npublic_address = "127.0.0.1"\n',
+        listen='turn = "127.0.0.1:0"\nturns = "127.0.0.1:0"\n',
+        tenant=f'turn_secret = "{TURN_SECRET}"\nturn_peers = ["127.0.0.0/8"]\n[media]\nports = [{lo}, {lo + 199}]\n',
+        reactor=reactor,
+    )
+    try:
+        _code, st = api(t.admin, "GET", "/api/status")
+        assert [w["ready"] for w in st["workers"]] == [True, True]
+        ports = {
+            "udp": st["listeners"]["turn"],
+            "tcp": st["listeners"]["turn"],
+            "tls": st["listeners"]["turns"],
+        }
+        seen: dict[str, set[int]] = {kind: set() for kind in ports}
+        done = dict.fromkeys(ports, 0)
+        for _ in range(40):  # new client ports until each worker has relayed on each transport
+            for kind, port in ports.items():
+                if len(seen[kind]) < 2:
+                    relay_port = _turn_round_trip(t, kind, port)
+                    done[kind] += 1
+                    seen[kind].add(next(i for i, (a, b) in enumerate(slices) if a <= relay_port <= b))
+            if all(len(s) == 2 for s in seen.values()):
+                break
+        assert seen == {"udp": {0, 1}, "tcp": {0, 1}, "tls": {0, 1}}, (seen, done)
+        m = metrics(t.admin)  # aggregated across the workers
+        for kind, n in done.items():
+            assert sample(m, "mcs_edge_turn_allocations_created_total", listener=kind) == n
+            assert sample(m, "mcs_edge_turn_allocations_deleted_total", listener=kind) == n
+        assert sample(m, "mcs_edge_tls_handshakes_total", listener="turns", result="ok") == done["tls"]
+        log = t.log.read_text()
+        assert "Traceback (most recent call last)" not in log, log
     finally:
         t.stop()

@@ -35,7 +35,10 @@ def config_text(state: Path, tenants: str, extra: str = "", token: bool = True) 
 
 
 class LocalEdge:
-    def __init__(self, tmp: Path, extra: str = "", token: bool = True, tenants: int = 1) -> None:
+    def __init__(
+        self, tmp: Path, extra: str = "", token: bool = True, tenants: int = 1, tail: str = ""
+    ) -> None:
+        """``extra`` goes into ``[edge]``; ``tail`` after the last tenant (its sub-tables, other tables)."""
         self.tmp = tmp
         self.pbx = Pbx()
         self.state = tmp / "state"
@@ -43,7 +46,7 @@ class LocalEdge:
         text = tenant_toml("rossi", self.pbx.port)
         if tenants > 1:
             text += tenant_toml("bianchi", self.pbx.port)
-        self.conf.write_text(config_text(self.state, text, extra, token))
+        self.conf.write_text(config_text(self.state, text + tail, extra, token))
         from twisted.internet import reactor
 
         self.service = EdgeService(c.load(self.conf), reactor, config_path=str(self.conf))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -368,17 +367,3 @@ def test_rate_limited_log_summarises_suppressed_lines() -> None:
     rl.info("SIP400", "SIP400 {problem}", problem="x")
     assert [e["log_format"][:6] for e in seen[3:]] == ["LOG300", "SIP400"] and seen[3]["count"] == 7
 
-
-def test_logevents_list_every_code_the_code_emits() -> None:
-    """Every 'AAAnnn ...' format string in mcs_edge is listed in mcs_edge.logevents."""
-    import re
-
-    from mcs_edge.logevents import EVENTS
-
-    root = Path(__file__).resolve().parents[2] / "mcs_edge"
-    used: set[str] = set()
-    for path in root.rglob("*.py"):
-        used |= set(re.findall(r'"([A-Z]{3}[0-9]{3}) ', path.read_text()))
-    mine = {c for c in used if c[:3] in {"EDG", "CFG", "ADM", "WRK", "LOG"}}
-    assert mine <= set(EVENTS), sorted(mine - set(EVENTS))
-    assert os.path.exists(root / "logevents.py")

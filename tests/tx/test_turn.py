@@ -322,10 +322,12 @@ def test_turn_over_tls_on_the_shared_https_port(edge: Edge) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_turn_over_tls_on_the_dedicated_port(edge: Edge) -> Any:
-    """listen.turns serves TURN over TLS."""
+    """listen.turns serves TURN over TLS; its handshakes count in the service's TLS metrics."""
     got, _ = yield threads.deferToThread(_tls_relay, edge, "tls", None)
     assert got == (0x4001, b"hello client")
     assert edge.turn.listeners["tls"].server.counters.allocations_created == 1
+    stats = edge.service.metrics.tls["turns"]
+    assert (stats.ok, stats.failed) == (1, 0)
 
 
 def _sni_mismatch(edge: Edge) -> tuple[int, str]:
