@@ -214,8 +214,8 @@ class MediaRelay:
         self._after()
         return status
 
-    def on_end(self, call_id: str, reason: str) -> None:
-        self.anchor.on_end(call_id, reason)
+    def on_end(self, call_id: str, reason: str, tenant_id: str | None = None) -> None:
+        self.anchor.on_end(call_id, reason, tenant_id)
         self._after()
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:

@@ -240,11 +240,20 @@ class MediaAnchor:
         self.count("media_sessions_created")
         return session
 
-    def on_end(self, call_id: str, reason: str) -> None:
-        """The call is over (BYE, CANCEL, failed INVITE ...): release its session, if any."""
+    def on_end(self, call_id: str, reason: str, tenant_id: str | None = None) -> None:
+        """The call is over (BYE, CANCEL, failed INVITE ...): release its session, if any.
+
+        With ``tenant_id``, only a session of that tenant is released (a message of one tenant never
+        ends another tenant's call).
+        """
         session = self.sessions.get(call_id)
-        if session is not None:
-            self._release(session, reason)
+        if session is None:
+            return
+        info = session.owner_data
+        if tenant_id is not None and isinstance(info, _CallInfo) and info.tenant_id != tenant_id:
+            self.count("media_foreign_call", f"{tenant_id} tried to end a call of {info.tenant_id}")
+            return
+        self._release(session, reason)
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:
         """The client's connection is gone: its calls lose their media."""

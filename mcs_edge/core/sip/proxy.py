@@ -163,7 +163,7 @@ class MediaHook(Protocol):
         self, pair: Pair | None, message: Request | Response, from_client: bool, now: float
     ) -> int | None: ...
 
-    def on_end(self, call_id: str, reason: str) -> None: ...
+    def on_end(self, call_id: str, reason: str, tenant_id: str | None = None) -> None: ...
 
     def on_flow_closed(self, flow_id: int, now: float) -> None: ...
 
@@ -191,7 +191,7 @@ class PassthroughMedia:
     ) -> int | None:
         return None
 
-    def on_end(self, call_id: str, reason: str) -> None:
+    def on_end(self, call_id: str, reason: str, tenant_id: str | None = None) -> None:
         return None
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:
@@ -496,9 +496,8 @@ class SipProxy:
         method = req.method
         if method == "INVITE" and not in_dialog:
             self.calls.invite(req.call_id, tenant_id, flow_id, from_client, now)
-        elif method == "BYE":
-            self.calls.bye(req.call_id)
-            self.media.on_end(req.call_id, "BYE")
+        # A BYE ends the call (and its media) only once the other side accepts it (2xx, or no answer
+        # at all): a BYE with a guessed Call-ID gets 481 and ends nothing (see _relay_response).
 
     def send_to_flow(self, flow_id: int, request: Request, now: float) -> bool:
         """Send a request the edge itself originates (e.g. the echo service's BYE) to a client flow.
@@ -803,6 +802,8 @@ class SipProxy:
                 out = Response.for_request(pair.server.request, 500, "Media Error")
         self.count(_RELAYED_CLASS[resp.status // 100 % 7])
         if resp.status >= 200:
+            if pair.request.method == "BYE" and resp.status < 300:
+                self._bye_done(pair)
             if pair.request.method == "INVITE":
                 if resp.status < 300:
                     self.calls.answered(pair.request.call_id, now)
@@ -816,6 +817,11 @@ class SipProxy:
         if resp.status in (401, 403, 407) and pair.from_client:
             self.count("sip_auth_challenges")
         self.layer.send_response(pair.server, out, now)
+
+    def _bye_done(self, pair: Pair) -> None:
+        call_id = pair.request.call_id
+        self.calls.bye(call_id)
+        self.media.on_end(call_id, "BYE", pair.tenant_id)
 
     def _register_inbound(self, flow: Flow, resp: Response, status: int) -> None:
         if status >= 200:
@@ -861,6 +867,8 @@ class SipProxy:
                     status, reason = 503, "Service Unavailable (next hop unreachable)"
                 else:
                     status, reason = 430, "Flow Failed"
+            if pair.request.method == "BYE":
+                self._bye_done(pair)  # the far side is gone: the call is over all the same
             if pair.request.method == "INVITE":
                 if pair.request.to.tag is None:
                     self.media.on_end(pair.request.call_id, reason)

@@ -313,13 +313,45 @@ def test_invite_answer_ack_and_bye_rewrite_sdp_and_release_everything() -> None:
     assert_clean(h)
 
 
+def _answer(request: str, code: int, reason: str) -> str:
+    """The client's response to a request it received (Via, From, To, Call-ID, CSeq copied)."""
+    keep = [
+        line
+        for line in request.split("\r\n")[1:]
+        if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
+    ]
+    return f"SIP/2.0 {code} {reason}\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n"
+
+
 def test_pbx_bye_releases_the_session() -> None:
-    """A BYE from the PBX ends the media too."""
+    """A BYE from the PBX ends the media once the client accepts it."""
     h = Harness()
-    call, _browser, _answer = answered_call(h)
+    call, _browser, _answer_sdp = answered_call(h)
     flows = call.pbx_request("BYE")
-    assert any(m.startswith("BYE ") for m in flows.get(call.flow, []))
+    bye = next(m for m in flows.get(call.flow, []) if m.startswith("BYE "))
+    assert h.anchor.sessions != {}  # not before the client's 2xx
+    backend, _ = h.client(call.flow, _answer(bye, 200, "OK"))
+    assert status(backend) == [200]
     assert h.anchor.sessions == {} and h.io.open == {}
+
+
+def test_bye_with_a_guessed_call_id_ends_nothing() -> None:
+    """A BYE the far side refuses (481: no such dialog) leaves the call's media alone."""
+    h = Harness()
+    call, _browser, _answer_sdp = answered_call(h)
+    flows = call.pbx_request("BYE")
+    bye = next(m for m in flows.get(call.flow, []) if m.startswith("BYE "))
+    h.client(call.flow, _answer(bye, 481, "Call/Transaction Does Not Exist"))
+    assert len(h.anchor.sessions) == 1 and len(h.io.open) == 3
+
+
+def test_a_bye_from_another_tenant_never_ends_the_call() -> None:
+    """on_end with another tenant's id is refused and counted (tenancy is a boundary)."""
+    h = Harness()
+    call, _browser, _answer_sdp = answered_call(h)
+    h.anchor.on_end(call.call_id, "BYE", "intruder")
+    assert len(h.anchor.sessions) == 1
+    assert h.anchor.counters["media_foreign_call"] == 1
 
 
 def test_cancel_and_failed_invite_release_the_session() -> None:
@@ -499,7 +531,9 @@ def test_a_thousand_short_calls_leave_nothing_behind() -> None:
             call.pbx_reply(200, "OK")
             h.proxy.close_flow(call.flow, h.now)
         elif kind == "pbx-bye":
-            call.pbx_request("BYE")
+            flows = call.pbx_request("BYE")
+            bye = next(m for m in flows.get(call.flow, []) if m.startswith("BYE "))
+            h.client(call.flow, _answer(bye, 200, "OK"))
             h.proxy.close_flow(call.flow, h.now)
         elif kind == "flow":
             h.proxy.close_flow(call.flow, h.now)

@@ -75,9 +75,12 @@ def test_call_lives_from_invite_to_bye_and_failures_end_early_calls() -> None:
         b"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
     )
     p.receive_from_client(flow.id, bye, 0.4)
+    fwd = _to_backend(p.drain())
+    assert len(p.calls) == 1  # a BYE ends the call when the far side accepts it
+    p.receive_from_backend(_answer(fwd[0], "200 OK"), PBX, "udp", 0.5)
     p.drain()
     assert len(p.calls) == 0 and p.calls.started_total == 2 and p.calls.ended_total == 2
-    assert p.counters["sip_responses_relayed_2xx"] == 1 and p.counters["sip_responses_relayed_4xx"] == 1
+    assert p.counters["sip_responses_relayed_2xx"] == 2 and p.counters["sip_responses_relayed_4xx"] == 1
 
 
 def test_draining_refuses_new_invites_with_503_retry_after_but_not_in_dialog_requests() -> None:
