@@ -366,4 +366,3 @@ def test_rate_limited_log_summarises_suppressed_lines() -> None:
     now[0] = 1.5
     rl.info("SIP400", "SIP400 {problem}", problem="x")
     assert [e["log_format"][:6] for e in seen[3:]] == ["LOG300", "SIP400"] and seen[3]["count"] == 7
-
