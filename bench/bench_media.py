@@ -79,7 +79,7 @@ def serve(kind: str, reactor_name: str, mode: str, lo: int) -> None:
     if kind == "relay":
         from mcs_edge import config as c
         from mcs_edge.core.sip.message import parse
-        from mcs_edge.tx.media_udp import MediaRelay
+        from mcs_edge.tx.media.relay import MediaRelay
         from mcs_edge.tx.timers import Timers
 
         cfg = c.loads(

@@ -419,7 +419,9 @@ class AdminConfig:
 class TlsConfig:
     min_version: str = f(c_enum("1.2", "1.3"), "1.2", doc="lowest TLS version accepted on every listener")
     unknown_sni: str = f(
-        c_enum("reject", "default"), "reject", doc="no/unknown SNI: fail the handshake, or serve tls.default_tenant"
+        c_enum("reject", "default"),
+        "reject",
+        doc="no/unknown SNI: fail the handshake, or serve tls.default_tenant",
     )
     default_tenant: str | None = f(
         c_str(32, _TENANT_ID_RE, "a tenant id"), None, doc="tenant whose certificate answers unknown SNI"
@@ -427,7 +429,9 @@ class TlsConfig:
     reload_interval: float = f(
         c_float(0, 86400), 30.0, doc="seconds between certificate file checks; 0 = off"
     )
-    handshake_timeout: float = f(c_float(1, 300), 10.0, doc="seconds for the TLS + WebSocket opening handshake")
+    handshake_timeout: float = f(
+        c_float(1, 300), 10.0, doc="seconds for the TLS + WebSocket opening handshake"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,12 +472,16 @@ class ProxyConfig:
 class MediaConfig:
     ports: tuple[int, int] = f(c_port_range, (10000, 20000), doc="relay port range, inclusive")
     idle_timeout: float = f(
-        c_float(1, 3600), 30.0, doc="a leg whose peer should send and sent nothing this long ends its call's media"
+        c_float(1, 3600),
+        30.0,
+        doc="a leg whose peer should send and sent nothing this long ends its call's media",
     )
     hold_timeout: float = f(
         c_float(1, 86400), 3600.0, doc="the same for a peer on hold (recvonly/inactive: may stay silent)"
     )
-    bind: str | None = f(c_ip, None, doc="IP the relay sockets bind; default 0.0.0.0 (:: if edge.public_address is IPv6)")
+    bind: str | None = f(
+        c_ip, None, doc="IP the relay sockets bind; default 0.0.0.0 (:: if edge.public_address is IPv6)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,9 +584,13 @@ class TenantGuardConfig:
 
 @dataclass(frozen=True, slots=True)
 class SipConfig:
-    max_message_size: int = f(c_int(1024, 1_048_576), 65536, doc="largest SIP message (and WebSocket message) accepted")
+    max_message_size: int = f(
+        c_int(1024, 1_048_576), 65536, doc="largest SIP message (and WebSocket message) accepted"
+    )
     keepalive_timeout: float = f(c_float(10, 86400), 120.0, doc="close a client connection silent this long")
-    t1: float = f(c_float(0.05, 10), 0.5, doc="SIP timer T1 (RTT estimate): retransmissions and timeouts scale with it")
+    t1: float = f(
+        c_float(0.05, 10), 0.5, doc="SIP timer T1 (RTT estimate): retransmissions and timeouts scale with it"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,7 @@ EVENTS: dict[str, str] = {
     "WRK300": "worker {index} (pid {pid}) exited ({reason}); restarting in {delay:.1f} s",
     "WRK301": "worker {index} did not stop within {timeout} s: killed",
     "WRK500": "worker {index} could not be started: {error}",
-    # guard (tx/guard.py)
+    # guard (tx/protect/guard.py)
     "GRD300": "guard.ipv6_prefix changed to {new}: it takes effect at the next restart ({old} kept)",
     "GRD301": "{tenant} source {source} banned for {duration:.0f} s after {failures} failed authentication(s) (last user {user})",
     "GRD302": "{tenant} source {source} reached {failures} failed authentication(s) but is allow-listed: not banned",

@@ -71,20 +71,20 @@ def makeService(options: Options) -> Any:  # noqa: N802
     cfg = options.edge_config
     worker = options["worker"]
     service: Any
-    if worker is not None:  # one worker process of a supervisor (tx/workers.py)
-        from mcs_edge.tx.workers import make_worker, parse_shared_ports
+    if worker is not None:  # one worker process of a supervisor (tx/ops/workers.py)
+        from mcs_edge.tx.ops.workers import make_worker, parse_shared_ports
 
         service = make_worker(
             cfg, reactor, options["config"], int(worker), parse_shared_ports(options["shared-ports"])
         )
     elif cfg.edge.workers > 1:
-        from mcs_edge.tx.workers import Supervisor
+        from mcs_edge.tx.ops.workers import Supervisor
 
         service = Supervisor(cfg, reactor, options["config"], ["--log-format", options["log-format"]])
     else:
         service = EdgeService(cfg, reactor, config_path=options["config"])
     if options["log-format"] == "json" or worker is not None:
-        from mcs_edge.tx.logs import LoggingRoot, log_observer
+        from mcs_edge.tx.ops.logs import LoggingRoot, log_observer
 
         root = LoggingRoot(log_observer(options["log-format"], None if worker is None else int(worker)))
         service.setServiceParent(root)

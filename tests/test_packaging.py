@@ -49,24 +49,32 @@ def test_twistd_lists_the_plugin(reactor: str | None) -> None:
     args = [str(BIN / "twistd")] + ([f"--reactor={reactor}"] if reactor else [])
     listing = subprocess.run([*args, "--help"], capture_output=True, text=True, timeout=60, check=True)
     assert "mcs-edge" in listing.stdout
-    own = subprocess.run([*args, "mcs-edge", "--help"], capture_output=True, text=True, timeout=60, check=True)
+    own = subprocess.run(
+        [*args, "mcs-edge", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
     assert "--config" in own.stdout
 
 
 def test_check_config_cli_prints_every_error(tmp_path: Path) -> None:
     """`mcs-edge check-config` exits 1 and prints each error with its key path."""
     bad = tmp_path / "edge.toml"
-    bad.write_text('[edge]\nworkers = 0\n[[tenants]]\nid = "x"\ndomains = ["x.example.com"]\nbackend_sip = "udp:h:0"\n')
-    res = subprocess.run([str(BIN / "mcs-edge"), "check-config", str(bad)], capture_output=True, text=True, timeout=60)
+    bad.write_text(
+        '[edge]\nworkers = 0\n[[tenants]]\nid = "x"\ndomains = ["x.example.com"]\nbackend_sip = "udp:h:0"\n'
+    )
+    res = subprocess.run(
+        [str(BIN / "mcs-edge"), "check-config", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 1
     assert "edge.workers" in res.stderr and "tenants[0].backend_sip" in res.stderr
     good = tmp_path / "good.toml"
     good.write_text('[[tenants]]\nid = "x"\ndomains = ["x.example.com"]\nbackend_sip = "udp:h:5060"\n')
-    res = subprocess.run([str(BIN / "mcs-edge"), "check-config", str(good)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [str(BIN / "mcs-edge"), "check-config", str(good)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
 
 
 def test_wheel_ships_the_network_check_page(wheel: Path) -> None:
-    """The check page's HTML, JavaScript and CSS are package data (served by mcs_edge/tx/check.py)."""
+    """The check page's HTML, JavaScript and CSS are package data (served by mcs_edge/tx/web/check.py)."""
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"mcs_edge/static/check.html", "mcs_edge/static/check.js", "mcs_edge/static/check.css"} <= names

@@ -32,23 +32,23 @@ from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
-from mcs_edge.tx.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
-from mcs_edge.tx.admin import Health, LocalAdmin, admin_site, service_checks
-from mcs_edge.tx.check import NetworkCheck
-from mcs_edge.tx.drain import Drainer
-from mcs_edge.tx.echo import EchoService
-from mcs_edge.tx.guard import GuardedFactory, Protection
-from mcs_edge.tx.media_udp import MediaRelay
-from mcs_edge.tx.metrics import EdgeMetrics
-from mcs_edge.tx.proxy_http import HttpProxy
-from mcs_edge.tx.shaping import Shaping
-from mcs_edge.tx.sip_proxy import BackendUDP, SipRouter
-from mcs_edge.tx.sip_stream import SipStreamFactory
-from mcs_edge.tx.sip_ws import SipWebSocketFactory
+from mcs_edge.tx.media.echo import EchoService
+from mcs_edge.tx.media.relay import MediaRelay
+from mcs_edge.tx.ops.admin import Health, LocalAdmin, admin_site, service_checks
+from mcs_edge.tx.ops.drain import Drainer
+from mcs_edge.tx.ops.metrics import EdgeMetrics
+from mcs_edge.tx.protect.guard import GuardedFactory, Protection
+from mcs_edge.tx.protect.shaping import Shaping
+from mcs_edge.tx.sip.router import BackendUDP, SipRouter
+from mcs_edge.tx.sip.stream import SipStreamFactory
+from mcs_edge.tx.sip.websocket import SipWebSocketFactory
 from mcs_edge.tx.timers import Timers
-from mcs_edge.tx.tls import CertificateStore
-from mcs_edge.tx.turn import TurnService, turn_alpn, turn_enabled
-from mcs_edge.tx.web import FrontResource
+from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
+from mcs_edge.tx.tls.certificates import CertificateStore
+from mcs_edge.tx.turn.server import TurnService, turn_alpn, turn_enabled
+from mcs_edge.tx.web.check import NetworkCheck
+from mcs_edge.tx.web.front import FrontResource
+from mcs_edge.tx.web.proxy import HttpProxy
 
 __all__ = ["EdgeService"]
 
@@ -76,14 +76,14 @@ class EdgeService(MultiService):
         self._cert_loop: Any = None
         self._old_sighup: Any = None
         self.ports: dict[str, Any] = {}
-        # Operations (tx/metrics.py, tx/admin.py, tx/drain.py): components add their metric
+        # Operations (tx/ops/metrics.py, tx/ops/admin.py, tx/ops/drain.py): components add their metric
         # collectors to self.metrics and their readiness checks to self.health.
         self.config_source = ConfigSource(config_path, None if config_path else config.edge.state_dir)
         self.metrics = EdgeMetrics(self)
         self.health = Health()
         for check_name, check in service_checks(self).items():
             self.health.add_check(check_name, check)
-        # Guard (tx/guard.py): per-source caps before TLS, tenant caps, request rates, bans, scanners.
+        # Guard (tx/protect/guard.py): per-source caps before TLS, tenant caps, request rates, bans, scanners.
         self.protection = Protection(config, self.timers)
         self.guard = self.protection.guard  # SourceGuard: per-source caps and refusal counts
         self.bans = self.protection.bans  # auth-failure bans: listed and lifted by the admin API
@@ -91,7 +91,7 @@ class EdgeService(MultiService):
         self.certs.on_unknown_sni = lambda: self.protection.scanner("tls_sni")
         self.drainer = Drainer(self)
         self.admin = LocalAdmin(self)
-        # Media relay (tx/media_udp.py): the proxy's media hook; relay ports, sessions, SDP rewriting.
+        # Media relay (tx/media/relay.py): the proxy's media hook; relay ports, sessions, SDP rewriting.
         self.media = MediaRelay(
             config,
             reactor,
@@ -101,8 +101,8 @@ class EdgeService(MultiService):
             leg_policer=self.shaping.leg_policer,
         )
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
-        # Echo service (tx/echo.py): echo@<tenant domain> answered here, media looped back in the
-        # relay; the network check page (tx/check.py) calls it and keeps per-tenant figures.
+        # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
+        # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
         self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
         self.metrics.add_collector("echo", self.echo.collect)
         self.check = NetworkCheck(self)
@@ -110,7 +110,12 @@ class EdgeService(MultiService):
         self.sip.protection = self.protection
         self.sip_ws.shaping = self.shaping
         self.acme = AcmeManager(
-            config, self.tenants, self.certs, self.timers, reactor, lambda _tenant: self.refresh_certificates()
+            config,
+            self.tenants,
+            self.certs,
+            self.timers,
+            reactor,
+            lambda _tenant: self.refresh_certificates(),
         )
         self._build_listeners()
 
@@ -125,7 +130,7 @@ class EdgeService(MultiService):
         site = Site(FrontResource(self), logPath=None)
         site.displayTracebacks = False
         site.timeOut = 60
-        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/proxy_http.py)
+        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
         site.requestFactory = self.http_proxy.request_factory()
         # STUN/TURN (UDP/TCP on listen.turn, TLS on listen.turns and, sniffed, on listen.https)
         self.turn: TurnService | None = None
@@ -184,7 +189,11 @@ class EdgeService(MultiService):
         admin = self.ports.get("admin")
         if admin is not None:
             where = admin.getHost()
-            self.log.info("ADM100 admin API, /metrics and /health on http://{host}:{port}/", host=where.host, port=where.port)
+            self.log.info(
+                "ADM100 admin API, /metrics and /health on http://{host}:{port}/",
+                host=where.host,
+                port=where.port,
+            )
         udp = self.ports.get("backend_sip_udp")
         if udp is not None:
             self.sip.udp = udp
@@ -216,7 +225,7 @@ class EdgeService(MultiService):
         )
 
     def stopService(self) -> Any:  # noqa: N802
-        # Graceful drain first (tx/drain.py): no new connections or calls, wait for calls to end.
+        # Graceful drain first (tx/ops/drain.py): no new connections or calls, wait for calls to end.
         return self.drainer.start().addCallback(lambda _: self._stop_now())
 
     def _stop_now(self) -> Any:

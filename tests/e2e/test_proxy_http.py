@@ -218,7 +218,7 @@ def proxy_timers(edge: ProxyEdge) -> list[Any]:
     for call in list(edge.service.timers._calls):
         for cell in call.func.__closure__ or ():
             owner = getattr(cell.cell_contents, "__self__", None)
-            if owner is not None and type(owner).__module__ == "mcs_edge.tx.proxy_http":
+            if owner is not None and type(owner).__module__ == "mcs_edge.tx.web.proxy":
                 out.append(call)
     return out
 

@@ -205,7 +205,7 @@ def _turn_round_trip(t: Twistd, kind: str, port: int) -> int:
     from helpers.turnclient import TurnClient
 
     from mcs_edge.core.stun.turn import rest_password
-    from mcs_edge.tx.turn import turn_username
+    from mcs_edge.tx.turn.server import turn_username
 
     username = turn_username(int(time.time()) + 600, "alice", "rossi")
     password = rest_password(TURN_SECRET.encode(), username)

@@ -12,7 +12,7 @@ from typing import Any
 from mcs_edge import config as c
 from mcs_edge.core.stun.turn import rest_password
 from mcs_edge.tx.service import EdgeService
-from mcs_edge.tx.turn import turn_username
+from mcs_edge.tx.turn.server import turn_username
 
 TURN_SECRET = "rossi-turn-secret-0123"
 SECRETS = {"rossi": TURN_SECRET, "bianchi": "bianchi-turn-secret-0123"}

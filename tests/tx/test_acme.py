@@ -18,10 +18,10 @@ from twisted.internet.task import Clock
 from mcs_edge import certs
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.tx.acme import ACME_IDENTIFIER_OID, AcmeError, AcmeManager, _alpn_challenge_context
 from mcs_edge.tx.service import EdgeService
 from mcs_edge.tx.timers import Timers
-from mcs_edge.tx.tls import CertificateStore
+from mcs_edge.tx.tls.acme import ACME_IDENTIFIER_OID, AcmeError, AcmeManager, _alpn_challenge_context
+from mcs_edge.tx.tls.certificates import CertificateStore
 
 
 def _config(state: Path, extra: str = "") -> c.EdgeConfig:

@@ -1,4 +1,4 @@
-"""The guard wiring (tx/guard.py) in virtual time: accept caps, tenant caps, request rates, bans, scanners."""
+"""The guard wiring (tx/protect/guard.py) in virtual time: accept caps, tenant caps, request rates, bans, scanners."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from mcs_edge import config as c
 from mcs_edge.core.guard import Decision, RateLimit
 from mcs_edge.core.sip.message import Request, Response, parse
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.tx.guard import (
+from mcs_edge.tx.protect.guard import (
     ACCEPT,
     GuardedFactory,
     Protection,
@@ -24,9 +24,9 @@ from mcs_edge.tx.guard import (
     ban_policy_of,
     source_limits_of,
 )
-from mcs_edge.tx.sip_proxy import ClientFlow, SipRouter
+from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 from mcs_edge.tx.timers import Timers
-from mcs_edge.tx.tls import CertificateStore
+from mcs_edge.tx.tls.certificates import CertificateStore
 
 PBX = ("10.1.0.10", 5060)
 BASE = """

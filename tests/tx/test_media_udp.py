@@ -17,7 +17,7 @@ from twisted.internet import task, threads
 from mcs_edge import config as c
 from mcs_edge.core.media.sdp import SessionDescription
 from mcs_edge.core.sip.message import parse
-from mcs_edge.tx.media_udp import MediaRelay
+from mcs_edge.tx.media.relay import MediaRelay
 from mcs_edge.tx.timers import Timers
 
 reactor: Any = _reactor

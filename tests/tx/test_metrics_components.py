@@ -18,7 +18,7 @@ from helpers.phone import Phone
 from helpers.wsclient import HandshakeRefused
 from twisted.internet import reactor, task, threads
 
-from mcs_edge.tx.admin import MIN_FREE_PORTS
+from mcs_edge.tx.ops.admin import MIN_FREE_PORTS
 
 PORTS = 12  # the relay port pool of the fixture (media.ports)
 
@@ -232,7 +232,7 @@ def test_acme_failures_next_attempt_and_state(tmp_path: Path) -> Any:
 
 def test_label_values_from_reason_texts_are_snake_case() -> None:
     """Reason texts become label values from a closed character set."""
-    from mcs_edge.tx.metrics import label_value
+    from mcs_edge.tx.ops.metrics import label_value
 
     assert label_value("hand-off not enabled for this tenant") == "hand_off_not_enabled_for_this_tenant"
     assert label_value("certificate being replaced, retry") == "certificate_being_replaced_retry"

@@ -136,7 +136,7 @@ def test_admin_api_refuses_missing_or_wrong_token(edge: LocalEdge) -> Any:
 def test_token_generated_into_state_dir_with_mode_0600(tmp_path: Path) -> None:
     """Without [admin] token the edge generates one into state_dir/admin-token (0600) and keeps it."""
     from mcs_edge import config as c
-    from mcs_edge.tx.admin import load_or_create_token
+    from mcs_edge.tx.ops.admin import load_or_create_token
 
     cfg = c.loads(f'[edge]\nstate_dir = "{tmp_path / "state"}"\n')
     token = load_or_create_token(cfg)
@@ -341,7 +341,7 @@ def test_json_log_lines_carry_the_code() -> None:
 
     from twisted.logger import Logger
 
-    from mcs_edge.tx.logs import JsonLineObserver
+    from mcs_edge.tx.ops.logs import JsonLineObserver
 
     out = io.StringIO()
     log = Logger(observer=JsonLineObserver(out, {"worker": 1}))
@@ -355,7 +355,7 @@ def test_rate_limited_log_summarises_suppressed_lines() -> None:
     """At most `burst` lines per window per key; the rest are counted and summarised once with LOG300."""
     from twisted.logger import Logger
 
-    from mcs_edge.tx.logs import RateLimitedLog
+    from mcs_edge.tx.ops.logs import RateLimitedLog
 
     seen: list[dict[str, Any]] = []
     now = [0.0]

@@ -1,4 +1,4 @@
-"""Shaping wiring (tx/shaping.py) in virtual time: tenant buckets, leg policers, stream shapers."""
+"""Shaping wiring (tx/protect/shaping.py) in virtual time: tenant buckets, leg policers, stream shapers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from mcs_edge import config as c
-from mcs_edge.tx.shaping import Shaping, StreamShaper, TenantBuckets, aggregate_of
+from mcs_edge.tx.protect.shaping import Shaping, StreamShaper, TenantBuckets, aggregate_of
 from mcs_edge.tx.timers import Timers
 
 BASE = """

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.tx.sip_proxy import ClientFlow, SipRouter
+from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 from mcs_edge.tx.timers import Timers
 
 RFC4475 = Path(__file__).resolve().parent.parent / "data" / "sip" / "rfc4475"

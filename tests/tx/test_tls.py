@@ -17,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from mcs_edge import certs
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.tx.tls import CertificateStore
+from mcs_edge.tx.tls.certificates import CertificateStore
 
 NAMES = {"rossi": "rossi.example.com", "bianchi": "bianchi.example.com", "verdi": "verdi.example.com"}
 

@@ -28,8 +28,8 @@ from mcs_edge import config as c
 from mcs_edge.core.stun.turn import rest_password
 from mcs_edge.tx.service import EdgeService
 from mcs_edge.tx.timers import Timers
-from mcs_edge.tx.tls_front import TlsFrontFactory
-from mcs_edge.tx.turn import TurnPolicy, _TwistedSendto, asyncio_loop_of, turn_username
+from mcs_edge.tx.tls.front import TlsFrontFactory
+from mcs_edge.tx.turn.server import TurnPolicy, _TwistedSendto, asyncio_loop_of, turn_username
 
 ROSSI_SECRET = "rossi-turn-secret-0123"
 BIANCHI_SECRET = "bianchi-turn-secret-0123"

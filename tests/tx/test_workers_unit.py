@@ -13,8 +13,8 @@ from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
 from mcs_edge import config as c
-from mcs_edge.tx.metrics import merge_expositions
-from mcs_edge.tx.workers import ReusePortReactor, parse_shared_ports, reactor_name, worker_config
+from mcs_edge.tx.ops.metrics import merge_expositions
+from mcs_edge.tx.ops.workers import ReusePortReactor, parse_shared_ports, reactor_name, worker_config
 
 TEXT = """
 [edge]

@@ -169,7 +169,7 @@ class MediaHook(Protocol):
 
 
 class LocalService(Protocol):
-    """Requests the edge answers itself instead of forwarding them (the echo service, tx/echo.py).
+    """Requests the edge answers itself instead of forwarding them (the echo service, tx/media/echo.py).
 
     ``claims`` is asked about every request from a client after the tenant checks (initial requests
     only reach it when they address a domain of the flow's tenant); a claimed request is given to

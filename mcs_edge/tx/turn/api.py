@@ -2,7 +2,7 @@
 
 A tenant's platform (or its web widget back end) fetches the ``RTCConfiguration.iceServers`` JSON
 with fresh TURN REST credentials for one user, authenticated with the tenant's bearer secret
-(``tenants.api_secret``, compared in constant time). :mod:`mcs_edge.tx.web` hands the request here
+(``tenants.api_secret``, compared in constant time). :mod:`mcs_edge.tx.web.front` hands the request here
 once it is bound to one tenant (Host and SNI agree). The URLs list what the service listens on:
 ``stun:``/``turn:`` (UDP, TCP) at ``edge.public_address``, ``turns:`` at the request's host name
 (it must match the certificate) on the HTTPS port and on ``listen.turns``.
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from mcs_edge.core.stun.turn import rest_password
-from mcs_edge.tx.turn import turn_username
+from mcs_edge.tx.turn.server import turn_username
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from mcs_edge.config import TenantConfig
-    from mcs_edge.tx.turn import TurnService
+    from mcs_edge.tx.turn.server import TurnService
 
 __all__ = ["ICE_SERVERS_PATH", "ice_servers", "render_ice_servers"]
 

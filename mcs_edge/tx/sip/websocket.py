@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The HTTPS front (:mod:`mcs_edge.tx.web`) binds every request to a tenant (TLS SNI and Host must
+The HTTPS front (:mod:`mcs_edge.tx.web.front`) binds every request to a tenant (TLS SNI and Host must
 agree). An upgrade request that offers the ``sip`` subprotocol is handed here: the WebSocket
 handshake is checked (subprotocol ``sip`` required, Origin in the tenant's ``allowed_origins`` or,
 when that list is empty, the same host), then each WebSocket message is one SIP message given to
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from mcs_edge.config import EdgeConfig, TenantConfig
-    from mcs_edge.tx.shaping import Shaping, StreamShaper
-    from mcs_edge.tx.sip_proxy import ClientFlow, SipRouter
+    from mcs_edge.tx.protect.shaping import Shaping, StreamShaper
+    from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 
 __all__ = ["SipWebSocketFactory", "SipWebSocketProtocol", "configure_factory", "origin_allowed", "take_over"]
 
@@ -58,7 +58,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     edge_log = Logger()
     tenant: TenantConfig
     flow: ClientFlow | None = None
-    shaper: StreamShaper | None = None  # rate in both directions (tx/shaping.py), once open
+    shaper: StreamShaper | None = None  # rate in both directions (tx/protect/shaping.py), once open
 
     def onConnect(self, request: Any) -> str:  # noqa: N802
         router: SipRouter = self.factory.router
@@ -153,7 +153,7 @@ class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         txaio.set_global_log_level("info")  # type: ignore[attr-defined]
         super().__init__(reactor=reactor, protocols=["sip"], server="mcs-edge")
         self.router = router
-        #: Per-connection buckets (tx/shaping.py), set by the service; None = unshaped.
+        #: Per-connection buckets (tx/protect/shaping.py), set by the service; None = unshaped.
         self.shaping: Shaping | None = None
         configure_factory(self, config)
 

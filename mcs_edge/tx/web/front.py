@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from mcs_edge import __version__
-from mcs_edge.tx.tls import tenant_of_tls
+from mcs_edge.tx.tls.certificates import tenant_of_tls
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
@@ -45,7 +45,7 @@ class FrontResource(Resource):
     def __init__(self, service: EdgeService) -> None:
         super().__init__()
         self.service = service
-        from mcs_edge.tx.handoff import CertificateHandoff
+        from mcs_edge.tx.web.handoff import CertificateHandoff
 
         self.handoff = CertificateHandoff(service)
 
@@ -59,24 +59,24 @@ class FrontResource(Resource):
             return f"{status} {reason}\n".encode()
         turn = getattr(self.service, "turn", None)
         if turn is not None and request.path == b"/.well-known/mcs-edge/ice-servers":
-            from mcs_edge.tx.turn_api import render_ice_servers
+            from mcs_edge.tx.turn.api import render_ice_servers
 
             return render_ice_servers(turn, request, tenant)
         if request.path == b"/.well-known/mcs-edge/certificate":
             return self.handoff.render(request, tenant)
-        check = getattr(self.service, "check", None)  # network check page (tx/check.py)
+        check = getattr(self.service, "check", None)  # network check page (tx/web/check.py)
         if check is not None and check.handles(request.path):
             return check.render(request, tenant)  # type: ignore[no-any-return]
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade == "websocket":
             offered = [p.strip() for p in (request.getHeader("sec-websocket-protocol") or "").split(",")]
             if "sip" in offered and self.service.sip_ws is not None:
-                from mcs_edge.tx.sip_ws import take_over
+                from mcs_edge.tx.sip.websocket import take_over
 
                 if take_over(request, self.service.sip_ws, tenant):
                     return NOT_DONE_YET  # type: ignore[return-value]
             elif tenant.backend_http and getattr(self.service, "http_proxy", None) is not None:
-                from mcs_edge.tx.proxy_http import pass_websocket  # widget chat etc.
+                from mcs_edge.tx.web.proxy import pass_websocket  # widget chat etc.
 
                 if pass_websocket(self.service.http_proxy, request, tenant):
                     return NOT_DONE_YET  # type: ignore[return-value]

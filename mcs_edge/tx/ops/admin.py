@@ -5,7 +5,7 @@ Theory of operation
 One small ``twisted.web`` site. Open endpoints (for Prometheus and load balancers; keep the
 listener on loopback or a management network):
 
-* ``GET /metrics``: Prometheus text exposition (:mod:`mcs_edge.tx.metrics`);
+* ``GET /metrics``: Prometheus text exposition (:mod:`mcs_edge.tx.ops.metrics`);
 * ``GET /health/live``: 200 while the process answers;
 * ``GET /health/ready``: 200 when every readiness check passes (listeners up, configuration
   loaded, not draining, plus the checks components add with ``service.health.add_check``, e.g.
@@ -38,7 +38,7 @@ changes nothing. Applying a change is a reload: live connections, registrations 
 other tenants are untouched.
 
 The resource talks to an :class:`AdminBackend`: :class:`LocalAdmin` for one edge process; the
-worker supervisor (:mod:`mcs_edge.tx.workers`) has its own that fans out to the workers. Backend
+worker supervisor (:mod:`mcs_edge.tx.ops.workers`) has its own that fans out to the workers. Backend
 methods may return a Deferred.
 """
 
@@ -62,8 +62,8 @@ from mcs_edge import __version__
 from mcs_edge import config as config_mod
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.errors import ConfigErrors
-from mcs_edge.tx.logs import RateLimitedLog
-from mcs_edge.tx.metrics import CONTENT_TYPE
+from mcs_edge.tx.ops.logs import RateLimitedLog
+from mcs_edge.tx.ops.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig
@@ -84,7 +84,7 @@ TOKEN_FILE = "admin-token"
 MAX_BODY = 1 << 20
 _SECRET_KEYS = frozenset({"turn_secret"})
 
-log = Logger(namespace="mcs_edge.tx.admin")
+log = Logger(namespace="mcs_edge.tx.ops.admin")
 
 
 class ApiError(Exception):

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-One :class:`SipRouter` per service. Client transports (:mod:`mcs_edge.tx.sip_ws`, the TLS stream
+One :class:`SipRouter` per service. Client transports (:mod:`mcs_edge.tx.sip.websocket`, the TLS stream
 listener) call :meth:`open_flow` when a connection is accepted, :meth:`data_from_client` per SIP
 message and :meth:`close_flow` when it ends. The backend side is one UDP socket on
 ``listen.backend_sip`` (:class:`BackendUDP`). After every input the router drains the core's
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
     from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
-    from mcs_edge.tx.guard import Protection
+    from mcs_edge.tx.protect.guard import Protection
     from mcs_edge.tx.timers import Timers
 
 __all__ = ["BackendUDP", "ClientFlow", "SipRouter"]
@@ -87,7 +87,7 @@ class SipRouter:
         self.config = config
         self.tenants = tenants
         self._backends: dict[str, list[TenantConfig]] = {}
-        #: Per-source guard, tenant caps and bans (tx/guard.py), set by the service; None = off.
+        #: Per-source guard, tenant caps and bans (tx/protect/guard.py), set by the service; None = off.
         self.protection: Protection | None = None
         self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
         self._build(config, tenants, backend_port)

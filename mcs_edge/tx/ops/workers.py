@@ -34,7 +34,7 @@ Control channel: the worker writes one JSON line on file descriptor 3 when it is
 SIGTERM (Linux ``PR_SET_PDEATHSIG``) and drains.
 
 Metrics: the supervisor's ``/metrics`` scrapes every worker's ``/metrics`` and merges them
-(:func:`mcs_edge.tx.metrics.merge_expositions`), adding ``mcs_edge_workers`` and
+(:func:`mcs_edge.tx.ops.metrics.merge_expositions`), adding ``mcs_edge_workers`` and
 ``mcs_edge_worker_restarts_total``. The JSON API fans out (connections, calls and bans are
 concatenated with their ``worker``; tenant changes are saved once, then every worker reloads).
 """
@@ -68,8 +68,8 @@ from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
 from mcs_edge.errors import ConfigErrors
-from mcs_edge.tx.admin import admin_site, load_or_create_token
-from mcs_edge.tx.metrics import merge_expositions
+from mcs_edge.tx.ops.admin import admin_site, load_or_create_token
+from mcs_edge.tx.ops.metrics import merge_expositions
 
 __all__ = [
     "CONTROL_FD_ENV",

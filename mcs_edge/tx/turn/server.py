@@ -16,14 +16,14 @@ Transports:
   :func:`~mcs_edge.core.stun.channel_data.stream_frame_length`; a stream that is neither STUN nor
   ChannelData, or whose buffered input would exceed one maximal frame, is closed. When the
   connection closes its allocation goes (RFC 8656 s.5).
-* **The shared HTTPS port**: :class:`~mcs_edge.tx.tls_front.TlsFrontFactory` sits between the
+* **The shared HTTPS port**: :class:`~mcs_edge.tx.tls.front.TlsFrontFactory` sits between the
   TLS layer and the web ``Site`` and hands each connection to TURN (ALPN ``stun.turn``, RFC 7443,
   or a first byte below 0x40: STUN) or to the web site (an HTTP method), once.
 
 Tenancy. On TLS the SNI name binds the connection to its tenant: challenges carry that tenant's
 realm and credentials of another tenant are refused (401). On UDP/TCP (and TLS without SNI)
 the challenge realm is ``turn.realm`` and the tenant comes from the credentials: the REST username
-is ``"<expiry>:<user>@<tenant id>"`` (what :mod:`mcs_edge.tx.turn_api` issues); a username without the
+is ``"<expiry>:<user>@<tenant id>"`` (what :mod:`mcs_edge.tx.turn.api` issues); a username without the
 suffix is accepted when the realm the client echoes is a tenant's realm. The password is
 ``base64(HMAC-SHA1(tenant.turn_secret, username))``.
 
@@ -86,17 +86,17 @@ from mcs_edge.core.stun.turn import (
     TurnServer,
 )
 from mcs_edge.errors import RemoteProtocolError
-from mcs_edge.tx.metrics import CountingTLSFactory, TlsStats
+from mcs_edge.tx.ops.metrics import CountingTLSFactory, TlsStats
+from mcs_edge.tx.ops.workers import reuse_port_for
 from mcs_edge.tx.timers import CoreTimer, Timers
-from mcs_edge.tx.tls_front import TlsFrontFactory
-from mcs_edge.tx.workers import reuse_port_for
+from mcs_edge.tx.tls.front import TlsFrontFactory
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from mcs_edge.config import EdgeConfig, TenantConfig
     from mcs_edge.core.tenants import TenantTable
-    from mcs_edge.tx.tls import CertificateStore
+    from mcs_edge.tx.tls.certificates import CertificateStore
 
 __all__ = [
     "ALPN_STUN_TURN",

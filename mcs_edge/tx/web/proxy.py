@@ -13,8 +13,8 @@ In ``gotLength``:
    414, request line + headers over ``proxy.max_header_bytes`` -> 431 (Twisted's own parser answers
    400 beyond 16 KiB, for conflicting ``Content-Length``/``Transfer-Encoding``, duplicate lengths,
    unknown transfer codings and bad chunking: smuggling attempts never reach a backend).
-2. Routing: the tenant is the one Host *and* SNI agree on (:func:`~mcs_edge.tx.web.bound_tenant`;
-   otherwise the request goes to :class:`~mcs_edge.tx.web.FrontResource`, which answers 421/404).
+2. Routing: the tenant is the one Host *and* SNI agree on (:func:`~mcs_edge.tx.web.front.bound_tenant`;
+   otherwise the request goes to :class:`~mcs_edge.tx.web.front.FrontResource`, which answers 421/404).
    A tenant with ``backend_http`` gets everything except ``/.well-known/mcs-edge/...`` (served by
    the edge) and WebSocket upgrades (``FrontResource`` sends subprotocol ``sip`` to the SIP edge and
    passes every other upgrade through with :func:`pass_websocket`). Only that tenant's backend is
@@ -221,7 +221,7 @@ class HttpProxy:
         upgrade = (request.getHeader("upgrade") or "").lower()
         if "websocket" in upgrade:
             return None
-        from mcs_edge.tx.web import bound_tenant
+        from mcs_edge.tx.web.front import bound_tenant
 
         tenant, _status, _reason = bound_tenant(self.service, request)
         if tenant is None or not tenant.backend_http:

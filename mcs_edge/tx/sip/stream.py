@@ -24,12 +24,12 @@ from zope.interface import implementer
 from mcs_edge.core.sip.framing import PONG, KeepalivePing, MessageBytes, StreamFramer
 from mcs_edge.core.sip.message import Limits
 from mcs_edge.errors import RemoteProtocolError
-from mcs_edge.tx.tls import tenant_of_tls
+from mcs_edge.tx.tls.certificates import tenant_of_tls
 
 if TYPE_CHECKING:
+    from mcs_edge.tx.protect.shaping import StreamShaper
     from mcs_edge.tx.service import EdgeService
-    from mcs_edge.tx.shaping import StreamShaper
-    from mcs_edge.tx.sip_proxy import ClientFlow
+    from mcs_edge.tx.sip.router import ClientFlow
 
 __all__ = ["SipStreamFactory", "SipStreamProtocol"]
 
@@ -43,7 +43,7 @@ class SipStreamProtocol(Protocol):
         self.flow: ClientFlow | None = None
         self.framer = StreamFramer(Limits(max_message_size=service.config.sip.max_message_size))
         self._pending = b""
-        self.shaper: StreamShaper | None = None  # rate in both directions (tx/shaping.py)
+        self.shaper: StreamShaper | None = None  # rate in both directions (tx/protect/shaping.py)
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         svc = self.service

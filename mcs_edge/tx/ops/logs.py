@@ -7,7 +7,7 @@ Every event is a ``twisted.logger`` event whose format string starts with a stab
 
 * text (twistd's default observer), unchanged;
 * JSON lines (``twistd -n mcs-edge --log-format=json``, or ``twistd --logger
-  mcs_edge.tx.logs.json_stdout_observer ...``): one object per line with ``time`` (ISO 8601, UTC),
+  mcs_edge.tx.ops.logs.json_stdout_observer ...``): one object per line with ``time`` (ISO 8601, UTC),
   ``level``, ``code``, ``message`` (the formatted text), ``namespace``, the event's own named keys
   (when JSON-serialisable; others as ``repr``), ``worker`` (in worker processes) and ``traceback``
   for failures. Keys that start with ``log_`` (Twisted's bookkeeping) are left out.
@@ -113,7 +113,7 @@ def log_observer(fmt: str, worker: int | None = None) -> ILogObserver:
 
 
 def json_stdout_observer() -> JsonLineObserver:
-    """Observer factory for ``twistd --logger mcs_edge.tx.logs.json_stdout_observer``."""
+    """Observer factory for ``twistd --logger mcs_edge.tx.ops.logs.json_stdout_observer``."""
     return JsonLineObserver(sys.stdout)
 
 

@@ -61,8 +61,8 @@ if TYPE_CHECKING:
 
     from mcs_edge.core.shaping import Policer
     from mcs_edge.core.sip.proxy import Flow
-    from mcs_edge.tx.media_udp import MediaRelay
-    from mcs_edge.tx.sip_proxy import SipRouter
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.sip.router import SipRouter
     from mcs_edge.tx.timers import Timers
 
 __all__ = ["ECHO_USER", "MAX_PER_FLOW", "MAX_PER_TENANT", "MAX_SECONDS", "EchoService"]

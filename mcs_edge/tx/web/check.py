@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Served per tenant on the HTTPS port, for tenants with ``echo = true`` (the page calls the echo
-service, :mod:`mcs_edge.tx.echo`), at ``/check`` and, always the edge's even for tenants whose
+service, :mod:`mcs_edge.tx.media.echo`), at ``/check`` and, always the edge's even for tenants whose
 other paths go to ``backend_http``, at ``/.well-known/mcs-edge/check``:
 
 =============================  ==============================================================

@@ -103,9 +103,9 @@ class CertificateStore:
         self._loaded: dict[str, LoadedCert] = {}
         self._on_error = on_error
         self.errors: dict[str, str] = {}
-        # RFC 8737 challenge contexts by name, set by the ACME client (tx/acme.py) while pending
+        # RFC 8737 challenge contexts by name, set by the ACME client (tx/tls/acme.py) while pending
         self._acme_alpn: dict[str, SSL.Context] = {}
-        #: Called for a handshake whose server name no tenant owns (scanners; tx/guard.py counts them).
+        #: Called for a handshake whose server name no tenant owns (scanners; tx/protect/guard.py counts them).
         self.on_unknown_sni: Callable[[], None] | None = None
         self._base = self._make_base_context()
 

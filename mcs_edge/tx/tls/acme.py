@@ -18,7 +18,7 @@ Challenges:
   (:class:`PlainHttpResource` on ``listen.http``) answers at ``/.well-known/acme-challenge/<token>``
   for the matching Host only; every other request there is redirected to HTTPS.
 * ``tls-alpn-01`` (RFC 8737): a self-signed certificate holding the critical ``acmeIdentifier``
-  extension is built per name and handed to the :class:`~mcs_edge.tx.tls.CertificateStore`, which
+  extension is built per name and handed to the :class:`~mcs_edge.tx.tls.certificates.CertificateStore`, which
   serves it to a TLS 1.3 ClientHello offering ALPN ``acme-tls/1`` for that name (TLS 1.2 cannot
   switch the certificate after ALPN in OpenSSL; CAs validate with TLS 1.3).
 
@@ -70,7 +70,7 @@ from mcs_edge import __version__, certs
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.core.tenants.table import normalise_host
-from mcs_edge.tx.tls import CertificateStore, make_base_options
+from mcs_edge.tx.tls.certificates import CertificateStore, make_base_options
 
 if TYPE_CHECKING:
     from collections.abc import Generator

@@ -21,7 +21,7 @@ shaping) register the same way::
 
 or, when an event is not already counted anywhere, with a prometheus_client object bound to this
 registry: ``service.metrics.counter("mcs_edge_turn_allocations_total", "...", ["tenant"])``.
-Readiness conditions go to ``service.health.add_check(name, fn)`` (:mod:`mcs_edge.tx.admin`).
+Readiness conditions go to ``service.health.add_check(name, fn)`` (:mod:`mcs_edge.tx.ops.admin`).
 
 Label policy
 ------------

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 
 from mcs_edge import certs
-from mcs_edge.tx.metrics import handoff_families
+from mcs_edge.tx.ops.metrics import handoff_families
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
