@@ -591,6 +591,12 @@ class SipConfig:
     t1: float = f(
         c_float(0.05, 10), 0.5, doc="SIP timer T1 (RTT estimate): retransmissions and timeouts scale with it"
     )
+    flow_grace: float = f(
+        c_float(0, 3600),
+        30.0,
+        doc="seconds the calls of a lost client connection wait for the client to reconnect "
+        "(RFC 5626 instance); 0 ends them at once",
+    )
 
 
 @dataclass(frozen=True, slots=True)

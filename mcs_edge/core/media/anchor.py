@@ -42,6 +42,17 @@ Timers: one heap of ``(deadline, seq, session)`` with lazy invalidation (an entr
 equals ``session.scheduled``); :meth:`get_timer` / :meth:`handle_timer` drive every session.
 After a datagram changed ICE/DTLS state the I/O layer calls :meth:`poke` with the session, which
 reschedules it and releases sessions that ended.
+
+Parking (calls that survive a network change, :mod:`mcs_edge.core.sip.flows`). When the client's
+connection is lost the proxy parks (:meth:`park`) its answered calls: the client legs forget their
+destination (media toward the lost client is dropped, counted as ``no-destination`` and, when the
+session resumes or ends, as ``media_dropped_client_lost``), the PBX leg keeps its port and peer, and
+the session's timers (idle, ICE consent, DTLS) stand still until ``until``. :meth:`move` gives the
+call to the client's new connection and a new ``until``; :meth:`answer_locally` re-anchors the
+client leg from the client's re-offer (:mod:`mcs_edge.core.media.reanchor`) and installs stream
+continuity on the PBX legs. The session resumes (timers run again) once every client leg has a
+destination again (ICE selected a pair of the new generation; non-ICE legs at once), or when
+``until`` passes.
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from mcs_edge.core.media.ports import PortAllocator
+from mcs_edge.core.media.reanchor import StreamContinuity, clock_rate
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import (
     CLIENT,
@@ -102,6 +114,8 @@ class AnchorSettings:
 class _CallInfo:
     tenant_id: str
     flow_id: int
+    parked_until: float | None = None  # timers stand still until then (client connection lost)
+    dropped_base: int = 0  # no-destination drops of the client legs when parked
 
 
 def _discard(data: bytes, addr: Any) -> None:
@@ -256,9 +270,100 @@ class MediaAnchor:
         self._release(session, reason)
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:
-        """The client's connection is gone: its calls lose their media."""
+        """The client's connection is gone: its calls lose their media (except parked ones)."""
         for call_id in list(self._by_flow.get(flow_id, ())):
+            session = self.sessions.get(call_id)
+            info = session.owner_data if session is not None else None
+            if isinstance(info, _CallInfo) and info.parked_until is not None:
+                continue
             self.on_end(call_id, "flow closed")
+
+    # ------------------------------------------------------------------------------- parking
+
+    def park(self, call_id: str, until: float, now: float) -> None:
+        """The call's client connection is lost: hold its media until ``until`` (see the docstring)."""
+        session = self.sessions.get(call_id)
+        if session is None or not isinstance(session.owner_data, _CallInfo):
+            return
+        info = session.owner_data
+        if info.parked_until is None:
+            info.dropped_base = self._client_drops(session)
+            self.count("media_sessions_parked")
+        info.parked_until = until
+        for leg in session.legs:
+            if leg.side is CLIENT:
+                leg.remote = None
+        self._reschedule(session)
+
+    def move(self, call_id: str, flow_id: int, until: float, now: float) -> None:
+        """The call now belongs to client connection ``flow_id``; a parked session waits until ``until``
+        for the client leg to re-anchor."""
+        session = self.sessions.get(call_id)
+        if session is None or not isinstance(session.owner_data, _CallInfo):
+            return
+        info = session.owner_data
+        calls = self._by_flow.get(info.flow_id)
+        if calls is not None:
+            calls.discard(call_id)
+            if not calls:
+                del self._by_flow[info.flow_id]
+        info.flow_id = flow_id
+        self._by_flow.setdefault(flow_id, set()).add(call_id)
+        if info.parked_until is not None:
+            info.parked_until = until
+            self._reschedule(session)
+
+    def answer_locally(self, tenant_id: str, request: Request, now: float) -> bytes | None:
+        """Re-anchor the client leg from a client re-offer that changed only its transport; the SDP
+        answer, or None to forward the re-INVITE to the PBX."""
+        session = self.sessions.get(request.call_id)
+        if session is None or _content_type(request) != SDP_TYPE:
+            return None
+        info = session.owner_data
+        if not isinstance(info, _CallInfo) or info.tenant_id != tenant_id:
+            return None
+        try:
+            sdp = SessionDescription.parse(request.body)
+        except RemoteProtocolError:
+            return None
+        snapshot = [(leg, leg.last_rtp) for leg in session.legs if leg.side is PBX and leg.last_rtp]
+        since = max((leg.last_rx for leg in session.legs if leg.side is CLIENT), default=now)
+        out = session.answer_locally(CLIENT, sdp, now, request.cseq.seq)
+        if out is None:
+            return None
+        remote = session.remote_sdp[PBX]
+        for leg, last in snapshot:
+            leg.rewrite = StreamContinuity(last, since, clock_rate(remote, leg.index)).rewrite
+        self.count("media_reanchored")
+        if info.parked_until is not None and not any(
+            leg.ice is not None for leg in session.legs if leg.side is CLIENT
+        ):
+            self._unpark(session, info, now)  # no ICE to wait for: the SDP address is the new one
+        self._schedule(session)
+        self._reap()
+        return bytes(out)
+
+    def _client_drops(self, session: MediaSession) -> int:
+        return sum(
+            leg.counters.dropped.get("no-destination", 0) for leg in session.legs if leg.side is CLIENT
+        )
+
+    def _unpark(self, session: MediaSession, info: _CallInfo, now: float) -> None:
+        info.parked_until = None
+        dropped = self._client_drops(session) - info.dropped_base
+        if dropped > 0:
+            self.counters["media_dropped_client_lost"] = (
+                self.counters.get("media_dropped_client_lost", 0) + dropped
+            )
+        for leg in session.legs:
+            leg.last_rx = max(leg.last_rx, now)  # the time away is not idleness
+            if leg.side is CLIENT and leg.remote is None:
+                leg.remote = leg.ice.selected_address if leg.ice is not None else leg.sdp_remote
+        self._reschedule(session)
+
+    def _reschedule(self, session: MediaSession) -> None:
+        session.scheduled = None
+        self._schedule(session)
 
     def shutdown(self) -> None:
         """Release every session and port."""
@@ -315,7 +420,11 @@ class MediaAnchor:
     def _schedule(self, session: MediaSession) -> None:
         if session.ended is not None:
             return
-        deadline = session.get_timer()
+        info = session.owner_data
+        if isinstance(info, _CallInfo) and info.parked_until is not None:
+            deadline: float | None = info.parked_until
+        else:
+            deadline = session.get_timer()
         if deadline is None:
             session.scheduled = None
             return
@@ -343,12 +452,27 @@ class MediaAnchor:
                 session.scheduled = None
                 due.append(session)
         for session in due:
+            info = session.owner_data
+            if isinstance(info, _CallInfo) and info.parked_until is not None:
+                if info.parked_until > now:
+                    self._schedule(session)
+                    continue
+                self._unpark(session, info, now)  # nobody came back: timers run again
             session.handle_timer(now)
             self._schedule(session)
         self._reap()
 
-    def poke(self, session: MediaSession) -> None:
+    def poke(self, session: MediaSession, now: float | None = None) -> None:
         """A datagram changed ``session``'s ICE/DTLS state: reschedule it; release ended sessions."""
+        info = session.owner_data
+        if (
+            isinstance(info, _CallInfo)
+            and info.parked_until is not None
+            and now is not None
+            and session.established
+            and all(leg.remote is not None for leg in session.legs if leg.side is CLIENT)
+        ):
+            self._unpark(session, info, now)  # the client leg re-anchored (ICE selected a pair)
         self._schedule(session)
         self._reap()
 
@@ -368,6 +492,13 @@ class MediaAnchor:
             del self.sessions[session.key]
         info = session.owner_data
         if isinstance(info, _CallInfo):
+            if info.parked_until is not None:
+                dropped = self._client_drops(session) - info.dropped_base
+                if dropped > 0:
+                    self.counters["media_dropped_client_lost"] = (
+                        self.counters.get("media_dropped_client_lost", 0) + dropped
+                    )
+                info.parked_until = None
             calls = self._by_flow.get(info.flow_id)
             if calls is not None:
                 calls.discard(session.key)

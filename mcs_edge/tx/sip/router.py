@@ -104,6 +104,7 @@ class SipRouter:
             max_message_size=config.sip.max_message_size,
             timers=TimerConfig(t1=config.sip.t1),
             server_name=config.edge.name,
+            flow_grace=config.sip.flow_grace,
         )
         self.core = SipProxy(
             settings,
@@ -154,6 +155,7 @@ class SipRouter:
         """Adopt a reloaded configuration; flows of removed tenants are closed."""
         self.config = config
         self.tenants = tenants
+        self.core.flow_registry.grace = config.sip.flow_grace
         self._index_backends(tenants)
         for flow in list(self.flows.values()):
             current = tenants.by_id(flow.tenant.id)
