@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from helpers.aiortc_call import (
     offer_and_answer,
 )
 from helpers.edge import metrics, sample
-from helpers.media_pbx import AsyncPbx, RtpEcho, plain_answer
+from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
 from helpers.wsclient import WSClient, header, status
 from twisted.internet import reactor, threads
 
@@ -56,37 +55,6 @@ pytestmark = pytest.mark.e2e
 GRACE = 6.0
 INSTANCE = "<urn:uuid:0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>"
 MIN_RATIO = 0.9
-
-
-class RecordingEcho(RtpEcho):
-    """The PBX's RTP echo, remembering (SSRC, sequence) of every packet in arrival order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stream: list[tuple[int, int]] = []
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
-            seq, ssrc = struct.unpack_from("!H", data, 2)[0], struct.unpack_from("!I", data, 8)[0]
-            self.stream.append((ssrc, seq))
-        super().datagram_received(data, addr)
-
-
-class RecordingPbx(AsyncPbx):
-    """The asyncio PBX, keeping every request it got as text."""
-
-    def __init__(self, answer: Any) -> None:
-        super().__init__(answer)
-        self.requests: list[str] = []
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        text = data.decode(errors="replace")
-        if text.strip() and not text.startswith("SIP/2.0"):
-            self.requests.append(text)
-        super().datagram_received(data, addr)
-
-    def methods(self, call_id: str) -> list[str]:
-        return [r.split(" ", 1)[0] for r in self.requests if f"Call-ID: {call_id}" in r]
 
 
 class RecoveryEdge:

@@ -116,10 +116,20 @@ class _CallInfo:
     flow_id: int
     parked_until: float | None = None  # timers stand still until then (client connection lost)
     dropped_base: int = 0  # no-destination drops of the client legs when parked
+    reanchored: bool = False  # the client re-offered since it was parked
 
 
 def _discard(data: bytes, addr: Any) -> None:
     return None
+
+
+def _reanchored(leg: Leg) -> bool:
+    """A client leg that re-offered is reachable again: its ICE restart completed (a pair nominated
+    under the new credentials, possibly at the old address), or it has no ICE."""
+    ice = leg.ice
+    if ice is None:
+        return True
+    return not ice.restarting and ice.selected_address is not None
 
 
 def _content_type(message: Request | Response) -> str:
@@ -290,6 +300,7 @@ class MediaAnchor:
             info.dropped_base = self._client_drops(session)
             self.count("media_sessions_parked")
         info.parked_until = until
+        info.reanchored = False
         for leg in session.legs:
             if leg.side is CLIENT:
                 leg.remote = None
@@ -335,6 +346,7 @@ class MediaAnchor:
         for leg, last in snapshot:
             leg.rewrite = StreamContinuity(last, since, clock_rate(remote, leg.index)).rewrite
         self.count("media_reanchored")
+        info.reanchored = True
         if info.parked_until is not None and not any(
             leg.ice is not None for leg in session.legs if leg.side is CLIENT
         ):
@@ -468,9 +480,9 @@ class MediaAnchor:
         if (
             isinstance(info, _CallInfo)
             and info.parked_until is not None
+            and info.reanchored
             and now is not None
-            and session.established
-            and all(leg.remote is not None for leg in session.legs if leg.side is CLIENT)
+            and all(_reanchored(leg) for leg in session.legs if leg.side is CLIENT)
         ):
             self._unpark(session, info, now)  # the client leg re-anchored (ICE selected a pair)
         self._schedule(session)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import uuid
 
+import pytest
 from core.media.test_anchor import (
     PBX_MEDIA,
     PBX_SIP,
@@ -205,10 +206,11 @@ def test_client_without_instance_gets_its_call_ended_after_grace() -> None:
     assert h.proxy.counters["calls_lost_after_grace"] == 1 and h.anchor.sessions == {}
 
 
-def test_reconnect_re_register_and_ice_restart_recovers_the_call_without_the_pbx() -> None:
-    """Same instance on a new connection from a new address: re-REGISTER replaces the flow, the re-INVITE with an ICE restart is answered by the edge (PBX sees nothing), media flows again with the same SSRC and continuous sequence toward the PBX."""
+@pytest.mark.parametrize("moved", [True, False], ids=["new-address", "same-address"])
+def test_reconnect_re_register_and_ice_restart_recovers_the_call_without_the_pbx(moved: bool) -> None:
+    """Same instance on a new connection (media from a new address, or the same one): re-REGISTER replaces the flow, the re-INVITE with an ICE restart is answered by the edge (PBX sees nothing), media flows again with the same SSRC and continuous sequence toward the PBX."""
     h = Harness()
-    call, _browser, first_answer, _flow = lost_call(h)
+    call, browser, first_answer, _flow = lost_call(h)
     pbx_in = pbx_leg(h, call)
     old_client_port = SessionDescription.parse(first_answer).media[0].port
     h.now += 2.0
@@ -218,7 +220,9 @@ def test_reconnect_re_register_and_ice_restart_recovers_the_call_without_the_pbx
     assert h.proxy.recovery.count == 1 and h.proxy.recovery.sum == 2.0
     call.flow = newflow
     fresh = WebRtcPeer(
-        ("192.0.2.9", 40000), certificate=DtlsCertificate.generate("moved"), ssrcs=(0x5555, 0x6666)
+        ("192.0.2.9", 40000) if moved else browser.addr,
+        certificate=DtlsCertificate.generate("moved"),
+        ssrcs=(0x5555, 0x6666),
     )
     backend, back = call.request("INVITE", fresh.offer())
     assert backend == [] and status(back) == [100, 200]
