@@ -220,9 +220,22 @@ class MediaAnchor:
                 self._release(session, "SDP refused")
             return status if status is not None and status >= 400 else 488
         message.set_body(bytes(out))
+        info = session.owner_data
+        if isinstance(info, _CallInfo) and info.parked_until is not None:
+            self._renegotiated(session, info, from_client, now)
         self._schedule(session)
         self._reap()
         return None
+
+    def _renegotiated(self, session: MediaSession, info: _CallInfo, from_client: bool, now: float) -> None:
+        """A parked session's client took part in an offer/answer relayed to the PBX (not a
+        transport-only re-offer, e.g. a passthrough tenant or a hold): once it completes, legs
+        without ICE resume at once, ICE legs when their restart completes (:meth:`poke`)."""
+        if from_client:
+            info.reanchored = True
+        if info.reanchored and session.pending_offer_side is None:
+            if not any(leg.ice is not None for leg in session.legs if leg.side is CLIENT):
+                self._unpark(session, info, now)
 
     def _classify(self, session: MediaSession | None, message: Request | Response, side: Any) -> str | None:
         if isinstance(message, Request):

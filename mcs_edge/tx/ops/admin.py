@@ -322,7 +322,11 @@ class LocalAdmin:
                     "tenant": call.tenant_id,
                     "connection": call.flow_id,
                     "direction": "from_client" if call.from_client else "to_client",
-                    "state": "answered" if call.answered is not None else "early",
+                    "state": "grace"
+                    if call.state == "grace"
+                    else "answered"
+                    if call.answered is not None
+                    else "early",
                     "age": round(now - call.started, 3),
                 }
             )

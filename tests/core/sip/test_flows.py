@@ -358,3 +358,55 @@ def test_live_connection_replaced_moves_its_calls() -> None:
 
 
 _ = Tenant
+
+
+def test_zero_grace_ends_calls_at_once_with_the_bye() -> None:
+    """sip.flow_grace = 0: the lost connection's call ends at the next timer, with the BYE and its Reason."""
+    h = Harness()
+    h.proxy.flow_registry.grace = 0.0
+    call, _browser, _answer, _flow = lost_call(h)
+    assert h.proxy.get_timer() == h.now
+    h.proxy.handle_timer(h.now)
+    backend, _ = h._drain()
+    assert [m.split(" ", 1)[0] for m in backend] == ["BYE"]
+    assert h.anchor.sessions == {} and h.proxy.calls.calls == {}
+
+
+def test_reinvite_that_changes_more_than_the_transport_goes_to_the_pbx() -> None:
+    """After a reconnect, a re-INVITE that also puts the call on hold is forwarded to the PBX (not answered by the edge)."""
+    h = Harness()
+    call, _browser, _answer, _flow = lost_call(h)
+    newflow = h.flow()
+    assert register(h, newflow) == 200
+    call.flow = newflow
+    backend, back = call.request("INVITE", WebRtcPeer(("192.0.2.9", 40000)).offer(direction="sendonly"))
+    assert [m.split(" ", 1)[0] for m in backend] == ["INVITE"] and status(back) == [100]
+    assert h.proxy.counters.get("sip_reinvites_answered_locally", 0) == 0
+
+
+def test_passthrough_call_resumes_when_the_relayed_reoffer_is_answered() -> None:
+    """A passthrough tenant: the client's ICE restart must reach the PBX (its ICE is end to end); once the PBX answers, media toward the client flows again, to its new address."""
+    h = Harness(mode="passthrough")
+    flow = h.flow()
+    assert register(h, flow) == 200
+    call = Call(h, flow)
+    browser = WebRtcPeer(("198.51.100.7", 50002))
+    pbx_peer = WebRtcPeer(("10.1.0.10", 30002))
+    backend, _ = call.request("INVITE", browser.offer())
+    out = call.pbx_reply(200, "OK", pbx_peer.answer(SessionDescription.parse(_body(backend[0]))))
+    assert status(out) == [200]
+    call.request("ACK", cseq=call.cseq)
+    h.proxy.close_flow(flow, h.now)
+    pbx_leg(h, call).receive(rtp_packet(4, 0x7777), pbx_peer.addr, h.now)  # type: ignore[attr-defined]
+    newflow = h.flow()
+    assert register(h, newflow) == 200
+    call.flow = newflow
+    fresh = WebRtcPeer(("192.0.2.9", 40000), certificate=DtlsCertificate.generate("moved"))
+    backend, back = call.request("INVITE", fresh.offer())
+    assert [m.split(" ", 1)[0] for m in backend] == ["INVITE"]  # end-to-end ICE: the PBX must see it
+    out = call.pbx_reply(200, "OK", pbx_peer.answer(SessionDescription.parse(_body(backend[0]))))
+    assert status(out) == [200]
+    assert h.anchor.counters["media_dropped_client_lost"] == 1  # resumed (and counted) at the answer
+    pbx_side = pbx_leg(h, call)
+    pbx_side.receive(rtp_packet(5, 0x7777), pbx_peer.addr, h.now)  # type: ignore[attr-defined]
+    assert h.io.take(fresh.addr) == [rtp_packet(5, 0x7777)]
