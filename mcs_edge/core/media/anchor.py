@@ -233,9 +233,12 @@ class MediaAnchor:
         without ICE resume at once, ICE legs when their restart completes (:meth:`poke`)."""
         if from_client:
             info.reanchored = True
-        if info.reanchored and session.pending_offer_side is None:
-            if not any(leg.ice is not None for leg in session.legs if leg.side is CLIENT):
-                self._unpark(session, info, now)
+        if (
+            info.reanchored
+            and session.pending_offer_side is None
+            and not any(leg.ice is not None for leg in session.legs if leg.side is CLIENT)
+        ):
+            self._unpark(session, info, now)
 
     def _classify(self, session: MediaSession | None, message: Request | Response, side: Any) -> str | None:
         if isinstance(message, Request):

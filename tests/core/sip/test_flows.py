@@ -364,7 +364,7 @@ def test_zero_grace_ends_calls_at_once_with_the_bye() -> None:
     """sip.flow_grace = 0: the lost connection's call ends at the next timer, with the BYE and its Reason."""
     h = Harness()
     h.proxy.flow_registry.grace = 0.0
-    call, _browser, _answer, _flow = lost_call(h)
+    _call, _browser, _answer, _flow = lost_call(h)
     assert h.proxy.get_timer() == h.now
     h.proxy.handle_timer(h.now)
     backend, _ = h._drain()
@@ -402,7 +402,7 @@ def test_passthrough_call_resumes_when_the_relayed_reoffer_is_answered() -> None
     assert register(h, newflow) == 200
     call.flow = newflow
     fresh = WebRtcPeer(("192.0.2.9", 40000), certificate=DtlsCertificate.generate("moved"))
-    backend, back = call.request("INVITE", fresh.offer())
+    backend, _back = call.request("INVITE", fresh.offer())
     assert [m.split(" ", 1)[0] for m in backend] == ["INVITE"]  # end-to-end ICE: the PBX must see it
     out = call.pbx_reply(200, "OK", pbx_peer.answer(SessionDescription.parse(_body(backend[0]))))
     assert status(out) == [200]
