@@ -65,7 +65,9 @@ EVENTS: dict[str, str] = {
     "TLS201": "{tenant} certificate loaded from {path} (expires {expires}, sha256 {sha256})",
     "TLS401": "{tenant} certificate {path} not loaded: {reason}{keeping}",
     # SIP
+    "SIP210": "{tenant} call {call_id} moved to a new connection of its client after {seconds} s",
     "SIP400": "{problem}",
+    "SIP410": "{tenant} call {call_id} ended: its client did not come back within {grace} s (BYE to the PBX)",
     "SIP401": "{tenant} TLS stream from {peer} closed: {reason}",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health

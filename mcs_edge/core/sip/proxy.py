@@ -268,6 +268,8 @@ class SipProxy:
         self._pairs_by_client: dict[ClientTransaction, Pair] = {}
         self.counters: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
+        #: Call recoveries and losses for the adapter's log: ("recovered" | "lost", tenant, Call-ID, seconds).
+        self.notices: deque[tuple[str, str, str, float]] = deque(maxlen=256)
         #: Calls (INVITE dialogs) up, by Call-ID and by flow (admin API, metrics, drain).
         self.calls = CallTable()
         #: Graceful drain: new calls (initial INVITEs, either direction) get 503 + Retry-After.
@@ -849,6 +851,7 @@ class SipProxy:
         self.count("calls_recovered")
         if lost_at is not None:
             self.recovery.observe(now - lost_at)
+            self.notices.append(("recovered", call.tenant_id, call.call_id, now - lost_at))
 
     def _admit_dialog(self, flow: Flow, req: Request, now: float) -> int | None:
         """May ``flow`` send this in-dialog request? None, or the status refusing it (403/430).
@@ -959,6 +962,7 @@ class SipProxy:
         dialog = call.dialog
         tenant = self._tenant_objects.get(call.tenant_id)
         self.count("calls_lost_after_grace")
+        self.notices.append(("lost", call.tenant_id, call.call_id, self.flow_registry.grace))
         if dialog is not None and tenant is not None:
             transport, addr = self._backend_of(tenant)
             dialog.cseq += 1
