@@ -360,7 +360,9 @@ class MediaAnchor:
             return None
         remote = session.remote_sdp[PBX]
         for leg, last in snapshot:
-            leg.rewrite = StreamContinuity(last, since, clock_rate(remote, leg.index)).rewrite
+            continuity = StreamContinuity(last, since, clock_rate(remote, leg.index))
+            leg.rewrite = continuity.rewrite
+            leg.rewrite_rtcp = continuity.rewrite_rtcp
         self.count("media_reanchored")
         info.reanchored = True
         if info.parked_until is not None and not any(

@@ -26,7 +26,9 @@ on each PBX-side leg (``Leg.rewrite``) at re-anchoring. It knows the last packet
 (SSRC, sequence, timestamp, when) and maps the first stream arriving afterwards onto it: same SSRC,
 the next sequence number, and a timestamp advanced by the time that passed (the PBX sees a gap in
 time without a gap in sequence, as with silence suppression). Later packets of that stream keep the
-same offsets; packets of other SSRCs pass unchanged. RTCP is relayed as is.
+same offsets; packets of other SSRCs pass unchanged. RTCP toward the PBX is rewritten to match
+(:meth:`StreamContinuity.rewrite_rtcp`): the mapped SSRC in SR/RR sender fields, SDES chunks and
+BYE lists, and the RTP timestamp of sender reports.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from mcs_edge.core.media.sdp import SessionDescription
 __all__ = ["StreamContinuity", "clock_rate", "transport_only_change"]
 
 _HEAD: Final = struct.Struct("!HII")  # sequence, timestamp, SSRC at offset 2
+_U32: Final = struct.Struct("!I")
+_SR, _RR, _SDES, _BYE = 200, 201, 202, 203
 _SEQ_MOD: Final = 1 << 16
 _TS_MOD: Final = 1 << 32
 
@@ -122,3 +126,33 @@ class StreamContinuity:
             out, 2, (seq + self.seq_offset) % _SEQ_MOD, (ts + self.ts_offset) % _TS_MOD, self.out_ssrc
         )
         return bytes(out)
+
+    def rewrite_rtcp(self, data: bytes) -> bytes:
+        """``data`` (a plain compound RTCP packet toward the PBX) with the mapped stream's SSRC and
+        sender-report timestamp rewritten; anything it cannot walk passes unchanged."""
+        in_ssrc = self.in_ssrc
+        if in_ssrc is None or (in_ssrc == self.out_ssrc and not self.ts_offset):
+            return data
+        out: bytearray | None = None
+        pos, n = 0, len(data)
+        while pos + 8 <= n:
+            count = data[pos] & 0x1F
+            pt = data[pos + 1]
+            end = pos + 4 * (((data[pos + 2] << 8) | data[pos + 3]) + 1)
+            if end > n:
+                break
+            offsets: list[int] = []
+            if pt in (_SR, _RR) or (pt == _SDES and count):
+                offsets.append(pos + 4)
+            elif pt == _BYE:
+                offsets.extend(pos + 4 + 4 * i for i in range(count) if pos + 8 + 4 * i <= end)
+            for at in offsets:
+                if _U32.unpack_from(data, at)[0] == in_ssrc:
+                    if out is None:
+                        out = bytearray(data)
+                    _U32.pack_into(out, at, self.out_ssrc)
+                    if pt == _SR and at == pos + 4 and end >= pos + 20:
+                        ts = _U32.unpack_from(data, pos + 16)[0]
+                        _U32.pack_into(out, pos + 16, (ts + self.ts_offset) % _TS_MOD)
+            pos = end
+        return data if out is None else bytes(out)

@@ -257,6 +257,7 @@ class Leg:
         "remote_fingerprints",
         "remote_rtcp",
         "rewrite",
+        "rewrite_rtcp",
         "route_map",
         "router",
         "rtcp_port",
@@ -317,6 +318,7 @@ class Leg:
         #: forwarded to it (stream continuity after the other side re-anchored; reanchor.py).
         self.last_rtp = b""
         self.rewrite: Callable[[bytes, float], bytes] | None = None
+        self.rewrite_rtcp: Callable[[bytes], bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<Leg {self.side.name} {self.profile.name} port={self.port} remote={self.remote}>"
@@ -504,6 +506,9 @@ class Leg:
 
     def emit_rtcp(self, data: bytes) -> bool:
         """Send an RTCP packet to this leg's peer (protected if the profile needs it)."""
+        rewrite = self.rewrite_rtcp
+        if rewrite is not None:
+            data = rewrite(data)
         if self.encrypts:
             srtp = self.srtp
             if srtp is None:

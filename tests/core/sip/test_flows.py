@@ -410,3 +410,21 @@ def test_passthrough_call_resumes_when_the_relayed_reoffer_is_answered() -> None
     pbx_side = pbx_leg(h, call)
     pbx_side.receive(rtp_packet(5, 0x7777), pbx_peer.addr, h.now)  # type: ignore[attr-defined]
     assert h.io.take(fresh.addr) == [rtp_packet(5, 0x7777)]
+
+
+def test_stream_continuity_rewrites_rtcp_of_the_mapped_stream() -> None:
+    """Sender reports, SDES and BYE of the mapped stream carry the PBX's SSRC and a shifted RTP timestamp; other SSRCs are untouched."""
+    cont = StreamContinuity(rtp_packet(100, 0xAAAA, ts=1000), 10.0, 8000)
+    assert cont.rewrite_rtcp(b"\x80\xc8" + bytes(26)) == b"\x80\xc8" + bytes(26)  # nothing mapped yet
+    cont.rewrite(rtp_packet(5, 0xBBBB, ts=50), 11.0)  # ts offset: 1000 + 8000 - 50
+    sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, 0xBBBB, 1, 2, 60, 7, 8)
+    sdes = struct.pack("!BBHI", 0x81, 202, 2, 0xBBBB) + b"\x01\x00\x00\x00"
+    bye = struct.pack("!BBHII", 0x82, 203, 2, 0xCCCC, 0xBBBB)
+    out = cont.rewrite_rtcp(sr + sdes + bye)
+    assert struct.unpack_from("!I", out, 4)[0] == 0xAAAA
+    assert struct.unpack_from("!I", out, 16)[0] == 60 + 1000 + 8000 - 50
+    assert struct.unpack_from("!I", out, len(sr) + 4)[0] == 0xAAAA
+    assert struct.unpack_from("!II", out, len(sr) + len(sdes) + 4) == (0xCCCC, 0xAAAA)
+    rr_other = struct.pack("!BBHI", 0x80, 201, 1, 0xDDDD)
+    assert cont.rewrite_rtcp(rr_other) == rr_other
+    assert cont.rewrite_rtcp(b"\x80\xc8\x00") == b"\x80\xc8\x00"  # truncated: unchanged
