@@ -9,8 +9,9 @@
 * The check page's "Hear yourself" echo call survives the same abort (new WebSocket, ICE restart
   in the same dialog).
 
-Chromium stays on 127.0.0.1 (moving a running browser to another address needs a network namespace
-per browser); its ICE restart gathers new candidates, so the media source port changes.
+Chromium's WebSocket keeps its local IP (moving a running browser to another address needs a network
+namespace per browser); its ICE restart gathers new candidates, so its media comes from a new
+source address (new port), which the test checks on the edge's client leg.
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ echo = true
             flow.close.__self__.dropConnection(abort=True)  # type: ignore[attr-defined]
         return len(flows)
 
+    def client_media_source(self) -> Any:
+        """Where the (only) call's client leg sends media: the browser's ICE-selected address."""
+        sessions = list(self.service.media.anchor.sessions.values())
+        legs = [leg for s in sessions for leg in s.legs if leg.side.name == "CLIENT"]
+        return legs[0].remote if legs else None
+
     def media_idle(self) -> bool:
         anchor = self.service.media.anchor
         return not anchor.sessions and anchor.allocator.in_use == 0 and not self.service.echo.calls
@@ -183,6 +190,7 @@ def _jssip_recovery(edge: RecoveryBrowserEdge) -> dict[str, Any]:
             assert page.evaluate(f"window.phone.calls[{index}].failed") is None
             page.wait_for_timeout(1_500)
             before = page.evaluate(f"window.audioStats({index})")
+            out["source_before"] = threads.blockingCallFromThread(reactor, edge.client_media_source)
             echoed_before = len(edge.echo.stream)
             assert _kill(edge) == 1
             killed = time.monotonic()
@@ -197,6 +205,7 @@ def _jssip_recovery(edge: RecoveryBrowserEdge) -> dict[str, Any]:
                 page, "window.phone.states.includes('recovered') || window.phone.states.includes('gave-up')"
             )
             out["states"] = page.evaluate("window.phone.states")
+            out["source_after"] = threads.blockingCallFromThread(reactor, edge.client_media_source)
             first = page.evaluate(f"window.audioStats({index})")
             page.wait_for_timeout(3_000)
             last = page.evaluate(f"window.audioStats({index})")
@@ -236,6 +245,8 @@ def test_jssip_call_survives_a_killed_websocket(edge: RecoveryBrowserEdge) -> An
     assert out["audio_back_s"] < 3.0  # the network is back at once: the abort only kills the WebSocket
     sent, received = out["after"]
     assert sent >= 100 and received >= 0.9 * sent, out["after"]
+    assert out["source_before"] is not None and out["source_after"] is not None
+    assert out["source_after"] != out["source_before"]  # the ICE restart moved the browser's media
     assert out["pbx_before_hangup"] == ["INVITE", "ACK"]
     assert out["pbx_methods"] == ["INVITE", "ACK", "BYE"]
     assert out["registers"] >= 2
