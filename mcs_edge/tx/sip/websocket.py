@@ -12,6 +12,15 @@ autobahn is never run on its defaults (see :func:`configure_factory`): frame and
 are capped, compression is refused (SIP does not need it and it costs tens of KiB per
 connection), there is no status page, the opening handshake times out, and the server pings
 idle connections.
+
+RFC 6455 conformance. Only version 13 is spoken: any other ``Sec-WebSocket-Version`` gets 426 with
+``Sec-WebSocket-Version: 13`` (s.4.2.2, s.4.4; :func:`refuse_version`, called by the HTTPS front
+before the upgrade). Text messages are UTF-8-validated incrementally as frames arrive (autobahn's
+C validator, so a sequence split across fragments is accepted and an invalid one is caught in the
+frame where it occurs): invalid UTF-8 closes with 1007 (s.8.1). autobahn closes with 1002 for
+unmasked client frames, reserved bits or opcodes, control frames over 125 bytes or fragmented, and
+invalid close codes, and with 1009 for a frame or message over ``sip.max_message_size``. Every
+such close is counted (``ws_protocol_errors`` by close code).
 """
 
 from __future__ import annotations
@@ -31,7 +40,35 @@ if TYPE_CHECKING:
     from mcs_edge.tx.protect.shaping import Shaping, StreamShaper
     from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 
-__all__ = ["SipWebSocketFactory", "SipWebSocketProtocol", "configure_factory", "origin_allowed", "take_over"]
+__all__ = [
+    "SipWebSocketFactory",
+    "SipWebSocketProtocol",
+    "configure_factory",
+    "origin_allowed",
+    "refuse_version",
+    "take_over",
+]
+
+#: RFC 6455 s.4.1: the one protocol version this server speaks (answered in 426 refusals).
+WEBSOCKET_VERSION = b"13"
+
+
+def refuse_version(request: Request, tenant: TenantConfig, router: SipRouter | None) -> bytes | None:
+    """The 426 body when the upgrade request does not ask for exactly version 13, else None.
+
+    RFC 6455 s.4.2.2: a server that does not understand the requested version aborts the handshake
+    with an HTTP error (426 Upgrade Required) and a ``Sec-WebSocket-Version`` listing the versions
+    it speaks. A missing or repeated header is refused the same way.
+    """
+    values = request.requestHeaders.getRawHeaders(b"sec-websocket-version") or []
+    if len(values) == 1 and values[0].strip() == WEBSOCKET_VERSION:
+        return None
+    if router is not None:
+        router.count("ws_refused", tenant.id, "version")
+    request.setResponseCode(426)
+    request.setHeader(b"sec-websocket-version", WEBSOCKET_VERSION)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b"426 WebSocket version 13 required\n"
 
 
 def origin_allowed(tenant: TenantConfig, origin: str | None, host: str | None) -> bool:
@@ -59,6 +96,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     tenant: TenantConfig
     flow: ClientFlow | None = None
     shaper: StreamShaper | None = None  # rate in both directions (tx/protect/shaping.py), once open
+    abort_call: Any = None  # DelayedCall: abort a connection whose error close frame is not read
 
     def onConnect(self, request: Any) -> str:  # noqa: N802
         router: SipRouter = self.factory.router
@@ -109,7 +147,29 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         shaper = self.shaper
         if shaper is not None:
             shaper.stop()  # unregisters its producer: a TLS transport closes only after that
+        transport = self.transport
+        if abort and self.failedByMe and self.localCloseCode is not None and transport is not None:
+            # We failed the connection (1002, 1007, 1009) and the peer's close frame came in the
+            # same read: an abort would discard our close frame. Flush it, abort later if unread.
+            if self.abort_call is None:
+                transport.loseConnection()
+                self.abort_call = self.factory.reactor.callLater(
+                    self.closeHandshakeTimeout or 5, transport.abortConnection
+                )
+            return
         super()._closeConnection(abort)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        call, self.abort_call = self.abort_call, None
+        if call is not None and call.active():
+            call.cancel()
+        super().connectionLost(reason)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        # autobahn's one exit for protocol errors (1002), invalid UTF-8 (1007), too big (1009)
+        if self.state == WebSocketServerProtocol.STATE_OPEN:  # once: a second error only drops
+            self.factory.router.count("ws_protocol_errors", self.tenant.id, str(code))
+        super()._fail_connection(code, reason)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
         if self.flow is not None:
@@ -176,7 +236,8 @@ def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> No
         allowedOrigins=["*"],  # checked per tenant in onConnect
         requireMaskedClientFrames=True,
         trustXForwardedFor=0,
-        utf8validateIncoming=False,  # SIP bytes are validated by the SIP parser
+        versions=[13],  # RFC 6455 only (the front answers 426 to any other version first)
+        utf8validateIncoming=True,  # RFC 6455 s.8.1: invalid UTF-8 in a text message -> 1007
     )
 
 

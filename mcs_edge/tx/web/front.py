@@ -69,6 +69,11 @@ class FrontResource(Resource):
             return check.render(request, tenant)  # type: ignore[no-any-return]
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade == "websocket":
+            from mcs_edge.tx.sip.websocket import refuse_version
+
+            refused = refuse_version(request, tenant, getattr(self.service, "sip", None))
+            if refused is not None:
+                return refused
             offered = [p.strip() for p in (request.getHeader("sec-websocket-protocol") or "").split(",")]
             if "sip" in offered and self.service.sip_ws is not None:
                 from mcs_edge.tx.sip.websocket import take_over
