@@ -39,7 +39,7 @@ from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
-from mcs_edge.tx.sip.router import BackendUDP, SipRouter
+from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
 from mcs_edge.tx.timers import Timers
@@ -164,6 +164,7 @@ class EdgeService(MultiService):
             cfg.listen.backend_sip.port,
             BackendUDP(self.sip),
             interface=cfg.listen.backend_sip.host,
+            maxPacketSize=MAX_UDP_DATAGRAM,  # RFC 4475 3.1.1.7: a large request is read whole
             reactor=self.reactor,
         )
         backend.setName("backend_sip_udp")

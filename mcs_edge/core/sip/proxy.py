@@ -408,16 +408,26 @@ class SipProxy:
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
             self.count("sip_bad_from_client", str(exc))
             if isinstance(msg, Request) and msg.method != "ACK":
+                self.count("sip_refused_400")
                 self._answer_stateless(msg, 400, "Bad Request", ("flow", flow_id))
         self._pump(now)
 
+    def reject_unframed(self, flow_id: int, data: bytes, exc: RemoteProtocolError) -> None:
+        """A stream transport cannot frame ``data`` (e.g. no Content-Length): answer it if it can be."""
+        self._reject_garbage(data, exc, ("flow", flow_id))
+
     def _reject_garbage(self, data: bytes, exc: RemoteProtocolError, dest: Dest) -> None:
+        """Answer a request too broken to parse with the status its error suggests (none for ACK)."""
         status = exc.status_hint
         if status is None or status < 400:
+            self.count("sip_dropped_unanswerable")
             return
         resp = _error_from_bytes(data, status, str(exc)[:80])
-        if resp is not None:
-            self._emit(dest, resp)
+        if resp is None:
+            self.count("sip_dropped_unanswerable")
+            return
+        self.count(f"sip_refused_{status}")
+        self._emit(dest, resp)
 
     def _request_from_client(self, flow: Flow, req: Request, now: float) -> None:
         tenant = flow.tenant
@@ -603,10 +613,12 @@ class SipProxy:
             return
         if not data.strip(b"\r\n"):
             return  # keepalive
+        back: Dest = ("backend", tenants[0].id, transport, src)
         try:
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
             self.count("sip_bad_from_backend", str(exc))
+            self._reject_garbage(data, exc, back)  # e.g. 416 for an unsupported Request-URI scheme
             return
         try:
             if isinstance(msg, Response):
@@ -615,6 +627,9 @@ class SipProxy:
                 self._request_from_backend(tenants, msg, src, transport, now)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
             self.count("sip_bad_from_backend", str(exc))
+            if isinstance(msg, Request):
+                self.count("sip_refused_400")
+                self._answer_stateless(msg, 400, "Bad Request", back)
         self._pump(now)
 
     def _response_from_backend(self, resp: Response, now: float) -> None:

@@ -31,10 +31,16 @@ if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
     from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
+    from mcs_edge.errors import RemoteProtocolError
     from mcs_edge.tx.protect.guard import Protection
     from mcs_edge.tx.timers import Timers
 
-__all__ = ["BackendUDP", "ClientFlow", "SipRouter"]
+__all__ = ["MAX_UDP_DATAGRAM", "BackendUDP", "ClientFlow", "SipRouter"]
+
+#: The largest UDP payload (65,535 - 8 UDP header - 20 IPv4 header = 65,507; IPv6 allows 65,527):
+#: the backend socket reads whole datagrams up to the IP limit (RFC 4475 s.3.1.1.7), the SIP
+#: parser then applies ``sip.max_message_size``.
+MAX_UDP_DATAGRAM = 65535
 
 # A client message that is a request: not a response, not only CRLF keepalives (group 1 set
 # for a response; nothing after the CRLFs for a keepalive).
@@ -200,6 +206,11 @@ class SipRouter:
                 self.count("requests_dropped", flow.tenant.id, flow.transport)
                 return
         self.core.receive_from_client(flow.id, data, self.timers.now())
+        self._flush()
+
+    def reject_unframed(self, flow: ClientFlow, data: bytes, exc: RemoteProtocolError) -> None:
+        """A stream flow's bytes cannot be framed: answer the request they start, if possible."""
+        self.core.reject_unframed(flow.id, data, exc)
         self._flush()
 
     def touch(self, flow: ClientFlow) -> None:

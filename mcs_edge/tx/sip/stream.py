@@ -82,6 +82,8 @@ class SipStreamProtocol(Protocol):
             events = self.framer.feed(data)
         except RemoteProtocolError as exc:
             self.service.sip.count("sip_stream_garbage", flow.tenant.id, "framing")
+            # a request whose head parses gets its final answer (400, 413, 513) before the close
+            self.service.sip.reject_unframed(flow, self.framer.pending(), exc)
             self.log.info(
                 "SIP401 {tenant} TLS stream from {peer} closed: {reason}",
                 tenant=flow.tenant.id,
