@@ -30,8 +30,10 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -159,7 +161,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             return
         super()._closeConnection(abort)
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         call, self.abort_call = self.abort_call, None
         if call is not None and call.active():
             call.cancel()
