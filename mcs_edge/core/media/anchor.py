@@ -136,6 +136,8 @@ class MediaAnchor:
         self._seq = itertools.count()
         self._ended: list[MediaSession] = []
         self.counters: dict[str, int] = {}
+        #: packets dropped by reason (garbage, unverified-source, ...) on legs already closed
+        self.dropped_closed: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
 
     # ---------------------------------------------------------------------------- bookkeeping
@@ -144,6 +146,16 @@ class MediaAnchor:
         self.counters[name] = self.counters.get(name, 0) + 1
         if problem is not None:
             self.problems.append(f"{name}: {problem}")
+
+    def dropped(self) -> dict[str, int]:
+        """Media packets dropped by reason since start: closed legs plus the open legs' counters."""
+        out = dict(self.dropped_closed)
+        for session in self.sessions.values():
+            for leg in session.legs:
+                if leg.port:
+                    for reason, n in leg.counters.dropped.items():
+                        out[reason] = out.get(reason, 0) + n
+        return out
 
     @property
     def ports_in_use(self) -> int:
@@ -301,6 +313,9 @@ class MediaAnchor:
         """Close and give back the port(s) of a leg."""
         if not leg.port:
             return
+        totals = self.dropped_closed
+        for reason, n in leg.counters.dropped.items():
+            totals[reason] = totals.get(reason, 0) + n
         self.io.close_port(leg.port)
         if leg.rtcp_port is not None:
             self.io.close_port(leg.rtcp_port)

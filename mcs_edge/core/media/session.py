@@ -14,7 +14,8 @@ WEBRTC         STUN -> ICE-lite responder (answer, consent); DTLS -> :class:`Dtl
 SDES           SRTP/SRTCP -> unprotect with the ``a=crypto`` keys; symmetric latching
 RTP            RTP/RTCP as is; symmetric latching; RTCP on its own port unless muxed
 PASSTHROUGH    opaque; STUN requests are remembered so each response reaches the candidate that
-               asked; symmetric latching on DTLS/SRTP
+               asked; a new source is heard only once a STUN message from it verified with the
+               peers' ICE credentials (:mod:`~mcs_edge.core.media.source_gate`), then latching
 =============  ===================================================================================
 
 then forwards the packet on the other side's leg for the same m-line, protecting it with that
@@ -86,6 +87,7 @@ from mcs_edge.core.media.sdp import (
     detect_profile,
 )
 from mcs_edge.core.media.sdp_rewrite import SDES_SUITES, LocalLeg, RelayAddress, rewrite_answer, rewrite_offer
+from mcs_edge.core.media.source_gate import SourceGate
 from mcs_edge.core.rtp.demux import KIND_DTLS, KIND_RTP, KIND_STUN, classify_first_byte
 from mcs_edge.core.rtp.dtls import (
     ConnectionClosed,
@@ -130,6 +132,7 @@ _SDES_KEY_LENGTH: Final = max(SDES_SUITES.values())
 _SENDING: Final = frozenset({"sendrecv", "sendonly"})
 _KINDS: Final = bytes(classify_first_byte(b) for b in range(256))
 _U32: Final = struct.Struct("!I").unpack_from
+_STUN_COOKIE: Final = b"\x21\x12\xa4\x42"
 _INF: Final = float("inf")
 
 
@@ -242,6 +245,7 @@ class Leg:
         "dtls_client_pending",
         "encrypts",
         "free_latch",
+        "gate",
         "ice",
         "index",
         "last_rtcp_rx",
@@ -310,6 +314,8 @@ class Leg:
         self.last_rtcp_rx = now
         self.limit: float | None = None  # idle limit once the offer/answer is committed
         self.stun_origins: dict[bytes, Addr] = {}
+        #: PASSTHROUGH: the sources proven by ICE checks (no media injection from elsewhere)
+        self.gate: SourceGate | None = SourceGate() if profile is Profile.PASSTHROUGH else None
 
     def __repr__(self) -> str:
         return f"<Leg {self.side.name} {self.profile.name} port={self.port} remote={self.remote}>"
@@ -399,6 +405,10 @@ class Leg:
             self.counters.drop("garbage")
             return False
         moved = addr != self.remote_rtcp
+        gate = self.gate
+        if moved and gate is not None and gate.enforcing and not self._rtcp_source_known(addr, gate):
+            self.counters.drop("unverified-source")
+            return False
         if (
             moved
             and self.remote_rtcp is not None
@@ -430,6 +440,12 @@ class Leg:
                 return True
             self.counters.drop("no-consent")
             return False
+        gate = self.gate
+        if gate is not None and gate.enforcing:
+            if gate.knows(addr):
+                return True
+            self.counters.drop("unverified-source")
+            return False
         if (
             self.free_latch
             or self.remote is None
@@ -439,6 +455,12 @@ class Leg:
             return True
         self.counters.drop("foreign-source")
         return False
+
+    def _rtcp_source_known(self, addr: Addr, gate: SourceGate) -> bool:
+        """A separate RTCP port's new source: the host of the latched or a verified RTP source."""
+        host = addr[0]
+        remote = self.remote
+        return (remote is not None and remote[0] == host) or any(v[0] == host for v in gate.verified)
 
     def _latch(self, addr: Addr) -> None:
         """Send to ``addr`` from now on (symmetric RTP); ICE legs follow ICE instead."""
@@ -588,9 +610,19 @@ class Leg:
         if n < 20:
             self.counters.drop("truncated")
             return False
+        if data[4:8] != _STUN_COOKIE or (data[2] << 8 | data[3]) + 20 != n:
+            self.counters.drop("garbage")  # STUN's first byte, but no STUN header (RFC 8489 s.5)
+            return False
         if not self.policer.admit(n, now):
             self.counters.drop("policed")
             return False
+        gate = self.gate
+        if addr != self.remote and gate is not None and gate.enforcing and not gate.knows(addr):
+            target = self.target or self.default_target
+            refused = gate.verify_stun(data, addr, target.gate if target is not None else None)
+            if refused is not None:
+                self.counters.drop(refused)
+                return False
         self.stun_rx += 1
         if data[0] & 0x01:  # success or error response: back to the candidate that asked
             target = self.target or self.default_target
@@ -610,10 +642,13 @@ class Leg:
     def _dtls(self, data: bytes, addr: Addr, now: float) -> bool:
         n = len(data)
         if self.profile is Profile.PASSTHROUGH:
+            if n < 13 or data[1] != 0xFE:
+                self.counters.drop("garbage")  # not a DTLS record header (RFC 6347 s.4.1)
+                return False
             if addr != self.remote:
                 if not self._accept(addr, now):
                     return False
-                self._latch(addr)  # opaque: nothing more to check
+                self._latch(addr)  # a verified source (or no ICE credentials to check with)
             if not self.policer.admit(n, now):
                 self.counters.drop("policed")
                 return False
@@ -1212,6 +1247,8 @@ class MediaSession:
             leg.limit = settings.idle_timeout if plan.sending else settings.hold_timeout
             if leg.profile is not Profile.WEBRTC:
                 self._commit_address(leg, t)
+            if leg.gate is not None and t.ice is not None:
+                leg.gate.set_credentials(t.ice.ufrag, t.ice.pwd)
             if plan.sdes is not None:
                 suite, local, remote = plan.sdes
                 if leg.sdes != (suite, remote):

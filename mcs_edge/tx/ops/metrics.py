@@ -443,6 +443,16 @@ def _component_families(svc: Any) -> Iterator[Metric]:
             if isinstance(name, str) and isinstance(n, int):
                 c.add_metric([name], n)
         yield c
+    anchor = getattr(media, "anchor", None)
+    if anchor is not None:
+        c = CounterMetricFamily(
+            "mcs_edge_media_dropped",
+            "Media packets dropped by the relay, by reason (garbage, unverified-source, policed ...)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(anchor.dropped().items()):
+            c.add_metric([reason], n)
+        yield c
     ports = getattr(media, "ports", None)
     if isinstance(ports, dict):
         g = GaugeMetricFamily("mcs_edge_media_ports_open", "Relay ports open")
