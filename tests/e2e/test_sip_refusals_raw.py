@@ -118,7 +118,9 @@ def _big_request(vias: int = 25, size: int = 12_000) -> bytes:
     """A valid request of about ``size`` bytes with ``vias`` Via header fields (RFC 4475 s.3.1.1.7 style)."""
     branch = uuid.uuid4().hex
     pad = "p" * 300
-    via = [f"Via: SIP/2.0/UDP 127.0.0.1:{5000 + i};branch=z9hG4bK{branch}{i};x-pad={pad}" for i in range(vias)]
+    via = [
+        f"Via: SIP/2.0/UDP 127.0.0.1:{5000 + i};branch=z9hG4bK{branch}{i};x-pad={pad}" for i in range(vias)
+    ]
     head = [
         "OPTIONS sip:nobody@rossi.example.com SIP/2.0",
         *via,
@@ -149,7 +151,9 @@ def test_a_12kb_request_with_25_vias_on_the_backend_udp_port_is_read_whole(edge:
 @pytest_twisted.inlineCallbacks
 def test_unsupported_request_uri_scheme_gets_416_on_udp_from_the_pbx(edge: Edge, name: str) -> Any:
     """RFC 4475 s.3.3.2/3.3.3 on the backend UDP port: 416, counted, never silently dropped."""
-    (reply,) = yield threads.deferToThread(_udp_exchange, edge.backend, (RFC4475 / f"{name}.sip").read_bytes())
+    (reply,) = yield threads.deferToThread(
+        _udp_exchange, edge.backend, (RFC4475 / f"{name}.sip").read_bytes()
+    )
     assert reply.startswith(b"SIP/2.0 416 "), reply[:100]
     assert edge.counter("sip_refused_416") == 1
 
@@ -170,7 +174,9 @@ def test_unsupported_request_uri_scheme_gets_416_over_wss_and_tls(edge: Edge, na
 @pytest_twisted.inlineCallbacks
 def test_broken_requests_from_the_pbx_get_a_final_error(edge: Edge, name: str) -> Any:
     """Requests that cannot be parsed (RFC 4475 s.3.1.2) get their 4xx/5xx on the backend UDP port too."""
-    (reply,) = yield threads.deferToThread(_udp_exchange, edge.backend, (RFC4475 / f"{name}.sip").read_bytes())
+    (reply,) = yield threads.deferToThread(
+        _udp_exchange, edge.backend, (RFC4475 / f"{name}.sip").read_bytes()
+    )
     assert reply[8:9] in (b"4", b"5"), reply[:100]
 
 
