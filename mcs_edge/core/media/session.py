@@ -613,16 +613,16 @@ class Leg:
         if data[4:8] != _STUN_COOKIE or (data[2] << 8 | data[3]) + 20 != n:
             self.counters.drop("garbage")  # STUN's first byte, but no STUN header (RFC 8489 s.5)
             return False
-        if not self.policer.admit(n, now):
-            self.counters.drop("policed")
-            return False
-        gate = self.gate
+        gate = self.gate  # before the policer: an injector must not spend the peer's budget
         if addr != self.remote and gate is not None and gate.enforcing and not gate.knows(addr):
             target = self.target or self.default_target
             refused = gate.verify_stun(data, addr, target.gate if target is not None else None)
             if refused is not None:
                 self.counters.drop(refused)
                 return False
+        if not self.policer.admit(n, now):
+            self.counters.drop("policed")
+            return False
         self.stun_rx += 1
         if data[0] & 0x01:  # success or error response: back to the candidate that asked
             target = self.target or self.default_target

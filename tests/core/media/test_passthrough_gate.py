@@ -167,3 +167,16 @@ def test_without_ice_credentials_the_leg_falls_back_to_latching() -> None:
     assert client is not None and client.gate is not None and not client.gate.enforcing
     client.receive(rtp_packet(1, 0x1111), BROWSER_NAT, 1.0)
     assert [addr for _d, addr in ports.take()] == [PBX_PEER]
+
+
+def test_an_injector_flood_does_not_spend_the_peers_policing_budget() -> None:
+    """Refused sources are dropped before the leg's policer: the real peer's media still flows after a flood."""
+    _session, ports, _a, b, client, _pbx = call()
+    forged = _stun_request(f"{b.ufrag}:x", b"guessed")
+    rtp = rtp_packet(1, 0x1111)
+    for i in range(2000):  # 2000 x 64+ bytes in 0.2 s: far over the leg's 120 KB burst
+        client.receive(forged, INJECTOR, 1.0 + i * 1e-4)
+        client.receive(rtp[:12] + bytes(60), INJECTOR, 1.0 + i * 1e-4)
+    client.receive(rtp, BROWSER, 1.3)
+    assert ports.take() == [(rtp, PBX_PEER)]
+    assert "policed" not in client.counters.dropped
