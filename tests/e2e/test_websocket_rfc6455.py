@@ -137,7 +137,7 @@ def test_other_websocket_versions_get_426_naming_13(edge: LocalEdge, version: st
     """RFC 6455 s.4.2.2: any Sec-WebSocket-Version but 13 (or none) gets 426 with Sec-WebSocket-Version: 13."""
     ws = yield _in_thread(RawWS, edge, version)
     ws.close()
-    assert ws.status == 426
+    assert ws.status == 426 and ws.head.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
     assert ws.header("sec-websocket-version") == "13"
     assert edge.service.sip.counters[("ws_refused", "rossi", "version")] == 1
 

@@ -67,7 +67,7 @@ def refuse_version(request: Request, tenant: TenantConfig, router: SipRouter | N
         return None
     if router is not None:
         router.count("ws_refused", tenant.id, "version")
-    request.setResponseCode(426)
+    request.setResponseCode(426, b"Upgrade Required")
     request.setHeader(b"sec-websocket-version", WEBSOCKET_VERSION)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return b"426 WebSocket version 13 required\n"
