@@ -93,8 +93,7 @@ class SourceGate:
             if far is None or not far.credentials:
                 return "stun-unverified"
             username = view.value(ATTR_USERNAME) or b""
-            candidates = far.credentials
-            for ufrag, pwd in candidates:
+            for ufrag, pwd in far.credentials:
                 if username.startswith(ufrag + b":") and view.check_integrity(pwd):
                     self._remember(addr)
                     return None

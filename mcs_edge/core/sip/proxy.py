@@ -627,7 +627,7 @@ class SipProxy:
                 self._request_from_backend(tenants, msg, src, transport, now)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
             self.count("sip_bad_from_backend", str(exc))
-            if isinstance(msg, Request):
+            if isinstance(msg, Request) and msg.method != "ACK":
                 self.count("sip_refused_400")
                 self._answer_stateless(msg, 400, "Bad Request", back)
         self._pump(now)
