@@ -235,3 +235,30 @@ def test_oversize_message_closes_with_1009(edge: LocalEdge, fragmented: bool) ->
     code = yield _in_thread(ws.close_code)
     ws.close()
     assert code == 1009
+
+
+@pytest_twisted.inlineCallbacks
+def test_protocol_errors_are_logged_with_a_stable_code_and_rate_limited(edge: LocalEdge) -> Any:
+    """Each protocol error gives one WSS400 line (at most 10 a second, the rest counted), not autobahn's own lines."""
+    from twisted.logger import globalLogPublisher
+
+    seen: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        seen.append(str(event.get("log_format", "")))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        for _ in range(12):
+            ws = yield _in_thread(RawWS, edge)
+            ws.frame(0x1, b"x", masked=False)
+            yield _in_thread(ws.close_code)
+            ws.close()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    wss400 = [f for f in seen if f.startswith("WSS400")]
+    assert 1 <= len(wss400) <= 10
+    assert not [f for f in seen if "failing WebSocket" in f]
+    counters = edge.service.sip.counters
+    assert counters[("ws_protocol_errors", "rossi", "1002")] == 12
+    assert len(wss400) + counters.get(("log_suppressed", "", "wss"), 0) == 12

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.protocol import connectionDone
@@ -53,6 +54,8 @@ __all__ = [
 
 #: RFC 6455 s.4.1: the one protocol version this server speaks (answered in 426 refusals).
 WEBSOCKET_VERSION = b"13"
+#: WSS400 lines per second at most (protocol errors are triggered by peers at will).
+LOG_PER_SECOND = 10
 
 
 def refuse_version(request: Request, tenant: TenantConfig, router: SipRouter | None) -> bytes | None:
@@ -95,6 +98,9 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     # not ``log``: autobahn logs every frame through ``self.log.debug``; our own logger must not
     # shadow its (level-filtered) txaio logger
     edge_log = Logger()
+    # autobahn's own logger: it logs every failed connection (info/warn), which a peer can trigger
+    # at will; those are counted and logged rate-limited here instead (WSS400)
+    log = txaio.make_logger(level="error")  # type: ignore[attr-defined]
     tenant: TenantConfig
     flow: ClientFlow | None = None
     shaper: StreamShaper | None = None  # rate in both directions (tx/protect/shaping.py), once open
@@ -170,7 +176,18 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         # autobahn's one exit for protocol errors (1002), invalid UTF-8 (1007), too big (1009)
         if self.state == WebSocketServerProtocol.STATE_OPEN:  # once: a second error only drops
-            self.factory.router.count("ws_protocol_errors", self.tenant.id, str(code))
+            factory: SipWebSocketFactory = self.factory
+            factory.router.count("ws_protocol_errors", self.tenant.id, str(code))
+            if factory.may_log():
+                self.edge_log.info(
+                    "WSS400 {tenant} WebSocket from {peer} closed with {code}: {reason}",
+                    tenant=self.tenant.id,
+                    peer=self.peer,
+                    code=code,
+                    reason=reason[:120],
+                )
+            else:
+                factory.router.count("log_suppressed", "", "wss")
         super()._fail_connection(code, reason)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
@@ -208,8 +225,6 @@ class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
     protocol = SipWebSocketProtocol
 
     def __init__(self, router: SipRouter, config: EdgeConfig, reactor: Any) -> None:
-        import txaio
-
         txaio.use_twisted()
         # autobahn logs every frame at debug level through txaio: filter at the source
         txaio.set_global_log_level("info")  # type: ignore[attr-defined]
@@ -217,7 +232,20 @@ class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.router = router
         #: Per-connection buckets (tx/protect/shaping.py), set by the service; None = unshaped.
         self.shaping: Shaping | None = None
+        self._log_second = 0.0
+        self._log_left = 0
         configure_factory(self, config)
+
+    def may_log(self) -> bool:
+        """At most :data:`LOG_PER_SECOND` protocol-error lines per second (the rest are counted)."""
+        second = float(int(self.reactor.seconds()))
+        if second != self._log_second:
+            self._log_second = second
+            self._log_left = LOG_PER_SECOND
+        if self._log_left <= 0:
+            return False
+        self._log_left -= 1
+        return True
 
 
 def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> None:
