@@ -573,6 +573,11 @@ class SupervisorAdmin:
             self._token = load_or_create_token(cfg)
         return self._token
 
+    @property
+    def cached_token(self) -> str | None:
+        """The token once known (never reads or creates the token file): for log redaction."""
+        return self.sup.config.admin.token or self._token
+
     def count(self, result: str) -> None:
         return None
 

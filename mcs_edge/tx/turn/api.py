@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["ICE_SERVERS_PATH", "ice_servers", "render_ice_servers"]
 
 ICE_SERVERS_PATH = b"/.well-known/mcs-edge/ice-servers"
-_USER_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+_USER_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")  # fullmatch
+_TTL_RE = re.compile(r"[0-9]{1,9}")
 
 
 def _url_host(ip_or_name: str) -> str:
@@ -113,7 +114,7 @@ def render_ice_servers(turn: TurnService, request: Request, tenant: TenantConfig
     args = parse_qs((request.uri.partition(b"?")[2]).decode("latin-1"), max_num_fields=8)
     user = (args.get("user") or [secrets.token_hex(8)])[0]
     ttl_text = (args.get("ttl") or [str(turn.config.turn.credential_ttl)])[0]
-    if not _USER_RE.match(user) or not ttl_text.isdigit():
+    if not _USER_RE.fullmatch(user) or not _TTL_RE.fullmatch(ttl_text):
         request.setResponseCode(400)
         return b'{"error": "bad user or ttl"}\n'
     ttl = max(60, min(int(ttl_text), turn.config.turn.credential_ttl))
