@@ -25,7 +25,6 @@ from twisted.application import internet
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig, TenantConfig
@@ -47,6 +46,7 @@ from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResourc
 from mcs_edge.tx.tls.certificates import CertificateStore
 from mcs_edge.tx.turn.server import TurnService, turn_alpn, turn_enabled
 from mcs_edge.tx.web.check import NetworkCheck
+from mcs_edge.tx.web.framing import FrontSite
 from mcs_edge.tx.web.front import FrontResource
 from mcs_edge.tx.web.proxy import HttpProxy
 
@@ -127,10 +127,13 @@ class EdgeService(MultiService):
 
     def _build_listeners(self) -> None:
         cfg = self.config
-        site = Site(FrontResource(self), logPath=None)
+        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
+        # strict request framing (tx/web/framing.py): every ambiguity gets one 400 and a close
+        site = FrontSite(
+            FrontResource(self), lambda kind: self.http_proxy.refusals.note("-", f"framing_{kind}")
+        )
         site.displayTracebacks = False
         site.timeOut = 60
-        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
         site.requestFactory = self.http_proxy.request_factory()
         # STUN/TURN (UDP/TCP on listen.turn, TLS on listen.turns and, sniffed, on listen.https)
         self.turn: TurnService | None = None
@@ -155,7 +158,7 @@ class EdgeService(MultiService):
             sip_tls = self.metrics.tls_factory("sip_tls", self.certs, SipStreamFactory(self))
             self._tcp("sip_tls", cfg.listen.sip_tls, GuardedFactory(sip_tls, self.protection, "sip_tls"))
         if cfg.listen.http is not None:  # ACME HTTP-01 answers, redirects to HTTPS
-            plain = Site(PlainHttpResource(self), logPath=None)
+            plain = FrontSite(PlainHttpResource(self))  # same strict framing as listen.https
             plain.requestFactory = PlainHttpRequest
             plain.displayTracebacks = False
             plain.timeOut = 30

@@ -11,8 +11,10 @@ In ``gotLength``:
 
 1. Limits for every request on the port: request target longer than ``proxy.max_url_length`` ->
    414, request line + headers over ``proxy.max_header_bytes`` -> 431 (Twisted's own parser answers
-   400 beyond 16 KiB, for conflicting ``Content-Length``/``Transfer-Encoding``, duplicate lengths,
-   unknown transfer codings and bad chunking: smuggling attempts never reach a backend).
+   400 beyond 16 KiB; every framing ambiguity -- several or obfuscated ``Transfer-Encoding`` or
+   ``Content-Length`` fields, both together, obs-fold, bare CR/LF, several Hosts, bad chunking -- is
+   refused with one 400 and a close by :class:`~mcs_edge.tx.web.framing.StrictHTTPChannel` before
+   a request exists: smuggling attempts never reach a backend).
 2. Routing: the tenant is the one Host *and* SNI agree on (:func:`~mcs_edge.tx.web.front.bound_tenant`;
    otherwise the request goes to :class:`~mcs_edge.tx.web.front.FrontResource`, which answers 421/404).
    A tenant with ``backend_http`` gets everything except ``/.well-known/mcs-edge/...`` (served by
