@@ -114,9 +114,12 @@ def test_every_secret_looking_key_is_marked_secret_in_the_schema() -> None:
             sub = c._section_of(cls, fl.name)
             if sub is not None:
                 missing += walk(sub, f"{prefix}{fl.name}.")
-            elif looks_secret.search(fl.name) and not fl.metadata.get("secret"):
-                if fl.name != "credential_ttl":  # a lifetime, not a credential
-                    missing.append(prefix + fl.name)
+            elif (
+                looks_secret.search(fl.name)
+                and not fl.metadata.get("secret")
+                and fl.name != "credential_ttl"  # a lifetime, not a credential
+            ):
+                missing.append(prefix + fl.name)
         return missing
 
     assert walk(c.EdgeConfig, "") == []

@@ -14,7 +14,10 @@ listener on loopback or a management network):
 The JSON API under ``/api/`` needs ``Authorization: Bearer <token>``: the token is ``[admin]
 token`` when set, else the content of ``<state_dir>/admin-token``, generated (0600) on first start.
 A missing or wrong token gets 401 (compared with ``hmac.compare_digest``); the token is never
-logged. Endpoints:
+logged. A wrong token counts as a failed authentication of its source, like a SIP password the PBX
+refused: ``guard.ban_failures`` of them within ``guard.ban_window`` ban the source (unless
+``guard.allow_networks`` holds it), and a banned source gets 403 on ``/api/`` (and is refused on
+the client listeners) until the ban ends. Endpoints:
 
 ==========================================  ======================================================
 ``GET /api/status``                         version, tenants, connections, calls, draining, workers
@@ -209,6 +212,8 @@ class AdminBackend(Protocol):
 
     def token(self) -> str: ...
     def count(self, result: str) -> None: ...
+    def credential_failure(self, host: str) -> None: ...
+    def is_banned(self, host: str) -> bool: ...
     def config(self) -> EdgeConfig: ...
     def metrics(self) -> bytes | Deferred[bytes]: ...
     def ready(self) -> Any: ...
@@ -250,6 +255,12 @@ class LocalAdmin:
     def count(self, result: str) -> None:
         reqs = self.service.metrics.admin_requests
         reqs[result] = reqs.get(result, 0) + 1
+
+    def credential_failure(self, host: str) -> None:
+        self.service.protection.credential_failure(host, None, "admin_token")
+
+    def is_banned(self, host: str) -> bool:
+        return self.service.protection.is_banned(host)
 
     def config(self) -> EdgeConfig:
         return self.service.config
@@ -492,6 +503,11 @@ class AdminResource(Resource):
             raise ApiError(405, f"method {method} not allowed here")
 
     def _authorize(self, request: Request) -> None:
+        host = str(getattr(request.getClientAddress(), "host", "?"))
+        if self.backend.is_banned(host):  # banned after wrong tokens (or SIP failures): no more tries
+            self.refusals.warn("ADM403", "ADM403 admin request refused from {peer}: source banned", peer=host)
+            self.backend.count("banned")
+            raise ApiError(403, "source banned")
         header = request.getHeader("authorization") or ""
         scheme, _, given = header.partition(" ")
         expected = self.backend.token()
@@ -499,13 +515,13 @@ class AdminResource(Resource):
             reason = "missing token"
         elif not hmac.compare_digest(given.strip().encode(), expected.encode()):
             reason = "wrong token"
+            self.backend.credential_failure(host)  # feeds the per-source ban list (guard.ban_*)
         else:
             return
-        peer = request.getClientAddress()
         self.refusals.warn(
             "ADM401",
             "ADM401 admin request refused from {peer}: {reason}",
-            peer=getattr(peer, "host", "?"),
+            peer=host,
             reason=reason,
         )
         self.backend.count("unauthorized")
@@ -631,7 +647,7 @@ class AdminResource(Resource):
     def _fail(self, request: Request, method: str, path: str, failure: Failure) -> None:
         exc = failure.value
         if isinstance(exc, ApiError):
-            if exc.status != 401:
+            if exc.status != 401 and exc.message != "source banned":
                 self.backend.count("bad_request" if exc.status < 500 else "error")
             payload: dict[str, Any] = {"error": exc.message}
             if exc.errors:

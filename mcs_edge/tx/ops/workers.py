@@ -35,7 +35,9 @@ SIGTERM (Linux ``PR_SET_PDEATHSIG``) and drains.
 
 Metrics: the supervisor's ``/metrics`` scrapes every worker's ``/metrics`` and merges them
 (:func:`mcs_edge.tx.ops.metrics.merge_expositions`), adding ``mcs_edge_workers`` and
-``mcs_edge_worker_restarts_total``. The JSON API fans out (connections, calls and bans are
+``mcs_edge_worker_restarts_total``; ``mcs_edge_admin_requests_total`` is the supervisor's own count
+(the operators' requests; the workers' counts would only be the supervisor's fan-out calls). Wrong
+admin tokens ban their source at the supervisor's admin listener (its own ban list). The JSON API fans out (connections, calls and bans are
 concatenated with their ``worker``; tenant changes are saved once, then every worker reloads).
 """
 
@@ -70,6 +72,8 @@ from mcs_edge.core.media.ports import split_range
 from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.ops.admin import admin_site, load_or_create_token
 from mcs_edge.tx.ops.metrics import merge_expositions
+from mcs_edge.tx.protect.guard import Protection
+from mcs_edge.tx.timers import Timers
 
 __all__ = [
     "CONTROL_FD_ENV",
@@ -355,6 +359,9 @@ class Supervisor(MultiService):
         self._announced = False
         self._old_sighup: Any = None
         self._reaper: LoopingCall | None = None
+        # bans for the supervisor's own admin listener (wrong tokens); workers keep their own
+        self.timers = Timers(reactor)
+        self.protection = Protection(config, self.timers)
         self.admin = SupervisorAdmin(self)
         self.ports: dict[str, Any] = {}
         server = internet.TCPServer(
@@ -519,6 +526,8 @@ class Supervisor(MultiService):
             for sock in self._reservations:
                 sock.close()
             self._reservations.clear()
+            self.protection.stop()
+            self.timers.cancel_all()
             return MultiService.stopService(self)
 
         return d.addCallback(done)
@@ -560,6 +569,8 @@ class SupervisorAdmin:
         self.sup = supervisor
         self._token: str | None = None
         self.failed_scrapes = 0
+        #: Admin API requests answered by the supervisor, by result (``mcs_edge_admin_requests``).
+        self.requests: dict[str, int] = {}
 
     @property
     def source(self) -> ConfigSource:
@@ -579,7 +590,13 @@ class SupervisorAdmin:
         return self.sup.config.admin.token or self._token
 
     def count(self, result: str) -> None:
-        return None
+        self.requests[result] = self.requests.get(result, 0) + 1
+
+    def credential_failure(self, host: str) -> None:
+        self.sup.protection.credential_failure(host, None, "admin_token")
+
+    def is_banned(self, host: str) -> bool:
+        return self.sup.protection.is_banned(host)
 
     def config(self) -> EdgeConfig:
         return self.sup.config
@@ -656,7 +673,11 @@ class SupervisorAdmin:
                 restarts.add_metric([str(i)], n)
             scrapes = CounterMetricFamily("mcs_edge_worker_scrape_failures", "Worker scrapes that failed")
             scrapes.add_metric([], self.failed_scrapes)
-            return merge_expositions(texts, [up, restarts, scrapes])
+            # the admin API is the supervisor's: the workers' own counts are its fan-out calls
+            admin = CounterMetricFamily("mcs_edge_admin_requests", "Admin API requests", labels=["result"])
+            for result, n in sorted(self.requests.items()):
+                admin.add_metric([result], n)
+            return merge_expositions(texts, [up, restarts, scrapes, admin])
 
         return self._all("GET", "/metrics").addCallback(merge)
 
@@ -754,6 +775,7 @@ class SupervisorAdmin:
 
     def apply(self, config: EdgeConfig) -> Deferred[bool]:
         self.sup.config = config
+        self.sup.protection.update(config)
         self.log.info("CFG201 configuration reloaded: {count} tenant(s)", count=len(config.tenants))
         return self._all("POST", "/api/reload").addCallback(
             lambda results: all(code == 200 for _w, code, _d in results)

@@ -97,9 +97,8 @@ class StrictHTTPChannel(HTTPChannel):
                 return self._refuse("content_length")
             if b"transfer-encoding" in self._seen:
                 return self._refuse("te_and_cl")
-        elif lname == b"host":
-            if b"host" in self._seen or not _HOST.fullmatch(value):
-                return self._refuse("host")
+        elif lname == b"host" and (b"host" in self._seen or not _HOST.fullmatch(value)):
+            return self._refuse("host")
         self._seen = self._seen | {lname}
         ok: bool = super().headerReceived(line)
         return ok
@@ -143,7 +142,7 @@ class StrictHTTPChannel(HTTPChannel):
         report: Callable[[str], None] | None = getattr(self.site, "framing_refused", None)
         if report is not None:
             report(kind)
-        transport = self.transport
+        transport: Any = self.transport
         if transport is None:
             return False
         current = self.requests[-1] if self.requests else None

@@ -61,7 +61,13 @@ class FrontResource(Resource):
         if turn is not None and request.path == b"/.well-known/mcs-edge/ice-servers":
             from mcs_edge.tx.turn.api import render_ice_servers
 
-            return render_ice_servers(turn, request, tenant)
+            protection = self.service.protection
+            return render_ice_servers(
+                turn,
+                request,
+                tenant,
+                lambda host: protection.credential_failure(host, tenant.id, "api_secret"),
+            )
         if request.path == b"/.well-known/mcs-edge/certificate":
             return self.handoff.render(request, tenant)
         check = getattr(self.service, "check", None)  # network check page (tx/web/check.py)
