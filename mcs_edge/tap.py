@@ -83,6 +83,11 @@ def makeService(options: Options) -> Any:  # noqa: N802
         service = Supervisor(cfg, reactor, options["config"], ["--log-format", options["log-format"]])
     else:
         service = EdgeService(cfg, reactor, config_path=options["config"])
+    # a taken address, a missing certificate, an unusable state directory: one line, exit 1
+    from mcs_edge.tx.ops.startup import StartupGuard
+
+    guard = StartupGuard(cfg)
+    service.setServiceParent(guard)
     parent = getattr(options, "parent", None) or {}
     twistd_output = bool(parent.get("syslog")) or parent.get("logfile") not in (None, "-")
     if options["log-format"] == "json" or worker is not None or not twistd_output:
@@ -90,9 +95,9 @@ def makeService(options: Options) -> Any:  # noqa: N802
 
         observer = log_observer(options["log-format"], None if worker is None else int(worker))
         root = LoggingRoot(RedactingObserver(observer, _Secrets(service)))
-        service.setServiceParent(root)
+        guard.setServiceParent(root)
         return root
-    return service
+    return guard
 
 
 class _Secrets:

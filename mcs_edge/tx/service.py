@@ -30,12 +30,13 @@ from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.errors import ConfigErrors
+from mcs_edge.errors import ConfigErrors, StartupError
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.relay import MediaRelay
 from mcs_edge.tx.ops.admin import Health, LocalAdmin, admin_site, service_checks
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.metrics import EdgeMetrics
+from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
 from mcs_edge.tx.sip.router import BackendUDP, SipRouter
@@ -178,6 +179,7 @@ class EdgeService(MultiService):
         self._prepare_state()
         self.admin.token()  # generated into the state directory when not configured
         changed = self.certs.refresh()
+        self._check_certificates()
         self.log.info("EDG100 certificates ready for {count} tenant(s)", count=len(changed))
         super().privilegedStartService()
 
@@ -245,11 +247,36 @@ class EdgeService(MultiService):
 
     def _prepare_state(self) -> None:
         state = Path(self.config.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError("edge.state_dir", str(state), os_reason(exc)) from None
+        if not os.access(state, os.R_OK | os.W_OK | os.X_OK):
+            raise StartupError("edge.state_dir", str(state), "not readable and writable by this user")
         try:
             os.chmod(state, 0o700)
         except OSError:
             pass
+
+    def _check_certificates(self) -> None:
+        """A tenant whose certificate files cannot be loaded at start stops the start (one line
+        naming the key and the file); at a reload the previous certificate is kept instead."""
+        for i, tenant in enumerate(self.config.tenants):
+            error = self.certs.errors.get(tenant.id)
+            if error is None or tenant.certificate == "acme":
+                continue
+            try:
+                files = dict(zip(("cert_file", "key_file"), self.certs.paths_for(tenant), strict=True))
+            except Exception:  # the self-signed certificate could not even be generated
+                files = {}
+            key, path = "cert_file", files.get("cert_file", "")
+            for name, candidate in files.items():
+                if error.startswith(candidate + ": "):
+                    key, path = name, candidate
+            reason = error[len(path) + 2 :] if path and error.startswith(path + ": ") else error
+            if tenant.certificate == "self-signed":  # generated into the state directory
+                raise StartupError("edge.state_dir", path or self.config.state_dir, reason)
+            raise StartupError(f"tenants[{i}].{key}", path, reason)
 
     # -- reload --------------------------------------------------------------------------------
     def _install_sighup(self) -> None:

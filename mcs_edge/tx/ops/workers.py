@@ -69,9 +69,10 @@ from mcs_edge import __version__
 from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
-from mcs_edge.errors import ConfigErrors
+from mcs_edge.errors import ConfigErrors, StartupError
 from mcs_edge.tx.ops.admin import admin_site, load_or_create_token
 from mcs_edge.tx.ops.metrics import merge_expositions
+from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import Protection
 from mcs_edge.tx.timers import Timers
 
@@ -375,7 +376,10 @@ class Supervisor(MultiService):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def privilegedStartService(self) -> None:  # noqa: N802
-        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StartupError("edge.state_dir", self.config.state_dir, os_reason(exc)) from None
         self.admin.token()
         self._reserve_ports()
         super().privilegedStartService()
@@ -385,7 +389,10 @@ class Supervisor(MultiService):
             hp = getattr(self.config.listen, name)
             if hp is None:
                 continue
-            sock = _reuse_socket(hp.host, hp.port, socket.SOCK_STREAM)  # bound, never listening
+            try:
+                sock = _reuse_socket(hp.host, hp.port, socket.SOCK_STREAM)  # bound, never listening
+            except OSError as exc:
+                raise StartupError(f"listen.{name}", str(hp), os_reason(exc, hp.port)) from None
             self._reservations.append(sock)
             self.shared_ports[name] = sock.getsockname()[1]
 
