@@ -15,8 +15,9 @@ Every event is a ``twisted.logger`` event whose format string starts with a stab
 Both go through :class:`RedactingObserver`: a line that would contain a configured secret (every
 config field declared ``secret=True``, see :func:`mcs_edge.config.secret_values`, plus the admin
 token) is written with the secret replaced by ``********``, whichever code path logged it.
-(With twistd's own ``--logfile``/``--syslog`` twistd keeps its observer and this filter is not in
-the path; ``--log-format`` output, the default, always is.)
+(When twistd writes its own log -- daemon mode, ``--logfile``, ``--syslog`` -- twistd keeps its
+observer and this filter is not in the path; in the foreground (``twistd -n``, ``mcs-edge run``,
+the documented way) and with ``--log-format=json`` it always is.)
 
 Per-packet and per-message errors go through :class:`RateLimitedLog`: at most ``burst`` lines per
 key every ``window`` seconds; the rest are counted and summarised with ``LOG300`` the next time the
