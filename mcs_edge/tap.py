@@ -92,9 +92,7 @@ def makeService(options: Options) -> Any:  # noqa: N802
     # --logfile writes twistd.log); otherwise ours, with secret redaction, writes to stdout
     parent = getattr(options, "parent", None)
     twistd_output = parent is not None and (
-        bool(parent.get("syslog"))
-        or parent.get("logfile") not in (None, "-")
-        or not parent.get("nodaemon")
+        bool(parent.get("syslog")) or parent.get("logfile") not in (None, "-") or not parent.get("nodaemon")
     )
     if options["log-format"] == "json" or worker is not None or not twistd_output:
         from mcs_edge.tx.ops.logs import LoggingRoot, RedactingObserver, log_observer
