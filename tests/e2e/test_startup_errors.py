@@ -119,3 +119,21 @@ def test_privileged_port_without_permission(tmp_path: Path) -> None:
     line = _one_line(_run(conf))
     assert "listen.admin = 127.0.0.1:1023" in line and "Permission denied" in line, line
     assert "CAP_NET_BIND_SERVICE" in line
+
+
+def test_taken_backend_port_of_a_worker(tmp_path: Path) -> None:
+    """edge.workers = 2: worker 1's backend port (listen.backend_sip + 1) held by another process is
+    one start-up error naming it, not a worker restarting forever."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    try:
+        conf = _config(tmp_path, edge="workers = 2")
+        text = conf.read_text().replace(
+            'backend_sip = "127.0.0.1:0"', f'backend_sip = "127.0.0.1:{port - 1}"', 1
+        )
+        conf.write_text(text)
+        line = _one_line(_run(conf))
+    finally:
+        s.close()
+    assert f"listen.backend_sip = 127.0.0.1:{port}" in line and "Address already in use" in line, line

@@ -382,6 +382,7 @@ class Supervisor(MultiService):
             raise StartupError("edge.state_dir", self.config.state_dir, os_reason(exc)) from None
         self.admin.token()
         self._reserve_ports()
+        self._probe_backend_ports()
         super().privilegedStartService()
 
     def _reserve_ports(self) -> None:
@@ -395,6 +396,24 @@ class Supervisor(MultiService):
                 raise StartupError(f"listen.{name}", str(hp), os_reason(exc, hp.port)) from None
             self._reservations.append(sock)
             self.shared_ports[name] = sock.getsockname()[1]
+
+    def _probe_backend_ports(self) -> None:
+        """Each worker binds ``listen.backend_sip`` port + its index: check they are free now, so a
+        taken one is one start-up error instead of a worker restarting forever."""
+        b = self.config.listen.backend_sip
+        if not b.port:
+            return
+        family = socket.AF_INET6 if ":" in b.host else socket.AF_INET
+        for index in range(self.config.edge.workers):
+            port = b.port + index
+            probe = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                probe.bind((b.host, port))
+            except OSError as exc:
+                where = str(HostPort(b.host, port))
+                raise StartupError("listen.backend_sip", where, os_reason(exc, port)) from None
+            finally:
+                probe.close()
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
