@@ -25,18 +25,18 @@ from twisted.application import internet
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.errors import ConfigErrors
+from mcs_edge.errors import ConfigErrors, StartupError
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.relay import MediaRelay
 from mcs_edge.tx.ops.admin import Health, LocalAdmin, admin_site, service_checks
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.metrics import EdgeMetrics
+from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
 from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
@@ -47,6 +47,7 @@ from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResourc
 from mcs_edge.tx.tls.certificates import CertificateStore
 from mcs_edge.tx.turn.server import TurnService, turn_alpn, turn_enabled
 from mcs_edge.tx.web.check import NetworkCheck
+from mcs_edge.tx.web.framing import FrontSite
 from mcs_edge.tx.web.front import FrontResource
 from mcs_edge.tx.web.proxy import HttpProxy
 
@@ -127,10 +128,13 @@ class EdgeService(MultiService):
 
     def _build_listeners(self) -> None:
         cfg = self.config
-        site = Site(FrontResource(self), logPath=None)
+        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
+        # strict request framing (tx/web/framing.py): every ambiguity gets one 400 and a close
+        site = FrontSite(
+            FrontResource(self), lambda kind: self.http_proxy.refusals.note("-", f"framing_{kind}")
+        )
         site.displayTracebacks = False
         site.timeOut = 60
-        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
         site.requestFactory = self.http_proxy.request_factory()
         # STUN/TURN (UDP/TCP on listen.turn, TLS on listen.turns and, sniffed, on listen.https)
         self.turn: TurnService | None = None
@@ -155,7 +159,7 @@ class EdgeService(MultiService):
             sip_tls = self.metrics.tls_factory("sip_tls", self.certs, SipStreamFactory(self))
             self._tcp("sip_tls", cfg.listen.sip_tls, GuardedFactory(sip_tls, self.protection, "sip_tls"))
         if cfg.listen.http is not None:  # ACME HTTP-01 answers, redirects to HTTPS
-            plain = Site(PlainHttpResource(self), logPath=None)
+            plain = FrontSite(PlainHttpResource(self))  # same strict framing as listen.https
             plain.requestFactory = PlainHttpRequest
             plain.displayTracebacks = False
             plain.timeOut = 30
@@ -176,6 +180,7 @@ class EdgeService(MultiService):
         self._prepare_state()
         self.admin.token()  # generated into the state directory when not configured
         changed = self.certs.refresh()
+        self._check_certificates()
         self.log.info("EDG100 certificates ready for {count} tenant(s)", count=len(changed))
         super().privilegedStartService()
 
@@ -243,11 +248,36 @@ class EdgeService(MultiService):
 
     def _prepare_state(self) -> None:
         state = Path(self.config.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError("edge.state_dir", str(state), os_reason(exc)) from None
+        if not os.access(state, os.R_OK | os.W_OK | os.X_OK):
+            raise StartupError("edge.state_dir", str(state), "not readable and writable by this user")
         try:
             os.chmod(state, 0o700)
         except OSError:
             pass
+
+    def _check_certificates(self) -> None:
+        """A tenant whose certificate files cannot be loaded at start stops the start (one line
+        naming the key and the file); at a reload the previous certificate is kept instead."""
+        for i, tenant in enumerate(self.config.tenants):
+            error = self.certs.errors.get(tenant.id)
+            if error is None or tenant.certificate == "acme":
+                continue
+            try:
+                files = dict(zip(("cert_file", "key_file"), self.certs.paths_for(tenant), strict=True))
+            except Exception:  # the self-signed certificate could not even be generated
+                files = {}
+            key, path = "cert_file", files.get("cert_file", "")
+            for name, candidate in files.items():
+                if error.startswith(candidate + ": "):
+                    key, path = name, candidate
+            reason = error[len(path) + 2 :] if path and error.startswith(path + ": ") else error
+            if tenant.certificate == "self-signed":  # generated into the state directory
+                raise StartupError("edge.state_dir", path or self.config.state_dir, reason)
+            raise StartupError(f"tenants[{i}].{key}", path, reason)
 
     # -- reload --------------------------------------------------------------------------------
     def _install_sighup(self) -> None:

@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["CertificateStore", "LoadedCert", "make_base_options", "tenant_of_tls"]
+__all__ = ["CertificateStore", "LoadedCert", "make_base_options", "tenant_of_tls", "tls_binding"]
 
 # Modern ciphers for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults, all AEAD).
 _CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
@@ -291,12 +291,21 @@ def tenant_of_tls(
     transport: Any, tenants: TenantTable[TenantConfig], config: EdgeConfig
 ) -> TenantConfig | None:
     """The tenant a TLS connection was accepted for (its SNI name, or the default tenant)."""
+    return tls_binding(transport, tenants, config)[0]
+
+
+def tls_binding(
+    transport: Any, tenants: TenantTable[TenantConfig], config: EdgeConfig
+) -> tuple[TenantConfig | None, bool]:
+    """(tenant, by default): the tenant of the connection's SNI name, or ``tls.default_tenant``
+    with True when the client sent no SNI (or a name no tenant owns) and ``tls.unknown_sni`` is
+    ``"default"``."""
     handle = transport.getHandle() if hasattr(transport, "getHandle") else None
     name = handle.get_servername() if isinstance(handle, SSL.Connection) else None
     tenant = tenants.by_sni(name)
     if tenant is None and config.tls.unknown_sni == "default" and config.tls.default_tenant:
-        tenant = tenants.by_id(config.tls.default_tenant)
-    return tenant
+        return tenants.by_id(config.tls.default_tenant), True
+    return tenant, False
 
 
 def tenants_needing(tenants: Iterable[TenantConfig], mode: str) -> list[TenantConfig]:
