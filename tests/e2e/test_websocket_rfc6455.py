@@ -239,7 +239,7 @@ def test_oversize_message_closes_with_1009(edge: LocalEdge, fragmented: bool) ->
 
 @pytest_twisted.inlineCallbacks
 def test_protocol_errors_are_logged_with_a_stable_code_and_rate_limited(edge: LocalEdge) -> Any:
-    """Each protocol error gives one WSS400 line (at most 10 a second, the rest counted), not autobahn's own lines."""
+    """Each protocol error gives one WSS400 line or, over the budget, a log_suppressed count; autobahn's own lines are off."""
     from twisted.logger import globalLogPublisher
 
     seen: list[str] = []
@@ -257,7 +257,9 @@ def test_protocol_errors_are_logged_with_a_stable_code_and_rate_limited(edge: Lo
     finally:
         globalLogPublisher.removeObserver(observer)
     wss400 = [f for f in seen if f.startswith("WSS400")]
-    assert 1 <= len(wss400) <= 10
+    assert (
+        wss400
+    )  # the budget itself (10 a second) is tested in virtual time in tests/tx/test_sip_websocket.py
     assert not [f for f in seen if "failing WebSocket" in f]
     counters = edge.service.sip.counters
     assert counters[("ws_protocol_errors", "rossi", "1002")] == 12
