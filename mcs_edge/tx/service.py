@@ -201,6 +201,13 @@ class EdgeService(MultiService):
         https_port = self.ports.get("https")
         if https_port is not None and self.config.listen.https.port == 0:
             self.sip.set_public_port(https_port.getHost().port)
+        sip_tls_port = self.ports.get("sip_tls")
+        if (
+            sip_tls_port is not None
+            and self.config.listen.sip_tls is not None
+            and not self.config.listen.sip_tls.port
+        ):
+            self.sip.set_public_tls_port(sip_tls_port.getHost().port)
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)

@@ -93,13 +93,31 @@ class TenantInfo(Protocol):
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     public_host: str  # Record-Route/Path host toward clients
-    public_port: int
+    public_port: int  # the HTTPS (SIP over WSS) listener's port
     backend_host: str  # Via/Record-Route host toward PBXs
     backend_port: int
     backend_transport: str = "udp"
     max_message_size: int = 65536
     timers: TimerConfig = field(default_factory=TimerConfig)
     server_name: str = "mcs-edge"
+    #: The SIP/TLS listener's port (``listen.sip_tls``); None = no such listener (``public_port``).
+    public_tls_port: int | None = None
+    #: Every other (host, port) the edge listens on (RFC 3261 s.16.4: Routes naming them are ours).
+    listen_addresses: frozenset[tuple[str, int]] = frozenset()
+
+    def client_port(self, transport: str) -> int:
+        """The port a client of ``transport`` ("wss" or "tls") reaches us on: Record-Route, Via."""
+        if transport == "tls" and self.public_tls_port is not None:
+            return self.public_tls_port
+        return self.public_port
+
+    def own_addresses(self) -> set[tuple[str, int]]:
+        """(host, port) pairs that name this edge: public ports of each transport, backend, listeners."""
+        out = {(self.public_host.lower(), self.public_port), (self.backend_host.lower(), self.backend_port)}
+        if self.public_tls_port is not None:
+            out.add((self.public_host.lower(), self.public_tls_port))
+        out.update((host.lower().strip("[]"), port) for host, port in self.listen_addresses)
+        return out
 
 
 @dataclass(slots=True, eq=False)
@@ -243,10 +261,12 @@ class SipProxy:
         self.on_backend_final: Callable[[Pair, Response], None] | None = None
         #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
         self.local: LocalService | None = None
-        self._our_hosts = {
-            (settings.public_host.lower(), settings.public_port),
-            (settings.backend_host.lower(), settings.backend_port),
-        }
+        self._our_hosts = settings.own_addresses()
+
+    def update_settings(self, settings: ProxySettings) -> None:
+        """New settings (e.g. ports known once bound); the set of our own addresses follows."""
+        self.settings = settings
+        self._our_hosts = settings.own_addresses()
 
     # ------------------------------------------------------------------ bookkeeping
     def count(self, name: str, problem: str | None = None) -> None:
@@ -311,11 +331,18 @@ class SipProxy:
 
     # ------------------------------------------------------------------ helpers
     def _is_ours(self, uri: SipUri | Any) -> bool:
+        """Does ``uri`` name this edge (RFC 3261 s.16.4)? Any of our addresses and listening ports,
+        or a tenant's SIP domain (clients use it as their outbound proxy) on one of our ports."""
         if not isinstance(uri, SipUri):
             return False
         host = uri.host.lower().strip("[]")
         port = uri.port
-        return any(host == h and (port is None or port == p) for h, p in self._our_hosts)
+        if any(host == h and (port is None or port == p) for h, p in self._our_hosts):
+            return True
+        if port is None:
+            secure = uri.scheme == "sips" or (uri.param("transport") or "").lower() == "tls"
+            port = 5061 if secure else 5060
+        return any(port == p for _h, p in self._our_hosts) and self._tenant_for_domain(host) is not None
 
     def _via(self, transport: str, host: str, port: int, branch: str) -> str:
         if transport == "wss":
@@ -323,9 +350,19 @@ class SipProxy:
         return f"SIP/2.0/{transport.upper()} {_hostport(host, port)};branch={branch};rport"
 
     def _client_rr(self, flow: Flow) -> str:
+        """Our Record-Route toward a client: the flow token at the listener of the flow's transport.
+
+        A client may send in-dialog requests to this URI on a new connection (RFC 3261 s.12.2.1.1):
+        it must name the SIP/TLS listener for a TLS client, the HTTPS port for a WebSocket client.
+        """
         s = self.settings
         transport = "ws" if flow.transport == "wss" else "tls"
-        return f"<sip:{flow.token}@{_hostport(s.public_host, s.public_port)};transport={transport};lr;r2=on>"
+        port = s.client_port(flow.transport)
+        return f"<sip:{flow.token}@{_hostport(s.public_host, port)};transport={transport};lr;r2=on>"
+
+    def _client_via(self, flow: Flow) -> str:
+        s = self.settings
+        return self._via(flow.transport, s.public_host, s.client_port(flow.transport), new_branch())
 
     def _backend_rr(self) -> str:
         s = self.settings
@@ -466,7 +503,9 @@ class SipProxy:
                 self.layer.send_response(tx, response, now)
             return
         fwd = req.copy()
-        self._strip_our_routes(fwd)
+        if self._foreign_route_token(flow, self._strip_our_routes(fwd)):
+            self._respond(tx, req, 403, "Forbidden (dialog of another tenant)", now)
+            return
         fwd.decrement_max_forwards()
         if req.method in DIALOG_METHODS and not in_dialog:
             fwd.prepend_record_route(self._client_rr(flow))
@@ -508,8 +547,7 @@ class SipProxy:
         flow = self.flows.get(flow_id)
         if flow is None:
             return False
-        s = self.settings
-        request.push_via(self._via(flow.transport, s.public_host, s.public_port, new_branch()))
+        request.push_via(self._client_via(flow))
         ctx = self.layer.send_request(request, now, reliable=True)
         self._dest[ctx] = ("flow", flow_id)
         self.count("sip_requests_local_to_client")
@@ -575,9 +613,28 @@ class SipProxy:
             out.append(_replace_uri(c, alias))
         fwd.headers.set("Contact", ", ".join(out))
 
+    def _foreign_route_token(self, flow: Flow, popped: list[NameAddr]) -> bool:
+        """True (counted) when our Route names a flow of another tenant than ``flow``'s.
+
+        An in-dialog request may arrive on another connection than the dialog's flow (a client
+        that opens a new connection to our Record-Route URI, RFC 3261 s.12.2.1.1): it is routed
+        like any other, as long as the flow token in our Route belongs to the same tenant.
+        """
+        for entry in popped:
+            uri = entry.uri
+            user = uri.user if isinstance(uri, SipUri) else None
+            if not user:
+                continue
+            _found, owner = self._flow_by_token(user)
+            if owner is not None and owner.tenant is not flow.tenant and owner.tenant.id != flow.tenant.id:
+                self.count("sip_foreign_flow", f"{flow.tenant.id} -> route of {owner.tenant.id}")
+                return True
+        return False
+
     def _forward_ack_to_backend(self, flow: Flow, req: Request, now: float) -> None:
         fwd = req.copy()
-        self._strip_our_routes(fwd)
+        if self._foreign_route_token(flow, self._strip_our_routes(fwd)):
+            return
         try:
             fwd.decrement_max_forwards()
         except LocalProtocolError:
@@ -671,11 +728,7 @@ class SipProxy:
                     fwd.decrement_max_forwards()
                 except LocalProtocolError:
                     return
-                fwd.push_via(
-                    self._via(
-                        flow.transport, self.settings.public_host, self.settings.public_port, new_branch()
-                    )
-                )
+                fwd.push_via(self._client_via(flow))
                 if fwd.body:
                     self.media.on_message(None, fwd, False, now)
                 self._emit(("flow", flow.id), fwd.serialize())
@@ -713,9 +766,7 @@ class SipProxy:
         if req.method in DIALOG_METHODS and not in_dialog:
             fwd.prepend_record_route(self._backend_rr())
             fwd.prepend_record_route(self._client_rr(flow))
-        fwd.push_via(
-            self._via(flow.transport, self.settings.public_host, self.settings.public_port, new_branch())
-        )
+        fwd.push_via(self._client_via(flow))
         pair = Pair(tx, flow.tenant.id, False, flow.id, fwd)
         self._pairs_by_server[tx] = pair
         if fwd.body:
