@@ -601,6 +601,12 @@ class TenantConfig:
     backend_http: str | None = f(c_http_url, None)
     path_prefix: str | None = f(c_url_prefix, None, doc="URL path prefix routed to this tenant")
     media: str = f(c_enum("bridge", "bridge-sdes", "passthrough"), "bridge")
+    app_media: str = f(
+        c_enum("sdes", "dtls", "rtp"),
+        "sdes",
+        doc="media offered to the mobile app (SIP/TLS) on calls toward it, until it has offered itself:"
+        " sdes (RTP/SAVP), dtls (DTLS-SRTP), rtp (plain); ICE-lite is always offered",
+    )
     path: bool = f(c_bool, True)
     certificate: str = f(c_enum("files", "acme", "self-signed"), "files")
     acme_challenge: str | None = f(

@@ -99,6 +99,7 @@ class EdgeService(MultiService):
             tenant_media=lambda tid: getattr(self.tenants.by_id(tid), "media", None),
             client_transport=lambda fid: getattr(self.sip.core.flows.get(fid), "transport", None),
             leg_policer=self.shaping.leg_policer,
+            app_media=lambda tid: getattr(self.tenants.by_id(tid), "app_media", None),
         )
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
         # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the

@@ -40,8 +40,8 @@ class Netns:
         self.host_if, self.ns_if = f"vh{tag}", f"vn{tag}"
         n = secrets.randbelow(1 << 17)  # /30 subnets of 10.200.0.0/13
         base = (10 << 24) | (200 << 16) | (n << 2)
-        self.host_ip = socket.inet_ntoa(((base | 1).to_bytes(4, "big")))
-        self.ns_ip = socket.inet_ntoa(((base | 2).to_bytes(4, "big")))
+        self.host_ip = socket.inet_ntoa((base | 1).to_bytes(4, "big"))
+        self.ns_ip = socket.inet_ntoa((base | 2).to_bytes(4, "big"))
         cmds = [
             ["ip", "netns", "add", self.name],
             ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
@@ -196,6 +196,11 @@ class Baresip:
         """Loud 20 ms frames in what baresip decoded (sndfile dumps of every call so far)."""
         return sum(loud_frames(p) for p in self.dumps.glob("dump-*-dec.wav"))
 
+    def bitrates(self) -> tuple[int, int]:
+        """The last ``audio=TX/RX (bit/s)`` of baresip's call status line (0, 0 before any)."""
+        found = re.findall(r"audio=(\d+)/(\d+) \(bit/s\)", self.log()[-4000:])
+        return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-20000:]
@@ -238,6 +243,16 @@ class Baresip:
                 return
             time.sleep(0.05)
         raise AssertionError(f"baresip did not register:\n{self.log()}")
+
+    def received(self) -> list[str]:
+        """SIP messages baresip received (from its ``-s`` trace), oldest first."""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log())
+        out = []
+        for m in re.finditer(
+            rf"\n\w+ \S+ -> {re.escape(self.ns.ns_ip)}:\d+\n(.*?)(?=\n\w+ \S+ -> |\Z)", text, re.S
+        ):
+            out.append(m.group(1))
+        return out
 
     def mark(self) -> int:
         with self._lock:
