@@ -172,6 +172,9 @@ class Pair:
     got_provisional: bool = False
     cancel_pending: bool = False
     final_sent: bool = False
+    #: The far side's 2xx carried an answer the media relay cannot use: that dialog was ACKed and
+    #: BYEd by the edge (this ACK is re-sent for each 2xx retransmission).
+    refused_ack: tuple[Dest, bytes] | None = None
 
 
 class MediaHook(Protocol):
@@ -847,8 +850,15 @@ class SipProxy:
             flow = self.flows.get(pair.flow_id)
             if flow is not None:
                 self._register_inbound(flow, out, resp.status)
+        if pair.refused_ack is not None:
+            if 200 <= resp.status < 300:
+                self._emit(*pair.refused_ack)  # the far side retransmits its 2xx: ACK it again
+            return
         if out.body:
             refused = self.media.on_message(pair, out, not pair.from_client, now)
+            if refused is not None and 200 <= resp.status < 300 and pair.request.method == "INVITE":
+                self._end_refused_answer(pair, resp, now)
+                return
             if refused is not None and resp.status < 300:
                 out = Response.for_request(pair.server.request, 500, "Media Error")
         self.count(_RELAYED_CLASS[resp.status // 100 % 7])
@@ -868,6 +878,64 @@ class SipProxy:
         if resp.status in (401, 403, 407) and pair.from_client:
             self.count("sip_auth_challenges")
         self.layer.send_response(pair.server, out, now)
+
+    def _end_refused_answer(self, pair: Pair, resp: Response, now: float) -> None:
+        """A 2xx whose answer the edge cannot relay: ACK it and BYE that dialog on the side that sent
+        it, answer the INVITE's sender with an error, end the call and its media; counted.
+
+        Without this the answering side would keep its dialog open (retransmitting an unACKed 2xx,
+        RFC 3261 s.13.3.1.4) while the caller gets an error: a half-open call.
+        """
+        call_id = pair.request.call_id
+        dest = self._dest.get(pair.client) if pair.client is not None else None
+        self.count("sip_answer_refused_after_2xx", f"{pair.tenant_id} call {call_id}: 2xx answer not usable")
+        if dest is not None:
+            ack = self._in_dialog_request("ACK", pair, resp, pair.request.cseq.seq)
+            ack.push_via(self._own_via(pair, dest))
+            pair.refused_ack = (dest, ack.serialize())
+            self._emit(dest, pair.refused_ack[1])
+            bye = self._in_dialog_request("BYE", pair, resp, pair.request.cseq.seq + 1)
+            bye.push_via(self._own_via(pair, dest))
+            ctx = self.layer.send_request(bye, now, reliable=not (dest[0] == "backend" and dest[2] == "udp"))
+            self._dest[ctx] = dest  # no pair: its response is absorbed
+        self.calls.failed(call_id)
+        self.media.on_end(call_id, "answer refused", pair.tenant_id)
+        error = Response.for_request(pair.server.request, 488, "Not Acceptable Here (answer not usable)")
+        error.headers.add("Server", self.settings.server_name)
+        self.count(_LOCAL_CLASS[4])
+        pair.final_sent = True
+        self.layer.send_response(pair.server, error, now)
+
+    def _in_dialog_request(self, method: str, pair: Pair, resp: Response, seq: int) -> Request:
+        """ACK/BYE from the INVITE's sender's place in the dialog a 2xx (``resp``) created.
+
+        Toward a PBX the route set is the 2xx's Record-Route reversed, minus our own entries (RFC
+        3261 s.12.1.2); toward a client flow there is no further hop.
+        """
+        inv = pair.request
+        contacts = resp.contacts
+        target = str(contacts[0].uri) if contacts and not contacts[0].is_star else inv.uri
+        req = Request(method, target)
+        if pair.from_client:
+            routes = [r for r in reversed(resp.record_routes) if not self._is_ours(r.uri)]
+            if routes:
+                req.set_routes(list(routes))
+        req.headers.add("Max-Forwards", "70")
+        req.headers.add("From", inv.headers.get("from") or "")
+        req.headers.add("To", resp.headers.get("to") or "")
+        req.headers.add("Call-ID", inv.call_id)
+        req.headers.add("CSeq", f"{seq} {method}")
+        req.headers.add("Content-Length", "0")
+        return req
+
+    def _own_via(self, pair: Pair, dest: Dest) -> str:
+        if dest[0] == "flow":
+            flow = self.flows.get(dest[1])
+            if flow is not None:
+                return self._client_via(flow)
+        s = self.settings
+        transport = dest[2] if dest[0] == "backend" else "tls"
+        return self._via(transport, s.backend_host, s.backend_port, new_branch())
 
     def _bye_done(self, pair: Pair) -> None:
         call_id = pair.request.call_id

@@ -157,3 +157,88 @@ def test_a_route_to_another_tenants_flow_is_refused() -> None:
     to_flow, to_backend = _split(proxy)
     assert to_backend == [] and [_sent(a).status for a in to_flow] == [403]
     assert proxy.counters["sip_foreign_flow"] == 1
+
+
+class RefusingMedia:
+    """A media hook that refuses every SDP answer (a body starting with ``bad``) in a 2xx."""
+
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    def on_message(self, pair: Any, message: Any, from_client: bool, now: float) -> int | None:
+        return 488 if message.body.startswith(b"bad") else None
+
+    def on_end(self, call_id: str, reason: str, tenant_id: str | None = None) -> None:
+        self.ended.append(call_id)
+
+    def on_flow_closed(self, flow_id: int, now: float) -> None:
+        return None
+
+
+def _with_body(data: bytes, body: bytes) -> bytes:
+    head = data.split(b"\r\n\r\n", 1)[0].replace(b"Content-Length: 0", b"Content-Type: application/sdp")
+    return head + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_an_unusable_answer_from_the_pbx_is_acked_and_byed_there_and_refused_to_the_app() -> None:
+    """App calls, the PBX's 200 carries an answer the relay cannot use: the PBX gets ACK + BYE (its 2xx
+    retransmissions are ACKed again), the app gets 488, no call is left in either direction."""
+    proxy = _proxy()
+    proxy.media = media = RefusingMedia()
+    flow = proxy.open_flow(ROSSI, "tls", ("192.168.1.7", 40000), 0.0)
+    proxy.receive_from_client(flow.id, _with_body(_request("INVITE", branch="z9hG4bKi1"), b"v=0 offer"), 1.0)
+    _f, to_backend = _split(proxy)
+    invite = _sent(to_backend[0])
+    ok = _with_body(
+        _answer(invite).replace(
+            b"Contact: <sip:200@10.1.0.10:5060>\r\n",
+            b"Record-Route: <sip:pbx.example:5060;lr>\r\nContact: <sip:200@10.1.0.10:5060>\r\n",
+        ),
+        b"bad answer",
+    )
+    proxy.receive_from_backend(ok, PBX, "udp", 1.1)
+    to_flow, to_backend = _split(proxy)
+    assert [_sent(a).status for a in to_flow if _sent(a).status >= 200] == [488]
+    sent = [_sent(a) for a in to_backend]
+    assert [m.method for m in sent] == ["ACK", "BYE"]
+    for m in sent:
+        assert m.uri == "sip:200@10.1.0.10:5060" and m.to.tag == "p1" and m.call_id == "c1"
+        assert [str(r.uri) for r in m.routes] == ["sip:pbx.example:5060;lr"]
+    assert sent[0].cseq.seq == 1 and sent[1].cseq.seq == 2
+    proxy.receive_from_backend(ok, PBX, "udp", 1.3)  # 2xx retransmission
+    to_flow, to_backend = _split(proxy)
+    assert to_flow == [] and [_sent(a).method for a in to_backend] == ["ACK"]
+    proxy.receive_from_backend(_answer(sent[1]), PBX, "udp", 1.4)  # the PBX accepts the BYE
+    to_flow, to_backend = _split(proxy)
+    assert to_flow == [] and to_backend == []
+    assert len(proxy.calls) == 0 and media.ended == ["c1"]
+    assert proxy.counters["sip_answer_refused_after_2xx"] == 1
+
+
+def test_an_unusable_answer_from_the_app_is_acked_and_byed_there_and_refused_to_the_pbx() -> None:
+    """The PBX calls the app, the app's 200 is unusable: the app gets ACK + BYE on its flow, the PBX 488."""
+    proxy = _proxy()
+    proxy.media = RefusingMedia()
+    flow = proxy.open_flow(ROSSI, "tls", ("192.168.1.7", 40000), 0.0)
+    invite = (
+        "INVITE sip:alice@192.168.1.7:40000;transport=tls SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.1.0.10:5060;branch=z9hG4bKp1\r\n"
+        f"Route: <sip:{flow.token}@10.0.0.5:5070;lr;ob>\r\nMax-Forwards: 70\r\n"
+        "From: <sip:200@rossi.example.com>;tag=p1\r\nTo: <sip:alice@rossi.example.com>\r\n"
+        "Call-ID: c2\r\nCSeq: 7 INVITE\r\nContact: <sip:200@10.1.0.10:5060>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    proxy.receive_from_backend(_with_body(invite, b"v=0 offer"), PBX, "udp", 1.0)
+    to_flow, to_backend = _split(proxy)
+    forwarded = _sent(to_flow[0])
+    resp = Response.for_request(forwarded, 200, "OK", to_tag="a1")
+    resp.headers.add("Contact", "<sip:alice@192.168.1.7:40000;transport=tls>")
+    proxy.receive_from_client(flow.id, _with_body(resp.serialize(), b"bad answer"), 1.1)
+    to_flow, to_backend = _split(proxy)
+    assert [_sent(a).status for a in to_backend] == [488]
+    sent = [_sent(a) for a in to_flow]
+    assert [m.method for m in sent] == ["ACK", "BYE"]
+    assert all(m.uri == "sip:alice@192.168.1.7:40000;transport=tls" and m.routes == [] for m in sent)
+    assert sent[1].cseq.seq == 8 and sent[1].to.tag == "a1"
+    proxy.receive_from_client(flow.id, Response.for_request(sent[1], 200, "OK").serialize(), 1.2)
+    to_flow, to_backend = _split(proxy)
+    assert to_flow == [] and to_backend == [] and len(proxy.calls) == 0
