@@ -163,75 +163,92 @@ def _audio_both_ways(phone: Baresip, dialog: Any, pbx: EchoPbx, first: bool) -> 
         _wait(lambda: phone.heard() > 20, 10, "the echoed tone decoded by the app")
 
 
-@pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_app_calls_pbx(setup: Setup, profile: str) -> None:
-    """The app calls the PBX: audio both ways, hold/resume, BYE from the app answered 200, nothing left."""
-    account, expected = PROFILES[profile]
-    phone = setup.phone(f"out-{profile}", account)
+def _app_calls_pbx(setup: Setup, phone: Baresip, expected: tuple[str, ...]) -> None:
     pbx = setup.pbx
+    mark = phone.mark()
+    phone.command("dial", "sip:echo200@rossi.example.com")
+    phone.wait_event("CALL_ESTABLISHED", after=mark)
+    dialog = pbx.wait(
+        lambda: next((d for d in pbx.dialogs.values() if d.incoming and not d.ended), None), 10, "call"
+    )
+    sdp = _edge_sdp(phone)
+    assert all(x in sdp for x in expected), sdp
+    _audio_both_ways(phone, dialog, pbx, True)
+    phone.command("hold")
+    pbx.wait(lambda: len(dialog.offers) >= 2 and "a=sendonly" in dialog.offers[-1], 10, "hold re-INVITE")
+    phone.command("resume")
+    pbx.wait(lambda: len(dialog.offers) >= 3 and "a=sendonly" not in dialog.offers[-1], 10, "resume")
+    _audio_both_ways(phone, dialog, pbx, False)
+    mark = phone.mark()
+    phone.command("hangup")
+    phone.wait_event("CALL_CLOSED", after=mark)
+    pbx.wait(lambda: dialog.byes_received == 1, 10, "BYE at the PBX")
+    _wait(lambda: _bye_answered(phone), 10, "200 to the app's BYE")
+    assert dialog.acked >= 1
+    _no_calls_and_ports_free(setup)
+
+
+def _bye_answered(phone: Baresip) -> bool:
+    return any(m.startswith("SIP/2.0 200") and "CSeq:" in m and " BYE\n" in m for m in phone.received())
+
+
+def _invite_oks(pbx: EchoPbx, call_id: str) -> int:
+    return sum(
+        1 for cid, status, method in pbx.responses if cid == call_id and method == "INVITE" and status == 200
+    )
+
+
+def _pbx_calls_app(setup: Setup, phone: Baresip, expected: tuple[str, ...]) -> None:
+    pbx = setup.pbx
+    mark = phone.mark()
+    call_id = pbx.call(AOR)
+    phone.wait_event("CALL_ESTABLISHED", after=mark)
+    assert pbx.wait_response(call_id, "INVITE") == 200
+    sdp = _edge_sdp(phone)  # the edge's offer
+    assert all(x in sdp for x in expected), sdp
+    dialog = pbx.dialogs[call_id]
+    _audio_both_ways(phone, dialog, pbx, False)
+    pbx.reinvite(call_id, "sendonly")
+    pbx.wait(lambda: _invite_oks(pbx, call_id) >= 2, 10, "hold answered")
+    pbx.reinvite(call_id, "sendrecv")
+    pbx.wait(lambda: _invite_oks(pbx, call_id) >= 3, 10, "resume answered")
+    _audio_both_ways(phone, dialog, pbx, False)
+    mark = phone.mark()
+    pbx.hangup(call_id)
+    assert pbx.wait_response(call_id, "BYE") == 200
+    phone.wait_event("CALL_CLOSED", after=mark)
+    _no_calls_and_ports_free(setup)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_app_and_pbx_call_each_other(setup: Setup, profile: str) -> None:
+    """For each media profile of the app: it calls the PBX, then the PBX calls it (the edge offers what
+    the app offered). Audio both ways each time, hold/resume, BYE from each side answered 200, and
+    afterwards no call in /api/calls and every relay port free."""
+    account, expected = PROFILES[profile]
+    phone = setup.phone(profile, account)
     try:
         phone.wait_registered()
-        mark = phone.mark()
-        phone.command("dial", "sip:echo200@rossi.example.com")
-        phone.wait_event("CALL_ESTABLISHED", after=mark)
-        dialog = pbx.wait(
-            lambda: next((d for d in pbx.dialogs.values() if d.incoming and not d.ended), None), 10, "call"
-        )
-        sdp = _edge_sdp(phone)
-        assert all(x in sdp for x in expected), sdp
-        _audio_both_ways(phone, dialog, pbx, True)
-        phone.command("hold")
-        pbx.wait(lambda: len(dialog.offers) >= 2 and "a=sendonly" in dialog.offers[-1], 10, "hold re-INVITE")
-        phone.command("resume")
-        pbx.wait(lambda: len(dialog.offers) >= 3 and "a=sendonly" not in dialog.offers[-1], 10, "resume")
-        _audio_both_ways(phone, dialog, pbx, False)
-        mark = phone.mark()
-        phone.command("hangup")
-        phone.wait_event("CALL_CLOSED", after=mark)
-        pbx.wait(lambda: dialog.byes_received == 1, 10, "BYE at the PBX")
-        assert any(" 200 OK" in m.split("\n", 1)[0] and " BYE" in m for m in phone.received())
-        assert dialog.acked >= 1
-        _no_calls_and_ports_free(setup)
+        _app_calls_pbx(setup, phone, expected)
+        _pbx_calls_app(setup, phone, expected)
     finally:
         phone.stop()
 
 
-@pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_pbx_calls_app(setup: Setup, profile: str) -> None:
-    """The PBX calls the app: it answers with its profile; audio both ways, hold/resume from the PBX,
-    BYE from the PBX answered 200, nothing left."""
-    account, expected = PROFILES[profile]
-    phone = setup.phone(f"in-{profile}", account)
+def test_an_unusable_answer_from_the_app_ends_cleanly(setup: Setup) -> None:
+    """A DTLS-only app that never offered gets the tenant's default offer (SDES) and answers with DTLS:
+    the edge ACKs and BYEs the app's 200 (answered 200), the PBX gets 488, nothing is left."""
+    phone = setup.phone("refused", "mediaenc=dtls_srtp")
     pbx = setup.pbx
     try:
         phone.wait_registered()
         mark = phone.mark()
         call_id = pbx.call(AOR)
-        phone.wait_event("CALL_ESTABLISHED", after=mark)
-        assert pbx.wait_response(call_id, "INVITE") == 200
-        dialog = pbx.dialogs[call_id]
-        _audio_both_ways(phone, dialog, pbx, True)
-        pbx.reinvite(call_id, "sendonly")
-        pbx.wait(
-            lambda: (
-                sum(1 for r in pbx.responses if r[0] == call_id and r[2] == "INVITE" and r[1] == 200) >= 2
-            ),
-            10,
-            "hold answered",
-        )
-        pbx.reinvite(call_id, "sendrecv")
-        pbx.wait(
-            lambda: (
-                sum(1 for r in pbx.responses if r[0] == call_id and r[2] == "INVITE" and r[1] == 200) >= 3
-            ),
-            10,
-            "resume answered",
-        )
-        _audio_both_ways(phone, dialog, pbx, False)
-        mark = phone.mark()
-        pbx.hangup(call_id)
-        assert pbx.wait_response(call_id, "BYE") == 200
+        assert pbx.wait_response(call_id, "INVITE") == 488
         phone.wait_event("CALL_CLOSED", after=mark)
+        _wait(lambda: any(m.startswith("BYE ") for m in phone.received()), 10, "BYE to the app")
         _no_calls_and_ports_free(setup)
+        m = metrics(setup.edge.admin)
+        assert sample(m, "mcs_edge_sip_events_total", event="sip_answer_refused_after_2xx") >= 1
     finally:
         phone.stop()

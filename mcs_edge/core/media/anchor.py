@@ -265,6 +265,7 @@ class MediaAnchor:
             self,
             pbx_profile=pbx_profile_for(mode),
             client_profile=self.client_profile(tenant_id, pair.flow_id),
+            native_client=self._client_transport(pair.flow_id) == "tls",
             on_end=self._session_ended,
             policer=(lambda: leg_policer(tenant_id)) if leg_policer is not None else None,
             now=now,

@@ -158,6 +158,9 @@ class LocalLeg:
     sdes_keys: tuple[bytes, ...] = ()
     sdes_suites: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
     bundle: bool = True
+    #: WEBRTC offers: also an RTCP (component 2) candidate on the RTP port, for native clients that
+    #: ignore a=rtcp-mux in offers and count ICE as failed without candidates for both components.
+    rtcp_candidate: bool = False
 
 
 def host_candidate(relay: RelayAddress, component: int = 1, muxed: bool = False) -> Candidate:
@@ -233,10 +236,13 @@ def _transport_attributes(
         ]
         if with_candidates:
             out.append(Attribute("candidate", str(host_candidate(relay))))
-            if not rtcp_mux:  # a native client that does not mux: its RTCP component comes to our one port
+            if not rtcp_mux or leg.rtcp_candidate:  # native clients that do not mux: RTCP to our one port
                 out.append(Attribute("candidate", str(host_candidate(relay, 2, muxed=True))))
             out.append(Attribute("end-of-candidates"))
-        out.append(Attribute("rtcp-mux") if rtcp_mux else Attribute("rtcp", str(relay.port)))
+        if not rtcp_mux or leg.rtcp_candidate:
+            out.append(Attribute("rtcp", str(relay.port)))  # RTCP's default address: our one port
+        if rtcp_mux:
+            out.append(Attribute("rtcp-mux"))
         return out
     if leg.ice is not None:  # ICE-lite on an RTP/SDES leg (a native client that offers ICE)
         out += [Attribute("ice-ufrag", leg.ice.ufrag), Attribute("ice-pwd", leg.ice.pwd)]

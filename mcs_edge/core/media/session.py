@@ -860,8 +860,10 @@ class MediaSession:
         on_end: Callable[[MediaSession, str], None] | None = None,
         policer: Callable[[], Policer] | None = None,
         now: float = 0.0,
+        native_client: bool = False,
     ) -> None:
         self.key = key
+        self.native_client = native_client  # the client is a SIP client (mobile app), not a browser
         self._policer_factory = policer
         self.settings = settings
         self._ports = ports
@@ -1168,6 +1170,7 @@ class MediaSession:
             sdes_keys=tuple(keys) if profile is Profile.SDES else (),
             sdes_suites=suites if profile is Profile.SDES else ("AES_CM_128_HMAC_SHA1_80",),
             bundle=True,
+            rtcp_candidate=self.native_client and side is CLIENT and answer is None,
         )
 
     def _stamp(self, side: Side, sdp: SessionDescription) -> SessionDescription:
