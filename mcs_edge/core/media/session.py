@@ -1155,12 +1155,10 @@ class MediaSession:
         if profile is Profile.WEBRTC:
             ice = IceCredentials(*self.ice_credentials[side])
             fingerprint = (self.settings.certificate or default_certificate()).fingerprint
-        elif any(leg is not None and leg.ice is not None for leg in legs):
-            # ICE-lite on RTP/SDES legs: offered always, answered when the offer had ICE
-            if answer is None or any(
-                not m.rejected and sdp.transport(i).ice for i, m in enumerate(sdp.media)
-            ):
-                ice = IceCredentials(*self.ice_credentials[side])
+        elif any(leg is not None and leg.ice is not None for leg in legs) and (
+            answer is None or any(not m.rejected and sdp.transport(i).ice for i, m in enumerate(sdp.media))
+        ):  # ICE-lite on RTP/SDES legs: offered always, answered when the offer had ICE
+            ice = IceCredentials(*self.ice_credentials[side])
         return LocalLeg(
             profile,
             tuple(relays),
