@@ -153,7 +153,9 @@ class EdgeService(MultiService):
         https_tls = self.metrics.tls_factory("https", self.certs, https_factory)
         self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
         if cfg.listen.sip_tls is not None:
-            sip_tls = self.metrics.tls_factory("sip_tls", self.certs, SipStreamFactory(self))
+            sip_tls = self.metrics.tls_factory(
+                "sip_tls", self.certs.sip_tls_creator(), SipStreamFactory(self)
+            )
             self._tcp("sip_tls", cfg.listen.sip_tls, GuardedFactory(sip_tls, self.protection, "sip_tls"))
         if cfg.listen.http is not None:  # ACME HTTP-01 answers, redirects to HTTPS
             plain = Site(PlainHttpResource(self), logPath=None)

@@ -10,6 +10,7 @@ afterwards no call in /api/calls and every relay port free.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -43,28 +44,34 @@ def _media_range() -> tuple[int, int]:
 
 
 class Setup:
-    def __init__(self, tmp: Path) -> None:
+    """The edge (twistd), the PBX and the namespace. ``split``: the edge tells clients (Record-Route,
+    SDP) a second address of the host, so baresip sends in-dialog requests on a new connection."""
+
+    def __init__(self, tmp: Path, split: bool = False, media_offset: int = 0) -> None:
         self.tmp = tmp
-        self.ns = Netns()
+        self.ns = Netns(second_ip=split)
         try:
             self.pbx = EchoPbx()
             low, high = _media_range()
-            self.sip_tls = _free_port(self.ns.host_ip)
+            low, high = low + media_offset, high + media_offset
+            self.sip_tls = _free_port("0.0.0.0" if split else self.ns.host_ip)
+            public = self.ns.second_ip or self.ns.host_ip
+            listen = "0.0.0.0" if split else self.ns.host_ip
             text = f"""
 [edge]
 state_dir = "{tmp / "state"}"
-public_address = "{self.ns.host_ip}"
+public_address = "{public}"
 backend_address = "127.0.0.1"
 [listen]
 https = "127.0.0.1:0"
-sip_tls = "{self.ns.host_ip}:{self.sip_tls}"
+sip_tls = "{listen}:{self.sip_tls}"
 backend_sip = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 [admin]
 token = "{TOKEN}"
 [tls]
-unknown_sni = "default"
-default_tenant = "rossi"
+unknown_sni = "reject"
+sip_no_sni_certificate = "rossi"
 reload_interval = 0
 [media]
 ports = [{low}, {high}]
@@ -73,17 +80,23 @@ id = "rossi"
 domains = ["rossi.example.com"]
 backend_sip = "udp:127.0.0.1:{self.pbx.port}"
 certificate = "self-signed"
+[[tenants]]
+id = "verdi"
+domains = ["verdi.example.com"]
+backend_sip = "udp:127.0.0.1:{self.pbx.port}"
+certificate = "self-signed"
+app_media = "rtp"
 """
             self.edge = TwistdEdge(tmp, text, reactor="default")
         except BaseException:
             self.close()
             raise
 
-    def phone(self, name: str, account: str) -> Baresip:
+    def phone(self, name: str, account: str, aor: str = AOR) -> Baresip:
         return Baresip(
             self.tmp / name,
             self.ns,
-            AOR,
+            aor,
             f"sip:{self.ns.host_ip}:{self.sip_tls};transport=tls",
             account,
         )
@@ -96,6 +109,9 @@ certificate = "self-signed"
         if pbx is not None:
             pbx.close()
         self.ns.remove()
+
+
+MEDIA_PORTS_SPLIT = 100
 
 
 @pytest.fixture(scope="module")
@@ -198,10 +214,10 @@ def _invite_oks(pbx: EchoPbx, call_id: str) -> int:
     )
 
 
-def _pbx_calls_app(setup: Setup, phone: Baresip, expected: tuple[str, ...]) -> None:
+def _pbx_calls_app(setup: Setup, phone: Baresip, expected: tuple[str, ...], aor: str = AOR) -> None:
     pbx = setup.pbx
     mark = phone.mark()
-    call_id = pbx.call(AOR)
+    call_id = pbx.call(aor)
     phone.wait_event("CALL_ESTABLISHED", after=mark)
     assert pbx.wait_response(call_id, "INVITE") == 200
     sdp = _edge_sdp(phone)  # the edge's offer
@@ -252,3 +268,37 @@ def test_an_unusable_answer_from_the_app_ends_cleanly(setup: Setup) -> None:
         assert sample(m, "mcs_edge_sip_events_total", event="sip_answer_refused_after_2xx") >= 1
     finally:
         phone.stop()
+
+
+def test_calls_toward_a_new_app_follow_the_tenants_app_media(setup: Setup) -> None:
+    """A plain-RTP app of a tenant with app_media = "rtp", bound by its REGISTER's domain (it sends no
+    SNI and the edge rejects unknown SNI), is called by the PBX before it ever offered: plain RTP."""
+    aor = "sip:alice@verdi.example.com"
+    phone = setup.phone("verdi-rtp", "", aor)
+    try:
+        phone.wait_registered()
+        _pbx_calls_app(setup, phone, ("RTP/AVP",), aor)
+        assert "a=crypto" not in _edge_sdp(phone)
+    finally:
+        phone.stop()
+
+
+def test_in_dialog_requests_on_a_new_connection(tmp_path: Path) -> None:
+    """The edge's Record-Route names another address than the app's outbound proxy: baresip sends its
+    ACK, re-INVITEs and BYE on a new TLS connection (no SNI, bound by the flow token); all work."""
+    split = Setup(tmp_path, split=True, media_offset=MEDIA_PORTS - MEDIA_PORTS_SPLIT)
+    try:
+        account, expected = PROFILES["sdes-ice"]
+        phone = split.phone("split", account)
+        try:
+            phone.wait_registered()
+            _app_calls_pbx(split, phone, expected)
+            assert split.ns.second_ip is not None
+            pattern = rf"\nTLS {re.escape(split.ns.ns_ip)}:\d+ -> ([\d.]+):\d+\n"
+            sent_to = set(re.findall(pattern, phone.log()))
+            assert sent_to == {split.ns.host_ip, split.ns.second_ip}, sent_to
+            _pbx_calls_app(split, phone, expected)
+        finally:
+            phone.stop()
+    finally:
+        split.close()

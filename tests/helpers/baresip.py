@@ -32,9 +32,13 @@ def netns_available() -> bool:
 
 
 class Netns:
-    """A network namespace joined to the host by a veth pair (/30 out of 10.200.0.0/13)."""
+    """A network namespace joined to the host by a veth pair (/30 out of 10.200.0.0/13).
 
-    def __init__(self) -> None:
+    ``second_ip`` gives the host end another address (the next /30's first one), reachable from the
+    namespace: an edge may listen on both and tell clients the other one.
+    """
+
+    def __init__(self, second_ip: bool = False) -> None:
         tag = secrets.token_hex(3)
         self.name = f"mcsbs{tag}"
         self.host_if, self.ns_if = f"vh{tag}", f"vn{tag}"
@@ -42,6 +46,7 @@ class Netns:
         base = (10 << 24) | (200 << 16) | (n << 2)
         self.host_ip = socket.inet_ntoa((base | 1).to_bytes(4, "big"))
         self.ns_ip = socket.inet_ntoa((base | 2).to_bytes(4, "big"))
+        self.second_ip = socket.inet_ntoa(((base ^ 4) | 1).to_bytes(4, "big")) if second_ip else None
         cmds = [
             ["ip", "netns", "add", self.name],
             ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
@@ -52,6 +57,22 @@ class Netns:
             ["ip", "netns", "exec", self.name, "ip", "link", "set", self.ns_if, "up"],
             ["ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up"],
         ]
+        if self.second_ip:
+            cmds += [
+                ["ip", "addr", "add", f"{self.second_ip}/32", "dev", self.host_if],
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.name,
+                    "ip",
+                    "route",
+                    "add",
+                    f"{self.second_ip}/32",
+                    "dev",
+                    self.ns_if,
+                ],
+            ]
         try:
             for cmd in cmds:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=10)

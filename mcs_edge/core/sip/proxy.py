@@ -326,6 +326,11 @@ class SipProxy:
                 pair.client.transport_error(now)
         self._pump(now)
 
+    def tenant_of_token(self, token: str) -> Any:
+        """The tenant of the live flow with ``token`` (binding a connection without SNI), or None."""
+        _found, flow = self._flow_by_token(token)
+        return flow.tenant if flow is not None else None
+
     def _flow_by_token(self, token: str) -> tuple[bool, Flow | None]:
         flow_id = self._tokens.get(token)
         if flow_id is not None:

@@ -23,6 +23,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcs_edge.core.guard.sip_auth import auth_outcome
+from mcs_edge.core.sip.binding import ByDomain, ByFlowToken, binding_of
 from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
@@ -211,6 +212,17 @@ class SipRouter:
         self.flows[flow.id] = flow
         self.count("flows_opened", tenant.id, transport)
         return flow
+
+    def tenant_for_first_request(self, data: bytes) -> TenantConfig | None:
+        """The tenant a SIP/TLS connection without SNI is bound to by its first message (or None)."""
+        hint = binding_of(data, self.core.limits)
+        if isinstance(hint, ByDomain):
+            tenant: TenantConfig | None = self.tenants.by_sip_domain(hint.host)
+            return tenant
+        if isinstance(hint, ByFlowToken):
+            owner = self.core.tenant_of_token(hint.token)
+            return self.tenants.by_id(owner.id) if owner is not None else None
+        return None
 
     def data_from_client(self, flow: ClientFlow, data: bytes) -> None:
         protection = self.protection
