@@ -175,6 +175,9 @@ class Pair:
     #: The far side's 2xx carried an answer the media relay cannot use: that dialog was ACKed and
     #: BYEd by the edge (this ACK is re-sent for each 2xx retransmission).
     refused_ack: tuple[Dest, bytes] | None = None
+    #: An early answer (18x) was unusable: the INVITE was CANCELled and refused; a 2xx that still
+    #: comes is ACKed and BYEd.
+    abandoned: bool = False
 
 
 class MediaHook(Protocol):
@@ -859,10 +862,17 @@ class SipProxy:
             if 200 <= resp.status < 300:
                 self._emit(*pair.refused_ack)  # the far side retransmits its 2xx: ACK it again
             return
+        if pair.abandoned:
+            if 200 <= resp.status < 300:  # the 2xx crossed our CANCEL: end that dialog too
+                self._end_refused_answer(pair, resp, now)
+            return
         if out.body:
             refused = self.media.on_message(pair, out, not pair.from_client, now)
             if refused is not None and 200 <= resp.status < 300 and pair.request.method == "INVITE":
                 self._end_refused_answer(pair, resp, now)
+                return
+            if refused is not None and resp.status < 200 and _initial_invite(pair.request):
+                self._abandon(pair, now)
                 return
             if refused is not None and resp.status < 300:
                 out = Response.for_request(pair.server.request, 500, "Media Error")
@@ -883,6 +893,26 @@ class SipProxy:
         if resp.status in (401, 403, 407) and pair.from_client:
             self.count("sip_auth_challenges")
         self.layer.send_response(pair.server, out, now)
+
+    def _abandon(self, pair: Pair, now: float) -> None:
+        """An early answer (18x) the edge cannot relay: CANCEL the INVITE, refuse it with 488 (counted)."""
+        call_id = pair.request.call_id
+        self.count("sip_answer_refused_early", f"{pair.tenant_id} call {call_id}: 18x answer not usable")
+        pair.abandoned = True
+        if pair.client is not None:
+            self._send_cancel(pair, now)
+        self.calls.failed(call_id)
+        self.media.on_end(call_id, "answer refused", pair.tenant_id)
+        self._refuse_invite(pair, now)
+
+    def _refuse_invite(self, pair: Pair, now: float) -> None:
+        if pair.final_sent:
+            return
+        error = Response.for_request(pair.server.request, 488, "Not Acceptable Here (answer not usable)")
+        error.headers.add("Server", self.settings.server_name)
+        self.count(_LOCAL_CLASS[4])
+        pair.final_sent = True
+        self.layer.send_response(pair.server, error, now)
 
     def _end_refused_answer(self, pair: Pair, resp: Response, now: float) -> None:
         """A 2xx whose answer the edge cannot relay: ACK it and BYE that dialog on the side that sent
@@ -905,11 +935,7 @@ class SipProxy:
             self._dest[ctx] = dest  # no pair: its response is absorbed
         self.calls.failed(call_id)
         self.media.on_end(call_id, "answer refused", pair.tenant_id)
-        error = Response.for_request(pair.server.request, 488, "Not Acceptable Here (answer not usable)")
-        error.headers.add("Server", self.settings.server_name)
-        self.count(_LOCAL_CLASS[4])
-        pair.final_sent = True
-        self.layer.send_response(pair.server, error, now)
+        self._refuse_invite(pair, now)
 
     def _in_dialog_request(self, method: str, pair: Pair, resp: Response, seq: int) -> Request:
         """ACK/BYE from the INVITE's sender's place in the dialog a 2xx (``resp``) created.
@@ -1010,6 +1036,10 @@ _LOCAL_CLASS = tuple(f"sip_responses_local_{c}xx" for c in range(7))
 _RELAYED_CLASS = tuple(f"sip_responses_relayed_{c}xx" for c in range(7))
 
 _REASONS = {488: "Not Acceptable Here", 503: "Service Unavailable", 500: "Server Internal Error"}
+
+
+def _initial_invite(request: Request) -> bool:
+    return request.method == "INVITE" and request.to.tag is None
 
 
 def _hostport(host: str, port: int) -> str:

@@ -242,3 +242,27 @@ def test_an_unusable_answer_from_the_app_is_acked_and_byed_there_and_refused_to_
     proxy.receive_from_client(flow.id, Response.for_request(sent[1], 200, "OK").serialize(), 1.2)
     to_flow, to_backend = _split(proxy)
     assert to_flow == [] and to_backend == [] and len(proxy.calls) == 0
+
+
+def test_an_unusable_early_answer_cancels_the_invite_and_a_late_2xx_is_acked_and_byed() -> None:
+    """A 183 whose answer cannot be used: the PBX gets CANCEL, the app 488; a 200 that crossed the
+    CANCEL is ACKed and BYEd; the 487 is absorbed; no call is left."""
+    proxy = _proxy()
+    proxy.media = RefusingMedia()
+    flow = proxy.open_flow(ROSSI, "tls", ("192.168.1.7", 40000), 0.0)
+    proxy.receive_from_client(flow.id, _with_body(_request("INVITE", branch="z9hG4bKi1"), b"v=0 offer"), 1.0)
+    _f, to_backend = _split(proxy)
+    invite = _sent(to_backend[0])
+    early = Response.for_request(invite, 183, "Session Progress", to_tag="p1")
+    early.headers.add("Contact", "<sip:200@10.1.0.10:5060>")
+    proxy.receive_from_backend(_with_body(early.serialize(), b"bad early answer"), PBX, "udp", 1.1)
+    to_flow, to_backend = _split(proxy)
+    assert [_sent(a).status for a in to_flow if _sent(a).status >= 200] == [488]
+    assert [_sent(a).method for a in to_backend] == ["CANCEL"]
+    proxy.receive_from_backend(_with_body(_answer(invite), b"v=0 fine"), PBX, "udp", 1.2)
+    to_flow, to_backend = _split(proxy)
+    assert to_flow == [] and [_sent(a).method for a in to_backend] == ["ACK", "BYE"]
+    proxy.receive_from_backend(_answer(invite, 487), PBX, "udp", 1.3)
+    to_flow, _ = _split(proxy)
+    assert to_flow == [] and len(proxy.calls) == 0
+    assert proxy.counters["sip_answer_refused_early"] == 1
