@@ -18,7 +18,6 @@ from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.tls.certificates import CertificateStore
 
-
 NAMES = {"rossi": "rossi.example.com", "verdi": "verdi.example.com"}
 
 
@@ -40,7 +39,7 @@ def _handshake(port: int, sni: str | None, cafile: str) -> str:
 
 
 class Echo(protocol.Protocol):
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)
 
 

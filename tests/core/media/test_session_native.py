@@ -4,7 +4,6 @@ ICE, "SRTP if possible", and the edge's offers toward such a client."""
 from __future__ import annotations
 
 import base64
-
 from typing import Any
 
 from helpers.webrtc_peer import SdesPeer, WebRtcPeer, rtp_packet
