@@ -87,7 +87,7 @@ backend_sip = "udp:127.0.0.1:{self.pbx.port}"
 certificate = "self-signed"
 app_media = "rtp"
 """
-            self.edge = TwistdEdge(tmp, text, reactor="default")
+            self.edge = TwistdEdge(tmp, text)  # the production reactor (uvloop)
         except BaseException:
             self.close()
             raise
