@@ -11,7 +11,9 @@ REGISTER (no To tag)                        the tenant owning the Request-URI's 
                                             registrar domain, RFC 3261 s.10.2)
 in-dialog request (To tag) with a Route     the tenant of the flow whose token is in our
 whose user part is a flow token             Record-Route (a client that opens a new connection
-                                            for ACK/BYE/re-INVITE, RFC 3261 s.12.2.1.1)
+                                            for ACK/BYE/re-INVITE, RFC 3261 s.12.2.1.1); when
+                                            no live flow has that token (another worker owns
+                                            it), the tenant of the From URI's domain
 anything else (responses, other requests,   none: the connection is refused
 garbage)
 ==========================================  =================================================
@@ -40,6 +42,7 @@ class ByDomain:
 @dataclass(frozen=True, slots=True)
 class ByFlowToken:
     token: str
+    domain: str | None = None  # the From URI's host: the fallback when no live flow has the token
 
 
 def binding_of(data: bytes, limits: Limits) -> ByDomain | ByFlowToken | None:
@@ -53,10 +56,12 @@ def binding_of(data: bytes, limits: Limits) -> ByDomain | ByFlowToken | None:
             if msg.method == "REGISTER" and isinstance(ruri, SipUri):
                 return ByDomain(ruri.host.lower())
             return None
+        sender = msg.from_.uri
+        domain = sender.host.lower() if isinstance(sender, SipUri) else None
         for route in msg.routes:
             uri = route.uri
             if isinstance(uri, SipUri) and uri.user:
-                return ByFlowToken(uri.user)
+                return ByFlowToken(uri.user, domain)
     except (RemoteProtocolError, LocalProtocolError, ValueError):
         return None
     return None

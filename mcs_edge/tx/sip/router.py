@@ -221,7 +221,9 @@ class SipRouter:
             return tenant
         if isinstance(hint, ByFlowToken):
             owner = self.core.tenant_of_token(hint.token)
-            return self.tenants.by_id(owner.id) if owner is not None else None
+            if owner is not None:
+                return self.tenants.by_id(owner.id)
+            return self.tenants.by_sip_domain(hint.domain) if hint.domain else None
         return None
 
     def data_from_client(self, flow: ClientFlow, data: bytes) -> None:

@@ -28,7 +28,7 @@ def test_an_in_dialog_request_binds_by_the_flow_token_in_its_route() -> None:
         "To: <sip:200@rossi.example.com>;tag=p",
         "Route: <sip:tok123@203.0.113.10:5061;transport=tls;lr>, <sip:10.0.0.5:5070;lr>",
     )
-    assert binding_of(data, LIMITS) == ByFlowToken("tok123")
+    assert binding_of(data, LIMITS) == ByFlowToken("tok123", "x")  # From's domain: the fallback
 
 
 def test_anything_else_binds_nothing() -> None:
