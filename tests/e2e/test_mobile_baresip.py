@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -302,3 +303,45 @@ def test_in_dialog_requests_on_a_new_connection(tmp_path: Path) -> None:
             phone.stop()
     finally:
         split.close()
+
+
+def _first_message_without_sni(setup: Setup, text: str) -> bytes:
+    """Connect to the SIP/TLS listener without SNI, send ``text``; what comes back before the close."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((setup.ns.host_ip, setup.sip_tls), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=None) as tls:
+            tls.sendall(text.encode())
+            got = b""
+            while True:
+                try:
+                    chunk = tls.recv(65536)
+                except (ssl.SSLError, OSError):
+                    break
+                if not chunk:
+                    break
+                got += chunk
+                if b"\r\n\r\n" in got:
+                    break
+            return got
+
+
+def test_a_connection_without_sni_is_bound_only_by_a_first_request_naming_a_tenant(setup: Setup) -> None:
+    """No SNI: a REGISTER for a tenant's domain is answered; an OPTIONS or a REGISTER for an unknown
+    domain as first message closes the connection unanswered (SIP402)."""
+
+    def request(method: str, domain: str) -> str:
+        return (
+            f"{method} sip:{domain} SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.9:5061;branch=z9hG4bK{method}{domain[:3]}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:bob@{domain}>;tag=b\r\nTo: <sip:bob@{domain}>\r\n"
+            f"Call-ID: nosni-{method}-{domain}\r\nCSeq: 1 {method}\r\nContact: <sip:bob@10.0.0.9:5061;transport=tls>\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+
+    assert _first_message_without_sni(setup, request("REGISTER", "verdi.example.com")).startswith(
+        b"SIP/2.0 200"
+    )
+    assert _first_message_without_sni(setup, request("OPTIONS", "rossi.example.com")) == b""
+    assert _first_message_without_sni(setup, request("REGISTER", "unknown.example.net")) == b""
+    setup.edge.wait_log(r"SIP402 TLS connection from .* without SNI closed")
