@@ -222,9 +222,11 @@ class Baresip:
         found = re.findall(r"audio=(\d+)/(\d+) \(bit/s\)", self.log()[-4000:])
         return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 20000) -> str:
+        """baresip's output (its last ``tail`` characters; None: all of it)."""
         self._log.flush()
-        return self.log_path.read_text(errors="replace")[-20000:]
+        text = self.log_path.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def command(self, command: str, params: str = "", timeout: float = 10.0) -> dict[str, Any]:
         token = secrets.token_hex(4)
@@ -267,7 +269,7 @@ class Baresip:
 
     def received(self) -> list[str]:
         """SIP messages baresip received (from its ``-s`` trace), oldest first."""
-        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log())
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log(None))
         out = []
         for m in re.finditer(
             rf"\n\w+ \S+ -> {re.escape(self.ns.ns_ip)}:\d+\n(.*?)(?=\n\w+ \S+ -> |\Z)", text, re.S
