@@ -456,6 +456,13 @@ class TlsConfig:
     default_tenant: str | None = f(
         c_str(32, _TENANT_ID_RE, "a tenant id"), None, doc="tenant whose certificate answers unknown SNI"
     )
+    sip_no_sni_certificate: str | None = f(
+        c_str(32, _TENANT_ID_RE, "a tenant id"),
+        None,
+        doc="SIP/TLS clients that send no SNI (baresip, some mobile SIP stacks), when unknown_sni is not"
+        " 'default': served this tenant's certificate and bound to the tenant whose SIP domain their first"
+        " REGISTER names (or whose flow token their in-dialog request routes by); unset: refused",
+    )
     reload_interval: float = f(
         c_float(0, 86400), 30.0, doc="seconds between certificate file checks; 0 = off"
     )
@@ -631,6 +638,12 @@ class TenantConfig:
     backend_http: str | None = f(c_http_url, None)
     path_prefix: str | None = f(c_url_prefix, None, doc="URL path prefix routed to this tenant")
     media: str = f(c_enum("bridge", "bridge-sdes", "passthrough"), "bridge")
+    app_media: str = f(
+        c_enum("sdes", "dtls", "rtp"),
+        "sdes",
+        doc="media offered to the mobile app (SIP/TLS) on calls toward it, until it has offered itself:"
+        " sdes (RTP/SAVP), dtls (DTLS-SRTP), rtp (plain); ICE-lite is always offered",
+    )
     path: bool = f(c_bool, True)
     certificate: str = f(c_enum("files", "acme", "self-signed"), "files")
     acme_challenge: str | None = f(
@@ -800,6 +813,10 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(ConfigError("tls.default_tenant", f"no tenant with id {cfg.tls.default_tenant!r}"))
     elif cfg.tls.default_tenant is not None and cfg.tls.default_tenant not in seen_ids:
         errors.append(ConfigError("tls.default_tenant", f"no tenant with id {cfg.tls.default_tenant!r}"))
+    if cfg.tls.sip_no_sni_certificate is not None and cfg.tls.sip_no_sni_certificate not in seen_ids:
+        errors.append(
+            ConfigError("tls.sip_no_sni_certificate", f"no tenant with id {cfg.tls.sip_no_sni_certificate!r}")
+        )
     if cfg.listen.http is None and any(
         t.certificate == "acme" and (t.acme_challenge or cfg.acme.challenge) == "http-01" for t in cfg.tenants
     ):

@@ -68,6 +68,7 @@ EVENTS: dict[str, str] = {
     "SIP400": "{problem}",
     "SIP401": "{tenant} TLS stream from {peer} closed: {reason}",
     "WSS400": "{tenant} WebSocket from {peer} closed with {code}: {reason}",
+    "SIP402": "TLS connection from {peer} without SNI closed: its first message names no tenant",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health
     "ADM100": "admin API, /metrics and /health on http://{host}:{port}/",

@@ -100,6 +100,7 @@ class EdgeService(MultiService):
             tenant_media=lambda tid: getattr(self.tenants.by_id(tid), "media", None),
             client_transport=lambda fid: getattr(self.sip.core.flows.get(fid), "transport", None),
             leg_policer=self.shaping.leg_policer,
+            app_media=lambda tid: getattr(self.tenants.by_id(tid), "app_media", None),
         )
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
         # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
@@ -156,7 +157,9 @@ class EdgeService(MultiService):
         https_tls = self.metrics.tls_factory("https", self.certs, https_factory)
         self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
         if cfg.listen.sip_tls is not None:
-            sip_tls = self.metrics.tls_factory("sip_tls", self.certs, SipStreamFactory(self))
+            sip_tls = self.metrics.tls_factory(
+                "sip_tls", self.certs.sip_tls_creator(), SipStreamFactory(self)
+            )
             self._tcp("sip_tls", cfg.listen.sip_tls, GuardedFactory(sip_tls, self.protection, "sip_tls"))
         if cfg.listen.http is not None:  # ACME HTTP-01 answers, redirects to HTTPS
             plain = FrontSite(PlainHttpResource(self))  # same strict framing as listen.https
@@ -207,6 +210,13 @@ class EdgeService(MultiService):
         https_port = self.ports.get("https")
         if https_port is not None and self.config.listen.https.port == 0:
             self.sip.set_public_port(https_port.getHost().port)
+        sip_tls_port = self.ports.get("sip_tls")
+        if (
+            sip_tls_port is not None
+            and self.config.listen.sip_tls is not None
+            and not self.config.listen.sip_tls.port
+        ):
+            self.sip.set_public_tls_port(sip_tls_port.getHost().port)
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)

@@ -222,6 +222,13 @@ def _is_client_hello(data: bytes) -> bool:
     return len(data) > 13 and data[0] == 22 and data[13] == 1
 
 
+def _offers_ice(side: Side, profile: Profile) -> bool:
+    """Does a new leg get an ICE-lite responder? WebRTC legs always; every client-side leg but
+    passthrough (a mobile app behind NAT needs ICE and consent on plain RTP and SDES too). A peer
+    whose SDP has no ICE credentials drops it at commit (latching instead)."""
+    return profile is Profile.WEBRTC or (side is CLIENT and profile is not Profile.PASSTHROUGH)
+
+
 def _pick_crypto(offered: tuple[Crypto, ...], suites: tuple[str, ...]) -> Crypto | None:
     """The first offered key we can use (the same rule :func:`rewrite_answer` applies)."""
     for c in offered:
@@ -260,6 +267,7 @@ class Leg:
         "remote_rtcp",
         "route_map",
         "router",
+        "rtcp_ice",
         "rtcp_port",
         "sdes",
         "sdes_key",
@@ -296,6 +304,7 @@ class Leg:
         self.sdes: tuple[str, bytes] | None = None  # (suite, remote key) the SDES context was keyed with
         self.sdes_key = secrets.token_bytes(_SDES_KEY_LENGTH) if profile is Profile.SDES else b""
         self.ice: IceLiteResponder | None = None
+        self.rtcp_ice: IceLiteResponder | None = None  # ICE component 2 on a separate RTCP port
         self.dtls: DtlsEndpoint | None = None
         self.dtls_client_pending = False
         self.remote_fingerprints: tuple[Fingerprint, ...] = ()
@@ -401,6 +410,8 @@ class Leg:
     def receive_rtcp(self, data: bytes, addr: Addr, now: float) -> bool:
         """One datagram on the leg's separate RTCP port (RTCP not muxed)."""
         n = len(data)
+        if n and _KINDS[data[0]] == KIND_STUN and self.rtcp_ice is not None:
+            return self._rtcp_stun(data, addr, now)
         if not n or _KINDS[data[0]] != KIND_RTP:
             self.counters.drop("garbage")
             return False
@@ -586,6 +597,30 @@ class Leg:
         self.ice_events(now)
         return True
 
+    def _rtcp_stun(self, data: bytes, addr: Addr, now: float) -> bool:
+        """An ICE check on the separate RTCP port (component 2 of a non-muxed RTP/SDES leg)."""
+        ice = self.rtcp_ice
+        assert ice is not None
+        if not self.policer.admit(len(data), now):
+            self.counters.drop("policed")
+            return False
+        self.stun_rx += 1
+        response = ice.receive(data, addr, now)
+        if response is not None:
+            try:
+                self.send_rtcp(response, addr)
+            except Exception:
+                self.counters.drop("send-error")
+        while (ev := ice.next_event()) is not None:
+            if isinstance(ev, SelectedAddressChanged) and ev.addr is not None:
+                self.remote_rtcp = ev.addr
+        return False
+
+    def drop_ice(self) -> None:
+        """The peer does not do ICE (no credentials in its SDP): latching decides where media goes."""
+        self.ice = None
+        self.rtcp_ice = None
+
     def ice_events(self, now: float) -> None:
         """Apply the ICE responder's events: selected address, consent loss."""
         ice = self.ice
@@ -655,11 +690,16 @@ class Leg:
             self.last_rx = now
             self.counters.count(n)
             return self._forward_opaque(data)
-        ice = self.ice
-        if ice is None:
+        if self.profile is not Profile.WEBRTC:
             self.counters.drop("dtls")
             return False
-        if addr != self.remote and not ice.has_consent(addr, now):
+        ice = self.ice
+        if ice is None:  # DTLS-SRTP without ICE: symmetric latching (RFC 5763 without RFC 8445)
+            if addr != self.remote:
+                if not self._accept(addr, now):
+                    return False
+                self.remote = addr
+        elif addr != self.remote and not ice.has_consent(addr, now):
             self.counters.drop("no-consent")
             return False
         if not self.policer.admit(n, now):
@@ -741,7 +781,8 @@ class Leg:
         self.profile = profile
         self.decrypts = self.encrypts = profile in (Profile.WEBRTC, Profile.SDES)
         if profile is not Profile.WEBRTC:
-            self.ice = None
+            if self.side is not CLIENT:
+                self.drop_ice()
             self.dtls = None
             self._early_dtls = []
 
@@ -751,6 +792,11 @@ class Leg:
         deadline = _INF
         if self.limit is not None:
             deadline = self.last_rx + self.limit
+        rtcp_ice = self.rtcp_ice
+        if rtcp_ice is not None:
+            t = rtcp_ice.get_timer()
+            if t is not None and t < deadline:
+                deadline = t
         ice = self.ice
         if ice is not None:
             t = ice.get_timer()
@@ -764,6 +810,13 @@ class Leg:
         return None if deadline == _INF else deadline
 
     def handle_timer(self, now: float) -> None:
+        rtcp_ice = self.rtcp_ice
+        if rtcp_ice is not None:
+            t = rtcp_ice.get_timer()
+            if t is not None and t <= now:
+                rtcp_ice.handle_timer(now)
+                while rtcp_ice.next_event() is not None:
+                    pass  # RTCP follows latching once consent is gone; RTP's consent decides the call
         ice = self.ice
         if ice is not None:
             t = ice.get_timer()
@@ -793,7 +846,7 @@ class Leg:
                         self.counters.drop("send-error")
         self.dtls = None
         self.srtp = None
-        self.ice = None
+        self.drop_ice()
         self.target = None
         self.default_target = None
         self.router = None
@@ -825,6 +878,7 @@ class _LegPlan:
     sdes: tuple[str, bytes, bytes] | None = None  # suite, local key, remote key
     dtls_client: bool | None = None
     ice_restart: bool = False
+    ice: IceCredentials | None = None  # the peer's ICE credentials (None: no ICE, latching)
 
 
 class MediaSession:
@@ -841,8 +895,10 @@ class MediaSession:
         on_end: Callable[[MediaSession, str], None] | None = None,
         policer: Callable[[], Policer] | None = None,
         now: float = 0.0,
+        native_client: bool = False,
     ) -> None:
         self.key = key
+        self.native_client = native_client  # the client is a SIP client (mobile app), not a browser
         self._policer_factory = policer
         self.settings = settings
         self._ports = ports
@@ -1080,11 +1136,14 @@ class MediaSession:
             else:
                 mux = m.rtcp_mux if offerer else False
             leg = Leg(self, side, i, profile, now)
-            if profile is Profile.WEBRTC:
+            ice = _offers_ice(side, profile)
+            if ice:
                 ufrag, pwd = self.ice_credentials[side]
                 leg.ice = IceLiteResponder(local_ufrag=ufrag, local_pwd=pwd)
             if not self._ports.open(leg, mux):
                 raise OutOfPorts(f"no relay port for m-line {i} on the {side.name} side")
+            if ice and leg.rtcp_port is not None:
+                leg.rtcp_ice = IceLiteResponder(local_ufrag=ufrag, local_pwd=pwd)
             created.append(leg)
             self.legs.append(leg)
             legs[i] = leg
@@ -1131,6 +1190,10 @@ class MediaSession:
         if profile is Profile.WEBRTC:
             ice = IceCredentials(*self.ice_credentials[side])
             fingerprint = (self.settings.certificate or default_certificate()).fingerprint
+        elif any(leg is not None and leg.ice is not None for leg in legs) and (
+            answer is None or any(not m.rejected and sdp.transport(i).ice for i, m in enumerate(sdp.media))
+        ):  # ICE-lite on RTP/SDES legs: offered always, answered when the offer had ICE
+            ice = IceCredentials(*self.ice_credentials[side])
         return LocalLeg(
             profile,
             tuple(relays),
@@ -1140,6 +1203,7 @@ class MediaSession:
             sdes_keys=tuple(keys) if profile is Profile.SDES else (),
             sdes_suites=suites if profile is Profile.SDES else ("AES_CM_128_HMAC_SHA1_80",),
             bundle=True,
+            rtcp_candidate=self.native_client and side is CLIENT and answer is None,
         )
 
     def _stamp(self, side: Side, sdp: SessionDescription) -> SessionDescription:
@@ -1208,9 +1272,8 @@ class MediaSession:
                         f"m-line {i}: a=crypto key has the wrong length", status_hint=488
                     )
                 plan.sdes = (chosen.suite, leg.sdes_key[:length], chosen.key)
-            elif profile is Profile.WEBRTC:
-                if t.ice is None:
-                    raise RemoteProtocolError(f"m-line {i}: no ICE credentials", status_hint=488)
+            plan.ice = t.ice
+            if profile is Profile.WEBRTC:
                 if not t.fingerprints:
                     raise RemoteProtocolError(f"m-line {i}: no a=fingerprint", status_hint=488)
                 setup = t.setup or ("actpass" if answering else "active")
@@ -1222,7 +1285,9 @@ class MediaSession:
                     plan.dtls_client = setup == "passive"
                 ice = leg.ice
                 known = ice.remote_ufrag if ice is not None else None
-                plan.ice_restart = answering and known is not None and known != t.ice.ufrag
+                plan.ice_restart = (
+                    answering and known is not None and t.ice is not None and known != t.ice.ufrag
+                )
         return plans
 
     def _commit(
@@ -1245,7 +1310,11 @@ class MediaSession:
             if leg.limit is None:
                 leg.last_rx = now
             leg.limit = settings.idle_timeout if plan.sending else settings.hold_timeout
-            if leg.profile is not Profile.WEBRTC:
+            if plan.ice is None:
+                leg.drop_ice()
+            elif leg.profile is not Profile.WEBRTC:
+                self._commit_ice(leg, plan.ice)
+            if leg.profile is not Profile.WEBRTC or leg.ice is None:
                 self._commit_address(leg, t)
             if leg.gate is not None and t.ice is not None:
                 leg.gate.set_credentials(t.ice.ufrag, t.ice.pwd)
@@ -1277,6 +1346,13 @@ class MediaSession:
         ):
             leg.remote_rtcp = (rtcp_address, t.rtcp_port)
 
+    @staticmethod
+    def _commit_ice(leg: Leg, remote: IceCredentials) -> None:
+        """The peer's ICE credentials on an RTP/SDES leg (both components)."""
+        for ice in (leg.ice, leg.rtcp_ice):
+            if ice is not None and ice.remote_ufrag != remote.ufrag:
+                ice.set_remote_credentials(remote.ufrag, remote.pwd)
+
     def _best_candidate(self, t: MediaTransport) -> tuple[str, int] | None:
         best: tuple[int, tuple[str, int]] | None = None
         for c in t.candidates:
@@ -1297,11 +1373,13 @@ class MediaSession:
         new_credentials: tuple[str, str] | None,
     ) -> None:
         ice = leg.ice
-        assert ice is not None and t.ice is not None
-        if new_credentials is not None:
-            ice.restart(t.ice.ufrag, t.ice.pwd, local_ufrag=new_credentials[0], local_pwd=new_credentials[1])
-        elif ice.remote_ufrag != t.ice.ufrag:
-            ice.set_remote_credentials(t.ice.ufrag, t.ice.pwd)
+        if ice is not None and t.ice is not None:
+            if new_credentials is not None:
+                ice.restart(
+                    t.ice.ufrag, t.ice.pwd, local_ufrag=new_credentials[0], local_pwd=new_credentials[1]
+                )
+            elif ice.remote_ufrag != t.ice.ufrag:
+                ice.set_remote_credentials(t.ice.ufrag, t.ice.pwd)
         is_client = bool(plan.dtls_client)
         dtls = leg.dtls
         if dtls is None or set(t.fingerprints) != set(leg.remote_fingerprints) or dtls.is_client != is_client:
