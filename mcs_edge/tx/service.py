@@ -32,6 +32,8 @@ from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
+from mcs_edge.core.cluster.records import snapshot
+from mcs_edge.tx.cluster.replicator import Replicator
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.relay import MediaRelay
 from mcs_edge.tx.ops.admin import Health, LocalAdmin, admin_site, service_checks
@@ -117,7 +119,27 @@ class EdgeService(MultiService):
             reactor,
             lambda _tenant: self.refresh_certificates(),
         )
+        # Replication (tx/cluster/replicator.py, docs/ha.md): calls and flow bindings to Redis.
+        self.cluster: Replicator | None = None
+        if config.cluster.enabled:
+            self.cluster = Replicator(config.cluster, self.timers, self._cluster_snapshot)
+            self.health.add_check("replication", self.cluster.health)
+            self.metrics.add_collector("cluster", self.cluster.collect)
         self._build_listeners()
+
+    def _cluster_snapshot(self, box: Any, node: str, now: float) -> dict[str, dict[str, Any]]:
+        core = self.sip.core
+        assert self.cluster is not None
+        return snapshot(
+            core.calls,
+            core.flows,
+            core.flow_registry,
+            self.media.anchor.sessions,
+            box,
+            self.cluster.prefix,
+            node,
+            now,
+        )
 
     # -- construction ------------------------------------------------------------------------
     def _tcp(self, name: str, hp: config_mod.HostPort, factory: Any) -> None:
@@ -206,6 +228,8 @@ class EdgeService(MultiService):
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
         self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
         self.acme.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self._install_sighup()
         if hasattr(self.reactor, "callWhenRunning"):
             self.reactor.callWhenRunning(self._log_ready)
@@ -236,6 +260,8 @@ class EdgeService(MultiService):
         self.shaping.stop()
         self.protection.stop()
         self.acme.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.http_proxy.close()
         self.timers.cancel_all()
         return super().stopService()
