@@ -30,9 +30,9 @@ from twisted.web.server import Site
 from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.config_store import ConfigSource
+from mcs_edge.core.cluster.records import snapshot
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
-from mcs_edge.core.cluster.records import snapshot
 from mcs_edge.tx.cluster.replicator import Replicator
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.relay import MediaRelay
