@@ -159,6 +159,11 @@ def call_record(
             "profiles": [p.name if p is not None else None for p in session.profiles],
             "ice_local": [[u, box.seal(p.encode(), aad)] for u, p in session.ice_credentials],
             "legs": [_leg(leg, box, aad) for leg in session.legs],
+            # the last SDP of each side (sealed: ice-pwd and a=crypto keys are in them); a takeover
+            # replays them to rebuild the legs (core/media/anchor.py ``adopt``)
+            "sdp": [
+                box.seal(str(sdp).encode(), aad) if sdp is not None else None for sdp in session.remote_sdp
+            ],
             "established": session.established,
         }
     return record
@@ -198,6 +203,7 @@ def open_secrets(record: Mapping[str, Any], box: SealsSecrets, key: str) -> dict
     if not media:
         return out
     media["ice_local"] = [[u, _open(p, box, aad).decode()] for u, p in media["ice_local"]]
+    media["sdp"] = [_open(x, box, aad).decode() if x else None for x in media.get("sdp", [None, None])]
     for leg in media["legs"]:
         ice = leg.get("ice")
         if ice:

@@ -106,6 +106,7 @@ class Replicator:
         self._stopped = False
         #: called with the replica at promotion, before the node starts writing (tx/service.py)
         self.on_promote: Callable[[Replica], None] | None = None
+        self.took_over: tuple[int, int, int] | None = None  # calls, bindings, refused at promotion
         self._kinds: dict[str, int] = {"call": 0, "binding": 0}
         self._beat = 0.0
         self._resyncing = False
@@ -392,6 +393,9 @@ class Replicator:
             "dropped": self.queue.dropped,
             "resyncs": self.resyncs,
             "last_failover": self.last_failover,
+            "took_over": None
+            if self.took_over is None
+            else dict(zip(("calls", "bindings", "refused"), self.took_over, strict=True)),
         }
 
     def collect(self) -> Any:

@@ -1,0 +1,360 @@
+"""An edge pair on one host: Redis, the active node in its own process (killed with SIGKILL), the
+standby in this process; an aiortc call through them to an asyncio PBX with an RTP echo.
+
+* failover: the active node is killed mid-call; the standby is promoted (``POST
+  /api/cluster/promote``, what keepalived's notify_master script calls), binds the same HTTPS,
+  backend SIP and relay ports, takes the call over from Redis in grace; the client reconnects,
+  re-registers with its instance id and re-offers with an ICE restart: audio again, same Call-ID,
+  the PBX saw no BYE and no re-INVITE; the client's BYE then ends the call cleanly (the PBX gets it,
+  every relay port is released).
+* Redis stopped mid-call: the active node keeps serving the call and a new one, health says
+  replication is off; Redis back: every record is rewritten.
+* restarting the old active node as a standby: it catches up (its replica holds the call).
+
+On one host the two nodes cannot hold the same address at once, so the standby binds its listeners
+at promotion (docs/ha.md); keepalived and the floating address in network namespaces are not
+exercised here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from helpers.aiortc_call import (
+    Counter,
+    LoopThread,
+    ToneTrack,
+    WsUa,
+    audio_window,
+    connected,
+    in_thread,
+    new_pc,
+    offer_and_answer,
+)
+from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
+from helpers.twistd import TwistdEdge
+from helpers.wsclient import WSClient, status
+from twisted.internet import reactor, threads
+
+from mcs_edge import config as c
+from mcs_edge.tx.service import EdgeService
+
+pytestmark = pytest.mark.e2e
+
+INSTANCE = "<urn:uuid:4a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>"
+TOKEN = "test-admin-token-0123456789"
+KEY = base64.b64encode(os.urandom(32)).decode()
+GRACE = 20.0
+
+
+def _require(tool: str) -> None:
+    if shutil.which(tool) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} missing (installed by scripts/install-test-deps): required when CI is set")
+        pytest.skip(f"{tool} missing")
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Redis:
+    """redis-server on a free port, no persistence; stop() and start() again on the same port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+                "--notify-keyspace-events",
+                "K$gx",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.cli("PING") == "PONG":
+                    return
+            except (OSError, subprocess.CalledProcessError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "--raw", *args], capture_output=True, check=True, timeout=5
+        )
+        return out.stdout.decode().strip()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+class Pair:
+    """The PBX with its echo, Redis, the active node (twistd) and the standby (in-process)."""
+
+    def __init__(self, tmp: Path, runner: LoopThread) -> None:
+        _require("redis-server")
+        _require("redis-cli")
+        self.tmp = tmp
+        self.runner = runner
+        self.echo = RecordingEcho()
+        self.pbx = RecordingPbx(self._answer)
+        self.closers: list[Callable[[], None]] = []
+        runner.run(self.pbx.start())
+        runner.run(self._start_echo())
+        self.redis = Redis(tmp)
+        self.https = _free_port()
+        self.backend = _free_port(socket.SOCK_DGRAM)
+        self.lo = random.randrange(20000, 32000, 2)
+        self.state = tmp / "state"
+        self.active: TwistdEdge | None = TwistdEdge(self._dir("node1"), self.config("node1", "active"))
+        self.standby = self._in_process("node2")
+        self.ca = str(self.state / "dev-ca" / "ca.pem")
+
+    def _dir(self, name: str) -> Path:
+        d = self.tmp / name
+        d.mkdir(exist_ok=True)
+        return d
+
+    def config(self, node: str, role: str) -> str:
+        return f"""
+[edge]
+state_dir = "{self.state}"
+[listen]
+https = "127.0.0.1:{self.https}"
+sip_tls = "off"
+backend_sip = "127.0.0.1:{self.backend}"
+admin = "127.0.0.1:0"
+[admin]
+token = "{TOKEN}"
+[sip]
+flow_grace = {GRACE}
+[media]
+ports = [{self.lo}, {self.lo + 199}]
+bind = "127.0.0.1"
+[cluster]
+enabled = true
+redis = "127.0.0.1:{self.redis.port}"
+name = "test"
+node_id = "{node}"
+role = "{role}"
+key = "{KEY}"
+[[tenants]]
+id = "rossi"
+domains = ["rossi.example.com"]
+backend_sip = "udp:127.0.0.1:{self.pbx.port}"
+certificate = "self-signed"
+media = "bridge"
+allowed_origins = ["https://rossi.example.com"]
+[tenants.shaping]
+rate = 2000000
+burst = 4000000
+"""
+
+    def _in_process(self, node: str) -> EdgeService:
+        svc = EdgeService(c.loads(self.config(node, "standby")), reactor)
+        svc.privilegedStartService()
+        svc.startService()
+        return svc
+
+    async def _start_echo(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self.echo, local_addr=("127.0.0.1", 0))
+        self.echo_port = transport.get_extra_info("sockname")[1]
+        self.closers.append(transport.close)
+
+    async def _answer(self, offer: str) -> str:
+        return plain_answer(self.echo_port, offer)
+
+    def client(self) -> WSClient:
+        return WSClient(self.https, "rossi.example.com", cafile=self.ca, origin="https://rossi.example.com")
+
+    def stop(self) -> Any:
+        async def close_all() -> None:
+            for close in self.closers:
+                close()
+            self.pbx.close()
+
+        self.runner.run(close_all())
+        if self.active is not None:
+            self.active.proc.kill()
+            self.active.proc.wait()
+        d = self.standby.stopService()
+
+        def done(_: Any) -> None:
+            self.redis.stop()
+
+        return d.addBoth(done)
+
+
+def admin(port: int, method: str, path: str) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    if method == "POST":
+        req.data = b"{}"
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def register(ws: WSClient, instance: str = INSTANCE) -> int:
+    import uuid
+
+    ws.send(
+        f"REGISTER sip:rossi.example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:alice@rossi.example.com>;tag={uuid.uuid4().hex[:6]}\r\n"
+        f"To: <sip:alice@rossi.example.com>\r\nCall-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\n"
+        "Supported: path, outbound\r\n"
+        f'Contact: <sip:alice@x.invalid;transport=ws>;reg-id=1;+sip.instance="{instance}"\r\n'
+        "Expires: 300\r\nContent-Length: 0\r\n\r\n"
+    )
+    return status(ws.recv_sip(timeout=10, skip_provisional=True))
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def on_reactor(fn: Callable[[], Any]) -> Any:
+    return threads.blockingCallFromThread(reactor, fn)
+
+
+async def up_call(pair: Pair) -> dict[str, Any]:
+    ws = await in_thread(pair.client)
+    assert await in_thread(register, ws) == 200
+    ua = WsUa(ws, "rossi.example.com")
+    counter = Counter()
+    pc = new_pc(counter)
+    tone = ToneTrack()
+    pc.addTrack(tone)
+    await offer_and_answer(ua, pc)
+    await connected(pc)
+    first = await audio_window(tone, counter, 1.5)
+    return {"ws": ws, "ua": ua, "pc": pc, "first": first, "counter": counter}
+
+
+def replica_counts(pair: Pair) -> dict[str, int]:
+    assert pair.standby.cluster is not None
+    return dict(pair.standby.cluster.replica.counts())
+
+
+async def failover_scenario(pair: Pair) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    call = await up_call(pair)
+    ua: WsUa = call["ua"]
+    result["first"] = call["first"]
+    await wait_until(
+        lambda: on_reactor(lambda: replica_counts(pair)) == {"call": 1, "binding": 1}, 5, "the replica"
+    )
+    assert pair.active is not None
+    killed = time.monotonic()
+    pair.active.proc.kill()  # kill -9
+    pair.active.proc.wait()
+    pair.active = None
+    code, body = await in_thread(
+        admin, pair.standby.ports["admin"].getHost().port, "POST", "/api/cluster/promote"
+    )
+    result["promote"] = code, body
+    result["promoted_after"] = time.monotonic() - killed
+    await call["pc"].close()
+    call["ws"].sock.close()
+    ws2 = await in_thread(pair.client)
+    result["register"] = await in_thread(register, ws2)
+    ua.ws = ws2
+    counter = Counter()
+    pc2 = new_pc(counter)
+    tone = ToneTrack()
+    pc2.addTrack(tone)
+    await offer_and_answer(ua, pc2)
+    await connected(pc2)
+    await wait_until(lambda: counter.frames["audio"] > 0, 5, "audio again")
+    result["media_back_after"] = time.monotonic() - killed
+    result["after"] = await audio_window(tone, counter, 1.5)
+    result["pbx_methods_before_bye"] = pair.pbx.methods(ua.call_id)
+    result["bye"] = await in_thread(ua.bye)
+    await wait_until(lambda: "BYE" in pair.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
+    result["pbx_methods"] = pair.pbx.methods(ua.call_id)
+    result["left"] = on_reactor(
+        lambda: (len(pair.standby.sip.core.calls), pair.standby.media.anchor.ports_in_use)
+    )
+    await pc2.close()
+    ws2.close()
+    return result
+
+
+@pytest.fixture(scope="module")
+def runner() -> Any:
+    r = LoopThread()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, runner: LoopThread) -> Any:
+    p = Pair(tmp_path, runner)
+    yield p
+    pytest_twisted.blockon(p.stop())
+
+
+@pytest_twisted.inlineCallbacks
+def test_failover_kill_active_call_continues_on_promoted_standby(pair: Pair) -> Any:
+    """kill -9 of the active node mid-call: the promoted standby takes the call over from Redis on
+    the same ports; the client's reconnect and ICE restart bring audio back; same Call-ID, no BYE and
+    no re-INVITE at the PBX until the client's own BYE, which ends the call cleanly."""
+    result = yield threads.deferToThread(pair.runner.run, failover_scenario(pair), 120)
+    print({k: v for k, v in result.items() if k != "promote"})
+    assert result["promote"][0] == 200
+    took = result["promote"][1]["cluster"]["took_over"]
+    assert took == {"calls": 1, "bindings": 1, "refused": 0}
+    assert result["register"] == 200
+    sent, got = result["after"]
+    assert sent >= 40 and got >= 0.9 * sent, result["after"]
+    assert result["media_back_after"] < 5.0
+    assert result["pbx_methods_before_bye"] == ["INVITE", "ACK"]
+    assert result["bye"] == 200
+    assert result["pbx_methods"] == ["INVITE", "ACK", "BYE"]
+    assert result["left"] == (0, 0)
