@@ -358,3 +358,80 @@ def test_failover_kill_active_call_continues_on_promoted_standby(pair: Pair) -> 
     assert result["bye"] == 200
     assert result["pbx_methods"] == ["INVITE", "ACK", "BYE"]
     assert result["left"] == (0, 0)
+
+
+def replication_detail(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5) as resp:
+        return str(json.loads(resp.read())["checks"]["replication"]["detail"])
+
+
+async def redis_down_scenario(pair: Pair) -> dict[str, Any]:
+    assert pair.active is not None
+    port = pair.active.admin
+    await wait_until(lambda: replication_detail(port) == "replication on (active)", 5, "replication on")
+    result: dict[str, Any] = {"before": await in_thread(replication_detail, port)}
+    call = await up_call(pair)
+    pair.redis.stop()
+    await wait_until(lambda: replication_detail(port).startswith("replication off"), 5, "health to say off")
+    result["down"] = await in_thread(replication_detail, port)
+    tone = call["pc"].getSenders()[0].track
+    result["old_call_while_down"] = await audio_window(tone, call["counter"], 1.5)
+    second = await up_call_as(pair, "<urn:uuid:5a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>")
+    result["new_call_while_down"] = second["first"]
+    pair.redis.start()
+    await wait_until(lambda: replication_detail(port) == "replication on (active)", 10, "health to say on")
+    await wait_until(
+        lambda: len(pair.redis.cli("KEYS", "mcs:test:call:*").split()) == 2, 5, "records rewritten"
+    )
+    result["records"] = pair.redis.cli("KEYS", "mcs:test:*").split()
+    await wait_until(
+        lambda: on_reactor(lambda: replica_counts(pair)) == {"call": 2, "binding": 2}, 10, "the standby"
+    )
+    result["replica"] = on_reactor(lambda: replica_counts(pair))
+    # a standby started now (the old active restarted) catches up from Redis
+    late = on_reactor(lambda: pair._in_process("node3"))
+    try:
+        await wait_until(
+            lambda: on_reactor(lambda: dict(late.cluster.replica.counts())) == result["replica"],
+            10,
+            "the late standby",
+        )
+    finally:
+        await in_thread(lambda: threads.blockingCallFromThread(reactor, late.stopService))
+    for c_ in (call, second):
+        result.setdefault("byes", []).append(await in_thread(c_["ua"].bye))
+        await c_["pc"].close()
+        c_["ws"].close()
+    await wait_until(lambda: not pair.redis.cli("KEYS", "mcs:test:call:*"), 5, "call records deleted")
+    return result
+
+
+async def up_call_as(pair: Pair, instance: str) -> dict[str, Any]:
+    ws = await in_thread(pair.client)
+    assert await in_thread(register, ws, instance) == 200
+    ua = WsUa(ws, "rossi.example.com")
+    counter = Counter()
+    pc = new_pc(counter)
+    tone = ToneTrack()
+    pc.addTrack(tone)
+    await offer_and_answer(ua, pc)
+    await connected(pc)
+    first = await audio_window(tone, counter, 1.5)
+    return {"ws": ws, "ua": ua, "pc": pc, "first": first, "counter": counter}
+
+
+@pytest_twisted.inlineCallbacks
+def test_failover_redis_down_keeps_serving_and_rewrites_state_when_back(pair: Pair) -> Any:
+    """Redis killed mid-call: the active node keeps the call and takes a new one, health says
+    replication is off; Redis back (empty): both calls' records are rewritten, the standby and a
+    standby started late (the old active restarted) catch up; BYEs delete the records."""
+    result = yield threads.deferToThread(pair.runner.run, redis_down_scenario(pair), 120)
+    print(result)
+    assert result["before"] == "replication on (active)"
+    assert result["down"].startswith("replication off (active)")
+    for what in ("old_call_while_down", "new_call_while_down"):
+        sent, got = result[what]
+        assert sent >= 40 and got >= 0.9 * sent, (what, result[what])
+    assert len([k for k in result["records"] if ":call:" in k]) == 2
+    assert result["replica"] == {"call": 2, "binding": 2}
+    assert result["byes"] == [200, 200]
