@@ -135,14 +135,14 @@ class Pair:
         self.tmp = tmp
         self.runner = runner
         self.echo = RecordingEcho()
-        self.pbx = RecordingPbx(self._answer)
+        self.pbx = AnsweringPbx(self._answer)
         self.closers: list[Callable[[], None]] = []
         runner.run(self.pbx.start())
         runner.run(self._start_echo())
         self.redis = Redis(tmp)
         self.https = _free_port()
         self.backend = _free_port(socket.SOCK_DGRAM)
-        self.lo = random.randrange(20000, 32000, 2)
+        self.lo = random.randrange(20000, 31000, 2)
         self.state = tmp / "state"
         self.active: TwistdEdge | None = TwistdEdge(self._dir("node1"), self.config("node1", "active"))
         self.standby = self._in_process("node2")
@@ -166,8 +166,14 @@ admin = "127.0.0.1:0"
 token = "{TOKEN}"
 [sip]
 flow_grace = {GRACE}
+[guard]
+max_connections_per_ip = 1000
+connection_rate_per_ip = 1000
+connection_burst_per_ip = 1000
+request_rate_per_ip = 10000
+request_burst_per_ip = 10000
 [media]
-ports = [{self.lo}, {self.lo + 199}]
+ports = [{self.lo}, {self.lo + 999}]
 bind = "127.0.0.1"
 [cluster]
 enabled = true
@@ -435,3 +441,143 @@ def test_failover_redis_down_keeps_serving_and_rewrites_state_when_back(pair: Pa
     assert len([k for k in result["records"] if ":call:" in k]) == 2
     assert result["replica"] == {"call": 2, "binding": 2}
     assert result["byes"] == [200, 200]
+
+
+class AnsweringPbx(RecordingPbx):
+    """The recording PBX that also keeps the responses it gets (to its own in-dialog requests)."""
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__(answer)
+        self.responses: list[str] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        text = data.decode(errors="replace")
+        if text.startswith("SIP/2.0"):
+            self.responses.append(text)
+            return
+        super().datagram_received(data, addr)
+
+
+def _headers(text: str, name: str) -> list[str]:
+    head = text.partition("\r\n\r\n")[0].split("\r\n")[1:]
+    return [
+        line.split(":", 1)[1].strip()
+        for line in head
+        if line.split(":", 1)[0].strip().lower() == name.lower()
+    ]
+
+
+def pbx_bye(pbx: RecordingPbx, invite: str, n: int) -> str:
+    """The PBX hangs up the call of ``invite`` (a BYE along the edge's Record-Route)."""
+    import uuid
+
+    contact = _headers(invite, "Contact")[0].strip("<>").split(">")[0]
+    routes = "".join(f"Route: {r}\r\n" for r in _headers(invite, "Record-Route"))
+    return (
+        f"BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{pbx.port};branch=z9hG4bK{uuid.uuid4().hex[:12]};rport\r\n"
+        f"Max-Forwards: 70\r\n{routes}From: {_headers(invite, 'To')[0]};tag={pbx.tag}\r\n"
+        f"To: {_headers(invite, 'From')[0]}\r\nCall-ID: {_headers(invite, 'Call-ID')[0]}\r\n"
+        f"CSeq: {100 + n} BYE\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+CALLS = 100
+
+
+def signalled_calls(pair: Pair, count: int) -> list[Any]:
+    """``count`` agents (one WebSocket and instance each) in a call with a browser-like offer."""
+    from helpers.webrtc_peer import WebRtcPeer
+
+    out = []
+    for i in range(count):
+        ws = pair.client()
+        assert register(ws, f"<urn:uuid:00000000-0000-4000-8000-{i:012d}>") == 200
+        ua = WsUa(ws, "rossi.example.com")
+        code, _answer = ua.invite(WebRtcPeer(("127.0.0.1", 40000 + i)).offer())
+        assert code == 200, code
+        ua.ack()
+        out.append((ws, ua))
+    return out
+
+
+async def many_calls_scenario(pair: Pair) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    started = time.monotonic()
+    calls = await in_thread(signalled_calls, pair, CALLS)
+    result["setup_seconds"] = time.monotonic() - started
+    await wait_until(
+        lambda: on_reactor(lambda: replica_counts(pair)) == {"call": CALLS, "binding": CALLS},
+        10,
+        "the replica",
+    )
+    assert pair.active is not None
+    pair.active.proc.kill()
+    pair.active.proc.wait()
+    pair.active = None
+    killed = time.monotonic()
+    code, body = await in_thread(
+        admin, pair.standby.ports["admin"].getHost().port, "POST", "/api/cluster/promote"
+    )
+    result["promote"] = code, body["cluster"]["took_over"]
+    result["promote_seconds"] = time.monotonic() - killed
+    # the PBX's RTP goes on to the same relay ports: the new node receives it on every call
+    pbx_ports = on_reactor(
+        lambda: [
+            leg.port
+            for s in pair.standby.media.anchor.sessions.values()
+            for leg in s.legs
+            if leg.side.name == "PBX"
+        ]
+    )
+    result["pbx_legs"] = len(pbx_ports)
+    rtp = bytes([0x80, 0, 0, 1]) + bytes(8) + bytes(160)
+    for port in pbx_ports:
+        pair.echo.transport.sendto(rtp, ("127.0.0.1", port))
+    await wait_until(
+        lambda: (
+            on_reactor(
+                lambda: sum(
+                    1
+                    for s in pair.standby.media.anchor.sessions.values()
+                    for leg in s.legs
+                    if leg.side.name == "PBX" and leg.counters.packets > 0
+                )
+            )
+            == CALLS
+        ),
+        5,
+        "PBX RTP on every call",
+    )
+    # the PBX hangs up every call: the new node answers each dialog from the replicated state
+    invites = [r for r in pair.pbx.requests if r.startswith("INVITE ")]
+    result["invites"] = len(invites)
+    for n, invite in enumerate(invites):
+        pair.pbx.transport.sendto(pbx_bye(pair.pbx, invite, n).encode(), ("127.0.0.1", pair.backend))
+    await wait_until(
+        lambda: sum(1 for r in pair.pbx.responses if " BYE" in _headers(r, "CSeq")[0]) >= CALLS,
+        10,
+        "BYE answers",
+    )
+    result["bye_answers"] = sorted(
+        {r.split(" ", 2)[1] for r in pair.pbx.responses if " BYE" in _headers(r, "CSeq")[0]}
+    )
+    result["left"] = on_reactor(
+        lambda: (len(pair.standby.sip.core.calls), pair.standby.media.anchor.ports_in_use)
+    )
+    for ws, _ua in calls:
+        ws.close()
+    return result
+
+
+@pytest_twisted.inlineCallbacks
+def test_failover_100_calls_all_taken_over(pair: Pair) -> Any:
+    """100 calls up, the active node killed: the promoted standby takes over every one (counted),
+    receives the PBX's RTP on every call's relay port, and answers the PBX's BYE of every dialog
+    with 200; then nothing is left (calls, relay ports)."""
+    result = yield threads.deferToThread(pair.runner.run, many_calls_scenario(pair), 300)
+    print(result)
+    assert result["promote"] == (200, {"calls": CALLS, "bindings": CALLS, "refused": 0})
+    assert result["pbx_legs"] == CALLS
+    assert result["invites"] == CALLS
+    assert result["bye_answers"] == ["200"]
+    assert result["left"] == (0, 0)
