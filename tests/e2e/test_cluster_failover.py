@@ -511,6 +511,12 @@ async def many_calls_scenario(pair: Pair) -> dict[str, Any]:
         "the replica",
     )
     assert pair.active is not None
+    from helpers.edge import metrics, sample
+
+    m = await in_thread(metrics, pair.active.admin)
+    result["sync_cpu_seconds"] = sample(m, "mcs_edge_cluster_sync_cpu_seconds_total")
+    result["process_cpu_seconds"] = sample(m, "process_cpu_seconds_total")
+    result["writes"] = sample(m, "mcs_edge_cluster_writes_total")
     pair.active.proc.kill()
     pair.active.proc.wait()
     pair.active = None
