@@ -617,6 +617,9 @@ class ClusterConfig:
     enabled: bool = f(c_bool, False, doc="replicate calls and flows to Redis for a standby node (docs/ha.md)")
     redis: HostPort = f(c_addr, HostPort("127.0.0.1", 6379), doc="Redis server (host:port)")
     redis_db: int = f(c_int(0, 15), 0, doc="Redis database number")
+    redis_password: str | None = f(
+        c_secret(16), None, doc="Redis AUTH password (requirepass); Redis off loopback needs one"
+    )
     name: str = f(
         c_str(64, re.compile(r"^[A-Za-z0-9_.-]+$"), "letters, digits, '_', '.', '-'"),
         "edge",

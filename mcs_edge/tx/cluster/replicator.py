@@ -52,10 +52,15 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         owner = self.factory.owner
 
         def subscribed(_: Any) -> Any:
+            if not self.connected:
+                return None  # AUTH refused: txredisapi dropped the connection and says why
             owner.subscribed(self)
             return self.psubscribe(owner.pattern)
 
-        return d.addCallback(subscribed)
+        def failed(f: Any) -> None:
+            owner.log.warn("CLU303 keyspace notifications lost; the replica reloads on reconnect")
+
+        return d.addCallback(subscribed).addErrback(failed)
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
         self.factory.owner.notified(channel, message)
@@ -118,6 +123,7 @@ class Replicator:
             c.redis.host,
             c.redis.port,
             dbid=c.redis_db,
+            password=c.redis_password,
             reconnect=True,
             charset=None,
             convertNumbers=False,
@@ -152,6 +158,7 @@ class Replicator:
         factory.protocol = _Subscriber
         factory.owner = self
         factory.charset = None
+        factory.password = self.config.redis_password
         factory.initialDelay = 0.2
         factory.maxDelay = 2.0
         factory.startConnecting(
