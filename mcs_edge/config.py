@@ -644,7 +644,9 @@ class ClusterConfig:
     )
     record_ttl: int = f(c_int(10, 86400), 120, doc="Redis TTL of a record (refreshed at every write)")
     queue_limit: int = f(c_int(100, 10_000_000), 100_000, doc="records queued at most before a full resync")
-    batch: int = f(c_int(1, 100_000), 1000, doc="records written per pipeline")
+    batch: int = f(
+        c_int(1, 100_000), 200, doc="records written per pipeline (txredisapi slows down past a few hundred)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,6 +141,8 @@ class EdgeService(MultiService):
             self.cluster.prefix,
             node,
             now,
+            cache=self.cluster.record_cache,
+            max_age=self.config.cluster.refresh,
         )
 
     # -- construction ------------------------------------------------------------------------

@@ -217,6 +217,22 @@ def open_secrets(record: Mapping[str, Any], box: SealsSecrets, key: str) -> dict
     return out
 
 
+def _fingerprint(call: Any, session: Any, token: str | None) -> tuple[Any, ...]:
+    """What a call record depends on, cheaply (identities and small values, no encoding); the
+    packet counters are left out: :func:`snapshot` rebuilds a record at least every ``max_age``."""
+    d = call.dialog
+    fp: tuple[Any, ...] = (call.state, call.flow_id, call.answered, token, id(d), d.cseq if d else None)
+    if session is not None:
+        fp += (id(session), session.ended, session.established, tuple(map(id, session.remote_sdp)))
+        fp += tuple(session.ice_credentials)
+        for leg in session.legs:
+            ice = leg.ice
+            fp += (leg.port, leg.rtcp_port, leg.remote, leg.profile, id(leg.srtp), id(ice))
+            if ice is not None:
+                fp += (ice.local_ufrag, ice.remote_ufrag)
+    return fp
+
+
 def snapshot(
     calls: Any,
     flows: Mapping[int, Any],
@@ -226,20 +242,48 @@ def snapshot(
     prefix: str,
     node: str,
     now: float,
+    cache: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] | None = None,
+    max_age: float = 5.0,
 ) -> dict[str, dict[str, Any]]:
     """Every record of a node: its answered calls (a call still ringing is not worth a takeover:
     its transaction is lost anyway) and its flow bindings. ``calls`` is the proxy's
     :class:`~mcs_edge.core.sip.calls.CallTable`, ``flows`` its flows by id, ``registry`` its
-    :class:`~mcs_edge.core.sip.flows.FlowRegistry`, ``sessions`` the media anchor's sessions."""
+    :class:`~mcs_edge.core.sip.flows.FlowRegistry`, ``sessions`` the media anchor's sessions.
+
+    With ``cache``, a call whose fingerprint did not change since its record was built less than
+    ``max_age`` ago gets *the same record object* back (the change tracker then skips it without
+    encoding it); ended calls leave the cache."""
     out: dict[str, dict[str, Any]] = {}
     for call in calls.calls.values():
         if call.answered is None:
             continue
         flow = flows.get(call.flow_id)
+        token = getattr(flow, "token", None)
+        session = sessions.get(call.call_id)
         key = key_for_call(prefix, call.call_id)
-        out[key] = call_record(
-            call, sessions.get(call.call_id), getattr(flow, "token", None), box, key, node, now
-        )
+        if cache is not None:
+            fp = _fingerprint(call, session, token)
+            hit = cache.get(key)
+            if hit is not None and hit[0] == fp and now - hit[1] < max_age:
+                out[key] = hit[2]
+                continue
+            out[key] = call_record(call, session, token, box, key, node, now)
+            cache[key] = (fp, now, out[key])
+        else:
+            out[key] = call_record(call, session, token, box, key, node, now)
     for binding in registry.bindings.values():
-        out[key_for_binding(prefix, binding.key)] = binding_record(binding, node, now)
+        key = key_for_binding(prefix, binding.key)
+        if cache is not None:
+            fp = (binding.flow_id, tuple(binding.tokens), tuple(binding.aliases.items()))
+            hit = cache.get(key)
+            if hit is not None and hit[0] == fp and now - hit[1] < max_age:
+                out[key] = hit[2]
+                continue
+            out[key] = binding_record(binding, node, now)
+            cache[key] = (fp, now, out[key])
+        else:
+            out[key] = binding_record(binding, node, now)
+    if cache is not None and len(cache) > len(out):
+        for key in [k for k in cache if k not in out]:
+            del cache[key]
     return out

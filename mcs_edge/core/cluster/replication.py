@@ -99,7 +99,8 @@ class ChangeTracker:
 
     def __init__(self, refresh: float) -> None:
         self.refresh = refresh
-        self._last: dict[str, tuple[bytes, float]] = {}  # key -> (digest, written at)
+        # key -> (digest, written at, the record object written: an identical object is unchanged)
+        self._last: dict[str, tuple[bytes, float, object]] = {}
 
     def __len__(self) -> int:
         return len(self._last)
@@ -109,10 +110,12 @@ class ChangeTracker:
         out: list[tuple[str, bytes | None]] = []
         last = self._last
         for key, record in records.items():
-            d = digest(record)
             prev = last.get(key)
+            if prev is not None and prev[2] is record and now - prev[1] < self.refresh:
+                continue  # the snapshot's cache handed back the record already written
+            d = digest(record)
             if prev is None or prev[0] != d or now - prev[1] >= self.refresh:
-                last[key] = (d, now)
+                last[key] = (d, now, record)
                 out.append((key, encode(record)))
         if len(last) > len(records):  # some keys vanished
             for key in [k for k in last if k not in records]:

@@ -95,6 +95,8 @@ class Replicator:
         self.tracker = ChangeTracker(config.refresh)
         self.queue = WriteQueue(config.queue_limit)
         self.replica = Replica()
+        #: snapshot()'s per-call cache (core/cluster/records.py): unchanged calls are not re-encoded
+        self.record_cache: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] = {}
         self.up = False
         self.reason = "not connected yet"
         self.resyncs = 0
@@ -220,6 +222,7 @@ class Replicator:
         self.resyncs += 1
         self.queue.clear()
         self.tracker.forget()
+        self.record_cache.clear()
         self._resyncing = True
         d = self._scan_keys()
 

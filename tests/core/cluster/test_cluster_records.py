@@ -146,3 +146,25 @@ def test_replica_applies_sets_and_deletes_counts_kinds_and_measures_lag() -> Non
     assert not r.apply("k2", b"{garbage", 101.0) and r.bad == 1
     assert not r.apply("k3", json.dumps({"v": 99}), 101.0) and r.bad == 2
     assert r.apply("k1", None, 102.0) and r.counts() == {"call": 0, "binding": 0}
+
+
+def test_snapshot_cache_hands_back_unchanged_records_and_rebuilds_changed_or_old_ones() -> None:
+    """An unchanged call gets the same record object (the tracker skips it without encoding); a
+    state change, or the record's age reaching max_age, builds a new one; an ended call leaves."""
+    calls, registry, sessions = _state()
+    b = box()
+    cache: dict[str, object] = {}
+    tracker = ChangeTracker(refresh=5.0)
+    key = key_for_call(PREFIX, "call-1")
+    first = snapshot(calls, {7: _Flow()}, registry, sessions, b, PREFIX, "n1", 1.0, cache, 5.0)  # type: ignore[arg-type]
+    assert len(tracker.sync(first, 1.0)) == 2
+    again = snapshot(calls, {7: _Flow()}, registry, sessions, b, PREFIX, "n1", 1.1, cache, 5.0)  # type: ignore[arg-type]
+    assert again[key] is first[key] and tracker.sync(again, 1.1) == []
+    calls.calls["call-1"].state = "grace"
+    changed = snapshot(calls, {7: _Flow()}, registry, sessions, b, PREFIX, "n1", 1.2, cache, 5.0)  # type: ignore[arg-type]
+    assert changed[key] is not first[key] and [k for k, _ in tracker.sync(changed, 1.2)] == [key]
+    old = snapshot(calls, {7: _Flow()}, registry, sessions, b, PREFIX, "n1", 6.3, cache, 5.0)  # type: ignore[arg-type]
+    assert old[key] is not changed[key] and key in dict(tracker.sync(old, 6.3))
+    calls.bye("call-1")
+    snapshot(calls, {}, registry, sessions, b, PREFIX, "n1", 6.4, cache, 5.0)  # type: ignore[arg-type]
+    assert key not in cache
