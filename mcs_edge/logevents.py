@@ -25,6 +25,7 @@ ADM       admin API, metrics and health endpoints
 WRK       worker processes and their supervisor
 LOG       the logging system itself (rate limits)
 TMR       timers
+CLU       cluster replication through Redis (docs/ha.md)
 ========  ==========================================================================
 
 ========  ==========================================================================
@@ -123,6 +124,16 @@ EVENTS: dict[str, str] = {
     "CHK200": "{tenant} network check reported: {result} ({kept} figures)",
     # logging
     "LOG300": "{key}: {count} more message(s) suppressed in the last {window:.0f} s",
+    # cluster replication
+    "CLU100": "cluster node {node} ({role}) replicating to redis {host}:{port}",
+    "CLU101": "replication on: redis {host}:{port}",
+    "CLU102": "cluster node {node} promoted to active",
+    "CLU103": "took over {calls} call(s) and {bindings} binding(s) from the replica",
+    "CLU300": "replication off: {reason}; serving on, resync when Redis is back",
+    "CLU301": "cannot enable keyspace notifications: {why}",
+    "CLU302": "replica read failed: {why}",
+    "CLU303": "keyspace notifications lost; the replica reloads on reconnect",
+    "CLU400": "record {key} not taken over: {why}",
     # timers
     "TMR500": "timer callback {fn!r} failed",
     "TMR501": "periodic task {fn!r} failed",

@@ -77,6 +77,7 @@ from mcs_edge.core.media.session import (
     SessionSettings,
     pbx_profile_for,
 )
+from mcs_edge.core.rtp.srtp import PROFILES, SrtpContext
 from mcs_edge.core.shaping import Policer
 from mcs_edge.core.sip.message import Request, Response
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
@@ -120,6 +121,14 @@ class _CallInfo:
     parked_until: float | None = None  # timers stand still until then (client connection lost)
     dropped_base: int = 0  # no-destination drops of the client legs when parked
     reanchored: bool = False  # the client re-offered since it was parked
+
+
+@dataclass(slots=True)
+class _Adopted:
+    """The (tenant, flow) of a call taken over from another node, shaped like a transaction pair."""
+
+    tenant_id: str
+    flow_id: int
 
 
 def _discard(data: bytes, addr: Any) -> None:
@@ -170,6 +179,7 @@ class MediaAnchor:
         #: packets dropped by reason (garbage, unverified-source, ...) on legs already closed
         self.dropped_closed: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
+        self._forced_ports: list[tuple[int, int | None]] = []  # ports of legs being adopted
 
     # ---------------------------------------------------------------------------- bookkeeping
 
@@ -353,6 +363,53 @@ class MediaAnchor:
                 continue
             self.on_end(call_id, "flow closed")
 
+    # ------------------------------------------------------------------------------- takeover
+
+    def adopt(
+        self,
+        call_id: str,
+        tenant_id: str,
+        flow_id: int,
+        from_client: bool,
+        sdps: tuple[SessionDescription, SessionDescription],
+        ports: list[tuple[int, int | None]],
+        ice_credentials: list[tuple[str, str]],
+        srtp: dict[int, tuple[str, bytes, bytes]],
+        until: float,
+        now: float,
+    ) -> MediaSession:
+        """Rebuild the media session of a call taken over from the node that died (docs/ha.md):
+        the offer/answer of its last SDPs (``sdps`` = (client's, PBX's)) is replayed with the same
+        local ICE credentials on the same relay ports (``ports``, in ``session.legs`` order), then
+        each leg's SRTP context is keyed with the replicated keys (``srtp``: leg index -> (profile,
+        local key||salt, remote key||salt)). The session is parked until ``until``: the client leg
+        waits for its client to come back (ICE restart re-offer), the PBX leg works at once.
+        Raises OutOfPorts when a port is taken, LocalProtocolError/RemoteProtocolError when the SDPs
+        do not replay; nothing is left behind then."""
+        pair = _Adopted(tenant_id, flow_id)
+        session = self._new_session(call_id, pair, now)
+        session.ice_credentials = [tuple(c) for c in ice_credentials]  # type: ignore[misc]
+        self._forced_ports = list(ports)
+        offerer, answerer = (CLIENT, PBX) if from_client else (PBX, CLIENT)
+        try:
+            session.offer(offerer, sdps[0 if from_client else 1], now, 1)
+            session.answer(answerer, sdps[1 if from_client else 0], now)
+            if self._forced_ports:
+                raise LocalProtocolError(
+                    f"{len(self._forced_ports)} replicated port(s) not used by the replay"
+                )
+        except Exception:
+            self._forced_ports = []
+            self._release(session, "takeover failed")
+            raise
+        self._forced_ports = []
+        for i, (name, local, remote) in srtp.items():
+            if i < len(session.legs):
+                session.legs[i].srtp = SrtpContext(PROFILES[name], local, remote)
+        self.park(call_id, until, now)
+        self._schedule(session)
+        return session
+
     # ------------------------------------------------------------------------------- parking
 
     def park(self, call_id: str, until: float, now: float) -> None:
@@ -454,32 +511,45 @@ class MediaAnchor:
     # ------------------------------------------------------------------------------ LegPorts
 
     def open(self, leg: Leg, rtcp_mux: bool) -> bool:
-        """Allocate and bind the port(s) of a new leg."""
+        """Allocate and bind the port(s) of a new leg (the replicated ones during :meth:`adopt`)."""
         allocator = self.allocator
+        if self._forced_ports:
+            rtp, rtcp = self._forced_ports.pop(0)
+            claimed = allocator.claim(rtp, rtcp_mux=rtcp is None)
+            if claimed is None:
+                self.count("media_port_bind_failed", f"replicated port {rtp} is taken")
+                return False
+            return self._bind(leg, claimed)
         for _ in range(self.settings.max_bind_attempts):
             alloc = allocator.allocate(rtcp_mux=rtcp_mux)
             if alloc is None:
                 return False
-            send = self.io.open_port(alloc.rtp_port, leg, False)
-            if send is None:
-                allocator.release(alloc.rtp_port)
-                self.count("media_port_bind_failed", f"port {alloc.rtp_port}")
-                continue
-            send_rtcp: Sender = _discard
-            if alloc.rtcp_port is not None:
-                opened = self.io.open_port(alloc.rtcp_port, leg, True)
-                if opened is None:
-                    self.io.close_port(alloc.rtp_port)
-                    allocator.release(alloc.rtp_port)
-                    self.count("media_port_bind_failed", f"port {alloc.rtcp_port}")
-                    continue
-                send_rtcp = opened
-            leg.port = alloc.rtp_port
-            leg.rtcp_port = alloc.rtcp_port
-            leg.send = send
-            leg.send_rtcp = send_rtcp
-            return True
+            if self._bind(leg, alloc):
+                return True
         return False
+
+    def _bind(self, leg: Leg, alloc: Any) -> bool:
+        """Open the sockets of ``alloc`` for ``leg``; False (allocation given back) when one fails."""
+        allocator = self.allocator
+        send = self.io.open_port(alloc.rtp_port, leg, False)
+        if send is None:
+            allocator.release(alloc.rtp_port)
+            self.count("media_port_bind_failed", f"port {alloc.rtp_port}")
+            return False
+        send_rtcp: Sender = _discard
+        if alloc.rtcp_port is not None:
+            opened = self.io.open_port(alloc.rtcp_port, leg, True)
+            if opened is None:
+                self.io.close_port(alloc.rtp_port)
+                allocator.release(alloc.rtp_port)
+                self.count("media_port_bind_failed", f"port {alloc.rtcp_port}")
+                return False
+            send_rtcp = opened
+        leg.port = alloc.rtp_port
+        leg.rtcp_port = alloc.rtcp_port
+        leg.send = send
+        leg.send_rtcp = send_rtcp
+        return True
 
     def close(self, leg: Leg) -> None:
         """Close and give back the port(s) of a leg."""

@@ -197,6 +197,37 @@ class FlowRegistry:
     def key_of_token(self, token: str) -> BindingKey | None:
         return self._by_token.get(token)
 
+    # ------------------------------------------------------------------ taken over (docs/ha.md)
+    def adopt_binding(
+        self, key: BindingKey, tokens: list[str], aliases: dict[str, str], now: float
+    ) -> Binding:
+        """A binding replicated from the node that died: no connection (the client must reconnect),
+        its tokens resolve to it, forgotten after ``grace`` unless the client comes back."""
+        binding = self.bindings.get(key)
+        if binding is None:
+            binding = self.bindings[key] = Binding(key, None)
+            binding.lost_at = now
+            binding.forget_at = now + self.grace
+            self._idle[key] = None
+        for token in tokens[-MAX_TOKENS:]:
+            if token not in binding.tokens:
+                binding.tokens.append(token)
+                self._by_token[token] = key
+        while len(binding.tokens) > MAX_TOKENS:
+            self._by_token.pop(binding.tokens.pop(0), None)
+        binding.aliases.update(aliases)
+        return binding
+
+    def adopt_lost(self, flow_id: int, tenant_id: str, key: BindingKey | None, now: float) -> LostFlow:
+        """A lost connection standing for the calls taken over from the node that died: they wait
+        ``grace`` (from ``now``, the takeover) for their client, as after a network change."""
+        lost = LostFlow(flow_id, tenant_id, key, now, now + self.grace)
+        self.lost[flow_id] = lost
+        if key is not None and key in self.bindings:
+            self.bindings[key].lost_flows.append(flow_id)
+        heapq.heappush(self._heap, (lost.deadline, flow_id))
+        return lost
+
     # ----------------------------------------------------------------------------- lost flows
     def flow_closed(self, flow_id: int, tenant_id: str, now: float, keep: bool) -> LostFlow | None:
         """Connection ``flow_id`` is gone; with ``keep`` (it carried calls) it waits ``grace``."""

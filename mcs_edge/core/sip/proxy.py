@@ -53,7 +53,7 @@ from typing import Any, Protocol
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 from .calls import Call, CallTable, Dialog
-from .flows import GRACE_BYE_REASON, FlowRegistry, RecoveryHistogram, binding_key, in_grace_answer
+from .flows import GRACE_BYE_REASON, BindingKey, FlowRegistry, RecoveryHistogram, binding_key, in_grace_answer
 from .framing import PING, PONG
 from .headers import NameAddr, SipUri, parse_name_addr
 from .message import Limits, Request, Response, parse
@@ -389,6 +389,39 @@ class SipProxy:
         """The tenant of the live flow with ``token`` (binding a connection without SNI), or None."""
         _found, flow = self._flow_by_token(token)
         return flow.tenant if flow is not None else None
+
+    def adopt_binding(self, key: BindingKey, tokens: list[str], aliases: dict[str, str], now: float) -> None:
+        """A flow binding taken over from the node that died (core/cluster, docs/ha.md)."""
+        self.flow_registry.adopt_binding(key, tokens, aliases, now)
+        for token in tokens:
+            self._dead_tokens[token] = None
+
+    def adopt_call(
+        self,
+        call_id: str,
+        tenant: Any,
+        from_client: bool,
+        started: float,
+        dialog: Dialog,
+        key: BindingKey | None,
+        token: str | None,
+        now: float,
+    ) -> tuple[int, float]:
+        """A call taken over from the node that died: in grace on a lost flow of its binding, as if
+        its client's connection had just closed. (lost flow id, grace deadline)."""
+        flow_id = self._next_flow
+        self._next_flow += 1
+        self._tenant_objects[tenant.id] = tenant
+        self.calls.invite(call_id, tenant.id, flow_id, from_client, started)
+        self.calls.answered(call_id, started)
+        call = self.calls.calls[call_id]
+        call.dialog = dialog
+        call.state = "grace"
+        call.lost_at = now
+        if token is not None:
+            self._dead_tokens[token] = None
+        lost = self.flow_registry.adopt_lost(flow_id, tenant.id, key, now)
+        return flow_id, lost.deadline
 
     def _flow_by_token(self, token: str) -> tuple[bool, Flow | None]:
         flow_id = self._tokens.get(token)

@@ -270,6 +270,10 @@ class MediaRelay:
         if self.anchor.problems:
             self._log_problems()
 
+    def rearm(self) -> None:
+        """Re-arm the relay's timer after sessions were added outside a SIP message (takeover)."""
+        self._after()
+
     def _after(self) -> None:
         self.timer.arm()
         self._log_problems()
