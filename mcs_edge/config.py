@@ -32,6 +32,7 @@ __all__ = [
     "AcmeConfig",
     "AdminConfig",
     "Backend",
+    "BackendTlsConfig",
     "EdgeConfig",
     "EdgeSection",
     "GuardConfig",
@@ -591,6 +592,29 @@ class SipConfig:
     t1: float = f(
         c_float(0.05, 10), 0.5, doc="SIP timer T1 (RTT estimate): retransmissions and timeouts scale with it"
     )
+    backend_keepalive: float = f(
+        c_float(5, 3600),
+        60.0,
+        doc="tcp:/tls: PBX connections: seconds between CRLF keepalive pings (RFC 5626), pong within 10 s",
+    )
+    backend_connect_timeout: float = f(
+        c_float(0.5, 60), 5.0, doc="tcp:/tls: PBX connections: connect + TLS handshake time allowed"
+    )
+    backend_max_backoff: float = f(
+        c_float(1, 3600), 60.0, doc="tcp:/tls: PBX connections: longest wait between reconnect attempts"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTlsConfig:
+    ca: str | None = f(
+        c_path, None, doc="CA file (PEM) the PBX's certificate must chain to; absent: the system store"
+    )
+    server_name: str | None = f(
+        c_domain, None, doc="name (SNI) the PBX's certificate must carry; default the backend_sip host"
+    )
+    cert_file: str | None = f(c_path, None, doc="client certificate (PEM) presented to the PBX (optional)")
+    key_file: str | None = f(c_path, None, doc="its private key (PEM)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,6 +656,7 @@ class TenantConfig:
     shaping: TenantShapingConfig = f(section(TenantShapingConfig), factory=TenantShapingConfig)
     limits: LimitsConfig = f(section(LimitsConfig), factory=LimitsConfig)
     guard: TenantGuardConfig = f(section(TenantGuardConfig), factory=TenantGuardConfig)
+    backend_tls: BackendTlsConfig = f(section(BackendTlsConfig), factory=BackendTlsConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -752,6 +777,7 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
                     f"tenants[{i}].cert_file", f"only used with certificate = 'files', not {t.certificate!r}"
                 )
             )
+        errors.extend(_backend_checks(i, t))
         _rate, burst = cfg.tenant_rate(t)
         if burst < 1500:
             errors.append(
@@ -790,6 +816,38 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
     if (hi - lo + 1) < 4 * cfg.edge.workers:
         errors.append(ConfigError("media.ports", f"too few ports for {cfg.edge.workers} workers"))
     return errors
+
+
+def _backend_checks(i: int, t: TenantConfig) -> list[ConfigError]:
+    """What the runtime can do with a tenant's PBX transport (tx/sip/backend.py)."""
+    errors = []
+    tls = t.backend_tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        errors.append(
+            ConfigError(f"tenants[{i}].backend_tls.cert_file", "cert_file and key_file go together")
+        )
+    if t.backend_sip.transport != "tls" and tls != BackendTlsConfig():
+        errors.append(
+            ConfigError(
+                f"tenants[{i}].backend_tls", f"only used with backend_sip = 'tls:...', not {t.backend_sip}"
+            )
+        )
+    if t.media == "bridge-sdes" and t.backend_sip.transport != "tls" and not _is_loopback(t.backend_sip.host):
+        # SDES puts the SRTP keys in the SDP: only over TLS (or never leaving this machine).
+        errors.append(
+            ConfigError(
+                f"tenants[{i}].media",
+                f"'bridge-sdes' sends SRTP keys in SIP: backend_sip must be tls:, not {t.backend_sip.transport}:",
+            )
+        )
+    return errors
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def loads(text: str, base_dir: str = ".") -> EdgeConfig:

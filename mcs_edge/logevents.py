@@ -67,6 +67,10 @@ EVENTS: dict[str, str] = {
     # SIP
     "SIP400": "{problem}",
     "SIP401": "{tenant} TLS stream from {peer} closed: {reason}",
+    "SIP210": "{tenant} connected to its PBX {target} ({peer})",
+    "SIP402": "{tenant} PBX stream {target} closed: {reason}",
+    "SIP410": "{tenant} cannot reach its PBX {target}: {reason}; retrying with backoff",
+    "SIP311": "backend SIP over TCP not listening on {host}:{port}: {error}",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health
     "ADM100": "admin API, /metrics and /health on http://{host}:{port}/",

@@ -39,6 +39,7 @@ from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
+from mcs_edge.tx.sip.backend import BackendConnections
 from mcs_edge.tx.sip.router import BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
@@ -101,6 +102,17 @@ class EdgeService(MultiService):
             leg_policer=self.shaping.leg_policer,
         )
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
+        # tcp:/tls: PBXs (tx/sip/backend.py): one persistent connection per tenant, PBX-opened TCP.
+        self.backends = BackendConnections(
+            config,
+            reactor,
+            self.timers,
+            deliver=self.sip.data_from_backend,
+            on_dropped=self.sip.backend_failed,
+        )
+        self.backends.accept = self.sip.is_backend_address
+        self.sip.streams = self.backends
+        self.metrics.add_collector("backend_streams", self.backends.collect)
         # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
         # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
         self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
@@ -198,6 +210,7 @@ class EdgeService(MultiService):
         if udp is not None:
             self.sip.udp = udp
             self.sip.set_backend_port(udp.getHost().port)
+            self._listen_backend_tcp(udp.getHost().port)
         https_port = self.ports.get("https")
         if https_port is not None and self.config.listen.https.port == 0:
             self.sip.set_public_port(https_port.getHost().port)
@@ -211,6 +224,23 @@ class EdgeService(MultiService):
             self.reactor.callWhenRunning(self._log_ready)
         else:
             self._log_ready()
+
+    def _listen_backend_tcp(self, port: int) -> None:
+        """TCP on the backend SIP port (the same number as UDP): connections PBXs open toward us."""
+        from twisted.internet.error import CannotListenError
+
+        host = self.config.listen.backend_sip.host
+        try:
+            self.ports["backend_sip_tcp"] = self.reactor.listenTCP(
+                port, self.backends.inbound_factory(), interface=host
+            )
+        except CannotListenError as exc:
+            self.log.warn(
+                "SIP311 backend SIP over TCP not listening on {host}:{port}: {error}",
+                host=host,
+                port=port,
+                error=str(exc.socketError),
+            )
 
     def _log_ready(self) -> None:
         https = self.ports.get("https")
@@ -232,6 +262,10 @@ class EdgeService(MultiService):
         self._restore_sighup()
         self.echo.stop()
         self.sip.stop()
+        self.backends.stop()
+        tcp = self.ports.pop("backend_sip_tcp", None)
+        if tcp is not None:
+            tcp.stopListening()
         self.media.stop()
         self.shaping.stop()
         self.protection.stop()
@@ -286,6 +320,7 @@ class EdgeService(MultiService):
         self.tenants = TenantTable(new_config.tenants)
         self.certs.update(new_config, self.tenants)
         self.sip.update(new_config, self.tenants)
+        self.backends.update(new_config, self.tenants)
         self.protection.update(new_config)
         self.shaping.update(new_config)
         if self.turn is not None:

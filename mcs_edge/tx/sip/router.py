@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
     from mcs_edge.tx.protect.guard import Protection
+    from mcs_edge.tx.sip.backend import BackendConnections
     from mcs_edge.tx.timers import Timers
 
 __all__ = ["BackendUDP", "ClientFlow", "SipRouter"]
@@ -90,6 +91,8 @@ class SipRouter:
         #: Per-source guard, tenant caps and bans (tx/protect/guard.py), set by the service; None = off.
         self.protection: Protection | None = None
         self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        #: tcp:/tls: PBX connections (tx/sip/backend.py), set by the service; None = UDP only.
+        self.streams: BackendConnections | None = None
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -244,6 +247,15 @@ class SipRouter:
         self.core.receive_from_backend(data, addr, transport, self.timers.now())
         self._flush()
 
+    def is_backend_address(self, ip: str) -> bool:
+        """``ip`` is a tenant PBX's address (connections from others are refused)."""
+        return ip in self._backends
+
+    def backend_failed(self, tenant_id: str, reason: str) -> None:
+        """Messages toward ``tenant_id``'s PBX could not be sent: its pending requests get 503 now."""
+        self.core.backend_failed(tenant_id, reason, self.timers.now())
+        self._flush()
+
     def _observe_final(self, pair: Pair, response: Response) -> None:
         """A PBX's final answer to a client's request: authentication failures and successes."""
         protection = self.protection
@@ -271,9 +283,15 @@ class SipRouter:
                     except Exception as exc:  # e.g. EHOSTUNREACH, a name that is not an IP
                         self.count("backend_send_errors", action.tenant_id, type(exc).__name__)
                 else:
-                    self.count(
-                        "backend_send_errors", action.tenant_id, f"transport {action.transport} not available"
-                    )
+                    tenant = self.tenants.by_id(action.tenant_id)
+                    if self.streams is not None and tenant is not None:
+                        self.streams.send(tenant, action.transport, action.addr, action.data)
+                    else:
+                        self.count(
+                            "backend_send_errors",
+                            action.tenant_id,
+                            f"transport {action.transport} not available",
+                        )
             elif isinstance(action, CloseFlow):
                 flow = self.flows.get(action.flow_id)
                 if flow is not None:

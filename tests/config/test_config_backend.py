@@ -1,0 +1,69 @@
+"""Config keys of the PBX transports: what the runtime cannot do is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcs_edge import config as c
+from mcs_edge.errors import ConfigErrors
+
+TENANT = '[[tenants]]\nid = "r"\ndomains = ["r.example.com"]\n'
+
+
+def _error(text: str) -> tuple[str, str]:
+    with pytest.raises(ConfigErrors) as exc:
+        c.loads(text)
+    first = exc.value.errors[0]
+    return first.path, first.reason
+
+
+def test_bridge_sdes_over_cleartext_to_a_remote_pbx_is_refused() -> None:
+    """SDES keys travel in the SDP: bridge-sdes toward a udp:/tcp: PBX on the network is a config error."""
+    for transport in ("udp", "tcp"):
+        path, reason = _error(TENANT + f'backend_sip = "{transport}:10.1.0.10:5060"\nmedia = "bridge-sdes"\n')
+        assert path == "tenants[0].media" and "tls:" in reason
+
+
+def test_bridge_sdes_over_tls_or_loopback_is_accepted() -> None:
+    """tls: carries the keys encrypted; a PBX on this machine's loopback never puts them on a network."""
+    cfg = c.loads(TENANT + 'backend_sip = "tls:pbx.example.net:5061"\nmedia = "bridge-sdes"\n')
+    assert cfg.tenants[0].backend_sip.transport == "tls"
+    c.loads(TENANT + 'backend_sip = "udp:127.0.0.1:5060"\nmedia = "bridge-sdes"\n')
+
+
+def test_backend_tls_needs_a_tls_backend() -> None:
+    """backend_tls settings on a udp: tenant would be silently unused: refused."""
+    path, reason = _error(
+        TENANT + 'backend_sip = "udp:10.1.0.10:5060"\n[tenants.backend_tls]\nca = "ca.pem"\n'
+    )
+    assert path == "tenants[0].backend_tls" and "tls:" in reason
+
+
+def test_backend_tls_client_certificate_needs_its_key() -> None:
+    """cert_file and key_file go together."""
+    path, reason = _error(
+        TENANT + 'backend_sip = "tls:10.1.0.10:5061"\n[tenants.backend_tls]\ncert_file = "c.pem"\n'
+    )
+    assert path == "tenants[0].backend_tls.cert_file" and "go together" in reason
+
+
+def test_backend_tls_keys_load() -> None:
+    """ca, server_name, cert_file and key_file are read as given; defaults are the system store and the host."""
+    cfg = c.loads(
+        TENANT + 'backend_sip = "tls:10.1.0.10:5061"\n[tenants.backend_tls]\nca = "pbx-ca.pem"\n'
+        'server_name = "PBX.Example.net"\ncert_file = "c.pem"\nkey_file = "k.pem"\n'
+    )
+    tls = cfg.tenants[0].backend_tls
+    assert (tls.ca, tls.server_name, tls.cert_file, tls.key_file) == (
+        "pbx-ca.pem",
+        "pbx.example.net",
+        "c.pem",
+        "k.pem",
+    )
+    assert c.loads(TENANT + 'backend_sip = "tls:10.1.0.10:5061"\n').tenants[0].backend_tls.ca is None
+
+
+def test_backend_stream_timing_keys_are_bounded() -> None:
+    """The keepalive interval cannot be set below 5 s (RFC 5626 pongs take up to 10 s anyway)."""
+    path, _reason = _error("[sip]\nbackend_keepalive = 1\n")
+    assert path == "sip.backend_keepalive"
