@@ -33,6 +33,7 @@ __all__ = [
     "AdminConfig",
     "Backend",
     "BackendTlsConfig",
+    "DnsConfig",
     "EdgeConfig",
     "EdgeSection",
     "GuardConfig",
@@ -76,13 +77,15 @@ class HostPort:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """A tenant's PBX: ``transport`` is ``udp``, ``tcp`` or ``tls``."""
+    """A tenant's PBX: ``transport`` is ``udp``, ``tcp`` or ``tls``; ``port`` 0 = a name located by SRV."""
 
     transport: str
     host: str
     port: int
 
     def __str__(self) -> str:
+        if self.port == 0:
+            return f"{self.transport}:{self.host}"
         return f"{self.transport}:{HostPort(self.host, self.port)}"
 
 
@@ -268,6 +271,13 @@ def c_backend(value: Any, path: str) -> Backend:
     transport, sep, rest = value.partition(":")
     if not sep or transport not in ("udp", "tcp", "tls"):
         raise ConfigError(path, f"{value!r} must start with udp:, tcp: or tls:")
+    bare = rest[1:-1] if rest.startswith("[") and rest.endswith("]") else rest
+    if _is_ip(bare) or (":" not in rest and _HOSTNAME_RE.match(rest.rstrip("."))):
+        # no port (RFC 3263 s.4.2): an IP address gets the transport's default port, a name is
+        # located through SRV records (port 0 here)
+        if _is_ip(bare):
+            return Backend(transport, str(ipaddress.ip_address(bare)), 5061 if transport == "tls" else 5060)
+        return Backend(transport, rest.rstrip(".").lower(), 0)
     hp = parse_host_port(rest, path)
     return Backend(transport, hp.host, hp.port)
 
@@ -452,6 +462,29 @@ class AcmeConfig:
     )
     retry_min: float = f(c_float(1, 86400), 60.0, doc="first retry delay after a failed order (doubles)")
     retry_max: float = f(c_float(1, 7 * 86400), 6 * 3600.0, doc="longest retry delay after failures")
+
+
+def c_nameserver(value: Any, path: str) -> HostPort:
+    if isinstance(value, str) and _is_ip(value.strip("[]")):
+        return HostPort(value.strip("[]"), 53)
+    hp = parse_host_port(value, path)
+    if not _is_ip(hp.host):
+        raise ConfigError(path, f"{hp.host!r}: a DNS server is an IP address")
+    return hp
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    servers: tuple[HostPort, ...] = f(
+        c_list(c_nameserver, 0, 8),
+        (),
+        doc="DNS servers (IP or IP:port) for PBX names in backend_sip; empty: those of /etc/resolv.conf",
+    )
+    min_ttl: float = f(c_float(0, 3600), 5.0, doc="a PBX name is re-resolved at most this often")
+    max_ttl: float = f(c_float(1, 86400), 3600.0, doc="... and at least this often, whatever its TTL")
+    negative_ttl: float = f(
+        c_float(0, 3600), 10.0, doc="a name that did not resolve is retried after this long (503 meanwhile)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -671,6 +704,7 @@ class EdgeConfig:
     guard: GuardConfig = f(section(GuardConfig), factory=GuardConfig)
     sip: SipConfig = f(section(SipConfig), factory=SipConfig)
     proxy: ProxyConfig = f(section(ProxyConfig), factory=ProxyConfig)
+    dns: DnsConfig = f(section(DnsConfig), factory=DnsConfig)
     turn: TurnConfig = f(section(TurnConfig), factory=TurnConfig)
     tenants: tuple[TenantConfig, ...] = f(c_list(section(TenantConfig)), ())
     # Where the file was read from (relative paths in it are resolved against its folder).
@@ -783,6 +817,8 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(
                 ConfigError(f"tenants[{i}].shaping.burst", "must be at least 1500 bytes (one packet)")
             )
+    if cfg.dns.min_ttl > cfg.dns.max_ttl:
+        errors.append(ConfigError("dns.min_ttl", "must not exceed dns.max_ttl"))
     if cfg.turn.default_lifetime > cfg.turn.max_lifetime:
         errors.append(ConfigError("turn.default_lifetime", "must not exceed turn.max_lifetime"))
     if cfg.shaping.burst < 1500:

@@ -70,6 +70,9 @@ EVENTS: dict[str, str] = {
     "SIP210": "{tenant} connected to its PBX {target} ({peer})",
     "SIP402": "{tenant} PBX stream {target} closed: {reason}",
     "SIP410": "{tenant} cannot reach its PBX {target}: {reason}; retrying with backoff",
+    "SIP211": "PBX name {name} ({transport}) resolves to {addresses}",
+    "SIP411": "PBX name {name} ({transport}) does not resolve: {reason}",
+    "SIP212": "{tenant} PBX {target} moved to {addresses}: reconnecting",
     "SIP311": "backend SIP over TCP not listening on {host}:{port}: {error}",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health

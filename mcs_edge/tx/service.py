@@ -40,6 +40,7 @@ from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
 from mcs_edge.tx.sip.backend import BackendConnections
+from mcs_edge.tx.sip.resolver import BackendResolver, make_resolver
 from mcs_edge.tx.sip.router import BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
@@ -75,6 +76,7 @@ class EdgeService(MultiService):
         self.tenants: TenantTable[TenantConfig] = TenantTable(config.tenants)
         self.certs = CertificateStore(config, self.tenants, alpn=(b"http/1.1", *turn_alpn(config)))
         self._cert_loop: Any = None
+        self._names_loop: Any = None  # PBX name refresh, while a tenant's backend_sip is a name
         self._old_sighup: Any = None
         self.ports: dict[str, Any] = {}
         # Operations (tx/ops/metrics.py, tx/ops/admin.py, tx/ops/drain.py): components add their metric
@@ -103,13 +105,18 @@ class EdgeService(MultiService):
         )
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
         # tcp:/tls: PBXs (tx/sip/backend.py): one persistent connection per tenant, PBX-opened TCP.
+        # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache.
+        self.resolver = BackendResolver(config, self.timers, make_resolver(config, reactor))
+        self.sip.resolver = self.resolver
         self.backends = BackendConnections(
             config,
             reactor,
             self.timers,
             deliver=self.sip.data_from_backend,
             on_dropped=self.sip.backend_failed,
+            resolve=self.resolver.resolve,
         )
+        self.resolver.on_change = self._backend_addresses_changed
         self.backends.accept = self.sip.is_backend_address
         self.sip.streams = self.backends
         self.metrics.add_collector("backend_streams", self.backends.collect)
@@ -218,6 +225,7 @@ class EdgeService(MultiService):
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
         self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
+        self._watch_backend_names()
         self.acme.start()
         self._install_sighup()
         if hasattr(self.reactor, "callWhenRunning"):
@@ -241,6 +249,22 @@ class EdgeService(MultiService):
                 port=port,
                 error=str(exc.socketError),
             )
+
+    def _watch_backend_names(self) -> None:
+        """Re-resolve PBX names every second while some tenant has one (tx/sip/resolver.py)."""
+        named = any(self.resolver.needs_lookup(t.backend_sip) for t in self.config.tenants)
+        if named and self._names_loop is None:
+            self._names_loop = self.timers.looping(1.0, self._refresh_backend_names, now=True)
+        elif not named and self._names_loop is not None:
+            self.timers.stop_looping(self._names_loop)
+            self._names_loop = None
+
+    def _refresh_backend_names(self) -> None:
+        self.resolver.refresh(t.backend_sip for t in self.config.tenants)
+
+    def _backend_addresses_changed(self) -> None:
+        self.sip.reindex_backends()
+        self.backends.addresses_changed(self.resolver.addresses)
 
     def _log_ready(self) -> None:
         https = self.ports.get("https")
@@ -321,6 +345,10 @@ class EdgeService(MultiService):
         self.certs.update(new_config, self.tenants)
         self.sip.update(new_config, self.tenants)
         self.backends.update(new_config, self.tenants)
+        self.resolver.config = new_config
+        self.resolver.forget(t.backend_sip for t in new_config.tenants)
+        if self.running:
+            self._watch_backend_names()
         self.protection.update(new_config)
         self.shaping.update(new_config)
         if self.turn is not None:

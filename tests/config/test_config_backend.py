@@ -67,3 +67,28 @@ def test_backend_stream_timing_keys_are_bounded() -> None:
     """The keepalive interval cannot be set below 5 s (RFC 5626 pongs take up to 10 s anyway)."""
     path, _reason = _error("[sip]\nbackend_keepalive = 1\n")
     assert path == "sip.backend_keepalive"
+
+
+def test_backend_without_port_is_a_name_for_srv_or_an_ip_on_the_default_port() -> None:
+    """RFC 3263: a name without port is located by SRV (port 0 here); an IP gets 5060/5061."""
+    srv = c.loads(TENANT + 'backend_sip = "tcp:PBX.Example.net."\n').tenants[0].backend_sip
+    assert (srv.transport, srv.host, srv.port, str(srv)) == (
+        "tcp",
+        "pbx.example.net",
+        0,
+        "tcp:pbx.example.net",
+    )
+    assert c.loads(TENANT + 'backend_sip = "tls:10.1.0.10"\n').tenants[0].backend_sip.port == 5061
+    assert (
+        c.loads(TENANT + 'backend_sip = "udp:[2001:db8::1]"\n').tenants[0].backend_sip.host == "2001:db8::1"
+    )
+
+
+def test_dns_servers_are_ip_addresses() -> None:
+    """dns.servers take IP or IP:port (53 by default); a name there could never be resolved."""
+    cfg = c.loads('[dns]\nservers = ["192.0.2.53", "127.0.0.1:5353"]\n')
+    assert [(s.host, s.port) for s in cfg.dns.servers] == [("192.0.2.53", 53), ("127.0.0.1", 5353)]
+    path, _reason = _error('[dns]\nservers = ["ns.example.net:53"]\n')
+    assert path == "dns.servers[0]"
+    path, _reason = _error("[dns]\nmin_ttl = 100\nmax_ttl = 10\n")
+    assert path == "dns.min_ttl"

@@ -435,6 +435,22 @@ class BackendConnections:
             else:
                 link.tenant = current
 
+    def addresses_changed(self, addresses: Callable[[Backend], tuple[Addr, ...]]) -> None:
+        """A PBX name now resolves elsewhere: a link still connected to an old address reconnects."""
+        for link in self.links.values():
+            stream = link.stream
+            if stream is None or not stream.up:
+                continue
+            now_at = addresses(link.backend)
+            if now_at and stream.peer not in now_at:
+                self.log.info(
+                    "SIP212 {tenant} PBX {target} moved to {addresses}: reconnecting",
+                    tenant=link.tenant.id,
+                    target=str(link.backend),
+                    addresses=" ".join(f"{h}:{p}" for h, p in now_at),
+                )
+                stream.abort()
+
     def stop(self) -> None:
         for link in self.links.values():
             link.close("edge shutting down")

@@ -23,16 +23,19 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcs_edge.core.guard.sip_auth import auth_outcome
+from mcs_edge.core.sip.locate import is_ip as _is_ip
 from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.core.sip.locate import Located
     from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
     from mcs_edge.tx.protect.guard import Protection
     from mcs_edge.tx.sip.backend import BackendConnections
+    from mcs_edge.tx.sip.resolver import BackendResolver
     from mcs_edge.tx.timers import Timers
 
 __all__ = ["BackendUDP", "ClientFlow", "SipRouter"]
@@ -93,6 +96,8 @@ class SipRouter:
         self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
         #: tcp:/tls: PBX connections (tx/sip/backend.py), set by the service; None = UDP only.
         self.streams: BackendConnections | None = None
+        #: PBX names (tx/sip/resolver.py), set by the service; None = IP addresses only.
+        self.resolver: BackendResolver | None = None
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -125,8 +130,11 @@ class SipRouter:
             host = t.backend_sip.host
             try:
                 host = str(ipaddress.ip_address(host))
-            except ValueError:
-                pass  # a DNS name: matched after resolution (not yet supported for inbound)
+            except ValueError:  # a DNS name: matched against the addresses it resolved to
+                if self.resolver is not None:
+                    for ip in {ip for ip, _port in self.resolver.addresses(t.backend_sip)}:
+                        index.setdefault(ip, []).append(t)
+                continue
             index.setdefault(host, []).append(t)
         self._backends = index
 
@@ -247,6 +255,30 @@ class SipRouter:
         self.core.receive_from_backend(data, addr, transport, self.timers.now())
         self._flush()
 
+    def reindex_backends(self) -> None:
+        """PBX names resolved to new addresses: requests from them are matched from now on."""
+        self._index_backends(self.tenants)
+
+    def _send_udp_named(self, action: ToBackend) -> None:
+        """UDP toward a PBX given by name: the resolver's first address, or 503 while it does not resolve."""
+        tenant = self.tenants.by_id(action.tenant_id)
+        resolver = self.resolver
+        if tenant is None or resolver is None or tenant.backend_sip.host != action.addr[0]:
+            self.count("backend_send_errors", action.tenant_id, "unknown backend name")
+            return
+
+        def send(located: Located) -> None:
+            if not located.addresses:
+                self.count("backend_send_errors", action.tenant_id, "name does not resolve")
+                self.backend_failed(action.tenant_id, located.error or "name does not resolve")
+                return
+            try:
+                self.udp.write(action.data, located.addresses[0])
+            except Exception as exc:
+                self.count("backend_send_errors", action.tenant_id, type(exc).__name__)
+
+        resolver.locate(tenant.backend_sip).addCallback(send)
+
     def is_backend_address(self, ip: str) -> bool:
         """``ip`` is a tenant PBX's address (connections from others are refused)."""
         return ip in self._backends
@@ -278,6 +310,9 @@ class SipRouter:
                     flow.send(action.data)
             elif isinstance(action, ToBackend):
                 if action.transport == "udp" and self.udp is not None:
+                    if self.resolver is not None and not _is_ip(action.addr[0]):
+                        self._send_udp_named(action)
+                        continue
                     try:
                         self.udp.write(action.data, action.addr)
                     except Exception as exc:  # e.g. EHOSTUNREACH, a name that is not an IP
