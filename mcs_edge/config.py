@@ -217,6 +217,21 @@ def c_float(lo: float | None = None, hi: float | None = None) -> Converter:
     return conv
 
 
+def c_float_or_zero(lo: float, hi: float) -> Converter:
+    """A number in ``[lo, hi]``, or 0 (meaning "off", as the key's doc says)."""
+    within = c_float(lo, hi)
+
+    def conv(value: Any, path: str) -> float:
+        if value == 0 and not isinstance(value, bool):
+            return 0.0
+        try:
+            return float(within(value, path))
+        except ConfigError as exc:
+            raise ConfigError(path, f"{exc.reason} (or 0)") from None
+
+    return conv
+
+
 def c_bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(path, f"expected true or false, got {_type_name(value)}")
@@ -690,6 +705,11 @@ class TenantConfig:
     limits: LimitsConfig = f(section(LimitsConfig), factory=LimitsConfig)
     guard: TenantGuardConfig = f(section(TenantGuardConfig), factory=TenantGuardConfig)
     backend_tls: BackendTlsConfig = f(section(BackendTlsConfig), factory=BackendTlsConfig)
+    backend_check_interval: float = f(
+        c_float_or_zero(1, 3600),
+        0.0,
+        doc="seconds between SIP OPTIONS to the PBX (up/down; down: new calls get 503 at once); 0 = off",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,8 @@ EVENTS: dict[str, str] = {
     "SIP211": "PBX name {name} ({transport}) resolves to {addresses}",
     "SIP411": "PBX name {name} ({transport}) does not resolve: {reason}",
     "SIP212": "{tenant} PBX {target} moved to {addresses}: reconnecting",
+    "SIP220": "{tenant} PBX {target} is up: {reason}",
+    "SIP420": "{tenant} PBX {target} is down: {reason}; new calls get 503",
     "SIP311": "backend SIP over TCP not listening on {host}:{port}: {error}",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health

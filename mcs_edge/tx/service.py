@@ -40,6 +40,7 @@ from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
 from mcs_edge.tx.sip.backend import BackendConnections
+from mcs_edge.tx.sip.health import BackendMonitor
 from mcs_edge.tx.sip.resolver import BackendResolver, make_resolver
 from mcs_edge.tx.sip.router import BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
@@ -117,6 +118,13 @@ class EdgeService(MultiService):
             resolve=self.resolver.resolve,
         )
         self.resolver.on_change = self._backend_addresses_changed
+        # OPTIONS checks (tx/sip/health.py): tenants.backend_check_interval; down -> 503 at once.
+        self.backend_health = BackendMonitor(
+            config, self.timers, self.sip.send_to_backend, self.sip.backend_via
+        )
+        self.sip.health = self.backend_health
+        self.sip.core.backend_down = self.backend_health.is_down
+        self.metrics.add_collector("backend_health", self.backend_health.collect)
         self.backends.accept = self.sip.is_backend_address
         self.sip.streams = self.backends
         self.metrics.add_collector("backend_streams", self.backends.collect)
@@ -226,6 +234,7 @@ class EdgeService(MultiService):
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
         self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
         self._watch_backend_names()
+        self.backend_health.update(self.config)
         self.acme.start()
         self._install_sighup()
         if hasattr(self.reactor, "callWhenRunning"):
@@ -287,6 +296,7 @@ class EdgeService(MultiService):
         self.echo.stop()
         self.sip.stop()
         self.backends.stop()
+        self.backend_health.stop()
         tcp = self.ports.pop("backend_sip_tcp", None)
         if tcp is not None:
             tcp.stopListening()
@@ -349,6 +359,7 @@ class EdgeService(MultiService):
         self.resolver.forget(t.backend_sip for t in new_config.tenants)
         if self.running:
             self._watch_backend_names()
+            self.backend_health.update(new_config)
         self.protection.update(new_config)
         self.shaping.update(new_config)
         if self.turn is not None:

@@ -92,3 +92,12 @@ def test_dns_servers_are_ip_addresses() -> None:
     assert path == "dns.servers[0]"
     path, _reason = _error("[dns]\nmin_ttl = 100\nmax_ttl = 10\n")
     assert path == "dns.min_ttl"
+
+
+def test_backend_check_interval_is_off_or_at_least_a_second() -> None:
+    """0 switches the OPTIONS check off; anything between 0 and 1 s would flood the PBX."""
+    assert c.loads(TENANT + 'backend_sip = "udp:10.1.0.10:5060"\n').tenants[0].backend_check_interval == 0
+    cfg = c.loads(TENANT + 'backend_sip = "udp:10.1.0.10:5060"\nbackend_check_interval = 10\n')
+    assert cfg.tenants[0].backend_check_interval == 10
+    path, reason = _error(TENANT + 'backend_sip = "udp:10.1.0.10:5060"\nbackend_check_interval = 0.2\n')
+    assert path == "tenants[0].backend_check_interval" and "(or 0)" in reason

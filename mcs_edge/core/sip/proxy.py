@@ -243,6 +243,8 @@ class SipProxy:
         self.on_backend_final: Callable[[Pair, Response], None] | None = None
         #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
         self.local: LocalService | None = None
+        #: backend_down(tenant_id): its PBX does not answer (OPTIONS check): new calls get 503 at once.
+        self.backend_down: Callable[[str], bool] | None = None
         self._our_hosts = {
             (settings.public_host.lower(), settings.public_port),
             (settings.backend_host.lower(), settings.backend_port),
@@ -485,6 +487,10 @@ class SipProxy:
             response = self.local.request(flow, req, now)
             if response is not None:
                 self.layer.send_response(tx, response, now)
+            return
+        if not in_dialog and req.method == "INVITE" and self.backend_down and self.backend_down(tenant.id):
+            self.count("sip_refused_backend_down")
+            self._respond(tx, req, 503, "Service Unavailable (PBX down)", now)
             return
         fwd = req.copy()
         self._strip_our_routes(fwd)

@@ -18,7 +18,7 @@ logged. Endpoints:
 
 ==========================================  ======================================================
 ``GET /api/status``                         version, tenants, connections, calls, draining, workers
-``GET /api/tenants``                        tenants with their connection, registration, call counts
+``GET /api/tenants``                        tenants with their connection, registration, call counts, PBX state
 ``POST /api/tenants``                       add a tenant (body: the ``[[tenants]]`` table as JSON)
 ``GET /api/tenants/<id>``                   one tenant's configuration (secrets redacted)
 ``PUT /api/tenants/<id>``                   replace a tenant's table
@@ -269,11 +269,11 @@ class LocalAdmin:
             "config": self.source.tenants_file,
         }
 
-    def tenant_stats(self) -> dict[str, dict[str, int]]:
+    def tenant_stats(self) -> dict[str, dict[str, Any]]:
         core = self.service.sip.core
-        out: dict[str, dict[str, int]] = {}
+        out: dict[str, dict[str, Any]] = {}
 
-        def slot(tid: str) -> dict[str, int]:
+        def slot(tid: str) -> dict[str, Any]:
             return out.setdefault(tid, {"connections": 0, "registrations": 0, "calls": 0})
 
         for flow in self.service.sip.flows.values():
@@ -283,6 +283,10 @@ class LocalAdmin:
                 slot(cf.tenant.id)["registrations"] += 1
         for call in core.calls.calls.values():
             slot(call.tenant_id)["calls"] += 1
+        for t in self.service.config.tenants:  # the PBX as the OPTIONS check sees it (tx/sip/health.py)
+            state = self.service.backend_health.state(t.id)
+            if state is not None:
+                slot(t.id)["backend"] = state
         return out
 
     def connections(self, tenant: str | None) -> list[dict[str, Any]]:
@@ -508,7 +512,7 @@ class AdminResource(Resource):
         raise ApiError(401, reason)
 
     # -- tenants --------------------------------------------------------------------------------
-    def _tenant_list(self, stats: dict[str, dict[str, int]]) -> dict[str, Any]:
+    def _tenant_list(self, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
         cfg = self.backend.config()
         out = []
         for t in cfg.tenants:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mcs_edge.core.tenants import TenantTable
     from mcs_edge.tx.protect.guard import Protection
     from mcs_edge.tx.sip.backend import BackendConnections
+    from mcs_edge.tx.sip.health import BackendMonitor
     from mcs_edge.tx.sip.resolver import BackendResolver
     from mcs_edge.tx.timers import Timers
 
@@ -98,6 +99,8 @@ class SipRouter:
         self.streams: BackendConnections | None = None
         #: PBX names (tx/sip/resolver.py), set by the service; None = IP addresses only.
         self.resolver: BackendResolver | None = None
+        #: OPTIONS checks of the PBXs (tx/sip/health.py), set by the service; None = off.
+        self.health: BackendMonitor | None = None
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -252,6 +255,9 @@ class SipRouter:
             self.protection.scanner("backend_sip")
             self.core.count("sip_unknown_backend")
             return
+        if self.health is not None and self.health.claims(data):
+            self.health.response(data, addr)
+            return
         self.core.receive_from_backend(data, addr, transport, self.timers.now())
         self._flush()
 
@@ -285,8 +291,19 @@ class SipRouter:
 
     def backend_failed(self, tenant_id: str, reason: str) -> None:
         """Messages toward ``tenant_id``'s PBX could not be sent: its pending requests get 503 now."""
+        if self.health is not None:
+            self.health.transport_failed(tenant_id, reason)
         self.core.backend_failed(tenant_id, reason, self.timers.now())
         self._flush()
+
+    def send_to_backend(self, tenant: TenantConfig, data: bytes) -> None:
+        """Send bytes the edge itself originates (OPTIONS checks) to ``tenant``'s PBX, its transport."""
+        transport, addr = self._backend_of(tenant)
+        self._to_backend(ToBackend(tenant.id, transport, addr, data))
+
+    def backend_via(self) -> tuple[str, int]:
+        s = self.core.settings
+        return s.backend_host, s.backend_port
 
     def _observe_final(self, pair: Pair, response: Response) -> None:
         """A PBX's final answer to a client's request: authentication failures and successes."""
@@ -309,30 +326,31 @@ class SipRouter:
                 if flow is not None:
                     flow.send(action.data)
             elif isinstance(action, ToBackend):
-                if action.transport == "udp" and self.udp is not None:
-                    if self.resolver is not None and not _is_ip(action.addr[0]):
-                        self._send_udp_named(action)
-                        continue
-                    try:
-                        self.udp.write(action.data, action.addr)
-                    except Exception as exc:  # e.g. EHOSTUNREACH, a name that is not an IP
-                        self.count("backend_send_errors", action.tenant_id, type(exc).__name__)
-                else:
-                    tenant = self.tenants.by_id(action.tenant_id)
-                    if self.streams is not None and tenant is not None:
-                        self.streams.send(tenant, action.transport, action.addr, action.data)
-                    else:
-                        self.count(
-                            "backend_send_errors",
-                            action.tenant_id,
-                            f"transport {action.transport} not available",
-                        )
+                self._to_backend(action)
             elif isinstance(action, CloseFlow):
                 flow = self.flows.get(action.flow_id)
                 if flow is not None:
                     flow.close(1000, action.reason)
         self.timer.arm()
         self._log_problems()
+
+    def _to_backend(self, action: ToBackend) -> None:
+        if action.transport == "udp" and self.udp is not None:
+            if self.resolver is not None and not _is_ip(action.addr[0]):
+                self._send_udp_named(action)
+                return
+            try:
+                self.udp.write(action.data, action.addr)
+            except Exception as exc:  # e.g. EHOSTUNREACH
+                self.count("backend_send_errors", action.tenant_id, type(exc).__name__)
+        else:
+            tenant = self.tenants.by_id(action.tenant_id)
+            if self.streams is not None and tenant is not None:
+                self.streams.send(tenant, action.transport, action.addr, action.data)
+            else:
+                self.count(
+                    "backend_send_errors", action.tenant_id, f"transport {action.transport} not available"
+                )
 
     def handle_timer(self) -> None:
         self._flush()
