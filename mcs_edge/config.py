@@ -45,7 +45,9 @@ __all__ = [
     "ShapingConfig",
     "SipConfig",
     "TenantConfig",
+    "TenantTunnelConfig",
     "TlsConfig",
+    "TunnelConfig",
     "TurnConfig",
     "embedded_default",
     "load",
@@ -653,6 +655,63 @@ class SipConfig:
     )
 
 
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def c_ifname(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not _IFNAME_RE.match(value) or value in (".", ".."):
+        raise ConfigError(path, f"{value!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    return value
+
+
+def c_tunnel_address(value: Any, path: str) -> str:
+    """The edge's own address with the tunnel network's prefix: ``10.77.0.1/16``."""
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected an address/prefix string, got {_type_name(value)}")
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise ConfigError(path, f"{value!r} is not an address/prefix like 10.77.0.1/16") from None
+    net = iface.network
+    if net.prefixlen >= net.max_prefixlen - 1 or iface.ip in (net.network_address, net.broadcast_address):
+        raise ConfigError(path, f"{value!r}: the edge's address inside a tunnel network of several addresses")
+    return str(iface)
+
+
+def c_wg_key(value: Any, path: str) -> str:
+    from mcs_edge.core.tunnel.wireguard import valid_key
+
+    if not isinstance(value, str) or not valid_key(value):
+        raise ConfigError(path, "not a WireGuard key (base64 of 32 bytes)")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelConfig:
+    interface: str | None = f(
+        c_ifname, None, doc="WireGuard interface of the per-tenant backhaul (e.g. mcs0); absent: no tunnels"
+    )
+    listen_port: int = f(
+        c_int(1, 65535), 51820, doc="UDP port the tenants' platforms dial (edge.public_address)"
+    )
+    address: str | None = f(
+        c_tunnel_address, None, doc="the edge's tunnel address and the tunnel network, e.g. 10.77.0.1/16"
+    )
+    implementation: str = f(
+        c_enum("userspace"),
+        "userspace",
+        doc="userspace: wireguard-go programmed over its UAPI socket (the kernel path is not built yet)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantTunnelConfig:
+    address: str = f(c_ip, doc="the tenant platform's address inside the tunnel (its PBX listens there)")
+    public_key: str | None = f(
+        c_wg_key, None, doc="the platform's WireGuard public key; absent: the edge generates the pair once"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class BackendTlsConfig:
     ca: str | None = f(
@@ -705,6 +764,9 @@ class TenantConfig:
     limits: LimitsConfig = f(section(LimitsConfig), factory=LimitsConfig)
     guard: TenantGuardConfig = f(section(TenantGuardConfig), factory=TenantGuardConfig)
     backend_tls: BackendTlsConfig = f(section(BackendTlsConfig), factory=BackendTlsConfig)
+    tunnel: TenantTunnelConfig | None = f(
+        section(TenantTunnelConfig), None, doc="WireGuard backhaul to this tenant's platform ([tunnel])"
+    )
     backend_check_interval: float = f(
         c_float_or_zero(1, 3600),
         0.0,
@@ -725,6 +787,7 @@ class EdgeConfig:
     sip: SipConfig = f(section(SipConfig), factory=SipConfig)
     proxy: ProxyConfig = f(section(ProxyConfig), factory=ProxyConfig)
     dns: DnsConfig = f(section(DnsConfig), factory=DnsConfig)
+    tunnel: TunnelConfig = f(section(TunnelConfig), factory=TunnelConfig)
     turn: TurnConfig = f(section(TurnConfig), factory=TurnConfig)
     tenants: tuple[TenantConfig, ...] = f(c_list(section(TenantConfig)), ())
     # Where the file was read from (relative paths in it are resolved against its folder).
@@ -837,6 +900,7 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(
                 ConfigError(f"tenants[{i}].shaping.burst", "must be at least 1500 bytes (one packet)")
             )
+    errors.extend(_tunnel_checks(cfg))
     if cfg.dns.min_ttl > cfg.dns.max_ttl:
         errors.append(ConfigError("dns.min_ttl", "must not exceed dns.max_ttl"))
     if cfg.turn.default_lifetime > cfg.turn.max_lifetime:
@@ -888,12 +952,68 @@ def _backend_checks(i: int, t: TenantConfig) -> list[ConfigError]:
                 f"tenants[{i}].backend_tls", f"only used with backend_sip = 'tls:...', not {t.backend_sip}"
             )
         )
-    if t.media == "bridge-sdes" and t.backend_sip.transport != "tls" and not _is_loopback(t.backend_sip.host):
+    if (
+        t.media == "bridge-sdes"
+        and t.backend_sip.transport != "tls"
+        and not _is_loopback(t.backend_sip.host)
+        and t.tunnel is None  # inside the WireGuard tunnel the keys are encrypted on the way
+    ):
         # SDES puts the SRTP keys in the SDP: only over TLS (or never leaving this machine).
         errors.append(
             ConfigError(
                 f"tenants[{i}].media",
                 f"'bridge-sdes' sends SRTP keys in SIP: backend_sip must be tls:, not {t.backend_sip.transport}:",
+            )
+        )
+    return errors
+
+
+def _tunnel_checks(cfg: EdgeConfig) -> list[ConfigError]:
+    """[tunnel] and tenants.tunnel: what the WireGuard adapter (tx/tunnel/) can set up."""
+    errors: list[ConfigError] = []
+    tun = cfg.tunnel
+    if (tun.interface is None) != (tun.address is None):
+        errors.append(ConfigError("tunnel.address", "tunnel.interface and tunnel.address go together"))
+    net = ipaddress.ip_interface(tun.address) if tun.address else None
+    seen: dict[str, str] = {}
+    for i, t in enumerate(cfg.tenants):
+        if t.tunnel is None:
+            continue
+        path = f"tenants[{i}].tunnel.address"
+        if net is None:
+            errors.append(ConfigError(f"tenants[{i}].tunnel", "needs [tunnel] interface and address"))
+            continue
+        ip = ipaddress.ip_address(t.tunnel.address)
+        if ip not in net.network or ip in (
+            net.ip,
+            net.network.network_address,
+            net.network.broadcast_address,
+        ):
+            errors.append(
+                ConfigError(path, f"{ip} is not a free host address of the tunnel network {net.network}")
+            )
+        elif str(ip) in seen:
+            errors.append(ConfigError(path, f"{ip} is already tenant {seen[str(ip)]!r}'s"))
+        seen.setdefault(str(ip), t.id)
+        if t.backend_sip.host != str(ip):
+            errors.append(
+                ConfigError(
+                    f"tenants[{i}].backend_sip",
+                    f"with a tunnel the PBX is reached at {ip}, not {t.backend_sip.host}",
+                )
+            )
+        if t.backend_http is not None and urlsplit(t.backend_http).hostname != str(ip):
+            errors.append(
+                ConfigError(f"tenants[{i}].backend_http", f"with a tunnel the platform is reached at {ip}")
+            )
+    if net is not None and cfg.edge.workers > 1:
+        errors.append(
+            ConfigError("tunnel.interface", "the WireGuard backhaul runs with edge.workers = 1 only")
+        )
+    if net is not None and cfg.edge.backend_address != str(net.ip):
+        errors.append(
+            ConfigError(
+                "edge.backend_address", f"must be the edge's tunnel address {net.ip} when [tunnel] is set"
             )
         )
     return errors

@@ -25,6 +25,7 @@ ADM       admin API, metrics and health endpoints
 WRK       worker processes and their supervisor
 LOG       the logging system itself (rate limits)
 TMR       timers
+TUN       WireGuard backhaul to the tenant platforms
 ========  ==========================================================================
 
 ========  ==========================================================================
@@ -75,6 +76,12 @@ EVENTS: dict[str, str] = {
     "SIP212": "{tenant} PBX {target} moved to {addresses}: reconnecting",
     "SIP220": "{tenant} PBX {target} is up: {reason}",
     "SIP420": "{tenant} PBX {target} is down: {reason}; new calls get 503",
+    "TUN100": "WireGuard {interface} up: {address}, port {port}, {peers} tenant peer(s)",
+    "TUN200": "peer of tenant {tenant} set ({allowed})",
+    "TUN201": "{count} peer(s) removed",
+    "TUN202": "key pair generated for tenant {tenant} (private key handed over once)",
+    "TUN300": "[tunnel] changed: the interface settings take effect at the next restart",
+    "TUN400": "WireGuard peers not updated: {error}",
     "SIP311": "backend SIP over TCP not listening on {host}:{port}: {error}",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health

@@ -48,6 +48,7 @@ from mcs_edge.tx.sip.websocket import SipWebSocketFactory
 from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
 from mcs_edge.tx.tls.certificates import CertificateStore
+from mcs_edge.tx.tunnel.wireguard import WireGuardTunnel
 from mcs_edge.tx.turn.server import TurnService, turn_alpn, turn_enabled
 from mcs_edge.tx.web.check import NetworkCheck
 from mcs_edge.tx.web.front import FrontResource
@@ -125,6 +126,11 @@ class EdgeService(MultiService):
         self.sip.health = self.backend_health
         self.sip.core.backend_down = self.backend_health.is_down
         self.metrics.add_collector("backend_health", self.backend_health.collect)
+        # WireGuard backhaul (tx/tunnel/wireguard.py): one peer per tenant with tenants.tunnel.
+        self.tunnel: WireGuardTunnel | None = None
+        if config.tunnel.interface is not None:
+            self.tunnel = WireGuardTunnel(config, reactor, self.timers)
+            self.metrics.add_collector("tunnel", self.tunnel.collect)
         self.backends.accept = self.sip.is_backend_address
         self.sip.streams = self.backends
         self.metrics.add_collector("backend_streams", self.backends.collect)
@@ -203,6 +209,8 @@ class EdgeService(MultiService):
         self.admin.token()  # generated into the state directory when not configured
         changed = self.certs.refresh()
         self.log.info("EDG100 certificates ready for {count} tenant(s)", count=len(changed))
+        if self.tunnel is not None:  # before the listeners: listen.backend_sip may be the tunnel address
+            self.tunnel.setup()
         super().privilegedStartService()
 
     def startService(self) -> None:  # noqa: N802
@@ -235,6 +243,8 @@ class EdgeService(MultiService):
         self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
         self._watch_backend_names()
         self.backend_health.update(self.config)
+        if self.tunnel is not None:
+            self.tunnel.start_polling()
         self.acme.start()
         self._install_sighup()
         if hasattr(self.reactor, "callWhenRunning"):
@@ -297,6 +307,8 @@ class EdgeService(MultiService):
         self.sip.stop()
         self.backends.stop()
         self.backend_health.stop()
+        if self.tunnel is not None:
+            self.tunnel.stop()
         tcp = self.ports.pop("backend_sip_tcp", None)
         if tcp is not None:
             tcp.stopListening()
@@ -360,6 +372,10 @@ class EdgeService(MultiService):
         if self.running:
             self._watch_backend_names()
             self.backend_health.update(new_config)
+        if self.tunnel is not None:
+            self.tunnel.update(new_config)
+        elif new_config.tunnel.interface is not None:
+            self.log.warn("TUN300 [tunnel] changed: the interface settings take effect at the next restart")
         self.protection.update(new_config)
         self.shaping.update(new_config)
         if self.turn is not None:

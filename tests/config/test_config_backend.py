@@ -101,3 +101,45 @@ def test_backend_check_interval_is_off_or_at_least_a_second() -> None:
     assert cfg.tenants[0].backend_check_interval == 10
     path, reason = _error(TENANT + 'backend_sip = "udp:10.1.0.10:5060"\nbackend_check_interval = 0.2\n')
     assert path == "tenants[0].backend_check_interval" and "(or 0)" in reason
+
+
+TUNNEL = '[edge]\nbackend_address = "10.77.0.1"\n[tunnel]\ninterface = "mcs0"\naddress = "10.77.0.1/16"\n'
+
+
+def test_tunnel_tenant_config_is_checked() -> None:
+    """The tenant's tunnel address lies in the tunnel network, is unique, and is where its PBX is reached."""
+    ok = c.loads(TUNNEL + TENANT + 'backend_sip = "udp:10.77.3.2:5060"\ntunnel = { address = "10.77.3.2" }\n')
+    assert ok.tenants[0].tunnel is not None and ok.tunnel.listen_port == 51820
+    path, _ = _error(
+        TUNNEL + TENANT + 'backend_sip = "udp:10.77.3.2:5060"\ntunnel = { address = "10.78.3.2" }\n'
+    )
+    assert path == "tenants[0].tunnel.address"
+    path, _ = _error(
+        TUNNEL + TENANT + 'backend_sip = "udp:10.1.0.10:5060"\ntunnel = { address = "10.77.3.2" }\n'
+    )
+    assert path == "tenants[0].backend_sip"
+    path, _ = _error(TENANT + 'backend_sip = "udp:10.77.3.2:5060"\ntunnel = { address = "10.77.3.2" }\n')
+    assert path == "tenants[0].tunnel"
+    path, _ = _error(
+        TUNNEL
+        + TENANT
+        + 'backend_sip = "udp:10.77.3.2:5060"\ntunnel = { address = "10.77.3.2", public_key = "x" }\n'
+    )
+    assert path == "tenants[0].tunnel.public_key"
+
+
+def test_bridge_sdes_inside_the_tunnel_is_accepted() -> None:
+    """SDES keys over UDP are fine inside the WireGuard tunnel (encrypted on the way)."""
+    c.loads(
+        TUNNEL
+        + TENANT
+        + 'backend_sip = "udp:10.77.3.2:5060"\nmedia = "bridge-sdes"\ntunnel = { address = "10.77.3.2" }\n'
+    )
+
+
+def test_tunnel_needs_the_edge_backend_address_and_one_worker() -> None:
+    """The PBXs see the edge at its tunnel address; the backhaul runs in a single process."""
+    path, _ = _error('[tunnel]\ninterface = "mcs0"\naddress = "10.77.0.1/16"\n')
+    assert path == "edge.backend_address"
+    path, _ = _error(TUNNEL.replace("[edge]\n", "[edge]\nworkers = 2\n"))
+    assert path == "tunnel.interface"

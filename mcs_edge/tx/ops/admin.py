@@ -21,6 +21,7 @@ logged. Endpoints:
 ``GET /api/tenants``                        tenants with their connection, registration, call counts, PBX state
 ``POST /api/tenants``                       add a tenant (body: the ``[[tenants]]`` table as JSON)
 ``GET /api/tenants/<id>``                   one tenant's configuration (secrets redacted)
+``GET /api/tenants/<id>/tunnel``            the tenant side's wg-quick file (its key pair generated once)
 ``PUT /api/tenants/<id>``                   replace a tenant's table
 ``PATCH /api/tenants/<id>``                 change some keys (``null`` removes a key)
 ``DELETE /api/tenants/<id>``                remove a tenant (its connections are closed cleanly)
@@ -287,6 +288,9 @@ class LocalAdmin:
             state = self.service.backend_health.state(t.id)
             if state is not None:
                 slot(t.id)["backend"] = state
+            tunnel = self.service.tunnel.peer_status(t) if self.service.tunnel is not None else None
+            if tunnel is not None:
+                slot(t.id)["tunnel"] = tunnel
         return out
 
     def connections(self, tenant: str | None) -> list[dict[str, Any]]:
@@ -357,6 +361,18 @@ class LocalAdmin:
 
     def apply(self, config: EdgeConfig) -> bool:
         return self.service.reload(config)
+
+    def tunnel_config(self, tenant_id: str) -> Any:
+        """(200, text/plain, wg-quick file) for the tenant side of its tunnel (tx/tunnel/wireguard.py)."""
+        svc = self.service
+        tenant = svc.config.tenant(tenant_id)
+        if tenant is None:
+            raise ApiError(404, f"no tenant {tenant_id!r}")
+        if svc.tunnel is None or tenant.tunnel is None:
+            raise ApiError(404, f"tenant {tenant_id!r} has no tunnel")
+        return svc.tunnel.tenant_config(tenant).addCallback(
+            lambda text: (200, "text/plain; charset=utf-8", text.encode())
+        )
 
 
 def _ban_json(ban: Any, now: float) -> dict[str, Any]:
@@ -437,6 +453,12 @@ class AdminResource(Resource):
                 return maybeDeferred(b.tenant_stats).addCallback(self._tenant_list)
             self._only(method, "POST")
             return self._add_tenant(_json_body(request))
+        if len(parts) == 3 and parts[0] == "tenants" and parts[2] == "tunnel":
+            self._only(method, "GET")
+            tunnel_config = getattr(b, "tunnel_config", None)  # LocalAdmin only: no tunnels with workers
+            if tunnel_config is None:
+                raise ApiError(404, "no tunnels with workers")
+            return maybeDeferred(tunnel_config, parts[1])
         if len(parts) == 2 and parts[0] == "tenants":
             tid = parts[1]
             if method == "GET":
@@ -643,6 +665,7 @@ def _finish(request: Request, status: int, ctype: str, body: bytes) -> None:
     request.setResponseCode(status)
     request.setHeader(b"content-type", ctype.encode())
     request.setHeader(b"content-length", str(len(body)).encode())
+    request.setHeader(b"cache-control", b"no-store")  # answers may hold a key handed over once
     if request.method != b"HEAD":
         request.write(body)
     request.finish()
