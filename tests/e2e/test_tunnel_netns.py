@@ -70,6 +70,7 @@ class Topology:
                 f'[[tenants]]\nid = "{tid}"\ndomains = ["{tid}.example.com"]\nbackend_sip = "udp:{addr}:5060"\n'
                 f'certificate = "self-signed"\nallowed_origins = ["https://{tid}.example.com"]\n'
                 f'backend_check_interval = 2\ntunnel = {{ address = "{addr}" }}\n'
+                f'backend_http = "http://{addr}:8080"\n'
             )
         conf = tmp / "edge.toml"
         conf.write_text(
@@ -91,6 +92,7 @@ class Topology:
         assert "TUN100" in self.log.read_text()
         self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
         self.pbx: dict[str, Pbx] = {}
+        self.web: dict[str, Any] = {}
         self.wg_files: dict[str, Path] = {}
 
     def _ns(self, prefix: str) -> NetNs:
@@ -133,6 +135,9 @@ class Topology:
     def close(self) -> None:
         for pbx in self.pbx.values():
             pbx.close()
+        for web in self.web.values():
+            web.shutdown()
+            web.server_close()
         if self.edge.poll() is None:
             self.edge.send_signal(signal.SIGTERM)
             try:
@@ -153,6 +158,42 @@ class Topology:
         for path in Path("/var/run/wireguard").glob("*.sock"):
             if path.stem == self.iface or path.stem in {p.stem for p in self.wg_files.values()}:
                 path.unlink(missing_ok=True)
+
+
+def _platform_web(address: str, tid: str) -> Any:
+    """The platform's web server on its tunnel address (the reverse proxy's backend_http)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"platform {tid} saw {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer((address, 8080), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _https_get(ca: str, host: str, path: str) -> bytes:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca)
+    with (
+        socket.create_connection((PUBLIC, 8443), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as s,
+    ):
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
 
 
 def _call(ws: WSClient, tid: str) -> int:
@@ -200,6 +241,7 @@ def test_two_tenants_behind_wireguard_tunnels(tmp_path: Path) -> None:
             topo.tunnel_up(tid)
             addr = TENANTS[tid][0]
             topo.pbx[tid] = topo.tenant_ns[tid].call(Pbx, addr, 5060)  # the PBX on its tunnel address only
+            topo.web[tid] = topo.tenant_ns[tid].call(_platform_web, addr, tid)
         _wait(lambda: all(topo.backend_state(t) == "up" for t in TENANTS), 30, "both PBXs up")
         for tid in TENANTS:  # the tunnel counters are polled from wireguard-go every 5 s
             _wait(
@@ -228,6 +270,38 @@ def test_two_tenants_behind_wireguard_tunnels(tmp_path: Path) -> None:
             seen = [s for s in topo.pbx[tid].seen if s.method in ("REGISTER", "INVITE")]
             assert [s.method for s in seen] == ["REGISTER", "INVITE"]
             assert {s.addr[0] for s in seen} == {"10.77.0.1"}
+
+        # the reverse proxy reaches each platform's web server through its tunnel
+        for tid in TENANTS:
+            page = topo.edge_ns.call(_https_get, topo.ca, f"{tid}.example.com", "/hello")
+            assert page.startswith(b"HTTP/1.1 200") and f"platform {tid} saw /hello".encode() in page, page[
+                :300
+            ]
+
+        # an admin change adds a third tenant's peer, then removes it: the others are not touched
+        key = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout
+        pub = subprocess.run(
+            ["wg", "pubkey"], input=key, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        before = topo.edge_ns.run("wg", "show", topo.iface, "latest-handshakes").stdout
+        body = {
+            "id": "tc",
+            "domains": ["tc.example.com"],
+            "backend_sip": "udp:10.77.3.2:5060",
+            "certificate": "self-signed",
+            "tunnel": {"address": "10.77.3.2", "public_key": pub},
+        }
+        assert topo.edge_ns.call(http, 9090, "POST", "/api/tenants", body)[0] == 201
+        _wait(lambda: pub in topo.edge_ns.run("wg", "show", topo.iface, "peers").stdout, 10, "peer added")
+        after = topo.edge_ns.run("wg", "show", topo.iface, "latest-handshakes").stdout
+        kept = [line for line in before.splitlines() if line in after.splitlines()]
+        assert len(kept) == 2  # the two platforms' peers, same handshakes: not re-created
+        assert topo.edge_ns.call(http, 9090, "DELETE", "/api/tenants/tc")[0] == 200
+        _wait(
+            lambda: pub not in topo.edge_ns.run("wg", "show", topo.iface, "peers").stdout, 10, "peer removed"
+        )
+        assert len(topo.edge_ns.run("wg", "show", topo.iface, "peers").stdout.split()) == 2
+        assert topo.edge_ns.call(_call, clients["ta"], "ta") == 200
 
         # A's tunnel goes down: down within 30 s, A's calls 503 at once, B unaffected
         topo.tunnel_down("ta")
