@@ -341,3 +341,79 @@ def test_two_tenants_behind_wireguard_tunnels(tmp_path: Path) -> None:
             ws.close()
     finally:
         topo.close()
+
+
+def test_webrtc_audio_reaches_the_pbx_through_its_tunnel(tmp_path: Path) -> None:
+    """An aiortc client over WSS calls tenant A: DTLS-SRTP to the edge, plain RTP through A's tunnel to
+    the PBX's echo (which sees it from the edge's tunnel address only) and back to the client."""
+    from helpers.aiortc_call import (
+        Counter,
+        LoopThread,
+        ToneTrack,
+        WsUa,
+        audio_window,
+        connected,
+        in_thread,
+        new_pc,
+        offer_and_answer,
+    )
+    from helpers.media_pbx import AsyncPbx, plain_answer, start_echo
+
+    topo = Topology(tmp_path)
+    runners: list[LoopThread] = []
+    try:
+        tid, addr = "ta", TENANTS["ta"][0]
+        _code, _h, body = topo.api("GET", f"/api/tenants/{tid}/tunnel")
+        path = tmp_path / f"w{tid}{os.urandom(2).hex()}.conf"
+        path.write_text(body.decode())
+        path.chmod(0o600)
+        topo.wg_files[tid] = path
+        topo.tunnel_up(tid)
+        pbx_loop = topo.tenant_ns[tid].call(LoopThread)  # its thread and sockets live in A's namespace
+        runners.append(pbx_loop)
+        echoes: list[Any] = []
+
+        async def answer(offer: str) -> str:
+            if not echoes:
+                echoes.append(await start_echo(addr))
+            _echo, port, _close = echoes[0]
+            return plain_answer(port, offer, host=addr)
+
+        pbx = AsyncPbx(answer)
+        pbx_loop.run(pbx.start(addr, 5060))
+        _wait(lambda: topo.backend_state(tid) == "up", 30, "A up")
+        client_loop = topo.edge_ns.call(LoopThread)
+        runners.append(client_loop)
+
+        async def call() -> tuple[tuple[int, int], int]:
+            ws = await in_thread(topo.client, tid)
+            counter = Counter()
+            pc = new_pc(counter)
+            tone = ToneTrack()
+            pc.addTrack(tone)
+            ua = WsUa(ws, f"{tid}.example.com")
+            try:
+                await offer_and_answer(ua, pc)
+                await connected(pc)
+                window = await audio_window(tone, counter, 2.5)
+                return window, await in_thread(ua.bye)
+            finally:
+                await pc.close()
+                ws.close()
+
+        (sent, got), bye = client_loop.run(call())
+        assert bye == 200 and sent >= 100 and got >= 0.9 * sent, (sent, got)
+        echo = echoes[0][0]
+        assert echo.echoed >= 0.9 * sent
+        assert {host for host, _port in echo.sources} == {"10.77.0.1"}  # only through the tunnel
+        pbx_loop.run(_close_async(pbx, echoes))
+    finally:
+        for r in runners:
+            r.stop()
+        topo.close()
+
+
+async def _close_async(pbx: Any, echoes: list[Any]) -> None:
+    for _echo, _port, close in echoes:
+        close()
+    pbx.close()
