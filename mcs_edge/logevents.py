@@ -82,6 +82,7 @@ EVENTS: dict[str, str] = {
     "TUN202": "key pair generated for tenant {tenant} (private key handed over once)",
     "TUN300": "[tunnel] changed: the interface settings take effect at the next restart",
     "TUN400": "WireGuard peers not updated: {error}",
+    "SIP412": "PBX name {name} ({transport}): {reason}; keeping {addresses} meanwhile",
     "SIP311": "backend SIP over TCP not listening on {host}:{port}: {error}",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health

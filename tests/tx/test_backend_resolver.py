@@ -22,12 +22,13 @@ class _Now:
         return self.t
 
 
-def _resolver(server: DnsServer, now: _Now) -> BackendResolver:
+def _resolver(server: DnsServer, now: _Now, timeout: tuple[int, ...] = (5, 5)) -> BackendResolver:
     from twisted.internet import reactor
 
     host, port = server.address
     cfg = c.loads(f'[dns]\nservers = ["{host}:{port}"]\nmin_ttl = 2\nmax_ttl = 60\nnegative_ttl = 7\n')
-    return BackendResolver(cfg, Timers(reactor, now), make_resolver(cfg, reactor), rand=lambda: 0.0)
+    # generous query timeouts: the machine may be loaded; the outage test passes short ones
+    return BackendResolver(cfg, Timers(reactor, now), make_resolver(cfg, reactor, timeout), rand=lambda: 0.0)
 
 
 @pytest_twisted.inlineCallbacks
@@ -100,3 +101,33 @@ def test_unresolvable_name_is_remembered_for_negative_ttl() -> Any:
         assert failed == [DNSLookupError]
     finally:
         server.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_dns_outage_keeps_the_last_good_answer() -> Any:
+    """RFC 8767: when the DNS servers stop answering, the last addresses are served stale (and retried
+    after negative_ttl) instead of refusing every call; a name that stops existing is dropped."""
+    from twisted.internet import reactor
+
+    server = DnsServer(reactor)
+    server.zone.set("pbx.example.test", [dns.Record_A("192.0.2.5", ttl=1)])
+    now = _Now()
+    resolver = _resolver(server, now, timeout=(1, 1))
+    backend = Backend("udp", "pbx.example.test", 5060)
+    try:
+        first = yield resolver.locate(backend)
+        assert first.addresses == (("192.0.2.5", 5060),)
+        server.zone.remove("pbx.example.test")  # NXDOMAIN: definitive
+        now.t += 3
+        gone = yield resolver.locate(backend)
+        assert gone.addresses == () and not gone.transient
+        server.zone.set("pbx.example.test", [dns.Record_A("192.0.2.6", ttl=1)])
+        now.t += 8
+        back = yield resolver.locate(backend)
+        assert back.addresses == (("192.0.2.6", 5060),)
+    finally:
+        server.stop()
+    now.t += 3  # the server is gone now: queries time out
+    stale = yield resolver.locate(backend)
+    assert stale.addresses == (("192.0.2.6", 5060),) and stale.error
+    assert stale.expires == now.t + 7 and resolver.counters[("stale", "pbx.example.test")] == 1

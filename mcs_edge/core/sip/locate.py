@@ -104,6 +104,9 @@ class Located:
     addresses: tuple[Addr, ...]
     expires: float
     error: str = ""
+    #: the failure may pass (DNS servers did not answer): the last good answer may be served stale
+    #: meanwhile (RFC 8767); a name that does not exist (NXDOMAIN) is not transient.
+    transient: bool = False
 
     def fresh(self, now: float) -> bool:
         return now < self.expires

@@ -43,14 +43,12 @@ Key = tuple[str, str, int]
 _QUERY_TIMEOUT = (1, 2)
 
 
-def make_resolver(config: EdgeConfig, reactor: Any) -> Any:
+def make_resolver(config: EdgeConfig, reactor: Any, timeout: tuple[int, ...] = _QUERY_TIMEOUT) -> Any:
     """A twisted.names resolver for ``dns.servers``, or /etc/hosts then /etc/resolv.conf's servers."""
     servers = [(hp.host, hp.port) for hp in config.dns.servers]
     if servers:
-        return client.Resolver(servers=servers, timeout=_QUERY_TIMEOUT, reactor=reactor)
-    system = client.Resolver(
-        servers=_resolv_conf() or [("127.0.0.1", 53)], timeout=_QUERY_TIMEOUT, reactor=reactor
-    )
+        return client.Resolver(servers=servers, timeout=timeout, reactor=reactor)
+    system = client.Resolver(servers=_resolv_conf() or [("127.0.0.1", 53)], timeout=timeout, reactor=reactor)
     return resolve.ResolverChain([hosts.Resolver(), system])
 
 
@@ -162,6 +160,17 @@ class BackendResolver:
         else:  # an unexpected failure: treated as "does not resolve"
             result = Located((), self.timers.now() + self.config.dns.negative_ttl, _text(outcome))
         old = self.cache.get(key)
+        if not result.addresses and result.transient and old is not None and old.addresses:
+            # RFC 8767 serve-stale: DNS did not answer; keep the last good addresses, ask again soon
+            self.log.warn(
+                "SIP412 PBX name {name} ({transport}): {reason}; keeping {addresses} meanwhile",
+                name=backend.host,
+                transport=backend.transport,
+                reason=result.error,
+                addresses=" ".join(f"{h}:{p}" for h, p in old.addresses),
+            )
+            self.counters[("stale", key[1])] = self.counters.get(("stale", key[1]), 0) + 1
+            result = Located(old.addresses, result.expires, result.error)
         self.cache[key] = result
         if not result.addresses:
             self.counters[("failed", key[1])] = self.counters.get(("failed", key[1]), 0) + 1
@@ -193,6 +202,7 @@ class BackendResolver:
         transport, host, port = backend.transport, backend.host, backend.port
         ttls: list[float] = []
         errors: list[str] = []
+        transient = False
         targets: list[Addr] = []
         if port == 0:  # RFC 3263 s.4.2: SRV for the transport, else the name itself on the default port
             records: list[SrvRecord] = []
@@ -208,11 +218,15 @@ class BackendResolver:
                         )
             except (DNSNameError, DomainError):
                 pass  # no SRV: the name itself
-            except DNSQueryTimeoutError as exc:
-                errors.append(f"SRV query timed out ({exc})")
+            except DNSQueryTimeoutError:
+                errors.append("SRV query timed out")
+                transient = True
             except Exception as exc:
                 errors.append(f"SRV: {_text(exc)}")
-            if records:
+                transient = True
+            if transient:
+                targets = []  # no fallback to the bare name when the SRV question got no answer
+            elif records:
                 ttls.append(min(r.ttl for r in records))
                 targets = [(r.target, r.port) for r in order_srv(records, self.rand)]
             else:
@@ -226,14 +240,19 @@ class BackendResolver:
                 continue
             try:
                 ips, ttl = yield self._address_records(name)
-            except Exception as exc:
+            except DNSLookupError as exc:
+                errors.append(str(exc))
+                continue
+            except Exception as exc:  # timeouts, refused: the DNS servers may come back
                 errors.append(f"{name}: {_text(exc)}")
+                transient = True
                 continue
             ttls.append(ttl)
             addresses.extend((ip, target_port) for ip in ips if (ip, target_port) not in addresses)
         now = self.timers.now()
         if not addresses:
-            return Located((), now + dns_cfg.negative_ttl, "; ".join(errors) or f"no address for {host}")
+            error = "; ".join(errors) or f"no address for {host}"
+            return Located((), now + dns_cfg.negative_ttl, error, transient=transient)
         ttl = clamp_ttl(min(ttls) if ttls else dns_cfg.max_ttl, dns_cfg.min_ttl, dns_cfg.max_ttl)
         return Located(tuple(addresses), now + ttl)
 
