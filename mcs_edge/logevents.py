@@ -81,6 +81,7 @@ EVENTS: dict[str, str] = {
     "TUN201": "{count} peer(s) removed",
     "TUN202": "key pair generated for tenant {tenant} (private key handed over once)",
     "TUN300": "[tunnel] changed: the interface settings take effect at the next restart",
+    "TUN500": "wireguard-go for {interface} exited ({code}): every tenant tunnel is down; restart the edge",
     "TUN400": "WireGuard peers not updated: {error}",
     "SIP412": "PBX name {name} ({transport}): {reason}; keeping {addresses} meanwhile",
     "SIP311": "backend SIP over TCP not listening on {host}:{port}: {error}",

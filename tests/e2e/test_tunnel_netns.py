@@ -258,6 +258,9 @@ def test_two_tenants_behind_wireguard_tunnels(tmp_path: Path) -> None:
                 "tunnel counters",
             )
         m = topo.edge_ns.call(metrics, 9090)
+        assert sample(m, "mcs_edge_tunnel_interface_up") == 1
+        ready = topo.api("GET", "/health/ready")
+        assert ready[0] == 200 and b'"tunnel"' in ready[2], ready
         for tid in TENANTS:
             assert sample(m, "mcs_edge_backend_up", tenant=tid) == 1
             assert 0 <= sample(m, "mcs_edge_tunnel_last_handshake_age_seconds", tenant=tid) < 60

@@ -180,6 +180,16 @@ def service_checks(service: EdgeService) -> dict[str, Check]:
     def draining() -> tuple[bool, str]:
         return (not _draining(service)), "draining" if _draining(service) else "accepting"
 
+    def tunnel() -> tuple[bool, str]:
+        t = getattr(service, "tunnel", None)
+        if t is None:
+            return True, "no [tunnel]"
+        return (
+            (True, f"{t.interface} up")
+            if t.running
+            else (False, f"wireguard-go for {t.interface} is not running")
+        )
+
     def media_ports() -> tuple[bool, str]:
         allocator = getattr(getattr(getattr(service, "media", None), "anchor", None), "allocator", None)
         if allocator is None:
@@ -187,7 +197,15 @@ def service_checks(service: EdgeService) -> dict[str, Check]:
         free, capacity = allocator.free, allocator.capacity
         return free >= MIN_FREE_PORTS, f"{free} of {capacity} relay ports free"
 
-    return {"listeners": listeners, "config": config, "draining": draining, "media_ports": media_ports}
+    checks: dict[str, Check] = {
+        "listeners": listeners,
+        "config": config,
+        "draining": draining,
+        "media_ports": media_ports,
+    }
+    if service.config.tunnel.interface is not None:  # the WireGuard backhaul (tx/tunnel/wireguard.py)
+        checks["tunnel"] = tunnel
+    return checks
 
 
 #: Relay ports one more call may need (two legs, each an RTP/RTCP pair without rtcp-mux): below

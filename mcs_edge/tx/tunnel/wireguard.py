@@ -107,6 +107,7 @@ class WireGuardTunnel:
         self._loop: Any = None
         self._syncing: defer.Deferred[Any] | None = None
         self.counters: dict[str, int] = {}
+        self._reported_exit = False
 
     @property
     def socket_path(self) -> str:
@@ -274,7 +275,19 @@ class WireGuardTunnel:
         return done
 
     # -- status
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def poll(self) -> defer.Deferred[Any]:
+        if self.proc is not None and not self.running and not self._reported_exit:
+            self._reported_exit = True
+            self.log.error(
+                "TUN500 wireguard-go for {interface} exited ({code}): every tenant tunnel is down; restart the edge",
+                interface=self.interface,
+                code=self.proc.returncode,
+            )
+
         def got(text: str) -> None:
             self.state = parse_get(text)
             self.polled_at = time.time()
@@ -323,6 +336,11 @@ class WireGuardTunnel:
             traffic.add_metric([t.id, "to_tenant"], peer.tx_bytes)
         yield age
         yield traffic
+        up = GaugeMetricFamily(
+            "mcs_edge_tunnel_interface_up", "1 while the WireGuard interface's wireguard-go runs", labels=[]
+        )
+        up.add_metric([], 1 if self.running else 0)
+        yield up
 
     # -- hand-over
     def tenant_config(self, tenant: TenantConfig) -> defer.Deferred[str]:
