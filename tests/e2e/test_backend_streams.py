@@ -21,7 +21,7 @@ import pytest
 import pytest_twisted
 from helpers.wsclient import WSClient, header, headers, status
 from twisted.internet import defer, threads
-from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.protocols.portforward import ProxyFactory
 
 from mcs_edge import config as c
@@ -36,6 +36,38 @@ if shutil.which("sipp") is None:
 SIPP_DIR = Path(__file__).resolve().parent.parent / "data" / "sipp"
 
 
+def _client_leaf(ca: Any, tmp: Path) -> tuple[Path, Path]:
+    """A TLS client certificate (EKU clientAuth) for the edge, signed by the PBX's CA."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge.example.net")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    chain_path, key_path = tmp / "edge-client.pem", tmp / "edge-client.key"
+    chain_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return chain_path, key_path
+
+
 def _free_tcp_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -47,7 +79,9 @@ def _free_tcp_port() -> int:
 class StreamEdge:
     """The edge with tenant rossi on ``transport`` toward sipp (through a TLS front for tls)."""
 
-    def __init__(self, tmp: Path, transport: str, server_name: str = "pbx.example.net") -> None:
+    def __init__(
+        self, tmp: Path, transport: str, server_name: str = "pbx.example.net", client_cert: bool = False
+    ) -> None:
         from twisted.internet import reactor
 
         self.tmp = tmp
@@ -60,11 +94,20 @@ class StreamEdge:
             ca = ensure_dev_ca(str(tmp / "pbx-ca"))
             chain, key = issue_leaf(ca, ("pbx.example.net", "127.0.0.1"))
             cert = PrivateCertificate.loadPEM(chain + b"\n" + key)
+            # with client_cert the PBX requires a certificate from its CA (cert.options(ca) verifies peers)
+            options = (
+                cert.options(Certificate.loadPEM(Path(ca.cert_path).read_bytes()))
+                if client_cert
+                else cert.options()
+            )
             self.front = reactor.listenSSL(
-                0, ProxyFactory("127.0.0.1", self.sipp_port), cert.options(), interface="127.0.0.1"
+                0, ProxyFactory("127.0.0.1", self.sipp_port), options, interface="127.0.0.1"
             )
             target = self.front.getHost().port
             tls = f'[tenants.backend_tls]\nca = "{ca.cert_path}"\nserver_name = "{server_name}"\n'
+            if client_cert:
+                chain_path, key_path = _client_leaf(ca, tmp)
+                tls += f'cert_file = "{chain_path}"\nkey_file = "{key_path}"\n'
         text = f"""
 [edge]
 state_dir = "{tmp / "state"}"
@@ -307,6 +350,39 @@ def test_tcp_pbx_down_gives_503_at_once(tmp_path: Path) -> Any:
         seen = yield threads.deferToThread(_outgoing_call, ws)
         assert seen[-1] == 503 and time.monotonic() - started < 5, seen
         assert edge.link_state() == "backoff"
+        ws.close()
+    finally:
+        yield edge.stop()
+
+
+@pytest.mark.parametrize("present", [True, False])
+@pytest_twisted.inlineCallbacks
+def test_tls_client_certificate_is_presented_when_configured(tmp_path: Path, present: bool) -> Any:
+    """A PBX that requires a client certificate: with backend_tls.cert_file/key_file the call goes through;
+    without them the handshake fails and the call gets 503 at once."""
+    edge = StreamEdge(tmp_path, "tls", client_cert=True)
+    if not present:
+        import dataclasses
+
+        cfg = edge.service.config
+        tenant = cfg.tenants[0]
+        bare = dataclasses.replace(tenant.backend_tls, cert_file=None, key_file=None)
+        edge.service.reload(
+            dataclasses.replace(cfg, tenants=(dataclasses.replace(tenant, backend_tls=bare),))
+        )
+    try:
+        pbx = yield threads.deferToThread(edge.sipp, "stream_answer.xml")
+        ws = yield threads.deferToThread(edge.client)
+        seen = yield threads.deferToThread(_outgoing_call, ws)
+        if present:
+            assert seen[-2:] == [200, 200] and edge.connects() == 1, seen
+            assert (yield threads.deferToThread(edge.sipp_result, pbx)) == 0
+        else:
+            # TLS 1.3: the client's handshake ends before the PBX checks its certificate, so the PBX's
+            # refusal arrives as the connection closing: the request gets 503 at once, the link backs off
+            assert seen[-1] == 503 and edge.link_state() == "backoff", seen
+            pbx.kill()
+            pbx.wait(10)
         ws.close()
     finally:
         yield edge.stop()

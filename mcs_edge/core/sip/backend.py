@@ -23,9 +23,9 @@ States and transitions (``*`` = any state but CLOSED)::
     OPEN         send                         OPEN         Write
     OPEN         timer: keepalive due         OPEN         Write(PING), pong awaited (s.4.4.1)
     OPEN         received (pong or message)   OPEN         pong wait cleared
-    OPEN         timer: no pong in 10 s       BACKOFF      Abort; failure counted
-    OPEN         lost, after >= MIN_UP open   CONNECTING   Connect (at once: a PBX may close idle)
-    OPEN         lost, sooner                 BACKOFF      failure counted
+    OPEN         timer: no pong in 10 s       BACKOFF      Abort, ConnectionLost; failure counted
+    OPEN         lost, after >= MIN_UP open   CONNECTING   ConnectionLost, Connect (a PBX may close idle)
+    OPEN         lost, sooner                 BACKOFF      ConnectionLost; failure counted
     BACKOFF      send                         BACKOFF      Dropped (refused at once: 503)
     BACKOFF      timer: retry due             CONNECTING   Connect
     *            close                        CLOSED       Abort if connected; Dropped(queue)
@@ -52,6 +52,7 @@ __all__ = [
     "Abort",
     "BackendLink",
     "Connect",
+    "ConnectionLost",
     "Dropped",
     "LinkSettings",
     "LinkState",
@@ -100,6 +101,13 @@ class Abort:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """An open connection failed: requests sent on it get no answer (RFC 3261 s.17.1.4 transport error)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped:
     """``count`` messages could not be sent (the requests among them must fail at once)."""
 
@@ -107,7 +115,7 @@ class Dropped:
     reason: str
 
 
-LinkAction = Connect | Write | Abort | Dropped
+LinkAction = Connect | Write | Abort | Dropped | ConnectionLost
 
 
 class BackendLink:
@@ -184,6 +192,7 @@ class BackendLink:
                 self._fail(reason, now)
             return
         self._ping_at = self._pong_by = None
+        self._actions.append(ConnectionLost(reason))
         if now - self._opened_at >= MIN_UP:
             self.last_error = reason
             self._connect(now)
@@ -202,6 +211,7 @@ class BackendLink:
         if state is LinkState.OPEN:
             if self._pong_by is not None and now >= self._pong_by:
                 self._actions.append(Abort("no keepalive pong"))
+                self._actions.append(ConnectionLost("no keepalive pong"))
                 self._fail("no keepalive pong", now)
                 return
             if self._ping_at is not None and now >= self._ping_at:

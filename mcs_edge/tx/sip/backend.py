@@ -54,6 +54,7 @@ from mcs_edge.core.sip.backend import (
     Abort,
     BackendLink,
     Connect,
+    ConnectionLost,
     Dropped,
     LinkSettings,
     LinkState,
@@ -261,6 +262,8 @@ class _TenantLink:
                 self._abort()
             elif isinstance(action, Dropped):
                 self.owner.dropped(self.tenant.id, action.count, action.reason)
+            elif isinstance(action, ConnectionLost):  # what was sent on it will not be answered
+                self.owner.on_dropped(self.tenant.id, f"connection to the PBX lost ({action.reason})")
         if core.state is LinkState.BACKOFF and not self.logged_down:
             self.logged_down = True
             self.owner.count("backend_connect_failures", self.tenant.id, self.backend.transport)

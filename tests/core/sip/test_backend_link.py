@@ -7,6 +7,7 @@ from mcs_edge.core.sip.backend import (
     Abort,
     BackendLink,
     Connect,
+    ConnectionLost,
     Dropped,
     LinkSettings,
     LinkState,
@@ -105,7 +106,7 @@ def test_keepalive_ping_and_missing_pong_fails_the_flow() -> None:
     assert drain(link) == [Write(PING)]
     assert link.get_timer() == ping_at + PONG_WAIT
     link.handle_timer(ping_at + PONG_WAIT)
-    assert drain(link) == [Abort("no keepalive pong")]
+    assert drain(link) == [Abort("no keepalive pong"), ConnectionLost("no keepalive pong")]
     assert link.state is LinkState.BACKOFF
 
 
@@ -132,7 +133,7 @@ def test_long_lived_connection_lost_reconnects_at_once() -> None:
     link.connected(0.0)
     drain(link)
     link.lost("closed", 60.0)
-    assert drain(link) == [Connect()] and link.failures == 0
+    assert drain(link) == [ConnectionLost("closed"), Connect()] and link.failures == 0
 
 
 def test_connection_lost_right_after_opening_backs_off() -> None:
@@ -142,7 +143,7 @@ def test_connection_lost_right_after_opening_backs_off() -> None:
     link.connected(0.0)
     drain(link)
     link.lost("reset", 1.0)
-    assert drain(link) == [] and link.state is LinkState.BACKOFF and link.failures == 1
+    assert drain(link) == [ConnectionLost("reset")] and link.state is LinkState.BACKOFF and link.failures == 1
 
 
 def test_success_resets_the_backoff() -> None:
