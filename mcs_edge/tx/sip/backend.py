@@ -228,7 +228,7 @@ class _TenantLink:
     def stream_garbage(self, stream: _Stream, reason: str) -> None:
         self.owner.count("backend_stream_garbage", self.tenant.id, self.backend.transport)
         self.owner.log.info(
-            "SIP402 {tenant} PBX stream {target} closed: {reason}",
+            "SIP413 {tenant} PBX stream {target} closed: {reason}",
             tenant=self.tenant.id,
             target=str(self.backend),
             reason=reason,
