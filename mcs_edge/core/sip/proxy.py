@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Two sides. The *client side* is a set of flows (WebSocket or TLS connections from browsers and
 the mobile app), each bound to one tenant when it was accepted. The *backend side* is each
-tenant's PBX, reached over UDP (TCP/TLS later) from ``listen.backend_sip``.
+tenant's PBX, reached over UDP from ``listen.backend_sip`` or over TCP/TLS (tx/sip/backend.py).
 
 Every request that is not an ACK for a 2xx opens a server transaction on the side it came from
 and, once accepted, a client transaction on the other side; the two form a :class:`Pair`.
@@ -303,6 +303,8 @@ class SipProxy:
         self.on_backend_final: Callable[[Pair, Response], None] | None = None
         #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
         self.local: LocalService | None = None
+        #: backend_down(tenant_id): its PBX does not answer (OPTIONS check): new calls get 503 at once.
+        self.backend_down: Callable[[str], bool] | None = None
         self._our_hosts = settings.own_addresses()
         #: Bindings of connections to client instances and lost connections in grace (flows.py).
         self.flow_registry = FlowRegistry(settings.flow_grace)
@@ -384,6 +386,26 @@ class SipProxy:
             if pair.flow_id == flow_id and not pair.from_client and pair.client is not None:
                 pair.client.transport_error(now)
         self._pump(now)
+
+    def backend_failed(self, tenant_id: str, reason: str, now: float) -> int:
+        """Requests toward ``tenant_id``'s PBX that could not be sent: each still unanswered one gets
+        503 now (RFC 3261 s.16.7 / s.17.1.4 transport error) instead of waiting for Timer B/F.
+        Returns how many failed."""
+        failed = 0
+        for pair in list(self._pairs_by_client.values()):
+            if (
+                pair.from_client
+                and pair.tenant_id == tenant_id
+                and pair.client is not None
+                and not pair.got_provisional
+                and not pair.final_sent
+            ):
+                pair.client.transport_error(now)
+                failed += 1
+        if failed:
+            self.count("sip_backend_unreachable", f"{tenant_id}: {failed} request(s) refused, {reason}")
+        self._pump(now)
+        return failed
 
     def tenant_of_token(self, token: str) -> Any:
         """The tenant of the live flow with ``token`` (binding a connection without SNI), or None."""
@@ -467,9 +489,10 @@ class SipProxy:
         s = self.settings
         return self._via(flow.transport, s.public_host, s.client_port(flow.transport), new_branch())
 
-    def _backend_rr(self) -> str:
+    def _backend_rr(self, transport: str | None = None) -> str:
         s = self.settings
-        return f"<sip:{_hostport(s.backend_host, s.backend_port)};transport={s.backend_transport};lr;r2=on>"
+        tp = transport or s.backend_transport
+        return f"<sip:{_hostport(s.backend_host, s.backend_port)};transport={tp};lr;r2=on>"
 
     def _respond(self, tx: ServerTransaction, request: Request, status: int, reason: str, now: float) -> None:
         self.count(_LOCAL_CLASS[status // 100 % 7])
@@ -630,6 +653,10 @@ class SipProxy:
             return
         if in_dialog and self._answer_locally(flow, tx, req, now):
             return
+        if not in_dialog and req.method == "INVITE" and self.backend_down and self.backend_down(tenant.id):
+            self.count("sip_refused_backend_down")
+            self._respond(tx, req, 503, "Service Unavailable (PBX down)", now)
+            return
         fwd = req.copy()
         if self._foreign_route_token(flow, self._strip_our_routes(fwd)):
             self._respond(tx, req, 403, "Forbidden (dialog of another tenant)", now)
@@ -637,7 +664,7 @@ class SipProxy:
         fwd.decrement_max_forwards()
         if req.method in DIALOG_METHODS and not in_dialog:
             fwd.prepend_record_route(self._client_rr(flow))
-            fwd.prepend_record_route(self._backend_rr())
+            fwd.prepend_record_route(self._backend_rr(self._backend_of(tenant)[0]))
         if req.method == "REGISTER":
             self._register_outbound(flow, fwd)
         transport, addr = self._backend_of(tenant)
@@ -715,9 +742,11 @@ class SipProxy:
 
     def _register_outbound(self, flow: Flow, fwd: Request) -> None:
         s = self.settings
+        transport = self._backend_of(flow.tenant)[0]
+        tp = "" if transport == "udp" else f";transport={transport}"  # the PBX reaches us the same way
         if flow.tenant.path:
             fwd.headers.insert_first(
-                "Path", f"<sip:{flow.token}@{_hostport(s.backend_host, s.backend_port)};lr;ob>"
+                "Path", f"<sip:{flow.token}@{_hostport(s.backend_host, s.backend_port)}{tp};lr;ob>"
             )
             supported = fwd.headers.get("supported") or ""
             if "path" not in [x.strip().lower() for x in supported.split(",")]:
@@ -737,7 +766,7 @@ class SipProxy:
                 else next(k for k, v in flow.aliases.items() if v == str(uri))
             )
             flow.aliases[key] = str(uri)
-            alias = f"sip:{user}@{_hostport(s.backend_host, s.backend_port)};{FLOW_PARAM}={key}"
+            alias = f"sip:{user}@{_hostport(s.backend_host, s.backend_port)}{tp};{FLOW_PARAM}={key}"
             out.append(_replace_uri(c, alias))
         fwd.headers.set("Contact", ", ".join(out))
 
@@ -899,7 +928,7 @@ class SipProxy:
             self._respond(tx, req, 503, "Service Unavailable (draining)", now)
             return
         if req.method in DIALOG_METHODS and not in_dialog:
-            fwd.prepend_record_route(self._backend_rr())
+            fwd.prepend_record_route(self._backend_rr(transport))
             fwd.prepend_record_route(self._client_rr(flow))
         fwd.push_via(self._client_via(flow))
         pair = Pair(tx, flow.tenant.id, False, flow.id, fwd)
