@@ -57,6 +57,7 @@ from .headers import (
     parse_max_forwards,
     parse_name_addr,
     parse_uri,
+    _parse_via_cached,
     parse_via,
     split_commas,
 )
@@ -186,7 +187,7 @@ class Message:
         value = self.headers.first_value("via")
         if value is None:
             raise LocalProtocolError("message has no Via")
-        return parse_via(value)[0]
+        return _parse_via_cached(value)[0]
 
     @property
     def routes(self) -> list[NameAddr]:
@@ -554,9 +555,7 @@ def _validate_fields(fields: list[HeaderField], is_request: bool, limits: Limits
     try:
         for key, _name, value, _raw in fields:
             if key == "via":
-                for item in split_commas(value):
-                    if _abnf.VIA_RE.fullmatch(item) is None:
-                        raise RemoteProtocolError(f"invalid Via {item[:80]!r}", 400)
+                _parse_via_cached(value)  # validates each via-parm; the proxy reads it next
             elif key in _NAME_ADDR_KEYS:
                 if _abnf.NAME_ADDR_RE.fullmatch(value) is None:
                     raise RemoteProtocolError(f"invalid {key} {value[:80]!r}", 400)
