@@ -39,6 +39,16 @@ if TYPE_CHECKING:
 
 __all__ = ["SipWebSocketFactory", "SipWebSocketProtocol", "configure_factory", "origin_allowed", "take_over"]
 
+_HANDSHAKE_LEFTOVERS = (
+    "http_headers",
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_request_params",
+    "http_request_uri",
+    "http_request_path",
+    "_wskey",
+)
 _CRLFCRLF = int.from_bytes(b"\r\n\r\n", "big")
 _CRLF_PONG = b"\x81\x02\r\n"  # unmasked text frame "\r\n" (server frames are never masked)
 
@@ -87,6 +97,10 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         return "sip"
 
     def onOpen(self) -> None:  # noqa: N802
+        # What the opening handshake left behind is never read again: an idle connection keeps
+        # only what it needs (10,000 of them are held).
+        for name in _HANDSHAKE_LEFTOVERS:
+            setattr(self, name, None)
         router: SipRouter = self.factory.router
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
         self.flow = router.open_flow(
@@ -219,12 +233,22 @@ def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> No
         tcpNoDelay=True,
         autoPingInterval=config.sip.keepalive_timeout / 2,
         autoPingTimeout=max(10.0, config.sip.keepalive_timeout / 4),
-        perMessageCompressionAccept=lambda offers: None,
+        perMessageCompressionAccept=_refuse_compression,
         allowedOrigins=["*"],  # checked per tenant in onConnect
         requireMaskedClientFrames=True,
         trustXForwardedFor=0,
         utf8validateIncoming=False,  # SIP bytes are validated by the SIP parser
     )
+    # autobahn copies every option from the factory into each connection's __dict__ (and
+    # pretty-prints them for a debug line) unless the protocol class already has them: give the
+    # factory a protocol class that carries them, so a connection holds only its own state.
+    options: dict[str, Any] = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+    base = factory.protocol
+    factory.protocol = type(base.__name__, (base,), {**options, "CONFIG_ATTRS": ()})
+
+
+def _refuse_compression(offers: Any) -> None:
+    return None
 
 
 def take_over(request: Request, factory: SipWebSocketFactory, tenant: TenantConfig) -> bool:
