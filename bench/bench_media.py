@@ -225,7 +225,7 @@ def serve(kind: str, reactor_name: str, mode: str, lo: int) -> None:
 class Control:
     """The generator's end of the relay process's control pipe."""
 
-    def __init__(self, kind: str, reactor_name: str, mode: str, pin: bool) -> None:
+    def __init__(self, kind: str, reactor_name: str, mode: str, pin: bool, src: str | None = None) -> None:
         lo = random.randrange(20000, 28000, 2)  # below the kernel's ephemeral range (32768-)
         cmd = [
             sys.executable,
@@ -241,7 +241,10 @@ class Control:
         ]
         if pin:
             cmd = ["taskset", "-c", "0", *cmd]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        env = dict(os.environ)
+        if src:  # another source tree's mcs_edge (e.g. main, for before/after in one run)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env)
 
     def request(self, **msg: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -579,7 +582,7 @@ async def load(
 
 
 def run_one(
-    kind: str, mode: str, reactor_name: str, n_streams: int, seconds: float, pin: bool
+    kind: str, mode: str, reactor_name: str, n_streams: int, seconds: float, pin: bool, src: str | None = None
 ) -> dict[str, Any]:
     calls = n_streams // 2
     count = int((1.0 + seconds + 0.5) * RATE) + 20
@@ -587,7 +590,7 @@ def run_one(
     if kind == "rtpengine":
         ctl = RtpEngine(pin)
     elif kind != "direct":
-        ctl = Control(kind, reactor_name, mode, pin)
+        ctl = Control(kind, reactor_name, mode, pin, src)
     try:
         streams, sockets = setup_calls(kind, mode, ctl, calls, count)
         if kind == "floor-native":
@@ -614,6 +617,11 @@ def main() -> None:
     parser.add_argument("--epoll", action="store_true", help="also run the relay on the epoll reactor")
     parser.add_argument("--repeat", type=int, default=1, help="run every row this many times (noisy machine)")
     parser.add_argument("--only", default="", help="comma-separated row keys to run (default: all)")
+    parser.add_argument(
+        "--baseline-src",
+        default="",
+        help="also run the edge rows with mcs_edge from this source tree (e.g. a checkout of main): before/after",
+    )
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.reactor, args.mode, args.lo)
@@ -642,9 +650,15 @@ def main() -> None:
             ("passthrough-epoll", "relay", "passthrough", "epoll", "mcs_edge passthrough (epoll)"),
             ("bridge-epoll", "relay", "bridge", "epoll", "mcs_edge bridge SRTP<->RTP (epoll)"),
         ]
+    if args.baseline_src:
+        rows += [
+            (f"{key}@base", kind, mode, reactor_name, f"{label.replace('mcs_edge', 'base')}")
+            for key, kind, mode, reactor_name, label in list(rows)
+            if kind == "relay"
+        ]
     only = {x for x in args.only.split(",") if x}
     if only:
-        rows = [row for row in rows if row[0] in only or row[0] in ("direct", "rtpengine")]
+        rows = [row for row in rows if row[0].split("@")[0] in only or row[0] in ("direct", "rtpengine")]
     print(
         f"relay pinned to CPU 0, generator to CPU 1: {pin}; {args.seconds:.0f} s window, {RATE} pkt/s per stream;"
         f" rows interleaved, {args.repeat} round(s)"
@@ -658,7 +672,8 @@ def main() -> None:
             base: dict[str, Any] | None = None
             for key, kind, mode, reactor_name, label in rows:
                 gen0 = time.process_time()
-                r = run_one(kind, mode, reactor_name, n, args.seconds, pin)
+                src = args.baseline_src if key.endswith("@base") else None
+                r = run_one(kind, mode, reactor_name, n, args.seconds, pin, src)
                 gen = 100.0 * (time.process_time() - gen0) / (args.seconds + 1.5)
                 if kind == "direct":
                     base = r

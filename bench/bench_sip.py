@@ -504,10 +504,12 @@ async def _drain(ws: WS) -> None:
         return
 
 
-def _start(cmd: list[str], cwd: str, ready: str, name: str) -> subprocess.Popen[str]:
+def _start(
+    cmd: list[str], cwd: str, ready: str, name: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     log_path = Path(cwd) / f"{name}.log"
     with log_path.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if ready in log_path.read_text(errors="replace"):
@@ -527,7 +529,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait(5)
 
 
-def _edge(tmp: str) -> tuple[subprocess.Popen[str], int]:
+def _edge(tmp: str, src: str | None = None) -> tuple[subprocess.Popen[str], int]:
     https = _free_port()
     conf = Path(tmp) / "edge.toml"
     conf.write_text(
@@ -576,7 +578,10 @@ def _edge(tmp: str) -> tuple[subprocess.Popen[str], int]:
             "--savestats",
             *cmd[len(_taskset(0)) + 3 :],
         ]
-    return _start(cmd, tmp, "EDG101", "edge"), https
+    env = dict(os.environ)
+    if src:  # another source tree's mcs_edge (e.g. main, for before/after in one run)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    return _start(cmd, tmp, "EDG101", "edge-base" if src else "edge", env), https
 
 
 def _self_signed(tmp: str) -> tuple[Path, Path]:
@@ -657,6 +662,7 @@ LABELS = {
     "edge": "mcs-edge (uvloop)",
     "kamailio": "Kamailio 5.6 (tm, 1+1 workers)",
     "echo": "floor: autobahn WSS echo",
+    "base": "mcs-edge baseline tree (uvloop)",
 }
 
 
@@ -669,6 +675,11 @@ def main() -> None:
     ap.add_argument("--idle", default="1000,5000", help="held connections, comma-separated ('' = none)")
     ap.add_argument("--servers", default="edge,kamailio,echo")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument(
+        "--baseline-src",
+        default="",
+        help="server 'base': the edge with mcs_edge from this source tree (e.g. a checkout of main)",
+    )
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -689,7 +700,10 @@ def main() -> None:
         try:
             for _round in range(args.repeat):
                 for name in servers:
-                    proc, port = SERVERS[name](tmp)
+                    if name == "base":
+                        proc, port = _edge(tmp, args.baseline_src)
+                    else:
+                        proc, port = SERVERS[name](tmp)
                     try:
                         for method in methods if name != "echo" else ["ECHO"]:
                             for rate in rates:

@@ -76,7 +76,9 @@ def _answer(request: bytes, tag: str | None) -> bytes:
 
 def _ack(ok: bytes, i: int, n: int) -> bytes:
     lines = ok.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
-    routes = [v.strip() for line in lines if line.lower().startswith("record-route:") for v in line[13:].split(",")]
+    routes = [
+        v.strip() for line in lines if line.lower().startswith("record-route:") for v in line[13:].split(",")
+    ]
     get = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip() for line in lines[1:]}
     route = "".join(f"Route: {r}\r\n" for r in reversed(routes))
     return (
@@ -163,7 +165,9 @@ def main() -> None:
             prof.enable()
             run(method, args.count)
             prof.disable()
-            pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("ROWS", "25")))
+            pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+                int(os.environ.get("ROWS", "25"))
+            )
             continue
         best = min(run(method, args.count) for _ in range(args.repeat))
         note = "(INVITE + 200 + ACK)" if method == "INVITE" else "(REGISTER + 200)"

@@ -97,8 +97,8 @@ def keys_from_dtls(profile: SrtpProfile, material: bytes, *, is_client: bool) ->
 
 
 # Per packet, pylibsrtp's Session goes through three Python frames, allocates a length cell and
-# checks types; the relay calls libsrtp through the same cffi binding (shipped by pylibsrtp) from one
-# frame, on buffers allocated once per direction. Policies are built with pylibsrtp's public Policy.
+# checks types; the relay calls libsrtp through the same cffi binding (built and shipped by
+# pylibsrtp) from one frame, on buffers allocated once per direction.
 _MAX_PACKET: Final = 1500
 _RTP_ROOM: Final = _MAX_PACKET - (16 + 128)  # SRTP_MAX_TAG_LEN + SRTP_MAX_MKI_LEN
 _RTCP_ROOM: Final = _MAX_PACKET - (4 + 16 + 128)  # + SRTCP index
@@ -118,15 +118,25 @@ _ERRORS: Final = {  # libsrtp's srtp_err_status_t
 class _Direction:
     """One libsrtp session (srtp_t) with its own preallocated packet buffer and length cell."""
 
-    __slots__ = ("_keep", "_owner", "buffer", "cdata", "length", "srtp")
+    __slots__ = ("_key", "_owner", "_policy", "buffer", "cdata", "length", "srtp")
 
-    def __init__(self, policy: Policy) -> None:
-        srtp = _ffi.new("srtp_t *")
-        rc = _lib.srtp_create(srtp, policy._policy)  # noqa: SLF001 - Policy's documented C struct
+    def __init__(self, profile: int, key: bytes, ssrc_type: int, allow_repeat_tx: bool) -> None:
+        policy = _ffi.new("srtp_policy_t *")
+        rc = _lib.srtp_crypto_policy_set_from_profile_for_rtp(_ffi.addressof(policy.rtp), profile)
+        rc = rc or _lib.srtp_crypto_policy_set_from_profile_for_rtcp(_ffi.addressof(policy.rtcp), profile)
         if rc:
-            raise LocalProtocolError(f"srtp_create failed ({rc})")
-        self._keep = policy  # the key buffer the policy points at lives as long as we do
-        self._owner = _ffi.gc(srtp, lambda x: _lib.srtp_dealloc(x[0]))  # deallocates with us
+            raise LocalProtocolError(f"libsrtp refused profile {profile} ({rc})")
+        self._key = _ffi.new("unsigned char[]", key)  # the policy points at it: it lives as long as we do
+        policy.key = self._key
+        policy.ssrc.type = ssrc_type
+        policy.ssrc.value = 0
+        policy.allow_repeat_tx = 1 if allow_repeat_tx else 0
+        self._policy = policy
+        srtp = _ffi.new("srtp_t *")
+        rc = _lib.srtp_create(srtp, policy)
+        if rc:
+            raise LocalProtocolError(f"srtp_create failed ({_ERRORS.get(rc, rc)})")
+        self._owner = _ffi.gc(srtp, lambda x: _lib.srtp_dealloc(x[0]))  # deallocated with us
         self.srtp = srtp[0]
         self.cdata = _ffi.new("char[]", _MAX_PACKET)
         self.buffer = _ffi.buffer(self.cdata)
@@ -142,15 +152,9 @@ class SrtpContext:
         if len(local_key) != profile.master_length or len(remote_key) != profile.master_length:
             raise LocalProtocolError(f"{profile.name} needs {profile.master_length}-byte master key||salt")
         self.profile = profile
-        tx_policy = Policy(
-            key=bytes(local_key), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_profile
-        )
-        tx_policy.allow_repeat_tx = True
-        rx_policy = Policy(
-            key=bytes(remote_key), ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile.libsrtp_profile
-        )
-        self._tx = _Direction(tx_policy)
-        self._rx = _Direction(rx_policy)
+        # outbound allows repeated sequence numbers: the far end's retransmissions are forwarded
+        self._tx = _Direction(profile.libsrtp_profile, bytes(local_key), Policy.SSRC_ANY_OUTBOUND, True)
+        self._rx = _Direction(profile.libsrtp_profile, bytes(remote_key), Policy.SSRC_ANY_INBOUND, False)
 
     def protect_rtp(self, packet: bytes) -> bytes:
         """RTP -> SRTP."""

@@ -53,6 +53,7 @@ __all__ = [
     "parse_name_addrs",
     "parse_uri",
     "parse_via",
+    "parse_via_tuple",
     "split_commas",
 ]
 
@@ -624,11 +625,12 @@ class Via:
 
 def parse_via(text: str) -> list[Via]:
     """Parse a Via header value (one or more comma-separated via-parms)."""
-    return list(_parse_via_cached(text))
+    return list(parse_via_tuple(text))
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_via_cached(text: str) -> tuple[Via, ...]:
+def parse_via_tuple(text: str) -> tuple[Via, ...]:
+    """``parse_via`` without the copy: a cached tuple shared by every caller (Vias are frozen)."""
     # A proxy reads the same Via text several times per message (matching, loop check,
     # received/rport): parse each distinct value once. Vias are frozen, so sharing is safe.
     out: list[Via] = []

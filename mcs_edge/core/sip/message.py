@@ -57,8 +57,8 @@ from .headers import (
     parse_max_forwards,
     parse_name_addr,
     parse_uri,
-    _parse_via_cached,
     parse_via,
+    parse_via_tuple,
     split_commas,
 )
 
@@ -187,7 +187,7 @@ class Message:
         value = self.headers.first_value("via")
         if value is None:
             raise LocalProtocolError("message has no Via")
-        return _parse_via_cached(value)[0]
+        return parse_via_tuple(value)[0]
 
     @property
     def routes(self) -> list[NameAddr]:
@@ -555,7 +555,7 @@ def _validate_fields(fields: list[HeaderField], is_request: bool, limits: Limits
     try:
         for key, _name, value, _raw in fields:
             if key == "via":
-                _parse_via_cached(value)  # validates each via-parm; the proxy reads it next
+                parse_via_tuple(value)  # validates each via-parm; the proxy reads it next
             elif key in _NAME_ADDR_KEYS:
                 if _abnf.NAME_ADDR_RE.fullmatch(value) is None:
                     raise RemoteProtocolError(f"invalid {key} {value[:80]!r}", 400)

@@ -244,7 +244,7 @@ def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> No
     # factory a protocol class that carries them, so a connection holds only its own state.
     options: dict[str, Any] = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
     base = factory.protocol
-    factory.protocol = type(base.__name__, (base,), {**options, "CONFIG_ATTRS": ()})
+    factory.protocol = type(base.__name__, (base,), {**options, "CONFIG_ATTRS": ()})  # type: ignore[assignment]
 
 
 def _refuse_compression(offers: Any) -> None:
