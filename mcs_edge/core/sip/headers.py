@@ -34,6 +34,7 @@ from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 from . import _abnf
 
 __all__ = [
+    "CACHED_VALUE_MAX",
     "COMPACT_FORMS",
     "LIST_HEADERS",
     "MAGIC_COOKIE",
@@ -451,13 +452,22 @@ class OtherUri:
         return self.text
 
 
-@functools.lru_cache(maxsize=4096)
+#: Values longer than this are parsed without the caches (which stay small: 4096 short entries).
+CACHED_VALUE_MAX = 256
+
+
 def parse_uri(text: str) -> SipUri | OtherUri:
     """Parse a URI: SIP/SIPS URIs into ``SipUri``, anything else with a scheme into ``OtherUri``.
 
     Cached: a proxy sees the same URIs (its own Record-Route/Path, the PBX, registered contacts)
     over and over; the result is immutable, so sharing it is safe. Errors are not cached.
     """
+    if len(text) <= CACHED_VALUE_MAX:
+        return _parse_uri_cached(text)
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> SipUri | OtherUri:
     m = _abnf.SIP_URI_RE.fullmatch(text)
     if m is not None:
         port = m["port"]
@@ -475,6 +485,9 @@ def parse_uri(text: str) -> SipUri | OtherUri:
     if s is None or s[1].lower() in ("sip", "sips") or _abnf.ABSOLUTE_URI_RE.fullmatch(text) is None:
         raise RemoteProtocolError(f"invalid URI {text[:80]!r}", 400)
     return OtherUri(s[1].lower(), text)
+
+
+_parse_uri_cached = functools.lru_cache(maxsize=4096)(_parse_uri)
 
 
 def _port(text: str) -> int:
@@ -539,9 +552,14 @@ class NameAddr:
         return out
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_name_addr(text: str) -> NameAddr:
     """Parse one ``(name-addr / addr-spec) *(SEMI generic-param)`` value (cached, see ``parse_uri``)."""
+    if len(text) <= CACHED_VALUE_MAX:
+        return _parse_name_addr_cached(text)
+    return _parse_name_addr(text)
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     m = _abnf.NAME_ADDR_RE.fullmatch(text)
     if m is None:
         if text == "*":
@@ -555,6 +573,9 @@ def parse_name_addr(text: str) -> NameAddr:
     if display is not None:
         display_name = _unquote(display) if display.startswith('"') else display
     return NameAddr(parse_uri(uri_text), display_name, _parse_generic_params(m["params"]))
+
+
+_parse_name_addr_cached = functools.lru_cache(maxsize=4096)(_parse_name_addr)
 
 
 def parse_name_addrs(text: str) -> list[NameAddr]:
