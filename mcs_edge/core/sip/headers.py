@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
@@ -541,7 +541,7 @@ class NameAddr:
 
     def with_params(self, *params: tuple[str, str | None]) -> NameAddr:
         """Return a copy with ``params`` appended."""
-        return replace(self, params=self.params + params)
+        return NameAddr(self.uri, self.display_name, self.params + params)
 
     def __str__(self) -> str:
         if self.is_star:
@@ -635,9 +635,9 @@ class Via:
         for i, (k, _v) in enumerate(params):
             if k.lower() == low:
                 params[i] = (k, value)
-                return replace(self, params=tuple(params))
+                return Via(self.transport, self.host, self.port, tuple(params), self.protocol)
         params.append((name, value))
-        return replace(self, params=tuple(params))
+        return Via(self.transport, self.host, self.port, tuple(params), self.protocol)
 
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
