@@ -26,6 +26,11 @@ every held connection, spread over a few seconds (CPU above idle / keepalives se
     .venv/bin/python bench/bench_sip.py [--rate 1000] [--methods REGISTER,INVITE] [--seconds 10]
         [--conns 50] [--idle 1000,5000] [--servers edge,kamailio,echo] [--repeat 1]
 
+``--baseline DIR`` (or ``--baseline-src``) adds the server ``base``: the edge with ``mcs_edge`` from the
+source tree ``DIR`` (e.g. an export of an older commit), for a before/after comparison in one run
+(``--servers base,edge,kamailio``). It also prints the cost of RFC 6455 UTF-8 validation (autobahn's
+validator, as the edge runs it) of a typical INVITE. Every port is a free ephemeral one.
+
 The machine may be shared: compare ratios measured in the same run and repeat (``--repeat``).
 """
 
@@ -504,6 +509,25 @@ async def _drain(ws: WS) -> None:
         return
 
 
+def _utf8_cost(rounds: int = 20000) -> tuple[int, float, float]:
+    """(message bytes, us per message with autobahn's validator, us with bytes.decode)."""
+    from autobahn.websocket.utf8validator import Utf8Validator
+
+    sdp = "".join(f"a=candidate:{i} 1 udp 2122260223 192.0.2.{i} 5{i:04d} typ host\r\n" for i in range(12))
+    msg = _register(0, 1, "u", 0).replace(b"REGISTER", b"INVITE") + sdp.encode()
+    validator = Utf8Validator()
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        validator.reset()
+        ok, end, _a, _b = validator.validate(msg)
+        assert ok and end
+    t1 = time.perf_counter()
+    for _ in range(rounds):
+        msg.decode("utf-8")
+    t2 = time.perf_counter()
+    return len(msg), (t1 - t0) / rounds * 1e6, (t2 - t1) / rounds * 1e6
+
+
 def _start(
     cmd: list[str], cwd: str, ready: str, name: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
@@ -677,6 +701,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument(
         "--baseline-src",
+        "--baseline",
+        dest="baseline_src",
         default="",
         help="server 'base': the edge with mcs_edge from this source tree (e.g. a checkout of main)",
     )
@@ -689,6 +715,8 @@ def main() -> None:
     rates = [float(x) for x in args.rate.split(",") if x]
     methods = [m.strip().upper() for m in args.methods.split(",") if m.strip()]
     servers = [x for x in args.servers.split(",") if x]
+    if args.baseline_src and "base" not in servers:
+        servers.insert(0, "base")
     import uvloop
 
     results: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
@@ -726,6 +754,11 @@ def main() -> None:
         finally:
             _stop(responder)
     _summary(results, idle, servers, methods, rates, idle_counts)
+    size, validator_us, decode_us = _utf8_cost()
+    print(
+        f"UTF-8 validation of a {size}-byte INVITE: {validator_us:.2f} us (autobahn validator, as run), "
+        f"{decode_us:.2f} us (bytes.decode)"
+    )
 
 
 def _median(values: list[float]) -> float:
