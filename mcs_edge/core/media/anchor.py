@@ -260,6 +260,7 @@ class MediaAnchor:
             and not any(leg.ice is not None for leg in session.legs if leg.side is CLIENT)
         ):
             self._unpark(session, info, now)
+
     def _client_offered(self, pair: Any, session: MediaSession) -> None:
         """Remember what a mobile app offers; an unencrypted offer from an app that encrypted before
         is counted and logged (it is a downgrade: a misconfigured or tampered client)."""

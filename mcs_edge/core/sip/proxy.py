@@ -381,7 +381,7 @@ class SipProxy:
 
     def handle_timer(self, now: float) -> None:
         self.layer.handle_timer(now)
-        for binding in list(self.push_registry.expire(now)):
+        for _binding in list(self.push_registry.expire(now)):
             self.count("push_bindings_expired")
         for waiting in list(self.wakes.expired(now)):
             self.count(

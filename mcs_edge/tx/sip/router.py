@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from mcs_edge.core.guard.sip_auth import auth_outcome
 from mcs_edge.core.sip.binding import ByDomain, ByFlowToken, binding_of
-from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, SipProxy, ToBackend, ToFlow
+from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, Push, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
 
@@ -116,6 +116,8 @@ class SipRouter:
         self._backends: dict[str, list[TenantConfig]] = {}
         #: Per-source guard, tenant caps and bans (tx/protect/guard.py), set by the service; None = off.
         self.protection: Protection | None = None
+        #: Sends the core's push requests (tx/push/providers.py), set by the service; None = push off.
+        self.push: Any = None
         self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
         self._build(config, tenants, backend_port)
 
@@ -132,6 +134,9 @@ class SipRouter:
             timers=TimerConfig(t1=config.sip.t1),
             server_name=config.edge.name,
             flow_grace=config.sip.flow_grace,
+            push_wait=config.push.wait,
+            push_ring=config.push.ring,
+            push_stale=config.push.stale_after,
             public_tls_port=listen.sip_tls.port if listen.sip_tls is not None else None,
             listen_addresses=sip_listen_addresses(config),
         )
@@ -184,6 +189,16 @@ class SipRouter:
         self.config = config
         self.tenants = tenants
         self.core.flow_registry.grace = config.sip.flow_grace
+        self.core.update_settings(
+            replace(
+                self.core.settings,
+                push_wait=config.push.wait,
+                push_ring=config.push.ring,
+                push_stale=config.push.stale_after,
+            )
+        )
+        if self.push is not None:
+            self.push.update(config)
         self._index_backends(tenants)
         for flow in list(self.flows.values()):
             current = tenants.by_id(flow.tenant.id)
@@ -326,10 +341,23 @@ class SipRouter:
                 flow = self.flows.get(action.flow_id)
                 if flow is not None:
                     flow.close(1000, action.reason)
+            elif isinstance(action, Push):
+                if self.push is None:
+                    core.push_result(action, "error", self.timers.now())
+                else:
+                    self.push.send(action)
         self.timer.arm()
         self._log_problems()
 
     def handle_timer(self) -> None:
+        self._flush()
+
+    def push_done(self, push: Push, outcome: str) -> None:
+        """The provider's outcome for ``push`` (tx/push/providers.py) goes to the core."""
+        self.core.push_result(push, outcome, self.timers.now())
+        problems = getattr(self.push, "problems", None)
+        while problems:
+            self.log.info("PSH400 {problem}", problem=problems.pop(0))
         self._flush()
 
     # ------------------------------------------------------------------ counting and logging

@@ -17,8 +17,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from mcs_edge import __version__
-from mcs_edge.tx.web.scripts import SCRIPTS, render_script
 from mcs_edge.tx.tls.certificates import tls_binding
+from mcs_edge.tx.web.scripts import SCRIPTS, render_script
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
