@@ -675,7 +675,9 @@ class FcmConfig:
         c_path, doc="Firebase service account JSON (OAuth 2 JWT bearer grant); never logged", secret=True
     )
     endpoint: str = f(c_http_url, "https://fcm.googleapis.com", doc="FCM HTTP v1 server")
-    token_uri: str | None = f(c_http_url, None, doc="OAuth 2 token endpoint (default: the service account's)")
+    oauth_url: str | None = f(
+        c_http_url, None, doc="OAuth 2 token endpoint (default: the service account's token_uri)"
+    )
     ca_file: str | None = f(c_path, None, doc="CA bundle for the endpoints (default: system trust)")
 
 

@@ -39,7 +39,7 @@ from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
-from mcs_edge.tx.push.providers import PushSender, require_asyncio_reactor
+from mcs_edge.tx.push.providers import PushSender
 from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
@@ -112,7 +112,6 @@ class EdgeService(MultiService):
         self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(self.sip, config, reactor)
         self.sip.protection = self.protection
         # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
-        require_asyncio_reactor(config, reactor)
         self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
         self.sip.push = self.push
         self.sip.core.push_providers = self.push.providers
@@ -194,6 +193,7 @@ class EdgeService(MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:  # noqa: N802
+        self.push.start(self.reactor)  # push needs the asyncio reactor and readable credentials
         if not self.certs.loaded() and self.config.tenants:
             self.certs.refresh()
         super().startService()

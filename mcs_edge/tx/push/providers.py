@@ -41,6 +41,7 @@ from twisted.internet.defer import Deferred
 
 from mcs_edge.config import ApnsConfig, EdgeConfig, FcmConfig, TenantConfig
 from mcs_edge.core.sip.proxy import Push
+from mcs_edge.errors import StartupError
 
 __all__ = ["PushSender", "require_asyncio_reactor"]
 
@@ -58,9 +59,10 @@ def require_asyncio_reactor(config: EdgeConfig, reactor: Any) -> None:
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
     if not isinstance(reactor, AsyncioSelectorReactor):
-        raise RuntimeError(
-            "push notifications (tenants.push) need the asyncio reactor: run with --reactor=uvloop or "
-            "--reactor=asyncio"
+        raise StartupError(
+            "tenants.push",
+            type(reactor).__name__,
+            "push notifications need the asyncio reactor: run with --reactor=uvloop or --reactor=asyncio",
         )
 
 
@@ -131,7 +133,7 @@ class _Fcm:
         self._email = str(account["client_email"])
         self._key = str(account["private_key"])
         self._project = str(account["project_id"])
-        self._token_uri = cfg.token_uri or str(
+        self._token_uri = cfg.oauth_url or str(
             account.get("token_uri") or "https://oauth2.googleapis.com/token"
         )
         self._client = _client(resolve(cfg.ca_file) if cfg.ca_file else None)
@@ -214,6 +216,20 @@ class PushSender:
     def providers(self, tenant: Any) -> frozenset[str]:
         current = self._tenant(tenant.id)
         return current.push.providers() if current is not None else frozenset()
+
+    def start(self, reactor: Any) -> None:
+        """At start-up: the reactor can run httpx, and every configured credential file is readable
+        and well-formed (a StartupError or an OSError naming the file otherwise)."""
+        require_asyncio_reactor(self._config, reactor)
+        for tenant in self._config.tenants:
+            for provider in sorted(tenant.push.providers()):
+                try:
+                    self._sender(tenant.id, provider)
+                except (KeyError, ValueError) as exc:
+                    key = f"tenants.push.{provider}"
+                    raise StartupError(
+                        key, tenant.id, f"credential file unusable ({type(exc).__name__})"
+                    ) from None
 
     def update(self, config: EdgeConfig) -> None:
         """A reloaded configuration: senders are rebuilt on their next use."""
