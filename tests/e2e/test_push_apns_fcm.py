@@ -346,3 +346,21 @@ def test_invalid_token_answer_removes_the_binding(setup: Setup, provider: str) -
     second = setup.pbx.call(app.aor)
     assert setup.pbx.wait_response(second, "INVITE") == 430
     assert len(setup.providers.pushes) == pushes
+
+
+def test_fcm_rate_limit_backs_the_provider_off(setup: Setup) -> None:
+    """FCM answers 429 (Retry-After: 60): the call gets 480 at once; the next push of the tenant within the
+    back-off is not sent at all (480 at once), both counted rate_limited. Last in the file: it leaves FCM
+    backed off for this edge."""
+    first = setup.app("franco", "fcm")
+    setup.providers.limited_tokens.add(first.token)
+    limited = setup.metric("mcs_edge_pushes_total", provider="fcm", result="rate_limited")
+    call_id = setup.asleep(first)
+    assert setup.pbx.wait_response(call_id, "INVITE") == 480
+    second = setup.app("gina", "fcm")
+    pushes = len(setup.providers.pushes)
+    started = time.monotonic()
+    call_id = setup.asleep(second)
+    assert setup.pbx.wait_response(call_id, "INVITE") == 480
+    assert time.monotonic() - started < WAIT and len(setup.providers.pushes) == pushes
+    assert setup.metric("mcs_edge_pushes_total", provider="fcm", result="rate_limited") == limited + 2

@@ -100,6 +100,7 @@ class ProviderStandIn:
         fcm_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._fcm_public = fcm_key.public_key()
         self.bad_tokens: set[str] = set()
+        self.limited_tokens: set[str] = set()  # answered 429 with Retry-After: 60
         self.pushes: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self.token_grants = 0
@@ -164,12 +165,14 @@ class ProviderStandIn:
                     elif isinstance(ev, h2.events.StreamEnded):
                         req = streams.pop(ev.stream_id)
                         status, body = self._handle(req["headers"], req["body"])
+                        extra = [("retry-after", "60")] if status == 429 else []
                         conn.send_headers(
                             ev.stream_id,
                             [
                                 (":status", str(status)),
                                 ("content-type", "application/json"),
                                 ("content-length", str(len(body))),
+                                *extra,
                             ],
                         )
                         conn.send_data(ev.stream_id, body, end_stream=True)
@@ -254,6 +257,8 @@ class ProviderStandIn:
             )
         with self._lock:
             self.pushes.append({"provider": "fcm", "token": token, "headers": headers, "payload": message})
+        if token in self.limited_tokens:
+            return 429, json.dumps({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}).encode()
         if token in self.bad_tokens:
             error = {
                 "error": {"code": 404, "status": "NOT_FOUND", "details": [{"errorCode": "UNREGISTERED"}]}

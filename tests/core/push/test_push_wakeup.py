@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 from core.media.test_anchor import PBX_SIP, PRIVATE, Harness, _lines, _value, status
 
@@ -190,3 +191,60 @@ def test_apns_unregister_removes_the_binding_and_other_provider_is_not_advertise
     _code, ok = _register(h2, f2, "apns")
     assert _value(ok, "Feature-Caps") == '*;+sip.pns="fcm"' and len(h2.proxy.push_registry) == 0
     assert not any(isinstance(a, CloseFlow) for a in h2.proxy.drain())
+
+
+def test_apns_stale_connection_is_woken_like_a_gone_one() -> None:
+    """push.stale_after: a connection silent that long gets the push; the new connection replaces it and gets the call."""
+    h = _harness()
+    h.proxy.update_settings(replace(h.proxy.settings, push_stale=60.0))
+    old = h.flow()
+    assert _register(h, old)[0] == 200
+    route = f"<sip:{h.proxy.flows[old].token}@{PRIVATE}:5060;lr;ob>"
+    h.now = 30.0
+    _b, flows, pushes = _pbx(h, _invite(h, route, "z9hG4bKfresh"))
+    assert pushes == [] and [m.split(" ", 1)[0] for m in flows[old]] == ["INVITE"]  # not stale yet
+    h.now = 200.0
+    _b, flows, pushes = _pbx(h, _invite(h, route, "z9hG4bKstale").replace("push-call", "call-2"))
+    assert len(pushes) == 1 and old not in flows
+    new = h.flow()
+    assert _register(h, new)[0] == 200
+    assert [m.split(" ", 1)[0] for m in SENT] == ["SIP/2.0", "INVITE"] and "call-2" in SENT[1]
+
+
+def test_fcm_two_devices_the_live_one_at_once_the_sleeping_one_woken() -> None:
+    """The PBX forks to both registered devices: the live one gets its branch at once, the sleeping one is pushed."""
+    h = _harness()
+    global INSTANCE
+    live = h.flow()
+    assert _register(h, live, "fcm")[0] == 200
+    live_route = f"<sip:{h.proxy.flows[live].token}@{PRIVATE}:5060;lr;ob>"
+    saved, INSTANCE = INSTANCE, "<urn:uuid:00000000-0000-4000-8000-0000000000b2>"
+    try:
+        asleep = h.flow()
+        assert _register(h, asleep, "fcm")[0] == 200
+        sleep_route = f"<sip:{h.proxy.flows[asleep].token}@{PRIVATE}:5060;lr;ob>"
+        h.proxy.close_flow(asleep, h.now)
+        h.proxy.drain()
+    finally:
+        INSTANCE = saved
+    _b, flows, pushes = _pbx(h, _invite(h, live_route, "z9hG4bKfork1"))
+    assert pushes == [] and [m.split(" ", 1)[0] for m in flows[live]] == ["INVITE"]
+    _b, flows, pushes = _pbx(h, _invite(h, sleep_route, "z9hG4bKfork2"))
+    assert [p.provider for p in pushes] == ["fcm"] and flows == {}
+    assert len(h.proxy.push_registry) == 2
+
+
+def test_apns_request_addressed_by_pn_purr() -> None:
+    """RFC 8599 s.4.1.5: an INVITE whose Request-URI carries the PURR the edge returned (no Route) is matched to the binding."""
+    h = _harness()
+    flow = h.flow()
+    _code, ok = _register(h, flow)
+    purr = _value(ok, "Feature-Caps").split('+sip.pnspurr="', 1)[1].split('"', 1)[0]
+    h.proxy.close_flow(flow, h.now)
+    h.proxy.drain()
+    text = _invite(h, "x", "z9hG4bKpurr").replace("Route: x\r\n", "")
+    text = text.replace(
+        "INVITE sip:alice@x.invalid;transport=tls", f"INVITE sip:alice@{PRIVATE}:5060;pn-purr={purr}"
+    )
+    _b, _flows, pushes = _pbx(h, text)
+    assert len(pushes) == 1 and pushes[0].prid == TOKEN
