@@ -190,6 +190,7 @@ class Push:
     param: str
     call_id: str
     caller: str
+    key: PushKey
 
 
 Action = ToFlow | ToBackend | CloseFlow | Push
@@ -1095,6 +1096,7 @@ class SipProxy:
                 binding.params.param,
                 req.call_id,
                 caller[:256],
+                key,
             )
         )
         return True
@@ -1117,10 +1119,10 @@ class SipProxy:
         """The adapter's report for ``push``: "sent", "bad_token", "rate_limited" or "error"."""
         waiting = self.wakes.waiting.get(push.wake_id)
         if outcome == "bad_token":
-            for key, binding in list(self.push_registry.bindings.items()):
-                if binding.params.prid == push.prid and key.tenant_id == push.tenant_id:
-                    self.push_registry.remove(key)
-                    self.count("push_bindings_dropped_bad_token")
+            binding = self.push_registry.bindings.get(push.key)
+            if binding is not None and binding.params.prid == push.prid:  # not re-registered with a new token
+                self.push_registry.remove(push.key)
+                self.count("push_bindings_dropped_bad_token")
         if outcome != "sent" and waiting is not None:
             self.wakes.release(waiting.wake_id)
             self.count("push_calls_lost_push_failed", f"{push.tenant_id}: push {outcome}")

@@ -234,7 +234,9 @@ class PushSender:
     def update(self, config: EdgeConfig) -> None:
         """A reloaded configuration: senders are rebuilt on their next use."""
         self._config = config
-        self._senders.clear()
+        old, self._senders = self._senders, {}
+        for sender in old.values():
+            _ensure_future(sender.close())  # its HTTP/2 connections end; new credentials on next use
 
     def _sender(self, tenant_id: str, provider: str) -> Any:
         key = (tenant_id, provider)

@@ -354,10 +354,19 @@ class SipRouter:
 
     def push_done(self, push: Push, outcome: str) -> None:
         """The provider's outcome for ``push`` (tx/push/providers.py) goes to the core."""
-        self.core.push_result(push, outcome, self.timers.now())
+        now = self.timers.now()
+        self.core.push_result(push, outcome, now)
         problems = getattr(self.push, "problems", None)
+        if now - self._log_stamp >= 1.0:
+            self._log_stamp = now
+            self._log_budget = 10
         while problems:
-            self.log.info("PSH400 {problem}", problem=problems.pop(0))
+            problem = problems.pop(0)
+            if self._log_budget <= 0:
+                self.count("log_suppressed", "", "push")
+                continue
+            self._log_budget -= 1
+            self.log.info("PSH400 {problem}", problem=problem)
         self._flush()
 
     # ------------------------------------------------------------------ counting and logging
