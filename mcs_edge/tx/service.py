@@ -254,6 +254,7 @@ class EdgeService(MultiService):
         self._restore_sighup()
         self.echo.stop()
         self.sip.stop()
+        self.push.stop()
         self.media.stop()
         self.shaping.stop()
         self.protection.stop()
