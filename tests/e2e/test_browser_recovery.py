@@ -27,21 +27,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 from helpers.aiortc_call import LoopThread
-from helpers.browser import SERVED_BY_TEST, jssip_bundle, launch, missing_tools
+from helpers.browser import CHROMIUM, SERVED_BY_TEST, jssip_bundle, launch
 from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
 from twisted.internet import reactor, threads
 
 from mcs_edge import config as c
 from mcs_edge.tx.service import EdgeService
 
-_MISSING = missing_tools()
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        bool(_MISSING) and not os.environ.get("CI"),
-        reason=f"{', '.join(_MISSING)} missing: installed by scripts/install-test-deps (required in CI)",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.requires_tool(CHROMIUM, "npm", "module:playwright")]
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
