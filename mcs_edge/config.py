@@ -900,6 +900,16 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(ConfigError(f"listen.{listener}", f"port {port} lies inside media.ports {lo}-{hi}"))
     if (hi - lo + 1) < 4 * cfg.edge.workers:
         errors.append(ConfigError("media.ports", f"too few ports for {cfg.edge.workers} workers"))
+    if cfg.edge.workers > 1:
+        for i, t in enumerate(cfg.tenants):
+            if t.push.providers():
+                errors.append(
+                    ConfigError(
+                        f"tenants[{i}].push",
+                        "push wake-up needs edge.workers = 1 (the held call and the woken app's new "
+                        "connection may land on different workers)",
+                    )
+                )
     return errors
 
 

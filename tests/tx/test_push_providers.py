@@ -46,3 +46,13 @@ def test_fcm_unusable_service_account_is_a_start_up_error(tmp_path: Path) -> Non
     with pytest.raises(StartupError) as info:
         sender.start(reactor)
     assert info.value.key == "tenants.push.fcm" and "s3cret" not in str(info.value)
+
+
+def test_apns_push_is_refused_with_several_workers(tmp_path: Path) -> None:
+    """A held call lives in one worker and the woken app may reconnect to another: the config refuses push with workers > 1."""
+    with pytest.raises(c.ConfigErrors, match=r"tenants\[0\]\.push.*edge.workers = 1"):
+        c.loads(
+            '[edge]\nworkers = 2\n[[tenants]]\nid = "rossi"\ndomains = ["rossi.example.com"]\n'
+            'backend_sip = "udp:127.0.0.1:5060"\n' + APNS,
+            str(tmp_path),
+        )
