@@ -824,6 +824,60 @@ class BackendTlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PushConfig:
+    wait: float = f(
+        c_float(1, 120),
+        15.0,
+        doc="seconds an incoming call waits for a woken app (RFC 8599 push) to register again; then 480",
+    )
+    ring: int = f(
+        lambda v, p: int(c_enum("180", "100")(str(v), p)),
+        180,
+        doc="what the PBX gets while the call waits: 180 (ringback, an early dialog of the edge) or 100",
+    )
+    stale_after: float = f(
+        c_float(0, 86400),
+        0.0,
+        doc="an app's connection silent this long is woken like a gone one (0 = only gone connections)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsConfig:
+    key_id: str = f(c_str(32), doc="APNs auth key id (10 characters, from the .p8 key)", secret=True)
+    team_id: str = f(c_str(32), doc="Apple developer team id (the JWT issuer)")
+    key_file: str = f(
+        c_path, doc="the APNs .p8 auth key (ES256); read at start-up, never logged", secret=True
+    )
+    topic: str = f(c_str(256), doc="the app's bundle id + .voip (apns-topic of VoIP pushes)")
+    endpoint: str = f(
+        c_http_url, "https://api.push.apple.com", doc="APNs server (api.sandbox.push.apple.com)"
+    )
+    ca_file: str | None = f(c_path, None, doc="CA bundle for the endpoint (default: system trust)")
+
+
+@dataclass(frozen=True, slots=True)
+class FcmConfig:
+    service_account_file: str = f(
+        c_path, doc="Firebase service account JSON (OAuth 2 JWT bearer grant); never logged", secret=True
+    )
+    endpoint: str = f(c_http_url, "https://fcm.googleapis.com", doc="FCM HTTP v1 server")
+    oauth_url: str | None = f(
+        c_http_url, None, doc="OAuth 2 token endpoint (default: the service account's token_uri)"
+    )
+    ca_file: str | None = f(c_path, None, doc="CA bundle for the endpoints (default: system trust)")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPushConfig:
+    apns: ApnsConfig | None = f(section(ApnsConfig), None, doc="APNs VoIP pushes for this tenant's iOS app")
+    fcm: FcmConfig | None = f(section(FcmConfig), None, doc="FCM pushes for this tenant's Android app")
+
+    def providers(self) -> frozenset[str]:
+        return frozenset(name for name in ("apns", "fcm") if getattr(self, name) is not None)
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     id: str = f(c_str(32, _TENANT_ID_RE, "a tenant id ([a-z0-9-]{1,32})"))
     domains: tuple[str, ...] = f(c_list(c_domain, 1, 100))
@@ -879,6 +933,7 @@ class TenantConfig:
         0.0,
         doc="seconds between SIP OPTIONS to the PBX (up/down; down: new calls get 503 at once); 0 = off",
     )
+    push: TenantPushConfig = f(section(TenantPushConfig), factory=TenantPushConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -897,6 +952,7 @@ class EdgeConfig:
     tunnel: TunnelConfig = f(section(TunnelConfig), factory=TunnelConfig)
     turn: TurnConfig = f(section(TurnConfig), factory=TurnConfig)
     cluster: ClusterConfig = f(section(ClusterConfig), factory=ClusterConfig)
+    push: PushConfig = f(section(PushConfig), factory=PushConfig)
     tenants: tuple[TenantConfig, ...] = f(c_list(section(TenantConfig)), ())
     # Where the file was read from (relative paths in it are resolved against its folder).
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -1056,6 +1112,16 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(ConfigError(f"listen.{listener}", f"port {port} lies inside media.ports {lo}-{hi}"))
     if (hi - lo + 1) < 4 * cfg.edge.workers:
         errors.append(ConfigError("media.ports", f"too few ports for {cfg.edge.workers} workers"))
+    if cfg.edge.workers > 1:
+        for i, t in enumerate(cfg.tenants):
+            if t.push.providers():
+                errors.append(
+                    ConfigError(
+                        f"tenants[{i}].push",
+                        "push wake-up needs edge.workers = 1 (the held call and the woken app's new "
+                        "connection may land on different workers)",
+                    )
+                )
     return errors
 
 
@@ -1221,10 +1287,19 @@ def secret_fields(cls: type[Any]) -> frozenset[str]:
     return frozenset(fl.name for fl in fields(cls) if fl.metadata.get("secret"))
 
 
+#: Sections that are absent by default (None): their class, for redaction and the key reference.
+_OPTIONAL_SECTIONS: dict[tuple[type[Any], str], type[Any]] = {
+    (TenantPushConfig, "apns"): ApnsConfig,
+    (TenantPushConfig, "fcm"): FcmConfig,
+}
+
+
 def _section_of(cls: type[Any], name: str) -> type[Any] | None:
     """The section class of field ``name`` of ``cls`` (for tables and arrays of tables), or None."""
     if cls is EdgeConfig and name == "tenants":
         return TenantConfig
+    if (cls, name) in _OPTIONAL_SECTIONS:
+        return _OPTIONAL_SECTIONS[(cls, name)]
     for fl in fields(cls):
         if fl.name != name or fl.default_factory is MISSING:
             continue
@@ -1364,6 +1439,10 @@ def describe_keys(cls: type[Any] = EdgeConfig, prefix: str = "") -> Sequence[tup
             continue
         if cls is EdgeConfig and fl.name == "tenants":
             rows.extend(describe_keys(TenantConfig, "tenants[]"))
+            continue
+        if (cls, fl.name) in _OPTIONAL_SECTIONS:
+            rows.append((path, "None", fl.metadata.get("doc", "") + " (absent: off)"))
+            rows.extend(describe_keys(_OPTIONAL_SECTIONS[(cls, fl.name)], path))
             continue
         rows.append(
             (

@@ -14,6 +14,7 @@ TLS       certificates and TLS handshakes
 ACM       ACME certificate issuance and renewal
 SIP       SIP signalling (bad messages, flows)
 WSS       SIP over WebSocket (handshake refusals)
+PSH       push notifications to wake the mobile app (APNs, FCM; RFC 8599)
 MED       media relay
 TRN       STUN/TURN
 GRD       guard: per-source caps, rate limits, bans
@@ -70,6 +71,7 @@ EVENTS: dict[str, str] = {
     "SIP230": "{tenant} call {call_id} moved to a new connection of its client after {seconds} s",
     "SIP400": "{problem}",
     "SIP430": "{tenant} call {call_id} ended: its client did not come back within {grace} s (BYE to the PBX)",
+    "PSH400": "{problem}",
     "SIP401": "{tenant} TLS stream from {peer} closed: {reason}",
     "WSS400": "{tenant} WebSocket from {peer} closed with {code}: {reason}",
     "SIP402": "TLS connection from {peer} without SNI closed: its first message names no tenant",

@@ -42,6 +42,7 @@ from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
+from mcs_edge.tx.push.providers import PushSender
 from mcs_edge.tx.sip.backend import BackendConnections
 from mcs_edge.tx.sip.health import BackendMonitor
 from mcs_edge.tx.sip.resolver import BackendResolver, make_resolver
@@ -146,6 +147,10 @@ class EdgeService(MultiService):
         self.check = NetworkCheck(self)
         self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(self.sip, config, reactor)
         self.sip.protection = self.protection
+        # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
+        self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
+        self.sip.push = self.push
+        self.sip.core.push_providers = self.push.providers
         self.sip_ws.shaping = self.shaping
         self.acme = AcmeManager(
             config,
@@ -257,6 +262,7 @@ class EdgeService(MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:  # noqa: N802
+        self.push.start(self.reactor)  # push needs the asyncio reactor and readable credentials
         if not self.certs.loaded() and self.config.tenants:
             self.certs.refresh()
         super().startService()
@@ -391,6 +397,7 @@ class EdgeService(MultiService):
         tcp = self.ports.pop("backend_sip_tcp", None)
         if tcp is not None:
             tcp.stopListening()
+        self.push.stop()
         self.media.stop()
         self.shaping.stop()
         self.protection.stop()

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from mcs_edge.core.guard.sip_auth import auth_outcome
 from mcs_edge.core.sip.binding import ByDomain, ByFlowToken, binding_of
 from mcs_edge.core.sip.locate import is_ip as _is_ip
-from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, SipProxy, ToBackend, ToFlow
+from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, Push, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
 
@@ -121,6 +121,8 @@ class SipRouter:
         self._backends: dict[str, list[TenantConfig]] = {}
         #: Per-source guard, tenant caps and bans (tx/protect/guard.py), set by the service; None = off.
         self.protection: Protection | None = None
+        #: Sends the core's push requests (tx/push/providers.py), set by the service; None = push off.
+        self.push: Any = None
         self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
         #: tcp:/tls: PBX connections (tx/sip/backend.py), set by the service; None = UDP only.
         self.streams: BackendConnections | None = None
@@ -143,6 +145,9 @@ class SipRouter:
             timers=TimerConfig(t1=config.sip.t1),
             server_name=config.edge.name,
             flow_grace=config.sip.flow_grace,
+            push_wait=config.push.wait,
+            push_ring=config.push.ring,
+            push_stale=config.push.stale_after,
             public_tls_port=listen.sip_tls.port if listen.sip_tls is not None else None,
             listen_addresses=sip_listen_addresses(config),
         )
@@ -198,6 +203,16 @@ class SipRouter:
         self.config = config
         self.tenants = tenants
         self.core.flow_registry.grace = config.sip.flow_grace
+        self.core.update_settings(
+            replace(
+                self.core.settings,
+                push_wait=config.push.wait,
+                push_ring=config.push.ring,
+                push_stale=config.push.stale_after,
+            )
+        )
+        if self.push is not None:
+            self.push.update(config)
         self._index_backends(tenants)
         for flow in list(self.flows.values()):
             current = tenants.by_id(flow.tenant.id)
@@ -379,6 +394,11 @@ class SipRouter:
                 flow = self.flows.get(action.flow_id)
                 if flow is not None:
                     flow.close(1000, action.reason)
+            elif isinstance(action, Push):
+                if self.push is None:
+                    core.push_result(action, "error", self.timers.now())
+                else:
+                    self.push.send(action)
         self.timer.arm()
         self._log_problems()
 
@@ -401,6 +421,23 @@ class SipRouter:
                 )
 
     def handle_timer(self) -> None:
+        self._flush()
+
+    def push_done(self, push: Push, outcome: str) -> None:
+        """The provider's outcome for ``push`` (tx/push/providers.py) goes to the core."""
+        now = self.timers.now()
+        self.core.push_result(push, outcome, now)
+        problems = getattr(self.push, "problems", None)
+        if now - self._log_stamp >= 1.0:
+            self._log_stamp = now
+            self._log_budget = 10
+        while problems:
+            problem = problems.pop(0)
+            if self._log_budget <= 0:
+                self.count("log_suppressed", "", "push")
+                continue
+            self._log_budget -= 1
+            self.log.info("PSH400 {problem}", problem=problem)
         self._flush()
 
     # ------------------------------------------------------------------ counting and logging
