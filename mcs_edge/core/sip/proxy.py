@@ -58,6 +58,7 @@ from .transaction import (
     TimerConfig,
     TransactionLayer,
     TransportError,
+    cookie_server_key,
 )
 
 __all__ = [
@@ -145,15 +146,31 @@ Dest = tuple[Any, ...]
 
 @dataclass(slots=True, eq=False)
 class Pair:
+    """A server transaction and the client transaction that forwards its request.
+
+    Once the final response is sent the pair keeps only what a 2xx retransmission needs (method,
+    Call-ID, whether the INVITE was initial): ``request`` is released (None) like the transactions'.
+    """
+
     server: ServerTransaction
     tenant_id: str
     from_client: bool
     flow_id: int  # the client flow involved (source or target)
-    request: Request  # the forwarded request (as sent)
+    request: Request | None  # the forwarded request (as sent); None once the final response is sent
     client: ClientTransaction | None = None
     got_provisional: bool = False
     cancel_pending: bool = False
     final_sent: bool = False
+    method: str = ""
+    call_id: str = ""
+    initial: bool = False  # no To tag: creates a dialog (an initial INVITE is a new call)
+
+    def __post_init__(self) -> None:
+        request = self.request
+        if request is not None:
+            self.method = request.method
+            self.call_id = request.call_id
+            self.initial = request.to.tag is None
 
 
 class MediaHook(Protocol):
@@ -230,6 +247,7 @@ class SipProxy:
         self._dead_tokens: dict[str, None] = {}  # recently closed flows (bounded) for 430
         self._actions: deque[Action] = deque()
         self._dest: dict[Any, Dest] = {}
+        self._dest_pool: dict[Dest, Dest] = {}  # one tuple per destination, shared by its transactions
         self._pairs_by_server: dict[ServerTransaction, Pair] = {}
         self._pairs_by_client: dict[ClientTransaction, Pair] = {}
         self.counters: dict[str, int] = {}
@@ -290,6 +308,7 @@ class SipProxy:
         if flow is None:
             return
         self._tokens.pop(flow.token, None)
+        self._dest_pool.pop(("flow", flow_id), None)
         self.calls.flow_closed(flow_id)
         self.media.on_flow_closed(flow_id, now)
         if self.local is not None:
@@ -341,6 +360,7 @@ class SipProxy:
         pair = self._pairs_by_server.get(tx)
         if pair is not None and status >= 200:
             pair.final_sent = True
+            pair.request = None
 
     def _answer_stateless(self, request: Request, status: int, reason: str, dest: Dest) -> None:
         if request.method == "ACK":
@@ -348,6 +368,12 @@ class SipProxy:
         resp = Response.for_request(request, status, reason, to_tag=new_tag())
         resp.headers.add("Server", self.settings.server_name)
         self._emit(dest, resp.serialize())
+
+    def _shared(self, dest: Dest) -> Dest:
+        pool = self._dest_pool
+        if len(pool) > 65536:  # e.g. a PBX sending from ever new ports: start over
+            pool.clear()
+        return pool.setdefault(dest, dest)
 
     def _emit(self, dest: Dest, data: bytes) -> bool:
         if dest[0] == "flow":
@@ -436,7 +462,7 @@ class SipProxy:
             return
         if not is_new:
             return
-        self._dest[tx] = ("flow", flow.id)
+        self._dest[tx] = self._shared(("flow", flow.id))
         if req.method == "INVITE":
             self._respond_trying(tx, req, now)
         mf = req.max_forwards
@@ -486,7 +512,7 @@ class SipProxy:
         ctx = self.layer.send_request(fwd, now, reliable=transport != "udp")
         pair.client = ctx
         self._pairs_by_client[ctx] = pair
-        self._dest[ctx] = ("backend", tenant.id, transport, addr)
+        self._dest[ctx] = self._shared(("backend", tenant.id, transport, addr))
         self.count("sip_requests_to_backend")
         self._track_call(req, in_dialog, tenant.id, flow.id, True, now)
 
@@ -511,7 +537,7 @@ class SipProxy:
         s = self.settings
         request.push_via(self._via(flow.transport, s.public_host, s.public_port, new_branch()))
         ctx = self.layer.send_request(request, now, reliable=True)
-        self._dest[ctx] = ("flow", flow_id)
+        self._dest[ctx] = self._shared(("flow", flow_id))
         self.count("sip_requests_local_to_client")
         self._pump(now)
         return True
@@ -703,7 +729,9 @@ class SipProxy:
             self.count("sip_foreign_flow", f"{tenants[0].id} -> flow of {flow.tenant.id}")
             self._respond(tx, req, 403, "Forbidden", now)
             return
-        self._dest[tx] = ("backend", flow.tenant.id, transport, _response_addr(req.top_via, src))
+        self._dest[tx] = self._shared(
+            ("backend", flow.tenant.id, transport, _response_addr(req.top_via, src))
+        )
         fwd.decrement_max_forwards()
         in_dialog = req.to.tag is not None
         if self.draining and not in_dialog and req.method == "INVITE":
@@ -726,7 +754,7 @@ class SipProxy:
         ctx = self.layer.send_request(fwd, now, reliable=True)
         pair.client = ctx
         self._pairs_by_client[ctx] = pair
-        self._dest[ctx] = ("flow", flow.id)
+        self._dest[ctx] = self._shared(("flow", flow.id))
         self.count("sip_requests_to_client")
         self._track_call(req, in_dialog, flow.tenant.id, flow.id, False, now)
 
@@ -735,8 +763,7 @@ class SipProxy:
         top = cancel.top_via
         branch = top.branch or ""
         host, port = top.sent_by
-        key = (branch, host, "" if port is None else str(port), "INVITE")
-        invite_tx = self.layer._servers.get(key)
+        invite_tx = self.layer.server(cookie_server_key(branch, host, port, "INVITE"))
         tx, is_new = self.layer.receive_request(cancel, now, reliable=dest[0] != "backend")
         if tx is None or not is_new:
             return
@@ -757,8 +784,9 @@ class SipProxy:
         self._send_cancel(pair, now)
 
     def _send_cancel(self, pair: Pair, now: float) -> None:
-        assert pair.client is not None
         inv = pair.request
+        if pair.client is None or inv is None:
+            return
         c = Request("CANCEL", inv.uri)
         c.headers.add("Via", inv.headers.first_value("via") or "")
         for name in ("route",):
@@ -782,44 +810,50 @@ class SipProxy:
         pair = self._pairs_by_client.get(ctx)
         if pair is None:
             return  # e.g. the 200 for a CANCEL we sent
-        if resp.status >= 200 and pair.from_client and self.on_backend_final is not None:
+        status = resp.status
+        if status >= 200 and pair.from_client and not pair.final_sent and self.on_backend_final is not None:
             self.on_backend_final(pair, resp)
-        if resp.status < 200:
+        if status < 200:
             pair.got_provisional = True
             if pair.cancel_pending:
                 self._send_cancel(pair, now)
-            if resp.status == 100:
+            if status == 100:
                 return  # 100 is hop-by-hop
         out = resp.copy()
         out.pop_via()
-        if pair.from_client and pair.request.method == "REGISTER" and resp.status < 300:
+        method = pair.method
+        if pair.from_client and method == "REGISTER" and status < 300:
             flow = self.flows.get(pair.flow_id)
             if flow is not None:
-                self._register_inbound(flow, out, resp.status)
+                self._register_inbound(flow, out, status)
         if out.body:
             refused = self.media.on_message(pair, out, not pair.from_client, now)
-            if refused is not None and resp.status < 300:
+            if refused is not None and status < 300:
+                if pair.final_sent:
+                    return  # a 2xx retransmission the media layer refuses: dropped
                 out = Response.for_request(pair.server.request, 500, "Media Error")
-        self.count(_RELAYED_CLASS[resp.status // 100 % 7])
-        if resp.status >= 200:
-            if pair.request.method == "BYE" and resp.status < 300:
+        self.count(_RELAYED_CLASS[status // 100 % 7])
+        if status >= 200:
+            if method == "BYE" and status < 300:
                 self._bye_done(pair)
-            if pair.request.method == "INVITE":
-                if resp.status < 300:
-                    self.calls.answered(pair.request.call_id, now)
+            if method == "INVITE":
+                if status < 300:
+                    self.calls.answered(pair.call_id, now)
                 else:
-                    self.calls.failed(pair.request.call_id)
-            if pair.final_sent and resp.status >= 300:
+                    self.calls.failed(pair.call_id)
+            if pair.final_sent and status >= 300:
                 return
             pair.final_sent = True
-            if resp.status >= 300 and pair.request.method == "INVITE" and pair.request.to.tag is None:
-                self.media.on_end(pair.request.call_id, f"{resp.status}")  # a failed re-INVITE keeps the call
-        if resp.status in (401, 403, 407) and pair.from_client:
+            if status >= 300 and method == "INVITE" and pair.initial:
+                self.media.on_end(pair.call_id, f"{status}")  # a failed re-INVITE keeps the call
+        if status in (401, 403, 407) and pair.from_client:
             self.count("sip_auth_challenges")
         self.layer.send_response(pair.server, out, now)
+        if status >= 200:
+            pair.request = None  # only the compact record stays while Timer L/J keeps the pair
 
     def _bye_done(self, pair: Pair) -> None:
-        call_id = pair.request.call_id
+        call_id = pair.call_id
         self.calls.bye(call_id)
         self.media.on_end(call_id, "BYE", pair.tenant_id)
 
@@ -867,12 +901,12 @@ class SipProxy:
                     status, reason = 503, "Service Unavailable (next hop unreachable)"
                 else:
                     status, reason = 430, "Flow Failed"
-            if pair.request.method == "BYE":
+            if pair.method == "BYE":
                 self._bye_done(pair)  # the far side is gone: the call is over all the same
-            if pair.request.method == "INVITE":
-                if pair.request.to.tag is None:
-                    self.media.on_end(pair.request.call_id, reason)
-                self.calls.failed(pair.request.call_id)
+            if pair.method == "INVITE":
+                if pair.initial:
+                    self.media.on_end(pair.call_id, reason)
+                self.calls.failed(pair.call_id)
             self._respond(pair.server, pair.server.request, status, reason, now)
         else:
             self.count("sip_server_tx_failure")

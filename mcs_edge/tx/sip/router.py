@@ -247,7 +247,7 @@ class SipRouter:
     def _observe_final(self, pair: Pair, response: Response) -> None:
         """A PBX's final answer to a client's request: authentication failures and successes."""
         protection = self.protection
-        if protection is None:
+        if protection is None or pair.request is None:
             return
         outcome = auth_outcome(pair.request, response)
         if outcome is None:
