@@ -36,6 +36,7 @@ from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.relay import MediaRelay
 from mcs_edge.tx.ops.admin import Health, LocalAdmin, admin_site, service_checks
 from mcs_edge.tx.ops.drain import Drainer
+from mcs_edge.tx.ops.loadprobe import LoadProbe, load_families, overload_settings
 from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
@@ -101,6 +102,26 @@ class EdgeService(MultiService):
             leg_policer=self.shaping.leg_policer,
         )
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
+        # Loop-lag probe and overload gate (tx/ops/loadprobe.py): new INVITE/REGISTER get 503 early
+        # while the reactor lags; new calls get 503 while relayed media is above its limit.
+        self.load = LoadProbe(
+            self.timers,
+            overload_settings(config),
+            config.overload.probe_interval,
+            media_total=lambda: self.media.packets,
+        )
+        self.sip.overload = self.load.gate
+        self.media.over_limit = self._media_over_limit
+        self.metrics.add_collector(
+            "load",
+            lambda: load_families(
+                self.load,
+                self.sip.shed,
+                self.media.counters.get("media_admission_refused", 0),
+                len(self.timers),
+                len(self.sip.core.layer),
+            ),
+        )
         # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
         # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
         self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
@@ -205,6 +226,7 @@ class EdgeService(MultiService):
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
         self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
+        self.load.start()
         self.acme.start()
         self._install_sighup()
         if hasattr(self.reactor, "callWhenRunning"):
@@ -231,6 +253,7 @@ class EdgeService(MultiService):
     def _stop_now(self) -> Any:
         self._restore_sighup()
         self.echo.stop()
+        self.load.stop()
         self.sip.stop()
         self.media.stop()
         self.shaping.stop()
@@ -239,6 +262,10 @@ class EdgeService(MultiService):
         self.http_proxy.close()
         self.timers.cancel_all()
         return super().stopService()
+
+    def _media_over_limit(self) -> bool:
+        limit = self.config.overload.max_media_packet_rate
+        return limit > 0 and self.load.media_rate.rate > limit
 
     def _prepare_state(self) -> None:
         state = Path(self.config.state_dir)
@@ -287,6 +314,7 @@ class EdgeService(MultiService):
         self.certs.update(new_config, self.tenants)
         self.sip.update(new_config, self.tenants)
         self.protection.update(new_config)
+        self.load.update(overload_settings(new_config))
         self.shaping.update(new_config)
         if self.turn is not None:
             self.turn.update(new_config, self.tenants)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +25,13 @@ from twisted.logger import Logger
 
 from mcs_edge.core.guard.sip_auth import auth_outcome
 from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, SipProxy, ToBackend, ToFlow
+from mcs_edge.core.sip.shed import refusal, sheddable
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.core.load import AdmissionGate
     from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
     from mcs_edge.tx.protect.guard import Protection
@@ -90,6 +93,10 @@ class SipRouter:
         #: Per-source guard, tenant caps and bans (tx/protect/guard.py), set by the service; None = off.
         self.protection: Protection | None = None
         self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        #: Overload gate (core/load, driven by tx/ops/loadprobe.py), set by the service; None = off.
+        self.overload: AdmissionGate | None = None
+        #: New INVITE/REGISTER refused under overload, by method (metrics).
+        self.shed: dict[str, int] = {"INVITE": 0, "REGISTER": 0}
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -199,8 +206,29 @@ class SipRouter:
             if is_request and not protection.admit_request(flow.tenant.id, flow.peer[0]):
                 self.count("requests_dropped", flow.tenant.id, flow.transport)
                 return
+        gate = self.overload
+        if gate is not None and gate.shedding:
+            method = sheddable(data)
+            if method is not None and not gate.admit():
+                self._refuse_overload(flow, data, method)
+                return
         self.core.receive_from_client(flow.id, data, self.timers.now())
         self._flush()
+
+    def _refuse_overload(self, flow: ClientFlow, data: bytes, method: bytes) -> None:
+        """503 + Retry-After from the request's bytes, before it is parsed (core/sip/shed.py)."""
+        name = method.decode()
+        self.shed[name] = self.shed.get(name, 0) + 1
+        answer = refusal(
+            data,
+            503,
+            "Service Unavailable (overload)",
+            self.config.overload.retry_after,
+            secrets.token_hex(6),
+            self.config.edge.name,
+        )
+        if answer is not None:
+            flow.send(answer)
 
     def touch(self, flow: ClientFlow) -> None:
         """A keepalive arrived on ``flow``: it is alive."""
