@@ -14,25 +14,30 @@ read by the bench for p50/p99/p99.9).
 
 :class:`AdmissionGate` decides, per *new* INVITE or REGISTER, whether to admit it or answer it
 503 with Retry-After before it is parsed (RFC 3261 s.21.5.4; RFC 7339 s.5.10: reject early). The
-control law is additive-increase / multiplicative-decrease on the admitted fraction, driven by the
-smoothed lag, evaluated once per ``step`` seconds:
+control law is additive-increase / multiplicative-decrease on the admitted fraction, evaluated once
+per ``step`` seconds over the samples taken since the last evaluation:
 
-==========================  =============================================
-smoothed lag                admitted fraction ``ratio``
-==========================  =============================================
->= ``lag_high``             ``ratio * decrease`` (not below ``min_ratio``)
-<= ``lag_low``              ``ratio + increase`` (up to 1.0)
-in between                  unchanged
-==========================  =============================================
+=======================================================  ==============================================
+samples since the last step                              admitted fraction ``ratio``
+=======================================================  ==============================================
+two or more, the least late and the smoothed lag both    ``ratio * decrease`` (not below ``min_ratio``)
+>= ``lag_high``
+smoothed lag <= ``lag_low``                              ``ratio + increase`` (up to 1.0)
+otherwise                                                unchanged
+=======================================================  ==============================================
+
+Overload is sustained lateness: one long turn (a certificate generated, a reload, a collection)
+and the backlog it leaves are absorbed by the smoothing (weight ``smoothing`` per sample) and
+refuse nothing, while a reactor that cannot keep up is late at every sample.
 
 The fraction is applied deterministically (a credit counter, no randomness): at ratio 0.25 every
 fourth new request is admitted. Requests within a dialog, ACK, CANCEL, BYE and responses are
 never refused here: they finish work already accepted (RFC 7339 s.5.10.1, RFC 6357 s.4). With
-``increase`` 0.1 and ``step`` 0.05 s the gate reopens fully from ``min_ratio`` within 0.5 s once
-the lag is gone.
+``increase`` 0.1 and ``step`` 0.05 s the gate reopens fully from ``min_ratio`` within 0.7 s once
+the lag is gone (0.1-0.2 s for the smoothed lag to fall, then 0.5 s).
 
 :class:`RateMeter` turns a monotonically growing count (relayed media packets) into a rate, sampled
-by the same timer; the media admission limit compares it with ``media.max_packet_rate``.
+by the same timer; the media admission limit compares it with ``overload.max_media_packet_rate``.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ class OverloadSettings:
     increase: float = 0.1
     min_ratio: float = 0.0
     retry_after: int = 5
-    smoothing: float = 0.5  # weight of a new sample in the smoothed lag
+    smoothing: float = 0.2  # weight of a new sample in the smoothed lag
 
 
 class AdmissionGate:
@@ -149,7 +154,8 @@ class AdmissionGate:
         if not s.enabled:
             self.ratio = 1.0
         elif self._window_n >= 2 and self._window_min >= s.lag_high:
-            self.ratio = max(s.min_ratio, self.ratio * s.decrease)
+            if self.smoothed >= s.lag_high:
+                self.ratio = max(s.min_ratio, self.ratio * s.decrease)
         elif self._window_n < 2 and self._window_min >= s.lag_high:
             return  # one late sample so far: wait for the next before deciding
         elif self.smoothed <= s.lag_low and self.ratio < 1.0:
