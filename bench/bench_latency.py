@@ -36,6 +36,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import ssl
 import struct
 import subprocess
@@ -188,6 +189,9 @@ class Edge:
         self.token = (Path(tmp) / "state" / "admin-token").read_text().strip()
         self.pid = self.proc.pid
 
+    def cpu(self) -> float:
+        return _cpu_seconds(self.pid)
+
     def api(self, path: str) -> object:
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.admin}/api/{path}", headers={"Authorization": f"Bearer {self.token}"}
@@ -216,6 +220,125 @@ class Edge:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Kamailio:
+    """Debian's kamailio with bench/kamailio/wss_udp.cfg: WSS clients -> stateful proxy -> the same UDP PBX."""
+
+    CFG = Path(__file__).resolve().parent / "kamailio" / "wss_udp.cfg"
+
+    def __init__(self, tmp: str, pbx_port: int, children: int = 1) -> None:
+        d = Path(tmp) / "kamailio"
+        d.mkdir()
+        key, cert = d / "key.pem", d / "cert.pem"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={DOMAIN}",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        tls = d / "tls.cfg"
+        tls.write_text(
+            f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
+            f"private_key = {key}\ncertificate = {cert}\n"
+        )
+        self.port = _free_port(socket.SOCK_STREAM)
+        udp_port = _free_port(socket.SOCK_DGRAM)
+        text = self.CFG.read_text()
+        for name, value in {
+            "CHILDREN": children,
+            "UDP_PORT": udp_port,
+            "WSS_PORT": self.port,
+            "TLS_CFG": tls,
+            "PBX_PORT": pbx_port,
+        }.items():
+            text = text.replace(f"@{name}@", str(value))
+        cfg = d / "kamailio.cfg"
+        cfg.write_text(text)
+        self.log = d / "kamailio.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    *_taskset(0),
+                    "kamailio",
+                    "-f",
+                    str(cfg),
+                    "-DD",
+                    "-E",
+                    "-m",
+                    "256",
+                    "-M",
+                    "32",
+                    "-Y",
+                    str(d),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"kamailio did not start:\n{self.log.read_text()[-3000:]}")
+        time.sleep(0.5)
+        self.pid = self.proc.pid
+
+    def pids(self) -> list[int]:
+        out = [self.pid]
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.pid:
+                        out.append(int(p.name))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return out
+
+    def cpu(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            try:
+                total += _cpu_seconds(pid)
+            except OSError:
+                pass
+        return total
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _hist(m: dict[str, float], family: str, labels: str = "") -> list[tuple[float, float]]:
@@ -528,7 +651,7 @@ def _lag_row(before: dict[str, float], after: dict[str, float]) -> str:
     return " ".join(parts) + f" {_gc_row(before, after):>22}"
 
 
-async def _latency_part(edge: Edge, args: argparse.Namespace) -> dict[str, float]:
+async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: str = "") -> dict[str, float]:
     conns = await _connect(edge.port, args.conns, args.hold)
     caps: dict[str, float] = {}
     print(
@@ -547,16 +670,17 @@ async def _latency_part(edge: Edge, args: argparse.Namespace) -> dict[str, float
         for step in [int(x) for x in args.steps.split(",")]:
             rate = cap * step / 100 / (2 if kind == "invite" else 1)  # a call is 2 transactions (INVITE, BYE)
             before = edge.metrics()
-            cpu0 = _cpu_seconds(edge.pid)
+            cpu0 = edge.cpu()
             st, gen_cpu, _behind = await _open_loop(conns, kind, rate, args.seconds)
-            cpu = (_cpu_seconds(edge.pid) - cpu0) / args.seconds
+            cpu = (edge.cpu() - cpu0) / args.seconds
             after = edge.metrics()
             print(
-                f"{kind:24} {step:4d}% {len(st.lat) / args.seconds:7.0f} {_pct(st.lat, 0.5) * 1000:7.2f} "
+                f"{name + kind:24} {step:4d}% {len(st.lat) / args.seconds:7.0f} {_pct(st.lat, 0.5) * 1000:7.2f} "
                 f"{_pct(st.lat, 0.99) * 1000:7.2f} {_pct(st.lat, 0.999) * 1000:7.2f} {_lag_row(before, after)} "
                 f"{cpu * 100:5.0f} {gen_cpu * 100:5.0f} {st.refused:5d} {st.failed:5d}",
                 flush=True,
             )
+    print(f"{name or 'mcs-edge '}CPU per transaction at each step: CPU% x 10,000 / tx/s (us)", flush=True)
     for c in conns:
         c.close()
     return caps
@@ -777,6 +901,9 @@ def main() -> None:
     ap.add_argument("--overload", action="store_true")
     ap.add_argument("--overload-seconds", type=float, default=20)
     ap.add_argument("--txmem", action="store_true")
+    ap.add_argument(
+        "--kamailio", action="store_true", help="the same steps against Kamailio (bench/kamailio/)"
+    )
     ap.add_argument("--extra", default="", help="extra edge.toml text (before [[tenants]])")
     ap.add_argument(
         "--nice", type=int, default=0, help="run edge, PBX and generator at this niceness (negative: root)"
@@ -809,7 +936,7 @@ def main() -> None:
         pass
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
-        pbx_port = 47160 + os.getpid() % 500
+        pbx_port = _free_port(socket.SOCK_DGRAM)
         pbx_prio = (
             ["chrt", "-f", str(args.rt + 1)] if args.rt else []
         )  # the PBX answers before the generator sends
@@ -829,12 +956,18 @@ def main() -> None:
             print(
                 f"edge pid {edge.pid}: idle RSS {_rss_mib(edge.pid):.1f} MiB, {fds0} descriptors, {timers0:.0f} timers"
             )
+            if args.rss_seconds > 0:  # first: idle is the fresh process
+                asyncio.run(_rss_part(edge, args))
             caps = asyncio.run(_latency_part(edge, args)) if args.steps else {}
+            if args.kamailio and args.steps:
+                kam = Kamailio(tmp, pbx_port)
+                try:
+                    asyncio.run(_latency_part(kam, args, "kamailio "))
+                finally:
+                    kam.stop()
             if args.overload:
                 cap = caps.get("register") or asyncio.run(_capacity_only(edge, args))
                 asyncio.run(_overload_part(edge, args, cap))
-            if args.rss_seconds > 0:
-                asyncio.run(_rss_part(edge, args))
             events = {
                 k: v
                 for k, v in edge.metrics().items()

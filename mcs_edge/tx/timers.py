@@ -99,7 +99,7 @@ class CoreTimer:
     """Drives one core object's single timer: ``arm()`` after every input, ``cancel()`` at the end.
 
     ``arm()`` runs after every message, so it must be cheap: when the call already armed fires at or
-    before the core's new deadline it is kept (firing early costs one ``handle_timer`` that finds
+    before the core's new deadline it is kept (it is cancelled when the core has no deadline left) (firing early costs one ``handle_timer`` that finds
     nothing due, then re-arms), and the reactor's timer queue is touched only when the deadline
     moves earlier. Under load the core's earliest deadline moves later with almost every answer
     (the oldest transaction completes), and re-scheduling each time was a tenth of the CPU.
@@ -119,7 +119,7 @@ class CoreTimer:
         call = self._call
         if call is not None and call.active():
             armed = self._deadline
-            if armed is not None and (deadline is None or armed <= deadline):
+            if armed is not None and deadline is not None and armed <= deadline:
                 return
         elif deadline is None and self._deadline is None:
             return

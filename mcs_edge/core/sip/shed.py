@@ -54,36 +54,39 @@ def sheddable(data: bytes) -> bytes | None:
     return b"INVITE"
 
 
+_NEEDED = re.compile(rb"\r\n(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_CANONICAL = dict(_COPIED)
+
+
 def refusal(
     data: bytes, status: int, reason: str, retry_after: int, to_tag: str, server: str
 ) -> bytes | None:
     """A stateless response to the request in ``data`` (None when a needed header is missing)."""
     head_end = data.find(b"\r\n\r\n")
-    lines = (data if head_end < 0 else data[:head_end]).split(b"\r\n")
-    out = [b"SIP/2.0 %d %s" % (status, reason.encode("ascii", "replace"))]
-    seen = set()
-    for line in lines[1:]:
-        colon = line.find(b":")
-        if colon <= 0:
-            continue
-        name = _COPIED.get(line[:colon].strip().lower())
-        if name is None:
-            continue
-        value = line[colon + 1 :].strip()
-        if name == b"To":
-            if name in seen:
-                continue
-            if _TAG.search(value) is None:
-                value += b";tag=" + to_tag.encode("ascii")
-        elif name != b"Via" and name in seen:
-            continue
-        seen.add(name)
-        out.append(name + b": " + value)
-    if len(seen) < 5:
+    head = data if head_end < 0 else data[: head_end + 2]
+    vias: list[bytes] = []
+    single: dict[bytes, bytes] = {}
+    for name, value in _NEEDED.findall(head):
+        canonical = _CANONICAL[name.lower()]
+        if canonical == b"Via":
+            vias.append(b"Via: " + value.rstrip())
+        elif canonical not in single:
+            single[canonical] = value.rstrip()
+    if not vias or len(single) < 4:
         return None
-    out.append(b"Retry-After: %d" % retry_after)
-    out.append(b"Server: " + server.encode("ascii", "replace"))
-    out.append(b"Content-Length: 0")
-    out.append(b"")
-    out.append(b"")
-    return b"\r\n".join(out)
+    to = single[b"To"]
+    if _TAG.search(to) is None:
+        to += b";tag=" + to_tag.encode("ascii")
+    return b"\r\n".join(
+        [
+            b"SIP/2.0 %d %s" % (status, reason.encode("ascii", "replace")),
+            *vias,
+            b"From: " + single[b"From"],
+            b"To: " + to,
+            b"Call-ID: " + single[b"Call-ID"],
+            b"CSeq: " + single[b"CSeq"],
+            b"Retry-After: %d" % retry_after,
+            b"Server: " + server.encode("ascii", "replace"),
+            b"Content-Length: 0\r\n\r\n",
+        ]
+    )

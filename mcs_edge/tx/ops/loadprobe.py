@@ -204,3 +204,11 @@ def load_families(
         for generation, hist in enumerate(monitor.pauses):
             h.add_metric([str(generation)], _buckets(hist), hist.sum)
         yield h
+        c = CounterMetricFamily(
+            "mcs_edge_gc_collected",
+            "Objects freed by the cycle collector, by generation (garbage in reference cycles)",
+            labels=["generation"],
+        )
+        for generation, n in enumerate(monitor.collected):
+            c.add_metric([str(generation)], n)
+        yield c

@@ -97,6 +97,7 @@ class SipRouter:
         self.overload: AdmissionGate | None = None
         #: New INVITE/REGISTER refused under overload, by method (metrics).
         self.shed: dict[str, int] = {"INVITE": 0, "REGISTER": 0}
+        self._tag_prefix = secrets.token_hex(4)  # To tags of refusals: prefix + counter, no syscall each
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -218,13 +219,13 @@ class SipRouter:
     def _refuse_overload(self, flow: ClientFlow, data: bytes, method: bytes) -> None:
         """503 + Retry-After from the request's bytes, before it is parsed (core/sip/shed.py)."""
         name = method.decode()
-        self.shed[name] = self.shed.get(name, 0) + 1
+        n = self.shed[name] = self.shed.get(name, 0) + 1
         answer = refusal(
             data,
             503,
             "Service Unavailable (overload)",
             self.config.overload.retry_after,
-            secrets.token_hex(6),
+            f"{self._tag_prefix}{name[0]}{n:x}",
             self.config.edge.name,
         )
         if answer is not None:
