@@ -286,9 +286,9 @@ class Kamailio:
                     "-DD",
                     "-E",
                     "-m",
-                    "256",
+                    "2048",  # shared memory, MB: a transaction's request and reply stay there 5 s
                     "-M",
-                    "32",
+                    "64",
                     "-Y",
                     str(d),
                 ],
@@ -665,7 +665,7 @@ async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: s
         cpu = (_cpu_seconds(edge.pid) - cpu0) / (time.monotonic() - t0)
         caps[kind] = cap
         print(
-            f"{kind + ' capacity':24} {'max':>5} {cap:7.0f} {'':74} {cpu * 100:5.0f}   CPU us/tx {cpu * 1e6 / cap:.0f}"
+            f"{name + kind + ' capacity':24} {'max':>5} {cap:7.0f} {'':74} {cpu * 100:5.0f}   CPU us/tx {cpu * 1e6 / max(cap, 1):.0f}"
         )
         for step in [int(x) for x in args.steps.split(",")]:
             rate = cap * step / 100 / (2 if kind == "invite" else 1)  # a call is 2 transactions (INVITE, BYE)
@@ -961,9 +961,12 @@ def main() -> None:
             caps = asyncio.run(_latency_part(edge, args)) if args.steps else {}
             if args.kamailio and args.steps:
                 kam = Kamailio(tmp, pbx_port)
+                print(f"kamailio pids {kam.pids()} on port {kam.port}, CPU so far {kam.cpu():.2f} s")
                 try:
                     asyncio.run(_latency_part(kam, args, "kamailio "))
                 finally:
+                    if kam.proc.poll() is not None or os.environ.get("KAM_LOG"):
+                        print("kamailio log:", kam.log.read_text()[-3000:])
                     kam.stop()
             if args.overload:
                 cap = caps.get("register") or asyncio.run(_capacity_only(edge, args))
