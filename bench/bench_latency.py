@@ -980,12 +980,19 @@ def main() -> None:
                         "mcs_edge_sip_events_total",
                         "mcs_edge_router_events_total",
                         "mcs_edge_media_events_total",
+                        "mcs_edge_overload_refused_total",
                     )
                 )
             }
             print(
                 "edge events:",
                 ", ".join(f"{k.split('{', 1)[1][:-1]}={v:.0f}" for k, v in sorted(events.items())),
+            )
+            m = edge.metrics()
+            freed = [m.get(f'mcs_edge_gc_collected_total{{generation="{g}"}}', 0.0) for g in range(3)]
+            print(
+                "cycle collector freed (objects in reference cycles), gen0/1/2:",
+                "/".join(f"{n:.0f}" for n in freed),
             )
             if args.churn_calls > 0:
                 ok = asyncio.run(_churn_part(edge, args, fds0, timers0, fds0_metric))
