@@ -900,6 +900,7 @@ def main() -> None:
     ap.add_argument("--churn-rate", type=float, default=300)
     ap.add_argument("--overload", action="store_true")
     ap.add_argument("--overload-seconds", type=float, default=20)
+    ap.add_argument("--overload-extra", default="", help="edge.toml text for the overload edge (defaults)")
     ap.add_argument("--txmem", action="store_true")
     ap.add_argument(
         "--kamailio", action="store_true", help="the same steps against Kamailio (bench/kamailio/)"
@@ -946,7 +947,9 @@ def main() -> None:
             text=True,
         )
         assert pbx.stdout is not None and pbx.stdout.readline().strip() == "READY"
-        edge = Edge(tmp, pbx_port, args.extra)
+        # capacity, latency, memory and churn on an edge whose gate does not watch the CPU (at capacity
+        # the CPU is saturated by definition); the overload part gets a fresh edge with the defaults
+        edge = Edge(tmp, pbx_port, args.extra or "[overload]\nbusy_high = 1.01\n")
         try:
             time.sleep(1.0)
             fds0 = _fds(edge.pid)
@@ -970,7 +973,11 @@ def main() -> None:
                     kam.stop()
             if args.overload:
                 cap = caps.get("register") or asyncio.run(_capacity_only(edge, args))
-                asyncio.run(_overload_part(edge, args, cap))
+                fresh = Edge(tempfile.mkdtemp(dir=tmp), pbx_port, args.overload_extra)
+                try:
+                    asyncio.run(_overload_part(fresh, args, cap))
+                finally:
+                    fresh.stop()
             events = {
                 k: v
                 for k, v in edge.metrics().items()

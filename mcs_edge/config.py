@@ -610,11 +610,21 @@ class OverloadConfig:
     lag_low: float = f(
         c_float(0.001, 10), 0.02, doc="loop lag (s) below which the admitted share grows again"
     )
+    busy_high: float = f(
+        c_float(0.5, 1.01),
+        0.95,
+        doc="share of wall time on the CPU above which the admitted share falls (above 1 = CPU not watched)",
+    )
     retry_after: int = f(c_int(1, 3600), 5, doc="Retry-After (s) in the 503 to a refused request")
     max_media_packet_rate: int = f(
         c_int(0, 100_000_000),
         0,
         doc="relayed media packets/s per worker above which new calls get 503; 0 = no limit",
+    )
+    backend_receive_buffer: int = f(
+        c_int(0, 256 * 1024 * 1024),
+        4 * 1024 * 1024,
+        doc="SO_RCVBUF of the backend SIP UDP socket, bytes (capped by net.core.rmem_max); 0 = system default",
     )
     gc_freeze: bool = f(
         c_bool,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,7 @@ class EdgeService(MultiService):
             )
         udp = self.ports.get("backend_sip_udp")
         if udp is not None:
+            self._size_receive_buffer(udp)
             self.sip.udp = udp
             self.sip.set_backend_port(udp.getHost().port)
         https_port = self.ports.get("https")
@@ -262,6 +264,16 @@ class EdgeService(MultiService):
         self.http_proxy.close()
         self.timers.cancel_all()
         return super().stopService()
+
+    def _size_receive_buffer(self, port: Any) -> None:
+        """A PBX's answers must not be dropped while a long reactor turn (overload) runs."""
+        size = self.config.overload.backend_receive_buffer
+        sock = getattr(port, "socket", None)
+        if size > 0 and sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            except OSError as exc:
+                self.log.warn("EDG300 backend SIP receive buffer not resized: {error}", error=str(exc))
 
     def _media_over_limit(self) -> bool:
         limit = self.config.overload.max_media_packet_rate

@@ -26,6 +26,10 @@ smoothed lag <= ``lag_low``                              ``ratio + increase`` (u
 otherwise                                                unchanged
 =======================================================  ==============================================
 
+A saturated CPU counts too (smoothed share of wall time spent on the CPU >= ``busy_high``): the
+reactor's turns are bounded by its read sizes, so while requests queue in the kernel's socket
+buffers the lag alone can look moderate; a process that is never idle is not keeping up.
+
 Overload is sustained lateness: one long turn (a certificate generated, a reload, a collection)
 and the backlog it leaves are absorbed by the smoothing (weight ``smoothing`` per sample) and
 refuse nothing, while a reactor that cannot keep up is late at every sample.
@@ -107,7 +111,8 @@ class OverloadSettings:
     increase: float = 0.1
     min_ratio: float = 0.0
     retry_after: int = 5
-    smoothing: float = 0.2  # weight of a new sample in the smoothed lag
+    smoothing: float = 0.2  # weight of a new sample in the smoothed lag and busy share
+    busy_high: float = 0.95  # share of wall time on the CPU (process time) that counts as saturated
 
 
 class AdmissionGate:
@@ -119,6 +124,7 @@ class AdmissionGate:
         "_window_min",
         "_window_n",
         "admitted",
+        "busy",
         "ratio",
         "settings",
         "shed",
@@ -129,6 +135,7 @@ class AdmissionGate:
         self.settings = settings or OverloadSettings()
         self.ratio = 1.0
         self.smoothed = 0.0
+        self.busy = 0.0
         self._credit = 0.0
         self._last_step: float | None = None
         self._window_min = float("inf")
@@ -140,10 +147,13 @@ class AdmissionGate:
     def shedding(self) -> bool:
         return self.ratio < 1.0
 
-    def observe_lag(self, lag: float, now: float) -> None:
-        """A lag sample at ``now``; adjusts the admitted fraction at most once per ``step``."""
+    def observe_lag(self, lag: float, now: float, busy: float | None = None) -> None:
+        """A lag sample at ``now`` (and the share of time on the CPU since the last one); adjusts the
+        admitted fraction at most once per ``step``."""
         s = self.settings
         self.smoothed += s.smoothing * (lag - self.smoothed)
+        if busy is not None:
+            self.busy += s.smoothing * (busy - self.busy)
         if lag < self._window_min:
             self._window_min = lag
         self._window_n += 1
@@ -153,12 +163,13 @@ class AdmissionGate:
             return
         if not s.enabled:
             self.ratio = 1.0
-        elif self._window_n >= 2 and self._window_min >= s.lag_high:
-            if self.smoothed >= s.lag_high:
-                self.ratio = max(s.min_ratio, self.ratio * s.decrease)
+        elif self._window_n >= 2 and (
+            (self._window_min >= s.lag_high and self.smoothed >= s.lag_high) or self.busy >= s.busy_high
+        ):
+            self.ratio = max(s.min_ratio, self.ratio * s.decrease)
         elif self._window_n < 2 and self._window_min >= s.lag_high:
             return  # one late sample so far: wait for the next before deciding
-        elif self.smoothed <= s.lag_low and self.ratio < 1.0:
+        elif self.smoothed <= s.lag_low and self.busy < s.busy_high - 0.1 and self.ratio < 1.0:
             self.ratio = min(1.0, self.ratio + s.increase)
         self._last_step = now
         self._window_min = float("inf")

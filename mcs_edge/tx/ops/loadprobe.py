@@ -47,13 +47,18 @@ __all__ = [
 
 register_merge("mcs_edge_overload_admitted_ratio", "min")
 register_merge("mcs_edge_loop_lag_smoothed_seconds", "max")
+register_merge("mcs_edge_reactor_busy_ratio", "max")
 
 
 def overload_settings(config: EdgeConfig) -> OverloadSettings:
     """The gate's settings from ``[overload]``."""
     o = config.overload
     return OverloadSettings(
-        enabled=o.enabled, lag_high=o.lag_high, lag_low=o.lag_low, retry_after=o.retry_after
+        enabled=o.enabled,
+        lag_high=o.lag_high,
+        lag_low=o.lag_low,
+        retry_after=o.retry_after,
+        busy_high=o.busy_high,
     )
 
 
@@ -66,8 +71,12 @@ class LoadProbe:
         settings: OverloadSettings,
         interval: float = 0.01,
         media_total: Callable[[], int] | None = None,
+        cpu_time: Callable[[], float] = time.process_time,
     ) -> None:
         self.timers = timers
+        self._cpu_time = cpu_time
+        self._cpu_last = cpu_time()
+        self._wall_last = timers.now()
         self.interval = interval
         self.histogram = LagHistogram()
         self.gate = AdmissionGate(settings)
@@ -97,7 +106,11 @@ class LoadProbe:
         if lag < 0.0:
             lag = 0.0
         self.histogram.observe(lag)
-        self.gate.observe_lag(lag, now)
+        cpu = self._cpu_time()
+        wall = now - self._wall_last
+        busy = (cpu - self._cpu_last) / wall if wall > 0 else None
+        self._cpu_last, self._wall_last = cpu, now
+        self.gate.observe_lag(lag, now, busy)
         if self._media_total is not None:
             self.media_rate.sample(self._media_total(), now)
         self._arm(now)
@@ -169,6 +182,11 @@ def load_families(
     yield h
     g = GaugeMetricFamily("mcs_edge_loop_lag_smoothed_seconds", "Smoothed loop lag the overload gate acts on")
     g.add_metric([], probe.gate.smoothed)
+    yield g
+    g = GaugeMetricFamily(
+        "mcs_edge_reactor_busy_ratio", "Smoothed share of wall time the process spent on the CPU"
+    )
+    g.add_metric([], probe.gate.busy)
     yield g
     g = GaugeMetricFamily(
         "mcs_edge_overload_admitted_ratio", "Share of new INVITE/REGISTER admitted (1 = no shedding)"

@@ -64,3 +64,17 @@ def test_lag_histogram_buckets_and_rate_meter() -> None:
     meter.sample(0, 10.0)
     assert meter.sample(500, 10.5) == 0.0  # not a full window yet
     assert meter.sample(2000, 11.0) == 2000.0
+
+
+def test_saturated_cpu_sheds_even_with_moderate_lag() -> None:
+    """A process never idle (busy share >= busy_high) sheds although each turn is short; it reopens once idle again."""
+    gate = AdmissionGate(OverloadSettings(busy_high=0.95))
+    now = 0.0
+    for _ in range(30):
+        now += 0.02
+        gate.observe_lag(0.01, now, busy=1.0)
+    assert gate.shedding and gate.ratio < 0.5
+    for _ in range(200):
+        now += 0.01
+        gate.observe_lag(0.0, now, busy=0.3)
+    assert not gate.shedding
