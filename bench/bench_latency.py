@@ -762,6 +762,13 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
         f"{_pct(st.lat, 0.5) * 1000:.1f} ms p99 {_pct(st.lat, 0.99) * 1000:.1f} ms; generator CPU "
         f"{gen_cpu * 100:.0f}%, max behind schedule {behind * 1000:.0f} ms"
     )
+    if os.environ.get("OVERLOAD_DETAIL"):
+        bounds = [0.01, 0.1, 0.5, 1, 2, 4, 8, 12, 16, 20, 30, 60]
+        counts = [
+            sum(1 for x in st.lat if lo <= x < hi)
+            for lo, hi in zip([0.0, *bounds], [*bounds, 1e9], strict=True)
+        ]
+        print("overload: accepted latency histogram (s):", dict(zip([*bounds, "inf"], counts, strict=True)))
     for c in conns:
         c.pending.clear()
         c.inflight = 0
