@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The echo service (:mod:`mcs_edge.tx.media.echo`) answers a call on the edge and sends the caller's media
+The echo user agent (:mod:`mcs_edge.core.media.echo_ua`) answers a call on the edge and sends the caller's media
 back to it. It reuses a normal :class:`~mcs_edge.core.media.session.MediaSession` so the caller's
 side is exactly the production path (ICE-lite, DTLS-SRTP or SDES, policing, timeouts): the
 session's *PBX side* is plain RTP (``Profile.RTP``) whose far end is not a socket but a loop.
