@@ -7,7 +7,7 @@ wants done is an *action* in :attr:`EchoUA.actions` (send a BYE on a flow, sched
 on the relay's timer heap, report a problem, note a call ended by its media), taken by the adapter
 (:mod:`mcs_edge.tx.media.echo`) after each input. Its own timers (the call time limit, the grace of
 a lost connection, work deferred "after this turn") are one deadline: :meth:`EchoUA.get_timer` /
-:meth:`EchoUA.handle_timer`. Tags come from the ``token`` function given to it (randomness passed in).
+:meth:`EchoUA.handle_timer`. Tags, SSRCs and SDP origin ids come from the ``random_bytes`` function given to it.
 
 Tenants with ``echo = true`` (on for the embedded demo tenant) have a reserved user,
 :data:`ECHO_USER`. The SIP proxy core asks the user agent, through its
@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from mcs_edge.core.media.loopback import LoopbackPorts, echo_answer, echo_offer
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import CLIENT, PBX, MediaSession, OutOfPorts
+from mcs_edge.core.randomness import RandomBytes
 from mcs_edge.core.sip.headers import SipUri, parse_name_addr
 from mcs_edge.core.sip.message import Request, Response
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
@@ -171,7 +172,7 @@ class EchoUA:
     """The echo user agent (see the module docstring); the proxy core's ``local`` hook.
 
     ``anchor`` owns the relay ports; ``clock`` is the loop's time source (packets looped back
-    carry no ``now``); ``token`` makes tags; ``grace`` is the proxy's current flow grace;
+    carry no ``now``); ``random_bytes`` is the random source; ``grace`` is the proxy's current flow grace;
     ``wake`` is called when work became due outside an input (a session ended from inside).
     """
 
@@ -181,7 +182,7 @@ class EchoUA:
         anchor: MediaAnchor,
         *,
         clock: Callable[[], float],
-        token: Callable[[], str],
+        random_bytes: RandomBytes,
         grace: Callable[[], float],
         leg_policer: Callable[[str], Policer] | None = None,
         wake: Callable[[], None] | None = None,
@@ -189,7 +190,7 @@ class EchoUA:
         self._settings = settings
         self.anchor = anchor
         self._clock = clock
-        self._token = token
+        self._random_bytes = random_bytes
         self._grace = grace
         self._leg_policer = leg_policer
         self.wake = wake
@@ -208,6 +209,9 @@ class EchoUA:
         #: Calls to hang up at the next timer ("after this turn"): (call_id, session, reason, why),
         #: ``why`` being the session's own end reason when it ended by itself (logged), else None.
         self._due: list[tuple[str, MediaSession, str, str | None]] = []
+
+    def _tag(self) -> str:
+        return self._random_bytes(6).hex()
 
     def take_actions(self) -> list[Action]:
         out, self.actions = self.actions, []
@@ -342,7 +346,7 @@ class EchoUA:
     def _reply(
         self, request: Request, status: int, reason: str, *, tag: str | None = None, allow: bool = False
     ) -> Response:
-        resp = Response.for_request(request, status, reason, to_tag=tag or self._token())
+        resp = Response.for_request(request, status, reason, to_tag=tag or self._tag())
         resp.headers.add("Server", self._settings().server_name)
         if allow:
             resp.headers.add("Allow", ALLOW)
@@ -387,7 +391,7 @@ class EchoUA:
             resp.headers.add("Accept", SDP)
             return resp
         anchor = self.anchor
-        ports = LoopbackPorts(anchor, self._clock)
+        ports = LoopbackPorts(anchor, self._clock, self._random_bytes)
         policer = self._leg_policer
         session = MediaSession(
             request.call_id,
@@ -402,10 +406,10 @@ class EchoUA:
         try:
             if request.body:
                 offered = session.offer(CLIENT, SessionDescription.parse(request.body), now, request.cseq.seq)
-                body = bytes(session.answer(PBX, echo_answer(offered), now))
+                body = bytes(session.answer(PBX, echo_answer(offered, self._random_bytes), now))
             else:  # delayed offer: ours goes in the 200, the answer in the ACK
                 host = anchor.settings.session.pbx_host
-                body = bytes(session.offer(PBX, echo_offer(host), now, request.cseq.seq))
+                body = bytes(session.offer(PBX, echo_offer(host, self._random_bytes), now, request.cseq.seq))
         except OutOfPorts:
             session.close()
             self._count(self.outcomes, tenant_id, "no_port")
@@ -422,7 +426,7 @@ class EchoUA:
             tenant_id=tenant_id,
             flow_id=flow.id,
             transport=flow.transport,
-            local_tag=self._token(),
+            local_tag=self._tag(),
             local_party=request.headers.get("to") or "",
             remote_party=request.headers.get("from") or "",
             remote_target=target,
@@ -457,10 +461,10 @@ class EchoUA:
         try:
             if request.body:
                 offered = session.offer(CLIENT, SessionDescription.parse(request.body), now, request.cseq.seq)
-                body = bytes(session.answer(PBX, echo_answer(offered), now))
+                body = bytes(session.answer(PBX, echo_answer(offered, self._random_bytes), now))
             else:
                 host = self.anchor.settings.session.pbx_host
-                body = bytes(session.offer(PBX, echo_offer(host), now, request.cseq.seq))
+                body = bytes(session.offer(PBX, echo_offer(host, self._random_bytes), now, request.cseq.seq))
         except OutOfPorts:
             return self._reply(request, 503, "Service Unavailable (no relay port)", tag=call.local_tag)
         except (RemoteProtocolError, LocalProtocolError) as exc:

@@ -50,10 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["ECHO_USER", "MAX_PER_FLOW", "MAX_PER_TENANT", "MAX_SECONDS", "EchoService"]
 
 
-def _tag() -> str:
-    return secrets.token_hex(6)
-
-
 class EchoService:
     """The echo user agent on the reactor; the proxy core's ``local`` hook."""
 
@@ -74,7 +70,7 @@ class EchoService:
             lambda: core.settings,
             relay.anchor,
             clock=timers.now,
-            token=_tag,
+            random_bytes=secrets.token_bytes,
             grace=lambda: core.flow_registry.grace,
             leg_policer=leg_policer,
         )

@@ -523,6 +523,7 @@ class TurnListener:
             peer_allowed=lambda tenant, ip: turn.policy.peer_allowed(tenant, ip),
             quota_for=lambda tenant: turn.policy.quota_for(tenant),
             stream=stream,
+            random_bytes=secrets.token_bytes,
             nonce_secret=turn.nonce_secret,
             nonce_lifetime=turn.config.turn.nonce_lifetime,
             default_lifetime=turn.config.turn.default_lifetime,

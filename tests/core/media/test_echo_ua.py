@@ -60,7 +60,7 @@ class Harness:
     def __init__(self, grace: float = 0.0) -> None:
         self.anchor = Anchor()
         self.woken = 0
-        tags = (f"t{i}" for i in itertools.count(1))
+        counter = itertools.count(1)
         settings = ProxySettings(
             public_host="203.0.113.10", public_port=443, backend_host="10.0.0.5", backend_port=5060
         )
@@ -68,7 +68,7 @@ class Harness:
             lambda: settings,
             self.anchor,  # type: ignore[arg-type]
             clock=lambda: 0.0,
-            token=lambda: next(tags),
+            random_bytes=lambda n: next(counter).to_bytes(n, "big"),
             grace=lambda: grace,
             wake=self._wake,
         )
@@ -163,13 +163,14 @@ def test_invite_is_answered_then_bye_releases_everything() -> None:
     h = Harness()
     flow = h.flow()
     resp = answered(h, flow)
-    assert resp.to.tag == "t1" and b"RTP/SAVP" in resp.body
+    tag = resp.to.tag
+    assert tag and len(tag) == 12 and b"RTP/SAVP" in resp.body
     assert "sip:echo@203.0.113.10" in (resp.headers.get("contact") or "")
     assert any(isinstance(a, Schedule) for a in h.ua.take_actions())
     assert h.anchor.open_ports and h.ua.outcomes == {("rossi", "answered"): 1}
     assert h.ua.get_timer() == 1.0 + MAX_SECONDS
-    assert h.send(flow, req("ACK", to_tag="t1")) is None
-    bye = h.send(flow, req("BYE", cseq=2, to_tag="t1"))
+    assert h.send(flow, req("ACK", to_tag=tag)) is None
+    bye = h.send(flow, req("BYE", cseq=2, to_tag=tag))
     assert bye is not None and bye.status == 200
     assert not h.ua.calls and h.anchor.open_ports == set()
     assert h.ua.ended == {("rossi", "bye"): 1} and h.ua.get_timer() is None
@@ -179,10 +180,10 @@ def test_wrong_tag_is_481_and_another_flow_is_403() -> None:
     """In a call: a request with the wrong To tag gets 481; the same call from another flow 403 (no grace)."""
     h = Harness()
     flow = h.flow()
-    answered(h, flow)
+    tag = answered(h, flow).to.tag
     resp = h.send(flow, req("INFO", cseq=2, to_tag="nope"))
     assert resp is not None and resp.status == 481
-    resp = h.ua.request(h.flow(2), parse(req("INFO", cseq=3, to_tag="t1").encode()), 2.0)  # type: ignore[arg-type]
+    resp = h.ua.request(h.flow(2), parse(req("INFO", cseq=3, to_tag=tag).encode()), 2.0)  # type: ignore[arg-type]
     assert resp is not None and resp.status == 403
 
 
@@ -216,14 +217,14 @@ def test_time_limit_hangs_up_with_bye() -> None:
     """At created + MAX_SECONDS the UA releases the call and sends a BYE from our side (our tag in From)."""
     h = Harness()
     flow = h.flow()
-    answered(h, flow)
+    tag = answered(h, flow).to.tag
     h.ua.take_actions()
     h.ua.handle_timer(MAX_SECONDS)  # not yet
     assert h.ua.calls
     h.ua.handle_timer(1.0 + MAX_SECONDS)
     (bye,) = h.ua.take_actions()
     assert isinstance(bye, SendRequest) and bye.request.uri == "sip:alice@10.9.9.9;transport=tls"
-    assert "tag=t1" in (bye.request.headers.get("from") or "")
+    assert f"tag={tag}" in (bye.request.headers.get("from") or "")
     assert h.ua.ended == {("rossi", "max_duration"): 1} and not h.ua.calls
 
 
@@ -232,12 +233,12 @@ def test_lost_connection_grace_then_take_over_or_end() -> None:
     takes it over; otherwise it ends (flow_closed) at the deadline, without BYE."""
     h = Harness(grace=30.0)
     flow = h.flow()
-    answered(h, flow)
-    h.send(flow, req("ACK", to_tag="t1"))
+    tag = answered(h, flow).to.tag
+    h.send(flow, req("ACK", to_tag=tag))
     h.ua.on_flow_closed(1, 10.0)
     assert h.ua.get_timer() == 40.0
     new = h.flow(2)
-    resp = h.send(new, req("INVITE", cseq=3, to_tag="t1", body=SDES_OFFER), 20.0)
+    resp = h.send(new, req("INVITE", cseq=3, to_tag=tag, body=SDES_OFFER), 20.0)
     assert resp is not None and resp.status == 200
     assert h.ua.outcomes[("rossi", "recovered")] == 1 and h.ua.calls["c1"].flow_id == 2
     h.ua.on_flow_closed(2, 50.0)
