@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from acme import challenges, client, crypto_util, messages
 from acme import errors as acme_errors
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from josepy.jwa import ES256
@@ -70,6 +70,7 @@ from mcs_edge import __version__, certs
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.core.tenants.table import normalise_host
+from mcs_edge.files import atomic_write
 from mcs_edge.tx.tls.certificates import CertificateStore, make_base_options
 
 if TYPE_CHECKING:
@@ -131,18 +132,16 @@ def alpn_challenge_certificate(
     key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain[:64])])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
-        # extnValue holds the DER of an OCTET STRING of the 32-byte digest
-        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True)
-        .sign(key, hashes.SHA256())
+    cert = certs.build_certificate(
+        name,
+        key,
+        not_before=now - datetime.timedelta(days=1),
+        not_after=now + datetime.timedelta(days=7),
+        extensions=[
+            (x509.SubjectAlternativeName([x509.DNSName(domain)]), False),
+            # extnValue holds the DER of an OCTET STRING of the 32-byte digest
+            (x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), True),
+        ],
     )
     return cert, key
 
@@ -598,7 +597,7 @@ class AcmeManager:
         combined = Path(self.config.state_dir) / "acme" / "trust.pem"
         data = Path(certifi.where()).read_bytes() + b"\n" + Path(self.config.resolve(extra)).read_bytes()
         if not combined.exists() or combined.read_bytes() != data:
-            certs.atomic_write(combined, data)
+            atomic_write(combined, data, 0o644)
         return str(combined)
 
     def _register(self) -> None:
@@ -632,7 +631,7 @@ def _load_or_create_account_key(path: Path) -> JWKEC:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        certs.atomic_write(path, pem, 0o600)
+        atomic_write(path, pem, 0o600)
         try:
             os.chmod(path.parent, 0o700)
         except OSError:
@@ -660,8 +659,8 @@ def _check_and_write(chain_pem: bytes, key_pem: bytes, chain_path: str, key_path
     ):
         raise AcmeError("the issued certificate does not match the order's key")
     info = certs.cert_info(chain_pem)
-    certs.atomic_write(key_path, key_pem, 0o600)
-    certs.atomic_write(chain_path, chain_pem)
+    atomic_write(key_path, key_pem, 0o600)
+    atomic_write(chain_path, chain_pem, 0o644)
     return info
 
 

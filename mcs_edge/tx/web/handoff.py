@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 
 from mcs_edge import certs
+from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.ops.metrics import handoff_families
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class CertificateHandoff:
         self.service = service
         self.clock = clock
         self.counters: Counter[tuple[str, str]] = Counter()  # (tenant, outcome) -> count
-        self._last_log: dict[tuple[str, str], float] = {}
+        self._logs = RateLimitedLog(self.log, burst=1, window=LOG_INTERVAL, now=clock)
         metrics = getattr(service, "metrics", None)
         if metrics is not None:
             metrics.add_collector("handoff", lambda: handoff_families(self.counters))
@@ -127,9 +128,7 @@ class CertificateHandoff:
         request.setResponseCode(status)
         key = (tenant.id, reason)
         self.counters[key] += 1
-        now = self.clock()
-        if now - self._last_log.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
-            self._last_log[key] = now
+        if self._logs.allow(f"WEB410 {tenant.id} {reason}"):
             self.log.info(
                 "WEB410 {tenant} certificate hand-off refused for {peer}: {reason} ({count} so far)",
                 tenant=tenant.id,

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -65,6 +65,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from mcs_edge.core.tenants.table import normalise_host
+from mcs_edge.tx.ops.logs import RateLimitedLog
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
@@ -163,16 +164,14 @@ class _Refusals:
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
         self.counters: Counter[tuple[str, str]] = Counter()
-        self._last: dict[tuple[str, str], float] = {}
+        self._logs = RateLimitedLog(self.log, burst=1, window=LOG_INTERVAL, now=now)
 
     def note(self, tenant: str, kind: str, detail: str = "") -> None:
         key = (tenant, kind)
         self.counters[key] += 1
-        now = time.monotonic()
-        if now - self._last.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
-            self._last[key] = now
+        if self._logs.allow(f"WEB420 {tenant} {kind}"):
             self.log.info(
                 "WEB420 {tenant} proxy {kind}{detail} ({count} so far)",
                 tenant=tenant,
@@ -194,7 +193,7 @@ class HttpProxy:
         # Twisted retries only idempotent, body-less requests on a pooled connection the backend
         # had closed; anything else is never sent twice.
         self.pool.retryAutomatically = True
-        self.refusals = _Refusals()
+        self.refusals = _Refusals(service.timers.now)
         self._agent: Agent | None = None
         self._agent_timeout: float | None = None
 
