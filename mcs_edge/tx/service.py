@@ -111,7 +111,9 @@ class EdgeService(MultiService):
         self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
         self.metrics.add_collector("echo", self.echo.collect)
         self.check = NetworkCheck(self)
-        self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(self.sip, config, reactor)
+        self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(
+            self.sip, config, reactor, self.timers.now
+        )
         self.sip.protection = self.protection
         self.sip_ws.shaping = self.shaping
         self.acme = AcmeManager(

@@ -461,7 +461,7 @@ class AcmeManager:
         kind = self._challenge_of(tenant)
         if kind == "http-01" and self.config.listen.http is None:
             raise AcmeError("http-01 needs listen.http")
-        deadline = self.reactor.seconds() + self.order_timeout
+        deadline = self.timers.now() + self.order_timeout
         yield self._ensure_account()
         acme_client: client.ClientV2 = yield self._blocking(self._new_client)
         key_pem, csr_pem = yield self._blocking(_new_key_and_csr, names)
@@ -488,8 +488,10 @@ class AcmeManager:
                 yield self._blocking(acme_client.answer_challenge, challb, response)
             for authzr in pending:
                 yield self._wait_valid(acme_client, authzr, deadline)
-            seconds_left = max(5.0, deadline - self.reactor.seconds())
-            finalize_by = datetime.datetime.now() + datetime.timedelta(seconds=min(seconds_left, 60.0))
+            seconds_left = max(5.0, deadline - self.timers.now())
+            # the acme client compares this deadline with its own naive local datetime.now()
+            local_now = self.wall().astimezone().replace(tzinfo=None)
+            finalize_by = local_now + datetime.timedelta(seconds=min(seconds_left, 60.0))
             orderr = yield self._blocking(acme_client.finalize_order, orderr, finalize_by)
         finally:
             self._uninstall(installed)
@@ -552,7 +554,7 @@ class AcmeManager:
                 return
             if status != messages.STATUS_PENDING:
                 raise acme_errors.ValidationError([authzr])
-            if self.reactor.seconds() > deadline:
+            if self.timers.now() > deadline:
                 raise acme_errors.TimeoutError()
 
     @inlineCallbacks
