@@ -45,7 +45,7 @@ import hashlib
 import ipaddress
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -76,7 +76,6 @@ from mcs_edge.tx.tls.certificates import CertificateStore, make_base_options
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-    from mcs_edge.tx.service import EdgeService
     from mcs_edge.tx.timers import Timers
 
 __all__ = [
@@ -700,9 +699,21 @@ class PlainHttpResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: EdgeService) -> None:
+    def __init__(
+        self,
+        http01_response: Callable[[str, str | None], str | None],
+        tenants: Callable[[], TenantTable[TenantConfig]],
+        config: Callable[[], EdgeConfig],
+        ports: Mapping[str, Any],
+    ) -> None:
+        """``http01_response(token, host)``: the ACME manager's answer; ``tenants``/``config``:
+        the current tenant table and configuration (replaced on reload); ``ports``: the bound
+        listeners by name (the HTTPS port when ``listen.https`` asks for port 0)."""
         super().__init__()
-        self.service = service
+        self.http01_response = http01_response
+        self.tenants = tenants
+        self.config = config
+        self.ports = ports
 
     def render(self, request: Request) -> bytes:
         request.setHeader(b"server", b"mcs-edge")
@@ -712,7 +723,7 @@ class PlainHttpResource(Resource):
         path = request.path or b""
         if path.startswith(HTTP01_PREFIX):
             token = path[len(HTTP01_PREFIX) :].decode("ascii", "replace")
-            answer = self.service.acme.http01_response(token, host)
+            answer = self.http01_response(token, host)
             if answer is None or request.method not in (b"GET", b"HEAD"):
                 request.setResponseCode(404)
                 return b"404 not found\n"
@@ -720,7 +731,7 @@ class PlainHttpResource(Resource):
             request.setHeader(b"content-type", b"application/octet-stream")
             return answer.encode("ascii")
         name = normalise_host(host)
-        if name is None or self.service.tenants.by_host(name) is None:
+        if name is None or self.tenants().by_host(name) is None:
             request.setResponseCode(404)
             return b"404 unknown host\n"
         port = self._https_port()
@@ -733,7 +744,8 @@ class PlainHttpResource(Resource):
         return b"moved to https\n"
 
     def _https_port(self) -> int:
-        bound = self.service.ports.get("https")
-        if self.service.config.listen.https.port == 0 and bound is not None:
+        bound = self.ports.get("https")
+        configured = self.config().listen.https.port
+        if configured == 0 and bound is not None:
             return int(bound.getHost().port)
-        return self.service.config.listen.https.port
+        return configured
