@@ -25,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -174,7 +175,7 @@ def allocate(
     and a function that deletes the allocation (Refresh with LIFETIME 0)."""
     m = _client_modules()
     username, password = _rest(user)
-    txid = m.Message.new_transaction_id()
+    txid = m.Message.new_transaction_id(secrets.token_bytes)
     req = m.Message(m.METHOD_ALLOCATE, m.CLASS_REQUEST, txid, (m.RequestedTransport(17),))
     challenge: Any = _request(sock, server, req.serialize(), txid)
     if challenge.get(m.Realm) is None or challenge.get(m.Nonce) is None:
@@ -185,13 +186,13 @@ def allocate(
     nonce = challenge.get(m.Nonce).value
     key = m.long_term_key(username, realm, password)
     auth = (m.Username(username), m.Realm(realm), m.Nonce(nonce))
-    txid = m.Message.new_transaction_id()
+    txid = m.Message.new_transaction_id(secrets.token_bytes)
     req = m.Message(m.METHOD_ALLOCATE, m.CLASS_REQUEST, txid, (m.RequestedTransport(17), *auth))
     resp = _request(sock, server, req.serialize(integrity_key=key, fingerprint=True), txid)
     relayed = resp.get(m.XorRelayedAddress)  # type: ignore[attr-defined]
     if relayed is None:
         raise SystemExit(f"allocation failed: {resp}")
-    txid = m.Message.new_transaction_id()
+    txid = m.Message.new_transaction_id(secrets.token_bytes)
     attrs = (m.ChannelNumber(channel), m.XorPeerAddress(*peer), *auth)
     req = m.Message(m.METHOD_CHANNEL_BIND, m.CLASS_REQUEST, txid, attrs)
     resp = _request(sock, server, req.serialize(integrity_key=key, fingerprint=True), txid)
@@ -199,7 +200,7 @@ def allocate(
         raise SystemExit(f"channel bind failed: {resp}")
 
     def delete() -> None:
-        txid = m.Message.new_transaction_id()
+        txid = m.Message.new_transaction_id(secrets.token_bytes)
         req = m.Message(m.METHOD_REFRESH, m.CLASS_REQUEST, txid, (m.Lifetime(0), *auth))
         sock.setblocking(True)
         sock.settimeout(5)

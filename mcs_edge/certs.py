@@ -1,7 +1,7 @@
 """Certificate files: the development CA, self-signed tenant certificates, and PEM loading.
 
 The development CA and every generated key live under ``state_dir`` (never in the source tree);
-private keys are written ``0600`` through a temporary file and an atomic rename, so a reader never
+private keys are written ``0600`` through :func:`mcs_edge.files.atomic_write`, so a reader never
 sees half a key. A generated leaf is re-issued when its names change or when it has less than 30
 days left.
 """
@@ -11,8 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
-import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,36 +20,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mcs_edge.files import atomic_write
+
 __all__ = [
     "CertInfo",
     "DevCA",
-    "atomic_write",
+    "build_certificate",
     "cert_info",
     "ensure_dev_ca",
     "ensure_self_signed",
 ]
 
 _RENEW_BEFORE = datetime.timedelta(days=30)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +85,33 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def build_certificate(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    extensions: Iterable[tuple[x509.ExtensionType, bool]] = (),
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
+) -> x509.Certificate:
+    """The one certificate builder: ``subject`` with ``key``'s public key, a random serial,
+    ``extensions`` as ``(extension, critical)``; self-signed unless ``issuer`` (name, key) is given.
+    SHA-256 signatures."""
+    issuer_name, signer = issuer if issuer is not None else (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signer, hashes.SHA256())
+
+
 def ensure_dev_ca(state_dir: str) -> DevCA:
     """Load, or create on first use, the development CA under ``state_dir/dev-ca``."""
     folder = Path(state_dir) / "dev-ca"
@@ -121,34 +129,30 @@ def ensure_dev_ca(state_dir: str) -> DevCA:
             x509.NameAttribute(NameOID.COMMON_NAME, "mcs_edge development CA"),
         ]
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    cert = build_certificate(
+        name,
+        key,
+        not_before=now - datetime.timedelta(minutes=5),
+        not_after=now + datetime.timedelta(days=3650),
+        extensions=[
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (usage, True),
+            (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+        ],
     )
     atomic_write(key_path, _key_pem(key), 0o600)
-    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return DevCA(str(cert_path), str(key_path), cert, key)
 
 
@@ -167,21 +171,18 @@ def issue_leaf(ca: DevCA, names: tuple[str, ...], days: int = 397) -> tuple[byte
     now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     first = next((n for n in names if not n.startswith("*.")), names[0])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first[:64])]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(_san(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
-        .sign(ca.key, hashes.SHA256())
+    cert = build_certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first[:64])]),
+        key,
+        not_before=now - datetime.timedelta(minutes=5),
+        not_after=now + datetime.timedelta(days=days),
+        extensions=[
+            (_san(names), False),
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False),
+        ],
+        issuer=(ca.cert.subject, ca.key),
     )
     chain = cert.public_bytes(serialization.Encoding.PEM) + ca.cert.public_bytes(serialization.Encoding.PEM)
     return chain, _key_pem(key)
@@ -206,5 +207,5 @@ def ensure_self_signed(state_dir: str, tenant_id: str, names: tuple[str, ...]) -
     chain, key = issue_leaf(ca, names)
     # key first: a reader that sees the new chain must also find the matching key
     atomic_write(key_path, key, 0o600)
-    atomic_write(chain_path, chain)
+    atomic_write(chain_path, chain, 0o644)
     return str(chain_path), str(key_path)

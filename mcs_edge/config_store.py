@@ -39,8 +39,9 @@ from typing import Any
 from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig
 from mcs_edge.errors import ConfigError, ConfigErrors
+from mcs_edge.files import atomic_write
 
-__all__ = ["TENANTS_STATE_FILE", "ConfigSource", "atomic_write", "dump_toml"]
+__all__ = ["TENANTS_STATE_FILE", "ConfigSource", "dump_toml"]
 
 TENANTS_STATE_FILE = "tenants.toml"
 
@@ -262,39 +263,3 @@ def dump_toml(data: Mapping[str, Any], prefix: str = "") -> str:
         for item in items:
             out += f"\n[[{name}]]\n" + dump_toml(item, name)
     return out
-
-
-def atomic_write(path: str, text: str, mode: int | None = None) -> None:
-    """Replace ``path`` with ``text`` atomically (same folder temp file, fsync, rename, fsync dir)."""
-    target = Path(path)
-    folder = target.parent
-    if mode is None:
-        try:
-            mode = os.stat(target).st_mode & 0o777
-        except OSError:
-            mode = 0o600
-    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)

@@ -1,4 +1,7 @@
-"""The sans-IO rule: nothing under mcs_edge/core imports I/O or reactor modules."""
+"""The sans-IO rule: nothing under mcs_edge/core imports I/O, reactor, clock or randomness modules.
+
+Time is passed in as ``now``; randomness as a ``random_bytes`` function (mcs_edge/core/randomness.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,22 @@ import pytest
 
 CORE = Path(__file__).resolve().parent.parent / "mcs_edge" / "core"
 FORBIDDEN = ("twisted", "asyncio", "autobahn", "socket", "txaio", "uvloop", "selectors", "threading")
+#: Clocks and random sources (``os`` for ``os.urandom`` and the environment).
+FORBIDDEN_CLOCK_RANDOM = ("time", "datetime", "secrets", "random", "os")
 FORBIDDEN_FROM_MCS = ("mcs_edge.tx",)
+#: Core modules still importing a clock/random module, with their follow-up. The list may only
+#: shrink (test_exemptions_are_still_needed fails once an exemption is no longer used).
+EXEMPT: dict[str, frozenset[str]] = {
+    # Follow-up: Call-ID/branch/tag/flow tokens from an injected random source; core/sip/proxy.py is
+    # being changed in parallel branches (push, backhaul) and is left for after they merge.
+    "sip/proxy.py": frozenset({"secrets"}),
+    # Follow-up: SDES keys, SDP origin ids and ICE credentials from a random_bytes given to
+    # MediaAnchor; the anchor is built in tx/media/relay.py (changed in the perf branch).
+    "media/session.py": frozenset({"secrets"}),
+    # Follow-up: the fixed validity dates of the generated DTLS certificate; the certificate should
+    # come from mcs_edge/certs.py through SessionSettings.certificate (built in tx/media/relay.py).
+    "rtp/dtls.py": frozenset({"datetime"}),
+}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -23,11 +41,15 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def _violations(path: Path) -> list[str]:
+def _violations(path: Path, exempt: frozenset[str] = frozenset()) -> list[str]:
     bad = []
     for lineno, name in _imports(path):
         top = name.split(".")[0]
-        if top in FORBIDDEN or any(name == m or name.startswith(m + ".") for m in FORBIDDEN_FROM_MCS):
+        if (
+            top in FORBIDDEN
+            or (top in FORBIDDEN_CLOCK_RANDOM and top not in exempt)
+            or any(name == m or name.startswith(m + ".") for m in FORBIDDEN_FROM_MCS)
+        ):
             bad.append(f"{path.relative_to(CORE.parent.parent)}:{lineno} imports {name}")
     return bad
 
@@ -42,8 +64,19 @@ def test_core_has_modules() -> None:
 
 @pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(CORE)))
 def test_core_module_is_sans_io(path: Path) -> None:
-    """A core module imports nothing from twisted, asyncio, autobahn, socket or the adapters."""
-    assert _violations(path) == []
+    """A core module imports nothing from twisted, asyncio, autobahn, socket, the adapters, nor a
+    clock or random source (time, datetime, secrets, random, os)."""
+    exempt = EXEMPT.get(path.relative_to(CORE).as_posix(), frozenset())
+    assert _violations(path, exempt) == []
+
+
+@pytest.mark.parametrize("rel", sorted(EXEMPT))
+def test_exemptions_are_still_needed(rel: str) -> None:
+    """Each exempted module still imports what it is exempted for (remove the entry once fixed)."""
+    path = CORE / rel
+    assert path.exists()
+    tops = {name.split(".")[0] for _, name in _imports(path)}
+    assert EXEMPT[rel] <= tops
 
 
 def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:
@@ -54,3 +87,18 @@ def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:
     names = [n for _, n in _imports(probe)]
     assert [n for n in names if n.split(".")[0] in FORBIDDEN] == ["socket", "twisted.internet"]
     assert not bad.exists()
+
+
+def test_checker_catches_clocks_and_random_sources(tmp_path: Path) -> None:
+    """time, datetime, secrets, random and os.urandom are flagged; a module named like one inside
+    mcs_edge (core/cluster/secrets.py) is not."""
+    probe = CORE / "probe.py"
+    text = (
+        "import time\nfrom datetime import datetime\nimport secrets\nimport random\nfrom os import urandom\n"
+        "from mcs_edge.core.cluster.secrets import SecretBox\nimport struct\n"
+    )
+    path = tmp_path / "probe.py"
+    path.write_text(text)
+    tops = [n.split(".")[0] for _, n in _imports(path)]
+    assert [t for t in tops if t in FORBIDDEN_CLOCK_RANDOM] == ["time", "datetime", "secrets", "random", "os"]
+    assert not probe.exists()

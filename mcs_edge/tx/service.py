@@ -101,7 +101,6 @@ class EdgeService(MultiService):
         self.bans = self.protection.bans  # auth-failure bans: listed and lifted by the admin API
         self.shaping = Shaping(config, self.timers)  # token buckets per connection, media leg, tenant
         self.certs.on_unknown_sni = lambda: self.protection.scanner("tls_sni")
-        self.drainer = Drainer(self)
         self.admin = LocalAdmin(self)
         # Media relay (tx/media/relay.py): the proxy's media hook; relay ports, sessions, SDP rewriting.
         self.media = MediaRelay(
@@ -114,6 +113,9 @@ class EdgeService(MultiService):
             app_media=lambda tid: getattr(self.tenants.by_id(tid), "app_media", None),
         )
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
+        self.drainer = Drainer(
+            self.timers, self.sip, lambda: self.config.edge.drain_timeout, lambda: list(self)
+        )
         # tcp:/tls: PBXs (tx/sip/backend.py): one persistent connection per tenant, PBX-opened TCP.
         # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache.
         self.resolver = BackendResolver(config, self.timers, make_resolver(config, reactor))
@@ -166,8 +168,10 @@ class EdgeService(MultiService):
         # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
         self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
         self.metrics.add_collector("echo", self.echo.collect)
-        self.check = NetworkCheck(self)
-        self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(self.sip, config, reactor)
+        self.check = NetworkCheck(self.metrics, self.timers.now)
+        self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(
+            self.sip, config, reactor, self.timers.now
+        )
         self.sip.protection = self.protection
         # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
         self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
@@ -223,7 +227,9 @@ class EdgeService(MultiService):
         if self.cluster is not None and self.cluster.role == "standby":
             self._listeners = MultiService()
             self._listeners.setName("standby-listeners")
-        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
+        self.http_proxy = HttpProxy(
+            self.reactor, self.timers, self
+        )  # streams tenants' backend_http (tx/web/proxy.py)
         # strict request framing (tx/web/framing.py): every ambiguity gets one 400 and a close
         site = FrontSite(
             FrontResource(self), lambda kind: self.http_proxy.refusals.note("-", f"framing_{kind}")
@@ -252,11 +258,17 @@ class EdgeService(MultiService):
         self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
         if cfg.listen.sip_tls is not None:
             sip_tls = self.metrics.tls_factory(
-                "sip_tls", self.certs.sip_tls_creator(), SipStreamFactory(self)
+                "sip_tls",
+                self.certs.sip_tls_creator(),
+                SipStreamFactory(self.sip, lambda: self.config, lambda: self.tenants, self.shaping),
             )
             self._tcp("sip_tls", cfg.listen.sip_tls, GuardedFactory(sip_tls, self.protection, "sip_tls"))
         if cfg.listen.http is not None:  # ACME HTTP-01 answers, redirects to HTTPS
-            plain = FrontSite(PlainHttpResource(self))  # same strict framing as listen.https
+            plain = FrontSite(
+                PlainHttpResource(
+                    self.acme.http01_response, lambda: self.tenants, lambda: self.config, self.ports
+                )
+            )  # same strict framing as listen.https
             plain.requestFactory = PlainHttpRequest
             plain.displayTracebacks = False
             plain.timeOut = 30

@@ -7,6 +7,7 @@ reactor thread.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import ssl
 import struct
@@ -130,7 +131,7 @@ class TurnClient:
 
     # -- requests ---------------------------------------------------------------------------------
     def _build(self, method: int, attrs: tuple[m.Attribute, ...], sign: bool) -> tuple[bytes, bytes]:
-        txid = Message.new_transaction_id()
+        txid = Message.new_transaction_id(secrets.token_bytes)
         all_attrs = list(attrs)
         if sign and self.nonce is not None and self.realm is not None:
             all_attrs += [m.Username(self.username), m.Realm(self.realm), m.Nonce(self.nonce)]
@@ -200,7 +201,7 @@ class TurnClient:
         msg = Message(
             METHOD_SEND,
             CLASS_INDICATION,
-            Message.new_transaction_id(),
+            Message.new_transaction_id(secrets.token_bytes),
             (m.XorPeerAddress(*peer), m.Data(payload)),
         )
         self.send_raw(msg.serialize())

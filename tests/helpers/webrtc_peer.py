@@ -130,7 +130,9 @@ class WebRtcPeer:
         ]
         if use_candidate:
             attrs.append(m.UseCandidate())
-        msg = m.Message(m.METHOD_BINDING, m.CLASS_REQUEST, m.Message.new_transaction_id(), tuple(attrs))
+        msg = m.Message(
+            m.METHOD_BINDING, m.CLASS_REQUEST, m.Message.new_transaction_id(secrets.token_bytes), tuple(attrs)
+        )
         return msg.serialize(integrity_key=(pwd or self.edge_pwd).encode(), fingerprint=True)
 
     def start_dtls(self, now: float) -> list[bytes]:

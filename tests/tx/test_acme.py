@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from mcs_edge import certs
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
+from mcs_edge.files import atomic_write
 from mcs_edge.tx.service import EdgeService
 from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls.acme import ACME_IDENTIFIER_OID, AcmeError, AcmeManager, _alpn_challenge_context
@@ -163,8 +164,8 @@ def _write_cert(m: _Manager, names: tuple[str, ...], days: int, age_days: float)
     ca = certs.ensure_dev_ca(m.cfg.state_dir)
     chain, key = certs.issue_leaf(ca, names, days=days)
     chain_path, key_path = m.store.paths_for(m.cfg.tenants[0])
-    certs.atomic_write(key_path, key, 0o600)
-    certs.atomic_write(chain_path, chain)
+    atomic_write(key_path, key, 0o600)
+    atomic_write(chain_path, chain, 0o644)
     m.now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=age_days)
 
 

@@ -20,7 +20,7 @@ def test_protocol_error_lines_are_limited_to_ten_a_second() -> None:
     clock = Clock()
     clock.advance(1000.2)
     router: Any = None
-    factory = SipWebSocketFactory(router, CFG, clock)
+    factory = SipWebSocketFactory(router, CFG, clock, clock.seconds)
     assert [factory.may_log() for _ in range(LOG_PER_SECOND + 5)] == [True] * LOG_PER_SECOND + [False] * 5
     clock.advance(0.5)
     assert not factory.may_log()

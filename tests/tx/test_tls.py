@@ -16,6 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from mcs_edge import certs
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
+from mcs_edge.files import atomic_write
 from mcs_edge.tx.tls.certificates import CertificateStore
 
 NAMES = {"rossi": "rossi.example.com", "bianchi": "bianchi.example.com", "verdi": "verdi.example.com"}
@@ -29,8 +30,8 @@ class Echo(protocol.Protocol):
 def _write_pair(ca: certs.DevCA, folder: Path, names: tuple[str, ...]) -> None:
     chain, key = certs.issue_leaf(ca, names)
     folder.mkdir(parents=True, exist_ok=True)
-    certs.atomic_write(folder / "privkey.pem", key, 0o600)
-    certs.atomic_write(folder / "fullchain.pem", chain)
+    atomic_write(folder / "privkey.pem", key, 0o600)
+    atomic_write(folder / "fullchain.pem", chain, 0o644)
 
 
 def _config(base: Path, unknown_sni: str = "reject", min_version: str = "1.2") -> c.EdgeConfig:

@@ -16,6 +16,7 @@ from mcs_edge import certs
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
+from mcs_edge.files import atomic_write
 from mcs_edge.tx.tls.certificates import CertificateStore
 
 NAMES = {"rossi": "rossi.example.com", "verdi": "verdi.example.com"}
@@ -24,8 +25,8 @@ NAMES = {"rossi": "rossi.example.com", "verdi": "verdi.example.com"}
 def _write_pair(ca: certs.DevCA, folder: Path, names: tuple[str, ...]) -> None:
     chain, key = certs.issue_leaf(ca, names)
     folder.mkdir(parents=True, exist_ok=True)
-    certs.atomic_write(folder / "privkey.pem", key, 0o600)
-    certs.atomic_write(folder / "fullchain.pem", chain)
+    atomic_write(folder / "privkey.pem", key, 0o600)
+    atomic_write(folder / "fullchain.pem", chain, 0o644)
 
 
 def _handshake(port: int, sni: str | None, cafile: str) -> str:

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The echo service (:mod:`mcs_edge.tx.media.echo`) answers a call on the edge and sends the caller's media
+The echo user agent (:mod:`mcs_edge.core.media.echo_ua`) answers a call on the edge and sends the caller's media
 back to it. It reuses a normal :class:`~mcs_edge.core.media.session.MediaSession` so the caller's
 side is exactly the production path (ICE-lite, DTLS-SRTP or SDES, policing, timeouts): the
 session's *PBX side* is plain RTP (``Profile.RTP``) whose far end is not a socket but a loop.
@@ -23,18 +23,19 @@ session's *PBX side* is plain RTP (``Profile.RTP``) whose far end is not a socke
 * :func:`echo_offer` is the looped side's offer when the caller's INVITE carried none (the answer
   then comes in the ACK).
 
-Nothing here reads a clock: the loop is given the ``now`` function of its owner.
+Nothing here reads a clock or a random source: the loop is given the ``now`` and ``random_bytes``
+functions of its owner.
 """
 
 from __future__ import annotations
 
-import secrets
 import struct
 from collections.abc import Callable
 from typing import Final
 
 from mcs_edge.core.media.sdp import PROTO_RTP_AVP, SessionDescription
 from mcs_edge.core.media.session import PBX, Leg, LegPorts, Side
+from mcs_edge.core.randomness import RandomBytes, random_int
 
 __all__ = ["LOOP_PORT", "LoopbackPorts", "echo_answer", "echo_offer"]
 
@@ -63,7 +64,7 @@ class _Loop:
         self.owner = owner
         self.leg = leg
         self.now = now
-        self.ssrc = _SSRC.pack(secrets.randbits(32) or 1)
+        self.ssrc = _SSRC.pack(random_int(owner.random_bytes, 32) or 1)
 
     def __call__(self, data: bytes, addr: object) -> None:
         if len(data) < 12 or 191 < data[1] < 224:
@@ -76,9 +77,12 @@ class _Loop:
 class LoopbackPorts:
     """Ports of an echo session: real ones for ``real_side``, in-memory loops for the other side."""
 
-    def __init__(self, ports: LegPorts, now: Callable[[], float], looped_side: Side = PBX) -> None:
+    def __init__(
+        self, ports: LegPorts, now: Callable[[], float], random_bytes: RandomBytes, looped_side: Side = PBX
+    ) -> None:
         self.ports = ports
         self.now = now
+        self.random_bytes = random_bytes
         self.looped_side = looped_side
         self.looped = 0  # RTP packets sent back through a loop
         self.rtcp_dropped = 0
@@ -109,12 +113,12 @@ def _origin(session_id: int, host: str) -> str:
     return f"o=- {session_id} 1 IN {family} {host}"
 
 
-def echo_answer(offer: SessionDescription) -> SessionDescription:
+def echo_answer(offer: SessionDescription, random_bytes: RandomBytes) -> SessionDescription:
     """The looped side's answer to ``offer`` (the session's offer toward it); see the module docstring."""
     conn = offer.connection
     host = conn.address.split("/")[0] if conn is not None else "127.0.0.1"
     family = "IP6" if ":" in host else "IP4"
-    lines = ["v=0", _origin(secrets.randbelow(1 << 62), host), "s=echo", f"c=IN {family} {host}", "t=0 0"]
+    lines = ["v=0", _origin(random_int(random_bytes, 62), host), "s=echo", f"c=IN {family} {host}", "t=0 0"]
     for m in offer.media:
         formats = " ".join(m.formats) or "0"
         if m.rejected or not m.is_rtp or (m.connection is None and conn is None):
@@ -128,12 +132,12 @@ def echo_answer(offer: SessionDescription) -> SessionDescription:
     return SessionDescription.parse("\r\n".join(lines) + "\r\n")
 
 
-def echo_offer(host: str, port: int = LOOP_PORT) -> SessionDescription:
+def echo_offer(host: str, random_bytes: RandomBytes, port: int = LOOP_PORT) -> SessionDescription:
     """The looped side's offer when the caller offered nothing: one audio stream, common codecs."""
     family = "IP6" if ":" in host else "IP4"
     lines = [
         "v=0",
-        _origin(secrets.randbelow(1 << 62), host),
+        _origin(random_int(random_bytes, 62), host),
         "s=echo",
         f"c=IN {family} {host}",
         "t=0 0",

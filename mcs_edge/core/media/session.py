@@ -931,7 +931,10 @@ class MediaSession:
         self.profiles: list[Profile | None] = [None, None]
         self.mline_legs: tuple[list[Leg | None], list[Leg | None]] = ([], [])
         self.legs: list[Leg] = []
-        self.ice_credentials: list[tuple[str, str]] = [generate_credentials(), generate_credentials()]
+        self.ice_credentials: list[tuple[str, str]] = [
+            generate_credentials(secrets.token_bytes),
+            generate_credentials(secrets.token_bytes),
+        ]
         self.remote_sdp: list[SessionDescription | None] = [None, None]
         self._offer: _Offer | None = None
         self._origin_id = [str(secrets.randbelow(1 << 62)), str(secrets.randbelow(1 << 62))]
@@ -1018,7 +1021,7 @@ class MediaSession:
         new_credentials: tuple[str, str] | None = None
         plans_offerer = self._plan(offerer, offer.sdp, sdp, profile_in, answering=True)
         if profile_in is Profile.WEBRTC and any(p.ice_restart for p in plans_offerer.values()):
-            new_credentials = generate_credentials()
+            new_credentials = generate_credentials(secrets.token_bytes)
         setup = None
         if profile_in is Profile.WEBRTC:
             setup = "passive"

@@ -59,12 +59,12 @@ from __future__ import annotations
 
 import base64
 import re
-import secrets
 import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar
 
+from mcs_edge.core.randomness import RandomBytes
 from mcs_edge.core.stun.message import (
     ATTR_ICE_CONTROLLED,
     ATTR_ICE_CONTROLLING,
@@ -108,10 +108,10 @@ _XMA_HEADER_V4 = b"\x00\x20\x00\x08"
 _XMA_HEADER_V6 = b"\x00\x20\x00\x14"
 
 
-def generate_credentials() -> tuple[str, str]:
+def generate_credentials(random_bytes: RandomBytes) -> tuple[str, str]:
     """A fresh ``(ufrag, pwd)``: 48 and 144 random bits in ice-chars (RFC 8445 s.5.3)."""
-    ufrag = base64.b64encode(secrets.token_bytes(6)).decode()
-    pwd = base64.b64encode(secrets.token_bytes(18)).decode()
+    ufrag = base64.b64encode(random_bytes(6)).decode()
+    pwd = base64.b64encode(random_bytes(18)).decode()
     return ufrag, pwd
 
 
@@ -196,6 +196,7 @@ class IceLiteResponder:
         "_events",
         "_pairs",
         "_previous",
+        "_random_bytes",
         "_selected",
         "consent_timeout",
         "max_pairs",
@@ -211,9 +212,12 @@ class IceLiteResponder:
         local_pwd: str | None = None,
         consent_timeout: float = CONSENT_TIMEOUT,
         max_pairs: int = MAX_PAIRS,
+        random_bytes: RandomBytes | None = None,
     ) -> None:
         if max_pairs < 2:
             raise LocalProtocolError("ICE: max_pairs must be at least 2")
+        #: the source of local credentials not given (None: they must be given)
+        self._random_bytes = random_bytes
         self._current = self._make_generation(local_ufrag, local_pwd, remote_ufrag, remote_pwd)
         self._previous: _Generation | None = None
         self._pairs: dict[Addr, _Pair] = {}
@@ -223,13 +227,15 @@ class IceLiteResponder:
         self.max_pairs = max_pairs
         self.stats = IceStats()
 
-    @staticmethod
     def _make_generation(
-        local_ufrag: str | None, local_pwd: str | None, remote_ufrag: str | None, remote_pwd: str | None
+        self, local_ufrag: str | None, local_pwd: str | None, remote_ufrag: str | None, remote_pwd: str | None
     ) -> _Generation:
-        gen_ufrag, gen_pwd = generate_credentials()
-        local_ufrag = gen_ufrag if local_ufrag is None else local_ufrag
-        local_pwd = gen_pwd if local_pwd is None else local_pwd
+        if local_ufrag is None or local_pwd is None:
+            if self._random_bytes is None:
+                raise LocalProtocolError("ICE: give the local credentials or a random source")
+            gen_ufrag, gen_pwd = generate_credentials(self._random_bytes)
+            local_ufrag = gen_ufrag if local_ufrag is None else local_ufrag
+            local_pwd = gen_pwd if local_pwd is None else local_pwd
         _check_ice_chars("local ufrag", local_ufrag, 4)
         _check_ice_chars("local pwd", local_pwd, 22)
         if remote_ufrag is not None:

@@ -50,13 +50,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import secrets
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
+from mcs_edge.core.randomness import RandomBytes
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -1015,9 +1015,9 @@ class Message:
             raise LocalProtocolError("STUN: method or class out of range")
 
     @staticmethod
-    def new_transaction_id() -> bytes:
-        """A fresh random 96-bit transaction id."""
-        return secrets.token_bytes(12)
+    def new_transaction_id(random_bytes: RandomBytes) -> bytes:
+        """A fresh random 96-bit transaction id (``random_bytes``: e.g. ``secrets.token_bytes``)."""
+        return random_bytes(12)
 
     @classmethod
     def parse(cls, data: bytes) -> Message:

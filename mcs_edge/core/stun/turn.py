@@ -80,12 +80,12 @@ import heapq
 import hmac
 import itertools
 import math
-import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mcs_edge.core.randomness import RandomBytes
 from mcs_edge.core.stun.channel_data import CHANNEL_MAX, CHANNEL_MIN, LEGACY_CHANNEL_MAX
 from mcs_edge.core.stun.message import (
     ADDRESS_FAMILY_IPV4,
@@ -423,6 +423,7 @@ class TurnServer:
         quota_for: Callable[[str], TurnQuota] | None = None,
         stream: bool = False,
         software: str | None = None,
+        random_bytes: RandomBytes,
         nonce_secret: bytes | None = None,
         nonce_lifetime: float = NONCE_LIFETIME,
         default_lifetime: float = DEFAULT_LIFETIME,
@@ -452,7 +453,8 @@ class TurnServer:
         #: True for TCP/TLS listeners: ChannelData to clients is padded to 4 bytes
         self.stream = stream
         self.software = None if software is None else Software(software)
-        self._nonce_secret = nonce_secret or secrets.token_bytes(32)
+        self._random_bytes = random_bytes
+        self._nonce_secret = nonce_secret or random_bytes(32)
         self.nonce_lifetime = nonce_lifetime
         self.default_lifetime = default_lifetime
         self.max_lifetime = max_lifetime
@@ -562,7 +564,7 @@ class TurnServer:
         return None if hit is None else SendToClient(hit[0], hit[1])
 
     def _data_indication(self, peer: Addr, data: bytes) -> bytes:
-        txid = secrets.token_bytes(12)
+        txid = self._random_bytes(12)
         xpa = encode_xor_address(peer[0], peer[1], txid)
         size = len(data)
         body = (

@@ -1,39 +1,13 @@
-"""The echo service: calls to ``echo@<tenant domain>`` are answered by the edge and hear themselves.
+"""The echo service's adapter: the echo user agent (:mod:`mcs_edge.core.media.echo_ua`) on the reactor.
 
-Theory of operation
--------------------
-Tenants with ``echo = true`` (on for the embedded demo tenant) have a reserved user,
-:data:`ECHO_USER`. The SIP proxy core asks this service, through its
-:class:`~mcs_edge.core.sip.proxy.LocalService` hook, about every request from a client after the
-tenant checks; requests to the echo user (and every later request of an echo call, by Call-ID on
-the same flow) are answered here and never reach a PBX. This is a small user agent server:
+In: the proxy core's :class:`~mcs_edge.core.sip.proxy.LocalService` calls (requests claimed for the
+echo user, flows closed), the user agent's timer. Out: the user agent's actions carried out — BYEs
+sent on client flows through the SIP router, media sessions scheduled on the relay's anchor
+(:meth:`MediaRelay.poke`), problems counted by the relay, calls ended by their media logged
+(ECH200) — and the ``echo`` metric families.
 
-=================================  =================================================================
-request                            answer
-=================================  =================================================================
-INVITE with an SDP offer           100 (by the proxy), 200 with the SDP answer; the call starts
-INVITE without SDP                 200 with an SDP offer; the answer comes in the ACK
-ACK                                absorbed (carries the answer to a delayed offer)
-re-INVITE / UPDATE                 200 with the new answer (hold, ICE restart); 488 keeps the call
-BYE                                200; the call's media is released
-CANCEL                             200 from the proxy (the INVITE was already answered: no effect)
-OPTIONS (in or out of a dialog)    200 with Allow and Accept
-INFO                               200 (DTMF is not interpreted)
-anything else                      405 with Allow (481 inside an unknown dialog)
-=================================  =================================================================
-
-Media. Each call has a normal :class:`~mcs_edge.core.media.session.MediaSession` whose caller side
-is the production path (WebRTC: ICE-lite, DTLS-SRTP, BUNDLE mirrored; SDES for the mobile app) on a
-relay port of the media relay, and whose other side is a loop
-(:mod:`mcs_edge.core.media.loopback`): every RTP packet the caller sends is decrypted, its SSRC
-replaced, re-encrypted and sent back, so its round trip measures the caller's network to the edge.
-The sessions are scheduled on the relay's anchor (:meth:`MediaRelay.poke`): ICE consent, DTLS
-retransmission and idle timeouts run as for any call. When a session ends on its own (idle,
-consent lost, DTLS failure) or a call lasts :data:`MAX_SECONDS`, the edge sends BYE.
-
-Limits: at most :data:`MAX_PER_FLOW` echo calls per connection and :data:`MAX_PER_TENANT` per
-tenant (486 Busy Here beyond); no free relay port answers 503. Every call is released on every
-path: BYE, the connection closing, media ending, the time limit, shutdown.
+The decision table (which request gets which answer), the limits (:data:`MAX_PER_FLOW`,
+:data:`MAX_PER_TENANT`, :data:`MAX_SECONDS`) and the media loop are the core's; see its docstring.
 
 Metrics (collector ``echo``): live echo calls, calls answered or refused, calls ended by reason,
 and packets looped back, per tenant.
@@ -43,18 +17,26 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
 
-from mcs_edge.core.media.loopback import LoopbackPorts, echo_answer, echo_offer
-from mcs_edge.core.media.sdp import Profile, SessionDescription
-from mcs_edge.core.media.session import CLIENT, PBX, MediaSession, OutOfPorts
-from mcs_edge.core.sip.headers import SipUri, parse_name_addr
+from mcs_edge.core.media.echo_ua import (
+    ECHO_USER,
+    MAX_PER_FLOW,
+    MAX_PER_TENANT,
+    MAX_SECONDS,
+    EchoCall,
+    EchoUA,
+    MediaEnded,
+    Problem,
+    Schedule,
+    SendRequest,
+)
 from mcs_edge.core.sip.message import Request, Response
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
+from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
     from prometheus_client import Metric
@@ -68,45 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["ECHO_USER", "MAX_PER_FLOW", "MAX_PER_TENANT", "MAX_SECONDS", "EchoService"]
 
 
-def _tag_of(name_addr: str) -> str | None:
-    try:
-        return parse_name_addr(name_addr).tag
-    except (RemoteProtocolError, ValueError):
-        return None
-
-
-ECHO_USER: Final = "echo"
-MAX_PER_FLOW: Final = 2
-MAX_PER_TENANT: Final = 100
-MAX_SECONDS: Final = 600.0
-ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
-SDP: Final = "application/sdp"
-_CLIENT_PROFILES: Final = {"wss": Profile.WEBRTC, "ws": Profile.WEBRTC, "tls": Profile.SDES}
-
-
-@dataclass(slots=True, eq=False)
-class EchoCall:
-    """One answered echo call (a dialog where the edge is the UAS)."""
-
-    call_id: str
-    tenant_id: str
-    flow_id: int
-    transport: str
-    local_tag: str
-    local_party: str  # our From in requests we send (the INVITE's To with our tag)
-    remote_party: str  # their From
-    remote_target: str  # their Contact URI
-    session: MediaSession
-    ports: LoopbackPorts
-    created: float
-    cseq: int = 0
-    confirmed: bool = False
-    limit: Any = None  # the DelayedCall of MAX_SECONDS
-    lost: Any = None  # the DelayedCall ending the call when its connection is lost (grace)
-
-
 class EchoService:
-    """The echo user agent (see the module docstring); the proxy core's ``local`` hook."""
+    """The echo user agent on the reactor; the proxy core's ``local`` hook."""
 
     log = Logger()
 
@@ -120,364 +65,112 @@ class EchoService:
         self.router = router
         self.relay = relay
         self.timers = timers
-        self._leg_policer = leg_policer
-        self.calls: dict[str, EchoCall] = {}
-        self._by_flow: dict[int, set[str]] = {}
-        self._per_tenant: dict[str, int] = {}
-        #: (tenant, result) -> calls: "answered", "busy", "no_port", "bad_sdp".
-        self.outcomes: dict[tuple[str, str], int] = {}
-        #: (tenant, reason) -> ended calls: "bye", "flow_closed", "media", "max_duration", "shutdown".
-        self.ended: dict[tuple[str, str], int] = {}
-        #: tenant -> RTP packets looped back by ended calls (live ones are added at collect time).
-        self.looped: dict[str, int] = {}
-        self.stopped = False
+        core = router.core
+        self.ua = EchoUA(
+            lambda: core.settings,
+            relay.anchor,
+            clock=timers.now,
+            random_bytes=secrets.token_bytes,
+            grace=lambda: core.flow_registry.grace,
+            leg_policer=leg_policer,
+        )
+        self._timer = CoreTimer(timers, self.ua, lambda _result: self._act())
+        self.ua.wake = self._timer.arm
         router.core.local = self
+
+    # ------------------------------------------------------------------ state (tests, admin)
+    @property
+    def calls(self) -> dict[str, EchoCall]:
+        return self.ua.calls
+
+    @property
+    def outcomes(self) -> dict[tuple[str, str], int]:
+        return self.ua.outcomes
+
+    @property
+    def ended(self) -> dict[tuple[str, str], int]:
+        return self.ua.ended
+
+    @property
+    def looped(self) -> dict[str, int]:
+        return self.ua.looped
+
+    @property
+    def stopped(self) -> bool:
+        return self.ua.stopped
+
+    def stats(self, call_id: str) -> dict[str, Any] | None:
+        """The media counters of one live echo call (tests, admin)."""
+        return self.ua.stats(call_id)
 
     # ---------------------------------------------------------------------------- LocalService
     def claims(self, flow: Flow, request: Request) -> bool:
-        """True for requests of an echo call on this flow, and requests to the echo user."""
-        try:
-            call = self.calls.get(request.call_id)
-            if call is not None:
-                return call.flow_id == flow.id or self._may_take_over(call, flow, request)
-            if request.method in ("ACK", "CANCEL") or not getattr(flow.tenant, "echo", False):
-                return False
-            if request.to.tag is not None:
-                return False
-            uri = request.request_uri
-        except (RemoteProtocolError, LocalProtocolError, ValueError):
-            return False  # the proxy answers or drops what it cannot parse
-        return isinstance(uri, SipUri) and uri.user == ECHO_USER
+        return self.ua.claims(flow, request)
 
     def request(self, flow: Flow, request: Request, now: float) -> Response | None:
-        """Answer one claimed request (None for an ACK); a malformed one gets 400 (an ACK: dropped)."""
         try:
-            return self._request(flow, request, now)
-        except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
-            self.relay.problem(f"echo: bad {request.method}: {exc}")
-            if request.method == "ACK":
-                return None
-            return Response.for_request(request, 400, "Bad Request")
-
-    def _may_take_over(self, call: EchoCall, flow: Flow, request: Request) -> bool:
-        """A call whose connection is lost (in grace) continues on ``flow`` when the request is of
-        the same dialog (Call-ID, both tags) from the same tenant. The echo involves no PBX and no
-        registration, so the dialog identifiers are the proof (unlike PBX calls, which need the
-        client's instance binding, core/sip/flows.py)."""
-        return (
-            call.lost is not None
-            and flow.tenant.id == call.tenant_id
-            and request.to.tag == call.local_tag
-            and request.from_.tag == _tag_of(call.remote_party)
-        )
-
-    def _take_over(self, call: EchoCall, flow: Flow) -> None:
-        old = self._by_flow.get(call.flow_id)
-        if old is not None:
-            old.discard(call.call_id)
-            if not old:
-                del self._by_flow[call.flow_id]
-        self.timers.cancel(call.lost)
-        call.lost = None
-        call.flow_id = flow.id
-        call.transport = flow.transport
-        self._by_flow.setdefault(flow.id, set()).add(call.call_id)
-        self._count(self.outcomes, call.tenant_id, "recovered")
-
-    def _request(self, flow: Flow, request: Request, now: float) -> Response | None:
-        method = request.method
-        call = self.calls.get(request.call_id)
-        if call is not None and call.flow_id != flow.id:
-            if not self._may_take_over(call, flow, request):
-                return None if method == "ACK" else self._reply(request, 403, "Forbidden")
-            self._take_over(call, flow)
-        if call is None:
-            if method == "INVITE":
-                return self._invite(flow, request, now)
-            if method == "OPTIONS":
-                return self._options(request)
-            if method == "ACK":
-                return None
-            return self._reply(request, 405, "Method Not Allowed", allow=True)
-        if request.to.tag != call.local_tag:
-            return None if method == "ACK" else self._reply(request, 481, "Call/Transaction Does Not Exist")
-        if method == "ACK":
-            self._ack(call, request, now)
-            return None
-        if method == "BYE":
-            self._release(call, "bye")
-            return self._reply(request, 200, "OK")
-        if method in ("INVITE", "UPDATE"):
-            return self._reoffer(call, request, now)
-        if method == "OPTIONS":
-            return self._options(request)
-        if method == "INFO":
-            return self._reply(request, 200, "OK")
-        return self._reply(request, 405, "Method Not Allowed", allow=True)
+            return self.ua.request(flow, request, now)
+        finally:
+            self._act()
+            self._timer.arm()
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:
-        """The caller's connection is gone: its answered echo calls wait ``sip.flow_grace`` seconds
-        for the caller to come back on a new connection (re-INVITE of the same dialog), then end
-        without BYE; unconfirmed ones end at once."""
-        grace = self.router.core.flow_registry.grace
-        for call_id in list(self._by_flow.get(flow_id, ())):
-            call = self.calls.get(call_id)
-            if call is None:
-                continue
-            if grace > 0 and call.confirmed and not self.stopped:
-                self.timers.cancel(call.lost)
-                call.lost = self.timers.call_later(grace, self._grace_over, call_id, flow_id)
-            else:
-                self._release(call, "flow_closed")
+        self.ua.on_flow_closed(flow_id, now)
+        self._act()
+        self._timer.arm()
 
-    def _grace_over(self, call_id: str, flow_id: int) -> None:
-        call = self.calls.get(call_id)
-        if call is not None and call.flow_id == flow_id:
-            call.lost = None
-            self._release(call, "flow_closed")
+    # --------------------------------------------------------------------------------- actions
+    def _act(self) -> None:
+        for action in self.ua.take_actions():
+            if isinstance(action, Schedule):
+                if action.session.legs:
+                    self.relay.poke(action.session.legs[0])
+            elif isinstance(action, Problem):
+                self.relay.problem(action.text)
+            elif isinstance(action, MediaEnded):
+                self.log.info(
+                    "ECH200 {tenant} echo call ended by its media: {reason}",
+                    tenant=action.tenant,
+                    reason=action.reason,
+                )
+            elif isinstance(action, SendRequest):
+                self._send(action.flow_id, action.request)
 
-    # ------------------------------------------------------------------------------ requests
-    def _reply(
-        self, request: Request, status: int, reason: str, *, tag: str | None = None, allow: bool = False
-    ) -> Response:
-        resp = Response.for_request(request, status, reason, to_tag=tag or secrets.token_hex(6))
-        resp.headers.add("Server", self.router.core.settings.server_name)
-        if allow:
-            resp.headers.add("Allow", ALLOW)
-        return resp
-
-    def _options(self, request: Request) -> Response:
-        resp = self._reply(request, 200, "OK", allow=True)
-        resp.headers.add("Accept", SDP)
-        return resp
-
-    def _contact(self, transport: str) -> str:
-        s = self.router.core.settings
-        host = f"[{s.public_host}]" if ":" in s.public_host else s.public_host
-        kind = "ws" if transport in ("wss", "ws") else "tls"
-        return f"<sip:{ECHO_USER}@{host}:{s.client_port(transport)};transport={kind}>"
-
-    def _answer_with(self, request: Request, call: EchoCall, body: bytes) -> Response:
-        resp = self._reply(request, 200, "OK", tag=call.local_tag, allow=True)
-        resp.headers.add("Contact", self._contact(call.transport))
-        resp.headers.add("Supported", "outbound")
-        resp.set_body(body, SDP)
-        return resp
-
-    def _count(self, table: dict[tuple[str, str], int], tenant_id: str, what: str) -> None:
-        key = (tenant_id, what)
-        table[key] = table.get(key, 0) + 1
-
-    def _invite(self, flow: Flow, request: Request, now: float) -> Response:
-        tenant_id: str = flow.tenant.id
-        if self.stopped:
-            return self._reply(request, 503, "Service Unavailable")
-        if (
-            len(self._by_flow.get(flow.id, ())) >= MAX_PER_FLOW
-            or self._per_tenant.get(tenant_id, 0) >= MAX_PER_TENANT
-        ):
-            self._count(self.outcomes, tenant_id, "busy")
-            return self._reply(request, 486, "Busy Here (echo calls limit)")
-        if request.body and (request.content_type or "").split(";")[0].strip().lower() != SDP:
-            self._count(self.outcomes, tenant_id, "bad_sdp")
-            resp = self._reply(request, 415, "Unsupported Media Type")
-            resp.headers.add("Accept", SDP)
-            return resp
-        anchor = self.relay.anchor
-        ports = LoopbackPorts(anchor, self.timers.now)
-        policer = self._leg_policer
-        session = MediaSession(
-            request.call_id,
-            anchor.settings.session,
-            ports,
-            pbx_profile=Profile.RTP,
-            client_profile=_CLIENT_PROFILES.get(flow.transport, Profile.WEBRTC),
-            on_end=self._media_ended,
-            policer=(lambda: policer(tenant_id)) if policer is not None else None,
-            now=now,
-        )
+    def _send(self, flow_id: int, request: Request) -> None:
         try:
-            if request.body:
-                offered = session.offer(CLIENT, SessionDescription.parse(request.body), now, request.cseq.seq)
-                body = bytes(session.answer(PBX, echo_answer(offered), now))
-            else:  # delayed offer: ours goes in the 200, the answer in the ACK
-                host = anchor.settings.session.pbx_host
-                body = bytes(session.offer(PBX, echo_offer(host), now, request.cseq.seq))
-        except OutOfPorts:
-            session.close()
-            self._count(self.outcomes, tenant_id, "no_port")
-            return self._reply(request, 503, "Service Unavailable (no relay port)")
-        except (RemoteProtocolError, LocalProtocolError) as exc:
-            session.close()
-            self._count(self.outcomes, tenant_id, "bad_sdp")
-            self.relay.problem(f"echo: SDP refused: {exc}")
-            return self._reply(request, 488, "Not Acceptable Here")
-        contacts = request.contacts
-        target = str(contacts[0].uri) if contacts and not contacts[0].is_star else str(request.from_.uri)
-        call = EchoCall(
-            call_id=request.call_id,
-            tenant_id=tenant_id,
-            flow_id=flow.id,
-            transport=flow.transport,
-            local_tag=secrets.token_hex(6),
-            local_party=request.headers.get("to") or "",
-            remote_party=request.headers.get("from") or "",
-            remote_target=target,
-            session=session,
-            ports=ports,
-            created=now,
-        )
-        call.local_party += f";tag={call.local_tag}"
-        self.calls[call.call_id] = call
-        self._by_flow.setdefault(flow.id, set()).add(call.call_id)
-        self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
-        call.limit = self.timers.call_later(MAX_SECONDS, self._expire, call.call_id, session)
-        self._count(self.outcomes, tenant_id, "answered")
-        self._schedule(session)
-        return self._answer_with(request, call, body)
-
-    def _ack(self, call: EchoCall, ack: Request, now: float) -> None:
-        call.confirmed = True
-        session = call.session
-        if not ack.body or not session.expects_answer(CLIENT, ack.cseq.seq) or session.established:
-            return
-        try:
-            session.answer(CLIENT, SessionDescription.parse(ack.body), now)
-        except (RemoteProtocolError, LocalProtocolError) as exc:
-            self.relay.problem(f"echo: answer in ACK refused: {exc}")
-            self.timers.call_later(0, self._expire, call.call_id, session, "media")  # after this turn
-            return
-        self._schedule(session)
-
-    def _reoffer(self, call: EchoCall, request: Request, now: float) -> Response:
-        session = call.session
-        try:
-            if request.body:
-                offered = session.offer(CLIENT, SessionDescription.parse(request.body), now, request.cseq.seq)
-                body = bytes(session.answer(PBX, echo_answer(offered), now))
-            else:
-                host = self.relay.anchor.settings.session.pbx_host
-                body = bytes(session.offer(PBX, echo_offer(host), now, request.cseq.seq))
-        except OutOfPorts:
-            return self._reply(request, 503, "Service Unavailable (no relay port)", tag=call.local_tag)
-        except (RemoteProtocolError, LocalProtocolError) as exc:
-            self.relay.problem(f"echo: re-offer refused: {exc}")
-            return self._reply(request, 488, "Not Acceptable Here", tag=call.local_tag)
-        self._schedule(session)
-        return self._answer_with(request, call, body)
-
-    # --------------------------------------------------------------------------------- media
-    def _schedule(self, session: MediaSession) -> None:
-        """Put the session on the relay's timer heap (ICE consent, DTLS, idle)."""
-        if session.legs:
-            self.relay.poke(session.legs[0])
-
-    def _media_ended(self, session: MediaSession, reason: str) -> None:
-        # Called from inside the session (a timer or a datagram): release it after this turn.
-        self.timers.call_later(0, self._media_gone, session, reason)
-
-    def _media_gone(self, session: MediaSession, reason: str) -> None:
-        call = self.calls.get(session.key)
-        if call is not None and call.session is session:
-            self.log.info(
-                "ECH200 {tenant} echo call ended by its media: {reason}", tenant=call.tenant_id, reason=reason
-            )
-            self._hang_up(call, "media")
-        else:
-            session.close()
-
-    def _expire(self, call_id: str, session: MediaSession, reason: str = "max_duration") -> None:
-        call = self.calls.get(call_id)
-        if call is not None and call.session is session:
-            if reason == "max_duration":
-                call.limit = None
-            self._hang_up(call, reason)
-
-    def _hang_up(self, call: EchoCall, reason: str) -> None:
-        """End a call from our side: BYE to the caller, then release."""
-        call.cseq += 1
-        bye = Request("BYE", call.remote_target)
-        headers = bye.headers
-        headers.add("Max-Forwards", "70")
-        headers.add("From", call.local_party)
-        headers.add("To", call.remote_party)
-        headers.add("Call-ID", call.call_id)
-        headers.add("CSeq", f"{call.cseq} BYE")
-        headers.add("Reason", f'SIP;cause=200;text="echo {reason.replace("_", " ")}"')
-        headers.add("Content-Length", "0")
-        self._release(call, reason)
-        try:
-            if self.router.core.send_to_flow(call.flow_id, bye, self.timers.now()):
+            if self.router.core.send_to_flow(flow_id, request, self.timers.now()):
                 self.router.handle_timer()  # flush the core's output and re-arm its timer
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
-            self.relay.problem(f"echo: cannot send BYE: {exc}")
-
-    def _release(self, call: EchoCall, reason: str) -> None:
-        if self.calls.get(call.call_id) is not call:
-            return
-        del self.calls[call.call_id]
-        flow_calls = self._by_flow.get(call.flow_id)
-        if flow_calls is not None:
-            flow_calls.discard(call.call_id)
-            if not flow_calls:
-                del self._by_flow[call.flow_id]
-        left = self._per_tenant.get(call.tenant_id, 1) - 1
-        if left > 0:
-            self._per_tenant[call.tenant_id] = left
-        else:
-            self._per_tenant.pop(call.tenant_id, None)
-        self.timers.cancel(call.limit)
-        call.limit = None
-        self.timers.cancel(call.lost)
-        call.lost = None
-        self.looped[call.tenant_id] = self.looped.get(call.tenant_id, 0) + call.ports.looped
-        self._count(self.ended, call.tenant_id, reason)
-        session = call.session
-        if session.ended is None:
-            session.ended = f"echo: {reason}"
-        session.close()
+            self.relay.problem(f"echo: cannot send {request.method}: {exc}")
 
     # --------------------------------------------------------------------------- operations
     def stop(self) -> None:
         """BYE and release every echo call; refuse new ones."""
-        self.stopped = True
-        for call in list(self.calls.values()):
-            self._hang_up(call, "shutdown")
-
-    def stats(self, call_id: str) -> dict[str, Any] | None:
-        """The media counters of one live echo call (tests, admin)."""
-        call = self.calls.get(call_id)
-        if call is None:
-            return None
-        out = call.session.stats()
-        out["looped"] = call.ports.looped
-        out["rtcp_dropped"] = call.ports.rtcp_dropped
-        return out
+        self.ua.stop()
+        self._act()
+        self._timer.cancel()
 
     def collect(self) -> Iterable[Metric]:
         """Metric families (collector ``echo``; tenant label on aggregates only)."""
         live = GaugeMetricFamily("mcs_edge_echo_calls", "Echo calls in progress", labels=["tenant"])
-        for tenant, n in sorted(self._per_tenant.items()):
+        for tenant, n in sorted(self.ua.live().items()):
             live.add_metric([tenant], n)
         yield live
         outcomes = CounterMetricFamily(
             "mcs_edge_echo_call_attempts", "Echo calls answered or refused", labels=["tenant", "result"]
         )
-        for (tenant, result), n in sorted(self.outcomes.items()):
+        for (tenant, result), n in sorted(self.ua.outcomes.items()):
             outcomes.add_metric([tenant, result], n)
         yield outcomes
         ended = CounterMetricFamily(
             "mcs_edge_echo_calls_ended", "Echo calls ended", labels=["tenant", "reason"]
         )
-        for (tenant, reason), n in sorted(self.ended.items()):
+        for (tenant, reason), n in sorted(self.ua.ended.items()):
             ended.add_metric([tenant, reason], n)
         yield ended
-        looped = dict(self.looped)
-        for call in self.calls.values():
-            looped[call.tenant_id] = looped.get(call.tenant_id, 0) + call.ports.looped
         packets = CounterMetricFamily(
             "mcs_edge_echo_packets", "RTP packets sent back by the echo", labels=["tenant"]
         )
-        for tenant, n in sorted(looped.items()):
+        for tenant, n in sorted(self.ua.looped_now().items()):
             packets.add_metric([tenant], n)
         yield packets

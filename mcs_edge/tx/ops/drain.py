@@ -21,6 +21,7 @@ Calling :meth:`start` again returns a Deferred for the same drain.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import internet
@@ -28,7 +29,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from mcs_edge.tx.service import EdgeService
+    from mcs_edge.tx.sip.router import SipRouter
+    from mcs_edge.tx.timers import Timers
 
 __all__ = ["DRAIN_REASON", "Drainer"]
 
@@ -39,8 +41,19 @@ POLL = 0.2
 class Drainer:
     log = Logger()
 
-    def __init__(self, service: EdgeService) -> None:
-        self.service = service
+    def __init__(
+        self,
+        timers: Timers,
+        router: SipRouter,
+        drain_timeout: Callable[[], float],
+        listeners: Callable[[], Iterable[Any]],
+    ) -> None:
+        """``router``: calls and client flows; ``drain_timeout``: the configured default (read at
+        each drain: reloads apply); ``listeners``: the services that accept connections."""
+        self.timers = timers
+        self.router = router
+        self.drain_timeout = drain_timeout
+        self.listeners = listeners
         self.draining = False
         self.finished = False
         self._waiters: list[Deferred[None]] = []
@@ -55,13 +68,12 @@ class Drainer:
         self._waiters.append(d)
         if self.draining:
             return d
-        svc = self.service
         self.draining = True
-        self._started = svc.timers.now()
-        self._timeout = svc.config.edge.drain_timeout if timeout is None else timeout
-        svc.sip.core.draining = True
+        self._started = self.timers.now()
+        self._timeout = self.drain_timeout() if timeout is None else timeout
+        self.router.core.draining = True
         self._stop_accepting()
-        calls = len(svc.sip.core.calls)
+        calls = len(self.router.core.calls)
         self.log.info(
             "EDG102 draining: refusing new connections and calls; {calls} call(s) up, waiting at most {timeout} s",
             calls=calls,
@@ -69,12 +81,12 @@ class Drainer:
         )
         self._close_idle_flows()
         if not self._check():
-            self._loop = svc.timers.looping(POLL, self._tick)
+            self._loop = self.timers.looping(POLL, self._tick)
         return d
 
     def _stop_accepting(self) -> None:
         stopped = []
-        for child in list(self.service):
+        for child in list(self.listeners()):
             if child.name == "admin" or not getattr(child, "running", False):
                 continue
             if isinstance(child, internet.TCPServer) or getattr(child, "accepts_connections", False):
@@ -84,7 +96,7 @@ class Drainer:
             self.log.info("EDG104 stopped accepting connections on {listeners}", listeners=", ".join(stopped))
 
     def _close_idle_flows(self) -> None:
-        router = self.service.sip
+        router = self.router
         calls = router.core.calls
         for flow in list(router.flows.values()):
             if calls.on_flow(flow.id) == 0:
@@ -95,9 +107,8 @@ class Drainer:
         self._check()
 
     def _check(self) -> bool:
-        svc = self.service
-        elapsed = svc.timers.now() - self._started
-        calls = len(svc.sip.core.calls)
+        elapsed = self.timers.now() - self._started
+        calls = len(self.router.core.calls)
         if calls == 0:
             self.log.info("EDG103 drained: every call ended after {elapsed:.1f} s", elapsed=elapsed)
         elif elapsed >= self._timeout:
@@ -105,7 +116,7 @@ class Drainer:
                 "EDG301 drain timeout after {elapsed:.1f} s: closing {calls} call(s) on {flows} connection(s)",
                 elapsed=elapsed,
                 calls=calls,
-                flows=len(svc.sip.flows),
+                flows=len(self.router.flows),
             )
         else:
             return False
@@ -114,7 +125,7 @@ class Drainer:
 
     def _finish(self) -> None:
         if self._loop is not None:
-            self.service.timers.stop_looping(self._loop)
+            self.timers.stop_looping(self._loop)
             self._loop = None
         self.finished = True
         waiters, self._waiters = self._waiters, []

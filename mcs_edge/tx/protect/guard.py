@@ -43,7 +43,6 @@ Refusals are logged rate-limited (at most ``LOG_BURST`` lines per second per eve
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IAddress
@@ -66,6 +65,7 @@ from mcs_edge.core.guard import (
 )
 from mcs_edge.core.guard.decision import ALLOWED
 from mcs_edge.core.guard.sip_auth import AuthOutcome
+from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.timers import CoreTimer, Timers
 
 __all__ = [
@@ -135,29 +135,6 @@ def _tenant_source_limits(guard: GuardConfig, ipv6_prefix: int) -> SourceLimits:
     return SourceLimits(None, None, None, max_entries=guard.max_sources, ipv6_prefix=ipv6_prefix)
 
 
-class _LogBudget:
-    """At most ``LOG_BURST`` lines per code per second; the rest counted in ``suppressed``."""
-
-    __slots__ = ("_now", "_windows", "suppressed")
-
-    def __init__(self, now: Callable[[], float]) -> None:
-        self._now = now
-        self._windows: dict[str, list[float]] = {}  # code -> [window start, lines]
-        self.suppressed = 0
-
-    def allow(self, code: str) -> bool:
-        now = self._now()
-        win = self._windows.get(code)
-        if win is None or now - win[0] >= 1.0:
-            self._windows[code] = [now, 1.0]
-            return True
-        if win[1] < LOG_BURST:
-            win[1] += 1
-            return True
-        self.suppressed += 1
-        return False
-
-
 # -- the service-level object -----------------------------------------------------------------
 
 
@@ -186,7 +163,7 @@ class Protection:
         self._bans_timer = CoreTimer(timers, self.bans)
         self._guard_timer = CoreTimer(timers, self.guard)
         self._tenant_timer = CoreTimer(timers, self.tenant_guard)
-        self._logs = _LogBudget(timers.now)
+        self._logs = RateLimitedLog(self.log, burst=LOG_BURST, window=1.0, now=timers.now)
         self._stopped = False
 
     # -- configuration ------------------------------------------------------------------------

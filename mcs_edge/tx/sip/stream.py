@@ -19,6 +19,7 @@ in its Route); a first message that binds nothing closes the connection (counted
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IHandshakeListener
@@ -33,9 +34,10 @@ from mcs_edge.errors import RemoteProtocolError
 from mcs_edge.tx.tls.certificates import sent_no_sni, tenant_of_tls
 
 if TYPE_CHECKING:
-    from mcs_edge.tx.protect.shaping import StreamShaper
-    from mcs_edge.tx.service import EdgeService
-    from mcs_edge.tx.sip.router import ClientFlow
+    from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.core.tenants import TenantTable
+    from mcs_edge.tx.protect.shaping import Shaping, StreamShaper
+    from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 
 __all__ = ["SipStreamFactory", "SipStreamProtocol"]
 
@@ -44,37 +46,36 @@ __all__ = ["SipStreamFactory", "SipStreamProtocol"]
 class SipStreamProtocol(Protocol):
     log = Logger()
 
-    def __init__(self, service: EdgeService) -> None:
-        self.service = service
+    def __init__(self, factory: SipStreamFactory) -> None:
+        self.factory = factory
+        self.router = factory.router
         self.flow: ClientFlow | None = None
-        self.framer = StreamFramer(Limits(max_message_size=service.config.sip.max_message_size))
+        self.framer = StreamFramer(Limits(max_message_size=factory.config().sip.max_message_size))
         self._pending = b""
         self.shaper: StreamShaper | None = None  # rate in both directions (tx/protect/shaping.py)
         self.unbound = False  # no SNI: bound by the first SIP message
 
     def handshakeCompleted(self) -> None:  # noqa: N802
-        svc = self.service
-        tenant = tenant_of_tls(self.transport, svc.tenants, svc.config)
+        tenant = tenant_of_tls(self.transport, self.factory.tenants(), self.factory.config())
         if tenant is None:
-            if svc.config.tls.sip_no_sni_certificate and sent_no_sni(self.transport):
+            if self.factory.config().tls.sip_no_sni_certificate and sent_no_sni(self.transport):
                 self.unbound = True
                 if self._pending:
                     data, self._pending = self._pending, b""
                     self._received(data)
                 return
-            svc.sip.count("tls_refused", "", "unknown_tenant")
+            self.router.count("tls_refused", "", "unknown_tenant")
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._bind(tenant)
 
     def _bind(self, tenant: Any) -> None:
-        svc = self.service
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
-        self.flow = svc.sip.open_flow(tenant, "tls", (peer.host, peer.port), self._send, self._close)
+        self.flow = self.router.open_flow(tenant, "tls", (peer.host, peer.port), self._send, self._close)
         if self.flow is None:
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        shaping = getattr(svc, "shaping", None)
+        shaping = self.factory.shaping
         if shaping is not None:
             self.shaper = shaping.stream(
                 tenant, self.transport, self._received, self._write, self._abort, "tls", peer.host
@@ -99,10 +100,10 @@ class SipStreamProtocol(Protocol):
             events = self.framer.feed(data)
         except RemoteProtocolError as exc:
             tenant_id = flow.tenant.id if flow is not None else ""
-            self.service.sip.count("sip_stream_garbage", tenant_id, "framing")
+            self.router.count("sip_stream_garbage", tenant_id, "framing")
             if flow is not None:
                 # a request whose head parses gets its final answer (400, 413, 513) before the close
-                self.service.sip.reject_unframed(flow, self.framer.pending(), exc)
+                self.router.reject_unframed(flow, self.framer.pending(), exc)
             self.log.info(
                 "SIP401 {tenant} TLS stream from {peer} closed: {reason}",
                 tenant=tenant_id,
@@ -111,7 +112,7 @@ class SipStreamProtocol(Protocol):
             )
             self._lose()
             return
-        router = self.service.sip
+        router = self.router
         for ev in events:
             if flow is None:  # unbound (no SNI): the first message binds the connection
                 if isinstance(ev, KeepalivePing):
@@ -132,11 +133,10 @@ class SipStreamProtocol(Protocol):
                 return
 
     def _bind_by_message(self, data: bytes) -> ClientFlow | None:
-        svc = self.service
         self.unbound = False
-        tenant = svc.sip.tenant_for_first_request(data)
+        tenant = self.router.tenant_for_first_request(data)
         if tenant is None:
-            svc.sip.count("tls_refused", "", "no_sni_unbound")
+            self.router.count("tls_refused", "", "no_sni_unbound")
             peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
             self.log.info(
                 "SIP402 TLS connection from {peer} without SNI closed: its first message names no tenant",
@@ -144,7 +144,7 @@ class SipStreamProtocol(Protocol):
             )
             self._lose()
             return None
-        svc.sip.count("tls_bound_by_request", tenant.id)
+        self.router.count("tls_bound_by_request", tenant.id)
         self._bind(tenant)
         return self.flow
 
@@ -153,7 +153,7 @@ class SipStreamProtocol(Protocol):
         if self.shaper is not None:
             self.shaper.stop()
         if flow is not None:
-            self.service.sip.close_flow(flow, "connection lost")
+            self.router.close_flow(flow, "connection lost")
 
     def _send(self, data: bytes) -> None:
         if self.shaper is not None:
@@ -180,10 +180,21 @@ class SipStreamProtocol(Protocol):
 
 
 class SipStreamFactory(Factory):
-    def __init__(self, service: EdgeService) -> None:
-        self.service = service
+    """Connections of the SIP/TLS listener. ``router``: flows and counters; ``config`` and
+    ``tenants``: the current configuration and tenant table (both replaced on reload);
+    ``shaping``: per-connection token buckets (None = unshaped)."""
+
+    def __init__(
+        self,
+        router: SipRouter,
+        config: Callable[[], EdgeConfig],
+        tenants: Callable[[], TenantTable[TenantConfig]],
+        shaping: Shaping | None = None,
+    ) -> None:
+        self.router = router
+        self.config = config
+        self.tenants = tenants
+        self.shaping = shaping
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol:  # noqa: N802
-        p = SipStreamProtocol(self.service)
-        p.factory = self
-        return p
+        return SipStreamProtocol(self)

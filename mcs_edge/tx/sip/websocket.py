@@ -31,6 +31,7 @@ keepalive split over reads or glued to other frames included, takes autobahn's p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -42,6 +43,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
+
+from mcs_edge.tx.ops.logs import RateLimitedLog
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -288,7 +291,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
     protocol = SipWebSocketProtocol
 
-    def __init__(self, router: SipRouter, config: EdgeConfig, reactor: Any) -> None:
+    def __init__(self, router: SipRouter, config: EdgeConfig, reactor: Any, now: Callable[[], float]) -> None:
         txaio.use_twisted()
         # autobahn logs every frame at debug level through txaio: filter at the source
         txaio.set_global_log_level("info")  # type: ignore[attr-defined]
@@ -296,20 +299,12 @@ class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.router = router
         #: Per-connection buckets (tx/protect/shaping.py), set by the service; None = unshaped.
         self.shaping: Shaping | None = None
-        self._log_second = 0.0
-        self._log_left = 0
+        self._logs = RateLimitedLog(Logger(), burst=LOG_PER_SECOND, window=1.0, now=now)
         configure_factory(self, config)
 
     def may_log(self) -> bool:
         """At most :data:`LOG_PER_SECOND` protocol-error lines per second (the rest are counted)."""
-        second = float(int(self.reactor.seconds()))
-        if second != self._log_second:
-            self._log_second = second
-            self._log_left = LOG_PER_SECOND
-        if self._log_left <= 0:
-            return False
-        self._log_left -= 1
-        return True
+        return self._logs.allow("WSS400")
 
 
 def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> None:

@@ -45,7 +45,7 @@ import hashlib
 import ipaddress
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from acme import challenges, client, crypto_util, messages
 from acme import errors as acme_errors
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from josepy.jwa import ES256
@@ -70,12 +70,12 @@ from mcs_edge import __version__, certs
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.core.tenants.table import normalise_host
+from mcs_edge.files import atomic_write
 from mcs_edge.tx.tls.certificates import CertificateStore, make_base_options
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-    from mcs_edge.tx.service import EdgeService
     from mcs_edge.tx.timers import Timers
 
 __all__ = [
@@ -131,18 +131,16 @@ def alpn_challenge_certificate(
     key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain[:64])])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
-        # extnValue holds the DER of an OCTET STRING of the 32-byte digest
-        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True)
-        .sign(key, hashes.SHA256())
+    cert = certs.build_certificate(
+        name,
+        key,
+        not_before=now - datetime.timedelta(days=1),
+        not_after=now + datetime.timedelta(days=7),
+        extensions=[
+            (x509.SubjectAlternativeName([x509.DNSName(domain)]), False),
+            # extnValue holds the DER of an OCTET STRING of the 32-byte digest
+            (x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), True),
+        ],
     )
     return cert, key
 
@@ -462,7 +460,7 @@ class AcmeManager:
         kind = self._challenge_of(tenant)
         if kind == "http-01" and self.config.listen.http is None:
             raise AcmeError("http-01 needs listen.http")
-        deadline = self.reactor.seconds() + self.order_timeout
+        deadline = self.timers.now() + self.order_timeout
         yield self._ensure_account()
         acme_client: client.ClientV2 = yield self._blocking(self._new_client)
         key_pem, csr_pem = yield self._blocking(_new_key_and_csr, names)
@@ -489,8 +487,10 @@ class AcmeManager:
                 yield self._blocking(acme_client.answer_challenge, challb, response)
             for authzr in pending:
                 yield self._wait_valid(acme_client, authzr, deadline)
-            seconds_left = max(5.0, deadline - self.reactor.seconds())
-            finalize_by = datetime.datetime.now() + datetime.timedelta(seconds=min(seconds_left, 60.0))
+            seconds_left = max(5.0, deadline - self.timers.now())
+            # the acme client compares this deadline with its own naive local datetime.now()
+            local_now = self.wall().astimezone().replace(tzinfo=None)
+            finalize_by = local_now + datetime.timedelta(seconds=min(seconds_left, 60.0))
             orderr = yield self._blocking(acme_client.finalize_order, orderr, finalize_by)
         finally:
             self._uninstall(installed)
@@ -553,7 +553,7 @@ class AcmeManager:
                 return
             if status != messages.STATUS_PENDING:
                 raise acme_errors.ValidationError([authzr])
-            if self.reactor.seconds() > deadline:
+            if self.timers.now() > deadline:
                 raise acme_errors.TimeoutError()
 
     @inlineCallbacks
@@ -598,7 +598,7 @@ class AcmeManager:
         combined = Path(self.config.state_dir) / "acme" / "trust.pem"
         data = Path(certifi.where()).read_bytes() + b"\n" + Path(self.config.resolve(extra)).read_bytes()
         if not combined.exists() or combined.read_bytes() != data:
-            certs.atomic_write(combined, data)
+            atomic_write(combined, data, 0o644)
         return str(combined)
 
     def _register(self) -> None:
@@ -632,7 +632,7 @@ def _load_or_create_account_key(path: Path) -> JWKEC:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        certs.atomic_write(path, pem, 0o600)
+        atomic_write(path, pem, 0o600)
         try:
             os.chmod(path.parent, 0o700)
         except OSError:
@@ -660,8 +660,8 @@ def _check_and_write(chain_pem: bytes, key_pem: bytes, chain_path: str, key_path
     ):
         raise AcmeError("the issued certificate does not match the order's key")
     info = certs.cert_info(chain_pem)
-    certs.atomic_write(key_path, key_pem, 0o600)
-    certs.atomic_write(chain_path, chain_pem)
+    atomic_write(key_path, key_pem, 0o600)
+    atomic_write(chain_path, chain_pem, 0o644)
     return info
 
 
@@ -699,9 +699,21 @@ class PlainHttpResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: EdgeService) -> None:
+    def __init__(
+        self,
+        http01_response: Callable[[str, str | None], str | None],
+        tenants: Callable[[], TenantTable[TenantConfig]],
+        config: Callable[[], EdgeConfig],
+        ports: Mapping[str, Any],
+    ) -> None:
+        """``http01_response(token, host)``: the ACME manager's answer; ``tenants``/``config``:
+        the current tenant table and configuration (replaced on reload); ``ports``: the bound
+        listeners by name (the HTTPS port when ``listen.https`` asks for port 0)."""
         super().__init__()
-        self.service = service
+        self.http01_response = http01_response
+        self.tenants = tenants
+        self.config = config
+        self.ports = ports
 
     def render(self, request: Request) -> bytes:
         request.setHeader(b"server", b"mcs-edge")
@@ -711,7 +723,7 @@ class PlainHttpResource(Resource):
         path = request.path or b""
         if path.startswith(HTTP01_PREFIX):
             token = path[len(HTTP01_PREFIX) :].decode("ascii", "replace")
-            answer = self.service.acme.http01_response(token, host)
+            answer = self.http01_response(token, host)
             if answer is None or request.method not in (b"GET", b"HEAD"):
                 request.setResponseCode(404)
                 return b"404 not found\n"
@@ -719,7 +731,7 @@ class PlainHttpResource(Resource):
             request.setHeader(b"content-type", b"application/octet-stream")
             return answer.encode("ascii")
         name = normalise_host(host)
-        if name is None or self.service.tenants.by_host(name) is None:
+        if name is None or self.tenants().by_host(name) is None:
             request.setResponseCode(404)
             return b"404 unknown host\n"
         port = self._https_port()
@@ -732,7 +744,8 @@ class PlainHttpResource(Resource):
         return b"moved to https\n"
 
     def _https_port(self) -> int:
-        bound = self.service.ports.get("https")
-        if self.service.config.listen.https.port == 0 and bound is not None:
+        bound = self.ports.get("https")
+        configured = self.config().listen.https.port
+        if configured == 0 and bound is not None:
             return int(bound.getHost().port)
-        return self.service.config.listen.https.port
+        return configured

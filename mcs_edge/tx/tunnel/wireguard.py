@@ -37,7 +37,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mcs_edge.certs import atomic_write
 from mcs_edge.core.tunnel.wireguard import (
     DeviceState,
     KeyPair,
@@ -50,6 +49,7 @@ from mcs_edge.core.tunnel.wireguard import (
     uapi_set,
     wg_quick,
 )
+from mcs_edge.files import atomic_write
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig

@@ -86,6 +86,7 @@ from mcs_edge.core.stun.turn import (
     TurnServer,
 )
 from mcs_edge.errors import RemoteProtocolError
+from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.ops.metrics import CountingTLSFactory, TlsStats
 from mcs_edge.tx.ops.workers import reuse_port_for
 from mcs_edge.tx.timers import CoreTimer, Timers
@@ -148,23 +149,6 @@ def asyncio_loop_of(reactor: Any) -> asyncio.AbstractEventLoop | None:
     """The asyncio loop under Twisted's asyncio reactor, or None on other reactors."""
     loop = getattr(reactor, "_asyncioEventloop", None)
     return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
-
-
-class _RateLimitedLog:
-    """At most one log line per code every ``_LOG_EVERY`` seconds (bad input must not flood logs)."""
-
-    __slots__ = ("_last", "_now")
-
-    def __init__(self, now: Callable[[], float]) -> None:
-        self._now = now
-        self._last: dict[str, float] = {}
-
-    def allow(self, code: str) -> bool:
-        now = self._now()
-        if now - self._last.get(code, -_LOG_EVERY - 1.0) < _LOG_EVERY:
-            return False
-        self._last[code] = now
-        return True
 
 
 # --- policy (rebuilt on reload) -------------------------------------------------------------------
@@ -523,6 +507,7 @@ class TurnListener:
             peer_allowed=lambda tenant, ip: turn.policy.peer_allowed(tenant, ip),
             quota_for=lambda tenant: turn.policy.quota_for(tenant),
             stream=stream,
+            random_bytes=secrets.token_bytes,
             nonce_secret=turn.nonce_secret,
             nonce_lifetime=turn.config.turn.nonce_lifetime,
             default_lifetime=turn.config.turn.default_lifetime,
@@ -906,7 +891,7 @@ class TurnService(MultiService):
         self.certs = certs
         self.policy = TurnPolicy(config, tenants)
         self.nonce_secret = secrets.token_bytes(32)
-        self.ratelog = _RateLimitedLog(self.now)
+        self.ratelog = RateLimitedLog(self.log, burst=1, window=_LOG_EVERY, now=self.now)
         #: ice-servers requests refused for a bad bearer token
         self.api_refusals = 0
         #: seconds a TCP/TLS connection may stay open without an allocation

@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.logger import Logger
 
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from mcs_edge.config import TenantConfig
-    from mcs_edge.tx.service import EdgeService
 
 __all__ = ["BASES", "FIGURES", "MAX_REPORT", "REPORT_INTERVAL", "NetworkCheck"]
 
@@ -131,17 +129,27 @@ def _asset(name: str) -> bytes:
     return (resources.files("mcs_edge") / "static" / name).read_bytes()
 
 
+class MetricFactory(Protocol):
+    """Where the check's counters and histograms are registered (tx/ops/metrics.EdgeMetrics)."""
+
+    def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter: ...
+
+    def histogram(self, name: str, doc: str, labels: Iterable[str] = (), **kw: Any) -> Histogram: ...
+
+
 class NetworkCheck:
-    """Serves the check page and takes its reports (see the module docstring)."""
+    """Serves the check page and takes its reports (see the module docstring).
+
+    Collaborators: ``metrics`` registers its figures; ``clock`` is the adapters' clock
+    (``Timers.now``) for the per-source report interval.
+    """
 
     log = Logger()
 
-    def __init__(self, service: EdgeService, clock: Callable[[], float] = time.monotonic) -> None:
-        self.service = service
+    def __init__(self, metrics: MetricFactory, clock: Callable[[], float]) -> None:
         self.clock = clock
         self._assets: dict[str, bytes] = {}
         self._sources: OrderedDict[str, float] = OrderedDict()
-        metrics = service.metrics
         self.reports: Counter = metrics.counter(
             "mcs_edge_check_reports", "Network check reports by overall result", ["tenant", "result"]
         )

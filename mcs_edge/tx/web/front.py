@@ -22,12 +22,13 @@ from mcs_edge.tx.web.scripts import SCRIPTS, render_script
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
+    from mcs_edge.tx.seams import LiveConfig
     from mcs_edge.tx.service import EdgeService
 
 __all__ = ["FrontResource", "bound_tenant"]
 
 
-def bound_tenant(service: EdgeService, request: Request) -> tuple[TenantConfig | None, int, str]:
+def bound_tenant(service: LiveConfig, request: Request) -> tuple[TenantConfig | None, int, str]:
     """(tenant, status, reason): the tenant this request may reach, or why not.
 
     With ``tls.unknown_sni = "default"``, a connection without SNI (or with a name no tenant owns)
@@ -58,7 +59,12 @@ class FrontResource(Resource):
         self.service = service
         from mcs_edge.tx.web.handoff import CertificateHandoff
 
-        self.handoff = CertificateHandoff(service)
+        self.handoff = CertificateHandoff(
+            service.certs,
+            service.protection.credential_failure,
+            service.timers.now,
+            service.metrics.add_collector,
+        )
 
     def render(self, request: Request) -> bytes:
         request.setHeader(b"server", b"mcs-edge")

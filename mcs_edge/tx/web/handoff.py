@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -35,13 +35,14 @@ from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 
 from mcs_edge import certs
+from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.ops.metrics import handoff_families
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from mcs_edge.config import TenantConfig
-    from mcs_edge.tx.service import EdgeService
+    from mcs_edge.tx.tls.certificates import CertificateStore
 
 __all__ = ["HANDOFF_PATH", "CertificateHandoff"]
 
@@ -58,14 +59,23 @@ class CertificateHandoff:
 
     log = Logger()
 
-    def __init__(self, service: EdgeService, clock: Any = time.monotonic) -> None:
-        self.service = service
+    def __init__(
+        self,
+        certs: CertificateStore,
+        credential_failure: Callable[[str, str, str], None],
+        clock: Callable[[], float],
+        add_collector: Callable[[str, Callable[[], Any]], None] | None = None,
+    ) -> None:
+        """``certs``: the loaded certificates; ``credential_failure(peer, tenant, what)``: a wrong
+        secret counts against its source (guard ban list); ``clock``: the adapters' clock;
+        ``add_collector``: where the ``handoff`` metric families are exported."""
+        self.certs = certs
+        self.credential_failure = credential_failure
         self.clock = clock
         self.counters: Counter[tuple[str, str]] = Counter()  # (tenant, outcome) -> count
-        self._last_log: dict[tuple[str, str], float] = {}
-        metrics = getattr(service, "metrics", None)
-        if metrics is not None:
-            metrics.add_collector("handoff", lambda: handoff_families(self.counters))
+        self._logs = RateLimitedLog(self.log, burst=1, window=LOG_INTERVAL, now=clock)
+        if add_collector is not None:
+            add_collector("handoff", lambda: handoff_families(self.counters))
 
     def render(self, request: Request, tenant: TenantConfig) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
@@ -83,9 +93,9 @@ class CertificateHandoff:
             return self._refuse(request, tenant, peer, 401, "credentials required")
         if not hmac.compare_digest(_digest(token.strip()), _digest(tenant.api_secret)):
             # a wrong secret is a failed authentication of its source (per-source ban list)
-            self.service.protection.credential_failure(peer, tenant.id, "api_secret")
+            self.credential_failure(peer, tenant.id, "api_secret")
             return self._refuse(request, tenant, peer, 403, "wrong secret")
-        loaded = self.service.certs.loaded().get(tenant.id)
+        loaded = self.certs.loaded().get(tenant.id)
         if loaded is None:
             request.setHeader(b"retry-after", b"60")
             return self._refuse(request, tenant, peer, 503, "no certificate yet")
@@ -127,9 +137,7 @@ class CertificateHandoff:
         request.setResponseCode(status)
         key = (tenant.id, reason)
         self.counters[key] += 1
-        now = self.clock()
-        if now - self._last_log.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
-            self._last_log[key] = now
+        if self._logs.allow(f"WEB410 {tenant.id} {reason}"):
             self.log.info(
                 "WEB410 {tenant} certificate hand-off refused for {peer}: {reason} ({count} so far)",
                 tenant=tenant.id,

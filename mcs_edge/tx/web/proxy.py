@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -65,10 +65,12 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from mcs_edge.core.tenants.table import normalise_host
+from mcs_edge.tx.ops.logs import RateLimitedLog
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
-    from mcs_edge.tx.service import EdgeService
+    from mcs_edge.tx.seams import LiveConfig
+    from mcs_edge.tx.timers import Timers
 
 __all__ = ["FrontRequest", "HttpProxy", "forward_headers", "pass_websocket", "response_headers"]
 
@@ -163,16 +165,14 @@ class _Refusals:
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
         self.counters: Counter[tuple[str, str]] = Counter()
-        self._last: dict[tuple[str, str], float] = {}
+        self._logs = RateLimitedLog(self.log, burst=1, window=LOG_INTERVAL, now=now)
 
     def note(self, tenant: str, kind: str, detail: str = "") -> None:
         key = (tenant, kind)
         self.counters[key] += 1
-        now = time.monotonic()
-        if now - self._last.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
-            self._last[key] = now
+        if self._logs.allow(f"WEB420 {tenant} {kind}"):
             self.log.info(
                 "WEB420 {tenant} proxy {kind}{detail} ({count} so far)",
                 tenant=tenant,
@@ -185,16 +185,19 @@ class _Refusals:
 class HttpProxy:
     """The reverse proxy of one service: connection pool, agent, counters."""
 
-    def __init__(self, service: EdgeService) -> None:
-        self.service = service
-        self.reactor = service.reactor
+    def __init__(self, reactor: Any, timers: Timers, live: LiveConfig) -> None:
+        """``live``: the current configuration and tenant table (``proxy.*`` keys are read at
+        each use, so reloads apply)."""
+        self.reactor = reactor
+        self.timers = timers
+        self.live = live
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = 32
         self.pool.cachedConnectionTimeout = 30
         # Twisted retries only idempotent, body-less requests on a pooled connection the backend
         # had closed; anything else is never sent twice.
         self.pool.retryAutomatically = True
-        self.refusals = _Refusals()
+        self.refusals = _Refusals(timers.now)
         self._agent: Agent | None = None
         self._agent_timeout: float | None = None
 
@@ -203,7 +206,7 @@ class HttpProxy:
         return self.refusals.counters
 
     def agent(self) -> Agent:
-        timeout = self.service.config.proxy.connect_timeout
+        timeout = self.live.config.proxy.connect_timeout
         if self._agent is None or self._agent_timeout != timeout:
             self._agent = Agent(self.reactor, connectTimeout=timeout, pool=self.pool)
             self._agent_timeout = timeout
@@ -226,7 +229,7 @@ class HttpProxy:
             return None
         from mcs_edge.tx.web.front import bound_tenant
 
-        tenant, _status, _reason = bound_tenant(self.service, request)
+        tenant, _status, _reason = bound_tenant(self.live, request)
         if tenant is None or not tenant.backend_http:
             return None
         return tenant
@@ -253,7 +256,7 @@ class FrontRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802
         channel: Any = self.channel
-        cfg = self.proxy.service.config.proxy
+        cfg = self.proxy.live.config.proxy
         method: bytes = getattr(channel, "_command", b"")
         target: bytes = getattr(channel, "_path", b"")
         head_size = len(method) + len(target) + 11
@@ -299,7 +302,7 @@ class FrontRequest(server.Request):
             self._exchange.body.feed(data)
             return
         self._local_body += len(data)
-        if self._local_body > self.proxy.service.config.proxy.max_local_body:
+        if self._local_body > self.proxy.live.config.proxy.max_local_body:
             self._refuse(413, b"Content Too Large", None, "body_too_large")
             return
         super().handleContentChunk(data)
@@ -418,8 +421,8 @@ class _Exchange:
         self.request = request
         self.tenant = tenant
         self.method = method
-        self.timers = proxy.service.timers
-        self.cfg = proxy.service.config.proxy
+        self.timers = proxy.timers
+        self.cfg = proxy.live.config.proxy
         self.response_started = False
         self.finished = False
         self._timer: Any = None
@@ -657,7 +660,7 @@ class _Tunnel:
         self.closed = False
 
     def start(self, backend_url: str) -> None:
-        cfg = self.proxy.service.config.proxy
+        cfg = self.proxy.live.config.proxy
         parts = urlsplit(backend_url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -667,9 +670,7 @@ class _Tunnel:
         side = _TunnelSide(self, "backend")
         d = endpoint.connect(_OneShotFactory(side))
         d.addCallbacks(self._connected, self._failed)
-        self._timer = self.proxy.service.timers.call_later(
-            cfg.connect_timeout + cfg.read_timeout, self._timeout
-        )
+        self._timer = self.proxy.timers.call_later(cfg.connect_timeout + cfg.read_timeout, self._timeout)
 
     def _connected(self, side: _TunnelSide) -> None:
         if self.closed:
@@ -723,7 +724,7 @@ class _Tunnel:
             if not self._answered:
                 self._answered = True
                 if self._timer is not None:
-                    self.proxy.service.timers.cancel(self._timer)
+                    self.proxy.timers.cancel(self._timer)
                     self._timer = None
             self.client.transport.write(data)
 
@@ -739,7 +740,7 @@ class _Tunnel:
             return
         self.closed = True
         if self._timer is not None:
-            self.proxy.service.timers.cancel(self._timer)
+            self.proxy.timers.cancel(self._timer)
             self._timer = None
         for side in (self.client, self.backend):
             if side is not None and side.transport is not None:

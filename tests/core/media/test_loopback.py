@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class Owner:
 
 
 def _session(owner: Owner) -> tuple[MediaSession, LoopbackPorts]:
-    ports = LoopbackPorts(owner, lambda: 5.0)
+    ports = LoopbackPorts(owner, lambda: 5.0, secrets.token_bytes)
     settings = SessionSettings(client_host="203.0.113.10", pbx_host="10.0.0.5")
     return MediaSession("c1", settings, ports, pbx_profile=Profile.RTP, client_profile=Profile.RTP), ports
 
@@ -53,7 +54,7 @@ def test_echo_answer_accepts_every_rtp_stream_with_its_codecs_and_mirrors_direct
         "m=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=inactive\r\n"
         "m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\n"
     )
-    answer = echo_answer(offer)
+    answer = echo_answer(offer, secrets.token_bytes)
     audio, video, data = answer.media
     assert audio.port == 9 and audio.proto == "RTP/AVP" and audio.formats == ("111", "0")
     assert audio.get_all("rtpmap") == ["111 opus/48000/2", "0 PCMU/8000"]
@@ -72,7 +73,7 @@ def test_loop_sends_the_callers_rtp_back_with_its_own_ssrc_and_drops_rtcp() -> N
         CLIENT, SessionDescription.parse((DATA / "freeswitch_offer_rtp.sdp").read_bytes()), 1.0, 1
     )
     assert out.media[0].port == LOOP_PORT
-    answer = session.answer(PBX, echo_answer(out), 1.0)
+    answer = session.answer(PBX, echo_answer(out, secrets.token_bytes), 1.0)
     assert answer.media[0].port == 40000 and answer.media[0].direction == "sendrecv"
     client = next(leg for leg in session.legs if leg.side is CLIENT)
     looped = next(leg for leg in session.legs if leg.side is PBX)
@@ -97,7 +98,7 @@ def test_delayed_offer_goes_to_the_caller_and_its_answer_closes_the_loop() -> No
     """Without a caller offer the loop offers (one audio stream); the caller's answer commits both sides."""
     owner = Owner()
     session, ports = _session(owner)
-    offer = echo_offer("10.0.0.5")
+    offer = echo_offer("10.0.0.5", secrets.token_bytes)
     to_caller = session.offer(PBX, offer, 1.0, 1)
     assert to_caller.media[0].port == 40000 and "111" in to_caller.media[0].formats
     caller_answer = SessionDescription.parse(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 import pytest
 
@@ -24,7 +25,9 @@ PEER2 = ("203.0.113.8", 50002)
 
 
 def make_leg(**kwargs: object) -> IceLiteResponder:
-    return IceLiteResponder(remote_ufrag=REMOTE_UFRAG, remote_pwd=REMOTE_PWD, **kwargs)  # type: ignore[arg-type]
+    return IceLiteResponder(
+        remote_ufrag=REMOTE_UFRAG, remote_pwd=REMOTE_PWD, random_bytes=secrets.token_bytes, **kwargs
+    )  # type: ignore[arg-type]
 
 
 def check(
@@ -53,7 +56,7 @@ def check(
     if use_candidate:
         attrs.append(m.UseCandidate())
     attrs.extend(extra)
-    msg = Message(method, cls, Message.new_transaction_id(), tuple(attrs))
+    msg = Message(method, cls, Message.new_transaction_id(secrets.token_bytes), tuple(attrs))
     key = (pwd or leg.local_pwd).encode() if integrity else None
     return msg.serialize(integrity_key=key, fingerprint=fingerprint)
 
@@ -214,7 +217,7 @@ def test_without_fingerprint_still_answered() -> None:
 
 def test_remote_ufrag_unknown_checks_local_part_only() -> None:
     """Before the SDP answer gives the remote ufrag, only the local part of USERNAME is checked."""
-    leg = IceLiteResponder()
+    leg = IceLiteResponder(random_bytes=secrets.token_bytes)
     assert answer(leg, check(leg, username=f"{leg.local_ufrag}:anything")).cls == CLASS_SUCCESS
     leg.set_remote_credentials("real", "p" * 22)
     assert error_code(answer(leg, check(leg, username=f"{leg.local_ufrag}:anything"))) == 401
@@ -223,20 +226,20 @@ def test_remote_ufrag_unknown_checks_local_part_only() -> None:
 
 def test_generated_credentials_are_ice_chars() -> None:
     """Generated ufrag/pwd use ice-chars, with at least 24 and 128 random bits."""
-    ufrag, pwd = generate_credentials()
+    ufrag, pwd = generate_credentials(secrets.token_bytes)
     assert re.fullmatch(r"[A-Za-z0-9+/]{8}", ufrag)
     assert re.fullmatch(r"[A-Za-z0-9+/]{24}", pwd)
-    assert generate_credentials() != (ufrag, pwd)
+    assert generate_credentials(secrets.token_bytes) != (ufrag, pwd)
 
 
 def test_given_credentials_are_validated() -> None:
     """Caller-supplied credentials must be ice-chars of legal length."""
     with pytest.raises(LocalProtocolError):
-        IceLiteResponder(local_ufrag="abc")
+        IceLiteResponder(local_ufrag="abc", random_bytes=secrets.token_bytes)
     with pytest.raises(LocalProtocolError):
-        IceLiteResponder(local_pwd="short")
+        IceLiteResponder(local_pwd="short", random_bytes=secrets.token_bytes)
     with pytest.raises(LocalProtocolError):
-        IceLiteResponder(remote_ufrag="bad ufrag")
+        IceLiteResponder(remote_ufrag="bad ufrag", random_bytes=secrets.token_bytes)
     leg = IceLiteResponder(local_ufrag="abcd", local_pwd="a" * 22)
     assert (leg.local_ufrag, leg.local_pwd) == ("abcd", "a" * 22)
 

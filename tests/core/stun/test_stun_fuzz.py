@@ -3,6 +3,7 @@ parsers and never crashes the ICE-lite or TURN objects."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -91,7 +92,7 @@ def test_channel_data_and_stream_framing(data: bytes) -> None:
 
 
 def _ice_seeds() -> tuple[IceLiteResponder, list[bytes]]:
-    leg = IceLiteResponder(remote_ufrag="abcd", remote_pwd="p" * 22)
+    leg = IceLiteResponder(remote_ufrag="abcd", remote_pwd="p" * 22, random_bytes=secrets.token_bytes)
     good = Message(
         m.METHOD_BINDING,
         CLASS_REQUEST,
@@ -133,6 +134,7 @@ class _Allocator:
 
 def _turn_seeds() -> list[bytes]:
     server = TurnServer(
+        random_bytes=secrets.token_bytes,
         realm=REALM,
         credentials_for={REALM: SECRET}.get,
         relay_allocator=_Allocator(),
@@ -149,7 +151,7 @@ def _turn_seeds() -> list[bytes]:
         (m.METHOD_CREATE_PERMISSION, (m.XorPeerAddress(*PEER),)),
         (m.METHOD_CHANNEL_BIND, (m.ChannelNumber(0x4000), m.XorPeerAddress(*PEER))),
     ]:
-        msg = Message(method, CLASS_REQUEST, Message.new_transaction_id(), (*attrs, *auth))
+        msg = Message(method, CLASS_REQUEST, Message.new_transaction_id(secrets.token_bytes), (*attrs, *auth))
         seeds.append(msg.serialize(integrity_key=key, fingerprint=True))
     send = Message(m.METHOD_SEND, m.CLASS_INDICATION, bytes(12), (m.XorPeerAddress(*PEER), m.Data(b"x")))
     seeds += [bytes(send), b"\x40\x00\x00\x03abc\x00"]
@@ -169,6 +171,7 @@ TURN_SEEDS = _turn_seeds()
 def test_turn_server_never_crashes(inputs: list[bytes], step: float) -> None:
     """The TURN server returns actions for any sequence of client and peer input and timer ticks."""
     server = TurnServer(
+        random_bytes=secrets.token_bytes,
         realm=REALM,
         credentials_for={REALM: SECRET}.get,
         relay_allocator=_Allocator(),
@@ -197,6 +200,7 @@ def test_turn_server_never_crashes(inputs: list[bytes], step: float) -> None:
 def test_nonce_round_trip_for_any_clock(mint: float, check: float) -> None:
     """Nonces can be minted and checked at any wall-clock value without raising."""
     server = TurnServer(
+        random_bytes=secrets.token_bytes,
         realm=REALM,
         credentials_for={REALM: SECRET}.get,
         relay_allocator=_Allocator(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 import pytest
@@ -71,6 +72,7 @@ class FakeAllocator:
 def make_server(**kwargs: object) -> tuple[TurnServer, FakeAllocator]:
     allocator = FakeAllocator(size=kwargs.pop("pool", 100))  # type: ignore[arg-type]
     server = TurnServer(
+        random_bytes=secrets.token_bytes,
         realm=REALM,
         credentials_for=SECRETS.get,
         relay_allocator=allocator,
@@ -127,7 +129,9 @@ class Client:
             all_attrs += [m.Username(self.username), m.Realm(self.realm), m.Nonce(self.nonce or "")]
             if self.algorithm is not None:
                 all_attrs.append(m.PasswordAlgorithm(self.algorithm))
-        msg = Message(method, CLASS_REQUEST, txid or Message.new_transaction_id(), tuple(all_attrs))
+        msg = Message(
+            method, CLASS_REQUEST, txid or Message.new_transaction_id(secrets.token_bytes), tuple(all_attrs)
+        )
         if not sign:
             return msg.serialize(fingerprint=fingerprint)
         if self.sha256:
@@ -709,7 +713,9 @@ def test_expired_channel_can_be_rebound() -> None:
 
 def send_indication(peer: tuple[str, int], data: bytes, *, extra: tuple[m.Attribute, ...] = ()) -> bytes:
     attrs = (m.XorPeerAddress(*peer), m.Data(data), *extra)
-    return bytes(Message(METHOD_SEND, CLASS_INDICATION, Message.new_transaction_id(), attrs))
+    return bytes(
+        Message(METHOD_SEND, CLASS_INDICATION, Message.new_transaction_id(secrets.token_bytes), attrs)
+    )
 
 
 def test_send_indication_needs_permission() -> None:
@@ -946,6 +952,7 @@ def _suffix_lookup(realm: str, username: str) -> tuple[str, bytes] | None:
 def _lookup_server(**kwargs: object) -> tuple[TurnServer, FakeAllocator]:
     allocator = FakeAllocator()
     server = TurnServer(
+        random_bytes=secrets.token_bytes,
         realm="edge.example.net",
         lookup=_suffix_lookup,
         relay_allocator=allocator,
@@ -1010,7 +1017,7 @@ def test_bound_tenant_refuses_other_tenants_credentials() -> None:
 def test_server_needs_a_credential_source() -> None:
     """Neither credentials_for nor lookup: our misuse, refused at construction."""
     with pytest.raises(LocalProtocolError):
-        TurnServer(realm="x", relay_allocator=FakeAllocator())
+        TurnServer(realm="x", relay_allocator=FakeAllocator(), random_bytes=secrets.token_bytes)
 
 
 def test_legacy_channel_range_when_enabled() -> None:
