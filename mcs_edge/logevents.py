@@ -89,6 +89,7 @@ EVENTS: dict[str, str] = {
     # shaping
     "SHP401": "{tenant} {kind} connection from {peer} closed: {reason}",
     # media relay
+    "MED200": "{tenant} call of {agent} ended after {duration:.1f} s ({reason}): MOS {mos}, loss {loss}",
     "MED400": "{problem}",
     # TURN
     "TRN100": "{listener} allocation {relay} for {tenant} user {user} from {client} ({lifetime:.0f} s)",

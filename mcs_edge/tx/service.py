@@ -33,6 +33,7 @@ from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.media.echo import EchoService
+from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
 from mcs_edge.tx.ops.admin import Health, LocalAdmin, admin_site, service_checks
 from mcs_edge.tx.ops.drain import Drainer
@@ -100,6 +101,9 @@ class EdgeService(MultiService):
             client_transport=lambda fid: getattr(self.sip.core.flows.get(fid), "transport", None),
             leg_policer=self.shaping.leg_policer,
         )
+        # Call quality (tx/media/quality.py): per-tenant histograms and one MED200 record per ended call.
+        self.quality = CallQualityRecorder(self.metrics, self.timers.now)
+        self.media.anchor.on_released = self.quality.released
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
         # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
         # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.

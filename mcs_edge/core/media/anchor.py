@@ -66,10 +66,11 @@ from mcs_edge.core.media.session import (
     pbx_profile_for,
 )
 from mcs_edge.core.shaping import Policer
+from mcs_edge.core.sip.headers import SipUri
 from mcs_edge.core.sip.message import Request, Response
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["AnchorSettings", "MediaAnchor", "RelayIO"]
+__all__ = ["AnchorSettings", "CallInfo", "MediaAnchor", "RelayIO", "agent_aor"]
 
 SDP_TYPE: Final = "application/sdp"
 _OFFER_METHODS: Final = frozenset({"INVITE", "UPDATE"})
@@ -99,9 +100,21 @@ class AnchorSettings:
 
 
 @dataclass(slots=True)
-class _CallInfo:
+class CallInfo:
+    """What the anchor knows of a session's call: tenant, client flow, the agent's AOR, start time."""
+
     tenant_id: str
     flow_id: int
+    agent: str = ""  # the client side's address of record (From of its INVITE, or To toward it)
+    started: float = 0.0
+
+
+def agent_aor(request: Request, from_client: bool) -> str:
+    """``sip:user@host`` of the client side of an initial INVITE (no parameters, no display name)."""
+    uri = (request.from_ if from_client else request.to).uri
+    if isinstance(uri, SipUri):
+        return f"{uri.scheme}:{uri.user}@{uri.host}" if uri.user else f"{uri.scheme}:{uri.host}"
+    return str(uri)[:256]
 
 
 def _discard(data: bytes, addr: Any) -> None:
@@ -137,6 +150,8 @@ class MediaAnchor:
         self._ended: list[MediaSession] = []
         self.counters: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
+        #: Told of every live session released (before its legs are closed): call-end records.
+        self.on_released: Callable[[MediaSession, str], None] | None = None
 
     # ---------------------------------------------------------------------------- bookkeeping
 
@@ -161,7 +176,7 @@ class MediaAnchor:
         session = self.sessions.get(call_id)
         if session is not None and pair is not None:
             info = session.owner_data
-            if isinstance(info, _CallInfo) and info.tenant_id != pair.tenant_id:
+            if isinstance(info, CallInfo) and info.tenant_id != pair.tenant_id:
                 self.count("media_foreign_call", f"{pair.tenant_id} touched a call of {info.tenant_id}")
                 return 403
         try:
@@ -234,7 +249,11 @@ class MediaAnchor:
             policer=(lambda: leg_policer(tenant_id)) if leg_policer is not None else None,
             now=now,
         )
-        session.owner_data = _CallInfo(pair.tenant_id, pair.flow_id)
+        try:
+            agent = agent_aor(pair.request, pair.from_client)
+        except (AttributeError, RemoteProtocolError):
+            agent = ""
+        session.owner_data = CallInfo(pair.tenant_id, pair.flow_id, agent, now)
         self.sessions[call_id] = session
         self._by_flow.setdefault(pair.flow_id, set()).add(call_id)
         self.count("media_sessions_created")
@@ -250,7 +269,7 @@ class MediaAnchor:
         if session is None:
             return
         info = session.owner_data
-        if tenant_id is not None and isinstance(info, _CallInfo) and info.tenant_id != tenant_id:
+        if tenant_id is not None and isinstance(info, CallInfo) and info.tenant_id != tenant_id:
             self.count("media_foreign_call", f"{tenant_id} tried to end a call of {info.tenant_id}")
             return
         self._release(session, reason)
@@ -367,7 +386,7 @@ class MediaAnchor:
         if live:
             del self.sessions[session.key]
         info = session.owner_data
-        if isinstance(info, _CallInfo):
+        if isinstance(info, CallInfo):
             calls = self._by_flow.get(info.flow_id)
             if calls is not None:
                 calls.discard(session.key)
@@ -375,6 +394,11 @@ class MediaAnchor:
                     del self._by_flow[info.flow_id]
         if session.ended is None:
             session.ended = reason
+        if live and self.on_released is not None:
+            try:
+                self.on_released(session, reason)
+            except Exception as exc:  # a record must never keep ports from being released
+                self.count("media_release_hook_failed", repr(exc))
         session.close()
         session.scheduled = None
         if live:

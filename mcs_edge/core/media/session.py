@@ -75,6 +75,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 from mcs_edge.core.media.forwarding import ForwardingTable, LegCounters, SequenceTracker
+from mcs_edge.core.media.quality import CallQuality
 from mcs_edge.core.media.sdp import (
     Crypto,
     Fingerprint,
@@ -250,6 +251,7 @@ class Leg:
         "policer",
         "port",
         "profile",
+        "quality",
         "relatch_after",
         "remote",
         "remote_fingerprints",
@@ -301,6 +303,9 @@ class Leg:
         self.route_map: dict[int, Leg] = {}
         self.default_target: Leg | None = None
         self.counters = LegCounters()
+        self.quality = session.quality.new_leg(
+            side.name, self.counters
+        )  # RTCP figures (core/media/quality.py)
         self.stun_rx = 0
         self.tx_packets = 0
         self.tx_bytes = 0
@@ -476,6 +481,9 @@ class Leg:
             self._latch(moved)
         self.last_rx = now
         self.counters.count(n)
+        quality = None if self.session.passthrough else self.quality  # passthrough RTCP stays opaque
+        if quality is not None:
+            quality.from_peer(data, now)
         target = self.target
         if target is None:
             target = None
@@ -489,6 +497,8 @@ class Leg:
             if target is None:
                 self.counters.drop("no-route")
                 return False
+        if quality is not None:
+            target.quality.to_peer(data, now)
         return target.emit_rtcp(data)
 
     def emit_rtcp(self, data: bytes) -> bool:
@@ -817,6 +827,7 @@ class MediaSession:
             pbx_profile,
         ]
         self.profiles: list[Profile | None] = [None, None]
+        self.quality = CallQuality()
         self.mline_legs: tuple[list[Leg | None], list[Leg | None]] = ([], [])
         self.legs: list[Leg] = []
         self.ice_credentials: list[tuple[str, str]] = [generate_credentials(), generate_credentials()]

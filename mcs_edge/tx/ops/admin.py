@@ -324,6 +324,7 @@ class LocalAdmin:
                     "direction": "from_client" if call.from_client else "to_client",
                     "state": "answered" if call.answered is not None else "early",
                     "age": round(now - call.started, 3),
+                    **_call_media(svc, call.call_id),
                 }
             )
         return out
@@ -353,6 +354,15 @@ class LocalAdmin:
 
     def apply(self, config: EdgeConfig) -> bool:
         return self.service.reload(config)
+
+
+def _call_media(svc: Any, call_id: str) -> dict[str, Any]:
+    """The agent's AOR and the live quality figures of a call's media (tx/media/quality.py)."""
+    session = svc.media.anchor.sessions.get(call_id)
+    if session is None:
+        return {"agent": None, "quality": None}
+    info = session.owner_data
+    return {"agent": getattr(info, "agent", None) or None, "quality": session.quality.summary()}
 
 
 def _ban_json(ban: Any, now: float) -> dict[str, Any]:
