@@ -598,6 +598,7 @@ class TenantConfig:
     id: str = f(c_str(32, _TENANT_ID_RE, "a tenant id ([a-z0-9-]{1,32})"))
     domains: tuple[str, ...] = f(c_list(c_domain, 1, 100))
     backend_sip: Backend = f(c_backend)
+    name: str | None = f(c_str(128), None, doc="the customer's name, for people (admin panel, API)")
     backend_http: str | None = f(c_http_url, None)
     path_prefix: str | None = f(c_url_prefix, None, doc="URL path prefix routed to this tenant")
     media: str = f(c_enum("bridge", "bridge-sdes", "passthrough"), "bridge")

@@ -71,7 +71,9 @@ EVENTS: dict[str, str] = {
     # admin API, metrics, health
     "ADM100": "admin API, /metrics and /health on http://{host}:{port}/",
     "ADM101": "admin token generated into {path}",
+    "ADM200": "panel sign-in by {operator} from {peer}",
     "ADM401": "admin request refused from {peer}: {reason}",
+    "ADM402": "panel request refused from {peer}: {reason}",
     "ADM500": "admin request {method} {path} failed",
     # workers
     "WRK100": "supervisor: starting {workers} worker(s)",

@@ -35,9 +35,10 @@ from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
-from mcs_edge.tx.ops.admin import Health, LocalAdmin, admin_site, service_checks
+from mcs_edge.tx.ops.admin import Health, LocalAdmin, service_checks
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.metrics import EdgeMetrics
+from mcs_edge.tx.ops.panel import admin_site_with_panel
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
 from mcs_edge.tx.sip.router import BackendUDP, SipRouter
@@ -172,7 +173,9 @@ class EdgeService(MultiService):
         )
         backend.setName("backend_sip_udp")
         backend.setServiceParent(self)
-        self._tcp("admin", cfg.listen.admin, admin_site(self.admin))
+        # admin listener: JSON API, /metrics, /health and the web panel (tx/ops/panel.py) over that API
+        panel_site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, self.timers.now)
+        self._tcp("admin", cfg.listen.admin, panel_site)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def privilegedStartService(self) -> None:  # noqa: N802

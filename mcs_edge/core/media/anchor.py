@@ -66,7 +66,7 @@ from mcs_edge.core.media.session import (
     pbx_profile_for,
 )
 from mcs_edge.core.shaping import Policer
-from mcs_edge.core.sip.headers import SipUri
+from mcs_edge.core.sip.calls import address_of_record
 from mcs_edge.core.sip.message import Request, Response
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
@@ -111,10 +111,7 @@ class CallInfo:
 
 def agent_aor(request: Request, from_client: bool) -> str:
     """``sip:user@host`` of the client side of an initial INVITE (no parameters, no display name)."""
-    uri = (request.from_ if from_client else request.to).uri
-    if isinstance(uri, SipUri):
-        return f"{uri.scheme}:{uri.user}@{uri.host}" if uri.user else f"{uri.scheme}:{uri.host}"
-    return str(uri)[:256]
+    return address_of_record((request.from_ if from_client else request.to).uri)
 
 
 def _discard(data: bytes, addr: Any) -> None:

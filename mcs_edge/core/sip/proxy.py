@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
-from .calls import CallTable
+from .calls import CallTable, address_of_record
 from .framing import PING, PONG
 from .headers import NameAddr, SipUri
 from .message import Limits, Request, Response, parse
@@ -114,6 +114,7 @@ class Flow:
     aliases: dict[str, str] = field(default_factory=dict)  # alias key -> original Contact URI
     registered: bool = False
     last_seen: float = 0.0
+    aor: str = ""  # the address of record of its last successful REGISTER (admin API, panel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -826,6 +827,7 @@ class SipProxy:
     def _register_inbound(self, flow: Flow, resp: Response, status: int) -> None:
         if status >= 200:
             flow.registered = True
+            flow.aor = address_of_record(resp.to.uri)
         if flow.tenant.path or not flow.aliases:
             return
         contacts = resp.headers.get_all("contact")

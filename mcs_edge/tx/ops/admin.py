@@ -25,7 +25,8 @@ logged. Endpoints:
 ``PATCH /api/tenants/<id>``                 change some keys (``null`` removes a key)
 ``DELETE /api/tenants/<id>``                remove a tenant (its connections are closed cleanly)
 ``GET /api/connections[?tenant=<id>]``      live client connections
-``GET /api/calls[?tenant=<id>]``            calls up
+``GET /api/calls[?tenant=<id>]``            calls up (agent AOR, live quality figures)
+``GET /api/certificates``                   each tenant's served certificate: names, expiry, load error
 ``GET /api/bans``                           sources banned now
 ``POST /api/bans``                          ban by hand: ``{"source": ip, "duration": s}``
 ``DELETE /api/bans/<ip>``                   lift a ban
@@ -48,6 +49,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
@@ -218,6 +220,7 @@ class AdminBackend(Protocol):
     def connections(self, tenant: str | None) -> Any: ...
     def calls(self, tenant: str | None) -> Any: ...
     def bans(self) -> Any: ...
+    def certificates(self) -> Any: ...
     def ban(self, source: str, tenant: str | None, duration: float | None) -> Any: ...
     def lift(self, source: str) -> Any: ...
     def reload(self) -> Any: ...
@@ -302,6 +305,7 @@ class LocalAdmin:
                     "transport": flow.transport,
                     "peer": f"{flow.peer[0]}:{flow.peer[1]}",
                     "registered": bool(cf is not None and cf.registered),
+                    "aor": (cf.aor or None) if cf is not None else None,
                     "calls": core.calls.on_flow(flow.id),
                 }
             )
@@ -327,6 +331,26 @@ class LocalAdmin:
                     **_call_media(svc, call.call_id),
                 }
             )
+        return out
+
+    def certificates(self) -> list[dict[str, Any]]:
+        """Per tenant: the certificate it serves (names, expiry) or why its files do not load."""
+        svc = self.service
+        loaded = svc.certs.loaded()
+        errors = svc.certs.errors
+        wall = time.time()
+        out = []
+        for t in svc.config.tenants:
+            cert = loaded.get(t.id)
+            row: dict[str, Any] = {"tenant": t.id, "mode": t.certificate, "error": errors.get(t.id)}
+            if cert is not None:
+                info = cert.info
+                row.update(
+                    names=list(info.names or (info.subject,)),
+                    not_after=info.not_after.isoformat(),
+                    expires_in=round(info.not_after.timestamp() - wall),
+                )
+            out.append(row)
         return out
 
     def bans(self) -> list[dict[str, Any]]:
@@ -457,6 +481,9 @@ class AdminResource(Resource):
         if parts == ["calls"]:
             self._only(method, "GET")
             return maybeDeferred(b.calls, tenant_q).addCallback(lambda c: {"calls": c})
+        if parts == ["certificates"]:
+            self._only(method, "GET")
+            return maybeDeferred(b.certificates).addCallback(lambda x: {"certificates": x})
         if parts == ["bans"]:
             if method == "GET":
                 return maybeDeferred(b.bans).addCallback(lambda x: {"bans": x})
@@ -528,6 +555,7 @@ class AdminResource(Resource):
                 "backend_sip": str(t.backend_sip),
                 "media": t.media,
                 "certificate": t.certificate,
+                "name": t.name,
             }
             row.update(stats.get(t.id, {"connections": 0, "registrations": 0, "calls": 0}))
             out.append(row)

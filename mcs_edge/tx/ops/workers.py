@@ -68,8 +68,9 @@ from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
 from mcs_edge.errors import ConfigErrors
-from mcs_edge.tx.ops.admin import admin_site, load_or_create_token
+from mcs_edge.tx.ops.admin import load_or_create_token
 from mcs_edge.tx.ops.metrics import merge_expositions
+from mcs_edge.tx.ops.panel import admin_site_with_panel
 
 __all__ = [
     "CONTROL_FD_ENV",
@@ -359,7 +360,7 @@ class Supervisor(MultiService):
         self.ports: dict[str, Any] = {}
         server = internet.TCPServer(
             config.listen.admin.port,
-            admin_site(self.admin),
+            admin_site_with_panel(self.admin, lambda: self.config.state_dir, time.monotonic),
             interface=config.listen.admin.host,
             reactor=reactor,
         )
@@ -696,6 +697,12 @@ class SupervisorAdmin:
             return out
 
         return self._json_all("/api/tenants").addCallback(merge)
+
+    def certificates(self) -> Deferred[list[Any]]:
+        """Every worker loads the same certificates: the first answer is the edge's."""
+        return self._json_all("/api/certificates").addCallback(
+            lambda docs: docs[0].get("certificates", []) if docs else []
+        )
 
     def _concat(self, path: str, key: str) -> Deferred[list[Any]]:
         return self._json_all(path).addCallback(lambda docs: [x for d in docs for x in d.get(key, [])])
