@@ -100,10 +100,24 @@
       el("br"), el("span", { class: "muted" }, "until " + cert.not_after.slice(0, 10)));
   }
 
+  function checkCell(rep) {
+    if (!rep) return el("span", { class: "muted" }, "none yet");
+    const f = rep.figures || {};
+    const cls = rep.result === "pass" ? "good" : (rep.result === "warn" ? "fair" : "bad");
+    const parts = [];
+    if (f.rtt_ms !== undefined) parts.push("RTT " + f.rtt_ms.toFixed(1) + " ms");
+    if (f.jitter_ms !== undefined) parts.push("jitter " + f.jitter_ms.toFixed(1) + " ms");
+    if (f.loss_pct !== undefined) parts.push("loss " + f.loss_pct.toFixed(1) + " %");
+    const when = new Date(rep.time * 1000).toISOString().slice(0, 16).replace("T", " ");
+    return el("span", {}, el("span", { class: cls }, rep.result), " " + when + " UTC",
+      el("br"), el("span", { class: "muted" }, parts.join(", ")));
+  }
+
   async function customers() {
     show("customers");
-    const [t, c, conn] = await Promise.all([api("GET", "tenants"), api("GET", "certificates"),
-      api("GET", "connections")]);
+    const [t, c, conn, chk] = await Promise.all([api("GET", "tenants"), api("GET", "certificates"),
+      api("GET", "connections"), api("GET", "checks")]);
+    const checks = chk.data.checks || {};
     if (t.status !== 200) return;
     const certs = {};
     for (const x of c.data.certificates || []) certs[x.tenant] = x;
@@ -125,6 +139,7 @@
         el("td", { class: "agents" }, row.registrations + " registered",
           names.length ? el("ul", { class: "list" }, ...names.map((n) => el("li", {}, n))) : null),
         el("td", { class: "calls" }, row.calls),
+        el("td", { class: "check" }, checkCell(checks[row.id])),
         el("td", { class: "actions" },
           el("a", { class: "button", href: "#/customers/" + encodeURIComponent(row.id) + "/edit",
             id: "edit-" + row.id }, "Edit"), " ",

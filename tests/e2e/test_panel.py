@@ -321,3 +321,39 @@ def test_operator_adds_a_customer_sees_its_agent_and_call_quality_then_removes_i
     assert out["after_signout"] == 401
     saved = edge.conf.read_text()
     assert 'id = "rossi"' in saved and 'id = "verdi"' not in saved
+
+
+def test_panel_on_the_supervisor_of_two_workers(tmp_path: Path) -> None:
+    """With edge.workers = 2 the supervisor serves the panel; its API calls fan out to the workers."""
+    from helpers.edge import TOKEN as HELPER_TOKEN
+    from helpers.edge import config_text, tenant_toml
+    from helpers.pbx import Pbx
+    from helpers.twistd import TwistdEdge
+
+    pbx = Pbx()
+    edge = None
+    try:
+        edge = TwistdEdge(
+            tmp_path, config_text(tmp_path / "state", tenant_toml("rossi", pbx.port), "workers = 2\n")
+        )
+        base = f"http://127.0.0.1:{edge.admin}"
+        r = urllib.request.Request(
+            base + "/panel/api/session",
+            data=json.dumps({"operator": "admin", "password": HELPER_TOKEN}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            sid = resp.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)[1]
+        cookie = {"Cookie": f"mcs_edge_panel={sid}"}
+        for path in ("tenants", "certificates", "checks", "calls", "connections", "bans"):
+            assert http(f"{base}/panel/api/{path}", "GET", cookie) == 200, path
+        r = urllib.request.Request(base + "/panel/api/certificates", headers=cookie)
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            (row,) = json.loads(resp.read())["certificates"]
+        assert row["tenant"] == "rossi" and row["expires_in"] > 86400
+        assert http(f"{base}/panel/api/reload", "POST", cookie) == 403
+    finally:
+        if edge is not None:
+            edge.stop()
+        pbx.close()

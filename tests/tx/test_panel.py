@@ -165,3 +165,32 @@ def test_sign_in_must_be_json_and_failures_are_throttled(edge: LocalEdge) -> Any
         assert status == 401
     status, _sid, _csrf = yield threads.deferToThread(sign_in, edge.admin, "admin", TOKEN)
     assert status == 429
+
+
+@pytest_twisted.inlineCallbacks
+def test_last_network_check_of_each_tenant_is_listed(tmp_path: Path) -> Any:
+    """A check report posted on the tenant's page shows up in GET /api/checks (the panel's customers page)."""
+    from helpers.https import Conn
+
+    e = LocalEdge(tmp_path, tail="echo = true\n")
+    try:
+
+        def post() -> Any:
+            conn = Conn(e.https, "rossi.example.com", cafile=e.ca)
+            try:
+                body = json.dumps({"result": "warn", "rtt_ms": 42.5, "loss_pct": 0.5, "who": "me"}).encode()
+                return conn.request("POST", "/check/report", host=f"rossi.example.com:{e.https}", body=body)
+            finally:
+                conn.close()
+
+        yield threads.deferToThread(post)
+        status, sid, _csrf = yield threads.deferToThread(sign_in, e.admin, "admin", TOKEN)
+        assert status == 200
+        got = yield threads.deferToThread(
+            req, e.admin, "GET", "/panel/api/checks", None, {"Cookie": f"mcs_edge_panel={sid}"}
+        )
+        rep = json.loads(got[2])["checks"]["rossi"]
+        assert rep["result"] == "warn" and rep["figures"] == {"rtt_ms": 42.5, "loss_pct": 0.5}
+        assert rep["time"] > 1.7e9
+    finally:
+        yield e.stop()

@@ -27,6 +27,7 @@ logged. Endpoints:
 ``GET /api/connections[?tenant=<id>]``      live client connections
 ``GET /api/calls[?tenant=<id>]``            calls up (agent AOR, live quality figures)
 ``GET /api/certificates``                   each tenant's served certificate: names, expiry, load error
+``GET /api/checks``                         each tenant's last network-check report (result, time, figures)
 ``GET /api/bans``                           sources banned now
 ``POST /api/bans``                          ban by hand: ``{"source": ip, "duration": s}``
 ``DELETE /api/bans/<ip>``                   lift a ban
@@ -221,6 +222,7 @@ class AdminBackend(Protocol):
     def calls(self, tenant: str | None) -> Any: ...
     def bans(self) -> Any: ...
     def certificates(self) -> Any: ...
+    def checks(self) -> Any: ...
     def ban(self, source: str, tenant: str | None, duration: float | None) -> Any: ...
     def lift(self, source: str) -> Any: ...
     def reload(self) -> Any: ...
@@ -332,6 +334,10 @@ class LocalAdmin:
                 }
             )
         return out
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """Per tenant: the last network-check report posted to this process (tx/web/check.py)."""
+        return dict(self.service.check.last)
 
     def certificates(self) -> list[dict[str, Any]]:
         """Per tenant: the certificate it serves (names, expiry) or why its files do not load."""
@@ -481,6 +487,9 @@ class AdminResource(Resource):
         if parts == ["calls"]:
             self._only(method, "GET")
             return maybeDeferred(b.calls, tenant_q).addCallback(lambda c: {"calls": c})
+        if parts == ["checks"]:
+            self._only(method, "GET")
+            return maybeDeferred(b.checks).addCallback(lambda x: {"checks": x})
         if parts == ["certificates"]:
             self._only(method, "GET")
             return maybeDeferred(b.certificates).addCallback(lambda x: {"certificates": x})

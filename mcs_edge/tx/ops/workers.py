@@ -704,6 +704,19 @@ class SupervisorAdmin:
             lambda docs: docs[0].get("certificates", []) if docs else []
         )
 
+    def checks(self) -> Deferred[dict[str, Any]]:
+        """The newest network-check report of each tenant across the workers."""
+
+        def merge(docs: list[Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for doc in docs:
+                for tid, rep in (doc.get("checks") or {}).items():
+                    if tid not in out or rep.get("time", 0) > out[tid].get("time", 0):
+                        out[tid] = rep
+            return out
+
+        return self._json_all("/api/checks").addCallback(merge)
+
     def _concat(self, path: str, key: str) -> Deferred[list[Any]]:
         return self._json_all(path).addCallback(lambda docs: [x for d in docs for x in d.get(key, [])])
 
