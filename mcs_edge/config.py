@@ -413,6 +413,17 @@ class ListenConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     token: str | None = f(c_secret(16), None, doc="bearer token; generated into state_dir when absent")
+    tls: str = f(
+        c_enum("off", "self-signed", "files"),
+        "off",
+        doc="HTTPS on listen.admin: off, self-signed (development CA; the admin host, localhost), files",
+    )
+    cert_file: str | None = f(
+        c_path, None, doc="admin HTTPS chain (tls = 'files'); default certs/admin/fullchain.pem"
+    )
+    key_file: str | None = f(
+        c_path, None, doc="admin HTTPS key (tls = 'files'); default certs/admin/privkey.pem"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -714,6 +725,10 @@ def _join(path: str, key: str) -> str:
 
 def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
     errors: list[ConfigError] = []
+    if (cfg.admin.cert_file is None) != (cfg.admin.key_file is None):
+        errors.append(ConfigError("admin.cert_file", "cert_file and key_file go together"))
+    if cfg.admin.tls != "files" and cfg.admin.cert_file is not None:
+        errors.append(ConfigError("admin.cert_file", f"only used with tls = 'files', not {cfg.admin.tls!r}"))
     if len(cfg.tenants) > MAX_TENANTS:
         errors.append(ConfigError("tenants", f"{len(cfg.tenants)} tenants, at most {MAX_TENANTS} allowed"))
     seen_ids: dict[str, int] = {}

@@ -71,6 +71,7 @@ EVENTS: dict[str, str] = {
     # admin API, metrics, health
     "ADM100": "admin API, /metrics and /health on http://{host}:{port}/",
     "ADM101": "admin token generated into {path}",
+    "ADM102": "admin listener serves HTTPS ({mode}) with {path}",
     "ADM200": "panel sign-in by {operator} from {peer}",
     "ADM401": "admin request refused from {peer}: {reason}",
     "ADM402": "panel request refused from {peer}: {reason}",

@@ -76,11 +76,18 @@ def verify(state_dir: str, name: str, password: str) -> bool:
     try:
         if stored is None:
             # spend the same time as a real check so names cannot be told apart by timing
-            _HASHER.verify(_DUMMY, password)
+            _HASHER.verify(_dummy_hash(), password)
             return False
         return bool(_HASHER.verify(stored, password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
 
-_DUMMY = _HASHER.hash("not-an-operator-password")
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A hash to verify against for unknown names (made on first use, not at import)."""
+    if not _DUMMY:
+        _DUMMY.append(_HASHER.hash("not-an-operator-password"))
+    return _DUMMY[0]

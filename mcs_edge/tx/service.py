@@ -36,6 +36,7 @@ from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
 from mcs_edge.tx.ops.admin import Health, LocalAdmin, service_checks
+from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.ops.panel import admin_site_with_panel
@@ -175,7 +176,20 @@ class EdgeService(MultiService):
         backend.setServiceParent(self)
         # admin listener: JSON API, /metrics, /health and the web panel (tx/ops/panel.py) over that API
         panel_site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, self.timers.now)
-        self._tcp("admin", cfg.listen.admin, panel_site)
+        tls = admin_tls(cfg)  # [admin] tls: HTTPS (tx/ops/admin_tls.py)
+        if tls is None:
+            self._tcp("admin", cfg.listen.admin, panel_site)
+        else:
+            server = internet.SSLServer(
+                cfg.listen.admin.port, panel_site, tls, interface=cfg.listen.admin.host, reactor=self.reactor
+            )
+            server.setName("admin")
+            server.setServiceParent(self)
+            self.log.info(
+                "ADM102 admin listener serves HTTPS ({mode}) with {path}",
+                mode=cfg.admin.tls,
+                path=tls.cert_file,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def privilegedStartService(self) -> None:  # noqa: N802

@@ -194,3 +194,46 @@ def test_last_network_check_of_each_tenant_is_listed(tmp_path: Path) -> Any:
         assert rep["time"] > 1.7e9
     finally:
         yield e.stop()
+
+
+def test_admin_tls_keys_are_checked_together() -> None:
+    """admin.cert_file needs key_file and tls = 'files'; the errors name the key."""
+    from mcs_edge import config as c
+    from mcs_edge.errors import ConfigErrors
+
+    with pytest.raises(ConfigErrors) as err:
+        c.loads('[admin]\ntls = "self-signed"\ncert_file = "a.pem"\n')
+    text = "\n".join(str(e) for e in err.value.errors)
+    assert "admin.cert_file" in text and "key_file" in text and "tls = 'files'" in text
+    with pytest.raises(ConfigErrors):
+        c.loads('[admin]\ntls = "https"\n')
+
+
+@pytest_twisted.inlineCallbacks
+def test_admin_listener_over_https_with_the_development_ca(tmp_path: Path) -> Any:
+    """[admin] tls = "self-signed": the panel and API answer over HTTPS (dev CA), plain HTTP gets nothing."""
+    import ssl
+
+    e = LocalEdge(tmp_path, token=False, tail=f'[admin]\ntoken = "{TOKEN}"\ntls = "self-signed"\n')
+    try:
+
+        def fetch(scheme: str, path: str, data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+            ctx = ssl.create_default_context(cafile=e.ca)
+            r = urllib.request.Request(f"{scheme}://127.0.0.1:{e.admin}{path}", data=data)
+            if data is not None:
+                r.add_header("Content-Type", "application/json")
+            try:
+                with urllib.request.urlopen(r, timeout=10, context=ctx) as resp:
+                    return resp.status, dict(resp.headers), resp.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, dict(exc.headers), exc.read()
+
+        page = yield threads.deferToThread(fetch, "https", "/panel/")
+        assert page[0] == 200 and b"panel.js" in page[2]
+        body = json.dumps({"operator": "admin", "password": TOKEN}).encode()
+        signed = yield threads.deferToThread(fetch, "https", "/panel/api/session", body)
+        assert signed[0] == 200 and "Secure" in signed[1]["Set-Cookie"]
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            yield threads.deferToThread(fetch, "http", "/health/live")
+    finally:
+        yield e.stop()

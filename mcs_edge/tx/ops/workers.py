@@ -63,12 +63,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from mcs_edge import __version__
+from mcs_edge import __version__, certs
 from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
 from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.ops.admin import load_or_create_token
+from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.metrics import merge_expositions
 from mcs_edge.tx.ops.panel import admin_site_with_panel
 
@@ -128,7 +129,8 @@ def worker_config(config: EdgeConfig, index: int, shared_ports: dict[str, int] |
     changes["admin"] = HostPort(admin_host, 0)
     lo, hi = config.media.ports
     media = replace(config.media, ports=split_range(lo, hi, n)[index])
-    return replace(config, listen=replace(listen, **changes), media=media)
+    admin = replace(config.admin, tls="off", cert_file=None, key_file=None)  # the supervisor talks plain HTTP
+    return replace(config, listen=replace(listen, **changes), media=media, admin=admin)
 
 
 def shared_addresses(config: EdgeConfig) -> set[tuple[str, int]]:
@@ -358,11 +360,16 @@ class Supervisor(MultiService):
         self._reaper: LoopingCall | None = None
         self.admin = SupervisorAdmin(self)
         self.ports: dict[str, Any] = {}
-        server = internet.TCPServer(
-            config.listen.admin.port,
-            admin_site_with_panel(self.admin, lambda: self.config.state_dir, time.monotonic),
-            interface=config.listen.admin.host,
-            reactor=reactor,
+        site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, time.monotonic)
+        tls = admin_tls(config)  # [admin] tls: the supervisor's admin listener is the operators' one
+        server = (
+            internet.TCPServer(
+                config.listen.admin.port, site, interface=config.listen.admin.host, reactor=reactor
+            )
+            if tls is None
+            else internet.SSLServer(
+                config.listen.admin.port, site, tls, interface=config.listen.admin.host, reactor=reactor
+            )
         )
         server.setName("admin")
         server.setServiceParent(self)
@@ -371,6 +378,11 @@ class Supervisor(MultiService):
     def privilegedStartService(self) -> None:  # noqa: N802
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
         self.admin.token()
+        # Workers starting together would each create a development CA (the last one written wins the
+        # file, the others serve leaves it did not sign): create it and the self-signed leaves once here.
+        for tenant in self.config.tenants:
+            if tenant.certificate == "self-signed":
+                certs.ensure_self_signed(self.config.state_dir, tenant.id, tenant.domains)
         self._reserve_ports()
         super().privilegedStartService()
 
