@@ -303,9 +303,8 @@ class Leg:
         self.route_map: dict[int, Leg] = {}
         self.default_target: Leg | None = None
         self.counters = LegCounters()
-        self.quality = session.quality.new_leg(
-            side.name, self.counters
-        )  # RTCP figures (core/media/quality.py)
+        # loss/jitter/RTT of this leg from RTCP and the counters (core/media/quality.py)
+        self.quality = session.quality.new_leg(side.name, self.counters)
         self.stun_rx = 0
         self.tx_packets = 0
         self.tx_bytes = 0

@@ -827,7 +827,10 @@ class SipProxy:
     def _register_inbound(self, flow: Flow, resp: Response, status: int) -> None:
         if status >= 200:
             flow.registered = True
-            flow.aor = address_of_record(resp.to.uri)
+            try:
+                flow.aor = address_of_record(resp.to.uri)
+            except RemoteProtocolError:
+                flow.aor = ""
         if flow.tenant.path or not flow.aliases:
             return
         contacts = resp.headers.get_all("contact")
