@@ -61,7 +61,8 @@ def metrics_text(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pbx = Pbx()
     edge = None
     try:
-        edge = TwistdEdge(tmp, config_text(tmp / "state", tenant_toml("rossi", pbx.port), "workers = 2\n"))
+        text = config_text(tmp / "state", tenant_toml("rossi", pbx.port), "workers = 2\n")
+        edge = TwistdEdge(tmp, text, timeout=90)  # two workers start slowly on a loaded machine
         with urllib.request.urlopen(f"http://127.0.0.1:{edge.admin}/metrics", timeout=30) as resp:
             yield resp.read().decode()
     finally:

@@ -333,9 +333,8 @@ def test_panel_on_the_supervisor_of_two_workers(tmp_path: Path) -> None:
     pbx = Pbx()
     edge = None
     try:
-        edge = TwistdEdge(
-            tmp_path, config_text(tmp_path / "state", tenant_toml("rossi", pbx.port), "workers = 2\n")
-        )
+        text = config_text(tmp_path / "state", tenant_toml("rossi", pbx.port), "workers = 2\n")
+        edge = TwistdEdge(tmp_path, text, timeout=90)  # two workers start slowly on a loaded machine
         base = f"http://127.0.0.1:{edge.admin}"
         r = urllib.request.Request(
             base + "/panel/api/session",
