@@ -3,7 +3,7 @@
 One operator session, end to end: nothing under /panel/api works before signing in; a wrong password
 is refused; the admin token signs in (cookie Secure, HttpOnly, SameSite=Strict); "Add customer" with a
 mistake first shows the config's error next to the field it names, then the fixed form adds the
-customer; an agent registers for it over WSS and calls (aiortc as the browser softphone, the test PBX
+customer (and an edit changes its name); an agent registers for it over WSS and calls (aiortc as the browser softphone, the test PBX
 echoing RTP and answering RTCP); the panel lists the agent, the live call with its quality figures;
 a ban is listed and lifted; the customer is removed after confirmation. Requests without the CSRF
 token, with a wrong one, or with a forged session are refused.
@@ -277,7 +277,18 @@ def drive(edge: PanelEdge, tmp: Path) -> dict[str, Any]:
             loop.call_soon_threadsafe(hangup.set)
             out["bye"] = call.result(30)
             ws.close()
+            # edit: the form comes filled from GET /api/tenants/verdi; PATCH changes the name only
             page.click("#nav-customers")
+            page.click("#edit-verdi")
+            page.wait_for_function("document.getElementById('field-name').value === 'Verdi S.p.A.'")
+            out["edit_backend"] = page.input_value("#field-backend_sip")
+            page.fill("#field-name", "Verdi Group")
+            page.click("#save")
+            page.wait_for_function(
+                "document.querySelector('#customers-table tr[data-tenant=verdi]')?.textContent.includes('Verdi Group')"
+            )
+            edited = edge.service.config.tenant("verdi")
+            out["edited"] = (edited.name, edited.backend_sip.port) if edited is not None else None
             page.click("#remove-verdi")
             page.wait_for_selector("#page-remove:not([hidden])")
             out["still_there_before_confirm"] = edge.service.config.tenant("verdi") is not None
@@ -317,6 +328,8 @@ def test_operator_adds_a_customer_sees_its_agent_and_call_quality_then_removes_i
     assert out["session_wrong"] == 401 and out["session_ok"] == 200 and out["rossi_kept"]
     assert out["bans_left"] == 0
     assert out["bye"] == 200
+    assert out["edit_backend"] == f"udp:127.0.0.1:{edge.pbx.port}"
+    assert out["edited"] == ("Verdi Group", edge.pbx.port)
     assert out["still_there_before_confirm"] and out["verdi_gone"] and "removed" in out["flash"]
     assert out["after_signout"] == 401
     saved = edge.conf.read_text()
