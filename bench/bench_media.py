@@ -18,8 +18,15 @@ and the latency it adds over ``direct``. The relay process is pinned to CPU 0 (`
 generator to CPU 1 when the machine has two CPUs. Never pass/fail: figures only.
 
     .venv/bin/python bench/bench_media.py [--streams 100,500] [--seconds 5] [--epoll]
+    .venv/bin/python bench/bench_media.py --packet-cost [--baseline DIR]
 
 ``--epoll`` also runs the relay on Twisted's default epoll reactor (``listenUDP`` path).
+
+``--packet-cost`` prints, instead, the in-process cost per packet of a passthrough leg's receive
+path (``Leg.receive``, sans-IO, no sockets): RTP and STUN from the latched source, a verified ICE
+check from a new address (one HMAC-SHA1), and an injector's RTP and STUN (dropped). With
+``--baseline DIR`` the same figures are measured, in the same run, on the source tree ``DIR``
+(e.g. an export of an older commit), for a before/after comparison.
 The same script is the relay process when called with ``--serve``.
 """
 
@@ -452,6 +459,86 @@ def run_one(
             ctl.close()
 
 
+def packet_cost(rounds: int = 100_000) -> dict[str, float]:
+    """ns per packet through a passthrough leg's receive path, per kind of packet (see module doc)."""
+    from helpers.webrtc_peer import WebRtcPeer, rtp_packet
+
+    from mcs_edge.core.media.sdp import Profile, SessionDescription
+    from mcs_edge.core.media.session import CLIENT, PBX, MediaSession, SessionSettings
+    from mcs_edge.core.stun import message as m
+
+    class Ports:
+        def __init__(self) -> None:
+            self.next = 40000
+
+        def open(self, leg: Any, rtcp_mux: bool) -> bool:
+            leg.port, leg.rtcp_port = self.next, None
+            self.next += 2
+            leg.send = lambda data, addr: None
+            return True
+
+        def close(self, leg: Any) -> None:
+            leg.port = 0
+
+    settings = SessionSettings(client_host="203.0.113.10", pbx_host="10.0.0.5", rate=1e15, burst=1e15)
+    session = MediaSession("bench", settings, Ports(), pbx_profile=Profile.PASSTHROUGH)
+    a, b = WebRtcPeer(("198.51.100.7", 50000)), WebRtcPeer(("10.1.0.10", 30000))
+    to_b = session.offer(CLIENT, SessionDescription.parse(a.offer()), 0.0)
+    a.accept(session.answer(PBX, SessionDescription.parse(b.answer(to_b)), 0.0))
+    leg = session.mline_legs[CLIENT][0]
+    assert leg is not None
+    rtp = rtp_packet(1, 0x1111, payload=PAYLOAD)
+    check = a.check(use_candidate=False)
+    forged = m.Message(m.METHOD_BINDING, m.CLASS_REQUEST, bytes(12), (m.Username(f"{b.ufrag}:x"),)).serialize(
+        integrity_key=b"guessed", fingerprint=True
+    )
+    latched = a.addr
+    new_sources = [("198.51.100.8", 10000 + i) for i in range(1000)]
+    injector = ("192.0.2.66", 40000)
+    cases: list[tuple[str, bytes, Any]] = [
+        ("RTP from the latched source", rtp, lambda i: latched),
+        ("STUN check from the latched source", check, lambda i: latched),
+        ("STUN check from a new source (verified)", check, lambda i: new_sources[i % 1000]),
+        ("injected RTP (dropped)", rtp, lambda i: injector),
+        ("injected STUN, guessed key (dropped)", forged, lambda i: injector),
+    ]
+    out: dict[str, float] = {}
+    receive = leg.receive
+    for name, data, source in cases:
+        addrs = [source(i) for i in range(rounds)]
+        t0 = time.perf_counter()
+        for i in range(rounds):
+            receive(data, addrs[i], 1.0 + i * 1e-6)
+        out[name] = (time.perf_counter() - t0) / rounds * 1e9
+        if source(0) is not latched:
+            leg.remote = latched  # undo a latch a verified source may have taken
+    return out
+
+
+def print_packet_cost(baseline: str | None) -> None:
+    pin = (os.cpu_count() or 1) >= 2 and os.path.exists("/usr/bin/taskset")
+    if pin:
+        os.sched_setaffinity(0, {0})
+    mine = packet_cost()
+    before: dict[str, float] = {}
+    if baseline:
+        env = dict(os.environ, PYTHONPATH=str(Path(baseline).resolve()))
+        proc = subprocess.run(
+            [sys.executable, __file__, "--packet-cost-json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        before = json.loads(proc.stdout)
+    label = f"baseline {Path(baseline).name}" if baseline else ""
+    print(f"passthrough leg, ns per packet (in process, pinned: {pin})")
+    print(f"{'packet':42} {'this tree':>10} {label:>18}")
+    for name, ns in mine.items():
+        old = f"{before[name]:.0f}" if name in before else ""
+        print(f"{name:42} {ns:>10.0f} {old:>18}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -463,7 +550,16 @@ def main() -> None:
     parser.add_argument("--streams", default="100,500")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--epoll", action="store_true", help="also run the relay on the epoll reactor")
+    parser.add_argument("--packet-cost", action="store_true", help="per-packet cost of a passthrough leg")
+    parser.add_argument("--packet-cost-json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", default=None, help="with --packet-cost: another source tree to compare")
     args = parser.parse_args()
+    if args.packet_cost_json:
+        print(json.dumps(packet_cost()))
+        return
+    if args.packet_cost:
+        print_packet_cost(args.baseline)
+        return
     if args.serve:
         serve(args.serve, args.reactor, args.mode, args.lo)
         return

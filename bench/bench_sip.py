@@ -8,8 +8,15 @@ What it prints (one run, same machine, same client):
 - resident memory (PSS) per idle connection at 1,000 and 5,000 held connections (TLS + WebSocket +,
   for the edge, a registered flow), for both.
 
+- the cost of RFC 6455 UTF-8 validation of text messages (autobahn's validator, as the edge runs
+  it) per SIP message, measured in process on a typical INVITE with SDP.
+
+``--baseline DIR`` also runs the same load, in the same run, against an edge started from another
+source tree (e.g. a ``git worktree`` of an older commit): a before/after comparison of a change.
+
 The server under test is pinned to CPU 0 and the load generator and responder to CPU 1 when
-``taskset`` is available. Usage: ``python bench/bench_sip.py [--seconds 10] [--conns 50] [--idle 1000,5000]``.
+``taskset`` is available. Usage:
+``python bench/bench_sip.py [--seconds 10] [--conns 50] [--idle 1000,5000] [--baseline DIR]``.
 """
 
 from __future__ import annotations
@@ -201,10 +208,29 @@ async def _idle(port: int, count: int, pid: int, register: bool) -> float:
     return (held - base) / count
 
 
-def _start(cmd: list[str], cwd: str, ready: str) -> subprocess.Popen[str]:
+def _utf8_cost(rounds: int = 20000) -> tuple[int, float, float]:
+    """(message bytes, µs per message with autobahn's validator, µs with bytes.decode)."""
+    from autobahn.websocket.utf8validator import Utf8Validator
+
+    sdp = "".join(f"a=candidate:{i} 1 udp 2122260223 192.0.2.{i} 5{i:04d} typ host\r\n" for i in range(12))
+    msg = (_register(0).replace(b"REGISTER", b"INVITE") + sdp.encode()) * 1
+    validator = Utf8Validator()
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        validator.reset()
+        ok, end, _a, _b = validator.validate(msg)
+        assert ok and end
+    t1 = time.perf_counter()
+    for _ in range(rounds):
+        msg.decode("utf-8")
+    t2 = time.perf_counter()
+    return len(msg), (t1 - t0) / rounds * 1e6, (t2 - t1) / rounds * 1e6
+
+
+def _start(cmd: list[str], cwd: str, ready: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     log_path = Path(cwd) / f"{abs(hash(tuple(cmd)))}.log"
     with log_path.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if ready in log_path.read_text():
@@ -228,7 +254,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--idle", default="1000,5000")
+    ap.add_argument("--baseline", default=None, help="source tree of an edge to compare with (same run)")
+    ap.add_argument("--port-base", type=int, default=47000, help="ports used: base+60, +70, +90, +443, +444")
     args = ap.parse_args()
+    b = args.port_base
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     idle_counts = [int(x) for x in args.idle.split(",") if x]
@@ -240,7 +269,7 @@ def main() -> None:
         pass
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        responder = _start([*_taskset(1), str(BIN / "python"), "-c", RESPONDER, "47060"], tmp, "READY")
+        responder = _start([*_taskset(1), str(BIN / "python"), "-c", RESPONDER, str(b + 60)], tmp, "READY")
         conf = Path(tmp) / "edge.toml"
         conf.write_text(
             textwrap.dedent(
@@ -248,10 +277,10 @@ def main() -> None:
                 [edge]
                 state_dir = "{tmp}/state"
                 [listen]
-                https = "127.0.0.1:47443"
+                https = "127.0.0.1:{b + 443}"
                 sip_tls = "off"
-                backend_sip = "127.0.0.1:47070"
-                admin = "127.0.0.1:47090"
+                backend_sip = "127.0.0.1:{b + 70}"
+                admin = "127.0.0.1:{b + 90}"
                 [sip]
                 keepalive_timeout = 600
                 [guard]
@@ -259,45 +288,53 @@ def main() -> None:
                 [[tenants]]
                 id = "bench"
                 domains = ["bench.example.com"]
-                backend_sip = "udp:127.0.0.1:47060"
+                backend_sip = "udp:127.0.0.1:{b + 60}"
                 certificate = "self-signed"
                 [tenants.limits]
                 max_connections = 100000
                 """
             )
         )
-        edge = _start(
-            [
-                *_taskset(0),
-                str(BIN / "twistd"),
-                "-n",
-                "--pidfile=",
-                "--reactor=uvloop",
-                "mcs-edge",
-                "--config",
-                str(conf),
-            ],
-            tmp,
-            "EDG101",
-        )
-        try:
-            done, lat, cpu = asyncio.run(_load(47443, args.conns, args.seconds, edge.pid))
-            rows.append(("mcs-edge WSS -> UDP PBX (OPTIONS)", done, lat, cpu, args.seconds))
-            idle = [asyncio.run(_idle(47443, n, edge.pid, True)) for n in idle_counts]
-        finally:
-            _stop(edge)
-            _stop(responder)
+        edges = [("mcs-edge", None)]
+        if args.baseline:
+            env = dict(os.environ, PYTHONPATH=str(Path(args.baseline).resolve()))
+            edges.append((f"baseline {Path(args.baseline).name}", env))
+        idle: list[float] = []
+        for label, env in edges:
+            edge = _start(
+                [
+                    *_taskset(0),
+                    str(BIN / "twistd"),
+                    "-n",
+                    "--pidfile=",
+                    "--reactor=uvloop",
+                    "mcs-edge",
+                    "--config",
+                    str(conf),
+                ],
+                tmp,
+                "EDG101",
+                env,
+            )
+            try:
+                done, lat, cpu = asyncio.run(_load(b + 443, args.conns, args.seconds, edge.pid))
+                rows.append((f"{label} WSS -> UDP PBX (OPTIONS)", done, lat, cpu, args.seconds))
+                if env is None:
+                    idle = [asyncio.run(_idle(b + 443, n, edge.pid, True)) for n in idle_counts]
+            finally:
+                _stop(edge)
+        _stop(responder)
         chain = Path(tmp) / "state" / "certs" / "bench" / "fullchain.pem"
         key = Path(tmp) / "state" / "certs" / "bench" / "privkey.pem"
         echo = _start(
-            [*_taskset(0), str(BIN / "python"), "-c", ECHO_SERVER, str(chain), str(key), "47444"],
+            [*_taskset(0), str(BIN / "python"), "-c", ECHO_SERVER, str(chain), str(key), str(b + 444)],
             tmp,
             "READY",
         )
         try:
-            done, lat, cpu = asyncio.run(_load(47444, args.conns, args.seconds, echo.pid))
+            done, lat, cpu = asyncio.run(_load(b + 444, args.conns, args.seconds, echo.pid))
             rows.append(("floor: autobahn echo over TLS", done, lat, cpu, args.seconds))
-            idle_floor = [asyncio.run(_idle(47444, n, echo.pid, False)) for n in idle_counts]
+            idle_floor = [asyncio.run(_idle(b + 444, n, echo.pid, False)) for n in idle_counts]
         finally:
             _stop(echo)
     print(f"{'server':38} {'tx/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/1000 tx':>15}")
@@ -306,6 +343,11 @@ def main() -> None:
         p50 = statistics.median(lat) * 1000 if lat else 0
         p99 = lat[int(len(lat) * 0.99) - 1] * 1000 if lat else 0
         print(f"{name:38} {n / secs:8.0f} {p50:8.2f} {p99:8.2f} {cpu * 1e6 / max(n, 1):15.1f}")
+    size, validator_us, decode_us = _utf8_cost()
+    print(
+        f"UTF-8 validation of a {size}-byte INVITE: {validator_us:.2f} µs (autobahn validator, as run), "
+        f"{decode_us:.2f} µs (bytes.decode)"
+    )
     print()
     print(
         f"{'idle connections':38} "

@@ -85,13 +85,27 @@ class Backend:
         return f"{self.transport}:{HostPort(self.host, self.port)}"
 
 
+# Every pattern below is applied with ``fullmatch`` (never ``match`` with ``$``, which also accepts a
+# trailing newline).
 _HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"(?=.{1,253}\Z)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
-_TENANT_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+_TENANT_ID_RE = re.compile(r"[a-z0-9-]{1,32}")
+_VISIBLE_RE = re.compile(r"[\x21-\x7e]+")
+_URL_PREFIX_RE = re.compile(r"/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control(value: str, path: str) -> None:
+    """No configuration string holds a control character (CR/LF would end a header or a line)."""
+    if _CONTROL_RE.search(value):
+        raise ConfigError(path, "contains a control character (newline, tab, NUL...)")
 
 
 def _is_ip(text: str) -> bool:
+    if not isinstance(text, str) or not _VISIBLE_RE.fullmatch(text):
+        return False  # ipaddress accepts any scope id after '%', control characters included
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -119,9 +133,9 @@ def parse_host_port(text: str, path: str = "", allow_zero: bool = False) -> Host
             raise ConfigError(path, f"{text!r} is not a host:port address (missing port)")
         if ":" in host:
             raise ConfigError(path, f"{text!r}: write IPv6 addresses as [addr]:port")
-        if not (_is_ip(host) or _HOSTNAME_RE.match(host)):
+        if not (_is_ip(host) or _HOSTNAME_RE.fullmatch(host)):
             raise ConfigError(path, f"{host!r} is not a valid host name or IP address")
-    if not port_text.isdigit():
+    if not _PORT_RE.fullmatch(port_text):  # str.isdigit() also takes non-ASCII digits
         raise ConfigError(path, f"{text!r}: port {port_text!r} is not a number")
     port = int(port_text)
     if not (0 if allow_zero else 1) <= port <= 65535:
@@ -151,7 +165,8 @@ def c_str(max_len: int = 4096, pattern: re.Pattern[str] | None = None, what: str
             raise ConfigError(path, f"expected a string, got {_type_name(value)}")
         if len(value) > max_len:
             raise ConfigError(path, f"longer than {max_len} characters")
-        if pattern is not None and not pattern.match(value):
+        _no_control(value, path)
+        if pattern is not None and not pattern.fullmatch(value):
             raise ConfigError(path, f"{value!r} is not {what or 'valid'}")
         return value
 
@@ -165,6 +180,7 @@ def c_secret(min_len: int = 8) -> Converter:
         if len(value) < min_len:
             # never echo the secret itself
             raise ConfigError(path, f"too short: at least {min_len} characters")
+        _no_control(value, path)
         return value
 
     return conv
@@ -274,6 +290,8 @@ def c_backend(value: Any, path: str) -> Backend:
 def c_http_url(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(path, f"expected a URL, got {_type_name(value)}")
+    if not _VISIBLE_RE.fullmatch(value):  # urlsplit silently drops tabs and newlines
+        raise ConfigError(path, f"{value!r} is not an http:// or https:// URL")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, f"{value!r} is not an http:// or https:// URL")
@@ -289,6 +307,8 @@ def c_http_url(value: Any, path: str) -> str:
 def c_origin(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(path, f"expected an origin URL, got {_type_name(value)}")
+    if not _VISIBLE_RE.fullmatch(value):
+        raise ConfigError(path, f"{value!r} is not an origin like https://host[:port]")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
         raise ConfigError(path, f"{value!r} is not an origin like https://host[:port]")
@@ -308,7 +328,7 @@ def c_domain(value: Any, path: str) -> str:
         raise ConfigError(path, f"{value!r}: a wildcard is allowed only as the whole first label ('*.x.y')")
     if name.startswith("*.") and "." not in bare:
         raise ConfigError(path, f"{value!r}: a wildcard needs at least two labels after '*.'")
-    if not _HOSTNAME_RE.match(bare) and not _is_ip(bare):
+    if not _HOSTNAME_RE.fullmatch(bare) and not _is_ip(bare):
         raise ConfigError(path, f"{value!r} is not a valid domain name")
     return name
 
@@ -316,13 +336,12 @@ def c_domain(value: Any, path: str) -> str:
 def c_path(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(path, "expected a non-empty path string")
-    if "\x00" in value:
-        raise ConfigError(path, "contains a NUL character")
+    _no_control(value, path)
     return value
 
 
 def c_url_prefix(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not re.match(r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$", value):
+    if not isinstance(value, str) or not _URL_PREFIX_RE.fullmatch(value):
         raise ConfigError(path, f"{value!r} is not a URL path prefix like '/rossi'")
     return value
 
@@ -352,10 +371,19 @@ def c_port_range(value: Any, path: str) -> tuple[int, int]:
 
 
 def f(
-    conv: Converter, default: Any = MISSING, *, factory: Callable[[], Any] | None = None, doc: str = ""
+    conv: Converter,
+    default: Any = MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    doc: str = "",
+    secret: bool = False,
 ) -> Any:
-    """A schema field: its converter, its default (none = required) and a one-line doc."""
-    meta = {"conv": conv, "doc": doc}
+    """A schema field: its converter, its default (none = required) and a one-line doc.
+
+    ``secret=True`` marks a value that must never leave the process: :func:`redact` replaces it
+    in everything the admin API returns and :func:`secret_values` feeds the log redaction.
+    """
+    meta = {"conv": conv, "doc": doc, "secret": secret}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     if default is MISSING:
@@ -412,7 +440,9 @@ class ListenConfig:
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    token: str | None = f(c_secret(16), None, doc="bearer token; generated into state_dir when absent")
+    token: str | None = f(
+        c_secret(16), None, doc="bearer token; generated into state_dir when absent", secret=True
+    )
     tls: str = f(
         c_enum("off", "self-signed", "files"),
         "off",
@@ -437,6 +467,13 @@ class TlsConfig:
     default_tenant: str | None = f(
         c_str(32, _TENANT_ID_RE, "a tenant id"), None, doc="tenant whose certificate answers unknown SNI"
     )
+    sip_no_sni_certificate: str | None = f(
+        c_str(32, _TENANT_ID_RE, "a tenant id"),
+        None,
+        doc="SIP/TLS clients that send no SNI (baresip, some mobile SIP stacks), when unknown_sni is not"
+        " 'default': served this tenant's certificate and bound to the tenant whose SIP domain their first"
+        " REGISTER names (or whose flow token their in-dialog request routes by); unset: refused",
+    )
     reload_interval: float = f(
         c_float(0, 86400), 30.0, doc="seconds between certificate file checks; 0 = off"
     )
@@ -449,7 +486,7 @@ class TlsConfig:
 class AcmeConfig:
     directory: str | None = f(c_http_url, None, doc="the CA's ACME directory URL")
     email: str | None = f(
-        c_str(254, re.compile(r"^[^@\s]+@[^@\s]+$"), "an e-mail address"), None, doc="ACME account contact"
+        c_str(254, re.compile(r"[^@\s]+@[^@\s]+"), "an e-mail address"), None, doc="ACME account contact"
     )
     challenge: str = f(
         c_enum("tls-alpn-01", "http-01"),
@@ -546,7 +583,7 @@ class GuardConfig:
 @dataclass(frozen=True, slots=True)
 class TurnConfig:
     realm: str = f(
-        c_str(128, re.compile(r"^[\x21-\x7e]+$"), "a realm (printable ASCII, no spaces)"),
+        c_str(128, _VISIBLE_RE, "a realm (printable ASCII, no spaces)"),
         "mcs-edge",
         doc="realm in challenges on listen.turn (UDP/TCP); TLS challenges name the SNI tenant's domain",
     )
@@ -613,6 +650,12 @@ class TenantConfig:
     backend_http: str | None = f(c_http_url, None)
     path_prefix: str | None = f(c_url_prefix, None, doc="URL path prefix routed to this tenant")
     media: str = f(c_enum("bridge", "bridge-sdes", "passthrough"), "bridge")
+    app_media: str = f(
+        c_enum("sdes", "dtls", "rtp"),
+        "sdes",
+        doc="media offered to the mobile app (SIP/TLS) on calls toward it, until it has offered itself:"
+        " sdes (RTP/SAVP), dtls (DTLS-SRTP), rtp (plain); ICE-lite is always offered",
+    )
     path: bool = f(c_bool, True)
     certificate: str = f(c_enum("files", "acme", "self-signed"), "files")
     acme_challenge: str | None = f(
@@ -625,6 +668,7 @@ class TenantConfig:
         c_secret(16),
         None,
         doc="TURN REST secret: password = base64(HMAC-SHA1(secret, username)); absent: no TURN",
+        secret=True,
     )
     turn_peers: tuple[str, ...] = f(
         c_list(c_network),
@@ -635,6 +679,7 @@ class TenantConfig:
         c_secret(16),
         None,
         doc="bearer secret for GET /.well-known/mcs-edge/ice-servers and .../certificate (absent: off)",
+        secret=True,
     )
     echo: bool = f(
         c_bool,
@@ -784,6 +829,10 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(ConfigError("tls.default_tenant", f"no tenant with id {cfg.tls.default_tenant!r}"))
     elif cfg.tls.default_tenant is not None and cfg.tls.default_tenant not in seen_ids:
         errors.append(ConfigError("tls.default_tenant", f"no tenant with id {cfg.tls.default_tenant!r}"))
+    if cfg.tls.sip_no_sni_certificate is not None and cfg.tls.sip_no_sni_certificate not in seen_ids:
+        errors.append(
+            ConfigError("tls.sip_no_sni_certificate", f"no tenant with id {cfg.tls.sip_no_sni_certificate!r}")
+        )
     if cfg.listen.http is None and any(
         t.certificate == "acme" and (t.acme_challenge or cfg.acme.challenge) == "http-01" for t in cfg.tenants
     ):
@@ -867,6 +916,89 @@ def to_mapping(obj: Any) -> Any:
     if isinstance(obj, tuple | list):
         return [to_mapping(v) for v in obj]
     return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets: fields declared with ``secret=True`` never leave the process
+# ---------------------------------------------------------------------------------------------
+
+#: What a secret value is replaced with (reading it back through the admin API keeps the secret).
+REDACTED = "********"
+
+
+def secret_fields(cls: type[Any]) -> frozenset[str]:
+    """Names of the fields of section ``cls`` declared ``secret=True``."""
+    return frozenset(fl.name for fl in fields(cls) if fl.metadata.get("secret"))
+
+
+def _section_of(cls: type[Any], name: str) -> type[Any] | None:
+    """The section class of field ``name`` of ``cls`` (for tables and arrays of tables), or None."""
+    if cls is EdgeConfig and name == "tenants":
+        return TenantConfig
+    for fl in fields(cls):
+        if fl.name != name or fl.default_factory is MISSING:
+            continue
+        default = fl.default_factory()
+        return type(default) if _is_section(default) else None
+    return None
+
+
+def redact(obj: Any, cls: type[Any] | None = None) -> Any:
+    """A TOML-ready mapping of ``obj`` (a section, or a raw mapping of section ``cls``) with
+    every secret field replaced by :data:`REDACTED`: the one redaction used by the admin API."""
+    if _is_section(obj):
+        return redact(to_mapping(obj), type(obj))
+    if isinstance(obj, list | tuple):
+        return [redact(v, cls) for v in obj]
+    if not isinstance(obj, Mapping) or cls is None:
+        return obj
+    hidden = secret_fields(cls)
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in hidden and value is not None:
+            out[key] = REDACTED
+        else:
+            sub = _section_of(cls, key) if isinstance(key, str) and is_dataclass(cls) else None
+            out[key] = redact(value, sub) if sub is not None else value
+    return out
+
+
+def unredact(new: Mapping[str, Any], old: Mapping[str, Any], cls: type[Any]) -> dict[str, Any]:
+    """``new`` (a raw table of section ``cls``) with every :data:`REDACTED` secret put back from
+    ``old`` (dropped when ``old`` has none): a redacted answer sent back unchanged keeps the secrets."""
+    out = dict(new)
+    hidden = secret_fields(cls)
+    for key, value in new.items():
+        if key in hidden and value == REDACTED:
+            if key in old:
+                out[key] = old[key]
+            else:
+                out.pop(key)
+        elif isinstance(value, Mapping):
+            sub = _section_of(cls, key)
+            prev = old.get(key)
+            if sub is not None and isinstance(prev, Mapping):
+                out[key] = unredact(value, prev, sub)
+    return out
+
+
+def secret_values(obj: Any) -> set[str]:
+    """Every secret string configured in ``obj`` (a section, e.g. the whole :class:`EdgeConfig`)."""
+    found: set[str] = set()
+    if isinstance(obj, list | tuple):
+        for v in obj:
+            found |= secret_values(v)
+        return found
+    if not _is_section(obj):
+        return found
+    for fl in fields(obj):
+        value = getattr(obj, fl.name)
+        if fl.metadata.get("secret"):
+            if isinstance(value, str) and value:
+                found.add(value)
+        elif _is_section(value) or isinstance(value, tuple):
+            found |= secret_values(value)
+    return found
 
 
 EMBEDDED_DEFAULT = """\

@@ -15,6 +15,7 @@ __all__ = [
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
+    "StartupError",
 ]
 
 
@@ -57,3 +58,14 @@ class ConfigErrors(EdgeError):
     def __init__(self, errors: list[ConfigError]) -> None:
         super().__init__("\n".join(str(e) for e in errors))
         self.errors = errors
+
+
+class StartupError(EdgeError):
+    """The edge cannot start: ``key`` is the configuration key at fault, ``where`` the address or
+    path, ``reason`` why (one line for the operator, no traceback; see :mod:`mcs_edge.tx.ops.startup`)."""
+
+    def __init__(self, key: str, where: str, reason: str) -> None:
+        super().__init__(f"{key} = {where}: {reason}")
+        self.key = key
+        self.where = where
+        self.reason = reason

@@ -67,6 +67,8 @@ EVENTS: dict[str, str] = {
     # SIP
     "SIP400": "{problem}",
     "SIP401": "{tenant} TLS stream from {peer} closed: {reason}",
+    "WSS400": "{tenant} WebSocket from {peer} closed with {code}: {reason}",
+    "SIP402": "TLS connection from {peer} without SNI closed: its first message names no tenant",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health
     "ADM100": "admin API, /metrics and /health on http://{host}:{port}/",
@@ -75,6 +77,7 @@ EVENTS: dict[str, str] = {
     "ADM200": "panel sign-in by {operator} from {peer}",
     "ADM401": "admin request refused from {peer}: {reason}",
     "ADM402": "panel request refused from {peer}: {reason}",
+    "ADM403": "admin request refused from {peer}: source banned",
     "ADM500": "admin request {method} {path} failed",
     # workers
     "WRK100": "supervisor: starting {workers} worker(s)",
@@ -84,7 +87,7 @@ EVENTS: dict[str, str] = {
     "WRK500": "worker {index} could not be started: {error}",
     # guard (tx/protect/guard.py)
     "GRD300": "guard.ipv6_prefix changed to {new}: it takes effect at the next restart ({old} kept)",
-    "GRD301": "{tenant} source {source} banned for {duration:.0f} s after {failures} failed authentication(s) (last user {user})",
+    "GRD301": "{tenant} source {source} banned for {duration:.0f} s after {failures} failed authentication(s) (last: {what}, user {user})",
     "GRD302": "{tenant} source {source} reached {failures} failed authentication(s) but is allow-listed: not banned",
     "GRD401": "connection from {source} on {listener} refused before TLS: {reason}",
     "GRD402": "{tenant} connection from {source} refused: {reason}",

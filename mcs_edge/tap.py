@@ -83,10 +83,40 @@ def makeService(options: Options) -> Any:  # noqa: N802
         service = Supervisor(cfg, reactor, options["config"], ["--log-format", options["log-format"]])
     else:
         service = EdgeService(cfg, reactor, config_path=options["config"])
-    if options["log-format"] == "json" or worker is not None:
-        from mcs_edge.tx.ops.logs import LoggingRoot, log_observer
+    # a taken address, a missing certificate, an unusable state directory: one line, exit 1
+    from mcs_edge.tx.ops.startup import StartupGuard
 
-        root = LoggingRoot(log_observer(options["log-format"], None if worker is None else int(worker)))
-        service.setServiceParent(root)
+    guard = StartupGuard(cfg)
+    service.setServiceParent(guard)
+    # twistd keeps its own log observer when it writes a log file or to syslog (a daemon without
+    # --logfile writes twistd.log); otherwise ours, with secret redaction, writes to stdout
+    parent = getattr(options, "parent", None)
+    twistd_output = parent is not None and (
+        bool(parent.get("syslog")) or parent.get("logfile") not in (None, "-") or not parent.get("nodaemon")
+    )
+    if options["log-format"] == "json" or worker is not None or not twistd_output:
+        from mcs_edge.tx.ops.logs import LoggingRoot, RedactingObserver, log_observer
+
+        observer = log_observer(options["log-format"], None if worker is None else int(worker))
+        root = LoggingRoot(RedactingObserver(observer, _Secrets(service)))
+        guard.setServiceParent(root)
         return root
-    return service
+    return guard
+
+
+class _Secrets:
+    """The secrets the log must never show: every ``secret=True`` value of the running
+    configuration (recomputed when a reload swaps it) and the admin token."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self._config: Any = None
+        self._values: frozenset[str] = frozenset()
+
+    def __call__(self) -> frozenset[str]:
+        cfg = self.service.config
+        if cfg is not self._config:
+            self._config = cfg
+            self._values = frozenset(config_mod.secret_values(cfg))
+        token = getattr(getattr(self.service, "admin", None), "cached_token", None)
+        return self._values | {token} if isinstance(token, str) else self._values

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import os
 import shutil
 import subprocess
 import sys
@@ -18,9 +17,8 @@ UNIT = ROOT / "contrib" / "systemd" / "mcs-edge.service"
 BIN = Path(sys.executable).parent
 ANALYZE = shutil.which("systemd-analyze")
 
-needs_analyze = pytest.mark.skipif(
-    ANALYZE is None and not os.environ.get("CI"),
-    reason="systemd-analyze missing (Debian package systemd; scripts/install-test-deps installs it)",
+needs_analyze = pytest.mark.requires_tool(
+    "systemd-analyze", why="Debian package systemd, scripts/install-test-deps"
 )
 
 

@@ -25,13 +25,12 @@ from twisted.application import internet
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.errors import ConfigErrors
+from mcs_edge.errors import ConfigErrors, StartupError
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
@@ -40,9 +39,10 @@ from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.ops.panel import admin_site_with_panel
+from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
-from mcs_edge.tx.sip.router import BackendUDP, SipRouter
+from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
 from mcs_edge.tx.timers import Timers
@@ -50,6 +50,7 @@ from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResourc
 from mcs_edge.tx.tls.certificates import CertificateStore
 from mcs_edge.tx.turn.server import TurnService, turn_alpn, turn_enabled
 from mcs_edge.tx.web.check import NetworkCheck
+from mcs_edge.tx.web.framing import FrontSite
 from mcs_edge.tx.web.front import FrontResource
 from mcs_edge.tx.web.proxy import HttpProxy
 
@@ -102,6 +103,7 @@ class EdgeService(MultiService):
             tenant_media=lambda tid: getattr(self.tenants.by_id(tid), "media", None),
             client_transport=lambda fid: getattr(self.sip.core.flows.get(fid), "transport", None),
             leg_policer=self.shaping.leg_policer,
+            app_media=lambda tid: getattr(self.tenants.by_id(tid), "app_media", None),
         )
         # Call quality (tx/media/quality.py): per-tenant histograms and one MED200 record per ended call.
         self.quality = CallQualityRecorder(self.metrics, self.timers.now)
@@ -133,10 +135,13 @@ class EdgeService(MultiService):
 
     def _build_listeners(self) -> None:
         cfg = self.config
-        site = Site(FrontResource(self), logPath=None)
+        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
+        # strict request framing (tx/web/framing.py): every ambiguity gets one 400 and a close
+        site = FrontSite(
+            FrontResource(self), lambda kind: self.http_proxy.refusals.note("-", f"framing_{kind}")
+        )
         site.displayTracebacks = False
         site.timeOut = 60
-        self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
         site.requestFactory = self.http_proxy.request_factory()
         # STUN/TURN (UDP/TCP on listen.turn, TLS on listen.turns and, sniffed, on listen.https)
         self.turn: TurnService | None = None
@@ -158,10 +163,12 @@ class EdgeService(MultiService):
         https_tls = self.metrics.tls_factory("https", self.certs, https_factory)
         self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
         if cfg.listen.sip_tls is not None:
-            sip_tls = self.metrics.tls_factory("sip_tls", self.certs, SipStreamFactory(self))
+            sip_tls = self.metrics.tls_factory(
+                "sip_tls", self.certs.sip_tls_creator(), SipStreamFactory(self)
+            )
             self._tcp("sip_tls", cfg.listen.sip_tls, GuardedFactory(sip_tls, self.protection, "sip_tls"))
         if cfg.listen.http is not None:  # ACME HTTP-01 answers, redirects to HTTPS
-            plain = Site(PlainHttpResource(self), logPath=None)
+            plain = FrontSite(PlainHttpResource(self))  # same strict framing as listen.https
             plain.requestFactory = PlainHttpRequest
             plain.displayTracebacks = False
             plain.timeOut = 30
@@ -170,6 +177,7 @@ class EdgeService(MultiService):
             cfg.listen.backend_sip.port,
             BackendUDP(self.sip),
             interface=cfg.listen.backend_sip.host,
+            maxPacketSize=MAX_UDP_DATAGRAM,  # RFC 4475 3.1.1.7: a large request is read whole
             reactor=self.reactor,
         )
         backend.setName("backend_sip_udp")
@@ -196,6 +204,7 @@ class EdgeService(MultiService):
         self._prepare_state()
         self.admin.token()  # generated into the state directory when not configured
         changed = self.certs.refresh()
+        self._check_certificates()
         self.log.info("EDG100 certificates ready for {count} tenant(s)", count=len(changed))
         super().privilegedStartService()
 
@@ -222,6 +231,13 @@ class EdgeService(MultiService):
         https_port = self.ports.get("https")
         if https_port is not None and self.config.listen.https.port == 0:
             self.sip.set_public_port(https_port.getHost().port)
+        sip_tls_port = self.ports.get("sip_tls")
+        if (
+            sip_tls_port is not None
+            and self.config.listen.sip_tls is not None
+            and not self.config.listen.sip_tls.port
+        ):
+            self.sip.set_public_tls_port(sip_tls_port.getHost().port)
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
@@ -263,11 +279,36 @@ class EdgeService(MultiService):
 
     def _prepare_state(self) -> None:
         state = Path(self.config.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError("edge.state_dir", str(state), os_reason(exc)) from None
+        if not os.access(state, os.R_OK | os.W_OK | os.X_OK):
+            raise StartupError("edge.state_dir", str(state), "not readable and writable by this user")
         try:
             os.chmod(state, 0o700)
         except OSError:
             pass
+
+    def _check_certificates(self) -> None:
+        """A tenant whose certificate files cannot be loaded at start stops the start (one line
+        naming the key and the file); at a reload the previous certificate is kept instead."""
+        for i, tenant in enumerate(self.config.tenants):
+            error = self.certs.errors.get(tenant.id)
+            if error is None or tenant.certificate == "acme":
+                continue
+            try:
+                files = dict(zip(("cert_file", "key_file"), self.certs.paths_for(tenant), strict=True))
+            except Exception:  # the self-signed certificate could not even be generated
+                files = {}
+            key, path = "cert_file", files.get("cert_file", "")
+            for name, candidate in files.items():
+                if error.startswith(candidate + ": "):
+                    key, path = name, candidate
+            reason = error[len(path) + 2 :] if path and error.startswith(path + ": ") else error
+            if tenant.certificate == "self-signed":  # generated into the state directory
+                raise StartupError("edge.state_dir", path or self.config.state_dir, reason)
+            raise StartupError(f"tenants[{i}].{key}", path, reason)
 
     # -- reload --------------------------------------------------------------------------------
     def _install_sighup(self) -> None:

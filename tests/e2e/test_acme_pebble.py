@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from helpers.https import Conn, free_port
-from helpers.pebble import AVAILABLE, Pebble
+from helpers.pebble import Pebble
 from twisted.internet import task, threads
 
 from mcs_edge import config as c
@@ -23,7 +23,7 @@ from mcs_edge.tx.service import EdgeService
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not AVAILABLE, reason="pebble is installed by scripts/install-test-deps"),
+    pytest.mark.requires_tool("pebble", "pebble-challtestsrv"),
 ]
 
 

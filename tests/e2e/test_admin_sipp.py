@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -15,9 +14,7 @@ from helpers.phone import Phone
 from helpers.wsclient import header, status
 from twisted.internet import threads
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is installed by scripts/install-test-deps"
-)
+pytestmark = pytest.mark.requires_tool("sipp")
 
 SIPP_DIR = Path(__file__).resolve().parent.parent / "data" / "sipp"
 

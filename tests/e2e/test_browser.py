@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -28,20 +27,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.browser import SERVED_BY_TEST, jssip_bundle, launch, missing_tools
+from helpers.browser import CHROMIUM, SERVED_BY_TEST, jssip_bundle, launch
 from twisted.internet import threads
 
 from mcs_edge import config as c
 from mcs_edge.tx.service import EdgeService
 
-_MISSING = missing_tools() + ([] if shutil.which("sipp") else ["sipp"])
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        bool(_MISSING) and not os.environ.get("CI"),
-        reason=f"{', '.join(_MISSING)} missing: installed by scripts/install-test-deps (required in CI)",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.requires_tool(CHROMIUM, "npm", "module:playwright", "sipp")]
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SIPP_DIR = DATA / "sipp"

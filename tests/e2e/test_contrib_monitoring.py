@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,9 +24,8 @@ DASHBOARD = ROOT / "contrib" / "grafana" / "mcs-edge-dashboard.json"
 PROMTOOL = shutil.which("promtool")
 NAME = re.compile(r"\b((?:mcs_edge|process)_[a-z0-9_]+)")
 
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None and not os.environ.get("CI"),
-    reason="promtool missing (Debian package prometheus; scripts/install-test-deps installs it)",
+needs_promtool = pytest.mark.requires_tool(
+    "promtool", why="Debian package prometheus, scripts/install-test-deps"
 )
 
 

@@ -104,6 +104,7 @@ class MediaEdge:
         self.echoes: dict[str, tuple[RtpEcho, int]] = {}
         self.closers: list[Callable[[], None]] = []
         self.peers: dict[str, Any] = {}
+        self.on_peer: Callable[[RTCPeerConnection], None] | None = None  # called on each PBX-side peer
         self.pbx = {tid: AsyncPbx(self._answer_fn(tid)) for tid in self.MODES}
         for pbx in self.pbx.values():
             runner.run(pbx.start())
@@ -166,6 +167,8 @@ bind = "127.0.0.1"
         pc.addTrack(video)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
+        if self.on_peer is not None:
+            self.on_peer(pc)
         self.peers[tid] = (pc, counter, audio, video)
         return str(pc.localDescription.sdp)
 
@@ -423,3 +426,113 @@ def test_passthrough_between_two_aiortc_peers_audio_and_video(edge: MediaEdge) -
     assert min(result["video_frames"]) > 0
     assert result["bye"] == 200
     assert relay_state(edge) == {"ports_in_use": 0, "sessions": 0, "sockets": 0}
+
+
+# ------------------------------------------------------------------------- passthrough injection
+
+MARK = b"INJECTOR-MARK"
+
+
+def tap_received(pc: RTCPeerConnection, seen: list[bytes]) -> None:
+    """Record every datagram the peer's ICE sockets receive (before aiortc parses or drops it)."""
+    connection = pc.getTransceivers()[0].sender.transport.transport.iceGatherer._connection
+    for proto in connection._protocols:
+        original = proto.datagram_received
+
+        def received(data: bytes, addr: Any, original: Any = original) -> None:
+            seen.append(bytes(data))
+            original(data, addr)
+
+        proto.datagram_received = received
+
+
+def injected_datagrams() -> list[bytes]:
+    """What an attacker sprays at relay ports: RTP, RTCP, DTLS, STUN requests (no or a guessed key), garbage."""
+    from mcs_edge.core.stun import message as m
+
+    stun = [
+        m.Message(m.METHOD_BINDING, m.CLASS_REQUEST, b"INJECTINJECT", (m.Username("x:y"),)).serialize(
+            integrity_key=key, fingerprint=True
+        )
+        for key in (None, b"guessed")
+    ]
+    rtp = rtp_packet(1, 0xDEADBEEF, payload=MARK * 10)
+    rtcp = b"\x81\xc9\x00\x07" + b"\xde\xad\xbe\xef" + MARK + bytes(11)
+    dtls = b"\x16\xfe\xfd" + bytes(8) + len(MARK).to_bytes(2, "big") + MARK
+    return [rtp, rtcp, dtls, *stun, b"\x55" + MARK]
+
+
+async def sprayer(ports: range, stop: asyncio.Event, sent: list[int]) -> None:
+    """Send the injected datagrams to every relay port every 100 ms until ``stop``."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    datagrams = injected_datagrams()
+    try:
+        while not stop.is_set():
+            for port in ports:
+                for data in datagrams:
+                    try:
+                        sock.sendto(data, ("127.0.0.1", port))
+                        sent[0] += 1
+                    except BlockingIOError:
+                        pass
+            await asyncio.sleep(0.1)
+    finally:
+        sock.close()
+
+
+async def passthrough_under_injection(edge: MediaEdge) -> dict[str, Any]:
+    tid = "neri"
+    seen_a: list[bytes] = []
+    seen_b: list[bytes] = []
+    edge.on_peer = lambda pc: tap_received(pc, seen_b)
+    stop = asyncio.Event()
+    sent = [0]
+    spray = asyncio.ensure_future(sprayer(range(*edge.media_ports), stop, sent))
+    ws = await in_thread(edge.client, tid)
+    ua = WsUa(ws, f"{tid}.example.com")
+    counter = Counter()
+    pc = new_pc(counter)
+    pc.addTrack(ToneTrack())
+    pc.addTrack(SmallVideoTrack())  # the PBX-side peer sends audio and video
+    result: dict[str, Any] = {}
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        tap_received(pc, seen_a)
+        code, body = await in_thread(ua.invite, pc.localDescription.sdp)
+        assert code == 200, f"INVITE got {code}: {edge.pbx[tid].errors}"
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        await in_thread(ua.ack)
+        pc_b, counter_b, _audio_b, _video_b = edge.peers[tid]
+        await connected(pc)
+        await connected(pc_b)
+        await asyncio.sleep(1.5)  # media flows while the spray goes on
+        result["audio_to_b"] = counter_b.frames["audio"]
+        result["bye"] = await in_thread(ua.bye)
+    finally:
+        stop.set()
+        await spray
+        await pc.close()
+        ws.close()
+    result["sprayed"] = sent[0]
+    result["received"] = (len(seen_a), len(seen_b))
+    result["injected_at_a"] = sum(1 for d in seen_a if MARK in d or b"INJECTINJECT" in d)
+    result["injected_at_b"] = sum(1 for d in seen_b if MARK in d or b"INJECTINJECT" in d)
+    return result
+
+
+@pytest_twisted.inlineCallbacks
+def test_passthrough_relays_nothing_from_an_injector_to_either_peer(edge: MediaEdge) -> Any:
+    """An injector spraying every relay port (RTP, RTCP, DTLS, unauthenticated STUN, garbage) from before the
+    INVITE until after media flows: the call connects, and neither aiortc peer ever receives one of its datagrams."""
+    result = yield threads.deferToThread(edge.runner.run, passthrough_under_injection(edge), 120)
+    report(result)
+    assert result["sprayed"] > 1000
+    assert result["audio_to_b"] > 0 and result["bye"] == 200
+    assert min(result["received"]) > 0  # the taps saw the peers' own traffic
+    assert result["injected_at_a"] == 0 and result["injected_at_b"] == 0
+    dropped = edge.service.media.anchor.dropped()
+    assert dropped.get("unverified-source", 0) > 0 and dropped.get("stun-unverified", 0) > 0
+    assert dropped.get("garbage", 0) > 0

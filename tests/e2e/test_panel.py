@@ -38,7 +38,7 @@ from helpers.aiortc_call import (
     new_pc,
     offer_and_answer,
 )
-from helpers.browser import launch, missing_tools
+from helpers.browser import CHROMIUM, launch
 from helpers.media_pbx import AsyncPbx, plain_answer, start_reporting_echo
 from helpers.phone import Phone
 from helpers.wsclient import WSClient, status
@@ -47,14 +47,7 @@ from twisted.internet import threads
 from mcs_edge import config as c
 from mcs_edge.tx.service import EdgeService
 
-_MISSING = [m for m in missing_tools() if m != "npm"]
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        bool(_MISSING) and not os.environ.get("CI"),
-        reason=f"{', '.join(_MISSING)} missing: installed by scripts/install-test-deps (required in CI)",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.requires_tool(CHROMIUM, "module:playwright")]
 
 TOKEN = "panel-test-admin-token-0123456789"
 DOMAIN = "verdi.example.com"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -309,9 +308,7 @@ def _reconnect_after(edge: Edge, until: float) -> bool:
     return ok
 
 
-@pytest.mark.skipif(
-    shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is installed by scripts/install-test-deps"
-)
+@pytest.mark.requires_tool("sipp")
 @pytest_twisted.inlineCallbacks
 def test_ten_failed_authentications_ban_the_source_and_the_ban_expires(tmp_path: Path) -> Any:
     """A sipp PBX answers 401/403 to ten REGISTERs with credentials: the source is banned, then the ban expires."""

@@ -413,6 +413,127 @@ def test_smuggling_attempts_are_refused_and_never_reach_backend(edge: ProxyEdge,
     assert edge.a.hits == []
 
 
+_H = b"Host: {host}\r\n"
+_FRAMING = {
+    # several or obfuscated Transfer-Encoding fields
+    "te-chunked-then-identity": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "te-identity-then-chunked": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te-chunked-twice": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te-list-chunked-identity": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "te-space-before-colon": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    "te-xchunked": b"POST /echo HTTP/1.1\r\n" + _H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "te-vertical-tab": b"POST /echo HTTP/1.1\r\n" + _H + b"Transfer-Encoding: chunked\x0b\r\n\r\n0\r\n\r\n",
+    "te-identity-with-cl": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: identity\r\nContent-Length: 5\r\n\r\nhello",
+    "te-in-http10": b"POST /echo HTTP/1.0\r\n" + _H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    # several or malformed Content-Length fields, TE plus CL
+    "cl-twice-same": b"POST /echo HTTP/1.1\r\n" + _H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    "cl-list": b"POST /echo HTTP/1.1\r\n" + _H + b"Content-Length: 5, 5\r\n\r\nhello",
+    "cl-negative": b"POST /echo HTTP/1.1\r\n" + _H + b"Content-Length: -5\r\n\r\nhello",
+    "cl-then-te": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te-then-cl": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+    # Host
+    "host-twice": b"GET /echo HTTP/1.1\r\n" + _H + b"Host: bianchi.example.com\r\n\r\n",
+    "host-missing": b"GET /echo HTTP/1.1\r\nX-A: b\r\n\r\n",
+    "host-list": b"GET /echo HTTP/1.1\r\nHost: {host}, bianchi.example.com\r\n\r\n",
+    # obs-fold, whitespace before the first field, bare LF / CR
+    "obs-fold": b"GET /echo HTTP/1.1\r\n" + _H + b"X-A: b\r\n c\r\n\r\n",
+    "obs-fold-te": b"POST /echo HTTP/1.1\r\n" + _H + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+    "space-before-first-field": b"GET /echo HTTP/1.1\r\n " + _H + b"\r\n",
+    "bare-lf-in-head": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"X-A: b\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "bare-cr-in-head": b"POST /echo HTTP/1.1\r\n" + _H + b"X-A: b\rContent-Length: 5\r\n\r\nhello",
+    # bad chunk sizes and chunk framing
+    "chunk-0x": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+    "chunk-plus": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+    "chunk-negative": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+    "chunk-trailing-space": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n",
+    "chunk-bare-lf": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    "chunk-too-long": b"POST /echo HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("sni", ["rossi.example.com", "verdi.example.com"], ids=["proxied", "front"])
+@pytest.mark.parametrize("head", list(_FRAMING.values()), ids=list(_FRAMING))
+@pytest_twisted.inlineCallbacks
+def test_framing_ambiguity_gets_one_400_and_a_close(edge: ProxyEdge, head: bytes, sni: str) -> Any:
+    """Every framing ambiguity, toward backend_http (rossi) or on the front alone (verdi): exactly one
+    400 with Connection: close, the connection closed, the request after it never answered, and the
+    backend never sees a request."""
+    smuggled = b"GET /echo?smuggled HTTP/1.1\r\nHost: %s\r\n\r\n" % sni.encode()
+
+    def send() -> bytes:
+        conn = edge.conn(sni)
+        conn.send(head.replace(b"{host}", sni.encode()) + smuggled)
+        data = conn.read_all()  # returns once the edge has closed the connection
+        conn.close()
+        return data
+
+    data = yield in_thread(send)
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    assert data.count(b"HTTP/1.") == 1, data  # never a second response
+    assert b"connection: close" in data.lower()
+    yield sleep(0.1)
+    assert edge.a.hits == [] and edge.b.hits == []
+    assert (
+        sum(n for (t, kind), n in edge.service.http_proxy.counters.items() if kind.startswith("framing_"))
+        + sum(
+            n for (t, kind), n in edge.service.http_proxy.counters.items() if kind == "several_host_headers"
+        )
+        >= 1
+    )
+
+
+@pytest_twisted.inlineCallbacks
+def test_valid_chunked_and_keepalive_still_work_after_strict_framing(edge: ProxyEdge) -> Any:
+    """A clean chunked POST then a GET on the same connection: two 200s, the body reaches the backend whole."""
+
+    def send() -> tuple[Any, Any]:
+        conn = edge.conn()
+        try:
+            conn.send(
+                b"POST /echo HTTP/1.1\r\nHost: rossi.example.com\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n"
+            )
+            first = conn.response()
+            second = conn.request("GET", "/echo", "rossi.example.com")
+            return first, second
+        finally:
+            conn.close()
+
+    first, second = yield in_thread(send)
+    assert first.status == 200 and json.loads(first.body)["length"] == 5
+    assert second.status == 200
+
+
 @pytest_twisted.inlineCallbacks
 def test_oversize_url_and_headers_are_refused(edge: ProxyEdge) -> Any:
     """A 9000-byte target gets 414, 13 KB of headers 431, a 20 KB header line 400; none reaches the backend."""

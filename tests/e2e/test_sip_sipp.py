@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -18,9 +17,7 @@ from twisted.internet import threads
 from mcs_edge import config as c
 from mcs_edge.tx.service import EdgeService
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is installed by scripts/install-test-deps"
-)
+pytestmark = pytest.mark.requires_tool("sipp")
 
 SIPP_DIR = Path(__file__).resolve().parent.parent / "data" / "sipp"
 

@@ -4,7 +4,6 @@ UDP, TCP and TLS (on the shared HTTPS port), echoed by turnutils_peer."""
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -16,9 +15,8 @@ import pytest_twisted
 from helpers.turnedge import TurnEdge
 from twisted.internet import threads
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("turnutils_uclient") is None or shutil.which("turnutils_peer") is None,
-    reason="coturn (turnutils_uclient, turnutils_peer) is installed by scripts/install-test-deps",
+pytestmark = pytest.mark.requires_tool(
+    "turnutils_uclient", "turnutils_peer", why="Debian coturn, installed by scripts/install-test-deps"
 )
 
 PEER_IP = "127.0.0.2"

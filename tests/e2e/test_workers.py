@@ -273,3 +273,26 @@ def test_two_workers_serve_turn_on_shared_udp_tcp_and_tls_ports(tmp_path: Path, 
         assert "Traceback (most recent call last)" not in log, log
     finally:
         t.stop()
+
+
+def test_supervisor_counts_admin_requests_and_bans_wrong_tokens(tmp_path: Path) -> None:
+    """workers = 2: mcs_edge_admin_requests_total counts the operators' requests at the supervisor (not
+    its fan-out calls to the workers); guard.ban_failures wrong tokens ban the source at the supervisor."""
+    t = Twistd(tmp_path, "workers = 2\ndrain_timeout = 5\n", tenant="\n[guard]\nban_failures = 3\n")
+    try:
+        for path in ("/api/status", "/api/tenants", "/api/connections"):
+            code, _body = api(t.admin, "GET", path)
+            assert code == 200
+        assert api(t.admin, "GET", "/api/status", token=None)[0] == 401
+        m = metrics(t.admin)  # counted once answered: not in its own figures
+        assert sample(m, "mcs_edge_admin_requests_total", result="ok") == 3
+        assert sample(m, "mcs_edge_admin_requests_total", result="unauthorized") == 1
+        for i in range(3):
+            assert api(t.admin, "GET", "/api/status", token=f"wrong-{i}-0123456789abcdef")[0] == 401
+        assert api(t.admin, "GET", "/api/status")[0] == 403  # banned: even the right token
+        m = metrics(t.admin)
+        assert sample(m, "mcs_edge_admin_requests_total", result="ok") == 4  # + the first /metrics
+        assert sample(m, "mcs_edge_admin_requests_total", result="unauthorized") == 4
+        assert sample(m, "mcs_edge_admin_requests_total", result="banned") == 1
+    finally:
+        t.stop()

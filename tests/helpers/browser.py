@@ -10,7 +10,6 @@ only); nothing of it is ever committed.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -43,20 +42,6 @@ def cache_dir() -> Path:
         return Path(base)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "mcs-edge-tests"
-
-
-def missing_tools() -> list[str]:
-    """What scripts/install-test-deps installs and this machine lacks."""
-    out = []
-    if not Path(CHROMIUM).exists():
-        out.append("chromium")
-    if shutil.which("npm") is None:
-        out.append("npm")
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        out.append("playwright (pip, test extra)")
-    return out
 
 
 def jssip_bundle() -> Path:

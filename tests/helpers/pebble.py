@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import time
@@ -20,8 +19,6 @@ from pathlib import Path
 from helpers.https import free_port
 
 from mcs_edge import certs
-
-AVAILABLE = shutil.which("pebble") is not None and shutil.which("pebble-challtestsrv") is not None
 
 
 class Pebble:

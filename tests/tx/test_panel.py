@@ -148,8 +148,8 @@ def test_named_operator_signs_in_and_reaches_the_admin_api(edge: LocalEdge) -> A
 
 
 @pytest_twisted.inlineCallbacks
-def test_sign_in_must_be_json_and_failures_are_throttled(edge: LocalEdge) -> Any:
-    """A form-encoded sign-in is refused (415); after MAX_FAILURES wrong passwords even the right one gets 429."""
+def test_sign_in_must_be_json_and_wrong_passwords_ban_the_source(edge: LocalEdge) -> Any:
+    """A form-encoded sign-in is refused (415); wrong passwords count toward the admin API's per-source ban (then 403)."""
     form = yield threads.deferToThread(
         req,
         edge.admin,
@@ -160,11 +160,31 @@ def test_sign_in_must_be_json_and_failures_are_throttled(edge: LocalEdge) -> Any
         f"operator=admin&password={TOKEN}".encode(),
     )
     assert form[0] == 415
+    statuses = []
     for _ in range(MAX_FAILURES):
         status, _sid, _csrf = yield threads.deferToThread(sign_in, edge.admin, "admin", "wrong-token-guess")
-        assert status == 401
+        statuses.append(status)
+    assert statuses == [401] * MAX_FAILURES  # guard.ban_failures (10) wrong ones ban the source
     status, _sid, _csrf = yield threads.deferToThread(sign_in, edge.admin, "admin", TOKEN)
-    assert status == 429
+    assert status == 403  # banned: not even the right token
+    api = yield threads.deferToThread(
+        req, edge.admin, "GET", "/api/status", None, {"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert api[0] == 403
+
+
+@pytest_twisted.inlineCallbacks
+def test_failed_sign_ins_from_allow_listed_sources_are_throttled(tmp_path: Path) -> Any:
+    """Sources exempt from bans (guard.allow_networks) still meet the global limit: 429 after MAX_FAILURES."""
+    e = LocalEdge(tmp_path, tail='[guard]\nallow_networks = ["127.0.0.0/8"]\n')
+    try:
+        for _ in range(MAX_FAILURES):
+            status, _sid, _csrf = yield threads.deferToThread(sign_in, e.admin, "admin", "wrong-token-guess")
+            assert status == 401
+        status, _sid, _csrf = yield threads.deferToThread(sign_in, e.admin, "admin", TOKEN)
+        assert status == 429
+    finally:
+        yield e.stop()
 
 
 @pytest_twisted.inlineCallbacks

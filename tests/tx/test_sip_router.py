@@ -185,3 +185,29 @@ def test_mutated_messages_never_escape(base: bytes, edits: list[tuple[int, int]]
     h.send(bytes(data))
     h.clock.pump([1.0] * 40)
     h.router.data_from_backend(bytes(data), ("10.1.0.10", 5060), "udp")
+
+
+@pytest.mark.parametrize("name", ["unkscm", "novelsc"])
+def test_unsupported_request_uri_scheme_from_pbx_gets_416(name: str) -> None:
+    """RFC 4475 s.3.3.2/3.3.3 from the PBX: answered 416 to its source, counted by status (was dropped)."""
+    h = Harness()
+    h.router.data_from_backend((RFC4475 / f"{name}.sip").read_bytes(), ("10.1.0.10", 5060), "udp")
+    assert [(_status(d), a) for d, a in h.udp.sent] == [(416, ("10.1.0.10", 5060))]
+    assert h.router.core.counters["sip_refused_416"] == 1
+
+
+def test_every_request_from_either_side_is_forwarded_or_answered() -> None:
+    """Each RFC 4475 request, from a client or from the PBX: forwarded, answered with a final status,
+    or (only when no response can be built: no Via/From/To/Call-ID/CSeq, or an ACK) counted as unanswerable."""
+    for path in FIXTURES:
+        data = path.read_bytes()
+        if data.startswith(b"SIP/2.0"):
+            continue
+        h = Harness()
+        h.send(data)
+        finals = [d for d in h.to_client if d.startswith(b"SIP/2.0 ") and not d.startswith(b"SIP/2.0 1")]
+        assert h.udp.sent or finals or h.router.core.counters.get("sip_dropped_unanswerable"), path.name
+        h = Harness()
+        h.router.data_from_backend(data, ("10.1.0.10", 5060), "udp")
+        finals = [d for d, _ in h.udp.sent if not d.startswith(b"SIP/2.0 1")]
+        assert h.to_client or finals or h.router.core.counters.get("sip_dropped_unanswerable"), path.name

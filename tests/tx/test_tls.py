@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import subprocess
@@ -220,9 +219,7 @@ def test_broken_replacement_keeps_the_old_certificate(env: dict[str, Any]) -> An
         yield port.stopListening()
 
 
-@pytest.mark.skipif(
-    not os.path.exists("/usr/bin/openssl"), reason="needs the openssl command (Debian openssl)"
-)
+@pytest.mark.requires_tool("openssl")
 @pytest_twisted.inlineCallbacks
 def test_tls_1_1_is_refused_by_the_server(env: dict[str, Any]) -> Any:
     """A TLS 1.1 ClientHello gets a protocol_version alert from the edge."""

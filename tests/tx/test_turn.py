@@ -477,6 +477,9 @@ def test_ice_servers_endpoint_needs_the_bearer_secret(edge: Edge) -> Any:
     status, _ = yield threads.deferToThread(_https_get, edge, path, "Authorization: Bearer wrong-secret\r\n")
     assert status == 401
     assert edge.turn.api_refusals == 2
+    # the wrong secret (not the missing one) counts toward the source's ban
+    assert edge.service.protection.credential_failures == {"api_secret": 1}
+    assert edge.service.protection.bans.failure_count("127.0.0.1", edge.service.timers.now()) == 1
     status, _ = yield threads.deferToThread(
         _https_get, edge, path + "?user=bad%20user", f"Authorization: Bearer {API_SECRET}\r\n"
     )

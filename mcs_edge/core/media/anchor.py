@@ -77,6 +77,9 @@ _OFFER_METHODS: Final = frozenset({"INVITE", "UPDATE"})
 _ANSWER_METHODS: Final = frozenset({"ACK", "PRACK"})
 _RESPONSE_METHODS: Final = frozenset({"INVITE", "UPDATE", "PRACK"})
 _CLIENT_PROFILES: Final = {"wss": Profile.WEBRTC, "ws": Profile.WEBRTC, "tls": Profile.SDES}
+#: ``tenants.app_media``: what the edge offers a SIP/TLS client (the mobile app) that has not offered yet.
+APP_PROFILES: Final = {"sdes": Profile.SDES, "dtls": Profile.WEBRTC, "rtp": Profile.RTP}
+_ENCRYPTED: Final = frozenset({Profile.SDES, Profile.WEBRTC})
 
 
 class RelayIO(Protocol):
@@ -133,8 +136,12 @@ class MediaAnchor:
         tenant_media: Callable[[str], str | None],
         client_transport: Callable[[int], str | None],
         leg_policer: Callable[[str], Policer] | None = None,
+        app_media: Callable[[str], str | None] | None = None,
     ) -> None:
         self.settings = settings
+        self._app_media = app_media
+        #: The profile each SIP/TLS client flow last offered: calls toward it offer the same.
+        self._flow_offered: dict[int, Profile] = {}
         self._leg_policer = leg_policer
         self.io = io
         self._tenant_media = tenant_media
@@ -146,6 +153,8 @@ class MediaAnchor:
         self._seq = itertools.count()
         self._ended: list[MediaSession] = []
         self.counters: dict[str, int] = {}
+        #: packets dropped by reason (garbage, unverified-source, ...) on legs already closed
+        self.dropped_closed: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
         #: Told of every live session released (before its legs are closed): call-end records.
         self.on_released: Callable[[MediaSession, str], None] | None = None
@@ -156,6 +165,16 @@ class MediaAnchor:
         self.counters[name] = self.counters.get(name, 0) + 1
         if problem is not None:
             self.problems.append(f"{name}: {problem}")
+
+    def dropped(self) -> dict[str, int]:
+        """Media packets dropped by reason since start: closed legs plus the open legs' counters."""
+        out = dict(self.dropped_closed)
+        for session in self.sessions.values():
+            for leg in session.legs:
+                if leg.port:
+                    for reason, n in leg.counters.dropped.items():
+                        out[reason] = out.get(reason, 0) + n
+        return out
 
     @property
     def ports_in_use(self) -> int:
@@ -208,9 +227,38 @@ class MediaAnchor:
                 self._release(session, "SDP refused")
             return status if status is not None and status >= 400 else 488
         message.set_body(bytes(out))
+        if kind == "offer" and side is CLIENT and pair is not None:
+            self._client_offered(pair, session)
         self._schedule(session)
         self._reap()
         return None
+
+    def _client_offered(self, pair: Any, session: MediaSession) -> None:
+        """Remember what a mobile app offers; an unencrypted offer from an app that encrypted before
+        is counted and logged (it is a downgrade: a misconfigured or tampered client)."""
+        profile = session.profiles[CLIENT]
+        if profile is None or self._client_transport(pair.flow_id) != "tls":
+            return
+        before = self._flow_offered.get(pair.flow_id)
+        if profile is Profile.RTP and before in _ENCRYPTED:
+            assert before is not None
+            self.count(
+                "media_unencrypted_from_capable_client",
+                f"{pair.tenant_id}: flow {pair.flow_id} offered plain RTP after {before.name}",
+            )
+        self._flow_offered[pair.flow_id] = profile
+
+    def client_profile(self, tenant_id: str, flow_id: int) -> Profile:
+        """The profile offered toward a client: WebRTC for WebSocket clients; for the mobile app
+        (SIP/TLS) what it last offered on that flow, else the tenant's ``app_media`` (SDES)."""
+        transport = self._client_transport(flow_id)
+        if transport != "tls":
+            return _CLIENT_PROFILES.get(transport or "", Profile.WEBRTC)
+        known = self._flow_offered.get(flow_id)
+        if known is not None:
+            return known
+        setting = self._app_media(tenant_id) if self._app_media is not None else None
+        return APP_PROFILES.get(setting or "sdes", Profile.SDES)
 
     def _classify(self, session: MediaSession | None, message: Request | Response, side: Any) -> str | None:
         if isinstance(message, Request):
@@ -233,7 +281,6 @@ class MediaAnchor:
 
     def _new_session(self, call_id: str, pair: Any, now: float) -> MediaSession:
         mode = self._tenant_media(pair.tenant_id) or "bridge"
-        transport = self._client_transport(pair.flow_id)
         tenant_id: str = pair.tenant_id
         leg_policer = self._leg_policer
         session = MediaSession(
@@ -241,7 +288,8 @@ class MediaAnchor:
             self.settings.session,
             self,
             pbx_profile=pbx_profile_for(mode),
-            client_profile=_CLIENT_PROFILES.get(transport or "", Profile.WEBRTC),
+            client_profile=self.client_profile(tenant_id, pair.flow_id),
+            native_client=self._client_transport(pair.flow_id) == "tls",
             on_end=self._session_ended,
             policer=(lambda: leg_policer(tenant_id)) if leg_policer is not None else None,
             now=now,
@@ -273,6 +321,7 @@ class MediaAnchor:
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:
         """The client's connection is gone: its calls lose their media."""
+        self._flow_offered.pop(flow_id, None)
         for call_id in list(self._by_flow.get(flow_id, ())):
             self.on_end(call_id, "flow closed")
 
@@ -317,6 +366,9 @@ class MediaAnchor:
         """Close and give back the port(s) of a leg."""
         if not leg.port:
             return
+        totals = self.dropped_closed
+        for reason, n in leg.counters.dropped.items():
+            totals[reason] = totals.get(reason, 0) + n
         self.io.close_port(leg.port)
         if leg.rtcp_port is not None:
             self.io.close_port(leg.rtcp_port)

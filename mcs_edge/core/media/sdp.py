@@ -116,11 +116,15 @@ class Profile(enum.Enum):
 
 
 def detect_profile(media: MediaDescription) -> Profile:
-    """The profile an m-line speaks, from its proto (and a=crypto for SAVP)."""
+    """The profile an m-line speaks, from its proto and a=crypto.
+
+    RTP/AVP with ``a=crypto`` is "SRTP if possible" (best-effort SDES, as native clients offer it):
+    SDES, answered with the same proto and a key, never silently as plain RTP.
+    """
     proto = media.proto.upper()
     if "TLS" in proto:
         return Profile.WEBRTC
-    if "SAVP" in proto:
+    if "SAVP" in proto or ("AVP" in proto and media.has("crypto")):
         return Profile.SDES
     return Profile.RTP
 

@@ -22,6 +22,8 @@ SDES             proto ``RTP/SAVP``; ``a=crypto`` with our keys (offers: one lin
                  suite; answers: the first acceptable suite the offer listed, same tag); ``a=rtcp``
                  or ``a=rtcp-mux``
 RTP              proto ``RTP/AVP``; ``a=rtcp`` (when not port+1) or ``a=rtcp-mux``
+(RTP and SDES)   with ``LocalLeg.ice`` (a client that offers ICE): ``a=ice-lite``, our credentials,
+                 host candidates for RTP and (not muxed) RTCP, ``a=end-of-candidates``
 PASSTHROUGH      proto, crypto, fingerprint, setup and ICE credentials of the far end unchanged;
                  only addresses, ports and candidates become the relay's
 ===============  ==================================================================================
@@ -156,11 +158,17 @@ class LocalLeg:
     sdes_keys: tuple[bytes, ...] = ()
     sdes_suites: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
     bundle: bool = True
+    #: WEBRTC offers: also an RTCP (component 2) candidate on the RTP port, for native clients that
+    #: ignore a=rtcp-mux in offers and count ICE as failed without candidates for both components.
+    rtcp_candidate: bool = False
 
 
-def host_candidate(relay: RelayAddress, component: int = 1) -> Candidate:
-    """A host candidate for the relay port (RFC 8445 s.5.1.2.1 priority, foundation '1')."""
-    port = relay.port if component == 1 else (relay.rtcp_port or relay.port + 1)
+def host_candidate(relay: RelayAddress, component: int = 1, muxed: bool = False) -> Candidate:
+    """A host candidate for the relay port (RFC 8445 s.5.1.2.1 priority, foundation '1').
+
+    ``muxed``: component 2 (RTCP) on the RTP port, for a peer that does not offer rtcp-mux.
+    """
+    port = relay.port if component == 1 or muxed else (relay.rtcp_port or relay.port + 1)
     priority = (_HOST_TYPE_PREFERENCE << 24) + (_LOCAL_PREFERENCE << 8) + (256 - component)
     return Candidate("1", component, "udp", priority, relay.host, port, "host")
 
@@ -227,9 +235,21 @@ def _transport_attributes(
             Attribute("setup", setup),
         ]
         if with_candidates:
-            out += [Attribute("candidate", str(host_candidate(relay))), Attribute("end-of-candidates")]
-        out.append(Attribute("rtcp-mux"))
+            out.append(Attribute("candidate", str(host_candidate(relay))))
+            if not rtcp_mux or leg.rtcp_candidate:  # native clients that do not mux: RTCP to our one port
+                out.append(Attribute("candidate", str(host_candidate(relay, 2, muxed=True))))
+            out.append(Attribute("end-of-candidates"))
+        if not rtcp_mux or leg.rtcp_candidate:
+            out.append(Attribute("rtcp", str(relay.port)))  # RTCP's default address: our one port
+        if rtcp_mux:
+            out.append(Attribute("rtcp-mux"))
         return out
+    if leg.ice is not None:  # ICE-lite on an RTP/SDES leg (a native client that offers ICE)
+        out += [Attribute("ice-ufrag", leg.ice.ufrag), Attribute("ice-pwd", leg.ice.pwd)]
+        out.append(Attribute("candidate", str(host_candidate(relay))))
+        if not rtcp_mux and relay.rtcp_port is not None:
+            out.append(Attribute("candidate", str(host_candidate(relay, 2))))
+        out.append(Attribute("end-of-candidates"))
     out.extend(Attribute("crypto", str(c)) for c in crypto)
     if rtcp_mux:
         out.append(Attribute("rtcp-mux"))
@@ -355,6 +375,8 @@ def rewrite_offer(offer: SessionDescription, leg: LocalLeg) -> SessionDescriptio
             if leg.bundle and accepted:
                 extra.insert(0, Attribute("group", str(Group("BUNDLE", tuple(accepted)))))
             session = replace(session, attributes=tuple(extra) + session.attributes)
+        elif leg.ice is not None:
+            session = replace(session, attributes=(Attribute("ice-lite"), *session.attributes))
     return _place_connections(session, media, leg.relays, host or offer.origin.address)
 
 
@@ -431,4 +453,6 @@ def rewrite_answer(
                 if mids:
                     extra.insert(0, Attribute("group", str(Group("BUNDLE", mids))))
             session = replace(session, attributes=tuple(extra) + session.attributes)
+        elif leg.ice is not None:
+            session = replace(session, attributes=(Attribute("ice-lite"), *session.attributes))
     return _place_connections(session, media, leg.relays, host or answer.origin.address)

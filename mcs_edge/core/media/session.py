@@ -14,7 +14,8 @@ WEBRTC         STUN -> ICE-lite responder (answer, consent); DTLS -> :class:`Dtl
 SDES           SRTP/SRTCP -> unprotect with the ``a=crypto`` keys; symmetric latching
 RTP            RTP/RTCP as is; symmetric latching; RTCP on its own port unless muxed
 PASSTHROUGH    opaque; STUN requests are remembered so each response reaches the candidate that
-               asked; symmetric latching on DTLS/SRTP
+               asked; a new source is heard only once a STUN message from it verified with the
+               peers' ICE credentials (:mod:`~mcs_edge.core.media.source_gate`), then latching
 =============  ===================================================================================
 
 then forwards the packet on the other side's leg for the same m-line, protecting it with that
@@ -87,6 +88,7 @@ from mcs_edge.core.media.sdp import (
     detect_profile,
 )
 from mcs_edge.core.media.sdp_rewrite import SDES_SUITES, LocalLeg, RelayAddress, rewrite_answer, rewrite_offer
+from mcs_edge.core.media.source_gate import SourceGate
 from mcs_edge.core.rtp.demux import KIND_DTLS, KIND_RTP, KIND_STUN, classify_first_byte
 from mcs_edge.core.rtp.dtls import (
     ConnectionClosed,
@@ -131,6 +133,7 @@ _SDES_KEY_LENGTH: Final = max(SDES_SUITES.values())
 _SENDING: Final = frozenset({"sendrecv", "sendonly"})
 _KINDS: Final = bytes(classify_first_byte(b) for b in range(256))
 _U32: Final = struct.Struct("!I").unpack_from
+_STUN_COOKIE: Final = b"\x21\x12\xa4\x42"
 _INF: Final = float("inf")
 
 
@@ -220,6 +223,13 @@ def _is_client_hello(data: bytes) -> bool:
     return len(data) > 13 and data[0] == 22 and data[13] == 1
 
 
+def _offers_ice(side: Side, profile: Profile) -> bool:
+    """Does a new leg get an ICE-lite responder? WebRTC legs always; every client-side leg but
+    passthrough (a mobile app behind NAT needs ICE and consent on plain RTP and SDES too). A peer
+    whose SDP has no ICE credentials drops it at commit (latching instead)."""
+    return profile is Profile.WEBRTC or (side is CLIENT and profile is not Profile.PASSTHROUGH)
+
+
 def _pick_crypto(offered: tuple[Crypto, ...], suites: tuple[str, ...]) -> Crypto | None:
     """The first offered key we can use (the same rule :func:`rewrite_answer` applies)."""
     for c in offered:
@@ -243,6 +253,7 @@ class Leg:
         "dtls_client_pending",
         "encrypts",
         "free_latch",
+        "gate",
         "ice",
         "index",
         "last_rtcp_rx",
@@ -258,6 +269,7 @@ class Leg:
         "remote_rtcp",
         "route_map",
         "router",
+        "rtcp_ice",
         "rtcp_port",
         "sdes",
         "sdes_key",
@@ -294,6 +306,7 @@ class Leg:
         self.sdes: tuple[str, bytes] | None = None  # (suite, remote key) the SDES context was keyed with
         self.sdes_key = secrets.token_bytes(_SDES_KEY_LENGTH) if profile is Profile.SDES else b""
         self.ice: IceLiteResponder | None = None
+        self.rtcp_ice: IceLiteResponder | None = None  # ICE component 2 on a separate RTCP port
         self.dtls: DtlsEndpoint | None = None
         self.dtls_client_pending = False
         self.remote_fingerprints: tuple[Fingerprint, ...] = ()
@@ -314,6 +327,8 @@ class Leg:
         self.last_rtcp_rx = now
         self.limit: float | None = None  # idle limit once the offer/answer is committed
         self.stun_origins: dict[bytes, Addr] = {}
+        #: PASSTHROUGH: the sources proven by ICE checks (no media injection from elsewhere)
+        self.gate: SourceGate | None = SourceGate() if profile is Profile.PASSTHROUGH else None
 
     def __repr__(self) -> str:
         return f"<Leg {self.side.name} {self.profile.name} port={self.port} remote={self.remote}>"
@@ -399,10 +414,16 @@ class Leg:
     def receive_rtcp(self, data: bytes, addr: Addr, now: float) -> bool:
         """One datagram on the leg's separate RTCP port (RTCP not muxed)."""
         n = len(data)
+        if n and _KINDS[data[0]] == KIND_STUN and self.rtcp_ice is not None:
+            return self._rtcp_stun(data, addr, now)
         if not n or _KINDS[data[0]] != KIND_RTP:
             self.counters.drop("garbage")
             return False
         moved = addr != self.remote_rtcp
+        gate = self.gate
+        if moved and gate is not None and gate.enforcing and not self._rtcp_source_known(addr, gate):
+            self.counters.drop("unverified-source")
+            return False
         if (
             moved
             and self.remote_rtcp is not None
@@ -434,6 +455,12 @@ class Leg:
                 return True
             self.counters.drop("no-consent")
             return False
+        gate = self.gate
+        if gate is not None and gate.enforcing:
+            if gate.knows(addr):
+                return True
+            self.counters.drop("unverified-source")
+            return False
         if (
             self.free_latch
             or self.remote is None
@@ -443,6 +470,12 @@ class Leg:
             return True
         self.counters.drop("foreign-source")
         return False
+
+    def _rtcp_source_known(self, addr: Addr, gate: SourceGate) -> bool:
+        """A separate RTCP port's new source: the host of the latched or a verified RTP source."""
+        host = addr[0]
+        remote = self.remote
+        return (remote is not None and remote[0] == host) or any(v[0] == host for v in gate.verified)
 
     def _latch(self, addr: Addr) -> None:
         """Send to ``addr`` from now on (symmetric RTP); ICE legs follow ICE instead."""
@@ -573,6 +606,30 @@ class Leg:
         self.ice_events(now)
         return True
 
+    def _rtcp_stun(self, data: bytes, addr: Addr, now: float) -> bool:
+        """An ICE check on the separate RTCP port (component 2 of a non-muxed RTP/SDES leg)."""
+        ice = self.rtcp_ice
+        assert ice is not None
+        if not self.policer.admit(len(data), now):
+            self.counters.drop("policed")
+            return False
+        self.stun_rx += 1
+        response = ice.receive(data, addr, now)
+        if response is not None:
+            try:
+                self.send_rtcp(response, addr)
+            except Exception:
+                self.counters.drop("send-error")
+        while (ev := ice.next_event()) is not None:
+            if isinstance(ev, SelectedAddressChanged) and ev.addr is not None:
+                self.remote_rtcp = ev.addr
+        return False
+
+    def drop_ice(self) -> None:
+        """The peer does not do ICE (no credentials in its SDP): latching decides where media goes."""
+        self.ice = None
+        self.rtcp_ice = None
+
     def ice_events(self, now: float) -> None:
         """Apply the ICE responder's events: selected address, consent loss."""
         ice = self.ice
@@ -597,6 +654,16 @@ class Leg:
         if n < 20:
             self.counters.drop("truncated")
             return False
+        if data[4:8] != _STUN_COOKIE or (data[2] << 8 | data[3]) + 20 != n:
+            self.counters.drop("garbage")  # STUN's first byte, but no STUN header (RFC 8489 s.5)
+            return False
+        gate = self.gate  # before the policer: an injector must not spend the peer's budget
+        if addr != self.remote and gate is not None and gate.enforcing and not gate.knows(addr):
+            target = self.target or self.default_target
+            refused = gate.verify_stun(data, addr, target.gate if target is not None else None)
+            if refused is not None:
+                self.counters.drop(refused)
+                return False
         if not self.policer.admit(n, now):
             self.counters.drop("policed")
             return False
@@ -619,21 +686,29 @@ class Leg:
     def _dtls(self, data: bytes, addr: Addr, now: float) -> bool:
         n = len(data)
         if self.profile is Profile.PASSTHROUGH:
+            if n < 13 or data[1] != 0xFE:
+                self.counters.drop("garbage")  # not a DTLS record header (RFC 6347 s.4.1)
+                return False
             if addr != self.remote:
                 if not self._accept(addr, now):
                     return False
-                self._latch(addr)  # opaque: nothing more to check
+                self._latch(addr)  # a verified source (or no ICE credentials to check with)
             if not self.policer.admit(n, now):
                 self.counters.drop("policed")
                 return False
             self.last_rx = now
             self.counters.count(n)
             return self._forward_opaque(data)
-        ice = self.ice
-        if ice is None:
+        if self.profile is not Profile.WEBRTC:
             self.counters.drop("dtls")
             return False
-        if addr != self.remote and not ice.has_consent(addr, now):
+        ice = self.ice
+        if ice is None:  # DTLS-SRTP without ICE: symmetric latching (RFC 5763 without RFC 8445)
+            if addr != self.remote:
+                if not self._accept(addr, now):
+                    return False
+                self.remote = addr
+        elif addr != self.remote and not ice.has_consent(addr, now):
             self.counters.drop("no-consent")
             return False
         if not self.policer.admit(n, now):
@@ -715,7 +790,8 @@ class Leg:
         self.profile = profile
         self.decrypts = self.encrypts = profile in (Profile.WEBRTC, Profile.SDES)
         if profile is not Profile.WEBRTC:
-            self.ice = None
+            if self.side is not CLIENT:
+                self.drop_ice()
             self.dtls = None
             self._early_dtls = []
 
@@ -725,6 +801,11 @@ class Leg:
         deadline = _INF
         if self.limit is not None:
             deadline = self.last_rx + self.limit
+        rtcp_ice = self.rtcp_ice
+        if rtcp_ice is not None:
+            t = rtcp_ice.get_timer()
+            if t is not None and t < deadline:
+                deadline = t
         ice = self.ice
         if ice is not None:
             t = ice.get_timer()
@@ -738,6 +819,13 @@ class Leg:
         return None if deadline == _INF else deadline
 
     def handle_timer(self, now: float) -> None:
+        rtcp_ice = self.rtcp_ice
+        if rtcp_ice is not None:
+            t = rtcp_ice.get_timer()
+            if t is not None and t <= now:
+                rtcp_ice.handle_timer(now)
+                while rtcp_ice.next_event() is not None:
+                    pass  # RTCP follows latching once consent is gone; RTP's consent decides the call
         ice = self.ice
         if ice is not None:
             t = ice.get_timer()
@@ -767,7 +855,7 @@ class Leg:
                         self.counters.drop("send-error")
         self.dtls = None
         self.srtp = None
-        self.ice = None
+        self.drop_ice()
         self.target = None
         self.default_target = None
         self.router = None
@@ -799,6 +887,7 @@ class _LegPlan:
     sdes: tuple[str, bytes, bytes] | None = None  # suite, local key, remote key
     dtls_client: bool | None = None
     ice_restart: bool = False
+    ice: IceCredentials | None = None  # the peer's ICE credentials (None: no ICE, latching)
 
 
 class MediaSession:
@@ -815,8 +904,10 @@ class MediaSession:
         on_end: Callable[[MediaSession, str], None] | None = None,
         policer: Callable[[], Policer] | None = None,
         now: float = 0.0,
+        native_client: bool = False,
     ) -> None:
         self.key = key
+        self.native_client = native_client  # the client is a SIP client (mobile app), not a browser
         self._policer_factory = policer
         self.settings = settings
         self._ports = ports
@@ -1055,11 +1146,14 @@ class MediaSession:
             else:
                 mux = m.rtcp_mux if offerer else False
             leg = Leg(self, side, i, profile, now)
-            if profile is Profile.WEBRTC:
+            ice = _offers_ice(side, profile)
+            if ice:
                 ufrag, pwd = self.ice_credentials[side]
                 leg.ice = IceLiteResponder(local_ufrag=ufrag, local_pwd=pwd)
             if not self._ports.open(leg, mux):
                 raise OutOfPorts(f"no relay port for m-line {i} on the {side.name} side")
+            if ice and leg.rtcp_port is not None:
+                leg.rtcp_ice = IceLiteResponder(local_ufrag=ufrag, local_pwd=pwd)
             created.append(leg)
             self.legs.append(leg)
             legs[i] = leg
@@ -1106,6 +1200,10 @@ class MediaSession:
         if profile is Profile.WEBRTC:
             ice = IceCredentials(*self.ice_credentials[side])
             fingerprint = (self.settings.certificate or default_certificate()).fingerprint
+        elif any(leg is not None and leg.ice is not None for leg in legs) and (
+            answer is None or any(not m.rejected and sdp.transport(i).ice for i, m in enumerate(sdp.media))
+        ):  # ICE-lite on RTP/SDES legs: offered always, answered when the offer had ICE
+            ice = IceCredentials(*self.ice_credentials[side])
         return LocalLeg(
             profile,
             tuple(relays),
@@ -1115,6 +1213,7 @@ class MediaSession:
             sdes_keys=tuple(keys) if profile is Profile.SDES else (),
             sdes_suites=suites if profile is Profile.SDES else ("AES_CM_128_HMAC_SHA1_80",),
             bundle=True,
+            rtcp_candidate=self.native_client and side is CLIENT and answer is None,
         )
 
     def _stamp(self, side: Side, sdp: SessionDescription) -> SessionDescription:
@@ -1183,9 +1282,8 @@ class MediaSession:
                         f"m-line {i}: a=crypto key has the wrong length", status_hint=488
                     )
                 plan.sdes = (chosen.suite, leg.sdes_key[:length], chosen.key)
-            elif profile is Profile.WEBRTC:
-                if t.ice is None:
-                    raise RemoteProtocolError(f"m-line {i}: no ICE credentials", status_hint=488)
+            plan.ice = t.ice
+            if profile is Profile.WEBRTC:
                 if not t.fingerprints:
                     raise RemoteProtocolError(f"m-line {i}: no a=fingerprint", status_hint=488)
                 setup = t.setup or ("actpass" if answering else "active")
@@ -1197,7 +1295,9 @@ class MediaSession:
                     plan.dtls_client = setup == "passive"
                 ice = leg.ice
                 known = ice.remote_ufrag if ice is not None else None
-                plan.ice_restart = answering and known is not None and known != t.ice.ufrag
+                plan.ice_restart = (
+                    answering and known is not None and t.ice is not None and known != t.ice.ufrag
+                )
         return plans
 
     def _commit(
@@ -1220,8 +1320,14 @@ class MediaSession:
             if leg.limit is None:
                 leg.last_rx = now
             leg.limit = settings.idle_timeout if plan.sending else settings.hold_timeout
-            if leg.profile is not Profile.WEBRTC:
+            if plan.ice is None:
+                leg.drop_ice()
+            elif leg.profile is not Profile.WEBRTC:
+                self._commit_ice(leg, plan.ice)
+            if leg.profile is not Profile.WEBRTC or leg.ice is None:
                 self._commit_address(leg, t)
+            if leg.gate is not None and t.ice is not None:
+                leg.gate.set_credentials(t.ice.ufrag, t.ice.pwd)
             if plan.sdes is not None:
                 suite, local, remote = plan.sdes
                 if leg.sdes != (suite, remote):
@@ -1250,6 +1356,13 @@ class MediaSession:
         ):
             leg.remote_rtcp = (rtcp_address, t.rtcp_port)
 
+    @staticmethod
+    def _commit_ice(leg: Leg, remote: IceCredentials) -> None:
+        """The peer's ICE credentials on an RTP/SDES leg (both components)."""
+        for ice in (leg.ice, leg.rtcp_ice):
+            if ice is not None and ice.remote_ufrag != remote.ufrag:
+                ice.set_remote_credentials(remote.ufrag, remote.pwd)
+
     def _best_candidate(self, t: MediaTransport) -> tuple[str, int] | None:
         best: tuple[int, tuple[str, int]] | None = None
         for c in t.candidates:
@@ -1270,11 +1383,13 @@ class MediaSession:
         new_credentials: tuple[str, str] | None,
     ) -> None:
         ice = leg.ice
-        assert ice is not None and t.ice is not None
-        if new_credentials is not None:
-            ice.restart(t.ice.ufrag, t.ice.pwd, local_ufrag=new_credentials[0], local_pwd=new_credentials[1])
-        elif ice.remote_ufrag != t.ice.ufrag:
-            ice.set_remote_credentials(t.ice.ufrag, t.ice.pwd)
+        if ice is not None and t.ice is not None:
+            if new_credentials is not None:
+                ice.restart(
+                    t.ice.ufrag, t.ice.pwd, local_ufrag=new_credentials[0], local_pwd=new_credentials[1]
+                )
+            elif ice.remote_ufrag != t.ice.ufrag:
+                ice.set_remote_credentials(t.ice.ufrag, t.ice.pwd)
         is_client = bool(plan.dtls_client)
         dtls = leg.dtls
         if dtls is None or set(t.fingerprints) != set(leg.remote_fingerprints) or dtls.is_client != is_client:

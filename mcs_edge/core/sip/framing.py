@@ -103,6 +103,10 @@ class StreamFramer:
         """How many bytes are waiting for the rest of their message."""
         return len(self._buffer)
 
+    def pending(self) -> bytes:
+        """The bytes waiting for the rest of their message (to answer a message that cannot be framed)."""
+        return bytes(self._buffer)
+
     def feed(self, data: bytes) -> list[FramerEvent]:
         """Add received bytes; return the keepalives and complete messages they finish."""
         buf = self._buffer

@@ -93,13 +93,31 @@ class TenantInfo(Protocol):
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     public_host: str  # Record-Route/Path host toward clients
-    public_port: int
+    public_port: int  # the HTTPS (SIP over WSS) listener's port
     backend_host: str  # Via/Record-Route host toward PBXs
     backend_port: int
     backend_transport: str = "udp"
     max_message_size: int = 65536
     timers: TimerConfig = field(default_factory=TimerConfig)
     server_name: str = "mcs-edge"
+    #: The SIP/TLS listener's port (``listen.sip_tls``); None = no such listener (``public_port``).
+    public_tls_port: int | None = None
+    #: Every other (host, port) the edge listens on (RFC 3261 s.16.4: Routes naming them are ours).
+    listen_addresses: frozenset[tuple[str, int]] = frozenset()
+
+    def client_port(self, transport: str) -> int:
+        """The port a client of ``transport`` ("wss" or "tls") reaches us on: Record-Route, Via."""
+        if transport == "tls" and self.public_tls_port is not None:
+            return self.public_tls_port
+        return self.public_port
+
+    def own_addresses(self) -> set[tuple[str, int]]:
+        """(host, port) pairs that name this edge: public ports of each transport, backend, listeners."""
+        out = {(self.public_host.lower(), self.public_port), (self.backend_host.lower(), self.backend_port)}
+        if self.public_tls_port is not None:
+            out.add((self.public_host.lower(), self.public_tls_port))
+        out.update((host.lower().strip("[]"), port) for host, port in self.listen_addresses)
+        return out
 
 
 @dataclass(slots=True, eq=False)
@@ -155,6 +173,12 @@ class Pair:
     got_provisional: bool = False
     cancel_pending: bool = False
     final_sent: bool = False
+    #: The far side's 2xx carried an answer the media relay cannot use: that dialog was ACKed and
+    #: BYEd by the edge (this ACK is re-sent for each 2xx retransmission).
+    refused_ack: tuple[Dest, bytes] | None = None
+    #: An early answer (18x) was unusable: the INVITE was CANCELled and refused; a 2xx that still
+    #: comes is ACKed and BYEd.
+    abandoned: bool = False
 
 
 class MediaHook(Protocol):
@@ -244,10 +268,12 @@ class SipProxy:
         self.on_backend_final: Callable[[Pair, Response], None] | None = None
         #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
         self.local: LocalService | None = None
-        self._our_hosts = {
-            (settings.public_host.lower(), settings.public_port),
-            (settings.backend_host.lower(), settings.backend_port),
-        }
+        self._our_hosts = settings.own_addresses()
+
+    def update_settings(self, settings: ProxySettings) -> None:
+        """New settings (e.g. ports known once bound); the set of our own addresses follows."""
+        self.settings = settings
+        self._our_hosts = settings.own_addresses()
 
     # ------------------------------------------------------------------ bookkeeping
     def count(self, name: str, problem: str | None = None) -> None:
@@ -304,6 +330,11 @@ class SipProxy:
                 pair.client.transport_error(now)
         self._pump(now)
 
+    def tenant_of_token(self, token: str) -> Any:
+        """The tenant of the live flow with ``token`` (binding a connection without SNI), or None."""
+        _found, flow = self._flow_by_token(token)
+        return flow.tenant if flow is not None else None
+
     def _flow_by_token(self, token: str) -> tuple[bool, Flow | None]:
         flow_id = self._tokens.get(token)
         if flow_id is not None:
@@ -312,11 +343,18 @@ class SipProxy:
 
     # ------------------------------------------------------------------ helpers
     def _is_ours(self, uri: SipUri | Any) -> bool:
+        """Does ``uri`` name this edge (RFC 3261 s.16.4)? Any of our addresses and listening ports,
+        or a tenant's SIP domain (clients use it as their outbound proxy) on one of our ports."""
         if not isinstance(uri, SipUri):
             return False
         host = uri.host.lower().strip("[]")
         port = uri.port
-        return any(host == h and (port is None or port == p) for h, p in self._our_hosts)
+        if any(host == h and (port is None or port == p) for h, p in self._our_hosts):
+            return True
+        if port is None:
+            secure = uri.scheme == "sips" or (uri.param("transport") or "").lower() == "tls"
+            port = 5061 if secure else 5060
+        return any(port == p for _h, p in self._our_hosts) and self._tenant_for_domain(host) is not None
 
     def _via(self, transport: str, host: str, port: int, branch: str) -> str:
         if transport == "wss":
@@ -324,9 +362,19 @@ class SipProxy:
         return f"SIP/2.0/{transport.upper()} {_hostport(host, port)};branch={branch};rport"
 
     def _client_rr(self, flow: Flow) -> str:
+        """Our Record-Route toward a client: the flow token at the listener of the flow's transport.
+
+        A client may send in-dialog requests to this URI on a new connection (RFC 3261 s.12.2.1.1):
+        it must name the SIP/TLS listener for a TLS client, the HTTPS port for a WebSocket client.
+        """
         s = self.settings
         transport = "ws" if flow.transport == "wss" else "tls"
-        return f"<sip:{flow.token}@{_hostport(s.public_host, s.public_port)};transport={transport};lr;r2=on>"
+        port = s.client_port(flow.transport)
+        return f"<sip:{flow.token}@{_hostport(s.public_host, port)};transport={transport};lr;r2=on>"
+
+    def _client_via(self, flow: Flow) -> str:
+        s = self.settings
+        return self._via(flow.transport, s.public_host, s.client_port(flow.transport), new_branch())
 
     def _backend_rr(self) -> str:
         s = self.settings
@@ -409,16 +457,26 @@ class SipProxy:
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
             self.count("sip_bad_from_client", str(exc))
             if isinstance(msg, Request) and msg.method != "ACK":
+                self.count("sip_refused_400")
                 self._answer_stateless(msg, 400, "Bad Request", ("flow", flow_id))
         self._pump(now)
 
+    def reject_unframed(self, flow_id: int, data: bytes, exc: RemoteProtocolError) -> None:
+        """A stream transport cannot frame ``data`` (e.g. no Content-Length): answer it if it can be."""
+        self._reject_garbage(data, exc, ("flow", flow_id))
+
     def _reject_garbage(self, data: bytes, exc: RemoteProtocolError, dest: Dest) -> None:
+        """Answer a request too broken to parse with the status its error suggests (none for ACK)."""
         status = exc.status_hint
         if status is None or status < 400:
+            self.count("sip_dropped_unanswerable")
             return
         resp = _error_from_bytes(data, status, str(exc)[:80])
-        if resp is not None:
-            self._emit(dest, resp)
+        if resp is None:
+            self.count("sip_dropped_unanswerable")
+            return
+        self.count(f"sip_refused_{status}")
+        self._emit(dest, resp)
 
     def _request_from_client(self, flow: Flow, req: Request, now: float) -> None:
         tenant = flow.tenant
@@ -467,7 +525,9 @@ class SipProxy:
                 self.layer.send_response(tx, response, now)
             return
         fwd = req.copy()
-        self._strip_our_routes(fwd)
+        if self._foreign_route_token(flow, self._strip_our_routes(fwd)):
+            self._respond(tx, req, 403, "Forbidden (dialog of another tenant)", now)
+            return
         fwd.decrement_max_forwards()
         if req.method in DIALOG_METHODS and not in_dialog:
             fwd.prepend_record_route(self._client_rr(flow))
@@ -509,8 +569,7 @@ class SipProxy:
         flow = self.flows.get(flow_id)
         if flow is None:
             return False
-        s = self.settings
-        request.push_via(self._via(flow.transport, s.public_host, s.public_port, new_branch()))
+        request.push_via(self._client_via(flow))
         ctx = self.layer.send_request(request, now, reliable=True)
         self._dest[ctx] = ("flow", flow_id)
         self.count("sip_requests_local_to_client")
@@ -576,9 +635,28 @@ class SipProxy:
             out.append(_replace_uri(c, alias))
         fwd.headers.set("Contact", ", ".join(out))
 
+    def _foreign_route_token(self, flow: Flow, popped: list[NameAddr]) -> bool:
+        """True (counted) when our Route names a flow of another tenant than ``flow``'s.
+
+        An in-dialog request may arrive on another connection than the dialog's flow (a client
+        that opens a new connection to our Record-Route URI, RFC 3261 s.12.2.1.1): it is routed
+        like any other, as long as the flow token in our Route belongs to the same tenant.
+        """
+        for entry in popped:
+            uri = entry.uri
+            user = uri.user if isinstance(uri, SipUri) else None
+            if not user:
+                continue
+            _found, owner = self._flow_by_token(user)
+            if owner is not None and owner.tenant is not flow.tenant and owner.tenant.id != flow.tenant.id:
+                self.count("sip_foreign_flow", f"{flow.tenant.id} -> route of {owner.tenant.id}")
+                return True
+        return False
+
     def _forward_ack_to_backend(self, flow: Flow, req: Request, now: float) -> None:
         fwd = req.copy()
-        self._strip_our_routes(fwd)
+        if self._foreign_route_token(flow, self._strip_our_routes(fwd)):
+            return
         try:
             fwd.decrement_max_forwards()
         except LocalProtocolError:
@@ -604,10 +682,12 @@ class SipProxy:
             return
         if not data.strip(b"\r\n"):
             return  # keepalive
+        back: Dest = ("backend", tenants[0].id, transport, src)
         try:
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
             self.count("sip_bad_from_backend", str(exc))
+            self._reject_garbage(data, exc, back)  # e.g. 416 for an unsupported Request-URI scheme
             return
         try:
             if isinstance(msg, Response):
@@ -616,6 +696,9 @@ class SipProxy:
                 self._request_from_backend(tenants, msg, src, transport, now)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
             self.count("sip_bad_from_backend", str(exc))
+            if isinstance(msg, Request) and msg.method != "ACK":
+                self.count("sip_refused_400")
+                self._answer_stateless(msg, 400, "Bad Request", back)
         self._pump(now)
 
     def _response_from_backend(self, resp: Response, now: float) -> None:
@@ -672,11 +755,7 @@ class SipProxy:
                     fwd.decrement_max_forwards()
                 except LocalProtocolError:
                     return
-                fwd.push_via(
-                    self._via(
-                        flow.transport, self.settings.public_host, self.settings.public_port, new_branch()
-                    )
-                )
+                fwd.push_via(self._client_via(flow))
                 if fwd.body:
                     self.media.on_message(None, fwd, False, now)
                 self._emit(("flow", flow.id), fwd.serialize())
@@ -714,9 +793,7 @@ class SipProxy:
         if req.method in DIALOG_METHODS and not in_dialog:
             fwd.prepend_record_route(self._backend_rr())
             fwd.prepend_record_route(self._client_rr(flow))
-        fwd.push_via(
-            self._via(flow.transport, self.settings.public_host, self.settings.public_port, new_branch())
-        )
+        fwd.push_via(self._client_via(flow))
         pair = Pair(tx, flow.tenant.id, False, flow.id, fwd)
         self._pairs_by_server[tx] = pair
         if fwd.body:
@@ -797,8 +874,22 @@ class SipProxy:
             flow = self.flows.get(pair.flow_id)
             if flow is not None:
                 self._register_inbound(flow, out, resp.status)
+        if pair.refused_ack is not None:
+            if 200 <= resp.status < 300:
+                self._emit(*pair.refused_ack)  # the far side retransmits its 2xx: ACK it again
+            return
+        if pair.abandoned:
+            if 200 <= resp.status < 300:  # the 2xx crossed our CANCEL: end that dialog too
+                self._end_refused_answer(pair, resp, now)
+            return
         if out.body:
             refused = self.media.on_message(pair, out, not pair.from_client, now)
+            if refused is not None and 200 <= resp.status < 300 and pair.request.method == "INVITE":
+                self._end_refused_answer(pair, resp, now)
+                return
+            if refused is not None and resp.status < 200 and _initial_invite(pair.request):
+                self._abandon(pair, now)
+                return
             if refused is not None and resp.status < 300:
                 out = Response.for_request(pair.server.request, 500, "Media Error")
         self.count(_RELAYED_CLASS[resp.status // 100 % 7])
@@ -818,6 +909,80 @@ class SipProxy:
         if resp.status in (401, 403, 407) and pair.from_client:
             self.count("sip_auth_challenges")
         self.layer.send_response(pair.server, out, now)
+
+    def _abandon(self, pair: Pair, now: float) -> None:
+        """An early answer (18x) the edge cannot relay: CANCEL the INVITE, refuse it with 488 (counted)."""
+        call_id = pair.request.call_id
+        self.count("sip_answer_refused_early", f"{pair.tenant_id} call {call_id}: 18x answer not usable")
+        pair.abandoned = True
+        if pair.client is not None:
+            self._send_cancel(pair, now)
+        self.calls.failed(call_id)
+        self.media.on_end(call_id, "answer refused", pair.tenant_id)
+        self._refuse_invite(pair, now)
+
+    def _refuse_invite(self, pair: Pair, now: float) -> None:
+        if pair.final_sent:
+            return
+        error = Response.for_request(pair.server.request, 488, "Not Acceptable Here (answer not usable)")
+        error.headers.add("Server", self.settings.server_name)
+        self.count(_LOCAL_CLASS[4])
+        pair.final_sent = True
+        self.layer.send_response(pair.server, error, now)
+
+    def _end_refused_answer(self, pair: Pair, resp: Response, now: float) -> None:
+        """A 2xx whose answer the edge cannot relay: ACK it and BYE that dialog on the side that sent
+        it, answer the INVITE's sender with an error, end the call and its media; counted.
+
+        Without this the answering side would keep its dialog open (retransmitting an unACKed 2xx,
+        RFC 3261 s.13.3.1.4) while the caller gets an error: a half-open call.
+        """
+        call_id = pair.request.call_id
+        dest = self._dest.get(pair.client) if pair.client is not None else None
+        self.count("sip_answer_refused_after_2xx", f"{pair.tenant_id} call {call_id}: 2xx answer not usable")
+        if dest is not None:
+            ack = self._in_dialog_request("ACK", pair, resp, pair.request.cseq.seq)
+            ack.push_via(self._own_via(pair, dest))
+            pair.refused_ack = (dest, ack.serialize())
+            self._emit(dest, pair.refused_ack[1])
+            bye = self._in_dialog_request("BYE", pair, resp, pair.request.cseq.seq + 1)
+            bye.push_via(self._own_via(pair, dest))
+            ctx = self.layer.send_request(bye, now, reliable=not (dest[0] == "backend" and dest[2] == "udp"))
+            self._dest[ctx] = dest  # no pair: its response is absorbed
+        self.calls.failed(call_id)
+        self.media.on_end(call_id, "answer refused", pair.tenant_id)
+        self._refuse_invite(pair, now)
+
+    def _in_dialog_request(self, method: str, pair: Pair, resp: Response, seq: int) -> Request:
+        """ACK/BYE from the INVITE's sender's place in the dialog a 2xx (``resp``) created.
+
+        Toward a PBX the route set is the 2xx's Record-Route reversed, minus our own entries (RFC
+        3261 s.12.1.2); toward a client flow there is no further hop.
+        """
+        inv = pair.request
+        contacts = resp.contacts
+        target = str(contacts[0].uri) if contacts and not contacts[0].is_star else inv.uri
+        req = Request(method, target)
+        if pair.from_client:
+            routes = [r for r in reversed(resp.record_routes) if not self._is_ours(r.uri)]
+            if routes:
+                req.set_routes(list(routes))
+        req.headers.add("Max-Forwards", "70")
+        req.headers.add("From", inv.headers.get("from") or "")
+        req.headers.add("To", resp.headers.get("to") or "")
+        req.headers.add("Call-ID", inv.call_id)
+        req.headers.add("CSeq", f"{seq} {method}")
+        req.headers.add("Content-Length", "0")
+        return req
+
+    def _own_via(self, pair: Pair, dest: Dest) -> str:
+        if dest[0] == "flow":
+            flow = self.flows.get(dest[1])
+            if flow is not None:
+                return self._client_via(flow)
+        s = self.settings
+        transport = dest[2] if dest[0] == "backend" else "tls"
+        return self._via(transport, s.backend_host, s.backend_port, new_branch())
 
     def _bye_done(self, pair: Pair) -> None:
         call_id = pair.request.call_id
@@ -891,6 +1056,10 @@ _LOCAL_CLASS = tuple(f"sip_responses_local_{c}xx" for c in range(7))
 _RELAYED_CLASS = tuple(f"sip_responses_relayed_{c}xx" for c in range(7))
 
 _REASONS = {488: "Not Acceptable Here", 503: "Service Unavailable", 500: "Server Internal Error"}
+
+
+def _initial_invite(request: Request) -> bool:
+    return request.method == "INVITE" and request.to.tag is None
 
 
 def _hostport(host: str, port: int) -> str:

@@ -203,7 +203,7 @@ class EchoService:
         s = self.router.core.settings
         host = f"[{s.public_host}]" if ":" in s.public_host else s.public_host
         kind = "ws" if transport in ("wss", "ws") else "tls"
-        return f"<sip:{ECHO_USER}@{host}:{s.public_port};transport={kind}>"
+        return f"<sip:{ECHO_USER}@{host}:{s.client_port(transport)};transport={kind}>"
 
     def _answer_with(self, request: Request, call: EchoCall, body: bytes) -> Response:
         resp = self._reply(request, 200, "OK", tag=call.local_tag, allow=True)

@@ -186,6 +186,7 @@ class MediaRelay:
         tenant_media: Callable[[str], str | None],
         client_transport: Callable[[int], str | None] = lambda _flow: "wss",
         leg_policer: Callable[[str], Policer] | None = None,
+        app_media: Callable[[str], str | None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.timers = timers
@@ -196,7 +197,9 @@ class MediaRelay:
             bind = "::" if self.settings.session.ipv6 else "0.0.0.0"  # relay ports face the internet
         self.bind_host = bind
         self.loop: asyncio.AbstractEventLoop | None = getattr(reactor, "_asyncioEventloop", None)
-        self.anchor = MediaAnchor(self.settings, self, tenant_media, client_transport, leg_policer)
+        self.anchor = MediaAnchor(
+            self.settings, self, tenant_media, client_transport, leg_policer, app_media=app_media
+        )
         self.timer = CoreTimer(timers, self.anchor, on_fire=lambda _result: self._log_problems())
         self.ports: dict[int, _RelayPort] = {}
         self.counters: dict[str, int] = {}

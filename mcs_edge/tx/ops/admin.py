@@ -14,7 +14,10 @@ listener on loopback or a management network):
 The JSON API under ``/api/`` needs ``Authorization: Bearer <token>``: the token is ``[admin]
 token`` when set, else the content of ``<state_dir>/admin-token``, generated (0600) on first start.
 A missing or wrong token gets 401 (compared with ``hmac.compare_digest``); the token is never
-logged. Endpoints:
+logged. A wrong token counts as a failed authentication of its source, like a SIP password the PBX
+refused: ``guard.ban_failures`` of them within ``guard.ban_window`` ban the source (unless
+``guard.allow_networks`` holds it), and a banned source gets 403 on ``/api/`` (and is refused on
+the client listeners) until the ban ends. Endpoints:
 
 ==========================================  ======================================================
 ``GET /api/status``                         version, tenants, connections, calls, draining, workers
@@ -85,7 +88,6 @@ __all__ = [
 
 TOKEN_FILE = "admin-token"
 MAX_BODY = 1 << 20
-_SECRET_KEYS = frozenset({"turn_secret"})
 
 log = Logger(namespace="mcs_edge.tx.ops.admin")
 
@@ -213,6 +215,8 @@ class AdminBackend(Protocol):
 
     def token(self) -> str: ...
     def count(self, result: str) -> None: ...
+    def credential_failure(self, host: str) -> None: ...
+    def is_banned(self, host: str) -> bool: ...
     def config(self) -> EdgeConfig: ...
     def metrics(self) -> bytes | Deferred[bytes]: ...
     def ready(self) -> Any: ...
@@ -248,9 +252,20 @@ class LocalAdmin:
             self._token = load_or_create_token(cfg)
         return self._token
 
+    @property
+    def cached_token(self) -> str | None:
+        """The token once known (never reads or creates the token file): for log redaction."""
+        return self.service.config.admin.token or self._token
+
     def count(self, result: str) -> None:
         reqs = self.service.metrics.admin_requests
         reqs[result] = reqs.get(result, 0) + 1
+
+    def credential_failure(self, host: str) -> None:
+        self.service.protection.credential_failure(host, None, "admin_token")
+
+    def is_banned(self, host: str) -> bool:
+        return self.service.protection.is_banned(host)
 
     def config(self) -> EdgeConfig:
         return self.service.config
@@ -534,6 +549,11 @@ class AdminResource(Resource):
             raise ApiError(405, f"method {method} not allowed here")
 
     def _authorize(self, request: Request) -> None:
+        host = str(getattr(request.getClientAddress(), "host", "?"))
+        if self.backend.is_banned(host):  # banned after wrong tokens (or SIP failures): no more tries
+            self.refusals.warn("ADM403", "ADM403 admin request refused from {peer}: source banned", peer=host)
+            self.backend.count("banned")
+            raise ApiError(403, "source banned")
         header = request.getHeader("authorization") or ""
         scheme, _, given = header.partition(" ")
         expected = self.backend.token()
@@ -541,13 +561,13 @@ class AdminResource(Resource):
             reason = "missing token"
         elif not hmac.compare_digest(given.strip().encode(), expected.encode()):
             reason = "wrong token"
+            self.backend.credential_failure(host)  # feeds the per-source ban list (guard.ban_*)
         else:
             return
-        peer = request.getClientAddress()
         self.refusals.warn(
             "ADM401",
             "ADM401 admin request refused from {peer}: {reason}",
-            peer=getattr(peer, "host", "?"),
+            peer=host,
             reason=reason,
         )
         self.backend.count("unauthorized")
@@ -574,10 +594,7 @@ class AdminResource(Resource):
         t = self.backend.config().tenant(tid)
         if t is None:
             raise ApiError(404, f"no tenant {tid!r}")
-        data = config_mod.to_mapping(t)
-        for key in _SECRET_KEYS & set(data):
-            data[key] = "********"
-        return {"tenant": data}
+        return {"tenant": config_mod.redact(t)}
 
     def _raw_tenants(self) -> list[dict[str, Any]]:
         try:
@@ -605,12 +622,8 @@ class AdminResource(Resource):
         new = dict(tenants[i]) if patch else {}
         new.update(body)
         new["id"] = tid
-        for key in _SECRET_KEYS:
-            if new.get(key) == "********":  # the redacted value read back: keep the secret
-                if key in tenants[i]:
-                    new[key] = tenants[i][key]
-                else:
-                    new.pop(key)
+        # a redacted answer sent back (secrets shown as REDACTED) keeps the secrets it had
+        new = config_mod.unredact(new, tenants[i], config_mod.TenantConfig)
         tenants[i] = _drop_nulls(new)
         return self._commit(tenants, tid, "updated", 200)
 
@@ -660,20 +673,35 @@ class AdminResource(Resource):
             body = _dumps(payload)
         else:
             body = _dumps(result)
+        if ctype == "application/json":
+            body = self._scrub(body)
         self.backend.count("ok" if status < 400 else "bad_request")
         _finish(request, status, ctype, body)
+
+    def _scrub(self, body: bytes) -> bytes:
+        """Last line of defence behind :func:`mcs_edge.config.redact`: no configured secret (nor the
+        admin token) leaves in a JSON answer, whatever code path built it."""
+        try:
+            found = config_mod.secret_values(self.backend.config()) | {self.backend.token()}
+        except Exception:  # the token file became unreadable: nothing to compare with
+            found = config_mod.secret_values(self.backend.config())
+        for secret in found:
+            for form in {secret.encode(), json.dumps(secret)[1:-1].encode()}:
+                if form and form in body:
+                    body = body.replace(form, config_mod.REDACTED.encode())
+        return body
 
     def _fail(self, request: Request, method: str, path: str, failure: Failure) -> None:
         exc = failure.value
         if isinstance(exc, ApiError):
-            if exc.status != 401:
+            if exc.status != 401 and exc.message != "source banned":
                 self.backend.count("bad_request" if exc.status < 500 else "error")
             payload: dict[str, Any] = {"error": exc.message}
             if exc.errors:
                 payload["errors"] = exc.errors
             if exc.status == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="mcs-edge"')
-            _finish(request, exc.status, "application/json", _dumps(payload))
+            _finish(request, exc.status, "application/json", self._scrub(_dumps(payload)))
             return
         self.backend.count("error")
         self.log.failure("ADM500 admin request {method} {path} failed", failure, method=method, path=path)

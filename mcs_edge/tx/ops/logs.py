@@ -12,6 +12,13 @@ Every event is a ``twisted.logger`` event whose format string starts with a stab
   (when JSON-serialisable; others as ``repr``), ``worker`` (in worker processes) and ``traceback``
   for failures. Keys that start with ``log_`` (Twisted's bookkeeping) are left out.
 
+Both go through :class:`RedactingObserver`: a line that would contain a configured secret (every
+config field declared ``secret=True``, see :func:`mcs_edge.config.secret_values`, plus the admin
+token) is written with the secret replaced by ``********``, whichever code path logged it.
+(When twistd writes its own log -- daemon mode, ``--logfile``, ``--syslog`` -- twistd keeps its
+observer and this filter is not in the path; in the foreground (``twistd -n``, ``mcs-edge run``,
+the documented way) and with ``--log-format=json`` it always is.)
+
 Per-packet and per-message errors go through :class:`RateLimitedLog`: at most ``burst`` lines per
 key every ``window`` seconds; the rest are counted and summarised with ``LOG300`` the next time the
 key logs after its window, so a flood of garbage costs a dict lookup per message and never floods
@@ -25,16 +32,24 @@ import json
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from twisted.application.service import MultiService
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, textFileLogObserver
 from zope.interface import implementer
 
+from mcs_edge.config import REDACTED
 from mcs_edge.logevents import code_of
 
-__all__ = ["JsonLineObserver", "LoggingRoot", "RateLimitedLog", "json_stdout_observer", "log_observer"]
+__all__ = [
+    "JsonLineObserver",
+    "LoggingRoot",
+    "RateLimitedLog",
+    "RedactingObserver",
+    "json_stdout_observer",
+    "log_observer",
+]
 
 _SKIP = frozenset({"format", "message", "isError", "system", "time", "failure", "why", "printed"})
 
@@ -110,6 +125,44 @@ def log_observer(fmt: str, worker: int | None = None) -> ILogObserver:
         text(event)
 
     return tagged  # type: ignore[no-any-return]
+
+
+@implementer(ILogObserver)
+class RedactingObserver:
+    """Passes events to ``observer``; one whose text holds a secret of ``secrets()`` is rewritten.
+
+    The rewritten event keeps its level, namespace and code; its text is the formatted message with
+    each secret replaced by ``********``, its own keys and failure are dropped (a traceback could
+    hold the secret too).
+    """
+
+    def __init__(self, observer: ILogObserver, secrets: Callable[[], Iterable[str]]) -> None:
+        self._observer = observer
+        self._secrets = secrets
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        try:
+            found = [s for s in self._secrets() if s]
+        except Exception:  # never let logging raise into the emitter
+            found = []
+        if found:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            tb = ""
+            if failure is not None:
+                try:
+                    tb = failure.getTraceback()
+                except Exception:
+                    tb = repr(failure)
+            if any(s in text or s in tb for s in found):
+                for s in found:
+                    text = text.replace(s, REDACTED)
+                    tb = tb.replace(s, REDACTED)
+                if tb:
+                    text += "\n" + tb
+                event = {k: v for k, v in event.items() if k.startswith("log_") and k != "log_failure"}
+                event["log_format"] = text.replace("{", "{{").replace("}", "}}")
+        self._observer(event)
 
 
 def json_stdout_observer() -> JsonLineObserver:

@@ -418,6 +418,14 @@ def _guard_families(svc: Any) -> Iterator[Metric]:
         c.add_metric([reason], n)
     yield c
     c = CounterMetricFamily(
+        "mcs_edge_credential_failures",
+        "Wrong credentials counted toward per-source bans (sip, admin_token, api_secret)",
+        labels=["kind"],
+    )
+    for kind, n in sorted(protection.credential_failures.items()):
+        c.add_metric([kind], n)
+    yield c
+    c = CounterMetricFamily(
         "mcs_edge_scanner_drops",
         "Requests that addressed no tenant, dropped without an answer, by where they arrived",
         labels=["kind"],
@@ -442,6 +450,16 @@ def _component_families(svc: Any) -> Iterator[Metric]:
         for name, n in sorted(counters.items()):
             if isinstance(name, str) and isinstance(n, int):
                 c.add_metric([name], n)
+        yield c
+    anchor = getattr(media, "anchor", None)
+    if anchor is not None:
+        c = CounterMetricFamily(
+            "mcs_edge_media_dropped",
+            "Media packets dropped by the relay, by reason (garbage, unverified-source, policed ...)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(anchor.dropped().items()):
+            c.add_metric([reason], n)
         yield c
     ports = getattr(media, "ports", None)
     if isinstance(ports, dict):
@@ -579,11 +597,17 @@ class _Static:
 
 
 def merge_expositions(texts: Iterable[str], extra: Iterable[Metric] = ()) -> bytes:
-    """Merge the text expositions of several workers into one (see the module docstring)."""
+    """Merge the text expositions of several workers into one (see the module docstring).
+
+    A family in ``extra`` replaces the workers' family of the same name."""
+    extra = list(extra)
+    replaced = {m.name for m in extra}
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for fam in text_string_to_metric_families(text):
+            if fam.name in replaced:
+                continue
             target = families.get(fam.name)
             if target is None:
                 target = families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)

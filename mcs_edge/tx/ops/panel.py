@@ -28,7 +28,8 @@ included) must carry the session's CSRF token in ``X-CSRF-Token``; sign-in must 
 HTML form from another site cannot post it). Without a valid session every ``/panel/api/`` request
 but sign-in gets 401; a missing or wrong CSRF token gets 403. Failed sign-ins are counted
 (``mcs_edge_admin_requests_total{result="panel_signin_failed"}``), logged rate-limited (``ADM402``),
-and more than ``MAX_FAILURES`` in ``FAILURE_WINDOW`` seconds refuse every sign-in with 429 until the
+count toward the per-source ban of the admin API (a banned source gets 403), and more than
+``MAX_FAILURES`` in ``FAILURE_WINDOW`` seconds from anywhere refuse every sign-in with 429 until the
 window passes. Successful ones are logged (``ADM200``, the operator's name, never a secret).
 """
 
@@ -176,6 +177,9 @@ class PanelResource(Resource):
 
     def _sign_in(self, request: Request) -> bytes:
         now = self._now()
+        host = str(getattr(request.getClientAddress(), "host", "?"))
+        if self.backend.is_banned(host):  # the admin API's per-source bans (wrong tokens, SIP failures)
+            return self._refuse(request, 403, "source banned")
         while self._failures and now - self._failures[0] > FAILURE_WINDOW:
             self._failures.popleft()
         if len(self._failures) >= MAX_FAILURES:
@@ -200,6 +204,7 @@ class PanelResource(Resource):
             ok = verify(self._state_dir(), operator, password)
         if not ok:
             self._failures.append(now)
+            self.backend.credential_failure(host)  # counts toward a ban of the source, like a wrong token
             return self._refuse(request, 401, "wrong operator or password", signin=True)
         sid = secrets.token_urlsafe(32)
         session = _Session(operator, secrets.token_urlsafe(32), now, now)

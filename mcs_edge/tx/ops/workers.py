@@ -35,7 +35,9 @@ SIGTERM (Linux ``PR_SET_PDEATHSIG``) and drains.
 
 Metrics: the supervisor's ``/metrics`` scrapes every worker's ``/metrics`` and merges them
 (:func:`mcs_edge.tx.ops.metrics.merge_expositions`), adding ``mcs_edge_workers`` and
-``mcs_edge_worker_restarts_total``. The JSON API fans out (connections, calls and bans are
+``mcs_edge_worker_restarts_total``; ``mcs_edge_admin_requests_total`` is the supervisor's own count
+(the operators' requests; the workers' counts would only be the supervisor's fan-out calls). Wrong
+admin tokens ban their source at the supervisor's admin listener (its own ban list). The JSON API fans out (connections, calls and bans are
 concatenated with their ``worker``; tenant changes are saved once, then every worker reloads).
 """
 
@@ -67,11 +69,14 @@ from mcs_edge import __version__, certs
 from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
-from mcs_edge.errors import ConfigErrors
+from mcs_edge.errors import ConfigErrors, StartupError
 from mcs_edge.tx.ops.admin import load_or_create_token
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.metrics import merge_expositions
 from mcs_edge.tx.ops.panel import admin_site_with_panel
+from mcs_edge.tx.ops.startup import os_reason
+from mcs_edge.tx.protect.guard import Protection
+from mcs_edge.tx.timers import Timers
 
 __all__ = [
     "CONTROL_FD_ENV",
@@ -358,6 +363,9 @@ class Supervisor(MultiService):
         self._announced = False
         self._old_sighup: Any = None
         self._reaper: LoopingCall | None = None
+        # bans for the supervisor's own admin listener (wrong tokens); workers keep their own
+        self.timers = Timers(reactor)
+        self.protection = Protection(config, self.timers)
         self.admin = SupervisorAdmin(self)
         self.ports: dict[str, Any] = {}
         site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, time.monotonic)
@@ -376,7 +384,10 @@ class Supervisor(MultiService):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def privilegedStartService(self) -> None:  # noqa: N802
-        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StartupError("edge.state_dir", self.config.state_dir, os_reason(exc)) from None
         self.admin.token()
         # Workers starting together would each create a development CA (the last one written wins the
         # file, the others serve leaves it did not sign): create it and the self-signed leaves once here.
@@ -384,6 +395,7 @@ class Supervisor(MultiService):
             if tenant.certificate == "self-signed":
                 certs.ensure_self_signed(self.config.state_dir, tenant.id, tenant.domains)
         self._reserve_ports()
+        self._probe_backend_ports()
         super().privilegedStartService()
 
     def _reserve_ports(self) -> None:
@@ -391,9 +403,30 @@ class Supervisor(MultiService):
             hp = getattr(self.config.listen, name)
             if hp is None:
                 continue
-            sock = _reuse_socket(hp.host, hp.port, socket.SOCK_STREAM)  # bound, never listening
+            try:
+                sock = _reuse_socket(hp.host, hp.port, socket.SOCK_STREAM)  # bound, never listening
+            except OSError as exc:
+                raise StartupError(f"listen.{name}", str(hp), os_reason(exc, hp.port)) from None
             self._reservations.append(sock)
             self.shared_ports[name] = sock.getsockname()[1]
+
+    def _probe_backend_ports(self) -> None:
+        """Each worker binds ``listen.backend_sip`` port + its index: check they are free now, so a
+        taken one is one start-up error instead of a worker restarting forever."""
+        b = self.config.listen.backend_sip
+        if not b.port:
+            return
+        family = socket.AF_INET6 if ":" in b.host else socket.AF_INET
+        for index in range(self.config.edge.workers):
+            port = b.port + index
+            probe = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                probe.bind((b.host, port))
+            except OSError as exc:
+                where = str(HostPort(b.host, port))
+                raise StartupError("listen.backend_sip", where, os_reason(exc, port)) from None
+            finally:
+                probe.close()
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -532,6 +565,8 @@ class Supervisor(MultiService):
             for sock in self._reservations:
                 sock.close()
             self._reservations.clear()
+            self.protection.stop()
+            self.timers.cancel_all()
             return MultiService.stopService(self)
 
         return d.addCallback(done)
@@ -573,6 +608,8 @@ class SupervisorAdmin:
         self.sup = supervisor
         self._token: str | None = None
         self.failed_scrapes = 0
+        #: Admin API requests answered by the supervisor, by result (``mcs_edge_admin_requests``).
+        self.requests: dict[str, int] = {}
 
     @property
     def source(self) -> ConfigSource:
@@ -586,8 +623,19 @@ class SupervisorAdmin:
             self._token = load_or_create_token(cfg)
         return self._token
 
+    @property
+    def cached_token(self) -> str | None:
+        """The token once known (never reads or creates the token file): for log redaction."""
+        return self.sup.config.admin.token or self._token
+
     def count(self, result: str) -> None:
-        return None
+        self.requests[result] = self.requests.get(result, 0) + 1
+
+    def credential_failure(self, host: str) -> None:
+        self.sup.protection.credential_failure(host, None, "admin_token")
+
+    def is_banned(self, host: str) -> bool:
+        return self.sup.protection.is_banned(host)
 
     def config(self) -> EdgeConfig:
         return self.sup.config
@@ -664,7 +712,11 @@ class SupervisorAdmin:
                 restarts.add_metric([str(i)], n)
             scrapes = CounterMetricFamily("mcs_edge_worker_scrape_failures", "Worker scrapes that failed")
             scrapes.add_metric([], self.failed_scrapes)
-            return merge_expositions(texts, [up, restarts, scrapes])
+            # the admin API is the supervisor's: the workers' own counts are its fan-out calls
+            admin = CounterMetricFamily("mcs_edge_admin_requests", "Admin API requests", labels=["result"])
+            for result, n in sorted(self.requests.items()):
+                admin.add_metric([result], n)
+            return merge_expositions(texts, [up, restarts, scrapes, admin])
 
         return self._all("GET", "/metrics").addCallback(merge)
 
@@ -781,6 +833,7 @@ class SupervisorAdmin:
 
     def apply(self, config: EdgeConfig) -> Deferred[bool]:
         self.sup.config = config
+        self.sup.protection.update(config)
         self.log.info("CFG201 configuration reloaded: {count} tenant(s)", count=len(config.tenants))
         return self._all("POST", "/api/reload").addCallback(
             lambda results: all(code == 200 for _w, code, _d in results)

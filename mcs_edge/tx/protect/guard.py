@@ -30,7 +30,10 @@ the union of every tenant's networks: an office allow-listed by any tenant passe
 caps before TLS; its requests are still checked against the tenant it is bound to.
 
 A ban is per source (IPv4 address or IPv6 prefix). The router reports PBX answers through
-:meth:`Protection.observe_auth` (see :mod:`mcs_edge.core.guard.sip_auth` for what counts).
+:meth:`Protection.observe_auth` (see :mod:`mcs_edge.core.guard.sip_auth` for what counts); the
+admin API (a wrong token) and the HTTPS endpoints that take ``tenants.api_secret`` (a wrong bearer
+secret) report through :meth:`Protection.credential_failure`: the same failures, the same ban, the
+same allow-list exemption.
 A banned source's new connections are refused at accept and its requests are dropped.
 
 Reload (:meth:`Protection.update`) reconfigures the same objects (counts, fills and bans are
@@ -178,6 +181,8 @@ class Protection:
         self.scanner_kinds: dict[str, int] = {}
         #: Requests dropped by the SIP router, by reason code.
         self.requests_dropped: dict[str, int] = {}
+        #: Wrong credentials reported by :meth:`credential_failure`, by what was tried.
+        self.credential_failures: dict[str, int] = {}
         self._bans_timer = CoreTimer(timers, self.bans)
         self._guard_timer = CoreTimer(timers, self.guard)
         self._tenant_timer = CoreTimer(timers, self.tenant_guard)
@@ -307,32 +312,48 @@ class Protection:
     def observe_auth(self, tenant_id: str, host: str, outcome: AuthOutcome) -> None:
         """The PBX answered an authenticated request from ``host`` (see ``core.guard.sip_auth``)."""
         now = self.timers.now()
-        try:
-            if outcome.success:
+        if outcome.success:
+            try:
                 self.bans.record_auth_success(host, tenant_id, now, outcome.user)
+            except ValueError:
                 return
-            ban = self.bans.record_auth_failure(host, tenant_id, now, outcome.user)
-        except ValueError:
+            finally:
+                self._arm()
+            return
+        self.credential_failure(host, tenant_id, "sip", outcome.user)
+
+    def credential_failure(
+        self, host: str, tenant_id: str | None, what: str, user: str | None = None
+    ) -> None:
+        """``host`` presented wrong credentials (``what``): ``sip`` (a password the PBX refused),
+        ``admin_token`` (``tenant_id`` None: only the global allow-list exempts) or ``api_secret``. Counted
+        toward the same per-source ban (``guard.ban_failures`` within ``guard.ban_window``)."""
+        now = self.timers.now()
+        try:
+            ban = self.bans.record_auth_failure(host, tenant_id, now, user)
+        except ValueError:  # not an IP address (a UNIX socket in tests)
             return
         finally:
             self._arm()
+        self.credential_failures[what] = self.credential_failures.get(what, 0) + 1
         if ban is None:
             return
         if ban.enforced:
             self.log.warn(
                 "GRD301 {tenant} source {source} banned for {duration:.0f} s after {failures} failed"
-                " authentication(s) (last user {user})",
-                tenant=tenant_id,
+                " authentication(s) (last: {what}, user {user})",
+                tenant=tenant_id or "-",
                 source=ban.source,
                 duration=ban.until - ban.since,
                 failures=ban.failures,
-                user=outcome.user,
+                what=what,
+                user=user,
             )
         else:
             self.log.info(
                 "GRD302 {tenant} source {source} reached {failures} failed authentication(s) but is"
                 " allow-listed: not banned",
-                tenant=tenant_id,
+                tenant=tenant_id or "-",
                 source=ban.source,
                 failures=ban.failures,
             )

@@ -16,13 +16,14 @@ import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcs_edge.core.guard.sip_auth import auth_outcome
+from mcs_edge.core.sip.binding import ByDomain, ByFlowToken, binding_of
 from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
@@ -31,10 +32,16 @@ if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
     from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
+    from mcs_edge.errors import RemoteProtocolError
     from mcs_edge.tx.protect.guard import Protection
     from mcs_edge.tx.timers import Timers
 
-__all__ = ["BackendUDP", "ClientFlow", "SipRouter"]
+__all__ = ["MAX_UDP_DATAGRAM", "BackendUDP", "ClientFlow", "SipRouter"]
+
+#: The largest UDP payload (65,535 - 8 UDP header - 20 IPv4 header = 65,507; IPv6 allows 65,527):
+#: the backend socket reads whole datagrams up to the IP limit (RFC 4475 s.3.1.1.7), the SIP
+#: parser then applies ``sip.max_message_size``.
+MAX_UDP_DATAGRAM = 65535
 
 # A client message that is a request: not a response, not only CRLF keepalives (group 1 set
 # for a response; nothing after the CRLFs for a keepalive).
@@ -54,6 +61,26 @@ class ClientFlow:
     transport: str
     peer: tuple[str, int]
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sip_listen_addresses(config: EdgeConfig) -> frozenset[tuple[str, int]]:
+    """Every (host, port) a SIP message may name this edge by (RFC 3261 s.16.4: our Route entries).
+
+    The SIP listeners (HTTPS for WSS, SIP/TLS, backend) on their configured host, and on the public
+    and backend addresses when they listen on a wildcard address.
+    """
+    listen = config.listen
+    hosts = {config.edge.public_address, config.edge.backend_address}
+    out: set[tuple[str, int]] = set()
+    for hp in (listen.https, listen.sip_tls, listen.backend_sip):
+        if hp is None or not hp.port:
+            continue
+        for host in {hp.host, *hosts} if hp.host in _WILDCARDS else {hp.host}:
+            out.add((host.lower(), hp.port))
+    return frozenset(out)
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
 class BackendUDP(DatagramProtocol):
@@ -104,6 +131,8 @@ class SipRouter:
             max_message_size=config.sip.max_message_size,
             timers=TimerConfig(t1=config.sip.t1),
             server_name=config.edge.name,
+            public_tls_port=listen.sip_tls.port if listen.sip_tls is not None else None,
+            listen_addresses=sip_listen_addresses(config),
         )
         self.core = SipProxy(
             settings,
@@ -129,26 +158,25 @@ class SipRouter:
 
     def set_backend_port(self, port: int) -> None:
         """The real bound port (when configured as 0) goes into Via/Record-Route/Path."""
-        old = self.core.settings
-        if old.backend_port == port:
-            return
-        from dataclasses import replace
-
-        self.core.settings = replace(old, backend_port=port)
-        self.core._our_hosts = {
-            (old.public_host.lower(), old.public_port),
-            (old.backend_host.lower(), port),
-        }
+        self._set_ports(backend_port=port)
 
     def set_public_port(self, port: int) -> None:
-        old = self.core.settings
-        from dataclasses import replace
+        """The HTTPS (SIP over WSS) listener's bound port: Record-Route/Via toward WebSocket clients."""
+        self._set_ports(public_port=port)
 
-        self.core.settings = replace(old, public_port=port)
-        self.core._our_hosts = {
-            (old.public_host.lower(), port),
-            (old.backend_host.lower(), self.core.settings.backend_port),
+    def set_public_tls_port(self, port: int) -> None:
+        """The SIP/TLS listener's bound port: Record-Route/Via toward TLS clients (the mobile app)."""
+        self._set_ports(public_tls_port=port)
+
+    def _set_ports(self, **ports: int) -> None:
+        old = self.core.settings
+        new = replace(old, **ports)  # type: ignore[arg-type]
+        bound = {(old.public_host, p) for p in ports.values()} | {
+            (old.backend_host, p) for p in ports.values()
         }
+        new = replace(new, listen_addresses=old.listen_addresses | frozenset(bound))
+        if new != old:
+            self.core.update_settings(new)
 
     def update(self, config: EdgeConfig, tenants: TenantTable[TenantConfig]) -> None:
         """Adopt a reloaded configuration; flows of removed tenants are closed."""
@@ -191,6 +219,19 @@ class SipRouter:
         self.count("flows_opened", tenant.id, transport)
         return flow
 
+    def tenant_for_first_request(self, data: bytes) -> TenantConfig | None:
+        """The tenant a SIP/TLS connection without SNI is bound to by its first message (or None)."""
+        hint = binding_of(data, self.core.limits)
+        if isinstance(hint, ByDomain):
+            tenant: TenantConfig | None = self.tenants.by_sip_domain(hint.host)
+            return tenant
+        if isinstance(hint, ByFlowToken):
+            owner = self.core.tenant_of_token(hint.token)
+            if owner is not None:
+                return self.tenants.by_id(owner.id)
+            return self.tenants.by_sip_domain(hint.domain) if hint.domain else None
+        return None
+
     def data_from_client(self, flow: ClientFlow, data: bytes) -> None:
         protection = self.protection
         if protection is not None:
@@ -200,6 +241,11 @@ class SipRouter:
                 self.count("requests_dropped", flow.tenant.id, flow.transport)
                 return
         self.core.receive_from_client(flow.id, data, self.timers.now())
+        self._flush()
+
+    def reject_unframed(self, flow: ClientFlow, data: bytes, exc: RemoteProtocolError) -> None:
+        """A stream flow's bytes cannot be framed: answer the request they start, if possible."""
+        self.core.reject_unframed(flow.id, data, exc)
         self._flush()
 
     def touch(self, flow: ClientFlow) -> None:

@@ -12,6 +12,15 @@ autobahn is never run on its defaults (see :func:`configure_factory`): frame and
 are capped, compression is refused (SIP does not need it and it costs tens of KiB per
 connection), there is no status page, the opening handshake times out, and the server pings
 idle connections.
+
+RFC 6455 conformance. Only version 13 is spoken: any other ``Sec-WebSocket-Version`` gets 426 with
+``Sec-WebSocket-Version: 13`` (s.4.2.2, s.4.4; :func:`refuse_version`, called by the HTTPS front
+before the upgrade). Text messages are UTF-8-validated incrementally as frames arrive (autobahn's
+C validator, so a sequence split across fragments is accepted and an invalid one is caught in the
+frame where it occurs): invalid UTF-8 closes with 1007 (s.8.1). autobahn closes with 1002 for
+unmasked client frames, reserved bits or opcodes, control frames over 125 bytes or fragmented, and
+invalid close codes, and with 1009 for a frame or message over ``sip.max_message_size``. Every
+such close is counted (``ws_protocol_errors`` by close code).
 """
 
 from __future__ import annotations
@@ -19,10 +28,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -31,7 +43,37 @@ if TYPE_CHECKING:
     from mcs_edge.tx.protect.shaping import Shaping, StreamShaper
     from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 
-__all__ = ["SipWebSocketFactory", "SipWebSocketProtocol", "configure_factory", "origin_allowed", "take_over"]
+__all__ = [
+    "SipWebSocketFactory",
+    "SipWebSocketProtocol",
+    "configure_factory",
+    "origin_allowed",
+    "refuse_version",
+    "take_over",
+]
+
+#: RFC 6455 s.4.1: the one protocol version this server speaks (answered in 426 refusals).
+WEBSOCKET_VERSION = b"13"
+#: WSS400 lines per second at most (protocol errors are triggered by peers at will).
+LOG_PER_SECOND = 10
+
+
+def refuse_version(request: Request, tenant: TenantConfig, router: SipRouter | None) -> bytes | None:
+    """The 426 body when the upgrade request does not ask for exactly version 13, else None.
+
+    RFC 6455 s.4.2.2: a server that does not understand the requested version aborts the handshake
+    with an HTTP error (426 Upgrade Required) and a ``Sec-WebSocket-Version`` listing the versions
+    it speaks. A missing or repeated header is refused the same way.
+    """
+    values = request.requestHeaders.getRawHeaders(b"sec-websocket-version") or []
+    if len(values) == 1 and values[0].strip() == WEBSOCKET_VERSION:
+        return None
+    if router is not None:
+        router.count("ws_refused", tenant.id, "version")
+    request.setResponseCode(426, b"Upgrade Required")
+    request.setHeader(b"sec-websocket-version", WEBSOCKET_VERSION)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b"426 WebSocket version 13 required\n"
 
 
 def origin_allowed(tenant: TenantConfig, origin: str | None, host: str | None) -> bool:
@@ -56,9 +98,13 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     # not ``log``: autobahn logs every frame through ``self.log.debug``; our own logger must not
     # shadow its (level-filtered) txaio logger
     edge_log = Logger()
+    # autobahn's own logger: it logs every failed connection (info/warn), which a peer can trigger
+    # at will; those are counted and logged rate-limited here instead (WSS400)
+    log = txaio.make_logger(level="error")  # type: ignore[attr-defined]
     tenant: TenantConfig
     flow: ClientFlow | None = None
     shaper: StreamShaper | None = None  # rate in both directions (tx/protect/shaping.py), once open
+    abort_call: Any = None  # DelayedCall: abort a connection whose error close frame is not read
 
     def onConnect(self, request: Any) -> str:  # noqa: N802
         router: SipRouter = self.factory.router
@@ -109,7 +155,40 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         shaper = self.shaper
         if shaper is not None:
             shaper.stop()  # unregisters its producer: a TLS transport closes only after that
+        transport = self.transport
+        if abort and self.failedByMe and self.localCloseCode is not None and transport is not None:
+            # We failed the connection (1002, 1007, 1009) and the peer's close frame came in the
+            # same read: an abort would discard our close frame. Flush it, abort later if unread.
+            if self.abort_call is None:
+                transport.loseConnection()
+                self.abort_call = self.factory.reactor.callLater(
+                    self.closeHandshakeTimeout or 5, transport.abortConnection
+                )
+            return
         super()._closeConnection(abort)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        call, self.abort_call = self.abort_call, None
+        if call is not None and call.active():
+            call.cancel()
+        super().connectionLost(reason)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        # autobahn's one exit for protocol errors (1002), invalid UTF-8 (1007), too big (1009)
+        if self.state == WebSocketServerProtocol.STATE_OPEN:  # once: a second error only drops
+            factory: SipWebSocketFactory = self.factory
+            factory.router.count("ws_protocol_errors", self.tenant.id, str(code))
+            if factory.may_log():
+                self.edge_log.info(
+                    "WSS400 {tenant} WebSocket from {peer} closed with {code}: {reason}",
+                    tenant=self.tenant.id,
+                    peer=self.peer,
+                    code=code,
+                    reason=reason[:120],
+                )
+            else:
+                factory.router.count("log_suppressed", "", "wss")
+        super()._fail_connection(code, reason)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
         if self.flow is not None:
@@ -146,8 +225,6 @@ class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
     protocol = SipWebSocketProtocol
 
     def __init__(self, router: SipRouter, config: EdgeConfig, reactor: Any) -> None:
-        import txaio
-
         txaio.use_twisted()
         # autobahn logs every frame at debug level through txaio: filter at the source
         txaio.set_global_log_level("info")  # type: ignore[attr-defined]
@@ -155,7 +232,20 @@ class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.router = router
         #: Per-connection buckets (tx/protect/shaping.py), set by the service; None = unshaped.
         self.shaping: Shaping | None = None
+        self._log_second = 0.0
+        self._log_left = 0
         configure_factory(self, config)
+
+    def may_log(self) -> bool:
+        """At most :data:`LOG_PER_SECOND` protocol-error lines per second (the rest are counted)."""
+        second = float(int(self.reactor.seconds()))
+        if second != self._log_second:
+            self._log_second = second
+            self._log_left = LOG_PER_SECOND
+        if self._log_left <= 0:
+            return False
+        self._log_left -= 1
+        return True
 
 
 def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> None:
@@ -176,7 +266,8 @@ def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> No
         allowedOrigins=["*"],  # checked per tenant in onConnect
         requireMaskedClientFrames=True,
         trustXForwardedFor=0,
-        utf8validateIncoming=False,  # SIP bytes are validated by the SIP parser
+        versions=[13],  # RFC 6455 only (the front answers 426 to any other version first)
+        utf8validateIncoming=True,  # RFC 6455 s.8.1: invalid UTF-8 in a text message -> 1007
     )
 
 

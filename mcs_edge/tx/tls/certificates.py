@@ -10,6 +10,11 @@ survives the swap). A client with an unknown name, or none, gets the default ten
 ``tls.unknown_sni = "default"``; otherwise it stays on the base context and the handshake fails
 (the edge holds no certificate to offer it).
 
+The SIP/TLS listener uses :meth:`CertificateStore.sip_tls_creator`: the same, except that a client
+sending *no* SNI (native SIP stacks such as baresip) gets ``tls.sip_no_sni_certificate``'s
+certificate when that is set and ``unknown_sni`` is not ``default``; the connection is then bound
+to a tenant by its first SIP request (tx/sip/stream.py), not by the certificate it was served.
+
 Reload: :meth:`CertificateStore.refresh` compares each tenant's files (inode, size, mtime) with what
 was loaded; a changed pair is loaded into a *new* context which replaces the cached one for new
 handshakes only. Existing connections keep the context they were accepted with, so they are never
@@ -44,7 +49,15 @@ except ImportError:  # pragma: no cover
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["CertificateStore", "LoadedCert", "make_base_options", "tenant_of_tls"]
+__all__ = [
+    "CertificateStore",
+    "LoadedCert",
+    "SipTlsCertificates",
+    "make_base_options",
+    "sent_no_sni",
+    "tenant_of_tls",
+    "tls_binding",
+]
 
 # Modern ciphers for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults, all AEAD).
 _CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
@@ -108,6 +121,7 @@ class CertificateStore:
         #: Called for a handshake whose server name no tenant owns (scanners; tx/protect/guard.py counts them).
         self.on_unknown_sni: Callable[[], None] | None = None
         self._base = self._make_base_context()
+        self._sip_base = self._make_base_context(self._on_servername_sip)
 
     # -- configuration ---------------------------------------------------------------------
     def paths_for(self, tenant: TenantConfig) -> tuple[str, str]:
@@ -130,16 +144,19 @@ class CertificateStore:
         if config.tls.min_version != getattr(self, "_min_version", config.tls.min_version):
             self._loaded.clear()  # policy changed: rebuild every context
         self._base = self._make_base_context()
+        self._sip_base = self._make_base_context(self._on_servername_sip)
         for gone in set(self._loaded) - {t.id for t in tenants}:
             del self._loaded[gone]
             self.errors.pop(gone, None)
         self.refresh()
 
-    def _make_base_context(self) -> SSL.Context:
+    def _make_base_context(
+        self, on_servername: Callable[[SSL.Connection], None] | None = None
+    ) -> SSL.Context:
         self._min_version = self._config.tls.min_version
         ctx = SSL.Context(SSL.TLS_METHOD)
         make_base_options(ctx, self._min_version)
-        ctx.set_tlsext_servername_callback(self._on_servername)
+        ctx.set_tlsext_servername_callback(on_servername or self._on_servername)
         ctx.set_alpn_select_callback(self._select_alpn)
         return ctx
 
@@ -236,6 +253,24 @@ class CertificateStore:
         if loaded is not None:
             conn.set_context(loaded.context)
 
+    def _on_servername_sip(self, conn: SSL.Connection) -> None:
+        tls = self._config.tls
+        if conn.get_servername() is None and tls.unknown_sni != "default" and tls.sip_no_sni_certificate:
+            loaded = self._loaded.get(tls.sip_no_sni_certificate)
+            if loaded is not None:
+                conn.set_context(loaded.context)
+                return
+        self._on_servername(conn)
+
+    def sip_tls_creator(self) -> SipTlsCertificates:
+        """The connection creator of the SIP/TLS listener (see the module docstring)."""
+        return SipTlsCertificates(self)
+
+    def sip_connection_for_tls(self, protocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        conn = SSL.Connection(self._sip_base, None)
+        conn.set_app_data(protocol)
+        return conn
+
     def set_acme_challenge(self, name: str, context: SSL.Context | None) -> None:
         """Serve ``context`` (RFC 8737 challenge certificate) to ``acme-tls/1`` handshakes for ``name``."""
         if context is None:
@@ -262,6 +297,23 @@ class CertificateStore:
         conn = SSL.Connection(self._base, None)
         conn.set_app_data(protocol)
         return conn
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SipTlsCertificates:
+    """The store as the SIP/TLS listener's connection creator (clients without SNI, see above)."""
+
+    def __init__(self, store: CertificateStore) -> None:
+        self.store = store
+
+    def serverConnectionForTLS(self, protocol: TLSMemoryBIOProtocol) -> SSL.Connection:  # noqa: N802
+        return self.store.sip_connection_for_tls(protocol)
+
+
+def sent_no_sni(transport: Any) -> bool:
+    """True when the TLS client sent no server name at all (not an unknown one)."""
+    handle = transport.getHandle() if hasattr(transport, "getHandle") else None
+    return isinstance(handle, SSL.Connection) and handle.get_servername() is None
 
 
 def _split_pem(data: bytes) -> list[bytes]:
@@ -291,12 +343,21 @@ def tenant_of_tls(
     transport: Any, tenants: TenantTable[TenantConfig], config: EdgeConfig
 ) -> TenantConfig | None:
     """The tenant a TLS connection was accepted for (its SNI name, or the default tenant)."""
+    return tls_binding(transport, tenants, config)[0]
+
+
+def tls_binding(
+    transport: Any, tenants: TenantTable[TenantConfig], config: EdgeConfig
+) -> tuple[TenantConfig | None, bool]:
+    """(tenant, by default): the tenant of the connection's SNI name, or ``tls.default_tenant``
+    with True when the client sent no SNI (or a name no tenant owns) and ``tls.unknown_sni`` is
+    ``"default"``."""
     handle = transport.getHandle() if hasattr(transport, "getHandle") else None
     name = handle.get_servername() if isinstance(handle, SSL.Connection) else None
     tenant = tenants.by_sni(name)
     if tenant is None and config.tls.unknown_sni == "default" and config.tls.default_tenant:
-        tenant = tenants.by_id(config.tls.default_tenant)
-    return tenant
+        return tenants.by_id(config.tls.default_tenant), True
+    return tenant, False
 
 
 def tenants_needing(tenants: Iterable[TenantConfig], mode: str) -> list[TenantConfig]:

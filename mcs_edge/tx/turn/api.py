@@ -14,6 +14,7 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["ICE_SERVERS_PATH", "ice_servers", "render_ice_servers"]
 
 ICE_SERVERS_PATH = b"/.well-known/mcs-edge/ice-servers"
-_USER_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+_USER_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")  # fullmatch
+_TTL_RE = re.compile(r"[0-9]{1,9}")
 
 
 def _url_host(ip_or_name: str) -> str:
@@ -82,12 +84,18 @@ def _bearer(request: Request) -> bytes | None:
     return token.strip().encode()
 
 
-def render_ice_servers(turn: TurnService, request: Request, tenant: TenantConfig) -> bytes:
+def render_ice_servers(
+    turn: TurnService,
+    request: Request,
+    tenant: TenantConfig,
+    on_wrong_secret: Callable[[str], None] | None = None,
+) -> bytes:
     """``GET /.well-known/mcs-edge/ice-servers``: ``Authorization: Bearer <tenants.api_secret>``.
 
     Query: ``user`` (``[A-Za-z0-9._~-]{1,64}``, default a random id) and ``ttl`` (seconds, at most
     ``turn.credential_ttl``). 404 when the tenant has no ``api_secret`` or no ``turn_secret``, 401
-    on a missing or wrong bearer token (compared in constant time), 400 on a bad query.
+    on a missing or wrong bearer token (compared in constant time; a wrong one is reported to
+    ``on_wrong_secret(source)``, the guard's ban list), 400 on a bad query.
     """
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"content-type", b"application/json")
@@ -101,6 +109,9 @@ def render_ice_servers(turn: TurnService, request: Request, tenant: TenantConfig
     token = _bearer(request)
     if token is None or not hmac.compare_digest(token, tenant.api_secret.encode()):
         turn.api_refusals += 1
+        client = getattr(request.getClientAddress(), "host", None)
+        if token is not None and on_wrong_secret is not None and isinstance(client, str):
+            on_wrong_secret(client)  # a wrong secret (not a missing one) counts toward a ban
         if turn.ratelog.allow("TRN401"):
             turn.log.warn(
                 "TRN401 {tenant} ice-servers: bad or missing bearer token from {client}",
@@ -113,7 +124,7 @@ def render_ice_servers(turn: TurnService, request: Request, tenant: TenantConfig
     args = parse_qs((request.uri.partition(b"?")[2]).decode("latin-1"), max_num_fields=8)
     user = (args.get("user") or [secrets.token_hex(8)])[0]
     ttl_text = (args.get("ttl") or [str(turn.config.turn.credential_ttl)])[0]
-    if not _USER_RE.match(user) or not ttl_text.isdigit():
+    if not _USER_RE.fullmatch(user) or not _TTL_RE.fullmatch(ttl_text):
         request.setResponseCode(400)
         return b'{"error": "bad user or ttl"}\n'
     ttl = max(60, min(int(ttl_text), turn.config.turn.credential_ttl))

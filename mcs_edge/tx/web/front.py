@@ -1,7 +1,9 @@
 """The HTTPS front on ``listen.https``: routes each request to its tenant by Host (and SNI).
 
 A request whose Host names no tenant is refused (421 when the TLS name belongs to a tenant but the
-Host does not agree with it, 404 otherwise); nothing is served for an unknown tenant. The reverse
+Host does not agree with it, 404 otherwise); nothing is served for an unknown tenant. The one
+exception is ``tls.unknown_sni = "default"``: a client that connected without SNI (by address) is
+bound to ``tls.default_tenant`` for its HTTP and WebSocket requests too (see :func:`bound_tenant`). The reverse
 proxy, the SIP WebSocket upgrade and the check page hang off :class:`FrontResource`.
 """
 
@@ -15,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from mcs_edge import __version__
-from mcs_edge.tx.tls.certificates import tenant_of_tls
+from mcs_edge.tx.tls.certificates import tls_binding
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
@@ -25,11 +27,19 @@ __all__ = ["FrontResource", "bound_tenant"]
 
 
 def bound_tenant(service: EdgeService, request: Request) -> tuple[TenantConfig | None, int, str]:
-    """(tenant, status, reason): the tenant this request may reach, or why not."""
+    """(tenant, status, reason): the tenant this request may reach, or why not.
+
+    With ``tls.unknown_sni = "default"``, a connection without SNI (or with a name no tenant owns)
+    is served by ``tls.default_tenant``; its requests whose Host no tenant owns (an IP address, a
+    name of no tenant) are bound to that tenant too, as the certificate already was. A Host that
+    belongs to another tenant is still refused (421).
+    """
     host = request.getHeader("host")
     by_host = service.tenants.by_host(host)
-    by_sni = tenant_of_tls(request.channel.transport, service.tenants, service.config)
+    by_sni, by_default = tls_binding(request.channel.transport, service.tenants, service.config)
     if by_host is None:
+        if by_default and by_sni is not None:
+            return by_sni, 200, ""
         return None, 404, "unknown host"
     if by_sni is not None and by_sni.id != by_host.id:
         return None, 421, "Host does not match the TLS server name"
@@ -61,7 +71,13 @@ class FrontResource(Resource):
         if turn is not None and request.path == b"/.well-known/mcs-edge/ice-servers":
             from mcs_edge.tx.turn.api import render_ice_servers
 
-            return render_ice_servers(turn, request, tenant)
+            protection = self.service.protection
+            return render_ice_servers(
+                turn,
+                request,
+                tenant,
+                lambda host: protection.credential_failure(host, tenant.id, "api_secret"),
+            )
         if request.path == b"/.well-known/mcs-edge/certificate":
             return self.handoff.render(request, tenant)
         check = getattr(self.service, "check", None)  # network check page (tx/web/check.py)
@@ -69,6 +85,11 @@ class FrontResource(Resource):
             return check.render(request, tenant)  # type: ignore[no-any-return]
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade == "websocket":
+            from mcs_edge.tx.sip.websocket import refuse_version
+
+            refused = refuse_version(request, tenant, getattr(self.service, "sip", None))
+            if refused is not None:
+                return refused
             offered = [p.strip() for p in (request.getHeader("sec-websocket-protocol") or "").split(",")]
             if "sip" in offered and self.service.sip_ws is not None:
                 from mcs_edge.tx.sip.websocket import take_over

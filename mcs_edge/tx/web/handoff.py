@@ -82,6 +82,8 @@ class CertificateHandoff:
             request.setHeader(b"www-authenticate", b'Bearer realm="mcs-edge"')
             return self._refuse(request, tenant, peer, 401, "credentials required")
         if not hmac.compare_digest(_digest(token.strip()), _digest(tenant.api_secret)):
+            # a wrong secret is a failed authentication of its source (per-source ban list)
+            self.service.protection.credential_failure(peer, tenant.id, "api_secret")
             return self._refuse(request, tenant, peer, 403, "wrong secret")
         loaded = self.service.certs.loaded().get(tenant.id)
         if loaded is None:

@@ -11,8 +11,10 @@ In ``gotLength``:
 
 1. Limits for every request on the port: request target longer than ``proxy.max_url_length`` ->
    414, request line + headers over ``proxy.max_header_bytes`` -> 431 (Twisted's own parser answers
-   400 beyond 16 KiB, for conflicting ``Content-Length``/``Transfer-Encoding``, duplicate lengths,
-   unknown transfer codings and bad chunking: smuggling attempts never reach a backend).
+   400 beyond 16 KiB; every framing ambiguity -- several or obfuscated ``Transfer-Encoding`` or
+   ``Content-Length`` fields, both together, obs-fold, bare CR/LF, several Hosts, bad chunking -- is
+   refused with one 400 and a close by :class:`~mcs_edge.tx.web.framing.StrictHTTPChannel` before
+   a request exists: smuggling attempts never reach a backend).
 2. Routing: the tenant is the one Host *and* SNI agree on (:func:`~mcs_edge.tx.web.front.bound_tenant`;
    otherwise the request goes to :class:`~mcs_edge.tx.web.front.FrontResource`, which answers 421/404).
    A tenant with ``backend_http`` gets everything except ``/.well-known/mcs-edge/...`` (served by
@@ -99,8 +101,9 @@ CLIENT_FORWARDING = frozenset(
         b"x-real-ip",
     }
 )
-_TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 s.5.6.2 token (methods)
-_TARGET_RE = re.compile(rb"^/[\x21-\x7e]*$")  # origin-form, visible ASCII only
+# applied with fullmatch (``$`` would also accept a trailing newline)
+_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 s.5.6.2 token (methods)
+_TARGET_RE = re.compile(rb"/[\x21-\x7e]*")  # origin-form, visible ASCII only
 _NO_BODY = (204, 304)
 
 
@@ -267,7 +270,7 @@ class FrontRequest(server.Request):
             return
         tenant = self.proxy.route(self, target)
         if tenant is not None:
-            if not _TOKEN_RE.match(method) or not _TARGET_RE.match(target):
+            if not _TOKEN_RE.fullmatch(method) or not _TARGET_RE.fullmatch(target):
                 self._refuse(400, b"Bad Request", length, "bad_request_line", tenant.id)
                 return
             self.content = io.BytesIO()
@@ -782,7 +785,7 @@ def pass_websocket(proxy: HttpProxy, request: server.Request, tenant: TenantConf
     if transport is None or not tenant.backend_http:
         return False
     host = (request.getHeader("host") or "").encode("ascii", "replace")
-    if normalise_host(host) is None or not _TARGET_RE.match(request.uri):
+    if normalise_host(host) is None or not _TARGET_RE.fullmatch(request.uri):
         return False
     client_ip = str(getattr(request.getClientAddress(), "host", ""))
     headers = forward_headers(request.requestHeaders, client_ip, host, upgrade=True)
