@@ -639,6 +639,68 @@ class SipConfig:
     t1: float = f(
         c_float(0.05, 10), 0.5, doc="SIP timer T1 (RTT estimate): retransmissions and timeouts scale with it"
     )
+    flow_grace: float = f(
+        c_float(0, 3600),
+        30.0,
+        doc="seconds the calls of a lost client connection wait for the client to reconnect "
+        "(RFC 5626 instance); 0 ends them at once",
+    )
+
+
+def c_cluster_key(value: Any, path: str) -> str:
+    """32 bytes in base64 (``openssl rand -base64 32``): seals secrets at rest in Redis."""
+    from mcs_edge.core.cluster.secrets import parse_key
+
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a string, got {_type_name(value)}")
+    try:
+        parse_key(value)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from None  # never echoes the key
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    enabled: bool = f(c_bool, False, doc="replicate calls and flows to Redis for a standby node (docs/ha.md)")
+    redis: HostPort = f(c_addr, HostPort("127.0.0.1", 6379), doc="Redis server (host:port)")
+    redis_db: int = f(c_int(0, 15), 0, doc="Redis database number")
+    redis_password: str | None = f(
+        c_secret(16),
+        None,
+        doc="Redis AUTH password (requirepass); Redis off loopback needs one",
+        secret=True,
+    )
+    name: str = f(
+        c_str(64, re.compile(r"^[A-Za-z0-9_.-]+$"), "letters, digits, '_', '.', '-'"),
+        "edge",
+        doc="cluster name: the prefix of every Redis key (mcs:<name>:)",
+    )
+    node_id: str = f(
+        c_str(64, re.compile(r"^[A-Za-z0-9_.-]+$"), "letters, digits, '_', '.', '-'"),
+        "node1",
+        doc="this node's name in records and metrics (unique in the cluster)",
+    )
+    role: str = f(
+        c_enum("active", "standby"),
+        "active",
+        doc="role at start: 'active' writes its state, 'standby' keeps a replica until promoted",
+    )
+    key: str | None = f(
+        c_cluster_key,
+        None,
+        doc="AES-256-GCM key (base64 of 32 bytes) sealing ICE passwords and SRTP keys",
+        secret=True,
+    )
+    sync_interval: float = f(c_float(0.01, 10), 0.1, doc="seconds between change scans (the write-behind)")
+    refresh: float = f(
+        c_float(1, 60), 5.0, doc="rewrite an unchanged record this often (SRTP indexes, record TTL)"
+    )
+    record_ttl: int = f(c_int(10, 86400), 120, doc="Redis TTL of a record (refreshed at every write)")
+    queue_limit: int = f(c_int(100, 10_000_000), 100_000, doc="records queued at most before a full resync")
+    batch: int = f(
+        c_int(1, 100_000), 200, doc="records written per pipeline (txredisapi slows down past a few hundred)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,6 +766,7 @@ class EdgeConfig:
     sip: SipConfig = f(section(SipConfig), factory=SipConfig)
     proxy: ProxyConfig = f(section(ProxyConfig), factory=ProxyConfig)
     turn: TurnConfig = f(section(TurnConfig), factory=TurnConfig)
+    cluster: ClusterConfig = f(section(ClusterConfig), factory=ClusterConfig)
     tenants: tuple[TenantConfig, ...] = f(c_list(section(TenantConfig)), ())
     # Where the file was read from (relative paths in it are resolved against its folder).
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -776,6 +839,15 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
         errors.append(ConfigError("admin.cert_file", f"only used with tls = 'files', not {cfg.admin.tls!r}"))
     if len(cfg.tenants) > MAX_TENANTS:
         errors.append(ConfigError("tenants", f"{len(cfg.tenants)} tenants, at most {MAX_TENANTS} allowed"))
+    if cfg.cluster.enabled:
+        if cfg.cluster.key is None:
+            errors.append(
+                ConfigError("cluster.key", "required when cluster.enabled (secrets are sealed at rest)")
+            )
+        if cfg.edge.workers != 1:
+            errors.append(ConfigError("cluster.enabled", "replication needs edge.workers = 1"))
+        if cfg.cluster.record_ttl <= cfg.cluster.refresh:
+            errors.append(ConfigError("cluster.record_ttl", "must be longer than cluster.refresh"))
     seen_ids: dict[str, int] = {}
     seen_domains: dict[str, str] = {}
     seen_prefixes: dict[str, str] = {}

@@ -25,6 +25,7 @@ ADM       admin API, metrics and health endpoints
 WRK       worker processes and their supervisor
 LOG       the logging system itself (rate limits)
 TMR       timers
+CLU       cluster replication through Redis (docs/ha.md)
 ========  ==========================================================================
 
 ========  ==========================================================================
@@ -65,7 +66,9 @@ EVENTS: dict[str, str] = {
     "TLS201": "{tenant} certificate loaded from {path} (expires {expires}, sha256 {sha256})",
     "TLS401": "{tenant} certificate {path} not loaded: {reason}{keeping}",
     # SIP
+    "SIP210": "{tenant} call {call_id} moved to a new connection of its client after {seconds} s",
     "SIP400": "{problem}",
+    "SIP410": "{tenant} call {call_id} ended: its client did not come back within {grace} s (BYE to the PBX)",
     "SIP401": "{tenant} TLS stream from {peer} closed: {reason}",
     "WSS400": "{tenant} WebSocket from {peer} closed with {code}: {reason}",
     "SIP402": "TLS connection from {peer} without SNI closed: its first message names no tenant",
@@ -125,6 +128,16 @@ EVENTS: dict[str, str] = {
     "CHK200": "{tenant} network check reported: {result} ({kept} figures)",
     # logging
     "LOG300": "{key}: {count} more message(s) suppressed in the last {window:.0f} s",
+    # cluster replication
+    "CLU100": "cluster node {node} ({role}) replicating to redis {host}:{port}",
+    "CLU101": "replication on: redis {host}:{port}",
+    "CLU102": "cluster node {node} promoted to active",
+    "CLU103": "took over {calls} call(s) and {bindings} binding(s) from the replica",
+    "CLU300": "replication off: {reason}; serving on, resync when Redis is back",
+    "CLU301": "cannot enable keyspace notifications: {why}",
+    "CLU302": "replica read failed: {why}",
+    "CLU303": "keyspace notifications lost; the replica reloads on reconnect",
+    "CLU400": "record {key} not taken over: {why}",
     # timers
     "TMR500": "timer callback {fn!r} failed",
     "TMR501": "periodic task {fn!r} failed",

@@ -53,6 +53,7 @@
       this.host = `${rand(6)}.invalid`;
       this.pending = new Map(); // branch -> {resolve, reject, timer, onProvisional}
       this.onRequest = null;
+      this.onClose = null; // called once when an open WebSocket closes
     }
 
     open() {
@@ -66,13 +67,19 @@
           resolve(now() - start);
         };
         ws.onerror = () => { clearTimeout(timer); reject(new Error("connection failed (TLS, proxy or firewall)")); };
-        ws.onclose = () => { for (const p of this.pending.values()) p.reject(new Error("connection closed")); this.pending.clear(); };
+        ws.onclose = () => {
+          for (const p of this.pending.values()) p.reject(new Error("connection closed"));
+          this.pending.clear();
+          if (this.onClose && this.ws === ws) this.onClose();
+        };
         ws.onmessage = (ev) => this.receive(typeof ev.data === "string" ? ev.data : "");
         this.ws = ws;
       });
     }
 
-    close() { if (this.ws) this.ws.close(); }
+    close() { this.onClose = null; if (this.ws) this.ws.close(); }
+
+    get open_() { return !!this.ws && this.ws.readyState === WebSocket.OPEN; }
 
     static parse(text) {
       const cut = text.indexOf("\r\n\r\n");
@@ -186,13 +193,29 @@
     await pc.setLocalDescription(await pc.createOffer());
     const dialog = { callId: `${rand(12)}@network-check`, fromTag: rand(6), toUri: ECHO_URI, cseq: 1 };
     let remoteTarget = ECHO_URI;
+    const call = { pc, sip };
     const hangup = async () => {
       if (!dialog.toTag) return;
       dialog.cseq += 1;
       const toTag = dialog.toTag;
       dialog.toTag = null;
-      try { await sip.request("BYE", remoteTarget, { ...dialog, toTag }); } catch (e) { /* the edge may have ended it */ }
+      try { await call.sip.request("BYE", remoteTarget, { ...dialog, toTag }); } catch (e) { /* the edge may have ended it */ }
     };
+    // An ICE restart in a re-INVITE of the same dialog (on whatever connection call.sip is now):
+    // what reconnect.js asks for after a network change.
+    const reoffer = async () => {
+      await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+      dialog.cseq += 1;
+      const answer = await call.sip.request("INVITE", remoteTarget, { ...dialog, body: pc.localDescription.sdp });
+      if (answer.status !== 200) {
+        await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+        throw new Error(`re-INVITE refused: ${answer.first.slice(8)}`);
+      }
+      call.sip.ack(remoteTarget, { ...dialog });
+      await pc.setRemoteDescription({ type: "answer", sdp: answer.body });
+    };
+    call.hangup = hangup;
+    call.reoffer = reoffer;
     try {
       const t0 = now();
       const answer = await sip.request("INVITE", ECHO_URI, { ...dialog, body: pc.localDescription.sdp });
@@ -213,7 +236,7 @@
       }
       figures.ice_ms = times.ice - tAnswer;
       figures.dtls_ms = times.dtls - times.ice;
-      figures.call = { pc, hangup };
+      figures.call = call;
       if (!seconds) return figures;
       await sleep(1000); // let the encoder reach its rate
       const first = await snapshot(pc);
@@ -435,8 +458,36 @@
         seconds: 0,
         play: (remote) => { $("echo-audio").srcObject = remote; },
       });
-      talking = { sip, stream, call: result.call };
-      sip.onRequest = (msg) => { if (msg.method === "BYE") stopTalking("the echo service ended the call"); };
+      talking = { sip, stream, call: result.call, keeper: null };
+      const onRequest = (msg) => { if (msg.method === "BYE") stopTalking("the echo service ended the call"); };
+      sip.onRequest = onRequest;
+      // Survive a network change (reconnect.js): new WebSocket, then an ICE restart of the call.
+      const t = talking;
+      window.mcsTalk = { states: [], recovered: 0, pc: t.call.pc };
+      const keeper = new McsReconnect.Keeper({
+        connected: () => t.sip.open_,
+        reconnect: async () => {
+          const next = new SipSocket(WS_URL);
+          await next.open();
+          next.onRequest = onRequest;
+          next.onClose = () => keeper.transportLost();
+          t.sip = next;
+          t.call.sip = next;
+        },
+        register: async () => {}, // the echo needs no registration
+        sessions: () => (talking === t ? [t.call] : []),
+        renegotiate: (call) => call.reoffer(),
+      }, {
+        onState: (state, detail) => {
+          window.mcsTalk.states.push(state);
+          if (state === "lost") status.textContent = "Connection lost: reconnecting...";
+          else if (state === "recovered") { window.mcsTalk.recovered += 1; status.textContent = `Reconnected in ${detail.ms} ms: speak and you should hear yourself.`; }
+          else if (state === "gave-up") stopTalking("the connection could not be restored");
+        },
+      });
+      t.keeper = keeper;
+      sip.onClose = () => keeper.transportLost();
+      keeper.watch(t.call.pc, t.call);
       status.textContent = "Connected: speak and you should hear yourself.";
       $("hangup").hidden = false;
     } catch (e) {
@@ -451,6 +502,7 @@
     const t = talking;
     talking = null;
     if (!t) return;
+    if (t.keeper) t.keeper.stop();
     await t.call.hangup();
     t.call.pc.close();
     t.stream.getTracks().forEach((track) => track.stop());

@@ -29,8 +29,11 @@ from twisted.logger import Logger
 from mcs_edge import config as config_mod
 from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.config_store import ConfigSource
+from mcs_edge.core.cluster.records import snapshot
+from mcs_edge.core.cluster.takeover import take_over
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors, StartupError
+from mcs_edge.tx.cluster.replicator import Replicator
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
@@ -125,16 +128,47 @@ class EdgeService(MultiService):
             reactor,
             lambda _tenant: self.refresh_certificates(),
         )
+        # Replication (tx/cluster/replicator.py, docs/ha.md): calls and flow bindings to Redis.
+        self.cluster: Replicator | None = None
+        if config.cluster.enabled:
+            self.cluster = Replicator(config.cluster, self.timers, self._cluster_snapshot)
+            self.health.add_check("replication", self.cluster.health)
+            self.metrics.add_collector("cluster", self.cluster.collect)
+            self.cluster.on_promote = self._take_over
         self._build_listeners()
 
+    def _cluster_snapshot(self, box: Any, node: str, now: float) -> dict[str, dict[str, Any]]:
+        core = self.sip.core
+        assert self.cluster is not None
+        return snapshot(
+            core.calls,
+            core.flows,
+            core.flow_registry,
+            self.media.anchor.sessions,
+            box,
+            self.cluster.prefix,
+            node,
+            now,
+            cache=self.cluster.record_cache,
+            max_age=self.config.cluster.refresh,
+        )
+
     # -- construction ------------------------------------------------------------------------
-    def _tcp(self, name: str, hp: config_mod.HostPort, factory: Any) -> None:
+    def _tcp(
+        self, name: str, hp: config_mod.HostPort, factory: Any, parent: MultiService | None = None
+    ) -> None:
         server = internet.TCPServer(hp.port, factory, interface=hp.host, reactor=self.reactor)
         server.setName(name)
-        server.setServiceParent(self)
+        server.setServiceParent(parent if parent is not None else self._listeners)
 
     def _build_listeners(self) -> None:
         cfg = self.config
+        # A standby (cluster.role = "standby") binds its listeners when it is promoted (docs/ha.md):
+        # until then the active node holds the same addresses.
+        self._listeners: MultiService = self
+        if self.cluster is not None and self.cluster.role == "standby":
+            self._listeners = MultiService()
+            self._listeners.setName("standby-listeners")
         self.http_proxy = HttpProxy(self)  # streams tenants' backend_http (tx/web/proxy.py)
         # strict request framing (tx/web/framing.py): every ambiguity gets one 400 and a close
         site = FrontSite(
@@ -157,7 +191,7 @@ class EdgeService(MultiService):
                 leg_policer=self.shaping.leg_policer,
                 wrap_listener=lambda name, factory: GuardedFactory(factory, self.protection, name),
             )
-            self.turn.setServiceParent(self)
+            self.turn.setServiceParent(self._listeners)
             self.metrics.add_collector("turn", self.turn.collect)
         https_factory = site if self.turn is None else self.turn.https_factory(site)
         https_tls = self.metrics.tls_factory("https", self.certs, https_factory)
@@ -181,12 +215,12 @@ class EdgeService(MultiService):
             reactor=self.reactor,
         )
         backend.setName("backend_sip_udp")
-        backend.setServiceParent(self)
+        backend.setServiceParent(self._listeners)
         # admin listener: JSON API, /metrics, /health and the web panel (tx/ops/panel.py) over that API
         panel_site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, self.timers.now)
         tls = admin_tls(cfg)  # [admin] tls: HTTPS (tx/ops/admin_tls.py)
         if tls is None:
-            self._tcp("admin", cfg.listen.admin, panel_site)
+            self._tcp("admin", cfg.listen.admin, panel_site, parent=self)
         else:
             server = internet.SSLServer(
                 cfg.listen.admin.port, panel_site, tls, interface=cfg.listen.admin.host, reactor=self.reactor
@@ -212,10 +246,7 @@ class EdgeService(MultiService):
         if not self.certs.loaded() and self.config.tenants:
             self.certs.refresh()
         super().startService()
-        for child in self:
-            port = getattr(child, "_port", None)
-            if port is not None:
-                self.ports[child.name] = port
+        self._listening()
         admin = self.ports.get("admin")
         if admin is not None:
             where = admin.getHost()
@@ -224,6 +255,26 @@ class EdgeService(MultiService):
                 host=where.host,
                 port=where.port,
             )
+        interval = self.config.tls.reload_interval
+        if interval > 0:
+            self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
+        self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
+        self.acme.start()
+        if self.cluster is not None:
+            self.cluster.start()
+        self._install_sighup()
+        if hasattr(self.reactor, "callWhenRunning"):
+            self.reactor.callWhenRunning(self._log_ready)
+        else:
+            self._log_ready()
+
+    def _listening(self) -> None:
+        """Note the bound ports (at start; on a standby, again at promotion)."""
+        for group in (self, self._listeners):
+            for child in group:
+                port = getattr(child, "_port", None)
+                if port is not None:
+                    self.ports[child.name] = port
         udp = self.ports.get("backend_sip_udp")
         if udp is not None:
             self.sip.udp = udp
@@ -238,16 +289,28 @@ class EdgeService(MultiService):
             and not self.config.listen.sip_tls.port
         ):
             self.sip.set_public_tls_port(sip_tls_port.getHost().port)
-        interval = self.config.tls.reload_interval
-        if interval > 0:
-            self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
-        self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
-        self.acme.start()
-        self._install_sighup()
-        if hasattr(self.reactor, "callWhenRunning"):
-            self.reactor.callWhenRunning(self._log_ready)
-        else:
-            self._log_ready()
+
+    # -- takeover (docs/ha.md) -----------------------------------------------------------------
+    def _take_over(self, replica: Any) -> None:
+        """Promotion: the replica becomes flows, calls in grace and media sessions; the listeners
+        are bound. A record that cannot be taken over is logged and skipped."""
+        cluster = self.cluster
+        assert cluster is not None
+        now = self.timers.now()
+        took = take_over(replica.records, cluster.box, self.sip.core, self.media.anchor, self.tenants, now)
+        for key, why in took.refused:
+            self.log.warn("CLU400 record {key} not taken over: {why}", key=key, why=why)
+        self.log.info(
+            "CLU103 took over {calls} call(s) and {bindings} binding(s) from the replica",
+            calls=took.calls,
+            bindings=took.bindings,
+        )
+        cluster.took_over = (took.calls, took.bindings, len(took.refused))
+        if self._listeners is not self:
+            self._listeners.setServiceParent(self)  # binds them (the parent is running)
+            self._listening()
+        self.sip.handle_timer()
+        self.media.rearm()
 
     def _log_ready(self) -> None:
         https = self.ports.get("https")
@@ -273,6 +336,8 @@ class EdgeService(MultiService):
         self.shaping.stop()
         self.protection.stop()
         self.acme.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.http_proxy.close()
         self.timers.cancel_all()
         return super().stopService()

@@ -50,6 +50,8 @@ backend_sip = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 [tls]
 reload_interval = 0
+[sip]
+flow_grace = 1
 [media]
 ports = [0, 0]
 bind = "127.0.0.1"
@@ -291,7 +293,7 @@ def _requests(edge: Edge) -> dict[str, Any]:
 
 @pytest_twisted.inlineCallbacks
 def test_echo_answers_options_refuses_what_it_cannot_and_releases_on_close(edge: Edge) -> Any:
-    """OPTIONS 200, MESSAGE 405, bad SDP 488, delayed offer, late CANCEL, 486 past the limit, close frees all."""
+    """OPTIONS 200, MESSAGE 405, bad SDP 488, delayed offer, late CANCEL, 486 past the limit, close frees all (after sip.flow_grace)."""
     out = yield threads.deferToThread(_requests, edge)
     assert status(out["options"]) == 200 and header(out["options"], "Accept") == "application/sdp"
     assert status(out["message"]) == 405 and "BYE" in (header(out["message"], "Allow") or "")

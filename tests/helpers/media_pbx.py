@@ -225,6 +225,53 @@ class AsyncPbx(asyncio.DatagramProtocol):
         self.transport.sendto(("\r\n".join(out) + "\r\n\r\n" + body).encode(), addr)
 
 
+class RecordingEcho(RtpEcho):
+    """The PBX's RTP echo, remembering (SSRC, sequence) of every packet in arrival order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream: list[tuple[int, int]] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+            seq, ssrc = struct.unpack_from("!H", data, 2)[0], struct.unpack_from("!I", data, 8)[0]
+            self.stream.append((ssrc, seq))
+        super().datagram_received(data, addr)
+
+
+class RecordingPbx(AsyncPbx):
+    """The asyncio PBX, keeping every request it got as text."""
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__(answer)
+        self.requests: list[str] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        text = data.decode(errors="replace")
+        if text.strip() and not text.startswith("SIP/2.0"):
+            self.requests.append(text)
+        if text.startswith("REGISTER "):
+            self._registered(text, addr)
+            return
+        super().datagram_received(data, addr)
+
+    def _registered(self, text: str, addr: tuple[str, int]) -> None:
+        """200 OK listing the registered Contacts (as a registrar does; JsSIP looks for its own)."""
+        lines = text.partition("\r\n\r\n")[0].split("\r\n")
+        out = ["SIP/2.0 200 OK"]
+        out += _header(lines, "Via")
+        out += _header(lines, "From")
+        out += [f"{to};tag={self.tag}" for to in _header(lines, "To")]
+        out += _header(lines, "Call-ID")
+        out += _header(lines, "CSeq")
+        out += [f"{contact};expires=600" for contact in _header(lines, "Contact")]
+        out.append("Content-Length: 0")
+        self.transport.sendto(("\r\n".join(out) + "\r\n\r\n").encode(), addr)
+
+    def methods(self, call_id: str) -> list[str]:
+        return [r.split(" ", 1)[0] for r in self.requests if f"Call-ID: {call_id}" in r]
+
+
 # ------------------------------------------------------------------ echo that answers RTCP
 
 NTP_EPOCH = 2208988800

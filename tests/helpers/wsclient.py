@@ -33,9 +33,13 @@ class WSClient:
         path: str = "/",
         timeout: float = 5.0,
         address: str = "127.0.0.1",
+        source: str | None = None,
     ) -> None:
+        """``source``: the local address to connect from (e.g. 127.0.0.2: a client that moved)."""
         ctx = ssl.create_default_context(cafile=cafile) if cafile else ssl._create_unverified_context()
-        raw = socket.create_connection((address, port), timeout=timeout)
+        raw = socket.create_connection(
+            (address, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.sock = ctx.wrap_socket(raw, server_hostname=host)
         self.buf = b""
         key = base64.b64encode(os.urandom(16)).decode()

@@ -42,6 +42,17 @@ Timers: one heap of ``(deadline, seq, session)`` with lazy invalidation (an entr
 equals ``session.scheduled``); :meth:`get_timer` / :meth:`handle_timer` drive every session.
 After a datagram changed ICE/DTLS state the I/O layer calls :meth:`poke` with the session, which
 reschedules it and releases sessions that ended.
+
+Parking (calls that survive a network change, :mod:`mcs_edge.core.sip.flows`). When the client's
+connection is lost the proxy parks (:meth:`park`) its answered calls: the client legs forget their
+destination (media toward the lost client is dropped, counted as ``no-destination`` and, when the
+session resumes or ends, as ``media_dropped_client_lost``), the PBX leg keeps its port and peer, and
+the session's timers (idle, ICE consent, DTLS) stand still until ``until``. :meth:`move` gives the
+call to the client's new connection and a new ``until``; :meth:`answer_locally` re-anchors the
+client leg from the client's re-offer (:mod:`mcs_edge.core.media.reanchor`) and installs stream
+continuity on the PBX legs. The session resumes (timers run again) once every client leg has a
+destination again (ICE selected a pair of the new generation; non-ICE legs at once), or when
+``until`` passes.
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from mcs_edge.core.media.ports import PortAllocator
+from mcs_edge.core.media.reanchor import StreamContinuity, clock_rate
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import (
     CLIENT,
@@ -65,6 +77,7 @@ from mcs_edge.core.media.session import (
     SessionSettings,
     pbx_profile_for,
 )
+from mcs_edge.core.rtp.srtp import PROFILES, SrtpContext
 from mcs_edge.core.shaping import Policer
 from mcs_edge.core.sip.calls import address_of_record
 from mcs_edge.core.sip.message import Request, Response
@@ -110,6 +123,12 @@ class CallInfo:
     flow_id: int
     agent: str = ""  # the client side's address of record (From of its INVITE, or To toward it)
     started: float = 0.0
+    parked_until: float | None = None  # timers stand still until then (client connection lost)
+    dropped_base: int = 0  # no-destination drops of the client legs when parked
+    reanchored: bool = False  # the client re-offered since it was parked
+
+
+_CallInfo = CallInfo
 
 
 def agent_aor(request: Request, from_client: bool) -> str:
@@ -117,8 +136,25 @@ def agent_aor(request: Request, from_client: bool) -> str:
     return address_of_record((request.from_ if from_client else request.to).uri)
 
 
+@dataclass(slots=True)
+class _Adopted:
+    """The (tenant, flow) of a call taken over from another node, shaped like a transaction pair."""
+
+    tenant_id: str
+    flow_id: int
+
+
 def _discard(data: bytes, addr: Any) -> None:
     return None
+
+
+def _reanchored(leg: Leg) -> bool:
+    """A client leg that re-offered is reachable again: its ICE restart completed (a pair nominated
+    under the new credentials, possibly at the old address), or it has no ICE."""
+    ice = leg.ice
+    if ice is None:
+        return True
+    return not ice.restarting and ice.selected_address is not None
 
 
 def _content_type(message: Request | Response) -> str:
@@ -158,6 +194,7 @@ class MediaAnchor:
         self.problems: deque[str] = deque(maxlen=256)
         #: Told of every live session released (before its legs are closed): call-end records.
         self.on_released: Callable[[MediaSession, str], None] | None = None
+        self._forced_ports: list[tuple[int, int | None]] = []  # ports of legs being adopted
 
     # ---------------------------------------------------------------------------- bookkeeping
 
@@ -229,9 +266,25 @@ class MediaAnchor:
         message.set_body(bytes(out))
         if kind == "offer" and side is CLIENT and pair is not None:
             self._client_offered(pair, session)
+        info = session.owner_data
+        if isinstance(info, _CallInfo) and info.parked_until is not None:
+            self._renegotiated(session, info, from_client, now)
         self._schedule(session)
         self._reap()
         return None
+
+    def _renegotiated(self, session: MediaSession, info: _CallInfo, from_client: bool, now: float) -> None:
+        """A parked session's client took part in an offer/answer relayed to the PBX (not a
+        transport-only re-offer, e.g. a passthrough tenant or a hold): once it completes, legs
+        without ICE resume at once, ICE legs when their restart completes (:meth:`poke`)."""
+        if from_client:
+            info.reanchored = True
+        if (
+            info.reanchored
+            and session.pending_offer_side is None
+            and not any(leg.ice is not None for leg in session.legs if leg.side is CLIENT)
+        ):
+            self._unpark(session, info, now)
 
     def _client_offered(self, pair: Any, session: MediaSession) -> None:
         """Remember what a mobile app offers; an unencrypted offer from an app that encrypted before
@@ -320,10 +373,152 @@ class MediaAnchor:
         self._release(session, reason)
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:
-        """The client's connection is gone: its calls lose their media."""
+        """The client's connection is gone: its calls lose their media (except parked ones)."""
         self._flow_offered.pop(flow_id, None)
         for call_id in list(self._by_flow.get(flow_id, ())):
+            session = self.sessions.get(call_id)
+            info = session.owner_data if session is not None else None
+            if isinstance(info, _CallInfo) and info.parked_until is not None:
+                continue
             self.on_end(call_id, "flow closed")
+
+    # ------------------------------------------------------------------------------- takeover
+
+    def adopt(
+        self,
+        call_id: str,
+        tenant_id: str,
+        flow_id: int,
+        from_client: bool,
+        sdps: tuple[SessionDescription, SessionDescription],
+        ports: list[tuple[int, int | None]],
+        ice_credentials: list[tuple[str, str]],
+        srtp: dict[int, tuple[str, bytes, bytes]],
+        until: float,
+        now: float,
+    ) -> MediaSession:
+        """Rebuild the media session of a call taken over from the node that died (docs/ha.md):
+        the offer/answer of its last SDPs (``sdps`` = (client's, PBX's)) is replayed with the same
+        local ICE credentials on the same relay ports (``ports``, in ``session.legs`` order), then
+        each leg's SRTP context is keyed with the replicated keys (``srtp``: leg index -> (profile,
+        local key||salt, remote key||salt)). The session is parked until ``until``: the client leg
+        waits for its client to come back (ICE restart re-offer), the PBX leg works at once.
+        Raises OutOfPorts when a port is taken, LocalProtocolError/RemoteProtocolError when the SDPs
+        do not replay; nothing is left behind then."""
+        pair = _Adopted(tenant_id, flow_id)
+        session = self._new_session(call_id, pair, now)
+        session.ice_credentials = [tuple(c) for c in ice_credentials]  # type: ignore[misc]
+        self._forced_ports = list(ports)
+        offerer, answerer = (CLIENT, PBX) if from_client else (PBX, CLIENT)
+        try:
+            session.offer(offerer, sdps[0 if from_client else 1], now, 1)
+            session.answer(answerer, sdps[1 if from_client else 0], now)
+            if self._forced_ports:
+                raise LocalProtocolError(
+                    f"{len(self._forced_ports)} replicated port(s) not used by the replay"
+                )
+        except Exception:
+            self._forced_ports = []
+            self._release(session, "takeover failed")
+            raise
+        self._forced_ports = []
+        for i, (name, local, remote) in srtp.items():
+            if i < len(session.legs):
+                session.legs[i].srtp = SrtpContext(PROFILES[name], local, remote)
+        self.park(call_id, until, now)
+        self._schedule(session)
+        return session
+
+    # ------------------------------------------------------------------------------- parking
+
+    def park(self, call_id: str, until: float, now: float) -> None:
+        """The call's client connection is lost: hold its media until ``until`` (see the docstring)."""
+        session = self.sessions.get(call_id)
+        if session is None or not isinstance(session.owner_data, _CallInfo):
+            return
+        info = session.owner_data
+        if info.parked_until is None:
+            info.dropped_base = self._client_drops(session)
+            self.count("media_sessions_parked")
+        info.parked_until = until
+        info.reanchored = False
+        for leg in session.legs:
+            if leg.side is CLIENT:
+                leg.remote = None
+        self._reschedule(session)
+
+    def move(self, call_id: str, flow_id: int, until: float, now: float) -> None:
+        """The call now belongs to client connection ``flow_id``; a parked session waits until ``until``
+        for the client leg to re-anchor."""
+        session = self.sessions.get(call_id)
+        if session is None or not isinstance(session.owner_data, _CallInfo):
+            return
+        info = session.owner_data
+        calls = self._by_flow.get(info.flow_id)
+        if calls is not None:
+            calls.discard(call_id)
+            if not calls:
+                del self._by_flow[info.flow_id]
+        info.flow_id = flow_id
+        self._by_flow.setdefault(flow_id, set()).add(call_id)
+        if info.parked_until is not None:
+            info.parked_until = until
+            self._reschedule(session)
+
+    def answer_locally(self, tenant_id: str, request: Request, now: float) -> bytes | None:
+        """Re-anchor the client leg from a client re-offer that changed only its transport; the SDP
+        answer, or None to forward the re-INVITE to the PBX."""
+        session = self.sessions.get(request.call_id)
+        if session is None or _content_type(request) != SDP_TYPE:
+            return None
+        info = session.owner_data
+        if not isinstance(info, _CallInfo) or info.tenant_id != tenant_id:
+            return None
+        try:
+            sdp = SessionDescription.parse(request.body)
+        except RemoteProtocolError:
+            return None
+        snapshot = [(leg, leg.last_rtp) for leg in session.legs if leg.side is PBX and leg.last_rtp]
+        since = max((leg.last_rx for leg in session.legs if leg.side is CLIENT), default=now)
+        out = session.answer_locally(CLIENT, sdp, now, request.cseq.seq)
+        if out is None:
+            return None
+        remote = session.remote_sdp[PBX]
+        for leg, last in snapshot:
+            continuity = StreamContinuity(last, since, clock_rate(remote, leg.index))
+            leg.rewrite = continuity.rewrite
+            leg.rewrite_rtcp = continuity.rewrite_rtcp
+        self.count("media_reanchored")
+        info.reanchored = True
+        if info.parked_until is not None and not any(
+            leg.ice is not None for leg in session.legs if leg.side is CLIENT
+        ):
+            self._unpark(session, info, now)  # no ICE to wait for: the SDP address is the new one
+        self._schedule(session)
+        self._reap()
+        return bytes(out)
+
+    def _client_drops(self, session: MediaSession) -> int:
+        return sum(
+            leg.counters.dropped.get("no-destination", 0) for leg in session.legs if leg.side is CLIENT
+        )
+
+    def _unpark(self, session: MediaSession, info: _CallInfo, now: float) -> None:
+        info.parked_until = None
+        dropped = self._client_drops(session) - info.dropped_base
+        if dropped > 0:
+            self.counters["media_dropped_client_lost"] = (
+                self.counters.get("media_dropped_client_lost", 0) + dropped
+            )
+        for leg in session.legs:
+            leg.last_rx = max(leg.last_rx, now)  # the time away is not idleness
+            if leg.side is CLIENT and leg.remote is None:
+                leg.remote = leg.ice.selected_address if leg.ice is not None else leg.sdp_remote
+        self._reschedule(session)
+
+    def _reschedule(self, session: MediaSession) -> None:
+        session.scheduled = None
+        self._schedule(session)
 
     def shutdown(self) -> None:
         """Release every session and port."""
@@ -335,32 +530,45 @@ class MediaAnchor:
     # ------------------------------------------------------------------------------ LegPorts
 
     def open(self, leg: Leg, rtcp_mux: bool) -> bool:
-        """Allocate and bind the port(s) of a new leg."""
+        """Allocate and bind the port(s) of a new leg (the replicated ones during :meth:`adopt`)."""
         allocator = self.allocator
+        if self._forced_ports:
+            rtp, rtcp = self._forced_ports.pop(0)
+            claimed = allocator.claim(rtp, rtcp_mux=rtcp is None)
+            if claimed is None:
+                self.count("media_port_bind_failed", f"replicated port {rtp} is taken")
+                return False
+            return self._bind(leg, claimed)
         for _ in range(self.settings.max_bind_attempts):
             alloc = allocator.allocate(rtcp_mux=rtcp_mux)
             if alloc is None:
                 return False
-            send = self.io.open_port(alloc.rtp_port, leg, False)
-            if send is None:
-                allocator.release(alloc.rtp_port)
-                self.count("media_port_bind_failed", f"port {alloc.rtp_port}")
-                continue
-            send_rtcp: Sender = _discard
-            if alloc.rtcp_port is not None:
-                opened = self.io.open_port(alloc.rtcp_port, leg, True)
-                if opened is None:
-                    self.io.close_port(alloc.rtp_port)
-                    allocator.release(alloc.rtp_port)
-                    self.count("media_port_bind_failed", f"port {alloc.rtcp_port}")
-                    continue
-                send_rtcp = opened
-            leg.port = alloc.rtp_port
-            leg.rtcp_port = alloc.rtcp_port
-            leg.send = send
-            leg.send_rtcp = send_rtcp
-            return True
+            if self._bind(leg, alloc):
+                return True
         return False
+
+    def _bind(self, leg: Leg, alloc: Any) -> bool:
+        """Open the sockets of ``alloc`` for ``leg``; False (allocation given back) when one fails."""
+        allocator = self.allocator
+        send = self.io.open_port(alloc.rtp_port, leg, False)
+        if send is None:
+            allocator.release(alloc.rtp_port)
+            self.count("media_port_bind_failed", f"port {alloc.rtp_port}")
+            return False
+        send_rtcp: Sender = _discard
+        if alloc.rtcp_port is not None:
+            opened = self.io.open_port(alloc.rtcp_port, leg, True)
+            if opened is None:
+                self.io.close_port(alloc.rtp_port)
+                allocator.release(alloc.rtp_port)
+                self.count("media_port_bind_failed", f"port {alloc.rtcp_port}")
+                return False
+            send_rtcp = opened
+        leg.port = alloc.rtp_port
+        leg.rtcp_port = alloc.rtcp_port
+        leg.send = send
+        leg.send_rtcp = send_rtcp
+        return True
 
     def close(self, leg: Leg) -> None:
         """Close and give back the port(s) of a leg."""
@@ -383,7 +591,11 @@ class MediaAnchor:
     def _schedule(self, session: MediaSession) -> None:
         if session.ended is not None:
             return
-        deadline = session.get_timer()
+        info = session.owner_data
+        if isinstance(info, _CallInfo) and info.parked_until is not None:
+            deadline: float | None = info.parked_until
+        else:
+            deadline = session.get_timer()
         if deadline is None:
             session.scheduled = None
             return
@@ -411,12 +623,27 @@ class MediaAnchor:
                 session.scheduled = None
                 due.append(session)
         for session in due:
+            info = session.owner_data
+            if isinstance(info, _CallInfo) and info.parked_until is not None:
+                if info.parked_until > now:
+                    self._schedule(session)
+                    continue
+                self._unpark(session, info, now)  # nobody came back: timers run again
             session.handle_timer(now)
             self._schedule(session)
         self._reap()
 
-    def poke(self, session: MediaSession) -> None:
+    def poke(self, session: MediaSession, now: float | None = None) -> None:
         """A datagram changed ``session``'s ICE/DTLS state: reschedule it; release ended sessions."""
+        info = session.owner_data
+        if (
+            isinstance(info, _CallInfo)
+            and info.parked_until is not None
+            and info.reanchored
+            and now is not None
+            and all(_reanchored(leg) for leg in session.legs if leg.side is CLIENT)
+        ):
+            self._unpark(session, info, now)  # the client leg re-anchored (ICE selected a pair)
         self._schedule(session)
         self._reap()
 
@@ -435,7 +662,14 @@ class MediaAnchor:
         if live:
             del self.sessions[session.key]
         info = session.owner_data
-        if isinstance(info, CallInfo):
+        if isinstance(info, _CallInfo):
+            if info.parked_until is not None:
+                dropped = self._client_drops(session) - info.dropped_base
+                if dropped > 0:
+                    self.counters["media_dropped_client_lost"] = (
+                        self.counters.get("media_dropped_client_lost", 0) + dropped
+                    )
+                info.parked_until = None
             calls = self._by_flow.get(info.flow_id)
             if calls is not None:
                 calls.discard(session.key)

@@ -116,6 +116,36 @@ class PortAllocator:
         self._allocs[alloc.rtp_port] = alloc
         return alloc
 
+    def claim(self, rtp_port: int, *, rtcp_mux: bool) -> Allocation | None:
+        """Hand out this very port (or even/odd pair): a node taking over another node's calls keeps
+        their relay ports (docs/ha.md). None when it is outside the range or already handed out.
+        O(range) (a takeover, not the call set-up path)."""
+        if not self.first <= rtp_port <= self.last or rtp_port in self._allocs:
+            return None
+        base = rtp_port & ~1
+        mask = self._mask.get(base, 0)
+        if not rtcp_mux:
+            if rtp_port & 1 or mask or base not in self._free_pairs:
+                return None
+            self._free_pairs.remove(base)
+            self._mask[base] = _BOTH
+            alloc = Allocation(base, base + 1)
+            self.in_use += 2
+        else:
+            bit = _ODD_BIT if rtp_port & 1 else _EVEN_BIT
+            if mask & bit:
+                return None
+            if not mask:
+                if base not in self._free_pairs:
+                    return None
+                self._free_pairs.remove(base)
+                self._queue_single(base + 1 if bit == _EVEN_BIT else base)
+            self._mask[base] = mask | bit
+            alloc = Allocation(rtp_port)
+            self.in_use += 1
+        self._allocs[alloc.rtp_port] = alloc
+        return alloc
+
     def release(self, rtp_port: int) -> None:
         """Give back the allocation whose RTP port is ``rtp_port`` (with its RTCP port, if any)."""
         alloc = self._allocs.pop(rtp_port, None)

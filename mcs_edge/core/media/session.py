@@ -77,6 +77,7 @@ from typing import Any, Final, Protocol
 
 from mcs_edge.core.media.forwarding import ForwardingTable, LegCounters, SequenceTracker
 from mcs_edge.core.media.quality import CallQuality
+from mcs_edge.core.media.reanchor import transport_only_change
 from mcs_edge.core.media.sdp import (
     Crypto,
     Fingerprint,
@@ -257,6 +258,7 @@ class Leg:
         "ice",
         "index",
         "last_rtcp_rx",
+        "last_rtp",
         "last_rx",
         "limit",
         "policer",
@@ -267,6 +269,8 @@ class Leg:
         "remote",
         "remote_fingerprints",
         "remote_rtcp",
+        "rewrite",
+        "rewrite_rtcp",
         "route_map",
         "router",
         "rtcp_ice",
@@ -329,6 +333,11 @@ class Leg:
         self.stun_origins: dict[bytes, Addr] = {}
         #: PASSTHROUGH: the sources proven by ICE checks (no media injection from elsewhere)
         self.gate: SourceGate | None = SourceGate() if profile is Profile.PASSTHROUGH else None
+        #: The last plain RTP packet forwarded to this leg's peer, and a rewrite of the packets
+        #: forwarded to it (stream continuity after the other side re-anchored; reanchor.py).
+        self.last_rtp = b""
+        self.rewrite: Callable[[bytes, float], bytes] | None = None
+        self.rewrite_rtcp: Callable[[bytes], bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<Leg {self.side.name} {self.profile.name} port={self.port} remote={self.remote}>"
@@ -382,6 +391,10 @@ class Leg:
                 target = self._route(ssrc, data[1] & 0x7F)
                 if target is None:
                     return False
+            rewrite = target.rewrite
+            if rewrite is not None:
+                data = rewrite(data, now)
+            target.last_rtp = data
             if target.encrypts:
                 srtp = target.srtp
                 if srtp is None:
@@ -535,6 +548,9 @@ class Leg:
 
     def emit_rtcp(self, data: bytes) -> bool:
         """Send an RTCP packet to this leg's peer (protected if the profile needs it)."""
+        rewrite = self.rewrite_rtcp
+        if rewrite is not None:
+            data = rewrite(data)
         if self.encrypts:
             srtp = self.srtp
             if srtp is None:
@@ -1036,6 +1052,31 @@ class MediaSession:
         self._wire(offer.sdp, sdp)
         self.established = True
         return self._stamp(offerer, out)
+
+    def answer_locally(
+        self, side: Side, sdp: SessionDescription, now: float, tag: object = None
+    ) -> SessionDescription | None:
+        """Answer ``side``'s re-offer on the edge when it only changed ``side``'s own transport
+        (:func:`~mcs_edge.core.media.reanchor.transport_only_change`): the other side's current SDP
+        serves as its answer, so its leg is untouched and its SDP version does not move. None when
+        the offer must go to the other side (or the session cannot take it)."""
+        other = Side(1 - side)
+        previous, current = self.remote_sdp[side], self.remote_sdp[other]
+        if self.ended is not None or self.passthrough or not self.established:
+            return None
+        if previous is None or current is None or self.pending_offer_side is not None:
+            return None
+        if not transport_only_change(previous, sdp):
+            return None
+        saved = (self._origin_version[other], self._last_body[other], self._offer)
+        try:
+            self.offer(side, sdp, now, tag)
+            return self.answer(other, current, now)
+        except (RemoteProtocolError, LocalProtocolError, OutOfPorts):
+            self._offer = saved[2]
+            return None
+        finally:
+            self._origin_version[other], self._last_body[other] = saved[0], saved[1]
 
     # -------------------------------------------------------------------------------- profiles
 

@@ -94,12 +94,15 @@ def keys_from_dtls(profile: SrtpProfile, material: bytes, *, is_client: bool) ->
 class SrtpContext:
     """Protect what we send and unprotect what we receive on one leg."""
 
-    __slots__ = ("_rx", "_tx", "profile")
+    __slots__ = ("_rx", "_tx", "local_key", "profile", "remote_key")
 
     def __init__(self, profile: SrtpProfile, local_key: bytes, remote_key: bytes) -> None:
         if len(local_key) != profile.master_length or len(remote_key) != profile.master_length:
             raise LocalProtocolError(f"{profile.name} needs {profile.master_length}-byte master key||salt")
         self.profile = profile
+        # master key||salt of each direction, kept for replication (core/cluster seals them)
+        self.local_key = bytes(local_key)
+        self.remote_key = bytes(remote_key)
         tx_policy = Policy(
             key=bytes(local_key), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_profile
         )

@@ -10,9 +10,16 @@ The proxy core reports four things and the table keeps one :class:`Call` per Cal
   a call already answered is not ended by a failed re-INVITE;
 * ``bye``: a BYE for the Call-ID was forwarded (the call ends whatever the answer to the BYE).
 
-A client flow that closes ends its calls (``flow_closed``): the edge can no longer reach that end.
+A client flow that closes (``flow_lost``) ends its calls that were not answered yet; answered calls
+enter *grace* (``state == "grace"``, :mod:`mcs_edge.core.sip.flows`): they stay in the table, on the
+lost flow's id, until the client's instance comes back (``move`` to the new flow) or the proxy ends
+them (``bye``). For that last case a call remembers the dialog as the client's side sees it
+(:class:`Dialog`: From/To with tags, the PBX's Contact and route set, the client's highest CSeq),
+which is what the proxy needs to send the PBX a BYE in the client's name.
+
 The table is what the admin API lists, what ``mcs_edge_calls`` counts and what a graceful drain
-waits for. It is bounded by the flows: every call belongs to a live flow and leaves with it.
+waits for. It is bounded by the flows: every call belongs to a live flow or to a lost flow in grace
+and leaves with it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 
 from mcs_edge.core.sip.headers import OtherUri, SipUri
 
-__all__ = ["Call", "CallTable", "address_of_record"]
+__all__ = ["Call", "CallTable", "Dialog", "address_of_record"]
 
 
 def address_of_record(uri: SipUri | OtherUri) -> str:
@@ -29,6 +36,17 @@ def address_of_record(uri: SipUri | OtherUri) -> str:
     if isinstance(uri, SipUri):
         return f"{uri.scheme}:{uri.user}@{uri.host}" if uri.user else f"{uri.scheme}:{uri.host}"
     return str(uri)[:256]
+
+
+@dataclass(slots=True)
+class Dialog:
+    """The dialog as the client's side sees it (for requests the edge sends in the client's name)."""
+
+    local: str  # the client's name-addr with its tag (From of a request from the client)
+    remote: str  # the PBX's name-addr with its tag (To of that request)
+    target: str  # the PBX's Contact URI (Request-URI)
+    routes: tuple[str, ...] = ()  # the route set toward the PBX, without the edge's own entries
+    cseq: int = 0  # highest CSeq the client used in the dialog
 
 
 @dataclass(slots=True, eq=False)
@@ -39,6 +57,9 @@ class Call:
     from_client: bool  # the client placed it (outbound toward the PBX)
     started: float
     answered: float | None = None
+    state: str = "up"  # "up" or "grace" (its client connection is lost, see flows.py)
+    lost_at: float | None = None
+    dialog: Dialog | None = None
 
 
 class CallTable:
@@ -88,6 +109,42 @@ class CallTable:
                 self.ended_total += 1
                 out.append(call)
         return out
+
+    def flow_lost(self, flow_id: int, now: float) -> tuple[list[Call], list[Call]]:
+        """The client connection is gone: (ended, in grace). Unanswered calls end; answered ones stay,
+        in state ``grace``, on ``flow_id``."""
+        ids = self._by_flow.get(flow_id)
+        if not ids:
+            return [], []
+        ended: list[Call] = []
+        grace: list[Call] = []
+        for call_id in list(ids):
+            call = self.calls.get(call_id)
+            if call is None:
+                continue
+            if call.answered is None or call.dialog is None:
+                ended.append(self._remove(call))
+            else:
+                call.state = "grace"
+                call.lost_at = now
+                grace.append(call)
+        return ended, grace
+
+    def of_flow(self, flow_id: int) -> list[Call]:
+        """The calls on ``flow_id`` (live or lost)."""
+        return [self.calls[c] for c in self._by_flow.get(flow_id, ()) if c in self.calls]
+
+    def move(self, call: Call, flow_id: int) -> None:
+        """``call`` now belongs to connection ``flow_id`` (its client's instance came back)."""
+        ids = self._by_flow.get(call.flow_id)
+        if ids is not None:
+            ids.discard(call.call_id)
+            if not ids:
+                del self._by_flow[call.flow_id]
+        call.flow_id = flow_id
+        call.state = "up"
+        call.lost_at = None
+        self._by_flow.setdefault(flow_id, set()).add(call.call_id)
 
     def on_flow(self, flow_id: int) -> int:
         return len(self._by_flow.get(flow_id, ()))

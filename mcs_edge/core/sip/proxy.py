@@ -25,6 +25,15 @@ Routing decisions (RFC 3261 s.16, RFC 3327, RFC 5626):
   tenant gets 403.
 * Responses route by Via through the pair; our Via is removed before relaying.
 
+Flows follow the client's instance (RFC 5626, :mod:`mcs_edge.core.sip.flows`): a REGISTER accepted
+with ``+sip.instance``/``reg-id`` binds its connection; a later connection registering the same
+binding replaces it (old tokens lead to the new connection, calls move over). A closed connection
+carrying answered calls keeps them for ``flow_grace`` seconds (PBX requests for them get the
+answers of ``flows.IN_GRACE``); then the edge ends them with a BYE to the PBX. In-dialog requests
+from a client are admitted only on the call's connection or a connection of the same binding.
+A client's re-INVITE that only changes its own transport (an ICE restart after a reconnect) is
+answered by the edge when the media hook can (``answer_locally``): the PBX never sees it.
+
 The core never touches a socket: it is fed bytes with ``receive_from_client`` /
 ``receive_from_backend`` and the current monotonic time; its output is a queue of
 :class:`ToFlow`, :class:`ToBackend` and :class:`CloseFlow` actions drained with
@@ -43,9 +52,10 @@ from typing import Any, Protocol
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
-from .calls import CallTable, address_of_record
+from .calls import Call, CallTable, Dialog, address_of_record
+from .flows import GRACE_BYE_REASON, BindingKey, FlowRegistry, RecoveryHistogram, binding_key, in_grace_answer
 from .framing import PING, PONG
-from .headers import NameAddr, SipUri
+from .headers import NameAddr, SipUri, parse_name_addr
 from .message import Limits, Request, Response, parse
 from .transaction import (
     ClientTransaction,
@@ -104,6 +114,7 @@ class ProxySettings:
     public_tls_port: int | None = None
     #: Every other (host, port) the edge listens on (RFC 3261 s.16.4: Routes naming them are ours).
     listen_addresses: frozenset[tuple[str, int]] = frozenset()
+    flow_grace: float = 30.0  # seconds a lost connection's calls wait for its instance (sip.flow_grace)
 
     def client_port(self, transport: str) -> int:
         """The port a client of ``transport`` ("wss" or "tls") reaches us on: Record-Route, Via."""
@@ -192,6 +203,20 @@ class MediaHook(Protocol):
 
     def on_flow_closed(self, flow_id: int, now: float) -> None: ...
 
+    def park(self, call_id: str, until: float, now: float) -> None:
+        """The call's client connection is lost: keep its media until ``until`` (or a move/end)."""
+        ...
+
+    def move(self, call_id: str, flow_id: int, until: float, now: float) -> None:
+        """The call now belongs to client connection ``flow_id``; its client leg may re-anchor
+        until ``until``."""
+        ...
+
+    def answer_locally(self, tenant_id: str, request: Request, now: float) -> bytes | None:
+        """The SDP answer to a client's re-INVITE that only changed the client's own transport
+        (the PBX need not know), or None to forward the re-INVITE."""
+        ...
+
 
 class LocalService(Protocol):
     """Requests the edge answers itself instead of forwarding them (the echo service, tx/media/echo.py).
@@ -220,6 +245,15 @@ class PassthroughMedia:
         return None
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:
+        return None
+
+    def park(self, call_id: str, until: float, now: float) -> None:
+        return None
+
+    def move(self, call_id: str, flow_id: int, until: float, now: float) -> None:
+        return None
+
+    def answer_locally(self, tenant_id: str, request: Request, now: float) -> bytes | None:
         return None
 
 
@@ -259,6 +293,8 @@ class SipProxy:
         self._pairs_by_client: dict[ClientTransaction, Pair] = {}
         self.counters: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
+        #: Call recoveries and losses for the adapter's log: ("recovered" | "lost", tenant, Call-ID, seconds).
+        self.notices: deque[tuple[str, str, str, float]] = deque(maxlen=256)
         #: Calls (INVITE dialogs) up, by Call-ID and by flow (admin API, metrics, drain).
         self.calls = CallTable()
         #: Graceful drain: new calls (initial INVITEs, either direction) get 503 + Retry-After.
@@ -269,6 +305,12 @@ class SipProxy:
         #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
         self.local: LocalService | None = None
         self._our_hosts = settings.own_addresses()
+        #: Bindings of connections to client instances and lost connections in grace (flows.py).
+        self.flow_registry = FlowRegistry(settings.flow_grace)
+        #: Time from a connection loss to its calls moving to the new connection.
+        self.recovery = RecoveryHistogram()
+        self._local_acks: dict[tuple[str, int], None] = {}  # re-INVITEs answered here: ACK absorbed
+        self._tenant_objects: dict[str, Any] = {}  # tenant id -> tenant of its latest connection
 
     def update_settings(self, settings: ProxySettings) -> None:
         """New settings (e.g. ports known once bound); the set of our own addresses follows."""
@@ -292,10 +334,18 @@ class SipProxy:
         return out
 
     def get_timer(self) -> float | None:
-        return self.layer.get_timer()
+        t = self.layer.get_timer()
+        g = self.flow_registry.get_timer()
+        if g is not None and (t is None or g < t):
+            return g
+        return t
 
     def handle_timer(self, now: float) -> None:
         self.layer.handle_timer(now)
+        for lost in list(self.flow_registry.expired(now)):
+            for call in self.calls.of_flow(lost.flow_id):
+                if call.state == "grace":
+                    self._end_after_grace(call, now)
         self._pump(now)
 
     @property
@@ -308,6 +358,7 @@ class SipProxy:
         self._next_flow += 1
         token = secrets.token_hex(12)
         flow = Flow(flow_id, token, tenant, transport, peer, last_seen=now)
+        self._tenant_objects[tenant.id] = tenant
         self.flows[flow_id] = flow
         self._tokens[token] = flow_id
         return flow
@@ -317,7 +368,12 @@ class SipProxy:
         if flow is None:
             return
         self._tokens.pop(flow.token, None)
-        self.calls.flow_closed(flow_id)
+        _ended, grace = self.calls.flow_lost(flow_id, now)
+        lost = self.flow_registry.flow_closed(flow_id, flow.tenant.id, now, keep=bool(grace))
+        if lost is not None:
+            self.count("flows_lost_with_calls")
+            for call in grace:
+                self.media.park(call.call_id, lost.deadline, now)
         self.media.on_flow_closed(flow_id, now)
         if self.local is not None:
             self.local.on_flow_closed(flow_id, now)
@@ -335,11 +391,47 @@ class SipProxy:
         _found, flow = self._flow_by_token(token)
         return flow.tenant if flow is not None else None
 
+    def adopt_binding(self, key: BindingKey, tokens: list[str], aliases: dict[str, str], now: float) -> None:
+        """A flow binding taken over from the node that died (core/cluster, docs/ha.md)."""
+        self.flow_registry.adopt_binding(key, tokens, aliases, now)
+        for token in tokens:
+            self._dead_tokens[token] = None
+
+    def adopt_call(
+        self,
+        call_id: str,
+        tenant: Any,
+        from_client: bool,
+        started: float,
+        dialog: Dialog,
+        key: BindingKey | None,
+        token: str | None,
+        now: float,
+    ) -> tuple[int, float]:
+        """A call taken over from the node that died: in grace on a lost flow of its binding, as if
+        its client's connection had just closed. (lost flow id, grace deadline)."""
+        flow_id = self._next_flow
+        self._next_flow += 1
+        self._tenant_objects[tenant.id] = tenant
+        self.calls.invite(call_id, tenant.id, flow_id, from_client, started)
+        self.calls.answered(call_id, started)
+        call = self.calls.calls[call_id]
+        call.dialog = dialog
+        call.state = "grace"
+        call.lost_at = now
+        if token is not None:
+            self._dead_tokens[token] = None
+        lost = self.flow_registry.adopt_lost(flow_id, tenant.id, key, now)
+        return flow_id, lost.deadline
+
     def _flow_by_token(self, token: str) -> tuple[bool, Flow | None]:
         flow_id = self._tokens.get(token)
         if flow_id is not None:
             return True, self.flows.get(flow_id)
-        return token in self._dead_tokens, None
+        binding = self.flow_registry.resolve(token)
+        if binding is not None and binding.flow_id is not None and binding.flow_id in self.flows:
+            return True, self.flows[binding.flow_id]  # a token of an earlier connection of the instance
+        return token in self._dead_tokens or binding is not None, None
 
     # ------------------------------------------------------------------ helpers
     def _is_ours(self, uri: SipUri | Any) -> bool:
@@ -488,6 +580,13 @@ class SipProxy:
             return
         tx, is_new = self.layer.receive_request(req, now, reliable=True)
         if tx is None:  # ACK for a 2xx: stateless, along the route to this tenant's PBX
+            ack_key = (req.call_id, req.cseq.seq)
+            if ack_key in self._local_acks:
+                del self._local_acks[ack_key]
+                return  # the ACK of a re-INVITE the edge answered itself
+            if self._admit_dialog(flow, req, now) is not None:
+                self.count("sip_dialog_refused")
+                return
             if self.local is not None and self.local.claims(flow, req):
                 self.local.request(flow, req, now)
                 return
@@ -507,6 +606,12 @@ class SipProxy:
             self._respond(tx, req, 482, "Loop Detected", now)
             return
         in_dialog = req.to.tag is not None
+        if in_dialog:
+            refused = self._admit_dialog(flow, req, now)
+            if refused is not None:
+                self.count("sip_dialog_refused")
+                self._respond(tx, req, refused, _REASONS.get(refused, "Refused"), now)
+                return
         if not in_dialog:
             ruri = req.request_uri
             owner = self._tenant_for_domain(ruri.host) if isinstance(ruri, SipUri) else None
@@ -523,6 +628,8 @@ class SipProxy:
             response = self.local.request(flow, req, now)
             if response is not None:
                 self.layer.send_response(tx, response, now)
+            return
+        if in_dialog and self._answer_locally(flow, tx, req, now):
             return
         fwd = req.copy()
         if self._foreign_route_token(flow, self._strip_our_routes(fwd)):
@@ -771,6 +878,8 @@ class SipProxy:
             return
         fwd = req.copy()
         found, flow, _ = self._target_flow(fwd)
+        if flow is None and found and self._answer_in_grace(tx, req, tenants, now):
+            return
         if flow is None:
             if found:
                 self.count("sip_flow_failed")
@@ -807,6 +916,187 @@ class SipProxy:
         self._dest[ctx] = ("flow", flow.id)
         self.count("sip_requests_to_client")
         self._track_call(req, in_dialog, flow.tenant.id, flow.id, False, now)
+
+    # ------------------------------------------------------------------ flows bound to the instance
+    def _bind_instance(self, flow: Flow, register: Request, now: float) -> None:
+        """A 2xx to ``register``: bind ``flow`` to the client's instance; replace an earlier connection."""
+        try:
+            key, unregister = binding_key(flow.tenant.id, register.to, register.contacts)
+        except (RemoteProtocolError, ValueError):
+            return
+        registry = self.flow_registry
+        if key is None:
+            return
+        if unregister:
+            if registry.binding_of(flow.id) == key:
+                registry.unbind(flow.id)
+            return
+        previous = registry.bindings.get(key)
+        previous_flow = previous.flow_id if previous is not None else None
+        lost_flows = list(previous.lost_flows) if previous is not None else []
+        replaced = registry.bind(key, flow.id, flow.token, flow.aliases, now)
+        if replaced is None:
+            return
+        for k, v in replaced.aliases.items():
+            flow.aliases.setdefault(k, v)  # Contact aliases the PBX may still use
+        self.count("flows_replaced")
+        if previous_flow is not None and previous_flow != flow.id and previous_flow in self.flows:
+            old = self.flows[previous_flow]
+            self._tokens.pop(old.token, None)
+            for call in self.calls.of_flow(previous_flow):
+                self._recover(call, flow, now)
+            self._actions.append(
+                CloseFlow(previous_flow, "replaced by a new connection of the same instance")
+            )
+        for lost_id in lost_flows:
+            for call in self.calls.of_flow(lost_id):
+                self._recover(call, flow, now)
+
+    def _recover(self, call: Call, flow: Flow, now: float) -> None:
+        """``call`` moves to ``flow`` (the same instance, reconnected)."""
+        old_flow, lost_at = call.flow_id, call.lost_at
+        self.calls.move(call, flow.id)
+        if not self.calls.of_flow(old_flow):
+            self.flow_registry.recovered(old_flow)
+        self.media.move(call.call_id, flow.id, now + self.flow_registry.grace, now)
+        self.count("calls_recovered")
+        if lost_at is not None:
+            self.recovery.observe(now - lost_at)
+            self.notices.append(("recovered", call.tenant_id, call.call_id, now - lost_at))
+
+    def _admit_dialog(self, flow: Flow, req: Request, now: float) -> int | None:
+        """May ``flow`` send this in-dialog request? None, or the status refusing it (403/430).
+
+        While the call's connection is alive, any connection of its tenant may (a client that opens
+        a new connection to our Record-Route URI, RFC 3261 s.12.2.1.1; other tenants' tokens are
+        refused by :meth:`_foreign_route_token`). Once it is lost (grace), only a connection of the
+        same binding (tenant, AOR, instance, reg-id) may, and it takes the call over; anyone else
+        gets 403. A token of a dead connection that belongs to no binding of this connection gets
+        430 (RFC 5626 s.5.3).
+        """
+        call = self.calls.calls.get(req.call_id)
+        if call is not None and call.tenant_id == flow.tenant.id:
+            if call.flow_id != flow.id and call.flow_id not in self.flows:
+                if not self.flow_registry.same_instance(call.flow_id, flow.id):
+                    self.count("sip_dialog_foreign_flow", f"{flow.tenant.id}: call of another connection")
+                    return 403
+                self._recover(call, flow, now)
+            if call.dialog is not None and req.method not in ("ACK", "CANCEL"):
+                call.dialog.cseq = max(call.dialog.cseq, req.cseq.seq)
+            return None
+        token = self._route_token(req)
+        if token is None or token == flow.token or token in self._tokens:
+            return None
+        key = self.flow_registry.key_of_token(token)
+        if key is not None and key == self.flow_registry.binding_of(flow.id):
+            return None
+        if token in self._dead_tokens or key is not None:
+            self.count("sip_flow_token_refused", f"{flow.tenant.id}: token of another connection")
+            return 430
+        return None
+
+    def _route_token(self, req: Request) -> str | None:
+        for route in req.routes:
+            uri = route.uri
+            if not self._is_ours(uri):
+                return None
+            if isinstance(uri, SipUri) and uri.user:
+                return uri.user
+        return None
+
+    def _answer_locally(self, flow: Flow, tx: ServerTransaction, req: Request, now: float) -> bool:
+        """Answer a client's re-INVITE here when it only changed the client's own transport."""
+        if req.method != "INVITE" or not req.body or "session-expires" in req.headers:
+            return False
+        call = self.calls.calls.get(req.call_id)
+        if call is None or call.dialog is None or call.flow_id != flow.id or call.state != "up":
+            return False
+        body = self.media.answer_locally(flow.tenant.id, req, now)
+        if body is None:
+            return False
+        resp = Response.for_request(req, 200, "OK")
+        resp.headers.add("Contact", f"<{call.dialog.target}>")
+        resp.headers.add("Server", self.settings.server_name)
+        resp.set_body(body, "application/sdp")
+        self.layer.send_response(tx, resp, now)
+        acks = self._local_acks
+        acks[(req.call_id, req.cseq.seq)] = None
+        if len(acks) > 10_000:
+            acks.pop(next(iter(acks)))
+        self.count("sip_reinvites_answered_locally")
+        return True
+
+    def _note_dialog(self, pair: Pair, resp: Response) -> None:
+        """The 2xx of an initial INVITE: remember the dialog as the client's side sees it."""
+        call = self.calls.calls.get(pair.request.call_id)
+        if call is None or call.dialog is not None:
+            return
+        req = pair.request
+        try:
+            if pair.from_client:
+                local, remote = req.headers.get("from"), resp.headers.get("to")
+                contacts = resp.contacts
+                routes = [str(r) for r in reversed(resp.record_routes)]
+            else:
+                local, remote = resp.headers.get("to"), req.headers.get("from")
+                contacts = req.contacts
+                routes = [str(r) for r in req.record_routes]
+        except (RemoteProtocolError, ValueError):
+            return
+        if not local or not remote or not contacts:
+            return
+        while routes and self._is_ours(_route_uri(routes[0])):
+            routes.pop(0)
+        seq = req.cseq.seq if pair.from_client else 0
+        call.dialog = Dialog(local, remote, str(contacts[0].uri), tuple(routes), seq)
+
+    def _answer_in_grace(self, tx: ServerTransaction, req: Request, tenants: list[Any], now: float) -> bool:
+        """A PBX request for a call whose client connection is lost and in grace (flows.IN_GRACE)."""
+        call = self.calls.calls.get(req.call_id)
+        if call is None or call.state != "grace" or req.to.tag is None:
+            return False
+        if not any(t.id == call.tenant_id for t in tenants):
+            return False
+        status, reason = in_grace_answer(req.method)
+        self.count("sip_requests_in_grace")
+        self._respond(tx, req, status, reason, now)
+        if req.method == "BYE":
+            self._end_call(call, "BYE")
+        return True
+
+    def _end_call(self, call: Call, reason: str) -> None:
+        lost_flow = call.flow_id
+        self.calls.bye(call.call_id)
+        self.media.on_end(call.call_id, reason, call.tenant_id)
+        if not self.calls.of_flow(lost_flow):
+            self.flow_registry.recovered(lost_flow)
+
+    def _end_after_grace(self, call: Call, now: float) -> None:
+        """The client did not come back in time: BYE to the PBX (with a Reason), free everything."""
+        dialog = call.dialog
+        tenant = self._tenant_objects.get(call.tenant_id)
+        self.count("calls_lost_after_grace")
+        self.notices.append(("lost", call.tenant_id, call.call_id, self.flow_registry.grace))
+        if dialog is not None and tenant is not None:
+            transport, addr = self._backend_of(tenant)
+            dialog.cseq += 1
+            bye = Request("BYE", dialog.target)
+            s = self.settings
+            bye.headers.add("Via", self._via(transport, s.backend_host, s.backend_port, new_branch()))
+            bye.headers.add("Max-Forwards", "70")
+            for route in dialog.routes:
+                bye.headers.add("Route", route)
+            bye.headers.add("From", dialog.local)
+            bye.headers.add("To", dialog.remote)
+            bye.headers.add("Call-ID", call.call_id)
+            bye.headers.add("CSeq", f"{dialog.cseq} BYE")
+            bye.headers.add("Reason", GRACE_BYE_REASON)
+            bye.headers.add("User-Agent", s.server_name)
+            bye.headers.add("Content-Length", "0")
+            ctx = self.layer.send_request(bye, now, reliable=transport != "udp")
+            self._dest[ctx] = ("backend", call.tenant_id, transport, addr)
+        self.calls.bye(call.call_id)
+        self.media.on_end(call.call_id, "flow grace expired", call.tenant_id)
 
     # ------------------------------------------------------------------ CANCEL
     def _cancel(self, cancel: Request, dest: Dest, now: float) -> None:
@@ -874,6 +1164,8 @@ class SipProxy:
             flow = self.flows.get(pair.flow_id)
             if flow is not None:
                 self._register_inbound(flow, out, resp.status)
+                if resp.status >= 200:
+                    self._bind_instance(flow, pair.server.request, now)
         if pair.refused_ack is not None:
             if 200 <= resp.status < 300:
                 self._emit(*pair.refused_ack)  # the far side retransmits its 2xx: ACK it again
@@ -899,6 +1191,8 @@ class SipProxy:
             if pair.request.method == "INVITE":
                 if resp.status < 300:
                     self.calls.answered(pair.request.call_id, now)
+                    if pair.request.to.tag is None:
+                        self._note_dialog(pair, resp)
                 else:
                     self.calls.failed(pair.request.call_id)
             if pair.final_sent and resp.status >= 300:
@@ -1073,6 +1367,13 @@ def _replace_uri(value: NameAddr, uri: str) -> str:
     if lt >= 0 and gt > lt:
         return text[: lt + 1] + uri + text[gt:]
     return f"<{uri}>" + text[len(str(value.uri)) :]
+
+
+def _route_uri(text: str) -> Any:
+    try:
+        return parse_name_addr(text).uri
+    except (RemoteProtocolError, ValueError):
+        return None
 
 
 def _response_addr(via: Any, src: Addr) -> Addr:

@@ -280,6 +280,16 @@ class IceLiteResponder:
     # --- state ----------------------------------------------------------------------------------
 
     @property
+    def remote_pwd(self) -> str | None:
+        """The peer's current password, if known (replicated, sealed, by core/cluster)."""
+        return self._current.remote_pwd
+
+    @property
+    def restarting(self) -> bool:
+        """True after :meth:`restart` until the peer nominated a pair under the new credentials."""
+        return self._previous is not None
+
+    @property
     def selected_address(self) -> Addr | None:
         """Where media goes now (the selected pair's remote address), or None."""
         pair = self._selected

@@ -52,7 +52,7 @@ from twisted.logger import Logger
 from mcs_edge.core.media.loopback import LoopbackPorts, echo_answer, echo_offer
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import CLIENT, PBX, MediaSession, OutOfPorts
-from mcs_edge.core.sip.headers import SipUri
+from mcs_edge.core.sip.headers import SipUri, parse_name_addr
 from mcs_edge.core.sip.message import Request, Response
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
@@ -66,6 +66,14 @@ if TYPE_CHECKING:
     from mcs_edge.tx.timers import Timers
 
 __all__ = ["ECHO_USER", "MAX_PER_FLOW", "MAX_PER_TENANT", "MAX_SECONDS", "EchoService"]
+
+
+def _tag_of(name_addr: str) -> str | None:
+    try:
+        return parse_name_addr(name_addr).tag
+    except (RemoteProtocolError, ValueError):
+        return None
+
 
 ECHO_USER: Final = "echo"
 MAX_PER_FLOW: Final = 2
@@ -94,6 +102,7 @@ class EchoCall:
     cseq: int = 0
     confirmed: bool = False
     limit: Any = None  # the DelayedCall of MAX_SECONDS
+    lost: Any = None  # the DelayedCall ending the call when its connection is lost (grace)
 
 
 class EchoService:
@@ -130,7 +139,7 @@ class EchoService:
         try:
             call = self.calls.get(request.call_id)
             if call is not None:
-                return call.flow_id == flow.id
+                return call.flow_id == flow.id or self._may_take_over(call, flow, request)
             if request.method in ("ACK", "CANCEL") or not getattr(flow.tenant, "echo", False):
                 return False
             if request.to.tag is not None:
@@ -150,9 +159,38 @@ class EchoService:
                 return None
             return Response.for_request(request, 400, "Bad Request")
 
+    def _may_take_over(self, call: EchoCall, flow: Flow, request: Request) -> bool:
+        """A call whose connection is lost (in grace) continues on ``flow`` when the request is of
+        the same dialog (Call-ID, both tags) from the same tenant. The echo involves no PBX and no
+        registration, so the dialog identifiers are the proof (unlike PBX calls, which need the
+        client's instance binding, core/sip/flows.py)."""
+        return (
+            call.lost is not None
+            and flow.tenant.id == call.tenant_id
+            and request.to.tag == call.local_tag
+            and request.from_.tag == _tag_of(call.remote_party)
+        )
+
+    def _take_over(self, call: EchoCall, flow: Flow) -> None:
+        old = self._by_flow.get(call.flow_id)
+        if old is not None:
+            old.discard(call.call_id)
+            if not old:
+                del self._by_flow[call.flow_id]
+        self.timers.cancel(call.lost)
+        call.lost = None
+        call.flow_id = flow.id
+        call.transport = flow.transport
+        self._by_flow.setdefault(flow.id, set()).add(call.call_id)
+        self._count(self.outcomes, call.tenant_id, "recovered")
+
     def _request(self, flow: Flow, request: Request, now: float) -> Response | None:
         method = request.method
         call = self.calls.get(request.call_id)
+        if call is not None and call.flow_id != flow.id:
+            if not self._may_take_over(call, flow, request):
+                return None if method == "ACK" else self._reply(request, 403, "Forbidden")
+            self._take_over(call, flow)
         if call is None:
             if method == "INVITE":
                 return self._invite(flow, request, now)
@@ -178,11 +216,25 @@ class EchoService:
         return self._reply(request, 405, "Method Not Allowed", allow=True)
 
     def on_flow_closed(self, flow_id: int, now: float) -> None:
-        """The caller's connection is gone: its echo calls end without BYE."""
+        """The caller's connection is gone: its answered echo calls wait ``sip.flow_grace`` seconds
+        for the caller to come back on a new connection (re-INVITE of the same dialog), then end
+        without BYE; unconfirmed ones end at once."""
+        grace = self.router.core.flow_registry.grace
         for call_id in list(self._by_flow.get(flow_id, ())):
             call = self.calls.get(call_id)
-            if call is not None:
+            if call is None:
+                continue
+            if grace > 0 and call.confirmed and not self.stopped:
+                self.timers.cancel(call.lost)
+                call.lost = self.timers.call_later(grace, self._grace_over, call_id, flow_id)
+            else:
                 self._release(call, "flow_closed")
+
+    def _grace_over(self, call_id: str, flow_id: int) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and call.flow_id == flow_id:
+            call.lost = None
+            self._release(call, "flow_closed")
 
     # ------------------------------------------------------------------------------ requests
     def _reply(
@@ -376,6 +428,8 @@ class EchoService:
             self._per_tenant.pop(call.tenant_id, None)
         self.timers.cancel(call.limit)
         call.limit = None
+        self.timers.cancel(call.lost)
+        call.lost = None
         self.looped[call.tenant_id] = self.looped.get(call.tenant_id, 0) + call.ports.looped
         self._count(self.ended, call.tenant_id, reason)
         session = call.session

@@ -225,6 +225,19 @@ class MediaRelay:
         self.anchor.on_flow_closed(flow_id, now)
         self._after()
 
+    def park(self, call_id: str, until: float, now: float) -> None:
+        self.anchor.park(call_id, until, now)
+        self._after()
+
+    def move(self, call_id: str, flow_id: int, until: float, now: float) -> None:
+        self.anchor.move(call_id, flow_id, until, now)
+        self._after()
+
+    def answer_locally(self, tenant_id: str, request: Request, now: float) -> bytes | None:
+        body = self.anchor.answer_locally(tenant_id, request, now)
+        self._after()
+        return body
+
     # ------------------------------------------------------------------------------ RelayIO
     def open_port(self, port: int, leg: Leg, rtcp: bool) -> Sender | None:
         if port in self.ports:
@@ -252,10 +265,14 @@ class MediaRelay:
     # --------------------------------------------------------------------------------- misc
     def poke(self, leg: Leg) -> None:
         """A datagram changed ICE/DTLS state of the leg's session: reschedule, reap, re-arm."""
-        self.anchor.poke(leg.session)
+        self.anchor.poke(leg.session, self.now())
         self.timer.arm()
         if self.anchor.problems:
             self._log_problems()
+
+    def rearm(self) -> None:
+        """Re-arm the relay's timer after sessions were added outside a SIP message (takeover)."""
+        self._after()
 
     def _after(self) -> None:
         self.timer.arm()

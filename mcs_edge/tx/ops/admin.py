@@ -231,6 +231,8 @@ class AdminBackend(Protocol):
     def lift(self, source: str) -> Any: ...
     def reload(self) -> Any: ...
     def apply(self, config: EdgeConfig) -> Any: ...
+    def cluster(self) -> Any: ...
+    def promote(self) -> Any: ...
 
 
 class LocalAdmin:
@@ -289,6 +291,19 @@ class LocalAdmin:
             "config": self.source.tenants_file,
         }
 
+    def cluster(self) -> dict[str, Any]:
+        replicator = self.service.cluster
+        if replicator is None:
+            raise ApiError(404, "cluster.enabled is false")
+        return {"cluster": replicator.status()}
+
+    def promote(self) -> dict[str, Any]:
+        """keepalived's notify_master (docs/ha.md): this node becomes the active one."""
+        replicator = self.service.cluster
+        if replicator is None:
+            raise ApiError(404, "cluster.enabled is false")
+        return {"cluster": replicator.promote()}
+
     def tenant_stats(self) -> dict[str, dict[str, int]]:
         core = self.service.sip.core
         out: dict[str, dict[str, int]] = {}
@@ -343,7 +358,11 @@ class LocalAdmin:
                     "tenant": call.tenant_id,
                     "connection": call.flow_id,
                     "direction": "from_client" if call.from_client else "to_client",
-                    "state": "answered" if call.answered is not None else "early",
+                    "state": "grace"
+                    if call.state == "grace"
+                    else "answered"
+                    if call.answered is not None
+                    else "early",
                     "age": round(now - call.started, 3),
                     **_call_media(svc, call.call_id),
                 }
@@ -534,6 +553,12 @@ class AdminResource(Resource):
             return maybeDeferred(b.lift, parts[1]).addCallback(
                 lambda lifted: {"lifted": True} if lifted else _raise(ApiError(404, "no ban on this source"))
             )
+        if parts == ["cluster"]:
+            self._only(method, "GET")
+            return maybeDeferred(b.cluster)
+        if parts == ["cluster", "promote"]:
+            self._only(method, "POST")
+            return maybeDeferred(b.promote)
         if parts == ["reload"]:
             self._only(method, "POST")
             return maybeDeferred(b.reload).addCallback(

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.protocol import connectionDone
@@ -255,6 +255,25 @@ def _service_families(m: EdgeMetrics) -> Iterator[Metric]:
     yield from _http_proxy_families(svc)
 
 
+def _flow_recovery_families(core: Any, counters: dict[str, int]) -> Iterator[Metric]:
+    """Calls that survive a network change (core/sip/flows.py); their counters leave ``counters``."""
+    for name, help_text in (
+        ("flows_replaced", "Client connections replaced by a new connection of the same instance (RFC 5626)"),
+        ("calls_recovered", "Calls moved to the new connection of their client's instance"),
+        ("calls_lost_after_grace", "Calls ended with a BYE to the PBX because the client did not come back"),
+    ):
+        c = CounterMetricFamily(f"mcs_edge_{name}", help_text)
+        c.add_metric([], counters.pop(name, 0))
+        yield c
+    recovery = core.recovery
+    h = HistogramMetricFamily(
+        "mcs_edge_call_recovery_seconds",
+        "Time from a lost client connection to its calls moving to the new one",
+    )
+    h.add_metric([], recovery.cumulative(), sum_value=recovery.sum)
+    yield h
+
+
 def _sip_families(svc: Any) -> Iterator[Metric]:
     router = svc.sip
     core = router.core
@@ -278,7 +297,8 @@ def _sip_families(svc: Any) -> Iterator[Metric]:
     yield g
     calls: dict[tuple[str, str], int] = {}
     for call in core.calls.calls.values():
-        key = (call.tenant_id, "answered" if call.answered is not None else "early")
+        state = "grace" if call.state == "grace" else "answered" if call.answered is not None else "early"
+        key = (call.tenant_id, state)
         calls[key] = calls.get(key, 0) + 1
     g = GaugeMetricFamily("mcs_edge_calls", "Calls up (INVITE dialogs)", labels=["tenant", "state"])
     for (tenant, state), n in sorted(calls.items()):
@@ -298,6 +318,7 @@ def _sip_families(svc: Any) -> Iterator[Metric]:
         g.add_metric([tenant], n)
     yield g
     counters: dict[str, int] = dict(core.counters)
+    yield from _flow_recovery_families(core, counters)
     req = CounterMetricFamily("mcs_edge_sip_requests", "SIP requests forwarded", labels=["direction"])
     req.add_metric(["to_backend"], counters.pop("sip_requests_to_backend", 0))
     req.add_metric(["to_client"], counters.pop("sip_requests_to_client", 0))

@@ -70,7 +70,7 @@ from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
 from mcs_edge.errors import ConfigErrors, StartupError
-from mcs_edge.tx.ops.admin import load_or_create_token
+from mcs_edge.tx.ops.admin import ApiError, load_or_create_token
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.metrics import merge_expositions
 from mcs_edge.tx.ops.panel import admin_site_with_panel
@@ -815,6 +815,12 @@ class SupervisorAdmin:
             return {"source": source}
 
         return self._all("POST", "/api/bans", body).addCallback(first)
+
+    def cluster(self) -> Any:
+        raise ApiError(404, "cluster replication runs with edge.workers = 1 only")
+
+    def promote(self) -> Any:
+        raise ApiError(404, "cluster replication runs with edge.workers = 1 only")
 
     def lift(self, source: str) -> Deferred[bool]:
         return self._all("DELETE", f"/api/bans/{source}").addCallback(

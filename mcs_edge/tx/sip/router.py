@@ -131,6 +131,7 @@ class SipRouter:
             max_message_size=config.sip.max_message_size,
             timers=TimerConfig(t1=config.sip.t1),
             server_name=config.edge.name,
+            flow_grace=config.sip.flow_grace,
             public_tls_port=listen.sip_tls.port if listen.sip_tls is not None else None,
             listen_addresses=sip_listen_addresses(config),
         )
@@ -182,6 +183,7 @@ class SipRouter:
         """Adopt a reloaded configuration; flows of removed tenants are closed."""
         self.config = config
         self.tenants = tenants
+        self.core.flow_registry.grace = config.sip.flow_grace
         self._index_backends(tenants)
         for flow in list(self.flows.values()):
             current = tenants.by_id(flow.tenant.id)
@@ -336,6 +338,8 @@ class SipRouter:
         self.counters[key] = self.counters.get(key, 0) + 1
 
     def _log_problems(self) -> None:
+        if self.core.notices:
+            self._log_notices()
         problems = self.core.problems
         if not problems:
             return
@@ -354,6 +358,35 @@ class SipRouter:
                 dropped += 1
         if dropped:
             self.count("log_suppressed", "", "sip")
+
+    def _log_notices(self) -> None:
+        """Calls that survived a network change, or did not (core/sip/flows.py); rate-limited."""
+        notices = self.core.notices
+        now = self.timers.now()
+        if now - self._log_stamp >= 1.0:
+            self._log_stamp = now
+            self._log_budget = 10
+        while notices:
+            kind, tenant, call_id, seconds = notices.popleft()
+            if self._log_budget <= 0:
+                self.count("log_suppressed", "", "sip")
+                continue
+            self._log_budget -= 1
+            if kind == "recovered":
+                self.log.info(
+                    "SIP210 {tenant} call {call_id} moved to a new connection of its client after {seconds} s",
+                    tenant=tenant,
+                    call_id=call_id,
+                    seconds=round(seconds, 3),
+                )
+            else:
+                self.log.info(
+                    "SIP410 {tenant} call {call_id} ended: its client did not come back within {grace} s"
+                    " (BYE to the PBX)",
+                    tenant=tenant,
+                    call_id=call_id,
+                    grace=seconds,
+                )
 
     def stop(self) -> None:
         self.timer.cancel()

@@ -18,6 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from mcs_edge import __version__
 from mcs_edge.tx.tls.certificates import tls_binding
+from mcs_edge.tx.web.scripts import SCRIPTS, render_script
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
@@ -80,6 +81,8 @@ class FrontResource(Resource):
             )
         if request.path == b"/.well-known/mcs-edge/certificate":
             return self.handoff.render(request, tenant)
+        if request.path in SCRIPTS:  # helpers for web clients (tx/web/scripts.py)
+            return render_script(request)
         check = getattr(self.service, "check", None)  # network check page (tx/web/check.py)
         if check is not None and check.handles(request.path):
             return check.render(request, tenant)  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""Replication of call and flow state between edge nodes (docs/ha.md); sans-IO."""

@@ -1,0 +1,1 @@
+"""Replication adapters (docs/ha.md)."""

@@ -1,0 +1,397 @@
+"""Calls that survive a network change: aiortc client, edge, asyncio PBX with an RTP echo.
+
+The client registers with ``+sip.instance``/``reg-id`` (as JsSIP does), places a call and hears its
+echo. The test then kills its WebSocket at the edge (an abort, as when the network goes away) and
+drops its peer connection. Then:
+
+* recovery: a new WebSocket from another source address (127.0.0.2), REGISTER with the same
+  instance, a re-INVITE with an ICE restart from a new aiortc peer connection (new ufrag/pwd, new
+  DTLS certificate, new SSRC, new sequence numbers): audio comes back, same Call-ID, the PBX saw no
+  BYE and no re-INVITE, and its RTP is one stream (one SSRC, no sequence jump). An incoming call to
+  the agent afterwards reaches the new connection through the old Path.
+* no reconnect: strangers presenting the old flow token (same tenant without the binding, the same
+  instance under another AOR, another tenant) are refused; at grace end the PBX gets a BYE with a
+  Reason, every relay port and grace timer is released.
+* no instance id: the call ends after grace, as before.
+
+The edge runs in-process on the test's reactor; the peers run in their own asyncio loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from aiortc import RTCPeerConnection
+from helpers.aiortc_call import (
+    Counter,
+    LoopThread,
+    ToneTrack,
+    WsUa,
+    audio_window,
+    connected,
+    in_thread,
+    new_pc,
+    offer_and_answer,
+)
+from helpers.edge import metrics, sample
+from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
+from helpers.wsclient import WSClient, header, status
+from twisted.internet import reactor, threads
+
+from mcs_edge import config as c
+from mcs_edge.tx.service import EdgeService
+
+pytestmark = pytest.mark.e2e
+
+GRACE = 6.0
+INSTANCE = "<urn:uuid:0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>"
+MIN_RATIO = 0.9
+
+
+class RecoveryEdge:
+    """The edge with tenants rossi (bridge) and verdi, sip.flow_grace = GRACE."""
+
+    def __init__(self, tmp: Path, runner: LoopThread) -> None:
+        self.runner = runner
+        self.echo = RecordingEcho()
+        self.closers: list[Callable[[], None]] = []
+        self.pbx = RecordingPbx(self._answer)
+        runner.run(self.pbx.start())
+        runner.run(self._start_echo())
+        lo = random.randrange(20000, 32000, 2)
+        tenants = ""
+        for tid in ("rossi", "verdi"):
+            tenants += (
+                f'\n[[tenants]]\nid = "{tid}"\ndomains = ["{tid}.example.com"]\n'
+                f'backend_sip = "udp:127.0.0.1:{self.pbx.port}"\ncertificate = "self-signed"\n'
+                f'media = "bridge"\nallowed_origins = ["https://{tid}.example.com"]\n'
+                "[tenants.shaping]\nrate = 2000000\nburst = 4000000\n"
+            )
+        text = f"""
+[edge]
+state_dir = "{tmp / "state"}"
+public_address = "127.0.0.1"
+backend_address = "127.0.0.1"
+[listen]
+https = "127.0.0.1:0"
+sip_tls = "off"
+backend_sip = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[admin]
+token = "test-admin-token-0123456789"
+[sip]
+flow_grace = {GRACE}
+[media]
+ports = [{lo}, {lo + 199}]
+bind = "127.0.0.1"
+{tenants}"""
+        self.service = EdgeService(c.loads(text), reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.https = self.service.ports["https"].getHost().port
+        self.admin = self.service.ports["admin"].getHost().port
+        self.backend = self.service.ports["backend_sip_udp"].getHost().port
+        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
+
+    async def _start_echo(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(50):
+            transport, _ = await loop.create_datagram_endpoint(lambda: self.echo, local_addr=("127.0.0.1", 0))
+            self.echo_port = transport.get_extra_info("sockname")[1]
+            self.closers.append(transport.close)
+            return
+
+    async def _answer(self, offer: str) -> str:
+        return plain_answer(self.echo_port, offer)
+
+    def client(self, tid: str = "rossi", source: str | None = None) -> WSClient:
+        return WSClient(
+            self.https,
+            f"{tid}.example.com",
+            cafile=self.ca,
+            origin=f"https://{tid}.example.com",
+            source=source,
+        )
+
+    def kill_connections(self) -> int:
+        """Abort every client connection at the edge (called in the reactor thread)."""
+        flows = list(self.service.sip.flows.values())
+        for flow in flows:
+            proto = getattr(flow.close, "__self__", None)
+            assert proto is not None
+            proto.dropConnection(abort=True)
+        return len(flows)
+
+    def call_states(self) -> list[str]:
+        return [call.state for call in list(self.service.sip.core.calls.calls.values())]
+
+    def relay_state(self) -> dict[str, int]:
+        media = self.service.media
+        return {
+            "ports_in_use": media.anchor.ports_in_use,
+            "sockets": len(media.ports),
+            "sessions": len(media.anchor.sessions),
+            "lost_flows": len(self.service.sip.core.flow_registry.lost),
+            "calls": len(self.service.sip.core.calls),
+        }
+
+    def stop(self) -> Any:
+        async def close_all() -> None:
+            for close in self.closers:
+                close()
+            self.pbx.close()
+
+        self.runner.run(close_all())
+        return self.service.stopService()
+
+
+@pytest.fixture(scope="module")
+def runner() -> Any:
+    r = LoopThread()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def edge(tmp_path: Path, runner: LoopThread) -> Any:
+    e = RecoveryEdge(tmp_path, runner)
+    yield e
+    pytest_twisted.blockon(e.stop())
+
+
+def register(ws: WSClient, domain: str, instance: str | None = INSTANCE, user: str = "alice") -> str:
+    """REGISTER (with +sip.instance and reg-id unless None); the final response."""
+    params = f';reg-id=1;+sip.instance="{instance}"' if instance else ""
+    ws.send(
+        f"REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag={uuid.uuid4().hex[:6]}\r\nTo: <sip:{user}@{domain}>\r\n"
+        f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\nSupported: path, outbound\r\n"
+        f"Contact: <sip:{user}@x.invalid;transport=ws>{params}\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n"
+    )
+    return ws.recv_sip(timeout=10, skip_provisional=True)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def blocking_call(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in the reactor thread from a helper thread and wait for its result."""
+    return threads.blockingCallFromThread(reactor, fn)
+
+
+async def up_call(edge: RecoveryEdge, instance: str | None) -> dict[str, Any]:
+    ws = await in_thread(edge.client)
+    assert status(await in_thread(register, ws, "rossi.example.com", instance)) == 200
+    ua = WsUa(ws, "rossi.example.com")
+    counter = Counter()
+    pc = new_pc(counter)
+    tone = ToneTrack()
+    pc.addTrack(tone)
+    await offer_and_answer(ua, pc)
+    await connected(pc)
+    first = await audio_window(tone, counter, 2.0)
+    return {"ws": ws, "ua": ua, "pc": pc, "first": first}
+
+
+async def lose_connection(edge: RecoveryEdge, call: dict[str, Any]) -> None:
+    """The network goes away: the edge's side of the WebSocket is aborted, the peer connection dropped."""
+    assert await in_thread(blocking_call, edge.kill_connections) == 1
+    await wait_until(lambda: edge.call_states() == ["grace"], 5, "the call to enter grace")
+    pc: RTCPeerConnection = call["pc"]
+    await pc.close()
+    call["ws"].sock.close()
+
+
+# --------------------------------------------------------------------------------------- recovery
+
+
+async def recovery_scenario(edge: RecoveryEdge) -> dict[str, Any]:
+    call = await up_call(edge, INSTANCE)
+    ua: WsUa = call["ua"]
+    result: dict[str, Any] = {"first": call["first"]}
+    pcs = [call["pc"]]
+    try:
+        await lose_connection(edge, call)
+        echoed_before = len(edge.echo.stream)
+        await asyncio.sleep(1.0)  # the client is away for a while
+        back = time.monotonic()
+        ws2 = await in_thread(edge.client, "rossi", "127.0.0.2")
+        result["register"] = status(await in_thread(register, ws2, "rossi.example.com"))
+        ua.ws = ws2
+        counter = Counter()
+        pc2 = new_pc(counter)
+        pcs.append(pc2)
+        tone = ToneTrack()
+        pc2.addTrack(tone)
+        result["restart_answer"] = await offer_and_answer(ua, pc2)
+        await connected(pc2)
+        await wait_until(lambda: counter.frames["audio"] > 0, 5, "audio again")
+        result["recovery_seconds"] = time.monotonic() - back
+        result["after"] = await audio_window(tone, counter, 2.0)
+        result["stream"] = edge.echo.stream[max(0, echoed_before - 50) :]
+        # an incoming call to the agent through the Path of its first connection
+        register_req = next(r for r in edge.pbx.requests if r.startswith("REGISTER"))
+        path = header(register_req, "Path")
+        invite_id = uuid.uuid4().hex
+        invite = (
+            "INVITE sip:alice@x.invalid;transport=ws SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{edge.pbx.port};branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\n"
+            f"Max-Forwards: 70\r\nRoute: {path}\r\nFrom: <sip:300@rossi.example.com>;tag=in1\r\n"
+            f"To: <sip:alice@rossi.example.com>\r\nCall-ID: {invite_id}\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:pbx@127.0.0.1:{edge.pbx.port}>\r\nContent-Length: 0\r\n\r\n"
+        )
+        edge.pbx.transport.sendto(invite.encode(), ("127.0.0.1", edge.backend))
+        incoming = await in_thread(ws2.recv_sip, 5.0)
+        result["incoming"] = incoming.split(" ", 1)[0], header(incoming, "Call-ID") == invite_id
+        ws2.send(_response_to(incoming, 486, "Busy Here"))
+        ack = await in_thread(ws2.recv_sip, 5.0)  # the edge's hop-by-hop ACK of the 486
+        assert ack.startswith("ACK "), ack
+        result["bye"] = await in_thread(ua.bye)
+        result["pbx_methods"] = edge.pbx.methods(ua.call_id)
+        result["call_id"] = ua.call_id
+        result["metrics"] = await in_thread(metrics, edge.admin)
+        ws2.close()
+    finally:
+        for pc in pcs:
+            await pc.close()
+    return result
+
+
+def _response_to(request: str, code: int, reason: str) -> str:
+    keep = [
+        line
+        for line in request.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+        if line.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")
+    ]
+    to = header(request, "To") or ""
+    return (
+        f"SIP/2.0 {code} {reason}\r\n"
+        + "\r\n".join(keep)
+        + f"\r\nTo: {to};tag=busy1\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+def check_window(window: tuple[int, int], what: str) -> None:
+    sent, got = window
+    assert sent >= 60, f"{what}: only {sent} frames sent"
+    assert got >= MIN_RATIO * sent, f"{what}: {got} of {sent} frames came back"
+
+
+@pytest_twisted.inlineCallbacks
+def test_call_survives_reconnect_from_a_new_address(edge: RecoveryEdge) -> Any:
+    """WebSocket killed, client back from 127.0.0.2 with the same instance and an ICE restart: audio again, same Call-ID, the PBX saw no BYE or re-INVITE and one RTP stream without a sequence jump; an incoming call reaches the new connection."""
+    result = yield threads.deferToThread(edge.runner.run, recovery_scenario(edge), 120)
+    print({k: v for k, v in result.items() if k not in ("restart_answer", "stream", "metrics")})
+    check_window(result["first"], "before the loss")
+    assert result["register"] == 200
+    check_window(result["after"], "after recovery")
+    assert result["recovery_seconds"] < 3.0
+    assert result["pbx_methods"] == ["INVITE", "ACK", "BYE"]  # one INVITE, the final BYE of the client
+    stream = result["stream"]
+    assert len({ssrc for ssrc, _ in stream}) == 1, "the PBX saw another SSRC"
+    jumps = [(b - a) % 65536 for (_, a), (_, b) in itertools.pairwise(stream)]
+    assert jumps and max(jumps) <= 3, f"sequence jump toward the PBX: {max(jumps)}"
+    assert result["incoming"] == ("INVITE", True)
+    assert result["bye"] == 200
+    m = result["metrics"]
+    assert sample(m, "mcs_edge_flows_replaced_total") == 1
+    assert sample(m, "mcs_edge_calls_recovered_total") == 1
+    assert sample(m, "mcs_edge_call_recovery_seconds_count") == 1
+    assert sample(m, "mcs_edge_calls_lost_after_grace_total") == 0
+    state = yield threads.deferToThread(_settled, edge)
+    assert state == {"ports_in_use": 0, "sockets": 0, "sessions": 0, "lost_flows": 0, "calls": 0}
+
+
+def _settled(edge: RecoveryEdge) -> dict[str, int]:
+    deadline = time.monotonic() + 10
+    while True:
+        state = blocking_call(edge.relay_state)
+        if (state["sessions"] == 0 and state["calls"] == 0) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------ no reconnect
+
+
+def reinvite_status(ws: WSClient, ua: WsUa, body: str, domain: str) -> int:
+    """A re-INVITE of ``ua``'s dialog sent on ``ws`` (a stranger's connection); the final status."""
+    stranger = WsUa(ws, domain)
+    stranger.call_id, stranger.tag, stranger.to = ua.call_id, ua.tag, ua.to
+    stranger.route, stranger.target, stranger.cseq = ua.route, ua.target, ua.cseq + 10
+    code, _ = stranger.invite(body)
+    return code
+
+
+async def grace_scenario(edge: RecoveryEdge, instance: str | None) -> dict[str, Any]:
+    call = await up_call(edge, instance)
+    ua: WsUa = call["ua"]
+    result: dict[str, Any] = {"first": call["first"]}
+    offer = call["pc"].localDescription.sdp
+    await lose_connection(edge, call)
+    lost_at = time.monotonic()
+    refused: dict[str, int] = {}
+    same_tenant = await in_thread(edge.client, "rossi", "127.0.0.3")
+    if instance is None:
+        assert status(await in_thread(register, same_tenant, "rossi.example.com", None)) == 200
+        refused["no instance"] = await in_thread(reinvite_status, same_tenant, ua, offer, "rossi.example.com")
+    else:
+        refused["same tenant"] = await in_thread(reinvite_status, same_tenant, ua, offer, "rossi.example.com")
+        other_aor = await in_thread(edge.client, "rossi", "127.0.0.3")
+        assert status(await in_thread(register, other_aor, "rossi.example.com", INSTANCE, "bob")) == 200
+        refused["other AOR"] = await in_thread(reinvite_status, other_aor, ua, offer, "rossi.example.com")
+        other_tenant = await in_thread(edge.client, "verdi", "127.0.0.3")
+        assert status(await in_thread(register, other_tenant, "verdi.example.com")) == 200
+        refused["other tenant"] = await in_thread(
+            reinvite_status, other_tenant, ua, offer, "verdi.example.com"
+        )
+    result["refused"] = refused
+    result["states_in_grace"] = edge.call_states()
+    await wait_until(lambda: "BYE" in edge.pbx.methods(ua.call_id), GRACE + 5, "the BYE to the PBX")
+    result["bye_after"] = time.monotonic() - lost_at
+    bye = next(r for r in edge.pbx.requests if r.startswith("BYE") and ua.call_id in r)
+    result["reason"] = header(bye, "Reason")
+    result["pbx_methods"] = edge.pbx.methods(ua.call_id)
+    result["metrics"] = await in_thread(metrics, edge.admin)
+    return result
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_reconnect_within_grace_ends_the_call_with_a_reason(edge: RecoveryEdge) -> Any:
+    """Nobody comes back: strangers with the old token are refused (403 same tenant/other AOR, 430 other tenant); at grace end the PBX gets a BYE with a Reason and every port and timer is released."""
+    result = yield threads.deferToThread(edge.runner.run, grace_scenario(edge, INSTANCE), 120)
+    print({k: v for k, v in result.items() if k != "metrics"})
+    check_window(result["first"], "before the loss")
+    assert result["refused"] == {"same tenant": 403, "other AOR": 403, "other tenant": 430}
+    assert result["states_in_grace"] == ["grace"]
+    assert GRACE - 0.5 <= result["bye_after"] <= GRACE + 3
+    assert result["reason"] == 'SIP;cause=430;text="Client connection lost"'
+    assert result["pbx_methods"] == ["INVITE", "ACK", "BYE"]
+    assert sample(result["metrics"], "mcs_edge_calls_lost_after_grace_total") == 1
+    state = yield threads.deferToThread(_settled, edge)
+    assert state == {"ports_in_use": 0, "sockets": 0, "sessions": 0, "lost_flows": 0, "calls": 0}
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_without_instance_id_gets_the_old_behaviour(edge: RecoveryEdge) -> Any:
+    """A client registered without +sip.instance cannot take its call back from a new connection (403); the call ends after grace with a BYE to the PBX."""
+    result = yield threads.deferToThread(edge.runner.run, grace_scenario(edge, None), 120)
+    print({k: v for k, v in result.items() if k != "metrics"})
+    assert result["refused"] == {"no instance": 403}
+    assert result["pbx_methods"] == ["INVITE", "ACK", "BYE"]
+    state = yield threads.deferToThread(_settled, edge)
+    assert state == {"ports_in_use": 0, "sockets": 0, "sessions": 0, "lost_flows": 0, "calls": 0}
