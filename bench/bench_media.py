@@ -11,16 +11,27 @@ relay:
                   datagram endpoints), both legs PASSTHROUGH: opaque packets, latching, policing
 * ``bridge``      the same relay bridging DTLS-SRTP (client side, keys from a real DTLS handshake
                   per call) <-> plain RTP (PBX side): SRTP unprotect one way, protect the other
+* ``rtp bridge``  the same relay, both sides plain RTP (a SIP client offering RTP/AVP, tenant
+                  ``bridge``): latching, policing, loss accounting, no SRTP
+* ``rtpengine``   the reference: Debian's ``rtpengine`` daemon (userspace forwarding, no kernel
+                  table, ``--num-threads=1``), driven over its ng control protocol (bencode over
+                  UDP: offer/answer/delete), relaying plain RTP both ways like ``rtp bridge``
+
+Ratios to rtpengine (CPU per packet) are printed under each table. The issue's targets: passthrough
+and plain RTP bridge <= 1.0x rtpengine, SRTP bridge <= 2.0x.
 
 Columns: packets relayed in the measuring window, relay CPU ms per 1,000 packets (process CPU time
 of the relay process, read over its control pipe), loss, one-way latency p50/p99 through the relay
 and the latency it adds over ``direct``. The relay process is pinned to CPU 0 (``taskset``) and the
 generator to CPU 1 when the machine has two CPUs. Never pass/fail: figures only.
 
-    .venv/bin/python bench/bench_media.py [--streams 100,500] [--seconds 5] [--epoll]
+    .venv/bin/python bench/bench_media.py [--streams 100,500] [--seconds 5] [--epoll] [--repeat 1]
+        [--baseline-src DIR]
     .venv/bin/python bench/bench_media.py --packet-cost [--baseline DIR]
 
 ``--epoll`` also runs the relay on Twisted's default epoll reactor (``listenUDP`` path).
+``--baseline-src DIR`` also runs the edge rows with ``mcs_edge`` from the source tree ``DIR`` (e.g. an
+export of main) in the same run: before/after.
 
 ``--packet-cost`` prints, instead, the in-process cost per packet of a passthrough leg's receive
 path (``Leg.receive``, sans-IO, no sockets): RTP and STUN from the latched source, a verified ICE
@@ -97,7 +108,8 @@ def serve(kind: str, reactor_name: str, mode: str, lo: int) -> None:
             ".",
         )
         timers = Timers(reactor)
-        relay = MediaRelay(cfg, reactor, timers, tenant_media=lambda _tid: mode)
+        tenant_mode = "bridge" if mode == "rtp" else mode  # "rtp": a plain RTP client, tenant bridge
+        relay = MediaRelay(cfg, reactor, timers, tenant_media=lambda _tid: tenant_mode)
 
         class Pair:
             tenant_id = "t"
@@ -223,7 +235,7 @@ def serve(kind: str, reactor_name: str, mode: str, lo: int) -> None:
 class Control:
     """The generator's end of the relay process's control pipe."""
 
-    def __init__(self, kind: str, reactor_name: str, mode: str, pin: bool) -> None:
+    def __init__(self, kind: str, reactor_name: str, mode: str, pin: bool, src: str | None = None) -> None:
         lo = random.randrange(20000, 28000, 2)  # below the kernel's ephemeral range (32768-)
         cmd = [
             sys.executable,
@@ -239,7 +251,10 @@ class Control:
         ]
         if pin:
             cmd = ["taskset", "-c", "0", *cmd]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        env = dict(os.environ)
+        if src:  # another source tree's mcs_edge (e.g. main, for before/after in one run)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env)
 
     def request(self, **msg: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -259,6 +274,134 @@ class Control:
             self.proc.wait(10)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
+
+
+def bencode(value: Any) -> bytes:
+    """bencode (the ng protocol's encoding): dict, list, str/bytes, int. A few lines for a bench."""
+    if isinstance(value, dict):
+        return b"d" + b"".join(bencode(str(k)) + bencode(v) for k, v in sorted(value.items())) + b"e"
+    if isinstance(value, list):
+        return b"l" + b"".join(bencode(v) for v in value) + b"e"
+    if isinstance(value, int):
+        return b"i%de" % value
+    raw = value.encode() if isinstance(value, str) else value
+    return b"%d:%s" % (len(raw), raw)
+
+
+def bdecode(data: bytes, i: int = 0) -> tuple[Any, int]:
+    """Decode one bencoded value at ``data[i:]``; returns (value, next index). Strings come back as str."""
+    c = data[i : i + 1]
+    if c == b"d":
+        out: dict[str, Any] = {}
+        i += 1
+        while data[i : i + 1] != b"e":
+            key, i = bdecode(data, i)
+            out[key], i = bdecode(data, i)
+        return out, i + 1
+    if c == b"l":
+        items = []
+        i += 1
+        while data[i : i + 1] != b"e":
+            item, i = bdecode(data, i)
+            items.append(item)
+        return items, i + 1
+    if c == b"i":
+        end = data.index(b"e", i)
+        return int(data[i + 1 : end]), end + 1
+    colon = data.index(b":", i)
+    n = int(data[i:colon])
+    return data[colon + 1 : colon + 1 + n].decode(errors="replace"), colon + 1 + n
+
+
+def _task_cpu(pid: int) -> float:
+    """CPU seconds of every thread of ``pid`` (schedstat: nanoseconds, finer than /proc ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+class RtpEngine:
+    """The reference relay: Debian's rtpengine (userspace, one worker thread), same interface as Control."""
+
+    def __init__(self, pin: bool) -> None:
+        lo = random.randrange(20000, 28000, 2)
+        self.ng = ("127.0.0.1", random.randrange(40000, 50000))
+        cmd = [
+            "rtpengine",
+            "--config-file=none",
+            "--foreground",
+            "--log-stderr",
+            "--log-level=3",
+            "--interface=127.0.0.1",
+            f"--listen-ng={self.ng[0]}:{self.ng[1]}",
+            f"--port-min={lo}",
+            f"--port-max={lo + 3999}",
+            "--num-threads=1",
+            "--table=-1",
+            "--delete-delay=0",
+        ]
+        if pin:
+            cmd = ["taskset", "-c", "0", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(1.0)
+        self.calls: list[tuple[str, str]] = []
+        for _ in range(50):
+            try:
+                if self.ng_request({"command": "ping"}).get("result") == "pong":
+                    return
+            except TimeoutError:
+                continue
+        raise RuntimeError("rtpengine did not answer ping")
+
+    def ng_request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        cookie = uuid.uuid4().hex[:12].encode()
+        self.sock.sendto(cookie + b" " + bencode(msg), self.ng)
+        while True:
+            data, _ = self.sock.recvfrom(65536)
+            head, _, body = data.partition(b" ")
+            if head == cookie:
+                reply, _ = bdecode(body)
+                return dict(reply)
+
+    def request(self, **msg: Any) -> dict[str, Any]:
+        op = msg["op"]
+        if op == "cpu":
+            cpu = _task_cpu(self.proc.pid)
+            return {"cpu": cpu, "user": float("nan")}
+        if op == "stats":
+            return {"dropped": {}, "native": False}
+        if op != "call":
+            raise ValueError(op)
+        call_id, from_tag, to_tag = uuid.uuid4().hex, uuid.uuid4().hex[:8], uuid.uuid4().hex[:8]
+        common = {"call-id": call_id, "from-tag": from_tag, "replace": ["origin"], "ICE": "remove"}
+        offer = self.ng_request({"command": "offer", "sdp": msg["offer"], **common})
+        if offer.get("result") != "ok":
+            return {"error": offer}
+        answer = self.ng_request({"command": "answer", "sdp": msg["answer"], "to-tag": to_tag, **common})
+        if answer.get("result") != "ok":
+            return {"error": answer}
+        self.calls.append((call_id, from_tag))
+        return {"offer": offer["sdp"], "answer": answer["sdp"], "error": None}
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _plain_sdp(addr: tuple[str, int], user: str) -> str:
+    return (
+        f"v=0\r\no={user} 1 1 IN IP4 {addr[0]}\r\ns=-\r\nc=IN IP4 {addr[0]}\r\nt=0 0\r\n"
+        f"m=audio {addr[1]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    )
 
 
 def _sock() -> socket.socket:
@@ -318,7 +461,7 @@ def _handshake(sock: socket.socket, peer: Any, edge: tuple[str, int]) -> None:
 
 
 def setup_calls(
-    kind: str, mode: str, ctl: Control | None, calls: int, count: int
+    kind: str, mode: str, ctl: Control | RtpEngine | None, calls: int, count: int
 ) -> tuple[list[Stream], list[Any]]:
     """Create the calls; returns the streams and the (socket, stream received there) pairs."""
     from helpers.webrtc_peer import WebRtcPeer
@@ -340,6 +483,14 @@ def setup_calls(
             assert ctl is not None
             ports = ctl.request(op="pair", a=list(caddr), b=list(paddr))
             to_pbx, to_client = ("127.0.0.1", ports["a"]), ("127.0.0.1", ports["b"])
+            packets_c = plain_c
+        elif kind == "rtpengine" or mode == "rtp":
+            assert ctl is not None
+            reply = ctl.request(op="call", offer=_plain_sdp(caddr, "client"), answer=_plain_sdp(paddr, "pbx"))
+            if reply.get("error") is not None:
+                raise RuntimeError(f"relay refused the call: {reply}")
+            to_client = ("127.0.0.1", SessionDescription.parse(reply["offer"]).media[0].port)
+            to_pbx = ("127.0.0.1", SessionDescription.parse(reply["answer"]).media[0].port)
             packets_c = plain_c
         else:
             assert ctl is not None
@@ -378,7 +529,7 @@ def setup_calls(
 
 
 async def load(
-    sockets: list[Any], streams: list[Stream], seconds: float, ctl: Control | None
+    sockets: list[Any], streams: list[Stream], seconds: float, ctl: Control | RtpEngine | None
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     records: list[tuple[float, float]] = []
@@ -441,11 +592,15 @@ async def load(
 
 
 def run_one(
-    kind: str, mode: str, reactor_name: str, n_streams: int, seconds: float, pin: bool
+    kind: str, mode: str, reactor_name: str, n_streams: int, seconds: float, pin: bool, src: str | None = None
 ) -> dict[str, Any]:
     calls = n_streams // 2
     count = int((1.0 + seconds + 0.5) * RATE) + 20
-    ctl = None if kind == "direct" else Control(kind, reactor_name, mode, pin)
+    ctl: Control | RtpEngine | None = None
+    if kind == "rtpengine":
+        ctl = RtpEngine(pin)
+    elif kind != "direct":
+        ctl = Control(kind, reactor_name, mode, pin, src)
     try:
         streams, sockets = setup_calls(kind, mode, ctl, calls, count)
         if kind == "floor-native":
@@ -545,14 +700,21 @@ def main() -> None:
     )
     parser.add_argument("--serve", choices=("relay", "floor", "floor-native"))
     parser.add_argument("--reactor", default="uvloop", choices=("uvloop", "epoll"))
-    parser.add_argument("--mode", default="bridge", choices=("bridge", "passthrough"))
+    parser.add_argument("--mode", default="bridge", choices=("bridge", "passthrough", "rtp"))
     parser.add_argument("--lo", type=int, default=30000)
     parser.add_argument("--streams", default="100,500")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--epoll", action="store_true", help="also run the relay on the epoll reactor")
+    parser.add_argument("--repeat", type=int, default=1, help="run every row this many times (noisy machine)")
     parser.add_argument("--packet-cost", action="store_true", help="per-packet cost of a passthrough leg")
     parser.add_argument("--packet-cost-json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", default=None, help="with --packet-cost: another source tree to compare")
+    parser.add_argument("--only", default="", help="comma-separated row keys to run (default: all)")
+    parser.add_argument(
+        "--baseline-src",
+        default="",
+        help="also run the edge rows with mcs_edge from this source tree (e.g. a checkout of main): before/after",
+    )
     args = parser.parse_args()
     if args.packet_cost_json:
         print(json.dumps(packet_cost()))
@@ -574,43 +736,73 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         pass
     rows = [
-        ("direct", "passthrough", "epoll", "no relay (baseline)"),
-        ("floor", "passthrough", "epoll", "Twisted listenUDP forwarder (floor)"),
-        ("floor-native", "passthrough", "uvloop", "uvloop endpoint forwarder (floor)"),
-        ("relay", "passthrough", "uvloop", "mcs_edge passthrough (uvloop)"),
-        ("relay", "bridge", "uvloop", "mcs_edge bridge SRTP<->RTP (uvloop)"),
+        ("direct", "direct", "passthrough", "epoll", "no relay (baseline)"),
+        ("floor", "floor", "passthrough", "epoll", "Twisted listenUDP forwarder (floor)"),
+        ("native", "floor-native", "passthrough", "uvloop", "uvloop endpoint forwarder (floor)"),
+        ("rtpengine", "rtpengine", "rtp", "-", "rtpengine userspace, 1 thread (ref)"),
+        ("passthrough", "relay", "passthrough", "uvloop", "mcs_edge passthrough (uvloop)"),
+        ("rtp", "relay", "rtp", "uvloop", "mcs_edge bridge RTP<->RTP (uvloop)"),
+        ("bridge", "relay", "bridge", "uvloop", "mcs_edge bridge SRTP<->RTP (uvloop)"),
     ]
     if args.epoll:
         rows += [
-            ("relay", "passthrough", "epoll", "mcs_edge passthrough (epoll)"),
-            ("relay", "bridge", "epoll", "mcs_edge bridge SRTP<->RTP (epoll)"),
+            ("passthrough-epoll", "relay", "passthrough", "epoll", "mcs_edge passthrough (epoll)"),
+            ("bridge-epoll", "relay", "bridge", "epoll", "mcs_edge bridge SRTP<->RTP (epoll)"),
         ]
+    if args.baseline_src:
+        rows += [
+            (f"{key}@base", kind, mode, reactor_name, f"{label.replace('mcs_edge', 'base')}")
+            for key, kind, mode, reactor_name, label in list(rows)
+            if kind == "relay"
+        ]
+    only = {x for x in args.only.split(",") if x}
+    if only:
+        rows = [row for row in rows if row[0].split("@")[0] in only or row[0] in ("direct", "rtpengine")]
     print(
-        f"relay pinned to CPU 0, generator to CPU 1: {pin}; {args.seconds:.0f} s window, {RATE} pkt/s per stream"
+        f"relay pinned to CPU 0, generator to CPU 1: {pin}; {args.seconds:.0f} s window, {RATE} pkt/s per stream;"
+        f" rows interleaved, {args.repeat} round(s)"
     )
-    header = f"{'relay':40} {'streams':>7} {'packets':>8} {'CPU ms/1k pkt':>13} {'(user)':>7} {'loss %':>7} {'p50 us':>7} {'p99 us':>7} {'+p50 us':>7} {'+p99 us':>7}"
+    header = f"{'relay':40} {'streams':>7} {'packets':>8} {'CPU us/pkt':>10} {'(user)':>7} {'loss %':>7} {'p50 us':>7} {'p99 us':>7} {'+p50 us':>7} {'+p99 us':>7} {'gen CPU%':>8}"
     for n in (int(x) for x in args.streams.split(",")):
         print()
         print(header)
-        base: dict[str, Any] | None = None
-        for kind, mode, reactor_name, label in rows:
-            r = run_one(kind, mode, reactor_name, n, args.seconds, pin)
-            if kind == "direct":
-                base = r
-            loss = 100.0 * (1 - r["got"] / r["sent"]) if r["sent"] else float("nan")
-            cpu = f"{1e6 * r['cpu'] / r['got']:.1f}" if kind != "direct" and r["got"] else "-"
-            user = f"{1e6 * r['user'] / r['got']:.1f}" if kind != "direct" and r["got"] else "-"
-            add50 = add99 = "-"
-            if base is not None and kind != "direct":
-                add50 = f"{1e6 * (r['p50'] - base['p50']):.0f}"
-                add99 = f"{1e6 * (r['p99'] - base['p99']):.0f}"
+        per_packet: dict[str, list[float]] = {}
+        for _round in range(args.repeat):
+            base: dict[str, Any] | None = None
+            for key, kind, mode, reactor_name, label in rows:
+                gen0 = time.process_time()
+                src = args.baseline_src if key.endswith("@base") else None
+                r = run_one(kind, mode, reactor_name, n, args.seconds, pin, src)
+                gen = 100.0 * (time.process_time() - gen0) / (args.seconds + 1.5)
+                if kind == "direct":
+                    base = r
+                loss = 100.0 * (1 - r["got"] / r["sent"]) if r["sent"] else float("nan")
+                cpu = user = add50 = add99 = "-"
+                if kind != "direct" and r["got"]:
+                    per_packet.setdefault(key, []).append(1e6 * r["cpu"] / r["got"])
+                    cpu = f"{1e6 * r['cpu'] / r['got']:.1f}"
+                    user = f"{1e6 * r['user'] / r['got']:.1f}"
+                if base is not None and kind != "direct":
+                    add50 = f"{1e6 * (r['p50'] - base['p50']):.0f}"
+                    add99 = f"{1e6 * (r['p99'] - base['p99']):.0f}"
+                print(
+                    f"{label:40} {n:>7} {r['got']:>8} {cpu:>10} {user:>7} {loss:>7.2f} {1e6 * r['p50']:>7.0f} {1e6 * r['p99']:>7.0f}"
+                    f" {add50:>7} {add99:>7} {gen:>8.0f}"
+                )
+                dropped = {k: v for k, v in r.get("dropped", {}).items() if v}
+                if dropped:
+                    print(f"{'':40} relay drops: {dropped}")
+        ref = per_packet.get("rtpengine")
+        if ref:
+            ref_median = statistics.median(ref)
             print(
-                f"{label:40} {n:>7} {r['got']:>8} {cpu:>13} {user:>7} {loss:>7.2f} {1e6 * r['p50']:>7.0f} {1e6 * r['p99']:>7.0f}"
-                f" {add50:>7} {add99:>7}"
+                f"  CPU per packet, median of {args.repeat} round(s), ratio to rtpengine ({ref_median:.1f} us):"
             )
-            dropped = {k: v for k, v in r.get("dropped", {}).items() if v}
-            if dropped:
-                print(f"{'':40} relay drops: {dropped}")
+            for key, values in per_packet.items():
+                if key == "rtpengine":
+                    continue
+                median = statistics.median(values)
+                print(f"    {key:20} {median:7.1f} us  {median / ref_median:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ __all__ = [
     "AcmeConfig",
     "AdminConfig",
     "Backend",
+    "BackendTlsConfig",
+    "DnsConfig",
     "EdgeConfig",
     "EdgeSection",
     "GuardConfig",
@@ -43,7 +45,9 @@ __all__ = [
     "ShapingConfig",
     "SipConfig",
     "TenantConfig",
+    "TenantTunnelConfig",
     "TlsConfig",
+    "TunnelConfig",
     "TurnConfig",
     "embedded_default",
     "load",
@@ -75,13 +79,15 @@ class HostPort:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """A tenant's PBX: ``transport`` is ``udp``, ``tcp`` or ``tls``."""
+    """A tenant's PBX: ``transport`` is ``udp``, ``tcp`` or ``tls``; ``port`` 0 = a name located by SRV."""
 
     transport: str
     host: str
     port: int
 
     def __str__(self) -> str:
+        if self.port == 0:
+            return f"{self.transport}:{self.host}"
         return f"{self.transport}:{HostPort(self.host, self.port)}"
 
 
@@ -229,6 +235,21 @@ def c_float(lo: float | None = None, hi: float | None = None) -> Converter:
     return conv
 
 
+def c_float_or_zero(lo: float, hi: float) -> Converter:
+    """A number in ``[lo, hi]``, or 0 (meaning "off", as the key's doc says)."""
+    within = c_float(lo, hi)
+
+    def conv(value: Any, path: str) -> float:
+        if value == 0 and not isinstance(value, bool):
+            return 0.0
+        try:
+            return float(within(value, path))
+        except ConfigError as exc:
+            raise ConfigError(path, f"{exc.reason} (or 0)") from None
+
+    return conv
+
+
 def c_bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(path, f"expected true or false, got {_type_name(value)}")
@@ -283,6 +304,13 @@ def c_backend(value: Any, path: str) -> Backend:
     transport, sep, rest = value.partition(":")
     if not sep or transport not in ("udp", "tcp", "tls"):
         raise ConfigError(path, f"{value!r} must start with udp:, tcp: or tls:")
+    bare = rest[1:-1] if rest.startswith("[") and rest.endswith("]") else rest
+    if _is_ip(bare) or (":" not in rest and _HOSTNAME_RE.match(rest.rstrip("."))):
+        # no port (RFC 3263 s.4.2): an IP address gets the transport's default port, a name is
+        # located through SRV records (port 0 here)
+        if _is_ip(bare):
+            return Backend(transport, str(ipaddress.ip_address(bare)), 5061 if transport == "tls" else 5060)
+        return Backend(transport, rest.rstrip(".").lower(), 0)
     hp = parse_host_port(rest, path)
     return Backend(transport, hp.host, hp.port)
 
@@ -501,6 +529,29 @@ class AcmeConfig:
     retry_max: float = f(c_float(1, 7 * 86400), 6 * 3600.0, doc="longest retry delay after failures")
 
 
+def c_nameserver(value: Any, path: str) -> HostPort:
+    if isinstance(value, str) and _is_ip(value.strip("[]")):
+        return HostPort(value.strip("[]"), 53)
+    hp = parse_host_port(value, path)
+    if not _is_ip(hp.host):
+        raise ConfigError(path, f"{hp.host!r}: a DNS server is an IP address")
+    return hp
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    servers: tuple[HostPort, ...] = f(
+        c_list(c_nameserver, 0, 8),
+        (),
+        doc="DNS servers (IP or IP:port) for PBX names in backend_sip; empty: those of /etc/resolv.conf",
+    )
+    min_ttl: float = f(c_float(0, 3600), 5.0, doc="a PBX name is re-resolved at most this often")
+    max_ttl: float = f(c_float(1, 86400), 3600.0, doc="... and at least this often, whatever its TTL")
+    negative_ttl: float = f(
+        c_float(0, 3600), 10.0, doc="a name that did not resolve is retried after this long (503 meanwhile)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     connect_timeout: float = f(c_float(0.1, 300), 5.0, doc="backend_http connect timeout (then 502/504)")
@@ -645,6 +696,17 @@ class SipConfig:
         doc="seconds the calls of a lost client connection wait for the client to reconnect "
         "(RFC 5626 instance); 0 ends them at once",
     )
+    backend_keepalive: float = f(
+        c_float(5, 3600),
+        60.0,
+        doc="tcp:/tls: PBX connections: seconds between CRLF keepalive pings (RFC 5626), pong within 10 s",
+    )
+    backend_connect_timeout: float = f(
+        c_float(0.5, 60), 5.0, doc="tcp:/tls: PBX connections: connect + TLS handshake time allowed"
+    )
+    backend_max_backoff: float = f(
+        c_float(1, 3600), 60.0, doc="tcp:/tls: PBX connections: longest wait between reconnect attempts"
+    )
 
 
 def c_cluster_key(value: Any, path: str) -> str:
@@ -657,6 +719,37 @@ def c_cluster_key(value: Any, path: str) -> str:
         parse_key(value)
     except ValueError as exc:
         raise ConfigError(path, str(exc)) from None  # never echoes the key
+    return value
+
+
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def c_ifname(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not _IFNAME_RE.match(value) or value in (".", ".."):
+        raise ConfigError(path, f"{value!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    return value
+
+
+def c_tunnel_address(value: Any, path: str) -> str:
+    """The edge's own address with the tunnel network's prefix: ``10.77.0.1/16``."""
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected an address/prefix string, got {_type_name(value)}")
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise ConfigError(path, f"{value!r} is not an address/prefix like 10.77.0.1/16") from None
+    net = iface.network
+    if net.prefixlen >= net.max_prefixlen - 1 or iface.ip in (net.network_address, net.broadcast_address):
+        raise ConfigError(path, f"{value!r}: the edge's address inside a tunnel network of several addresses")
+    return str(iface)
+
+
+def c_wg_key(value: Any, path: str) -> str:
+    from mcs_edge.core.tunnel.wireguard import valid_key
+
+    if not isinstance(value, str) or not valid_key(value):
+        raise ConfigError(path, "not a WireGuard key (base64 of 32 bytes)")
     return value
 
 
@@ -701,6 +794,98 @@ class ClusterConfig:
     batch: int = f(
         c_int(1, 100_000), 200, doc="records written per pipeline (txredisapi slows down past a few hundred)"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelConfig:
+    interface: str | None = f(
+        c_ifname, None, doc="WireGuard interface of the per-tenant backhaul (e.g. mcs0); absent: no tunnels"
+    )
+    listen_port: int = f(
+        c_int(1, 65535), 51820, doc="UDP port the tenants' platforms dial (edge.public_address)"
+    )
+    address: str | None = f(
+        c_tunnel_address, None, doc="the edge's tunnel address and the tunnel network, e.g. 10.77.0.1/16"
+    )
+    implementation: str = f(
+        c_enum("userspace"),
+        "userspace",
+        doc="userspace: wireguard-go programmed over its UAPI socket (the kernel path is not built yet)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantTunnelConfig:
+    address: str = f(c_ip, doc="the tenant platform's address inside the tunnel (its PBX listens there)")
+    public_key: str | None = f(
+        c_wg_key, None, doc="the platform's WireGuard public key; absent: the edge generates the pair once"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTlsConfig:
+    ca: str | None = f(
+        c_path, None, doc="CA file (PEM) the PBX's certificate must chain to; absent: the system store"
+    )
+    server_name: str | None = f(
+        c_domain, None, doc="name (SNI) the PBX's certificate must carry; default the backend_sip host"
+    )
+    cert_file: str | None = f(c_path, None, doc="client certificate (PEM) presented to the PBX (optional)")
+    key_file: str | None = f(c_path, None, doc="its private key (PEM)")
+
+
+@dataclass(frozen=True, slots=True)
+class PushConfig:
+    wait: float = f(
+        c_float(1, 120),
+        15.0,
+        doc="seconds an incoming call waits for a woken app (RFC 8599 push) to register again; then 480",
+    )
+    ring: int = f(
+        lambda v, p: int(c_enum("180", "100")(str(v), p)),
+        180,
+        doc="what the PBX gets while the call waits: 180 (ringback, an early dialog of the edge) or 100",
+    )
+    stale_after: float = f(
+        c_float(0, 86400),
+        0.0,
+        doc="an app's connection silent this long is woken like a gone one (0 = only gone connections)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsConfig:
+    key_id: str = f(c_str(32), doc="APNs auth key id (10 characters, from the .p8 key)", secret=True)
+    team_id: str = f(c_str(32), doc="Apple developer team id (the JWT issuer)")
+    key_file: str = f(
+        c_path, doc="the APNs .p8 auth key (ES256); read at start-up, never logged", secret=True
+    )
+    topic: str = f(c_str(256), doc="the app's bundle id + .voip (apns-topic of VoIP pushes)")
+    endpoint: str = f(
+        c_http_url, "https://api.push.apple.com", doc="APNs server (api.sandbox.push.apple.com)"
+    )
+    ca_file: str | None = f(c_path, None, doc="CA bundle for the endpoint (default: system trust)")
+
+
+@dataclass(frozen=True, slots=True)
+class FcmConfig:
+    service_account_file: str = f(
+        c_path, doc="Firebase service account JSON (OAuth 2 JWT bearer grant); never logged", secret=True
+    )
+    endpoint: str = f(c_http_url, "https://fcm.googleapis.com", doc="FCM HTTP v1 server")
+    oauth_url: str | None = f(
+        c_http_url, None, doc="OAuth 2 token endpoint (default: the service account's token_uri)"
+    )
+    ca_file: str | None = f(c_path, None, doc="CA bundle for the endpoints (default: system trust)")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPushConfig:
+    apns: ApnsConfig | None = f(section(ApnsConfig), None, doc="APNs VoIP pushes for this tenant's iOS app")
+    fcm: FcmConfig | None = f(section(FcmConfig), None, doc="FCM pushes for this tenant's Android app")
+
+    def providers(self) -> frozenset[str]:
+        return frozenset(name for name in ("apns", "fcm") if getattr(self, name) is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -751,6 +936,16 @@ class TenantConfig:
     shaping: TenantShapingConfig = f(section(TenantShapingConfig), factory=TenantShapingConfig)
     limits: LimitsConfig = f(section(LimitsConfig), factory=LimitsConfig)
     guard: TenantGuardConfig = f(section(TenantGuardConfig), factory=TenantGuardConfig)
+    backend_tls: BackendTlsConfig = f(section(BackendTlsConfig), factory=BackendTlsConfig)
+    tunnel: TenantTunnelConfig | None = f(
+        section(TenantTunnelConfig), None, doc="WireGuard backhaul to this tenant's platform ([tunnel])"
+    )
+    backend_check_interval: float = f(
+        c_float_or_zero(1, 3600),
+        0.0,
+        doc="seconds between SIP OPTIONS to the PBX (up/down; down: new calls get 503 at once); 0 = off",
+    )
+    push: TenantPushConfig = f(section(TenantPushConfig), factory=TenantPushConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,8 +960,11 @@ class EdgeConfig:
     guard: GuardConfig = f(section(GuardConfig), factory=GuardConfig)
     sip: SipConfig = f(section(SipConfig), factory=SipConfig)
     proxy: ProxyConfig = f(section(ProxyConfig), factory=ProxyConfig)
+    dns: DnsConfig = f(section(DnsConfig), factory=DnsConfig)
+    tunnel: TunnelConfig = f(section(TunnelConfig), factory=TunnelConfig)
     turn: TurnConfig = f(section(TurnConfig), factory=TurnConfig)
     cluster: ClusterConfig = f(section(ClusterConfig), factory=ClusterConfig)
+    push: PushConfig = f(section(PushConfig), factory=PushConfig)
     tenants: tuple[TenantConfig, ...] = f(c_list(section(TenantConfig)), ())
     # Where the file was read from (relative paths in it are resolved against its folder).
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -885,11 +1083,15 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
                     f"tenants[{i}].cert_file", f"only used with certificate = 'files', not {t.certificate!r}"
                 )
             )
+        errors.extend(_backend_checks(i, t))
         _rate, burst = cfg.tenant_rate(t)
         if burst < 1500:
             errors.append(
                 ConfigError(f"tenants[{i}].shaping.burst", "must be at least 1500 bytes (one packet)")
             )
+    errors.extend(_tunnel_checks(cfg))
+    if cfg.dns.min_ttl > cfg.dns.max_ttl:
+        errors.append(ConfigError("dns.min_ttl", "must not exceed dns.max_ttl"))
     if cfg.turn.default_lifetime > cfg.turn.max_lifetime:
         errors.append(ConfigError("turn.default_lifetime", "must not exceed turn.max_lifetime"))
     if cfg.shaping.burst < 1500:
@@ -926,7 +1128,105 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
             errors.append(ConfigError(f"listen.{listener}", f"port {port} lies inside media.ports {lo}-{hi}"))
     if (hi - lo + 1) < 4 * cfg.edge.workers:
         errors.append(ConfigError("media.ports", f"too few ports for {cfg.edge.workers} workers"))
+    if cfg.edge.workers > 1:
+        for i, t in enumerate(cfg.tenants):
+            if t.push.providers():
+                errors.append(
+                    ConfigError(
+                        f"tenants[{i}].push",
+                        "push wake-up needs edge.workers = 1 (the held call and the woken app's new "
+                        "connection may land on different workers)",
+                    )
+                )
     return errors
+
+
+def _backend_checks(i: int, t: TenantConfig) -> list[ConfigError]:
+    """What the runtime can do with a tenant's PBX transport (tx/sip/backend.py)."""
+    errors = []
+    tls = t.backend_tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        errors.append(
+            ConfigError(f"tenants[{i}].backend_tls.cert_file", "cert_file and key_file go together")
+        )
+    if t.backend_sip.transport != "tls" and tls != BackendTlsConfig():
+        errors.append(
+            ConfigError(
+                f"tenants[{i}].backend_tls", f"only used with backend_sip = 'tls:...', not {t.backend_sip}"
+            )
+        )
+    if (
+        t.media == "bridge-sdes"
+        and t.backend_sip.transport != "tls"
+        and not _is_loopback(t.backend_sip.host)
+        and t.tunnel is None  # inside the WireGuard tunnel the keys are encrypted on the way
+    ):
+        # SDES puts the SRTP keys in the SDP: only over TLS (or never leaving this machine).
+        errors.append(
+            ConfigError(
+                f"tenants[{i}].media",
+                f"'bridge-sdes' sends SRTP keys in SIP: backend_sip must be tls:, not {t.backend_sip.transport}:",
+            )
+        )
+    return errors
+
+
+def _tunnel_checks(cfg: EdgeConfig) -> list[ConfigError]:
+    """[tunnel] and tenants.tunnel: what the WireGuard adapter (tx/tunnel/) can set up."""
+    errors: list[ConfigError] = []
+    tun = cfg.tunnel
+    if (tun.interface is None) != (tun.address is None):
+        errors.append(ConfigError("tunnel.address", "tunnel.interface and tunnel.address go together"))
+    net = ipaddress.ip_interface(tun.address) if tun.address else None
+    seen: dict[str, str] = {}
+    for i, t in enumerate(cfg.tenants):
+        if t.tunnel is None:
+            continue
+        path = f"tenants[{i}].tunnel.address"
+        if net is None:
+            errors.append(ConfigError(f"tenants[{i}].tunnel", "needs [tunnel] interface and address"))
+            continue
+        ip = ipaddress.ip_address(t.tunnel.address)
+        if ip not in net.network or ip in (
+            net.ip,
+            net.network.network_address,
+            net.network.broadcast_address,
+        ):
+            errors.append(
+                ConfigError(path, f"{ip} is not a free host address of the tunnel network {net.network}")
+            )
+        elif str(ip) in seen:
+            errors.append(ConfigError(path, f"{ip} is already tenant {seen[str(ip)]!r}'s"))
+        seen.setdefault(str(ip), t.id)
+        if t.backend_sip.host != str(ip):
+            errors.append(
+                ConfigError(
+                    f"tenants[{i}].backend_sip",
+                    f"with a tunnel the PBX is reached at {ip}, not {t.backend_sip.host}",
+                )
+            )
+        if t.backend_http is not None and urlsplit(t.backend_http).hostname != str(ip):
+            errors.append(
+                ConfigError(f"tenants[{i}].backend_http", f"with a tunnel the platform is reached at {ip}")
+            )
+    if net is not None and cfg.edge.workers > 1:
+        errors.append(
+            ConfigError("tunnel.interface", "the WireGuard backhaul runs with edge.workers = 1 only")
+        )
+    if net is not None and cfg.edge.backend_address != str(net.ip):
+        errors.append(
+            ConfigError(
+                "edge.backend_address", f"must be the edge's tunnel address {net.ip} when [tunnel] is set"
+            )
+        )
+    return errors
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def loads(text: str, base_dir: str = ".") -> EdgeConfig:
@@ -1003,10 +1303,19 @@ def secret_fields(cls: type[Any]) -> frozenset[str]:
     return frozenset(fl.name for fl in fields(cls) if fl.metadata.get("secret"))
 
 
+#: Sections that are absent by default (None): their class, for redaction and the key reference.
+_OPTIONAL_SECTIONS: dict[tuple[type[Any], str], type[Any]] = {
+    (TenantPushConfig, "apns"): ApnsConfig,
+    (TenantPushConfig, "fcm"): FcmConfig,
+}
+
+
 def _section_of(cls: type[Any], name: str) -> type[Any] | None:
     """The section class of field ``name`` of ``cls`` (for tables and arrays of tables), or None."""
     if cls is EdgeConfig and name == "tenants":
         return TenantConfig
+    if (cls, name) in _OPTIONAL_SECTIONS:
+        return _OPTIONAL_SECTIONS[(cls, name)]
     for fl in fields(cls):
         if fl.name != name or fl.default_factory is MISSING:
             continue
@@ -1146,6 +1455,10 @@ def describe_keys(cls: type[Any] = EdgeConfig, prefix: str = "") -> Sequence[tup
             continue
         if cls is EdgeConfig and fl.name == "tenants":
             rows.extend(describe_keys(TenantConfig, "tenants[]"))
+            continue
+        if (cls, fl.name) in _OPTIONAL_SECTIONS:
+            rows.append((path, "None", fl.metadata.get("doc", "") + " (absent: off)"))
+            rows.extend(describe_keys(_OPTIONAL_SECTIONS[(cls, fl.name)], path))
             continue
         rows.append(
             (

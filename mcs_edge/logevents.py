@@ -14,6 +14,7 @@ TLS       certificates and TLS handshakes
 ACM       ACME certificate issuance and renewal
 SIP       SIP signalling (bad messages, flows)
 WSS       SIP over WebSocket (handshake refusals)
+PSH       push notifications to wake the mobile app (APNs, FCM; RFC 8599)
 MED       media relay
 TRN       STUN/TURN
 GRD       guard: per-source caps, rate limits, bans
@@ -26,6 +27,7 @@ WRK       worker processes and their supervisor
 LOG       the logging system itself (rate limits)
 TMR       timers
 CLU       cluster replication through Redis (docs/ha.md)
+TUN       WireGuard backhaul to the tenant platforms
 ========  ==========================================================================
 
 ========  ==========================================================================
@@ -66,12 +68,30 @@ EVENTS: dict[str, str] = {
     "TLS201": "{tenant} certificate loaded from {path} (expires {expires}, sha256 {sha256})",
     "TLS401": "{tenant} certificate {path} not loaded: {reason}{keeping}",
     # SIP
-    "SIP210": "{tenant} call {call_id} moved to a new connection of its client after {seconds} s",
+    "SIP230": "{tenant} call {call_id} moved to a new connection of its client after {seconds} s",
     "SIP400": "{problem}",
-    "SIP410": "{tenant} call {call_id} ended: its client did not come back within {grace} s (BYE to the PBX)",
+    "SIP430": "{tenant} call {call_id} ended: its client did not come back within {grace} s (BYE to the PBX)",
+    "PSH400": "{problem}",
     "SIP401": "{tenant} TLS stream from {peer} closed: {reason}",
     "WSS400": "{tenant} WebSocket from {peer} closed with {code}: {reason}",
     "SIP402": "TLS connection from {peer} without SNI closed: its first message names no tenant",
+    "SIP210": "{tenant} connected to its PBX {target} ({peer})",
+    "SIP413": "{tenant} PBX stream {target} closed: {reason}",
+    "SIP410": "{tenant} cannot reach its PBX {target}: {reason}; retrying with backoff",
+    "SIP211": "PBX name {name} ({transport}) resolves to {addresses}",
+    "SIP411": "PBX name {name} ({transport}) does not resolve: {reason}",
+    "SIP212": "{tenant} PBX {target} moved to {addresses}: reconnecting",
+    "SIP220": "{tenant} PBX {target} is up: {reason}",
+    "SIP420": "{tenant} PBX {target} is down: {reason}; new calls get 503",
+    "TUN100": "WireGuard {interface} up: {address}, port {port}, {peers} tenant peer(s)",
+    "TUN200": "peer of tenant {tenant} set ({allowed})",
+    "TUN201": "{count} peer(s) removed",
+    "TUN202": "key pair generated for tenant {tenant} (private key handed over once)",
+    "TUN300": "[tunnel] changed: the interface settings take effect at the next restart",
+    "TUN500": "wireguard-go for {interface} exited ({code}): every tenant tunnel is down; restart the edge",
+    "TUN400": "WireGuard peers not updated: {error}",
+    "SIP412": "PBX name {name} ({transport}): {reason}; keeping {addresses} meanwhile",
+    "SIP311": "backend SIP over TCP not listening on {host}:{port}: {error}",
     "WSS403": "{tenant} origin {origin} refused from {peer}",
     # admin API, metrics, health
     "ADM100": "admin API, /metrics and /health on http://{host}:{port}/",

@@ -45,12 +45,17 @@ from mcs_edge.tx.ops.panel import admin_site_with_panel
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
+from mcs_edge.tx.push.providers import PushSender
+from mcs_edge.tx.sip.backend import BackendConnections
+from mcs_edge.tx.sip.health import BackendMonitor
+from mcs_edge.tx.sip.resolver import BackendResolver, make_resolver
 from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
 from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
 from mcs_edge.tx.tls.certificates import CertificateStore
+from mcs_edge.tx.tunnel.wireguard import WireGuardTunnel
 from mcs_edge.tx.turn.server import TurnService, turn_alpn, turn_enabled
 from mcs_edge.tx.web.check import NetworkCheck
 from mcs_edge.tx.web.framing import FrontSite
@@ -81,6 +86,7 @@ class EdgeService(MultiService):
         self.tenants: TenantTable[TenantConfig] = TenantTable(config.tenants)
         self.certs = CertificateStore(config, self.tenants, alpn=(b"http/1.1", *turn_alpn(config)))
         self._cert_loop: Any = None
+        self._names_loop: Any = None  # PBX name refresh, while a tenant's backend_sip is a name
         self._old_sighup: Any = None
         self.ports: dict[str, Any] = {}
         # Operations (tx/ops/metrics.py, tx/ops/admin.py, tx/ops/drain.py): components add their metric
@@ -112,6 +118,34 @@ class EdgeService(MultiService):
         self.quality = CallQualityRecorder(self.metrics, self.timers.now)
         self.media.anchor.on_released = self.quality.released
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
+        # tcp:/tls: PBXs (tx/sip/backend.py): one persistent connection per tenant, PBX-opened TCP.
+        # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache.
+        self.resolver = BackendResolver(config, self.timers, make_resolver(config, reactor))
+        self.sip.resolver = self.resolver
+        self.backends = BackendConnections(
+            config,
+            reactor,
+            self.timers,
+            deliver=self.sip.data_from_backend,
+            on_dropped=self.sip.backend_failed,
+            resolve=self.resolver.resolve,
+        )
+        self.resolver.on_change = self._backend_addresses_changed
+        # OPTIONS checks (tx/sip/health.py): tenants.backend_check_interval; down -> 503 at once.
+        self.backend_health = BackendMonitor(
+            config, self.timers, self.sip.send_to_backend, self.sip.backend_via
+        )
+        self.sip.health = self.backend_health
+        self.sip.core.backend_down = self.backend_health.is_down
+        self.metrics.add_collector("backend_health", self.backend_health.collect)
+        # WireGuard backhaul (tx/tunnel/wireguard.py): one peer per tenant with tenants.tunnel.
+        self.tunnel: WireGuardTunnel | None = None
+        if config.tunnel.interface is not None:
+            self.tunnel = WireGuardTunnel(config, reactor, self.timers)
+            self.metrics.add_collector("tunnel", self.tunnel.collect)
+        self.backends.accept = self.sip.is_backend_address
+        self.sip.streams = self.backends
+        self.metrics.add_collector("backend_streams", self.backends.collect)
         # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
         # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
         self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
@@ -119,6 +153,10 @@ class EdgeService(MultiService):
         self.check = NetworkCheck(self)
         self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(self.sip, config, reactor)
         self.sip.protection = self.protection
+        # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
+        self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
+        self.sip.push = self.push
+        self.sip.core.push_providers = self.push.providers
         self.sip_ws.shaping = self.shaping
         self.acme = AcmeManager(
             config,
@@ -240,9 +278,12 @@ class EdgeService(MultiService):
         changed = self.certs.refresh()
         self._check_certificates()
         self.log.info("EDG100 certificates ready for {count} tenant(s)", count=len(changed))
+        if self.tunnel is not None:  # before the listeners: listen.backend_sip may be the tunnel address
+            self.tunnel.setup()
         super().privilegedStartService()
 
     def startService(self) -> None:  # noqa: N802
+        self.push.start(self.reactor)  # push needs the asyncio reactor and readable credentials
         if not self.certs.loaded() and self.config.tenants:
             self.certs.refresh()
         super().startService()
@@ -259,6 +300,10 @@ class EdgeService(MultiService):
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
         self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
+        self._watch_backend_names()
+        self.backend_health.update(self.config)
+        if self.tunnel is not None:
+            self.tunnel.start_polling()
         self.acme.start()
         if self.cluster is not None:
             self.cluster.start()
@@ -279,6 +324,7 @@ class EdgeService(MultiService):
         if udp is not None:
             self.sip.udp = udp
             self.sip.set_backend_port(udp.getHost().port)
+            self._listen_backend_tcp(udp.getHost().port)
         https_port = self.ports.get("https")
         if https_port is not None and self.config.listen.https.port == 0:
             self.sip.set_public_port(https_port.getHost().port)
@@ -312,6 +358,39 @@ class EdgeService(MultiService):
         self.sip.handle_timer()
         self.media.rearm()
 
+    def _listen_backend_tcp(self, port: int) -> None:
+        """TCP on the backend SIP port (the same number as UDP): connections PBXs open toward us."""
+        from twisted.internet.error import CannotListenError
+
+        host = self.config.listen.backend_sip.host
+        try:
+            self.ports["backend_sip_tcp"] = self.reactor.listenTCP(
+                port, self.backends.inbound_factory(), interface=host
+            )
+        except CannotListenError as exc:
+            self.log.warn(
+                "SIP311 backend SIP over TCP not listening on {host}:{port}: {error}",
+                host=host,
+                port=port,
+                error=str(exc.socketError),
+            )
+
+    def _watch_backend_names(self) -> None:
+        """Re-resolve PBX names every second while some tenant has one (tx/sip/resolver.py)."""
+        named = any(self.resolver.needs_lookup(t.backend_sip) for t in self.config.tenants)
+        if named and self._names_loop is None:
+            self._names_loop = self.timers.looping(1.0, self._refresh_backend_names, now=True)
+        elif not named and self._names_loop is not None:
+            self.timers.stop_looping(self._names_loop)
+            self._names_loop = None
+
+    def _refresh_backend_names(self) -> None:
+        self.resolver.refresh(t.backend_sip for t in self.config.tenants)
+
+    def _backend_addresses_changed(self) -> None:
+        self.sip.reindex_backends()
+        self.backends.addresses_changed(self.resolver.addresses)
+
     def _log_ready(self) -> None:
         https = self.ports.get("https")
         where = https.getHost() if https is not None else self.config.listen.https
@@ -332,6 +411,14 @@ class EdgeService(MultiService):
         self._restore_sighup()
         self.echo.stop()
         self.sip.stop()
+        self.backends.stop()
+        self.backend_health.stop()
+        if self.tunnel is not None:
+            self.tunnel.stop()
+        tcp = self.ports.pop("backend_sip_tcp", None)
+        if tcp is not None:
+            tcp.stopListening()
+        self.push.stop()
         self.media.stop()
         self.shaping.stop()
         self.protection.stop()
@@ -413,6 +500,16 @@ class EdgeService(MultiService):
         self.tenants = TenantTable(new_config.tenants)
         self.certs.update(new_config, self.tenants)
         self.sip.update(new_config, self.tenants)
+        self.backends.update(new_config, self.tenants)
+        self.resolver.config = new_config
+        self.resolver.forget(t.backend_sip for t in new_config.tenants)
+        if self.running:
+            self._watch_backend_names()
+            self.backend_health.update(new_config)
+        if self.tunnel is not None:
+            self.tunnel.update(new_config)
+        elif new_config.tunnel.interface is not None:
+            self.log.warn("TUN300 [tunnel] changed: the interface settings take effect at the next restart")
         self.protection.update(new_config)
         self.shaping.update(new_config)
         if self.turn is not None:

@@ -432,6 +432,42 @@ def test_crlf_keepalive_is_answered(edge: Edge) -> Any:
     ws.close()
 
 
+def _ping_then_keepalive_glued_to_request(ws: WSClient) -> tuple[bytes, str, str]:
+    # a ping with a payload: the pong carries the same payload (RFC 6455 s.5.5.3)
+    ws.sock.sendall(ws._frame(0x9, b"hello-ping-0123456789"))
+    ws.sock.settimeout(5)
+    b0, b1 = ws._read_exact(2)
+    pong = bytes([b0]) + ws._read_exact(b1 & 0x7F)
+    # a keepalive and a request in one write, then a keepalive split over two writes: byte order kept
+    options = (  # Max-Forwards 0: the edge answers 483 itself
+        "OPTIONS sip:rossi.example.com SIP/2.0\r\nVia: SIP/2.0/WSS k.invalid;branch=z9hG4bKka1\r\n"
+        "Max-Forwards: 0\r\nFrom: <sip:100@rossi.example.com>;tag=k1\r\nTo: <sip:100@rossi.example.com>\r\n"
+        "Call-ID: ka-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    ws.sock.sendall(ws._frame(0x1, b"\r\n\r\n") + ws._frame(0x1, options.encode()))
+    first = ws.recv(timeout=5)
+    frame = ws._frame(0x1, b"\r\n\r\n")
+    ws.sock.sendall(frame[:3])
+    time.sleep(0.1)
+    ws.sock.sendall(frame[3:])
+    messages = [first]
+    while messages.count("\r\n") < 2 or not any(m.startswith("SIP/2.0 ") for m in messages):
+        messages.append(ws.recv(timeout=5))
+    sip = next(m for m in messages if m.startswith("SIP/2.0"))
+    return pong, messages[0], sip
+
+
+@pytest_twisted.inlineCallbacks
+def test_ping_and_keepalives_are_answered_in_order(edge: Edge) -> Any:
+    """Pings get their payload back; a keepalive glued to a request or split over reads still works."""
+    ws = yield threads.deferToThread(edge.client)
+    pong, first, sip = yield threads.deferToThread(_ping_then_keepalive_glued_to_request, ws)
+    assert pong == b"\x8ahello-ping-0123456789"
+    assert first == "\r\n"  # the keepalive's pong comes before the request's answer
+    assert sip.startswith("SIP/2.0 483 ")
+    ws.close()
+
+
 def _sleep(seconds: float) -> Any:
     from twisted.internet import reactor, task
 

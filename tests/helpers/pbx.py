@@ -34,9 +34,9 @@ class Dialog:
 
 
 class Pbx:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
         self.seen: list[Seen] = []

@@ -75,7 +75,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
-from mcs_edge.core.media.forwarding import ForwardingTable, LegCounters, SequenceTracker
+from mcs_edge.core.media.forwarding import MAX_DROPOUT, ForwardingTable, LegCounters, SequenceTracker
 from mcs_edge.core.media.quality import CallQuality
 from mcs_edge.core.media.reanchor import transport_only_change
 from mcs_edge.core.media.sdp import (
@@ -381,11 +381,16 @@ class Leg:
             counters.packets += 1
             counters.bytes += n
             ssrc = _U32(data, 8)[0]
+            seq = (data[2] << 8) | data[3]
             tracker = counters.sequences.get(ssrc)
             if tracker is not None:
-                tracker.update((data[2] << 8) | data[3])
+                if 0 < seq - tracker.max_seq < MAX_DROPOUT:  # the next packet in order: no call
+                    tracker.max_seq = seq
+                    tracker.received += 1
+                else:
+                    tracker.update(seq)
             elif len(counters.sequences) < MAX_TRACKED_SSRCS:
-                counters.sequences[ssrc] = SequenceTracker((data[2] << 8) | data[3])
+                counters.sequences[ssrc] = SequenceTracker(seq)
             target = self.target
             if target is None:
                 target = self._route(ssrc, data[1] & 0x7F)

@@ -25,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from pylibsrtp import Error as _SrtpError
-from pylibsrtp import Policy, Session
+from pylibsrtp import Policy
+from pylibsrtp._binding import ffi as _ffi  # the cffi binding pylibsrtp builds and ships
+from pylibsrtp._binding import lib as _lib
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
@@ -43,6 +44,10 @@ __all__ = [
 ]
 
 DTLS_SRTP_EXPORTER_LABEL: Final = b"EXTRACTOR-dtls_srtp"
+_protect = _lib.srtp_protect
+_protect_rtcp = _lib.srtp_protect_rtcp
+_unprotect = _lib.srtp_unprotect
+_unprotect_rtcp = _lib.srtp_unprotect_rtcp
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,53 @@ def keys_from_dtls(profile: SrtpProfile, material: bytes, *, is_client: bool) ->
     return (client, server) if is_client else (server, client)
 
 
+# Per packet, pylibsrtp's Session goes through three Python frames, allocates a length cell and
+# checks types; the relay calls libsrtp through the same cffi binding (built and shipped by
+# pylibsrtp) from one frame, on buffers allocated once per direction.
+_MAX_PACKET: Final = 1500
+_RTP_ROOM: Final = _MAX_PACKET - (16 + 128)  # SRTP_MAX_TAG_LEN + SRTP_MAX_MKI_LEN
+_RTCP_ROOM: Final = _MAX_PACKET - (4 + 16 + 128)  # + SRTCP index
+_ERRORS: Final = {  # libsrtp's srtp_err_status_t
+    1: "unspecified failure",
+    2: "bad parameter",
+    3: "allocation failure",
+    7: "authentication failure",
+    8: "cipher failure",
+    9: "replay check failed (bad index)",
+    10: "replay check failed (index too old)",
+    13: "no appropriate context found",
+    21: "parse error",
+}
+
+
+class _Direction:
+    """One libsrtp session (srtp_t) with its own preallocated packet buffer and length cell."""
+
+    __slots__ = ("_key", "_owner", "_policy", "buffer", "cdata", "length", "srtp")
+
+    def __init__(self, profile: int, key: bytes, ssrc_type: int, allow_repeat_tx: bool) -> None:
+        policy = _ffi.new("srtp_policy_t *")
+        rc = _lib.srtp_crypto_policy_set_from_profile_for_rtp(_ffi.addressof(policy.rtp), profile)
+        rc = rc or _lib.srtp_crypto_policy_set_from_profile_for_rtcp(_ffi.addressof(policy.rtcp), profile)
+        if rc:
+            raise LocalProtocolError(f"libsrtp refused profile {profile} ({rc})")
+        self._key = _ffi.new("unsigned char[]", key)  # the policy points at it: it lives as long as we do
+        policy.key = self._key
+        policy.ssrc.type = ssrc_type
+        policy.ssrc.value = 0
+        policy.allow_repeat_tx = 1 if allow_repeat_tx else 0
+        self._policy = policy
+        srtp = _ffi.new("srtp_t *")
+        rc = _lib.srtp_create(srtp, policy)
+        if rc:
+            raise LocalProtocolError(f"srtp_create failed ({_ERRORS.get(rc, rc)})")
+        self._owner = _ffi.gc(srtp, lambda x: _lib.srtp_dealloc(x[0]))  # deallocated with us
+        self.srtp = srtp[0]
+        self.cdata = _ffi.new("char[]", _MAX_PACKET)
+        self.buffer = _ffi.buffer(self.cdata)
+        self.length = _ffi.new("int *")
+
+
 class SrtpContext:
     """Protect what we send and unprotect what we receive on one leg."""
 
@@ -103,40 +155,58 @@ class SrtpContext:
         # master key||salt of each direction, kept for replication (core/cluster seals them)
         self.local_key = bytes(local_key)
         self.remote_key = bytes(remote_key)
-        tx_policy = Policy(
-            key=bytes(local_key), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_profile
-        )
-        tx_policy.allow_repeat_tx = True
-        rx_policy = Policy(
-            key=bytes(remote_key), ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile.libsrtp_profile
-        )
-        self._tx = Session(policy=tx_policy)
-        self._rx = Session(policy=rx_policy)
+        # outbound allows repeated sequence numbers: the far end's retransmissions are forwarded
+        self._tx = _Direction(profile.libsrtp_profile, bytes(local_key), Policy.SSRC_ANY_OUTBOUND, True)
+        self._rx = _Direction(profile.libsrtp_profile, bytes(remote_key), Policy.SSRC_ANY_INBOUND, False)
 
     def protect_rtp(self, packet: bytes) -> bytes:
         """RTP -> SRTP."""
-        try:
-            return self._tx.protect(packet)  # type: ignore[no-any-return]
-        except (_SrtpError, ValueError, TypeError) as exc:
-            raise RemoteProtocolError(f"SRTP protect failed: {exc}", status_hint=None) from None
+        d = self._tx
+        n = len(packet)
+        if n > _RTP_ROOM:
+            raise RemoteProtocolError("SRTP protect failed: packet is too long", status_hint=None)
+        d.buffer[0:n] = packet
+        d.length[0] = n
+        rc = _protect(d.srtp, d.cdata, d.length)
+        if rc:
+            raise RemoteProtocolError(f"SRTP protect failed: {_ERRORS.get(rc, rc)}", status_hint=None)
+        return d.buffer[0 : d.length[0]]  # type: ignore[no-any-return]
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """RTCP -> SRTCP."""
-        try:
-            return self._tx.protect_rtcp(packet)  # type: ignore[no-any-return]
-        except (_SrtpError, ValueError, TypeError) as exc:
-            raise RemoteProtocolError(f"SRTCP protect failed: {exc}", status_hint=None) from None
+        d = self._tx
+        n = len(packet)
+        if n > _RTCP_ROOM:
+            raise RemoteProtocolError("SRTCP protect failed: packet is too long", status_hint=None)
+        d.buffer[0:n] = packet
+        d.length[0] = n
+        rc = _protect_rtcp(d.srtp, d.cdata, d.length)
+        if rc:
+            raise RemoteProtocolError(f"SRTCP protect failed: {_ERRORS.get(rc, rc)}", status_hint=None)
+        return d.buffer[0 : d.length[0]]  # type: ignore[no-any-return]
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
         """SRTP -> RTP; authentication or replay failure raises RemoteProtocolError(None)."""
-        try:
-            return self._rx.unprotect(packet)  # type: ignore[no-any-return]
-        except (_SrtpError, ValueError, TypeError) as exc:
-            raise RemoteProtocolError(f"SRTP unprotect failed: {exc}", status_hint=None) from None
+        d = self._rx
+        n = len(packet)
+        if n > _MAX_PACKET:
+            raise RemoteProtocolError("SRTP unprotect failed: packet is too long", status_hint=None)
+        d.buffer[0:n] = packet
+        d.length[0] = n
+        rc = _unprotect(d.srtp, d.cdata, d.length)
+        if rc:
+            raise RemoteProtocolError(f"SRTP unprotect failed: {_ERRORS.get(rc, rc)}", status_hint=None)
+        return d.buffer[0 : d.length[0]]  # type: ignore[no-any-return]
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
         """SRTCP -> RTCP; authentication or replay failure raises RemoteProtocolError(None)."""
-        try:
-            return self._rx.unprotect_rtcp(packet)  # type: ignore[no-any-return]
-        except (_SrtpError, ValueError, TypeError) as exc:
-            raise RemoteProtocolError(f"SRTCP unprotect failed: {exc}", status_hint=None) from None
+        d = self._rx
+        n = len(packet)
+        if n > _MAX_PACKET:
+            raise RemoteProtocolError("SRTCP unprotect failed: packet is too long", status_hint=None)
+        d.buffer[0:n] = packet
+        d.length[0] = n
+        rc = _unprotect_rtcp(d.srtp, d.cdata, d.length)
+        if rc:
+            raise RemoteProtocolError(f"SRTCP unprotect failed: {_ERRORS.get(rc, rc)}", status_hint=None)
+        return d.buffer[0 : d.length[0]]  # type: ignore[no-any-return]

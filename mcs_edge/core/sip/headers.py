@@ -27,13 +27,14 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 from . import _abnf
 
 __all__ = [
+    "CACHED_VALUE_MAX",
     "COMPACT_FORMS",
     "LIST_HEADERS",
     "MAGIC_COOKIE",
@@ -53,6 +54,7 @@ __all__ = [
     "parse_name_addrs",
     "parse_uri",
     "parse_via",
+    "parse_via_tuple",
     "split_commas",
 ]
 
@@ -375,9 +377,26 @@ def _format_params(params: Params) -> str:
 
 
 def _parse_generic_params(text: str) -> Params:
+    """Walk a params string that ``PARAMS`` already validated (``;name[=value]...``)."""
     if not text:
         return ()
+    if '"' not in text and "[" not in text and " " not in text and "\t" not in text:
+        # The common case: tokens only, no SWS, no quoted string or IPv6 reference. A token
+        # holds neither ";" nor "=", so splitting is exact (and several times cheaper).
+        return tuple(_split_param(item) for item in text[1:].split(";"))
     return tuple((m["name"], m["value"]) for m in _abnf.PARAM_STEP_RE.finditer(text))
+
+
+def _split_param(item: str) -> tuple[str, str | None]:
+    name, eq, value = item.partition("=")
+    return (name, value) if eq else (name, None)
+
+
+def _parse_uri_params(text: str) -> Params:
+    """Walk URI parameters that ``URI_PARAMETERS`` already validated (``paramchar`` holds no ``;=``)."""
+    if not text:
+        return ()
+    return tuple(_split_param(item) for item in text[1:].split(";"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,8 +452,22 @@ class OtherUri:
         return self.text
 
 
+#: Values longer than this are parsed without the caches (which stay small: 4096 short entries).
+CACHED_VALUE_MAX = 256
+
+
 def parse_uri(text: str) -> SipUri | OtherUri:
-    """Parse a URI: SIP/SIPS URIs into ``SipUri``, anything else with a scheme into ``OtherUri``."""
+    """Parse a URI: SIP/SIPS URIs into ``SipUri``, anything else with a scheme into ``OtherUri``.
+
+    Cached: a proxy sees the same URIs (its own Record-Route/Path, the PBX, registered contacts)
+    over and over; the result is immutable, so sharing it is safe. Errors are not cached.
+    """
+    if len(text) <= CACHED_VALUE_MAX:
+        return _parse_uri_cached(text)
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> SipUri | OtherUri:
     m = _abnf.SIP_URI_RE.fullmatch(text)
     if m is not None:
         port = m["port"]
@@ -443,7 +476,7 @@ def parse_uri(text: str) -> SipUri | OtherUri:
             host=m["host"],
             user=m["user"],
             port=_port(port) if port is not None else None,
-            params=tuple((p["name"], p["value"]) for p in _abnf.URI_PARAM_STEP_RE.finditer(m["params"])),
+            params=_parse_uri_params(m["params"]),
             headers=headers[1:] if headers else None,
             password=m["password"],
             scheme=m["scheme"].lower(),
@@ -452,6 +485,9 @@ def parse_uri(text: str) -> SipUri | OtherUri:
     if s is None or s[1].lower() in ("sip", "sips") or _abnf.ABSOLUTE_URI_RE.fullmatch(text) is None:
         raise RemoteProtocolError(f"invalid URI {text[:80]!r}", 400)
     return OtherUri(s[1].lower(), text)
+
+
+_parse_uri_cached = functools.lru_cache(maxsize=4096)(_parse_uri)
 
 
 def _port(text: str) -> int:
@@ -505,7 +541,7 @@ class NameAddr:
 
     def with_params(self, *params: tuple[str, str | None]) -> NameAddr:
         """Return a copy with ``params`` appended."""
-        return replace(self, params=self.params + params)
+        return NameAddr(self.uri, self.display_name, self.params + params)
 
     def __str__(self) -> str:
         if self.is_star:
@@ -517,7 +553,13 @@ class NameAddr:
 
 
 def parse_name_addr(text: str) -> NameAddr:
-    """Parse one ``(name-addr / addr-spec) *(SEMI generic-param)`` value."""
+    """Parse one ``(name-addr / addr-spec) *(SEMI generic-param)`` value (cached, see ``parse_uri``)."""
+    if len(text) <= CACHED_VALUE_MAX:
+        return _parse_name_addr_cached(text)
+    return _parse_name_addr(text)
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     m = _abnf.NAME_ADDR_RE.fullmatch(text)
     if m is None:
         if text == "*":
@@ -531,6 +573,9 @@ def parse_name_addr(text: str) -> NameAddr:
     if display is not None:
         display_name = _unquote(display) if display.startswith('"') else display
     return NameAddr(parse_uri(uri_text), display_name, _parse_generic_params(m["params"]))
+
+
+_parse_name_addr_cached = functools.lru_cache(maxsize=4096)(_parse_name_addr)
 
 
 def parse_name_addrs(text: str) -> list[NameAddr]:
@@ -590,9 +635,9 @@ class Via:
         for i, (k, _v) in enumerate(params):
             if k.lower() == low:
                 params[i] = (k, value)
-                return replace(self, params=tuple(params))
+                return Via(self.transport, self.host, self.port, tuple(params), self.protocol)
         params.append((name, value))
-        return replace(self, params=tuple(params))
+        return Via(self.transport, self.host, self.port, tuple(params), self.protocol)
 
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
@@ -601,11 +646,12 @@ class Via:
 
 def parse_via(text: str) -> list[Via]:
     """Parse a Via header value (one or more comma-separated via-parms)."""
-    return list(_parse_via_cached(text))
+    return list(parse_via_tuple(text))
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_via_cached(text: str) -> tuple[Via, ...]:
+def parse_via_tuple(text: str) -> tuple[Via, ...]:
+    """``parse_via`` without the copy: a cached tuple shared by every caller (Vias are frozen)."""
     # A proxy reads the same Via text several times per message (matching, loop check,
     # received/rport): parse each distinct value once. Vias are frozen, so sharing is safe.
     out: list[Via] = []

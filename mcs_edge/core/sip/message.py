@@ -37,6 +37,7 @@ writes unchanged fields from their original text.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
@@ -44,6 +45,7 @@ from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 from . import _abnf
 from .headers import (
     _KEY_CACHE,
+    CACHED_VALUE_MAX,
     SINGLE_HEADERS,
     CSeq,
     HeaderField,
@@ -58,6 +60,7 @@ from .headers import (
     parse_name_addr,
     parse_uri,
     parse_via,
+    parse_via_tuple,
     split_commas,
 )
 
@@ -186,7 +189,7 @@ class Message:
         value = self.headers.first_value("via")
         if value is None:
             raise LocalProtocolError("message has no Via")
-        return parse_via(value)[0]
+        return parse_via_tuple(value)[0]
 
     @property
     def routes(self) -> list[NameAddr]:
@@ -534,6 +537,15 @@ def _count_fields(lines: list[str]) -> int:
 
 
 def _check_request_uri(uri: str) -> None:
+    # A proxy sees the same Request-URIs (its domains, registered contacts) again and again: short
+    # ones go through a cache of successes (an invalid URI raises every time).
+    if len(uri) <= CACHED_VALUE_MAX:
+        _check_request_uri_cached(uri)
+    else:
+        _check_request_uri_uncached(uri)
+
+
+def _check_request_uri_uncached(uri: str) -> None:
     m = _abnf.URI_SCHEME_RE.match(uri)
     if m is None:
         raise RemoteProtocolError(f"invalid Request-URI {uri[:80]!r}", 400)
@@ -548,23 +560,24 @@ def _check_request_uri(uri: str) -> None:
         raise RemoteProtocolError(f"unsupported URI scheme {scheme!r}", 416)
 
 
+_check_request_uri_cached = functools.lru_cache(maxsize=1024)(_check_request_uri_uncached)
+
+
 def _validate_fields(fields: list[HeaderField], is_request: bool, limits: Limits) -> int | None:
     """Check the syntax of the fields a proxy relies on; return Content-Length (or None)."""
     content_length: int | None = None
     try:
         for key, _name, value, _raw in fields:
             if key == "via":
-                for item in split_commas(value):
-                    if _abnf.VIA_RE.fullmatch(item) is None:
-                        raise RemoteProtocolError(f"invalid Via {item[:80]!r}", 400)
+                parse_via_tuple(value)  # validates each via-parm; the proxy reads it next
             elif key in _NAME_ADDR_KEYS:
-                if _abnf.NAME_ADDR_RE.fullmatch(value) is None:
+                if not _valid_name_addr(value):
                     raise RemoteProtocolError(f"invalid {key} {value[:80]!r}", 400)
             elif key in _NAME_ADDR_LIST_KEYS:
                 if key == "contact" and value == "*":
                     continue
                 for item in split_commas(value):
-                    if _abnf.NAME_ADDR_RE.fullmatch(item) is None:
+                    if not _valid_name_addr(item):
                         raise RemoteProtocolError(f"invalid {key} {item[:80]!r}", 400)
             elif key == "call-id":
                 if _abnf.CALL_ID_RE.fullmatch(value) is None:
@@ -583,3 +596,16 @@ def _validate_fields(fields: list[HeaderField], is_request: bool, limits: Limits
             raise RemoteProtocolError(str(exc), None) from None
         raise
     return content_length
+
+
+def _valid_name_addr(value: str) -> bool:
+    """Whether ``value`` is a name-addr/addr-spec with params (short values cached: the From, To,
+    Contact, Path and Record-Route of a registered agent repeat)."""
+    if len(value) <= CACHED_VALUE_MAX:
+        return _valid_name_addr_cached(value)
+    return _abnf.NAME_ADDR_RE.fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_name_addr_cached(value: str) -> bool:
+    return _abnf.NAME_ADDR_RE.fullmatch(value) is not None

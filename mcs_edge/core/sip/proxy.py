@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Two sides. The *client side* is a set of flows (WebSocket or TLS connections from browsers and
 the mobile app), each bound to one tenant when it was accepted. The *backend side* is each
-tenant's PBX, reached over UDP (TCP/TLS later) from ``listen.backend_sip``.
+tenant's PBX, reached over UDP from ``listen.backend_sip`` or over TCP/TLS (tx/sip/backend.py).
 
 Every request that is not an ACK for a 2xx opens a server transaction on the side it came from
 and, once accepted, a client transaction on the other side; the two form a :class:`Pair`.
@@ -50,6 +50,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mcs_edge.core.push.bindings import (
+    FAILED_REASON,
+    TIMEOUT_REASON,
+    PushKey,
+    PushRegistry,
+    Waiting,
+    WakeTable,
+    feature_caps,
+    push_params,
+)
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 from .calls import Call, CallTable, Dialog, address_of_record
@@ -77,6 +87,7 @@ __all__ = [
     "MediaHook",
     "Pair",
     "ProxySettings",
+    "Push",
     "SipProxy",
     "TenantInfo",
     "ToBackend",
@@ -110,6 +121,9 @@ class ProxySettings:
     max_message_size: int = 65536
     timers: TimerConfig = field(default_factory=TimerConfig)
     server_name: str = "mcs-edge"
+    push_wait: float = 15.0  # seconds a held INVITE waits for the woken app (push.wait)
+    push_ring: int = 180  # what the PBX gets while it waits: 180 or 100 (push.ring)
+    push_stale: float = 0.0  # a flow silent this long is woken like a gone one (push.stale_after; 0 = off)
     #: The SIP/TLS listener's port (``listen.sip_tls``); None = no such listener (``public_port``).
     public_tls_port: int | None = None
     #: Every other (host, port) the edge listens on (RFC 3261 s.16.4: Routes naming them are ours).
@@ -166,7 +180,21 @@ class CloseFlow:
     reason: str
 
 
-Action = ToFlow | ToBackend | CloseFlow
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Send a push notification (RFC 8599) to wake an app; the adapter reports with ``push_result``."""
+
+    wake_id: int
+    tenant_id: str
+    provider: str
+    prid: str
+    param: str
+    call_id: str
+    caller: str
+    key: PushKey
+
+
+Action = ToFlow | ToBackend | CloseFlow | Push
 
 
 # Where a transaction's messages go: ("flow", flow_id) or ("backend", tenant_id, transport, addr).
@@ -304,6 +332,8 @@ class SipProxy:
         self.on_backend_final: Callable[[Pair, Response], None] | None = None
         #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
         self.local: LocalService | None = None
+        #: backend_down(tenant_id): its PBX does not answer (OPTIONS check): new calls get 503 at once.
+        self.backend_down: Callable[[str], bool] | None = None
         self._our_hosts = settings.own_addresses()
         #: Bindings of connections to client instances and lost connections in grace (flows.py).
         self.flow_registry = FlowRegistry(settings.flow_grace)
@@ -311,6 +341,13 @@ class SipProxy:
         self.recovery = RecoveryHistogram()
         self._local_acks: dict[tuple[str, int], None] = {}  # re-INVITEs answered here: ACK absorbed
         self._tenant_objects: dict[str, Any] = {}  # tenant id -> tenant of its latest connection
+        #: RFC 8599 push bindings and the INVITEs held while their app wakes (core/push/bindings.py).
+        self.push_registry = PushRegistry()
+        self.wakes = WakeTable()
+        #: The providers configured for a tenant (none: push is off for it, no +sip.pns advertised).
+        self.push_providers: Callable[[Any], frozenset[str]] = lambda tenant: frozenset()
+        #: Time from the push to the woken app's REGISTER (seconds).
+        self.wake_latency = RecoveryHistogram()
 
     def update_settings(self, settings: ProxySettings) -> None:
         """New settings (e.g. ports known once bound); the set of our own addresses follows."""
@@ -334,14 +371,27 @@ class SipProxy:
         return out
 
     def get_timer(self) -> float | None:
-        t = self.layer.get_timer()
-        g = self.flow_registry.get_timer()
-        if g is not None and (t is None or g < t):
-            return g
-        return t
+        times = [
+            x
+            for x in (
+                self.layer.get_timer(),
+                self.flow_registry.get_timer(),
+                self.push_registry.get_timer(),
+                self.wakes.get_timer(),
+            )
+            if x is not None
+        ]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         self.layer.handle_timer(now)
+        for _binding in list(self.push_registry.expire(now)):
+            self.count("push_bindings_expired")
+        for waiting in list(self.wakes.expired(now)):
+            self.count(
+                "push_calls_lost_timeout", f"{waiting.key.tenant_id}: {waiting.key.aor} did not wake up"
+            )
+            self._fail_waiting(waiting, TIMEOUT_REASON, now)
         for lost in list(self.flow_registry.expired(now)):
             for call in self.calls.of_flow(lost.flow_id):
                 if call.state == "grace":
@@ -385,6 +435,26 @@ class SipProxy:
             if pair.flow_id == flow_id and not pair.from_client and pair.client is not None:
                 pair.client.transport_error(now)
         self._pump(now)
+
+    def backend_failed(self, tenant_id: str, reason: str, now: float) -> int:
+        """Requests toward ``tenant_id``'s PBX that could not be sent: each still unanswered one gets
+        503 now (RFC 3261 s.16.7 / s.17.1.4 transport error) instead of waiting for Timer B/F.
+        Returns how many failed."""
+        failed = 0
+        for pair in list(self._pairs_by_client.values()):
+            if (
+                pair.from_client
+                and pair.tenant_id == tenant_id
+                and pair.client is not None
+                and not pair.got_provisional
+                and not pair.final_sent
+            ):
+                pair.client.transport_error(now)
+                failed += 1
+        if failed:
+            self.count("sip_backend_unreachable", f"{tenant_id}: {failed} request(s) refused, {reason}")
+        self._pump(now)
+        return failed
 
     def tenant_of_token(self, token: str) -> Any:
         """The tenant of the live flow with ``token`` (binding a connection without SNI), or None."""
@@ -468,9 +538,10 @@ class SipProxy:
         s = self.settings
         return self._via(flow.transport, s.public_host, s.client_port(flow.transport), new_branch())
 
-    def _backend_rr(self) -> str:
+    def _backend_rr(self, transport: str | None = None) -> str:
         s = self.settings
-        return f"<sip:{_hostport(s.backend_host, s.backend_port)};transport={s.backend_transport};lr;r2=on>"
+        tp = transport or s.backend_transport
+        return f"<sip:{_hostport(s.backend_host, s.backend_port)};transport={tp};lr;r2=on>"
 
     def _respond(self, tx: ServerTransaction, request: Request, status: int, reason: str, now: float) -> None:
         self.count(_LOCAL_CLASS[status // 100 % 7])
@@ -631,6 +702,10 @@ class SipProxy:
             return
         if in_dialog and self._answer_locally(flow, tx, req, now):
             return
+        if not in_dialog and req.method == "INVITE" and self.backend_down and self.backend_down(tenant.id):
+            self.count("sip_refused_backend_down")
+            self._respond(tx, req, 503, "Service Unavailable (PBX down)", now)
+            return
         fwd = req.copy()
         if self._foreign_route_token(flow, self._strip_our_routes(fwd)):
             self._respond(tx, req, 403, "Forbidden (dialog of another tenant)", now)
@@ -638,7 +713,7 @@ class SipProxy:
         fwd.decrement_max_forwards()
         if req.method in DIALOG_METHODS and not in_dialog:
             fwd.prepend_record_route(self._client_rr(flow))
-            fwd.prepend_record_route(self._backend_rr())
+            fwd.prepend_record_route(self._backend_rr(self._backend_of(tenant)[0]))
         if req.method == "REGISTER":
             self._register_outbound(flow, fwd)
         transport, addr = self._backend_of(tenant)
@@ -716,9 +791,11 @@ class SipProxy:
 
     def _register_outbound(self, flow: Flow, fwd: Request) -> None:
         s = self.settings
+        transport = self._backend_of(flow.tenant)[0]
+        tp = "" if transport == "udp" else f";transport={transport}"  # the PBX reaches us the same way
         if flow.tenant.path:
             fwd.headers.insert_first(
-                "Path", f"<sip:{flow.token}@{_hostport(s.backend_host, s.backend_port)};lr;ob>"
+                "Path", f"<sip:{flow.token}@{_hostport(s.backend_host, s.backend_port)}{tp};lr;ob>"
             )
             supported = fwd.headers.get("supported") or ""
             if "path" not in [x.strip().lower() for x in supported.split(",")]:
@@ -738,7 +815,7 @@ class SipProxy:
                 else next(k for k, v in flow.aliases.items() if v == str(uri))
             )
             flow.aliases[key] = str(uri)
-            alias = f"sip:{user}@{_hostport(s.backend_host, s.backend_port)};{FLOW_PARAM}={key}"
+            alias = f"sip:{user}@{_hostport(s.backend_host, s.backend_port)}{tp};{FLOW_PARAM}={key}"
             out.append(_replace_uri(c, alias))
         fwd.headers.set("Contact", ", ".join(out))
 
@@ -878,6 +955,8 @@ class SipProxy:
             return
         fwd = req.copy()
         found, flow, _ = self._target_flow(fwd)
+        if self._hold_for_push(tx, req, fwd, flow, tenants, transport, src, now):
+            return
         if flow is None and found and self._answer_in_grace(tx, req, tenants, now):
             return
         if flow is None:
@@ -892,6 +971,19 @@ class SipProxy:
             self.count("sip_foreign_flow", f"{tenants[0].id} -> flow of {flow.tenant.id}")
             self._respond(tx, req, 403, "Forbidden", now)
             return
+        self._forward_to_flow(tx, req, fwd, flow, transport, src, now)
+
+    def _forward_to_flow(
+        self,
+        tx: ServerTransaction,
+        req: Request,
+        fwd: Request,
+        flow: Flow,
+        transport: str,
+        src: Addr,
+        now: float,
+    ) -> None:
+        """Forward a PBX request (its copy ``fwd``, our Routes popped) to client connection ``flow``."""
         self._dest[tx] = ("backend", flow.tenant.id, transport, _response_addr(req.top_via, src))
         fwd.decrement_max_forwards()
         in_dialog = req.to.tag is not None
@@ -900,7 +992,7 @@ class SipProxy:
             self._respond(tx, req, 503, "Service Unavailable (draining)", now)
             return
         if req.method in DIALOG_METHODS and not in_dialog:
-            fwd.prepend_record_route(self._backend_rr())
+            fwd.prepend_record_route(self._backend_rr(transport))
             fwd.prepend_record_route(self._client_rr(flow))
         fwd.push_via(self._client_via(flow))
         pair = Pair(tx, flow.tenant.id, False, flow.id, fwd)
@@ -963,6 +1055,150 @@ class SipProxy:
         if lost_at is not None:
             self.recovery.observe(now - lost_at)
             self.notices.append(("recovered", call.tenant_id, call.call_id, now - lost_at))
+
+    # ------------------------------------------------------------------ push wake-up (RFC 8599)
+    def _note_push(self, flow: Flow, register: Request, out: Response, now: float) -> None:
+        """A 2xx to ``register``: create, refresh or remove its push binding (core/push/bindings.py)."""
+        providers = self.push_providers(flow.tenant)
+        if not providers:
+            return  # push is off for this tenant: nothing advertised, nothing kept
+        try:
+            contacts = register.contacts
+        except (RemoteProtocolError, ValueError):
+            return
+        for contact in contacts:
+            if contact.is_star:
+                continue
+            params = push_params(contact.uri)
+            if params is None:
+                continue
+            instance = (contact.param("+sip.instance") or "").strip('"<>').lower()
+            if not instance:
+                self.count(
+                    "push_register_without_instance", f"{flow.tenant.id}: pn-provider without +sip.instance"
+                )
+                return
+            key = PushKey(flow.tenant.id, _aor(register.to.uri), instance)
+            if params.provider not in providers:
+                self.count(
+                    "push_provider_unsupported", f"{flow.tenant.id}: pn-provider {params.provider[:16]!r}"
+                )
+                out.headers.add("Feature-Caps", feature_caps(providers, None))
+                return
+            expires = _granted_expiry(out, register, contact, instance)
+            if expires <= 0:
+                if self.push_registry.remove(key) is not None:
+                    self.count("push_bindings_removed")
+                return
+            known = key in self.push_registry.bindings
+            binding = self.push_registry.register(
+                key, params, flow.token, now + expires, secrets.token_hex(8)
+            )
+            if binding is None:
+                self.count("push_bindings_refused", f"{flow.tenant.id}: push binding table full")
+                return
+            self.count("push_bindings_refreshed" if known else "push_bindings_registered")
+            out.headers.add("Feature-Caps", feature_caps(providers, binding.purr))
+            return
+
+    def _push_binding_of(self, req: Request) -> Any:
+        """The push binding an INVITE from the PBX targets: by our flow token, else by pn-purr."""
+        registry = self.push_registry
+        for route in req.routes:
+            uri = route.uri
+            if not self._is_ours(uri):
+                break
+            if isinstance(uri, SipUri) and uri.user:
+                return registry.by_token(uri.user)
+        ruri = req.request_uri
+        if isinstance(ruri, SipUri):
+            purr = ruri.param("pn-purr")
+            if purr:
+                return registry.by_purr(purr)
+            if self._is_ours(ruri):
+                key = ruri.param(FLOW_PARAM) or ""
+                token = key.split(".", 1)[0] if key else (ruri.user or "")
+                if token:
+                    return registry.by_token(token)
+        return None
+
+    def _hold_for_push(
+        self,
+        tx: ServerTransaction,
+        req: Request,
+        fwd: Request,
+        flow: Flow | None,
+        tenants: list[Any],
+        transport: str,
+        src: Addr,
+        now: float,
+    ) -> bool:
+        """An initial INVITE for an app whose connection is gone (or stale): hold it and push."""
+        if req.method != "INVITE" or req.to.tag is not None or self.draining:
+            return False
+        stale = self.settings.push_stale
+        if flow is not None and not (stale > 0 and now - flow.last_seen > stale):
+            return False
+        binding = self._push_binding_of(req)
+        if binding is None or binding.key.tenant_id not in {t.id for t in tenants}:
+            return False
+        key = binding.key
+        waiting = self.wakes.hold(
+            key, binding.params.provider, now + self.settings.push_wait, now, (tx, req, fwd, transport, src)
+        )
+        self.count("push_calls_held")
+        if self.settings.push_ring == 180:
+            self._respond(tx, req, 180, "Ringing", now)
+        caller = req.headers.get("from") or ""
+        self._actions.append(
+            Push(
+                waiting.wake_id,
+                key.tenant_id,
+                binding.params.provider,
+                binding.params.prid,
+                binding.params.param,
+                req.call_id,
+                caller[:256],
+                key,
+            )
+        )
+        return True
+
+    def _release_woken(self, flow_id: int, now: float) -> None:
+        """The app registered again on ``flow_id``: its held INVITEs go there."""
+        flow = self.flows.get(flow_id)
+        bkey = self.flow_registry.binding_of(flow_id)
+        if flow is None or bkey is None or not self.wakes.waiting:
+            return
+        key = PushKey(bkey.tenant_id, bkey.aor, bkey.instance)
+        for waiting in self.wakes.of_key(key):
+            self.wakes.release(waiting.wake_id)
+            tx, req, fwd, transport, src = waiting.context
+            self.wake_latency.observe(now - waiting.pushed_at)
+            self.count("push_calls_delivered")
+            self._forward_to_flow(tx, req, fwd, flow, transport, src, now)
+
+    def push_result(self, push: Push, outcome: str, now: float) -> None:
+        """The adapter's report for ``push``: "sent", "bad_token", "rate_limited" or "error"."""
+        waiting = self.wakes.waiting.get(push.wake_id)
+        if outcome == "bad_token":
+            binding = self.push_registry.bindings.get(push.key)
+            if binding is not None and binding.params.prid == push.prid:  # not re-registered with a new token
+                self.push_registry.remove(push.key)
+                self.count("push_bindings_dropped_bad_token")
+        if outcome != "sent" and waiting is not None:
+            self.wakes.release(waiting.wake_id)
+            self.count("push_calls_lost_push_failed", f"{push.tenant_id}: push {outcome}")
+            self._fail_waiting(waiting, FAILED_REASON, now)
+        self._pump(now)
+
+    def _fail_waiting(self, waiting: Waiting, reason: str, now: float) -> None:
+        tx, req = waiting.context[0], waiting.context[1]
+        resp = Response.for_request(req, 480, "Temporarily Unavailable", to_tag=new_tag())
+        resp.headers.add("Server", self.settings.server_name)
+        resp.headers.add("Reason", reason)
+        self.count(_LOCAL_CLASS[4])
+        self.layer.send_response(tx, resp, now)
 
     def _admit_dialog(self, flow: Flow, req: Request, now: float) -> int | None:
         """May ``flow`` send this in-dialog request? None, or the status refusing it (403/430).
@@ -1111,6 +1347,13 @@ class SipProxy:
         self._dest[tx] = dest
         pair = self._pairs_by_server.get(invite_tx) if invite_tx is not None else None
         if pair is None:
+            waiting = self.wakes.find(lambda ctx: ctx[0] is invite_tx) if invite_tx is not None else None
+            if waiting is not None:  # held for a push wake-up: 200 to the CANCEL, 487 to the INVITE
+                self.wakes.release(waiting.wake_id)
+                self.count("push_calls_cancelled")
+                self._respond(tx, cancel, 200, "OK", now)
+                self._respond(waiting.context[0], waiting.context[1], 487, "Request Terminated", now)
+                return
             if invite_tx is not None:  # answered here (e.g. by the echo service): no effect
                 self._respond(tx, cancel, 200, "OK", now)
                 return
@@ -1166,6 +1409,7 @@ class SipProxy:
                 self._register_inbound(flow, out, resp.status)
                 if resp.status >= 200:
                     self._bind_instance(flow, pair.server.request, now)
+                    self._note_push(flow, pair.server.request, out, now)
         if pair.refused_ack is not None:
             if 200 <= resp.status < 300:
                 self._emit(*pair.refused_ack)  # the far side retransmits its 2xx: ACK it again
@@ -1203,6 +1447,8 @@ class SipProxy:
         if resp.status in (401, 403, 407) and pair.from_client:
             self.count("sip_auth_challenges")
         self.layer.send_response(pair.server, out, now)
+        if pair.from_client and pair.request.method == "REGISTER" and 200 <= resp.status < 300:
+            self._release_woken(pair.flow_id, now)
 
     def _abandon(self, pair: Pair, now: float) -> None:
         """An early answer (18x) the edge cannot relay: CANCEL the INVITE, refuse it with 488 (counted)."""
@@ -1350,6 +1596,30 @@ _LOCAL_CLASS = tuple(f"sip_responses_local_{c}xx" for c in range(7))
 _RELAYED_CLASS = tuple(f"sip_responses_relayed_{c}xx" for c in range(7))
 
 _REASONS = {488: "Not Acceptable Here", 503: "Service Unavailable", 500: "Server Internal Error"}
+
+
+def _aor(uri: Any) -> str:
+    if isinstance(uri, SipUri):
+        user = f"{uri.user}@" if uri.user else ""
+        return f"sip:{user}{uri.host.lower()}"
+    return str(uri).lower()
+
+
+def _granted_expiry(out: Response, register: Request, contact: NameAddr, instance: str) -> int:
+    """Seconds the registrar granted the push Contact: its 2xx Contact's expires, the 2xx's Expires,
+    the request's (RFC 3261 s.10.2.1.1); 3600 when nobody said."""
+    candidates: list[str | None] = []
+    try:
+        for c in out.contacts:
+            if not c.is_star and (c.param("+sip.instance") or "").strip('"<>').lower() == instance:
+                candidates.append(c.param("expires"))
+    except (RemoteProtocolError, ValueError):
+        pass
+    candidates += [out.headers.get("expires"), contact.param("expires"), register.headers.get("expires")]
+    for value in candidates:
+        if value is not None and value.strip().isdigit():
+            return int(value.strip())
+    return 3600
 
 
 def _initial_invite(request: Request) -> bool:

@@ -21,9 +21,10 @@ the client listeners) until the ban ends. Endpoints:
 
 ==========================================  ======================================================
 ``GET /api/status``                         version, tenants, connections, calls, draining, workers
-``GET /api/tenants``                        tenants with their connection, registration, call counts
+``GET /api/tenants``                        tenants with their connection, registration, call counts, PBX state
 ``POST /api/tenants``                       add a tenant (body: the ``[[tenants]]`` table as JSON)
 ``GET /api/tenants/<id>``                   one tenant's configuration (secrets redacted)
+``GET /api/tenants/<id>/tunnel``            the tenant side's wg-quick file (its key pair generated once)
 ``PUT /api/tenants/<id>``                   replace a tenant's table
 ``PATCH /api/tenants/<id>``                 change some keys (``null`` removes a key)
 ``DELETE /api/tenants/<id>``                remove a tenant (its connections are closed cleanly)
@@ -184,6 +185,16 @@ def service_checks(service: EdgeService) -> dict[str, Check]:
     def draining() -> tuple[bool, str]:
         return (not _draining(service)), "draining" if _draining(service) else "accepting"
 
+    def tunnel() -> tuple[bool, str]:
+        t = getattr(service, "tunnel", None)
+        if t is None:
+            return True, "no [tunnel]"
+        return (
+            (True, f"{t.interface} up")
+            if t.running
+            else (False, f"wireguard-go for {t.interface} is not running")
+        )
+
     def media_ports() -> tuple[bool, str]:
         allocator = getattr(getattr(getattr(service, "media", None), "anchor", None), "allocator", None)
         if allocator is None:
@@ -191,7 +202,15 @@ def service_checks(service: EdgeService) -> dict[str, Check]:
         free, capacity = allocator.free, allocator.capacity
         return free >= MIN_FREE_PORTS, f"{free} of {capacity} relay ports free"
 
-    return {"listeners": listeners, "config": config, "draining": draining, "media_ports": media_ports}
+    checks: dict[str, Check] = {
+        "listeners": listeners,
+        "config": config,
+        "draining": draining,
+        "media_ports": media_ports,
+    }
+    if service.config.tunnel.interface is not None:  # the WireGuard backhaul (tx/tunnel/wireguard.py)
+        checks["tunnel"] = tunnel
+    return checks
 
 
 #: Relay ports one more call may need (two legs, each an RTP/RTCP pair without rtcp-mux): below
@@ -304,11 +323,11 @@ class LocalAdmin:
             raise ApiError(404, "cluster.enabled is false")
         return {"cluster": replicator.promote()}
 
-    def tenant_stats(self) -> dict[str, dict[str, int]]:
+    def tenant_stats(self) -> dict[str, dict[str, Any]]:
         core = self.service.sip.core
-        out: dict[str, dict[str, int]] = {}
+        out: dict[str, dict[str, Any]] = {}
 
-        def slot(tid: str) -> dict[str, int]:
+        def slot(tid: str) -> dict[str, Any]:
             return out.setdefault(tid, {"connections": 0, "registrations": 0, "calls": 0})
 
         for flow in self.service.sip.flows.values():
@@ -318,6 +337,13 @@ class LocalAdmin:
                 slot(cf.tenant.id)["registrations"] += 1
         for call in core.calls.calls.values():
             slot(call.tenant_id)["calls"] += 1
+        for t in self.service.config.tenants:  # the PBX as the OPTIONS check sees it (tx/sip/health.py)
+            state = self.service.backend_health.state(t.id)
+            if state is not None:
+                slot(t.id)["backend"] = state
+            tunnel = self.service.tunnel.peer_status(t) if self.service.tunnel is not None else None
+            if tunnel is not None:
+                slot(t.id)["tunnel"] = tunnel
         return out
 
     def connections(self, tenant: str | None) -> list[dict[str, Any]]:
@@ -419,6 +445,18 @@ class LocalAdmin:
     def apply(self, config: EdgeConfig) -> bool:
         return self.service.reload(config)
 
+    def tunnel_config(self, tenant_id: str) -> Any:
+        """(200, text/plain, wg-quick file) for the tenant side of its tunnel (tx/tunnel/wireguard.py)."""
+        svc = self.service
+        tenant = svc.config.tenant(tenant_id)
+        if tenant is None:
+            raise ApiError(404, f"no tenant {tenant_id!r}")
+        if svc.tunnel is None or tenant.tunnel is None:
+            raise ApiError(404, f"tenant {tenant_id!r} has no tunnel")
+        return svc.tunnel.tenant_config(tenant).addCallback(
+            lambda text: (200, "text/plain; charset=utf-8", text.encode())
+        )
+
 
 def _call_media(svc: Any, call_id: str) -> dict[str, Any]:
     """The agent's AOR and the live quality figures of a call's media (tx/media/quality.py)."""
@@ -507,6 +545,12 @@ class AdminResource(Resource):
                 return maybeDeferred(b.tenant_stats).addCallback(self._tenant_list)
             self._only(method, "POST")
             return self._add_tenant(_json_body(request))
+        if len(parts) == 3 and parts[0] == "tenants" and parts[2] == "tunnel":
+            self._only(method, "GET")
+            tunnel_config = getattr(b, "tunnel_config", None)  # LocalAdmin only: no tunnels with workers
+            if tunnel_config is None:
+                raise ApiError(404, "no tunnels with workers")
+            return maybeDeferred(tunnel_config, parts[1])
         if len(parts) == 2 and parts[0] == "tenants":
             tid = parts[1]
             if method == "GET":
@@ -599,7 +643,7 @@ class AdminResource(Resource):
         raise ApiError(401, reason)
 
     # -- tenants --------------------------------------------------------------------------------
-    def _tenant_list(self, stats: dict[str, dict[str, int]]) -> dict[str, Any]:
+    def _tenant_list(self, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
         cfg = self.backend.config()
         out = []
         for t in cfg.tenants:
@@ -739,6 +783,7 @@ def _finish(request: Request, status: int, ctype: str, body: bytes) -> None:
     request.setResponseCode(status)
     request.setHeader(b"content-type", ctype.encode())
     request.setHeader(b"content-length", str(len(body)).encode())
+    request.setHeader(b"cache-control", b"no-store")  # answers may hold a key handed over once
     if request.method != b"HEAD":
         request.write(body)
     request.finish()

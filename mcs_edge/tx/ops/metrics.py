@@ -274,6 +274,37 @@ def _flow_recovery_families(core: Any, counters: dict[str, int]) -> Iterator[Met
     yield h
 
 
+def _push_families(svc: Any, core: Any, counters: dict[str, int]) -> Iterator[Metric]:
+    """Push wake-up (RFC 8599; core/push, tx/push); its counters leave ``counters``."""
+    c = CounterMetricFamily(
+        "mcs_edge_pushes",
+        "Push notifications requested, by provider and result",
+        labels=["provider", "result"],
+    )
+    push = getattr(svc, "push", None)
+    for (provider, result), n in sorted(getattr(push, "results", {}).items()):
+        c.add_metric([provider, result], n)
+    yield c
+    for name, help_text in (
+        ("push_calls_held", "Incoming calls held while a push woke their app"),
+        ("push_calls_delivered", "Held calls delivered to the woken app's new connection"),
+        ("push_calls_lost_timeout", "Held calls refused with 480: the app did not register in push.wait"),
+        ("push_calls_lost_push_failed", "Held calls refused with 480: the push could not be sent"),
+        ("push_calls_cancelled", "Held calls CANCELled by the PBX during the wait"),
+        ("push_bindings_dropped_bad_token", "Push bindings dropped: the provider refused the device token"),
+    ):
+        c = CounterMetricFamily(f"mcs_edge_{name}", help_text)
+        c.add_metric([], counters.pop(name, 0))
+        yield c
+    g = GaugeMetricFamily("mcs_edge_push_bindings", "Push bindings (RFC 8599) kept")
+    g.add_metric([], len(core.push_registry))
+    yield g
+    latency = core.wake_latency
+    h = HistogramMetricFamily("mcs_edge_push_wake_seconds", "Time from a push to the woken app's REGISTER")
+    h.add_metric([], latency.cumulative(), sum_value=latency.sum)
+    yield h
+
+
 def _sip_families(svc: Any) -> Iterator[Metric]:
     router = svc.sip
     core = router.core
@@ -319,6 +350,7 @@ def _sip_families(svc: Any) -> Iterator[Metric]:
     yield g
     counters: dict[str, int] = dict(core.counters)
     yield from _flow_recovery_families(core, counters)
+    yield from _push_families(svc, core, counters)
     req = CounterMetricFamily("mcs_edge_sip_requests", "SIP requests forwarded", labels=["direction"])
     req.add_metric(["to_backend"], counters.pop("sip_requests_to_backend", 0))
     req.add_metric(["to_client"], counters.pop("sip_requests_to_client", 0))

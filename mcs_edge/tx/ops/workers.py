@@ -750,14 +750,19 @@ class SupervisorAdmin:
 
         return self._json_all("/api/status").addCallback(build)
 
-    def tenant_stats(self) -> Deferred[dict[str, dict[str, int]]]:
-        def merge(docs: list[Any]) -> dict[str, dict[str, int]]:
-            out: dict[str, dict[str, int]] = {}
+    def tenant_stats(self) -> Deferred[dict[str, dict[str, Any]]]:
+        def merge(docs: list[Any]) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
             for doc in docs:
                 for row in doc.get("tenants", []):
                     slot = out.setdefault(row["id"], {"connections": 0, "registrations": 0, "calls": 0})
-                    for k in slot:
+                    for k in ("connections", "registrations", "calls"):
                         slot[k] += int(row.get(k, 0))
+                    backend = row.get("backend")  # each worker checks the PBX: "down" anywhere wins
+                    if backend is not None and (
+                        slot.get("backend") is None or backend.get("state") == "down"
+                    ):
+                        slot["backend"] = backend
             return out
 
         return self._json_all("/api/tenants").addCallback(merge)

@@ -229,16 +229,22 @@ class StreamShaper:
     # -- inbound ------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         """A chunk read from the transport: delivered now, or held while reading is paused."""
-        if self.stopped:
+        if self.admit(data):
             self._deliver(data)
-            return
+
+    def admit(self, data: bytes) -> bool:
+        """Account for a chunk; True: the caller handles it now, False: held (delivered later) or refused."""
+        if self.stopped:
+            return True
         inbound = self.inbound
         if inbound.feed(data, self._timers.now()):
-            self._deliver(data)
-        elif inbound.overflowed:
+            self._sync_reading()
+            return True
+        if inbound.overflowed:
             self._overflow(f"more than {inbound.max_held} bytes arrived while reading was paused")
-            return
+            return False
         self._sync_reading()
+        return False
 
     def _deliver_released(self, chunks: list[bytes]) -> None:
         for chunk in chunks:

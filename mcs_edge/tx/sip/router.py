@@ -24,16 +24,21 @@ from twisted.logger import Logger
 
 from mcs_edge.core.guard.sip_auth import auth_outcome
 from mcs_edge.core.sip.binding import ByDomain, ByFlowToken, binding_of
-from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, SipProxy, ToBackend, ToFlow
+from mcs_edge.core.sip.locate import is_ip as _is_ip
+from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, Push, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.core.sip.locate import Located
     from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
     from mcs_edge.errors import RemoteProtocolError
     from mcs_edge.tx.protect.guard import Protection
+    from mcs_edge.tx.sip.backend import BackendConnections
+    from mcs_edge.tx.sip.health import BackendMonitor
+    from mcs_edge.tx.sip.resolver import BackendResolver
     from mcs_edge.tx.timers import Timers
 
 __all__ = ["MAX_UDP_DATAGRAM", "BackendUDP", "ClientFlow", "SipRouter"]
@@ -116,7 +121,15 @@ class SipRouter:
         self._backends: dict[str, list[TenantConfig]] = {}
         #: Per-source guard, tenant caps and bans (tx/protect/guard.py), set by the service; None = off.
         self.protection: Protection | None = None
+        #: Sends the core's push requests (tx/push/providers.py), set by the service; None = push off.
+        self.push: Any = None
         self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        #: tcp:/tls: PBX connections (tx/sip/backend.py), set by the service; None = UDP only.
+        self.streams: BackendConnections | None = None
+        #: PBX names (tx/sip/resolver.py), set by the service; None = IP addresses only.
+        self.resolver: BackendResolver | None = None
+        #: OPTIONS checks of the PBXs (tx/sip/health.py), set by the service; None = off.
+        self.health: BackendMonitor | None = None
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -132,6 +145,9 @@ class SipRouter:
             timers=TimerConfig(t1=config.sip.t1),
             server_name=config.edge.name,
             flow_grace=config.sip.flow_grace,
+            push_wait=config.push.wait,
+            push_ring=config.push.ring,
+            push_stale=config.push.stale_after,
             public_tls_port=listen.sip_tls.port if listen.sip_tls is not None else None,
             listen_addresses=sip_listen_addresses(config),
         )
@@ -152,8 +168,11 @@ class SipRouter:
             host = t.backend_sip.host
             try:
                 host = str(ipaddress.ip_address(host))
-            except ValueError:
-                pass  # a DNS name: matched after resolution (not yet supported for inbound)
+            except ValueError:  # a DNS name: matched against the addresses it resolved to
+                if self.resolver is not None:
+                    for ip in {ip for ip, _port in self.resolver.addresses(t.backend_sip)}:
+                        index.setdefault(ip, []).append(t)
+                continue
             index.setdefault(host, []).append(t)
         self._backends = index
 
@@ -184,6 +203,16 @@ class SipRouter:
         self.config = config
         self.tenants = tenants
         self.core.flow_registry.grace = config.sip.flow_grace
+        self.core.update_settings(
+            replace(
+                self.core.settings,
+                push_wait=config.push.wait,
+                push_ring=config.push.ring,
+                push_stale=config.push.stale_after,
+            )
+        )
+        if self.push is not None:
+            self.push.update(config)
         self._index_backends(tenants)
         for flow in list(self.flows.values()):
             current = tenants.by_id(flow.tenant.id)
@@ -289,8 +318,55 @@ class SipRouter:
             self.protection.scanner("backend_sip")
             self.core.count("sip_unknown_backend")
             return
+        if self.health is not None and self.health.claims(data):
+            self.health.response(data, addr)
+            return
         self.core.receive_from_backend(data, addr, transport, self.timers.now())
         self._flush()
+
+    def reindex_backends(self) -> None:
+        """PBX names resolved to new addresses: requests from them are matched from now on."""
+        self._index_backends(self.tenants)
+
+    def _send_udp_named(self, action: ToBackend) -> None:
+        """UDP toward a PBX given by name: the resolver's first address, or 503 while it does not resolve."""
+        tenant = self.tenants.by_id(action.tenant_id)
+        resolver = self.resolver
+        if tenant is None or resolver is None or tenant.backend_sip.host != action.addr[0]:
+            self.count("backend_send_errors", action.tenant_id, "unknown backend name")
+            return
+
+        def send(located: Located) -> None:
+            if not located.addresses:
+                self.count("backend_send_errors", action.tenant_id, "name does not resolve")
+                self.backend_failed(action.tenant_id, located.error or "name does not resolve")
+                return
+            try:
+                self.udp.write(action.data, located.addresses[0])
+            except Exception as exc:
+                self.count("backend_send_errors", action.tenant_id, type(exc).__name__)
+
+        resolver.locate(tenant.backend_sip).addCallback(send)
+
+    def is_backend_address(self, ip: str) -> bool:
+        """``ip`` is a tenant PBX's address (connections from others are refused)."""
+        return ip in self._backends
+
+    def backend_failed(self, tenant_id: str, reason: str) -> None:
+        """Messages toward ``tenant_id``'s PBX could not be sent: its pending requests get 503 now."""
+        if self.health is not None:
+            self.health.transport_failed(tenant_id, reason)
+        self.core.backend_failed(tenant_id, reason, self.timers.now())
+        self._flush()
+
+    def send_to_backend(self, tenant: TenantConfig, data: bytes) -> None:
+        """Send bytes the edge itself originates (OPTIONS checks) to ``tenant``'s PBX, its transport."""
+        transport, addr = self._backend_of(tenant)
+        self._to_backend(ToBackend(tenant.id, transport, addr, data))
+
+    def backend_via(self) -> tuple[str, int]:
+        s = self.core.settings
+        return s.backend_host, s.backend_port
 
     def _observe_final(self, pair: Pair, response: Response) -> None:
         """A PBX's final answer to a client's request: authentication failures and successes."""
@@ -313,23 +389,55 @@ class SipRouter:
                 if flow is not None:
                     flow.send(action.data)
             elif isinstance(action, ToBackend):
-                if action.transport == "udp" and self.udp is not None:
-                    try:
-                        self.udp.write(action.data, action.addr)
-                    except Exception as exc:  # e.g. EHOSTUNREACH, a name that is not an IP
-                        self.count("backend_send_errors", action.tenant_id, type(exc).__name__)
-                else:
-                    self.count(
-                        "backend_send_errors", action.tenant_id, f"transport {action.transport} not available"
-                    )
+                self._to_backend(action)
             elif isinstance(action, CloseFlow):
                 flow = self.flows.get(action.flow_id)
                 if flow is not None:
                     flow.close(1000, action.reason)
+            elif isinstance(action, Push):
+                if self.push is None:
+                    core.push_result(action, "error", self.timers.now())
+                else:
+                    self.push.send(action)
         self.timer.arm()
         self._log_problems()
 
+    def _to_backend(self, action: ToBackend) -> None:
+        if action.transport == "udp" and self.udp is not None:
+            if self.resolver is not None and not _is_ip(action.addr[0]):
+                self._send_udp_named(action)
+                return
+            try:
+                self.udp.write(action.data, action.addr)
+            except Exception as exc:  # e.g. EHOSTUNREACH
+                self.count("backend_send_errors", action.tenant_id, type(exc).__name__)
+        else:
+            tenant = self.tenants.by_id(action.tenant_id)
+            if self.streams is not None and tenant is not None:
+                self.streams.send(tenant, action.transport, action.addr, action.data)
+            else:
+                self.count(
+                    "backend_send_errors", action.tenant_id, f"transport {action.transport} not available"
+                )
+
     def handle_timer(self) -> None:
+        self._flush()
+
+    def push_done(self, push: Push, outcome: str) -> None:
+        """The provider's outcome for ``push`` (tx/push/providers.py) goes to the core."""
+        now = self.timers.now()
+        self.core.push_result(push, outcome, now)
+        problems = getattr(self.push, "problems", None)
+        if now - self._log_stamp >= 1.0:
+            self._log_stamp = now
+            self._log_budget = 10
+        while problems:
+            problem = problems.pop(0)
+            if self._log_budget <= 0:
+                self.count("log_suppressed", "", "push")
+                continue
+            self._log_budget -= 1
+            self.log.info("PSH400 {problem}", problem=problem)
         self._flush()
 
     # ------------------------------------------------------------------ counting and logging
@@ -374,14 +482,14 @@ class SipRouter:
             self._log_budget -= 1
             if kind == "recovered":
                 self.log.info(
-                    "SIP210 {tenant} call {call_id} moved to a new connection of its client after {seconds} s",
+                    "SIP230 {tenant} call {call_id} moved to a new connection of its client after {seconds} s",
                     tenant=tenant,
                     call_id=call_id,
                     seconds=round(seconds, 3),
                 )
             else:
                 self.log.info(
-                    "SIP410 {tenant} call {call_id} ended: its client did not come back within {grace} s"
+                    "SIP430 {tenant} call {call_id} ended: its client did not come back within {grace} s"
                     " (BYE to the PBX)",
                     tenant=tenant,
                     call_id=call_id,

@@ -99,3 +99,23 @@ def test_profile_names() -> None:
     """DTLS profile names map back to profiles."""
     assert PROFILES_BY_DTLS_NAME[b"SRTP_AEAD_AES_128_GCM"] is AEAD_AES_128_GCM
     assert PROFILES_BY_DTLS_NAME[b"SRTP_AES128_CM_SHA1_80"] is AES_CM_128_HMAC_SHA1_80
+
+
+@pytest.mark.parametrize("profile", ALL, ids=lambda p: p.name)
+def test_interoperates_with_pylibsrtp_sessions(profile: SrtpProfile) -> None:
+    """Our direct libsrtp contexts and pylibsrtp's own Session/Policy understand each other."""
+    from pylibsrtp import Policy, Session
+
+    ours_key = bytes(range(profile.master_length))
+    theirs_key = bytes(range(100, 100 + profile.master_length))
+    ours = SrtpContext(profile, ours_key, theirs_key)
+    theirs_rx = Session(
+        Policy(key=ours_key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile.libsrtp_profile)
+    )
+    theirs_tx = Session(
+        Policy(key=theirs_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_profile)
+    )
+    assert theirs_rx.unprotect(ours.protect_rtp(RTP)) == RTP
+    assert ours.unprotect_rtp(theirs_tx.protect(RTP)) == RTP
+    assert theirs_rx.unprotect_rtcp(ours.protect_rtcp(RTCP)) == RTCP
+    assert ours.unprotect_rtcp(theirs_tx.protect_rtcp(RTCP)) == RTCP

@@ -1,0 +1,366 @@
+"""Push wake-up of the mobile app (RFC 8599) end to end: the edge (twistd, uvloop), local HTTP/2 APNs
+and FCM stand-ins over TLS (tests/helpers/push_providers.py), a SIP/TLS app that sleeps and wakes on
+the push, and a UDP PBX that echoes RTP (tests/helpers/echo_pbx.py). No external tool: never skipped."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import ssl
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.echo_pbx import EchoPbx
+from helpers.edge import TOKEN, metrics, sample
+from helpers.push_providers import KEY_ID, TEAM_ID, TOPIC, ProviderStandIn
+from helpers.twistd import TwistdEdge
+from helpers.wsclient import header
+
+WAIT = 4  # push.wait of the edge under test
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class App:
+    """The mobile app's SIP/TLS side: one connection at a time, blocking, Content-Length framing."""
+
+    def __init__(self, port: int, user: str, provider: str, token: str) -> None:
+        self.port = port
+        self.user = user
+        self.aor = f"sip:{user}@rossi.example.com"
+        self.provider = provider
+        self.token = token
+        self.instance = f"<urn:uuid:{uuid.uuid4()}>"
+        self.call_id = uuid.uuid4().hex
+        self.cseq = 0
+        self.sock: ssl.SSLSocket | None = None
+        self.buf = b""
+        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rtp.bind(("127.0.0.1", 0))
+        self.rtp.settimeout(0.2)
+
+    def connect(self) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the tenant's self-signed certificate
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.sock = ctx.wrap_socket(raw, server_hostname="rossi.example.com")
+        self.buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def send(self, text: str) -> None:
+        assert self.sock is not None
+        self.sock.sendall(text.encode())
+
+    def read(self, timeout: float = 10.0) -> str:
+        assert self.sock is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if b"\r\n\r\n" in self.buf:
+                head, rest = self.buf.split(b"\r\n\r\n", 1)
+                length = int(header(head.decode() + "\r\n", "Content-Length") or "0")
+                if len(rest) >= length:
+                    self.buf = rest[length:]
+                    return (head + b"\r\n\r\n" + rest[:length]).decode()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.user}: nothing from the edge in {timeout}s")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError(f"{self.user}: nothing from the edge in {timeout}s") from None
+            if not data:
+                raise AssertionError(f"{self.user}: the edge closed the connection")
+            self.buf += data.lstrip(b"\r\n") if not self.buf else data
+
+    def register(self, expires: int = 600) -> str:
+        """REGISTER with the RFC 8599 parameters; returns the final response."""
+        self.cseq += 1
+        pn = f";pn-provider={self.provider};pn-prid={self.token};pn-param={TEAM_ID}.{TOPIC}"
+        self.send(
+            f"REGISTER sip:rossi.example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <{self.aor}>;tag=app1\r\nTo: <{self.aor}>\r\n"
+            f"Call-ID: {self.call_id}\r\nCSeq: {self.cseq} REGISTER\r\n"
+            f'Contact: <sip:{self.user}@127.0.0.1:5999;transport=tls{pn}>;reg-id=1;+sip.instance="{self.instance}"\r\n'
+            f"Supported: outbound, path\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n"
+        )
+        while True:
+            msg = self.read()
+            if msg.startswith("SIP/2.0 ") and not msg.startswith("SIP/2.0 1"):
+                return msg
+
+    def answer(self, invite: str) -> None:
+        """200 OK with plain RTP (PCMU) toward our RTP socket."""
+        port = self.rtp.getsockname()[1]
+        sdp = (
+            f"v=0\r\no=app 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        )
+        vias = "".join(f"Via: {v}\r\n" for v in _all(invite, "Via"))
+        rr = "".join(f"Record-Route: {v}\r\n" for v in _all(invite, "Record-Route"))
+        self.send(
+            f"SIP/2.0 200 OK\r\n{vias}{rr}From: {header(invite, 'From')}\r\nTo: {header(invite, 'To')};tag=app2\r\n"
+            f"Call-ID: {header(invite, 'Call-ID')}\r\nCSeq: {header(invite, 'CSeq')}\r\n"
+            f"Contact: <sip:{self.user}@127.0.0.1:5999;transport=tls>\r\nContent-Type: application/sdp\r\n"
+            f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+        )
+
+    def media_echo(self, invite: str, packets: int = 50) -> int:
+        """Send RTP to the edge's address in the offer; count the packets echoed back by the PBX."""
+        body = invite.split("\r\n\r\n", 1)[1]
+        host = next(line[9:] for line in body.split("\r\n") if line.startswith("c=IN IP4 "))
+        port = int(next(line.split()[1] for line in body.split("\r\n") if line.startswith("m=audio ")))
+        ssrc = secrets.randbits(32)
+        got = 0
+        for seq in range(packets):
+            self.rtp.sendto(
+                struct.pack("!BBHII", 0x80, 0, seq, seq * 160, ssrc) + b"\xff" * 160, (host, port)
+            )
+            try:
+                while True:
+                    data, _ = self.rtp.recvfrom(2048)
+                    if len(data) >= 12 and data[1] & 0x7F == 0:
+                        got += 1
+            except TimeoutError:
+                pass
+            if got >= 10:
+                break
+        return got
+
+
+def _all(text: str, name: str) -> list[str]:
+    head = text.split("\r\n\r\n", 1)[0]
+    return [
+        line.split(":", 1)[1].strip()
+        for line in head.split("\r\n")[1:]
+        if line.split(":", 1)[0].lower() == name.lower()
+    ]
+
+
+class RecordingPbx(EchoPbx):
+    """The echo PBX, keeping the INVITEs it sends (to CANCEL one)."""
+
+    def __init__(self) -> None:
+        self.sent_invites: dict[str, tuple[str, tuple[str, int]]] = {}
+        super().__init__()
+
+    def _send(self, text: str, addr: tuple[str, int]) -> None:
+        if text.startswith("INVITE "):
+            self.sent_invites[header(text, "Call-ID") or ""] = (text, addr)
+        super()._send(text, addr)
+
+    def cancel(self, call_id: str) -> None:
+        invite, addr = self.sent_invites[call_id]
+        head = invite.split("\r\n\r\n", 1)[0].split("\r\n")
+        keep = [
+            line
+            for line in head[1:]
+            if line.split(":", 1)[0].lower() in ("via", "route", "from", "to", "call-id", "max-forwards")
+        ]
+        text = "\r\n".join(
+            [head[0].replace("INVITE", "CANCEL", 1), *keep, "CSeq: 1 CANCEL", "Content-Length: 0", "", ""]
+        )
+        with self._lock:
+            super()._send(text, addr)
+
+
+class Setup:
+    def __init__(self, tmp: Path) -> None:
+        self.providers = ProviderStandIn(tmp)
+        self.pbx = RecordingPbx()
+        self.sip_tls = _free_port()
+        p = self.providers
+        text = f"""
+[edge]
+state_dir = "{tmp / "state"}"
+backend_address = "127.0.0.1"
+[listen]
+https = "127.0.0.1:0"
+sip_tls = "127.0.0.1:{self.sip_tls}"
+backend_sip = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[admin]
+token = "{TOKEN}"
+[tls]
+reload_interval = 0
+[push]
+wait = {WAIT}
+ring = 180
+[[tenants]]
+id = "rossi"
+domains = ["rossi.example.com"]
+backend_sip = "udp:127.0.0.1:{self.pbx.port}"
+certificate = "self-signed"
+app_media = "rtp"
+[tenants.push.apns]
+key_id = "{KEY_ID}"
+team_id = "{TEAM_ID}"
+key_file = "{p.apns_key_file}"
+topic = "{TOPIC}"
+endpoint = "{p.url}"
+ca_file = "{p.ca}"
+[tenants.push.fcm]
+service_account_file = "{p.service_account_file}"
+endpoint = "{p.url}"
+ca_file = "{p.ca}"
+"""
+        try:
+            self.edge = TwistdEdge(tmp, text)  # the production reactor (uvloop): push needs asyncio
+        except BaseException:
+            self.pbx.close()
+            self.providers.close()
+            raise
+
+    def app(self, user: str, provider: str) -> App:
+        return App(self.sip_tls, user, provider, secrets.token_hex(32))
+
+    def asleep(self, app: App) -> str:
+        """The app registers with push parameters and its connection closes (the phone sleeps)."""
+        app.connect()
+        ok = app.register()
+        assert ok.startswith("SIP/2.0 200"), ok
+        caps = header(ok, "Feature-Caps") or ""
+        assert '+sip.pns="apns","fcm"' in caps and "+sip.pnspurr=" in caps, ok
+        app.close()
+        time.sleep(0.3)  # the edge sees the close
+        return self.pbx.call(app.aor)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return sample(metrics(self.edge.admin), name, **labels)
+
+    def close(self) -> None:
+        self.edge.stop()
+        self.pbx.close()
+        self.providers.close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    s = Setup(tmp_path_factory.mktemp("push"))
+    yield s
+    s.close()
+
+
+def _woken_call(setup: Setup, provider: str, user: str) -> dict[str, Any]:
+    app = setup.app(user, provider)
+    call_id = setup.asleep(app)
+    push = setup.providers.wait_push(app.token)
+    assert push["provider"] == provider and not setup.providers.problems
+    # the PBX hears ringing while the app wakes
+    setup.pbx.wait(lambda: any(c == call_id and s == 180 for c, s, _m in setup.pbx.responses), 5, "180")
+    app.connect()  # the app wakes on the push, reconnects and registers
+    ok = app.register()
+    assert ok.startswith("SIP/2.0 200"), ok
+    invite = app.read()
+    assert invite.startswith("INVITE "), invite
+    assert header(invite, "Call-ID") == call_id
+    app.answer(invite)
+    assert setup.pbx.wait_response(call_id, "INVITE") == 200
+    ack = app.read()
+    assert ack.startswith("ACK "), ack
+    echoed = app.media_echo(invite)
+    assert echoed >= 10, f"only {echoed} RTP packets came back"
+    setup.pbx.hangup(call_id)
+    bye = app.read()
+    assert bye.startswith("BYE "), bye
+    app.close()
+    return push
+
+
+def test_apns_push_wakes_the_app_and_the_call_is_answered_with_media(setup: Setup) -> None:
+    """Sleeping app (apns) -> VoIP push with a valid ES256 provider token -> it registers again -> the held INVITE arrives, is answered, RTP echoes."""
+    before = setup.metric("mcs_edge_push_calls_delivered_total")
+    push = _woken_call(setup, "apns", "alice")
+    assert push["headers"]["apns-push-type"] == "voip" and push["headers"]["apns-topic"] == TOPIC
+    assert "aps" in push["payload"] and push["payload"]["call-id"]
+    assert setup.metric("mcs_edge_push_calls_delivered_total") == before + 1
+    assert setup.metric("mcs_edge_pushes_total", provider="apns", result="sent") >= 1
+    assert setup.metric("mcs_edge_push_wake_seconds_count") >= 1
+
+
+def test_fcm_push_wakes_the_app_and_the_call_is_answered_with_media(setup: Setup) -> None:
+    """The same with FCM HTTP v1: the edge got an OAuth 2 token by the JWT bearer grant and used it."""
+    push = _woken_call(setup, "fcm", "bruno")
+    assert push["payload"]["android"]["priority"] == "high" and push["payload"]["data"]["call-id"]
+    assert setup.providers.token_grants >= 1
+    assert setup.metric("mcs_edge_pushes_total", provider="fcm", result="sent") >= 1
+
+
+def test_apns_app_that_does_not_wake_gets_480_after_push_wait(setup: Setup) -> None:
+    """Nobody registers within push.wait: the PBX gets 480 (with a Reason), counted as lost."""
+    app = setup.app("carla", "apns")
+    started = time.monotonic()
+    call_id = setup.asleep(app)
+    setup.providers.wait_push(app.token)
+    assert setup.pbx.wait_response(call_id, "INVITE", timeout=WAIT + 10) == 480
+    assert time.monotonic() - started >= WAIT - 0.5
+    assert setup.metric("mcs_edge_push_calls_lost_timeout_total") >= 1
+
+
+def test_fcm_cancel_during_the_wait(setup: Setup) -> None:
+    """The caller hangs up while the app wakes: 487 to the INVITE; the app registering later gets no INVITE."""
+    app = setup.app("dario", "fcm")
+    call_id = setup.asleep(app)
+    setup.providers.wait_push(app.token)
+    setup.pbx.cancel(call_id)
+    assert setup.pbx.wait_response(call_id, "INVITE") == 487
+    app.connect()
+    assert app.register().startswith("SIP/2.0 200")
+    with pytest.raises(AssertionError, match="nothing from the edge"):
+        app.read(timeout=1.0)
+    app.close()
+    assert setup.metric("mcs_edge_push_calls_cancelled_total") >= 1
+
+
+@pytest.mark.parametrize("provider", ["apns", "fcm"])
+def test_invalid_token_answer_removes_the_binding(setup: Setup, provider: str) -> None:
+    """The provider says the device token is invalid (APNs 410 Unregistered, FCM 404 UNREGISTERED): 480 at
+    once, the binding is dropped, the next call gets 430 without a push."""
+    app = setup.app(f"elena-{provider}", provider)
+    setup.providers.bad_tokens.add(app.token)
+    dropped = setup.metric("mcs_edge_push_bindings_dropped_bad_token_total")
+    call_id = setup.asleep(app)
+    started = time.monotonic()
+    assert setup.pbx.wait_response(call_id, "INVITE") == 480
+    assert time.monotonic() - started < WAIT
+    assert setup.metric("mcs_edge_push_bindings_dropped_bad_token_total") == dropped + 1
+    assert setup.metric("mcs_edge_pushes_total", provider=provider, result="bad_token") >= 1
+    pushes = len(setup.providers.pushes)
+    second = setup.pbx.call(app.aor)
+    assert setup.pbx.wait_response(second, "INVITE") == 430
+    assert len(setup.providers.pushes) == pushes
+
+
+def test_fcm_rate_limit_backs_the_provider_off(setup: Setup) -> None:
+    """FCM answers 429 (Retry-After: 60): the call gets 480 at once; the next push of the tenant within the
+    back-off is not sent at all (480 at once), both counted rate_limited. Last in the file: it leaves FCM
+    backed off for this edge."""
+    first = setup.app("franco", "fcm")
+    setup.providers.limited_tokens.add(first.token)
+    limited = setup.metric("mcs_edge_pushes_total", provider="fcm", result="rate_limited")
+    call_id = setup.asleep(first)
+    assert setup.pbx.wait_response(call_id, "INVITE") == 480
+    second = setup.app("gina", "fcm")
+    pushes = len(setup.providers.pushes)
+    started = time.monotonic()
+    call_id = setup.asleep(second)
+    assert setup.pbx.wait_response(call_id, "INVITE") == 480
+    assert time.monotonic() - started < WAIT and len(setup.providers.pushes) == pushes
+    assert setup.metric("mcs_edge_pushes_total", provider="fcm", result="rate_limited") == limited + 2
