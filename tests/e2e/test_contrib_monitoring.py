@@ -72,7 +72,11 @@ def metrics_text(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_every_alert_metric_is_exported(metrics_text: str) -> None:
     """Each metric the alert rules name is on /metrics of a running edge."""
     named = set(NAME.findall(RULES.read_text()))
-    assert {"mcs_edge_certificate_expires_in_seconds", "mcs_edge_call_loss_ratio_sum"} <= named
+    assert {
+        "mcs_edge_certificate_expires_in_seconds",
+        "mcs_edge_call_loss_ratio_sum",
+        "mcs_edge_backend_up",
+    } <= named
     missing = sorted(named - _exported(metrics_text))
     assert not missing, f"alert rules name metrics the edge does not export: {missing}"
 
@@ -87,7 +91,7 @@ def test_every_dashboard_metric_is_exported(metrics_text: str) -> None:
 
 def test_name_check_can_fail(metrics_text: str) -> None:
     """A metric the edge does not have is reported (the checks above can fail)."""
-    assert "mcs_edge_backend_up" not in _exported(metrics_text)
+    assert "mcs_edge_no_such_family" not in _exported(metrics_text)
     assert "mcs_edge_call_mos_bucket" in _exported(metrics_text)
 
 
