@@ -41,6 +41,7 @@ __all__ = [
     "LimitsConfig",
     "ListenConfig",
     "MediaConfig",
+    "OverloadConfig",
     "ProxyConfig",
     "ShapingConfig",
     "SipConfig",
@@ -889,6 +890,50 @@ class TenantPushConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OverloadConfig:
+    enabled: bool = f(
+        c_bool, True, doc="refuse new INVITE/REGISTER with 503 + Retry-After while the reactor lags"
+    )
+    probe_interval: float = f(
+        c_float(0.001, 1), 0.01, doc="seconds between loop-lag samples (mcs_edge_loop_lag_seconds)"
+    )
+    lag_high: float = f(
+        c_float(0.002, 10),
+        0.05,
+        doc="smoothed loop lag (s) above which the admitted share of new requests falls",
+    )
+    lag_low: float = f(
+        c_float(0.001, 10), 0.02, doc="loop lag (s) below which the admitted share grows again"
+    )
+    busy_high: float = f(
+        c_float(0.5, 1.01),
+        0.95,
+        doc="share of wall time on the CPU above which the admitted share falls (above 1 = CPU not watched)",
+    )
+    retry_after: int = f(c_int(1, 3600), 5, doc="Retry-After (s) in the 503 to a refused request")
+    max_media_packet_rate: int = f(
+        c_int(0, 100_000_000),
+        0,
+        doc="relayed media packets/s per worker above which new calls get 503; 0 = no limit",
+    )
+    backend_receive_buffer: int = f(
+        c_int(0, 256 * 1024 * 1024),
+        4 * 1024 * 1024,
+        doc="SO_RCVBUF of the backend SIP UDP socket, bytes (capped by net.core.rmem_max); 0 = system default",
+    )
+    gc_freeze: bool = f(
+        c_bool,
+        True,
+        doc="after start, move the objects built so far out of the collector's reach (gc.freeze)",
+    )
+    gc_threshold: int = f(
+        c_int(100, 10_000_000),
+        50000,
+        doc="generation-0 collection threshold (allocations; Python's default 700)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     id: str = f(c_str(32, _TENANT_ID_RE, "a tenant id ([a-z0-9-]{1,32})"))
     domains: tuple[str, ...] = f(c_list(c_domain, 1, 100))
@@ -965,6 +1010,7 @@ class EdgeConfig:
     turn: TurnConfig = f(section(TurnConfig), factory=TurnConfig)
     cluster: ClusterConfig = f(section(ClusterConfig), factory=ClusterConfig)
     push: PushConfig = f(section(PushConfig), factory=PushConfig)
+    overload: OverloadConfig = f(section(OverloadConfig), factory=OverloadConfig)
     tenants: tuple[TenantConfig, ...] = f(c_list(section(TenantConfig)), ())
     # Where the file was read from (relative paths in it are resolved against its folder).
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -1094,6 +1140,8 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
         errors.append(ConfigError("dns.min_ttl", "must not exceed dns.max_ttl"))
     if cfg.turn.default_lifetime > cfg.turn.max_lifetime:
         errors.append(ConfigError("turn.default_lifetime", "must not exceed turn.max_lifetime"))
+    if cfg.overload.lag_low >= cfg.overload.lag_high:
+        errors.append(ConfigError("overload.lag_low", "must be below overload.lag_high"))
     if cfg.shaping.burst < 1500:
         errors.append(ConfigError("shaping.burst", "must be at least 1500 bytes"))
     if cfg.tls.unknown_sni == "default":

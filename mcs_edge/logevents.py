@@ -55,6 +55,7 @@ EVENTS: dict[str, str] = {
     "EDG102": "draining: refusing new connections and calls; {calls} call(s) up, waiting at most {timeout} s",
     "EDG103": "drained: every call ended after {elapsed:.1f} s",
     "EDG104": "stopped accepting connections on {listeners}",
+    "EDG300": "backend SIP receive buffer not resized: {error}",
     "EDG301": "drain timeout after {elapsed:.1f} s: closing {calls} call(s) on {flows} connection(s)",
     # configuration
     "CFG200": "reload: embedded default, nothing to read; re-checking certificates",

@@ -83,6 +83,7 @@ def makeService(options: Options) -> Any:  # noqa: N802
         service = Supervisor(cfg, reactor, options["config"], ["--log-format", options["log-format"]])
     else:
         service = EdgeService(cfg, reactor, config_path=options["config"])
+    _tune_gc(cfg, reactor)
     # a taken address, a missing certificate, an unusable state directory: one line, exit 1
     from mcs_edge.tx.ops.startup import StartupGuard
 
@@ -120,3 +121,15 @@ class _Secrets:
             self._values = frozenset(config_mod.secret_values(cfg))
         token = getattr(getattr(self.service, "admin", None), "cached_token", None)
         return self._values | {token} if isinstance(token, str) else self._values
+
+
+def _tune_gc(cfg: config_mod.EdgeConfig, reactor: Any) -> None:
+    """A long-lived server's collector: fewer young collections, startup objects frozen once running."""
+    import gc
+
+    from mcs_edge.tx.ops.loadprobe import freeze_startup, tune_gc
+
+    _gen0, gen1, gen2 = gc.get_threshold()
+    tune_gc((cfg.overload.gc_threshold, gen1, gen2))
+    if cfg.overload.gc_freeze:
+        reactor.callWhenRunning(lambda: reactor.callLater(0, freeze_startup))

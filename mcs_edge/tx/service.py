@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from mcs_edge.tx.media.relay import MediaRelay
 from mcs_edge.tx.ops.admin import Health, LocalAdmin, service_checks
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.drain import Drainer
+from mcs_edge.tx.ops.loadprobe import LoadProbe, load_families, overload_settings
 from mcs_edge.tx.ops.metrics import EdgeMetrics
 from mcs_edge.tx.ops.panel import admin_site_with_panel
 from mcs_edge.tx.ops.startup import os_reason
@@ -146,6 +148,26 @@ class EdgeService(MultiService):
         self.backends.accept = self.sip.is_backend_address
         self.sip.streams = self.backends
         self.metrics.add_collector("backend_streams", self.backends.collect)
+        # Loop-lag probe and overload gate (tx/ops/loadprobe.py): new INVITE/REGISTER get 503 early
+        # while the reactor lags; new calls get 503 while relayed media is above its limit.
+        self.load = LoadProbe(
+            self.timers,
+            overload_settings(config),
+            config.overload.probe_interval,
+            media_total=lambda: self.media.packets,
+        )
+        self.sip.overload = self.load.gate
+        self.media.over_limit = self._media_over_limit
+        self.metrics.add_collector(
+            "load",
+            lambda: load_families(
+                self.load,
+                self.sip.shed,
+                self.media.counters.get("media_admission_refused", 0),
+                len(self.timers),
+                len(self.sip.core.layer),
+            ),
+        )
         # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
         # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
         self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
@@ -304,6 +326,7 @@ class EdgeService(MultiService):
         self.backend_health.update(self.config)
         if self.tunnel is not None:
             self.tunnel.start_polling()
+        self.load.start()
         self.acme.start()
         if self.cluster is not None:
             self.cluster.start()
@@ -322,6 +345,7 @@ class EdgeService(MultiService):
                     self.ports[child.name] = port
         udp = self.ports.get("backend_sip_udp")
         if udp is not None:
+            self._size_receive_buffer(udp)
             self.sip.udp = udp
             self.sip.set_backend_port(udp.getHost().port)
             self._listen_backend_tcp(udp.getHost().port)
@@ -410,6 +434,7 @@ class EdgeService(MultiService):
     def _stop_now(self) -> Any:
         self._restore_sighup()
         self.echo.stop()
+        self.load.stop()
         self.sip.stop()
         self.backends.stop()
         self.backend_health.stop()
@@ -428,6 +453,20 @@ class EdgeService(MultiService):
         self.http_proxy.close()
         self.timers.cancel_all()
         return super().stopService()
+
+    def _size_receive_buffer(self, port: Any) -> None:
+        """A PBX's answers must not be dropped while a long reactor turn (overload) runs."""
+        size = self.config.overload.backend_receive_buffer
+        sock = getattr(port, "socket", None)
+        if size > 0 and sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            except OSError as exc:
+                self.log.warn("EDG300 backend SIP receive buffer not resized: {error}", error=str(exc))
+
+    def _media_over_limit(self) -> bool:
+        limit = self.config.overload.max_media_packet_rate
+        return limit > 0 and self.load.media_rate.rate > limit
 
     def _prepare_state(self) -> None:
         state = Path(self.config.state_dir)
@@ -511,6 +550,7 @@ class EdgeService(MultiService):
         elif new_config.tunnel.interface is not None:
             self.log.warn("TUN300 [tunnel] changed: the interface settings take effect at the next restart")
         self.protection.update(new_config)
+        self.load.update(overload_settings(new_config))
         self.shaping.update(new_config)
         if self.turn is not None:
             self.turn.update(new_config, self.tenants)

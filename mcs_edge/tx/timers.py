@@ -96,7 +96,14 @@ class Timers:
 
 
 class CoreTimer:
-    """Drives one core object's single timer: ``arm()`` after every input, ``cancel()`` at the end."""
+    """Drives one core object's single timer: ``arm()`` after every input, ``cancel()`` at the end.
+
+    ``arm()`` runs after every message, so it must be cheap: when the call already armed fires at or
+    before the core's new deadline it is kept (it is cancelled when the core has no deadline left) (firing early costs one ``handle_timer`` that finds
+    nothing due, then re-arms), and the reactor's timer queue is touched only when the deadline
+    moves earlier. Under load the core's earliest deadline moves later with almost every answer
+    (the oldest transaction completes), and re-scheduling each time was a tenth of the CPU.
+    """
 
     __slots__ = ("_call", "_core", "_deadline", "_on_fire", "_timers")
 
@@ -109,7 +116,12 @@ class CoreTimer:
 
     def arm(self) -> None:
         deadline = self._core.get_timer()
-        if deadline == self._deadline and (self._call is None or self._call.active()):
+        call = self._call
+        if call is not None and call.active():
+            armed = self._deadline
+            if armed is not None and deadline is not None and armed <= deadline:
+                return
+        elif deadline is None and self._deadline is None:
             return
         self.cancel()
         if deadline is None:

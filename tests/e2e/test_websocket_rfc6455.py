@@ -34,7 +34,7 @@ def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
 class RawWS:
     """A WebSocket client that can send any frame, right or wrong."""
 
-    def __init__(self, edge: LocalEdge, version: str | None = "13") -> None:
+    def __init__(self, edge: LocalEdge, version: str | None = "13", extra: tuple[str, ...] = ()) -> None:
         ctx = ssl.create_default_context(cafile=edge.ca)
         raw = socket.create_connection(("127.0.0.1", edge.https), timeout=10)
         self.sock = ctx.wrap_socket(raw, server_hostname="rossi.example.com")
@@ -49,6 +49,7 @@ class RawWS:
         ]
         if version is not None:
             lines.append(f"Sec-WebSocket-Version: {version}")
+        lines.extend(extra)
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         while b"\r\n\r\n" not in self.buf:
             chunk = self.sock.recv(65536)
@@ -148,6 +149,19 @@ def test_version_13_is_upgraded(edge: LocalEdge) -> Any:
     ws = yield _in_thread(RawWS, edge)
     ws.close()
     assert ws.status == 101
+
+
+@pytest_twisted.inlineCallbacks
+def test_compression_offer_is_declined_and_the_connection_works(edge: LocalEdge) -> Any:
+    """Browsers offer permessage-deflate (RFC 7692): the edge upgrades without it and SIP flows."""
+    offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"
+    ws = yield _in_thread(RawWS, edge, "13", (offer,))
+    assert ws.status == 101
+    assert ws.header("sec-websocket-extensions") is None
+    ws.frame(0x1, _options())
+    opcode, payload = yield _in_thread(ws.next_message)
+    ws.close()
+    assert opcode == 0x1 and payload.startswith(b"SIP/2.0 200 "), payload
 
 
 @pytest_twisted.inlineCallbacks

@@ -78,6 +78,7 @@ from .transaction import (
     TimerConfig,
     TransactionLayer,
     TransportError,
+    cookie_server_key,
 )
 
 __all__ = [
@@ -203,11 +204,17 @@ Dest = tuple[Any, ...]
 
 @dataclass(slots=True, eq=False)
 class Pair:
+    """A server transaction and the client transaction that forwards its request.
+
+    Once the final response is sent the pair keeps only what a 2xx retransmission needs (method,
+    Call-ID, whether the INVITE was initial): ``request`` is released (None) like the transactions'.
+    """
+
     server: ServerTransaction
     tenant_id: str
     from_client: bool
     flow_id: int  # the client flow involved (source or target)
-    request: Request  # the forwarded request (as sent)
+    request: Request | None  # the forwarded request (as sent); None once the final response is sent
     client: ClientTransaction | None = None
     got_provisional: bool = False
     cancel_pending: bool = False
@@ -218,6 +225,16 @@ class Pair:
     #: An early answer (18x) was unusable: the INVITE was CANCELled and refused; a 2xx that still
     #: comes is ACKed and BYEd.
     abandoned: bool = False
+    method: str = ""
+    call_id: str = ""
+    initial: bool = False  # no To tag: creates a dialog (an initial INVITE is a new call)
+
+    def __post_init__(self) -> None:
+        request = self.request
+        if request is not None:
+            self.method = request.method
+            self.call_id = request.call_id
+            self.initial = request.to.tag is None
 
 
 class MediaHook(Protocol):
@@ -317,6 +334,7 @@ class SipProxy:
         self._dead_tokens: dict[str, None] = {}  # recently closed flows (bounded) for 430
         self._actions: deque[Action] = deque()
         self._dest: dict[Any, Dest] = {}
+        self._dest_pool: dict[Dest, Dest] = {}  # one tuple per destination, shared by its transactions
         self._pairs_by_server: dict[ServerTransaction, Pair] = {}
         self._pairs_by_client: dict[ClientTransaction, Pair] = {}
         self.counters: dict[str, int] = {}
@@ -418,6 +436,7 @@ class SipProxy:
         if flow is None:
             return
         self._tokens.pop(flow.token, None)
+        self._dest_pool.pop(("flow", flow_id), None)
         _ended, grace = self.calls.flow_lost(flow_id, now)
         lost = self.flow_registry.flow_closed(flow_id, flow.tenant.id, now, keep=bool(grace))
         if lost is not None:
@@ -553,6 +572,7 @@ class SipProxy:
         pair = self._pairs_by_server.get(tx)
         if pair is not None and status >= 200:
             pair.final_sent = True
+            pair.request = None
 
     def _answer_stateless(self, request: Request, status: int, reason: str, dest: Dest) -> None:
         if request.method == "ACK":
@@ -560,6 +580,12 @@ class SipProxy:
         resp = Response.for_request(request, status, reason, to_tag=new_tag())
         resp.headers.add("Server", self.settings.server_name)
         self._emit(dest, resp.serialize())
+
+    def _shared(self, dest: Dest) -> Dest:
+        pool = self._dest_pool
+        if len(pool) > 65536:  # e.g. a PBX sending from ever new ports: start over
+            pool.clear()
+        return pool.setdefault(dest, dest)
 
     def _emit(self, dest: Dest, data: bytes) -> bool:
         if dest[0] == "flow":
@@ -665,7 +691,7 @@ class SipProxy:
             return
         if not is_new:
             return
-        self._dest[tx] = ("flow", flow.id)
+        self._dest[tx] = self._shared(("flow", flow.id))
         if req.method == "INVITE":
             self._respond_trying(tx, req, now)
         mf = req.max_forwards
@@ -729,7 +755,7 @@ class SipProxy:
         ctx = self.layer.send_request(fwd, now, reliable=transport != "udp")
         pair.client = ctx
         self._pairs_by_client[ctx] = pair
-        self._dest[ctx] = ("backend", tenant.id, transport, addr)
+        self._dest[ctx] = self._shared(("backend", tenant.id, transport, addr))
         self.count("sip_requests_to_backend")
         self._track_call(req, in_dialog, tenant.id, flow.id, True, now)
 
@@ -753,7 +779,7 @@ class SipProxy:
             return False
         request.push_via(self._client_via(flow))
         ctx = self.layer.send_request(request, now, reliable=True)
-        self._dest[ctx] = ("flow", flow_id)
+        self._dest[ctx] = self._shared(("flow", flow_id))
         self.count("sip_requests_local_to_client")
         self._pump(now)
         return True
@@ -984,7 +1010,9 @@ class SipProxy:
         now: float,
     ) -> None:
         """Forward a PBX request (its copy ``fwd``, our Routes popped) to client connection ``flow``."""
-        self._dest[tx] = ("backend", flow.tenant.id, transport, _response_addr(req.top_via, src))
+        self._dest[tx] = self._shared(
+            ("backend", flow.tenant.id, transport, _response_addr(req.top_via, src))
+        )
         fwd.decrement_max_forwards()
         in_dialog = req.to.tag is not None
         if self.draining and not in_dialog and req.method == "INVITE":
@@ -1005,7 +1033,7 @@ class SipProxy:
         ctx = self.layer.send_request(fwd, now, reliable=True)
         pair.client = ctx
         self._pairs_by_client[ctx] = pair
-        self._dest[ctx] = ("flow", flow.id)
+        self._dest[ctx] = self._shared(("flow", flow.id))
         self.count("sip_requests_to_client")
         self._track_call(req, in_dialog, flow.tenant.id, flow.id, False, now)
 
@@ -1264,10 +1292,10 @@ class SipProxy:
 
     def _note_dialog(self, pair: Pair, resp: Response) -> None:
         """The 2xx of an initial INVITE: remember the dialog as the client's side sees it."""
-        call = self.calls.calls.get(pair.request.call_id)
-        if call is None or call.dialog is not None:
-            return
         req = pair.request
+        call = self.calls.calls.get(pair.call_id)
+        if req is None or call is None or call.dialog is not None:
+            return  # a 2xx retransmission: the dialog was noted at the first one
         try:
             if pair.from_client:
                 local, remote = req.headers.get("from"), resp.headers.get("to")
@@ -1339,8 +1367,7 @@ class SipProxy:
         top = cancel.top_via
         branch = top.branch or ""
         host, port = top.sent_by
-        key = (branch, host, "" if port is None else str(port), "INVITE")
-        invite_tx = self.layer._servers.get(key)
+        invite_tx = self.layer.server(cookie_server_key(branch, host, port, "INVITE"))
         tx, is_new = self.layer.receive_request(cancel, now, reliable=dest[0] != "backend")
         if tx is None or not is_new:
             return
@@ -1368,8 +1395,9 @@ class SipProxy:
         self._send_cancel(pair, now)
 
     def _send_cancel(self, pair: Pair, now: float) -> None:
-        assert pair.client is not None
         inv = pair.request
+        if pair.client is None or inv is None:
+            return
         c = Request("CANCEL", inv.uri)
         c.headers.add("Via", inv.headers.first_value("via") or "")
         for name in ("route",):
@@ -1393,66 +1421,72 @@ class SipProxy:
         pair = self._pairs_by_client.get(ctx)
         if pair is None:
             return  # e.g. the 200 for a CANCEL we sent
-        if resp.status >= 200 and pair.from_client and self.on_backend_final is not None:
+        status = resp.status
+        if status >= 200 and pair.from_client and not pair.final_sent and self.on_backend_final is not None:
             self.on_backend_final(pair, resp)
-        if resp.status < 200:
+        if status < 200:
             pair.got_provisional = True
             if pair.cancel_pending:
                 self._send_cancel(pair, now)
-            if resp.status == 100:
+            if status == 100:
                 return  # 100 is hop-by-hop
         out = resp.copy()
         out.pop_via()
-        if pair.from_client and pair.request.method == "REGISTER" and resp.status < 300:
+        method = pair.method
+        if pair.from_client and method == "REGISTER" and status < 300:
             flow = self.flows.get(pair.flow_id)
             if flow is not None:
-                self._register_inbound(flow, out, resp.status)
-                if resp.status >= 200:
+                self._register_inbound(flow, out, status)
+                if status >= 200:
                     self._bind_instance(flow, pair.server.request, now)
                     self._note_push(flow, pair.server.request, out, now)
         if pair.refused_ack is not None:
-            if 200 <= resp.status < 300:
+            if 200 <= status < 300:
                 self._emit(*pair.refused_ack)  # the far side retransmits its 2xx: ACK it again
             return
         if pair.abandoned:
-            if 200 <= resp.status < 300:  # the 2xx crossed our CANCEL: end that dialog too
+            if 200 <= status < 300:  # the 2xx crossed our CANCEL: end that dialog too
                 self._end_refused_answer(pair, resp, now)
             return
         if out.body:
             refused = self.media.on_message(pair, out, not pair.from_client, now)
-            if refused is not None and 200 <= resp.status < 300 and pair.request.method == "INVITE":
+            if refused is not None and status < 300 and pair.final_sent:
+                return  # a 2xx retransmission the media layer refuses: dropped
+            if refused is not None and 200 <= status < 300 and method == "INVITE":
                 self._end_refused_answer(pair, resp, now)
                 return
-            if refused is not None and resp.status < 200 and _initial_invite(pair.request):
+            if refused is not None and status < 200 and method == "INVITE" and pair.initial:
                 self._abandon(pair, now)
                 return
-            if refused is not None and resp.status < 300:
+            if refused is not None and status < 300:
                 out = Response.for_request(pair.server.request, 500, "Media Error")
-        self.count(_RELAYED_CLASS[resp.status // 100 % 7])
-        if resp.status >= 200:
-            if pair.request.method == "BYE" and resp.status < 300:
+        self.count(_RELAYED_CLASS[status // 100 % 7])
+        if status >= 200:
+            if method == "BYE" and status < 300:
                 self._bye_done(pair)
-            if pair.request.method == "INVITE":
-                if resp.status < 300:
-                    self.calls.answered(pair.request.call_id, now)
-                    if pair.request.to.tag is None:
+            if method == "INVITE":
+                if status < 300:
+                    self.calls.answered(pair.call_id, now)
+                    if pair.initial:
                         self._note_dialog(pair, resp)
                 else:
-                    self.calls.failed(pair.request.call_id)
-            if pair.final_sent and resp.status >= 300:
+                    self.calls.failed(pair.call_id)
+            if pair.final_sent and status >= 300:
                 return
             pair.final_sent = True
-            if resp.status >= 300 and pair.request.method == "INVITE" and pair.request.to.tag is None:
-                self.media.on_end(pair.request.call_id, f"{resp.status}")  # a failed re-INVITE keeps the call
-        if resp.status in (401, 403, 407) and pair.from_client:
+            if status >= 300 and method == "INVITE" and pair.initial:
+                self.media.on_end(pair.call_id, f"{status}")  # a failed re-INVITE keeps the call
+        if status in (401, 403, 407) and pair.from_client:
             self.count("sip_auth_challenges")
         self.layer.send_response(pair.server, out, now)
-        if pair.from_client and pair.request.method == "REGISTER" and 200 <= resp.status < 300:
+        if pair.from_client and method == "REGISTER" and 200 <= status < 300:
             self._release_woken(pair.flow_id, now)
+        if status >= 200:
+            pair.request = None  # only the compact record stays while Timer L/J keeps the pair
 
     def _abandon(self, pair: Pair, now: float) -> None:
         """An early answer (18x) the edge cannot relay: CANCEL the INVITE, refuse it with 488 (counted)."""
-        call_id = pair.request.call_id
+        call_id = pair.call_id
         self.count("sip_answer_refused_early", f"{pair.tenant_id} call {call_id}: 18x answer not usable")
         pair.abandoned = True
         if pair.client is not None:
@@ -1477,15 +1511,16 @@ class SipProxy:
         Without this the answering side would keep its dialog open (retransmitting an unACKed 2xx,
         RFC 3261 s.13.3.1.4) while the caller gets an error: a half-open call.
         """
-        call_id = pair.request.call_id
+        call_id = pair.call_id
+        inv = pair.request  # kept: a refused pair never reaches the compact state
         dest = self._dest.get(pair.client) if pair.client is not None else None
         self.count("sip_answer_refused_after_2xx", f"{pair.tenant_id} call {call_id}: 2xx answer not usable")
-        if dest is not None:
-            ack = self._in_dialog_request("ACK", pair, resp, pair.request.cseq.seq)
+        if dest is not None and inv is not None:
+            ack = self._in_dialog_request("ACK", pair, inv, resp, inv.cseq.seq)
             ack.push_via(self._own_via(pair, dest))
             pair.refused_ack = (dest, ack.serialize())
             self._emit(dest, pair.refused_ack[1])
-            bye = self._in_dialog_request("BYE", pair, resp, pair.request.cseq.seq + 1)
+            bye = self._in_dialog_request("BYE", pair, inv, resp, inv.cseq.seq + 1)
             bye.push_via(self._own_via(pair, dest))
             ctx = self.layer.send_request(bye, now, reliable=not (dest[0] == "backend" and dest[2] == "udp"))
             self._dest[ctx] = dest  # no pair: its response is absorbed
@@ -1493,13 +1528,12 @@ class SipProxy:
         self.media.on_end(call_id, "answer refused", pair.tenant_id)
         self._refuse_invite(pair, now)
 
-    def _in_dialog_request(self, method: str, pair: Pair, resp: Response, seq: int) -> Request:
+    def _in_dialog_request(self, method: str, pair: Pair, inv: Request, resp: Response, seq: int) -> Request:
         """ACK/BYE from the INVITE's sender's place in the dialog a 2xx (``resp``) created.
 
         Toward a PBX the route set is the 2xx's Record-Route reversed, minus our own entries (RFC
         3261 s.12.1.2); toward a client flow there is no further hop.
         """
-        inv = pair.request
         contacts = resp.contacts
         target = str(contacts[0].uri) if contacts and not contacts[0].is_star else inv.uri
         req = Request(method, target)
@@ -1525,7 +1559,7 @@ class SipProxy:
         return self._via(transport, s.backend_host, s.backend_port, new_branch())
 
     def _bye_done(self, pair: Pair) -> None:
-        call_id = pair.request.call_id
+        call_id = pair.call_id
         self.calls.bye(call_id)
         self.media.on_end(call_id, "BYE", pair.tenant_id)
 
@@ -1577,12 +1611,12 @@ class SipProxy:
                     status, reason = 503, "Service Unavailable (next hop unreachable)"
                 else:
                     status, reason = 430, "Flow Failed"
-            if pair.request.method == "BYE":
+            if pair.method == "BYE":
                 self._bye_done(pair)  # the far side is gone: the call is over all the same
-            if pair.request.method == "INVITE":
-                if pair.request.to.tag is None:
-                    self.media.on_end(pair.request.call_id, reason)
-                self.calls.failed(pair.request.call_id)
+            if pair.method == "INVITE":
+                if pair.initial:
+                    self.media.on_end(pair.call_id, reason)
+                self.calls.failed(pair.call_id)
             self._respond(pair.server, pair.server.request, status, reason, now)
         else:
             self.count("sip_server_tx_failure")

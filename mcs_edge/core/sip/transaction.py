@@ -130,6 +130,7 @@ __all__ = [
     "TransactionLayer",
     "TransportError",
     "client_key",
+    "cookie_server_key",
     "server_key",
 ]
 
@@ -165,10 +166,13 @@ ServerKey = tuple[str, ...]
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Put ``data`` (the wire form of ``message``) on the transaction's transport."""
+    """Put ``data`` (the wire form of ``message``) on the transaction's transport.
+
+    ``message`` is None for a retransmission by a completed transaction (only its bytes are kept).
+    """
 
     transaction: Transaction
-    message: Request | Response
+    message: Request | Response | None
     data: bytes
 
 
@@ -212,9 +216,25 @@ class Terminated:
 Event = Send | PassResponse | PassAck | Timeout | TransportError | Terminated
 
 
+# Method names of keys, shared (a key outlives its parsed message: no copy per transaction).
+_METHODS = {
+    m: m
+    for m in (
+        *("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "PRACK", "SUBSCRIBE", "NOTIFY"),
+        *("PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"),
+    )
+}
+
+
 def client_key(branch: str, method: str) -> ClientKey:
     """Client transaction key (s.17.1.3): top Via branch and CSeq method (ACK counts as INVITE)."""
-    return branch, "INVITE" if method == "ACK" else method
+    return branch, "INVITE" if method == "ACK" else _METHODS.get(method, method)
+
+
+def cookie_server_key(branch: str, host: str, port: int | None, method: str) -> ServerKey:
+    """Server transaction key for an RFC 3261 branch: (branch, sent-by, method), sent-by as one string."""
+    method = "INVITE" if method == "ACK" else _METHODS.get(method, method)
+    return branch, host if port is None else f"{host}:{port}", method
 
 
 def server_key(request: Request) -> ServerKey:
@@ -224,7 +244,7 @@ def server_key(request: Request) -> ServerKey:
     branch = via.branch
     if branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
         host, port = via.sent_by
-        return branch, host, "" if port is None else str(port), method
+        return cookie_server_key(branch, host, port, method)
     cseq = request.cseq
     from_tag = request.from_.tag or ""
     return ("2543", request.uri, from_tag, request.call_id, str(cseq.seq), str(via), method)
@@ -235,13 +255,15 @@ class Transaction:
 
     __slots__ = (
         "_deadlines",
+        "_due",
         "_events",
         "_layer",
+        "_request",
         "config",
         "is_invite",
         "key",
+        "method",
         "reliable",
-        "request",
         "state",
     )
 
@@ -252,15 +274,34 @@ class Transaction:
         config: TimerConfig,
         events: deque[Event] | None,
     ) -> None:
-        self.request = request
+        self._request: Request | None = request
+        self.method = request.method
         self.reliable = reliable
         self.config = config
-        self.is_invite = request.method == "INVITE"
+        self.is_invite = self.method == "INVITE"
         self.state = State.TERMINATED
         self._deadlines: dict[str, float] = {}
         self._events: deque[Event] = deque() if events is None else events
         self._layer: TransactionLayer | None = None
+        self._due: float | None = None  # the layer's bucket this transaction sits in
         self.key: tuple[str, ...] = ()
+
+    @property
+    def request(self) -> Request:
+        """The request that created the transaction (released once it completes, see above)."""
+        request = self._request
+        if request is None:
+            raise LocalProtocolError(f"{self!r}: the request was released when the transaction completed")
+        return request
+
+    @property
+    def released(self) -> bool:
+        """True once only the compact record is left (no parsed messages)."""
+        return self._request is None
+
+    def _release(self) -> None:
+        """Keep only the compact record (match key, state, deadlines, bytes to resend)."""
+        self._request = None
 
     # --- output -------------------------------------------------------------------------
 
@@ -287,7 +328,7 @@ class Transaction:
     def _start(self, name: str, deadline: float) -> None:
         self._deadlines[name] = deadline
         if self._layer is not None:
-            self._layer._schedule(self, deadline)
+            self._layer._schedule(self)
 
     def _stop(self, *names: str) -> None:
         for name in names:
@@ -320,20 +361,28 @@ class Transaction:
         if self._layer is not None:
             self._layer._remove(self)
 
-    def _send(self, message: Request | Response, data: bytes | None = None) -> bytes:
+    def _send(self, message: Request | Response | None, data: bytes | None = None) -> bytes:
         if data is None:
+            assert message is not None
             data = message.serialize()
         self._events.append(Send(self, message, data))
         return data
 
+    def _end_after(self, name: str, now: float, delay: float) -> None:
+        """Start the timer that ends a completed transaction; 0 (reliable transport): end now."""
+        if delay <= 0.0:
+            self._terminate()
+        else:
+            self._start(name, now + delay)
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.request.method} {self.state.value} {self.key!r}>"
+        return f"<{type(self).__name__} {self.method} {self.state.value} {self.key!r}>"
 
 
 class ClientTransaction(Transaction):
     """A client transaction (s.17.1): sends ``request`` at construction time."""
 
-    __slots__ = ("_ack", "_ack_data", "_interval", "_request_data", "last_response")
+    __slots__ = ("_ack_data", "_interval", "_request_data", "last_response")
 
     def __init__(
         self,
@@ -344,6 +393,7 @@ class ClientTransaction(Transaction):
         config: TimerConfig = DEFAULT_TIMERS,
         events: deque[Event] | None = None,
         layer: TransactionLayer | None = None,
+        key: ClientKey | None = None,
     ) -> None:
         if request.method == "ACK":
             raise LocalProtocolError("ACK is not sent in a client transaction")
@@ -352,10 +402,9 @@ class ClientTransaction(Transaction):
         branch = top.branch
         if branch is None or not branch.startswith(MAGIC_COOKIE):
             raise LocalProtocolError("client transactions need a z9hG4bK branch in the top Via")
-        self.key = client_key(branch, request.cseq.method)
+        self.key = client_key(branch, request.cseq.method) if key is None else key
         self._layer = layer
         self.last_response: Response | None = None
-        self._ack: Request | None = None
         self._ack_data: bytes | None = None
         t1 = config.t1
         self._interval = t1
@@ -370,6 +419,11 @@ class ClientTransaction(Transaction):
             if not reliable:
                 self._start("E", now + t1)
             self._start("F", now + 64 * t1)
+
+    def _release(self) -> None:
+        super()._release()
+        self._request_data = b""
+        self.last_response = None
 
     def _fire(self, name: str, deadline: float, now: float) -> None:
         state = self.state
@@ -406,18 +460,19 @@ class ClientTransaction(Transaction):
                 elif status < 300:
                     self.state = State.ACCEPTED
                     self._stop("A", "B")
+                    self._release()
                     self._start("M", now + 64 * self.config.t1)
                 else:
                     self.state = State.COMPLETED
                     self._stop("A", "B")
-                    self._ack = self._build_ack(response)
-                    self._ack_data = self._send(self._ack)
-                    self._start("D", now + (0.0 if self.reliable else self.config.timer_d))
+                    self._ack_data = self._send(self._build_ack(response))
+                    self._release()
+                    self._end_after("D", now, 0.0 if self.reliable else self.config.timer_d)
             elif state is State.ACCEPTED:
                 if 200 <= status < 300:
                     self._events.append(PassResponse(self, response))
-            elif state is State.COMPLETED and status >= 300 and self._ack is not None:
-                self._send(self._ack, self._ack_data)
+            elif state is State.COMPLETED and status >= 300 and self._ack_data is not None:
+                self._send(None, self._ack_data)
         elif state in (State.TRYING, State.PROCEEDING):
             self.last_response = response
             self._events.append(PassResponse(self, response))
@@ -427,7 +482,8 @@ class ClientTransaction(Transaction):
             else:
                 self.state = State.COMPLETED
                 self._stop("E", "F")
-                self._start("K", now + (0.0 if self.reliable else self.config.t4))
+                self._release()
+                self._end_after("K", now, 0.0 if self.reliable else self.config.t4)
 
     def _build_ack(self, response: Response) -> Request:
         """The ACK for a non-2xx final response (s.17.1.1.3)."""
@@ -459,11 +515,12 @@ class ServerTransaction(Transaction):
         config: TimerConfig = DEFAULT_TIMERS,
         events: deque[Event] | None = None,
         layer: TransactionLayer | None = None,
+        key: ServerKey | None = None,
     ) -> None:
         if request.method == "ACK":
             raise LocalProtocolError("an ACK does not create a server transaction")
         super().__init__(request, reliable, config, events)
-        self.key = server_key(request)
+        self.key = server_key(request) if key is None else key
         self._layer = layer
         self.last_response: Response | None = None
         self._last_data: bytes | None = None
@@ -475,6 +532,10 @@ class ServerTransaction(Transaction):
         else:
             self.state = State.TRYING
 
+    def _release(self) -> None:
+        super()._release()
+        self.last_response = None
+
     def receive_request(self, request: Request, now: float) -> None:
         """Feed a retransmitted request (or the ACK) matched to this transaction."""
         state = self.state
@@ -484,11 +545,12 @@ class ServerTransaction(Transaction):
             if state is State.COMPLETED:
                 self.state = State.CONFIRMED
                 self._stop("G", "H")
-                self._start("I", now + (0.0 if self.reliable else self.config.t4))
+                self._last_data = None
+                self._end_after("I", now, 0.0 if self.reliable else self.config.t4)
             elif state is State.ACCEPTED:
                 self._events.append(PassAck(self, request))
             return
-        if state in (State.PROCEEDING, State.COMPLETED) and self.last_response is not None:
+        if state in (State.PROCEEDING, State.COMPLETED) and self._last_data is not None:
             self._send(self.last_response, self._last_data)
         # Trying, Accepted, Confirmed, Terminated: absorbed
 
@@ -504,11 +566,14 @@ class ServerTransaction(Transaction):
                 self._last_data = self._send(response)
                 if status >= 300:
                     self.state = State.COMPLETED
+                    self._release()
                     if not self.reliable:
                         self._start("G", now + config.t1)
                     self._start("H", now + 64 * config.t1)
                 elif status >= 200:
                     self.state = State.ACCEPTED
+                    self._release()
+                    self._last_data = None  # 2xx retransmissions come from the TU (RFC 6026)
                     self._start("L", now + 64 * config.t1)
             elif state is State.ACCEPTED and 200 <= status < 300:
                 self._send(response)
@@ -522,7 +587,8 @@ class ServerTransaction(Transaction):
                     self.state = State.PROCEEDING
                 else:
                     self.state = State.COMPLETED
-                    self._start("J", now + (0.0 if self.reliable else 64 * config.t1))
+                    self._release()
+                    self._end_after("J", now, 0.0 if self.reliable else 64 * config.t1)
             else:
                 raise LocalProtocolError(f"cannot send {status} in state {state.value}")
 
@@ -531,8 +597,8 @@ class ServerTransaction(Transaction):
         if name == "trying" and state is State.PROCEEDING and self.last_response is None:
             self.last_response = Response.for_request(self.request, 100, "Trying")
             self._last_data = self._send(self.last_response)
-        elif name == "G" and state is State.COMPLETED and self.last_response is not None:
-            self._send(self.last_response, self._last_data)
+        elif name == "G" and state is State.COMPLETED and self._last_data is not None:
+            self._send(None, self._last_data)
             self._interval = min(2 * self._interval, self.config.t2)
             self._start("G", deadline + self._interval)
         elif name == "H" and state is State.COMPLETED:
@@ -550,15 +616,18 @@ class TransactionLayer:
     drains the events of all transactions. Terminated transactions leave the tables by themselves.
     """
 
-    __slots__ = ("_clients", "_events", "_heap", "_seq", "_servers", "config")
+    __slots__ = ("_buckets", "_clients", "_events", "_heap", "_servers", "config")
 
     def __init__(self, config: TimerConfig = DEFAULT_TIMERS) -> None:
         self.config = config
         self._clients: dict[ClientKey, ClientTransaction] = {}
         self._servers: dict[ServerKey, ServerTransaction] = {}
         self._events: deque[Event] = deque()
-        self._heap: list[tuple[float, int, Transaction]] = []
-        self._seq = 0
+        # Timers: each transaction is filed under its earliest deadline (a list when several share
+        # it); the heap holds those deadlines as plain floats, so an outdated one holds no
+        # transaction alive and costs a few bytes until it is popped.
+        self._buckets: dict[float, Transaction | list[Transaction]] = {}
+        self._heap: list[float] = []
 
     def __len__(self) -> int:
         return len(self._clients) + len(self._servers)
@@ -569,7 +638,7 @@ class TransactionLayer:
         if key in self._clients:
             raise LocalProtocolError(f"client transaction {key!r} already exists")
         tx = ClientTransaction(
-            request, now, reliable=reliable, config=self.config, events=self._events, layer=self
+            request, now, reliable=reliable, config=self.config, events=self._events, layer=self, key=key
         )
         self._clients[key] = tx
         return tx
@@ -583,6 +652,10 @@ class TransactionLayer:
         if tx is not None:
             tx.receive_response(response, now)
         return tx
+
+    def server(self, key: ServerKey) -> ServerTransaction | None:
+        """The server transaction with this key (see :func:`cookie_server_key`)."""
+        return self._servers.get(key)
 
     def find_server(self, request: Request) -> ServerTransaction | None:
         """The server transaction a request (or ACK, or retransmission) belongs to."""
@@ -606,7 +679,7 @@ class TransactionLayer:
         if request.method == "ACK":
             return None, False
         tx = ServerTransaction(
-            request, now, reliable=reliable, config=self.config, events=self._events, layer=self
+            request, now, reliable=reliable, config=self.config, events=self._events, layer=self, key=key
         )
         self._servers[key] = tx
         return tx, True
@@ -616,22 +689,28 @@ class TransactionLayer:
         tx.send_response(response, now)
 
     def get_timer(self) -> float | None:
-        """The earliest deadline of any transaction."""
+        """The earliest deadline of any transaction (possibly of a timer stopped since: harmless)."""
         heap = self._heap
+        buckets = self._buckets
         while heap:
-            deadline, _seq, tx = heap[0]
-            if tx.state is not State.TERMINATED and deadline in tx._deadlines.values():
-                return deadline
+            if heap[0] in buckets:
+                return heap[0]
             heapq.heappop(heap)
         return None
 
     def handle_timer(self, now: float) -> None:
         """Fire every due timer of every transaction."""
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            _deadline, _seq, tx = heapq.heappop(heap)
-            if tx.state is not State.TERMINATED:
-                tx.handle_timer(now)
+        buckets = self._buckets
+        while heap and heap[0] <= now:
+            entry = buckets.pop(heapq.heappop(heap), None)
+            if entry is None:
+                continue
+            for tx in entry if isinstance(entry, list) else (entry,):
+                tx._due = None
+                if tx.state is not State.TERMINATED:
+                    tx.handle_timer(now)
+                    self._schedule(tx)
 
     def next_event(self) -> Event | None:
         """Pop the next event of any transaction."""
@@ -643,11 +722,41 @@ class TransactionLayer:
         self._events.clear()
         return out
 
-    def _schedule(self, tx: Transaction, deadline: float) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, tx))
+    def _schedule(self, tx: Transaction) -> None:
+        """File ``tx`` under its earliest deadline (after a timer started or fired)."""
+        deadlines = tx._deadlines
+        due = min(deadlines.values()) if deadlines else None
+        old = tx._due
+        if due == old:
+            return
+        if old is not None:
+            self._unfile(tx, old)
+        tx._due = due
+        if due is not None:
+            buckets = self._buckets
+            entry = buckets.get(due)
+            if entry is None:
+                buckets[due] = tx
+                heapq.heappush(self._heap, due)
+            elif isinstance(entry, list):
+                entry.append(tx)
+            else:
+                buckets[due] = [entry, tx]
+
+    def _unfile(self, tx: Transaction, due: float) -> None:
+        buckets = self._buckets
+        entry = buckets.get(due)
+        if entry is tx:
+            del buckets[due]
+        elif isinstance(entry, list) and tx in entry:
+            entry.remove(tx)
+            if not entry:
+                del buckets[due]
 
     def _remove(self, tx: Transaction) -> None:
+        if tx._due is not None:
+            self._unfile(tx, tx._due)
+            tx._due = None
         if isinstance(tx, ClientTransaction):
             key = (tx.key[0], tx.key[1])
             if self._clients.get(key) is tx:

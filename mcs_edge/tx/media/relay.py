@@ -128,6 +128,7 @@ class _RelayPort(asyncio.DatagramProtocol):
                 self.relay.count("media_send_errors")
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.relay.packets += 1
         if self.receive(data, addr, self.now()):
             self.relay.poke(self.leg)
 
@@ -169,6 +170,7 @@ class _TwistedAdapter(DatagramProtocol):
         self.now = port.now
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        self.port.relay.packets += 1
         if self.receive(datagram, addr, self.now()):
             self.port.relay.poke(self.port.leg)
 
@@ -205,6 +207,11 @@ class MediaRelay:
         self.counters: dict[str, int] = {}
         self._log_stamp = 0.0
         self._log_budget = 0
+        #: Datagrams received on every relay port (the overload probe turns it into a rate).
+        self.packets = 0
+        #: Media admission limit: True while this worker relays more packets/s than
+        #: ``overload.max_media_packet_rate`` (set by the service); new calls then get 503.
+        self.over_limit: Callable[[], bool] = lambda: False
 
     @property
     def native(self) -> bool:
@@ -213,6 +220,14 @@ class MediaRelay:
 
     # ---------------------------------------------------------------------------- MediaHook
     def on_message(self, pair: Any, message: Request | Response, from_client: bool, now: float) -> int | None:
+        if (
+            pair is not None
+            and getattr(message, "method", None) == "INVITE"
+            and message.to.tag is None
+            and self.over_limit()
+        ):
+            self.count("media_admission_refused")  # a new call while media load is above the limit
+            return 503
         status = self.anchor.on_message(pair, message, from_client, now)
         self._after()
         return status

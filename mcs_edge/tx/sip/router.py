@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,11 +27,13 @@ from mcs_edge.core.guard.sip_auth import auth_outcome
 from mcs_edge.core.sip.binding import ByDomain, ByFlowToken, binding_of
 from mcs_edge.core.sip.locate import is_ip as _is_ip
 from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, Push, SipProxy, ToBackend, ToFlow
+from mcs_edge.core.sip.shed import refusal, sheddable
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
+    from mcs_edge.core.load import AdmissionGate
     from mcs_edge.core.sip.locate import Located
     from mcs_edge.core.sip.message import Response
     from mcs_edge.core.tenants import TenantTable
@@ -130,6 +133,11 @@ class SipRouter:
         self.resolver: BackendResolver | None = None
         #: OPTIONS checks of the PBXs (tx/sip/health.py), set by the service; None = off.
         self.health: BackendMonitor | None = None
+        #: Overload gate (core/load, driven by tx/ops/loadprobe.py), set by the service; None = off.
+        self.overload: AdmissionGate | None = None
+        #: New INVITE/REGISTER refused under overload, by method (metrics).
+        self.shed: dict[str, int] = {"INVITE": 0, "REGISTER": 0}
+        self._tag_prefix = secrets.token_hex(4)  # To tags of refusals: prefix + counter, no syscall each
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -271,6 +279,12 @@ class SipRouter:
             if is_request and not protection.admit_request(flow.tenant.id, flow.peer[0]):
                 self.count("requests_dropped", flow.tenant.id, flow.transport)
                 return
+        gate = self.overload
+        if gate is not None and gate.shedding:
+            method = sheddable(data)
+            if method is not None and not gate.admit():
+                self._refuse_overload(flow, data, method)
+                return
         self.core.receive_from_client(flow.id, data, self.timers.now())
         self._flush()
 
@@ -278,6 +292,21 @@ class SipRouter:
         """A stream flow's bytes cannot be framed: answer the request they start, if possible."""
         self.core.reject_unframed(flow.id, data, exc)
         self._flush()
+
+    def _refuse_overload(self, flow: ClientFlow, data: bytes, method: bytes) -> None:
+        """503 + Retry-After from the request's bytes, before it is parsed (core/sip/shed.py)."""
+        name = method.decode()
+        n = self.shed[name] = self.shed.get(name, 0) + 1
+        answer = refusal(
+            data,
+            503,
+            "Service Unavailable (overload)",
+            self.config.overload.retry_after,
+            f"{self._tag_prefix}{name[0]}{n:x}",
+            self.config.edge.name,
+        )
+        if answer is not None:
+            flow.send(answer)
 
     def touch(self, flow: ClientFlow) -> None:
         """A keepalive arrived on ``flow``: it is alive."""
@@ -371,7 +400,7 @@ class SipRouter:
     def _observe_final(self, pair: Pair, response: Response) -> None:
         """A PBX's final answer to a client's request: authentication failures and successes."""
         protection = self.protection
-        if protection is None:
+        if protection is None or pair.request is None:
             return
         outcome = auth_outcome(pair.request, response)
         if outcome is None:

@@ -31,6 +31,7 @@ keepalive split over reads or glued to other frames included, takes autobahn's p
 
 from __future__ import annotations
 
+from types import FunctionType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -337,7 +338,10 @@ def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> No
     # factory a protocol class that carries them, so a connection holds only its own state.
     options: dict[str, Any] = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
     base = factory.protocol
-    factory.protocol = type(base.__name__, (base,), {**options, "CONFIG_ATTRS": ()})  # type: ignore[assignment]
+    # a function among the options (perMessageCompressionAccept) must stay a plain function on the
+    # class, not become a method that autobahn would call with the connection as first argument
+    attrs = {k: staticmethod(v) if isinstance(v, FunctionType) else v for k, v in options.items()}
+    factory.protocol = type(base.__name__, (base,), {**attrs, "CONFIG_ATTRS": ()})  # type: ignore[assignment]
 
 
 def _refuse_compression(offers: Any) -> None:

@@ -113,3 +113,23 @@ def test_a_closed_flow_ends_its_calls() -> None:
     assert t.failed("a") is None  # a failed re-INVITE does not end an answered call
     assert {c.call_id for c in t.flow_closed(1)} == {"a", "b"}
     assert set(t.calls) == {"c"} and t.on_flow(1) == 0 and t.ended_total == 2
+
+
+def test_answered_invite_keeps_compact_records_and_relays_2xx_retransmissions() -> None:
+    """After the 2xx, Timer L/M keep the pair without parsed messages; a 2xx retransmission still reaches the client."""
+    p = _proxy()
+    flow = p.open_flow(T, "wss", ("198.51.100.7", 40000), 0.0)
+    p.receive_from_client(flow.id, _invite("c9", "z9hG4bKc9"), 0.0)
+    fwd = _to_backend(p.drain())
+    answer = _answer(fwd[0], "200 OK")
+    p.receive_from_backend(answer, PBX, "udp", 0.1)
+    first = [d for d in _to_flow(p.drain()) if d.startswith(b"SIP/2.0 200")]
+    (pair,) = p._pairs_by_server.values()
+    assert pair.request is None and pair.method == "INVITE" and pair.call_id == "c9" and pair.initial
+    assert pair.server.released and pair.client is not None and pair.client.released
+    p.receive_from_backend(answer, PBX, "udp", 0.6)  # the PBX did not get the ACK yet
+    again = [d for d in _to_flow(p.drain()) if d.startswith(b"SIP/2.0 200")]
+    assert len(first) == len(again) == 1
+    p.handle_timer(0.1 + 64 * 0.5)
+    p.drain()
+    assert len(p.layer) == 0 and p.pairs == 0

@@ -127,8 +127,10 @@ def test_invite_client_reliable_timer_d_is_zero() -> None:
     """Over TCP/TLS Timer D is 0: the transaction ends right after the ACK."""
     req = request()
     tx = ClientTransaction(req, 0.0, reliable=True)
+    tx.drain_events()
     tx.receive_response(response(req, 404), 1.0)
-    assert tx.timer("D") == 1.0
+    assert [type(e) for e in tx.drain_events()] == [PassResponse, Send, Terminated]
+    assert tx.state is State.TERMINATED and tx.get_timer() is None
 
 
 def test_invite_client_2xx_accepted_and_timer_m() -> None:
@@ -210,8 +212,9 @@ def test_non_invite_client_completed_absorbs_and_timer_k() -> None:
     tx.handle_timer(1.0 + T4)
     assert [type(e) for e in tx.drain_events()] == [Terminated]
     reliable = ClientTransaction(req, 0.0, reliable=True)
+    reliable.drain_events()
     reliable.receive_response(response(req, 200), 1.0)
-    assert reliable.timer("K") == 1.0
+    assert [type(e) for e in reliable.drain_events()] == [PassResponse, Terminated]
 
 
 def test_configurable_timers() -> None:
@@ -341,7 +344,7 @@ def test_non_invite_server_absorbs_and_timer_j() -> None:
     assert tx.state is State.TERMINATED
     reliable = ServerTransaction(req, 0.0, reliable=True)
     reliable.send_response(response(req, 200), 1.0)
-    assert reliable.timer("J") == 1.0
+    assert [type(e) for e in reliable.drain_events()] == [Send, Terminated]
 
 
 def test_server_refuses_ack() -> None:
@@ -401,3 +404,72 @@ def test_layer_routes_requests_and_responses() -> None:
     assert layer.get_timer() is None
     terminated = [e for e in layer.drain_events() if isinstance(e, Terminated)]
     assert {e.transaction for e in terminated} == {stx, cancel, ctx}
+
+
+# --- what a completed transaction keeps ------------------------------------------------------
+
+
+def test_completed_server_keeps_only_bytes_and_still_answers_retransmissions() -> None:
+    """Once final, a server transaction releases the parsed messages; a retransmission gets the same bytes."""
+    req = request("OPTIONS")
+    tx = ServerTransaction(req, 0.0, reliable=False)
+    tx.send_response(response(req, 200), 0.1)
+    (final,) = sends(tx.drain_events())
+    assert tx.released and tx.last_response is None and tx.method == "OPTIONS"
+    with pytest.raises(LocalProtocolError):
+        _ = tx.request
+    tx.receive_request(req, 1.0)
+    (again,) = sends(tx.drain_events())
+    assert again.data == final.data and again.message is None
+
+
+def test_completed_invite_client_resends_its_ack_from_bytes() -> None:
+    """A non-2xx final keeps the ACK's bytes only; a retransmitted final gets the same ACK."""
+    req = request()
+    tx = ClientTransaction(req, 0.0, reliable=False)
+    tx.drain_events()
+    tx.receive_response(response(req, 486), 0.1)
+    (ack,) = sends(tx.drain_events())
+    assert tx.released and isinstance(ack.message, Request) and ack.message.method == "ACK"
+    tx.receive_response(response(req, 486), 0.2)
+    (again,) = sends(tx.drain_events())
+    assert again.data == ack.data
+
+
+def test_accepted_invite_transactions_release_their_messages() -> None:
+    """RFC 6026 Accepted (Timers L and M, 64*T1): both sides keep no parsed message."""
+    req = request()
+    server = ServerTransaction(req, 0.0, reliable=True)
+    server.send_response(response(req, 200), 0.1)
+    client = ClientTransaction(req, 0.0, reliable=False)
+    client.receive_response(response(req, 200), 0.1)
+    assert server.state is client.state is State.ACCEPTED
+    assert server.released and client.released and client.last_response is None
+    client.drain_events()
+    client.receive_response(response(req, 200), 0.5)  # a 2xx retransmission still goes up
+    assert [type(e) for e in client.drain_events()] == [PassResponse]
+
+
+def test_layer_timers_hold_no_terminated_transaction() -> None:
+    """A transaction that ends before its other timers leaves nothing in the layer's timer index."""
+    layer = TransactionLayer()
+    out = request("OPTIONS", branch="z9hG4bKk1")
+    ctx = layer.send_request(out, 0.0, reliable=False)  # E at T1, F at 64*T1
+    layer.receive_response(response(out, 200), 0.1)  # K at 0.1 + T4, long before F
+    assert layer.get_timer() == 0.1 + T4  # re-filed under K: E stopped, F later
+    layer.handle_timer(0.1 + T4)
+    assert ctx.state is State.TERMINATED and len(layer) == 0
+    assert layer.get_timer() is None
+    assert all(isinstance(key, float) for key in layer._heap)  # no reference to the transaction
+
+
+def test_layer_timers_with_equal_deadlines_all_fire() -> None:
+    """Two transactions with the same deadline both fire (keys are kept distinct)."""
+    layer = TransactionLayer()
+    a = layer.send_request(request("OPTIONS", branch="z9hG4bKa"), 0.0, reliable=False)
+    b = layer.send_request(request("OPTIONS", branch="z9hG4bKb"), 0.0, reliable=False)
+    layer.drain_events()
+    layer.handle_timer(0.5)
+    assert len(sends(layer.drain_events())) == 2
+    layer.handle_timer(64 * T1)
+    assert a.state is b.state is State.TERMINATED

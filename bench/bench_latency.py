@@ -1,0 +1,1031 @@
+"""Latency tail, loop lag, memory under call churn, leftovers and overload: one edge, one run.
+
+What it prints (server pinned to CPU 0, generator and PBX stand-in to CPU 1 when ``taskset`` exists;
+the machine is shared, so read ratios within one run):
+
+1. **capacity**: REGISTER and INVITE/ACK/BYE (tenant ``media = "passthrough"``, so every call
+   allocates relay ports) sent by ``--conns`` WSS clients through the edge to a UDP PBX stand-in
+   that answers at once, closed loop with several requests in flight per connection: the
+   transactions/s the edge reaches;
+2. **latency at 25/50/75 % of that capacity**, open loop (requests sent on a fixed schedule;
+   latency counts from the scheduled time, so a stalled generator or edge shows): p50/p99/p99.9 of
+   transaction latency, and p50/p99/p99.9 of the edge's own loop lag (``mcs_edge_loop_lag_seconds``
+   from its ``/metrics``, bucket upper bounds), GC pauses, edge CPU;
+3. **memory**: RSS idle, then after ``--rss-seconds`` of ``--rss-rate`` calls/s;
+4. **churn**: ``--churn-calls`` calls, then every client leaves; the bench waits for the RFC 3261
+   timers (Timer L/M: 64*T1) and asserts from the admin API and ``/metrics`` that no call,
+   connection, relay port, SIP transaction, timer or descriptor is left (exit status 1 if one is);
+5. **overload** (``--overload``): REGISTER offered at 3x capacity for ``--overload-seconds``:
+   goodput (2xx/s) against capacity, 503s, p99 of accepted, then the time until a request at 25 %
+   load is served again.
+6. **bytes per retained transaction** (``--txmem``): REGISTER and INVITE transactions completed
+   through the proxy core in this process, measured with ``tracemalloc`` while Timers J/K/L/M
+   still hold them.
+
+Usage: ``python bench/bench_latency.py [--steps 25,50,75] [--seconds 10] [--conns 50] [--overload]
+[--churn-calls 100000] [--rss-seconds 60 --rss-rate 300] [--txmem]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+DOMAIN = "bench.example.com"
+
+PBX = r"""
+import asyncio, sys
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+       b"m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
+KEEP = (b"via", b"from", b"call-id", b"cseq", b"record-route")
+class P(asyncio.DatagramProtocol):
+    def connection_made(self, t):
+        self.t = t
+        self.port = t.get_extra_info("sockname")[1]
+    def datagram_received(self, data, addr):
+        head, _, _ = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        method = lines[0].split(b" ", 1)[0]
+        if method in (b"ACK", b"SIP/2.0"):
+            return
+        out = [b"SIP/2.0 200 OK"]
+        to = b"To: <sip:x>"
+        for l in lines[1:]:
+            name = l.split(b":", 1)[0].strip().lower()
+            if name in KEEP:
+                out.append(l)
+            elif name in (b"to", b"t"):
+                to = l
+        if method == b"INVITE" and b";tag=" not in to:
+            to += b";tag=pbx"
+        out.append(to)
+        if method == b"REGISTER":
+            out.append(b"Contact: <sip:u@c.invalid;transport=ws>;expires=600")
+        else:
+            out.append(b"Contact: <sip:pbx@127.0.0.1:%d>" % self.port)
+        body = SDP if method == b"INVITE" else b""
+        if body:
+            out.append(b"Content-Type: application/sdp")
+        out.append(b"Content-Length: %d" % len(body))
+        self.t.sendto(b"\r\n".join(out) + b"\r\n\r\n" + body, addr)
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", int(sys.argv[1])))
+    print("READY", flush=True)
+    await asyncio.Event().wait()
+(uvloop.run if uvloop else asyncio.run)(main())
+"""
+
+OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+)
+
+
+NICE: list[str] = []  # ["nice", "-n", N] with --nice
+
+
+def _taskset(cpu: int) -> list[str]:
+    count = os.cpu_count() or 1
+    return [*NICE, *(["taskset", "-c", str(cpu)] if shutil.which("taskset") and count > 1 else [])]
+
+
+def _pin_self(cpu: int) -> None:
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {cpu})
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+# ------------------------------------------------------------------------------------------ edge
+class Edge:
+    def __init__(self, tmp: str, pbx_port: int, extra: str = "") -> None:
+        conf = Path(tmp) / "edge.toml"
+        conf.write_text(
+            f'[edge]\nstate_dir = "{tmp}/state"\ndrain_timeout = 1\n'
+            '[listen]\nhttps = "127.0.0.1:0"\nsip_tls = "off"\nbackend_sip = "127.0.0.1:0"\n'
+            'admin = "127.0.0.1:0"\n[tls]\nreload_interval = 0\n[sip]\nkeepalive_timeout = 600\n'
+            '[guard]\nallow_networks = ["127.0.0.0/8"]\n'
+            f"{extra}"
+            f'[[tenants]]\nid = "bench"\ndomains = ["{DOMAIN}"]\nbackend_sip = "udp:127.0.0.1:{pbx_port}"\n'
+            'certificate = "self-signed"\nmedia = "passthrough"\n[tenants.limits]\nmax_connections = 100000\n'
+        )
+        self.log = Path(tmp) / "edge.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    *_taskset(0),
+                    str(BIN / "twistd"),
+                    "-n",
+                    "--pidfile=",
+                    "--reactor=uvloop",
+                    "mcs-edge",
+                    "--config",
+                    str(conf),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
+            )
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.log.read_text()
+            https = re.search(r"EDG101 .*https://[^:]+:(\d+)/", text)
+            admin = re.search(r"ADM100 .*http://[^:]+:(\d+)/", text)
+            if https and admin:
+                self.port, self.admin = int(https.group(1)), int(admin.group(1))
+                break
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise SystemExit(f"edge did not start:\n{text[-3000:]}")
+        if self.proc.poll() is not None:
+            raise SystemExit(f"edge did not start:\n{text[-3000:]}")
+        self.token = (Path(tmp) / "state" / "admin-token").read_text().strip()
+        self.pid = self.proc.pid
+
+    def cpu(self) -> float:
+        return _cpu_seconds(self.pid)
+
+    def api(self, path: str) -> object:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin}/api/{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Kamailio:
+    """Debian's kamailio with bench/kamailio/wss_udp.cfg: WSS clients -> stateful proxy -> the same UDP PBX."""
+
+    CFG = Path(__file__).resolve().parent / "kamailio" / "wss_udp.cfg"
+
+    def __init__(self, tmp: str, pbx_port: int, children: int = 1) -> None:
+        d = Path(tmp) / "kamailio"
+        d.mkdir()
+        key, cert = d / "key.pem", d / "cert.pem"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={DOMAIN}",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        tls = d / "tls.cfg"
+        tls.write_text(
+            f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
+            f"private_key = {key}\ncertificate = {cert}\n"
+        )
+        self.port = _free_port(socket.SOCK_STREAM)
+        udp_port = _free_port(socket.SOCK_DGRAM)
+        text = self.CFG.read_text()
+        for name, value in {
+            "CHILDREN": children,
+            "UDP_PORT": udp_port,
+            "WSS_PORT": self.port,
+            "TLS_CFG": tls,
+            "PBX_PORT": pbx_port,
+        }.items():
+            text = text.replace(f"@{name}@", str(value))
+        cfg = d / "kamailio.cfg"
+        cfg.write_text(text)
+        self.log = d / "kamailio.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    *_taskset(0),
+                    "kamailio",
+                    "-f",
+                    str(cfg),
+                    "-DD",
+                    "-E",
+                    "-m",
+                    "2048",  # shared memory, MB: a transaction's request and reply stay there 5 s
+                    "-M",
+                    "64",
+                    "-Y",
+                    str(d),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"kamailio did not start:\n{self.log.read_text()[-3000:]}")
+        time.sleep(0.5)
+        self.pid = self.proc.pid
+
+    def pids(self) -> list[int]:
+        out = [self.pid]
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.pid:
+                        out.append(int(p.name))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return out
+
+    def cpu(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            try:
+                total += _cpu_seconds(pid)
+            except OSError:
+                pass
+        return total
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _hist(m: dict[str, float], family: str, labels: str = "") -> list[tuple[float, float]]:
+    """[(upper bound, cumulative count)] of a histogram in a parsed exposition."""
+    out = []
+    pat = re.compile(
+        re.escape(family) + r"_bucket\{" + (re.escape(labels) + "," if labels else "") + r'le="([^"]+)"\}'
+    )
+    for key, value in m.items():
+        hit = pat.fullmatch(key)
+        if hit:
+            out.append((float(hit.group(1)), value))
+    return sorted(out)
+
+
+def _hist_pct(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float:
+    """Upper bound of the bucket holding quantile ``q`` of the samples between two scrapes."""
+    b = dict(before)
+    delta = [(bound, n - b.get(bound, 0.0)) for bound, n in after]
+    if not delta or delta[-1][1] <= 0:
+        return float("nan")
+    total = delta[-1][1]
+    for bound, n in delta:
+        if n >= q * total:
+            return bound
+    return float("inf")
+
+
+# ------------------------------------------------------------------------------------- client
+class WS:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.r, self.w = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, ctx: ssl.SSLContext) -> WS:
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=DOMAIN)
+        w.write(
+            (
+                f"GET / HTTP/1.1\r\nHost: {DOMAIN}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Protocol: sip\r\n\r\n"
+            ).encode()
+        )
+        head = await r.readuntil(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(head[:200])
+        return cls(r, w)
+
+    def send(self, data: bytes) -> None:
+        n = len(data)
+        head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        self.w.write(head + b"\x00\x00\x00\x00" + data)
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        """Every text/binary message, parsed from large reads (one await per read, not per frame)."""
+        buf = b""
+        reader = self.r
+        while True:
+            chunk = await reader.read(262144)
+            if not chunk:
+                raise ConnectionError("closed by the edge")
+            buf = buf + chunk if buf else chunk
+            pos = 0
+            end = len(buf)
+            out = []
+            while end - pos >= 2:
+                b0, b1 = buf[pos], buf[pos + 1]
+                n = b1 & 0x7F
+                head = 2
+                if n == 126:
+                    if end - pos < 4:
+                        break
+                    n = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                    head = 4
+                elif n == 127:
+                    if end - pos < 10:
+                        break
+                    n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                    head = 10
+                if end - pos < head + n:
+                    break
+                payload = buf[pos + head : pos + head + n]
+                pos += head + n
+                opcode = b0 & 0x0F
+                if opcode == 0x9:
+                    self.w.write(struct.pack("!BB", 0x8A, 0x80 | n) + b"\x00\x00\x00\x00" + payload)
+                elif opcode == 0x8:
+                    raise ConnectionError("closed by the edge")
+                else:
+                    out.append(payload)
+            buf = buf[pos:]
+            for payload in out:
+                yield payload
+
+
+_CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.I)
+_CSEQ = re.compile(rb"\r\nCSeq[ \t]*:[ \t]*\d+[ \t]+([A-Z]+)", re.I)
+_TO = re.compile(rb"\r\n(?:To|t)[ \t]*:[ \t]*([^\r\n]+)", re.I)
+_RR = re.compile(rb"\r\nRecord-Route[ \t]*:[ \t]*([^\r\n]+)", re.I)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.lat: list[float] = []
+        self.ok = 0
+        self.refused = 0  # 503
+        self.failed = 0
+        self.calls_done = 0
+
+
+class Conn:
+    """One WSS client; requests are matched to their answers by (Call-ID, CSeq method)."""
+
+    def __init__(self, ws: WS, index: int, hold: float) -> None:
+        self.ws = ws
+        self.index = index
+        self.hold = hold
+        self.pending: dict[tuple[bytes, bytes], float] = {}
+        self.stats = Stats()
+        self.n = 0
+        self.task = asyncio.ensure_future(self._read())
+        self.inflight = 0
+        self.idle = asyncio.Event()
+
+    def register(self, t0: float) -> None:
+        self.n += 1
+        cid = f"r{self.index}-{self.n}"
+        i = self.index
+        self.pending[(cid.encode(), b"REGISTER")] = t0
+        self.inflight += 1
+        self.ws.send(
+            (
+                f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS c{i}.invalid;branch=z9hG4bK{cid}\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:u{i}@{DOMAIN}>;tag=t{cid}\r\nTo: <sip:u{i}@{DOMAIN}>\r\n"
+                f"Call-ID: {cid}\r\nCSeq: {self.n} REGISTER\r\nContact: <sip:u{i}@c{i}.invalid;transport=ws>;expires=600\r\n"
+                "Supported: path, outbound\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+
+    def invite(self, t0: float) -> None:
+        self.n += 1
+        cid = f"c{self.index}-{self.n}"
+        self.pending[(cid.encode(), b"INVITE")] = t0
+        self.inflight += 1
+        self.ws.send(
+            (
+                f"INVITE sip:200@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS b.invalid;branch=z9hG4bK{cid}\r\n"
+                f"Max-Forwards: 70\r\nTo: <sip:200@{DOMAIN}>\r\nFrom: <sip:gen@{DOMAIN}>;tag=g{cid}\r\n"
+                f"Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:gen@b.invalid;transport=ws;ob>\r\n"
+                f"Content-Type: application/sdp\r\nContent-Length: {len(OFFER)}\r\n\r\n{OFFER}"
+            ).encode()
+        )
+
+    def _ack_and_bye(self, cid: str, msg: bytes) -> None:
+        to = (_TO.search(msg) or re.match(rb"()", b"")).group(1).decode()  # type: ignore[union-attr]
+        routes = [r.strip() for line in _RR.findall(msg) for r in line.decode().split(",")]
+        route = f"Route: {', '.join(routes)}\r\n" if routes else ""
+        d = DOMAIN
+        base = f"Max-Forwards: 70\r\n{route}To: {to}\r\nFrom: <sip:gen@{d}>;tag=g{cid}\r\nCall-ID: {cid}\r\n"
+        self.ws.send(
+            (
+                f"ACK sip:pbx@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS b.invalid;branch=z9hG4bKa{cid}\r\n"
+                f"{base}CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+
+        def bye() -> None:
+            self.pending[(cid.encode(), b"BYE")] = time.perf_counter()
+            self.inflight += 1
+            self.ws.send(
+                (
+                    f"BYE sip:pbx@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS b.invalid;branch=z9hG4bKb{cid}\r\n"
+                    f"{base}CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+                ).encode()
+            )
+
+        if self.hold > 0:
+            asyncio.get_running_loop().call_later(self.hold, bye)
+        else:
+            bye()
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws.messages():
+                if not msg.startswith(b"SIP/2.0 ") or msg[8:9] == b"1":
+                    continue
+                now = time.perf_counter()
+                cid_m, cseq_m = _CALL_ID.search(msg), _CSEQ.search(msg)
+                if cid_m is None or cseq_m is None:
+                    continue
+                key = (cid_m.group(1).strip(), cseq_m.group(1))
+                t0 = self.pending.pop(key, None)
+                if t0 is None:
+                    continue
+                self.inflight -= 1
+                code = msg[8:11]
+                st = self.stats
+                if code[:1] == b"2":
+                    st.ok += 1
+                    st.lat.append(now - t0)
+                    if key[1] == b"INVITE":
+                        self._ack_and_bye(key[0].decode(), msg)
+                    elif key[1] == b"BYE":
+                        st.calls_done += 1
+                elif code == b"503":
+                    st.refused += 1
+                else:
+                    st.failed += 1
+                if self.inflight == 0:
+                    self.idle.set()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            return
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.ws.w.close()
+
+
+async def _connect(port: int, count: int, hold: float) -> list[Conn]:
+    ctx = ssl._create_unverified_context()
+    conns = []
+    for i in range(count):
+        conns.append(Conn(await WS.connect(port, ctx), i, hold))
+    return conns
+
+
+def _merge(conns: list[Conn]) -> Stats:
+    out = Stats()
+    for c in conns:
+        s = c.stats
+        out.lat += s.lat
+        out.ok += s.ok
+        out.refused += s.refused
+        out.failed += s.failed
+        out.calls_done += s.calls_done
+        c.stats = Stats()
+    return out
+
+
+async def _closed_loop(conns: list[Conn], kind: str, seconds: float, depth: int) -> float:
+    """Transactions/s with ``depth`` requests in flight per connection (the edge's capacity)."""
+    stop = time.monotonic() + seconds
+    _merge(conns)
+
+    async def run(c: Conn) -> None:
+        while time.monotonic() < stop:
+            while c.inflight < depth:
+                (c.register if kind == "register" else c.invite)(time.perf_counter())
+            c.idle.clear()
+            await asyncio.sleep(0.001)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(run(c) for c in conns))
+    elapsed = time.monotonic() - t0
+    await _settle(conns, 5)
+    st = _merge(conns)
+    return st.ok / elapsed
+
+
+async def _open_loop(conns: list[Conn], kind: str, rate: float, seconds: float) -> tuple[Stats, float, float]:
+    """Requests at ``rate``/s on a fixed schedule, round robin over connections."""
+    _merge(conns)
+    gen_cpu0 = time.process_time()
+    start = time.perf_counter()
+    sent = 0
+    total = int(rate * seconds)
+    max_behind = 0.0
+    while sent < total:
+        now = time.perf_counter()
+        due = start + sent / rate
+        if due > now:
+            await asyncio.sleep(max(0.001, due - now))  # never spin (SCHED_FIFO would starve the PBX)
+            continue
+        max_behind = max(max_behind, now - due)
+        c = conns[sent % len(conns)]
+        (c.register if kind == "register" else c.invite)(due)
+        sent += 1
+    await _settle(conns, 10)
+    gen_cpu = (time.process_time() - gen_cpu0) / seconds
+    return _merge(conns), gen_cpu, max_behind
+
+
+async def _settle(conns: list[Conn], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(c.inflight > 0 or c.pending for c in conns):
+        await asyncio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------- parts
+def _gc_row(before: dict[str, float], after: dict[str, float]) -> str:
+    """Per generation: collections and the bucket bound of the longest pause (ms), between two scrapes."""
+    out = []
+    for g in range(3):
+        label = f'generation="{g}"'
+        b = dict(_hist(before, "mcs_edge_gc_pause_seconds", label))
+        delta = [
+            (bound, n - b.get(bound, 0)) for bound, n in _hist(after, "mcs_edge_gc_pause_seconds", label)
+        ]
+        if not delta or delta[-1][1] <= 0:
+            out.append("0")
+            continue
+        top = next(bound for bound, n in delta if n >= delta[-1][1])
+        out.append(f"{delta[-1][1]:.0f}<{top * 1000:g}")
+    return "/".join(out)
+
+
+def _lag_row(before: dict[str, float], after: dict[str, float]) -> str:
+    hb, ha = _hist(before, "mcs_edge_loop_lag_seconds"), _hist(after, "mcs_edge_loop_lag_seconds")
+    parts = [f"{_hist_pct(hb, ha, q) * 1000:7.1f}" for q in (0.5, 0.99, 0.999)]
+    return " ".join(parts) + f" {_gc_row(before, after):>22}"
+
+
+async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: str = "") -> dict[str, float]:
+    conns = await _connect(edge.port, args.conns, args.hold)
+    caps: dict[str, float] = {}
+    print(
+        f"{'scenario':24} {'load':>5} {'tx/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} "
+        f"{'lag50':>7} {'lag99':>7} {'lag99.9':>7} {'GC gen0/1/2: n<max ms':>22} {'CPU%':>5} {'gen%':>5} {'fail':>5}"
+    )
+    for kind in args.kinds.split(","):
+        cpu0 = _cpu_seconds(edge.pid)
+        t0 = time.monotonic()
+        cap = await _closed_loop(conns, kind, args.capacity_seconds, args.depth)
+        cpu = (_cpu_seconds(edge.pid) - cpu0) / (time.monotonic() - t0)
+        caps[kind] = cap
+        print(
+            f"{name + kind + ' capacity':24} {'max':>5} {cap:7.0f} {'':74} {cpu * 100:5.0f}   CPU us/tx {cpu * 1e6 / max(cap, 1):.0f}"
+        )
+        for step in [int(x) for x in args.steps.split(",")]:
+            rate = cap * step / 100 / (2 if kind == "invite" else 1)  # a call is 2 transactions (INVITE, BYE)
+            before = edge.metrics()
+            cpu0 = edge.cpu()
+            st, gen_cpu, _behind = await _open_loop(conns, kind, rate, args.seconds)
+            cpu = (edge.cpu() - cpu0) / args.seconds
+            after = edge.metrics()
+            print(
+                f"{name + kind:24} {step:4d}% {len(st.lat) / args.seconds:7.0f} {_pct(st.lat, 0.5) * 1000:7.2f} "
+                f"{_pct(st.lat, 0.99) * 1000:7.2f} {_pct(st.lat, 0.999) * 1000:7.2f} {_lag_row(before, after)} "
+                f"{cpu * 100:5.0f} {gen_cpu * 100:5.0f} {st.refused:5d} {st.failed:5d}",
+                flush=True,
+            )
+    print(f"{name or 'mcs-edge '}CPU per transaction at each step: CPU% x 10,000 / tx/s (us)", flush=True)
+    for c in conns:
+        c.close()
+    return caps
+
+
+async def _rss_part(edge: Edge, args: argparse.Namespace) -> None:
+    idle = _rss_mib(edge.pid)
+    conns = await _connect(edge.port, args.conns, args.hold)
+    st, _gen, _behind = await _open_loop(conns, "invite", args.rss_rate, args.rss_seconds)
+    held = edge.metrics().get("mcs_edge_sip_transactions_held", float("nan"))
+    rss = _rss_mib(edge.pid)
+    print(
+        f"RSS idle {idle:.1f} MiB; after {args.rss_seconds:.0f} s of {args.rss_rate:.0f} calls/s "
+        f"({st.calls_done} calls, {held:.0f} transactions held): {rss:.1f} MiB (+{rss - idle:.1f} MiB)"
+    )
+    for c in conns:
+        c.close()
+
+
+async def _churn_part(
+    edge: Edge, args: argparse.Namespace, fds0: int, timers0: float, fds0_metric: float
+) -> bool:
+    conns = await _connect(edge.port, args.conns, args.hold)
+    done = 0
+    t0 = time.monotonic()
+    while done < args.churn_calls:
+        n = min(args.churn_calls - done, int(args.churn_rate * 10))
+        await _open_loop(conns, "invite", args.churn_rate, n / args.churn_rate)
+        done += n
+    for c in conns:
+        c.close()
+    elapsed = time.monotonic() - t0
+    deadline = time.monotonic() + 64 * 0.5 + 15
+    while time.monotonic() < deadline:
+        m = edge.metrics()
+        if m.get("mcs_edge_sip_transactions_held", 1) == 0 and m.get("mcs_edge_timers", 1e9) <= timers0:
+            break
+        await asyncio.sleep(1)
+    m = edge.metrics()
+    status = edge.api("status")
+    calls = edge.api("calls")
+    flows = edge.api("connections")
+    assert isinstance(status, dict) and isinstance(calls, dict) and isinstance(flows, dict)
+    checks = {
+        "calls (admin API)": (status["calls"], 0),
+        "calls listed (admin API)": (len(calls["calls"]), 0),
+        "connections/flows (admin API)": (len(flows["connections"]), 0),
+        "connections (metrics)": (sum(v for k, v in m.items() if k.startswith("mcs_edge_connections{")), 0),
+        "calls (metrics)": (sum(v for k, v in m.items() if k.startswith("mcs_edge_calls{")), 0),
+        "relay ports used": (m.get('mcs_edge_media_ports{state="used"}', 0), 0),
+        "relay ports open": (m.get("mcs_edge_media_ports_open", 0), 0),
+        "SIP transactions held": (m.get("mcs_edge_sip_transactions_held", -1), 0),
+        "timers": (m.get("mcs_edge_timers", -1), timers0),
+        "descriptors": (_fds(edge.pid), fds0),
+        "process_open_fds (metrics)": (m.get("process_open_fds", -1), fds0_metric),
+    }
+    ok = True
+    print(f"churn: {done} calls in {elapsed:.0f} s, then every client left; leftovers:")
+    for name, (value, want) in checks.items():
+        good = value <= want
+        ok &= good
+        print(f"  {name:28} {value:8.0f}  (idle {want:.0f})  {'ok' if good else 'LEFT BEHIND'}")
+    return ok
+
+
+async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> None:
+    conns = await _connect(edge.port, args.conns, args.hold)
+    before = edge.metrics()
+    st, gen_cpu, behind = await _open_loop(conns, "register", cap * 3, args.overload_seconds)
+    after = edge.metrics()
+    shed = sum(v for k, v in after.items() if k.startswith("mcs_edge_overload_refused_total")) - sum(
+        v for k, v in before.items() if k.startswith("mcs_edge_overload_refused_total")
+    )
+    good = st.ok / args.overload_seconds
+    print(
+        f"overload: offered {cap * 3:.0f}/s (3x {cap:.0f}) for {args.overload_seconds:.0f} s: goodput "
+        f"{good:.0f}/s = {good / cap * 100:.0f}% of capacity; 503 {st.refused} (edge counted {shed:.0f}), "
+        f"other failures {st.failed}, unanswered {sum(len(c.pending) for c in conns)}; accepted p50 "
+        f"{_pct(st.lat, 0.5) * 1000:.1f} ms p99 {_pct(st.lat, 0.99) * 1000:.1f} ms; generator CPU "
+        f"{gen_cpu * 100:.0f}%, max behind schedule {behind * 1000:.0f} ms"
+    )
+    if os.environ.get("OVERLOAD_DETAIL"):
+        bounds = [0.01, 0.1, 0.5, 1, 2, 4, 8, 12, 16, 20, 30, 60]
+        counts = [
+            sum(1 for x in st.lat if lo <= x < hi)
+            for lo, hi in zip([0.0, *bounds], [*bounds, 1e9], strict=True)
+        ]
+        print("overload: accepted latency histogram (s):", dict(zip([*bounds, "inf"], counts, strict=True)))
+    for c in conns:
+        c.pending.clear()
+        c.inflight = 0
+    # recovery: the first moment from which every request at 25 % load is served
+    t_end = time.perf_counter()
+    recovered = None
+    for _ in range(50):
+        st, _gen, _behind = await _open_loop(conns, "register", cap * 0.25, 0.2)
+        if st.refused == 0 and st.failed == 0 and st.ok > 0:
+            recovered = time.perf_counter() - t_end - 0.2
+            break
+    print(
+        f"overload: full service again {recovered:.2f} s after the load stopped"
+        if recovered is not None
+        else "overload: not recovered within 10 s"
+    )
+    for c in conns:
+        c.close()
+
+
+def _txmem() -> None:
+    """Bytes held per transaction kept by Timers J/K/L/M, measured in the proxy core."""
+    import gc
+    import tracemalloc
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from mcs_edge.core.sip import headers
+    from mcs_edge.core.sip.proxy import ProxySettings, SipProxy, ToBackend, ToFlow
+
+    class Tenant:
+        id = "t"
+        path = True
+
+    tenant = Tenant()
+    settings = ProxySettings("edge.example.com", 443, "127.0.0.1", 5070)
+    core = SipProxy(
+        settings, lambda host: tenant, lambda t: ("udp", ("127.0.0.1", 5060)), lambda ip: [tenant]
+    )
+    flow = core.open_flow(tenant, "wss", ("127.0.0.1", 40000), 0.0)
+
+    def pbx_answer(data: bytes, method: str) -> bytes:
+        head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        keep = [
+            ln
+            for ln in head[1:]
+            if ln.split(b":", 1)[0].lower() in (b"via", b"from", b"call-id", b"cseq", b"record-route")
+        ]
+        to = next(ln for ln in head if ln.lower().startswith(b"to:"))
+        if method == "INVITE":
+            to += b";tag=pbx"
+        body = (
+            b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+            if method == "INVITE"
+            else b""
+        )
+        extra = (
+            [b"Contact: <sip:pbx@127.0.0.1:5060>", b"Content-Type: application/sdp"]
+            if body
+            else [b"Contact: <sip:u@c.invalid;transport=ws>;expires=600"]
+        )
+        return (
+            b"\r\n".join([b"SIP/2.0 200 OK", *keep, to, *extra, b"Content-Length: %d" % len(body), b"", b""])
+            + body
+        )
+
+    def one(i: int, method: str, now: float) -> None:
+        body = OFFER if method == "INVITE" else ""
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        req = (
+            f"{method} sip:{'200@' if method == 'INVITE' else ''}{DOMAIN} SIP/2.0\r\n"
+            f"Via: SIP/2.0/WSS c.invalid;branch=z9hG4bK{method}{i}\r\nMax-Forwards: 70\r\n"
+            f"From: <sip:u@{DOMAIN}>;tag=f{i}\r\nTo: <sip:{'200' if method == 'INVITE' else 'u'}@{DOMAIN}>\r\n"
+            f"Call-ID: {method}{i}\r\nCSeq: 1 {method}\r\nContact: <sip:u@c.invalid;transport=ws>\r\n"
+            f"{ctype}Content-Length: {len(body)}\r\n\r\n{body}"
+        ).encode()
+        core.handle_timer(now)
+        core.receive_from_client(flow.id, req, now)
+        for action in core.drain():
+            if isinstance(action, ToBackend):
+                core.receive_from_backend(pbx_answer(action.data, method), ("127.0.0.1", 5060), "udp", now)
+        core.handle_timer(now)  # timers due now (J, K, I on reliable transports: 0 s)
+        for action in core.drain():
+            assert isinstance(action, ToFlow)
+
+    def caches() -> None:
+        for fn in vars(headers).values():  # bounded parse caches are not per-transaction memory
+            if hasattr(fn, "cache_clear"):
+                fn.cache_clear()
+        gc.collect()
+
+    rate, seconds = 300.0, 40.0  # steady state: Timers L/M (32 s) keep 32 s of calls
+    now = 1.0
+    for method in ("REGISTER", "INVITE"):
+        for i in range(200):
+            one(-1 - i, method, now)  # warm up
+        now += 100.0
+        core.handle_timer(now)
+        core.drain()
+        caches()
+        tracemalloc.start()
+        snap0 = tracemalloc.take_snapshot()
+        held0 = len(core.layer)
+        for i in range(int(rate * seconds)):
+            one(i + (0 if method == "REGISTER" else 10**6), method, now)
+            now += 1 / rate
+        core.calls.calls.clear()  # the call table is live state, not a retained transaction
+        caches()
+        snap1 = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        held = len(core.layer) - held0
+        size = sum(s.size_diff for s in snap1.compare_to(snap0, "filename"))
+        if os.environ.get("TXMEM_DETAIL"):
+            for stat in snap1.compare_to(snap0, "lineno")[:12]:
+                print("   ", stat)
+        print(
+            f"retained {method:8}: {held} transactions held after {seconds:.0f} s at {rate:.0f}/s, "
+            f"{size / max(held, 1):.0f} bytes each"
+        )
+        now += 100.0
+        core.handle_timer(now)
+        core.drain()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--capacity-seconds", type=float, default=6)
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--depth", type=int, default=4, help="requests in flight per connection for capacity")
+    ap.add_argument("--steps", default="25,50,75")
+    ap.add_argument("--kinds", default="register,invite")
+    ap.add_argument("--hold", type=float, default=0.5, help="seconds between ACK and BYE")
+    ap.add_argument("--rss-seconds", type=float, default=60)
+    ap.add_argument("--rss-rate", type=float, default=300)
+    ap.add_argument("--churn-calls", type=int, default=100000)
+    ap.add_argument("--churn-rate", type=float, default=300)
+    ap.add_argument("--overload", action="store_true")
+    ap.add_argument("--overload-seconds", type=float, default=20)
+    ap.add_argument("--overload-extra", default="", help="edge.toml text for the overload edge (defaults)")
+    ap.add_argument("--txmem", action="store_true")
+    ap.add_argument(
+        "--kamailio", action="store_true", help="the same steps against Kamailio (bench/kamailio/)"
+    )
+    ap.add_argument("--extra", default="", help="extra edge.toml text (before [[tenants]])")
+    ap.add_argument(
+        "--nice", type=int, default=0, help="run edge, PBX and generator at this niceness (negative: root)"
+    )
+    ap.add_argument(
+        "--rt",
+        type=int,
+        default=0,
+        help="run edge, PBX and generator SCHED_FIFO at this priority (root; a shared machine's other "
+        "load then cannot delay them: latency figures measure the edge, not the neighbours)",
+    )
+    args = ap.parse_args()
+    if args.nice:
+        NICE[:] = ["nice", "-n", str(args.nice)]
+        os.nice(args.nice)
+    if args.rt:
+        NICE[:] = ["chrt", "-f", str(args.rt)]
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.rt))
+    if args.txmem:
+        _txmem()
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _pin_self(1)
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        pbx_port = _free_port(socket.SOCK_DGRAM)
+        pbx_prio = (
+            ["chrt", "-f", str(args.rt + 1)] if args.rt else []
+        )  # the PBX answers before the generator sends
+        pbx = subprocess.Popen(
+            [*_taskset(1), *pbx_prio, str(BIN / "python"), "-c", PBX, str(pbx_port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert pbx.stdout is not None and pbx.stdout.readline().strip() == "READY"
+        # capacity, latency, memory and churn on an edge whose gate does not watch the CPU (at capacity
+        # the CPU is saturated by definition); the overload part gets a fresh edge with the defaults
+        edge = Edge(tmp, pbx_port, args.extra or "[overload]\nbusy_high = 1.01\n")
+        try:
+            time.sleep(1.0)
+            fds0 = _fds(edge.pid)
+            idle = edge.metrics()
+            timers0 = idle.get("mcs_edge_timers", 0)
+            fds0_metric = idle.get("process_open_fds", 0)  # the scrape's own connection included
+            print(
+                f"edge pid {edge.pid}: idle RSS {_rss_mib(edge.pid):.1f} MiB, {fds0} descriptors, {timers0:.0f} timers"
+            )
+            if args.rss_seconds > 0:  # first: idle is the fresh process
+                asyncio.run(_rss_part(edge, args))
+            caps = asyncio.run(_latency_part(edge, args)) if args.steps else {}
+            if args.kamailio and args.steps:
+                kam = Kamailio(tmp, pbx_port)
+                print(f"kamailio pids {kam.pids()} on port {kam.port}, CPU so far {kam.cpu():.2f} s")
+                try:
+                    asyncio.run(_latency_part(kam, args, "kamailio "))
+                finally:
+                    if kam.proc.poll() is not None or os.environ.get("KAM_LOG"):
+                        print("kamailio log:", kam.log.read_text()[-3000:])
+                    kam.stop()
+            if args.overload:
+                cap = caps.get("register") or asyncio.run(_capacity_only(edge, args))
+                fresh = Edge(tempfile.mkdtemp(dir=tmp), pbx_port, args.overload_extra)
+                try:
+                    asyncio.run(_overload_part(fresh, args, cap))
+                finally:
+                    fresh.stop()
+            events = {
+                k: v
+                for k, v in edge.metrics().items()
+                if v
+                and k.startswith(
+                    (
+                        "mcs_edge_sip_events_total",
+                        "mcs_edge_router_events_total",
+                        "mcs_edge_media_events_total",
+                        "mcs_edge_overload_refused_total",
+                    )
+                )
+            }
+            print(
+                "edge events:",
+                ", ".join(f"{k.split('{', 1)[1][:-1]}={v:.0f}" for k, v in sorted(events.items())),
+            )
+            m = edge.metrics()
+            freed = [m.get(f'mcs_edge_gc_collected_total{{generation="{g}"}}', 0.0) for g in range(3)]
+            print(
+                "cycle collector freed (objects in reference cycles), gen0/1/2:",
+                "/".join(f"{n:.0f}" for n in freed),
+            )
+            if args.churn_calls > 0:
+                ok = asyncio.run(_churn_part(edge, args, fds0, timers0, fds0_metric))
+        finally:
+            edge.stop()
+            pbx.terminate()
+            pbx.wait()
+    print("churn: nothing left behind" if ok else "churn: LEFTOVERS (see above)")
+    sys.exit(0 if ok else 1)
+
+
+async def _capacity_only(edge: Edge, args: argparse.Namespace) -> float:
+    conns = await _connect(edge.port, args.conns, args.hold)
+    cap = await _closed_loop(conns, "register", args.capacity_seconds, args.depth)
+    for c in conns:
+        c.close()
+    print(f"register capacity {cap:.0f}/s")
+    return cap
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""How late the reactor is, and who is let in when it is too late (sans-IO).
+
+Theory of operation
+-------------------
+The adapter (:mod:`mcs_edge.tx.ops.loadprobe`) arms a periodic timer and reports, at each firing,
+how late it fired (*loop lag*: the time the reactor spent on other work after the deadline). A
+reactor that keeps up fires within a millisecond or two; one that is offered more than it can do
+falls behind by the length of its turns, which grow with the work read per turn. Loop lag is
+therefore the one measure of our own overload that costs nothing per message (RFC 7339 s.1 calls
+the same signal "local overload": the server's own queueing delay).
+
+:class:`LagHistogram` keeps every sample in fixed buckets (exported as a Prometheus histogram and
+read by the bench for p50/p99/p99.9).
+
+:class:`AdmissionGate` decides, per *new* INVITE or REGISTER, whether to admit it or answer it
+503 with Retry-After before it is parsed (RFC 3261 s.21.5.4; RFC 7339 s.5.10: reject early). The
+control law is additive-increase / multiplicative-decrease on the admitted fraction, evaluated once
+per ``step`` seconds over the samples taken since the last evaluation:
+
+=======================================================  ==============================================
+samples since the last step                              admitted fraction ``ratio``
+=======================================================  ==============================================
+two or more, the least late and the smoothed lag both    ``ratio * decrease`` (not below ``min_ratio``)
+>= ``lag_high``
+smoothed lag <= ``lag_low``                              ``ratio + increase`` (up to 1.0)
+otherwise                                                unchanged
+=======================================================  ==============================================
+
+A saturated CPU counts too (smoothed share of wall time spent on the CPU >= ``busy_high``): the
+reactor's turns are bounded by its read sizes, so while requests queue in the kernel's socket
+buffers the lag alone can look moderate; a process that is never idle is not keeping up.
+
+Overload is sustained lateness: one long turn (a certificate generated, a reload, a collection)
+and the backlog it leaves are absorbed by the smoothing (weight ``smoothing`` per sample) and
+refuse nothing, while a reactor that cannot keep up is late at every sample.
+
+The fraction is applied deterministically (a credit counter, no randomness): at ratio 0.25 every
+fourth new request is admitted. Requests within a dialog, ACK, CANCEL, BYE and responses are
+never refused here: they finish work already accepted (RFC 7339 s.5.10.1, RFC 6357 s.4). With
+``increase`` 0.1 and ``step`` 0.05 s the gate reopens fully from ``min_ratio`` within 0.7 s once
+the lag is gone (0.1-0.2 s for the smoothed lag to fall, then 0.5 s).
+
+:class:`RateMeter` turns a monotonically growing count (relayed media packets) into a rate, sampled
+by the same timer; the media admission limit compares it with ``overload.max_media_packet_rate``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+__all__ = ["LAG_BUCKETS", "AdmissionGate", "LagHistogram", "OverloadSettings", "RateMeter"]
+
+#: Upper bounds (seconds) of the loop-lag histogram buckets; the last one is +Inf.
+LAG_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    float("inf"),
+)
+
+
+class LagHistogram:
+    """Cumulative-ready bucket counts of lag samples (seconds)."""
+
+    __slots__ = ("bounds", "count", "counts", "max", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LAG_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.count = 0
+        self.sum = 0.0
+        self.max = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+        if value > self.max:
+            self.max = value
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``[(upper bound, samples <= bound)]`` as Prometheus wants them."""
+        out = []
+        total = 0
+        for bound, n in zip(self.bounds, self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadSettings:
+    """The gate's knobs (``[overload]`` in edge.toml)."""
+
+    enabled: bool = True
+    lag_high: float = 0.05
+    lag_low: float = 0.02
+    step: float = 0.05
+    decrease: float = 0.7
+    increase: float = 0.1
+    min_ratio: float = 0.0
+    retry_after: int = 5
+    smoothing: float = 0.2  # weight of a new sample in the smoothed lag and busy share
+    busy_high: float = 0.95  # share of wall time on the CPU (process time) that counts as saturated
+
+
+class AdmissionGate:
+    """Admits a fraction of new INVITE/REGISTER requests according to the measured lag."""
+
+    __slots__ = (
+        "_credit",
+        "_last_step",
+        "_window_min",
+        "_window_n",
+        "admitted",
+        "busy",
+        "ratio",
+        "settings",
+        "shed",
+        "smoothed",
+    )
+
+    def __init__(self, settings: OverloadSettings | None = None) -> None:
+        self.settings = settings or OverloadSettings()
+        self.ratio = 1.0
+        self.smoothed = 0.0
+        self.busy = 0.0
+        self._credit = 0.0
+        self._last_step: float | None = None
+        self._window_min = float("inf")
+        self._window_n = 0
+        self.admitted = 0
+        self.shed = 0
+
+    @property
+    def shedding(self) -> bool:
+        return self.ratio < 1.0
+
+    def observe_lag(self, lag: float, now: float, busy: float | None = None) -> None:
+        """A lag sample at ``now`` (and the share of time on the CPU since the last one); adjusts the
+        admitted fraction at most once per ``step``."""
+        s = self.settings
+        self.smoothed += s.smoothing * (lag - self.smoothed)
+        if busy is not None:
+            self.busy += s.smoothing * (busy - self.busy)
+        if lag < self._window_min:
+            self._window_min = lag
+        self._window_n += 1
+        if self._last_step is None:
+            self._last_step = now
+        if now - self._last_step < s.step:
+            return
+        if not s.enabled:
+            self.ratio = 1.0
+        elif self._window_n >= 2 and (
+            (self._window_min >= s.lag_high and self.smoothed >= s.lag_high) or self.busy >= s.busy_high
+        ):
+            self.ratio = max(s.min_ratio, self.ratio * s.decrease)
+        elif self._window_n < 2 and self._window_min >= s.lag_high:
+            return  # one late sample so far: wait for the next before deciding
+        elif self.smoothed <= s.lag_low and self.busy < s.busy_high - 0.1 and self.ratio < 1.0:
+            self.ratio = min(1.0, self.ratio + s.increase)
+        self._last_step = now
+        self._window_min = float("inf")
+        self._window_n = 0
+
+    def admit(self) -> bool:
+        """One new transaction asks to come in: True to serve it, False to refuse it (503)."""
+        ratio = self.ratio
+        if ratio >= 1.0:
+            self.admitted += 1
+            return True
+        self._credit += ratio
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            self.admitted += 1
+            return True
+        self.shed += 1
+        return False
+
+
+class RateMeter:
+    """Events per second from a growing total, sampled at least ``window`` seconds apart."""
+
+    __slots__ = ("_last", "_stamp", "rate", "window")
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self.rate = 0.0
+        self._last: int | None = None
+        self._stamp = 0.0
+
+    def sample(self, total: int, now: float) -> float:
+        if self._last is None:
+            self._last, self._stamp = total, now
+            return self.rate
+        elapsed = now - self._stamp
+        if elapsed >= self.window:
+            self.rate = (total - self._last) / elapsed
+            self._last, self._stamp = total, now
+        return self.rate

@@ -1,0 +1,232 @@
+"""Loop-lag probe, garbage-collector tuning and pause accounting, overload gate driver.
+
+Theory of operation
+-------------------
+:class:`LoadProbe` arms one timer every ``interval`` seconds through :class:`~mcs_edge.tx.timers.Timers`
+and, when it fires, measures how late it is against the monotonic clock (*loop lag*: what the
+reactor did between the deadline and now). Each sample goes to a
+:class:`~mcs_edge.core.load.LagHistogram` (``mcs_edge_loop_lag_seconds``) and to the
+:class:`~mcs_edge.core.load.AdmissionGate` that refuses new INVITE/REGISTER under overload (the SIP
+router asks it). The same tick samples the media relay's packet total into a
+:class:`~mcs_edge.core.load.RateMeter` for the media admission limit.
+
+:class:`GcMonitor` (process-wide, installed by ``tap.makeService`` and never by tests) hooks
+``gc.callbacks`` to time every collection by generation (``mcs_edge_gc_pause_seconds``); with it
+:func:`tune_gc` sets the collector for a long-lived server: generation-0 threshold raised (fewer
+young collections), and :func:`freeze_startup` moves everything built before the reactor runs
+(modules, config, tenant table, certificates) into the permanent generation (``gc.freeze``) so a
+full collection walks only what the traffic created.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from mcs_edge.core.load import AdmissionGate, LagHistogram, OverloadSettings, RateMeter
+from mcs_edge.tx.ops.metrics import register_merge
+from mcs_edge.tx.timers import Timers
+
+if TYPE_CHECKING:
+    from mcs_edge.config import EdgeConfig
+
+__all__ = [
+    "GcMonitor",
+    "LoadProbe",
+    "freeze_startup",
+    "gc_monitor",
+    "load_families",
+    "overload_settings",
+    "tune_gc",
+]
+
+register_merge("mcs_edge_overload_admitted_ratio", "min")
+register_merge("mcs_edge_loop_lag_smoothed_seconds", "max")
+register_merge("mcs_edge_reactor_busy_ratio", "max")
+
+
+def overload_settings(config: EdgeConfig) -> OverloadSettings:
+    """The gate's settings from ``[overload]``."""
+    o = config.overload
+    return OverloadSettings(
+        enabled=o.enabled,
+        lag_high=o.lag_high,
+        lag_low=o.lag_low,
+        retry_after=o.retry_after,
+        busy_high=o.busy_high,
+    )
+
+
+class LoadProbe:
+    """One periodic timer measuring its own lateness; feeds the histogram and the gate."""
+
+    def __init__(
+        self,
+        timers: Timers,
+        settings: OverloadSettings,
+        interval: float = 0.01,
+        media_total: Callable[[], int] | None = None,
+        cpu_time: Callable[[], float] = time.process_time,
+    ) -> None:
+        self.timers = timers
+        self._cpu_time = cpu_time
+        self._cpu_last = cpu_time()
+        self._wall_last = timers.now()
+        self.interval = interval
+        self.histogram = LagHistogram()
+        self.gate = AdmissionGate(settings)
+        self.media_rate = RateMeter(1.0)
+        self._media_total = media_total
+        self._due = 0.0
+        self._call: Any = None
+
+    def start(self) -> None:
+        if self._call is None and self.interval > 0:
+            self._arm(self.timers.now())
+
+    def stop(self) -> None:
+        self.timers.cancel(self._call)
+        self._call = None
+
+    def update(self, settings: OverloadSettings) -> None:
+        self.gate.settings = settings
+
+    def _arm(self, now: float) -> None:
+        self._due = now + self.interval
+        self._call = self.timers.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        now = self.timers.now()
+        lag = now - self._due
+        if lag < 0.0:
+            lag = 0.0
+        self.histogram.observe(lag)
+        cpu = self._cpu_time()
+        wall = now - self._wall_last
+        busy = (cpu - self._cpu_last) / wall if wall > 0 else None
+        self._cpu_last, self._wall_last = cpu, now
+        self.gate.observe_lag(lag, now, busy)
+        if self._media_total is not None:
+            self.media_rate.sample(self._media_total(), now)
+        self._arm(now)
+
+
+class GcMonitor:
+    """Times every garbage collection, by generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.pauses = [LagHistogram() for _ in range(3)]
+        self.collected = [0, 0, 0]
+        self._start = 0.0
+        self._installed = False
+
+    def install(self) -> None:
+        if not self._installed:
+            gc.callbacks.append(self._callback)
+            self._installed = True
+
+    def uninstall(self) -> None:
+        if self._installed:
+            gc.callbacks.remove(self._callback)
+            self._installed = False
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        generation = min(2, int(info.get("generation", 2)))
+        self.pauses[generation].observe(time.perf_counter() - self._start)
+        self.collected[generation] += int(info.get("collected", 0))
+
+
+_MONITOR: GcMonitor | None = None
+
+
+def gc_monitor() -> GcMonitor | None:
+    """The process's monitor, when :func:`tune_gc` installed one."""
+    return _MONITOR
+
+
+def tune_gc(thresholds: tuple[int, int, int], monitor: bool = True) -> None:
+    """Set the collector thresholds of this process and time its pauses."""
+    global _MONITOR
+    gc.set_threshold(*thresholds)
+    if monitor and _MONITOR is None:
+        _MONITOR = GcMonitor()
+        _MONITOR.install()
+
+
+def freeze_startup() -> None:
+    """Collect once, then move every object alive now into the permanent generation."""
+    gc.collect()
+    gc.freeze()
+
+
+def _buckets(hist: LagHistogram) -> list[tuple[str, float]]:
+    return [("+Inf" if b == float("inf") else repr(b), n) for b, n in hist.cumulative()]
+
+
+def load_families(
+    probe: LoadProbe, shed: Mapping[str, int], media_refused: int, timers: int, transactions: int
+) -> Iterator[Metric]:
+    """Loop lag, the overload gate, refusals, GC pauses, pending timers and transactions."""
+    h = HistogramMetricFamily(
+        "mcs_edge_loop_lag_seconds", "How late the periodic probe timer fired (reactor loop lag)"
+    )
+    h.add_metric([], _buckets(probe.histogram), probe.histogram.sum)
+    yield h
+    g = GaugeMetricFamily("mcs_edge_loop_lag_smoothed_seconds", "Smoothed loop lag the overload gate acts on")
+    g.add_metric([], probe.gate.smoothed)
+    yield g
+    g = GaugeMetricFamily(
+        "mcs_edge_reactor_busy_ratio", "Smoothed share of wall time the process spent on the CPU"
+    )
+    g.add_metric([], probe.gate.busy)
+    yield g
+    g = GaugeMetricFamily(
+        "mcs_edge_overload_admitted_ratio", "Share of new INVITE/REGISTER admitted (1 = no shedding)"
+    )
+    g.add_metric([], probe.gate.ratio)
+    yield g
+    c = CounterMetricFamily(
+        "mcs_edge_overload_refused",
+        "Requests refused 503 under overload, by reason and method",
+        labels=["reason", "method"],
+    )
+    for method, n in sorted(shed.items()):
+        c.add_metric(["loop_lag", method], n)
+    c.add_metric(["media_load", "INVITE"], media_refused)
+    yield c
+    g = GaugeMetricFamily("mcs_edge_media_packet_rate", "Relayed media packets per second (this worker)")
+    g.add_metric([], probe.media_rate.rate)
+    yield g
+    g = GaugeMetricFamily("mcs_edge_timers", "Timers pending in the service (delayed and periodic calls)")
+    g.add_metric([], timers)
+    yield g
+    g = GaugeMetricFamily(
+        "mcs_edge_sip_transactions_held",
+        "SIP transactions held, including completed ones kept by RFC 3261 timers",
+    )
+    g.add_metric([], transactions)
+    yield g
+    monitor = _MONITOR
+    if monitor is not None:
+        h = HistogramMetricFamily(
+            "mcs_edge_gc_pause_seconds", "Garbage collection pauses, by generation", labels=["generation"]
+        )
+        for generation, hist in enumerate(monitor.pauses):
+            h.add_metric([str(generation)], _buckets(hist), hist.sum)
+        yield h
+        c = CounterMetricFamily(
+            "mcs_edge_gc_collected",
+            "Objects freed by the cycle collector, by generation (garbage in reference cycles)",
+            labels=["generation"],
+        )
+        for generation, n in enumerate(monitor.collected):
+            c.add_metric([str(generation)], n)
+        yield c

@@ -1,0 +1,80 @@
+"""The overload gate and the lag histogram, in virtual time."""
+
+from __future__ import annotations
+
+from mcs_edge.core.load import AdmissionGate, LagHistogram, OverloadSettings, RateMeter
+
+
+def _feed(gate: AdmissionGate, start: float, lags: list[float], interval: float = 0.01) -> float:
+    now = start
+    for lag in lags:
+        now += interval + lag
+        gate.observe_lag(lag, now)
+    return now
+
+
+def test_one_long_turn_refuses_nothing() -> None:
+    """A single late sample (a certificate generated, a reload) followed by punctual ones never sheds."""
+    gate = AdmissionGate()
+    now = _feed(gate, 0.0, [0.0] * 10)
+    now = _feed(gate, now, [0.4])
+    now = _feed(gate, now, [0.0] * 10)
+    assert gate.ratio == 1.0 and not gate.shedding
+    assert all(gate.admit() for _ in range(100)) and gate.shed == 0
+
+
+def test_sustained_lag_sheds_a_growing_share_deterministically() -> None:
+    """Late at every sample: the admitted share falls by `decrease` per step; admission follows it exactly."""
+    gate = AdmissionGate(OverloadSettings(lag_high=0.05, decrease=0.5, step=0.05))
+    _feed(gate, 0.0, [0.1] * 6)
+    assert 0.0 < gate.ratio <= 0.25
+    ratio = gate.ratio
+    admitted = sum(gate.admit() for _ in range(1000))
+    assert abs(admitted - 1000 * ratio) <= 1
+    assert gate.shed == 1000 - admitted
+
+
+def test_gate_reopens_within_a_second_once_lag_is_gone() -> None:
+    """From a fully closed gate, punctual samples restore full admission within 1 s (increase 0.1 per 50 ms)."""
+    gate = AdmissionGate(OverloadSettings(min_ratio=0.0))
+    now = _feed(gate, 0.0, [0.2] * 40)
+    assert gate.ratio < 0.01
+    t0 = now
+    while gate.shedding:
+        now = _feed(gate, now, [0.0])
+        assert now - t0 < 1.0
+    assert now - t0 <= 0.8
+
+
+def test_disabled_gate_admits_everything() -> None:
+    """overload.enabled = false: the ratio stays 1 whatever the lag."""
+    gate = AdmissionGate(OverloadSettings(enabled=False))
+    _feed(gate, 0.0, [1.0] * 20)
+    assert gate.ratio == 1.0 and gate.admit()
+
+
+def test_lag_histogram_buckets_and_rate_meter() -> None:
+    """Samples land in the first bucket whose bound is >= the sample; cumulative counts as Prometheus wants."""
+    h = LagHistogram((0.001, 0.01, float("inf")))
+    for v in (0.0005, 0.001, 0.005, 3.0):
+        h.observe(v)
+    assert h.cumulative() == [(0.001, 2), (0.01, 3), (float("inf"), 4)]
+    assert h.count == 4 and h.max == 3.0
+    meter = RateMeter(1.0)
+    meter.sample(0, 10.0)
+    assert meter.sample(500, 10.5) == 0.0  # not a full window yet
+    assert meter.sample(2000, 11.0) == 2000.0
+
+
+def test_saturated_cpu_sheds_even_with_moderate_lag() -> None:
+    """A process never idle (busy share >= busy_high) sheds although each turn is short; it reopens once idle again."""
+    gate = AdmissionGate(OverloadSettings(busy_high=0.95))
+    now = 0.0
+    for _ in range(30):
+        now += 0.02
+        gate.observe_lag(0.01, now, busy=1.0)
+    assert gate.shedding and gate.ratio < 0.5
+    for _ in range(200):
+        now += 0.01
+        gate.observe_lag(0.0, now, busy=0.3)
+    assert not gate.shedding

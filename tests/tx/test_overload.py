@@ -1,0 +1,128 @@
+"""Overload control in virtual time: the loop-lag probe closes the gate, the router refuses early."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from mcs_edge.core.load import OverloadSettings
+from mcs_edge.tx.ops.loadprobe import LoadProbe
+from mcs_edge.tx.sip.router import ClientFlow, SipRouter
+
+from .test_sip_router import CFG, Harness, _invite, _options, _status
+
+
+def _register(n: int) -> bytes:
+    return (
+        f"REGISTER sip:rossi.example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bKr{n}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:a@rossi.example.com>;tag=r{n}\r\nTo: <sip:a@rossi.example.com>\r\n"
+        f"Call-ID: reg{n}\r\nCSeq: {n} REGISTER\r\nContact: <sip:a@x.invalid;transport=ws>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def _in_dialog(method: str, n: int) -> bytes:
+    return (
+        f"{method} sip:pbx@10.1.0.10 SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bKd{n}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:a@rossi.example.com>;tag=1\r\nTo: <sip:200@rossi.example.com>;tag=p1\r\n"
+        f"Call-ID: c2\r\nCSeq: {n} {method}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def _stall(clock: Clock, probe: LoadProbe, seconds: float, turns: int) -> None:
+    """``turns`` reactor turns that each run ``seconds`` past the probe's deadline."""
+    for _ in range(turns):
+        clock.advance(probe.interval + seconds)
+
+
+def _overloaded() -> tuple[Harness, LoadProbe]:
+    h = Harness()
+    probe = LoadProbe(h.timers, OverloadSettings(min_ratio=0.0), 0.01)
+    h.router.overload = probe.gate
+    probe.start()
+    _stall(h.clock, probe, 0.2, 40)
+    assert probe.gate.ratio < 0.01
+    return h, probe
+
+
+def test_probe_measures_how_late_its_timer_fires() -> None:
+    """Punctual turns land in the first bucket; a 0.3 s stall lands in the 0.5 s bucket."""
+    h = Harness()
+    probe = LoadProbe(h.timers, OverloadSettings(), 0.01)
+    probe.start()
+    h.clock.pump([0.01] * 10)
+    h.clock.advance(0.31)
+    cumulative = dict(probe.histogram.cumulative())
+    assert probe.histogram.count == 11
+    assert cumulative[0.0005] == 10 and cumulative[0.2] == 10 and cumulative[0.5] == 11
+    probe.stop()
+    assert len(h.timers) == 0
+
+
+def test_overloaded_edge_refuses_new_invite_and_register_with_503_retry_after() -> None:
+    """Under sustained lag a new INVITE or REGISTER gets 503 + Retry-After and never reaches the PBX."""
+    h, probe = _overloaded()
+    h.send(_invite())
+    h.send(_register(1))
+    assert h.udp.sent == []
+    assert [_status(d) for d in h.to_client] == [503, 503]
+    assert all(b"\r\nRetry-After: 5\r\n" in d for d in h.to_client)
+    assert h.router.shed == {"INVITE": 1, "REGISTER": 1}
+    assert h.router.core.pairs == 0 and len(h.router.core.layer) == 0  # nothing parsed, nothing kept
+    probe.stop()
+
+
+def test_overload_never_refuses_dialog_ack_cancel_bye_or_other_methods() -> None:
+    """In-dialog requests (re-INVITE, BYE), ACK, CANCEL and OPTIONS go through whatever the load."""
+    h, probe = _overloaded()
+    for i, method in enumerate(("INVITE", "BYE", "ACK", "UPDATE"), start=2):
+        h.send(_in_dialog(method, i))
+    h.send(_options())
+    assert h.router.shed == {"INVITE": 0, "REGISTER": 0}
+    assert len(h.udp.sent) == 5
+    assert all(_status(d) != 503 for d in h.to_client)
+    probe.stop()
+
+
+def test_full_service_within_a_second_after_the_load_stops() -> None:
+    """Once turns are punctual again, the gate reopens and a new INVITE reaches the PBX within 1 s."""
+    h, probe = _overloaded()
+    h.clock.pump([0.01] * 100)
+    assert not probe.gate.shedding
+    h.send(_invite())
+    assert len(h.udp.sent) == 1
+    probe.stop()
+
+
+def test_media_admission_limit_refuses_new_calls_only() -> None:
+    """Above overload.max_media_packet_rate a new call gets 503; a request within a dialog still goes through."""
+    from mcs_edge.tx.media.relay import MediaRelay
+
+    h = Harness()
+    relay = MediaRelay(CFG, h.clock, h.timers, tenant_media=lambda _t: "passthrough")
+    over = [True]
+    relay.over_limit = lambda: over[0]
+    router = SipRouter(CFG, h.router.tenants, h.timers, media=relay)
+    router.udp = h.udp
+    sent: list[bytes] = []
+    flow: ClientFlow | None = router.open_flow(
+        CFG.tenants[0], "wss", ("192.0.2.8", 40001), sent.append, _noop
+    )
+    assert flow is not None
+    offer = (
+        b"v=0\r\no=- 1 1 IN IP4 192.0.2.8\r\ns=-\r\nc=IN IP4 192.0.2.8\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    )
+    invite = _invite().replace(
+        b"Content-Length: 0\r\n", b"Content-Type: application/sdp\r\nContent-Length: %d\r\n" % len(offer)
+    )
+    router.data_from_client(flow, invite + offer)
+    assert [_status(d) for d in sent] == [100, 503] and h.udp.sent == []
+    assert relay.counters["media_admission_refused"] == 1
+    router.data_from_client(flow, _in_dialog("INVITE", 9))  # no SDP, within a dialog
+    assert len(h.udp.sent) == 1
+    relay.stop()
+    router.stop()
+
+
+def _noop(*_args: Any) -> None:
+    return None
