@@ -5,6 +5,9 @@
   certificates of the embedded default and print where they are.
 - ``mcs-edge run [twistd-args...]``: ``twistd -n --reactor=uvloop mcs-edge ...`` in the foreground.
 - ``mcs-edge keys``: list every configuration key with its default.
+- ``mcs-edge operator add|remove NAME (--config FILE | --state-dir DIR)``: named operators of the admin
+  panel (argon2id hashes in ``<state_dir>/operators.json``); the password is asked twice on a
+  terminal, else read from the first line of stdin.
 """
 
 from __future__ import annotations
@@ -42,6 +45,40 @@ def _dev_certs(state_dir: str | None) -> int:
         if t.certificate == "self-signed":
             chain, key = certs.ensure_self_signed(cfg.state_dir, t.id, t.domains)
             print(f"tenant {t.id}: {chain} (key {key})")
+    return 0
+
+
+def _operator(action: str, name: str, config: str | None, state_dir: str | None) -> int:
+    from mcs_edge import operators
+
+    if state_dir is None:
+        try:
+            cfg = config_mod.load(config) if config else config_mod.embedded_default()
+        except ConfigErrors as exc:
+            print(f"{config}: {len(exc.errors)} error(s)", file=sys.stderr)
+            return 1
+        state_dir = cfg.state_dir
+    if action == "remove":
+        if not operators.remove_operator(state_dir, name):
+            print(f"no operator {name!r}", file=sys.stderr)
+            return 1
+        print(f"operator {name} removed")
+        return 0
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        operators.add_operator(state_dir, name, password)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"operator {name} saved in {os.path.join(state_dir, operators.FILE)}")
     return 0
 
 
@@ -87,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_dev.add_argument("--state-dir", default=None)
     p_keys = sub.add_parser("keys", help="list every configuration key with its default")
     p_keys.add_argument("--markdown", action="store_true", help="print the docs/config.md reference")
+    p_op = sub.add_parser("operator", help="add, change or remove a named operator of the admin panel")
+    p_op.add_argument("action", choices=("add", "remove"))
+    p_op.add_argument("name")
+    where = p_op.add_mutually_exclusive_group()
+    where.add_argument("--config", default=None, help="edge.toml (its edge.state_dir holds the operators)")
+    where.add_argument("--state-dir", default=None)
     p_run = sub.add_parser("run", help="run the edge in the foreground (twistd -n --reactor=uvloop mcs-edge)")
     p_run.add_argument("rest", nargs=argparse.REMAINDER)
     ns = parser.parse_args(argv)
@@ -96,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dev_certs(ns.state_dir)
     if ns.cmd == "keys":
         return _keys(ns.markdown)
+    if ns.cmd == "operator":
+        return _operator(ns.action, ns.name, ns.config, ns.state_dir)
     if ns.cmd == "run":
         return _run(ns.rest)
     parser.error(f"unknown command {ns.cmd}")  # pragma: no cover

@@ -472,6 +472,17 @@ class AdminConfig:
     token: str | None = f(
         c_secret(16), None, doc="bearer token; generated into state_dir when absent", secret=True
     )
+    tls: str = f(
+        c_enum("off", "self-signed", "files"),
+        "off",
+        doc="HTTPS on listen.admin: off, self-signed (development CA; the admin host, localhost), files",
+    )
+    cert_file: str | None = f(
+        c_path, None, doc="admin HTTPS chain (tls = 'files'); default certs/admin/fullchain.pem"
+    )
+    key_file: str | None = f(
+        c_path, None, doc="admin HTTPS key (tls = 'files'); default certs/admin/privkey.pem"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -927,6 +938,7 @@ class TenantConfig:
     id: str = f(c_str(32, _TENANT_ID_RE, "a tenant id ([a-z0-9-]{1,32})"))
     domains: tuple[str, ...] = f(c_list(c_domain, 1, 100))
     backend_sip: Backend = f(c_backend)
+    name: str | None = f(c_str(128), None, doc="the customer's name, for people (admin panel, API)")
     backend_http: str | None = f(c_http_url, None)
     path_prefix: str | None = f(c_url_prefix, None, doc="URL path prefix routed to this tenant")
     media: str = f(c_enum("bridge", "bridge-sdes", "passthrough"), "bridge")
@@ -1065,6 +1077,10 @@ def _join(path: str, key: str) -> str:
 
 def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
     errors: list[ConfigError] = []
+    if (cfg.admin.cert_file is None) != (cfg.admin.key_file is None):
+        errors.append(ConfigError("admin.cert_file", "cert_file and key_file go together"))
+    if cfg.admin.tls != "files" and cfg.admin.cert_file is not None:
+        errors.append(ConfigError("admin.cert_file", f"only used with tls = 'files', not {cfg.admin.tls!r}"))
     if len(cfg.tenants) > MAX_TENANTS:
         errors.append(ConfigError("tenants", f"{len(cfg.tenants)} tenants, at most {MAX_TENANTS} allowed"))
     if cfg.cluster.enabled:

@@ -97,7 +97,10 @@ EVENTS: dict[str, str] = {
     # admin API, metrics, health
     "ADM100": "admin API, /metrics and /health on http://{host}:{port}/",
     "ADM101": "admin token generated into {path}",
+    "ADM102": "admin listener serves HTTPS ({mode}) with {path}",
+    "ADM200": "panel sign-in by {operator} from {peer}",
     "ADM401": "admin request refused from {peer}: {reason}",
+    "ADM402": "panel request refused from {peer}: {reason}",
     "ADM403": "admin request refused from {peer}: source banned",
     "ADM500": "admin request {method} {path} failed",
     # workers
@@ -116,6 +119,7 @@ EVENTS: dict[str, str] = {
     # shaping
     "SHP401": "{tenant} {kind} connection from {peer} closed: {reason}",
     # media relay
+    "MED200": "{tenant} call of {agent} ended after {duration:.1f} s ({reason}): MOS {mos}, loss {loss}",
     "MED400": "{problem}",
     # TURN
     "TRN100": "{listener} allocation {relay} for {tenant} user {user} from {client} ({lifetime:.0f} s)",

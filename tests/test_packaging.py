@@ -14,16 +14,42 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+    res = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
     (whl,) = out.glob("mcs_edge-*.whl")
-    return whl
+    return whl, res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(built: tuple[Path, str]) -> Path:
+    return built[0]
+
+
+def test_build_prints_no_packaging_warning(built: tuple[Path, str]) -> None:
+    """Building the wheel gives no setuptools warning about packages left out of the configuration."""
+    output = built[1]
+    assert "absent from the `packages` configuration" not in output, output[-3000:]
+    assert "Package would be ignored" not in output
+
+
+def test_wheel_ships_every_tracked_module(wheel: Path) -> None:
+    """Every Python file of mcs_edge/ tracked by git is in the wheel (sub-packages were once left out)."""
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "mcs_edge", "twisted"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [p for p in tracked if p.endswith((".py", ".html", ".js", ".css")) and p not in names]
+    assert not missing, missing
 
 
 def test_wheel_contains_the_plugin_file(wheel: Path) -> None:

@@ -36,11 +36,14 @@ from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors, StartupError
 from mcs_edge.tx.cluster.replicator import Replicator
 from mcs_edge.tx.media.echo import EchoService
+from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
-from mcs_edge.tx.ops.admin import Health, LocalAdmin, admin_site, service_checks
+from mcs_edge.tx.ops.admin import Health, LocalAdmin, service_checks
+from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.loadprobe import LoadProbe, load_families, overload_settings
 from mcs_edge.tx.ops.metrics import EdgeMetrics
+from mcs_edge.tx.ops.panel import admin_site_with_panel
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
@@ -112,6 +115,9 @@ class EdgeService(MultiService):
             leg_policer=self.shaping.leg_policer,
             app_media=lambda tid: getattr(self.tenants.by_id(tid), "app_media", None),
         )
+        # Call quality (tx/media/quality.py): per-tenant histograms and one MED200 record per ended call.
+        self.quality = CallQualityRecorder(self.metrics, self.timers.now)
+        self.media.anchor.on_released = self.quality.released
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
         self.drainer = Drainer(
             self.timers, self.sip, lambda: self.config.edge.drain_timeout, lambda: list(self)
@@ -282,7 +288,22 @@ class EdgeService(MultiService):
         )
         backend.setName("backend_sip_udp")
         backend.setServiceParent(self._listeners)
-        self._tcp("admin", cfg.listen.admin, admin_site(self.admin), parent=self)
+        # admin listener: JSON API, /metrics, /health and the web panel (tx/ops/panel.py) over that API
+        panel_site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, self.timers.now)
+        tls = admin_tls(cfg)  # [admin] tls: HTTPS (tx/ops/admin_tls.py)
+        if tls is None:
+            self._tcp("admin", cfg.listen.admin, panel_site, parent=self)
+        else:
+            server = internet.SSLServer(
+                cfg.listen.admin.port, panel_site, tls, interface=cfg.listen.admin.host, reactor=self.reactor
+            )
+            server.setName("admin")
+            server.setServiceParent(self)
+            self.log.info(
+                "ADM102 admin listener serves HTTPS ({mode}) with {path}",
+                mode=cfg.admin.tls,
+                path=tls.cert_file,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def privilegedStartService(self) -> None:  # noqa: N802

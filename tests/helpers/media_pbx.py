@@ -12,6 +12,7 @@ import asyncio
 import base64
 import secrets
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -269,3 +270,85 @@ class RecordingPbx(AsyncPbx):
 
     def methods(self, call_id: str) -> list[str]:
         return [r.split(" ", 1)[0] for r in self.requests if f"Call-ID: {call_id}" in r]
+
+
+# ------------------------------------------------------------------ echo that answers RTCP
+
+NTP_EPOCH = 2208988800
+
+
+class ReportingEcho(asyncio.DatagramProtocol):
+    """RTP echo on an even port; its RTCP port answers each SR with an RR (LSR, DLSR) and an SR."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.last_ts: dict[int, int] = {}
+        self.echoed = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) < 12 or 192 <= data[1] <= 223:
+            return
+        ts, ssrc = struct.unpack_from("!II", data, 4)
+        self.last_ts[ssrc] = ts
+        self.transport.sendto(data, addr)
+        self.echoed += 1
+
+
+class RtcpAnswerer(asyncio.DatagramProtocol):
+    def __init__(self, echo: ReportingEcho) -> None:
+        self.echo = echo
+        self.transport: Any = None
+        self.srs = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) < 28 or data[1] != 200:  # only an SR leading the compound
+            return
+        self.srs += 1
+        ssrc, msw, lsw = struct.unpack_from("!III", data, 4)
+        lsr = ((msw & 0xFFFF) << 16) | (lsw >> 16)
+        rr_body = struct.pack("!I", 0x5EED) + struct.pack("!IIIIII", ssrc, 0, 1, 0, lsr, 0)
+        rr = struct.pack("!BBH", 0x81, 201, len(rr_body) // 4) + rr_body
+        now = time.time() + NTP_EPOCH
+        sr_body = struct.pack(
+            "!IIIIII",
+            ssrc,
+            int(now),
+            int((now % 1) * 2**32),
+            self.echo.last_ts.get(ssrc, 0),
+            self.echo.echoed,
+            self.echo.echoed * 160,
+        )
+        sr = struct.pack("!BBH", 0x80, 200, len(sr_body) // 4) + sr_body
+        self.transport.sendto(sr + rr, addr)
+
+
+async def start_reporting_echo() -> tuple[int, Callable[[], None]]:
+    loop = asyncio.get_running_loop()
+    for _ in range(50):
+        echo = ReportingEcho()
+        transport, _ = await loop.create_datagram_endpoint(lambda e=echo: e, local_addr=("127.0.0.1", 0))  # type: ignore[misc]
+        port = transport.get_extra_info("sockname")[1]
+        if port % 2:
+            transport.close()
+            continue
+        try:
+            rtcp, _ = await loop.create_datagram_endpoint(
+                lambda e=echo: RtcpAnswerer(e),  # type: ignore[misc]
+                local_addr=("127.0.0.1", port + 1),
+            )
+        except OSError:
+            transport.close()
+            continue
+
+        def close(t: Any = transport, r: Any = rtcp) -> None:
+            t.close()
+            r.close()
+
+        return port, close
+    raise RuntimeError("no even port pair for the echo")

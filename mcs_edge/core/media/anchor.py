@@ -79,10 +79,11 @@ from mcs_edge.core.media.session import (
 )
 from mcs_edge.core.rtp.srtp import PROFILES, SrtpContext
 from mcs_edge.core.shaping import Policer
+from mcs_edge.core.sip.calls import address_of_record
 from mcs_edge.core.sip.message import Request, Response
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["AnchorSettings", "MediaAnchor", "RelayIO"]
+__all__ = ["AnchorSettings", "CallInfo", "MediaAnchor", "RelayIO", "agent_aor"]
 
 SDP_TYPE: Final = "application/sdp"
 _OFFER_METHODS: Final = frozenset({"INVITE", "UPDATE"})
@@ -115,12 +116,24 @@ class AnchorSettings:
 
 
 @dataclass(slots=True)
-class _CallInfo:
+class CallInfo:
+    """What the anchor knows of a session's call: tenant, client flow, the agent's AOR, start time."""
+
     tenant_id: str
     flow_id: int
+    agent: str = ""  # the client side's address of record (From of its INVITE, or To toward it)
+    started: float = 0.0
     parked_until: float | None = None  # timers stand still until then (client connection lost)
     dropped_base: int = 0  # no-destination drops of the client legs when parked
     reanchored: bool = False  # the client re-offered since it was parked
+
+
+_CallInfo = CallInfo
+
+
+def agent_aor(request: Request, from_client: bool) -> str:
+    """``sip:user@host`` of the client side of an initial INVITE (no parameters, no display name)."""
+    return address_of_record((request.from_ if from_client else request.to).uri)
 
 
 @dataclass(slots=True)
@@ -179,6 +192,8 @@ class MediaAnchor:
         #: packets dropped by reason (garbage, unverified-source, ...) on legs already closed
         self.dropped_closed: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
+        #: Told of every live session released (before its legs are closed): call-end records.
+        self.on_released: Callable[[MediaSession, str], None] | None = None
         self._forced_ports: list[tuple[int, int | None]] = []  # ports of legs being adopted
 
     # ---------------------------------------------------------------------------- bookkeeping
@@ -214,7 +229,7 @@ class MediaAnchor:
         session = self.sessions.get(call_id)
         if session is not None and pair is not None:
             info = session.owner_data
-            if isinstance(info, _CallInfo) and info.tenant_id != pair.tenant_id:
+            if isinstance(info, CallInfo) and info.tenant_id != pair.tenant_id:
                 self.count("media_foreign_call", f"{pair.tenant_id} touched a call of {info.tenant_id}")
                 return 403
         try:
@@ -332,7 +347,11 @@ class MediaAnchor:
             policer=(lambda: leg_policer(tenant_id)) if leg_policer is not None else None,
             now=now,
         )
-        session.owner_data = _CallInfo(pair.tenant_id, pair.flow_id)
+        try:
+            agent = agent_aor(pair.request, pair.from_client)
+        except (AttributeError, RemoteProtocolError):
+            agent = ""
+        session.owner_data = CallInfo(pair.tenant_id, pair.flow_id, agent, now)
         self.sessions[call_id] = session
         self._by_flow.setdefault(pair.flow_id, set()).add(call_id)
         self.count("media_sessions_created")
@@ -348,7 +367,7 @@ class MediaAnchor:
         if session is None:
             return
         info = session.owner_data
-        if tenant_id is not None and isinstance(info, _CallInfo) and info.tenant_id != tenant_id:
+        if tenant_id is not None and isinstance(info, CallInfo) and info.tenant_id != tenant_id:
             self.count("media_foreign_call", f"{tenant_id} tried to end a call of {info.tenant_id}")
             return
         self._release(session, reason)
@@ -658,6 +677,11 @@ class MediaAnchor:
                     del self._by_flow[info.flow_id]
         if session.ended is None:
             session.ended = reason
+        if live and self.on_released is not None:
+            try:
+                self.on_released(session, reason)
+            except Exception as exc:  # a record must never keep ports from being released
+                self.count("media_release_hook_failed", repr(exc))
         session.close()
         session.scheduled = None
         if live:

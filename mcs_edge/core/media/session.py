@@ -76,6 +76,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 from mcs_edge.core.media.forwarding import MAX_DROPOUT, ForwardingTable, LegCounters, SequenceTracker
+from mcs_edge.core.media.quality import CallQuality
 from mcs_edge.core.media.reanchor import transport_only_change
 from mcs_edge.core.media.sdp import (
     Crypto,
@@ -263,6 +264,7 @@ class Leg:
         "policer",
         "port",
         "profile",
+        "quality",
         "relatch_after",
         "remote",
         "remote_fingerprints",
@@ -318,6 +320,8 @@ class Leg:
         self.route_map: dict[int, Leg] = {}
         self.default_target: Leg | None = None
         self.counters = LegCounters()
+        # loss/jitter/RTT of this leg from RTCP and the counters (core/media/quality.py)
+        self.quality = session.quality.new_leg(side.name, self.counters)
         self.stun_rx = 0
         self.tx_packets = 0
         self.tx_bytes = 0
@@ -527,6 +531,9 @@ class Leg:
             self._latch(moved)
         self.last_rx = now
         self.counters.count(n)
+        quality = None if self.session.passthrough else self.quality  # passthrough RTCP stays opaque
+        if quality is not None:
+            quality.from_peer(data, now)
         target = self.target
         if target is None:
             target = None
@@ -540,6 +547,8 @@ class Leg:
             if target is None:
                 self.counters.drop("no-route")
                 return False
+        if quality is not None:
+            target.quality.to_peer(data, now)
         return target.emit_rtcp(data)
 
     def emit_rtcp(self, data: bytes) -> bool:
@@ -929,6 +938,7 @@ class MediaSession:
             pbx_profile,
         ]
         self.profiles: list[Profile | None] = [None, None]
+        self.quality = CallQuality()
         self.mline_legs: tuple[list[Leg | None], list[Leg | None]] = ([], [])
         self.legs: list[Leg] = []
         self.ice_credentials: list[tuple[str, str]] = [

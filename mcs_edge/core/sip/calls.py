@@ -26,7 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Call", "CallTable", "Dialog"]
+from mcs_edge.core.sip.headers import OtherUri, SipUri
+
+__all__ = ["Call", "CallTable", "Dialog", "address_of_record"]
+
+
+def address_of_record(uri: SipUri | OtherUri) -> str:
+    """``sip:user@host`` of a From/To URI: no port, parameters or display name (for lists and logs)."""
+    if isinstance(uri, SipUri):
+        return f"{uri.scheme}:{uri.user}@{uri.host}" if uri.user else f"{uri.scheme}:{uri.host}"
+    return str(uri)[:256]
 
 
 @dataclass(slots=True)

@@ -62,7 +62,7 @@ from mcs_edge.core.push.bindings import (
 )
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
-from .calls import Call, CallTable, Dialog
+from .calls import Call, CallTable, Dialog, address_of_record
 from .flows import GRACE_BYE_REASON, BindingKey, FlowRegistry, RecoveryHistogram, binding_key, in_grace_answer
 from .framing import PING, PONG
 from .headers import NameAddr, SipUri, parse_name_addr
@@ -158,6 +158,7 @@ class Flow:
     aliases: dict[str, str] = field(default_factory=dict)  # alias key -> original Contact URI
     registered: bool = False
     last_seen: float = 0.0
+    aor: str = ""  # the address of record of its last successful REGISTER (admin API, panel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1565,6 +1566,10 @@ class SipProxy:
     def _register_inbound(self, flow: Flow, resp: Response, status: int) -> None:
         if status >= 200:
             flow.registered = True
+            try:
+                flow.aor = address_of_record(resp.to.uri)
+            except RemoteProtocolError:
+                flow.aor = ""
         if flow.tenant.path or not flow.aliases:
             return
         contacts = resp.headers.get_all("contact")

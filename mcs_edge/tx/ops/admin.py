@@ -29,7 +29,9 @@ the client listeners) until the ban ends. Endpoints:
 ``PATCH /api/tenants/<id>``                 change some keys (``null`` removes a key)
 ``DELETE /api/tenants/<id>``                remove a tenant (its connections are closed cleanly)
 ``GET /api/connections[?tenant=<id>]``      live client connections
-``GET /api/calls[?tenant=<id>]``            calls up
+``GET /api/calls[?tenant=<id>]``            calls up (agent AOR, live quality figures)
+``GET /api/certificates``                   each tenant's served certificate: names, expiry, load error
+``GET /api/checks``                         each tenant's last network-check report (result, time, figures)
 ``GET /api/bans``                           sources banned now
 ``POST /api/bans``                          ban by hand: ``{"source": ip, "duration": s}``
 ``DELETE /api/bans/<ip>``                   lift a ban
@@ -52,6 +54,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
@@ -241,6 +244,8 @@ class AdminBackend(Protocol):
     def connections(self, tenant: str | None) -> Any: ...
     def calls(self, tenant: str | None) -> Any: ...
     def bans(self) -> Any: ...
+    def certificates(self) -> Any: ...
+    def checks(self) -> Any: ...
     def ban(self, source: str, tenant: str | None, duration: float | None) -> Any: ...
     def lift(self, source: str) -> Any: ...
     def reload(self) -> Any: ...
@@ -358,6 +363,7 @@ class LocalAdmin:
                     "transport": flow.transport,
                     "peer": f"{flow.peer[0]}:{flow.peer[1]}",
                     "registered": bool(cf is not None and cf.registered),
+                    "aor": (cf.aor or None) if cf is not None else None,
                     "calls": core.calls.on_flow(flow.id),
                 }
             )
@@ -384,8 +390,33 @@ class LocalAdmin:
                     if call.answered is not None
                     else "early",
                     "age": round(now - call.started, 3),
+                    **_call_media(svc, call.call_id),
                 }
             )
+        return out
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """Per tenant: the last network-check report posted to this process (tx/web/check.py)."""
+        return dict(self.service.check.last)
+
+    def certificates(self) -> list[dict[str, Any]]:
+        """Per tenant: the certificate it serves (names, expiry) or why its files do not load."""
+        svc = self.service
+        loaded = svc.certs.loaded()
+        errors = svc.certs.errors
+        wall = time.time()
+        out = []
+        for t in svc.config.tenants:
+            cert = loaded.get(t.id)
+            row: dict[str, Any] = {"tenant": t.id, "mode": t.certificate, "error": errors.get(t.id)}
+            if cert is not None:
+                info = cert.info
+                row.update(
+                    names=list(info.names or (info.subject,)),
+                    not_after=info.not_after.isoformat(),
+                    expires_in=round(info.not_after.timestamp() - wall),
+                )
+            out.append(row)
         return out
 
     def bans(self) -> list[dict[str, Any]]:
@@ -425,6 +456,15 @@ class LocalAdmin:
         return svc.tunnel.tenant_config(tenant).addCallback(
             lambda text: (200, "text/plain; charset=utf-8", text.encode())
         )
+
+
+def _call_media(svc: Any, call_id: str) -> dict[str, Any]:
+    """The agent's AOR and the live quality figures of a call's media (tx/media/quality.py)."""
+    session = svc.media.anchor.sessions.get(call_id)
+    if session is None:
+        return {"agent": None, "quality": None}
+    info = session.owner_data
+    return {"agent": getattr(info, "agent", None) or None, "quality": session.quality.summary()}
 
 
 def _ban_json(ban: Any, now: float) -> dict[str, Any]:
@@ -525,6 +565,12 @@ class AdminResource(Resource):
         if parts == ["calls"]:
             self._only(method, "GET")
             return maybeDeferred(b.calls, tenant_q).addCallback(lambda c: {"calls": c})
+        if parts == ["checks"]:
+            self._only(method, "GET")
+            return maybeDeferred(b.checks).addCallback(lambda x: {"checks": x})
+        if parts == ["certificates"]:
+            self._only(method, "GET")
+            return maybeDeferred(b.certificates).addCallback(lambda x: {"certificates": x})
         if parts == ["bans"]:
             if method == "GET":
                 return maybeDeferred(b.bans).addCallback(lambda x: {"bans": x})
@@ -607,6 +653,7 @@ class AdminResource(Resource):
                 "backend_sip": str(t.backend_sip),
                 "media": t.media,
                 "certificate": t.certificate,
+                "name": t.name,
             }
             row.update(stats.get(t.id, {"connections": 0, "registrations": 0, "calls": 0}))
             out.append(row)

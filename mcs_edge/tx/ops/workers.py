@@ -65,13 +65,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from mcs_edge import __version__
+from mcs_edge import __version__, certs
 from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
 from mcs_edge.errors import ConfigErrors, StartupError
-from mcs_edge.tx.ops.admin import ApiError, admin_site, load_or_create_token
+from mcs_edge.tx.ops.admin import ApiError, load_or_create_token
+from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.metrics import merge_expositions
+from mcs_edge.tx.ops.panel import admin_site_with_panel
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import Protection
 from mcs_edge.tx.timers import Timers
@@ -132,7 +134,8 @@ def worker_config(config: EdgeConfig, index: int, shared_ports: dict[str, int] |
     changes["admin"] = HostPort(admin_host, 0)
     lo, hi = config.media.ports
     media = replace(config.media, ports=split_range(lo, hi, n)[index])
-    return replace(config, listen=replace(listen, **changes), media=media)
+    admin = replace(config.admin, tls="off", cert_file=None, key_file=None)  # the supervisor talks plain HTTP
+    return replace(config, listen=replace(listen, **changes), media=media, admin=admin)
 
 
 def shared_addresses(config: EdgeConfig) -> set[tuple[str, int]]:
@@ -365,11 +368,16 @@ class Supervisor(MultiService):
         self.protection = Protection(config, self.timers)
         self.admin = SupervisorAdmin(self)
         self.ports: dict[str, Any] = {}
-        server = internet.TCPServer(
-            config.listen.admin.port,
-            admin_site(self.admin),
-            interface=config.listen.admin.host,
-            reactor=reactor,
+        site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, time.monotonic)
+        tls = admin_tls(config)  # [admin] tls: the supervisor's admin listener is the operators' one
+        server = (
+            internet.TCPServer(
+                config.listen.admin.port, site, interface=config.listen.admin.host, reactor=reactor
+            )
+            if tls is None
+            else internet.SSLServer(
+                config.listen.admin.port, site, tls, interface=config.listen.admin.host, reactor=reactor
+            )
         )
         server.setName("admin")
         server.setServiceParent(self)
@@ -381,6 +389,11 @@ class Supervisor(MultiService):
         except OSError as exc:
             raise StartupError("edge.state_dir", self.config.state_dir, os_reason(exc)) from None
         self.admin.token()
+        # Workers starting together would each create a development CA (the last one written wins the
+        # file, the others serve leaves it did not sign): create it and the self-signed leaves once here.
+        for tenant in self.config.tenants:
+            if tenant.certificate == "self-signed":
+                certs.ensure_self_signed(self.config.state_dir, tenant.id, tenant.domains)
         self._reserve_ports()
         self._probe_backend_ports()
         super().privilegedStartService()
@@ -753,6 +766,25 @@ class SupervisorAdmin:
             return out
 
         return self._json_all("/api/tenants").addCallback(merge)
+
+    def certificates(self) -> Deferred[list[Any]]:
+        """Every worker loads the same certificates: the first answer is the edge's."""
+        return self._json_all("/api/certificates").addCallback(
+            lambda docs: docs[0].get("certificates", []) if docs else []
+        )
+
+    def checks(self) -> Deferred[dict[str, Any]]:
+        """The newest network-check report of each tenant across the workers."""
+
+        def merge(docs: list[Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for doc in docs:
+                for tid, rep in (doc.get("checks") or {}).items():
+                    if tid not in out or rep.get("time", 0) > out[tid].get("time", 0):
+                        out[tid] = rep
+            return out
+
+        return self._json_all("/api/checks").addCallback(merge)
 
     def _concat(self, path: str, key: str) -> Deferred[list[Any]]:
         return self._json_all(path).addCallback(lambda docs: [x for d in docs for x in d.get(key, [])])

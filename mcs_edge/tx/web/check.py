@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -146,10 +147,15 @@ class NetworkCheck:
 
     log = Logger()
 
-    def __init__(self, metrics: MetricFactory, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, metrics: MetricFactory, clock: Callable[[], float], wall: Callable[[], float] = time.time
+    ) -> None:
         self.clock = clock
+        self.wall = wall  # the report's wall-clock time (admin API, panel)
         self._assets: dict[str, bytes] = {}
         self._sources: OrderedDict[str, float] = OrderedDict()
+        #: The last report of each tenant (result, wall-clock time, figures kept): the admin API and panel.
+        self.last: dict[str, dict[str, Any]] = {}
         self.reports: Counter = metrics.counter(
             "mcs_edge_check_reports", "Network check reports by overall result", ["tenant", "result"]
         )
@@ -261,12 +267,15 @@ class NetworkCheck:
             request.setHeader(b"retry-after", str(int(REPORT_INTERVAL)).encode())
             return _text(request, 429, "one report per source every few seconds")
         kept = 0
+        figures: dict[str, float] = {}
         for key, (_name, _doc, scale, top, _buckets) in FIGURES.items():
             value = data.get(key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 continue
             self.histograms[key].labels(tenant.id).observe(min(max(value * scale, 0.0), top))
+            figures[key] = min(max(float(value), 0.0), top / scale if scale else top)
             kept += 1
+        self.last[tenant.id] = {"result": result, "time": round(self.wall()), "figures": figures}
         self.reports.labels(tenant.id, result).inc()
         self.log.info(
             "CHK200 {tenant} network check reported: {result} ({kept} figures)",

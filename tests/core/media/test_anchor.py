@@ -563,3 +563,46 @@ def test_a_thousand_short_calls_leave_nothing_behind() -> None:
     del call, browser
     assert_clean(h)
     assert h.io.opened >= 2000
+
+
+# ---------------------------------------------------------------------------- call-end records
+
+
+def test_released_sessions_are_reported_once_with_agent_and_quality() -> None:
+    """on_released hears each live session once, before its legs close: tenant, agent AOR, reason, figures."""
+    h = Harness()
+    seen: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def released(session: MediaSession, reason: str) -> None:
+        info = session.owner_data
+        seen.append((info.tenant_id, info.agent, reason, session.quality.summary()))
+
+    h.anchor.on_released = released
+    call, browser, answer = answered_call(h)
+    connect_media(h, call, browser, answer)
+    call.request("BYE")
+    call.pbx_reply(200, "OK")
+    h.anchor.on_end(call.call_id, "BYE")  # a second end of the same call reports nothing
+    assert len(seen) == 1
+    tenant, agent, reason, quality = seen[0]
+    assert (tenant, agent, reason) == ("rossi", "sip:alice@rossi.example.com", "BYE")
+    assert quality["legs"]["client"]["packets_in"] == 1 and quality["legs"]["pbx"]["packets_in"] == 1
+    assert quality["loss"] == 0.0 and quality["mos"] is not None
+    del call, browser
+    assert_clean(h)
+
+
+def test_a_failing_release_hook_never_keeps_ports() -> None:
+    """A hook that raises is counted; the session's ports and objects are released all the same."""
+    h = Harness()
+
+    def broken(session: MediaSession, reason: str) -> None:
+        raise RuntimeError("boom")
+
+    h.anchor.on_released = broken
+    call, _browser, _answer = answered_call(h)
+    call.request("BYE")
+    call.pbx_reply(200, "OK")
+    assert h.anchor.counters["media_release_hook_failed"] == 1
+    del call, _browser, _answer
+    assert_clean(h)
