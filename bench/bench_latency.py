@@ -34,6 +34,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -805,7 +806,11 @@ def _txmem() -> None:
     tenant = Tenant()
     settings = ProxySettings("edge.example.com", 443, "127.0.0.1", 5070)
     core = SipProxy(
-        settings, lambda host: tenant, lambda t: ("udp", ("127.0.0.1", 5060)), lambda ip: [tenant]
+        settings,
+        lambda host: tenant,
+        lambda t: ("udp", ("127.0.0.1", 5060)),
+        lambda ip: [tenant],
+        random_bytes=secrets.token_bytes,
     )
     flow = core.open_flow(tenant, "wss", ("127.0.0.1", 40000), 0.0)
 

@@ -15,6 +15,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ def _proxy() -> SipProxy:
         tenant_for_domain=lambda host: T if host == DOMAIN else None,
         backend_of=lambda _t: ("udp", PBX),
         tenants_at=lambda ip: [T] if ip == PBX[0] else [],
+        random_bytes=secrets.token_bytes,
     )
 
 

@@ -18,9 +18,6 @@ FORBIDDEN_FROM_MCS = ("mcs_edge.tx",)
 #: Core modules still importing a clock/random module, with their follow-up. The list may only
 #: shrink (test_exemptions_are_still_needed fails once an exemption is no longer used).
 EXEMPT: dict[str, frozenset[str]] = {
-    # Follow-up: Call-ID/branch/tag/flow tokens from an injected random source; core/sip/proxy.py is
-    # being changed in parallel branches (push, backhaul) and is left for after they merge.
-    "sip/proxy.py": frozenset({"secrets"}),
     # Follow-up: SDES keys, SDP origin ids and ICE credentials from a random_bytes given to
     # MediaAnchor; the anchor is built in tx/media/relay.py (changed in the perf branch).
     "media/session.py": frozenset({"secrets"}),

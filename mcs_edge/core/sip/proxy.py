@@ -44,7 +44,6 @@ layer's heap). Every problem is counted in ``counters`` (name -> count) and list
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from mcs_edge.core.push.bindings import (
     feature_caps,
     push_params,
 )
+from mcs_edge.core.randomness import RandomBytes
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 from .calls import Call, CallTable, Dialog, address_of_record
@@ -302,14 +302,6 @@ class PassthroughMedia:
         return None
 
 
-def new_branch() -> str:
-    return MAGIC + secrets.token_hex(10)
-
-
-def new_tag() -> str:
-    return secrets.token_hex(6)
-
-
 class SipProxy:
     """The proxy core (see the module docstring)."""
 
@@ -320,8 +312,12 @@ class SipProxy:
         backend_of: Callable[[Any], tuple[str, Addr]],
         tenants_at: Callable[[str], Iterable[Any]],
         media: MediaHook | None = None,
+        *,
+        random_bytes: RandomBytes,
     ) -> None:
         self.settings = settings
+        #: The random source of branches, tags and flow tokens (``secrets.token_bytes`` in the adapter).
+        self.random_bytes = random_bytes
         self.limits = Limits(max_message_size=settings.max_message_size)
         self.layer = TransactionLayer(settings.timers)
         self._tenant_for_domain = tenant_for_domain
@@ -424,7 +420,7 @@ class SipProxy:
     def open_flow(self, tenant: Any, transport: str, peer: Addr, now: float) -> Flow:
         flow_id = self._next_flow
         self._next_flow += 1
-        token = secrets.token_hex(12)
+        token = self.random_bytes(12).hex()
         flow = Flow(flow_id, token, tenant, transport, peer, last_seen=now)
         self._tenant_objects[tenant.id] = tenant
         self.flows[flow_id] = flow
@@ -523,6 +519,12 @@ class SipProxy:
         return token in self._dead_tokens or binding is not None, None
 
     # ------------------------------------------------------------------ helpers
+    def _new_branch(self) -> str:
+        return MAGIC + self.random_bytes(10).hex()
+
+    def _new_tag(self) -> str:
+        return self.random_bytes(6).hex()
+
     def _is_ours(self, uri: SipUri | Any) -> bool:
         """Does ``uri`` name this edge (RFC 3261 s.16.4)? Any of our addresses and listening ports,
         or a tenant's SIP domain (clients use it as their outbound proxy) on one of our ports."""
@@ -555,7 +557,7 @@ class SipProxy:
 
     def _client_via(self, flow: Flow) -> str:
         s = self.settings
-        return self._via(flow.transport, s.public_host, s.client_port(flow.transport), new_branch())
+        return self._via(flow.transport, s.public_host, s.client_port(flow.transport), self._new_branch())
 
     def _backend_rr(self, transport: str | None = None) -> str:
         s = self.settings
@@ -564,7 +566,7 @@ class SipProxy:
 
     def _respond(self, tx: ServerTransaction, request: Request, status: int, reason: str, now: float) -> None:
         self.count(_LOCAL_CLASS[status // 100 % 7])
-        resp = Response.for_request(request, status, reason, to_tag=new_tag() if status > 100 else None)
+        resp = Response.for_request(request, status, reason, to_tag=self._new_tag() if status > 100 else None)
         resp.headers.add("Server", self.settings.server_name)
         if status == 503:
             resp.headers.add("Retry-After", "5")
@@ -577,7 +579,7 @@ class SipProxy:
     def _answer_stateless(self, request: Request, status: int, reason: str, dest: Dest) -> None:
         if request.method == "ACK":
             return
-        resp = Response.for_request(request, status, reason, to_tag=new_tag())
+        resp = Response.for_request(request, status, reason, to_tag=self._new_tag())
         resp.headers.add("Server", self.settings.server_name)
         self._emit(dest, resp.serialize())
 
@@ -743,7 +745,7 @@ class SipProxy:
         if req.method == "REGISTER":
             self._register_outbound(flow, fwd)
         transport, addr = self._backend_of(tenant)
-        branch = new_branch()
+        branch = self._new_branch()
         fwd.push_via(self._via(transport, self.settings.backend_host, self.settings.backend_port, branch))
         pair = Pair(tx, tenant.id, True, flow.id, fwd)
         self._pairs_by_server[tx] = pair
@@ -873,7 +875,7 @@ class SipProxy:
             return
         transport, addr = self._backend_of(flow.tenant)
         fwd.push_via(
-            self._via(transport, self.settings.backend_host, self.settings.backend_port, new_branch())
+            self._via(transport, self.settings.backend_host, self.settings.backend_port, self._new_branch())
         )
         if fwd.body:
             self.media.on_message(None, fwd, True, now)
@@ -1120,7 +1122,7 @@ class SipProxy:
                 return
             known = key in self.push_registry.bindings
             binding = self.push_registry.register(
-                key, params, flow.token, now + expires, secrets.token_hex(8)
+                key, params, flow.token, now + expires, self.random_bytes(8).hex()
             )
             if binding is None:
                 self.count("push_bindings_refused", f"{flow.tenant.id}: push binding table full")
@@ -1222,7 +1224,7 @@ class SipProxy:
 
     def _fail_waiting(self, waiting: Waiting, reason: str, now: float) -> None:
         tx, req = waiting.context[0], waiting.context[1]
-        resp = Response.for_request(req, 480, "Temporarily Unavailable", to_tag=new_tag())
+        resp = Response.for_request(req, 480, "Temporarily Unavailable", to_tag=self._new_tag())
         resp.headers.add("Server", self.settings.server_name)
         resp.headers.add("Reason", reason)
         self.count(_LOCAL_CLASS[4])
@@ -1346,7 +1348,7 @@ class SipProxy:
             dialog.cseq += 1
             bye = Request("BYE", dialog.target)
             s = self.settings
-            bye.headers.add("Via", self._via(transport, s.backend_host, s.backend_port, new_branch()))
+            bye.headers.add("Via", self._via(transport, s.backend_host, s.backend_port, self._new_branch()))
             bye.headers.add("Max-Forwards", "70")
             for route in dialog.routes:
                 bye.headers.add("Route", route)
@@ -1556,7 +1558,7 @@ class SipProxy:
                 return self._client_via(flow)
         s = self.settings
         transport = dest[2] if dest[0] == "backend" else "tls"
-        return self._via(transport, s.backend_host, s.backend_port, new_branch())
+        return self._via(transport, s.backend_host, s.backend_port, self._new_branch())
 
     def _bye_done(self, pair: Pair) -> None:
         call_id = pair.call_id

@@ -165,6 +165,7 @@ class SipRouter:
             backend_of=self._backend_of,
             tenants_at=lambda ip: self._backends.get(ip, ()),
             media=self.media,
+            random_bytes=secrets.token_bytes,
         )
         self.timer = CoreTimer(self.timers, self.core, on_fire=lambda _result: self._flush())
         self.core.on_backend_final = self._observe_final

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,7 @@ class Harness:
             backend_of=lambda t: ("udp", PBX_SIP),
             tenants_at=lambda ip: [self.tenant, self.other] if ip == PBX_SIP[0] else [],
             media=self.anchor,
+            random_bytes=secrets.token_bytes,
         )
         self.flows = 0
         gc.collect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from mcs_edge.core.sip.message import Request, parse
@@ -23,6 +24,7 @@ def _proxy(transport: str) -> tuple[SipProxy, int]:
         tenant_for_domain={"rossi.example.com": tenant}.get,
         backend_of=lambda t: (transport, ("10.1.0.10", 5061)),
         tenants_at=lambda ip: [tenant] if ip == "10.1.0.10" else [],
+        random_bytes=secrets.token_bytes,
     )
     return proxy, proxy.open_flow(tenant, "wss", ("198.51.100.7", 40000), 0.0).id
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ def _proxy() -> tuple[SipProxy, Local, int]:
         tenant_for_domain={"rossi.example.com": tenant}.get,
         backend_of=lambda t: ("udp", ("10.1.0.10", 5060)),
         tenants_at=lambda ip: [tenant] if ip == "10.1.0.10" else [],
+        random_bytes=secrets.token_bytes,
     )
     local = Local()
     proxy.local = local

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ def _proxy() -> SipProxy:
         tenant_for_domain=DOMAINS.get,
         backend_of=lambda t: ("udp", PBX),
         tenants_at=lambda ip: [ROSSI, BIANCHI] if ip == PBX[0] else [],
+        random_bytes=secrets.token_bytes,
     )
 
 

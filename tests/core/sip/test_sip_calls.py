@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from mcs_edge.core.sip.calls import CallTable
@@ -25,6 +26,7 @@ def _proxy() -> SipProxy:
         tenant_for_domain=lambda host: T if host == "rossi.example.com" else None,
         backend_of=lambda _t: ("udp", PBX),
         tenants_at=lambda ip: [T] if ip == PBX[0] else [],
+        random_bytes=secrets.token_bytes,
     )
 
 
