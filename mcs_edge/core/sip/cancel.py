@@ -20,7 +20,7 @@ our CANCEL                               same Request-URI, top Via, Route, From,
 
 from __future__ import annotations
 
-from .destinations import Dest
+from .destinations import Dest, FlowDest
 from .message import Request
 from .state import Pair, ProxyState
 from .transaction import cookie_server_key
@@ -36,7 +36,7 @@ class Cancelling(ProxyState):
         branch = top.branch or ""
         host, port = top.sent_by
         invite_tx = self.layer.server(cookie_server_key(branch, host, port, "INVITE"))
-        tx, is_new = self.layer.receive_request(cancel, now, reliable=dest[0] != "backend")
+        tx, is_new = self.layer.receive_request(cancel, now, reliable=isinstance(dest, FlowDest))
         if tx is None or not is_new:
             return
         self._dest[tx] = dest
@@ -80,6 +80,6 @@ class Cancelling(ProxyState):
         dest = self._dest.get(pair.client)
         if dest is None:
             return
-        ctx = self.layer.send_request(c, now, reliable=not (dest[0] == "backend" and dest[2] == "udp"))
+        ctx = self.layer.send_request(c, now, reliable=dest.reliable)
         self._dest[ctx] = dest
         pair.cancel_pending = False

@@ -3,19 +3,51 @@
 Out of the core: :class:`ToFlow` (bytes for a client connection), :class:`ToBackend` (bytes for a
 tenant's PBX over its transport), :class:`CloseFlow` and :class:`Push` (RFC 8599 wake-up), drained
 by the adapter (tx/sip/router.py). Inside the core every transaction remembers a :data:`Dest`, the
-place its messages go: a client flow, or a tenant's PBX at an address over a transport.
+place its messages go: a client connection (:class:`FlowDest`) or a tenant's PBX at an address
+over a transport (:class:`BackendDest`). One value per destination is shared by its transactions
+(``ProxyState._shared``), so they are small immutable tuples.
+
+==============================  ===================================================================
+destination                     transaction reliability (RFC 3261 s.17.1.1.2, s.17.1.2.2, s.18)
+==============================  ===================================================================
+``FlowDest``                    reliable (WebSocket, TLS): no retransmissions, Timer A/E off
+``BackendDest``, udp            unreliable: requests retransmitted
+``BackendDest``, tcp or tls     reliable
+==============================  ===================================================================
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 from mcs_edge.core.push.bindings import PushKey
 
-__all__ = ["Action", "CloseFlow", "Dest", "Push", "ToBackend", "ToFlow"]
+__all__ = ["Action", "BackendDest", "CloseFlow", "Dest", "FlowDest", "Push", "ToBackend", "ToFlow"]
 
 Addr = tuple[str, int]
+
+
+class FlowDest(NamedTuple):
+    """A client connection (WebSocket or TLS) by its flow id."""
+
+    flow_id: int
+
+    @property
+    def reliable(self) -> bool:
+        return True
+
+
+class BackendDest(NamedTuple):
+    """A tenant's PBX at ``addr`` over ``transport`` ("udp", "tcp" or "tls")."""
+
+    tenant_id: str
+    transport: str
+    addr: Addr
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,5 +86,5 @@ class Push:
 
 Action = ToFlow | ToBackend | CloseFlow | Push
 
-# Where a transaction's messages go: ("flow", flow_id) or ("backend", tenant_id, transport, addr).
-Dest = tuple[Any, ...]
+#: Where a transaction's messages go.
+Dest = FlowDest | BackendDest

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from mcs_edge.errors import RemoteProtocolError
 
 from .calls import Call, Dialog
+from .destinations import BackendDest
 from .flows import GRACE_BYE_REASON, in_grace_answer
 from .message import Request, Response
 from .routing import route_uri
@@ -179,7 +180,7 @@ class Dialogs(ProxyState):
             bye.headers.add("User-Agent", s.server_name)
             bye.headers.add("Content-Length", "0")
             ctx = self.layer.send_request(bye, now, reliable=transport != "udp")
-            self._dest[ctx] = ("backend", call.tenant_id, transport, addr)
+            self._dest[ctx] = BackendDest(call.tenant_id, transport, addr)
         self.calls.bye(call.call_id)
         self.media.on_end(call.call_id, "flow grace expired", call.tenant_id)
 

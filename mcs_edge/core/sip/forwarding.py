@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from mcs_edge.errors import LocalProtocolError
 
-from .destinations import Dest
+from .destinations import BackendDest, Dest, FlowDest
 from .headers import NameAddr, SipUri
 from .message import Request
 from .registrar import Flow, Registrar
@@ -92,7 +92,7 @@ class Forwarding(Registrar):
         now: float,
     ) -> None:
         """Forward a PBX request (its copy ``fwd``, our Routes popped) to client connection ``flow``."""
-        self._dest[tx] = self._shared(("backend", flow.tenant.id, transport, response_addr(req.top_via, src)))
+        self._dest[tx] = self._shared(BackendDest(flow.tenant.id, transport, response_addr(req.top_via, src)))
         fwd.decrement_max_forwards()
         in_dialog = req.to.tag is not None
         if self.draining and not in_dialog and req.method == "INVITE":
@@ -103,14 +103,14 @@ class Forwarding(Registrar):
             fwd.prepend_record_route(self.routing.backend_rr(transport))
             fwd.prepend_record_route(self.routing.client_rr(flow))
         fwd.push_via(self.routing.client_via(flow))
-        self._forward(tx, req, fwd, flow.tenant.id, flow.id, False, ("flow", flow.id), True, now)
+        self._forward(tx, req, fwd, flow.tenant.id, flow.id, False, FlowDest(flow.id), True, now)
 
     def _forward_ack_to_backend(self, flow: Flow, req: Request, now: float) -> None:
         fwd = req.copy()
         if self._foreign_route_token(flow, self.routing.strip_our_routes(fwd)):
             return
         transport, addr = self._backend_of(flow.tenant)
-        dest = ("backend", flow.tenant.id, transport, addr)
+        dest = BackendDest(flow.tenant.id, transport, addr)
         self._forward_stateless(fwd, self.routing.backend_via(transport), dest, True, now)
 
     def _foreign_route_token(self, flow: Flow, popped: list[NameAddr]) -> bool:

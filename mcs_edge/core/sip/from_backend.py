@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from .cancel import Cancelling
-from .destinations import Dest
+from .destinations import BackendDest, Dest, FlowDest
 from .headers import SipUri
 from .message import Request, Response
 from .registrar import Flow
@@ -50,7 +50,7 @@ class BackendRequests(Wakeups, Cancelling):
     ) -> None:
         top = req.top_via
         stamp_received(req, top, src)
-        back: Dest = ("backend", tenants[0].id, transport, response_addr(req.top_via, src))
+        back: Dest = BackendDest(tenants[0].id, transport, response_addr(req.top_via, src))
         if req.method == "CANCEL":
             self._cancel(req, back, now)
             return
@@ -59,7 +59,7 @@ class BackendRequests(Wakeups, Cancelling):
             fwd = req.copy()
             found, flow, _ = self._target_flow(fwd)
             if flow is not None and flow.tenant in tenants:
-                self._forward_stateless(fwd, self.routing.client_via(flow), ("flow", flow.id), False, now)
+                self._forward_stateless(fwd, self.routing.client_via(flow), FlowDest(flow.id), False, now)
             return
         if not is_new:
             return

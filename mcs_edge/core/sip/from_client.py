@@ -35,6 +35,7 @@ otherwise                                forwarded: our Routes removed (RFC 3261
 from __future__ import annotations
 
 from .cancel import Cancelling
+from .destinations import BackendDest, FlowDest
 from .forwarding import Forwarding
 from .headers import SipUri
 from .message import Request, Response
@@ -54,7 +55,7 @@ class ClientRequests(Forwarding, Cancelling):
         top = req.top_via
         stamp_received(req, top, flow.peer)
         if req.method == "CANCEL":
-            self._cancel(req, ("flow", flow.id), now)
+            self._cancel(req, FlowDest(flow.id), now)
             return
         tx, is_new = self.layer.receive_request(req, now, reliable=True)
         if tx is None:  # ACK for a 2xx: stateless, along the route to this tenant's PBX
@@ -72,7 +73,7 @@ class ClientRequests(Forwarding, Cancelling):
             return
         if not is_new:
             return
-        self._dest[tx] = self._shared(("flow", flow.id))
+        self._dest[tx] = self._shared(FlowDest(flow.id))
         if req.method == "INVITE":
             self._respond_trying(tx, req, now)
         mf = req.max_forwards
@@ -125,7 +126,7 @@ class ClientRequests(Forwarding, Cancelling):
             self._register_outbound(flow, fwd)
         transport, addr = self._backend_of(tenant)
         fwd.push_via(self.routing.backend_via(transport))
-        dest = ("backend", tenant.id, transport, addr)
+        dest = BackendDest(tenant.id, transport, addr)
         self._forward(tx, req, fwd, tenant.id, flow.id, True, dest, transport != "udp", now)
 
     def _response_from_client(self, flow: Flow, resp: Response, now: float) -> None:

@@ -76,7 +76,7 @@ from mcs_edge.core.push.bindings import TIMEOUT_REASON
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 from .calls import Dialog
-from .destinations import Action, CloseFlow, Dest, Push, ToBackend, ToFlow
+from .destinations import Action, BackendDest, CloseFlow, Dest, FlowDest, Push, ToBackend, ToFlow
 from .flows import BindingKey
 from .framing import PING, PONG
 from .from_backend import BackendRequests
@@ -170,7 +170,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
         if flow is None:
             return
         self._tokens.pop(flow.token, None)
-        self._dest_pool.pop(("flow", flow_id), None)
+        self._dest_pool.pop(FlowDest(flow_id), None)
         _ended, grace = self.calls.flow_lost(flow_id, now)
         lost = self.flow_registry.flow_closed(flow_id, flow.tenant.id, now, keep=bool(grace))
         if lost is not None:
@@ -249,7 +249,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
             self.count("sip_bad_from_client", str(exc))
-            self._reject_garbage(data, exc, ("flow", flow_id))
+            self._reject_garbage(data, exc, FlowDest(flow_id))
             return
         try:
             if isinstance(msg, Response):
@@ -260,12 +260,12 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             self.count("sip_bad_from_client", str(exc))
             if isinstance(msg, Request) and msg.method != "ACK":
                 self.count("sip_refused_400")
-                self._answer_stateless(msg, 400, "Bad Request", ("flow", flow_id))
+                self._answer_stateless(msg, 400, "Bad Request", FlowDest(flow_id))
         self._pump(now)
 
     def reject_unframed(self, flow_id: int, data: bytes, exc: RemoteProtocolError) -> None:
         """A stream transport cannot frame ``data`` (e.g. no Content-Length): answer it if it can be."""
-        self._reject_garbage(data, exc, ("flow", flow_id))
+        self._reject_garbage(data, exc, FlowDest(flow_id))
 
     def receive_from_backend(self, data: bytes, src: Addr, transport: str, now: float) -> None:
         tenants = list(self._tenants_at(src[0]))
@@ -274,7 +274,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             return
         if not data.strip(b"\r\n"):
             return  # keepalive
-        back: Dest = ("backend", tenants[0].id, transport, src)
+        back: Dest = BackendDest(tenants[0].id, transport, src)
         try:
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
@@ -304,7 +304,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             return False
         request.push_via(self.routing.client_via(flow))
         ctx = self.layer.send_request(request, now, reliable=True)
-        self._dest[ctx] = self._shared(("flow", flow_id))
+        self._dest[ctx] = self._shared(FlowDest(flow_id))
         self.count("sip_requests_local_to_client")
         self._pump(now)
         return True

@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from .cancel import Cancelling
-from .destinations import Dest
+from .destinations import Dest, FlowDest
 from .message import Request, Response
 from .state import LOCAL_CLASS, RELAYED_CLASS, Pair
 from .transaction import ClientTransaction, ServerTransaction
@@ -149,7 +149,7 @@ class Responses(Wakeups, Cancelling):
             self._emit(dest, pair.refused_ack[1])
             bye = self._in_dialog_request("BYE", pair, inv, resp, inv.cseq.seq + 1)
             bye.push_via(self._own_via(pair, dest))
-            ctx = self.layer.send_request(bye, now, reliable=not (dest[0] == "backend" and dest[2] == "udp"))
+            ctx = self.layer.send_request(bye, now, reliable=dest.reliable)
             self._dest[ctx] = dest  # no pair: its response is absorbed
         self.calls.failed(call_id)
         self.media.on_end(call_id, "answer refused", pair.tenant_id)
@@ -177,11 +177,12 @@ class Responses(Wakeups, Cancelling):
         return req
 
     def _own_via(self, pair: Pair, dest: Dest) -> str:
-        if dest[0] == "flow":
-            flow = self.flows.get(dest[1])
+        if isinstance(dest, FlowDest):
+            flow = self.flows.get(dest.flow_id)
             if flow is not None:
                 return self.routing.client_via(flow)
-        transport = dest[2] if dest[0] == "backend" else "tls"
+            return self.routing.backend_via("tls")
+        transport = dest.transport
         return self.routing.backend_via(transport)
 
     def _relay_ack(self, stx: ServerTransaction, ack: Request, now: float) -> None:
@@ -189,8 +190,8 @@ class Responses(Wakeups, Cancelling):
         if pair is None:
             dest = self._dest.get(stx)
             local = self.local
-            if local is not None and dest is not None and dest[0] == "flow":
-                flow = self.flows.get(dest[1])
+            if local is not None and isinstance(dest, FlowDest):
+                flow = self.flows.get(dest.flow_id)
                 if flow is not None and local.claims(flow, ack):
                     local.request(flow, ack, now)
             return

@@ -39,7 +39,7 @@ from mcs_edge.core.randomness import RandomBytes
 from mcs_edge.errors import RemoteProtocolError
 
 from .calls import CallTable
-from .destinations import Action, Dest, ToBackend, ToFlow
+from .destinations import Action, Dest, FlowDest, ToBackend, ToFlow
 from .flows import FlowRegistry, RecoveryHistogram
 from .media_hook import LocalService, MediaHook, PassthroughMedia
 from .message import Limits, Request, Response
@@ -131,7 +131,7 @@ class ProxyState:
         self._dead_tokens: dict[str, None] = {}  # recently closed flows (bounded) for 430
         self._actions: deque[Action] = deque()
         self._dest: dict[Any, Dest] = {}
-        self._dest_pool: dict[Dest, Dest] = {}  # one tuple per destination, shared by its transactions
+        self._dest_pool: dict[Dest, Dest] = {}  # one value per destination, shared by its transactions
         self._pairs_by_server: dict[ServerTransaction, Pair] = {}
         self._pairs_by_client: dict[ClientTransaction, Pair] = {}
         self.counters: dict[str, int] = {}
@@ -212,12 +212,12 @@ class ProxyState:
         return pool.setdefault(dest, dest)
 
     def _emit(self, dest: Dest, data: bytes) -> bool:
-        if dest[0] == "flow":
-            if dest[1] not in self.flows:
+        if isinstance(dest, FlowDest):
+            if dest.flow_id not in self.flows:
                 return False
-            self._actions.append(ToFlow(dest[1], data))
+            self._actions.append(ToFlow(dest.flow_id, data))
         else:
-            self._actions.append(ToBackend(dest[1], dest[2], dest[3], data))
+            self._actions.append(ToBackend(dest.tenant_id, dest.transport, dest.addr, data))
         return True
 
     def _reject_garbage(self, data: bytes, exc: RemoteProtocolError, dest: Dest) -> None:
