@@ -61,7 +61,7 @@ class Dialogs(ProxyState):
         if call is not None and call.tenant_id == flow.tenant.id:
             if call.flow_id != flow.id and call.flow_id not in self.flows:
                 if not self.flow_registry.same_instance(call.flow_id, flow.id):
-                    self.count("sip_dialog_foreign_flow", f"{flow.tenant.id}: call of another connection")
+                    self.problem("sip_dialog_foreign_flow", "SIP445", tenant=flow.tenant.id)
                     return 403
                 self._recover(call, flow, now)
             if call.dialog is not None and req.method not in ("ACK", "CANCEL"):
@@ -74,7 +74,7 @@ class Dialogs(ProxyState):
         if key is not None and key == self.flow_registry.binding_of(flow.id):
             return None
         if token in self._dead_tokens or key is not None:
-            self.count("sip_flow_token_refused", f"{flow.tenant.id}: token of another connection")
+            self.problem("sip_flow_token_refused", "SIP446", tenant=flow.tenant.id)
             return 430
         return None
 

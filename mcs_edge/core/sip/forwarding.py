@@ -127,6 +127,6 @@ class Forwarding(Registrar):
                 continue
             _found, owner = self._flow_by_token(user)
             if owner is not None and owner.tenant is not flow.tenant and owner.tenant.id != flow.tenant.id:
-                self.count("sip_foreign_flow", f"{flow.tenant.id} -> route of {owner.tenant.id}")
+                self.problem("sip_foreign_flow", "SIP444", tenant=flow.tenant.id, other=owner.tenant.id)
                 return True
         return False

@@ -85,7 +85,7 @@ class BackendRequests(Wakeups, Cancelling):
                 self._respond(tx, req, 404, "Not Found", now)
             return
         if flow.tenant not in tenants:
-            self.count("sip_foreign_flow", f"{tenants[0].id} -> flow of {flow.tenant.id}")
+            self.problem("sip_foreign_flow", "SIP444", tenant=tenants[0].id, other=flow.tenant.id)
             self._respond(tx, req, 403, "Forbidden", now)
             return
         self._forward_to_flow(tx, req, fwd, flow, transport, src, now)

@@ -95,7 +95,9 @@ class ClientRequests(Forwarding, Cancelling):
             ruri = req.request_uri
             owner = self._tenant_for_domain(ruri.host) if isinstance(ruri, SipUri) else None
             if owner is None or owner.id != tenant.id:
-                self.count("sip_foreign_domain", f"{tenant.id} -> {getattr(ruri, 'host', ruri)}")
+                self.problem(
+                    "sip_foreign_domain", "SIP443", tenant=tenant.id, domain=str(getattr(ruri, "host", ruri))
+                )
                 self._respond(tx, req, 403, "Forbidden (domain not served for this connection)", now)
                 return
         if self.draining and not in_dialog and req.method == "INVITE":

@@ -64,8 +64,9 @@ The core never touches a socket: it is fed bytes with ``receive_from_client`` /
 :class:`ToFlow`, :class:`ToBackend`, :class:`CloseFlow` and :class:`Push` actions drained with
 ``next_action()``; its single timer is ``get_timer()`` / ``handle_timer(now)`` (the transaction
 layer's heap). Randomness (branches, tags, flow tokens) comes from the ``random_bytes`` it is
-given. Every problem is counted in ``counters`` (name -> count) and listed in ``problems`` for
-rate-limited logging by the adapter.
+given. Every refusal or drop is counted in ``counters`` (name -> count); problems worth a log line
+are listed in ``problems`` as ``(code, fields)`` values (problems.py) that the adapter logs,
+rate-limited, under their own stable codes.
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
         for _binding in list(self.push_registry.expire(now)):
             self.count("push_bindings_expired")
         for waiting in list(self.wakes.expired(now)):
-            self.count(
-                "push_calls_lost_timeout", f"{waiting.key.tenant_id}: {waiting.key.aor} did not wake up"
+            self.problem(
+                "push_calls_lost_timeout", "PSH405", tenant=waiting.key.tenant_id, aor=waiting.key.aor
             )
             self._fail_waiting(waiting, TIMEOUT_REASON, now)
         for lost in list(self.flow_registry.expired(now)):
@@ -205,7 +206,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
                 pair.client.transport_error(now)
                 failed += 1
         if failed:
-            self.count("sip_backend_unreachable", f"{tenant_id}: {failed} request(s) refused, {reason}")
+            self.problem("sip_backend_unreachable", "SIP447", tenant=tenant_id, count=failed, reason=reason)
         self._pump(now)
         return failed
 
@@ -248,7 +249,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
         try:
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
-            self.count("sip_bad_from_client", str(exc))
+            self.problem("sip_bad_from_client", "SIP440", tenant=flow.tenant.id, error=str(exc))
             self._reject_garbage(data, exc, FlowDest(flow_id))
             return
         try:
@@ -257,7 +258,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             else:
                 self._request_from_client(flow, msg, now)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
-            self.count("sip_bad_from_client", str(exc))
+            self.problem("sip_bad_from_client", "SIP440", tenant=flow.tenant.id, error=str(exc))
             if isinstance(msg, Request) and msg.method != "ACK":
                 self.count("sip_refused_400")
                 self._answer_stateless(msg, 400, "Bad Request", FlowDest(flow_id))
@@ -270,7 +271,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
     def receive_from_backend(self, data: bytes, src: Addr, transport: str, now: float) -> None:
         tenants = list(self._tenants_at(src[0]))
         if not tenants:
-            self.count("sip_unknown_backend", f"from {src[0]}:{src[1]}")
+            self.problem("sip_unknown_backend", "SIP442", source=f"{src[0]}:{src[1]}")
             return
         if not data.strip(b"\r\n"):
             return  # keepalive
@@ -278,7 +279,13 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
         try:
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
-            self.count("sip_bad_from_backend", str(exc))
+            self.problem(
+                "sip_bad_from_backend",
+                "SIP441",
+                tenant=tenants[0].id,
+                source=f"{src[0]}:{src[1]}",
+                error=str(exc),
+            )
             self._reject_garbage(data, exc, back)  # e.g. 416 for an unsupported Request-URI scheme
             return
         try:
@@ -287,7 +294,13 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             else:
                 self._request_from_backend(tenants, msg, src, transport, now)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
-            self.count("sip_bad_from_backend", str(exc))
+            self.problem(
+                "sip_bad_from_backend",
+                "SIP441",
+                tenant=tenants[0].id,
+                source=f"{src[0]}:{src[1]}",
+                error=str(exc),
+            )
             if isinstance(msg, Request) and msg.method != "ACK":
                 self.count("sip_refused_400")
                 self._answer_stateless(msg, 400, "Bad Request", back)

@@ -114,7 +114,7 @@ class Responses(Wakeups, Cancelling):
     def _abandon(self, pair: Pair, now: float) -> None:
         """An early answer (18x) the edge cannot relay: CANCEL the INVITE, refuse it with 488 (counted)."""
         call_id = pair.call_id
-        self.count("sip_answer_refused_early", f"{pair.tenant_id} call {call_id}: 18x answer not usable")
+        self.problem("sip_answer_refused_early", "SIP448", tenant=pair.tenant_id, call_id=call_id)
         pair.abandoned = True
         if pair.client is not None:
             self._send_cancel(pair, now)
@@ -141,7 +141,7 @@ class Responses(Wakeups, Cancelling):
         call_id = pair.call_id
         inv = pair.request  # kept: a refused pair never reaches the compact state
         dest = self._dest.get(pair.client) if pair.client is not None else None
-        self.count("sip_answer_refused_after_2xx", f"{pair.tenant_id} call {call_id}: 2xx answer not usable")
+        self.problem("sip_answer_refused_after_2xx", "SIP449", tenant=pair.tenant_id, call_id=call_id)
         if dest is not None and inv is not None:
             ack = self._in_dialog_request("ACK", pair, inv, resp, inv.cseq.seq)
             ack.push_via(self._own_via(pair, dest))

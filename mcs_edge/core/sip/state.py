@@ -43,6 +43,7 @@ from .destinations import Action, Dest, FlowDest, ToBackend, ToFlow
 from .flows import FlowRegistry, RecoveryHistogram
 from .media_hook import LocalService, MediaHook, PassthroughMedia
 from .message import Limits, Request, Response
+from .problems import Problem
 from .routing import Addr, ProxySettings, Routing
 from .transaction import ClientTransaction, ServerTransaction, TransactionLayer
 
@@ -135,7 +136,8 @@ class ProxyState:
         self._pairs_by_server: dict[ServerTransaction, Pair] = {}
         self._pairs_by_client: dict[ClientTransaction, Pair] = {}
         self.counters: dict[str, int] = {}
-        self.problems: deque[str] = deque(maxlen=256)
+        #: Problems for the adapter to log under their own codes (problems.py), oldest first.
+        self.problems: deque[Problem] = deque(maxlen=256)
         #: Call recoveries and losses for the adapter's log: ("recovered" | "lost", tenant, Call-ID, seconds).
         self.notices: deque[tuple[str, str, str, float]] = deque(maxlen=256)
         #: Calls (INVITE dialogs) up, by Call-ID and by flow (admin API, metrics, drain).
@@ -165,10 +167,13 @@ class ProxyState:
         #: Time from the push to the woken app's REGISTER (seconds).
         self.wake_latency = RecoveryHistogram()
 
-    def count(self, name: str, problem: str | None = None) -> None:
+    def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
-        if problem is not None:
-            self.problems.append(f"{name}: {problem}")
+
+    def problem(self, name: str, code: str, **fields: object) -> None:
+        """Count ``name`` and report problem ``code`` with ``fields`` (problems.py) to the adapter."""
+        self.counters[name] = self.counters.get(name, 0) + 1
+        self.problems.append(Problem(code, fields))
 
     def _new_tag(self) -> str:
         return self.random_bytes(6).hex()

@@ -64,14 +64,15 @@ class Wakeups(Forwarding):
                 continue
             instance = (contact.param("+sip.instance") or "").strip('"<>').lower()
             if not instance:
-                self.count(
-                    "push_register_without_instance", f"{flow.tenant.id}: pn-provider without +sip.instance"
-                )
+                self.problem("push_register_without_instance", "PSH401", tenant=flow.tenant.id)
                 return
             key = PushKey(flow.tenant.id, _aor(register.to.uri), instance)
             if params.provider not in providers:
-                self.count(
-                    "push_provider_unsupported", f"{flow.tenant.id}: pn-provider {params.provider[:16]!r}"
+                self.problem(
+                    "push_provider_unsupported",
+                    "PSH402",
+                    tenant=flow.tenant.id,
+                    provider=repr(params.provider[:16]),
                 )
                 out.headers.add("Feature-Caps", feature_caps(providers, None))
                 return
@@ -85,7 +86,7 @@ class Wakeups(Forwarding):
                 key, params, flow.token, now + expires, self.random_bytes(8).hex()
             )
             if binding is None:
-                self.count("push_bindings_refused", f"{flow.tenant.id}: push binding table full")
+                self.problem("push_bindings_refused", "PSH403", tenant=flow.tenant.id)
                 return
             self.count("push_bindings_refreshed" if known else "push_bindings_registered")
             out.headers.add("Feature-Caps", feature_caps(providers, binding.purr))
@@ -178,7 +179,7 @@ class Wakeups(Forwarding):
                 self.count("push_bindings_dropped_bad_token")
         if outcome != "sent" and waiting is not None:
             self.wakes.release(waiting.wake_id)
-            self.count("push_calls_lost_push_failed", f"{push.tenant_id}: push {outcome}")
+            self.problem("push_calls_lost_push_failed", "PSH404", tenant=push.tenant_id, outcome=outcome)
             self._fail_waiting(waiting, FAILED_REASON, now)
 
     def _fail_waiting(self, waiting: Waiting, reason: str, now: float) -> None:

@@ -7,7 +7,7 @@ listener) call :meth:`open_flow` when a connection is accepted, :meth:`data_from
 message and :meth:`close_flow` when it ends. The backend side is one UDP socket on
 ``listen.backend_sip`` (:class:`BackendUDP`). After every input the router drains the core's
 actions (bytes to a flow, bytes to a PBX, close a flow) and re-arms the core's single timer.
-Problems the core reports are logged rate-limited.
+Problems the core reports (``(code, fields)`` values) are logged under their own codes, rate-limited.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from mcs_edge.core.sip.locate import is_ip as _is_ip
 from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, Push, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.shed import refusal, sheddable
 from mcs_edge.core.sip.transaction import TimerConfig
+from mcs_edge.logevents import EVENTS
+from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
@@ -137,6 +139,8 @@ class SipRouter:
         self.overload: AdmissionGate | None = None
         #: New INVITE/REGISTER refused under overload, by method (metrics).
         self.shed: dict[str, int] = {"INVITE": 0, "REGISTER": 0}
+        #: The core's problems, rate-limited per code (the one RateLimitedLog, tx/ops/logs.py).
+        self._problem_log = RateLimitedLog(self.log, burst=10, window=1.0, now=timers.now)
         self._tag_prefix = secrets.token_hex(4)  # To tags of refusals: prefix + counter, no syscall each
         self._build(config, tenants, backend_port)
 
@@ -479,23 +483,11 @@ class SipRouter:
         if self.core.notices:
             self._log_notices()
         problems = self.core.problems
-        if not problems:
-            return
-        now = self.timers.now()
-        # at most 10 lines per second, the rest counted
-        if now - self._log_stamp >= 1.0:
-            self._log_stamp = now
-            self._log_budget = 10
-        dropped = 0
+        # each under its own code (core/sip/problems.py), at most 10 lines per code per second
         while problems:
-            text = problems.popleft()
-            if self._log_budget > 0:
-                self._log_budget -= 1
-                self.log.info("SIP400 {problem}", problem=text)
-            else:
-                dropped += 1
-        if dropped:
-            self.count("log_suppressed", "", "sip")
+            code, fields = problems.popleft()
+            if not self._problem_log.info(code, f"{code} {EVENTS[code]}", **fields):
+                self.count("log_suppressed", "", "sip")
 
     def _log_notices(self) -> None:
         """Calls that survived a network change, or did not (core/sip/flows.py); rate-limited."""
