@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,7 @@ import tempfile
 import time
 from typing import Any
 
+from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.cluster.records import key_for_call, snapshot
 from mcs_edge.core.cluster.replication import CachingBox, ChangeTracker
 from mcs_edge.core.cluster.secrets import SecretBox
@@ -75,7 +77,7 @@ def build(n: int) -> tuple[CallTable, dict[str, Any]]:
     calls = CallTable()
     sessions: dict[str, Any] = {}
     ports = Ports()
-    settings = SessionSettings()
+    settings = SessionSettings(certificate=edge_dtls_certificate(), random_bytes=secrets.token_bytes)
     for i in range(n):
         cid = f"call-{i}"
         calls.invite(cid, "acme", i, True, 0.0)

@@ -49,6 +49,7 @@ import json
 import os
 import random
 import resource
+import secrets
 import socket
 import statistics
 import struct
@@ -59,6 +60,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from mcs_edge.certs import edge_dtls_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -635,7 +638,14 @@ def packet_cost(rounds: int = 100_000) -> dict[str, float]:
         def close(self, leg: Any) -> None:
             leg.port = 0
 
-    settings = SessionSettings(client_host="203.0.113.10", pbx_host="10.0.0.5", rate=1e15, burst=1e15)
+    settings = SessionSettings(
+        client_host="203.0.113.10",
+        pbx_host="10.0.0.5",
+        rate=1e15,
+        burst=1e15,
+        certificate=edge_dtls_certificate(),
+        random_bytes=secrets.token_bytes,
+    )
     session = MediaSession("bench", settings, Ports(), pbx_profile=Profile.PASSTHROUGH)
     a, b = WebRtcPeer(("198.51.100.7", 50000)), WebRtcPeer(("10.1.0.10", 30000))
     to_b = session.offer(CLIENT, SessionDescription.parse(a.offer()), 0.0)

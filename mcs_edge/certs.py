@@ -1,4 +1,5 @@
-"""Certificate files: the development CA, self-signed tenant certificates, and PEM loading.
+"""Certificate files: the development CA, self-signed tenant certificates, PEM loading, and the
+media relay's DTLS certificate (:func:`edge_dtls_certificate`).
 
 The development CA and every generated key live under ``state_dir`` (never in the source tree);
 private keys are written ``0600`` through :func:`mcs_edge.files.atomic_write`, so a reader never
@@ -9,6 +10,7 @@ days left.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable
@@ -20,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mcs_edge.core.rtp.dtls import DtlsCertificate
 from mcs_edge.files import atomic_write
 
 __all__ = [
@@ -27,11 +30,17 @@ __all__ = [
     "DevCA",
     "build_certificate",
     "cert_info",
+    "dtls_certificate",
+    "edge_dtls_certificate",
     "ensure_dev_ca",
     "ensure_self_signed",
 ]
 
 _RENEW_BEFORE = datetime.timedelta(days=30)
+# A fixed validity window for DTLS certificates: DTLS-SRTP peers check the fingerprint from the SDP,
+# not the dates (RFC 5763 s.5), and a fixed window needs no clock.
+_DTLS_NOT_BEFORE = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+_DTLS_NOT_AFTER = datetime.datetime(2099, 12, 31, tzinfo=datetime.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,20 @@ def build_certificate(
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
     return builder.sign(signer, hashes.SHA256())
+
+
+def dtls_certificate(common_name: str = "mcs_edge") -> DtlsCertificate:
+    """A fresh self-signed ECDSA P-256 certificate for DTLS-SRTP (its fingerprint goes into SDP)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = build_certificate(name, key, not_before=_DTLS_NOT_BEFORE, not_after=_DTLS_NOT_AFTER)
+    return DtlsCertificate.of(cert, key)
+
+
+@functools.lru_cache(maxsize=1)
+def edge_dtls_certificate() -> DtlsCertificate:
+    """The process-wide DTLS certificate of the media relay (generated once, on first use)."""
+    return dtls_certificate()
 
 
 def ensure_dev_ca(state_dir: str) -> DevCA:

@@ -15,16 +15,6 @@ FORBIDDEN = ("twisted", "asyncio", "autobahn", "socket", "txaio", "uvloop", "sel
 #: Clocks and random sources (``os`` for ``os.urandom`` and the environment).
 FORBIDDEN_CLOCK_RANDOM = ("time", "datetime", "secrets", "random", "os")
 FORBIDDEN_FROM_MCS = ("mcs_edge.tx",)
-#: Core modules still importing a clock/random module, with their follow-up. The list may only
-#: shrink (test_exemptions_are_still_needed fails once an exemption is no longer used).
-EXEMPT: dict[str, frozenset[str]] = {
-    # Follow-up: SDES keys, SDP origin ids and ICE credentials from a random_bytes given to
-    # MediaAnchor; the anchor is built in tx/media/relay.py (changed in the perf branch).
-    "media/session.py": frozenset({"secrets"}),
-    # Follow-up: the fixed validity dates of the generated DTLS certificate; the certificate should
-    # come from mcs_edge/certs.py through SessionSettings.certificate (built in tx/media/relay.py).
-    "rtp/dtls.py": frozenset({"datetime"}),
-}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -38,13 +28,13 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def _violations(path: Path, exempt: frozenset[str] = frozenset()) -> list[str]:
+def _violations(path: Path) -> list[str]:
     bad = []
     for lineno, name in _imports(path):
         top = name.split(".")[0]
         if (
             top in FORBIDDEN
-            or (top in FORBIDDEN_CLOCK_RANDOM and top not in exempt)
+            or top in FORBIDDEN_CLOCK_RANDOM
             or any(name == m or name.startswith(m + ".") for m in FORBIDDEN_FROM_MCS)
         ):
             bad.append(f"{path.relative_to(CORE.parent.parent)}:{lineno} imports {name}")
@@ -63,17 +53,7 @@ def test_core_has_modules() -> None:
 def test_core_module_is_sans_io(path: Path) -> None:
     """A core module imports nothing from twisted, asyncio, autobahn, socket, the adapters, nor a
     clock or random source (time, datetime, secrets, random, os)."""
-    exempt = EXEMPT.get(path.relative_to(CORE).as_posix(), frozenset())
-    assert _violations(path, exempt) == []
-
-
-@pytest.mark.parametrize("rel", sorted(EXEMPT))
-def test_exemptions_are_still_needed(rel: str) -> None:
-    """Each exempted module still imports what it is exempted for (remove the entry once fixed)."""
-    path = CORE / rel
-    assert path.exists()
-    tops = {name.split(".")[0] for _, name in _imports(path)}
-    assert EXEMPT[rel] <= tops
+    assert _violations(path) == []
 
 
 def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import secrets
 import struct
 from dataclasses import dataclass, field
 
+from mcs_edge.certs import dtls_certificate
 from mcs_edge.core.media.sdp import SessionDescription
 from mcs_edge.core.rtp.dtls import DtlsCertificate, DtlsEndpoint, HandshakeComplete
 from mcs_edge.core.rtp.srtp import AES_CM_128_HMAC_SHA1_80, SrtpContext
@@ -21,7 +22,7 @@ _CERT: list[DtlsCertificate] = []
 def peer_certificate() -> DtlsCertificate:
     """One certificate shared by simulated peers (generating one per peer is slow)."""
     if not _CERT:
-        _CERT.append(DtlsCertificate.generate("sim-browser"))
+        _CERT.append(dtls_certificate("sim-browser"))
     return _CERT[0]
 
 

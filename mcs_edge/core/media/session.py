@@ -69,10 +69,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import secrets
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 from mcs_edge.core.media.forwarding import MAX_DROPOUT, ForwardingTable, LegCounters, SequenceTracker
@@ -90,6 +89,7 @@ from mcs_edge.core.media.sdp import (
 )
 from mcs_edge.core.media.sdp_rewrite import SDES_SUITES, LocalLeg, RelayAddress, rewrite_answer, rewrite_offer
 from mcs_edge.core.media.source_gate import SourceGate
+from mcs_edge.core.randomness import RandomBytes, random_int
 from mcs_edge.core.rtp.demux import KIND_DTLS, KIND_RTP, KIND_STUN, classify_first_byte
 from mcs_edge.core.rtp.dtls import (
     ConnectionClosed,
@@ -98,7 +98,6 @@ from mcs_edge.core.rtp.dtls import (
     DtlsState,
     HandshakeComplete,
     HandshakeFailed,
-    default_certificate,
 )
 from mcs_edge.core.rtp.srtp import PROFILES, SrtpContext
 from mcs_edge.core.shaping import Policer, TokenBucket
@@ -194,7 +193,10 @@ class SessionSettings:
     ipv6: bool = False  # relay sockets are IPv6: prefer IPv6 destinations from SDP
     offer_sdes_suites: tuple[str, ...] = OFFER_SDES_SUITES
     answer_sdes_suites: tuple[str, ...] = ANSWER_SDES_SUITES
-    certificate: DtlsCertificate | None = None
+    #: The edge's DTLS identity (``mcs_edge.certs.edge_dtls_certificate`` in the adapter).
+    certificate: DtlsCertificate = field(kw_only=True)
+    #: The random source of SDES keys, ICE credentials and SDP origin ids (``secrets.token_bytes``).
+    random_bytes: RandomBytes = field(kw_only=True)
 
     def host(self, side: Side) -> str:
         return self.client_host if side is CLIENT else self.pbx_host
@@ -308,7 +310,7 @@ class Leg:
         self.encrypts = self.decrypts
         self.srtp: SrtpContext | None = None
         self.sdes: tuple[str, bytes] | None = None  # (suite, remote key) the SDES context was keyed with
-        self.sdes_key = secrets.token_bytes(_SDES_KEY_LENGTH) if profile is Profile.SDES else b""
+        self.sdes_key = settings.random_bytes(_SDES_KEY_LENGTH) if profile is Profile.SDES else b""
         self.ice: IceLiteResponder | None = None
         self.rtcp_ice: IceLiteResponder | None = None  # ICE component 2 on a separate RTCP port
         self.dtls: DtlsEndpoint | None = None
@@ -782,7 +784,7 @@ class Leg:
             self.dtls.close()
             self.dtls.datagrams_to_send()
         self.remote_fingerprints = fingerprints
-        cert = self.session.settings.certificate or default_certificate()
+        cert = self.session.settings.certificate
         dtls = self.dtls = DtlsEndpoint(
             is_client=is_client, remote_fingerprints=fingerprints, certificate=cert
         )
@@ -942,12 +944,15 @@ class MediaSession:
         self.mline_legs: tuple[list[Leg | None], list[Leg | None]] = ([], [])
         self.legs: list[Leg] = []
         self.ice_credentials: list[tuple[str, str]] = [
-            generate_credentials(secrets.token_bytes),
-            generate_credentials(secrets.token_bytes),
+            generate_credentials(settings.random_bytes),
+            generate_credentials(settings.random_bytes),
         ]
         self.remote_sdp: list[SessionDescription | None] = [None, None]
         self._offer: _Offer | None = None
-        self._origin_id = [str(secrets.randbelow(1 << 62)), str(secrets.randbelow(1 << 62))]
+        self._origin_id = [
+            str(random_int(settings.random_bytes, 62)),
+            str(random_int(settings.random_bytes, 62)),
+        ]
         self._origin_version = [0, 0]
         self._last_body: list[str | None] = [None, None]
         self._on_end = on_end
@@ -1031,7 +1036,7 @@ class MediaSession:
         new_credentials: tuple[str, str] | None = None
         plans_offerer = self._plan(offerer, offer.sdp, sdp, profile_in, answering=True)
         if profile_in is Profile.WEBRTC and any(p.ice_restart for p in plans_offerer.values()):
-            new_credentials = generate_credentials(secrets.token_bytes)
+            new_credentials = generate_credentials(self.settings.random_bytes)
         setup = None
         if profile_in is Profile.WEBRTC:
             setup = "passive"
@@ -1248,7 +1253,7 @@ class MediaSession:
         ice = fingerprint = None
         if profile is Profile.WEBRTC:
             ice = IceCredentials(*self.ice_credentials[side])
-            fingerprint = (self.settings.certificate or default_certificate()).fingerprint
+            fingerprint = self.settings.certificate.fingerprint
         elif any(leg is not None and leg.ice is not None for leg in legs) and (
             answer is None or any(not m.rejected and sdp.transport(i).ice for i, m in enumerate(sdp.media))
         ):  # ICE-lite on RTP/SDES legs: offered always, answered when the offer had ICE

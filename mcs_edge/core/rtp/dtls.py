@@ -13,10 +13,10 @@ Role. The SDP ``a=setup`` decides it: we answer ``passive`` towards browsers, so
 ClientHello early leaves Chromium stuck). A *client* endpoint sends nothing until
 :meth:`~DtlsEndpoint.start` is called, which the session does once the answer is out.
 
-Identity. The edge has one self-signed ECDSA P-256 certificate per process
-(:func:`default_certificate`); its SHA-256 fingerprint goes into our SDP. The peer's certificate is
-accepted only if its digest matches one of the ``a=fingerprint`` values of the remote SDP (compared
-with :func:`hmac.compare_digest` in the verify callback). A mismatch aborts the handshake: the
+Identity. The edge has one self-signed ECDSA P-256 certificate per process, built outside the core
+(:func:`mcs_edge.certs.edge_dtls_certificate`: the core reads no clock for its dates) and given to
+each endpoint; its SHA-256 fingerprint goes into our SDP. The peer's certificate is accepted only
+if its digest matches one of the ``a=fingerprint`` values of the remote SDP (compared with :func:`hmac.compare_digest` in the verify callback). A mismatch aborts the handshake: the
 event is :class:`HandshakeFailed` with reason ``"fingerprint mismatch"``.
 
 Retransmission. Our virtual clock is authoritative: every new flight arms a timer at ``now + 1 s``,
@@ -44,13 +44,11 @@ import hmac
 import struct
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
 from mcs_edge.core.media.sdp import Fingerprint
@@ -75,7 +73,6 @@ __all__ = [
     "DtlsState",
     "HandshakeComplete",
     "HandshakeFailed",
-    "default_certificate",
 ]
 
 SRTP_PROFILES: Final = b"SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80"
@@ -97,10 +94,6 @@ _HASHES: Final[dict[str, type[hashes.HashAlgorithm]]] = {
     "sha-384": hashes.SHA384,
     "sha-512": hashes.SHA512,
 }
-# A fixed validity window: certificate dates are not checked in DTLS-SRTP (the fingerprint is), and
-# a fixed window keeps certificate generation free of clock reads.
-_NOT_BEFORE: Final = datetime(2024, 1, 1, tzinfo=UTC)
-_NOT_AFTER: Final = datetime(2099, 12, 31, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------- certificate
@@ -115,28 +108,11 @@ class DtlsCertificate:
     fingerprint: Fingerprint
 
     @classmethod
-    def generate(cls, common_name: str = "mcs_edge") -> DtlsCertificate:
-        """A fresh self-signed ECDSA P-256 certificate."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_NOT_BEFORE)
-            .not_valid_after(_NOT_AFTER)
-            .sign(key, hashes.SHA256())
-        )
-        fingerprint = Fingerprint.from_digest("sha-256", cert.fingerprint(hashes.SHA256()))
-        return cls(cert, key, fingerprint)
-
-
-@functools.lru_cache(maxsize=1)
-def default_certificate() -> DtlsCertificate:
-    """The process-wide edge certificate (generated once, on first use)."""
-    return DtlsCertificate.generate()
+    def of(cls, certificate: x509.Certificate, private_key: ec.EllipticCurvePrivateKey) -> DtlsCertificate:
+        """The identity of ``certificate`` and its key (built by :func:`mcs_edge.certs.dtls_certificate`:
+        the core reads no clock, so certificate dates come from outside)."""
+        fingerprint = Fingerprint.from_digest("sha-256", certificate.fingerprint(hashes.SHA256()))
+        return cls(certificate, private_key, fingerprint)
 
 
 @functools.lru_cache(maxsize=8)
@@ -239,12 +215,12 @@ class DtlsEndpoint:
         *,
         is_client: bool,
         remote_fingerprints: tuple[Fingerprint, ...] = (),
-        certificate: DtlsCertificate | None = None,
+        certificate: DtlsCertificate,
         mtu: int = MTU,
         srtp_profiles: bytes = SRTP_PROFILES,
     ) -> None:
         self.is_client = is_client
-        self.certificate = certificate or default_certificate()
+        self.certificate = certificate
         self.remote_fingerprints = remote_fingerprints
         self.state = DtlsState.NEW
         self.mtu = mtu

@@ -26,6 +26,7 @@ by the legs; ``error_received`` (ICMP errors) is counted here; problems are logg
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.anchor import AnchorSettings, MediaAnchor
 from mcs_edge.core.media.session import Leg, Sender, SessionSettings
 from mcs_edge.core.shaping import Policer
@@ -62,6 +64,8 @@ def relay_settings(config: EdgeConfig) -> AnchorSettings:
             rate=float(config.shaping.rate),
             burst=float(config.shaping.burst),
             ipv6=ipv6,
+            certificate=edge_dtls_certificate(),
+            random_bytes=secrets.token_bytes,
         ),
         ports=media.ports,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from helpers.webrtc_peer import WebRtcPeer, rtp_packet
 
+from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.anchor import AnchorSettings, MediaAnchor
 from mcs_edge.core.media.sdp import SessionDescription
 from mcs_edge.core.media.session import Leg, MediaSession, SessionSettings
@@ -83,7 +84,14 @@ class Harness:
         self.io = FakeIO(refuse)
         self.now = 0.0
         settings = AnchorSettings(
-            SessionSettings(client_host=PUBLIC, pbx_host=PRIVATE, idle_timeout=IDLE, hold_timeout=600.0),
+            SessionSettings(
+                client_host=PUBLIC,
+                pbx_host=PRIVATE,
+                idle_timeout=IDLE,
+                hold_timeout=600.0,
+                certificate=edge_dtls_certificate(),
+                random_bytes=secrets.token_bytes,
+            ),
             ports,
         )
         self.anchor = MediaAnchor(

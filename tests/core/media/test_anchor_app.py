@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.anchor import AnchorSettings, MediaAnchor
 from mcs_edge.core.media.sdp import Profile
 from mcs_edge.core.media.session import Leg, SessionSettings
@@ -28,7 +30,15 @@ class FakePair:
 def _anchor(app_media: dict[str, str]) -> MediaAnchor:
     transports = {1: "tls", 2: "wss", 3: "tls"}
     return MediaAnchor(
-        AnchorSettings(SessionSettings(client_host="203.0.113.10", pbx_host="10.0.0.5"), (40000, 40999)),
+        AnchorSettings(
+            SessionSettings(
+                client_host="203.0.113.10",
+                pbx_host="10.0.0.5",
+                certificate=edge_dtls_certificate(),
+                random_bytes=secrets.token_bytes,
+            ),
+            (40000, 40999),
+        ),
         IO(),
         tenant_media=lambda tid: "bridge",
         client_transport=transports.get,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.echo_ua import (
     MAX_PER_FLOW,
     MAX_SECONDS,
@@ -37,7 +39,12 @@ class Anchor:
 
     def __init__(self) -> None:
         self.settings = SimpleNamespace(
-            session=SessionSettings(client_host="203.0.113.10", pbx_host="10.0.0.5")
+            session=SessionSettings(
+                client_host="203.0.113.10",
+                pbx_host="10.0.0.5",
+                certificate=edge_dtls_certificate(),
+                random_bytes=secrets.token_bytes,
+            )
         )
         self.next = 40000
         self.open_ports: set[int] = set()

@@ -8,6 +8,7 @@ from typing import Any
 
 from helpers.webrtc_peer import rtcp_rr, rtp_packet
 
+from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.loopback import LOOP_PORT, LoopbackPorts, echo_answer, echo_offer
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import CLIENT, PBX, Leg, MediaSession, SessionSettings
@@ -41,7 +42,12 @@ class Owner:
 
 def _session(owner: Owner) -> tuple[MediaSession, LoopbackPorts]:
     ports = LoopbackPorts(owner, lambda: 5.0, secrets.token_bytes)
-    settings = SessionSettings(client_host="203.0.113.10", pbx_host="10.0.0.5")
+    settings = SessionSettings(
+        client_host="203.0.113.10",
+        pbx_host="10.0.0.5",
+        certificate=edge_dtls_certificate(),
+        random_bytes=secrets.token_bytes,
+    )
     return MediaSession("c1", settings, ports, pbx_profile=Profile.RTP, client_profile=Profile.RTP), ports
 
 

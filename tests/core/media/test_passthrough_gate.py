@@ -3,10 +3,12 @@ peers' own credentials from the SDP) are heard; garbage is never forwarded. Memo
 
 from __future__ import annotations
 
+import secrets
 import struct
 
 from helpers.webrtc_peer import WebRtcPeer, rtcp_rr, rtp_packet
 
+from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import CLIENT, PBX, Leg, MediaSession, SessionSettings
 from mcs_edge.core.media.source_gate import MAX_VERIFIED, SourceGate
@@ -16,7 +18,13 @@ BROWSER = ("198.51.100.7", 50000)
 BROWSER_NAT = ("198.51.100.7", 61000)  # the same browser seen from another candidate
 PBX_PEER = ("10.1.0.10", 30000)
 INJECTOR = ("192.0.2.66", 40000)
-SETTINGS = SessionSettings(client_host="203.0.113.10", pbx_host="10.0.0.5", idle_timeout=30.0)
+SETTINGS = SessionSettings(
+    client_host="203.0.113.10",
+    pbx_host="10.0.0.5",
+    idle_timeout=30.0,
+    certificate=edge_dtls_certificate(),
+    random_bytes=secrets.token_bytes,
+)
 
 
 class Ports:

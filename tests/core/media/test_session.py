@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import pytest
 from helpers.webrtc_peer import SdesPeer, WebRtcPeer, rtcp_rr, rtp_packet
 
+from mcs_edge.certs import dtls_certificate, edge_dtls_certificate
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import CLIENT, PBX, Leg, MediaSession, OutOfPorts, SessionSettings
 from mcs_edge.core.rtp.dtls import DtlsState
@@ -16,7 +18,14 @@ PUBLIC = "203.0.113.10"
 PRIVATE = "10.0.0.5"
 BROWSER = ("198.51.100.7", 50000)
 PBX_ADDR = ("10.1.0.10", 30000)
-SETTINGS = SessionSettings(client_host=PUBLIC, pbx_host=PRIVATE, idle_timeout=30.0, hold_timeout=600.0)
+SETTINGS = SessionSettings(
+    client_host=PUBLIC,
+    pbx_host=PRIVATE,
+    idle_timeout=30.0,
+    hold_timeout=600.0,
+    certificate=edge_dtls_certificate(),
+    random_bytes=secrets.token_bytes,
+)
 
 
 class Ports:
@@ -360,7 +369,14 @@ def test_hostile_input_is_dropped_and_counted_while_the_stream_keeps_flowing() -
 
 def test_policer_drops_a_flood_from_the_legit_source() -> None:
     """Over the leg's rate the packets are dropped as 'policed' (counted), not forwarded."""
-    settings = SessionSettings(client_host=PUBLIC, pbx_host=PRIVATE, rate=1000.0, burst=2000.0)
+    settings = SessionSettings(
+        client_host=PUBLIC,
+        pbx_host=PRIVATE,
+        rate=1000.0,
+        burst=2000.0,
+        certificate=edge_dtls_certificate(),
+        random_bytes=secrets.token_bytes,
+    )
     session, ports, _browser, _ = bridge(settings=settings)
     _client, pbx = legs(session)
     for seq in range(100):
@@ -509,12 +525,11 @@ def test_ice_restart_with_the_same_certificate_keeps_dtls_and_switches_address()
 
 def test_new_fingerprint_starts_a_new_dtls_association_without_dropping_the_call() -> None:
     """A re-offer with a new certificate: new DTLS association; old keys serve until the new handshake completes."""
-    from helpers.webrtc_peer import DtlsCertificate
 
     session, ports, browser, _ = bridge()
     client, pbx = legs(session)
     old_srtp, old_dtls = client.srtp, client.dtls
-    new = WebRtcPeer(("198.51.100.7", 50010), certificate=DtlsCertificate.generate("new"))
+    new = WebRtcPeer(("198.51.100.7", 50010), certificate=dtls_certificate("new"))
     session.offer(CLIENT, sdp(new.offer()), 20.0, 2)
     new.accept(session.answer(PBX, pbx_answer(), 20.0))
     assert client.dtls is not old_dtls and client.srtp is old_srtp
@@ -533,11 +548,10 @@ def test_new_fingerprint_starts_a_new_dtls_association_without_dropping_the_call
 
 def test_stray_dtls_of_an_old_association_does_not_kill_the_new_one() -> None:
     """Before the new handshake, a non-ClientHello record (e.g. the old peer's alert) is dropped as stray."""
-    from helpers.webrtc_peer import DtlsCertificate
 
     session, _ports, _browser, _ = bridge()
     client, _ = legs(session)
-    new = WebRtcPeer(BROWSER, certificate=DtlsCertificate.generate("new2"))
+    new = WebRtcPeer(BROWSER, certificate=dtls_certificate("new2"))
     session.offer(CLIENT, sdp(new.offer()), 20.0, 2)
     session.answer(PBX, pbx_answer(), 20.0)
     client.receive(bytes([21, 0xFE, 0xFD]) + bytes(8) + b"\x00\x02\x02\x28", BROWSER, 20.1)  # an alert record

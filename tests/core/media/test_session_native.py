@@ -4,10 +4,12 @@ ICE, "SRTP if possible", and the edge's offers toward such a client."""
 from __future__ import annotations
 
 import base64
+import secrets
 from typing import Any
 
 from helpers.webrtc_peer import SdesPeer, WebRtcPeer, rtp_packet
 
+from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import CLIENT, PBX, Leg, MediaSession, SessionSettings
 
@@ -16,7 +18,14 @@ PRIVATE = "10.0.0.5"
 PBX_ADDR = ("10.1.0.10", 30000)
 APP = ("192.0.2.7", 20000)
 STRANGER = ("192.0.2.99", 20000)
-SETTINGS = SessionSettings(client_host=PUBLIC, pbx_host=PRIVATE, idle_timeout=30.0, hold_timeout=600.0)
+SETTINGS = SessionSettings(
+    client_host=PUBLIC,
+    pbx_host=PRIVATE,
+    idle_timeout=30.0,
+    hold_timeout=600.0,
+    certificate=edge_dtls_certificate(),
+    random_bytes=secrets.token_bytes,
+)
 
 
 class Ports:

@@ -8,24 +8,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcs_edge.certs import dtls_certificate, edge_dtls_certificate
 from mcs_edge.core.media.sdp import Fingerprint
 from mcs_edge.core.rtp.dtls import (
     MAX_RETRANSMISSIONS,
     ConnectionClosed,
-    DtlsCertificate,
     DtlsEndpoint,
     DtlsEvent,
     DtlsState,
     HandshakeComplete,
     HandshakeFailed,
-    default_certificate,
 )
 from mcs_edge.core.rtp.rtp import RtpPacket
 from mcs_edge.core.rtp.srtp import AEAD_AES_128_GCM, AES_CM_128_HMAC_SHA1_80
 from mcs_edge.errors import RemoteProtocolError
 
-CERT_A = DtlsCertificate.generate("a")
-CERT_B = DtlsCertificate.generate("b")
+CERT_A = dtls_certificate("a")
+CERT_B = dtls_certificate("b")
 RTP = bytes(RtpPacket(0, 1, 160, 0x11223344, payload=bytes(160)))
 
 Filter = Callable[[str, int, bytes], bool]  # (direction, index, datagram) -> deliver?
@@ -239,8 +238,8 @@ def test_non_dtls_input_rejected() -> None:
 
 def test_default_certificate_is_shared() -> None:
     """The process certificate is generated once; its fingerprint is SHA-256."""
-    assert default_certificate() is default_certificate()
-    fp = default_certificate().fingerprint
+    assert edge_dtls_certificate() is edge_dtls_certificate()
+    fp = edge_dtls_certificate().fingerprint
     assert fp.algorithm == "sha-256" and len(fp.digest) == 32
 
 

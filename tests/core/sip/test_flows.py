@@ -23,9 +23,9 @@ from core.media.test_anchor import (
 )
 from helpers.webrtc_peer import WebRtcPeer, rtp_packet
 
+from mcs_edge.certs import dtls_certificate
 from mcs_edge.core.media.reanchor import StreamContinuity, transport_only_change
 from mcs_edge.core.media.sdp import SessionDescription
-from mcs_edge.core.rtp.dtls import DtlsCertificate
 from mcs_edge.core.sip.flows import BindingKey, FlowRegistry, binding_key
 from mcs_edge.core.sip.headers import parse_name_addr, parse_name_addrs
 from mcs_edge.core.sip.proxy import CloseFlow, ToFlow
@@ -221,7 +221,7 @@ def test_reconnect_re_register_and_ice_restart_recovers_the_call_without_the_pbx
     call.flow = newflow
     fresh = WebRtcPeer(
         ("192.0.2.9", 40000) if moved else browser.addr,
-        certificate=DtlsCertificate.generate("moved"),
+        certificate=dtls_certificate("moved"),
         ssrcs=(0x5555, 0x6666),
     )
     backend, back = call.request("INVITE", fresh.offer())
@@ -401,7 +401,7 @@ def test_passthrough_call_resumes_when_the_relayed_reoffer_is_answered() -> None
     newflow = h.flow()
     assert register(h, newflow) == 200
     call.flow = newflow
-    fresh = WebRtcPeer(("192.0.2.9", 40000), certificate=DtlsCertificate.generate("moved"))
+    fresh = WebRtcPeer(("192.0.2.9", 40000), certificate=dtls_certificate("moved"))
     backend, _back = call.request("INVITE", fresh.offer())
     assert [m.split(" ", 1)[0] for m in backend] == ["INVITE"]  # end-to-end ICE: the PBX must see it
     out = call.pbx_reply(200, "OK", pbx_peer.answer(SessionDescription.parse(_body(backend[0]))))
