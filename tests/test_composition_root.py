@@ -1,5 +1,5 @@
-"""tx/service.py is the composition root: only the modules listed here may import it, and the
-list may only shrink (issue: adapters get narrow collaborators, never EdgeService)."""
+"""tx/service.py is the composition root: only tap.py (which builds it) may import it; every adapter
+gets narrow collaborators (tx/seams.py Protocols, other adapters, bound methods), never EdgeService."""
 
 from __future__ import annotations
 
@@ -9,18 +9,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mcs_edge"
 ROOT = "mcs_edge.tx.service"
 
-#: Modules that still import tx/service.py. tap.py builds the service; the others are left for
-#: after the parallel branches that change them merge. Remove an entry once its module no longer
-#: imports the service (the test fails until it is removed); never add one.
-ALLOWED = frozenset(
-    {
-        "tap.py",
-        "tx/ops/admin.py",
-        "tx/ops/metrics.py",
-        "tx/ops/workers.py",
-        "tx/web/front.py",
-    }
-)
+#: The one module besides tx/service.py itself that imports it: tap.py builds the service (and hands
+#: the class to tx/ops/workers.make_worker). Never add an entry.
+ALLOWED = frozenset({"tap.py"})
 
 
 def _module_name(path: Path) -> str:
@@ -66,7 +57,7 @@ def _importers() -> set[str]:
 
 
 def test_only_listed_modules_import_the_composition_root() -> None:
-    """No new module imports tx/service.py, and the list is kept exact (it only shrinks)."""
+    """Only tap.py imports tx/service.py (even under TYPE_CHECKING)."""
     assert _importers() == set(ALLOWED)
 
 

@@ -42,7 +42,17 @@ from mcs_edge.tx.ops.admin import Health, LocalAdmin, service_checks
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.loadprobe import LoadProbe, load_families, overload_settings
-from mcs_edge.tx.ops.metrics import EdgeMetrics
+from mcs_edge.tx.ops.metrics import (
+    EdgeMetrics,
+    acme_families,
+    certificate_families,
+    edge_families,
+    guard_families,
+    http_proxy_families,
+    media_families,
+    shaping_families,
+    sip_families,
+)
 from mcs_edge.tx.ops.panel import admin_site_with_panel
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
@@ -54,7 +64,7 @@ from mcs_edge.tx.sip.resolver import BackendResolver, make_resolver
 from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
-from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.timers import Timers, wall_clock
 from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
 from mcs_edge.tx.tls.certificates import CertificateStore
 from mcs_edge.tx.tunnel.wireguard import WireGuardTunnel
@@ -78,7 +88,12 @@ class EdgeService(MultiService):
         reactor: Any,
         config_path: str | None = None,
         now: Callable[[], float] | None = None,
+        *,
+        worker_index: int | None = None,
+        config_overrides: Callable[[EdgeConfig], EdgeConfig] | None = None,
     ) -> None:
+        """``worker_index``/``config_overrides``: set for one worker process of a supervisor
+        (tx/ops/workers.py): its index and how it derives its configuration from the file's."""
         super().__init__()
         self.setName("mcs-edge")
         self.reactor = reactor
@@ -93,18 +108,21 @@ class EdgeService(MultiService):
         self.ports: dict[str, Any] = {}
         # Operations (tx/ops/metrics.py, tx/ops/admin.py, tx/ops/drain.py): components add their metric
         # collectors to self.metrics and their readiness checks to self.health.
-        self.config_source = ConfigSource(config_path, None if config_path else config.edge.state_dir)
-        self.metrics = EdgeMetrics(self)
+        self.worker_index = worker_index
+        self.config_source = ConfigSource(
+            config_path, None if config_path else config.edge.state_dir, config_overrides
+        )
+        self.metrics = EdgeMetrics()
         self.health = Health()
-        for check_name, check in service_checks(self).items():
-            self.health.add_check(check_name, check)
         # Guard (tx/protect/guard.py): per-source caps before TLS, tenant caps, request rates, bans, scanners.
         self.protection = Protection(config, self.timers)
         self.guard = self.protection.guard  # SourceGuard: per-source caps and refusal counts
         self.bans = self.protection.bans  # auth-failure bans: listed and lifted by the admin API
         self.shaping = Shaping(config, self.timers)  # token buckets per connection, media leg, tenant
         self.certs.on_unknown_sni = lambda: self.protection.scanner("tls_sni")
-        self.admin = LocalAdmin(self)
+        self.metrics.add_collector("certificates", lambda: certificate_families(self.certs, wall_clock()))
+        self.metrics.add_collector("guard", lambda: guard_families(self.protection, self.timers.now()))
+        self.metrics.add_collector("shaping", lambda: shaping_families(self.shaping.counters))
         # Media relay (tx/media/relay.py): the proxy's media hook; relay ports, sessions, SDP rewriting.
         self.media = MediaRelay(
             config,
@@ -118,9 +136,13 @@ class EdgeService(MultiService):
         # Call quality (tx/media/quality.py): per-tenant histograms and one MED200 record per ended call.
         self.quality = CallQualityRecorder(self.metrics, self.timers.now)
         self.media.anchor.on_released = self.quality.released
+        self.metrics.add_collector("media", lambda: media_families(self.media))
         self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
         self.drainer = Drainer(
             self.timers, self.sip, lambda: self.config.edge.drain_timeout, lambda: list(self)
+        )
+        self.metrics.add_collector(
+            "edge", lambda: edge_families(len(self.config.tenants), self.drainer.draining)
         )
         # tcp:/tls: PBXs (tx/sip/backend.py): one persistent connection per tenant, PBX-opened TCP.
         # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache.
@@ -147,6 +169,15 @@ class EdgeService(MultiService):
         if config.tunnel.interface is not None:
             self.tunnel = WireGuardTunnel(config, reactor, self.timers)
             self.metrics.add_collector("tunnel", self.tunnel.collect)
+        for check_name, check in service_checks(
+            self,
+            running=lambda: bool(self.running),
+            listeners=lambda: list(self),
+            draining=lambda: self.drainer.draining,
+            allocator=self.media.anchor.allocator,
+            tunnel=self.tunnel,
+        ).items():
+            self.health.add_check(check_name, check)
         self.backends.accept = self.sip.is_backend_address
         self.sip.streams = self.backends
         self.metrics.add_collector("backend_streams", self.backends.collect)
@@ -181,6 +212,7 @@ class EdgeService(MultiService):
         self.sip.protection = self.protection
         # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
         self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
+        self.metrics.add_collector("sip", lambda: sip_families(self.sip.stats(), self.push.results))
         self.sip.push = self.push
         self.sip.core.push_providers = self.push.providers
         self.sip_ws.shaping = self.shaping
@@ -192,6 +224,7 @@ class EdgeService(MultiService):
             reactor,
             lambda _tenant: self.refresh_certificates(),
         )
+        self.metrics.add_collector("acme", lambda: acme_families(self.acme.status()))
         # Replication (tx/cluster/replicator.py, docs/ha.md): calls and flow bindings to Redis.
         self.cluster: Replicator | None = None
         if config.cluster.enabled:
@@ -199,6 +232,27 @@ class EdgeService(MultiService):
             self.health.add_check("replication", self.cluster.health)
             self.metrics.add_collector("cluster", self.cluster.collect)
             self.cluster.on_promote = self._take_over
+        # Admin API (tx/ops/admin.py): each collaborator handed in, never this service.
+        self.admin = LocalAdmin(
+            self,
+            self.config_source,
+            metrics=self.metrics,
+            protection=self.protection,
+            health=self.health,
+            sip=self.sip,
+            certs=self.certs,
+            clock=self.timers.now,
+            wall=wall_clock,
+            apply=self.reload,
+            reload=self.reload_from_source,
+            draining=lambda: self.drainer.draining,
+            media_session=self.media.anchor.sessions.get,
+            check_reports=lambda: self.check.last,
+            backend_state=self.backend_health.state,
+            tunnel=self.tunnel,
+            cluster=self.cluster,
+            worker=worker_index,
+        )
         self._build_listeners()
 
     def _cluster_snapshot(self, box: Any, node: str, now: float) -> dict[str, dict[str, Any]]:
@@ -236,13 +290,7 @@ class EdgeService(MultiService):
         self.http_proxy = HttpProxy(
             self.reactor, self.timers, self
         )  # streams tenants' backend_http (tx/web/proxy.py)
-        # strict request framing (tx/web/framing.py): every ambiguity gets one 400 and a close
-        site = FrontSite(
-            FrontResource(self), lambda kind: self.http_proxy.refusals.note("-", f"framing_{kind}")
-        )
-        site.displayTracebacks = False
-        site.timeOut = 60
-        site.requestFactory = self.http_proxy.request_factory()
+        self.metrics.add_collector("http_proxy", lambda: http_proxy_families(self.http_proxy.counters))
         # STUN/TURN (UDP/TCP on listen.turn, TLS on listen.turns and, sniffed, on listen.https)
         self.turn: TurnService | None = None
         if turn_enabled(cfg):
@@ -259,6 +307,24 @@ class EdgeService(MultiService):
             )
             self.turn.setServiceParent(self._listeners)
             self.metrics.add_collector("turn", self.turn.collect)
+        # The HTTPS front (tx/web/front.py), built after everything it hands requests to; strict
+        # request framing (tx/web/framing.py): every ambiguity gets one 400 and a close.
+        front = FrontResource(
+            self,
+            certs=self.certs,
+            protection=self.protection,
+            clock=self.timers.now,
+            add_collector=self.metrics.add_collector,
+            sip=self.sip,
+            sip_ws=self.sip_ws,
+            http_proxy=self.http_proxy,
+            turn=self.turn,
+            check=self.check,
+        )
+        site = FrontSite(front, lambda kind: self.http_proxy.refusals.note("-", f"framing_{kind}"))
+        site.displayTracebacks = False
+        site.timeOut = 60
+        site.requestFactory = self.http_proxy.request_factory()
         https_factory = site if self.turn is None else self.turn.https_factory(site)
         https_tls = self.metrics.tls_factory("https", self.certs, https_factory)
         self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
@@ -535,16 +601,23 @@ class EdgeService(MultiService):
     def refresh_certificates(self) -> list[str]:
         return self.certs.refresh()
 
+    def reload_from_source(self) -> tuple[bool, list[str]]:
+        """Re-read the configuration (the file, or the embedded default plus its saved tenants,
+        config_store.py) and swap it in: (True, []) or (False, every error; old kept)."""
+        try:
+            new_config = self.config_source.load()
+        except ConfigErrors as exc:
+            errors = [str(e) for e in exc.errors]
+            for err in errors:
+                self.log.error("CFG400 reload refused: {error}", error=err)
+            self.metrics.count_reload("refused")
+            return False, errors
+        return self.reload(new_config), []
+
     def reload(self, new_config: EdgeConfig | None = None) -> bool:
         """Validate and swap in a new configuration; False (old kept) when it is invalid."""
         if new_config is None:
-            try:  # the config file, or the embedded default plus its saved tenants (config_store.py)
-                new_config = self.config_source.load()
-            except ConfigErrors as exc:
-                for err in exc.errors:
-                    self.log.error("CFG400 reload refused: {error}", error=str(err))
-                self.metrics.reloads["refused"] += 1
-                return False
+            return self.reload_from_source()[0]
         if new_config.listen != self.config.listen:
             self.log.warn("CFG300 listener addresses changed: they take effect at the next restart")
         self.config = new_config
@@ -567,7 +640,7 @@ class EdgeService(MultiService):
         if self.turn is not None:
             self.turn.update(new_config, self.tenants)
         self.acme.update(new_config, self.tenants)
-        self.metrics.reloads["ok"] += 1
+        self.metrics.count_reload("ok")
         self.log.info("CFG201 configuration reloaded: {count} tenant(s)", count=len(new_config.tenants))
         return True
 

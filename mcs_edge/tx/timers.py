@@ -21,7 +21,20 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-__all__ = ["CoreTimer", "TimedCore", "Timers"]
+__all__ = ["CoreTimer", "TimedCore", "Timers", "monotonic", "wall_clock"]
+
+
+def monotonic() -> float:
+    """The adapters' clock (seconds, monotonic): the default ``now`` of :class:`Timers`, and the
+    clock of a process that has no ``Timers`` of its own. Nothing else in tx/ reads a clock."""
+    return time.monotonic()
+
+
+def wall_clock() -> float:
+    """Unix time (seconds) for the few figures that are wall-clock timestamps by nature:
+    certificate expiry, report times shown to operators, ACME dates. Durations and deadlines
+    use the monotonic ``now``."""
+    return time.time()
 
 
 class TimedCore(Protocol):
@@ -37,7 +50,7 @@ class Timers:
 
     def __init__(self, reactor: IReactorTime, now: Callable[[], float] | None = None) -> None:
         self.reactor = reactor
-        self.now: Callable[[], float] = now or time.monotonic
+        self.now: Callable[[], float] = now or monotonic
         self._calls: set[DelayedCall] = set()
         self._loops: set[LoopingCall] = set()
 

@@ -7,7 +7,7 @@ One Python reactor uses one core. With ``workers = N > 1``, ``twistd mcs-edge`` 
 ``twistd mcs-edge`` with ``--worker i``), restarts a worker that dies, serves the admin listener
 (aggregating the workers), forwards SIGHUP and, on SIGTERM, lets every worker drain and waits.
 
-Each worker is an ordinary :class:`~mcs_edge.tx.service.EdgeService` with a per-worker
+Each worker is an ordinary edge process (the composition root, tx/service.py) with a per-worker
 configuration (:func:`worker_config`):
 
 * **Client listeners are shared** (``https``, ``sip_tls``, ``http``, ``turn``, ``turns``): every
@@ -49,13 +49,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.application import internet
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
@@ -213,17 +213,27 @@ class _WorkerControl(Service):
 
     log = Logger()
 
-    def __init__(self, edge: Any, index: int, fd: int | None) -> None:
-        self.edge = edge
+    def __init__(
+        self,
+        reactor: Any,
+        ports: Callable[[], Mapping[str, Any]],
+        media_ports: Callable[[], tuple[int, int]],
+        index: int,
+        fd: int | None,
+    ) -> None:
+        """``ports``: the edge's bound listening ports by name; ``media_ports``: its media slice."""
+        self.reactor = reactor
+        self.ports = ports
+        self.media_ports = media_ports
         self.index = index
         self.fd = fd
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        self.edge.reactor.callLater(0, self._ready)
+        self.reactor.callLater(0, self._ready)
 
     def _ready(self) -> None:
-        ports = {name: port.getHost().port for name, port in self.edge.ports.items()}
+        ports = {name: port.getHost().port for name, port in self.ports().items()}
         msg = {
             "event": "ready",
             "index": self.index,
@@ -231,7 +241,7 @@ class _WorkerControl(Service):
             "admin": ports.get("admin"),
             "backend": ports.get("backend_sip_udp"),
             "ports": ports,
-            "media": list(self.edge.config.media.ports),
+            "media": list(self.media_ports()),
         }
         if self.fd is None:
             return
@@ -241,19 +251,60 @@ class _WorkerControl(Service):
             pass
 
 
-def make_worker(
-    config: EdgeConfig, reactor: Any, config_path: str | None, index: int, shared_ports: dict[str, int]
-) -> Any:
-    """The EdgeService of worker ``index`` (called by ``makeService`` for ``--worker``)."""
-    from mcs_edge.tx.service import EdgeService
+class EdgeBuilder(Protocol):
+    """Builds one edge process (the composition root's ``EdgeService``, handed in by tap.py)."""
 
+    def __call__(
+        self,
+        config: EdgeConfig,
+        reactor: Any,
+        config_path: str | None = None,
+        *,
+        worker_index: int | None = None,
+        config_overrides: Callable[[EdgeConfig], EdgeConfig] | None = None,
+    ) -> Edge: ...
+
+
+class Edge(Protocol):
+    """What the worker side reads of the edge it built."""
+
+    reactor: Any
+    ports: dict[str, Any]
+
+    @property
+    def config(self) -> EdgeConfig: ...
+
+    def addService(self, service: IService) -> None: ...  # noqa: N802
+
+
+def make_worker(
+    build: EdgeBuilder,
+    config: EdgeConfig,
+    reactor: Any,
+    config_path: str | None,
+    index: int,
+    shared_ports: dict[str, int],
+) -> Edge:
+    """The edge of worker ``index`` (called by ``makeService`` for ``--worker``); ``build`` is the
+    composition root's edge class (tap.py hands it in: nothing here imports tx/service.py)."""
     _die_with_parent()
     wcfg = worker_config(config, index, shared_ports)
-    edge = EdgeService(wcfg, ReusePortReactor(reactor, shared_addresses(wcfg)), config_path=config_path)
-    edge.worker_index = index  # type: ignore[attr-defined]
-    edge.config_source.overrides = lambda cfg: worker_config(cfg, index, shared_ports)
+    edge = build(
+        wcfg,
+        ReusePortReactor(reactor, shared_addresses(wcfg)),
+        config_path,
+        worker_index=index,
+        config_overrides=lambda cfg: worker_config(cfg, index, shared_ports),
+    )
     fd_text = os.environ.get(CONTROL_FD_ENV)
-    _WorkerControl(edge, index, int(fd_text) if fd_text else None).setServiceParent(edge)
+    control = _WorkerControl(
+        edge.reactor,
+        lambda: edge.ports,
+        lambda: edge.config.media.ports,
+        index,
+        int(fd_text) if fd_text else None,
+    )
+    edge.addService(control)
     return edge
 
 

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from mcs_edge.core.guard.sip_auth import auth_outcome
 from mcs_edge.core.sip.binding import ByDomain, ByFlowToken, binding_of
+from mcs_edge.core.sip.calls import Call
 from mcs_edge.core.sip.locate import is_ip as _is_ip
 from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, Push, SipProxy, ToBackend, ToFlow
 from mcs_edge.core.sip.shed import refusal, sheddable
@@ -69,6 +70,38 @@ class ClientFlow:
     transport: str
     peer: tuple[str, int]
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def call_state(call: Call) -> str:
+    """A call's state as the admin API and metrics name it: grace, answered or early."""
+    if call.state == "grace":
+        return "grace"
+    return "answered" if call.answered is not None else "early"
+
+
+@dataclass(frozen=True, slots=True)
+class SipStats:
+    """What the SIP router and its core have counted, read at once (metrics, ``SipRouter.stats``)."""
+
+    #: Live client connections by (tenant, transport).
+    connections: dict[tuple[str, str], int]
+    #: Registered connections by tenant.
+    registrations: dict[str, int]
+    #: Calls up by (tenant, :func:`call_state`).
+    calls: dict[tuple[str, str], int]
+    calls_started: int
+    calls_ended: int
+    #: Transactions in progress by tenant.
+    transactions: dict[str, int]
+    #: The core's counters (a copy).
+    core_counters: dict[str, int]
+    #: The router's counters: (event, tenant, reason) -> n (a copy).
+    router_counters: dict[tuple[str, str, str], int]
+    #: Time from a lost connection to its calls moving (cumulative buckets, sum).
+    recovery: tuple[list[tuple[str, int]], float]
+    push_bindings: int
+    #: Time from a push to the woken app's REGISTER (cumulative buckets, sum).
+    wake_latency: tuple[list[tuple[str, int]], float]
 
 
 def sip_listen_addresses(config: EdgeConfig) -> frozenset[tuple[str, int]]:
@@ -524,6 +557,61 @@ class SipRouter:
                     call_id=call_id,
                     grace=seconds,
                 )
+
+    # ------------------------------------------------------------------ public view (admin, metrics, drain)
+    def calls_up(self) -> list[Call]:
+        """The calls (INVITE dialogs) up now."""
+        return list(self.core.calls.calls.values())
+
+    def call_count(self) -> int:
+        return len(self.core.calls)
+
+    def calls_on_flow(self, flow_id: int) -> int:
+        """Calls carried by the client connection ``flow_id``."""
+        return self.core.calls.on_flow(flow_id)
+
+    def registration(self, flow_id: int) -> tuple[bool, str | None]:
+        """(registered, AOR or None) of the client connection ``flow_id``."""
+        cf = self.core.flows.get(flow_id)
+        if cf is None:
+            return False, None
+        return bool(cf.registered), cf.aor or None
+
+    def registrations(self) -> dict[str, int]:
+        """Registered client connections by tenant id."""
+        out: dict[str, int] = {}
+        for cf in self.core.flows.values():
+            if cf.registered:
+                out[cf.tenant.id] = out.get(cf.tenant.id, 0) + 1
+        return out
+
+    def drain(self) -> None:
+        """Graceful drain: new calls get 503 from now on (tx/ops/drain.py)."""
+        self.core.start_draining()
+
+    def stats(self) -> SipStats:
+        core = self.core
+        conns: dict[tuple[str, str], int] = {}
+        for flow in self.flows.values():
+            key = (flow.tenant.id, flow.transport)
+            conns[key] = conns.get(key, 0) + 1
+        calls: dict[tuple[str, str], int] = {}
+        for call in core.calls.calls.values():
+            ckey = (call.tenant_id, call_state(call))
+            calls[ckey] = calls.get(ckey, 0) + 1
+        return SipStats(
+            connections=conns,
+            registrations=self.registrations(),
+            calls=calls,
+            calls_started=core.calls.started_total,
+            calls_ended=core.calls.ended_total,
+            transactions=core.pairs_by_tenant(),
+            core_counters=dict(core.counters),
+            router_counters=dict(self.counters),
+            recovery=(core.recovery.cumulative(), core.recovery.sum),
+            push_bindings=len(core.push_registry),
+            wake_latency=(core.wake_latency.cumulative(), core.wake_latency.sum),
+        )
 
     def stop(self) -> None:
         self.timer.cancel()
