@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,15 @@ class EdgeService(MultiService):
         self.config_path = config_path
         self.timers = Timers(reactor, now)
         self.tenants: TenantTable[TenantConfig] = TenantTable(config.tenants)
-        self.certs = CertificateStore(config, self.tenants, alpn=(b"http/1.1", *turn_alpn(config)))
         self._cert_loop: Any = None
         self._names_loop: Any = None  # PBX name refresh, while a tenant's backend_sip is a name
         self._old_sighup: Any = None
         self.ports: dict[str, Any] = {}
+        # Every part is built here in dependency order and handed its collaborators in its
+        # constructor. Where two parts need each other (a genuine cycle) the later one is attached
+        # by one explicit step (SipRouter.attach) or the earlier one gets a late-bound callable,
+        # each marked "cycle:" below. tests/test_composition_root.py keeps attribute wiring out.
+        #
         # Operations (tx/ops/metrics.py, tx/ops/admin.py, tx/ops/drain.py): components add their metric
         # collectors to self.metrics and their readiness checks to self.health.
         self.worker_index = worker_index
@@ -119,35 +124,70 @@ class EdgeService(MultiService):
         self.guard = self.protection.guard  # SourceGuard: per-source caps and refusal counts
         self.bans = self.protection.bans  # auth-failure bans: listed and lifted by the admin API
         self.shaping = Shaping(config, self.timers)  # token buckets per connection, media leg, tenant
-        self.certs.on_unknown_sni = lambda: self.protection.scanner("tls_sni")
+        self.certs = CertificateStore(
+            config,
+            self.tenants,
+            alpn=(b"http/1.1", *turn_alpn(config)),
+            on_unknown_sni=partial(self.protection.scanner, "tls_sni"),
+        )
         self.metrics.add_collector("certificates", lambda: certificate_families(self.certs, wall_clock()))
         self.metrics.add_collector("guard", lambda: guard_families(self.protection, self.timers.now()))
         self.metrics.add_collector("shaping", lambda: shaping_families(self.shaping.counters))
+        # Call quality (tx/media/quality.py): per-tenant histograms and one MED200 record per ended call.
+        self.quality = CallQualityRecorder(self.metrics, self.timers.now)
         # Media relay (tx/media/relay.py): the proxy's media hook; relay ports, sessions, SDP rewriting.
+        # cycle: the SIP router's core uses the relay as its media hook, and the relay asks the router
+        # a flow's transport; the overload probe counts the relay's packets, and the relay asks
+        # whether media is over its limit (self._media_over_limit reads the probe).
         self.media = MediaRelay(
             config,
             reactor,
             self.timers,
             tenant_media=lambda tid: getattr(self.tenants.by_id(tid), "media", None),
-            client_transport=lambda fid: getattr(self.sip.core.flows.get(fid), "transport", None),
+            client_transport=lambda fid: self.sip.flow_transport(fid),
             leg_policer=self.shaping.leg_policer,
             app_media=lambda tid: getattr(self.tenants.by_id(tid), "app_media", None),
+            over_limit=self._media_over_limit,
+            on_released=self.quality.released,
         )
-        # Call quality (tx/media/quality.py): per-tenant histograms and one MED200 record per ended call.
-        self.quality = CallQualityRecorder(self.metrics, self.timers.now)
-        self.media.anchor.on_released = self.quality.released
         self.metrics.add_collector("media", lambda: media_families(self.media))
-        self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
-        self.drainer = Drainer(
-            self.timers, self.sip, lambda: self.config.edge.drain_timeout, lambda: list(self)
+        # Loop-lag probe and overload gate (tx/ops/loadprobe.py): new INVITE/REGISTER get 503 early
+        # while the reactor lags; new calls get 503 while relayed media is above its limit.
+        self.load = LoadProbe(
+            self.timers,
+            overload_settings(config),
+            config.overload.probe_interval,
+            media_total=lambda: self.media.packets,
+        )
+        # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache; a changed
+        # answer re-indexes the router and reconnects links (self._backend_addresses_changed).
+        self.resolver = BackendResolver(
+            config,
+            self.timers,
+            make_resolver(config, reactor),
+            on_change=self._backend_addresses_changed,
+        )
+        # The SIP router (tx/sip/router.py) around the proxy core.
+        self.sip = SipRouter(
+            config,
+            self.tenants,
+            self.timers,
+            media=self.media,
+            protection=self.protection,
+            resolver=self.resolver,
+            overload=self.load.gate,
         )
         self.metrics.add_collector(
-            "edge", lambda: edge_families(len(self.config.tenants), self.drainer.draining)
+            "load",
+            lambda: load_families(
+                self.load,
+                self.sip.shed,
+                self.media.counters.get("media_admission_refused", 0),
+                len(self.timers),
+                self.sip.transaction_count(),
+            ),
         )
         # tcp:/tls: PBXs (tx/sip/backend.py): one persistent connection per tenant, PBX-opened TCP.
-        # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache.
-        self.resolver = BackendResolver(config, self.timers, make_resolver(config, reactor))
-        self.sip.resolver = self.resolver
         self.backends = BackendConnections(
             config,
             reactor,
@@ -155,15 +195,29 @@ class EdgeService(MultiService):
             deliver=self.sip.data_from_backend,
             on_dropped=self.sip.backend_failed,
             resolve=self.resolver.resolve,
+            accept=self.sip.is_backend_address,
         )
-        self.resolver.on_change = self._backend_addresses_changed
+        self.metrics.add_collector("backend_streams", self.backends.collect)
         # OPTIONS checks (tx/sip/health.py): tenants.backend_check_interval; down -> 503 at once.
         self.backend_health = BackendMonitor(
             config, self.timers, self.sip.send_to_backend, self.sip.backend_via
         )
-        self.sip.health = self.backend_health
-        self.sip.core.backend_down = self.backend_health.is_down
         self.metrics.add_collector("backend_health", self.backend_health.collect)
+        # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
+        self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
+        self.metrics.add_collector("sip", lambda: sip_families(self.sip.stats(), self.push.results))
+        # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
+        # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
+        self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
+        self.metrics.add_collector("echo", self.echo.collect)
+        # cycle: these four send through the router and the router hands them work.
+        self.sip.attach(streams=self.backends, health=self.backend_health, push=self.push, local=self.echo)
+        self.drainer = Drainer(
+            self.timers, self.sip, lambda: self.config.edge.drain_timeout, lambda: list(self)
+        )
+        self.metrics.add_collector(
+            "edge", lambda: edge_families(len(self.config.tenants), self.drainer.draining)
+        )
         # WireGuard backhaul (tx/tunnel/wireguard.py): one peer per tenant with tenants.tunnel.
         self.tunnel: WireGuardTunnel | None = None
         if config.tunnel.interface is not None:
@@ -178,44 +232,10 @@ class EdgeService(MultiService):
             tunnel=self.tunnel,
         ).items():
             self.health.add_check(check_name, check)
-        self.backends.accept = self.sip.is_backend_address
-        self.sip.streams = self.backends
-        self.metrics.add_collector("backend_streams", self.backends.collect)
-        # Loop-lag probe and overload gate (tx/ops/loadprobe.py): new INVITE/REGISTER get 503 early
-        # while the reactor lags; new calls get 503 while relayed media is above its limit.
-        self.load = LoadProbe(
-            self.timers,
-            overload_settings(config),
-            config.overload.probe_interval,
-            media_total=lambda: self.media.packets,
-        )
-        self.sip.overload = self.load.gate
-        self.media.over_limit = self._media_over_limit
-        self.metrics.add_collector(
-            "load",
-            lambda: load_families(
-                self.load,
-                self.sip.shed,
-                self.media.counters.get("media_admission_refused", 0),
-                len(self.timers),
-                len(self.sip.core.layer),
-            ),
-        )
-        # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
-        # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
-        self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
-        self.metrics.add_collector("echo", self.echo.collect)
         self.check = NetworkCheck(self.metrics, self.timers.now)
         self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(
-            self.sip, config, reactor, self.timers.now
+            self.sip, config, reactor, self.timers.now, shaping=self.shaping
         )
-        self.sip.protection = self.protection
-        # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
-        self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
-        self.metrics.add_collector("sip", lambda: sip_families(self.sip.stats(), self.push.results))
-        self.sip.push = self.push
-        self.sip.core.push_providers = self.push.providers
-        self.sip_ws.shaping = self.shaping
         self.acme = AcmeManager(
             config,
             self.tenants,
@@ -226,12 +246,14 @@ class EdgeService(MultiService):
         )
         self.metrics.add_collector("acme", lambda: acme_families(self.acme.status()))
         # Replication (tx/cluster/replicator.py, docs/ha.md): calls and flow bindings to Redis.
+        # cycle: the snapshot reads the router and relay, promotion takes over into them.
         self.cluster: Replicator | None = None
         if config.cluster.enabled:
-            self.cluster = Replicator(config.cluster, self.timers, self._cluster_snapshot)
+            self.cluster = Replicator(
+                config.cluster, self.timers, self._cluster_snapshot, on_promote=self._take_over
+            )
             self.health.add_check("replication", self.cluster.health)
             self.metrics.add_collector("cluster", self.cluster.collect)
-            self.cluster.on_promote = self._take_over
         # Admin API (tx/ops/admin.py): each collaborator handed in, never this service.
         self.admin = LocalAdmin(
             self,
@@ -424,7 +446,7 @@ class EdgeService(MultiService):
         udp = self.ports.get("backend_sip_udp")
         if udp is not None:
             self._size_receive_buffer(udp)
-            self.sip.udp = udp
+            self.sip.backend_socket(udp)
             self.sip.set_backend_port(udp.getHost().port)
             self._listen_backend_tcp(udp.getHost().port)
         https_port = self.ports.get("https")
@@ -439,7 +461,7 @@ class EdgeService(MultiService):
             self.sip.set_public_tls_port(sip_tls_port.getHost().port)
 
     # -- takeover (docs/ha.md) -----------------------------------------------------------------
-    def _take_over(self, replica: Any) -> None:
+    def _take_over(self, replica: Any) -> tuple[int, int, int]:
         """Promotion: the replica becomes flows, calls in grace and media sessions; the listeners
         are bound. A record that cannot be taken over is logged and skipped."""
         cluster = self.cluster
@@ -453,12 +475,12 @@ class EdgeService(MultiService):
             calls=took.calls,
             bindings=took.bindings,
         )
-        cluster.took_over = (took.calls, took.bindings, len(took.refused))
         if self._listeners is not self:
             self._listeners.setServiceParent(self)  # binds them (the parent is running)
             self._listening()
         self.sip.handle_timer()
         self.media.rearm()
+        return took.calls, took.bindings, len(took.refused)
 
     def _listen_backend_tcp(self, port: int) -> None:
         """TCP on the backend SIP port (the same number as UDP): connections PBXs open toward us."""
@@ -625,7 +647,7 @@ class EdgeService(MultiService):
         self.certs.update(new_config, self.tenants)
         self.sip.update(new_config, self.tenants)
         self.backends.update(new_config, self.tenants)
-        self.resolver.config = new_config
+        self.resolver.update(new_config)
         self.resolver.forget(t.backend_sip for t in new_config.tenants)
         if self.running:
             self._watch_backend_names()

@@ -320,6 +320,11 @@ class SipProxy:
         backend_of: Callable[[Any], tuple[str, Addr]],
         tenants_at: Callable[[str], Iterable[Any]],
         media: MediaHook | None = None,
+        *,
+        on_backend_final: Callable[[Pair, Response], None] | None = None,
+        local: LocalService | None = None,
+        backend_down: Callable[[str], bool] | None = None,
+        push_providers: Callable[[Any], frozenset[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.limits = Limits(max_message_size=settings.max_message_size)
@@ -347,11 +352,11 @@ class SipProxy:
         self.draining = False
         #: Told of every final response a PBX gives to a client's request, before it is relayed
         #: (the guard watches authentication outcomes there); None = nobody listens.
-        self.on_backend_final: Callable[[Pair, Response], None] | None = None
+        self.on_backend_final: Callable[[Pair, Response], None] | None = on_backend_final
         #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
-        self.local: LocalService | None = None
+        self.local: LocalService | None = local
         #: backend_down(tenant_id): its PBX does not answer (OPTIONS check): new calls get 503 at once.
-        self.backend_down: Callable[[str], bool] | None = None
+        self.backend_down: Callable[[str], bool] | None = backend_down
         self._our_hosts = settings.own_addresses()
         #: Bindings of connections to client instances and lost connections in grace (flows.py).
         self.flow_registry = FlowRegistry(settings.flow_grace)
@@ -363,7 +368,7 @@ class SipProxy:
         self.push_registry = PushRegistry()
         self.wakes = WakeTable()
         #: The providers configured for a tenant (none: push is off for it, no +sip.pns advertised).
-        self.push_providers: Callable[[Any], frozenset[str]] = lambda tenant: frozenset()
+        self.push_providers: Callable[[Any], frozenset[str]] = push_providers or (lambda tenant: frozenset())
         #: Time from the push to the woken app's REGISTER (seconds).
         self.wake_latency = RecoveryHistogram()
 

@@ -81,7 +81,10 @@ class Replicator:
         timers: Timers,
         snapshot: Snapshot,
         wall_clock: Callable[[], float] = time.time,
+        on_promote: Callable[[Replica], tuple[int, int, int]] | None = None,
     ) -> None:
+        """``on_promote``: called with the replica at promotion, before the node starts writing
+        (the composition root takes it over); it returns (calls, bindings, refused) taken over."""
         assert config.key is not None  # config cross-check
         self.config = config
         self.timers = timers
@@ -111,8 +114,7 @@ class Replicator:
         self._redis: Any = None
         self._sub_factory: Any = None
         self._stopped = False
-        #: called with the replica at promotion, before the node starts writing (tx/service.py)
-        self.on_promote: Callable[[Replica], None] | None = None
+        self.on_promote = on_promote
         self.took_over: tuple[int, int, int] | None = None  # calls, bindings, refused at promotion
         self._kinds: dict[str, int] = {"call": 0, "binding": 0}
         self._beat = 0.0
@@ -363,7 +365,7 @@ class Replicator:
                 self._sub_factory.disconnect()
                 self._sub_factory = None
             if self.on_promote is not None:
-                self.on_promote(self.replica)
+                self.took_over = self.on_promote(self.replica)
             self.replica.clear()
             self.tracker.forget()
             self.queue.out_of_sync = True
