@@ -16,7 +16,6 @@ connections keep working; listener addresses cannot change without a restart (lo
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -25,7 +24,7 @@ from typing import Any
 
 from twisted.application import internet
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
 from mcs_edge import config as config_mod
@@ -39,7 +38,7 @@ from mcs_edge.tx.cluster.replicator import Replicator
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
-from mcs_edge.tx.ops.admin import Health, LocalAdmin, service_checks
+from mcs_edge.tx.ops.admin import Health, LocalAdmin, announce_admin, note_bound_ports, service_checks
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.loadprobe import LoadProbe, load_families, overload_settings
@@ -55,6 +54,7 @@ from mcs_edge.tx.ops.metrics import (
     sip_families,
 )
 from mcs_edge.tx.ops.panel import admin_site_with_panel
+from mcs_edge.tx.ops.signals import SighupReload
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
@@ -104,7 +104,7 @@ class EdgeService(MultiService):
         self.tenants: TenantTable[TenantConfig] = TenantTable(config.tenants)
         self._cert_loop: Any = None
         self._names_loop: Any = None  # PBX name refresh, while a tenant's backend_sip is a name
-        self._old_sighup: Any = None
+        self._sighup = SighupReload(reactor, self.reload)  # tx/ops/signals.py
         self.ports: dict[str, Any] = {}
         # Every part is built here in dependency order and handed its collaborators in its
         # constructor. Where two parts need each other (a genuine cycle) the later one is attached
@@ -410,14 +410,7 @@ class EdgeService(MultiService):
             self.certs.refresh()
         super().startService()
         self._listening()
-        admin = self.ports.get("admin")
-        if admin is not None:
-            where = admin.getHost()
-            self.log.info(
-                "ADM100 admin API, /metrics and /health on http://{host}:{port}/",
-                host=where.host,
-                port=where.port,
-            )
+        announce_admin(self.ports)
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
@@ -430,7 +423,7 @@ class EdgeService(MultiService):
         self.acme.start()
         if self.cluster is not None:
             self.cluster.start()
-        self._install_sighup()
+        self._sighup.install()
         if hasattr(self.reactor, "callWhenRunning"):
             self.reactor.callWhenRunning(self._log_ready)
         else:
@@ -439,10 +432,7 @@ class EdgeService(MultiService):
     def _listening(self) -> None:
         """Note the bound ports (at start; on a standby, again at promotion)."""
         for group in (self, self._listeners):
-            for child in group:
-                port = getattr(child, "_port", None)
-                if port is not None:
-                    self.ports[child.name] = port
+            note_bound_ports(group, self.ports)
         udp = self.ports.get("backend_sip_udp")
         if udp is not None:
             self._size_receive_buffer(udp)
@@ -532,7 +522,7 @@ class EdgeService(MultiService):
         return self.drainer.start().addCallback(lambda _: self._stop_now())
 
     def _stop_now(self) -> Any:
-        self._restore_sighup()
+        self._sighup.restore()
         self.echo.stop()
         self.load.stop()
         self.sip.stop()
@@ -602,24 +592,6 @@ class EdgeService(MultiService):
             raise StartupError(f"tenants[{i}].{key}", path, reason)
 
     # -- reload --------------------------------------------------------------------------------
-    def _install_sighup(self) -> None:
-        if not hasattr(signal, "SIGHUP") or not IReactorCore.providedBy(self.reactor):
-            return
-        try:
-            self._old_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
-            )
-        except ValueError:  # not in the main thread (tests)
-            self._old_sighup = None
-
-    def _restore_sighup(self) -> None:
-        if self._old_sighup is not None:
-            try:
-                signal.signal(signal.SIGHUP, self._old_sighup)
-            except ValueError:
-                pass
-            self._old_sighup = None
-
     def refresh_certificates(self) -> list[str]:
         return self.certs.refresh()
 

@@ -90,7 +90,9 @@ __all__ = [
     "ApiError",
     "Health",
     "LocalAdmin",
+    "announce_admin",
     "load_or_create_token",
+    "note_bound_ports",
 ]
 
 TOKEN_FILE = "admin-token"
@@ -255,6 +257,26 @@ def _bound_port(server: Any, default: Any = None) -> Any:
     twisted keeps it in the private ``_port`` of ``TCPServer``/``UDPServer``/``SSLServer``
     and offers no public accessor: this is the one place that reads it."""
     return getattr(server, "_port", default)
+
+
+def note_bound_ports(services: Iterable[Any], ports: dict[str, Any]) -> None:
+    """Add the listening port of each started ``services`` child to ``ports`` by its name."""
+    for child in services:
+        port = _bound_port(child)
+        if port is not None:
+            ports[child.name] = port
+
+
+def announce_admin(ports: Mapping[str, Any]) -> None:
+    """Log where the admin listener answers (ADM100), once it is bound."""
+    admin = ports.get("admin")
+    if admin is not None:
+        where = admin.getHost()
+        log.info(
+            "ADM100 admin API, /metrics and /health on http://{host}:{port}/",
+            host=where.host,
+            port=where.port,
+        )
 
 
 #: Relay ports one more call may need (two legs, each an RTP/RTCP pair without rtcp-mux): below

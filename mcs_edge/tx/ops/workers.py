@@ -70,10 +70,11 @@ from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
 from mcs_edge.errors import ConfigErrors, StartupError
-from mcs_edge.tx.ops.admin import ApiError, load_or_create_token
+from mcs_edge.tx.ops.admin import AdminToken, ApiError, announce_admin, note_bound_ports
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.metrics import merge_expositions
 from mcs_edge.tx.ops.panel import admin_site_with_panel
+from mcs_edge.tx.ops.signals import SighupReload
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import Protection
 from mcs_edge.tx.timers import Timers
@@ -412,12 +413,12 @@ class Supervisor(MultiService):
         self.shared_ports: dict[str, int] = {}
         self.stopping = False
         self._announced = False
-        self._old_sighup: Any = None
         self._reaper: LoopingCall | None = None
         # bans for the supervisor's own admin listener (wrong tokens); workers keep their own
         self.timers = Timers(reactor)
         self.protection = Protection(config, self.timers)
         self.admin = SupervisorAdmin(self)
+        self._sighup = SighupReload(reactor, self.admin.reload)  # tx/ops/signals.py
         self.ports: dict[str, Any] = {}
         site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, time.monotonic)
         tls = admin_tls(config)  # [admin] tls: the supervisor's admin listener is the operators' one
@@ -481,24 +482,14 @@ class Supervisor(MultiService):
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        for child in self:
-            port = getattr(child, "_port", None)
-            if port is not None:
-                self.ports[child.name] = port
-        admin = self.ports.get("admin")
-        if admin is not None:
-            where = admin.getHost()
-            self.log.info(
-                "ADM100 admin API, /metrics and /health on http://{host}:{port}/",
-                host=where.host,
-                port=where.port,
-            )
+        note_bound_ports(self, self.ports)
+        announce_admin(self.ports)
         n = self.config.edge.workers
         self.log.info("WRK100 supervisor: starting {workers} worker(s)", workers=n)
         self.workers = [_Worker(self, i) for i in range(n)]
         for w in self.workers:
             self._spawn(w)
-        self._install_sighup()
+        self._sighup.install()
         # A safety net under SIGCHLD: a child signal can be lost (two workers exiting together on
         # some reactor/loop combinations); reaping is a cheap waitpid(WNOHANG) per worker.
         self._reaper = LoopingCall(_reap)
@@ -594,7 +585,7 @@ class Supervisor(MultiService):
 
     def stopService(self) -> Any:  # noqa: N802
         self.stopping = True
-        self._restore_sighup()
+        self._sighup.restore()
         for call in self._restart_calls.values():
             if call.active():
                 call.cancel()
@@ -632,23 +623,6 @@ class Supervisor(MultiService):
                 )
                 w.signal("KILL")
 
-    # -- signals -----------------------------------------------------------------------------
-    def _install_sighup(self) -> None:
-        try:
-            self._old_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.admin.reload)
-            )
-        except ValueError:
-            self._old_sighup = None
-
-    def _restore_sighup(self) -> None:
-        if self._old_sighup is not None:
-            try:
-                signal.signal(signal.SIGHUP, self._old_sighup)
-            except ValueError:
-                pass
-            self._old_sighup = None
-
 
 class SupervisorAdmin:
     """The admin backend of the supervisor: fans out to the workers' local admin listeners."""
@@ -657,7 +631,7 @@ class SupervisorAdmin:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
-        self._token: str | None = None
+        self._token = AdminToken(lambda: supervisor.config)
         self.failed_scrapes = 0
         #: Admin API requests answered by the supervisor, by result (``mcs_edge_admin_requests``).
         self.requests: dict[str, int] = {}
@@ -667,17 +641,12 @@ class SupervisorAdmin:
         return self.sup.config_source
 
     def token(self) -> str:
-        cfg = self.sup.config
-        if cfg.admin.token:
-            return cfg.admin.token
-        if self._token is None:
-            self._token = load_or_create_token(cfg)
-        return self._token
+        return self._token.get()
 
     @property
     def cached_token(self) -> str | None:
         """The token once known (never reads or creates the token file): for log redaction."""
-        return self.sup.config.admin.token or self._token
+        return self._token.cached
 
     def count(self, result: str) -> None:
         self.requests[result] = self.requests.get(result, 0) + 1
