@@ -117,6 +117,29 @@ def register_merge(name: str, mode: str) -> None:
 
 Collect = Callable[[], Iterable[Metric]]
 
+#: The two kinds of collect-time family.
+Kind = type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+
+def family(kind: Kind, name: str, doc: str, values: Any, labels: Iterable[str] = ()) -> Metric:
+    """One metric family from a table of samples, the helper every collector here uses.
+
+    ``values`` is a number (a family without labels) or a mapping from a label value (a tuple of
+    them with several ``labels``) to a number; samples come out in sorted key order."""
+    fam = kind(name, doc, labels=list(labels))
+    if isinstance(values, Mapping):
+        for key, n in sorted(values.items()):
+            fam.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+    else:
+        fam.add_metric([], values)
+    return fam
+
+
+def families(kind: Kind, rows: Iterable[tuple[str, str, Any, Iterable[str]]]) -> Iterator[Metric]:
+    """:func:`family` for each (name, doc, values, labels) row of a table."""
+    for name, doc, values, labels in rows:
+        yield family(kind, name, doc, values, labels)
+
 
 class TlsStats:
     """Handshake outcomes of one TLS listener."""
@@ -247,24 +270,20 @@ class EdgeMetrics:
     # -- output -----------------------------------------------------------------------------
     def own_families(self) -> Iterator[Metric]:
         """What this registry counts itself: version, reloads, admin requests, TLS handshakes."""
-        info = GaugeMetricFamily("mcs_edge_info", "Edge version", labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
-        c = CounterMetricFamily("mcs_edge_config_reloads", "Configuration reloads", labels=["result"])
-        for result, n in sorted(self.reloads.items()):
-            c.add_metric([result], n)
-        yield c
-        c = CounterMetricFamily("mcs_edge_admin_requests", "Admin API requests", labels=["result"])
-        for result, n in sorted(self.admin_requests.items()):
-            c.add_metric([result], n)
-        yield c
+        yield family(GaugeMetricFamily, "mcs_edge_info", "Edge version", {__version__: 1}, ["version"])
+        yield from families(
+            CounterMetricFamily,
+            (
+                ("mcs_edge_config_reloads", "Configuration reloads", self.reloads, ["result"]),
+                ("mcs_edge_admin_requests", "Admin API requests", self.admin_requests, ["result"]),
+            ),
+        )
         hs = CounterMetricFamily(
             "mcs_edge_tls_handshakes", "TLS handshakes by outcome", labels=["listener", "result"]
         )
         for listener, stats in sorted(self.tls.items()):
-            hs.add_metric([listener, "ok"], stats.ok)
-            hs.add_metric([listener, "failed"], stats.failed)
-            hs.add_metric([listener, "aborted"], stats.aborted)
+            for result in ("ok", "failed", "aborted"):
+                hs.add_metric([listener, result], getattr(stats, result))
         yield hs
 
     def render(self) -> bytes:
@@ -274,24 +293,31 @@ class EdgeMetrics:
 
 def edge_families(tenants: int, draining: bool) -> Iterator[Metric]:
     """Tenants configured and the drain flag."""
-    g = GaugeMetricFamily("mcs_edge_tenants", "Tenants configured")
-    g.add_metric([], tenants)
-    yield g
-    g = GaugeMetricFamily("mcs_edge_draining", "1 while the edge drains before stopping")
-    g.add_metric([], 1 if draining else 0)
-    yield g
+    yield from families(
+        GaugeMetricFamily,
+        (
+            ("mcs_edge_tenants", "Tenants configured", tenants, ()),
+            ("mcs_edge_draining", "1 while the edge drains before stopping", 1 if draining else 0, ()),
+        ),
+    )
 
 
 def _flow_recovery_families(stats: SipStats, counters: dict[str, int]) -> Iterator[Metric]:
     """Calls that survive a network change (core/sip/flows.py); their counters leave ``counters``."""
-    for name, help_text in (
-        ("flows_replaced", "Client connections replaced by a new connection of the same instance (RFC 5626)"),
-        ("calls_recovered", "Calls moved to the new connection of their client's instance"),
-        ("calls_lost_after_grace", "Calls ended with a BYE to the PBX because the client did not come back"),
-    ):
-        c = CounterMetricFamily(f"mcs_edge_{name}", help_text)
-        c.add_metric([], counters.pop(name, 0))
-        yield c
+    yield from _popped(
+        counters,
+        (
+            (
+                "flows_replaced",
+                "Client connections replaced by a new connection of the same instance (RFC 5626)",
+            ),
+            ("calls_recovered", "Calls moved to the new connection of their client's instance"),
+            (
+                "calls_lost_after_grace",
+                "Calls ended with a BYE to the PBX because the client did not come back",
+            ),
+        ),
+    )
     buckets, total = stats.recovery
     h = HistogramMetricFamily(
         "mcs_edge_call_recovery_seconds",
@@ -305,28 +331,30 @@ def _push_families(
     stats: SipStats, results: Mapping[tuple[str, str], int], counters: dict[str, int]
 ) -> Iterator[Metric]:
     """Push wake-up (RFC 8599; core/push, tx/push); its counters leave ``counters``."""
-    c = CounterMetricFamily(
+    yield family(
+        CounterMetricFamily,
         "mcs_edge_pushes",
         "Push notifications requested, by provider and result",
-        labels=["provider", "result"],
+        results,
+        ["provider", "result"],
     )
-    for (provider, result), n in sorted(results.items()):
-        c.add_metric([provider, result], n)
-    yield c
-    for name, help_text in (
-        ("push_calls_held", "Incoming calls held while a push woke their app"),
-        ("push_calls_delivered", "Held calls delivered to the woken app's new connection"),
-        ("push_calls_lost_timeout", "Held calls refused with 480: the app did not register in push.wait"),
-        ("push_calls_lost_push_failed", "Held calls refused with 480: the push could not be sent"),
-        ("push_calls_cancelled", "Held calls CANCELled by the PBX during the wait"),
-        ("push_bindings_dropped_bad_token", "Push bindings dropped: the provider refused the device token"),
-    ):
-        c = CounterMetricFamily(f"mcs_edge_{name}", help_text)
-        c.add_metric([], counters.pop(name, 0))
-        yield c
-    g = GaugeMetricFamily("mcs_edge_push_bindings", "Push bindings (RFC 8599) kept")
-    g.add_metric([], stats.push_bindings)
-    yield g
+    yield from _popped(
+        counters,
+        (
+            ("push_calls_held", "Incoming calls held while a push woke their app"),
+            ("push_calls_delivered", "Held calls delivered to the woken app's new connection"),
+            ("push_calls_lost_timeout", "Held calls refused with 480: the app did not register in push.wait"),
+            ("push_calls_lost_push_failed", "Held calls refused with 480: the push could not be sent"),
+            ("push_calls_cancelled", "Held calls CANCELled by the PBX during the wait"),
+            (
+                "push_bindings_dropped_bad_token",
+                "Push bindings dropped: the provider refused the device token",
+            ),
+        ),
+    )
+    yield family(
+        GaugeMetricFamily, "mcs_edge_push_bindings", "Push bindings (RFC 8599) kept", stats.push_bindings
+    )
     buckets, total = stats.wake_latency
     h = HistogramMetricFamily("mcs_edge_push_wake_seconds", "Time from a push to the woken app's REGISTER")
     h.add_metric([], buckets, sum_value=total)
@@ -335,30 +363,40 @@ def _push_families(
 
 def sip_families(stats: SipStats, push_results: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
     """The SIP router and core (:meth:`SipRouter.stats`) and the push sender's outcomes."""
-    g = GaugeMetricFamily("mcs_edge_connections", "Live client connections", labels=["tenant", "transport"])
-    for (tenant, transport), n in sorted(stats.connections.items()):
-        g.add_metric([tenant, transport], n)
-    yield g
-    g = GaugeMetricFamily(
-        "mcs_edge_registrations", "Client connections with a successful REGISTER", labels=["tenant"]
-    )
-    for tenant, n in sorted(stats.registrations.items()):
-        g.add_metric([tenant], n)
-    yield g
-    g = GaugeMetricFamily("mcs_edge_calls", "Calls up (INVITE dialogs)", labels=["tenant", "state"])
-    for (tenant, state), n in sorted(stats.calls.items()):
-        g.add_metric([tenant, state], n)
-    yield g
-    c = CounterMetricFamily("mcs_edge_calls_started", "Calls started (initial INVITEs forwarded)")
-    c.add_metric([], stats.calls_started)
-    yield c
-    c = CounterMetricFamily("mcs_edge_calls_ended", "Calls ended (BYE, failure or connection loss)")
-    c.add_metric([], stats.calls_ended)
-    yield c
-    g = GaugeMetricFamily("mcs_edge_sip_transactions", "SIP transactions in progress", labels=["tenant"])
-    for tenant, n in sorted(stats.transactions.items()):
-        g.add_metric([tenant], n)
-    yield g
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    for kind, name, doc, values, labels in (
+        (
+            gauge,
+            "mcs_edge_connections",
+            "Live client connections",
+            stats.connections,
+            ["tenant", "transport"],
+        ),
+        (
+            gauge,
+            "mcs_edge_registrations",
+            "Client connections with a successful REGISTER",
+            stats.registrations,
+            ["tenant"],
+        ),
+        (gauge, "mcs_edge_calls", "Calls up (INVITE dialogs)", stats.calls, ["tenant", "state"]),
+        (
+            counter,
+            "mcs_edge_calls_started",
+            "Calls started (initial INVITEs forwarded)",
+            stats.calls_started,
+            [],
+        ),
+        (
+            counter,
+            "mcs_edge_calls_ended",
+            "Calls ended (BYE, failure or connection loss)",
+            stats.calls_ended,
+            [],
+        ),
+        (gauge, "mcs_edge_sip_transactions", "SIP transactions in progress", stats.transactions, ["tenant"]),
+    ):
+        yield family(kind, name, doc, values, labels)
     counters: dict[str, int] = dict(stats.core_counters)
     yield from _flow_recovery_families(stats, counters)
     yield from _push_families(stats, push_results, counters)
@@ -375,12 +413,13 @@ def sip_families(stats: SipStats, push_results: Mapping[tuple[str, str], int]) -
     for leftover in [k for k in counters if k.startswith("sip_responses_")]:
         counters.pop(leftover)
     yield resp
-    ev = CounterMetricFamily(
-        "mcs_edge_sip_events", "SIP events counted by the proxy core (refusals, errors)", labels=["event"]
+    yield family(
+        CounterMetricFamily,
+        "mcs_edge_sip_events",
+        "SIP events counted by the proxy core (refusals, errors)",
+        counters,
+        ["event"],
     )
-    for name, n in sorted(counters.items()):
-        ev.add_metric([name], n)
-    yield ev
     opened = CounterMetricFamily(
         "mcs_edge_connections_opened", "Client connections opened", labels=["tenant", "transport"]
     )
@@ -424,110 +463,106 @@ def certificate_families(certs: CertificateStore, wall: float) -> Iterator[Metri
             left.add_metric([tenant_id, name], not_after - wall)
     yield exp
     yield left
-    errs = GaugeMetricFamily(
+    yield family(
+        GaugeMetricFamily,
         "mcs_edge_certificate_load_errors",
         "1 when the tenant's certificate files failed to load",
-        labels=["tenant"],
+        dict.fromkeys(certs.errors, 1),
+        ["tenant"],
     )
-    for tenant_id in sorted(certs.errors):
-        errs.add_metric([tenant_id], 1)
-    yield errs
 
 
 def guard_families(protection: Protection, now: float) -> Iterator[Metric]:
     """Bans, guard refusals, tenant-limit refusals, dropped requests, credential failures, scanners."""
     bans = protection.bans
-    g = GaugeMetricFamily("mcs_edge_bans", "Sources banned now")
-    g.add_metric([], len(bans.list_bans(now)))
-    yield g
-    c = CounterMetricFamily("mcs_edge_bans_created", "Bans created (by failures or by hand)")
-    c.add_metric([], bans.bans_total)
-    yield c
-    c = CounterMetricFamily(
-        "mcs_edge_guard_refusals", "Connections and requests refused by the guard", labels=["reason"]
-    )
-    for reason, n in sorted(protection.guard.refusals.items()):
-        c.add_metric([reason], n)
-    yield c
-    c = CounterMetricFamily(
-        "mcs_edge_tenant_limit_refusals",
-        "Client connections refused by a tenant's limits (tenants.limits), by reason",
-        labels=["reason"],
-    )
-    for reason, n in sorted(protection.tenant_guard.refusals.items()):
-        c.add_metric([reason], n)
-    yield c
-    c = CounterMetricFamily(
-        "mcs_edge_guard_requests_dropped",
-        "SIP requests dropped by the guard (bans, request rate), by reason",
-        labels=["reason"],
-    )
-    for reason, n in sorted(protection.requests_dropped.items()):
-        c.add_metric([reason], n)
-    yield c
-    c = CounterMetricFamily(
-        "mcs_edge_credential_failures",
-        "Wrong credentials counted toward per-source bans (sip, admin_token, api_secret)",
-        labels=["kind"],
-    )
-    for kind, n in sorted(protection.credential_failures.items()):
-        c.add_metric([kind], n)
-    yield c
-    c = CounterMetricFamily(
-        "mcs_edge_scanner_drops",
-        "Requests that addressed no tenant, dropped without an answer, by where they arrived",
-        labels=["kind"],
-    )
+    yield family(GaugeMetricFamily, "mcs_edge_bans", "Sources banned now", len(bans.list_bans(now)))
     kinds: dict[str, int] = dict(protection.scanner_kinds)
     unlabelled = int(protection.scanners) - sum(kinds.values())
     if unlabelled > 0:
         kinds["other"] = kinds.get("other", 0) + unlabelled
-    for kind, n in sorted(kinds.items()):
-        c.add_metric([kind], n)
-    yield c
+    yield from families(
+        CounterMetricFamily,
+        (
+            ("mcs_edge_bans_created", "Bans created (by failures or by hand)", bans.bans_total, ()),
+            (
+                "mcs_edge_guard_refusals",
+                "Connections and requests refused by the guard",
+                protection.guard.refusals,
+                ["reason"],
+            ),
+            (
+                "mcs_edge_tenant_limit_refusals",
+                "Client connections refused by a tenant's limits (tenants.limits), by reason",
+                protection.tenant_guard.refusals,
+                ["reason"],
+            ),
+            (
+                "mcs_edge_guard_requests_dropped",
+                "SIP requests dropped by the guard (bans, request rate), by reason",
+                protection.requests_dropped,
+                ["reason"],
+            ),
+            (
+                "mcs_edge_credential_failures",
+                "Wrong credentials counted toward per-source bans (sip, admin_token, api_secret)",
+                protection.credential_failures,
+                ["kind"],
+            ),
+            (
+                "mcs_edge_scanner_drops",
+                "Requests that addressed no tenant, dropped without an answer, by where they arrived",
+                kinds,
+                ["kind"],
+            ),
+        ),
+    )
 
 
 def media_families(relay: MediaRelay) -> Iterator[Metric]:
     """What the media relay counts, and its port pool (media legs and TURN relays share it)."""
-    c = CounterMetricFamily(
-        "mcs_edge_media_events", "Media relay events (drops by reason, errors)", labels=["event"]
-    )
-    for name, n in sorted(relay.counters.items()):
-        if isinstance(name, str) and isinstance(n, int):
-            c.add_metric([name], n)
-    yield c
     anchor = relay.anchor
-    c = CounterMetricFamily(
-        "mcs_edge_media_dropped",
-        "Media packets dropped by the relay, by reason (garbage, unverified-source, policed ...)",
-        labels=["reason"],
+    events = {k: n for k, n in relay.counters.items() if isinstance(k, str) and isinstance(n, int)}
+    yield from families(
+        CounterMetricFamily,
+        (
+            ("mcs_edge_media_events", "Media relay events (drops by reason, errors)", events, ["event"]),
+            (
+                "mcs_edge_media_dropped",
+                "Media packets dropped by the relay, by reason (garbage, unverified-source, policed ...)",
+                anchor.dropped(),
+                ["reason"],
+            ),
+        ),
     )
-    for reason, n in sorted(anchor.dropped().items()):
-        c.add_metric([reason], n)
-    yield c
-    g = GaugeMetricFamily("mcs_edge_media_ports_open", "Relay ports open")
-    g.add_metric([], len(relay.ports))
-    yield g
     allocator = anchor.allocator
-    g = GaugeMetricFamily(
-        "mcs_edge_media_ports", "Relay ports of media.ports (this worker's slice), by state", labels=["state"]
+    yield from families(
+        GaugeMetricFamily,
+        (
+            ("mcs_edge_media_ports_open", "Relay ports open", len(relay.ports), ()),
+            (
+                "mcs_edge_media_ports",
+                "Relay ports of media.ports (this worker's slice), by state",
+                {"free": allocator.free, "used": allocator.in_use},
+                ["state"],
+            ),
+        ),
     )
-    g.add_metric(["free"], allocator.free)
-    g.add_metric(["used"], allocator.in_use)
-    yield g
 
 
 def shaping_families(counters: Mapping[tuple[str, str, str], int]) -> Iterator[Metric]:
     """Shaping events (``Shaping.counters``: (event, tenant, reason) -> n)."""
-    c = CounterMetricFamily(
+    events = {
+        tuple(str(k) for k in key): n
+        for key, n in counters.items()
+        if isinstance(key, tuple) and len(key) == 3 and isinstance(n, int)
+    }
+    yield family(
+        CounterMetricFamily,
         "mcs_edge_shaping_events",
         "Shaping events (connections closed, reads paused)",
-        labels=["event", "tenant", "reason"],
+        events,
+        ["event", "tenant", "reason"],
     )
-    for key, n in sorted(counters.items()):
-        if isinstance(key, tuple) and len(key) == 3 and isinstance(n, int):
-            c.add_metric([str(k) for k in key], n)
-    yield c
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -581,26 +616,36 @@ def acme_families(status: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
 
 def http_proxy_families(counters: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
     """The reverse proxy's refusals and events (``HttpProxy.counters``: (tenant, event) -> n)."""
-    c = CounterMetricFamily(
+    yield _by_tenant_and_code(
         "mcs_edge_http_proxy_events",
         "Reverse proxy refusals and events ('-' when the request was bound to no tenant)",
-        labels=["tenant", "event"],
+        counters,
+        "event",
     )
-    for (tenant, event), n in sorted(counters.items()):
-        c.add_metric([tenant, label_value(event)], n)
-    yield c
 
 
 def handoff_families(counters: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
     """The certificate hand-off's outcomes (``CertificateHandoff.counters``: (tenant, outcome) -> n)."""
-    c = CounterMetricFamily(
+    yield _by_tenant_and_code(
         "mcs_edge_certificate_handoffs",
         "Certificate hand-off requests by outcome ('ok' or the refusal)",
-        labels=["tenant", "result"],
+        counters,
+        "result",
     )
-    for (tenant, outcome), n in sorted(counters.items()):
-        c.add_metric([tenant, label_value(outcome)], n)
-    yield c
+
+
+def _by_tenant_and_code(name: str, doc: str, counters: Mapping[tuple[str, str], int], label: str) -> Metric:
+    """A counter by (tenant, a code's reason text as a label value); samples in the counters' order."""
+    c = CounterMetricFamily(name, doc, labels=["tenant", label])
+    for (tenant, text), n in sorted(counters.items()):
+        c.add_metric([tenant, label_value(text)], n)
+    return c
+
+
+def _popped(counters: dict[str, int], rows: Iterable[tuple[str, str]]) -> Iterator[Metric]:
+    """One counter ``mcs_edge_<name>`` per (name, doc) row, its value taken out of ``counters``."""
+    for name, doc in rows:
+        yield family(CounterMetricFamily, f"mcs_edge_{name}", doc, counters.pop(name, 0))
 
 
 _NOT_LABEL = re.compile(r"[^a-z0-9]+")
