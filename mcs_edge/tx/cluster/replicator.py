@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from twisted.logger import Logger
 from mcs_edge.config import ClusterConfig
 from mcs_edge.core.cluster.replication import CachingBox, ChangeTracker, Replica, WriteQueue
 from mcs_edge.core.cluster.secrets import SecretBox, parse_key
-from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.timers import Timers, cpu_time, wall_clock
 
 __all__ = ["Replicator"]
 
@@ -80,7 +79,7 @@ class Replicator:
         config: ClusterConfig,
         timers: Timers,
         snapshot: Snapshot,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = wall_clock,
         on_promote: Callable[[Replica], tuple[int, int, int]] | None = None,
     ) -> None:
         """``on_promote``: called with the replica at promotion, before the node starts writing
@@ -252,7 +251,7 @@ class Replicator:
     def _sync(self) -> None:
         if self.role != "active":
             return
-        started = time.process_time()
+        started = cpu_time()
         now = self.wall_clock()
         records = self.snapshot(self.box, self.node, now)
         kinds = {"call": 0, "binding": 0}
@@ -262,7 +261,7 @@ class Replicator:
         if self.up:
             self.queue.put_all(self.tracker.sync(records, now))
         self._heartbeat_due(now, len(records))
-        self.sync_seconds += time.process_time() - started
+        self.sync_seconds += cpu_time() - started
         self.syncs += 1
         self._flush(now)
 

@@ -48,7 +48,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
@@ -77,7 +76,7 @@ from mcs_edge.tx.ops.panel import admin_site_with_panel
 from mcs_edge.tx.ops.signals import SighupReload
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import Protection
-from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.timers import Timers, monotonic
 
 __all__ = [
     "CONTROL_FD_ENV",
@@ -353,7 +352,7 @@ class _Worker(ProcessProtocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         self.pid = self.transport.pid if self.transport is not None else None  # type: ignore[attr-defined]
-        self.started = time.monotonic()
+        self.started = monotonic()
         self.ended = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
@@ -420,7 +419,7 @@ class Supervisor(MultiService):
         self.admin = SupervisorAdmin(self)
         self._sighup = SighupReload(reactor, self.admin.reload)  # tx/ops/signals.py
         self.ports: dict[str, Any] = {}
-        site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, time.monotonic)
+        site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, monotonic)
         tls = admin_tls(config)  # [admin] tls: the supervisor's admin listener is the operators' one
         server = (
             internet.TCPServer(
@@ -565,7 +564,7 @@ class Supervisor(MultiService):
         self._schedule_restart(w, reason)
 
     def _schedule_restart(self, w: _Worker, reason: Failure | None = None) -> None:
-        uptime = time.monotonic() - w.started if w.started else 0.0
+        uptime = monotonic() - w.started if w.started else 0.0
         delay = 0.5 if uptime > 30 else min(30.0, max(0.5, self._delays[w.index] * 2))
         self._delays[w.index] = delay
         self.log.warn(
