@@ -75,7 +75,12 @@ def makeService(options: Options) -> Any:  # noqa: N802
         from mcs_edge.tx.ops.workers import make_worker, parse_shared_ports
 
         service = make_worker(
-            cfg, reactor, options["config"], int(worker), parse_shared_ports(options["shared-ports"])
+            EdgeService,
+            cfg,
+            reactor,
+            options["config"],
+            int(worker),
+            parse_shared_ports(options["shared-ports"]),
         )
     elif cfg.edge.workers > 1:
         from mcs_edge.tx.ops.workers import Supervisor

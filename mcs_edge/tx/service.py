@@ -16,15 +16,15 @@ connections keep working; listener addresses cannot change without a restart (lo
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from twisted.application import internet
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
 from mcs_edge import config as config_mod
@@ -38,12 +38,23 @@ from mcs_edge.tx.cluster.replicator import Replicator
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
-from mcs_edge.tx.ops.admin import Health, LocalAdmin, service_checks
+from mcs_edge.tx.ops.admin import Health, LocalAdmin, announce_admin, note_bound_ports, service_checks
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.drain import Drainer
 from mcs_edge.tx.ops.loadprobe import LoadProbe, load_families, overload_settings
-from mcs_edge.tx.ops.metrics import EdgeMetrics
+from mcs_edge.tx.ops.metrics import (
+    EdgeMetrics,
+    acme_families,
+    certificate_families,
+    edge_families,
+    guard_families,
+    http_proxy_families,
+    media_families,
+    shaping_families,
+    sip_families,
+)
 from mcs_edge.tx.ops.panel import admin_site_with_panel
+from mcs_edge.tx.ops.signals import SighupReload
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import GuardedFactory, Protection
 from mcs_edge.tx.protect.shaping import Shaping
@@ -54,7 +65,7 @@ from mcs_edge.tx.sip.resolver import BackendResolver, make_resolver
 from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
-from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.timers import Timers, wall_clock
 from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
 from mcs_edge.tx.tls.certificates import CertificateStore
 from mcs_edge.tx.tunnel.wireguard import WireGuardTunnel
@@ -78,7 +89,12 @@ class EdgeService(MultiService):
         reactor: Any,
         config_path: str | None = None,
         now: Callable[[], float] | None = None,
+        *,
+        worker_index: int | None = None,
+        config_overrides: Callable[[EdgeConfig], EdgeConfig] | None = None,
     ) -> None:
+        """``worker_index``/``config_overrides``: set for one worker process of a supervisor
+        (tx/ops/workers.py): its index and how it derives its configuration from the file's."""
         super().__init__()
         self.setName("mcs-edge")
         self.reactor = reactor
@@ -86,70 +102,55 @@ class EdgeService(MultiService):
         self.config_path = config_path
         self.timers = Timers(reactor, now)
         self.tenants: TenantTable[TenantConfig] = TenantTable(config.tenants)
-        self.certs = CertificateStore(config, self.tenants, alpn=(b"http/1.1", *turn_alpn(config)))
         self._cert_loop: Any = None
         self._names_loop: Any = None  # PBX name refresh, while a tenant's backend_sip is a name
-        self._old_sighup: Any = None
+        self._sighup = SighupReload(reactor, self.reload)  # tx/ops/signals.py
         self.ports: dict[str, Any] = {}
+        # Every part is built here in dependency order and handed its collaborators in its
+        # constructor. Where two parts need each other (a genuine cycle) the later one is attached
+        # by one explicit step (SipRouter.attach) or the earlier one gets a late-bound callable,
+        # each marked "cycle:" below. tests/test_composition_root.py keeps attribute wiring out.
+        #
         # Operations (tx/ops/metrics.py, tx/ops/admin.py, tx/ops/drain.py): components add their metric
         # collectors to self.metrics and their readiness checks to self.health.
-        self.config_source = ConfigSource(config_path, None if config_path else config.edge.state_dir)
-        self.metrics = EdgeMetrics(self)
+        self.worker_index = worker_index
+        self.config_source = ConfigSource(
+            config_path, None if config_path else config.edge.state_dir, config_overrides
+        )
+        self.metrics = EdgeMetrics()
         self.health = Health()
-        for check_name, check in service_checks(self).items():
-            self.health.add_check(check_name, check)
         # Guard (tx/protect/guard.py): per-source caps before TLS, tenant caps, request rates, bans, scanners.
         self.protection = Protection(config, self.timers)
         self.guard = self.protection.guard  # SourceGuard: per-source caps and refusal counts
         self.bans = self.protection.bans  # auth-failure bans: listed and lifted by the admin API
         self.shaping = Shaping(config, self.timers)  # token buckets per connection, media leg, tenant
-        self.certs.on_unknown_sni = lambda: self.protection.scanner("tls_sni")
-        self.admin = LocalAdmin(self)
+        self.certs = CertificateStore(
+            config,
+            self.tenants,
+            alpn=(b"http/1.1", *turn_alpn(config)),
+            on_unknown_sni=partial(self.protection.scanner, "tls_sni"),
+        )
+        self.metrics.add_collector("certificates", lambda: certificate_families(self.certs, wall_clock()))
+        self.metrics.add_collector("guard", lambda: guard_families(self.protection, self.timers.now()))
+        self.metrics.add_collector("shaping", lambda: shaping_families(self.shaping.counters))
+        # Call quality (tx/media/quality.py): per-tenant histograms and one MED200 record per ended call.
+        self.quality = CallQualityRecorder(self.metrics, self.timers.now)
         # Media relay (tx/media/relay.py): the proxy's media hook; relay ports, sessions, SDP rewriting.
+        # cycle: the SIP router's core uses the relay as its media hook, and the relay asks the router
+        # a flow's transport; the overload probe counts the relay's packets, and the relay asks
+        # whether media is over its limit (self._media_over_limit reads the probe).
         self.media = MediaRelay(
             config,
             reactor,
             self.timers,
             tenant_media=lambda tid: getattr(self.tenants.by_id(tid), "media", None),
-            client_transport=lambda fid: getattr(self.sip.core.flows.get(fid), "transport", None),
+            client_transport=lambda fid: self.sip.flow_transport(fid),
             leg_policer=self.shaping.leg_policer,
             app_media=lambda tid: getattr(self.tenants.by_id(tid), "app_media", None),
+            over_limit=self._media_over_limit,
+            on_released=self.quality.released,
         )
-        # Call quality (tx/media/quality.py): per-tenant histograms and one MED200 record per ended call.
-        self.quality = CallQualityRecorder(self.metrics, self.timers.now)
-        self.media.anchor.on_released = self.quality.released
-        self.sip = SipRouter(config, self.tenants, self.timers, media=self.media)
-        self.drainer = Drainer(
-            self.timers, self.sip, lambda: self.config.edge.drain_timeout, lambda: list(self)
-        )
-        # tcp:/tls: PBXs (tx/sip/backend.py): one persistent connection per tenant, PBX-opened TCP.
-        # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache.
-        self.resolver = BackendResolver(config, self.timers, make_resolver(config, reactor))
-        self.sip.resolver = self.resolver
-        self.backends = BackendConnections(
-            config,
-            reactor,
-            self.timers,
-            deliver=self.sip.data_from_backend,
-            on_dropped=self.sip.backend_failed,
-            resolve=self.resolver.resolve,
-        )
-        self.resolver.on_change = self._backend_addresses_changed
-        # OPTIONS checks (tx/sip/health.py): tenants.backend_check_interval; down -> 503 at once.
-        self.backend_health = BackendMonitor(
-            config, self.timers, self.sip.send_to_backend, self.sip.backend_via
-        )
-        self.sip.health = self.backend_health
-        self.sip.core.backend_down = self.backend_health.is_down
-        self.metrics.add_collector("backend_health", self.backend_health.collect)
-        # WireGuard backhaul (tx/tunnel/wireguard.py): one peer per tenant with tenants.tunnel.
-        self.tunnel: WireGuardTunnel | None = None
-        if config.tunnel.interface is not None:
-            self.tunnel = WireGuardTunnel(config, reactor, self.timers)
-            self.metrics.add_collector("tunnel", self.tunnel.collect)
-        self.backends.accept = self.sip.is_backend_address
-        self.sip.streams = self.backends
-        self.metrics.add_collector("backend_streams", self.backends.collect)
+        self.metrics.add_collector("media", lambda: media_families(self.media))
         # Loop-lag probe and overload gate (tx/ops/loadprobe.py): new INVITE/REGISTER get 503 early
         # while the reactor lags; new calls get 503 while relayed media is above its limit.
         self.load = LoadProbe(
@@ -158,8 +159,24 @@ class EdgeService(MultiService):
             config.overload.probe_interval,
             media_total=lambda: self.media.packets,
         )
-        self.sip.overload = self.load.gate
-        self.media.over_limit = self._media_over_limit
+        # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache; a changed
+        # answer re-indexes the router and reconnects links (self._backend_addresses_changed).
+        self.resolver = BackendResolver(
+            config,
+            self.timers,
+            make_resolver(config, reactor),
+            on_change=self._backend_addresses_changed,
+        )
+        # The SIP router (tx/sip/router.py) around the proxy core.
+        self.sip = SipRouter(
+            config,
+            self.tenants,
+            self.timers,
+            media=self.media,
+            protection=self.protection,
+            resolver=self.resolver,
+            overload=self.load.gate,
+        )
         self.metrics.add_collector(
             "load",
             lambda: load_families(
@@ -167,23 +184,58 @@ class EdgeService(MultiService):
                 self.sip.shed,
                 self.media.counters.get("media_admission_refused", 0),
                 len(self.timers),
-                len(self.sip.core.layer),
+                self.sip.transaction_count(),
             ),
         )
+        # tcp:/tls: PBXs (tx/sip/backend.py): one persistent connection per tenant, PBX-opened TCP.
+        self.backends = BackendConnections(
+            config,
+            reactor,
+            self.timers,
+            deliver=self.sip.data_from_backend,
+            on_dropped=self.sip.backend_failed,
+            resolve=self.resolver.resolve,
+            accept=self.sip.is_backend_address,
+        )
+        self.metrics.add_collector("backend_streams", self.backends.collect)
+        # OPTIONS checks (tx/sip/health.py): tenants.backend_check_interval; down -> 503 at once.
+        self.backend_health = BackendMonitor(
+            config, self.timers, self.sip.send_to_backend, self.sip.backend_via
+        )
+        self.metrics.add_collector("backend_health", self.backend_health.collect)
+        # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
+        self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
+        self.metrics.add_collector("sip", lambda: sip_families(self.sip.stats(), self.push.results))
         # Echo service (tx/media/echo.py): echo@<tenant domain> answered here, media looped back in the
         # relay; the network check page (tx/web/check.py) calls it and keeps per-tenant figures.
         self.echo = EchoService(self.sip, self.media, self.timers, self.shaping.leg_policer)
         self.metrics.add_collector("echo", self.echo.collect)
+        # cycle: these four send through the router and the router hands them work.
+        self.sip.attach(streams=self.backends, health=self.backend_health, push=self.push, local=self.echo)
+        self.drainer = Drainer(
+            self.timers, self.sip, lambda: self.config.edge.drain_timeout, lambda: list(self)
+        )
+        self.metrics.add_collector(
+            "edge", lambda: edge_families(len(self.config.tenants), self.drainer.draining)
+        )
+        # WireGuard backhaul (tx/tunnel/wireguard.py): one peer per tenant with tenants.tunnel.
+        self.tunnel: WireGuardTunnel | None = None
+        if config.tunnel.interface is not None:
+            self.tunnel = WireGuardTunnel(config, reactor, self.timers)
+            self.metrics.add_collector("tunnel", self.tunnel.collect)
+        for check_name, check in service_checks(
+            self,
+            running=lambda: bool(self.running),
+            listeners=lambda: list(self),
+            draining=lambda: self.drainer.draining,
+            allocator=self.media.anchor.allocator,
+            tunnel=self.tunnel,
+        ).items():
+            self.health.add_check(check_name, check)
         self.check = NetworkCheck(self.metrics, self.timers.now)
         self.sip_ws: SipWebSocketFactory | None = SipWebSocketFactory(
-            self.sip, config, reactor, self.timers.now
+            self.sip, config, reactor, self.timers.now, shaping=self.shaping
         )
-        self.sip.protection = self.protection
-        # Push wake-up of the mobile app (RFC 8599; tx/push/providers.py): APNs and FCM over HTTP/2.
-        self.push = PushSender(config, self.tenants.by_id, self.sip.push_done, self.timers.now)
-        self.sip.push = self.push
-        self.sip.core.push_providers = self.push.providers
-        self.sip_ws.shaping = self.shaping
         self.acme = AcmeManager(
             config,
             self.tenants,
@@ -192,13 +244,37 @@ class EdgeService(MultiService):
             reactor,
             lambda _tenant: self.refresh_certificates(),
         )
+        self.metrics.add_collector("acme", lambda: acme_families(self.acme.status()))
         # Replication (tx/cluster/replicator.py, docs/ha.md): calls and flow bindings to Redis.
+        # cycle: the snapshot reads the router and relay, promotion takes over into them.
         self.cluster: Replicator | None = None
         if config.cluster.enabled:
-            self.cluster = Replicator(config.cluster, self.timers, self._cluster_snapshot)
+            self.cluster = Replicator(
+                config.cluster, self.timers, self._cluster_snapshot, on_promote=self._take_over
+            )
             self.health.add_check("replication", self.cluster.health)
             self.metrics.add_collector("cluster", self.cluster.collect)
-            self.cluster.on_promote = self._take_over
+        # Admin API (tx/ops/admin.py): each collaborator handed in, never this service.
+        self.admin = LocalAdmin(
+            self,
+            self.config_source,
+            metrics=self.metrics,
+            protection=self.protection,
+            health=self.health,
+            sip=self.sip,
+            certs=self.certs,
+            clock=self.timers.now,
+            wall=wall_clock,
+            apply=self.reload,
+            reload=self.reload_from_source,
+            draining=lambda: self.drainer.draining,
+            media_session=self.media.anchor.sessions.get,
+            check_reports=lambda: self.check.last,
+            backend_state=self.backend_health.state,
+            tunnel=self.tunnel,
+            cluster=self.cluster,
+            worker=worker_index,
+        )
         self._build_listeners()
 
     def _cluster_snapshot(self, box: Any, node: str, now: float) -> dict[str, dict[str, Any]]:
@@ -236,13 +312,7 @@ class EdgeService(MultiService):
         self.http_proxy = HttpProxy(
             self.reactor, self.timers, self
         )  # streams tenants' backend_http (tx/web/proxy.py)
-        # strict request framing (tx/web/framing.py): every ambiguity gets one 400 and a close
-        site = FrontSite(
-            FrontResource(self), lambda kind: self.http_proxy.refusals.note("-", f"framing_{kind}")
-        )
-        site.displayTracebacks = False
-        site.timeOut = 60
-        site.requestFactory = self.http_proxy.request_factory()
+        self.metrics.add_collector("http_proxy", lambda: http_proxy_families(self.http_proxy.counters))
         # STUN/TURN (UDP/TCP on listen.turn, TLS on listen.turns and, sniffed, on listen.https)
         self.turn: TurnService | None = None
         if turn_enabled(cfg):
@@ -259,6 +329,24 @@ class EdgeService(MultiService):
             )
             self.turn.setServiceParent(self._listeners)
             self.metrics.add_collector("turn", self.turn.collect)
+        # The HTTPS front (tx/web/front.py), built after everything it hands requests to; strict
+        # request framing (tx/web/framing.py): every ambiguity gets one 400 and a close.
+        front = FrontResource(
+            self,
+            certs=self.certs,
+            protection=self.protection,
+            clock=self.timers.now,
+            add_collector=self.metrics.add_collector,
+            sip=self.sip,
+            sip_ws=self.sip_ws,
+            http_proxy=self.http_proxy,
+            turn=self.turn,
+            check=self.check,
+        )
+        site = FrontSite(front, lambda kind: self.http_proxy.refusals.note("-", f"framing_{kind}"))
+        site.displayTracebacks = False
+        site.timeOut = 60
+        site.requestFactory = self.http_proxy.request_factory()
         https_factory = site if self.turn is None else self.turn.https_factory(site)
         https_tls = self.metrics.tls_factory("https", self.certs, https_factory)
         self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
@@ -322,14 +410,7 @@ class EdgeService(MultiService):
             self.certs.refresh()
         super().startService()
         self._listening()
-        admin = self.ports.get("admin")
-        if admin is not None:
-            where = admin.getHost()
-            self.log.info(
-                "ADM100 admin API, /metrics and /health on http://{host}:{port}/",
-                host=where.host,
-                port=where.port,
-            )
+        announce_admin(self.ports)
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
@@ -342,7 +423,7 @@ class EdgeService(MultiService):
         self.acme.start()
         if self.cluster is not None:
             self.cluster.start()
-        self._install_sighup()
+        self._sighup.install()
         if hasattr(self.reactor, "callWhenRunning"):
             self.reactor.callWhenRunning(self._log_ready)
         else:
@@ -351,14 +432,11 @@ class EdgeService(MultiService):
     def _listening(self) -> None:
         """Note the bound ports (at start; on a standby, again at promotion)."""
         for group in (self, self._listeners):
-            for child in group:
-                port = getattr(child, "_port", None)
-                if port is not None:
-                    self.ports[child.name] = port
+            note_bound_ports(group, self.ports)
         udp = self.ports.get("backend_sip_udp")
         if udp is not None:
             self._size_receive_buffer(udp)
-            self.sip.udp = udp
+            self.sip.backend_socket(udp)
             self.sip.set_backend_port(udp.getHost().port)
             self._listen_backend_tcp(udp.getHost().port)
         https_port = self.ports.get("https")
@@ -373,7 +451,7 @@ class EdgeService(MultiService):
             self.sip.set_public_tls_port(sip_tls_port.getHost().port)
 
     # -- takeover (docs/ha.md) -----------------------------------------------------------------
-    def _take_over(self, replica: Any) -> None:
+    def _take_over(self, replica: Any) -> tuple[int, int, int]:
         """Promotion: the replica becomes flows, calls in grace and media sessions; the listeners
         are bound. A record that cannot be taken over is logged and skipped."""
         cluster = self.cluster
@@ -387,12 +465,12 @@ class EdgeService(MultiService):
             calls=took.calls,
             bindings=took.bindings,
         )
-        cluster.took_over = (took.calls, took.bindings, len(took.refused))
         if self._listeners is not self:
             self._listeners.setServiceParent(self)  # binds them (the parent is running)
             self._listening()
         self.sip.handle_timer()
         self.media.rearm()
+        return took.calls, took.bindings, len(took.refused)
 
     def _listen_backend_tcp(self, port: int) -> None:
         """TCP on the backend SIP port (the same number as UDP): connections PBXs open toward us."""
@@ -444,7 +522,7 @@ class EdgeService(MultiService):
         return self.drainer.start().addCallback(lambda _: self._stop_now())
 
     def _stop_now(self) -> Any:
-        self._restore_sighup()
+        self._sighup.restore()
         self.echo.stop()
         self.load.stop()
         self.sip.stop()
@@ -514,37 +592,26 @@ class EdgeService(MultiService):
             raise StartupError(f"tenants[{i}].{key}", path, reason)
 
     # -- reload --------------------------------------------------------------------------------
-    def _install_sighup(self) -> None:
-        if not hasattr(signal, "SIGHUP") or not IReactorCore.providedBy(self.reactor):
-            return
-        try:
-            self._old_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
-            )
-        except ValueError:  # not in the main thread (tests)
-            self._old_sighup = None
-
-    def _restore_sighup(self) -> None:
-        if self._old_sighup is not None:
-            try:
-                signal.signal(signal.SIGHUP, self._old_sighup)
-            except ValueError:
-                pass
-            self._old_sighup = None
-
     def refresh_certificates(self) -> list[str]:
         return self.certs.refresh()
+
+    def reload_from_source(self) -> tuple[bool, list[str]]:
+        """Re-read the configuration (the file, or the embedded default plus its saved tenants,
+        config_store.py) and swap it in: (True, []) or (False, every error; old kept)."""
+        try:
+            new_config = self.config_source.load()
+        except ConfigErrors as exc:
+            errors = [str(e) for e in exc.errors]
+            for err in errors:
+                self.log.error("CFG400 reload refused: {error}", error=err)
+            self.metrics.count_reload("refused")
+            return False, errors
+        return self.reload(new_config), []
 
     def reload(self, new_config: EdgeConfig | None = None) -> bool:
         """Validate and swap in a new configuration; False (old kept) when it is invalid."""
         if new_config is None:
-            try:  # the config file, or the embedded default plus its saved tenants (config_store.py)
-                new_config = self.config_source.load()
-            except ConfigErrors as exc:
-                for err in exc.errors:
-                    self.log.error("CFG400 reload refused: {error}", error=str(err))
-                self.metrics.reloads["refused"] += 1
-                return False
+            return self.reload_from_source()[0]
         if new_config.listen != self.config.listen:
             self.log.warn("CFG300 listener addresses changed: they take effect at the next restart")
         self.config = new_config
@@ -552,7 +619,7 @@ class EdgeService(MultiService):
         self.certs.update(new_config, self.tenants)
         self.sip.update(new_config, self.tenants)
         self.backends.update(new_config, self.tenants)
-        self.resolver.config = new_config
+        self.resolver.update(new_config)
         self.resolver.forget(t.backend_sip for t in new_config.tenants)
         if self.running:
             self._watch_backend_names()
@@ -567,7 +634,7 @@ class EdgeService(MultiService):
         if self.turn is not None:
             self.turn.update(new_config, self.tenants)
         self.acme.update(new_config, self.tenants)
-        self.metrics.reloads["ok"] += 1
+        self.metrics.count_reload("ok")
         self.log.info("CFG201 configuration reloaded: {count} tenant(s)", count=len(new_config.tenants))
         return True
 

@@ -1,4 +1,4 @@
-"""One owner for every timer of the service.
+"""One owner for every timer of the service, and the one clock of the adapters.
 
 Core objects expose ``get_timer()`` (an absolute monotonic deadline or None) and
 ``handle_timer(now)``. :class:`CoreTimer` keeps exactly one ``DelayedCall`` per core object and
@@ -8,10 +8,15 @@ shutdown cancels them all, and logs (never loses) an exception raised by a timer
 ``now`` is monotonic. The reactor's own clock (``reactor.seconds()``) is wall-clock on real
 reactors, so deadlines are turned into delays against our monotonic ``now`` and scheduled with
 ``callLater``. Tests pass a ``Clock`` and ``now=clock.seconds`` so both agree in virtual time.
+
+No other module of tx/ reads a clock (tests/tx/test_one_clock.py): they are handed a ``now``
+(usually ``Timers.now``) or use :func:`monotonic`, :func:`wall_clock` / :func:`wall_datetime`
+(only where a figure is a wall-clock timestamp by nature), :func:`cpu_time` or :func:`perf_counter`.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -21,7 +26,44 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-__all__ = ["CoreTimer", "TimedCore", "Timers"]
+__all__ = [
+    "CoreTimer",
+    "TimedCore",
+    "Timers",
+    "cpu_time",
+    "monotonic",
+    "perf_counter",
+    "wall_clock",
+    "wall_datetime",
+]
+
+
+def monotonic() -> float:
+    """The adapters' clock (seconds, monotonic): the default ``now`` of :class:`Timers`, and the
+    clock of a process that has no ``Timers`` of its own. Nothing else in tx/ reads a clock."""
+    return time.monotonic()
+
+
+def wall_clock() -> float:
+    """Unix time (seconds) for the few figures that are wall-clock timestamps by nature:
+    certificate expiry, report times shown to operators, ACME dates. Durations and deadlines
+    use the monotonic ``now``."""
+    return time.time()
+
+
+def wall_datetime() -> datetime.datetime:
+    """:func:`wall_clock` as an aware UTC datetime (ACME orders and certificate dates)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+def cpu_time() -> float:
+    """CPU seconds of this process (work measured per task: replication, load probe)."""
+    return time.process_time()
+
+
+def perf_counter() -> float:
+    """The highest-resolution interval clock (GC pauses are sub-millisecond)."""
+    return time.perf_counter()
 
 
 class TimedCore(Protocol):
@@ -37,7 +79,7 @@ class Timers:
 
     def __init__(self, reactor: IReactorTime, now: Callable[[], float] | None = None) -> None:
         self.reactor = reactor
-        self.now: Callable[[], float] = now or time.monotonic
+        self.now: Callable[[], float] = now or monotonic
         self._calls: set[DelayedCall] = set()
         self._loops: set[LoopingCall] = set()
 

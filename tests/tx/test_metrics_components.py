@@ -237,3 +237,25 @@ def test_label_values_from_reason_texts_are_snake_case() -> None:
     assert label_value("hand-off not enabled for this tenant") == "hand_off_not_enabled_for_this_tenant"
     assert label_value("certificate being replaced, retry") == "certificate_being_replaced_retry"
     assert label_value("ok") == "ok" and label_value("--") == "unknown"
+
+
+def test_family_turns_a_table_into_sorted_samples() -> None:
+    """family(): a number is one unlabelled sample; a mapping gives one sample per key, sorted, tuple keys spread over the labels."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from mcs_edge.tx.ops.metrics import family
+
+    one = family(GaugeMetricFamily, "mcs_edge_x", "x", 3)
+    assert [(s.labels, s.value) for s in one.samples] == [({}, 3)]
+    by = family(CounterMetricFamily, "mcs_edge_y", "y", {"b": 2, "a": 1}, ["reason"])
+    assert [(s.name, s.labels, s.value) for s in by.samples] == [
+        ("mcs_edge_y_total", {"reason": "a"}, 1),
+        ("mcs_edge_y_total", {"reason": "b"}, 2),
+    ]
+    two = family(
+        GaugeMetricFamily, "mcs_edge_z", "z", {("t2", "wss"): 1, ("t1", "tls"): 5}, ["tenant", "transport"]
+    )
+    assert [s.labels for s in two.samples] == [
+        {"tenant": "t1", "transport": "tls"},
+        {"tenant": "t2", "transport": "wss"},
+    ]

@@ -173,6 +173,7 @@ class MediaAnchor:
         client_transport: Callable[[int], str | None],
         leg_policer: Callable[[str], Policer] | None = None,
         app_media: Callable[[str], str | None] | None = None,
+        on_released: Callable[[MediaSession, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._app_media = app_media
@@ -193,7 +194,7 @@ class MediaAnchor:
         self.dropped_closed: dict[str, int] = {}
         self.problems: deque[str] = deque(maxlen=256)
         #: Told of every live session released (before its legs are closed): call-end records.
-        self.on_released: Callable[[MediaSession, str], None] | None = None
+        self.on_released = on_released
         self._forced_ports: list[tuple[int, int | None]] = []  # ports of legs being adopted
 
     # ---------------------------------------------------------------------------- bookkeeping

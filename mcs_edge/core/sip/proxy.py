@@ -166,6 +166,17 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
     def pairs(self) -> int:
         return len(self._pairs_by_server)
 
+    def pairs_by_tenant(self) -> dict[str, int]:
+        """Transactions in progress per tenant id (metrics)."""
+        out: dict[str, int] = {}
+        for pair in self._pairs_by_server.values():
+            out[pair.tenant_id] = out.get(pair.tenant_id, 0) + 1
+        return out
+
+    def start_draining(self) -> None:
+        """Graceful drain: new calls (initial INVITEs, either direction) get 503 + Retry-After."""
+        self.draining = True
+
     def close_flow(self, flow_id: int, now: float) -> None:
         flow = self.flows.pop(flow_id, None)
         if flow is None:

@@ -116,6 +116,10 @@ class ProxyState:
         media: MediaHook | None = None,
         *,
         random_bytes: RandomBytes,
+        on_backend_final: Callable[[Pair, Response], None] | None = None,
+        local: LocalService | None = None,
+        backend_down: Callable[[str], bool] | None = None,
+        push_providers: Callable[[Any], frozenset[str]] | None = None,
     ) -> None:
         self.settings = settings
         #: The random source of branches, tags and flow tokens (``secrets.token_bytes`` in the adapter).
@@ -146,11 +150,11 @@ class ProxyState:
         self.draining = False
         #: Told of every final response a PBX gives to a client's request, before it is relayed
         #: (the guard watches authentication outcomes there); None = nobody listens.
-        self.on_backend_final: Callable[[Pair, Response], None] | None = None
+        self.on_backend_final: Callable[[Pair, Response], None] | None = on_backend_final
         #: Requests answered by the edge itself (the echo service); None = everything is forwarded.
-        self.local: LocalService | None = None
+        self.local: LocalService | None = local
         #: backend_down(tenant_id): its PBX does not answer (OPTIONS check): new calls get 503 at once.
-        self.backend_down: Callable[[str], bool] | None = None
+        self.backend_down: Callable[[str], bool] | None = backend_down
         #: Which entries name this edge; Via and Record-Route values (routing.py).
         self.routing = Routing(settings, tenant_for_domain, random_bytes)
         #: Bindings of connections to client instances and lost connections in grace (flows.py).
@@ -163,7 +167,7 @@ class ProxyState:
         self.push_registry = PushRegistry()
         self.wakes = WakeTable()
         #: The providers configured for a tenant (none: push is off for it, no +sip.pns advertised).
-        self.push_providers: Callable[[Any], frozenset[str]] = lambda tenant: frozenset()
+        self.push_providers: Callable[[Any], frozenset[str]] = push_providers or (lambda tenant: frozenset())
         #: Time from the push to the woken app's REGISTER (seconds).
         self.wake_latency = RecoveryHistogram()
 

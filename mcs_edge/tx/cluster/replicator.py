@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from twisted.logger import Logger
 from mcs_edge.config import ClusterConfig
 from mcs_edge.core.cluster.replication import CachingBox, ChangeTracker, Replica, WriteQueue
 from mcs_edge.core.cluster.secrets import SecretBox, parse_key
-from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.timers import Timers, cpu_time, wall_clock
 
 __all__ = ["Replicator"]
 
@@ -80,8 +79,11 @@ class Replicator:
         config: ClusterConfig,
         timers: Timers,
         snapshot: Snapshot,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = wall_clock,
+        on_promote: Callable[[Replica], tuple[int, int, int]] | None = None,
     ) -> None:
+        """``on_promote``: called with the replica at promotion, before the node starts writing
+        (the composition root takes it over); it returns (calls, bindings, refused) taken over."""
         assert config.key is not None  # config cross-check
         self.config = config
         self.timers = timers
@@ -111,8 +113,7 @@ class Replicator:
         self._redis: Any = None
         self._sub_factory: Any = None
         self._stopped = False
-        #: called with the replica at promotion, before the node starts writing (tx/service.py)
-        self.on_promote: Callable[[Replica], None] | None = None
+        self.on_promote = on_promote
         self.took_over: tuple[int, int, int] | None = None  # calls, bindings, refused at promotion
         self._kinds: dict[str, int] = {"call": 0, "binding": 0}
         self._beat = 0.0
@@ -250,7 +251,7 @@ class Replicator:
     def _sync(self) -> None:
         if self.role != "active":
             return
-        started = time.process_time()
+        started = cpu_time()
         now = self.wall_clock()
         records = self.snapshot(self.box, self.node, now)
         kinds = {"call": 0, "binding": 0}
@@ -260,7 +261,7 @@ class Replicator:
         if self.up:
             self.queue.put_all(self.tracker.sync(records, now))
         self._heartbeat_due(now, len(records))
-        self.sync_seconds += time.process_time() - started
+        self.sync_seconds += cpu_time() - started
         self.syncs += 1
         self._flush(now)
 
@@ -363,7 +364,7 @@ class Replicator:
                 self._sub_factory.disconnect()
                 self._sub_factory = None
             if self.on_promote is not None:
-                self.on_promote(self.replica)
+                self.took_over = self.on_promote(self.replica)
             self.replica.clear()
             self.tracker.forget()
             self.queue.out_of_sync = True

@@ -51,7 +51,8 @@ __all__ = ["ECHO_USER", "MAX_PER_FLOW", "MAX_PER_TENANT", "MAX_SECONDS", "EchoSe
 
 
 class EchoService:
-    """The echo user agent on the reactor; the proxy core's ``local`` hook."""
+    """The echo user agent on the reactor; the proxy core's ``local`` hook (the composition root
+    attaches it to the router with :meth:`SipRouter.attach`)."""
 
     log = Logger()
 
@@ -65,18 +66,18 @@ class EchoService:
         self.router = router
         self.relay = relay
         self.timers = timers
-        core = router.core
+        # The user agent and its timer need each other (the timer reads the agent's deadline; the
+        # agent wakes the timer when a session ends from inside): the agent gets a late-bound wake.
         self.ua = EchoUA(
-            lambda: core.settings,
+            lambda: router.proxy_settings,
             relay.anchor,
             clock=timers.now,
             random_bytes=secrets.token_bytes,
-            grace=lambda: core.flow_registry.grace,
+            grace=router.flow_grace,
             leg_policer=leg_policer,
+            wake=lambda: self._timer.arm(),
         )
         self._timer = CoreTimer(timers, self.ua, lambda _result: self._act())
-        self.ua.wake = self._timer.arm
-        router.core.local = self
 
     # ------------------------------------------------------------------ state (tests, admin)
     @property
@@ -138,8 +139,7 @@ class EchoService:
 
     def _send(self, flow_id: int, request: Request) -> None:
         try:
-            if self.router.core.send_to_flow(flow_id, request, self.timers.now()):
-                self.router.handle_timer()  # flush the core's output and re-arm its timer
+            self.router.send_to_flow(flow_id, request)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
             self.relay.problem(f"echo: cannot send {request.method}: {exc}")
 

@@ -43,6 +43,7 @@ from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig
+    from mcs_edge.core.media.session import MediaSession
     from mcs_edge.core.sip.message import Request, Response
     from mcs_edge.tx.timers import Timers
 
@@ -193,7 +194,12 @@ class MediaRelay:
         client_transport: Callable[[int], str | None] = lambda _flow: "wss",
         leg_policer: Callable[[str], Policer] | None = None,
         app_media: Callable[[str], str | None] | None = None,
+        over_limit: Callable[[], bool] = lambda: False,
+        on_released: Callable[[MediaSession, str], None] | None = None,
     ) -> None:
+        """``over_limit``: True while this worker relays more packets/s than
+        ``overload.max_media_packet_rate`` (new calls then get 503); ``on_released``: told of
+        every live session released (call-end records, tx/media/quality.py)."""
         self.reactor = reactor
         self.timers = timers
         self.now = timers.now
@@ -204,7 +210,13 @@ class MediaRelay:
         self.bind_host = bind
         self.loop: asyncio.AbstractEventLoop | None = getattr(reactor, "_asyncioEventloop", None)
         self.anchor = MediaAnchor(
-            self.settings, self, tenant_media, client_transport, leg_policer, app_media=app_media
+            self.settings,
+            self,
+            tenant_media,
+            client_transport,
+            leg_policer,
+            app_media=app_media,
+            on_released=on_released,
         )
         self.timer = CoreTimer(timers, self.anchor, on_fire=lambda _result: self._log_problems())
         self.ports: dict[int, _RelayPort] = {}
@@ -213,9 +225,7 @@ class MediaRelay:
         self._log_budget = 0
         #: Datagrams received on every relay port (the overload probe turns it into a rate).
         self.packets = 0
-        #: Media admission limit: True while this worker relays more packets/s than
-        #: ``overload.max_media_packet_rate`` (set by the service); new calls then get 503.
-        self.over_limit: Callable[[], bool] = lambda: False
+        self.over_limit = over_limit
 
     @property
     def native(self) -> bool:

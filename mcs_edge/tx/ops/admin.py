@@ -54,8 +54,7 @@ import hmac
 import json
 import os
 import secrets
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
@@ -71,20 +70,29 @@ from mcs_edge.config_store import ConfigSource
 from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.ops.metrics import CONTENT_TYPE
+from mcs_edge.tx.sip.router import call_state
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig
-    from mcs_edge.tx.service import EdgeService
+    from mcs_edge.tx.cluster.replicator import Replicator
+    from mcs_edge.tx.ops.metrics import EdgeMetrics
+    from mcs_edge.tx.protect.guard import Protection
+    from mcs_edge.tx.seams import LiveConfig, PortPool, SipView, TunnelState
+    from mcs_edge.tx.tls.certificates import CertificateStore
+    from mcs_edge.tx.tunnel.wireguard import WireGuardTunnel
 
 __all__ = [
     "TOKEN_FILE",
     "AdminBackend",
     "AdminResource",
     "AdminSite",
+    "AdminToken",
     "ApiError",
     "Health",
     "LocalAdmin",
+    "announce_admin",
     "load_or_create_token",
+    "note_bound_ports",
 ]
 
 TOKEN_FILE = "admin-token"
@@ -134,6 +142,28 @@ def load_or_create_token(config: EdgeConfig) -> str:
     return token
 
 
+class AdminToken:
+    """The admin token of one process (an edge or the worker supervisor): ``[admin] token`` of the
+    current configuration, else the state directory's file, read (or created) once."""
+
+    def __init__(self, config: Callable[[], EdgeConfig]) -> None:
+        self._config = config
+        self._file_token: str | None = None
+
+    def get(self) -> str:
+        cfg = self._config()
+        if cfg.admin.token:
+            return cfg.admin.token
+        if self._file_token is None:
+            self._file_token = load_or_create_token(cfg)
+        return self._file_token
+
+    @property
+    def cached(self) -> str | None:
+        """The token once known (never reads or creates the token file): for log redaction."""
+        return self._config().admin.token or self._file_token
+
+
 # ---------------------------------------------------------------------------------------------
 # Health
 # ---------------------------------------------------------------------------------------------
@@ -166,61 +196,92 @@ class Health:
         return ok, results
 
 
-def service_checks(service: EdgeService) -> dict[str, Check]:
-    """The readiness checks every edge process has."""
+def service_checks(
+    live: LiveConfig,
+    running: Callable[[], bool],
+    listeners: Callable[[], Iterable[Any]],
+    draining: Callable[[], bool],
+    allocator: PortPool | None = None,
+    tunnel: TunnelState | None = None,
+) -> dict[str, Check]:
+    """The readiness checks every edge process has. ``running``: the service is started;
+    ``listeners``: its listening services (named ``twisted.application`` services); ``draining``:
+    the drain has begun (tx/ops/drain.py); ``allocator``: the relay port pool; ``tunnel``: the
+    WireGuard backhaul, when configured."""
 
-    def listeners() -> tuple[bool, str]:
-        if not service.running:
+    def listeners_up() -> tuple[bool, str]:
+        if not running():
             return False, "not started"
         missing = [
             child.name
-            for child in service
-            if child.name != "admin" and getattr(child, "_port", "n/a") is None and not _draining(service)
+            for child in listeners()
+            if child.name != "admin" and _bound_port(child, "n/a") is None and not draining()
         ]
         return (not missing), ("missing: " + ", ".join(missing)) if missing else "up"
 
     def config() -> tuple[bool, str]:
-        return True, f"{len(service.config.tenants)} tenant(s)"
+        return True, f"{len(live.config.tenants)} tenant(s)"
 
-    def draining() -> tuple[bool, str]:
-        return (not _draining(service)), "draining" if _draining(service) else "accepting"
+    def drain_state() -> tuple[bool, str]:
+        return (not draining()), "draining" if draining() else "accepting"
 
-    def tunnel() -> tuple[bool, str]:
-        t = getattr(service, "tunnel", None)
-        if t is None:
+    def tunnel_up() -> tuple[bool, str]:
+        if tunnel is None:
             return True, "no [tunnel]"
         return (
-            (True, f"{t.interface} up")
-            if t.running
-            else (False, f"wireguard-go for {t.interface} is not running")
+            (True, f"{tunnel.interface} up")
+            if tunnel.running
+            else (False, f"wireguard-go for {tunnel.interface} is not running")
         )
 
     def media_ports() -> tuple[bool, str]:
-        allocator = getattr(getattr(getattr(service, "media", None), "anchor", None), "allocator", None)
         if allocator is None:
             return True, "no media relay"
         free, capacity = allocator.free, allocator.capacity
         return free >= MIN_FREE_PORTS, f"{free} of {capacity} relay ports free"
 
     checks: dict[str, Check] = {
-        "listeners": listeners,
+        "listeners": listeners_up,
         "config": config,
-        "draining": draining,
+        "draining": drain_state,
         "media_ports": media_ports,
     }
-    if service.config.tunnel.interface is not None:  # the WireGuard backhaul (tx/tunnel/wireguard.py)
-        checks["tunnel"] = tunnel
+    if live.config.tunnel.interface is not None:  # the WireGuard backhaul (tx/tunnel/wireguard.py)
+        checks["tunnel"] = tunnel_up
     return checks
+
+
+def _bound_port(server: Any, default: Any = None) -> Any:
+    """The listening port of a ``twisted.application.internet`` server (None while not bound).
+
+    twisted keeps it in the private ``_port`` of ``TCPServer``/``UDPServer``/``SSLServer``
+    and offers no public accessor: this is the one place that reads it."""
+    return getattr(server, "_port", default)
+
+
+def note_bound_ports(services: Iterable[Any], ports: dict[str, Any]) -> None:
+    """Add the listening port of each started ``services`` child to ``ports`` by its name."""
+    for child in services:
+        port = _bound_port(child)
+        if port is not None:
+            ports[child.name] = port
+
+
+def announce_admin(ports: Mapping[str, Any]) -> None:
+    """Log where the admin listener answers (ADM100), once it is bound."""
+    admin = ports.get("admin")
+    if admin is not None:
+        where = admin.getHost()
+        log.info(
+            "ADM100 admin API, /metrics and /health on http://{host}:{port}/",
+            host=where.host,
+            port=where.port,
+        )
 
 
 #: Relay ports one more call may need (two legs, each an RTP/RTCP pair without rtcp-mux): below
 #: this the port pool is exhausted and ``/health/ready`` fails its ``media_ports`` check.
 MIN_FREE_PORTS = 4
-
-
-def _draining(service: Any) -> bool:
-    drainer = getattr(service, "drainer", None)
-    return bool(drainer is not None and drainer.draining)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,158 +316,184 @@ class AdminBackend(Protocol):
 
 
 class LocalAdmin:
-    """The admin backend of one edge process."""
+    """The admin backend of one edge process: each collaborator is handed in by the composition
+    root (tx/service.py); none is reached through another."""
 
-    def __init__(self, service: EdgeService) -> None:
-        self.service = service
-        self._token: str | None = None
+    def __init__(
+        self,
+        live: LiveConfig,
+        source: ConfigSource,
+        *,
+        metrics: EdgeMetrics,
+        protection: Protection,
+        health: Health,
+        sip: SipView,
+        certs: CertificateStore,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        apply: Callable[[EdgeConfig], bool],
+        reload: Callable[[], tuple[bool, list[str]]],
+        draining: Callable[[], bool],
+        media_session: Callable[[str], Any],
+        check_reports: Callable[[], Mapping[str, dict[str, Any]]],
+        backend_state: Callable[[str], dict[str, Any] | None],
+        tunnel: WireGuardTunnel | None = None,
+        cluster: Replicator | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """``apply``: swap in a validated configuration; ``reload``: re-read it from ``source``
+        ((ok, errors)); ``media_session``: a call's media session by Call-ID (or None);
+        ``check_reports``: the network-check reports by tenant (tx/web/check.py);
+        ``backend_state``: a tenant's PBX as the OPTIONS check sees it (tx/sip/health.py)."""
+        self.live = live
+        self._source = source
+        self._metrics = metrics
+        self._protection = protection
+        self._health = health
+        self._sip = sip
+        self._certs = certs
+        self._clock = clock
+        self._wall = wall
+        self._apply = apply
+        self._reload = reload
+        self._draining = draining
+        self._media_session = media_session
+        self._check_reports = check_reports
+        self._backend_state = backend_state
+        self._tunnel = tunnel
+        self._cluster = cluster
+        self.worker = worker
+        self._token = AdminToken(lambda: live.config)
 
     @property
     def source(self) -> ConfigSource:
-        return self.service.config_source
+        return self._source
 
     def token(self) -> str:
-        cfg = self.service.config
-        if cfg.admin.token:
-            return cfg.admin.token
-        if self._token is None:
-            self._token = load_or_create_token(cfg)
-        return self._token
+        return self._token.get()
 
     @property
     def cached_token(self) -> str | None:
         """The token once known (never reads or creates the token file): for log redaction."""
-        return self.service.config.admin.token or self._token
+        return self._token.cached
 
     def count(self, result: str) -> None:
-        reqs = self.service.metrics.admin_requests
-        reqs[result] = reqs.get(result, 0) + 1
+        self._metrics.count_admin_request(result)
 
     def credential_failure(self, host: str) -> None:
-        self.service.protection.credential_failure(host, None, "admin_token")
+        self._protection.credential_failure(host, None, "admin_token")
 
     def is_banned(self, host: str) -> bool:
-        return self.service.protection.is_banned(host)
+        return self._protection.is_banned(host)
 
     def config(self) -> EdgeConfig:
-        return self.service.config
+        return self.live.config
 
     def metrics(self) -> bytes:
-        return self.service.metrics.render()
+        return self._metrics.render()
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        return self.service.health.ready()
+        return self._health.ready()
 
     def status(self) -> dict[str, Any]:
-        svc = self.service
         return {
             "version": __version__,
-            "worker": getattr(svc, "worker_index", None),
+            "worker": self.worker,
             "pid": os.getpid(),
-            "tenants": len(svc.config.tenants),
-            "connections": len(svc.sip.flows),
-            "calls": len(svc.sip.core.calls),
-            "draining": _draining(svc),
+            "tenants": len(self.live.config.tenants),
+            "connections": len(self._sip.flows),
+            "calls": self._sip.call_count(),
+            "draining": self._draining(),
             "config": self.source.tenants_file,
         }
 
     def cluster(self) -> dict[str, Any]:
-        replicator = self.service.cluster
+        replicator = self._cluster
         if replicator is None:
             raise ApiError(404, "cluster.enabled is false")
         return {"cluster": replicator.status()}
 
     def promote(self) -> dict[str, Any]:
         """keepalived's notify_master (docs/ha.md): this node becomes the active one."""
-        replicator = self.service.cluster
+        replicator = self._cluster
         if replicator is None:
             raise ApiError(404, "cluster.enabled is false")
         return {"cluster": replicator.promote()}
 
     def tenant_stats(self) -> dict[str, dict[str, Any]]:
-        core = self.service.sip.core
+        sip = self._sip
         out: dict[str, dict[str, Any]] = {}
 
         def slot(tid: str) -> dict[str, Any]:
             return out.setdefault(tid, {"connections": 0, "registrations": 0, "calls": 0})
 
-        for flow in self.service.sip.flows.values():
+        for flow in sip.flows.values():
             slot(flow.tenant.id)["connections"] += 1
-        for cf in core.flows.values():
-            if cf.registered:
-                slot(cf.tenant.id)["registrations"] += 1
-        for call in core.calls.calls.values():
+        for tid, n in sip.registrations().items():
+            slot(tid)["registrations"] += n
+        for call in sip.calls_up():
             slot(call.tenant_id)["calls"] += 1
-        for t in self.service.config.tenants:  # the PBX as the OPTIONS check sees it (tx/sip/health.py)
-            state = self.service.backend_health.state(t.id)
+        for t in self.live.config.tenants:  # the PBX as the OPTIONS check sees it (tx/sip/health.py)
+            state = self._backend_state(t.id)
             if state is not None:
                 slot(t.id)["backend"] = state
-            tunnel = self.service.tunnel.peer_status(t) if self.service.tunnel is not None else None
+            tunnel = self._tunnel.peer_status(t) if self._tunnel is not None else None
             if tunnel is not None:
                 slot(t.id)["tunnel"] = tunnel
         return out
 
     def connections(self, tenant: str | None) -> list[dict[str, Any]]:
-        svc = self.service
-        core = svc.sip.core
-        worker = getattr(svc, "worker_index", None)
+        sip = self._sip
         out = []
-        for flow in svc.sip.flows.values():
+        for flow in sip.flows.values():
             if tenant is not None and flow.tenant.id != tenant:
                 continue
-            cf = core.flows.get(flow.id)
+            registered, aor = sip.registration(flow.id)
             out.append(
                 {
                     "id": flow.id,
-                    "worker": worker,
+                    "worker": self.worker,
                     "tenant": flow.tenant.id,
                     "transport": flow.transport,
                     "peer": f"{flow.peer[0]}:{flow.peer[1]}",
-                    "registered": bool(cf is not None and cf.registered),
-                    "aor": (cf.aor or None) if cf is not None else None,
-                    "calls": core.calls.on_flow(flow.id),
+                    "registered": registered,
+                    "aor": aor,
+                    "calls": sip.calls_on_flow(flow.id),
                 }
             )
         return out
 
     def calls(self, tenant: str | None) -> list[dict[str, Any]]:
-        svc = self.service
-        now = svc.timers.now()
-        worker = getattr(svc, "worker_index", None)
+        now = self._clock()
         out = []
-        for call in svc.sip.core.calls.calls.values():
+        for call in self._sip.calls_up():
             if tenant is not None and call.tenant_id != tenant:
                 continue
             out.append(
                 {
                     "call_id": call.call_id,
-                    "worker": worker,
+                    "worker": self.worker,
                     "tenant": call.tenant_id,
                     "connection": call.flow_id,
                     "direction": "from_client" if call.from_client else "to_client",
-                    "state": "grace"
-                    if call.state == "grace"
-                    else "answered"
-                    if call.answered is not None
-                    else "early",
+                    "state": call_state(call),
                     "age": round(now - call.started, 3),
-                    **_call_media(svc, call.call_id),
+                    **_call_media(self._media_session(call.call_id)),
                 }
             )
         return out
 
     def checks(self) -> dict[str, dict[str, Any]]:
         """Per tenant: the last network-check report posted to this process (tx/web/check.py)."""
-        return dict(self.service.check.last)
+        return dict(self._check_reports())
 
     def certificates(self) -> list[dict[str, Any]]:
         """Per tenant: the certificate it serves (names, expiry) or why its files do not load."""
-        svc = self.service
-        loaded = svc.certs.loaded()
-        errors = svc.certs.errors
-        wall = time.time()
+        loaded = self._certs.loaded()
+        errors = self._certs.errors
+        wall = self._wall()
         out = []
-        for t in svc.config.tenants:
+        for t in self.live.config.tenants:
             cert = loaded.get(t.id)
             row: dict[str, Any] = {"tenant": t.id, "mode": t.certificate, "error": errors.get(t.id)}
             if cert is not None:
@@ -420,47 +507,36 @@ class LocalAdmin:
         return out
 
     def bans(self) -> list[dict[str, Any]]:
-        now = self.service.timers.now()
-        return [_ban_json(b, now) for b in self.service.bans.list_bans(now)]
+        now = self._clock()
+        return [_ban_json(b, now) for b in self._protection.bans.list_bans(now)]
 
     def ban(self, source: str, tenant: str | None, duration: float | None) -> dict[str, Any]:
-        now = self.service.timers.now()
-        return _ban_json(self.service.bans.ban(source, tenant, now, duration), now)
+        now = self._clock()
+        return _ban_json(self._protection.bans.ban(source, tenant, now, duration), now)
 
     def lift(self, source: str) -> bool:
-        return self.service.bans.lift(source)
+        return self._protection.bans.lift(source)
 
     def reload(self) -> tuple[bool, list[str]]:
-        svc = self.service
-        try:
-            cfg = self.source.load()
-        except ConfigErrors as exc:
-            errors = [str(e) for e in exc.errors]
-            for err in errors:
-                svc.log.error("CFG400 reload refused: {error}", error=err)
-            svc.metrics.reloads["refused"] = svc.metrics.reloads.get("refused", 0) + 1
-            return False, errors
-        return svc.reload(cfg), []
+        return self._reload()
 
     def apply(self, config: EdgeConfig) -> bool:
-        return self.service.reload(config)
+        return self._apply(config)
 
     def tunnel_config(self, tenant_id: str) -> Any:
         """(200, text/plain, wg-quick file) for the tenant side of its tunnel (tx/tunnel/wireguard.py)."""
-        svc = self.service
-        tenant = svc.config.tenant(tenant_id)
+        tenant = self.live.config.tenant(tenant_id)
         if tenant is None:
             raise ApiError(404, f"no tenant {tenant_id!r}")
-        if svc.tunnel is None or tenant.tunnel is None:
+        if self._tunnel is None or tenant.tunnel is None:
             raise ApiError(404, f"tenant {tenant_id!r} has no tunnel")
-        return svc.tunnel.tenant_config(tenant).addCallback(
+        return self._tunnel.tenant_config(tenant).addCallback(
             lambda text: (200, "text/plain; charset=utf-8", text.encode())
         )
 
 
-def _call_media(svc: Any, call_id: str) -> dict[str, Any]:
+def _call_media(session: Any) -> dict[str, Any]:
     """The agent's AOR and the live quality figures of a call's media (tx/media/quality.py)."""
-    session = svc.media.anchor.sessions.get(call_id)
     if session is None:
         return {"agent": None, "quality": None}
     info = session.owner_data

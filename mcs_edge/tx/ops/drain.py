@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from mcs_edge.tx.sip.router import SipRouter
+    from mcs_edge.tx.seams import SipView
     from mcs_edge.tx.timers import Timers
 
 __all__ = ["DRAIN_REASON", "Drainer"]
@@ -44,7 +44,7 @@ class Drainer:
     def __init__(
         self,
         timers: Timers,
-        router: SipRouter,
+        router: SipView,
         drain_timeout: Callable[[], float],
         listeners: Callable[[], Iterable[Any]],
     ) -> None:
@@ -71,9 +71,9 @@ class Drainer:
         self.draining = True
         self._started = self.timers.now()
         self._timeout = self.drain_timeout() if timeout is None else timeout
-        self.router.core.draining = True
+        self.router.drain()
         self._stop_accepting()
-        calls = len(self.router.core.calls)
+        calls = self.router.call_count()
         self.log.info(
             "EDG102 draining: refusing new connections and calls; {calls} call(s) up, waiting at most {timeout} s",
             calls=calls,
@@ -97,9 +97,8 @@ class Drainer:
 
     def _close_idle_flows(self) -> None:
         router = self.router
-        calls = router.core.calls
         for flow in list(router.flows.values()):
-            if calls.on_flow(flow.id) == 0:
+            if router.calls_on_flow(flow.id) == 0:
                 flow.close(1000, DRAIN_REASON)
 
     def _tick(self) -> None:
@@ -108,7 +107,7 @@ class Drainer:
 
     def _check(self) -> bool:
         elapsed = self.timers.now() - self._started
-        calls = len(self.router.core.calls)
+        calls = self.router.call_count()
         if calls == 0:
             self.log.info("EDG103 drained: every call ended after {elapsed:.1f} s", elapsed=elapsed)
         elif elapsed >= self._timeout:

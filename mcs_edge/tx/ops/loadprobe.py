@@ -21,7 +21,6 @@ full collection walks only what the traffic created.
 from __future__ import annotations
 
 import gc
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from mcs_edge.core.load import AdmissionGate, LagHistogram, OverloadSettings, RateMeter
 from mcs_edge.tx.ops.metrics import register_merge
-from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.timers import Timers, cpu_time, perf_counter
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig
@@ -71,7 +70,7 @@ class LoadProbe:
         settings: OverloadSettings,
         interval: float = 0.01,
         media_total: Callable[[], int] | None = None,
-        cpu_time: Callable[[], float] = time.process_time,
+        cpu_time: Callable[[], float] = cpu_time,
     ) -> None:
         self.timers = timers
         self._cpu_time = cpu_time
@@ -137,10 +136,10 @@ class GcMonitor:
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._start = time.perf_counter()
+            self._start = perf_counter()
             return
         generation = min(2, int(info.get("generation", 2)))
-        self.pauses[generation].observe(time.perf_counter() - self._start)
+        self.pauses[generation].observe(perf_counter() - self._start)
         self.collected[generation] += int(info.get("collected", 0))
 
 

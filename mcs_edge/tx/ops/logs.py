@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime
 import json
 import sys
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import IO, Any
@@ -41,6 +40,7 @@ from zope.interface import implementer
 
 from mcs_edge.config import REDACTED
 from mcs_edge.logevents import code_of
+from mcs_edge.tx.timers import monotonic, wall_clock
 
 __all__ = [
     "JsonLineObserver",
@@ -76,7 +76,7 @@ class JsonLineObserver:
     def as_dict(self, event: dict[str, Any]) -> dict[str, Any]:
         fmt = event.get("log_format")
         level = event.get("log_level")
-        stamp = event.get("log_time") or time.time()
+        stamp = event.get("log_time") or wall_clock()
         out: dict[str, Any] = {
             "time": datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="milliseconds"),
             "level": level.name if isinstance(level, type(LogLevel.info)) else "info",
@@ -209,7 +209,7 @@ class RateLimitedLog:
         log: Logger,
         burst: int = 10,
         window: float = 1.0,
-        now: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = monotonic,
         max_keys: int = 1024,
     ) -> None:
         self.log = log

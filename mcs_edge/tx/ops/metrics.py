@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Each :class:`~mcs_edge.tx.service.EdgeService` owns one :class:`EdgeMetrics`: its own
+Each edge process (the composition root, tx/service.py) owns one :class:`EdgeMetrics`: its own
 ``CollectorRegistry`` (never prometheus_client's global one, so several services in one process
 - tests - do not collide), served as text on ``listen.admin`` at ``/metrics``.
 
@@ -17,11 +17,11 @@ shaping) register the same way::
         g.add_metric([], allocator.free)
         yield g
 
-    service.metrics.add_collector("media", collect)
+    metrics.add_collector("media", collect)
 
 or, when an event is not already counted anywhere, with a prometheus_client object bound to this
-registry: ``service.metrics.counter("mcs_edge_turn_allocations_total", "...", ["tenant"])``.
-Readiness conditions go to ``service.health.add_check(name, fn)`` (:mod:`mcs_edge.tx.ops.admin`).
+registry: ``metrics.counter("mcs_edge_turn_allocations_total", "...", ["tenant"])``.
+Readiness conditions go to ``health.add_check(name, fn)`` (:mod:`mcs_edge.tx.ops.admin`).
 
 Label policy
 ------------
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +63,10 @@ from twisted.python.failure import Failure
 from mcs_edge import __version__
 
 if TYPE_CHECKING:
-    from mcs_edge.tx.service import EdgeService
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.protect.guard import Protection
+    from mcs_edge.tx.sip.router import SipStats
+    from mcs_edge.tx.tls.certificates import CertificateStore
 
 __all__ = [
     "CONTENT_TYPE",
@@ -72,10 +74,18 @@ __all__ = [
     "CountingTLSFactory",
     "EdgeMetrics",
     "TlsStats",
+    "acme_families",
+    "certificate_families",
+    "edge_families",
+    "guard_families",
     "handoff_families",
+    "http_proxy_families",
     "label_value",
+    "media_families",
     "merge_expositions",
     "register_merge",
+    "shaping_families",
+    "sip_families",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -106,6 +116,29 @@ def register_merge(name: str, mode: str) -> None:
 
 
 Collect = Callable[[], Iterable[Metric]]
+
+#: The two kinds of collect-time family.
+Kind = type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+
+def family(kind: Kind, name: str, doc: str, values: Any, labels: Iterable[str] = ()) -> Metric:
+    """One metric family from a table of samples, the helper every collector here uses.
+
+    ``values`` is a number (a family without labels) or a mapping from a label value (a tuple of
+    them with several ``labels``) to a number; samples come out in sorted key order."""
+    fam = kind(name, doc, labels=list(labels))
+    if isinstance(values, Mapping):
+        for key, n in sorted(values.items()):
+            fam.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+    else:
+        fam.add_metric([], values)
+    return fam
+
+
+def families(kind: Kind, rows: Iterable[tuple[str, str, Any, Iterable[str]]]) -> Iterator[Metric]:
+    """:func:`family` for each (name, doc, values, labels) row of a table."""
+    for name, doc, values, labels in rows:
+        yield family(kind, name, doc, values, labels)
 
 
 class TlsStats:
@@ -155,12 +188,12 @@ class CountingTLSFactory(TLSMemoryBIOFactory):
 
 class _Collector:
     def __init__(self, metrics: EdgeMetrics) -> None:
-        self._metrics = metrics
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        m = self._metrics
-        yield from _service_families(m)
-        for name, fn in list(m._collectors.items()):
+        m = self.metrics
+        yield from m.own_families()
+        for name, fn in m.collectors():
             try:
                 yield from fn()
             except Exception:
@@ -176,10 +209,13 @@ class _Collector:
 
 
 class EdgeMetrics:
-    """The metrics registry of one service (see the module docstring)."""
+    """The metrics registry of one service (see the module docstring).
 
-    def __init__(self, service: EdgeService, process: bool = True) -> None:
-        self.service = service
+    It knows no other component: the composition root (tx/service.py) adds one collector per
+    source, each given only the collaborator it reads (:func:`edge_families`, :func:`sip_families`,
+    :func:`certificate_families`, :func:`guard_families`, :func:`media_families`, ...)."""
+
+    def __init__(self, process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._collectors: dict[str, Collect] = {}
         self.collector_errors: dict[str, int] = {}
@@ -199,6 +235,17 @@ class EdgeMetrics:
 
     def remove_collector(self, name: str) -> None:
         self._collectors.pop(name, None)
+
+    def collectors(self) -> list[tuple[str, Collect]]:
+        """The collectors added, in the order they were added."""
+        return list(self._collectors.items())
+
+    def count_reload(self, result: str) -> None:
+        """A configuration reload ended with ``result`` ("ok" or "refused")."""
+        self.reloads[result] = self.reloads.get(result, 0) + 1
+
+    def count_admin_request(self, result: str) -> None:
+        self.admin_requests[result] = self.admin_requests.get(result, 0) + 1
 
     def tls_stats(self, listener: str) -> TlsStats:
         """The handshake counters of ``listener`` (created on first use)."""
@@ -221,136 +268,138 @@ class EdgeMetrics:
         return Histogram(name, doc, list(labels), registry=self.registry, **kw)
 
     # -- output -----------------------------------------------------------------------------
+    def own_families(self) -> Iterator[Metric]:
+        """What this registry counts itself: version, reloads, admin requests, TLS handshakes."""
+        yield family(GaugeMetricFamily, "mcs_edge_info", "Edge version", {__version__: 1}, ["version"])
+        yield from families(
+            CounterMetricFamily,
+            (
+                ("mcs_edge_config_reloads", "Configuration reloads", self.reloads, ["result"]),
+                ("mcs_edge_admin_requests", "Admin API requests", self.admin_requests, ["result"]),
+            ),
+        )
+        hs = CounterMetricFamily(
+            "mcs_edge_tls_handshakes", "TLS handshakes by outcome", labels=["listener", "result"]
+        )
+        for listener, stats in sorted(self.tls.items()):
+            for result in ("ok", "failed", "aborted"):
+                hs.add_metric([listener, result], getattr(stats, result))
+        yield hs
+
     def render(self) -> bytes:
         """The text exposition (format 0.0.4)."""
         return bytes(generate_latest(self.registry))
 
 
-def _service_families(m: EdgeMetrics) -> Iterator[Metric]:
-    svc = m.service
-    info = GaugeMetricFamily("mcs_edge_info", "Edge version", labels=["version"])
-    info.add_metric([__version__], 1)
-    yield info
-    g = GaugeMetricFamily("mcs_edge_tenants", "Tenants configured")
-    g.add_metric([], len(svc.config.tenants))
-    yield g
-    drainer = getattr(svc, "drainer", None)
-    g = GaugeMetricFamily("mcs_edge_draining", "1 while the edge drains before stopping")
-    g.add_metric([], 1 if drainer is not None and drainer.draining else 0)
-    yield g
-    c = CounterMetricFamily("mcs_edge_config_reloads", "Configuration reloads", labels=["result"])
-    for result, n in sorted(m.reloads.items()):
-        c.add_metric([result], n)
-    yield c
-    c = CounterMetricFamily("mcs_edge_admin_requests", "Admin API requests", labels=["result"])
-    for result, n in sorted(m.admin_requests.items()):
-        c.add_metric([result], n)
-    yield c
-    yield from _sip_families(svc)
-    yield from _tls_families(m)
-    yield from _guard_families(svc)
-    yield from _component_families(svc)
-    yield from _media_pool_families(svc)
-    yield from _acme_families(svc)
-    yield from _http_proxy_families(svc)
+def edge_families(tenants: int, draining: bool) -> Iterator[Metric]:
+    """Tenants configured and the drain flag."""
+    yield from families(
+        GaugeMetricFamily,
+        (
+            ("mcs_edge_tenants", "Tenants configured", tenants, ()),
+            ("mcs_edge_draining", "1 while the edge drains before stopping", 1 if draining else 0, ()),
+        ),
+    )
 
 
-def _flow_recovery_families(core: Any, counters: dict[str, int]) -> Iterator[Metric]:
+def _flow_recovery_families(stats: SipStats, counters: dict[str, int]) -> Iterator[Metric]:
     """Calls that survive a network change (core/sip/flows.py); their counters leave ``counters``."""
-    for name, help_text in (
-        ("flows_replaced", "Client connections replaced by a new connection of the same instance (RFC 5626)"),
-        ("calls_recovered", "Calls moved to the new connection of their client's instance"),
-        ("calls_lost_after_grace", "Calls ended with a BYE to the PBX because the client did not come back"),
-    ):
-        c = CounterMetricFamily(f"mcs_edge_{name}", help_text)
-        c.add_metric([], counters.pop(name, 0))
-        yield c
-    recovery = core.recovery
+    yield from _popped(
+        counters,
+        (
+            (
+                "flows_replaced",
+                "Client connections replaced by a new connection of the same instance (RFC 5626)",
+            ),
+            ("calls_recovered", "Calls moved to the new connection of their client's instance"),
+            (
+                "calls_lost_after_grace",
+                "Calls ended with a BYE to the PBX because the client did not come back",
+            ),
+        ),
+    )
+    buckets, total = stats.recovery
     h = HistogramMetricFamily(
         "mcs_edge_call_recovery_seconds",
         "Time from a lost client connection to its calls moving to the new one",
     )
-    h.add_metric([], recovery.cumulative(), sum_value=recovery.sum)
+    h.add_metric([], buckets, sum_value=total)
     yield h
 
 
-def _push_families(svc: Any, core: Any, counters: dict[str, int]) -> Iterator[Metric]:
+def _push_families(
+    stats: SipStats, results: Mapping[tuple[str, str], int], counters: dict[str, int]
+) -> Iterator[Metric]:
     """Push wake-up (RFC 8599; core/push, tx/push); its counters leave ``counters``."""
-    c = CounterMetricFamily(
+    yield family(
+        CounterMetricFamily,
         "mcs_edge_pushes",
         "Push notifications requested, by provider and result",
-        labels=["provider", "result"],
+        results,
+        ["provider", "result"],
     )
-    push = getattr(svc, "push", None)
-    for (provider, result), n in sorted(getattr(push, "results", {}).items()):
-        c.add_metric([provider, result], n)
-    yield c
-    for name, help_text in (
-        ("push_calls_held", "Incoming calls held while a push woke their app"),
-        ("push_calls_delivered", "Held calls delivered to the woken app's new connection"),
-        ("push_calls_lost_timeout", "Held calls refused with 480: the app did not register in push.wait"),
-        ("push_calls_lost_push_failed", "Held calls refused with 480: the push could not be sent"),
-        ("push_calls_cancelled", "Held calls CANCELled by the PBX during the wait"),
-        ("push_bindings_dropped_bad_token", "Push bindings dropped: the provider refused the device token"),
-    ):
-        c = CounterMetricFamily(f"mcs_edge_{name}", help_text)
-        c.add_metric([], counters.pop(name, 0))
-        yield c
-    g = GaugeMetricFamily("mcs_edge_push_bindings", "Push bindings (RFC 8599) kept")
-    g.add_metric([], len(core.push_registry))
-    yield g
-    latency = core.wake_latency
+    yield from _popped(
+        counters,
+        (
+            ("push_calls_held", "Incoming calls held while a push woke their app"),
+            ("push_calls_delivered", "Held calls delivered to the woken app's new connection"),
+            ("push_calls_lost_timeout", "Held calls refused with 480: the app did not register in push.wait"),
+            ("push_calls_lost_push_failed", "Held calls refused with 480: the push could not be sent"),
+            ("push_calls_cancelled", "Held calls CANCELled by the PBX during the wait"),
+            (
+                "push_bindings_dropped_bad_token",
+                "Push bindings dropped: the provider refused the device token",
+            ),
+        ),
+    )
+    yield family(
+        GaugeMetricFamily, "mcs_edge_push_bindings", "Push bindings (RFC 8599) kept", stats.push_bindings
+    )
+    buckets, total = stats.wake_latency
     h = HistogramMetricFamily("mcs_edge_push_wake_seconds", "Time from a push to the woken app's REGISTER")
-    h.add_metric([], latency.cumulative(), sum_value=latency.sum)
+    h.add_metric([], buckets, sum_value=total)
     yield h
 
 
-def _sip_families(svc: Any) -> Iterator[Metric]:
-    router = svc.sip
-    core = router.core
-    conns: dict[tuple[str, str], int] = {}
-    for flow in router.flows.values():
-        key = (flow.tenant.id, flow.transport)
-        conns[key] = conns.get(key, 0) + 1
-    g = GaugeMetricFamily("mcs_edge_connections", "Live client connections", labels=["tenant", "transport"])
-    for (tenant, transport), n in sorted(conns.items()):
-        g.add_metric([tenant, transport], n)
-    yield g
-    regs: dict[str, int] = {}
-    for cf in core.flows.values():
-        if cf.registered:
-            regs[cf.tenant.id] = regs.get(cf.tenant.id, 0) + 1
-    g = GaugeMetricFamily(
-        "mcs_edge_registrations", "Client connections with a successful REGISTER", labels=["tenant"]
-    )
-    for tenant, n in sorted(regs.items()):
-        g.add_metric([tenant], n)
-    yield g
-    calls: dict[tuple[str, str], int] = {}
-    for call in core.calls.calls.values():
-        state = "grace" if call.state == "grace" else "answered" if call.answered is not None else "early"
-        key = (call.tenant_id, state)
-        calls[key] = calls.get(key, 0) + 1
-    g = GaugeMetricFamily("mcs_edge_calls", "Calls up (INVITE dialogs)", labels=["tenant", "state"])
-    for (tenant, state), n in sorted(calls.items()):
-        g.add_metric([tenant, state], n)
-    yield g
-    c = CounterMetricFamily("mcs_edge_calls_started", "Calls started (initial INVITEs forwarded)")
-    c.add_metric([], core.calls.started_total)
-    yield c
-    c = CounterMetricFamily("mcs_edge_calls_ended", "Calls ended (BYE, failure or connection loss)")
-    c.add_metric([], core.calls.ended_total)
-    yield c
-    pairs: dict[str, int] = {}
-    for pair in core._pairs_by_server.values():
-        pairs[pair.tenant_id] = pairs.get(pair.tenant_id, 0) + 1
-    g = GaugeMetricFamily("mcs_edge_sip_transactions", "SIP transactions in progress", labels=["tenant"])
-    for tenant, n in sorted(pairs.items()):
-        g.add_metric([tenant], n)
-    yield g
-    counters: dict[str, int] = dict(core.counters)
-    yield from _flow_recovery_families(core, counters)
-    yield from _push_families(svc, core, counters)
+def sip_families(stats: SipStats, push_results: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
+    """The SIP router and core (:meth:`SipRouter.stats`) and the push sender's outcomes."""
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    for kind, name, doc, values, labels in (
+        (
+            gauge,
+            "mcs_edge_connections",
+            "Live client connections",
+            stats.connections,
+            ["tenant", "transport"],
+        ),
+        (
+            gauge,
+            "mcs_edge_registrations",
+            "Client connections with a successful REGISTER",
+            stats.registrations,
+            ["tenant"],
+        ),
+        (gauge, "mcs_edge_calls", "Calls up (INVITE dialogs)", stats.calls, ["tenant", "state"]),
+        (
+            counter,
+            "mcs_edge_calls_started",
+            "Calls started (initial INVITEs forwarded)",
+            stats.calls_started,
+            [],
+        ),
+        (
+            counter,
+            "mcs_edge_calls_ended",
+            "Calls ended (BYE, failure or connection loss)",
+            stats.calls_ended,
+            [],
+        ),
+        (gauge, "mcs_edge_sip_transactions", "SIP transactions in progress", stats.transactions, ["tenant"]),
+    ):
+        yield family(kind, name, doc, values, labels)
+    counters: dict[str, int] = dict(stats.core_counters)
+    yield from _flow_recovery_families(stats, counters)
+    yield from _push_families(stats, push_results, counters)
     req = CounterMetricFamily("mcs_edge_sip_requests", "SIP requests forwarded", labels=["direction"])
     req.add_metric(["to_backend"], counters.pop("sip_requests_to_backend", 0))
     req.add_metric(["to_client"], counters.pop("sip_requests_to_client", 0))
@@ -364,12 +413,13 @@ def _sip_families(svc: Any) -> Iterator[Metric]:
     for leftover in [k for k in counters if k.startswith("sip_responses_")]:
         counters.pop(leftover)
     yield resp
-    ev = CounterMetricFamily(
-        "mcs_edge_sip_events", "SIP events counted by the proxy core (refusals, errors)", labels=["event"]
+    yield family(
+        CounterMetricFamily,
+        "mcs_edge_sip_events",
+        "SIP events counted by the proxy core (refusals, errors)",
+        counters,
+        ["event"],
     )
-    for name, n in sorted(counters.items()):
-        ev.add_metric([name], n)
-    yield ev
     opened = CounterMetricFamily(
         "mcs_edge_connections_opened", "Client connections opened", labels=["tenant", "transport"]
     )
@@ -381,7 +431,7 @@ def _sip_families(svc: Any) -> Iterator[Metric]:
         "SIP router events (refusals, send errors)",
         labels=["event", "tenant", "reason"],
     )
-    for (name, tenant, reason), n in sorted(router.counters.items()):
+    for (name, tenant, reason), n in sorted(stats.router_counters.items()):
         if name == "flows_opened":
             opened.add_metric([tenant, reason], n)
         elif name == "flows_closed":
@@ -393,16 +443,8 @@ def _sip_families(svc: Any) -> Iterator[Metric]:
     yield other
 
 
-def _tls_families(m: EdgeMetrics) -> Iterator[Metric]:
-    svc = m.service
-    hs = CounterMetricFamily(
-        "mcs_edge_tls_handshakes", "TLS handshakes by outcome", labels=["listener", "result"]
-    )
-    for listener, stats in sorted(m.tls.items()):
-        hs.add_metric([listener, "ok"], stats.ok)
-        hs.add_metric([listener, "failed"], stats.failed)
-        hs.add_metric([listener, "aborted"], stats.aborted)
-    yield hs
+def certificate_families(certs: CertificateStore, wall: float) -> Iterator[Metric]:
+    """Expiry of each served certificate and load errors; ``wall`` is the Unix time now."""
     exp = GaugeMetricFamily(
         "mcs_edge_certificate_expiry_timestamp_seconds",
         "Expiry (Unix time) of the certificate served for each name",
@@ -413,138 +455,114 @@ def _tls_families(m: EdgeMetrics) -> Iterator[Metric]:
         "Seconds until the certificate served for each name expires",
         labels=["tenant", "domain"],
     )
-    now = time.time()
-    for tenant_id, loaded in sorted(svc.certs.loaded().items()):
+    for tenant_id, loaded in sorted(certs.loaded().items()):
         not_after = loaded.info.not_after.timestamp()
         names = loaded.info.names or (loaded.info.subject,)
         for name in sorted(set(names)):
             exp.add_metric([tenant_id, name], not_after)
-            left.add_metric([tenant_id, name], not_after - now)
+            left.add_metric([tenant_id, name], not_after - wall)
     yield exp
     yield left
-    errs = GaugeMetricFamily(
+    yield family(
+        GaugeMetricFamily,
         "mcs_edge_certificate_load_errors",
         "1 when the tenant's certificate files failed to load",
-        labels=["tenant"],
+        dict.fromkeys(certs.errors, 1),
+        ["tenant"],
     )
-    for tenant_id in sorted(svc.certs.errors):
-        errs.add_metric([tenant_id], 1)
-    yield errs
 
 
-def _guard_families(svc: Any) -> Iterator[Metric]:
-    bans = getattr(svc, "bans", None)
-    if bans is not None:
-        now = svc.timers.now()
-        g = GaugeMetricFamily("mcs_edge_bans", "Sources banned now")
-        g.add_metric([], len(bans.list_bans(now)))
-        yield g
-        c = CounterMetricFamily("mcs_edge_bans_created", "Bans created (by failures or by hand)")
-        c.add_metric([], bans.bans_total)
-        yield c
-    guard = getattr(svc, "guard", None)
-    refusals = getattr(guard, "refusals", None)
-    if isinstance(refusals, dict):
-        c = CounterMetricFamily(
-            "mcs_edge_guard_refusals", "Connections and requests refused by the guard", labels=["reason"]
-        )
-        for reason, n in sorted(refusals.items()):
-            c.add_metric([reason], n)
-        yield c
-    protection = getattr(svc, "protection", None)
-    if protection is None:
-        return
-    c = CounterMetricFamily(
-        "mcs_edge_tenant_limit_refusals",
-        "Client connections refused by a tenant's limits (tenants.limits), by reason",
-        labels=["reason"],
-    )
-    for reason, n in sorted(protection.tenant_guard.refusals.items()):
-        c.add_metric([reason], n)
-    yield c
-    c = CounterMetricFamily(
-        "mcs_edge_guard_requests_dropped",
-        "SIP requests dropped by the guard (bans, request rate), by reason",
-        labels=["reason"],
-    )
-    for reason, n in sorted(protection.requests_dropped.items()):
-        c.add_metric([reason], n)
-    yield c
-    c = CounterMetricFamily(
-        "mcs_edge_credential_failures",
-        "Wrong credentials counted toward per-source bans (sip, admin_token, api_secret)",
-        labels=["kind"],
-    )
-    for kind, n in sorted(protection.credential_failures.items()):
-        c.add_metric([kind], n)
-    yield c
-    c = CounterMetricFamily(
-        "mcs_edge_scanner_drops",
-        "Requests that addressed no tenant, dropped without an answer, by where they arrived",
-        labels=["kind"],
-    )
+def guard_families(protection: Protection, now: float) -> Iterator[Metric]:
+    """Bans, guard refusals, tenant-limit refusals, dropped requests, credential failures, scanners."""
+    bans = protection.bans
+    yield family(GaugeMetricFamily, "mcs_edge_bans", "Sources banned now", len(bans.list_bans(now)))
     kinds: dict[str, int] = dict(protection.scanner_kinds)
     unlabelled = int(protection.scanners) - sum(kinds.values())
     if unlabelled > 0:
         kinds["other"] = kinds.get("other", 0) + unlabelled
-    for kind, n in sorted(kinds.items()):
-        c.add_metric([kind], n)
-    yield c
-
-
-def _component_families(svc: Any) -> Iterator[Metric]:
-    """What the media relay and shaping already count (read defensively: they are young)."""
-    media = getattr(svc, "media", None)
-    counters = getattr(media, "counters", None)
-    if isinstance(counters, dict):
-        c = CounterMetricFamily(
-            "mcs_edge_media_events", "Media relay events (drops by reason, errors)", labels=["event"]
-        )
-        for name, n in sorted(counters.items()):
-            if isinstance(name, str) and isinstance(n, int):
-                c.add_metric([name], n)
-        yield c
-    anchor = getattr(media, "anchor", None)
-    if anchor is not None:
-        c = CounterMetricFamily(
-            "mcs_edge_media_dropped",
-            "Media packets dropped by the relay, by reason (garbage, unverified-source, policed ...)",
-            labels=["reason"],
-        )
-        for reason, n in sorted(anchor.dropped().items()):
-            c.add_metric([reason], n)
-        yield c
-    ports = getattr(media, "ports", None)
-    if isinstance(ports, dict):
-        g = GaugeMetricFamily("mcs_edge_media_ports_open", "Relay ports open")
-        g.add_metric([], len(ports))
-        yield g
-    shaping = getattr(svc, "shaping", None)
-    counters = getattr(shaping, "counters", None)
-    if isinstance(counters, dict):
-        c = CounterMetricFamily(
-            "mcs_edge_shaping_events",
-            "Shaping events (connections closed, reads paused)",
-            labels=["event", "tenant", "reason"],
-        )
-        for key, n in sorted(counters.items()):
-            if isinstance(key, tuple) and len(key) == 3 and isinstance(n, int):
-                c.add_metric([str(k) for k in key], n)
-        yield c
-
-
-def _media_pool_families(svc: Any) -> Iterator[Metric]:
-    """The relay port pool (media legs and TURN relays share it)."""
-    anchor = getattr(getattr(svc, "media", None), "anchor", None)
-    allocator = getattr(anchor, "allocator", None)
-    if allocator is None:
-        return
-    g = GaugeMetricFamily(
-        "mcs_edge_media_ports", "Relay ports of media.ports (this worker's slice), by state", labels=["state"]
+    yield from families(
+        CounterMetricFamily,
+        (
+            ("mcs_edge_bans_created", "Bans created (by failures or by hand)", bans.bans_total, ()),
+            (
+                "mcs_edge_guard_refusals",
+                "Connections and requests refused by the guard",
+                protection.guard.refusals,
+                ["reason"],
+            ),
+            (
+                "mcs_edge_tenant_limit_refusals",
+                "Client connections refused by a tenant's limits (tenants.limits), by reason",
+                protection.tenant_guard.refusals,
+                ["reason"],
+            ),
+            (
+                "mcs_edge_guard_requests_dropped",
+                "SIP requests dropped by the guard (bans, request rate), by reason",
+                protection.requests_dropped,
+                ["reason"],
+            ),
+            (
+                "mcs_edge_credential_failures",
+                "Wrong credentials counted toward per-source bans (sip, admin_token, api_secret)",
+                protection.credential_failures,
+                ["kind"],
+            ),
+            (
+                "mcs_edge_scanner_drops",
+                "Requests that addressed no tenant, dropped without an answer, by where they arrived",
+                kinds,
+                ["kind"],
+            ),
+        ),
     )
-    g.add_metric(["free"], allocator.free)
-    g.add_metric(["used"], allocator.in_use)
-    yield g
+
+
+def media_families(relay: MediaRelay) -> Iterator[Metric]:
+    """What the media relay counts, and its port pool (media legs and TURN relays share it)."""
+    anchor = relay.anchor
+    events = {k: n for k, n in relay.counters.items() if isinstance(k, str) and isinstance(n, int)}
+    yield from families(
+        CounterMetricFamily,
+        (
+            ("mcs_edge_media_events", "Media relay events (drops by reason, errors)", events, ["event"]),
+            (
+                "mcs_edge_media_dropped",
+                "Media packets dropped by the relay, by reason (garbage, unverified-source, policed ...)",
+                anchor.dropped(),
+                ["reason"],
+            ),
+        ),
+    )
+    allocator = anchor.allocator
+    yield from families(
+        GaugeMetricFamily,
+        (
+            ("mcs_edge_media_ports_open", "Relay ports open", len(relay.ports), ()),
+            (
+                "mcs_edge_media_ports",
+                "Relay ports of media.ports (this worker's slice), by state",
+                {"free": allocator.free, "used": allocator.in_use},
+                ["state"],
+            ),
+        ),
+    )
+
+
+def shaping_families(counters: Mapping[tuple[str, str, str], int]) -> Iterator[Metric]:
+    """Shaping events (``Shaping.counters``: (event, tenant, reason) -> n)."""
+    events = {
+        tuple(str(k) for k in key): n
+        for key, n in counters.items()
+        if isinstance(key, tuple) and len(key) == 3 and isinstance(n, int)
+    }
+    yield family(
+        CounterMetricFamily,
+        "mcs_edge_shaping_events",
+        "Shaping events (connections closed, reads paused)",
+        events,
+        ["event", "tenant", "reason"],
+    )
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -560,12 +578,8 @@ def _timestamp(iso: str | None) -> float | None:
 ACME_STATES = ("idle", "ordering", "valid", "error")
 
 
-def _acme_families(svc: Any) -> Iterator[Metric]:
+def acme_families(status: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
     """Per ACME tenant: last success, next renewal, failures in a row, state (``AcmeManager.status()``)."""
-    acme = getattr(svc, "acme", None)
-    if acme is None:
-        return
-    status: Mapping[str, Mapping[str, Any]] = acme.status()
     last = GaugeMetricFamily(
         "mcs_edge_acme_last_success_timestamp_seconds",
         "When (Unix time) this process last had a certificate issued for the tenant",
@@ -600,32 +614,38 @@ def _acme_families(svc: Any) -> Iterator[Metric]:
     yield from (last, renew, attempt, failures, orders, state)
 
 
-def _http_proxy_families(svc: Any) -> Iterator[Metric]:
+def http_proxy_families(counters: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
     """The reverse proxy's refusals and events (``HttpProxy.counters``: (tenant, event) -> n)."""
-    proxy = getattr(svc, "http_proxy", None)
-    counters = getattr(proxy, "counters", None)
-    if counters is None:
-        return
-    c = CounterMetricFamily(
+    yield _by_tenant_and_code(
         "mcs_edge_http_proxy_events",
         "Reverse proxy refusals and events ('-' when the request was bound to no tenant)",
-        labels=["tenant", "event"],
+        counters,
+        "event",
     )
-    for (tenant, event), n in sorted(counters.items()):
-        c.add_metric([tenant, label_value(event)], n)
-    yield c
 
 
 def handoff_families(counters: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
     """The certificate hand-off's outcomes (``CertificateHandoff.counters``: (tenant, outcome) -> n)."""
-    c = CounterMetricFamily(
+    yield _by_tenant_and_code(
         "mcs_edge_certificate_handoffs",
         "Certificate hand-off requests by outcome ('ok' or the refusal)",
-        labels=["tenant", "result"],
+        counters,
+        "result",
     )
-    for (tenant, outcome), n in sorted(counters.items()):
-        c.add_metric([tenant, label_value(outcome)], n)
-    yield c
+
+
+def _by_tenant_and_code(name: str, doc: str, counters: Mapping[tuple[str, str], int], label: str) -> Metric:
+    """A counter by (tenant, a code's reason text as a label value); samples in the counters' order."""
+    c = CounterMetricFamily(name, doc, labels=["tenant", label])
+    for (tenant, text), n in sorted(counters.items()):
+        c.add_metric([tenant, label_value(text)], n)
+    return c
+
+
+def _popped(counters: dict[str, int], rows: Iterable[tuple[str, str]]) -> Iterator[Metric]:
+    """One counter ``mcs_edge_<name>`` per (name, doc) row, its value taken out of ``counters``."""
+    for name, doc in rows:
+        yield family(CounterMetricFamily, f"mcs_edge_{name}", doc, counters.pop(name, 0))
 
 
 _NOT_LABEL = re.compile(r"[^a-z0-9]+")

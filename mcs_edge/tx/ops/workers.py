@@ -7,7 +7,7 @@ One Python reactor uses one core. With ``workers = N > 1``, ``twistd mcs-edge`` 
 ``twistd mcs-edge`` with ``--worker i``), restarts a worker that dies, serves the admin listener
 (aggregating the workers), forwards SIGHUP and, on SIGTERM, lets every worker drain and waits.
 
-Each worker is an ordinary :class:`~mcs_edge.tx.service.EdgeService` with a per-worker
+Each worker is an ordinary edge process (the composition root, tx/service.py) with a per-worker
 configuration (:func:`worker_config`):
 
 * **Client listeners are shared** (``https``, ``sip_tls``, ``http``, ``turn``, ``turns``): every
@@ -48,14 +48,13 @@ import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.application import internet
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
@@ -70,13 +69,14 @@ from mcs_edge.config import EdgeConfig, HostPort
 from mcs_edge.config_store import ConfigSource
 from mcs_edge.core.media.ports import split_range
 from mcs_edge.errors import ConfigErrors, StartupError
-from mcs_edge.tx.ops.admin import ApiError, load_or_create_token
+from mcs_edge.tx.ops.admin import AdminToken, ApiError, announce_admin, note_bound_ports
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.metrics import merge_expositions
 from mcs_edge.tx.ops.panel import admin_site_with_panel
+from mcs_edge.tx.ops.signals import SighupReload
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import Protection
-from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.timers import Timers, monotonic
 
 __all__ = [
     "CONTROL_FD_ENV",
@@ -213,17 +213,27 @@ class _WorkerControl(Service):
 
     log = Logger()
 
-    def __init__(self, edge: Any, index: int, fd: int | None) -> None:
-        self.edge = edge
+    def __init__(
+        self,
+        reactor: Any,
+        ports: Callable[[], Mapping[str, Any]],
+        media_ports: Callable[[], tuple[int, int]],
+        index: int,
+        fd: int | None,
+    ) -> None:
+        """``ports``: the edge's bound listening ports by name; ``media_ports``: its media slice."""
+        self.reactor = reactor
+        self.ports = ports
+        self.media_ports = media_ports
         self.index = index
         self.fd = fd
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        self.edge.reactor.callLater(0, self._ready)
+        self.reactor.callLater(0, self._ready)
 
     def _ready(self) -> None:
-        ports = {name: port.getHost().port for name, port in self.edge.ports.items()}
+        ports = {name: port.getHost().port for name, port in self.ports().items()}
         msg = {
             "event": "ready",
             "index": self.index,
@@ -231,7 +241,7 @@ class _WorkerControl(Service):
             "admin": ports.get("admin"),
             "backend": ports.get("backend_sip_udp"),
             "ports": ports,
-            "media": list(self.edge.config.media.ports),
+            "media": list(self.media_ports()),
         }
         if self.fd is None:
             return
@@ -241,19 +251,60 @@ class _WorkerControl(Service):
             pass
 
 
-def make_worker(
-    config: EdgeConfig, reactor: Any, config_path: str | None, index: int, shared_ports: dict[str, int]
-) -> Any:
-    """The EdgeService of worker ``index`` (called by ``makeService`` for ``--worker``)."""
-    from mcs_edge.tx.service import EdgeService
+class EdgeBuilder(Protocol):
+    """Builds one edge process (the composition root's ``EdgeService``, handed in by tap.py)."""
 
+    def __call__(
+        self,
+        config: EdgeConfig,
+        reactor: Any,
+        config_path: str | None = None,
+        *,
+        worker_index: int | None = None,
+        config_overrides: Callable[[EdgeConfig], EdgeConfig] | None = None,
+    ) -> Edge: ...
+
+
+class Edge(Protocol):
+    """What the worker side reads of the edge it built."""
+
+    reactor: Any
+    ports: dict[str, Any]
+
+    @property
+    def config(self) -> EdgeConfig: ...
+
+    def addService(self, service: IService) -> None: ...  # noqa: N802
+
+
+def make_worker(
+    build: EdgeBuilder,
+    config: EdgeConfig,
+    reactor: Any,
+    config_path: str | None,
+    index: int,
+    shared_ports: dict[str, int],
+) -> Edge:
+    """The edge of worker ``index`` (called by ``makeService`` for ``--worker``); ``build`` is the
+    composition root's edge class (tap.py hands it in: nothing here imports tx/service.py)."""
     _die_with_parent()
     wcfg = worker_config(config, index, shared_ports)
-    edge = EdgeService(wcfg, ReusePortReactor(reactor, shared_addresses(wcfg)), config_path=config_path)
-    edge.worker_index = index  # type: ignore[attr-defined]
-    edge.config_source.overrides = lambda cfg: worker_config(cfg, index, shared_ports)
+    edge = build(
+        wcfg,
+        ReusePortReactor(reactor, shared_addresses(wcfg)),
+        config_path,
+        worker_index=index,
+        config_overrides=lambda cfg: worker_config(cfg, index, shared_ports),
+    )
     fd_text = os.environ.get(CONTROL_FD_ENV)
-    _WorkerControl(edge, index, int(fd_text) if fd_text else None).setServiceParent(edge)
+    control = _WorkerControl(
+        edge.reactor,
+        lambda: edge.ports,
+        lambda: edge.config.media.ports,
+        index,
+        int(fd_text) if fd_text else None,
+    )
+    edge.addService(control)
     return edge
 
 
@@ -301,7 +352,7 @@ class _Worker(ProcessProtocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         self.pid = self.transport.pid if self.transport is not None else None  # type: ignore[attr-defined]
-        self.started = time.monotonic()
+        self.started = monotonic()
         self.ended = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
@@ -361,14 +412,14 @@ class Supervisor(MultiService):
         self.shared_ports: dict[str, int] = {}
         self.stopping = False
         self._announced = False
-        self._old_sighup: Any = None
         self._reaper: LoopingCall | None = None
         # bans for the supervisor's own admin listener (wrong tokens); workers keep their own
         self.timers = Timers(reactor)
         self.protection = Protection(config, self.timers)
         self.admin = SupervisorAdmin(self)
+        self._sighup = SighupReload(reactor, self.admin.reload)  # tx/ops/signals.py
         self.ports: dict[str, Any] = {}
-        site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, time.monotonic)
+        site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, monotonic)
         tls = admin_tls(config)  # [admin] tls: the supervisor's admin listener is the operators' one
         server = (
             internet.TCPServer(
@@ -430,24 +481,14 @@ class Supervisor(MultiService):
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        for child in self:
-            port = getattr(child, "_port", None)
-            if port is not None:
-                self.ports[child.name] = port
-        admin = self.ports.get("admin")
-        if admin is not None:
-            where = admin.getHost()
-            self.log.info(
-                "ADM100 admin API, /metrics and /health on http://{host}:{port}/",
-                host=where.host,
-                port=where.port,
-            )
+        note_bound_ports(self, self.ports)
+        announce_admin(self.ports)
         n = self.config.edge.workers
         self.log.info("WRK100 supervisor: starting {workers} worker(s)", workers=n)
         self.workers = [_Worker(self, i) for i in range(n)]
         for w in self.workers:
             self._spawn(w)
-        self._install_sighup()
+        self._sighup.install()
         # A safety net under SIGCHLD: a child signal can be lost (two workers exiting together on
         # some reactor/loop combinations); reaping is a cheap waitpid(WNOHANG) per worker.
         self._reaper = LoopingCall(_reap)
@@ -523,7 +564,7 @@ class Supervisor(MultiService):
         self._schedule_restart(w, reason)
 
     def _schedule_restart(self, w: _Worker, reason: Failure | None = None) -> None:
-        uptime = time.monotonic() - w.started if w.started else 0.0
+        uptime = monotonic() - w.started if w.started else 0.0
         delay = 0.5 if uptime > 30 else min(30.0, max(0.5, self._delays[w.index] * 2))
         self._delays[w.index] = delay
         self.log.warn(
@@ -543,7 +584,7 @@ class Supervisor(MultiService):
 
     def stopService(self) -> Any:  # noqa: N802
         self.stopping = True
-        self._restore_sighup()
+        self._sighup.restore()
         for call in self._restart_calls.values():
             if call.active():
                 call.cancel()
@@ -581,23 +622,6 @@ class Supervisor(MultiService):
                 )
                 w.signal("KILL")
 
-    # -- signals -----------------------------------------------------------------------------
-    def _install_sighup(self) -> None:
-        try:
-            self._old_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.admin.reload)
-            )
-        except ValueError:
-            self._old_sighup = None
-
-    def _restore_sighup(self) -> None:
-        if self._old_sighup is not None:
-            try:
-                signal.signal(signal.SIGHUP, self._old_sighup)
-            except ValueError:
-                pass
-            self._old_sighup = None
-
 
 class SupervisorAdmin:
     """The admin backend of the supervisor: fans out to the workers' local admin listeners."""
@@ -606,7 +630,7 @@ class SupervisorAdmin:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
-        self._token: str | None = None
+        self._token = AdminToken(lambda: supervisor.config)
         self.failed_scrapes = 0
         #: Admin API requests answered by the supervisor, by result (``mcs_edge_admin_requests``).
         self.requests: dict[str, int] = {}
@@ -616,17 +640,12 @@ class SupervisorAdmin:
         return self.sup.config_source
 
     def token(self) -> str:
-        cfg = self.sup.config
-        if cfg.admin.token:
-            return cfg.admin.token
-        if self._token is None:
-            self._token = load_or_create_token(cfg)
-        return self._token
+        return self._token.get()
 
     @property
     def cached_token(self) -> str | None:
         """The token once known (never reads or creates the token file): for log redaction."""
-        return self.sup.config.admin.token or self._token
+        return self._token.cached
 
     def count(self, result: str) -> None:
         self.requests[result] = self.requests.get(result, 0) + 1

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +41,7 @@ from twisted.internet.defer import Deferred
 from mcs_edge.config import ApnsConfig, EdgeConfig, FcmConfig, TenantConfig
 from mcs_edge.core.sip.proxy import Push
 from mcs_edge.errors import StartupError
+from mcs_edge.tx.timers import wall_clock
 
 __all__ = ["PushSender", "require_asyncio_reactor"]
 
@@ -100,7 +100,7 @@ class _Apns:
         url = f"{self.cfg.endpoint.rstrip('/')}/3/device/{push.prid}"
         payload = {"aps": {}, "call-id": push.call_id, "caller": push.caller, "pn-provider": "apns"}
         headers = {
-            "authorization": f"bearer {self._bearer(time.time())}",
+            "authorization": f"bearer {self._bearer(wall_clock())}",
             "apns-topic": self.cfg.topic,
             "apns-push-type": "voip",
             "apns-priority": "10",
@@ -141,7 +141,7 @@ class _Fcm:
         self._access_until = 0.0
 
     async def _bearer(self) -> str:
-        now = time.time()
+        now = wall_clock()
         if now < self._access_until:
             return self._access
         assertion = jwt.encode(

@@ -369,7 +369,9 @@ class BackendConnections:
         on_dropped: Callable[[str, str], None],
         resolve: Resolve | None = None,
         rand: Callable[[], float] = random.random,
+        accept: Callable[[str], bool] = lambda _ip: False,
     ) -> None:
+        """``accept(ip)``: ``ip`` is a tenant PBX address (inbound connections from others are refused)."""
         self.config = config
         self.reactor = reactor
         self.timers = timers
@@ -383,8 +385,7 @@ class BackendConnections:
         self.links: dict[str, _TenantLink] = {}
         self.inbound: dict[Addr, _Stream] = {}
         self.counters: dict[tuple[str, str, str], int] = {}
-        #: accept(ip) -> is a tenant PBX address (inbound connections from others are refused)
-        self.accept: Callable[[str], bool] = lambda _ip: False
+        self.accept = accept
 
     def tls_options(self, tenant: TenantConfig) -> Any:
         return client_tls_options(self.config, tenant)

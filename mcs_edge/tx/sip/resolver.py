@@ -76,7 +76,9 @@ class BackendResolver:
         timers: Timers,
         resolver: Any,
         rand: Callable[[], float] = random.random,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        """``on_change``: called after an answer changed the addresses of a name."""
         self.config = config
         self.timers = timers
         self.resolver = resolver
@@ -84,8 +86,7 @@ class BackendResolver:
         self.cache: dict[Key, Located] = {}
         self._inflight: dict[Key, defer.Deferred[Located]] = {}
         self.counters: dict[tuple[str, str], int] = {}
-        #: called after an answer changed the addresses of a name
-        self.on_change: Callable[[], None] = lambda: None
+        self.on_change = on_change
         self._failing: set[Key] = set()
 
     @staticmethod
@@ -142,6 +143,10 @@ class BackendResolver:
             located = self.cache.get(self.key(backend))
             if located is None or not located.fresh(now):
                 self.locate(backend)
+
+    def update(self, config: EdgeConfig) -> None:
+        """Adopt a reloaded configuration (``sip.*`` resolver settings are read at use)."""
+        self.config = config
 
     def forget(self, keep: Iterable[Backend]) -> None:
         """Drop answers for names no tenant uses any more."""

@@ -25,8 +25,19 @@ from twisted.logger import Logger
 
 from mcs_edge.core.guard.sip_auth import auth_outcome
 from mcs_edge.core.sip.binding import ByDomain, ByFlowToken, binding_of
+from mcs_edge.core.sip.calls import Call
 from mcs_edge.core.sip.locate import is_ip as _is_ip
-from mcs_edge.core.sip.proxy import CloseFlow, Pair, ProxySettings, Push, SipProxy, ToBackend, ToFlow
+from mcs_edge.core.sip.proxy import (
+    CloseFlow,
+    Flow,
+    LocalService,
+    Pair,
+    ProxySettings,
+    Push,
+    SipProxy,
+    ToBackend,
+    ToFlow,
+)
 from mcs_edge.core.sip.shed import refusal, sheddable
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.logevents import EVENTS
@@ -37,7 +48,7 @@ if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
     from mcs_edge.core.load import AdmissionGate
     from mcs_edge.core.sip.locate import Located
-    from mcs_edge.core.sip.message import Response
+    from mcs_edge.core.sip.message import Request, Response
     from mcs_edge.core.tenants import TenantTable
     from mcs_edge.errors import RemoteProtocolError
     from mcs_edge.tx.protect.guard import Protection
@@ -73,6 +84,38 @@ class ClientFlow:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def call_state(call: Call) -> str:
+    """A call's state as the admin API and metrics name it: grace, answered or early."""
+    if call.state == "grace":
+        return "grace"
+    return "answered" if call.answered is not None else "early"
+
+
+@dataclass(frozen=True, slots=True)
+class SipStats:
+    """What the SIP router and its core have counted, read at once (metrics, ``SipRouter.stats``)."""
+
+    #: Live client connections by (tenant, transport).
+    connections: dict[tuple[str, str], int]
+    #: Registered connections by tenant.
+    registrations: dict[str, int]
+    #: Calls up by (tenant, :func:`call_state`).
+    calls: dict[tuple[str, str], int]
+    calls_started: int
+    calls_ended: int
+    #: Transactions in progress by tenant.
+    transactions: dict[str, int]
+    #: The core's counters (a copy).
+    core_counters: dict[str, int]
+    #: The router's counters: (event, tenant, reason) -> n (a copy).
+    router_counters: dict[tuple[str, str, str], int]
+    #: Time from a lost connection to its calls moving (cumulative buckets, sum).
+    recovery: tuple[list[tuple[str, int]], float]
+    push_bindings: int
+    #: Time from a push to the woken app's REGISTER (cumulative buckets, sum).
+    wake_latency: tuple[list[tuple[str, int]], float]
+
+
 def sip_listen_addresses(config: EdgeConfig) -> frozenset[tuple[str, int]]:
     """Every (host, port) a SIP message may name this edge by (RFC 3261 s.16.4: our Route entries).
 
@@ -91,6 +134,28 @@ def sip_listen_addresses(config: EdgeConfig) -> frozenset[tuple[str, int]]:
 
 
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+class _LocalSlot:
+    """The core's ``local`` hook (core/sip/proxy.LocalService), forwarding to the part attached
+    with :meth:`SipRouter.attach` (the echo service); claims nothing while none is."""
+
+    __slots__ = ("target",)
+
+    def __init__(self) -> None:
+        self.target: LocalService | None = None
+
+    def claims(self, flow: Flow, request: Request) -> bool:
+        target = self.target
+        return target is not None and target.claims(flow, request)
+
+    def request(self, flow: Flow, request: Request, now: float) -> Response | None:
+        assert self.target is not None  # only called after claims() said True
+        return self.target.request(flow, request, now)
+
+    def on_flow_closed(self, flow_id: int, now: float) -> None:
+        if self.target is not None:
+            self.target.on_flow_closed(flow_id, now)
 
 
 class BackendUDP(DatagramProtocol):
@@ -113,30 +178,38 @@ class SipRouter:
         timers: Timers,
         backend_port: int | None = None,
         media: Any = None,
+        *,
+        protection: Protection | None = None,
+        resolver: BackendResolver | None = None,
+        overload: AdmissionGate | None = None,
     ) -> None:
+        """``media``: the proxy's MediaHook (tx/media/relay.MediaRelay), None = SDP untouched;
+        ``protection``: per-source guard, tenant caps and bans (tx/protect/guard.py), None = off;
+        ``resolver``: PBX names (tx/sip/resolver.py), None = IP addresses only; ``overload``: the
+        admission gate (core/load, driven by tx/ops/loadprobe.py), None = off. The parts that send
+        through the router are attached once with :meth:`attach`."""
         self.timers = timers
-        self.media = media  # the proxy's MediaHook (tx/media_udp.MediaRelay); None = SDP untouched
+        self.media = media
         self.flows: dict[int, ClientFlow] = {}
-        self.udp: Any = None  # IListeningPort of BackendUDP, set by the service
+        self.udp: Any = None  # IListeningPort of BackendUDP, once bound (backend_socket)
         self.counters: dict[tuple[str, str, str], int] = {}
         self._log_budget = 0.0
         self._log_stamp = 0.0
         self.config = config
         self.tenants = tenants
         self._backends: dict[str, list[TenantConfig]] = {}
-        #: Per-source guard, tenant caps and bans (tx/protect/guard.py), set by the service; None = off.
-        self.protection: Protection | None = None
-        #: Sends the core's push requests (tx/push/providers.py), set by the service; None = push off.
+        self.protection = protection
+        #: Sends the core's push requests (tx/push/providers.py), attached; None = push off.
         self.push: Any = None
         self._closed_peers: OrderedDict[int, tuple[str, str]] = OrderedDict()
-        #: tcp:/tls: PBX connections (tx/sip/backend.py), set by the service; None = UDP only.
+        #: tcp:/tls: PBX connections (tx/sip/backend.py), attached; None = UDP only.
         self.streams: BackendConnections | None = None
-        #: PBX names (tx/sip/resolver.py), set by the service; None = IP addresses only.
-        self.resolver: BackendResolver | None = None
-        #: OPTIONS checks of the PBXs (tx/sip/health.py), set by the service; None = off.
+        self.resolver = resolver
+        #: OPTIONS checks of the PBXs (tx/sip/health.py), attached; None = off.
         self.health: BackendMonitor | None = None
-        #: Overload gate (core/load, driven by tx/ops/loadprobe.py), set by the service; None = off.
-        self.overload: AdmissionGate | None = None
+        self.overload = overload
+        self._local = _LocalSlot()
+        self._attached = False
         #: New INVITE/REGISTER refused under overload, by method (metrics).
         self.shed: dict[str, int] = {"INVITE": 0, "REGISTER": 0}
         #: The core's problems, rate-limited per code (the one RateLimitedLog, tx/ops/logs.py).
@@ -170,10 +243,66 @@ class SipRouter:
             tenants_at=lambda ip: self._backends.get(ip, ()),
             media=self.media,
             random_bytes=secrets.token_bytes,
+            on_backend_final=self._observe_final,
+            local=self._local,
+            backend_down=self._backend_down,
+            push_providers=self._push_providers,
         )
         self.timer = CoreTimer(self.timers, self.core, on_fire=lambda _result: self._flush())
-        self.core.on_backend_final = self._observe_final
         self._index_backends(tenants)
+
+    def attach(
+        self,
+        *,
+        streams: BackendConnections | None = None,
+        health: BackendMonitor | None = None,
+        push: Any = None,
+        local: LocalService | None = None,
+    ) -> None:
+        """Attach the parts that are built after the router because they send through it (the
+        one registration step of the composition root, called once before the service starts).
+
+        They and the router need each other: tcp:/tls: PBX connections deliver into
+        :meth:`data_from_backend` and carry its messages; the OPTIONS checks send through
+        :meth:`send_to_backend` and tell it a PBX is down; the push sender reports to
+        :meth:`push_done`; the echo service (the core's ``local`` hook) sends its BYEs through
+        :meth:`send_to_flow`. None leaves a part off."""
+        if self._attached:
+            raise RuntimeError("SipRouter.attach called twice")
+        self._attached = True
+        self.streams = streams
+        self.health = health
+        self.push = push
+        self._local.target = local
+
+    def backend_socket(self, udp: Any) -> None:
+        """The bound backend UDP socket (``IListeningPort`` of :class:`BackendUDP`), once listening."""
+        self.udp = udp
+
+    @property
+    def proxy_settings(self) -> ProxySettings:
+        """The core's current settings (addresses and ports this edge is known by)."""
+        return self.core.settings
+
+    def flow_grace(self) -> float:
+        """How long a lost client connection's calls wait for it (``sip.flow_grace``, reloadable)."""
+        return self.core.flow_registry.grace
+
+    def flow_transport(self, flow_id: int) -> str | None:
+        """The transport ("wss", "tls") of client connection ``flow_id``, None when it is gone."""
+        flow = self.core.flows.get(flow_id)
+        return None if flow is None else flow.transport
+
+    def send_to_flow(self, flow_id: int, request: Request) -> None:
+        """Send a request the edge originates (the echo service's BYE) to a client connection."""
+        if self.core.send_to_flow(flow_id, request, self.timers.now()):
+            self.handle_timer()  # flush the core's output and re-arm its timer
+
+    def _backend_down(self, tenant_id: str) -> bool:
+        return self.health is not None and self.health.is_down(tenant_id)
+
+    def _push_providers(self, tenant: Any) -> frozenset[str]:
+        return self.push.providers(tenant) if self.push is not None else frozenset()
 
     def _index_backends(self, tenants: TenantTable[TenantConfig]) -> None:
         index: dict[str, list[TenantConfig]] = {}
@@ -517,6 +646,65 @@ class SipRouter:
                     call_id=call_id,
                     grace=seconds,
                 )
+
+    # ------------------------------------------------------------------ public view (admin, metrics, drain)
+    def calls_up(self) -> list[Call]:
+        """The calls (INVITE dialogs) up now."""
+        return list(self.core.calls.calls.values())
+
+    def transaction_count(self) -> int:
+        """SIP transactions the core keeps (loaded state, for the load metrics)."""
+        return len(self.core.layer)
+
+    def call_count(self) -> int:
+        return len(self.core.calls)
+
+    def calls_on_flow(self, flow_id: int) -> int:
+        """Calls carried by the client connection ``flow_id``."""
+        return self.core.calls.on_flow(flow_id)
+
+    def registration(self, flow_id: int) -> tuple[bool, str | None]:
+        """(registered, AOR or None) of the client connection ``flow_id``."""
+        cf = self.core.flows.get(flow_id)
+        if cf is None:
+            return False, None
+        return bool(cf.registered), cf.aor or None
+
+    def registrations(self) -> dict[str, int]:
+        """Registered client connections by tenant id."""
+        out: dict[str, int] = {}
+        for cf in self.core.flows.values():
+            if cf.registered:
+                out[cf.tenant.id] = out.get(cf.tenant.id, 0) + 1
+        return out
+
+    def drain(self) -> None:
+        """Graceful drain: new calls get 503 from now on (tx/ops/drain.py)."""
+        self.core.start_draining()
+
+    def stats(self) -> SipStats:
+        core = self.core
+        conns: dict[tuple[str, str], int] = {}
+        for flow in self.flows.values():
+            key = (flow.tenant.id, flow.transport)
+            conns[key] = conns.get(key, 0) + 1
+        calls: dict[tuple[str, str], int] = {}
+        for call in core.calls.calls.values():
+            ckey = (call.tenant_id, call_state(call))
+            calls[ckey] = calls.get(ckey, 0) + 1
+        return SipStats(
+            connections=conns,
+            registrations=self.registrations(),
+            calls=calls,
+            calls_started=core.calls.started_total,
+            calls_ended=core.calls.ended_total,
+            transactions=core.pairs_by_tenant(),
+            core_counters=dict(core.counters),
+            router_counters=dict(self.counters),
+            recovery=(core.recovery.cumulative(), core.recovery.sum),
+            push_bindings=len(core.push_registry),
+            wake_latency=(core.wake_latency.cumulative(), core.wake_latency.sum),
+        )
 
     def stop(self) -> None:
         self.timer.cancel()

@@ -291,14 +291,21 @@ class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
     protocol = SipWebSocketProtocol
 
-    def __init__(self, router: SipRouter, config: EdgeConfig, reactor: Any, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        router: SipRouter,
+        config: EdgeConfig,
+        reactor: Any,
+        now: Callable[[], float],
+        shaping: Shaping | None = None,
+    ) -> None:
         txaio.use_twisted()
         # autobahn logs every frame at debug level through txaio: filter at the source
         txaio.set_global_log_level("info")  # type: ignore[attr-defined]
         super().__init__(reactor=reactor, protocols=["sip"], server="mcs-edge")
         self.router = router
-        #: Per-connection buckets (tx/protect/shaping.py), set by the service; None = unshaped.
-        self.shaping: Shaping | None = None
+        #: Per-connection buckets (tx/protect/shaping.py); None = unshaped.
+        self.shaping = shaping
         self._logs = RateLimitedLog(Logger(), burst=LOG_PER_SECOND, window=1.0, now=now)
         configure_factory(self, config)
 

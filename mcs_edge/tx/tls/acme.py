@@ -71,6 +71,7 @@ from mcs_edge.config import EdgeConfig, TenantConfig
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.core.tenants.table import normalise_host
 from mcs_edge.files import atomic_write
+from mcs_edge.tx.timers import wall_datetime
 from mcs_edge.tx.tls.certificates import CertificateStore, make_base_options
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def alpn_challenge_certificate(
     domain: str, key_authorization: str, now: datetime.datetime | None = None
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The RFC 8737 s.3 certificate: SAN = ``domain``, critical acmeIdentifier = SHA-256(key auth)."""
-    now = now or datetime.datetime.now(datetime.UTC)
+    now = now or wall_datetime()
     key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain[:64])])
@@ -255,7 +256,7 @@ class AcmeManager:
         self.timers = timers
         self.reactor = reactor
         self.on_issued = on_issued
-        self.wall: Callable[[], datetime.datetime] = wall or (lambda: datetime.datetime.now(datetime.UTC))
+        self.wall: Callable[[], datetime.datetime] = wall or wall_datetime
         self._blocking_impl = blocking
         self.poll_interval = poll_interval
         self.order_timeout = order_timeout

@@ -109,7 +109,10 @@ class CertificateStore:
         tenants: TenantTable[TenantConfig],
         alpn: Sequence[bytes] = (b"http/1.1",),
         on_error: Callable[[str, str, str], None] | None = None,
+        on_unknown_sni: Callable[[], None] | None = None,
     ) -> None:
+        """``on_unknown_sni``: called for a handshake whose server name no tenant owns (scanners;
+        tx/protect/guard.py counts them)."""
         self._config = config
         self._tenants = tenants
         self._alpn = tuple(alpn)
@@ -118,8 +121,7 @@ class CertificateStore:
         self.errors: dict[str, str] = {}
         # RFC 8737 challenge contexts by name, set by the ACME client (tx/tls/acme.py) while pending
         self._acme_alpn: dict[str, SSL.Context] = {}
-        #: Called for a handshake whose server name no tenant owns (scanners; tx/protect/guard.py counts them).
-        self.on_unknown_sni: Callable[[], None] | None = None
+        self.on_unknown_sni = on_unknown_sni
         self._base = self._make_base_context()
         self._sip_base = self._make_base_context(self._on_servername_sip)
 

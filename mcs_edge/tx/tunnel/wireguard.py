@@ -50,6 +50,7 @@ from mcs_edge.core.tunnel.wireguard import (
     wg_quick,
 )
 from mcs_edge.files import atomic_write
+from mcs_edge.tx.timers import monotonic, wall_clock
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig, TenantConfig
@@ -135,9 +136,9 @@ class WireGuardTunnel:
             raise TunnelError(f"cannot start wireguard-go: {exc}") from None
         finally:
             log.close()
-        deadline = time.monotonic() + 10
+        deadline = monotonic() + 10
         while not os.path.exists(self.socket_path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if self.proc.poll() is not None or monotonic() > deadline:
                 self.stop()
                 raise TunnelError(
                     f"wireguard-go did not create {self.socket_path} (needs CAP_NET_ADMIN and /dev/net/tun); "
@@ -290,7 +291,7 @@ class WireGuardTunnel:
 
         def got(text: str) -> None:
             self.state = parse_get(text)
-            self.polled_at = time.time()
+            self.polled_at = wall_clock()
 
         def failed(f: Failure) -> None:
             self.counters["poll_failed"] = self.counters.get("poll_failed", 0) + 1
@@ -307,7 +308,7 @@ class WireGuardTunnel:
                 "address": tenant.tunnel.address,
                 "peer": "no public key yet" if key is None else "not set",
             }
-        age = round(time.time() - peer.last_handshake, 1) if peer.last_handshake else None
+        age = round(wall_clock() - peer.last_handshake, 1) if peer.last_handshake else None
         return {
             "address": tenant.tunnel.address,
             "endpoint": peer.endpoint or None,
@@ -325,7 +326,7 @@ class WireGuardTunnel:
         traffic = CounterMetricFamily(
             "mcs_edge_tunnel_bytes", "Bytes through the tenant's tunnel", labels=["tenant", "direction"]
         )
-        now = time.time()
+        now = wall_clock()
         for t in self.config.tenants:
             peer = self.state.peers.get(self.public_key_of(t) or "")
             if t.tunnel is None or peer is None:

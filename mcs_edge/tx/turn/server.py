@@ -59,7 +59,6 @@ import errno
 import ipaddress
 import secrets
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +88,7 @@ from mcs_edge.errors import RemoteProtocolError
 from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.ops.metrics import CountingTLSFactory, TlsStats
 from mcs_edge.tx.ops.workers import reuse_port_for
-from mcs_edge.tx.timers import CoreTimer, Timers
+from mcs_edge.tx.timers import CoreTimer, Timers, wall_clock
 from mcs_edge.tx.tls.front import TlsFrontFactory
 
 if TYPE_CHECKING:
@@ -878,7 +877,7 @@ class TurnService(MultiService):
         ports: PortAllocator | None = None,
         leg_policer: Callable[[str], Policer] | None = None,
         wrap_listener: Callable[[str, Any], Any] | None = None,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float] = wall_clock,
     ) -> None:
         super().__init__()
         self.setName("turn")

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.logger import Logger
+
+from mcs_edge.tx.timers import wall_clock
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
@@ -148,7 +149,7 @@ class NetworkCheck:
     log = Logger()
 
     def __init__(
-        self, metrics: MetricFactory, clock: Callable[[], float], wall: Callable[[], float] = time.time
+        self, metrics: MetricFactory, clock: Callable[[], float], wall: Callable[[], float] = wall_clock
     ) -> None:
         self.clock = clock
         self.wall = wall  # the report's wall-clock time (admin API, panel)

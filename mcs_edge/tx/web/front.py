@@ -10,6 +10,7 @@ proxy, the SIP WebSocket upgrade and the check page hang off :class:`FrontResour
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -17,13 +18,23 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from mcs_edge import __version__
+from mcs_edge.tx.sip.websocket import refuse_version, take_over
 from mcs_edge.tx.tls.certificates import tls_binding
+from mcs_edge.tx.turn.api import render_ice_servers
+from mcs_edge.tx.web.handoff import CertificateHandoff
+from mcs_edge.tx.web.proxy import pass_websocket
 from mcs_edge.tx.web.scripts import SCRIPTS, render_script
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
+    from mcs_edge.tx.protect.guard import Protection
     from mcs_edge.tx.seams import LiveConfig
-    from mcs_edge.tx.service import EdgeService
+    from mcs_edge.tx.sip.router import SipRouter
+    from mcs_edge.tx.sip.websocket import SipWebSocketFactory
+    from mcs_edge.tx.tls.certificates import CertificateStore
+    from mcs_edge.tx.turn.server import TurnService
+    from mcs_edge.tx.web.check import NetworkCheck
+    from mcs_edge.tx.web.proxy import HttpProxy
 
 __all__ = ["FrontResource", "bound_tenant"]
 
@@ -54,31 +65,43 @@ class FrontResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: EdgeService) -> None:
+    def __init__(
+        self,
+        live: LiveConfig,
+        *,
+        certs: CertificateStore,
+        protection: Protection,
+        clock: Callable[[], float],
+        add_collector: Callable[[str, Any], None],
+        sip: SipRouter,
+        sip_ws: SipWebSocketFactory | None,
+        http_proxy: HttpProxy,
+        turn: TurnService | None = None,
+        check: NetworkCheck | None = None,
+    ) -> None:
+        """Built by the composition root after everything it hands requests to: the SIP router and
+        its WebSocket factory, the reverse proxy, TURN (the iceServers endpoint) and the check page."""
         super().__init__()
-        self.service = service
-        from mcs_edge.tx.web.handoff import CertificateHandoff
-
-        self.handoff = CertificateHandoff(
-            service.certs,
-            service.protection.credential_failure,
-            service.timers.now,
-            service.metrics.add_collector,
-        )
+        self.live = live
+        self.protection = protection
+        self.sip = sip
+        self.sip_ws = sip_ws
+        self.http_proxy = http_proxy
+        self.turn = turn
+        self.check = check
+        self.handoff = CertificateHandoff(certs, protection.credential_failure, clock, add_collector)
 
     def render(self, request: Request) -> bytes:
         request.setHeader(b"server", b"mcs-edge")
         request.setHeader(b"x-content-type-options", b"nosniff")
-        tenant, status, reason = bound_tenant(self.service, request)
+        tenant, status, reason = bound_tenant(self.live, request)
         if tenant is None:
             request.setResponseCode(status)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return f"{status} {reason}\n".encode()
-        turn = getattr(self.service, "turn", None)
+        turn = self.turn
         if turn is not None and request.path == b"/.well-known/mcs-edge/ice-servers":
-            from mcs_edge.tx.turn.api import render_ice_servers
-
-            protection = self.service.protection
+            protection = self.protection
             return render_ice_servers(
                 turn,
                 request,
@@ -89,27 +112,20 @@ class FrontResource(Resource):
             return self.handoff.render(request, tenant)
         if request.path in SCRIPTS:  # helpers for web clients (tx/web/scripts.py)
             return render_script(request)
-        check = getattr(self.service, "check", None)  # network check page (tx/web/check.py)
+        check = self.check  # network check page (tx/web/check.py)
         if check is not None and check.handles(request.path):
             return check.render(request, tenant)  # type: ignore[no-any-return]
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade == "websocket":
-            from mcs_edge.tx.sip.websocket import refuse_version
-
-            refused = refuse_version(request, tenant, getattr(self.service, "sip", None))
+            refused = refuse_version(request, tenant, self.sip)
             if refused is not None:
                 return refused
             offered = [p.strip() for p in (request.getHeader("sec-websocket-protocol") or "").split(",")]
-            if "sip" in offered and self.service.sip_ws is not None:
-                from mcs_edge.tx.sip.websocket import take_over
-
-                if take_over(request, self.service.sip_ws, tenant):
+            if "sip" in offered and self.sip_ws is not None:
+                if take_over(request, self.sip_ws, tenant):
                     return NOT_DONE_YET  # type: ignore[return-value]
-            elif tenant.backend_http and getattr(self.service, "http_proxy", None) is not None:
-                from mcs_edge.tx.web.proxy import pass_websocket  # widget chat etc.
-
-                if pass_websocket(self.service.http_proxy, request, tenant):
-                    return NOT_DONE_YET  # type: ignore[return-value]
+            elif tenant.backend_http and pass_websocket(self.http_proxy, request, tenant):  # widget chat
+                return NOT_DONE_YET  # type: ignore[return-value]
             request.setResponseCode(400)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"400 WebSocket subprotocol 'sip' required\n"
