@@ -18,13 +18,9 @@ exercised here.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
-import random
-import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -44,106 +40,53 @@ from helpers.aiortc_call import (
     new_pc,
     offer_and_answer,
 )
-from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
+from helpers.edge import (
+    TOKEN,
+    InProcessEdge,
+    api,
+    edge_toml,
+    free_tcp_port,
+    free_udp_port,
+    media_range,
+    on_reactor,
+    tenant_toml,
+    wait_until,
+)
+from helpers.media_pbx import RecordingPbx, start_recording_pbx
+from helpers.phone import register_instance
+from helpers.redis import Redis
 from helpers.tools import require_tool
 from helpers.twistd import TwistdEdge
 from helpers.wsclient import WSClient, status
 from twisted.internet import reactor, threads
 
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
-
 pytestmark = pytest.mark.e2e
 
 INSTANCE = "<urn:uuid:4a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>"
-TOKEN = "test-admin-token-0123456789"
 KEY = base64.b64encode(os.urandom(32)).decode()
 GRACE = 20.0
-
-
-def _require(tool: str) -> None:
-    require_tool(tool)  # fails under CI, skips elsewhere (tests/helpers/tools.py)
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Redis:
-    """redis-server on a free port, no persistence; stop() and start() again on the same port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp),
-                "--notify-keyspace-events",
-                "K$gx",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.cli("PING") == "PONG":
-                    return
-            except (OSError, subprocess.CalledProcessError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), "--raw", *args], capture_output=True, check=True, timeout=5
-        )
-        return out.stdout.decode().strip()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
 
 class Pair:
     """The PBX with its echo, Redis, the active node (twistd) and the standby (in-process)."""
 
     def __init__(self, tmp: Path, runner: LoopThread) -> None:
-        _require("redis-server")
-        _require("redis-cli")
+        require_tool("redis-server", "redis-cli")  # fails under CI, skips elsewhere
         self.tmp = tmp
         self.runner = runner
-        self.echo = RecordingEcho()
-        self.pbx = AnsweringPbx(self._answer)
-        self.closers: list[Callable[[], None]] = []
-        runner.run(self.pbx.start())
-        runner.run(self._start_echo())
+        self.pbx, self.echo, self._close_pbx = runner.run(start_recording_pbx(pbx=AnsweringPbx))
         self.redis = Redis(tmp)
-        self.https = _free_port()
-        self.backend = _free_port(socket.SOCK_DGRAM)
-        self.lo = random.randrange(20000, 31000, 2)
+        self.https = free_tcp_port()
+        self.backend = free_udp_port()
+        self.lo = media_range(1000, 20000, 31000)[0]
         self.state = tmp / "state"
         self.active: TwistdEdge | None = TwistdEdge(self._dir("node1"), self.config("node1", "active"))
         self.standby = self._in_process("node2")
         self.ca = str(self.state / "dev-ca" / "ca.pem")
+
+    def _in_process(self, node: str) -> Any:
+        """A standby node on the test's reactor; its EdgeService."""
+        return InProcessEdge(self._dir(node), self.config(node, "standby")).service
 
     def _dir(self, name: str) -> Path:
         d = self.tmp / name
@@ -151,71 +94,30 @@ class Pair:
         return d
 
     def config(self, node: str, role: str) -> str:
-        return f"""
-[edge]
-state_dir = "{self.state}"
-[listen]
-https = "127.0.0.1:{self.https}"
-sip_tls = "off"
-backend_sip = "127.0.0.1:{self.backend}"
-admin = "127.0.0.1:0"
-[admin]
-token = "{TOKEN}"
-[sip]
-flow_grace = {GRACE}
-[guard]
-max_connections_per_ip = 1000
-connection_rate_per_ip = 1000
-connection_burst_per_ip = 1000
-request_rate_per_ip = 10000
-request_burst_per_ip = 10000
-[media]
-ports = [{self.lo}, {self.lo + 999}]
-bind = "127.0.0.1"
-[cluster]
-enabled = true
-redis = "127.0.0.1:{self.redis.port}"
-name = "test"
-node_id = "{node}"
-role = "{role}"
-key = "{KEY}"
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx.port}"
-certificate = "self-signed"
-media = "bridge"
-allowed_origins = ["https://rossi.example.com"]
-[tenants.shaping]
-rate = 2000000
-burst = 4000000
-"""
-
-    def _in_process(self, node: str) -> EdgeService:
-        svc = EdgeService(c.loads(self.config(node, "standby")), reactor)
-        svc.privilegedStartService()
-        svc.startService()
-        return svc
-
-    async def _start_echo(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self.echo, local_addr=("127.0.0.1", 0))
-        self.echo_port = transport.get_extra_info("sockname")[1]
-        self.closers.append(transport.close)
-
-    async def _answer(self, offer: str) -> str:
-        return plain_answer(self.echo_port, offer)
+        guard = (
+            "[guard]\nmax_connections_per_ip = 1000\nconnection_rate_per_ip = 1000\n"
+            "connection_burst_per_ip = 1000\nrequest_rate_per_ip = 10000\nrequest_burst_per_ip = 10000\n"
+        )
+        cluster = (
+            f'[cluster]\nenabled = true\nredis = "127.0.0.1:{self.redis.port}"\nname = "test"\n'
+            f'node_id = "{node}"\nrole = "{role}"\nkey = "{KEY}"\n'
+        )
+        return edge_toml(
+            self.state,
+            tenant_toml("rossi", self.pbx.port, media="bridge", origin=True, rate=2000000),
+            https=f"127.0.0.1:{self.https}",
+            backend_sip=f"127.0.0.1:{self.backend}",
+            token=TOKEN,
+            sip=f"flow_grace = {GRACE}\n",
+            media=(self.lo, self.lo + 999),
+            sections=guard + cluster,
+        )
 
     def client(self) -> WSClient:
         return WSClient(self.https, "rossi.example.com", cafile=self.ca, origin="https://rossi.example.com")
 
     def stop(self) -> Any:
-        async def close_all() -> None:
-            for close in self.closers:
-                close()
-            self.pbx.close()
-
-        self.runner.run(close_all())
+        self.runner.run(_call_async(self._close_pbx))
         if self.active is not None:
             self.active.proc.kill()
             self.active.proc.wait()
@@ -227,43 +129,16 @@ burst = 4000000
         return d.addBoth(done)
 
 
+async def _call_async(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 def admin(port: int, method: str, path: str) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", method=method, headers={"Authorization": f"Bearer {TOKEN}"}
-    )
-    if method == "POST":
-        req.data = b"{}"
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+    return api(port, method, path, {} if method == "POST" else None)  # type: ignore[no-any-return]
 
 
 def register(ws: WSClient, instance: str = INSTANCE) -> int:
-    import uuid
-
-    ws.send(
-        f"REGISTER sip:rossi.example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:alice@rossi.example.com>;tag={uuid.uuid4().hex[:6]}\r\n"
-        f"To: <sip:alice@rossi.example.com>\r\nCall-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\n"
-        "Supported: path, outbound\r\n"
-        f'Contact: <sip:alice@x.invalid;transport=ws>;reg-id=1;+sip.instance="{instance}"\r\n'
-        "Expires: 300\r\nContent-Length: 0\r\n\r\n"
-    )
-    return status(ws.recv_sip(timeout=10, skip_provisional=True))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def on_reactor(fn: Callable[[], Any]) -> Any:
-    return threads.blockingCallFromThread(reactor, fn)
+    return status(register_instance(ws, "rossi.example.com", instance))
 
 
 async def up_call(pair: Pair) -> dict[str, Any]:
