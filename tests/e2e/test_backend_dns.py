@@ -16,7 +16,8 @@ import pytest_twisted
 from helpers.dnszone import DnsServer
 from helpers.edge import InProcessEdge, edge_toml, tenant_toml, until
 from helpers.pbx import Pbx
-from helpers.wsclient import WSClient, header, headers, status
+from helpers.phone import respond_ok
+from helpers.wsclient import WSClient, header, status
 from twisted.internet import threads
 from twisted.names import dns
 
@@ -79,11 +80,7 @@ def _call(ws: WSClient, tenant: str = "rossi") -> tuple[str, str]:
 def _receive_bye(ws: WSClient) -> str:
     bye = ws.recv_sip(timeout=10)
     assert bye.startswith("BYE "), bye
-    vias = "".join(f"Via: {v}\r\n" for v in headers(bye, "Via"))
-    ws.send(
-        f"SIP/2.0 200 OK\r\n{vias}From: {header(bye, 'From')}\r\nTo: {header(bye, 'To')}\r\n"
-        f"Call-ID: {header(bye, 'Call-ID')}\r\nCSeq: {header(bye, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-    )
+    respond_ok(ws, bye)
     return bye
 
 

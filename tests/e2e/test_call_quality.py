@@ -17,14 +17,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
-    connected,
+    audio_call,
     in_thread,
-    new_pc,
-    offer_and_answer,
 )
 from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
 from helpers.media_pbx import AsyncPbx, reporting_echo_answer
@@ -76,11 +72,8 @@ def drop_every_20th_rtp(pc: Any) -> dict[str, int]:
 async def call(edge: QualityEdge, tid: str, lossy: bool, live: asyncio.Event, done: asyncio.Event) -> Any:
     ws = await in_thread(edge.client, tid)
     ua = WsUa(ws, f"{tid}.example.com")
-    pc = new_pc(Counter())
-    pc.addTrack(ToneTrack())
+    pc, _tone, _counter = await audio_call(ua)
     try:
-        await offer_and_answer(ua, pc)
-        await connected(pc)
         seen = drop_every_20th_rtp(pc) if lossy else None
         await asyncio.sleep(CALL_SECONDS)
         live.set()

@@ -30,15 +30,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
+    audio_call,
     audio_window,
-    connected,
     in_thread,
-    new_pc,
-    offer_and_answer,
+    wait_for,
 )
 from helpers.edge import (
     TOKEN,
@@ -50,7 +47,6 @@ from helpers.edge import (
     media_range,
     on_reactor,
     tenant_toml,
-    wait_until,
 )
 from helpers.media_pbx import RecordingPbx, start_recording_pbx
 from helpers.phone import register_instance
@@ -141,16 +137,11 @@ def register(ws: WSClient, instance: str = INSTANCE) -> int:
     return status(register_instance(ws, "rossi.example.com", instance))
 
 
-async def up_call(pair: Pair) -> dict[str, Any]:
+async def up_call(pair: Pair, instance: str = INSTANCE) -> dict[str, Any]:
     ws = await in_thread(pair.client)
-    assert await in_thread(register, ws) == 200
+    assert await in_thread(register, ws, instance) == 200
     ua = WsUa(ws, "rossi.example.com")
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
-    await offer_and_answer(ua, pc)
-    await connected(pc)
+    pc, tone, counter = await audio_call(ua)
     first = await audio_window(tone, counter, 1.5)
     return {"ws": ws, "ua": ua, "pc": pc, "first": first, "counter": counter}
 
@@ -165,7 +156,7 @@ async def failover_scenario(pair: Pair) -> dict[str, Any]:
     call = await up_call(pair)
     ua: WsUa = call["ua"]
     result["first"] = call["first"]
-    await wait_until(
+    await wait_for(
         lambda: on_reactor(lambda: replica_counts(pair)) == {"call": 1, "binding": 1}, 5, "the replica"
     )
     assert pair.active is not None
@@ -183,18 +174,13 @@ async def failover_scenario(pair: Pair) -> dict[str, Any]:
     ws2 = await in_thread(pair.client)
     result["register"] = await in_thread(register, ws2)
     ua.ws = ws2
-    counter = Counter()
-    pc2 = new_pc(counter)
-    tone = ToneTrack()
-    pc2.addTrack(tone)
-    await offer_and_answer(ua, pc2)
-    await connected(pc2)
-    await wait_until(lambda: counter.frames["audio"] > 0, 5, "audio again")
+    pc2, tone, counter = await audio_call(ua)
+    await wait_for(lambda: counter.frames["audio"] > 0, 5, "audio again")
     result["media_back_after"] = time.monotonic() - killed
     result["after"] = await audio_window(tone, counter, 1.5)
     result["pbx_methods_before_bye"] = pair.pbx.methods(ua.call_id)
     result["bye"] = await in_thread(ua.bye)
-    await wait_until(lambda: "BYE" in pair.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
+    await wait_for(lambda: "BYE" in pair.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
     result["pbx_methods"] = pair.pbx.methods(ua.call_id)
     result["left"] = on_reactor(
         lambda: (len(pair.standby.sip.core.calls), pair.standby.media.anchor.ports_in_use)
@@ -246,30 +232,30 @@ def replication_detail(port: int) -> str:
 async def redis_down_scenario(pair: Pair) -> dict[str, Any]:
     assert pair.active is not None
     port = pair.active.admin
-    await wait_until(lambda: replication_detail(port) == "replication on (active)", 5, "replication on")
+    await wait_for(lambda: replication_detail(port) == "replication on (active)", 5, "replication on")
     result: dict[str, Any] = {"before": await in_thread(replication_detail, port)}
     call = await up_call(pair)
     pair.redis.stop()
-    await wait_until(lambda: replication_detail(port).startswith("replication off"), 5, "health to say off")
+    await wait_for(lambda: replication_detail(port).startswith("replication off"), 5, "health to say off")
     result["down"] = await in_thread(replication_detail, port)
     tone = call["pc"].getSenders()[0].track
     result["old_call_while_down"] = await audio_window(tone, call["counter"], 1.5)
-    second = await up_call_as(pair, "<urn:uuid:5a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>")
+    second = await up_call(pair, "<urn:uuid:5a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>")
     result["new_call_while_down"] = second["first"]
     pair.redis.start()
-    await wait_until(lambda: replication_detail(port) == "replication on (active)", 10, "health to say on")
-    await wait_until(
+    await wait_for(lambda: replication_detail(port) == "replication on (active)", 10, "health to say on")
+    await wait_for(
         lambda: len(pair.redis.cli("KEYS", "mcs:test:call:*").split()) == 2, 5, "records rewritten"
     )
     result["records"] = pair.redis.cli("KEYS", "mcs:test:*").split()
-    await wait_until(
+    await wait_for(
         lambda: on_reactor(lambda: replica_counts(pair)) == {"call": 2, "binding": 2}, 10, "the standby"
     )
     result["replica"] = on_reactor(lambda: replica_counts(pair))
     # a standby started now (the old active restarted) catches up from Redis
     late = on_reactor(lambda: pair._in_process("node3"))
     try:
-        await wait_until(
+        await wait_for(
             lambda: on_reactor(lambda: dict(late.cluster.replica.counts())) == result["replica"],
             10,
             "the late standby",
@@ -280,22 +266,8 @@ async def redis_down_scenario(pair: Pair) -> dict[str, Any]:
         result.setdefault("byes", []).append(await in_thread(c_["ua"].bye))
         await c_["pc"].close()
         c_["ws"].close()
-    await wait_until(lambda: not pair.redis.cli("KEYS", "mcs:test:call:*"), 5, "call records deleted")
+    await wait_for(lambda: not pair.redis.cli("KEYS", "mcs:test:call:*"), 5, "call records deleted")
     return result
-
-
-async def up_call_as(pair: Pair, instance: str) -> dict[str, Any]:
-    ws = await in_thread(pair.client)
-    assert await in_thread(register, ws, instance) == 200
-    ua = WsUa(ws, "rossi.example.com")
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
-    await offer_and_answer(ua, pc)
-    await connected(pc)
-    first = await audio_window(tone, counter, 1.5)
-    return {"ws": ws, "ua": ua, "pc": pc, "first": first, "counter": counter}
 
 
 @pytest_twisted.inlineCallbacks
@@ -377,7 +349,7 @@ async def many_calls_scenario(pair: Pair) -> dict[str, Any]:
     started = time.monotonic()
     calls = await in_thread(signalled_calls, pair, CALLS)
     result["setup_seconds"] = time.monotonic() - started
-    await wait_until(
+    await wait_for(
         lambda: on_reactor(lambda: replica_counts(pair)) == {"call": CALLS, "binding": CALLS},
         10,
         "the replica",
@@ -411,7 +383,7 @@ async def many_calls_scenario(pair: Pair) -> dict[str, Any]:
     rtp = bytes([0x80, 0, 0, 1]) + bytes(8) + bytes(160)
     for port in pbx_ports:
         pair.echo.transport.sendto(rtp, ("127.0.0.1", port))
-    await wait_until(
+    await wait_for(
         lambda: (
             on_reactor(
                 lambda: sum(
@@ -431,7 +403,7 @@ async def many_calls_scenario(pair: Pair) -> dict[str, Any]:
     result["invites"] = len(invites)
     for n, invite in enumerate(invites):
         pair.pbx.transport.sendto(pbx_bye(pair.pbx, invite, n).encode(), ("127.0.0.1", pair.backend))
-    await wait_until(
+    await wait_for(
         lambda: sum(1 for r in pair.pbx.responses if " BYE" in _headers(r, "CSeq")[0]) >= CALLS,
         10,
         "BYE answers",

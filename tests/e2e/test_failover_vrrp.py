@@ -31,17 +31,14 @@ from typing import Any
 
 import pytest
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
+    audio_call,
     audio_window,
-    connected,
     in_thread,
-    new_pc,
-    offer_and_answer,
+    wait_for,
 )
-from helpers.edge import TOKEN, edge_toml, tenant_toml, wait_until
+from helpers.edge import TOKEN, edge_toml, tenant_toml
 from helpers.media_pbx import start_recording_pbx
 from helpers.netns import enter_netns
 from helpers.phone import register_instance
@@ -355,43 +352,33 @@ async def scenario(cluster: Cluster) -> dict[str, Any]:
     ws = await in_thread(cluster.client)
     assert await in_thread(register, ws) == 200
     ua = WsUa(ws, "rossi.example.com")
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
-    await offer_and_answer(ua, pc)
-    await connected(pc)
+    pc, tone, counter = await audio_call(ua)
     result["first"] = await audio_window(tone, counter, 1.5)
-    await wait_until(
+    await wait_for(
         lambda: cluster.admin("b")["cluster"]["counts"] == {"call": 1, "binding": 1}, 10, "b's replica"
     )
     killed = time.monotonic()
     cluster.crash("a")
     await pc.close()
     ws.sock.close()
-    await wait_until(lambda: cluster.net.has_vip("b"), 10, "the floating address on b")
+    await wait_for(lambda: cluster.net.has_vip("b"), 10, "the floating address on b")
     result["vip_moved_after"] = time.monotonic() - killed
     ws2, result["register"] = await reconnect(cluster, ua, killed + 10)
     ua.ws = ws2
-    counter2 = Counter()
-    pc2 = new_pc(counter2)
-    tone2 = ToneTrack()
-    pc2.addTrack(tone2)
-    await offer_and_answer(ua, pc2)
-    await connected(pc2)
-    await wait_until(lambda: counter2.frames["audio"] > 0, 10, "audio again")
+    pc2, tone2, counter2 = await audio_call(ua)
+    await wait_for(lambda: counter2.frames["audio"] > 0, 10, "audio again")
     result["media_back_after"] = time.monotonic() - killed
     result["after"] = await audio_window(tone2, counter2, 1.5)
     result["b"] = cluster.admin("b")["cluster"]
     await in_thread(cluster.revive, "a")
-    await wait_until(
+    await wait_for(
         lambda: cluster.admin("a")["cluster"]["counts"] == {"call": 1, "binding": 1}, 10, "a catching up"
     )
     result["a_after_restart"] = cluster.admin("a")["cluster"]
     result["vip_stays_on_b"] = cluster.net.has_vip("b") and not cluster.net.has_vip("a")
     result["pbx_before_bye"] = cluster.pbx.methods(ua.call_id)
     result["bye"] = await in_thread(ua.bye)
-    await wait_until(lambda: "BYE" in cluster.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
+    await wait_for(lambda: "BYE" in cluster.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
     result["pbx"] = cluster.pbx.methods(ua.call_id)
     await pc2.close()
     ws2.close()

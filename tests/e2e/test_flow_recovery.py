@@ -34,11 +34,13 @@ from helpers.aiortc_call import (
     LoopThread,
     ToneTrack,
     WsUa,
+    audio_call,
     audio_window,
     connected,
     in_thread,
     new_pc,
     offer_and_answer,
+    wait_for,
 )
 from helpers.edge import (
     TOKEN,
@@ -49,7 +51,6 @@ from helpers.edge import (
     on_reactor,
     sample,
     tenant_toml,
-    wait_until,
 )
 from helpers.media_pbx import start_recording_pbx
 from helpers.phone import register_instance
@@ -114,12 +115,7 @@ async def up_call(edge: RecoveryEdge, instance: str | None) -> dict[str, Any]:
     ws = await in_thread(edge.client)
     assert status(await in_thread(register, ws, "rossi.example.com", instance)) == 200
     ua = WsUa(ws, "rossi.example.com")
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
-    await offer_and_answer(ua, pc)
-    await connected(pc)
+    pc, tone, counter = await audio_call(ua)
     first = await audio_window(tone, counter, 2.0)
     return {"ws": ws, "ua": ua, "pc": pc, "first": first}
 
@@ -127,7 +123,7 @@ async def up_call(edge: RecoveryEdge, instance: str | None) -> dict[str, Any]:
 async def lose_connection(edge: RecoveryEdge, call: dict[str, Any]) -> None:
     """The network goes away: the edge's side of the WebSocket is aborted, the peer connection dropped."""
     assert await in_thread(on_reactor, edge.kill_connections) == 1
-    await wait_until(lambda: edge.call_states() == ["grace"], 5, "the call to enter grace")
+    await wait_for(lambda: edge.call_states() == ["grace"], 5, "the call to enter grace")
     pc: RTCPeerConnection = call["pc"]
     await pc.close()
     call["ws"].sock.close()
@@ -156,7 +152,7 @@ async def recovery_scenario(edge: RecoveryEdge) -> dict[str, Any]:
         pc2.addTrack(tone)
         result["restart_answer"] = await offer_and_answer(ua, pc2)
         await connected(pc2)
-        await wait_until(lambda: counter.frames["audio"] > 0, 5, "audio again")
+        await wait_for(lambda: counter.frames["audio"] > 0, 5, "audio again")
         result["recovery_seconds"] = time.monotonic() - back
         result["after"] = await audio_window(tone, counter, 2.0)
         result["stream"] = edge.echo.stream[max(0, echoed_before - 50) :]
@@ -278,7 +274,7 @@ async def grace_scenario(edge: RecoveryEdge, instance: str | None) -> dict[str, 
         )
     result["refused"] = refused
     result["states_in_grace"] = edge.call_states()
-    await wait_until(lambda: "BYE" in edge.pbx.methods(ua.call_id), GRACE + 5, "the BYE to the PBX")
+    await wait_for(lambda: "BYE" in edge.pbx.methods(ua.call_id), GRACE + 5, "the BYE to the PBX")
     result["bye_after"] = time.monotonic() - lost_at
     bye = next(r for r in edge.pbx.requests if r.startswith("BYE") and ua.call_id in r)
     result["reason"] = header(bye, "Reason")

@@ -27,14 +27,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
-    connected,
+    audio_call,
     in_thread,
-    new_pc,
-    offer_and_answer,
 )
 from helpers.browser import CHROMIUM, launch
 from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
@@ -85,11 +81,8 @@ def http(url: str, method: str = "GET", headers: dict[str, str] | None = None, b
 async def agent_call(edge: PanelEdge, ws: WSClient, hangup: asyncio.Event, up: asyncio.Event) -> int:
     """aiortc calls over the agent's registered WebSocket, holds until ``hangup``; returns the BYE's status."""
     ua = WsUa(ws, DOMAIN)
-    pc = new_pc(Counter())
-    pc.addTrack(ToneTrack())
+    pc, _tone, _counter = await audio_call(ua)
     try:
-        await offer_and_answer(ua, pc)
-        await connected(pc)
         up.set()
         await hangup.wait()
         return int(await in_thread(ua.bye))

@@ -6,13 +6,12 @@
   so reloads re-read it), exposes its listening ports, a WSS client, the relay's state, and stops
   it with the peers registered in ``closers`` (``loop_closers`` run in the asyncio peers' loop).
   :class:`LocalEdge` is the common case: tenants on a :class:`helpers.pbx.Pbx`.
-* :func:`until` / :func:`sleep` wait on the reactor (Deferreds); :func:`wait_until` in asyncio.
+* :func:`until` / :func:`sleep` wait on the reactor (Deferreds); in asyncio: ``aiortc_call.wait_for``.
 * :func:`http`, :func:`api`, :func:`metrics`, :func:`sample` talk to the admin listener.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import socket
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TOKEN", "InProcessEdge", "LocalEdge", "api", "config_text", "connect_refused", "edge_toml",
     "free_tcp_port", "free_udp_port", "http", "media_range", "metrics", "on_reactor", "parse_metrics", "sample", "sleep",
-    "tenant_toml", "until", "wait_until",
+    "tenant_toml", "until",
 ]  # fmt: skip
 
 TOKEN = "test-admin-token-0123456789"
@@ -90,7 +89,7 @@ def edge_toml(
     tls_reload: bool = False,
     sip: str = "",
     media: tuple[int, int] | None = None,
-    media_bind: str = "127.0.0.1",
+    media_bind: str | None = "127.0.0.1",
     media_keys: str = "",
     sections: str = "",
 ) -> str:
@@ -113,7 +112,8 @@ def edge_toml(
     if sip:
         text += f"[sip]\n{sip}"
     if media is not None:
-        text += f'[media]\nports = [{media[0]}, {media[1]}]\nbind = "{media_bind}"\n{media_keys}'
+        bind = f'bind = "{media_bind}"\n' if media_bind is not None else ""
+        text += f"[media]\nports = [{media[0]}, {media[1]}]\n{bind}{media_keys}"
     return text + sections + tenants
 
 
@@ -251,15 +251,6 @@ def sleep(seconds: float) -> Any:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """In asyncio: return once ``predicate()`` holds; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def connect_refused(port: int, host: str = "127.0.0.1") -> bool:

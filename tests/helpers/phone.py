@@ -97,11 +97,7 @@ class Phone:
             msg = self.ws.recv_sip(timeout=timeout)
             if msg.startswith("BYE "):
                 break
-        vias = "".join(f"Via: {v}\r\n" for v in headers(msg, "Via"))
-        self.ws.send(
-            f"SIP/2.0 200 OK\r\n{vias}From: {header(msg, 'From')}\r\nTo: {header(msg, 'To')}\r\n"
-            f"Call-ID: {header(msg, 'Call-ID')}\r\nCSeq: {header(msg, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-        )
+        respond_ok(self.ws, msg)
         return msg
 
 
@@ -123,11 +119,7 @@ def answer_incoming(ws: WSClient) -> str:
     assert ack.startswith("ACK "), ack
     bye = ws.recv_sip(timeout=10)
     assert bye.startswith("BYE "), bye
-    vias = "".join(f"Via: {v}\r\n" for v in headers(bye, "Via"))
-    ws.send(
-        f"SIP/2.0 200 OK\r\n{vias}From: {header(bye, 'From')}\r\nTo: {header(bye, 'To')}\r\nCall-ID: {header(bye, 'Call-ID')}\r\n"
-        f"CSeq: {header(bye, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-    )
+    respond_ok(ws, bye)
     return inv
 
 
@@ -142,3 +134,12 @@ def register_instance(ws: WSClient, domain: str, instance: str | None = None, us
         f"Contact: <sip:{user}@x.invalid;transport=ws>{params}\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n"
     )
     return ws.recv_sip(timeout=10, skip_provisional=True)
+
+
+def respond_ok(ws: WSClient, request: str) -> None:
+    """Answer ``request`` (a BYE, say) with 200 OK: its Vias, From, To, Call-ID and CSeq."""
+    vias = "".join(f"Via: {v}\r\n" for v in headers(request, "Via"))
+    ws.send(
+        f"SIP/2.0 200 OK\r\n{vias}From: {header(request, 'From')}\r\nTo: {header(request, 'To')}\r\n"
+        f"Call-ID: {header(request, 'Call-ID')}\r\nCSeq: {header(request, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
+    )
