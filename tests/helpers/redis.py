@@ -9,12 +9,17 @@ from pathlib import Path
 from helpers.ports import free_tcp_port
 
 
-def redis_args(port: int, bind: str, workdir: Path | str, password: str | None = None) -> list[str]:
-    """The redis-server command line: ``bind:port``, nothing saved, keyspace events for the standby."""
+def redis_args(
+    port: int, bind: str, workdir: Path | str, password: str | None = None, notify: bool = True
+) -> list[str]:
+    """The redis-server command line: ``bind:port``, nothing saved, keyspace events (what a standby
+    watches) unless ``notify`` is false."""
     args = ["redis-server", "--bind", bind, "--port", str(port)]
     if password is not None:
         args += ["--requirepass", password]
-    args += ["--save", "", "--appendonly", "no", "--dir", str(workdir), "--notify-keyspace-events", "K$gx"]
+    args += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    if notify:
+        args += ["--notify-keyspace-events", "K$gx"]
     return args
 
 
