@@ -30,6 +30,9 @@ import tempfile
 import time
 from typing import Any
 
+from _common import free_port
+from helpers.redis import redis_args
+
 from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.cluster.records import key_for_call, snapshot
 from mcs_edge.core.cluster.replication import CachingBox, ChangeTracker
@@ -112,12 +115,6 @@ def core_costs(n: int) -> tuple[float, float, dict[str, bytes]]:
     return first, tick, {k: v for k, v in writes if v is not None}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def redis_writes(port: int, records: dict[str, bytes]) -> tuple[float, float]:
     """(wall ms, CPU µs per record) of txredisapi pipelines of 1000 SETs."""
     import txredisapi
@@ -161,24 +158,9 @@ def main() -> None:
     if shutil.which("taskset") and not os.environ.get("BENCH_PINNED"):
         os.environ["BENCH_PINNED"] = "1"
         os.execvp("taskset", ["taskset", "-c", "0", sys.executable, *sys.argv])
-    port = free_port()
+    port = free_port(socket.SOCK_STREAM)
     with tempfile.TemporaryDirectory() as tmp:
-        redis = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        redis = subprocess.Popen(redis_args(port, "127.0.0.1", tmp, notify=False), stdout=subprocess.DEVNULL)
         try:
             time.sleep(0.3)
             print(

@@ -35,21 +35,16 @@ import os
 import re
 import resource
 import secrets
-import shutil
-import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-DOMAIN = "bench.example.com"
+from _common import BIN, DOMAIN, WS, BenchEdge, bench_toml, cpu_ticks, free_port, taskset
 
 PBX = r"""
 import asyncio, sys
@@ -108,18 +103,12 @@ NICE: list[str] = []  # ["nice", "-n", N] with --nice
 
 
 def _taskset(cpu: int) -> list[str]:
-    count = os.cpu_count() or 1
-    return [*NICE, *(["taskset", "-c", str(cpu)] if shutil.which("taskset") and count > 1 else [])]
+    return [*NICE, *taskset(cpu)]
 
 
 def _pin_self(cpu: int) -> None:
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {cpu})
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mib(pid: int) -> float:
@@ -141,57 +130,17 @@ def _pct(values: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------ edge
-class Edge:
+TENANT = 'media = "passthrough"\n[tenants.limits]\nmax_connections = 100000\n'
+
+
+class Edge(BenchEdge):
     def __init__(self, tmp: str, pbx_port: int, extra: str = "") -> None:
-        conf = Path(tmp) / "edge.toml"
-        conf.write_text(
-            f'[edge]\nstate_dir = "{tmp}/state"\ndrain_timeout = 1\n'
-            '[listen]\nhttps = "127.0.0.1:0"\nsip_tls = "off"\nbackend_sip = "127.0.0.1:0"\n'
-            'admin = "127.0.0.1:0"\n[tls]\nreload_interval = 0\n[sip]\nkeepalive_timeout = 600\n'
-            '[guard]\nallow_networks = ["127.0.0.0/8"]\n'
-            f"{extra}"
-            f'[[tenants]]\nid = "bench"\ndomains = ["{DOMAIN}"]\nbackend_sip = "udp:127.0.0.1:{pbx_port}"\n'
-            'certificate = "self-signed"\nmedia = "passthrough"\n[tenants.limits]\nmax_connections = 100000\n'
-        )
-        self.log = Path(tmp) / "edge.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    *_taskset(0),
-                    str(BIN / "twistd"),
-                    "-n",
-                    "--pidfile=",
-                    "--reactor=uvloop",
-                    "mcs-edge",
-                    "--config",
-                    str(conf),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=tmp,
-            )
-        deadline = time.monotonic() + 60
-        text = ""
-        while time.monotonic() < deadline:
-            text = self.log.read_text()
-            https = re.search(r"EDG101 .*https://[^:]+:(\d+)/", text)
-            admin = re.search(r"ADM100 .*http://[^:]+:(\d+)/", text)
-            if https and admin:
-                self.port, self.admin = int(https.group(1)), int(admin.group(1))
-                break
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        else:
-            self.stop()
-            raise SystemExit(f"edge did not start:\n{text[-3000:]}")
-        if self.proc.poll() is not None:
-            raise SystemExit(f"edge did not start:\n{text[-3000:]}")
+        text = bench_toml(Path(tmp) / "state", pbx_port, extra=extra, tenant=TENANT)
+        super().__init__(tmp, text, _taskset(0))
         self.token = (Path(tmp) / "state" / "admin-token").read_text().strip()
-        self.pid = self.proc.pid
 
     def cpu(self) -> float:
-        return _cpu_seconds(self.pid)
+        return cpu_ticks(self.pid)
 
     def api(self, path: str) -> object:
         req = urllib.request.Request(
@@ -212,21 +161,6 @@ class Edge:
                 except ValueError:
                     pass
         return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Kamailio:
@@ -263,8 +197,8 @@ class Kamailio:
             f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
             f"private_key = {key}\ncertificate = {cert}\n"
         )
-        self.port = _free_port(socket.SOCK_STREAM)
-        udp_port = _free_port(socket.SOCK_DGRAM)
+        self.port = free_port(socket.SOCK_STREAM)
+        udp_port = free_port(socket.SOCK_DGRAM)
         text = self.CFG.read_text()
         for name, value in {
             "CHILDREN": children,
@@ -325,7 +259,7 @@ class Kamailio:
         total = 0.0
         for pid in self.pids():
             try:
-                total += _cpu_seconds(pid)
+                total += cpu_ticks(pid)
             except OSError:
                 pass
         return total
@@ -369,72 +303,6 @@ def _hist_pct(before: list[tuple[float, float]], after: list[tuple[float, float]
 
 
 # ------------------------------------------------------------------------------------- client
-class WS:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.r, self.w = reader, writer
-
-    @classmethod
-    async def connect(cls, port: int, ctx: ssl.SSLContext) -> WS:
-        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=DOMAIN)
-        w.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: {DOMAIN}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                "Sec-WebSocket-Protocol: sip\r\n\r\n"
-            ).encode()
-        )
-        head = await r.readuntil(b"\r\n\r\n")
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise RuntimeError(head[:200])
-        return cls(r, w)
-
-    def send(self, data: bytes) -> None:
-        n = len(data)
-        head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
-        self.w.write(head + b"\x00\x00\x00\x00" + data)
-
-    async def messages(self) -> AsyncIterator[bytes]:
-        """Every text/binary message, parsed from large reads (one await per read, not per frame)."""
-        buf = b""
-        reader = self.r
-        while True:
-            chunk = await reader.read(262144)
-            if not chunk:
-                raise ConnectionError("closed by the edge")
-            buf = buf + chunk if buf else chunk
-            pos = 0
-            end = len(buf)
-            out = []
-            while end - pos >= 2:
-                b0, b1 = buf[pos], buf[pos + 1]
-                n = b1 & 0x7F
-                head = 2
-                if n == 126:
-                    if end - pos < 4:
-                        break
-                    n = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                    head = 4
-                elif n == 127:
-                    if end - pos < 10:
-                        break
-                    n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                    head = 10
-                if end - pos < head + n:
-                    break
-                payload = buf[pos + head : pos + head + n]
-                pos += head + n
-                opcode = b0 & 0x0F
-                if opcode == 0x9:
-                    self.w.write(struct.pack("!BB", 0x8A, 0x80 | n) + b"\x00\x00\x00\x00" + payload)
-                elif opcode == 0x8:
-                    raise ConnectionError("closed by the edge")
-                else:
-                    out.append(payload)
-            buf = buf[pos:]
-            for payload in out:
-                yield payload
-
-
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.I)
 _CSEQ = re.compile(rb"\r\nCSeq[ \t]*:[ \t]*\d+[ \t]+([A-Z]+)", re.I)
 _TO = re.compile(rb"\r\n(?:To|t)[ \t]*:[ \t]*([^\r\n]+)", re.I)
@@ -562,7 +430,7 @@ async def _connect(port: int, count: int, hold: float) -> list[Conn]:
     ctx = ssl._create_unverified_context()
     conns = []
     for i in range(count):
-        conns.append(Conn(await WS.connect(port, ctx), i, hold))
+        conns.append(Conn(await WS.connect(port, DOMAIN, ctx), i, hold))
     return conns
 
 
@@ -660,10 +528,10 @@ async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: s
         f"{'lag50':>7} {'lag99':>7} {'lag99.9':>7} {'GC gen0/1/2: n<max ms':>22} {'CPU%':>5} {'gen%':>5} {'fail':>5}"
     )
     for kind in args.kinds.split(","):
-        cpu0 = _cpu_seconds(edge.pid)
+        cpu0 = cpu_ticks(edge.pid)
         t0 = time.monotonic()
         cap = await _closed_loop(conns, kind, args.capacity_seconds, args.depth)
-        cpu = (_cpu_seconds(edge.pid) - cpu0) / (time.monotonic() - t0)
+        cpu = (cpu_ticks(edge.pid) - cpu0) / (time.monotonic() - t0)
         caps[kind] = cap
         print(
             f"{name + kind + ' capacity':24} {'max':>5} {cap:7.0f} {'':74} {cpu * 100:5.0f}   CPU us/tx {cpu * 1e6 / max(cap, 1):.0f}"
@@ -949,7 +817,7 @@ def main() -> None:
         pass
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
-        pbx_port = _free_port(socket.SOCK_DGRAM)
+        pbx_port = free_port(socket.SOCK_DGRAM)
         pbx_prio = (
             ["chrt", "-f", str(args.rt + 1)] if args.rt else []
         )  # the PBX answers before the generator sends

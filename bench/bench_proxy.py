@@ -24,12 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 CONNS = 16
 SECONDS = 5.0
 WARMUP = 1.0
 
 SERVER = r"""
 import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])  # tests/: helpers.edge writes the config
 if len(os.sched_getaffinity(0)) > 1:
     os.sched_setaffinity(0, {0})
 reactor_name = sys.argv[2]
@@ -50,26 +53,12 @@ class Small(Resource):
 
 backend = reactor.listenTCP(0, server.Site(Small()), interface="127.0.0.1")
 state = sys.argv[1]
-text = f'''
-[edge]
-state_dir = "{state}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:5999"
-backend_http = "http://127.0.0.1:{backend.getHost().port}"
-certificate = "self-signed"
-[[tenants]]
-id = "verdi"
-domains = ["verdi.example.com"]
-backend_sip = "udp:127.0.0.1:5998"
-certificate = "self-signed"
-'''
+from helpers.edge import edge_toml, tenant_toml
+backend_http = f'backend_http = "http://127.0.0.1:{backend.getHost().port}"\n'
+text = edge_toml(
+    Path(state),
+    tenant_toml("rossi", 5999, keys=backend_http) + tenant_toml("verdi", 5998),
+)
 svc = EdgeService(c.loads(text), reactor)
 svc.privilegedStartService()
 svc.startService()
@@ -151,7 +140,7 @@ def main() -> None:
         os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(Path(tmp) / "state"), args.reactor],
+            [sys.executable, "-c", SERVER, str(Path(tmp) / "state"), args.reactor, str(TESTS)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )

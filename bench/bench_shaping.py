@@ -38,6 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from mcs_edge.core.shaping import Policer, TokenBucket  # noqa: E402
 
@@ -308,29 +309,17 @@ def ws_child(rate: int, seconds: float) -> None:
 
     pbx_port = reactor.listenUDP(0, Pbx(), interface="127.0.0.1")  # type: ignore[attr-defined]
     tmp = tempfile.mkdtemp(prefix="bench-shaping-")
-    text = f"""
-[edge]
-state_dir = "{tmp}/state"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[shaping]
-rate = {rate}
-burst = {2 * rate}
-send_queue = {64 * 1024 * 1024}
-[guard]
-request_rate_per_ip = 100000
-request_burst_per_ip = 100000
-[sip]
-t1 = 2
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{pbx_port.getHost().port}"
-certificate = "self-signed"
-"""
+    from helpers.edge import edge_toml, tenant_toml
+
+    text = edge_toml(
+        Path(tmp) / "state",
+        tenant_toml("rossi", pbx_port.getHost().port),
+        sip="t1 = 2\n",
+        sections=(
+            f"[shaping]\nrate = {rate}\nburst = {2 * rate}\nsend_queue = {64 * 1024 * 1024}\n"
+            "[guard]\nrequest_rate_per_ip = 100000\nrequest_burst_per_ip = 100000\n"
+        ),
+    )
     svc = EdgeService(c.loads(text), reactor)
     svc.privilegedStartService()
     svc.startService()

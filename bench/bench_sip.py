@@ -46,16 +46,15 @@ import signal
 import socket
 import ssl
 import statistics
-import struct
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent
+from _common import BIN, DOMAIN, WS, taskset, tree
+
 ROOT = Path(__file__).resolve().parent.parent
 
 ECHO_SERVER = r"""
@@ -170,8 +169,6 @@ private_key = {key}
 certificate = {cert}
 """
 
-DOMAIN = "bench.example.com"
-
 
 def _free_port() -> int:
     """A port free for TCP and UDP on loopback now (the machine is shared: no fixed ports)."""
@@ -190,33 +187,10 @@ def _free_port() -> int:
 PBX_PORT = _free_port()
 
 
-def _taskset(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (Kamailio forks its workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
 def _cpu_seconds(pid: int) -> float:
     """CPU time of ``pid`` and every descendant, every thread, in seconds (schedstat: ns, not ticks)."""
     total = 0
-    for p in _tree(pid):
+    for p in tree(pid):
         try:
             tasks = list(Path(f"/proc/{p}/task").iterdir())
         except OSError:
@@ -231,7 +205,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _pss_kib(pid: int) -> int:
     total = 0
-    for p in _tree(pid):
+    for p in tree(pid):
         try:
             text = Path(f"/proc/{p}/smaps_rollup").read_text()
         except OSError:
@@ -240,46 +214,6 @@ def _pss_kib(pid: int) -> int:
             if line.startswith("Pss:"):
                 total += int(line.split()[1])
     return total
-
-
-class WS:
-    """A minimal asyncio WSS client (masked text frames)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.r, self.w = reader, writer
-
-    @classmethod
-    async def connect(cls, port: int, host: str, ctx: ssl.SSLContext) -> WS:
-        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=host)
-        w.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n"
-            ).encode()
-        )
-        head = await r.readuntil(b"\r\n\r\n")
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise RuntimeError(head[:200])
-        return cls(r, w)
-
-    def send(self, data: bytes) -> None:
-        n = len(data)
-        head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
-        self.w.write(head + b"\x00\x00\x00\x00" + data)  # zero mask: payload unchanged
-
-    async def recv(self) -> bytes:
-        while True:
-            b0, b1 = await self.r.readexactly(2)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", await self.r.readexactly(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", await self.r.readexactly(8))
-            payload = await self.r.readexactly(n)
-            if b0 & 0x0F == 0x9:
-                self.w.write(struct.pack("!BB", 0x8A, 0x80 | n) + b"\x00\x00\x00\x00" + payload)
-                continue
-            return payload
 
 
 def _header(msg: bytes, name: bytes) -> bytes:
@@ -581,7 +515,7 @@ def _edge(tmp: str, src: str | None = None) -> tuple[subprocess.Popen[str], int]
         )
     )
     cmd = [
-        *_taskset(0),
+        *taskset(0),
         str(BIN / "twistd"),
         "-n",
         "--pidfile=",
@@ -592,7 +526,7 @@ def _edge(tmp: str, src: str | None = None) -> tuple[subprocess.Popen[str], int]
     ]
     if os.environ.get("MCS_BENCH_PROFILE"):  # cProfile stats of the edge to that file
         cmd = [
-            *_taskset(0),
+            *taskset(0),
             str(BIN / "twistd"),
             "-n",
             "--pidfile=",
@@ -600,7 +534,7 @@ def _edge(tmp: str, src: str | None = None) -> tuple[subprocess.Popen[str], int]
             os.environ["MCS_BENCH_PROFILE"],
             "--profiler=cprofile",
             "--savestats",
-            *cmd[len(_taskset(0)) + 3 :],
+            *cmd[len(taskset(0)) + 3 :],
         ]
     env = dict(os.environ)
     if src:  # another source tree's mcs_edge (e.g. main, for before/after in one run)
@@ -651,7 +585,7 @@ def _kamailio(tmp: str) -> tuple[subprocess.Popen[str], int]:
     )
     kamailio = shutil.which("kamailio") or "/usr/sbin/kamailio"
     cmd = [
-        *_taskset(0),
+        *taskset(0),
         kamailio,
         "-DD",
         "-E",
@@ -677,7 +611,7 @@ def _kamailio(tmp: str) -> tuple[subprocess.Popen[str], int]:
 def _echo(tmp: str) -> tuple[subprocess.Popen[str], int]:
     cert, key = _self_signed(tmp)
     port = _free_port()
-    cmd = [*_taskset(0), str(BIN / "python"), "-c", ECHO_SERVER, str(cert), str(key), str(port)]
+    cmd = [*taskset(0), str(BIN / "python"), "-c", ECHO_SERVER, str(cert), str(key), str(port)]
     return _start(cmd, tmp, "READY", "echo"), port
 
 
@@ -709,7 +643,7 @@ def main() -> None:
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if _taskset(1):
+    if taskset(1):
         os.sched_setaffinity(0, {1})
     idle_counts = [int(x) for x in args.idle.split(",") if x]
     rates = [float(x) for x in args.rate.split(",") if x]
@@ -723,7 +657,7 @@ def main() -> None:
     idle: dict[tuple[str, int], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         responder = _start(
-            [*_taskset(1), str(BIN / "python"), "-c", RESPONDER, str(PBX_PORT)], tmp, "READY", "pbx"
+            [*taskset(1), str(BIN / "python"), "-c", RESPONDER, str(PBX_PORT)], tmp, "READY", "pbx"
         )
         try:
             for _round in range(args.repeat):

@@ -15,9 +15,10 @@ import argparse
 import cProfile
 import os
 import pstats
-import secrets
 import time
-from dataclasses import dataclass
+
+import _common  # noqa: F401 (puts tests/ on sys.path)
+from helpers.sipcore import Tenant, one_tenant_proxy
 
 from mcs_edge.core.sip.proxy import ProxySettings, SipProxy, ToBackend, ToFlow
 
@@ -25,23 +26,11 @@ PBX = ("127.0.0.1", 5060)
 DOMAIN = "bench.example.com"
 
 
-@dataclass(frozen=True)
-class Tenant:
-    id: str = "bench"
-    path: bool = True
-
-
-T = Tenant()
+T = Tenant("bench")
 
 
 def _proxy() -> SipProxy:
-    return SipProxy(
-        ProxySettings("127.0.0.1", 443, "127.0.0.1", 5070),
-        tenant_for_domain=lambda host: T if host == DOMAIN else None,
-        backend_of=lambda _t: ("udp", PBX),
-        tenants_at=lambda ip: [T] if ip == PBX[0] else [],
-        random_bytes=secrets.token_bytes,
-    )
+    return one_tenant_proxy(T, DOMAIN, PBX, ProxySettings("127.0.0.1", 443, "127.0.0.1", 5070))
 
 
 def _register(i: int, seq: int) -> bytes:

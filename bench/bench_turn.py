@@ -39,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import free_port
+
 SECRET = "bench-turn-secret-0123456789"
 PAYLOAD = b"\x80" + b"r" * 171  # an RTP-sized (G.711, 20 ms) packet
 PEER_IP = "127.0.0.2"
@@ -56,49 +58,33 @@ def _serve_edge(reactor_name: str, state: str, port_file: str) -> None:
         from mcs_edge.reactor import install
 
         install()
+    from helpers.edge import edge_toml, tenant_toml
     from twisted.internet import reactor
 
     from mcs_edge import config as c
     from mcs_edge.tx.service import EdgeService
 
-    text = f"""
-[edge]
-state_dir = "{state}"
-public_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-turn = "127.0.0.1:0"
-[turn]
-tls_on_https = false
-max_allocations_per_tenant = 100000
-[media]
-ports = [{EDGE_RELAYS[0]}, {EDGE_RELAYS[1]}]
-[[tenants]]
-id = "bench"
-domains = ["bench.example.com"]
-backend_sip = "udp:127.0.0.1:5080"
-certificate = "self-signed"
-turn_secret = "{SECRET}"
-turn_peers = ["127.0.0.0/8"]
-[tenants.shaping]
-rate = 10000000
-burst = 10000000
-"""
+    tenant = tenant_toml(
+        "bench",
+        5080,
+        keys=f'turn_secret = "{SECRET}"\nturn_peers = ["127.0.0.0/8"]\n',
+        tail="[tenants.shaping]\nrate = 10000000\nburst = 10000000\n",
+    )
+    text = edge_toml(
+        Path(state),
+        tenant,
+        edge='public_address = "127.0.0.1"\n',
+        listen='turn = "127.0.0.1:0"\n',
+        media=EDGE_RELAYS,
+        media_bind=None,
+        sections="[turn]\ntls_on_https = false\nmax_allocations_per_tenant = 100000\n",
+    )
     svc = EdgeService(c.loads(text), reactor)
     svc.privilegedStartService()
     svc.startService()
     assert svc.turn is not None
     Path(port_file).write_text(str(svc.turn.ports["turn_udp"]))
     reactor.run()  # type: ignore[attr-defined]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_edge(reactor_name: str, tmp: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -115,7 +101,7 @@ def start_edge(reactor_name: str, tmp: str) -> tuple[subprocess.Popen[bytes], in
 
 
 def start_coturn(tmp: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     cmd = [
         "taskset", "-c", "0", "turnserver", "-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1",
         "-p", str(port), "--min-port", str(COTURN_RELAYS[0]), "--max-port", str(COTURN_RELAYS[1]),

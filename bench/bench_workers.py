@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import random
-import re
 import resource
 import signal
 import socket
@@ -54,7 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from _common import WS, BenchEdge, bench_toml, cpu_ticks, tree
 
 RESPONDER = r"""
 import asyncio, sys
@@ -76,64 +74,6 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _tree(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return out
-    for k in kids:
-        out += _tree(int(k))
-    return out
-
-
-class WS:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.r, self.w = reader, writer
-
-    @classmethod
-    async def connect(cls, port: int, host: str, ctx: ssl.SSLContext) -> WS:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=host)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n"
-            ).encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise RuntimeError(head.decode(errors="replace"))
-        return cls(reader, writer)
-
-    def send(self, data: bytes) -> None:
-        n = len(data)
-        head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
-        self.w.write(head + b"\0\0\0\0" + data)  # a zero mask leaves the payload as is
-
-    async def recv(self) -> bytes:
-        while True:
-            b0, b1 = await self.r.readexactly(2)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", await self.r.readexactly(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", await self.r.readexactly(8))
-            payload = await self.r.readexactly(n)
-            if b0 & 0x0F == 0x9:
-                self.w.write(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + b"\0\0\0\0" + payload)
-                continue
-            return payload
 
 
 def _options(i: int, j: int) -> bytes:
@@ -167,72 +107,28 @@ async def _load(
             lat.append(time.perf_counter() - t0)
             done += 1
 
-    cpu0 = sum(_cpu_seconds(p) for p in pids)
+    cpu0 = sum(cpu_ticks(p) for p in pids)
     t0 = time.monotonic()
     stop_at = t0 + seconds
     await asyncio.gather(*(worker(i, ws) for i, ws in enumerate(clients)))
     elapsed = time.monotonic() - t0
-    cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
+    cpu = sum(cpu_ticks(p) for p in pids) - cpu0
     for ws in clients:
         ws.w.close()
     return done, lat, cpu, elapsed
 
 
-class Edge:
+class Edge(BenchEdge):
     """``twistd -n --reactor=uvloop mcs-edge`` with ``workers`` processes and one tenant ``bench``."""
 
     def __init__(self, tmp: str, workers: int, backend_port: int, extra: str = "", tenant: str = "") -> None:
-        conf = Path(tmp) / "edge.toml"
-        conf.write_text(
-            f'[edge]\nstate_dir = "{tmp}/state"\nworkers = {workers}\ndrain_timeout = 1\n'
-            'public_address = "127.0.0.1"\nbackend_address = "127.0.0.1"\n'
-            '[listen]\nhttps = "127.0.0.1:0"\nsip_tls = "off"\nbackend_sip = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n'
-            "[tls]\nreload_interval = 0\n[sip]\nkeepalive_timeout = 600\n"
-            '[guard]\nallow_networks = ["127.0.0.0/8"]\n'  # every bench client comes from loopback
-            f"{extra}"
-            f'[[tenants]]\nid = "bench"\ndomains = ["bench.example.com"]\n'
-            f'backend_sip = "udp:127.0.0.1:{backend_port}"\ncertificate = "self-signed"\n{tenant}'
-        )
-        self.log = Path(tmp) / "edge.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "twistd"),
-                    "-n",
-                    "--pidfile=",
-                    "--reactor=uvloop",
-                    "mcs-edge",
-                    "--config",
-                    str(conf),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=tmp,
-            )
-        try:
-            pattern = re.compile(r"^\S+ \[(?!worker)[^\]]*\] EDG101 .*https://[^:]+:(\d+)/", re.M)
-            deadline = time.monotonic() + 60
-            while not (m := pattern.search(self.log.read_text())):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"edge did not start:\n{self.log.read_text()}")
-                time.sleep(0.05)
-        except BaseException:
-            self.stop()
-            raise
-        self.port = int(m.group(1))
+        edge = f'workers = {workers}\npublic_address = "127.0.0.1"\nbackend_address = "127.0.0.1"\n'
+        super().__init__(tmp, bench_toml(Path(tmp) / "state", backend_port, edge, extra, tenant))
         time.sleep(0.5)
-        self.pids = _tree(self.proc.pid)
+        self.pids = tree(self.proc.pid)
 
     def cpu(self) -> float:
-        return sum(_cpu_seconds(p) for p in self.pids)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        return sum(cpu_ticks(p) for p in self.pids)
 
 
 def _run(
@@ -558,7 +454,7 @@ class CGenerator:
 
     def cpu(self) -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)  # this process sets calls up, then idles
-        return _cpu_seconds(self.proc.pid) + usage.ru_utime + usage.ru_stime
+        return cpu_ticks(self.proc.pid) + usage.ru_utime + usage.ru_stime
 
     async def close(self) -> None:
         try:

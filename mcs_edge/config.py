@@ -193,14 +193,33 @@ def c_secret(min_len: int = 8) -> Converter:
     return conv
 
 
+def _within(value: float, path: str, lo: float | None, hi: float | None) -> None:
+    """The range check shared by ``c_int`` and ``c_float``."""
+    if lo is not None and value < lo:
+        raise ConfigError(path, f"{value} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(path, f"{value} is above the maximum {hi}")
+
+
+def _or_zero(within: Converter, zero: int | float) -> Converter:
+    """``within``, or 0 (returned as ``zero``); a refusal says "(or 0)"."""
+
+    def conv(value: Any, path: str) -> Any:
+        if value == 0 and not isinstance(value, bool):
+            return zero
+        try:
+            return within(value, path)
+        except ConfigError as exc:
+            raise ConfigError(path, f"{exc.reason} (or 0)") from None
+
+    return conv
+
+
 def c_int(lo: int | None = None, hi: int | None = None) -> Converter:
     def conv(value: Any, path: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(path, f"expected an integer, got {_type_name(value)}")
-        if lo is not None and value < lo:
-            raise ConfigError(path, f"{value} is below the minimum {lo}")
-        if hi is not None and value > hi:
-            raise ConfigError(path, f"{value} is above the maximum {hi}")
+        _within(value, path, lo, hi)
         return value
 
     return conv
@@ -208,17 +227,7 @@ def c_int(lo: int | None = None, hi: int | None = None) -> Converter:
 
 def c_int_or_zero(lo: int, hi: int) -> Converter:
     """An integer in ``[lo, hi]``, or 0 (meaning "derived" or "off", as the key's doc says)."""
-    within = c_int(lo, hi)
-
-    def conv(value: Any, path: str) -> int:
-        if value == 0 and not isinstance(value, bool):
-            return 0
-        try:
-            return int(within(value, path))
-        except ConfigError as exc:
-            raise ConfigError(path, f"{exc.reason} (or 0)") from None
-
-    return conv
+    return _or_zero(c_int(lo, hi), 0)
 
 
 def c_float(lo: float | None = None, hi: float | None = None) -> Converter:
@@ -227,10 +236,7 @@ def c_float(lo: float | None = None, hi: float | None = None) -> Converter:
             raise ConfigError(path, f"expected a number, got {_type_name(value)}")
         if value != value:  # NaN
             raise ConfigError(path, "NaN is not a number")
-        if lo is not None and value < lo:
-            raise ConfigError(path, f"{value} is below the minimum {lo}")
-        if hi is not None and value > hi:
-            raise ConfigError(path, f"{value} is above the maximum {hi}")
+        _within(value, path, lo, hi)
         return float(value)
 
     return conv
@@ -238,17 +244,7 @@ def c_float(lo: float | None = None, hi: float | None = None) -> Converter:
 
 def c_float_or_zero(lo: float, hi: float) -> Converter:
     """A number in ``[lo, hi]``, or 0 (meaning "off", as the key's doc says)."""
-    within = c_float(lo, hi)
-
-    def conv(value: Any, path: str) -> float:
-        if value == 0 and not isinstance(value, bool):
-            return 0.0
-        try:
-            return float(within(value, path))
-        except ConfigError as exc:
-            raise ConfigError(path, f"{exc.reason} (or 0)") from None
-
-    return conv
+    return _or_zero(c_float(lo, hi), 0.0)
 
 
 def c_bool(value: Any, path: str) -> bool:

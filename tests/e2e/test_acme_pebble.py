@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 from cryptography import x509
-from helpers.https import Conn, free_port
+from helpers.edge import InProcessEdge, edge_toml, parse_metrics, until
+from helpers.https import Conn
 from helpers.pebble import Pebble
-from twisted.internet import task, threads
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
+from helpers.ports import free_tcp_port
+from twisted.internet import threads
 
 pytestmark = [
     pytest.mark.e2e,
@@ -27,48 +26,43 @@ pytestmark = [
 ]
 
 
-class AcmeEdge:
+class AcmeEdge(InProcessEdge):
     """pebble + challtestsrv + an edge whose ACME tenants it validates."""
 
     def __init__(self, tmp: Path, tenants: str, bad_hosts: dict[str, str] | None = None) -> None:
-        self.http_port, self.https_port = free_port(), free_port()
+        super().__init__(tmp)
+        self.http_port, self.https_port = free_tcp_port(), free_tcp_port()
         self.pebble = Pebble(tmp, self.http_port, self.https_port)
         for host, addr in (bad_hosts or {}).items():
             self.pebble.set_a(host, [addr])
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:{self.https_port}"
-http = "127.0.0.1:{self.http_port}"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[acme]
-directory = "{self.pebble.directory}"
-email = "ops@example.com"
-ca_bundle = "{self.pebble.ca_file}"
-retry_min = 1
-retry_max = 2
-{tenants}
-"""
-        from twisted.internet import reactor
-
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.acme.poll_interval = 0.2
-        self.service.privilegedStartService()
-        self.service.startService()
+        acme = (
+            f'[acme]\ndirectory = "{self.pebble.directory}"\nemail = "ops@example.com"\n'
+            f'ca_bundle = "{self.pebble.ca_file}"\nretry_min = 1\nretry_max = 2\n'
+        )
+        text = edge_toml(
+            self.state,
+            tenants,
+            https=f"127.0.0.1:{self.https_port}",
+            listen=f'http = "127.0.0.1:{self.http_port}"\n',
+            sections=acme,
+        )
+        self.start(text, before=lambda service: setattr(service.acme, "poll_interval", 0.2))
         self.root = tmp / "pebble-root.pem"
+
+    def stop(self) -> Any:
+        d = super().stop()
+        self.pebble.stop()
+        return d
 
     def trust(self) -> str:
         """A CA file with pebble's issuing root (for verifying what the edge now serves)."""
         self.root.write_bytes(self.pebble.root_pem())
         return str(self.root)
 
-    def stop(self) -> Any:
-        d = self.service.stopService()
-        self.pebble.stop()
-        return d
+
+def _until(predicate: Any) -> Any:
+    """Wait on the reactor until ``predicate()`` is true (ACME takes its time: 60 s)."""
+    return until(predicate, timeout=60.0, step=0.2)
 
 
 TWO_TENANTS = """
@@ -114,33 +108,6 @@ acme_challenge = "http-01"
     pytest_twisted.blockon(e.stop())
 
 
-def until(predicate: Any, timeout: float = 60.0, step: float = 0.2) -> Any:
-    """Wait on the reactor until ``predicate()`` is true (fails the test after ``timeout``)."""
-    from twisted.internet import reactor
-
-    @pytest_twisted.inlineCallbacks
-    def loop() -> Any:
-        waited = 0.0
-        while not predicate():
-            if waited > timeout:
-                raise AssertionError(f"condition not met within {timeout}s")
-            yield task.deferLater(reactor, step, lambda: None)
-            waited += step
-
-    return loop()
-
-
-def _metrics(service: EdgeService) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The service's /metrics samples, parsed with prometheus_client's parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for fam in text_string_to_metric_families(service.metrics.render().decode()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
 def _names(der: bytes) -> set[str]:
     cert = x509.load_der_x509_certificate(der)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -151,11 +118,11 @@ def _names(der: bytes) -> set[str]:
 def test_two_tenants_get_certificates_by_http01_and_tls_alpn01(edge: AcmeEdge) -> Any:
     """rossi is validated by HTTP-01, bianchi by TLS-ALPN-01; both are then served, chained to pebble."""
     acme = edge.service.acme
-    yield until(lambda: all(s["state"] == "valid" for s in acme.status().values()))
+    yield _until(lambda: all(s["state"] == "valid" for s in acme.status().values()))
     status = acme.status()
     assert status["rossi"]["challenge"] == "http-01" and status["bianchi"]["challenge"] == "tls-alpn-01"
     assert status["rossi"]["failures"] == 0 and status["bianchi"]["failures"] == 0
-    m = _metrics(edge.service)
+    m = parse_metrics(edge.service.metrics.render().decode())
     now = time.time()
     for tid in ("rossi", "bianchi"):
         tenant = (("tenant", tid),)
@@ -185,7 +152,7 @@ def test_two_tenants_get_certificates_by_http01_and_tls_alpn01(edge: AcmeEdge) -
 def test_forced_renewal_swaps_certificate_while_open_connection_stays(edge: AcmeEdge) -> Any:
     """A renewal is served to new handshakes; a connection opened before it keeps working."""
     acme = edge.service.acme
-    yield until(lambda: acme.status().get("bianchi", {}).get("state") == "valid")
+    yield _until(lambda: acme.status().get("bianchi", {}).get("state") == "valid")
     before = yield threads.deferToThread(Conn, edge.https_port, "bianchi.example.com")
     first = yield threads.deferToThread(before.request, "GET", "/", "bianchi.example.com")
     assert first.status == 200
@@ -208,7 +175,7 @@ def test_forced_renewal_swaps_certificate_while_open_connection_stays(edge: Acme
         [("Authorization", "Bearer bianchi-platform-secret")],
     )
     assert handed.status == 200 and json.loads(handed.body)["sha256"] == after.peer_sha256()
-    m = _metrics(edge.service)
+    m = parse_metrics(edge.service.metrics.render().decode())
     assert m[("mcs_edge_certificate_handoffs_total", (("result", "ok"), ("tenant", "bianchi")))] == 1
     before.close()
     after.close()
@@ -219,19 +186,19 @@ def test_failing_validation_leaves_other_tenant_alone_and_is_retried(edge_with_b
     """verdi's HTTP-01 fails (DNS points nowhere): rossi is issued regardless; verdi succeeds on retry."""
     e = edge_with_bad
     acme = e.service.acme
-    yield until(
+    yield _until(
         lambda: acme.status()["rossi"]["state"] == "valid" and acme.status()["verdi"]["failures"] >= 1
     )
     verdi = acme.status()["verdi"]
     assert verdi["state"] in ("error", "ordering")
-    m = _metrics(e.service)
+    m = parse_metrics(e.service.metrics.render().decode())
     assert m[("mcs_edge_acme_failures", (("tenant", "verdi"),))] >= 1
     assert verdi["last_error"] is not None or verdi["state"] == "ordering"
     rossi_orders = acme.status()["rossi"]["orders"]
     yield threads.deferToThread(e.pebble.clear_a, "verdi.example.net")  # DNS fixed: next retry validates
-    yield until(lambda: acme.status()["verdi"]["state"] == "valid")
+    yield _until(lambda: acme.status()["verdi"]["state"] == "valid")
     assert acme.status()["verdi"]["orders"] >= 2 and acme.status()["verdi"]["failures"] == 0
-    m = _metrics(e.service)
+    m = parse_metrics(e.service.metrics.render().decode())
     assert m[("mcs_edge_acme_failures", (("tenant", "verdi"),))] == 0
     assert m[("mcs_edge_acme_state", (("state", "valid"), ("tenant", "verdi")))] == 1
     assert acme.status()["rossi"]["orders"] == rossi_orders  # untouched by verdi's retries

@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest_twisted
 from helpers.dnszone import DnsServer
+from helpers.edge import InProcessEdge, edge_toml, tenant_toml, until
 from helpers.pbx import Pbx
-from helpers.wsclient import WSClient, header, headers, status
-from twisted.internet import defer, threads
+from helpers.phone import respond_ok
+from helpers.wsclient import WSClient, header, status
+from twisted.internet import threads
 from twisted.names import dns
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
 
 
 def _point(zone: Any, pbx: Pbx, host: str, ip: str) -> None:
@@ -28,67 +27,28 @@ def _point(zone: Any, pbx: Pbx, host: str, ip: str) -> None:
     zone.set(f"{host}.example.test", [dns.Record_A(ip, ttl=1)])
 
 
-class DnsEdge:
+class DnsEdge(InProcessEdge):
+    ORIGIN = True
+
     def __init__(self, tmp: Path) -> None:
         from twisted.internet import reactor
 
+        super().__init__(tmp)
         self.dns = DnsServer(reactor)
         self.pbx_a = Pbx("127.0.0.1")
         self.pbx_b = Pbx("127.0.0.2")
+        self.closers += [self.pbx_a.close, self.pbx_b.close, self.dns.stop]
         _point(self.dns.zone, self.pbx_a, "host-a", "127.0.0.1")
         host, port = self.dns.address
-        tenants = ""
-        for tid, backend in (("rossi", "udp:pbx.example.test"), ("bianchi", "udp:nowhere.example.test:5060")):
-            tenants += (
-                f'[[tenants]]\nid = "{tid}"\ndomains = ["{tid}.example.com"]\nbackend_sip = "{backend}"\n'
-                f'certificate = "self-signed"\nallowed_origins = ["https://{tid}.example.com"]\n'
-            )
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[dns]
-servers = ["{host}:{port}"]
-min_ttl = 0.5
-negative_ttl = 1
-{tenants}"""
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
-
-    def client(self, tenant: str = "rossi") -> WSClient:
-        return WSClient(
-            self.https, f"{tenant}.example.com", cafile=self.ca, origin=f"https://{tenant}.example.com"
+        tenants = tenant_toml("rossi", backend="udp:pbx.example.test", origin=True) + tenant_toml(
+            "bianchi", backend="udp:nowhere.example.test:5060", origin=True
         )
+        dns_table = f'[dns]\nservers = ["{host}:{port}"]\nmin_ttl = 0.5\nnegative_ttl = 1\n'
+        self.start(edge_toml(self.state, tenants, sections=dns_table))
 
     def addresses(self) -> tuple[tuple[str, int], ...]:
         backend = self.service.config.tenant("rossi").backend_sip  # type: ignore[union-attr]
         return self.service.resolver.addresses(backend)
-
-    def stop(self) -> Any:
-        self.pbx_a.close()
-        self.pbx_b.close()
-        self.dns.stop()
-        return self.service.stopService()
-
-
-@defer.inlineCallbacks
-def _until(predicate: Any, timeout: float = 15.0) -> Any:
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        d: defer.Deferred[None] = defer.Deferred()
-        reactor.callLater(0.05, d.callback, None)
-        yield d
 
 
 def _register(ws: WSClient, tenant: str = "rossi") -> str:
@@ -120,11 +80,7 @@ def _call(ws: WSClient, tenant: str = "rossi") -> tuple[str, str]:
 def _receive_bye(ws: WSClient) -> str:
     bye = ws.recv_sip(timeout=10)
     assert bye.startswith("BYE "), bye
-    vias = "".join(f"Via: {v}\r\n" for v in headers(bye, "Via"))
-    ws.send(
-        f"SIP/2.0 200 OK\r\n{vias}From: {header(bye, 'From')}\r\nTo: {header(bye, 'To')}\r\n"
-        f"Call-ID: {header(bye, 'Call-ID')}\r\nCSeq: {header(bye, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-    )
+    respond_ok(ws, bye)
     return bye
 
 
@@ -134,7 +90,7 @@ def test_pbx_located_by_srv_followed_after_ttl_and_unresolvable_name_gets_503(tm
     traffic (both ways) after the TTL; a name that does not resolve answers INVITE 503 at once."""
     edge = DnsEdge(tmp_path)
     try:
-        yield _until(lambda: edge.addresses() == (("127.0.0.1", edge.pbx_a.port),))
+        yield until(lambda: edge.addresses() == (("127.0.0.1", edge.pbx_a.port),))
         ws = yield threads.deferToThread(edge.client)
         ok = yield threads.deferToThread(_register, ws)
         assert status(ok) == 200 and edge.pbx_a.methods() == ["REGISTER"]
@@ -146,7 +102,7 @@ def test_pbx_located_by_srv_followed_after_ttl_and_unresolvable_name_gets_503(tm
         # the PBX moves: SRV now names host-b (127.0.0.2) on pbx_b's port
         _point(edge.dns.zone, edge.pbx_b, "host-b", "127.0.0.2")
         edge.dns.zone.remove("host-a.example.test")
-        yield _until(lambda: edge.addresses() == (("127.0.0.2", edge.pbx_b.port),))
+        yield until(lambda: edge.addresses() == (("127.0.0.2", edge.pbx_b.port),))
         ok = yield threads.deferToThread(_register, ws)
         assert status(ok) == 200 and edge.pbx_b.methods() == ["REGISTER"]
         call_id, final = yield threads.deferToThread(_call, ws)

@@ -8,25 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from helpers.edge import LocalEdge, api, metrics, sample
+from helpers.edge import LocalEdge, api, metrics, sample, until
 from helpers.wsclient import WSClient, header, status
-from twisted.internet import defer, threads
-
-
-@defer.inlineCallbacks
-def _until(predicate: Any, timeout: float = 15.0) -> Any:
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + timeout
-    while True:
-        ok = yield threads.deferToThread(predicate)
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        d: defer.Deferred[None] = defer.Deferred()
-        reactor.callLater(0.1, d.callback, None)
-        yield d
+from twisted.internet import threads
 
 
 def _backend_state(edge: LocalEdge) -> str | None:
@@ -56,13 +40,13 @@ def test_pbx_down_and_up_again_is_seen_and_refuses_calls_at_once(tmp_path: Path)
     once without reaching it; it answers again: up, calls pass."""
     edge = LocalEdge(tmp_path, tail="backend_check_interval = 1\n")
     try:
-        yield _until(lambda: _backend_state(edge) == "up")
+        yield until(lambda: _backend_state(edge) == "up", step=0.1, threaded=True)
         m = yield threads.deferToThread(metrics, edge.admin)
         assert sample(m, "mcs_edge_backend_up", tenant="rossi") == 1
         assert "OPTIONS" in edge.pbx.methods()
 
         edge.pbx._answer = lambda *a: None  # type: ignore[method-assign]  # the PBX stops answering
-        yield _until(lambda: _backend_state(edge) == "down", timeout=10)
+        yield until(lambda: _backend_state(edge) == "down", timeout=10, step=0.1, threaded=True)
         m = yield threads.deferToThread(metrics, edge.admin)
         assert sample(m, "mcs_edge_backend_up", tenant="rossi") == 0
         ws = yield threads.deferToThread(edge.client)
@@ -71,7 +55,7 @@ def test_pbx_down_and_up_again_is_seen_and_refuses_calls_at_once(tmp_path: Path)
         assert "INVITE" not in edge.pbx.methods()
 
         del edge.pbx._answer  # answering again
-        yield _until(lambda: _backend_state(edge) == "up")
+        yield until(lambda: _backend_state(edge) == "up", step=0.1, threaded=True)
         final, _took = yield threads.deferToThread(_invite, ws)
         assert status(final) == 200, final
         ws.close()

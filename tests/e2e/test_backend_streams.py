@@ -8,10 +8,6 @@ so between phases the PBX restarts and the edge must reconnect by itself.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -19,21 +15,17 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import InProcessEdge, edge_toml, free_tcp_port, tenant_toml, until
+from helpers.phone import answer_incoming
+from helpers.sipp import SIPP_DIR, Sipp
 from helpers.wsclient import WSClient, header, headers, status
-from twisted.internet import defer, threads
+from twisted.internet import threads
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.protocols.portforward import ProxyFactory
 
-from mcs_edge import config as c
 from mcs_edge.certs import ensure_dev_ca, issue_leaf
-from mcs_edge.tx.service import EdgeService
 
-if shutil.which("sipp") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("sipp (Debian sip-tester) is required in CI: scripts/install-test-deps")
-    pytestmark = pytest.mark.skip(reason="sipp (Debian sip-tester) is installed by scripts/install-test-deps")
-
-SIPP_DIR = Path(__file__).resolve().parent.parent / "data" / "sipp"
+pytestmark = pytest.mark.requires_tool("sipp")
 
 
 def _client_leaf(ca: Any, tmp: Path) -> tuple[Path, Path]:
@@ -68,25 +60,19 @@ def _client_leaf(ca: Any, tmp: Path) -> tuple[Path, Path]:
     return chain_path, key_path
 
 
-def _free_tcp_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class StreamEdge:
+class StreamEdge(InProcessEdge):
     """The edge with tenant rossi on ``transport`` toward sipp (through a TLS front for tls)."""
+
+    ORIGIN = True
 
     def __init__(
         self, tmp: Path, transport: str, server_name: str = "pbx.example.net", client_cert: bool = False
     ) -> None:
         from twisted.internet import reactor
 
-        self.tmp = tmp
+        super().__init__(tmp)
         self.transport = transport
-        self.sipp_port = _free_tcp_port()
+        self.sipp_port = free_tcp_port()
         self.front: Any = None
         target = self.sipp_port
         tls = ""
@@ -108,53 +94,20 @@ class StreamEdge:
             if client_cert:
                 chain_path, key_path = _client_leaf(ca, tmp)
                 tls += f'cert_file = "{chain_path}"\nkey_file = "{key_path}"\n'
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[sip]
-t1 = 0.5
-backend_connect_timeout = 3
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "{transport}:127.0.0.1:{target}"
-certificate = "self-signed"
-allowed_origins = ["https://rossi.example.com"]
-{tls}"""
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
+        if self.front is not None:
+            self.closers.append(self.front.stopListening)
+        tenant = tenant_toml("rossi", backend=f"{transport}:127.0.0.1:{target}", origin=True, tail=tls)
+        self.start(edge_toml(self.state, tenant, sip="t1 = 0.5\nbackend_connect_timeout = 3\n"))
 
-    def client(self) -> WSClient:
-        return WSClient(self.https, "rossi.example.com", cafile=self.ca, origin="https://rossi.example.com")
-
-    def sipp(self, template: str) -> subprocess.Popen[bytes]:
+    def sipp(self, template: str) -> Sipp:
         """sipp as the PBX (server mode, TCP) running ``template`` with the edge's transport filled in."""
         text = (SIPP_DIR / template).read_text()
         text = text.replace("@TP@", self.transport.upper()).replace("@tp@", self.transport)
         scenario = self.tmp / f"{uuid.uuid4().hex[:6]}-{template}"
         scenario.write_text(text)
-        cmd = ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(self.sipp_port), "-t", "t1"]
-        cmd += ["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err"]
-        cmd += ["-error_file", str(self.tmp / f"{scenario.name}.err")]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.tmp)
-        _wait_listening(self.sipp_port)
+        proc = Sipp(self.tmp, scenario, self.sipp_port, transport="t1", timeout=30)
+        proc.wait_listening(tcp=True)
         return proc
-
-    def sipp_result(self, proc: subprocess.Popen[bytes]) -> int:
-        rc = proc.wait(60)
-        if rc != 0:
-            for err in self.tmp.glob("*.err"):
-                print(err.name, err.read_text())
-            print(proc.stderr.read().decode() if proc.stderr else "")
-        return rc
 
     def link_state(self) -> str:
         states = [s.state for s in self.service.backends.status() if s.tenant == "rossi"]
@@ -164,35 +117,6 @@ allowed_origins = ["https://rossi.example.com"]
         return sum(
             n for (name, *_), n in self.service.backends.counters.items() if name == "backend_connects"
         )
-
-    def stop(self) -> Any:
-        if self.front is not None:
-            self.front.stopListening()
-        return self.service.stopService()
-
-
-def _wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"sipp not listening on {port}")
-
-
-@defer.inlineCallbacks
-def _until(predicate: Any, timeout: float = 20.0) -> Any:
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        d: defer.Deferred[None] = defer.Deferred()
-        reactor.callLater(0.05, d.callback, None)
-        yield d
 
 
 def _register(ws: WSClient) -> str:
@@ -204,30 +128,6 @@ def _register(ws: WSClient) -> str:
         "Supported: path, gruu, outbound\r\nContent-Length: 0\r\n\r\n"
     )
     return ws.recv_sip(timeout=10, skip_provisional=True)
-
-
-def _answer_incoming(ws: WSClient) -> str:
-    inv = ws.recv_sip(timeout=10)
-    assert inv.startswith("INVITE "), inv
-    base = "".join(f"Via: {v}\r\n" for v in headers(inv, "Via"))
-    base += f"From: {header(inv, 'From')}\r\nTo: {header(inv, 'To')};tag=cl1\r\nCall-ID: {header(inv, 'Call-ID')}\r\nCSeq: {header(inv, 'CSeq')}\r\n"
-    base += "".join(f"Record-Route: {r}\r\n" for r in headers(inv, "Record-Route"))
-    ws.send(f"SIP/2.0 180 Ringing\r\n{base}Content-Length: 0\r\n\r\n")
-    sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
-    ws.send(
-        f"SIP/2.0 200 OK\r\n{base}Contact: <sip:alice@x.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n"
-        f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
-    )
-    ack = ws.recv_sip(timeout=10)
-    assert ack.startswith("ACK "), ack
-    bye = ws.recv_sip(timeout=10)
-    assert bye.startswith("BYE "), bye
-    vias = "".join(f"Via: {v}\r\n" for v in headers(bye, "Via"))
-    ws.send(
-        f"SIP/2.0 200 OK\r\n{vias}From: {header(bye, 'From')}\r\nTo: {header(bye, 'To')}\r\nCall-ID: {header(bye, 'Call-ID')}\r\n"
-        f"CSeq: {header(bye, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-    )
-    return inv
 
 
 def _invite(ws: WSClient, call_id: str, branch: str) -> None:
@@ -300,21 +200,21 @@ def test_pbx_over_stream_register_calls_cancel_and_restart(tmp_path: Path, trans
         ok = yield threads.deferToThread(_register, ws)
         assert status(ok) == 200, ok
         assert f";transport={transport};lr;ob" in (header(ok, "Path") or "")
-        inv = yield threads.deferToThread(_answer_incoming, ws)
+        inv = yield threads.deferToThread(answer_incoming, ws)
         assert f"transport={transport};lr;r2=on" in inv  # our PBX-side Record-Route names the transport
-        assert (yield threads.deferToThread(edge.sipp_result, pbx)) == 0
+        assert (yield threads.deferToThread(pbx.result)) == 0
         # 2. the PBX process is gone: the edge notices and reconnects to the new one
         pbx = yield threads.deferToThread(edge.sipp, "stream_answer.xml")
-        yield _until(lambda: edge.connects() >= 2 and edge.link_state() == "open")
+        yield until(lambda: edge.connects() >= 2 and edge.link_state() == "open")
         seen = yield threads.deferToThread(_outgoing_call, ws)
         assert seen[0] == 100 and 180 in seen and seen[-2:] == [200, 200], seen
-        assert (yield threads.deferToThread(edge.sipp_result, pbx)) == 0
+        assert (yield threads.deferToThread(pbx.result)) == 0
         # 3. restarted again: CANCEL while ringing
         pbx = yield threads.deferToThread(edge.sipp, "pbx_cancel.xml")
-        yield _until(lambda: edge.connects() >= 3 and edge.link_state() == "open")
+        yield until(lambda: edge.connects() >= 3 and edge.link_state() == "open")
         seen = yield threads.deferToThread(_cancel_call, ws)
         assert 180 in seen and sorted(seen[-2:]) == [200, 487], seen
-        assert (yield threads.deferToThread(edge.sipp_result, pbx)) == 0
+        assert (yield threads.deferToThread(pbx.result)) == 0
         ws.close()
     finally:
         yield edge.stop()
@@ -334,7 +234,6 @@ def test_tls_pbx_with_wrong_name_is_refused_at_once(tmp_path: Path) -> Any:
         failures = [k for k in edge.service.backends.counters if k[0] == "backend_connect_failures"]
         assert failures
         pbx.kill()
-        pbx.wait(10)
         ws.close()
     finally:
         yield edge.stop()
@@ -376,13 +275,12 @@ def test_tls_client_certificate_is_presented_when_configured(tmp_path: Path, pre
         seen = yield threads.deferToThread(_outgoing_call, ws)
         if present:
             assert seen[-2:] == [200, 200] and edge.connects() == 1, seen
-            assert (yield threads.deferToThread(edge.sipp_result, pbx)) == 0
+            assert (yield threads.deferToThread(pbx.result)) == 0
         else:
             # TLS 1.3: the client's handshake ends before the PBX checks its certificate, so the PBX's
             # refusal arrives as the connection closing: the request gets 503 at once, the link backs off
             assert seen[-1] == 503 and edge.link_state() == "backoff", seen
             pbx.kill()
-            pbx.wait(10)
         ws.close()
     finally:
         yield edge.stop()

@@ -17,9 +17,6 @@ source address (new port), which the test checks on the edge's client leg.
 from __future__ import annotations
 
 import itertools
-import os
-import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,100 +24,30 @@ from typing import Any
 import pytest
 import pytest_twisted
 from helpers.aiortc_call import LoopThread
-from helpers.browser import CHROMIUM, SERVED_BY_TEST, jssip_bundle, launch
-from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
-from twisted.internet import reactor, threads
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
+from helpers.browser import CHROMIUM, chromium_page, demo_toml, wait
+from helpers.edge import InProcessEdge, on_reactor, until
+from helpers.media_pbx import start_recording_pbx
+from twisted.internet import threads
 
 pytestmark = [pytest.mark.e2e, pytest.mark.requires_tool(CHROMIUM, "npm", "module:playwright")]
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
-class RecoveryBrowserEdge:
+class RecoveryBrowserEdge(InProcessEdge):
     """Tenant ``demo`` on ``localhost`` (echo on), its PBX an asyncio UAS with an RTP echo."""
 
     def __init__(self, tmp: Path, runner: LoopThread) -> None:
-        self.runner = runner
-        self.echo = RecordingEcho()
-        self.pbx = RecordingPbx(self._answer)
-        runner.run(self.pbx.start())
-        runner.run(self._start_echo())
-        base = random.randrange(42000, 58000, 2)
-        text = f"""
-[edge]
-public_address = "127.0.0.1"
-backend_address = "127.0.0.1"
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[tls]
-reload_interval = 0
-[sip]
-flow_grace = 20
-[media]
-ports = [{base}, {base + 199}]
-bind = "127.0.0.1"
-[[tenants]]
-id = "demo"
-domains = ["localhost"]
-backend_sip = "udp:127.0.0.1:{self.pbx.port}"
-certificate = "self-signed"
-echo = true
-"""
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.origin = f"https://localhost:{self.https}"
-
-    async def _start_echo(self) -> None:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self.echo, local_addr=("127.0.0.1", 0))
-        self.echo_port = transport.get_extra_info("sockname")[1]
-        self._echo_transport = transport
-
-    async def _answer(self, offer: str) -> str:
-        return plain_answer(self.echo_port, offer)
-
-    def kill_connections(self) -> int:
-        """Abort every client connection at the edge (reactor thread)."""
-        flows = list(self.service.sip.flows.values())
-        for flow in flows:
-            flow.close.__self__.dropConnection(abort=True)  # type: ignore[attr-defined]
-        return len(flows)
+        super().__init__(tmp, runner=runner)
+        self.pbx, self.echo, close = runner.run(start_recording_pbx())
+        self.loop_closers.append(close)
+        self.start(demo_toml(self.state, self.pbx.port, sip="flow_grace = 20\n"))
 
     def client_media_source(self) -> Any:
         """Where the (only) call's client leg sends media: the browser's ICE-selected address."""
         sessions = list(self.service.media.anchor.sessions.values())
         legs = [leg for s in sessions for leg in s.legs if leg.side.name == "CLIENT"]
         return legs[0].remote if legs else None
-
-    def media_idle(self) -> bool:
-        anchor = self.service.media.anchor
-        return not anchor.sessions and anchor.allocator.in_use == 0 and not self.service.echo.calls
-
-    def stop(self) -> Any:
-        async def close() -> None:
-            self._echo_transport.close()
-            self.pbx.close()
-
-        self.runner.run(close())
-        return self.service.stopService()
-
-
-@pytest.fixture(scope="module")
-def runner() -> Any:
-    r = LoopThread()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -130,12 +57,8 @@ def edge(tmp_path: Path, runner: LoopThread) -> Any:
     pytest_twisted.blockon(e.stop())
 
 
-def _wait(page: Any, expression: str, timeout: float = 15.0) -> Any:
-    return page.wait_for_function(expression, timeout=timeout * 1000).json_value()
-
-
 def _kill(edge: RecoveryBrowserEdge) -> int:
-    return int(threads.blockingCallFromThread(reactor, edge.kill_connections))
+    return int(on_reactor(edge.kill_connections))
 
 
 def _packets_after(page: Any, expression: str, baseline: int, timeout: float) -> float:
@@ -152,79 +75,57 @@ def _packets_after(page: Any, expression: str, baseline: int, timeout: float) ->
 
 
 def _jssip_recovery(edge: RecoveryBrowserEdge) -> dict[str, Any]:
-    from playwright.sync_api import Route, sync_playwright
-
-    bundle = jssip_bundle().read_bytes()
-    html = (DATA / "browser" / "jssip_reconnect.html").read_bytes()
-
-    def serve(route: Route) -> None:
-        if route.request.url.endswith("/jssip.js"):
-            route.fulfill(status=200, body=bundle, headers={"content-type": "text/javascript"})
-        else:
-            route.fulfill(status=200, body=html, headers={"content-type": "text/html; charset=utf-8"})
-
     out: dict[str, Any] = {}
-    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        ctx = launch(pw, Path(profile), SERVED_BY_TEST)
-        try:
-            ctx.route(f"{edge.origin}/__test__/**", serve)
-            page = ctx.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda m: print("console:", m.text) if os.environ.get("MCS_DEBUG") else None)
-            page.goto(f"{edge.origin}/__test__/phone.html")
-            _wait(page, "window.phone.registered > 0 || window.phone.failed")
-            assert page.evaluate("window.phone.failed") is None
-            index = page.evaluate("window.placeCall('sip:200@localhost')")
-            _wait(
-                page,
-                f"window.phone.calls[{index}].connected_ms !== null || window.phone.calls[{index}].failed",
-            )
-            assert page.evaluate(f"window.phone.calls[{index}].failed") is None
-            page.wait_for_timeout(1_500)
-            before = page.evaluate(f"window.audioStats({index})")
-            out["source_before"] = threads.blockingCallFromThread(reactor, edge.client_media_source)
-            echoed_before = len(edge.echo.stream)
-            assert _kill(edge) == 1
-            killed = time.monotonic()
-            _packets_after(
-                page,
-                f"window.audioStats({index}).then(s => s.packetsReceived)",
-                before["packetsReceived"],
-                10,
-            )
-            out["audio_back_s"] = time.monotonic() - killed
-            _wait(
-                page, "window.phone.states.includes('recovered') || window.phone.states.includes('gave-up')"
-            )
-            out["states"] = page.evaluate("window.phone.states")
-            out["source_after"] = threads.blockingCallFromThread(reactor, edge.client_media_source)
-            first = page.evaluate(f"window.audioStats({index})")
-            page.wait_for_timeout(3_000)
-            last = page.evaluate(f"window.audioStats({index})")
-            out["after"] = (
-                last["packetsSent"] - first["packetsSent"],
-                last["packetsReceived"] - first["packetsReceived"],
-            )
-            out["stream"] = edge.echo.stream[max(0, echoed_before - 50) :]
-            invite = next(r for r in edge.pbx.requests if r.startswith("INVITE "))
-            call_id = next(
-                line.split(":", 1)[1].strip()
-                for line in invite.split("\r\n")
-                if line.lower().startswith("call-id:")
-            )
-            out["pbx_before_hangup"] = edge.pbx.methods(call_id)
-            out["registers"] = sum(1 for r in edge.pbx.requests if r.startswith("REGISTER "))
-            page.evaluate(f"window.hangUp({index})")
-            _wait(page, f"window.phone.calls[{index}].ended !== null")
-            deadline = time.monotonic() + 5
-            while "BYE" not in edge.pbx.methods(call_id) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            out["pbx_methods"] = edge.pbx.methods(call_id)
-            out["counters"] = dict(edge.service.sip.core.counters)
-            out["errors"] = errors
-        finally:
-            ctx.close()
+    with chromium_page(edge.origin, DATA / "browser" / "jssip_reconnect.html") as (page, errors):
+        page.goto(f"{edge.origin}/__test__/phone.html")
+        wait(page, "window.phone.registered > 0 || window.phone.failed")
+        assert page.evaluate("window.phone.failed") is None
+        index = page.evaluate("window.placeCall('sip:200@localhost')")
+        wait(
+            page,
+            f"window.phone.calls[{index}].connected_ms !== null || window.phone.calls[{index}].failed",
+        )
+        assert page.evaluate(f"window.phone.calls[{index}].failed") is None
+        page.wait_for_timeout(1_500)
+        before = page.evaluate(f"window.audioStats({index})")
+        out["source_before"] = on_reactor(edge.client_media_source)
+        echoed_before = len(edge.echo.stream)
+        assert _kill(edge) == 1
+        killed = time.monotonic()
+        _packets_after(
+            page,
+            f"window.audioStats({index}).then(s => s.packetsReceived)",
+            before["packetsReceived"],
+            10,
+        )
+        out["audio_back_s"] = time.monotonic() - killed
+        wait(page, "window.phone.states.includes('recovered') || window.phone.states.includes('gave-up')")
+        out["states"] = page.evaluate("window.phone.states")
+        out["source_after"] = on_reactor(edge.client_media_source)
+        first = page.evaluate(f"window.audioStats({index})")
+        page.wait_for_timeout(3_000)
+        last = page.evaluate(f"window.audioStats({index})")
+        out["after"] = (
+            last["packetsSent"] - first["packetsSent"],
+            last["packetsReceived"] - first["packetsReceived"],
+        )
+        out["stream"] = edge.echo.stream[max(0, echoed_before - 50) :]
+        invite = next(r for r in edge.pbx.requests if r.startswith("INVITE "))
+        call_id = next(
+            line.split(":", 1)[1].strip()
+            for line in invite.split("\r\n")
+            if line.lower().startswith("call-id:")
+        )
+        out["pbx_before_hangup"] = edge.pbx.methods(call_id)
+        out["registers"] = sum(1 for r in edge.pbx.requests if r.startswith("REGISTER "))
+        page.evaluate(f"window.hangUp({index})")
+        wait(page, f"window.phone.calls[{index}].ended !== null")
+        deadline = time.monotonic() + 5
+        while "BYE" not in edge.pbx.methods(call_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out["pbx_methods"] = edge.pbx.methods(call_id)
+        out["counters"] = dict(edge.service.sip.core.counters)
+        out["errors"] = errors
     return out
 
 
@@ -249,10 +150,7 @@ def test_jssip_call_survives_a_killed_websocket(edge: RecoveryBrowserEdge) -> An
     assert len({ssrc for ssrc, _ in stream}) == 1, "the PBX saw another SSRC"
     jumps = [(b - a) % 65536 for (_, a), (_, b) in itertools.pairwise(stream)]
     assert max(jumps) <= 3, f"sequence jump toward the PBX: {max(jumps)}"
-    for _ in range(50):
-        if edge.media_idle():
-            break
-        yield _sleep(0.1)
+    yield until(edge.media_idle, 5, raises=False)
     assert edge.media_idle()
 
 
@@ -260,33 +158,24 @@ def test_jssip_call_survives_a_killed_websocket(edge: RecoveryBrowserEdge) -> An
 
 
 def _check_page_recovery(edge: RecoveryBrowserEdge) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
     out: dict[str, Any] = {}
-    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        ctx = launch(pw, Path(profile))
-        try:
-            page = ctx.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{edge.origin}/check")
-            page.click("#talk")
-            _wait(page, "document.getElementById('talk-status').textContent.startsWith('Connected')")
-            page.wait_for_timeout(1_000)
-            stats = "window.mcsTalk.pc.getStats().then(r => { let n = 0; r.forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'audio') n = s.packetsReceived; }); return n; })"
-            before = page.evaluate(stats)
-            assert _kill(edge) == 1
-            killed = time.monotonic()
-            _packets_after(page, stats, before, 10)
-            out["audio_back_s"] = time.monotonic() - killed
-            _wait(page, "window.mcsTalk.recovered > 0")
-            out["status"] = page.text_content("#talk-status")
-            out["states"] = page.evaluate("window.mcsTalk.states")
-            page.click("#hangup")
-            _wait(page, "document.getElementById('talk-status').textContent === 'Call ended.'")
-            out["errors"] = errors
-        finally:
-            ctx.close()
+    with chromium_page(edge.origin) as (page, errors):
+        page.goto(f"{edge.origin}/check")
+        page.click("#talk")
+        wait(page, "document.getElementById('talk-status').textContent.startsWith('Connected')")
+        page.wait_for_timeout(1_000)
+        stats = "window.mcsTalk.pc.getStats().then(r => { let n = 0; r.forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'audio') n = s.packetsReceived; }); return n; })"
+        before = page.evaluate(stats)
+        assert _kill(edge) == 1
+        killed = time.monotonic()
+        _packets_after(page, stats, before, 10)
+        out["audio_back_s"] = time.monotonic() - killed
+        wait(page, "window.mcsTalk.recovered > 0")
+        out["status"] = page.text_content("#talk-status")
+        out["states"] = page.evaluate("window.mcsTalk.states")
+        page.click("#hangup")
+        wait(page, "document.getElementById('talk-status').textContent === 'Call ended.'")
+        out["errors"] = errors
     return out
 
 
@@ -302,14 +191,5 @@ def test_check_page_hear_yourself_survives_a_killed_websocket(edge: RecoveryBrow
     echo = edge.service.echo
     assert echo.outcomes.get(("demo", "recovered")) == 1
     assert echo.ended == {("demo", "bye"): 1}
-    for _ in range(50):
-        if edge.media_idle():
-            break
-        yield _sleep(0.1)
+    yield until(edge.media_idle, 5, raises=False)
     assert edge.media_idle()
-
-
-def _sleep(seconds: float) -> Any:
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)

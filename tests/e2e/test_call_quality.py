@@ -11,98 +11,44 @@ MED200 record per call say the lossy call lost about 5% and scored a lower MOS.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
-    connected,
+    audio_call,
     in_thread,
-    new_pc,
-    offer_and_answer,
 )
-from helpers.media_pbx import AsyncPbx, plain_answer, start_reporting_echo
-from helpers.wsclient import WSClient
+from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
+from helpers.media_pbx import AsyncPbx, reporting_echo_answer
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import threads
 from twisted.logger import globalLogPublisher
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
 
 pytestmark = pytest.mark.e2e
 
 CALL_SECONDS = 6.0
 
 
-class QualityEdge:
+class QualityEdge(InProcessEdge):
     """An edge with two bridge tenants, clean ``rossi`` and lossy ``verdi``, each with its own PBX."""
 
     TENANTS = ("rossi", "verdi")
+    ORIGIN = True
 
     def __init__(self, tmp: Path, runner: LoopThread) -> None:
-        self.runner = runner
-        self.closers: list[Callable[[], None]] = []
-        self.pbx = {tid: AsyncPbx(self._answer_fn()) for tid in self.TENANTS}
+        super().__init__(tmp, runner=runner)
+        self.pbx = {tid: AsyncPbx(reporting_echo_answer(self.loop_closers)) for tid in self.TENANTS}
         for pbx in self.pbx.values():
             runner.run(pbx.start())
-        lo = random.randrange(20000, 32000, 2)
-        tenants = ""
-        for tid in self.TENANTS:
-            tenants += (
-                f'\n[[tenants]]\nid = "{tid}"\ndomains = ["{tid}.example.com"]\n'
-                f'backend_sip = "udp:127.0.0.1:{self.pbx[tid].port}"\ncertificate = "self-signed"\n'
-                f'media = "bridge"\nallowed_origins = ["https://{tid}.example.com"]\n'
-            )
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-public_address = "127.0.0.1"
-backend_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[media]
-ports = [{lo}, {lo + 99}]
-bind = "127.0.0.1"
-{tenants}"""
-        from twisted.internet import reactor
-
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
-
-    def _answer_fn(self) -> Callable[[str], Awaitable[str]]:
-        async def answer(offer: str) -> str:
-            port, close = await start_reporting_echo()
-            self.closers.append(close)
-            return plain_answer(port, offer)
-
-        return answer
-
-    def client(self, tid: str) -> WSClient:
-        return WSClient(self.https, f"{tid}.example.com", cafile=self.ca, origin=f"https://{tid}.example.com")
-
-    def stop(self) -> Any:
-        async def close_all() -> None:
-            for close in self.closers:
-                close()
-            for pbx in self.pbx.values():
-                pbx.close()
-
-        self.runner.run(close_all())
-        return self.service.stopService()
+            self.loop_closers.append(pbx.close)
+        tenants = "".join(
+            tenant_toml(tid, self.pbx[tid].port, media="bridge", origin=True) for tid in self.TENANTS
+        )
+        self.start(edge_toml(self.state, tenants, public=True, media=media_range(100)))
 
 
 def drop_every_20th_rtp(pc: Any) -> dict[str, int]:
@@ -126,11 +72,8 @@ def drop_every_20th_rtp(pc: Any) -> dict[str, int]:
 async def call(edge: QualityEdge, tid: str, lossy: bool, live: asyncio.Event, done: asyncio.Event) -> Any:
     ws = await in_thread(edge.client, tid)
     ua = WsUa(ws, f"{tid}.example.com")
-    pc = new_pc(Counter())
-    pc.addTrack(ToneTrack())
+    pc, _tone, _counter = await audio_call(ua)
     try:
-        await offer_and_answer(ua, pc)
-        await connected(pc)
         seen = drop_every_20th_rtp(pc) if lossy else None
         await asyncio.sleep(CALL_SECONDS)
         live.set()
@@ -140,13 +83,6 @@ async def call(edge: QualityEdge, tid: str, lossy: bool, live: asyncio.Event, do
     finally:
         await pc.close()
         ws.close()
-
-
-@pytest.fixture
-def runner() -> Any:
-    r = LoopThread()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

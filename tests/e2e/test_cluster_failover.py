@@ -18,13 +18,9 @@ exercised here.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
-import random
-import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -34,116 +30,59 @@ from typing import Any
 import pytest
 import pytest_twisted
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
+    audio_call,
     audio_window,
-    connected,
     in_thread,
-    new_pc,
-    offer_and_answer,
+    wait_for,
 )
-from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
+from helpers.edge import (
+    TOKEN,
+    InProcessEdge,
+    api,
+    edge_toml,
+    free_tcp_port,
+    free_udp_port,
+    media_range,
+    on_reactor,
+    tenant_toml,
+)
+from helpers.media_pbx import RecordingPbx, start_recording_pbx
+from helpers.phone import register_instance
+from helpers.redis import Redis
 from helpers.tools import require_tool
 from helpers.twistd import TwistdEdge
 from helpers.wsclient import WSClient, status
 from twisted.internet import reactor, threads
 
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
-
 pytestmark = pytest.mark.e2e
 
 INSTANCE = "<urn:uuid:4a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>"
-TOKEN = "test-admin-token-0123456789"
 KEY = base64.b64encode(os.urandom(32)).decode()
 GRACE = 20.0
-
-
-def _require(tool: str) -> None:
-    require_tool(tool)  # fails under CI, skips elsewhere (tests/helpers/tools.py)
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Redis:
-    """redis-server on a free port, no persistence; stop() and start() again on the same port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp),
-                "--notify-keyspace-events",
-                "K$gx",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.cli("PING") == "PONG":
-                    return
-            except (OSError, subprocess.CalledProcessError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), "--raw", *args], capture_output=True, check=True, timeout=5
-        )
-        return out.stdout.decode().strip()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
 
 class Pair:
     """The PBX with its echo, Redis, the active node (twistd) and the standby (in-process)."""
 
     def __init__(self, tmp: Path, runner: LoopThread) -> None:
-        _require("redis-server")
-        _require("redis-cli")
+        require_tool("redis-server", "redis-cli")  # fails under CI, skips elsewhere
         self.tmp = tmp
         self.runner = runner
-        self.echo = RecordingEcho()
-        self.pbx = AnsweringPbx(self._answer)
-        self.closers: list[Callable[[], None]] = []
-        runner.run(self.pbx.start())
-        runner.run(self._start_echo())
+        self.pbx, self.echo, self._close_pbx = runner.run(start_recording_pbx(pbx=AnsweringPbx))
         self.redis = Redis(tmp)
-        self.https = _free_port()
-        self.backend = _free_port(socket.SOCK_DGRAM)
-        self.lo = random.randrange(20000, 31000, 2)
+        self.https = free_tcp_port()
+        self.backend = free_udp_port()
+        self.lo = media_range(1000, 20000, 31000)[0]
         self.state = tmp / "state"
         self.active: TwistdEdge | None = TwistdEdge(self._dir("node1"), self.config("node1", "active"))
         self.standby = self._in_process("node2")
         self.ca = str(self.state / "dev-ca" / "ca.pem")
+
+    def _in_process(self, node: str) -> Any:
+        """A standby node on the test's reactor; its EdgeService."""
+        return InProcessEdge(self._dir(node), self.config(node, "standby")).service
 
     def _dir(self, name: str) -> Path:
         d = self.tmp / name
@@ -151,71 +90,30 @@ class Pair:
         return d
 
     def config(self, node: str, role: str) -> str:
-        return f"""
-[edge]
-state_dir = "{self.state}"
-[listen]
-https = "127.0.0.1:{self.https}"
-sip_tls = "off"
-backend_sip = "127.0.0.1:{self.backend}"
-admin = "127.0.0.1:0"
-[admin]
-token = "{TOKEN}"
-[sip]
-flow_grace = {GRACE}
-[guard]
-max_connections_per_ip = 1000
-connection_rate_per_ip = 1000
-connection_burst_per_ip = 1000
-request_rate_per_ip = 10000
-request_burst_per_ip = 10000
-[media]
-ports = [{self.lo}, {self.lo + 999}]
-bind = "127.0.0.1"
-[cluster]
-enabled = true
-redis = "127.0.0.1:{self.redis.port}"
-name = "test"
-node_id = "{node}"
-role = "{role}"
-key = "{KEY}"
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx.port}"
-certificate = "self-signed"
-media = "bridge"
-allowed_origins = ["https://rossi.example.com"]
-[tenants.shaping]
-rate = 2000000
-burst = 4000000
-"""
-
-    def _in_process(self, node: str) -> EdgeService:
-        svc = EdgeService(c.loads(self.config(node, "standby")), reactor)
-        svc.privilegedStartService()
-        svc.startService()
-        return svc
-
-    async def _start_echo(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self.echo, local_addr=("127.0.0.1", 0))
-        self.echo_port = transport.get_extra_info("sockname")[1]
-        self.closers.append(transport.close)
-
-    async def _answer(self, offer: str) -> str:
-        return plain_answer(self.echo_port, offer)
+        guard = (
+            "[guard]\nmax_connections_per_ip = 1000\nconnection_rate_per_ip = 1000\n"
+            "connection_burst_per_ip = 1000\nrequest_rate_per_ip = 10000\nrequest_burst_per_ip = 10000\n"
+        )
+        cluster = (
+            f'[cluster]\nenabled = true\nredis = "127.0.0.1:{self.redis.port}"\nname = "test"\n'
+            f'node_id = "{node}"\nrole = "{role}"\nkey = "{KEY}"\n'
+        )
+        return edge_toml(
+            self.state,
+            tenant_toml("rossi", self.pbx.port, media="bridge", origin=True, rate=2000000),
+            https=f"127.0.0.1:{self.https}",
+            backend_sip=f"127.0.0.1:{self.backend}",
+            token=TOKEN,
+            sip=f"flow_grace = {GRACE}\n",
+            media=(self.lo, self.lo + 999),
+            sections=guard + cluster,
+        )
 
     def client(self) -> WSClient:
         return WSClient(self.https, "rossi.example.com", cafile=self.ca, origin="https://rossi.example.com")
 
     def stop(self) -> Any:
-        async def close_all() -> None:
-            for close in self.closers:
-                close()
-            self.pbx.close()
-
-        self.runner.run(close_all())
+        self.runner.run(_call_async(self._close_pbx))
         if self.active is not None:
             self.active.proc.kill()
             self.active.proc.wait()
@@ -227,55 +125,23 @@ burst = 4000000
         return d.addBoth(done)
 
 
+async def _call_async(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 def admin(port: int, method: str, path: str) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", method=method, headers={"Authorization": f"Bearer {TOKEN}"}
-    )
-    if method == "POST":
-        req.data = b"{}"
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+    return api(port, method, path, {} if method == "POST" else None)  # type: ignore[no-any-return]
 
 
 def register(ws: WSClient, instance: str = INSTANCE) -> int:
-    import uuid
-
-    ws.send(
-        f"REGISTER sip:rossi.example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:alice@rossi.example.com>;tag={uuid.uuid4().hex[:6]}\r\n"
-        f"To: <sip:alice@rossi.example.com>\r\nCall-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\n"
-        "Supported: path, outbound\r\n"
-        f'Contact: <sip:alice@x.invalid;transport=ws>;reg-id=1;+sip.instance="{instance}"\r\n'
-        "Expires: 300\r\nContent-Length: 0\r\n\r\n"
-    )
-    return status(ws.recv_sip(timeout=10, skip_provisional=True))
+    return status(register_instance(ws, "rossi.example.com", instance))
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def on_reactor(fn: Callable[[], Any]) -> Any:
-    return threads.blockingCallFromThread(reactor, fn)
-
-
-async def up_call(pair: Pair) -> dict[str, Any]:
+async def up_call(pair: Pair, instance: str = INSTANCE) -> dict[str, Any]:
     ws = await in_thread(pair.client)
-    assert await in_thread(register, ws) == 200
+    assert await in_thread(register, ws, instance) == 200
     ua = WsUa(ws, "rossi.example.com")
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
-    await offer_and_answer(ua, pc)
-    await connected(pc)
+    pc, tone, counter = await audio_call(ua)
     first = await audio_window(tone, counter, 1.5)
     return {"ws": ws, "ua": ua, "pc": pc, "first": first, "counter": counter}
 
@@ -290,7 +156,7 @@ async def failover_scenario(pair: Pair) -> dict[str, Any]:
     call = await up_call(pair)
     ua: WsUa = call["ua"]
     result["first"] = call["first"]
-    await wait_until(
+    await wait_for(
         lambda: on_reactor(lambda: replica_counts(pair)) == {"call": 1, "binding": 1}, 5, "the replica"
     )
     assert pair.active is not None
@@ -308,18 +174,13 @@ async def failover_scenario(pair: Pair) -> dict[str, Any]:
     ws2 = await in_thread(pair.client)
     result["register"] = await in_thread(register, ws2)
     ua.ws = ws2
-    counter = Counter()
-    pc2 = new_pc(counter)
-    tone = ToneTrack()
-    pc2.addTrack(tone)
-    await offer_and_answer(ua, pc2)
-    await connected(pc2)
-    await wait_until(lambda: counter.frames["audio"] > 0, 5, "audio again")
+    pc2, tone, counter = await audio_call(ua)
+    await wait_for(lambda: counter.frames["audio"] > 0, 5, "audio again")
     result["media_back_after"] = time.monotonic() - killed
     result["after"] = await audio_window(tone, counter, 1.5)
     result["pbx_methods_before_bye"] = pair.pbx.methods(ua.call_id)
     result["bye"] = await in_thread(ua.bye)
-    await wait_until(lambda: "BYE" in pair.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
+    await wait_for(lambda: "BYE" in pair.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
     result["pbx_methods"] = pair.pbx.methods(ua.call_id)
     result["left"] = on_reactor(
         lambda: (len(pair.standby.sip.core.calls), pair.standby.media.anchor.ports_in_use)
@@ -371,30 +232,30 @@ def replication_detail(port: int) -> str:
 async def redis_down_scenario(pair: Pair) -> dict[str, Any]:
     assert pair.active is not None
     port = pair.active.admin
-    await wait_until(lambda: replication_detail(port) == "replication on (active)", 5, "replication on")
+    await wait_for(lambda: replication_detail(port) == "replication on (active)", 5, "replication on")
     result: dict[str, Any] = {"before": await in_thread(replication_detail, port)}
     call = await up_call(pair)
     pair.redis.stop()
-    await wait_until(lambda: replication_detail(port).startswith("replication off"), 5, "health to say off")
+    await wait_for(lambda: replication_detail(port).startswith("replication off"), 5, "health to say off")
     result["down"] = await in_thread(replication_detail, port)
     tone = call["pc"].getSenders()[0].track
     result["old_call_while_down"] = await audio_window(tone, call["counter"], 1.5)
-    second = await up_call_as(pair, "<urn:uuid:5a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>")
+    second = await up_call(pair, "<urn:uuid:5a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>")
     result["new_call_while_down"] = second["first"]
     pair.redis.start()
-    await wait_until(lambda: replication_detail(port) == "replication on (active)", 10, "health to say on")
-    await wait_until(
+    await wait_for(lambda: replication_detail(port) == "replication on (active)", 10, "health to say on")
+    await wait_for(
         lambda: len(pair.redis.cli("KEYS", "mcs:test:call:*").split()) == 2, 5, "records rewritten"
     )
     result["records"] = pair.redis.cli("KEYS", "mcs:test:*").split()
-    await wait_until(
+    await wait_for(
         lambda: on_reactor(lambda: replica_counts(pair)) == {"call": 2, "binding": 2}, 10, "the standby"
     )
     result["replica"] = on_reactor(lambda: replica_counts(pair))
     # a standby started now (the old active restarted) catches up from Redis
     late = on_reactor(lambda: pair._in_process("node3"))
     try:
-        await wait_until(
+        await wait_for(
             lambda: on_reactor(lambda: dict(late.cluster.replica.counts())) == result["replica"],
             10,
             "the late standby",
@@ -405,22 +266,8 @@ async def redis_down_scenario(pair: Pair) -> dict[str, Any]:
         result.setdefault("byes", []).append(await in_thread(c_["ua"].bye))
         await c_["pc"].close()
         c_["ws"].close()
-    await wait_until(lambda: not pair.redis.cli("KEYS", "mcs:test:call:*"), 5, "call records deleted")
+    await wait_for(lambda: not pair.redis.cli("KEYS", "mcs:test:call:*"), 5, "call records deleted")
     return result
-
-
-async def up_call_as(pair: Pair, instance: str) -> dict[str, Any]:
-    ws = await in_thread(pair.client)
-    assert await in_thread(register, ws, instance) == 200
-    ua = WsUa(ws, "rossi.example.com")
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
-    await offer_and_answer(ua, pc)
-    await connected(pc)
-    first = await audio_window(tone, counter, 1.5)
-    return {"ws": ws, "ua": ua, "pc": pc, "first": first, "counter": counter}
 
 
 @pytest_twisted.inlineCallbacks
@@ -502,7 +349,7 @@ async def many_calls_scenario(pair: Pair) -> dict[str, Any]:
     started = time.monotonic()
     calls = await in_thread(signalled_calls, pair, CALLS)
     result["setup_seconds"] = time.monotonic() - started
-    await wait_until(
+    await wait_for(
         lambda: on_reactor(lambda: replica_counts(pair)) == {"call": CALLS, "binding": CALLS},
         10,
         "the replica",
@@ -536,7 +383,7 @@ async def many_calls_scenario(pair: Pair) -> dict[str, Any]:
     rtp = bytes([0x80, 0, 0, 1]) + bytes(8) + bytes(160)
     for port in pbx_ports:
         pair.echo.transport.sendto(rtp, ("127.0.0.1", port))
-    await wait_until(
+    await wait_for(
         lambda: (
             on_reactor(
                 lambda: sum(
@@ -556,7 +403,7 @@ async def many_calls_scenario(pair: Pair) -> dict[str, Any]:
     result["invites"] = len(invites)
     for n, invite in enumerate(invites):
         pair.pbx.transport.sendto(pbx_bye(pair.pbx, invite, n).encode(), ("127.0.0.1", pair.backend))
-    await wait_until(
+    await wait_for(
         lambda: sum(1 for r in pair.pbx.responses if " BYE" in _headers(r, "CSeq")[0]) >= CALLS,
         10,
         "BYE answers",

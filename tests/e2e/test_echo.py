@@ -18,69 +18,39 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import InProcessEdge, edge_toml, free_udp_port, tenant_toml, until
 from helpers.https import Conn
 from helpers.webrtc_peer import WebRtcPeer, rtcp_rr
 from helpers.wsclient import WSClient, header, status
 from twisted.internet import threads
 
-from mcs_edge import config as c
 from mcs_edge.core.media.sdp import SessionDescription
-from mcs_edge.tx.service import EdgeService
 
 pytestmark = pytest.mark.e2e
 
 
-class Edge:
+class Edge(InProcessEdge):
     """Tenants ``echo`` (echo on) and ``plain`` (echo off); both PBXs are bare UDP sockets."""
 
     def __init__(self, tmp: Path, idle: float = 30.0) -> None:
+        super().__init__(tmp)
         self.pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.pbx.bind(("127.0.0.1", 0))
         self.pbx.settimeout(0.2)
+        self.closers.append(self.pbx.close)
         pbx_port = self.pbx.getsockname()[1]
-        text = f"""
-[edge]
-public_address = "127.0.0.1"
-backend_address = "127.0.0.1"
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[tls]
-reload_interval = 0
-[sip]
-flow_grace = 1
-[media]
-ports = [0, 0]
-bind = "127.0.0.1"
-idle_timeout = {idle}
-[[tenants]]
-id = "echo"
-domains = ["echo.example.com"]
-backend_sip = "udp:127.0.0.1:{pbx_port}"
-certificate = "self-signed"
-echo = true
-[[tenants]]
-id = "plain"
-domains = ["plain.example.com"]
-backend_sip = "udp:127.0.0.1:{pbx_port}"
-certificate = "self-signed"
-"""
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
-        base = probe.getsockname()[1] & ~1
-        probe.close()
-        lo = min(max(base, 20000), 60000)
-        text = text.replace("ports = [0, 0]", f"ports = [{lo}, {lo + 63}]")
-        from twisted.internet import reactor
-
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
+        tenants = tenant_toml("echo", pbx_port, keys="echo = true\n") + tenant_toml("plain", pbx_port)
+        lo = min(max(free_udp_port() & ~1, 20000), 60000)
+        text = edge_toml(
+            self.state,
+            tenants,
+            public=True,
+            tls_reload=True,
+            sip="flow_grace = 1\n",
+            media=(lo, lo + 63),
+            media_keys=f"idle_timeout = {idle}\n",
+        )
+        self.start(text)
 
     def ws(self, tenant: str = "echo") -> WSClient:
         return WSClient(self.https, f"{tenant}.example.com", cafile=self.ca)
@@ -96,10 +66,6 @@ certificate = "self-signed"
     def media_idle(self) -> bool:
         anchor = self.service.media.anchor
         return not self.service.echo.calls and anchor.allocator.in_use == 0 and not self.service.media.ports
-
-    def stop(self) -> Any:
-        self.pbx.close()
-        return self.service.stopService()
 
 
 @pytest.fixture
@@ -244,7 +210,7 @@ def test_echo_call_loops_srtp_back_and_never_reaches_the_pbx(edge: Edge) -> Any:
     assert status(out["options"]) == 200 and "INVITE" in (header(out["options"], "Allow") or "")
     assert status(out["reinvite"]) == 200 and "a=recvonly" in _body(out["reinvite"])  # hold mirrored
     assert status(out["bye"]) == 200
-    yield _until(edge.media_idle)
+    yield until(edge.media_idle, 5, raises=False)
     assert edge.media_idle()
     echo = edge.service.echo
     assert echo.outcomes == {("echo", "answered"): 1}
@@ -304,7 +270,7 @@ def test_echo_answers_options_refuses_what_it_cannot_and_releases_on_close(edge:
     assert status(out["second"]) == 200
     assert status(out["third"]) == 486
     assert out["live_before_close"] == 2
-    yield _until(edge.media_idle)
+    yield until(edge.media_idle, 5, raises=False)
     assert edge.media_idle()
     ended = edge.service.echo.ended
     assert ended == {("echo", "flow_closed"): 2}
@@ -357,7 +323,7 @@ def test_silent_echo_call_ends_with_a_bye_from_the_edge(tmp_path: Path) -> Any:
         assert bye.startswith("BYE sip:alice@x1.invalid;transport=ws SIP/2.0")
         assert "echo media" in (header(bye, "Reason") or "")
         assert (header(bye, "To") or "").endswith(f"tag={(header(ok, 'From') or '').split('tag=')[1]}")
-        yield _until(edge.media_idle)
+        yield until(edge.media_idle, 5, raises=False)
         assert edge.media_idle()
         assert edge.service.echo.ended == {("echo", "media"): 1}
     finally:
@@ -425,16 +391,3 @@ def test_check_page_and_report_endpoint(edge: Edge) -> Any:
     assert 'mcs_edge_check_rtt_seconds_sum{tenant="echo"} 0.0425' in text
     assert 'mcs_edge_check_loss_ratio_sum{tenant="echo"} 0.005' in text
     assert 'mcs_edge_check_reports_refused_total{reason="rate"} 1.0' in text
-
-
-def _until(predicate: Any, timeout: float = 5.0) -> Any:
-    from twisted.internet import defer, reactor
-    from twisted.internet.task import deferLater
-
-    @defer.inlineCallbacks
-    def loop() -> Any:
-        deadline = time.monotonic() + timeout
-        while not predicate() and time.monotonic() < deadline:
-            yield deferLater(reactor, 0.05, lambda: None)
-
-    return loop()

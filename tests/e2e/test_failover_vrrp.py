@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
 import json
 import os
 import re
@@ -32,23 +31,23 @@ from typing import Any
 
 import pytest
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
+    audio_call,
     audio_window,
-    connected,
     in_thread,
-    new_pc,
-    offer_and_answer,
+    wait_for,
 )
-from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
+from helpers.edge import TOKEN, edge_toml, tenant_toml
+from helpers.media_pbx import start_recording_pbx
+from helpers.netns import enter_netns
+from helpers.phone import register_instance
+from helpers.redis import redis_args
 from helpers.tools import require_tool
 from helpers.wsclient import WSClient, status
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "test-admin-token-0123456789"
 KEY = base64.b64encode(os.urandom(32)).decode()
 REDIS_PASSWORD = secrets.token_hex(16)
 INSTANCE = "<urn:uuid:6a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>"
@@ -59,7 +58,6 @@ NODE_IP = {"a": f"{NET}.11", "b": f"{NET}.12"}
 HTTPS, BACKEND, ADMIN, REDIS, PBX_PORT = 8443, 5070, 9090, 6379, 5060
 BIN = Path(sys.executable).parent
 READY = r"EDG101 .*https://[^:]+:(\d+)/"
-CLONE_NEWNET = 0x40000000
 
 
 def _require(*tools: str) -> None:
@@ -75,17 +73,6 @@ def sh(*args: str, check: bool = True) -> str:
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(args)}: {out.stderr.decode()}")
     return out.stdout.decode()
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread into network namespace ``name`` (setns(2) is per thread)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
-    finally:
-        os.close(fd)
 
 
 class Net:
@@ -180,35 +167,12 @@ class Cluster:
 
     def _start(self) -> None:
         lan = self.net.ns["lan"]
-        self.redis = self._proc(
-            lan,
-            [
-                "redis-server",
-                "--bind",
-                LAN_IP,
-                "--port",
-                str(REDIS),
-                "--requirepass",
-                REDIS_PASSWORD,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp),
-                "--notify-keyspace-events",
-                "K$gx",
-            ],
-            "redis",
-        )
+        self.redis = self._proc(lan, redis_args(REDIS, LAN_IP, self.tmp, REDIS_PASSWORD), "redis")
         self.redis.wait_log("Ready to accept connections", 10)
         # the client and the PBX: an asyncio loop whose thread (and executor threads) live in lan
         self.runner = LoopThread()
         self.runner.run(self._enter_lan())
-        self.echo = RecordingEcho()
-        self.pbx = RecordingPbx(self._answer)
-        self.runner.run(self.pbx.start(LAN_IP, PBX_PORT))
-        self.runner.run(self._start_echo())
+        self.pbx, self.echo, self._close_pbx = self.runner.run(start_recording_pbx(LAN_IP, PBX_PORT))
         self.state = self.tmp / "state"
         self.edges: dict[str, Proc] = {}
         self.keepalived: dict[str, Proc] = {}
@@ -227,15 +191,6 @@ class Cluster:
             ThreadPoolExecutor(8, initializer=enter_netns, initargs=(ns,))
         )
 
-    async def _start_echo(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self.echo, local_addr=(LAN_IP, 0))
-        self.echo_port = transport.get_extra_info("sockname")[1]
-        self.echo_transport = transport
-
-    async def _answer(self, offer: str) -> str:
-        return plain_answer(self.echo_port, offer, host=LAN_IP)
-
     def _proc(self, ns: str, args: list[str], name: str) -> Proc:
         d = self.tmp / name
         d.mkdir(exist_ok=True)
@@ -244,42 +199,23 @@ class Cluster:
         return p
 
     def config(self, node: str, role: str) -> str:
-        return f"""
-[edge]
-state_dir = "{self.state}"
-public_address = "{VIP}"
-backend_address = "{VIP}"
-[listen]
-https = "{VIP}:{HTTPS}"
-sip_tls = "off"
-backend_sip = "{VIP}:{BACKEND}"
-admin = "127.0.0.1:{ADMIN}"
-[admin]
-token = "{TOKEN}"
-[sip]
-flow_grace = 20
-[media]
-ports = [30000, 30999]
-bind = "{VIP}"
-[cluster]
-enabled = true
-redis = "{LAN_IP}:{REDIS}"
-redis_password = "{REDIS_PASSWORD}"
-name = "vrrp"
-node_id = "{node}"
-role = "{role}"
-key = "{KEY}"
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:{LAN_IP}:{PBX_PORT}"
-certificate = "self-signed"
-media = "bridge"
-allowed_origins = ["https://rossi.example.com"]
-[tenants.shaping]
-rate = 2000000
-burst = 4000000
-"""
+        cluster = (
+            f'[cluster]\nenabled = true\nredis = "{LAN_IP}:{REDIS}"\nredis_password = "{REDIS_PASSWORD}"\n'
+            f'name = "vrrp"\nnode_id = "{node}"\nrole = "{role}"\nkey = "{KEY}"\n'
+        )
+        return edge_toml(
+            self.state,
+            tenant_toml("rossi", PBX_PORT, LAN_IP, media="bridge", origin=True, rate=2000000),
+            public=VIP,
+            https=f"{VIP}:{HTTPS}",
+            backend_sip=f"{VIP}:{BACKEND}",
+            admin=f"127.0.0.1:{ADMIN}",
+            token=TOKEN,
+            sip="flow_grace = 20\n",
+            media=(30000, 30999),
+            media_bind=VIP,
+            sections=cluster,
+        )
 
     def start_node(self, node: str, role: str) -> None:
         ns = self.net.ns[node]
@@ -391,31 +327,12 @@ vrrp_instance edge {{
         self.net.remove()
 
     async def _close(self) -> None:
-        self.pbx.close()
-        if getattr(self, "echo_transport", None) is not None:
-            self.echo_transport.close()
+        if getattr(self, "_close_pbx", None) is not None:
+            self._close_pbx()
 
 
 def register(ws: WSClient) -> int:
-    import uuid
-
-    ws.send(
-        f"REGISTER sip:rossi.example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:alice@rossi.example.com>;tag={uuid.uuid4().hex[:6]}\r\n"
-        f"To: <sip:alice@rossi.example.com>\r\nCall-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\n"
-        "Supported: path, outbound\r\n"
-        f'Contact: <sip:alice@x.invalid;transport=ws>;reg-id=1;+sip.instance="{INSTANCE}"\r\n'
-        "Expires: 300\r\nContent-Length: 0\r\n\r\n"
-    )
-    return status(ws.recv_sip(timeout=10, skip_provisional=True))
-
-
-async def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    return status(register_instance(ws, "rossi.example.com", INSTANCE))
 
 
 async def reconnect(cluster: Cluster, ua: WsUa, deadline: float) -> tuple[WSClient, int]:
@@ -435,43 +352,33 @@ async def scenario(cluster: Cluster) -> dict[str, Any]:
     ws = await in_thread(cluster.client)
     assert await in_thread(register, ws) == 200
     ua = WsUa(ws, "rossi.example.com")
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
-    await offer_and_answer(ua, pc)
-    await connected(pc)
+    pc, tone, counter = await audio_call(ua)
     result["first"] = await audio_window(tone, counter, 1.5)
-    await wait_until(
+    await wait_for(
         lambda: cluster.admin("b")["cluster"]["counts"] == {"call": 1, "binding": 1}, 10, "b's replica"
     )
     killed = time.monotonic()
     cluster.crash("a")
     await pc.close()
     ws.sock.close()
-    await wait_until(lambda: cluster.net.has_vip("b"), 10, "the floating address on b")
+    await wait_for(lambda: cluster.net.has_vip("b"), 10, "the floating address on b")
     result["vip_moved_after"] = time.monotonic() - killed
     ws2, result["register"] = await reconnect(cluster, ua, killed + 10)
     ua.ws = ws2
-    counter2 = Counter()
-    pc2 = new_pc(counter2)
-    tone2 = ToneTrack()
-    pc2.addTrack(tone2)
-    await offer_and_answer(ua, pc2)
-    await connected(pc2)
-    await wait_until(lambda: counter2.frames["audio"] > 0, 10, "audio again")
+    pc2, tone2, counter2 = await audio_call(ua)
+    await wait_for(lambda: counter2.frames["audio"] > 0, 10, "audio again")
     result["media_back_after"] = time.monotonic() - killed
     result["after"] = await audio_window(tone2, counter2, 1.5)
     result["b"] = cluster.admin("b")["cluster"]
     await in_thread(cluster.revive, "a")
-    await wait_until(
+    await wait_for(
         lambda: cluster.admin("a")["cluster"]["counts"] == {"call": 1, "binding": 1}, 10, "a catching up"
     )
     result["a_after_restart"] = cluster.admin("a")["cluster"]
     result["vip_stays_on_b"] = cluster.net.has_vip("b") and not cluster.net.has_vip("a")
     result["pbx_before_bye"] = cluster.pbx.methods(ua.call_id)
     result["bye"] = await in_thread(ua.bye)
-    await wait_until(lambda: "BYE" in cluster.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
+    await wait_for(lambda: "BYE" in cluster.pbx.methods(ua.call_id), 5, "the BYE at the PBX")
     result["pbx"] = cluster.pbx.methods(ua.call_id)
     await pc2.close()
     ws2.close()

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +34,28 @@ from helpers.aiortc_call import (
     LoopThread,
     ToneTrack,
     WsUa,
+    audio_call,
     audio_window,
     connected,
     in_thread,
     new_pc,
     offer_and_answer,
+    wait_for,
 )
-from helpers.edge import metrics, sample
-from helpers.media_pbx import RecordingEcho, RecordingPbx, plain_answer
+from helpers.edge import (
+    TOKEN,
+    InProcessEdge,
+    edge_toml,
+    media_range,
+    metrics,
+    on_reactor,
+    sample,
+    tenant_toml,
+)
+from helpers.media_pbx import start_recording_pbx
+from helpers.phone import register_instance
 from helpers.wsclient import WSClient, header, status
-from twisted.internet import reactor, threads
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
+from twisted.internet import threads
 
 pytestmark = pytest.mark.e2e
 
@@ -57,108 +64,39 @@ INSTANCE = "<urn:uuid:0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9>"
 MIN_RATIO = 0.9
 
 
-class RecoveryEdge:
+class RecoveryEdge(InProcessEdge):
     """The edge with tenants rossi (bridge) and verdi, sip.flow_grace = GRACE."""
 
+    ORIGIN = True
+
     def __init__(self, tmp: Path, runner: LoopThread) -> None:
-        self.runner = runner
-        self.echo = RecordingEcho()
-        self.closers: list[Callable[[], None]] = []
-        self.pbx = RecordingPbx(self._answer)
-        runner.run(self.pbx.start())
-        runner.run(self._start_echo())
-        lo = random.randrange(20000, 32000, 2)
-        tenants = ""
-        for tid in ("rossi", "verdi"):
-            tenants += (
-                f'\n[[tenants]]\nid = "{tid}"\ndomains = ["{tid}.example.com"]\n'
-                f'backend_sip = "udp:127.0.0.1:{self.pbx.port}"\ncertificate = "self-signed"\n'
-                f'media = "bridge"\nallowed_origins = ["https://{tid}.example.com"]\n'
-                "[tenants.shaping]\nrate = 2000000\nburst = 4000000\n"
-            )
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-public_address = "127.0.0.1"
-backend_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[admin]
-token = "test-admin-token-0123456789"
-[sip]
-flow_grace = {GRACE}
-[media]
-ports = [{lo}, {lo + 199}]
-bind = "127.0.0.1"
-{tenants}"""
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.admin = self.service.ports["admin"].getHost().port
-        self.backend = self.service.ports["backend_sip_udp"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
-
-    async def _start_echo(self) -> None:
-        loop = asyncio.get_running_loop()
-        for _ in range(50):
-            transport, _ = await loop.create_datagram_endpoint(lambda: self.echo, local_addr=("127.0.0.1", 0))
-            self.echo_port = transport.get_extra_info("sockname")[1]
-            self.closers.append(transport.close)
-            return
-
-    async def _answer(self, offer: str) -> str:
-        return plain_answer(self.echo_port, offer)
-
-    def client(self, tid: str = "rossi", source: str | None = None) -> WSClient:
-        return WSClient(
-            self.https,
-            f"{tid}.example.com",
-            cafile=self.ca,
-            origin=f"https://{tid}.example.com",
-            source=source,
+        super().__init__(tmp, runner=runner)
+        self.pbx, self.echo, close = runner.run(start_recording_pbx())
+        self.loop_closers.append(close)
+        tenants = "".join(
+            tenant_toml(tid, self.pbx.port, media="bridge", origin=True, rate=2000000)
+            for tid in ("rossi", "verdi")
         )
-
-    def kill_connections(self) -> int:
-        """Abort every client connection at the edge (called in the reactor thread)."""
-        flows = list(self.service.sip.flows.values())
-        for flow in flows:
-            proto = getattr(flow.close, "__self__", None)
-            assert proto is not None
-            proto.dropConnection(abort=True)
-        return len(flows)
+        self.start(
+            edge_toml(
+                self.state,
+                tenants,
+                public=True,
+                token=TOKEN,
+                sip=f"flow_grace = {GRACE}\n",
+                media=media_range(200),
+            )
+        )
 
     def call_states(self) -> list[str]:
         return [call.state for call in list(self.service.sip.core.calls.calls.values())]
 
     def relay_state(self) -> dict[str, int]:
-        media = self.service.media
         return {
-            "ports_in_use": media.anchor.ports_in_use,
-            "sockets": len(media.ports),
-            "sessions": len(media.anchor.sessions),
+            **super().relay_state(),
             "lost_flows": len(self.service.sip.core.flow_registry.lost),
             "calls": len(self.service.sip.core.calls),
         }
-
-    def stop(self) -> Any:
-        async def close_all() -> None:
-            for close in self.closers:
-                close()
-            self.pbx.close()
-
-        self.runner.run(close_all())
-        return self.service.stopService()
-
-
-@pytest.fixture(scope="module")
-def runner() -> Any:
-    r = LoopThread()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -170,47 +108,22 @@ def edge(tmp_path: Path, runner: LoopThread) -> Any:
 
 def register(ws: WSClient, domain: str, instance: str | None = INSTANCE, user: str = "alice") -> str:
     """REGISTER (with +sip.instance and reg-id unless None); the final response."""
-    params = f';reg-id=1;+sip.instance="{instance}"' if instance else ""
-    ws.send(
-        f"REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag={uuid.uuid4().hex[:6]}\r\nTo: <sip:{user}@{domain}>\r\n"
-        f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\nSupported: path, outbound\r\n"
-        f"Contact: <sip:{user}@x.invalid;transport=ws>{params}\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n"
-    )
-    return ws.recv_sip(timeout=10, skip_provisional=True)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def blocking_call(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in the reactor thread from a helper thread and wait for its result."""
-    return threads.blockingCallFromThread(reactor, fn)
+    return register_instance(ws, domain, instance, user)
 
 
 async def up_call(edge: RecoveryEdge, instance: str | None) -> dict[str, Any]:
     ws = await in_thread(edge.client)
     assert status(await in_thread(register, ws, "rossi.example.com", instance)) == 200
     ua = WsUa(ws, "rossi.example.com")
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
-    await offer_and_answer(ua, pc)
-    await connected(pc)
+    pc, tone, counter = await audio_call(ua)
     first = await audio_window(tone, counter, 2.0)
     return {"ws": ws, "ua": ua, "pc": pc, "first": first}
 
 
 async def lose_connection(edge: RecoveryEdge, call: dict[str, Any]) -> None:
     """The network goes away: the edge's side of the WebSocket is aborted, the peer connection dropped."""
-    assert await in_thread(blocking_call, edge.kill_connections) == 1
-    await wait_until(lambda: edge.call_states() == ["grace"], 5, "the call to enter grace")
+    assert await in_thread(on_reactor, edge.kill_connections) == 1
+    await wait_for(lambda: edge.call_states() == ["grace"], 5, "the call to enter grace")
     pc: RTCPeerConnection = call["pc"]
     await pc.close()
     call["ws"].sock.close()
@@ -239,7 +152,7 @@ async def recovery_scenario(edge: RecoveryEdge) -> dict[str, Any]:
         pc2.addTrack(tone)
         result["restart_answer"] = await offer_and_answer(ua, pc2)
         await connected(pc2)
-        await wait_until(lambda: counter.frames["audio"] > 0, 5, "audio again")
+        await wait_for(lambda: counter.frames["audio"] > 0, 5, "audio again")
         result["recovery_seconds"] = time.monotonic() - back
         result["after"] = await audio_window(tone, counter, 2.0)
         result["stream"] = edge.echo.stream[max(0, echoed_before - 50) :]
@@ -319,7 +232,7 @@ def test_call_survives_reconnect_from_a_new_address(edge: RecoveryEdge) -> Any:
 def _settled(edge: RecoveryEdge) -> dict[str, int]:
     deadline = time.monotonic() + 10
     while True:
-        state = blocking_call(edge.relay_state)
+        state = on_reactor(edge.relay_state)
         if (state["sessions"] == 0 and state["calls"] == 0) or time.monotonic() > deadline:
             return state
         time.sleep(0.1)
@@ -361,7 +274,7 @@ async def grace_scenario(edge: RecoveryEdge, instance: str | None) -> dict[str, 
         )
     result["refused"] = refused
     result["states_in_grace"] = edge.call_states()
-    await wait_until(lambda: "BYE" in edge.pbx.methods(ua.call_id), GRACE + 5, "the BYE to the PBX")
+    await wait_for(lambda: "BYE" in edge.pbx.methods(ua.call_id), GRACE + 5, "the BYE to the PBX")
     result["bye_after"] = time.monotonic() - lost_at
     bye = next(r for r in edge.pbx.requests if r.startswith("BYE") and ua.call_id in r)
     result["reason"] = header(bye, "Reason")

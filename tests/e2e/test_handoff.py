@@ -11,12 +11,10 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from helpers.edge import InProcessEdge, edge_toml, tenant_toml
 from helpers.https import Conn
 from twisted.internet import threads
 from twisted.logger import formatEvent, globalLogPublisher
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
 
 pytestmark = pytest.mark.e2e
 
@@ -25,42 +23,18 @@ BIANCHI_SECRET = "bianchi-secret-987654321"
 PATH = "/.well-known/mcs-edge/certificate"
 
 
-class HandoffEdge:
+class HandoffEdge(InProcessEdge):
     def __init__(self, tmp: Path) -> None:
-        from twisted.internet import reactor
-
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:5999"
-backend_http = "http://127.0.0.1:9"
-certificate = "self-signed"
-api_secret = "{ROSSI_SECRET}"
-[[tenants]]
-id = "bianchi"
-domains = ["bianchi.example.com"]
-backend_sip = "udp:127.0.0.1:5998"
-certificate = "self-signed"
-api_secret = "{BIANCHI_SECRET}"
-[[tenants]]
-id = "verdi"
-domains = ["verdi.example.com"]
-backend_sip = "udp:127.0.0.1:5997"
-certificate = "self-signed"
-"""
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.port = self.service.ports["https"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
+        super().__init__(tmp)
+        tenants = (
+            tenant_toml(
+                "rossi", 5999, keys=f'backend_http = "http://127.0.0.1:9"\napi_secret = "{ROSSI_SECRET}"\n'
+            )
+            + tenant_toml("bianchi", 5998, keys=f'api_secret = "{BIANCHI_SECRET}"\n')
+            + tenant_toml("verdi", 5997)
+        )
+        self.start(edge_toml(self.state, tenants))
+        self.port = self.https
 
     def fetch(self, sni: str, secret: str | None, host: str | None = None, method: str = "GET") -> Any:
         conn = Conn(self.port, sni, cafile=self.ca)
@@ -77,7 +51,7 @@ certificate = "self-signed"
 def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
     e = HandoffEdge(tmp_path)
     yield e
-    pytest_twisted.blockon(e.service.stopService())
+    pytest_twisted.blockon(e.stop())
 
 
 @pytest_twisted.inlineCallbacks

@@ -21,7 +21,6 @@ the edge answers itself: only the client's transport changed, so the PBX never s
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -44,14 +43,12 @@ from helpers.aiortc_call import (
     new_pc,
     offer_and_answer,
 )
+from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
 from helpers.media_pbx import AsyncPbx, RtpEcho, plain_answer, start_echo
 from helpers.webrtc_peer import WebRtcPeer, rtp_packet
-from helpers.wsclient import WSClient
 from twisted.internet import threads
 
-from mcs_edge import config as c
 from mcs_edge.core.media.sdp import SessionDescription
-from mcs_edge.tx.service import EdgeService
 
 pytestmark = pytest.mark.e2e
 
@@ -95,51 +92,28 @@ async def rtp_stats(pc: RTCPeerConnection, kind: str) -> tuple[int, int]:
     return sent, received
 
 
-class MediaEdge:
+class MediaEdge(InProcessEdge):
     """The edge with three tenants (one per media mode), each with its own asyncio test PBX."""
 
     MODES = {"rossi": "bridge", "verdi": "bridge-sdes", "neri": "passthrough"}
+    ORIGIN = True
 
     def __init__(self, tmp: Path, runner: LoopThread) -> None:
-        self.runner = runner
+        super().__init__(tmp, runner=runner)
         self.echoes: dict[str, tuple[RtpEcho, int]] = {}
-        self.closers: list[Callable[[], None]] = []
         self.peers: dict[str, Any] = {}
         self.on_peer: Callable[[RTCPeerConnection], None] | None = None  # called on each PBX-side peer
+        self.loop_closers.append(self._close_peers)
         self.pbx = {tid: AsyncPbx(self._answer_fn(tid)) for tid in self.MODES}
         for pbx in self.pbx.values():
             runner.run(pbx.start())
-        lo = random.randrange(20000, 32000, 2)
-        self.media_ports = (lo, lo + 199)
-        tenants = ""
-        for tid, mode in self.MODES.items():
-            tenants += (
-                f'\n[[tenants]]\nid = "{tid}"\ndomains = ["{tid}.example.com"]\n'
-                f'backend_sip = "udp:127.0.0.1:{self.pbx[tid].port}"\ncertificate = "self-signed"\n'
-                f'media = "{mode}"\nallowed_origins = ["https://{tid}.example.com"]\n'
-                "[tenants.shaping]\nrate = 2000000\nburst = 4000000\n"
-            )
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-public_address = "127.0.0.1"
-backend_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[media]
-ports = [{lo}, {lo + 199}]
-bind = "127.0.0.1"
-{tenants}"""
-        from twisted.internet import reactor
-
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
+            self.loop_closers.append(pbx.close)
+        self.media_ports = media_range(200)
+        tenants = "".join(
+            tenant_toml(tid, self.pbx[tid].port, media=mode, origin=True, rate=2000000)
+            for tid, mode in self.MODES.items()
+        )
+        self.start(edge_toml(self.state, tenants, public=True, media=self.media_ports))
 
     def _answer_fn(self, tid: str) -> Callable[[str], Awaitable[str]]:
         async def answer(offer: str) -> str:
@@ -149,7 +123,7 @@ bind = "127.0.0.1"
             if tid not in self.echoes:
                 echo, port, close = await start_echo()
                 self.echoes[tid] = (echo, port)
-                self.closers.append(close)
+                self.loop_closers.append(close)
             echo, port = self.echoes[tid]
             if mode == "bridge-sdes":
                 assert " RTP/SAVP " in offer, offer
@@ -173,27 +147,9 @@ bind = "127.0.0.1"
         self.peers[tid] = (pc, counter, audio, video)
         return str(pc.localDescription.sdp)
 
-    def client(self, tid: str) -> WSClient:
-        return WSClient(self.https, f"{tid}.example.com", cafile=self.ca, origin=f"https://{tid}.example.com")
-
-    def stop(self) -> Any:
-        async def close_all() -> None:
-            for pc, *_ in self.peers.values():
-                await pc.close()
-            for close in self.closers:
-                close()
-            for pbx in self.pbx.values():
-                pbx.close()
-
-        self.runner.run(close_all())
-        return self.service.stopService()
-
-
-@pytest.fixture(scope="module")
-def runner() -> Any:
-    r = LoopThread()
-    yield r
-    r.stop()
+    async def _close_peers(self) -> None:
+        for pc, *_ in self.peers.values():
+            await pc.close()
 
 
 @pytest.fixture
@@ -201,15 +157,6 @@ def edge(tmp_path: Path, runner: LoopThread) -> Any:
     e = MediaEdge(tmp_path, runner)
     yield e
     pytest_twisted.blockon(e.stop())
-
-
-def relay_state(edge: MediaEdge) -> dict[str, Any]:
-    media = edge.service.media
-    return {
-        "ports_in_use": media.anchor.ports_in_use,
-        "sockets": len(media.ports),
-        "sessions": len(media.anchor.sessions),
-    }
 
 
 # ----------------------------------------------------------------------------------------- bridge
@@ -343,7 +290,7 @@ def test_bridge_webrtc_to_plain_rtp_with_hold_and_ice_restart(edge: MediaEdge) -
     assert all(" RTP/AVP " in offer for offer in call.offers)
     echo = edge.echoes["rossi"][0]
     assert len(echo.sources) == 1  # the PBX always saw the same relay port
-    assert relay_state(edge) == {"ports_in_use": 0, "sockets": 0, "sessions": 0}
+    assert edge.relay_state() == {"ports_in_use": 0, "sockets": 0, "sessions": 0}
 
 
 def _ice_ufrag(sdp: str) -> str:
@@ -371,7 +318,7 @@ def test_bridge_sdes_webrtc_to_srtp_pbx(edge: MediaEdge) -> Any:
     echo = edge.echoes["verdi"][0]
     assert echo.echoed >= 100 and echo.bad == 0  # every packet decrypted with the edge's SDES key
     assert result["bye"] == 200
-    assert relay_state(edge) == {"ports_in_use": 0, "sessions": 0, "sockets": 0}
+    assert edge.relay_state() == {"ports_in_use": 0, "sessions": 0, "sockets": 0}
 
 
 # ------------------------------------------------------------------------------------ passthrough
@@ -426,7 +373,7 @@ def test_passthrough_between_two_aiortc_peers_audio_and_video(edge: MediaEdge) -
         assert sent >= 30 and got >= MIN_RATIO * sent, f"{key}: {got} of {sent} RTP packets"
     assert min(result["video_frames"]) > 0
     assert result["bye"] == 200
-    assert relay_state(edge) == {"ports_in_use": 0, "sessions": 0, "sockets": 0}
+    assert edge.relay_state() == {"ports_in_use": 0, "sessions": 0, "sockets": 0}
 
 
 # ------------------------------------------------------------------------- passthrough injection

@@ -17,9 +17,7 @@ relay session was never rebuilt), and that the call ends cleanly.
 
 from __future__ import annotations
 
-import random
 import signal
-import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -39,15 +37,22 @@ from helpers.aiortc_call import (
     new_pc,
     offer_and_answer,
 )
-from helpers.edge import TOKEN, api, metrics, sample
+from helpers.edge import (
+    TOKEN,
+    InProcessEdge,
+    api,
+    connect_refused,
+    edge_toml,
+    media_range,
+    metrics,
+    sample,
+    tenant_toml,
+)
 from helpers.media_pbx import AsyncPbx, RtpEcho, plain_answer, start_echo
 from helpers.phone import Phone
 from helpers.twistd import TwistdEdge
 from helpers.wsclient import WSClient, header, status
 from twisted.internet import threads
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
 
 pytestmark = pytest.mark.e2e
 
@@ -56,35 +61,16 @@ WINDOW = 2.5  # seconds of audio per measuring window
 
 
 def config_text(state: Path, pbx_port: int, lo: int, extra_edge: str = "", rate: int = 2000000) -> str:
-    return f"""# operator comment
-[edge]
-state_dir = "{state}"
-public_address = "127.0.0.1"
-backend_address = "127.0.0.1"
-{extra_edge}
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[admin]
-token = "{TOKEN}"
-[tls]
-reload_interval = 0
-[media]
-ports = [{lo}, {lo + 99}]
-bind = "127.0.0.1"
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{pbx_port}"
-certificate = "self-signed"
-media = "bridge"
-allowed_origins = ["https://rossi.example.com"]
-[tenants.shaping]
-rate = {rate}
-burst = {2 * rate}
-"""
+    return edge_toml(
+        state,
+        tenant_toml("rossi", pbx_port, media="bridge", origin=True, rate=rate),
+        head="# operator comment\n",
+        edge=extra_edge,
+        public=True,
+        token=TOKEN,
+        tls_reload=True,
+        media=(lo, lo + 99),
+    )
 
 
 VERDI = """
@@ -119,13 +105,6 @@ class EchoPbx:
             self.pbx.close()
 
         self.runner.run(close())
-
-
-@pytest.fixture(scope="module")
-def runner() -> Any:
-    r = LoopThread()
-    yield r
-    r.stop()
 
 
 Action = Callable[[], Any]
@@ -177,30 +156,17 @@ def check_echoed_grows(result: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------ in process
 
 
-class LocalMediaEdge:
+class LocalMediaEdge(InProcessEdge):
     """The edge on the test's reactor, configured from a file (so reloads re-read it)."""
 
+    ORIGIN = True
+
     def __init__(self, tmp: Path, runner: LoopThread) -> None:
-        from twisted.internet import reactor
-
+        super().__init__(tmp, runner=runner)
         self.pbx = EchoPbx(runner)
-        self.lo = random.randrange(20000, 32000, 2)
-        self.state = tmp / "state"
-        self.conf = tmp / "edge.toml"
-        self.conf.write_text(config_text(self.state, self.pbx.pbx.port, self.lo))
-        self.service = EdgeService(c.load(self.conf), reactor, config_path=str(self.conf))
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.admin = self.service.ports["admin"].getHost().port
-        self.ca = str(self.state / "dev-ca" / "ca.pem")
-
-    def client(self) -> WSClient:
-        return WSClient(self.https, "rossi.example.com", cafile=self.ca, origin="https://rossi.example.com")
-
-    def stop(self) -> Any:
-        self.pbx.close()
-        return self.service.stopService()
+        self.closers.append(self.pbx.close)
+        self.lo = media_range(100)[0]
+        self.start(config_text(self.state, self.pbx.pbx.port, self.lo))
 
 
 @pytest.fixture
@@ -263,14 +229,6 @@ def test_reloads_mid_call_keep_media_flowing_and_the_registration(
 # ---------------------------------------------------------------------------------------- twistd
 
 
-def _connect_refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except OSError:
-        return True
-    return False
-
-
 def _new_invite(ws: WSClient) -> str:
     ws.send(
         "INVITE sip:300@rossi.example.com SIP/2.0\r\n"
@@ -285,7 +243,7 @@ def _new_invite(ws: WSClient) -> str:
 def test_sighup_then_sigterm_drain_keep_the_calls_media_flowing(tmp_path: Path, runner: LoopThread) -> None:
     """twistd (uvloop): SIGHUP mid-call, then SIGTERM: audio keeps flowing through the reload and the drain; new calls get 503; the process exits after BYE."""
     pbx = EchoPbx(runner)
-    lo = random.randrange(20000, 32000, 2)
+    lo = media_range(100)[0]
     state = tmp_path / "state"
     t = TwistdEdge(tmp_path, config_text(state, pbx.pbx.port, lo, extra_edge="drain_timeout = 30\n"))
     ca = str(state / "dev-ca" / "ca.pem")
@@ -307,7 +265,7 @@ def test_sighup_then_sigterm_drain_keep_the_calls_media_flowing(tmp_path: Path, 
         t.wait_log(r"EDG102 draining")
         refused = _new_invite(clients[0])
         return {
-            "connect_refused": _connect_refused(t.https),
+            "connect_refused": connect_refused(t.https),
             "invite": status(refused),
             "retry_after": header(refused, "Retry-After"),
             "running": t.proc.poll() is None,

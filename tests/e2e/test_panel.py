@@ -19,33 +19,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
-    connected,
+    audio_call,
     in_thread,
-    new_pc,
-    offer_and_answer,
 )
 from helpers.browser import CHROMIUM, launch
-from helpers.media_pbx import AsyncPbx, plain_answer, start_reporting_echo
+from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
+from helpers.media_pbx import AsyncPbx, reporting_echo_answer
 from helpers.phone import Phone
 from helpers.wsclient import WSClient, status
 from twisted.internet import threads
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
 
 pytestmark = [pytest.mark.e2e, pytest.mark.requires_tool(CHROMIUM, "module:playwright")]
 
@@ -53,70 +45,18 @@ TOKEN = "panel-test-admin-token-0123456789"
 DOMAIN = "verdi.example.com"
 
 
-class PanelEdge:
+class PanelEdge(InProcessEdge):
     """An edge with one tenant (rossi); the test adds ``verdi`` through the panel, its PBX ready."""
 
     def __init__(self, tmp: Path, runner: LoopThread) -> None:
-        self.runner = runner
-        self.closers: list[Callable[[], None]] = []
-        self.pbx = AsyncPbx(self._answer)
+        super().__init__(tmp, runner=runner)
+        self.pbx = AsyncPbx(reporting_echo_answer(self.loop_closers))
         runner.run(self.pbx.start())
-        lo = random.randrange(20000, 32000, 2)
-        self.conf = tmp / "edge.toml"
-        self.conf.write_text(f"""
-[edge]
-state_dir = "{tmp / "state"}"
-public_address = "127.0.0.1"
-backend_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[admin]
-token = "{TOKEN}"
-[tls]
-reload_interval = 0
-[media]
-ports = [{lo}, {lo + 99}]
-bind = "127.0.0.1"
-
-[[tenants]]
-id = "rossi"
-name = "Rossi S.r.l."
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx.port}"
-certificate = "self-signed"
-""")
-        from twisted.internet import reactor
-
-        self.service = EdgeService(c.load(self.conf), reactor, config_path=str(self.conf))
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.admin = self.service.ports["admin"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
-
-    async def _answer(self, offer: str) -> str:
-        port, close = await start_reporting_echo()
-        self.closers.append(close)
-        return plain_answer(port, offer)
-
-    def stop(self) -> Any:
-        async def close_all() -> None:
-            for close in self.closers:
-                close()
-            self.pbx.close()
-
-        self.runner.run(close_all())
-        return self.service.stopService()
-
-
-@pytest.fixture
-def runner() -> Any:
-    r = LoopThread()
-    yield r
-    r.stop()
+        self.loop_closers.append(self.pbx.close)
+        tenant = tenant_toml("rossi", self.pbx.port, keys='name = "Rossi S.r.l."\n')
+        self.start(
+            edge_toml(self.state, tenant, public=True, token=TOKEN, tls_reload=True, media=media_range(100))
+        )
 
 
 @pytest.fixture
@@ -141,11 +81,8 @@ def http(url: str, method: str = "GET", headers: dict[str, str] | None = None, b
 async def agent_call(edge: PanelEdge, ws: WSClient, hangup: asyncio.Event, up: asyncio.Event) -> int:
     """aiortc calls over the agent's registered WebSocket, holds until ``hangup``; returns the BYE's status."""
     ua = WsUa(ws, DOMAIN)
-    pc = new_pc(Counter())
-    pc.addTrack(ToneTrack())
+    pc, _tone, _counter = await audio_call(ua)
     try:
-        await offer_and_answer(ua, pc)
-        await connected(pc)
         up.set()
         await hangup.wait()
         return int(await in_thread(ua.bye))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import uuid
@@ -14,60 +13,22 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import InProcessEdge, edge_toml, free_udp_port, tenant_toml
+from helpers.sipp import Sipp
 from helpers.wsclient import WSClient, header, status
 from twisted.internet import defer, task, threads
 
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
 
-SIPP_DIR = Path(__file__).resolve().parent.parent / "data" / "sipp"
-
-
-def _free_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Edge:
+class Edge(InProcessEdge):
     """An in-process edge on ephemeral loopback ports, one tenant whose PBX is at ``pbx_port``."""
 
     def __init__(
         self, tmp: Path, extra: str = "", tenant_extra: str = "", pbx_port: int | None = None
     ) -> None:
-        self.pbx_port = pbx_port or _free_udp_port()
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "127.0.0.1:0"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[sip]
-t1 = 2
-{extra}
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx_port}"
-certificate = "self-signed"
-{tenant_extra}
-"""
-        from twisted.internet import reactor
-
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.backend = self.service.ports["backend_sip_udp"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
-        self.tmp = tmp
-
-    def client(self, **kw: Any) -> WSClient:
-        return WSClient(self.https, "rossi.example.com", cafile=self.ca, **kw)
+        super().__init__(tmp)
+        self.pbx_port = pbx_port or free_udp_port()
+        tenant = tenant_toml("rossi", self.pbx_port, tail=tenant_extra + "\n")
+        self.start(edge_toml(self.state, tenant, sip_tls="127.0.0.1:0", sip=f"t1 = 2\n{extra}\n"))
 
     def tls(self, source: str = "127.0.0.1", name: str = "rossi.example.com") -> ssl.SSLSocket:
         """A TLS connection from ``source`` (raises if the edge refuses it)."""
@@ -85,9 +46,6 @@ certificate = "self-signed"
         except (OSError, ssl.SSLError):
             return True
         return False
-
-    def stop(self) -> Any:
-        return self.service.stopService()
 
 
 class UdpPbx:
@@ -314,16 +272,7 @@ def test_ten_failed_authentications_ban_the_source_and_the_ban_expires(tmp_path:
     """A sipp PBX answers 401/403 to ten REGISTERs with credentials: the source is banned, then the ban expires."""
     duration = 3.0
     edge = Edge(tmp_path, extra=f"[guard]\nban_failures = 10\nban_window = 60\nban_duration = {duration}")
-    sipp = subprocess.Popen(
-        [
-            "sipp", "-sf", str(SIPP_DIR / "pbx_auth_fail.xml"), "-i", "127.0.0.1", "-p", str(edge.pbx_port),
-            "-m", "5", "-t", "u1", "-timeout", "20s", "-timeout_error", "-nostdin", "-trace_err",
-            "-error_file", str(tmp_path / "sipp.err"), f"127.0.0.1:{edge.backend}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-    )  # fmt: skip
+    sipp = Sipp(tmp_path, "pbx_auth_fail.xml", edge.pbx_port, edge.backend, calls=5)
     try:
         statuses, answered, refused = yield threads.deferToThread(_fail_ten_times, edge)
         now = edge.service.timers.now()
@@ -332,17 +281,16 @@ def test_ten_failed_authentications_ban_the_source_and_the_ban_expires(tmp_path:
         reconnected = yield threads.deferToThread(
             _reconnect_after, edge, time.monotonic() + bans[0].until - now
         )
-        rc = yield threads.deferToThread(sipp.wait, 30)
+        rc = yield threads.deferToThread(sipp.proc.wait, 30)
     finally:
-        if sipp.poll() is None:
-            sipp.kill()
+        sipp.kill()
         yield edge.stop()
     assert statuses == [401, 403] * 5
     assert not answered and edge.service.protection.requests_dropped == {"banned": 1}
     assert refused  # new connections from the banned source are refused at accept
     assert reconnected  # the ban expired
     assert edge.service.bans.list_bans(edge.service.timers.now()) == []
-    assert rc == 0, (tmp_path / "sipp.err").read_text() if (tmp_path / "sipp.err").exists() else ""
+    assert rc == 0, sipp.errors()
 
 
 # -- media policing through the relay ------------------------------------------------------------
@@ -475,7 +423,7 @@ def test_media_leg_at_three_times_its_rate_loses_two_thirds_while_a_calm_leg_los
     """Through the relay: the PBX floods one call at 3x the leg rate, another call of the tenant stays under it."""
     from mcs_edge.core.media.session import PBX
 
-    pbx_port = _free_udp_port()
+    pbx_port = free_udp_port()
     pbx = MediaPbx(pbx_port)
     edge = Edge(
         tmp_path,

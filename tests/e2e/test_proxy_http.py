@@ -17,14 +17,13 @@ import pytest
 import pytest_twisted
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from helpers.https import Conn, free_port
+from helpers.edge import InProcessEdge, edge_toml, sleep, tenant_toml
+from helpers.https import Conn
+from helpers.ports import free_tcp_port
 from helpers.wsclient import HandshakeRefused, WSClient
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.web import server
 from twisted.web.resource import Resource
-
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
 
 pytestmark = pytest.mark.e2e
 
@@ -136,53 +135,23 @@ class Backend:
         return self.port.stopListening()
 
 
-class ProxyEdge:
+class ProxyEdge(InProcessEdge):
     def __init__(self, tmp: Path) -> None:
         from twisted.internet import reactor
 
+        super().__init__(tmp)
         self.a = Backend(reactor, "a")
         self.b = Backend(reactor, "b")
-        dead = free_port()  # nothing listens there
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[proxy]
-read_timeout = 1.0
-connect_timeout = 2.0
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:5999"
-backend_http = "{self.a.url}"
-certificate = "self-signed"
-[[tenants]]
-id = "bianchi"
-domains = ["bianchi.example.com"]
-backend_sip = "udp:127.0.0.1:5998"
-backend_http = "{self.b.url}"
-certificate = "self-signed"
-[[tenants]]
-id = "verdi"
-domains = ["verdi.example.com"]
-backend_sip = "udp:127.0.0.1:5997"
-certificate = "self-signed"
-[[tenants]]
-id = "morti"
-domains = ["morti.example.com"]
-backend_sip = "udp:127.0.0.1:5996"
-backend_http = "http://127.0.0.1:{dead}"
-certificate = "self-signed"
-"""
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.port = self.service.ports["https"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
+        dead = free_tcp_port()  # nothing listens there
+        tenants = (
+            tenant_toml("rossi", 5999, keys=f'backend_http = "{self.a.url}"\n')
+            + tenant_toml("bianchi", 5998, keys=f'backend_http = "{self.b.url}"\n')
+            + tenant_toml("verdi", 5997)
+            + tenant_toml("morti", 5996, keys=f'backend_http = "http://127.0.0.1:{dead}"\n')
+        )
+        proxy = "[proxy]\nread_timeout = 1.0\nconnect_timeout = 2.0\n"
+        self.start(edge_toml(self.state, tenants, sections=proxy))
+        self.port = self.https
 
     def conn(self, sni: str = "rossi.example.com") -> Conn:
         return Conn(self.port, sni, cafile=self.ca)
@@ -196,7 +165,7 @@ certificate = "self-signed"
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        yield self.service.stopService()
+        yield super().stop()
         yield self.a.stop()
         yield self.b.stop()
 
@@ -221,12 +190,6 @@ def proxy_timers(edge: ProxyEdge) -> list[Any]:
             if owner is not None and type(owner).__module__ == "mcs_edge.tx.web.proxy":
                 out.append(call)
     return out
-
-
-def sleep(seconds: float) -> Any:
-    from twisted.internet import reactor
-
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 # -- tests ------------------------------------------------------------------------------------------

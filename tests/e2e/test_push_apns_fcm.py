@@ -5,7 +5,6 @@ the push, and a UDP PBX that echoes RTP (tests/helpers/echo_pbx.py). No external
 from __future__ import annotations
 
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,21 +12,13 @@ from typing import Any
 
 import pytest
 from helpers.echo_pbx import EchoPbx
-from helpers.edge import TOKEN, metrics, sample
+from helpers.edge import free_tcp_port, metrics, sample
 from helpers.push_app import App
-from helpers.push_providers import KEY_ID, TEAM_ID, TOPIC, ProviderStandIn
+from helpers.push_providers import PUSH_WAIT, TOPIC, ProviderStandIn, push_edge_toml
 from helpers.twistd import TwistdEdge
 from helpers.wsclient import header
 
-WAIT = 4  # push.wait of the edge under test
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+WAIT = PUSH_WAIT  # push.wait of the edge under test
 
 
 class RecordingPbx(EchoPbx):
@@ -61,42 +52,8 @@ class Setup:
     def __init__(self, tmp: Path) -> None:
         self.providers = ProviderStandIn(tmp)
         self.pbx = RecordingPbx()
-        self.sip_tls = _free_port()
-        p = self.providers
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-backend_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "127.0.0.1:{self.sip_tls}"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[admin]
-token = "{TOKEN}"
-[tls]
-reload_interval = 0
-[push]
-wait = {WAIT}
-ring = 180
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx.port}"
-certificate = "self-signed"
-app_media = "rtp"
-[tenants.push.apns]
-key_id = "{KEY_ID}"
-team_id = "{TEAM_ID}"
-key_file = "{p.apns_key_file}"
-topic = "{TOPIC}"
-endpoint = "{p.url}"
-ca_file = "{p.ca}"
-[tenants.push.fcm]
-service_account_file = "{p.service_account_file}"
-endpoint = "{p.url}"
-ca_file = "{p.ca}"
-"""
+        self.sip_tls = free_tcp_port()
+        text = push_edge_toml(tmp / "state", self.providers, self.pbx.port, self.sip_tls)
         try:
             self.edge = TwistdEdge(tmp, text)  # the production reactor (uvloop): push needs asyncio
         except BaseException:

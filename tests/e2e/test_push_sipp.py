@@ -7,8 +7,6 @@ Scenarios: tests/data/sipp/push_*.xml. Fails (never skips) under CI without sipp
 from __future__ import annotations
 
 import secrets
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,117 +14,50 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.edge import TOKEN, api, metrics, sample
+from helpers.edge import api, free_tcp_port, free_udp_port, metrics, sample
 from helpers.push_app import App
-from helpers.push_providers import KEY_ID, TEAM_ID, TOPIC, ProviderStandIn
+from helpers.push_providers import PUSH_WAIT, TOPIC, ProviderStandIn, push_edge_toml
+from helpers.sipp import SIPP_DIR, Sipp
 from helpers.twistd import TwistdEdge
 from helpers.wsclient import header
 
 pytestmark = pytest.mark.requires_tool("sipp")
 
-SIPP_DIR = Path(__file__).resolve().parent.parent / "data" / "sipp"
-WAIT = 4  # push.wait of the edge under test
-
-
-def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+WAIT = PUSH_WAIT  # push.wait of the edge under test
 
 
 class Setup:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.providers = ProviderStandIn(tmp)
-        self.pbx_port = _free_port(socket.SOCK_DGRAM)  # sipp's SIP port
-        self.backend = _free_port(socket.SOCK_DGRAM)  # the edge's backend SIP port, sipp's remote
-        self.sip_tls = _free_port()
-        p = self.providers
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-backend_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "127.0.0.1:{self.sip_tls}"
-backend_sip = "127.0.0.1:{self.backend}"
-admin = "127.0.0.1:0"
-[admin]
-token = "{TOKEN}"
-[tls]
-reload_interval = 0
-[push]
-wait = {WAIT}
-ring = 180
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx_port}"
-certificate = "self-signed"
-app_media = "rtp"
-[tenants.push.apns]
-key_id = "{KEY_ID}"
-team_id = "{TEAM_ID}"
-key_file = "{p.apns_key_file}"
-topic = "{TOPIC}"
-endpoint = "{p.url}"
-ca_file = "{p.ca}"
-[tenants.push.fcm]
-service_account_file = "{p.service_account_file}"
-endpoint = "{p.url}"
-ca_file = "{p.ca}"
-"""
+        self.pbx_port = free_udp_port()  # sipp's SIP port
+        self.backend = free_udp_port()  # the edge's backend SIP port, sipp's remote
+        self.sip_tls = free_tcp_port()
+        text = push_edge_toml(tmp / "state", self.providers, self.pbx_port, self.sip_tls, self.backend)
         try:
             self.edge = TwistdEdge(tmp, text)  # the production reactor (uvloop): push needs asyncio
         except BaseException:
             self.providers.close()
             raise
 
-    def sipp(self, scenario: str, *args: str, uac: bool = False) -> subprocess.Popen[bytes]:
-        cmd = [
-            "sipp", "-sf", str(SIPP_DIR / scenario), "-i", "127.0.0.1", "-p", str(self.pbx_port),
-            "-m", "1", "-t", "u1", "-timeout", "20s", "-timeout_error", "-nostdin",
-            "-trace_err", "-error_file", str(self.tmp / f"{scenario}.err"), *args,
-        ]  # fmt: skip
-        if uac:
-            cmd.append(f"127.0.0.1:{self.backend}")
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.tmp)
+    def sipp(self, scenario: str, *args: str, keys: dict[str, str] | None = None, uac: bool = False) -> Sipp:
+        return Sipp(self.tmp, scenario, self.pbx_port, self.backend if uac else None, keys=keys, args=args)
 
-    def wait_bound(self, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-        """Until sipp listens on the PBX port (so the REGISTER the edge forwards finds it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                probe.bind(("127.0.0.1", self.pbx_port))
-            except OSError:
-                return
-            finally:
-                probe.close()
-            time.sleep(0.02)
-        raise AssertionError(f"sipp did not bind 127.0.0.1:{self.pbx_port} (exit {proc.poll()})")
-
-    def sipp_ok(self, proc: subprocess.Popen[bytes], scenario: str) -> None:
-        rc = proc.wait(40)
-        err = self.tmp / f"{scenario}.err"
-        assert rc == 0, (
-            f"sipp {scenario} exited {rc}:\n{err.read_text() if err.exists() else ''}\n"
-            f"{proc.stderr.read().decode() if proc.stderr else ''}"
-        )
+    def sipp_ok(self, proc: Sipp) -> None:
+        rc = proc.proc.wait(40)
+        assert rc == 0, f"sipp {proc.path.name} exited {rc}:\n{proc.errors()}"
 
     def asleep(self, user: str, provider: str) -> tuple[App, dict[str, str]]:
         """The app registers (sipp accepts) with push parameters, then its connection closes (the phone
         sleeps). Returns it with the sipp keys that address it: its Contact and its Path (flow token)."""
         app = App(self.sip_tls, user, provider, secrets.token_hex(32))
         reg = self.sipp("push_register.xml")
-        self.wait_bound(reg)
+        reg.wait_listening()
         app.connect()
         ok = app.register()
         assert ok.startswith("SIP/2.0 200"), ok
         assert '+sip.pns="apns","fcm"' in (header(ok, "Feature-Caps") or ""), ok
-        self.sipp_ok(reg, "push_register.xml")
+        self.sipp_ok(reg)
         app.close()
         time.sleep(0.3)  # the edge sees the close
         contact = (header(ok, "Contact") or "").split(">")[0].lstrip("<")
@@ -147,19 +78,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     s.close()
 
 
-def _keys(keys: dict[str, str]) -> list[str]:
-    return [arg for k, v in keys.items() for arg in ("-key", k, v)]
-
-
 def _sipp_calls_sleeping_app(setup: Setup, provider: str, user: str) -> dict[str, Any]:
     app, keys = setup.asleep(user, provider)
     delivered = setup.metric("mcs_edge_push_calls_delivered_total")
-    media = _free_port(socket.SOCK_DGRAM)
+    media = free_udp_port()
     call = setup.sipp(
         "push_call_answered.xml",
         "-oocsf", str(SIPP_DIR / "push_register.xml"),  # the woken app's REGISTER
         "-rtp_echo", "-mp", str(media), "-mi", "127.0.0.1",
-        *_keys(keys),
+        keys=keys,
         uac=True,
     )  # fmt: skip
     try:
@@ -184,11 +111,9 @@ def _sipp_calls_sleeping_app(setup: Setup, provider: str, user: str) -> dict[str
             rtp.join(5)
         assert bye.startswith("BYE "), bye
         app.respond(bye)
-        setup.sipp_ok(call, "push_call_answered.xml")
+        setup.sipp_ok(call)
     finally:
-        if call.poll() is None:
-            call.kill()
-            call.wait()
+        call.kill()
         app.close()
     sent, received = counts[0]
     assert sent >= 20 and received >= 10, f"RTP: {sent} sent, {received} echoed back by sipp"
@@ -224,13 +149,11 @@ def test_apns_sipp_call_to_an_app_that_does_not_wake_gets_480_with_reason(setup:
     app, keys = setup.asleep("carla", "apns")
     lost = setup.metric("mcs_edge_push_calls_lost_timeout_total")
     started = time.monotonic()
-    call = setup.sipp("push_call_timeout.xml", *_keys(keys), uac=True)
+    call = setup.sipp("push_call_timeout.xml", keys=keys, uac=True)
     try:
         setup.providers.wait_push(app.token)
-        setup.sipp_ok(call, "push_call_timeout.xml")
+        setup.sipp_ok(call)
     finally:
-        if call.poll() is None:
-            call.kill()
-            call.wait()
+        call.kill()
     assert time.monotonic() - started >= WAIT - 0.5
     assert setup.metric("mcs_edge_push_calls_lost_timeout_total") == lost + 1

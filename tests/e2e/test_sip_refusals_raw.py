@@ -16,51 +16,29 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import InProcessEdge, edge_toml, tenant_toml
 from helpers.pbx import Pbx
 from helpers.wsclient import WSClient, headers
 from twisted.internet import threads
 
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
-
 RFC4475 = Path(__file__).resolve().parent.parent / "data" / "sip" / "rfc4475"
 
 
-class Edge:
+class Edge(InProcessEdge):
     """An in-process edge with WSS, SIP over TLS and the backend UDP port on ephemeral ports."""
 
     def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
         self.pbx = Pbx()
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "127.0.0.1:0"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com", "example.com", "example.net"]
-backend_sip = "udp:127.0.0.1:{self.pbx.port}"
-certificate = "self-signed"
-"""
-        from twisted.internet import reactor
-
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.sip_tls = self.service.ports["sip_tls"].getHost().port
-        self.backend = self.service.ports["backend_sip_udp"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
+        self.closers.append(self.pbx.close)
+        tenant = tenant_toml(
+            "rossi", self.pbx.port, domains=("rossi.example.com", "example.com", "example.net")
+        )
+        self.start(edge_toml(self.state, tenant, sip_tls="127.0.0.1:0"))
+        self.sip_tls = self.port("sip_tls")
 
     def counter(self, name: str) -> int:
         return int(self.service.sip.core.counters.get(name, 0))
-
-    def stop(self) -> Any:
-        self.pbx.close()
-        return self.service.stopService()
 
 
 @pytest.fixture

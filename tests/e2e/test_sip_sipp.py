@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -11,106 +10,35 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import InProcessEdge, edge_toml, free_udp_port, sleep, tenant_toml
+from helpers.phone import answer_incoming
+from helpers.sipp import Sipp
 from helpers.wsclient import WSClient, header, headers, status
 from twisted.internet import threads
 
-from mcs_edge import config as c
-from mcs_edge.tx.service import EdgeService
-
 pytestmark = pytest.mark.requires_tool("sipp")
 
-SIPP_DIR = Path(__file__).resolve().parent.parent / "data" / "sipp"
 
+class Edge(InProcessEdge):
+    """Tenants rossi (PBX: sipp) and bianchi (a bare socket on 127.0.0.2 that must hear nothing); SIP/TLS on."""
 
-def _free_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    ORIGIN = True
 
-
-class Edge:
     def __init__(self, tmp: Path, t1: float = 0.5) -> None:
-        self.pbx_port = _free_udp_port()
+        super().__init__(tmp)
+        self.pbx_port = free_udp_port()
         self.other_pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.other_pbx.bind(("127.0.0.1", 0))
         self.other_pbx.settimeout(0.5)
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "127.0.0.1:0"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[sip]
-t1 = {t1}
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx_port}"
-certificate = "self-signed"
-allowed_origins = ["https://rossi.example.com"]
-[[tenants]]
-id = "bianchi"
-domains = ["bianchi.example.com"]
-backend_sip = "udp:127.0.0.2:{self.other_pbx.getsockname()[1]}"
-certificate = "self-signed"
-"""
-        from twisted.internet import reactor
+        self.closers.append(self.other_pbx.close)
+        tenants = tenant_toml("rossi", self.pbx_port, origin=True) + tenant_toml(
+            "bianchi", self.other_pbx.getsockname()[1], "127.0.0.2"
+        )
+        self.start(edge_toml(self.state, tenants, sip_tls="127.0.0.1:0", sip=f"t1 = {t1}\n"))
+        self.sip_tls = self.port("sip_tls")
 
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.https = self.service.ports["https"].getHost().port
-        self.backend = self.service.ports["backend_sip_udp"].getHost().port
-        self.sip_tls = self.service.ports["sip_tls"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
-        self.tmp = tmp
-
-    def client(self, **kw: Any) -> WSClient:
-        kw.setdefault("origin", "https://rossi.example.com")
-        return WSClient(self.https, "rossi.example.com", cafile=self.ca, **kw)
-
-    def sipp(
-        self, scenario: str, *, uac: bool = False, keys: dict[str, str] | None = None, timeout: int = 20
-    ) -> subprocess.Popen[bytes]:
-        cmd = [
-            "sipp",
-            "-sf",
-            str(SIPP_DIR / scenario),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(self.pbx_port),
-            "-m",
-            "1",
-            "-t",
-            "u1",
-            "-timeout",
-            f"{timeout}s",
-            "-timeout_error",
-            "-nostdin",
-            "-bg" if False else "-trace_err",
-            "-error_file",
-            str(self.tmp / f"{scenario}.err"),
-        ]
-        for k, v in (keys or {}).items():
-            cmd += ["-key", k, v]
-        cmd.append(f"127.0.0.1:{self.backend}")
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.tmp)
-
-    def sipp_result(self, proc: subprocess.Popen[bytes], scenario: str) -> int:
-        rc = proc.wait(60)
-        if rc != 0:
-            err = self.tmp / f"{scenario}.err"
-            print(err.read_text() if err.exists() else "", proc.stderr.read().decode() if proc.stderr else "")
-        return rc
-
-    def stop(self) -> Any:
-        self.other_pbx.close()
-        return self.service.stopService()
+    def sipp(self, scenario: str, *, uac: bool = False, keys: dict[str, str] | None = None) -> Sipp:
+        return Sipp(self.tmp, scenario, self.pbx_port, self.backend, keys=keys)
 
 
 @pytest.fixture
@@ -161,7 +89,7 @@ def test_register_gets_401_then_200_with_path(edge: Edge) -> Any:
     assert status(second) == 200
     assert "df7jal23ls0d.invalid" in (header(second, "Contact") or "")
     assert len(headers(second, "Via")) == 1  # our Via was removed
-    rc = yield threads.deferToThread(edge.sipp_result, pbx, "pbx_register.xml")
+    rc = yield threads.deferToThread(pbx.result)
     assert rc == 0
     ws.close()
 
@@ -212,35 +140,9 @@ def test_outgoing_call_completes(edge: Edge) -> Any:
     ws = yield threads.deferToThread(edge.client)
     seen = yield threads.deferToThread(_outgoing_call, ws)
     assert seen[0] == 100 and 180 in seen and seen[-2:] == [200, 200]
-    rc = yield threads.deferToThread(edge.sipp_result, pbx, "pbx_answer.xml")
+    rc = yield threads.deferToThread(pbx.result)
     assert rc == 0
     ws.close()
-
-
-def _answer_incoming(ws: WSClient) -> str:
-    inv = ws.recv_sip(timeout=10)
-    assert inv.startswith("INVITE "), inv
-    vias = headers(inv, "Via")
-    rr = headers(inv, "Record-Route")
-    base = "".join(f"Via: {v}\r\n" for v in vias)
-    base += f"From: {header(inv, 'From')}\r\nTo: {header(inv, 'To')};tag=cl1\r\nCall-ID: {header(inv, 'Call-ID')}\r\nCSeq: {header(inv, 'CSeq')}\r\n"
-    base += "".join(f"Record-Route: {r}\r\n" for r in rr)
-    ws.send(f"SIP/2.0 180 Ringing\r\n{base}Content-Length: 0\r\n\r\n")
-    sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
-    ws.send(
-        f"SIP/2.0 200 OK\r\n{base}Contact: <sip:alice@x.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n"
-        f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
-    )
-    ack = ws.recv_sip(timeout=10)
-    assert ack.startswith("ACK "), ack
-    bye = ws.recv_sip(timeout=10)
-    assert bye.startswith("BYE "), bye
-    bvias = "".join(f"Via: {v}\r\n" for v in headers(bye, "Via"))
-    ws.send(
-        f"SIP/2.0 200 OK\r\n{bvias}From: {header(bye, 'From')}\r\nTo: {header(bye, 'To')}\r\nCall-ID: {header(bye, 'Call-ID')}\r\n"
-        f"CSeq: {header(bye, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-    )
-    return inv
 
 
 @pytest_twisted.inlineCallbacks
@@ -249,14 +151,14 @@ def test_incoming_call_reaches_registered_client_through_its_flow(edge: Edge) ->
     reg = edge.sipp("pbx_register.xml")
     ws = yield threads.deferToThread(edge.client)
     _first, ok = yield threads.deferToThread(_register, ws)
-    assert (yield threads.deferToThread(edge.sipp_result, reg, "pbx_register.xml")) == 0
+    assert (yield threads.deferToThread(reg.result)) == 0
     path = header(ok, "Path")
     assert path and path.startswith("<sip:")
     contact = (header(ok, "Contact") or "").split(">")[0].lstrip("<")
     call = edge.sipp("pbx_call_client.xml", uac=True, keys={"route": path, "contact": contact})
-    inv = yield threads.deferToThread(_answer_incoming, ws)
+    inv = yield threads.deferToThread(answer_incoming, ws)
     assert inv.split(" ")[1] == contact  # the Request-URI is the client's own contact
-    assert (yield threads.deferToThread(edge.sipp_result, call, "pbx_call_client.xml")) == 0
+    assert (yield threads.deferToThread(call.result)) == 0
     ws.close()
 
 
@@ -266,13 +168,13 @@ def test_disconnected_client_gets_430_flow_failed(edge: Edge) -> Any:
     reg = edge.sipp("pbx_register.xml")
     ws = yield threads.deferToThread(edge.client)
     _first, ok = yield threads.deferToThread(_register, ws)
-    assert (yield threads.deferToThread(edge.sipp_result, reg, "pbx_register.xml")) == 0
+    assert (yield threads.deferToThread(reg.result)) == 0
     path = header(ok, "Path") or ""
     contact = (header(ok, "Contact") or "").split(">")[0].lstrip("<")
     ws.close()
-    yield _sleep(0.3)
+    yield sleep(0.3)
     call = edge.sipp("pbx_expect_430.xml", uac=True, keys={"route": path, "contact": contact})
-    assert (yield threads.deferToThread(edge.sipp_result, call, "pbx_expect_430.xml")) == 0
+    assert (yield threads.deferToThread(call.result)) == 0
     assert edge.service.sip.core.counters.get("sip_flow_failed") == 1
 
 
@@ -309,7 +211,7 @@ def test_cancel_before_answer(edge: Edge) -> Any:
     ws = yield threads.deferToThread(edge.client)
     seen = yield threads.deferToThread(_cancel_call, ws)
     assert 180 in seen and sorted(seen[-2:]) == [200, 487]
-    assert (yield threads.deferToThread(edge.sipp_result, pbx, "pbx_cancel.xml")) == 0
+    assert (yield threads.deferToThread(pbx.result)) == 0
     ws.close()
 
 
@@ -468,12 +370,6 @@ def test_ping_and_keepalives_are_answered_in_order(edge: Edge) -> Any:
     ws.close()
 
 
-def _sleep(seconds: float) -> Any:
-    from twisted.internet import reactor, task
-
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
 class TLSClient:
     """The mobile app's transport: SIP over TLS with Content-Length framing."""
 
@@ -532,10 +428,10 @@ def test_sip_over_tls_registers_and_answers_keepalives(edge: Edge) -> Any:
     first, second, pong, _eof = yield threads.deferToThread(_tls_session, edge.sip_tls, edge.ca)
     assert status(first) == 401 and status(second) == 200
     assert pong == b"\r\n"
-    assert (yield threads.deferToThread(edge.sipp_result, pbx, "pbx_register.xml")) == 0
+    assert (yield threads.deferToThread(pbx.result)) == 0
     counts = edge.service.sip.counters
     assert counts.get(("flows_opened", "rossi", "tls")) == 1
     assert _eof == b""
-    yield _sleep(0.1)
+    yield sleep(0.1)
     assert counts.get(("sip_stream_garbage", "rossi", "framing")) == 1
     assert counts.get(("flows_closed", "rossi", "tls")) == 1

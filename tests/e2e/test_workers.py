@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.edge import TOKEN, api, config_text, metrics, sample, tenant_toml
+from helpers.edge import TOKEN, api, config_text, connect_refused, metrics, sample, tenant_toml
 from helpers.pbx import Pbx
 from helpers.phone import Phone
 from helpers.twistd import TwistdEdge
@@ -151,14 +151,6 @@ def test_admin_tenant_change_reaches_every_worker(workers2: Twistd) -> None:
     assert code == 401
 
 
-def _connect_refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except OSError:
-        return True
-    return False
-
-
 def test_sigterm_during_a_call_drains_it(tmp_path: Path) -> None:
     """SIGHUP then SIGTERM with a call up: reloads keep it; no new connections or calls (503); twistd exits once it ends."""
     t = Twistd(tmp_path, "drain_timeout = 20\n")
@@ -179,7 +171,7 @@ def test_sigterm_during_a_call_drains_it(tmp_path: Path) -> None:
         t.wait_log(r"EDG102 draining")
         time.sleep(0.5)
         assert t.proc.poll() is None
-        assert _connect_refused(t.https)
+        assert connect_refused(t.https)
         ws.send(
             "INVITE sip:300@rossi.example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bKterm1\r\n"
             "Max-Forwards: 70\r\nTo: <sip:300@rossi.example.com>\r\nFrom: <sip:a@rossi.example.com>;tag=t1\r\n"

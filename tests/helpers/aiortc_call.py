@@ -202,3 +202,19 @@ async def offer_and_answer(ua: WsUa, pc: RTCPeerConnection) -> str:
 
 
 # -------------------------------------------------------------------------------------------- edge
+
+
+async def audio_call(ua: WsUa) -> tuple[RTCPeerConnection, ToneTrack, Counter]:
+    """A new peer connection sending a tone, offered in ``ua``'s INVITE (or re-INVITE, e.g. an ICE
+    restart), ICE and DTLS connected; (pc, tone, counter). The peer connection is closed if that fails."""
+    counter = Counter()
+    pc = new_pc(counter)
+    tone = ToneTrack()
+    pc.addTrack(tone)
+    try:
+        await offer_and_answer(ua, pc)
+        await connected(pc)
+    except BaseException:
+        await pc.close()
+        raise
+    return pc, tone, counter

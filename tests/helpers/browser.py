@@ -9,8 +9,11 @@ only); nothing of it is ever committed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,4 +103,53 @@ def launch(playwright: Any, user_data_dir: Path, extra_args: list[str] | None = 
         args=CHROMIUM_ARGS + (extra_args or []),
         ignore_https_errors=True,
         bypass_csp=True,  # lets Playwright evaluate expressions on the check page (CSP: script-src 'self')
+    )
+
+
+@contextlib.contextmanager
+def chromium_page(origin: str, jssip_page: Path | None = None) -> Iterator[tuple[Any, list[str]]]:
+    """A fresh headless Chromium page and the list its uncaught errors go to (blocking: run in a thread).
+
+    With ``jssip_page`` the browser serves that HTML at ``{origin}/__test__/phone.html`` (any path under
+    ``/__test__/``) and the JsSIP bundle at ``/__test__/jssip.js``, from the test, not the edge.
+    ``MCS_DEBUG=1`` prints the page's console.
+    """
+    from playwright.sync_api import Route, sync_playwright
+
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        ctx = launch(pw, Path(profile), SERVED_BY_TEST if jssip_page is not None else None)
+        try:
+            if jssip_page is not None:
+                bundle, html = jssip_bundle().read_bytes(), jssip_page.read_bytes()
+
+                def serve(route: Route) -> None:
+                    if route.request.url.endswith("/jssip.js"):
+                        route.fulfill(status=200, body=bundle, headers={"content-type": "text/javascript"})
+                    else:
+                        route.fulfill(
+                            status=200, body=html, headers={"content-type": "text/html; charset=utf-8"}
+                        )
+
+                ctx.route(f"{origin}/__test__/**", serve)
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: print("console:", m.text) if os.environ.get("MCS_DEBUG") else None)
+            yield page, errors
+        finally:
+            ctx.close()
+
+
+def wait(page: Any, expression: str, timeout: float = 15.0) -> Any:
+    """The value of ``expression`` once it is truthy in ``page`` (Playwright's timeout error after ``timeout`` s)."""
+    return page.wait_for_function(expression, timeout=timeout * 1000).json_value()
+
+
+def demo_toml(state: Path, pbx_port: int, sip: str = "") -> str:
+    """The browser tests' edge: tenant ``demo`` on ``localhost`` with the echo service, media on 127.0.0.1."""
+    from helpers.edge import edge_toml, media_range, tenant_toml
+
+    tenant = tenant_toml("demo", pbx_port, domains=("localhost",), keys="echo = true\n")
+    return edge_toml(
+        state, tenant, public=True, tls_reload=True, sip=sip, media=media_range(200, 42000, 58000)
     )

@@ -167,12 +167,3 @@ class Conn:
             self.sock.close()
         except OSError:
             pass
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A currently free loopback port (for programs that cannot be told to use port 0)."""
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port

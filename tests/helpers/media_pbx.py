@@ -89,30 +89,36 @@ class RtpEcho(asyncio.DatagramProtocol):
         return f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(self.key).decode()}"
 
 
-async def start_echo(host: str = "127.0.0.1") -> tuple[RtpEcho, int, Any]:
-    """An RtpEcho on an ephemeral even port (plus a bound RTCP port+1 sink); returns (echo, port, closer)."""
+async def _even_pair(
+    rtp: asyncio.DatagramProtocol, rtcp: Callable[[], asyncio.DatagramProtocol], host: str
+) -> tuple[int, Callable[[], None]]:
+    """``rtp`` on an ephemeral even port and ``rtcp()`` on the next one; (port, closer)."""
     loop = asyncio.get_running_loop()
     for _ in range(50):
-        echo = RtpEcho()
-        transport, _ = await loop.create_datagram_endpoint(lambda e=echo: e, local_addr=(host, 0))  # type: ignore[misc]
+        transport, _ = await loop.create_datagram_endpoint(lambda: rtp, local_addr=(host, 0))
         port = transport.get_extra_info("sockname")[1]
         if port % 2:
             transport.close()
             continue
         try:
-            rtcp, _ = await loop.create_datagram_endpoint(
-                asyncio.DatagramProtocol, local_addr=(host, port + 1)
-            )
+            rtcp_transport, _ = await loop.create_datagram_endpoint(rtcp, local_addr=(host, port + 1))
         except OSError:
             transport.close()
             continue
 
-        def close(t: Any = transport, r: Any = rtcp) -> None:
+        def close(t: Any = transport, r: Any = rtcp_transport) -> None:
             t.close()
             r.close()
 
-        return echo, port, close
+        return port, close
     raise RuntimeError("no even port pair for the echo")
+
+
+async def start_echo(host: str = "127.0.0.1") -> tuple[RtpEcho, int, Any]:
+    """An RtpEcho on an ephemeral even port (plus a bound RTCP port+1 sink); returns (echo, port, closer)."""
+    echo = RtpEcho()
+    port, close = await _even_pair(echo, asyncio.DatagramProtocol, host)
+    return echo, port, close
 
 
 def plain_answer(port: int, offer: str, host: str = "127.0.0.1", crypto: str | None = None) -> str:
@@ -329,26 +335,40 @@ class RtcpAnswerer(asyncio.DatagramProtocol):
 
 
 async def start_reporting_echo() -> tuple[int, Callable[[], None]]:
+    """A :class:`ReportingEcho` on an ephemeral even port, its :class:`RtcpAnswerer` on the next; (port, closer)."""
+    echo = ReportingEcho()
+    return await _even_pair(echo, lambda: RtcpAnswerer(echo), "127.0.0.1")
+
+
+def reporting_echo_answer(closers: list[Callable[[], Any]]) -> AnswerFn:
+    """An answer callback: each offer gets a new :func:`start_reporting_echo` (its closer kept in ``closers``)."""
+
+    async def answer(offer: str) -> str:
+        port, close = await start_reporting_echo()
+        closers.append(close)
+        return plain_answer(port, offer)
+
+    return answer
+
+
+async def start_recording_pbx(
+    host: str = "127.0.0.1", port: int = 0, pbx: Callable[[AnswerFn], RecordingPbx] = RecordingPbx
+) -> tuple[Any, RecordingEcho, Callable[[], None]]:
+    """A :class:`RecordingPbx` (or ``pbx``) on ``host:port`` answering plain RTP toward one
+    :class:`RecordingEcho` on ``host``; (pbx, echo, closer)."""
     loop = asyncio.get_running_loop()
-    for _ in range(50):
-        echo = ReportingEcho()
-        transport, _ = await loop.create_datagram_endpoint(lambda e=echo: e, local_addr=("127.0.0.1", 0))  # type: ignore[misc]
-        port = transport.get_extra_info("sockname")[1]
-        if port % 2:
-            transport.close()
-            continue
-        try:
-            rtcp, _ = await loop.create_datagram_endpoint(
-                lambda e=echo: RtcpAnswerer(e),  # type: ignore[misc]
-                local_addr=("127.0.0.1", port + 1),
-            )
-        except OSError:
-            transport.close()
-            continue
+    echo = RecordingEcho()
+    transport, _ = await loop.create_datagram_endpoint(lambda: echo, local_addr=(host, 0))
+    echo_port = transport.get_extra_info("sockname")[1]
 
-        def close(t: Any = transport, r: Any = rtcp) -> None:
-            t.close()
-            r.close()
+    async def answer(offer: str) -> str:
+        return plain_answer(echo_port, offer, host=host)
 
-        return port, close
-    raise RuntimeError("no even port pair for the echo")
+    uas = pbx(answer)
+    await uas.start(host, port)
+
+    def close() -> None:
+        transport.close()
+        uas.close()
+
+    return uas, echo, close

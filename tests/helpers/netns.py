@@ -27,6 +27,17 @@ def can_make_namespaces() -> bool:
     )
 
 
+def enter_netns(name: str) -> None:
+    """Move the calling thread into network namespace ``name`` (setns(2) is per thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns failed")
+    finally:
+        os.close(fd)
+
+
 class NetNs:
     def __init__(self, prefix: str) -> None:
         self.name = f"{prefix}{secrets.token_hex(3)}"
@@ -55,13 +66,7 @@ class NetNs:
         out: list[Any] = []
 
         def body() -> None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns failed")
-            finally:
-                os.close(fd)
+            enter_netns(self.name)
             try:
                 out.append((True, fn(*args, **kw)))
             except BaseException as exc:

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from helpers.https import free_port
+from helpers.ports import free_tcp_port
 
 from mcs_edge import certs
 
@@ -30,10 +30,10 @@ class Pebble:
         (self.dir / "cert.pem").write_bytes(chain)
         (self.dir / "key.pem").write_bytes(key)
         self.ca_file = ca.cert_path  # trusts pebble's own HTTPS (directory, management)
-        self.port = free_port()
-        self.mgmt_port = free_port()
-        self.dns_port = free_port()
-        self.chall_mgmt_port = free_port()
+        self.port = free_tcp_port()
+        self.mgmt_port = free_tcp_port()
+        self.dns_port = free_tcp_port()
+        self.chall_mgmt_port = free_tcp_port()
         config = {
             "pebble": {
                 "listenAddress": f"127.0.0.1:{self.port}",

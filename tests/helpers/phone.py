@@ -97,9 +97,49 @@ class Phone:
             msg = self.ws.recv_sip(timeout=timeout)
             if msg.startswith("BYE "):
                 break
-        vias = "".join(f"Via: {v}\r\n" for v in headers(msg, "Via"))
-        self.ws.send(
-            f"SIP/2.0 200 OK\r\n{vias}From: {header(msg, 'From')}\r\nTo: {header(msg, 'To')}\r\n"
-            f"Call-ID: {header(msg, 'Call-ID')}\r\nCSeq: {header(msg, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
-        )
+        respond_ok(self.ws, msg)
         return msg
+
+
+def answer_incoming(ws: WSClient) -> str:
+    """Take the next request (an INVITE): 180, 200 with an SDP, expect ACK then BYE, answer the BYE 200.
+    Returns the INVITE."""
+    inv = ws.recv_sip(timeout=10)
+    assert inv.startswith("INVITE "), inv
+    base = "".join(f"Via: {v}\r\n" for v in headers(inv, "Via"))
+    base += f"From: {header(inv, 'From')}\r\nTo: {header(inv, 'To')};tag=cl1\r\nCall-ID: {header(inv, 'Call-ID')}\r\nCSeq: {header(inv, 'CSeq')}\r\n"
+    base += "".join(f"Record-Route: {r}\r\n" for r in headers(inv, "Record-Route"))
+    ws.send(f"SIP/2.0 180 Ringing\r\n{base}Content-Length: 0\r\n\r\n")
+    sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+    ws.send(
+        f"SIP/2.0 200 OK\r\n{base}Contact: <sip:alice@x.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+    )
+    ack = ws.recv_sip(timeout=10)
+    assert ack.startswith("ACK "), ack
+    bye = ws.recv_sip(timeout=10)
+    assert bye.startswith("BYE "), bye
+    respond_ok(ws, bye)
+    return inv
+
+
+def register_instance(ws: WSClient, domain: str, instance: str | None = None, user: str = "alice") -> str:
+    """REGISTER as JsSIP does (``+sip.instance`` and ``reg-id`` unless ``instance`` is None, Supported:
+    path, outbound); the final response."""
+    params = f';reg-id=1;+sip.instance="{instance}"' if instance else ""
+    ws.send(
+        f"REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag={uuid.uuid4().hex[:6]}\r\nTo: <sip:{user}@{domain}>\r\n"
+        f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\nSupported: path, outbound\r\n"
+        f"Contact: <sip:{user}@x.invalid;transport=ws>{params}\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n"
+    )
+    return ws.recv_sip(timeout=10, skip_provisional=True)
+
+
+def respond_ok(ws: WSClient, request: str) -> None:
+    """Answer ``request`` (a BYE, say) with 200 OK: its Vias, From, To, Call-ID and CSeq."""
+    vias = "".join(f"Via: {v}\r\n" for v in headers(request, "Via"))
+    ws.send(
+        f"SIP/2.0 200 OK\r\n{vias}From: {header(request, 'From')}\r\nTo: {header(request, 'To')}\r\n"
+        f"Call-ID: {header(request, 'Call-ID')}\r\nCSeq: {header(request, 'CSeq')}\r\nContent-Length: 0\r\n\r\n"
+    )

@@ -88,6 +88,10 @@ def _certificates(tmp: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+#: push.wait of the edge in the push tests (seconds)
+PUSH_WAIT = 4
+
+
 class ProviderStandIn:
     """See the module docstring. ``url`` is the base URL of both providers."""
 
@@ -265,3 +269,29 @@ class ProviderStandIn:
             }
             return 404, json.dumps(error).encode()
         return 200, json.dumps({"name": f"projects/{PROJECT}/messages/1"}).encode()
+
+
+def push_edge_toml(
+    state: Path, stand_in: ProviderStandIn, pbx_port: int, sip_tls: int, backend: int = 0
+) -> str:
+    """The push tests' edge: tenant rossi (app media ``rtp``) pushing through ``stand_in`` for APNs and FCM,
+    the app's SIP/TLS on ``sip_tls``, ``push.wait`` 4 s and ringback while the call waits."""
+    from helpers.edge import TOKEN, edge_toml, tenant_toml
+
+    p = stand_in
+    push = (
+        f'[tenants.push.apns]\nkey_id = "{KEY_ID}"\nteam_id = "{TEAM_ID}"\nkey_file = "{p.apns_key_file}"\n'
+        f'topic = "{TOPIC}"\nendpoint = "{p.url}"\nca_file = "{p.ca}"\n'
+        f'[tenants.push.fcm]\nservice_account_file = "{p.service_account_file}"\nendpoint = "{p.url}"\n'
+        f'ca_file = "{p.ca}"\n'
+    )
+    return edge_toml(
+        state,
+        tenant_toml("rossi", pbx_port, keys='app_media = "rtp"\n', tail=push),
+        edge='backend_address = "127.0.0.1"\n',
+        sip_tls=f"127.0.0.1:{sip_tls}",
+        backend_sip=f"127.0.0.1:{backend}",
+        token=TOKEN,
+        tls_reload=True,
+        sections=f"[push]\nwait = {PUSH_WAIT}\nring = 180\n",
+    )

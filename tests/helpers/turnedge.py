@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcs_edge import config as c
+from helpers.edge import InProcessEdge, edge_toml, tenant_toml
+
 from mcs_edge.core.stun.turn import rest_password
-from mcs_edge.tx.service import EdgeService
 from mcs_edge.tx.turn.server import turn_username
 
 TURN_SECRET = "rossi-turn-secret-0123"
@@ -19,52 +19,33 @@ SECRETS = {"rossi": TURN_SECRET, "bianchi": "bianchi-turn-secret-0123"}
 API_SECRET = "rossi-api-secret-0123456"
 
 
-class TurnEdge:
+class TurnEdge(InProcessEdge):
     """Tenant ``rossi`` on ``localhost`` (TURN secret, bearer secret, loopback peers allowed);
     tenant ``bianchi`` without any allow-list, for the refusal tests."""
 
     def __init__(self, tmp: Path) -> None:
-        from twisted.internet import reactor
-
-        text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-public_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-turn = "127.0.0.1:0"
-[tls]
-unknown_sni = "default"
-default_tenant = "rossi"
-[media]
-ports = [32000, 32999]
-[[tenants]]
-id = "rossi"
-domains = ["localhost"]
-backend_sip = "udp:127.0.0.1:5080"
-certificate = "self-signed"
-turn_secret = "{TURN_SECRET}"
-turn_peers = ["127.0.0.0/8"]
-api_secret = "{API_SECRET}"
-[[tenants]]
-id = "bianchi"
-domains = ["bianchi.example.com"]
-backend_sip = "udp:127.0.0.1:5080"
-certificate = "self-signed"
-turn_secret = "{SECRETS["bianchi"]}"
-"""
-        self.service = EdgeService(c.loads(text), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
+        super().__init__(tmp)
+        tenants = tenant_toml(
+            "rossi",
+            5080,
+            domains=("localhost",),
+            keys=f'turn_secret = "{TURN_SECRET}"\nturn_peers = ["127.0.0.0/8"]\napi_secret = "{API_SECRET}"\n',
+        ) + tenant_toml("bianchi", 5080, keys=f'turn_secret = "{SECRETS["bianchi"]}"\n')
+        text = edge_toml(
+            self.state,
+            tenants,
+            edge='public_address = "127.0.0.1"\n',
+            listen='turn = "127.0.0.1:0"\n',
+            media=(32000, 32999),
+            media_bind=None,
+            sections='[tls]\nunknown_sni = "default"\ndefault_tenant = "rossi"\n',
+        )
+        self.start(text)
         assert self.service.turn is not None
         self.turn = self.service.turn
         self.udp_port = self.turn.ports["turn_udp"]
         self.tcp_port = self.turn.ports["turn_tcp"]
-        self.https_port = self.service.ports["https"].getHost().port
-        self.ca = str(tmp / "state" / "dev-ca" / "ca.pem")
+        self.https_port = self.https
 
     def creds(self, user: str = "alice", ttl: int = 3600, tenant: str = "rossi") -> tuple[str, str]:
         username = turn_username(int(time.time()) + ttl, user, tenant)
@@ -88,6 +69,3 @@ turn_secret = "{SECRETS["bianchi"]}"
         assert head.startswith(b"HTTP/1.1 200"), head
         doc: dict[str, Any] = json.loads(body)
         return doc
-
-    def stop(self) -> Any:
-        return self.service.stopService()

@@ -22,7 +22,15 @@ READY = r"^\S+ \[(?!worker)[^\]]*\] EDG101 .*https://[^:]+:(\d+)/"
 class TwistdEdge:
     """The edge in its own process, configured by ``text`` (written to ``tmp/edge.toml``)."""
 
-    def __init__(self, tmp: Path, text: str, reactor: str = "uvloop", timeout: float = 30) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        text: str,
+        reactor: str = "uvloop",
+        timeout: float = 30,
+        prefix: list[str] | None = None,
+    ) -> None:
+        """``prefix``: a command the process runs under (``taskset -c 0`` in the benches)."""
         self.tmp = tmp
         self.conf = tmp / "edge.toml"
         self.conf.write_text(text)
@@ -30,6 +38,7 @@ class TwistdEdge:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [
+                    *(prefix or []),
                     str(BIN / "twistd"),
                     "-n",
                     "--pidfile=",

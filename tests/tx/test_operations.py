@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.edge import TOKEN, LocalEdge, api, http, metrics, sample, tenant_toml
+from helpers.edge import TOKEN, LocalEdge, api, connect_refused, http, metrics, sample, tenant_toml
 from helpers.phone import Phone
 from helpers.wsclient import header, status
 from twisted.internet import reactor, task, threads
@@ -260,14 +260,6 @@ def test_invalid_reload_is_refused_with_errors(edge: LocalEdge) -> Any:
     edge.conf.write_text(good)
 
 
-def _connect_refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except OSError:
-        return True
-    return False
-
-
 def _invite_status(phone: Phone) -> tuple[int, str | None]:
     call = phone.invite()
     return call.final, None
@@ -297,7 +289,7 @@ def test_drain_waits_for_calls_refuses_new_ones_and_tells_idle_clients(tmp_path:
         d.addBoth(stopped.append)
         yield _sleep(0.3)
         assert not stopped
-        assert (yield threads.deferToThread(_connect_refused, e.https))
+        assert (yield threads.deferToThread(connect_refused, e.https))
         with pytest.raises(ConnectionError):
             yield threads.deferToThread(idle.recv, 5)
         assert idle.closed == (1000, "edge draining")

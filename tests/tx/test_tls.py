@@ -10,45 +10,36 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.tlsstore import Echo, cert_env, tls_config, write_pair
 from twisted.internet import protocol, threads
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mcs_edge import certs
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.files import atomic_write
 from mcs_edge.tx.tls.certificates import CertificateStore
 
 NAMES = {"rossi": "rossi.example.com", "bianchi": "bianchi.example.com", "verdi": "verdi.example.com"}
 
 
-class Echo(protocol.Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
-def _write_pair(ca: certs.DevCA, folder: Path, names: tuple[str, ...]) -> None:
-    chain, key = certs.issue_leaf(ca, names)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "privkey.pem", key, 0o600)
-    atomic_write(folder / "fullchain.pem", chain, 0o644)
-
-
 def _config(base: Path, unknown_sni: str = "reject", min_version: str = "1.2") -> c.EdgeConfig:
-    text = f'[tls]\nunknown_sni = "{unknown_sni}"\nmin_version = "{min_version}"\n'
+    text = f'unknown_sni = "{unknown_sni}"\nmin_version = "{min_version}"\n'
     if unknown_sni == "default":
         text += 'default_tenant = "bianchi"\n'
-    for tid, name in NAMES.items():
-        text += f'[[tenants]]\nid = "{tid}"\ndomains = ["{name}"]\nbackend_sip = "udp:10.0.0.1:5060"\n'
-    return c.loads(text, str(base))
+    return tls_config(base, NAMES, text)
+
+
+def _serving(env: dict[str, Any], unknown_sni: str = "reject") -> tuple[CertificateStore, Any]:
+    """A store for the config, loaded, and a TLS echo port serving it."""
+    cfg = _config(env["base"], unknown_sni)
+    store = CertificateStore(cfg, TenantTable(cfg.tenants))
+    store.refresh()
+    return store, _serve(store)
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, Any]:
-    ca = certs.ensure_dev_ca(str(tmp_path / "state"))
-    for tid, name in NAMES.items():
-        _write_pair(ca, tmp_path / "certs" / tid, (name,))
-    return {"base": tmp_path, "ca": ca}
+    return cert_env(tmp_path, NAMES)
 
 
 def _serve(store: CertificateStore) -> Any:
@@ -118,10 +109,7 @@ def test_each_tenant_gets_its_own_certificate(env: dict[str, Any]) -> Any:
 @pytest_twisted.inlineCallbacks
 def test_unknown_sni_is_rejected_by_default(env: dict[str, Any]) -> Any:
     """With unknown_sni = "reject", an unknown name or no name fails the handshake."""
-    cfg = _config(env["base"])
-    store = CertificateStore(cfg, TenantTable(cfg.tenants))
-    store.refresh()
-    port = _serve(store)
+    _store, port = _serving(env)
     try:
         for sni in ("evil.example.net", None):
             with pytest.raises(ssl.SSLError):
@@ -133,10 +121,7 @@ def test_unknown_sni_is_rejected_by_default(env: dict[str, Any]) -> Any:
 @pytest_twisted.inlineCallbacks
 def test_unknown_sni_gets_default_tenant_when_configured(env: dict[str, Any]) -> Any:
     """With unknown_sni = "default", an unknown name or no name gets the default tenant's certificate."""
-    cfg = _config(env["base"], unknown_sni="default")
-    store = CertificateStore(cfg, TenantTable(cfg.tenants))
-    store.refresh()
-    port = _serve(store)
+    _store, port = _serving(env, unknown_sni="default")
     try:
         for sni in (None, "unknown.example.net"):
             ctx_sni = sni
@@ -176,14 +161,11 @@ def _echo(tls: ssl.SSLSocket, data: bytes) -> bytes:
 @pytest_twisted.inlineCallbacks
 def test_replaced_certificate_is_picked_up_and_open_connection_survives(env: dict[str, Any]) -> Any:
     """New files serve new handshakes after refresh; an open connection keeps working."""
-    cfg = _config(env["base"])
-    store = CertificateStore(cfg, TenantTable(cfg.tenants))
-    store.refresh()
-    port = _serve(store)
+    store, port = _serving(env)
     p = port.getHost().port
     try:
         tls, old_serial = yield threads.deferToThread(_open_and_echo, p, NAMES["rossi"], env["ca"].cert_path)
-        _write_pair(env["ca"], env["base"] / "certs" / "rossi", (NAMES["rossi"], "www.rossi.example.com"))
+        write_pair(env["ca"], env["base"] / "certs" / "rossi", (NAMES["rossi"], "www.rossi.example.com"))
         assert store.refresh() == ["rossi"]
         new_serial = yield threads.deferToThread(_serial, p, NAMES["rossi"])
         assert new_serial != old_serial
@@ -196,10 +178,7 @@ def test_replaced_certificate_is_picked_up_and_open_connection_survives(env: dic
 @pytest_twisted.inlineCallbacks
 def test_broken_replacement_keeps_the_old_certificate(env: dict[str, Any]) -> Any:
     """A replacement that fails to load is reported with its path; the old certificate keeps serving."""
-    cfg = _config(env["base"])
-    store = CertificateStore(cfg, TenantTable(cfg.tenants))
-    store.refresh()
-    port = _serve(store)
+    store, port = _serving(env)
     p = port.getHost().port
     try:
         before = yield threads.deferToThread(_serial, p, NAMES["verdi"])
@@ -224,10 +203,7 @@ def test_broken_replacement_keeps_the_old_certificate(env: dict[str, Any]) -> An
 @pytest_twisted.inlineCallbacks
 def test_tls_1_1_is_refused_by_the_server(env: dict[str, Any]) -> Any:
     """A TLS 1.1 ClientHello gets a protocol_version alert from the edge."""
-    cfg = _config(env["base"])
-    store = CertificateStore(cfg, TenantTable(cfg.tenants))
-    store.refresh()
-    port = _serve(store)
+    _store, port = _serving(env)
     try:
         cmd = [
             "openssl",

@@ -9,24 +9,16 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.tlsstore import Echo, cert_env, tls_config
 from twisted.internet import protocol, threads
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from mcs_edge import certs
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
-from mcs_edge.files import atomic_write
 from mcs_edge.tx.tls.certificates import CertificateStore
 
 NAMES = {"rossi": "rossi.example.com", "verdi": "verdi.example.com"}
-
-
-def _write_pair(ca: certs.DevCA, folder: Path, names: tuple[str, ...]) -> None:
-    chain, key = certs.issue_leaf(ca, names)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "privkey.pem", key, 0o600)
-    atomic_write(folder / "fullchain.pem", chain, 0o644)
 
 
 def _handshake(port: int, sni: str | None, cafile: str) -> str:
@@ -39,24 +31,13 @@ def _handshake(port: int, sni: str | None, cafile: str) -> str:
             return str(next(v for k, v in cert["subjectAltName"] if k == "DNS"))
 
 
-class Echo(protocol.Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
 def _config(base: Path, extra: str) -> c.EdgeConfig:
-    text = f'[tls]\nunknown_sni = "reject"\n{extra}'
-    for tid, name in NAMES.items():
-        text += f'[[tenants]]\nid = "{tid}"\ndomains = ["{name}"]\nbackend_sip = "udp:10.0.0.1:5060"\n'
-    return c.loads(text, str(base))
+    return tls_config(base, NAMES, f'unknown_sni = "reject"\n{extra}')
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, Any]:
-    ca = certs.ensure_dev_ca(str(tmp_path / "state"))
-    for tid, name in NAMES.items():
-        _write_pair(ca, tmp_path / "certs" / tid, (name,))
-    return {"base": tmp_path, "ca": ca}
+    return cert_env(tmp_path, NAMES)
 
 
 @pytest_twisted.inlineCallbacks

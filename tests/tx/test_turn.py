@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import edge_toml, tenant_toml
 from helpers.turnclient import TurnClient, TurnError
 from twisted.internet import threads
 from twisted.internet.protocol import Factory, Protocol
@@ -40,38 +41,22 @@ PEER_IP = "127.0.0.2"
 def _config(
     tmp: Path, extra: str = "", rossi_extra: str = "", media: tuple[int, int] = (31000, 31999)
 ) -> c.EdgeConfig:
-    return c.loads(
-        f"""
-[edge]
-state_dir = "{tmp / "state"}"
-public_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "off"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-turn = "127.0.0.1:0"
-turns = "127.0.0.1:0"
-[media]
-ports = [{media[0]}, {media[1]}]
-{extra}
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:5080"
-certificate = "self-signed"
-turn_secret = "{ROSSI_SECRET}"
-turn_peers = ["127.0.0.0/8"]
-api_secret = "{API_SECRET}"
-{rossi_extra}
-[[tenants]]
-id = "bianchi"
-domains = ["bianchi.example.com"]
-backend_sip = "udp:127.0.0.1:5080"
-certificate = "self-signed"
-turn_secret = "{BIANCHI_SECRET}"
-"""
+    tenants = tenant_toml(
+        "rossi",
+        5080,
+        keys=f'turn_secret = "{ROSSI_SECRET}"\nturn_peers = ["127.0.0.0/8"]\napi_secret = "{API_SECRET}"\n',
+        tail=rossi_extra,
+    ) + tenant_toml("bianchi", 5080, keys=f'turn_secret = "{BIANCHI_SECRET}"\n')
+    text = edge_toml(
+        tmp / "state",
+        tenants,
+        edge='public_address = "127.0.0.1"\n',
+        listen='turn = "127.0.0.1:0"\nturns = "127.0.0.1:0"\n',
+        media=media,
+        media_bind=None,
+        media_keys=extra,
     )
+    return c.loads(text)
 
 
 class Edge:
@@ -198,9 +183,10 @@ def test_private_loopback_and_own_peers_are_403(edge: Edge) -> Any:
     assert edge.turn.listeners["udp"].server.counters.forbidden_peers == 12
 
 
-def _expired(edge: Edge) -> int:
-    username = turn_username(int(time.time()) - 5, "alice", "rossi")
-    client = edge.client("udp", creds=(username, rest_password(ROSSI_SECRET.encode(), username)))
+def _allocate_code(edge: Edge, expires_in: int, secret: str) -> int:
+    """The error code of an Allocate with REST credentials for rossi valid ``expires_in`` s, signed with ``secret``."""
+    username = turn_username(int(time.time()) + expires_in, "alice", "rossi")
+    client = edge.client("udp", creds=(username, rest_password(secret.encode(), username)))
     try:
         client.allocate()
     except TurnError as exc:
@@ -208,18 +194,14 @@ def _expired(edge: Edge) -> int:
     finally:
         client.close()
     return 0
+
+
+def _expired(edge: Edge) -> int:
+    return _allocate_code(edge, -5, ROSSI_SECRET)
 
 
 def _wrong_tenant_secret(edge: Edge) -> int:
-    username = turn_username(int(time.time()) + 60, "alice", "rossi")
-    client = edge.client("udp", creds=(username, rest_password(BIANCHI_SECRET.encode(), username)))
-    try:
-        client.allocate()
-    except TurnError as exc:
-        return exc.code
-    finally:
-        client.close()
-    return 0
+    return _allocate_code(edge, 60, BIANCHI_SECRET)
 
 
 @pytest_twisted.inlineCallbacks

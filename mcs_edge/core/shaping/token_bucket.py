@@ -138,24 +138,10 @@ class TokenBucket:
         touched) or ``REFUSED_PARENT`` (2: ``parent`` lacks ``n``; this bucket is not charged).
         The per-packet form of ``try_consume_all`` for a two-level hierarchy (leg in tenant).
         """
-        tokens = self._tokens
-        elapsed = now - self._last
-        if elapsed > 0.0:
-            tokens += elapsed * self._rate
-            if tokens > self._burst:
-                tokens = self._burst
-            self._last = now
-            self._tokens = tokens
+        tokens = self.refill(now)
         if n > tokens:
             return REFUSED_SELF
-        ptokens = parent._tokens
-        elapsed = now - parent._last
-        if elapsed > 0.0:
-            ptokens += elapsed * parent._rate
-            if ptokens > parent._burst:
-                ptokens = parent._burst
-            parent._last = now
-            parent._tokens = ptokens
+        ptokens = parent.refill(now)
         if n > ptokens:
             return REFUSED_PARENT
         parent._tokens = ptokens - n

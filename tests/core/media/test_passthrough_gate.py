@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import struct
 
+from helpers.legports import RecordingPorts
 from helpers.webrtc_peer import WebRtcPeer, rtcp_rr, rtp_packet
 
 from mcs_edge.certs import edge_dtls_certificate
@@ -27,33 +28,9 @@ SETTINGS = SessionSettings(
 )
 
 
-class Ports:
-    """LegPorts recording every datagram sent as (port, data, destination)."""
-
-    def __init__(self) -> None:
-        self.next = 40000
-        self.sent: list[tuple[int, bytes, object]] = []
-
-    def open(self, leg: Leg, rtcp_mux: bool) -> bool:
-        leg.port = self.next
-        leg.rtcp_port = None if rtcp_mux else self.next + 1
-        self.next += 2
-        leg.send = lambda data, addr, port=leg.port: self.sent.append((port, data, addr))
-        leg.send_rtcp = lambda data, addr, port=leg.port + 1: self.sent.append((port, data, addr))
-        return True
-
-    def close(self, leg: Leg) -> None:
-        leg.port = 0
-
-    def take(self) -> list[tuple[bytes, object]]:
-        out = [(data, addr) for _port, data, addr in self.sent]
-        self.sent = []
-        return out
-
-
-def call() -> tuple[MediaSession, Ports, WebRtcPeer, WebRtcPeer, Leg, Leg]:
+def call() -> tuple[MediaSession, RecordingPorts, WebRtcPeer, WebRtcPeer, Leg, Leg]:
     """A browser (A) calls a WebRTC PBX (B) through a passthrough tenant; offer and answer committed."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("pt", SETTINGS, ports, pbx_profile=Profile.PASSTHROUGH)
     a, b = WebRtcPeer(BROWSER), WebRtcPeer(PBX_PEER)
     to_b = session.offer(CLIENT, SessionDescription.parse(a.offer()), 0.0)
@@ -92,7 +69,7 @@ def test_nothing_from_a_never_verified_source_reaches_the_far_peer() -> None:
     for now, data in enumerate(injected):
         client.receive(data, INJECTOR, float(now))  # toward B
         pbx.receive(data, INJECTOR, float(now))  # toward A
-    assert ports.take() == []
+    assert ports.take_all() == []
     for leg in (client, pbx):
         dropped = leg.counters.dropped
         assert dropped["unverified-source"] == 3  # RTP, RTCP, DTLS
@@ -105,9 +82,9 @@ def test_injected_media_after_a_long_silence_does_not_take_the_latch_over() -> N
     """The relatch-after-silence rule no longer lets any source in: only a verified one may take over."""
     _session, ports, _a, _b, client, _pbx = call()
     client.receive(rtp_packet(1, 0x1111), BROWSER, 1.0)
-    assert [addr for _d, addr in ports.take()] == [PBX_PEER]
+    assert [addr for _d, addr in ports.take_all()] == [PBX_PEER]
     client.receive(rtp_packet(2, 0xDEADBEEF), INJECTOR, 100.0)  # 99 s of silence
-    assert ports.take() == []
+    assert ports.take_all() == []
     assert client.remote == BROWSER
 
 
@@ -116,10 +93,10 @@ def test_a_verified_check_lets_a_new_candidate_in_and_then_move_the_latch() -> N
     _session, ports, a, _b, client, _pbx = call()
     check = a.check()
     client.receive(check, BROWSER_NAT, 1.0)
-    assert ports.take() == [(check, PBX_PEER)]
+    assert ports.take_all() == [(check, PBX_PEER)]
     rtp = rtp_packet(5, 0x1111)
     client.receive(rtp, BROWSER_NAT, 1.1)
-    assert ports.take() == [(rtp, PBX_PEER)]
+    assert ports.take_all() == [(rtp, PBX_PEER)]
     assert client.remote == BROWSER_NAT
 
 
@@ -128,18 +105,18 @@ def test_a_response_from_a_new_address_verifies_with_the_responders_own_password
     _session, ports, a, b, client, pbx = call()
     check = a.check()
     client.receive(check, BROWSER, 1.0)
-    ports.take()
+    ports.take_all()
     txid = check[8:20]
     response = m.Message(
         m.METHOD_BINDING, m.CLASS_SUCCESS, txid, (m.XorMappedAddress(BROWSER[0], BROWSER[1]),)
     ).serialize(integrity_key=b.pwd.encode(), fingerprint=True)
     pbx.receive(response, ("10.1.0.10", 30002), 1.1)
-    assert ports.take() == [(response, BROWSER)]
+    assert ports.take_all() == [(response, BROWSER)]
     forged = m.Message(m.METHOD_BINDING, m.CLASS_SUCCESS, txid, ()).serialize(
         integrity_key=a.pwd.encode(), fingerprint=True
     )
     pbx.receive(forged, INJECTOR, 1.2)
-    assert ports.take() == []
+    assert ports.take_all() == []
 
 
 def test_an_ice_restart_keeps_the_previous_credentials_for_checks_in_flight() -> None:
@@ -163,7 +140,7 @@ def test_verified_sources_are_bounded() -> None:
 
 def test_without_ice_credentials_the_leg_falls_back_to_latching() -> None:
     """A passthrough peer whose SDP has no ICE credentials cannot be verified: symmetric latching, as before."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("pt", SETTINGS, ports, pbx_profile=Profile.PASSTHROUGH)
     offer = "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 50000 RTP/AVP 0\r\n"
     answer = (
@@ -174,7 +151,7 @@ def test_without_ice_credentials_the_leg_falls_back_to_latching() -> None:
     client = session.mline_legs[CLIENT][0]
     assert client is not None and client.gate is not None and not client.gate.enforcing
     client.receive(rtp_packet(1, 0x1111), BROWSER_NAT, 1.0)
-    assert [addr for _d, addr in ports.take()] == [PBX_PEER]
+    assert [addr for _d, addr in ports.take_all()] == [PBX_PEER]
 
 
 def test_an_injector_flood_does_not_spend_the_peers_policing_budget() -> None:
@@ -186,5 +163,5 @@ def test_an_injector_flood_does_not_spend_the_peers_policing_budget() -> None:
         client.receive(forged, INJECTOR, 1.0 + i * 1e-4)
         client.receive(rtp[:12] + bytes(60), INJECTOR, 1.0 + i * 1e-4)
     client.receive(rtp, BROWSER, 1.3)
-    assert ports.take() == [(rtp, PBX_PEER)]
+    assert ports.take_all() == [(rtp, PBX_PEER)]
     assert "policed" not in client.counters.dropped

@@ -6,6 +6,7 @@ import secrets
 from typing import Any
 
 import pytest
+from helpers.legports import RecordingPorts
 from helpers.webrtc_peer import SdesPeer, WebRtcPeer, rtcp_rr, rtp_packet
 
 from mcs_edge.certs import dtls_certificate, edge_dtls_certificate
@@ -26,42 +27,6 @@ SETTINGS = SessionSettings(
     certificate=edge_dtls_certificate(),
     random_bytes=secrets.token_bytes,
 )
-
-
-class Ports:
-    """LegPorts for one session: sequential even ports, every datagram sent recorded."""
-
-    def __init__(self, first: int = 40000, limit: int = 1000) -> None:
-        self.next = first
-        self.limit = limit
-        self.open_ports: dict[int, Leg] = {}
-        self.sent: list[tuple[int, bytes, Any]] = []
-
-    def open(self, leg: Leg, rtcp_mux: bool) -> bool:
-        if len(self.open_ports) >= self.limit:
-            return False
-        leg.port = self.next
-        leg.rtcp_port = None if rtcp_mux else self.next + 1
-        self.next += 2
-        leg.send = lambda data, addr, port=leg.port: self.sent.append((port, data, addr))
-        leg.send_rtcp = lambda data, addr, port=leg.port + 1: self.sent.append((port, data, addr))
-        self.open_ports[leg.port] = leg
-        return True
-
-    def close(self, leg: Leg) -> None:
-        del self.open_ports[leg.port]
-        leg.port = 0
-
-    def take(self, addr: Any = None, port: int | None = None) -> list[bytes]:
-        """Datagrams sent (to ``addr`` / from ``port``), removed from the record."""
-        out, keep = [], []
-        for entry in self.sent:
-            if (addr is None or entry[2] == addr) and (port is None or entry[0] == port):
-                out.append(entry[1])
-            else:
-                keep.append(entry)
-        self.sent = keep
-        return out
 
 
 def sdp(text: str) -> SessionDescription:
@@ -96,7 +61,7 @@ def pbx_offer(port: int = PBX_ADDR[1], video: bool = False) -> SessionDescriptio
 
 
 def handshake(
-    session: MediaSession, ports: Ports, browser: WebRtcPeer, now: float, addr: Any = BROWSER
+    session: MediaSession, ports: RecordingPorts, browser: WebRtcPeer, now: float, addr: Any = BROWSER
 ) -> None:
     """ICE check with USE-CANDIDATE, then DTLS until both ends have SRTP keys."""
     leg = session.mline_legs[CLIENT][0]
@@ -124,9 +89,9 @@ def handshake(
 
 def bridge(
     pbx_profile: Profile = Profile.RTP, now: float = 0.0, settings: SessionSettings = SETTINGS
-) -> tuple[MediaSession, Ports, WebRtcPeer, SdesPeer]:
+) -> tuple[MediaSession, RecordingPorts, WebRtcPeer, SdesPeer]:
     """A browser calls a PBX through ``pbx_profile``; ICE and DTLS done."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("call-1", settings, ports, pbx_profile=pbx_profile, now=now)
     browser = WebRtcPeer(BROWSER)
     out = session.offer(CLIENT, sdp(browser.offer()), now, 1)
@@ -153,7 +118,7 @@ def legs(session: MediaSession) -> tuple[Leg, Leg]:
 
 def test_bridge_offer_goes_to_pbx_as_plain_rtp_with_a_port_pair() -> None:
     """A WebRTC offer reaches an RTP PBX as RTP/AVP on the backend address, RTP/RTCP port pair, browser-only attributes gone."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     out = session.offer(CLIENT, sdp(WebRtcPeer(BROWSER).offer()), 0.0)
     m = out.media[0]
@@ -167,7 +132,7 @@ def test_bridge_offer_goes_to_pbx_as_plain_rtp_with_a_port_pair() -> None:
 
 def test_bridge_answer_to_browser_is_ice_lite_passive_with_our_fingerprint() -> None:
     """The PBX's RTP answer becomes a WebRTC answer: ice-lite, our ufrag/pwd, setup passive, candidate on the public address."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     session.offer(CLIENT, sdp(WebRtcPeer(BROWSER).offer()), 0.0)
     back = session.answer(PBX, pbx_answer(), 0.0)
@@ -191,7 +156,7 @@ def test_sdes_pbx_gets_our_keys_and_answer_keys_the_srtp_context() -> None:
 
 def test_passthrough_keeps_the_peers_ice_and_dtls_and_only_moves_addresses() -> None:
     """passthrough: ICE credentials, fingerprint and setup pass unchanged; candidates become the relay's."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.PASSTHROUGH)
     a = WebRtcPeer(BROWSER, kinds=("audio", "video"))
     out = session.offer(CLIENT, sdp(a.offer()), 0.0)
@@ -206,7 +171,7 @@ def test_passthrough_keeps_the_peers_ice_and_dtls_and_only_moves_addresses() -> 
 
 def test_pbx_offer_to_browser_is_actpass_and_we_follow_the_browser_answer() -> None:
     """A PBX offer reaches the browser as WebRTC actpass; a browser answering passive makes us the DTLS client, started after ICE."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP, client_profile=Profile.WEBRTC)
     out = session.offer(PBX, pbx_offer(), 0.0, 1)
     assert out.transport(0).setup == "actpass" and out.has("ice-lite")
@@ -223,7 +188,7 @@ def test_pbx_offer_to_browser_is_actpass_and_we_follow_the_browser_answer() -> N
 
 def test_answer_without_offer_and_bad_answers_are_refused() -> None:
     """An answer must answer an offer of the other side, m-line for m-line; an SDES answer without usable keys is 488."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.SDES)
     session.offer(CLIENT, sdp(WebRtcPeer(BROWSER).offer()), 0.0)
     with pytest.raises(RemoteProtocolError) as no_crypto:
@@ -237,7 +202,7 @@ def test_answer_without_offer_and_bad_answers_are_refused() -> None:
 
 def test_ports_exhausted_raises_and_releases_what_the_offer_took() -> None:
     """No port for the second leg: OutOfPorts, and the first leg's port is given back."""
-    ports = Ports(limit=1)
+    ports = RecordingPorts(limit=1)
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     with pytest.raises(OutOfPorts):
         session.offer(CLIENT, sdp(WebRtcPeer(BROWSER).offer()), 0.0)
@@ -246,7 +211,7 @@ def test_ports_exhausted_raises_and_releases_what_the_offer_took() -> None:
 
 def test_origin_version_moves_only_when_the_body_changes() -> None:
     """Our o= line: same session id always; version bumped only when the SDP we send changed."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     browser = WebRtcPeer(BROWSER)
     first = session.offer(CLIENT, sdp(browser.offer()), 0.0, 1)
@@ -434,7 +399,7 @@ def test_consent_loss_ends_the_session() -> None:
 
 def test_held_peer_gets_the_hold_timeout() -> None:
     """A PBX that answered recvonly (browser put it on hold) may stay silent for hold_timeout, not idle_timeout."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     browser = WebRtcPeer(BROWSER)
     session.offer(CLIENT, sdp(browser.offer(direction="sendonly")), 0.0)
@@ -445,7 +410,7 @@ def test_held_peer_gets_the_hold_timeout() -> None:
 
 def test_unanswered_offer_times_out() -> None:
     """An offer nobody answers ends the session after offer_timeout (the SIP side normally ends it sooner)."""
-    ports = Ports()
+    ports = RecordingPorts()
     ended: list[str] = []
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP, on_end=lambda s, r: ended.append(r))
     session.offer(CLIENT, sdp(WebRtcPeer(BROWSER).offer()), 0.0)
@@ -458,7 +423,7 @@ def test_unanswered_offer_times_out() -> None:
 
 def test_dtls_retransmission_is_driven_by_the_session_timer() -> None:
     """A lost server flight is resent when the session's timer fires (virtual time)."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     browser = WebRtcPeer(BROWSER)
     session.offer(CLIENT, sdp(browser.offer()), 0.0)
@@ -563,7 +528,7 @@ def test_stray_dtls_of_an_old_association_does_not_kill_the_new_one() -> None:
 
 def test_bundled_audio_and_video_route_to_separate_pbx_legs() -> None:
     """One bundled browser port, two PBX legs: packets route by SSRC (and payload type), replies all go to the browser."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     browser = WebRtcPeer(BROWSER, kinds=("audio", "video"))
     out = session.offer(CLIENT, sdp(browser.offer()), 0.0, 1)
@@ -588,7 +553,7 @@ def test_bundled_audio_and_video_route_to_separate_pbx_legs() -> None:
 
 def test_pbx_downgrade_to_plain_rtp_is_followed() -> None:
     """A client answering our WebRTC offer with plain RTP/AVP: the client leg becomes an RTP leg (no ICE, no SRTP)."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP, client_profile=Profile.WEBRTC)
     session.offer(PBX, pbx_offer(), 0.0)
     plain = "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 50000 RTP/AVP 0\r\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import secrets
-from typing import Any
 
+from helpers.legports import RecordingPorts
 from helpers.webrtc_peer import SdesPeer, WebRtcPeer, rtp_packet
 
 from mcs_edge.certs import edge_dtls_certificate
@@ -26,35 +26,6 @@ SETTINGS = SessionSettings(
     certificate=edge_dtls_certificate(),
     random_bytes=secrets.token_bytes,
 )
-
-
-class Ports:
-    """LegPorts: sequential even ports, every datagram sent recorded as (from port, data, to)."""
-
-    def __init__(self) -> None:
-        self.next = 40000
-        self.sent: list[tuple[int, bytes, Any]] = []
-
-    def open(self, leg: Leg, rtcp_mux: bool) -> bool:
-        leg.port = self.next
-        leg.rtcp_port = None if rtcp_mux else self.next + 1
-        self.next += 2
-        leg.send = lambda data, addr, port=leg.port: self.sent.append((port, data, addr))
-        leg.send_rtcp = lambda data, addr, port=leg.port + 1: self.sent.append((port, data, addr))
-        return True
-
-    def close(self, leg: Leg) -> None:
-        leg.port = 0
-
-    def take(self, addr: Any = None, port: int | None = None) -> list[bytes]:
-        out, keep = [], []
-        for entry in self.sent:
-            if (addr is None or entry[2] == addr) and (port is None or entry[0] == port):
-                out.append(entry[1])
-            else:
-                keep.append(entry)
-        self.sent = keep
-        return out
 
 
 def sdp(text: str) -> SessionDescription:
@@ -99,7 +70,7 @@ def app_offer(proto: str = "RTP/AVP", ice: WebRtcPeer | None = None, extra: tupl
 def test_ice_lite_on_a_plain_rtp_leg_answers_both_components_and_gates_media() -> None:
     """A plain RTP offer with ICE gets an ice-lite answer (candidates for RTP and RTCP); checks on both
     ports are answered; RTP is heard from the consented address only."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     app = WebRtcPeer(APP)
     session.offer(CLIENT, sdp(app_offer(ice=app)), 0.0, 1)
@@ -126,7 +97,7 @@ def test_ice_lite_on_a_plain_rtp_leg_answers_both_components_and_gates_media() -
 
 def test_a_native_client_without_ice_is_latched_and_gets_no_ice_attributes() -> None:
     """A plain RTP offer without ICE: the answer has no ICE; the leg latches on the app's source."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     session.offer(CLIENT, sdp(app_offer()), 0.0, 1)
     back = session.answer(PBX, pbx_answer(), 0.0)
@@ -139,7 +110,7 @@ def test_a_native_client_without_ice_is_latched_and_gets_no_ice_attributes() -> 
 
 def test_rtp_avp_with_crypto_is_answered_with_srtp_not_plain() -> None:
     """'SRTP if possible' (RTP/AVP + a=crypto) is answered RTP/AVP with our key; media is SRTP both ways."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     app = SdesPeer()
     session.offer(CLIENT, sdp(app_offer(extra=(app.crypto_line(),))), 0.0, 1)
@@ -160,7 +131,7 @@ def test_rtp_avp_with_crypto_is_answered_with_srtp_not_plain() -> None:
 def test_dtls_srtp_without_ice_latches_and_keys_srtp() -> None:
     """A DTLS-SRTP offer without ICE is accepted (not refused): the app's ClientHello from its address
     starts DTLS, SRTP flows both ways, no STUN needed."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession("c", SETTINGS, ports, pbx_profile=Profile.RTP)
     app = WebRtcPeer(APP)
     fp = app.certificate.fingerprint
@@ -192,7 +163,7 @@ def test_dtls_srtp_without_ice_latches_and_keys_srtp() -> None:
 
 def test_the_edges_offer_to_a_native_dtls_client_carries_rtcp_candidates_on_one_port() -> None:
     """Toward a native client (which ignores rtcp-mux in offers) a DTLS offer names RTCP on the RTP port."""
-    ports = Ports()
+    ports = RecordingPorts()
     session = MediaSession(
         "c", SETTINGS, ports, pbx_profile=Profile.RTP, client_profile=Profile.WEBRTC, native_client=True
     )
@@ -206,7 +177,7 @@ def test_the_edges_offer_to_a_native_dtls_client_carries_rtcp_candidates_on_one_
 def test_the_edges_plain_and_sdes_offers_to_a_native_client_offer_ice_lite() -> None:
     """Toward the app the edge offers ICE-lite on RTP and SDES too; an answer without ICE drops it."""
     for profile in (Profile.RTP, Profile.SDES):
-        ports = Ports()
+        ports = RecordingPorts()
         session = MediaSession(
             "c", SETTINGS, ports, pbx_profile=Profile.RTP, client_profile=profile, native_client=True
         )

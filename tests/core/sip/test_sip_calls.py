@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass
+from helpers.sipcore import Tenant, one_tenant_proxy
 
 from mcs_edge.core.sip.calls import CallTable
 from mcs_edge.core.sip.proxy import ProxySettings, SipProxy, ToBackend, ToFlow
@@ -11,23 +10,11 @@ from mcs_edge.core.sip.proxy import ProxySettings, SipProxy, ToBackend, ToFlow
 PBX = ("10.1.0.10", 5060)
 
 
-@dataclass(frozen=True)
-class Tenant:
-    id: str = "rossi"
-    path: bool = True
-
-
-T = Tenant()
+T = Tenant("rossi")
 
 
 def _proxy() -> SipProxy:
-    return SipProxy(
-        ProxySettings("203.0.113.1", 443, "10.0.0.5", 5070),
-        tenant_for_domain=lambda host: T if host == "rossi.example.com" else None,
-        backend_of=lambda _t: ("udp", PBX),
-        tenants_at=lambda ip: [T] if ip == PBX[0] else [],
-        random_bytes=secrets.token_bytes,
-    )
+    return one_tenant_proxy(T, "rossi.example.com", PBX, ProxySettings("203.0.113.1", 443, "10.0.0.5", 5070))
 
 
 def _invite(call_id: str, branch: str) -> bytes:
