@@ -78,6 +78,7 @@ def bench_toml(state: Path, pbx_port: int, edge: str = "", extra: str = "", tena
         '[listen]\nhttps = "127.0.0.1:0"\nsip_tls = "off"\nbackend_sip = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n'
         "[tls]\nreload_interval = 0\n[sip]\nkeepalive_timeout = 600\n"
         '[guard]\nallow_networks = ["127.0.0.0/8"]\n'  # every bench client comes from loopback
+        "max_connections_per_ip = 0\n"  # thousands of agents come from one address
         f"{extra}"
         f'[[tenants]]\nid = "bench"\ndomains = ["{DOMAIN}"]\nbackend_sip = "udp:127.0.0.1:{pbx_port}"\n'
         f'certificate = "self-signed"\n{tenant}'

@@ -25,13 +25,24 @@ to each other (no edge): the generator's own ceiling on this machine. CPU per 1,
 as the load rises (an event loop handles more packets per wake-up), so it is printed at the maximum
 and near ``--media-ref`` streams.
 
+**Hold** (``--bench hold``): the issue's two-worker figure. ``--registered`` WSS connections
+(TLS + WebSocket, each REGISTERed; this process is the PBX and answers 200) are opened and held,
+then ``--calls`` calls are set up over ``--media-conns`` more WSS connections (tenant media mode
+``--media-mode``; ``bridge``: the generator's clients offer plain RTP/AVP, since ``rtpgen.c`` does no
+DTLS-SRTP) and each carries 50 packets/s each way, sent and counted by ``rtpgen.c``; the calls are
+then held for ``--hold`` seconds while a probe call is set up every 0.5 s. Printed per worker
+count: agents registered (and the edge's CPU per registration), INVITE -> 200 times while the calls
+are set up and of the probes during the hold, loss over the hold, and the CPU of the edge, the
+generator and everything else on the machine.
+
 On a 2-core machine the load generator (and for SIP the PBX responder) shares the cores with the
 workers, so 2 workers cannot double the 1-worker figure here: read the CPU-per-unit columns for the
 cost of the supervisor and SO_REUSEPORT spreading, and the capacity columns for what this box
 reached with the generator on it.
 
-Usage: ``python bench/bench_workers.py [--bench sip,media] [--workers 1,2] [--seconds 8]
-[--conns 64] [--media-start 800] [--media-window 3] [--media-budget 150] [-v]``.
+Usage: ``python bench/bench_workers.py [--bench sip,media,hold] [--workers 1,2] [--seconds 8]
+[--conns 64] [--media-start 800] [--media-window 3] [--media-budget 150] [-v]
+[--media-mode passthrough|bridge] [--registered 10000] [--calls 1000] [--hold 60]``.
 """
 
 from __future__ import annotations
@@ -497,6 +508,8 @@ class MediaLoad:
         self.conns = conns
         self.calls = 0
         self.streams = 0
+        #: (seconds from INVITE to 200, streams already flowing) per call set up through the edge
+        self.setups: list[tuple[float, int]] = []
 
     async def _dests(self, i: int, client_port: int, pbx_port: int) -> tuple[int, int]:
         """(where the client sends, where the PBX sends) for call ``i``."""
@@ -505,7 +518,9 @@ class MediaLoad:
         assert self.pbx is not None
         call_id = f"bench{i}x{os.getpid()}"
         self.pbx.answers[call_id] = _sdp(pbx_port)
+        t0 = time.perf_counter()
         answer = await self.conns[i % len(self.conns)].invite(call_id, _sdp(client_port))
+        self.setups.append((time.perf_counter() - t0, self.streams))
         self.pbx.answers.pop(call_id, None)
         # the relay's client-side port (from the answer), its PBX-side port (from the offer the PBX got)
         return _media_port(answer), _media_port(self.pbx.offers.pop(call_id))
@@ -520,6 +535,8 @@ class MediaLoad:
             dests = await asyncio.gather(*(self._dests(first + j, c, p) for j, (c, p) in enumerate(ports)))
             for j, (up, down) in enumerate(dests):
                 self.gen.set_dest(first + j, up, down)
+            self.gen.set_active(2 * self.calls)  # the calls set up so far send while the next are set up
+            self.streams = 2 * self.calls
         self.gen.set_active(streams)
         self.streams = streams
 
@@ -764,6 +781,171 @@ def _media_bench(args: argparse.Namespace) -> None:
         print(line)
 
 
+# ============================================================= hold: agents + bridged calls
+
+
+def _register(i: int) -> bytes:
+    d = "bench.example.com"
+    return (
+        f"REGISTER sip:{d} SIP/2.0\r\nVia: SIP/2.0/WSS r{i}.invalid;branch=z9hG4bKr{i}\r\nMax-Forwards: 70\r\n"
+        f"To: <sip:agent{i}@{d}>\r\nFrom: <sip:agent{i}@{d}>;tag=r{i}\r\nCall-ID: reg{i}x{os.getpid()}\r\n"
+        f"CSeq: 1 REGISTER\r\nContact: <sip:agent{i}@r{i}.invalid;transport=ws>;expires=3600\r\n"
+        "Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def _agents(port: int, n: int, ctx: ssl.SSLContext) -> tuple[list[WS], int]:
+    """``n`` WSS connections, each REGISTERed (200 from the PBX); returns them and the failures."""
+    held: list[WS] = []
+    failed = 0
+    sem = asyncio.Semaphore(64)
+
+    async def one(i: int) -> None:
+        nonlocal failed
+        async with sem:
+            try:
+                ws = await asyncio.wait_for(WS.connect(port, "bench.example.com", ctx), 30)
+                ws.send(_register(i))
+                while not (msg := await asyncio.wait_for(ws.recv(), 30)).startswith(b"SIP/2.0 2"):
+                    if not msg.startswith(b"SIP/2.0 1"):
+                        raise RuntimeError(msg.split(b"\r\n", 1)[0].decode(errors="replace"))
+                held.append(ws)
+            except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
+                failed += 1
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return held, failed
+
+
+async def _probe_calls(load: MediaLoad, stop: asyncio.Event, out: list[float]) -> None:
+    """A new call every 0.5 s while the others flow (no media of its own): its INVITE -> 200 time."""
+    assert load.pbx is not None
+    k = 0
+    while not stop.is_set():
+        k += 1
+        call_id = f"probe{k}x{os.getpid()}"
+        load.pbx.answers[call_id] = _sdp(9)
+        t0 = time.perf_counter()
+        try:
+            await load.conns[k % len(load.conns)].invite(call_id, _sdp(9))
+            out.append(time.perf_counter() - t0)
+        except (TimeoutError, RuntimeError, ConnectionError):
+            out.append(float("inf"))
+        load.pbx.answers.pop(call_id, None)
+        load.pbx.offers.pop(call_id, None)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    out: dict[str, float] = {"workers": workers}
+    with tempfile.TemporaryDirectory() as tmp:
+        pbx_transport, pbx = await loop.create_datagram_endpoint(Pbx, local_addr=("127.0.0.1", 0))
+        lo = random.randrange(20000, 21000, 2)
+        extra = (
+            f'[media]\nports = [{lo}, {lo + 11499}]\nbind = "127.0.0.1"\nidle_timeout = 600\n'
+            "[shaping]\nrate = 100000\nburst = 200000\n"
+        )
+        limit = args.registered + args.media_conns + 100
+        edge = await loop.run_in_executor(
+            None,
+            lambda: Edge(
+                tmp,
+                workers,
+                pbx_transport.get_extra_info("sockname")[1],
+                extra,
+                f'media = "{args.media_mode}"\n[tenants.limits]\nmax_connections = {limit}\n',
+            ),
+        )
+        agents: list[WS] = []
+        load: MediaLoad | None = None
+        try:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            cpu0, t0 = edge.cpu(), time.monotonic()
+            agents, failed = await _agents(edge.port, args.registered, ctx)
+            out.update(
+                registered=len(agents),
+                register_failed=failed,
+                register_s=time.monotonic() - t0,
+                register_cpu=edge.cpu() - cpu0,
+            )
+            conns = [
+                SipConn(await WS.connect(edge.port, "bench.example.com", ctx))
+                for _ in range(args.media_conns)
+            ]
+            gen: Generator = CGenerator(args.rtpgen) if args.rtpgen is not None else PyGenerator()
+            load = MediaLoad("edge", gen, pbx, conns)
+            t0 = time.monotonic()
+            try:
+                await load.ensure(2 * args.calls)
+            except (TimeoutError, RuntimeError, ConnectionError) as exc:
+                print(f"  call setup failed after {load.calls} calls: {exc!r}", file=sys.stderr)
+            out.update(calls=load.calls, setup_s=time.monotonic() - t0)
+            ramp = [d for d, _ in load.setups]
+            late = [d for d, flowing in load.setups if flowing >= 2 * args.calls * 0.9]
+            out.update(setup_p50=_pct(ramp, 0.5), setup_p99=_pct(ramp, 0.99), setup_late_p99=_pct(late, 0.99))
+            stop = asyncio.Event()
+            probes: list[float] = []
+            probe = asyncio.ensure_future(_probe_calls(load, stop, probes))
+            r = await _measure(load, edge, args.hold)
+            stop.set()
+            await probe
+            out.update(r)
+            out.update(probe_p50=_pct(probes, 0.5), probe_p99=_pct(probes, 0.99), probes=len(probes))
+            out["connections_alive"] = sum(1 for ws in agents if not ws.w.is_closing())
+        finally:
+            if load is not None:
+                await load.close()
+            for ws in agents:
+                ws.w.close()
+            pbx_transport.close()
+            await loop.run_in_executor(None, edge.stop)
+    return out
+
+
+def hold_bench(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as build:
+        args.rtpgen = build_rtpgen(build) if args.generator == "c" else None
+        rows = [asyncio.run(_hold_run(int(n), args)) for n in args.workers.split(",")]
+    print(
+        f"Hold: {args.registered} registered WSS agents + {args.calls} calls ({args.media_mode}; {RATE} pkt/s"
+        f" each way) held {args.hold:.0f} s, a new probe call every 0.5 s; {os.cpu_count()} CPU(s) shared with"
+        " the generator (rtpgen.c, nice -10) and this process (agents, PBX)"
+    )
+    for r in rows:
+        gone = r["registered"] - r["connections_alive"]
+        print(
+            f"  {int(r['workers'])} worker(s): {int(r['registered'])} agents registered"
+            f" ({int(r['register_failed'])} failed, {r['register_s']:.0f} s, edge {1e3 * r['register_cpu'] / max(r['registered'], 1):.2f} ms CPU each),"
+            f" {int(gone)} dropped during the hold"
+        )
+        print(
+            f"    {int(r['calls'])} calls set up in {r['setup_s']:.0f} s: INVITE->200 p50 {1e3 * r['setup_p50']:.0f} ms,"
+            f" p99 {1e3 * r['setup_p99']:.0f} ms (p99 {1e3 * r['setup_late_p99']:.0f} ms for the last 10%)"
+        )
+        print(
+            f"    hold: {int(r['sent'])} packets sent, loss {100 * r['loss']:.3f}%, {r['rate']:.0f} pkt/s"
+            f" (nominal {int(r['nominal'])}), generator lag {1e3 * r['lag']:.0f} ms;"
+            f" probe calls ({int(r['probes'])}): p50 {1e3 * r['probe_p50']:.0f} ms, p99 {1e3 * r['probe_p99']:.0f} ms"
+        )
+        print(
+            f"    CPU: edge {r['edge_cpu'] / r['elapsed']:.2f} cores ({1e6 * r['edge_cpu'] / max(r['got'], 1):.1f} us/pkt),"
+            f" generator {r['gen_cpu'] / r['elapsed']:.2f}, everything else {r['other_cpu'] / r['elapsed']:.2f}"
+        )
+
+
 def sip_bench(args: argparse.Namespace) -> None:
     responder = subprocess.Popen([sys.executable, "-c", RESPONDER], stdout=subprocess.PIPE, text=True)
     try:
@@ -792,11 +974,19 @@ def sip_bench(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench", default="sip,media", help="sip, media or both (comma-separated)")
+    ap.add_argument("--bench", default="sip,media", help="sip, media, hold (comma-separated)")
     ap.add_argument("--seconds", type=float, default=8.0, help="SIP: seconds of load per worker count")
     ap.add_argument("--conns", type=int, default=64, help="SIP: WSS connections")
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--media-mode", default="passthrough", choices=("passthrough",))
+    ap.add_argument(
+        "--media-mode",
+        default="passthrough",
+        choices=("passthrough", "bridge"),
+        help="tenant media mode (bridge: the generator's clients offer plain RTP, rtpgen.c has no SRTP)",
+    )
+    ap.add_argument("--registered", type=int, default=10000, help="hold: registered WSS agents held")
+    ap.add_argument("--calls", type=int, default=1000, help="hold: concurrent calls")
+    ap.add_argument("--hold", type=float, default=60.0, help="hold: seconds the calls are measured")
     ap.add_argument("--generator", default="c", choices=("c", "python"), help="media: RTP load generator")
     ap.add_argument("--media-start", type=int, default=800, help="media: streams at the first level")
     ap.add_argument("--media-window", type=float, default=3.0, help="media: seconds per measuring window")
@@ -826,6 +1016,8 @@ def main() -> None:
         if "sip" in benches:
             print()
         media_bench(args)
+    if "hold" in benches:
+        hold_bench(args)
 
 
 if __name__ == "__main__":

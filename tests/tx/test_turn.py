@@ -3,7 +3,6 @@ policing, release of every relay, the ice-servers endpoint, and the pure pieces 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -27,10 +26,11 @@ from twisted.protocols.policies import WrappingFactory
 
 from mcs_edge import config as c
 from mcs_edge.core.stun.turn import rest_password
+from mcs_edge.tx.relay_endpoint import asyncio_loop_of
 from mcs_edge.tx.service import EdgeService
 from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls.front import TlsFrontFactory
-from mcs_edge.tx.turn.server import TurnPolicy, _TwistedSendto, asyncio_loop_of, turn_username
+from mcs_edge.tx.turn.server import TurnPolicy, turn_username
 
 ROSSI_SECRET = "rossi-turn-secret-0123"
 BIANCHI_SECRET = "bianchi-turn-secret-0123"
@@ -150,10 +150,10 @@ def test_udp_allocation_relays_both_ways_and_refresh_zero_releases(edge: Edge) -
         relay = next(iter(edge.turn.pool.relays.values()))
         listener = edge.turn.listeners["udp"]
         if asyncio_loop_of(edge.service.reactor) is not None:  # hot-path rule: native loop endpoints
-            assert isinstance(relay.transport, asyncio.BaseTransport)
-            assert isinstance(listener.transport, asyncio.BaseTransport)
+            assert relay.endpoint.native and listener.endpoint.native
+            assert relay.sendto == relay.endpoint.transport.sendto  # the loop's own sendto, no wrapper
         else:
-            assert isinstance(relay.transport, _TwistedSendto)
+            assert not relay.endpoint.native
         code = yield threads.deferToThread(client.refresh, 0)
         assert code == 0
         assert len(edge.turn.pool) == 0 and edge.turn.pool.ports.in_use == 0

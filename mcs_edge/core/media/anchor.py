@@ -66,7 +66,7 @@ from typing import Any, Final, Protocol
 
 from mcs_edge.core.media.ports import PortAllocator
 from mcs_edge.core.media.reanchor import StreamContinuity, clock_rate
-from mcs_edge.core.media.sdp import Profile, SessionDescription
+from mcs_edge.core.media.sdp import Profile, SessionDescription, client_profile_for
 from mcs_edge.core.media.session import (
     CLIENT,
     PBX,
@@ -89,7 +89,6 @@ SDP_TYPE: Final = "application/sdp"
 _OFFER_METHODS: Final = frozenset({"INVITE", "UPDATE"})
 _ANSWER_METHODS: Final = frozenset({"ACK", "PRACK"})
 _RESPONSE_METHODS: Final = frozenset({"INVITE", "UPDATE", "PRACK"})
-_CLIENT_PROFILES: Final = {"wss": Profile.WEBRTC, "ws": Profile.WEBRTC, "tls": Profile.SDES}
 #: ``tenants.app_media``: what the edge offers a SIP/TLS client (the mobile app) that has not offered yet.
 APP_PROFILES: Final = {"sdes": Profile.SDES, "dtls": Profile.WEBRTC, "rtp": Profile.RTP}
 _ENCRYPTED: Final = frozenset({Profile.SDES, Profile.WEBRTC})
@@ -307,7 +306,7 @@ class MediaAnchor:
         (SIP/TLS) what it last offered on that flow, else the tenant's ``app_media`` (SDES)."""
         transport = self._client_transport(flow_id)
         if transport != "tls":
-            return _CLIENT_PROFILES.get(transport or "", Profile.WEBRTC)
+            return client_profile_for(transport)
         known = self._flow_offered.get(flow_id)
         if known is not None:
             return known

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mcs_edge.core.media.loopback import LoopbackPorts, echo_answer, echo_offer
-from mcs_edge.core.media.sdp import Profile, SessionDescription
+from mcs_edge.core.media.sdp import Profile, SessionDescription, client_profile_for
 from mcs_edge.core.media.session import CLIENT, PBX, MediaSession, OutOfPorts
 from mcs_edge.core.randomness import RandomBytes
 from mcs_edge.core.sip.headers import SipUri, parse_name_addr
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOW",
-    "CLIENT_PROFILES",
     "ECHO_USER",
     "MAX_PER_FLOW",
     "MAX_PER_TENANT",
@@ -90,8 +89,6 @@ MAX_PER_TENANT: Final = 100
 MAX_SECONDS: Final = 600.0
 ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
 SDP: Final = "application/sdp"
-#: Media profile of the caller's side by SIP transport (WebSocket: WebRTC; TLS: the mobile app's SDES).
-CLIENT_PROFILES: Final = {"wss": Profile.WEBRTC, "ws": Profile.WEBRTC, "tls": Profile.SDES}
 
 
 class EchoSettings(Protocol):
@@ -398,7 +395,7 @@ class EchoUA:
             anchor.settings.session,
             ports,
             pbx_profile=Profile.RTP,
-            client_profile=CLIENT_PROFILES.get(flow.transport, Profile.WEBRTC),
+            client_profile=client_profile_for(flow.transport),
             on_end=self._media_ended,
             policer=(lambda: policer(tenant_id)) if policer is not None else None,
             now=now,

@@ -56,6 +56,7 @@ __all__ = [
     "RtcpAttribute",
     "RtpMap",
     "SessionDescription",
+    "client_profile_for",
     "detect_profile",
 ]
 
@@ -113,6 +114,15 @@ class Profile(enum.Enum):
     SDES = "sdes"  # RTP/SAVP with a=crypto keys
     RTP = "rtp"  # plain RTP/AVP, RTCP on port+1 unless muxed
     PASSTHROUGH = "passthrough"  # opaque: the far ends' crypto and ICE attributes pass unchanged
+
+
+_CLIENT_PROFILES: Final = {"wss": Profile.WEBRTC, "ws": Profile.WEBRTC, "tls": Profile.SDES}
+
+
+def client_profile_for(transport: str | None) -> Profile:
+    """The profile a client on SIP ``transport`` gets by default: WebRTC over WebSocket (and when the
+    transport is unknown), SDES over SIP/TLS (the mobile app)."""
+    return _CLIENT_PROFILES.get(transport or "", Profile.WEBRTC)
 
 
 def detect_profile(media: MediaDescription) -> Profile:

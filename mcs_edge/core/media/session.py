@@ -367,15 +367,10 @@ class Leg:
                 self.counters.drop("truncated")
                 return False
             if self.decrypts:
-                srtp = self.srtp
-                if srtp is None:
-                    self.counters.drop("not-keyed")
+                plain = self.unprotect(data, False)
+                if plain is None:
                     return False
-                try:
-                    data = srtp.unprotect_rtp(data)
-                except RemoteProtocolError:
-                    self.counters.drop("srtp")
-                    return False
+                data = plain
             if moved:
                 self._latch(addr)  # only a packet that proved valid moves the latch
             self.last_rx = now
@@ -403,27 +398,11 @@ class Leg:
                 data = rewrite(data, now)
             target.last_rtp = data
             if target.encrypts:
-                srtp = target.srtp
-                if srtp is None:
-                    target.counters.drop("not-keyed")
+                sealed = target.protect(data, False)
+                if sealed is None:
                     return False
-                try:
-                    data = srtp.protect_rtp(data)
-                except RemoteProtocolError:  # e.g. libsrtp's "index too old" after a sequence jump back
-                    target.counters.drop("srtp-protect")
-                    return False
-            dest = target.remote
-            if dest is None:
-                target.counters.drop("no-destination")
-                return False
-            try:
-                target.send(data, dest)
-            except Exception:  # a socket error must never reach the reactor
-                target.counters.drop("send-error")
-                return False
-            target.tx_packets += 1
-            target.tx_bytes += len(data)
-            return False
+                data = sealed
+            return target.transmit(data, target.remote, target.send)
         if kind == KIND_STUN:
             return self._stun(data, addr, now)
         if kind == KIND_DTLS:
@@ -520,15 +499,10 @@ class Leg:
             self.counters.drop("truncated")
             return None
         if self.decrypts:
-            srtp = self.srtp
-            if srtp is None:
-                self.counters.drop("not-keyed")
+            plain = self.unprotect(data, True)
+            if plain is None:
                 return None
-            try:
-                data = srtp.unprotect_rtcp(data)
-            except RemoteProtocolError:
-                self.counters.drop("srtcp")
-                return None
+            data = plain
         if moved is not None:
             self._latch(moved)
         self.last_rx = now
@@ -559,25 +533,47 @@ class Leg:
         if rewrite is not None:
             data = rewrite(data)
         if self.encrypts:
-            srtp = self.srtp
-            if srtp is None:
-                self.counters.drop("not-keyed")
+            sealed = self.protect(data, True)
+            if sealed is None:
                 return False
-            try:
-                data = srtp.protect_rtcp(data)
-            except RemoteProtocolError:
-                self.counters.drop("srtp-protect")
-                return False
+            data = sealed
         if self.rtcp_port is None:
-            dest, send = self.remote, self.send
-        else:
-            dest, send = self.remote_rtcp, self.send_rtcp
+            return self.transmit(data, self.remote, self.send)
+        return self.transmit(data, self.remote_rtcp, self.send_rtcp)
+
+    def unprotect(self, data: bytes, rtcp: bool) -> bytes | None:
+        """SRTP(C) from this leg's peer -> plain; None (counted) when not keyed yet or refused."""
+        srtp = self.srtp
+        if srtp is None:
+            self.counters.drop("not-keyed")
+            return None
+        try:
+            return srtp.unprotect_rtcp(data) if rtcp else srtp.unprotect_rtp(data)
+        except RemoteProtocolError:
+            self.counters.drop("srtcp" if rtcp else "srtp")
+            return None
+
+    def protect(self, data: bytes, rtcp: bool) -> bytes | None:
+        """Plain -> SRTP(C) toward this leg's peer; None (counted) when not keyed yet or refused
+        (e.g. libsrtp's "index too old" after a sequence jump back)."""
+        srtp = self.srtp
+        if srtp is None:
+            self.counters.drop("not-keyed")
+            return None
+        try:
+            return srtp.protect_rtcp(data) if rtcp else srtp.protect_rtp(data)
+        except RemoteProtocolError:
+            self.counters.drop("srtp-protect")
+            return None
+
+    def transmit(self, data: bytes, dest: Addr | None, send: Sender) -> bool:
+        """Send ``data`` to this leg's peer at ``dest`` and count it (False: the packet path is done)."""
         if dest is None:
             self.counters.drop("no-destination")
             return False
         try:
             send(data, dest)
-        except Exception:
+        except Exception:  # a socket error must never reach the reactor
             self.counters.drop("send-error")
             return False
         self.tx_packets += 1
@@ -589,39 +585,21 @@ class Leg:
         if target is None:
             self.counters.drop("no-route")
             return False
-        dest = dest_override if dest_override is not None else target.remote
-        if dest is None:
-            target.counters.drop("no-destination")
-            return False
-        try:
-            target.send(data, dest)
-        except Exception:
-            target.counters.drop("send-error")
-            return False
-        target.tx_packets += 1
-        target.tx_bytes += len(data)
-        return False
+        return target.transmit(
+            data, dest_override if dest_override is not None else target.remote, target.send
+        )
 
     # ----------------------------------------------------------------------------------- STUN
 
     def _stun(self, data: bytes, addr: Addr, now: float) -> bool:
-        n = len(data)
         if self.profile is Profile.PASSTHROUGH:
             return self._relay_stun(data, addr, now)
         ice = self.ice
         if ice is None:
             self.counters.drop("stun")
             return False
-        if not self.policer.admit(n, now):
-            self.counters.drop("policed")
+        if not self._answer_check(ice, data, addr, now, self.send):
             return False
-        self.stun_rx += 1
-        response = ice.receive(data, addr, now)
-        if response is not None:
-            try:
-                self.send(response, addr)
-            except Exception:
-                self.counters.drop("send-error")
         if ice.has_consent(addr, now):
             self.last_rx = now
         else:
@@ -633,6 +611,15 @@ class Leg:
         """An ICE check on the separate RTCP port (component 2 of a non-muxed RTP/SDES leg)."""
         ice = self.rtcp_ice
         assert ice is not None
+        if not self._answer_check(ice, data, addr, now, self.send_rtcp):
+            return False
+        while (ev := ice.next_event()) is not None:
+            if isinstance(ev, SelectedAddressChanged) and ev.addr is not None:
+                self.remote_rtcp = ev.addr
+        return False
+
+    def _answer_check(self, ice: IceLiteResponder, data: bytes, addr: Addr, now: float, send: Sender) -> bool:
+        """Police an ICE check and answer it on ``send``; False when it was policed (dropped)."""
         if not self.policer.admit(len(data), now):
             self.counters.drop("policed")
             return False
@@ -640,13 +627,10 @@ class Leg:
         response = ice.receive(data, addr, now)
         if response is not None:
             try:
-                self.send_rtcp(response, addr)
+                send(response, addr)
             except Exception:
                 self.counters.drop("send-error")
-        while (ev := ice.next_event()) is not None:
-            if isinstance(ev, SelectedAddressChanged) and ev.addr is not None:
-                self.remote_rtcp = ev.addr
-        return False
+        return True
 
     def drop_ice(self) -> None:
         """The peer does not do ICE (no credentials in its SDP): latching decides where media goes."""

@@ -8,37 +8,35 @@ the anchor and re-arms the anchor's single timer (:class:`CoreTimer`) afterwards
 :class:`~mcs_edge.core.media.anchor.RelayIO` it binds a socket when a leg gets a port and closes it
 when the leg is released.
 
-Per packet (DESIGN.md, Performance budget): on Twisted's asyncio reactor (uvloop in production)
-each relay port is a native datagram endpoint of the loop (``loop.create_datagram_endpoint`` on a
-socket bound synchronously, so bind errors are known before the SDP names the port). The loop calls
+Per packet (DESIGN.md, Performance budget): each relay port is a
+:class:`~mcs_edge.tx.relay_endpoint.RelayEndpoint` (on Twisted's asyncio reactor, uvloop in
+production, a native datagram endpoint of the loop on a socket bound synchronously, so bind errors
+are known before the SDP names the port; ``listenUDP`` elsewhere). The loop calls
 ``datagram_received`` once per datagram, which makes the one Python call of the hot path,
 ``leg.receive(data, addr, now)``: demux, source check, police, (un)protect, forward with the other
 leg's ``transport.sendto`` (a C method on uvloop, attached to the leg once the endpoint exists;
-until then a plain ``sock.sendto``). Only when the leg reports an ICE/DTLS change does the relay
-poke the anchor and re-arm the timer. On any other reactor the same protocol object runs on
-Twisted's ``listenUDP`` (slower, same behaviour).
+until then the endpoint's ``sendto`` on the bound socket). Only when the leg reports an ICE/DTLS
+change does the relay poke the anchor and re-arm the timer.
 
 Failures: a port that cannot be bound makes the anchor try the next one; send errors are counted
-by the legs; ``error_received`` (ICMP errors) is counted here; problems are logged rate-limited.
+by the legs; ICMP errors the loop reports are counted here; problems are logged rate-limited.
 :meth:`stop` releases every session, cancels the timer and closes every socket.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.anchor import AnchorSettings, MediaAnchor
 from mcs_edge.core.media.session import Leg, Sender, SessionSettings
 from mcs_edge.core.shaping import Policer
+from mcs_edge.tx.relay_endpoint import RelayEndpoint, RelayEndpoints
 from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
@@ -72,112 +70,27 @@ def relay_settings(config: EdgeConfig) -> AnchorSettings:
     )
 
 
-class _RelayPort(asyncio.DatagramProtocol):
-    """One relay port: a datagram endpoint of the asyncio loop, or a Twisted ``listenUDP`` port."""
+class _RelayPort:
+    """One relay port: its endpoint and the one call per datagram into its leg."""
 
-    log = Logger()
+    __slots__ = ("endpoint", "leg", "now", "receive", "relay")
 
-    def __init__(self, relay: MediaRelay, port: int, leg: Leg, rtcp: bool) -> None:
+    def __init__(self, relay: MediaRelay, leg: Leg, rtcp: bool) -> None:
         self.relay = relay
-        self.number = port
         self.leg = leg
-        self.rtcp = rtcp
         self.receive = leg.receive_rtcp if rtcp else leg.receive
         self.now = relay.now
-        self.closed = False
-        self.transport: Any = None
-        self.sock: socket.socket | None = None
-        self.twisted_port: Any = None
-
-    # -- asyncio ------------------------------------------------------------------------------
-    def start_asyncio(self, loop: asyncio.AbstractEventLoop, host: str) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.bind((host, self.number))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-        task = loop.create_task(loop.create_datagram_endpoint(lambda: self, sock=sock))  # type: ignore[arg-type]
-        task.add_done_callback(self._created)
-
-    def _created(self, task: asyncio.Task[Any]) -> None:
-        sock = self.sock
-        if task.cancelled() or task.exception() is not None:
-            if not self.closed:
-                self.relay.count("media_endpoint_failed")
-                self.relay.problem(f"datagram endpoint on port {self.number} failed: {task.exception()!r}")
-            if sock is not None and sock.fileno() != -1:
-                sock.close()
-            return
-        transport, _ = task.result()
-        if self.closed:
-            transport.close()
-            return
-        self.transport = transport
-        sendto = transport.sendto
-        if self.rtcp:
-            self.leg.send_rtcp = sendto
-        else:
-            self.leg.send = sendto
-
-    def send_early(self, data: bytes, addr: Any) -> None:
-        """Send before the loop's endpoint exists (the socket is already bound)."""
-        sock = self.sock
-        if sock is not None and not self.closed:
-            try:
-                sock.sendto(data, addr)
-            except OSError:
-                self.relay.count("media_send_errors")
+        self.endpoint: RelayEndpoint | None = None
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.relay.packets += 1
         if self.receive(data, addr, self.now()):
             self.relay.poke(self.leg)
 
-    def error_received(self, exc: Exception) -> None:
-        self.relay.count("media_icmp_errors")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        return None
-
-    # -- Twisted --------------------------------------------------------------------------------
-    def start_twisted(self, reactor: Any, host: str) -> None:
-        self.twisted_port = reactor.listenUDP(self.number, _TwistedAdapter(self), interface=host)
-
-    def send_twisted(self, data: bytes, addr: Any) -> None:
-        port = self.twisted_port
-        if port is not None and not self.closed:
-            try:
-                port.write(data, addr)
-            except Exception:  # e.g. MessageLengthError, EHOSTUNREACH
-                self.relay.count("media_send_errors")
-
-    # -------------------------------------------------------------------------------------------
     def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
-        if self.twisted_port is not None:
-            self.twisted_port.stopListening()
-            self.twisted_port = None
-
-
-class _TwistedAdapter(DatagramProtocol):
-    """``listenUDP``'s protocol: the same one call per datagram."""
-
-    def __init__(self, port: _RelayPort) -> None:
-        self.port = port
-        self.receive = port.receive
-        self.now = port.now
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
-        self.port.relay.packets += 1
-        if self.receive(datagram, addr, self.now()):
-            self.port.relay.poke(self.port.leg)
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
 
 
 class MediaRelay:
@@ -208,7 +121,7 @@ class MediaRelay:
         if bind is None:
             bind = "::" if self.settings.session.ipv6 else "0.0.0.0"  # relay ports face the internet
         self.bind_host = bind
-        self.loop: asyncio.AbstractEventLoop | None = getattr(reactor, "_asyncioEventloop", None)
+        self.endpoints = RelayEndpoints(reactor)
         self.anchor = MediaAnchor(
             self.settings,
             self,
@@ -230,7 +143,7 @@ class MediaRelay:
     @property
     def native(self) -> bool:
         """True when relay ports are native asyncio (uvloop) datagram endpoints."""
-        return self.loop is not None
+        return self.endpoints.native
 
     # ---------------------------------------------------------------------------- MediaHook
     def on_message(self, pair: Any, message: Request | Response, from_client: bool, now: float) -> int | None:
@@ -271,20 +184,38 @@ class MediaRelay:
     def open_port(self, port: int, leg: Leg, rtcp: bool) -> Sender | None:
         if port in self.ports:
             return None
-        relay_port = _RelayPort(self, port, leg, rtcp)
-        try:
-            if self.loop is not None:
-                relay_port.start_asyncio(self.loop, self.bind_host)
-                sender: Sender = relay_port.send_early
+        relay_port = _RelayPort(self, leg, rtcp)
+
+        def ready(sendto: Sender) -> None:  # the loop's own sendto, straight from the leg
+            if rtcp:
+                leg.send_rtcp = sendto
             else:
-                relay_port.start_twisted(self.reactor, self.bind_host)
-                sender = relay_port.send_twisted
+                leg.send = sendto
+
+        try:
+            endpoint = self.endpoints.open(
+                self.bind_host,
+                port,
+                relay_port.datagram_received,
+                on_ready=ready,
+                on_error=self._socket_error,
+                on_failed=lambda exc: self._endpoint_failed(port, exc),
+            )
         except (OSError, CannotListenError) as exc:
             self.count("media_bind_errors")
             self.problem(f"cannot bind relay port {self.bind_host}:{port}: {exc}")
             return None
+        relay_port.endpoint = endpoint
         self.ports[port] = relay_port
-        return sender
+        return endpoint.sendto
+
+    def _socket_error(self, kind: str) -> None:
+        self.count("media_icmp_errors" if kind == "icmp" else "media_send_errors")
+
+    def _endpoint_failed(self, port: int, exc: BaseException) -> None:
+        self.count("media_endpoint_failed")
+        self.problem(f"datagram endpoint on port {port} failed: {exc!r}")
+        self._log_problems()
 
     def close_port(self, port: int) -> None:
         relay_port = self.ports.pop(port, None)
@@ -330,8 +261,9 @@ class MediaRelay:
                 self.count("log_suppressed")
 
     def stop(self) -> None:
-        """Release every session and port; cancel the timer."""
+        """Release every session and port; cancel the timer and the endpoints being created."""
         self.anchor.shutdown()
         self.timer.cancel()
         for port in list(self.ports):
             self.close_port(port)
+        self.endpoints.close()

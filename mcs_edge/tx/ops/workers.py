@@ -76,6 +76,7 @@ from mcs_edge.tx.ops.panel import admin_site_with_panel
 from mcs_edge.tx.ops.signals import SighupReload
 from mcs_edge.tx.ops.startup import os_reason
 from mcs_edge.tx.protect.guard import Protection
+from mcs_edge.tx.relay_endpoint import asyncio_loop_of, bind_socket
 from mcs_edge.tx.timers import Timers, monotonic
 
 __all__ = [
@@ -153,20 +154,6 @@ def reuse_port_for(reactor: Any, host: str, port: int) -> bool:
     return shared is not None and (host, port) in shared
 
 
-def _reuse_socket(host: str, port: int, kind: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, kind)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class ReusePortReactor:
     """The worker's reactor: listeners on shared addresses get ``SO_REUSEPORT`` sockets."""
 
@@ -184,7 +171,7 @@ class ReusePortReactor:
         from twisted.internet.error import CannotListenError
 
         try:
-            sock = _reuse_socket(interface, port, socket.SOCK_STREAM)
+            sock = bind_socket(interface, port, socket.SOCK_STREAM, reuse_port=True)
             sock.listen(backlog)
         except OSError as exc:
             raise CannotListenError(interface, port, exc) from exc
@@ -199,7 +186,7 @@ class ReusePortReactor:
         from twisted.internet.error import CannotListenError
 
         try:
-            sock = _reuse_socket(interface, port, socket.SOCK_DGRAM)
+            sock = bind_socket(interface, port, socket.SOCK_DGRAM, reuse_port=True)
         except OSError as exc:
             raise CannotListenError(interface, port, exc) from exc
         try:
@@ -326,7 +313,7 @@ def reactor_name(reactor: Any) -> str | None:
         reactor = reactor._reactor
     module = type(reactor).__module__
     if "asyncioreactor" in module:
-        loop = getattr(reactor, "_asyncioEventloop", None)
+        loop = asyncio_loop_of(reactor)
         return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
     for name in ("epoll", "poll", "select", "kqueue"):
         if f"{name}reactor" in module:
@@ -455,7 +442,9 @@ class Supervisor(MultiService):
             if hp is None:
                 continue
             try:
-                sock = _reuse_socket(hp.host, hp.port, socket.SOCK_STREAM)  # bound, never listening
+                sock = bind_socket(
+                    hp.host, hp.port, socket.SOCK_STREAM, reuse_port=True
+                )  # bound, never listening
             except OSError as exc:
                 raise StartupError(f"listen.{name}", str(hp), os_reason(exc, hp.port)) from None
             self._reservations.append(sock)

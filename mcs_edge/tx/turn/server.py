@@ -31,10 +31,11 @@ Relays. :class:`RelayPool` implements the core's ``RelayAllocator``: it takes a 
 :class:`~mcs_edge.core.media.ports.PortAllocator` over ``media.ports`` (the service passes the media
 relay's own allocator, so both share one pool), binds the socket at once (a port found busy is skipped, up to a few tries, then the
 core answers 508) and closes it and returns the port in ``release``, which the core calls on every
-deletion path (Refresh 0, expiry, connection loss, shutdown). On Twisted's asyncio reactor the
-sockets are the loop's native datagram endpoints and the per-packet handler *is* the protocol's
-``datagram_received`` (one Python call per packet, see DESIGN.md); on other reactors it is
-``listenUDP``'s ``datagramReceived``. The advertised relayed address is ``edge.public_address``
+deletion path (Refresh 0, expiry, connection loss, shutdown). The sockets (relays and the UDP
+listener) are :class:`~mcs_edge.tx.relay_endpoint.RelayEndpoint` objects, as the media relay's: on
+Twisted's asyncio reactor the loop's native datagram endpoints, whose per-packet handler *is* the
+owner's ``datagram_received`` (one Python call per packet, see DESIGN.md); ``listenUDP`` on other
+reactors. The advertised relayed address is ``edge.public_address``
 with the bound port. The hot paths use the core's tuple forms (``channel_data``, ``peer_data``)
 and the relay object attached to the allocation (``TurnServer.attach``): per packet, a handful of
 dictionary lookups, one policer and one ``sendto``.
@@ -54,7 +55,6 @@ Metrics (:meth:`TurnService.collect`) are read from the cores' counters at scrap
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
 import secrets
@@ -66,8 +66,8 @@ from prometheus_client import Metric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.application import internet
 from twisted.application.service import MultiService, Service
-from twisted.internet.error import CannotListenError, MessageLengthError
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from mcs_edge.core.media.ports import PortAllocator
@@ -88,6 +88,7 @@ from mcs_edge.errors import RemoteProtocolError
 from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.ops.metrics import CountingTLSFactory, TlsStats
 from mcs_edge.tx.ops.workers import reuse_port_for
+from mcs_edge.tx.relay_endpoint import RelayEndpoint, RelayEndpoints
 from mcs_edge.tx.timers import CoreTimer, Timers, wall_clock
 from mcs_edge.tx.tls.front import TlsFrontFactory
 
@@ -142,12 +143,6 @@ def turn_enabled(config: EdgeConfig) -> bool:
 def turn_alpn(config: EdgeConfig) -> tuple[bytes, ...]:
     """ALPN names the TLS listeners must also accept for TURN (``stun.turn``, RFC 7443)."""
     return (ALPN_STUN_TURN,) if config.turn.tls_on_https or config.listen.turns is not None else ()
-
-
-def asyncio_loop_of(reactor: Any) -> asyncio.AbstractEventLoop | None:
-    """The asyncio loop under Twisted's asyncio reactor, or None on other reactors."""
-    loop = getattr(reactor, "_asyncioEventloop", None)
-    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
 # --- policy (rebuilt on reload) -------------------------------------------------------------------
@@ -219,65 +214,12 @@ class TurnPolicy:
 # --- relay sockets -------------------------------------------------------------------------------
 
 
-class _AsyncioUdp(asyncio.DatagramProtocol):
-    """An asyncio datagram protocol whose ``datagram_received`` is the owner's handler itself."""
-
-    def __init__(self, owner: _Relay | TurnListener) -> None:
-        self.owner = owner
-        self.datagram_received = owner.datagram_received  # type: ignore[method-assign]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.owner.transport_ready(transport)
-
-    def error_received(self, exc: Exception) -> None:
-        self.owner.errors += 1  # ICMP unreachable from a gone peer: counted, nothing else
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
-
-
-class _TwistedUdp(DatagramProtocol):
-    """A Twisted datagram protocol whose ``datagramReceived`` is the owner's handler itself."""
-
-    noisy = False
-
-    def __init__(self, owner: _Relay | TurnListener) -> None:
-        self.owner = owner
-        self.datagramReceived = owner.datagram_received  # type: ignore[method-assign,assignment]
-
-    def startProtocol(self) -> None:  # noqa: N802
-        self.owner.transport_ready(_TwistedSendto(self.transport))
-
-
-class _TwistedSendto:
-    """``sendto(data, addr)`` over a Twisted UDP port, so both reactors share one send path.
-
-    Twisted's ``write`` raises on some socket errors; here they are counted, never raised into the
-    reactor (asyncio transports report them to ``error_received`` instead)."""
-
-    __slots__ = ("errors", "port", "write")
-
-    def __init__(self, port: Any) -> None:
-        self.port = port
-        self.write = port.write
-        self.errors = 0
-
-    def sendto(self, data: bytes, addr: Addr) -> None:
-        try:
-            self.write(data, addr)
-        except (OSError, MessageLengthError):
-            self.errors += 1
-
-    def close(self) -> None:
-        self.port.stopListening()
-
-
 class _Relay:
     """One allocation's relay socket: peer datagrams in, client-bound data out, two policers."""
 
     __slots__ = (
         "addr",
-        "closed",
+        "endpoint",
         "errors",
         "listener",
         "now",
@@ -285,9 +227,8 @@ class _Relay:
         "policer_in",
         "policer_out",
         "port",
-        "sock",
+        "sendto",
         "tenant",
-        "transport",
     )
 
     def __init__(self, listener: TurnListener, addr: Addr, port: int) -> None:
@@ -295,21 +236,20 @@ class _Relay:
         self.addr = addr
         self.port = port
         self.tenant = ""
-        self.transport: Any = None
-        self.sock: socket.socket | None = None
-        self.closed = False
+        self.endpoint: RelayEndpoint | None = None
+        #: the endpoint's sendto (the loop's own once its endpoint exists)
+        self.sendto: Callable[[bytes, Addr], None] = _discard
         self.errors = 0
         self.now = listener.now
         self.peer_data = listener.server.peer_data
         # admit nothing until attach() installs the tenant's policers (toward client / toward peer)
         self.policer_in = self.policer_out = Policer(TokenBucket(0.0, 0.0, 0.0))
 
-    def transport_ready(self, transport: Any) -> None:
-        if self.closed:
-            transport.close()
-            return
-        self.transport = transport
-        self.sock = None  # owned by the transport now
+    def ready(self, sendto: Callable[[bytes, Addr], None]) -> None:
+        self.sendto = sendto
+
+    def socket_error(self, _kind: str) -> None:
+        self.errors += 1  # e.g. ICMP unreachable from a gone peer: counted, nothing else
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """A datagram from a peer: the per-packet path toward the client."""
@@ -327,10 +267,14 @@ class _Relay:
 
     def close(self) -> None:
         """Close the socket; an asyncio endpoint still being created closes itself on arrival."""
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
+        self.sendto = _discard
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+
+
+def _discard(_data: bytes, _addr: Addr) -> None:
+    return None
 
 
 class RelayPool:
@@ -353,11 +297,10 @@ class RelayPool:
         self.bind_ip = bind_ip
         self.public_ip = public_ip
         self.now = now
-        self.loop = asyncio_loop_of(reactor)
+        self.endpoints = RelayEndpoints(reactor)
         self.family = socket.AF_INET6 if ":" in bind_ip else socket.AF_INET
         #: live relays by relayed address
         self.relays: dict[Addr, _Relay] = {}
-        self._tasks: set[asyncio.Future[Any]] = set()
         self.bind_failures = 0
         #: ports found busy, withheld from the allocator until it runs dry (or shutdown)
         self.busy: list[int] = []
@@ -399,43 +342,26 @@ class RelayPool:
             self.ports.release(port)
 
     def _bind(self, relay: _Relay) -> bool:
-        if self.loop is None:
-            try:
-                self.reactor.listenUDP(relay.port, _TwistedUdp(relay), interface=self.bind_ip)
-            except CannotListenError:
-                return False
-            return True
-        sock = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
-            sock.setblocking(False)
-            sock.bind((self.bind_ip, relay.port))
+            relay.endpoint = self.endpoints.open(
+                self.bind_ip,
+                relay.port,
+                relay.datagram_received,
+                on_ready=relay.ready,
+                on_error=relay.socket_error,
+                on_failed=lambda exc: self.log.error(
+                    "TRN501 relay endpoint on port {port} failed: {err}", port=relay.port, err=exc
+                ),
+            )
+        except CannotListenError:
+            return False
         except OSError as exc:
-            sock.close()
             if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                 self.log.error(
                     "TRN500 relay bind {ip}:{port} failed: {err}", ip=self.bind_ip, port=relay.port, err=exc
                 )
             return False
-        relay.sock = sock
-        proto = _AsyncioUdp(relay)
-        task = asyncio.ensure_future(
-            self.loop.create_datagram_endpoint(lambda: proto, sock=sock), loop=self.loop
-        )
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._endpoint_done(t, relay, sock))
         return True
-
-    def _endpoint_done(self, task: asyncio.Future[Any], relay: _Relay, sock: socket.socket) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or task.exception() is not None:
-            if not task.cancelled():
-                self.log.error(
-                    "TRN501 relay endpoint on port {port} failed: {err}",
-                    port=relay.port,
-                    err=task.exception(),
-                )
-            if relay.transport is None:
-                sock.close()
 
     def release(self, relay_addr: Addr) -> None:
         relay = self.relays.pop(relay_addr, None)
@@ -464,8 +390,7 @@ class RelayPool:
         for relay_addr in list(self.relays):
             self.release(relay_addr)
         self._release_busy()
-        for task in list(self._tasks):
-            task.cancel()
+        self.endpoints.close()
 
 
 class _ListenerAllocator:
@@ -520,8 +445,8 @@ class TurnListener:
         self.cd_max = self.server.channel_first_max
         self.channel_data = self.server.channel_data
         self.timer = CoreTimer(turn.timers, self.server, self.run)
-        self.transport: Any = None  # UDP: sendto
-        self.sock: socket.socket | None = None
+        self.endpoint: RelayEndpoint | None = None  # UDP
+        self.sendto: Callable[[bytes, Addr], None] = _discard
         self.conns: dict[Addr, TurnStreamProtocol] = {}
         self.errors = 0
         self.dropped_policed = 0
@@ -532,9 +457,11 @@ class TurnListener:
         self._relay_lo, self._relay_hi = turn.policy.relay_range
 
     # -- UDP --------------------------------------------------------------------------------------
-    def transport_ready(self, transport: Any) -> None:
-        self.transport = transport
-        self.sock = None
+    def ready(self, sendto: Callable[[bytes, Addr], None]) -> None:
+        self.sendto = sendto
+
+    def socket_error(self, _kind: str) -> None:
+        self.errors += 1  # e.g. ICMP unreachable from a gone client: counted, nothing else
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """A datagram from a client on the UDP listener (ChannelData: the per-packet path to peers)."""
@@ -569,37 +496,13 @@ class TurnListener:
             if relay is None:
                 self.dropped_not_ready += 1
                 return
-        transport = relay.transport  # type: ignore[attr-defined]
-        if transport is None:
-            self._to_peer_early(relay, peer, data, now)  # type: ignore[arg-type]
-            return
         if peer[0] in self._own_ips and not self._relay_lo <= peer[1] <= self._relay_hi:
             self.dropped_own += 1
             return
         if not relay.policer_out.admit(len(data), now):  # type: ignore[attr-defined]
             self.dropped_policed += 1
             return
-        transport.sendto(data, peer)
-
-    def _to_peer_early(self, relay: _Relay, peer: Addr, data: bytes, now: float) -> None:
-        """The relay's asyncio endpoint is still being created: send on its bound socket.
-
-        uvloop reads up to 32 datagrams per wake-up before running ready callbacks, so a quick
-        client's ChannelBind and first ChannelData can arrive before the endpoint exists."""
-        sock = relay.sock
-        if sock is None:
-            self.dropped_not_ready += 1
-            return
-        if peer[0] in self._own_ips and not self._relay_lo <= peer[1] <= self._relay_hi:
-            self.dropped_own += 1
-            return
-        if not relay.policer_out.admit(len(data), now):
-            self.dropped_policed += 1
-            return
-        try:
-            sock.sendto(data, peer)
-        except OSError:
-            relay.errors += 1
+        relay.sendto(data, peer)  # type: ignore[attr-defined]
 
     def send_to_client(self, client: Addr, data: bytes) -> None:
         if self.stream:
@@ -608,8 +511,8 @@ class TurnListener:
                 self.dropped_no_client += 1
                 return
             conn.transport.write(data)
-        elif self.transport is not None:
-            self.transport.sendto(data, client)
+        else:
+            self.sendto(data, client)
 
     def run(self, actions: list[TurnAction] | None) -> None:
         """Execute the core's actions."""
@@ -663,12 +566,10 @@ class TurnListener:
             if conn.transport is not None:
                 conn.transport.abortConnection()
         self.conns.clear()
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self.sendto = _discard
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is not None:
+            endpoint.close()
 
     def counters(self) -> dict[str, int]:
         out = self.server.counters.as_dict()
@@ -810,55 +711,35 @@ class _UdpListenerService(Service):
         self.host = host
         self.port = port
         self.bound_port: int | None = None
-        self._twisted_port: Any = None
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        loop = asyncio_loop_of(self.turn.reactor)
-        if loop is None:
-            self._twisted_port = self.turn.reactor.listenUDP(
-                self.port, _TwistedUdp(self.listener), interface=self.host
-            )
-            self.bound_port = self._twisted_port.getHost().port
-            return
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        listener = self.listener
         try:
-            sock.setblocking(False)
-            if reuse_port_for(self.turn.reactor, self.host, self.port):  # shared by worker processes
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            raise CannotListenError(self.host, self.port, exc) from exc
-        self.bound_port = sock.getsockname()[1]
-        self.listener.sock = sock
-        proto = _AsyncioUdp(self.listener)
-        task = asyncio.ensure_future(loop.create_datagram_endpoint(lambda: proto, sock=sock), loop=loop)
-        self.turn.pool._tasks.add(task)
-        task.add_done_callback(self._endpoint_done)
-
-    def _endpoint_done(self, task: asyncio.Future[Any]) -> None:
-        self.turn.pool._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.turn.log.error(
-                "TRN503 TURN UDP endpoint on {host}:{port} failed: {err}",
-                host=self.host,
-                port=self.bound_port,
-                err=task.exception(),
+            endpoint = self.turn.pool.endpoints.open(
+                self.host,
+                self.port,
+                listener.datagram_received,
+                on_ready=listener.ready,
+                on_error=listener.socket_error,
+                on_failed=lambda exc: self.turn.log.error(
+                    "TRN503 TURN UDP endpoint on {host}:{port} failed: {err}",
+                    host=self.host,
+                    port=self.bound_port,
+                    err=exc,
+                ),
+                reuse_port=reuse_port_for(self.turn.reactor, self.host, self.port),  # shared by workers
             )
-        if self.listener.transport is None and self.listener.sock is not None:
-            self.listener.sock.close()
-            self.listener.sock = None
+        except OSError as exc:
+            raise CannotListenError(self.host, self.port, exc) from exc
+        self.bound_port = endpoint.port
+        listener.endpoint = endpoint
 
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
-        port, self._twisted_port = self._twisted_port, None
-        if port is not None:
-            self.listener.transport = None  # stopped here, once, with its Deferred returned
+        endpoint, self.listener.endpoint = self.listener.endpoint, None
         self.listener.close()
-        return port.stopListening() if port is not None else None
+        return endpoint.close() if endpoint is not None else None
 
 
 class TurnService(MultiService):
