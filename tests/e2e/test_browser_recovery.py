@@ -94,7 +94,7 @@ echo = true
         """Abort every client connection at the edge (reactor thread)."""
         flows = list(self.service.sip.flows.values())
         for flow in flows:
-            flow.close.__self__.dropConnection(abort=True)  # type: ignore[attr-defined]
+            flow.close.__self__.abort()  # type: ignore[attr-defined]
         return len(flows)
 
     def client_media_source(self) -> Any:

@@ -128,7 +128,7 @@ bind = "127.0.0.1"
         for flow in flows:
             proto = getattr(flow.close, "__self__", None)
             assert proto is not None
-            proto.dropConnection(abort=True)
+            proto.abort()
         return len(flows)
 
     def call_states(self) -> list[str]:

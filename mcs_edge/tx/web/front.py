@@ -103,8 +103,8 @@ class FrontResource(Resource):
             if "sip" in offered and self.service.sip_ws is not None:
                 from mcs_edge.tx.sip.websocket import take_over
 
-                if take_over(request, self.service.sip_ws, tenant):
-                    return NOT_DONE_YET  # type: ignore[return-value]
+                refusal = take_over(request, self.service.sip_ws, tenant)
+                return NOT_DONE_YET if refusal is None else refusal  # type: ignore[return-value]
             elif tenant.backend_http and getattr(self.service, "http_proxy", None) is not None:
                 from mcs_edge.tx.web.proxy import pass_websocket  # widget chat etc.
 
