@@ -534,7 +534,7 @@ def _start(
     log_path = Path(cwd) / f"{name}.log"
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a shared, loaded machine starts slowly
     while time.monotonic() < deadline:
         if ready in log_path.read_text(errors="replace"):
             return proc

@@ -124,5 +124,5 @@ def test_peer_close_is_echoed_and_a_connection_that_does_not_flush_is_aborted() 
 
 def test_refused_flow_closes_with_4008() -> None:
     router = _Router(refuse=True)
-    _, _, proto, transport = _open(router)
+    _, _, _, transport = _open(router)
     assert transport.value() == b"\x88\x12\x0f\xa8connection limit" and transport.disconnecting
