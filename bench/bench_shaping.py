@@ -6,7 +6,7 @@ What it prints:
    packet): a sender process offers 3x the configured rate of 200-byte packets; the delivered rate
    over ``--seconds`` (default 10), measured at a sink after the bucket's burst is spent, against
    the configured rate, for 16 KB/s, 60 KB/s and 1 MB/s (target within +-2%).
-2. SIP over WebSocket through the edge (TLS, autobahn, ``StreamShaper``): a client process tries
+2. SIP over WebSocket through the edge (TLS, the RFC 6455 codec, ``StreamShaper``): a client process tries
    to send 3x the configured rate of SIP MESSAGEs (~2 KB; ~16 KB at 1 MB/s), and manages what
    TCP back-pressure lets it ("client wrote"); the rate at which they reach the SIP router
    (WebSocket frame bytes) over the same window, for the same three rates, with the number of

@@ -56,11 +56,6 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:  # noqa: N802
     from twisted.internet import reactor
 
-    if "asyncio" in type(reactor).__module__:
-        import txaio
-
-        txaio.use_twisted()
-        txaio.config.loop = reactor  # type: ignore[attr-defined]
     from mcs_edge.tx.service import EdgeService
 
     if options["config"] is None:

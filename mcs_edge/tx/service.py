@@ -415,6 +415,8 @@ class EdgeService(MultiService):
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
         self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
+        if self.sip_ws is not None:  # WebSocket liveness: one sweep for all connections
+            self.timers.looping(self.sip_ws.sweep_interval, self.sip_ws.sweep)
         self._watch_backend_names()
         self.backend_health.update(self.config)
         if self.tunnel is not None:

@@ -34,7 +34,9 @@ def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
 class RawWS:
     """A WebSocket client that can send any frame, right or wrong."""
 
-    def __init__(self, edge: LocalEdge, version: str | None = "13", extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, edge: LocalEdge, version: str | None = "13", extra: tuple[str, ...] = (), key: str | None = None
+    ) -> None:
         ctx = ssl.create_default_context(cafile=edge.ca)
         raw = socket.create_connection(("127.0.0.1", edge.https), timeout=10)
         self.sock = ctx.wrap_socket(raw, server_hostname="rossi.example.com")
@@ -44,7 +46,7 @@ class RawWS:
             f"Host: rossi.example.com:{edge.https}",
             "Upgrade: websocket",
             "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+            f"Sec-WebSocket-Key: {key or base64.b64encode(os.urandom(16)).decode()}",
             "Sec-WebSocket-Protocol: sip",
         ]
         if version is not None:
@@ -278,3 +280,16 @@ def test_protocol_errors_are_logged_with_a_stable_code_and_rate_limited(edge: Lo
     counters = edge.service.sip.counters
     assert counters[("ws_protocol_errors", "rossi", "1002")] == 12
     assert len(wss400) + counters.get(("log_suppressed", "", "wss"), 0) == 12
+
+
+@pytest_twisted.inlineCallbacks
+def test_foreign_origin_is_refused_with_403_and_a_bad_key_with_400(edge: LocalEdge) -> Any:
+    """RFC 6455 s.10.2 / s.4.2.1: an Origin not allowed for the tenant gets 403; a key that is not 16 octets 400."""
+    ws = yield _in_thread(RawWS, edge, "13", ("Origin: https://evil.example.com",))
+    ws.close()
+    assert ws.status == 403
+    assert edge.service.sip.counters[("ws_refused", "rossi", "origin")] == 1
+    ws = yield _in_thread(RawWS, edge, "13", (), "c2hvcnQ=")
+    ws.close()
+    assert ws.status == 400
+    assert edge.service.sip.counters[("ws_refused", "rossi", "handshake")] == 1

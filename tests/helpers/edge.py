@@ -188,7 +188,7 @@ class InProcessEdge:
         for flow in flows:
             proto = getattr(flow.close, "__self__", None)
             assert proto is not None
-            proto.dropConnection(abort=True)
+            proto.abort()  # tx/sip/websocket.py: the TCP connection is aborted, no closing handshake
         return len(flows)
 
     def media_idle(self) -> bool:

@@ -58,8 +58,8 @@ def test_service_serves_reloads_and_stops_cleanly(tmp_path: Path) -> Any:
         status, body = yield threads.deferToThread(_get, port, "rossi.example.com", ca)
         assert status == 200 and b"rossi.example.com" in body
         # the certificate check loop, the idle-flow sweep, and the guard's expiry timers if armed
-        # ... plus the loop-lag probe (tx/ops/loadprobe.py)
-        assert len(svc.timers) == 3 + svc.protection.armed
+        # ... plus the loop-lag probe (tx/ops/loadprobe.py) and the WebSocket liveness sweep
+        assert len(svc.timers) == 4 + svc.protection.armed
 
         conf.write_text(_text(state, "rossi", "bianchi"))
         assert svc.reload() is True

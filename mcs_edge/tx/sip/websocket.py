@@ -3,47 +3,60 @@
 Theory of operation
 -------------------
 The HTTPS front (:mod:`mcs_edge.tx.web.front`) binds every request to a tenant (TLS SNI and Host must
-agree). An upgrade request that offers the ``sip`` subprotocol is handed here: the WebSocket
-handshake is checked (subprotocol ``sip`` required, Origin in the tenant's ``allowed_origins`` or,
-when that list is empty, the same host), then each WebSocket message is one SIP message given to
-the SIP router as coming from this connection's *flow*.
+agree). An upgrade request that offers the ``sip`` subprotocol is handed to :func:`take_over`: the
+opening handshake is checked (RFC 6455 s.4.2.1: GET, ``Connection: Upgrade``, a valid
+``Sec-WebSocket-Key``, subprotocol ``sip``, Origin in the tenant's ``allowed_origins`` or, when that
+list is empty, the same host) and answered 101 on the connection, which then belongs to a
+:class:`SipWebSocketProtocol`: each WebSocket message is one SIP message given to the SIP router as
+coming from this connection's *flow*. Refusals are plain HTTP answers (400, 403) from the front.
 
-autobahn is never run on its defaults (see :func:`configure_factory`): frame and message sizes
-are capped, compression is refused (SIP does not need it and it costs tens of KiB per
-connection), there is no status page, the opening handshake times out, and the server pings
-idle connections.
-
-RFC 6455 conformance. Only version 13 is spoken: any other ``Sec-WebSocket-Version`` gets 426 with
-``Sec-WebSocket-Version: 13`` (s.4.2.2, s.4.4; :func:`refuse_version`, called by the HTTPS front
-before the upgrade). Text messages are UTF-8-validated incrementally as frames arrive (autobahn's
-C validator, so a sequence split across fragments is accepted and an invalid one is caught in the
-frame where it occurs): invalid UTF-8 closes with 1007 (s.8.1). autobahn closes with 1002 for
-unmasked client frames, reserved bits or opcodes, control frames over 125 bytes or fragmented, and
-invalid close codes, and with 1009 for a frame or message over ``sip.max_message_size``. Every
-such close is counted (``ws_protocol_errors`` by close code).
+Frames are decoded and encoded by the sans-IO codec :mod:`mcs_edge.core.websocket.rfc6455` (its
+docstring has the decision table: 1002 for protocol errors, 1007 for invalid UTF-8, checked per
+fragment, 1009 for a message over ``sip.max_message_size``). No extension is accepted (compression
+costs tens of KiB per connection and SIP does not need it). Every failed connection is counted
+(``ws_protocol_errors`` by close code) and logged rate-limited (WSS400). Only version 13 is spoken:
+any other ``Sec-WebSocket-Version`` gets 426 (:func:`refuse_version`, called by the front first).
 
 Keepalives (RFC 5626 s.4.4.1 CRLFCRLF in a text frame, RFC 6455 pings) are the bulk of the traffic
-of 10,000 idle agents: a chunk that is exactly one such frame, arriving between frames, is answered
-here (CRLF pong, or a pong with the ping's payload) without autobahn's frame machinery or the SIP
-core; it still passes the connection's inbound shaper and marks the flow alive. Anything else, a
-keepalive split over reads or glued to other frames included, takes autobahn's path.
+of 10,000 idle agents: a read that is exactly one such frame, between frames, is answered at once
+(CRLF, or a pong with the ping's payload) without the SIP core; it still passes the connection's
+inbound shaper and marks the flow alive. Liveness costs no timer per connection: one sweep of the
+factory every ``sip.keepalive_timeout / 3`` pings each connection that was silent for a whole
+period and aborts one still silent a period after its ping (``ws_ping_timeouts``), so a dead
+connection goes within ``sip.keepalive_timeout``.
+
+Closing: the edge's close frame is written, the transport is closed once flushed (RFC 6455 s.7.1.1:
+the server closes TCP first) and aborted if that has not happened :data:`CLOSE_TIMEOUT` seconds later;
+a peer's close frame is echoed (s.5.5.1) before the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import FunctionType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import txaio
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
+from mcs_edge.core.websocket.rfc6455 import (
+    CLOSE,
+    FAIL,
+    MESSAGE,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    PING,
+    TEXT,
+    Decoder,
+    accept_key,
+    close_frame,
+    connection_upgrade,
+    frame,
+    opening_answer,
+)
 from mcs_edge.tx.ops.logs import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -54,9 +67,9 @@ if TYPE_CHECKING:
     from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 
 __all__ = [
+    "CLOSE_TIMEOUT",
     "SipWebSocketFactory",
     "SipWebSocketProtocol",
-    "configure_factory",
     "origin_allowed",
     "refuse_version",
     "take_over",
@@ -66,6 +79,10 @@ __all__ = [
 WEBSOCKET_VERSION = b"13"
 #: WSS400 lines per second at most (protocol errors are triggered by peers at will).
 LOG_PER_SECOND = 10
+#: Seconds a closing connection may take to flush before it is aborted.
+CLOSE_TIMEOUT = 5.0
+_PING = frame(OP_PING, b"")
+_SERVER = b"mcs-edge"
 
 
 def refuse_version(request: Request, tenant: TenantConfig, router: SipRouter | None) -> bytes | None:
@@ -86,20 +103,6 @@ def refuse_version(request: Request, tenant: TenantConfig, router: SipRouter | N
     return b"426 WebSocket version 13 required\n"
 
 
-_HANDSHAKE_LEFTOVERS = (
-    "http_headers",
-    "http_request_data",
-    "http_response_data",
-    "http_status_line",
-    "http_request_params",
-    "http_request_uri",
-    "http_request_path",
-    "_wskey",
-)
-_CRLFCRLF = int.from_bytes(b"\r\n\r\n", "big")
-_CRLF_PONG = b"\x81\x02\r\n"  # unmasked text frame "\r\n" (server frames are never masked)
-
-
 def origin_allowed(tenant: TenantConfig, origin: str | None, host: str | None) -> bool:
     """True when a browser page at ``origin`` may open a SIP WebSocket to ``tenant``.
 
@@ -116,180 +119,170 @@ def origin_allowed(tenant: TenantConfig, origin: str | None, host: str | None) -
     return (parts.netloc or "").lower() == host.lower()
 
 
-class SipWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
-    """One browser connection: a flow of SIP messages."""
+class SipWebSocketProtocol(Protocol):
+    """One browser connection after its opening handshake: a flow of SIP messages."""
 
-    # not ``log``: autobahn logs every frame through ``self.log.debug``; our own logger must not
-    # shadow its (level-filtered) txaio logger
     edge_log = Logger()
-    # autobahn's own logger: it logs every failed connection (info/warn), which a peer can trigger
-    # at will; those are counted and logged rate-limited here instead (WSS400)
-    log = txaio.make_logger(level="error")  # type: ignore[attr-defined]
-    tenant: TenantConfig
-    flow: ClientFlow | None = None
-    shaper: StreamShaper | None = None  # rate in both directions (tx/protect/shaping.py), once open
-    abort_call: Any = None  # DelayedCall: abort a connection whose error close frame is not read
 
-    def onConnect(self, request: Any) -> str:  # noqa: N802
-        router: SipRouter = self.factory.router
-        if "sip" not in request.protocols:
-            router.count("ws_refused", self.tenant.id, "no_sip_subprotocol")
-            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "WebSocket subprotocol 'sip' required")
-        origin = request.headers.get("origin")
-        if not origin_allowed(self.tenant, origin, request.headers.get("host")):
-            router.count("ws_refused", self.tenant.id, "origin")
-            self.edge_log.info(
-                "WSS403 {tenant} origin {origin} refused from {peer}",
-                tenant=self.tenant.id,
-                origin=origin,
-                peer=request.peer,
-            )
-            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
-        return "sip"
+    def __init__(self, factory: SipWebSocketFactory, tenant: TenantConfig, peer: tuple[str, int]) -> None:
+        self.factory = factory
+        self.tenant = tenant
+        self.peer = peer
+        self.decoder = Decoder(factory.max_message)
+        self.flow: ClientFlow | None = None
+        self.shaper: StreamShaper | None = None  # rate in both directions (tx/protect/shaping.py)
+        self.open = False  # between the 101 and the first close frame (either side)
+        self.heard = True  # something was read since the last sweep
+        self.pinged = False  # the last sweep pinged (and nothing was read since)
+        self.close_code = 1006  # s.7.1.5: abnormal closure until a close frame is exchanged
+        self.close_reason = ""
+        self.abort_call: Any = None  # DelayedCall: abort a closing connection that does not flush
 
-    def onOpen(self) -> None:  # noqa: N802
-        # What the opening handshake left behind is never read again: an idle connection keeps
-        # only what it needs (10,000 of them are held).
-        for name in _HANDSHAKE_LEFTOVERS:
-            setattr(self, name, None)
-        router: SipRouter = self.factory.router
-        peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
-        self.flow = router.open_flow(
-            self.tenant, "wss", (peer.host, peer.port), self._send_sip, self._close_flow
-        )
+    def start(self) -> None:
+        """The 101 is written: open the flow (or close with 4008 when refused)."""
+        factory = self.factory
+        self.open = True
+        factory.connections.add(self)
+        self.flow = factory.router.open_flow(self.tenant, "wss", self.peer, self._send_sip, self._close_flow)
         if self.flow is None:
-            self.sendClose(4008, "connection limit")
+            self._close(4008, "connection limit")
             return
-        shaping: Shaping | None = self.factory.shaping
+        shaping = factory.shaping
         if shaping is not None:
             self.shaper = shaping.stream(
-                self.tenant, self.transport, self._deliver, self._write_sip, self._abort, "wss", peer.host
+                self.tenant, self.transport, self._deliver, self._write_sip, self._abort, "wss", self.peer[0]
             )
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if len(data) <= 131 and self._keepalive(data):
-            return
+        self.heard = True
+        if len(data) <= 131 and self.flow is not None:
+            reply = self.decoder.keepalive_reply(data)
+            if reply is not None:
+                shaper = self.shaper
+                if shaper is not None and not shaper.admit(data):
+                    return  # held by the pacer (replayed through _deliver later) or refused
+                self.factory.router.touch(self.flow)
+                self.transport.write(reply)  # type: ignore[union-attr]
+                return
         shaper = self.shaper
         if shaper is None:
-            WebSocketServerProtocol.dataReceived(self, data)
+            self._deliver(data)
         else:  # paced: delivered now or, while reading is paused, later and in order
             shaper.data_received(data)
 
-    def _keepalive(self, data: bytes) -> bool:
-        """Answer ``data`` if it is exactly one CRLF keepalive or ping frame (see the module docstring)."""
-        n = len(data)
-        if (
-            n < 6
-            or self.flow is None
-            or self.data  # autobahn holds part of a frame: keep the byte order
-            or self.current_frame is not None
-            or self.inside_message  # a fragmented message is open: a new text frame is an error there
-            or self.autoPingTimeoutCall is not None  # our ping awaits its pong: autobahn's business
-            or self.state != WebSocketServerProtocol.STATE_OPEN
-        ):
-            return False
-        b0, b1 = data[0], data[1]
-        length = b1 & 0x7F
-        if not b1 & 0x80 or length != n - 6:  # unmasked (a protocol error) or not one whole frame
-            return False
-        if b0 == 0x81:  # FIN + text
-            if length != 4 or int.from_bytes(data[6:], "big") ^ int.from_bytes(data[2:6], "big") != _CRLFCRLF:
-                return False
-            reply = _CRLF_PONG
-        elif b0 == 0x89:  # FIN + ping (control frames carry at most 125 octets)
-            if length:
-                mask = int.from_bytes(data[2:6] * 32, "big") >> (8 * (128 - length))
-                payload = (int.from_bytes(data[6:], "big") ^ mask).to_bytes(length, "big")
-            else:
-                payload = b""
-            reply = bytes((0x8A, length)) + payload
-        else:
-            return False
-        shaper = self.shaper
-        if shaper is not None and not shaper.admit(data):
-            return True  # held by the pacer (replayed through autobahn later) or refused
-        self.factory.router.touch(self.flow)
-        self.transport.write(reply)  # type: ignore[union-attr]
-        return True
-
     def _deliver(self, data: bytes) -> None:
-        WebSocketServerProtocol.dataReceived(self, data)
+        for kind, payload, code, reason in self.decoder.feed(data):
+            if kind == MESSAGE:
+                flow = self.flow
+                if flow is not None and self.open:
+                    self.factory.router.data_from_client(flow, payload)
+            elif kind == PING:
+                if self.open:
+                    self.transport.write(frame(OP_PONG, payload))  # type: ignore[union-attr]
+            elif kind == CLOSE:
+                self.close_code, self.close_reason = code, reason
+                if self.open:  # s.5.5.1: echo the status code (none when none was given)
+                    self._close(code, "", echo=code != 1005)
+            elif kind == FAIL:
+                self._fail(code, reason)
+            # PONG: the read itself marked the connection alive
 
-    def _abort(self) -> None:
-        self.dropConnection(abort=True)
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (1002, 1007, 1009): counted, logged rate-limited, closed with ``code``."""
+        if not self.open:
+            return
+        factory = self.factory
+        factory.router.count("ws_protocol_errors", self.tenant.id, str(code))
+        if factory.may_log():
+            self.edge_log.info(
+                "WSS400 {tenant} WebSocket from {peer} closed with {code}: {reason}",
+                tenant=self.tenant.id,
+                peer=f"{self.peer[0]}:{self.peer[1]}",
+                code=code,
+                reason=reason[:120],
+            )
+        else:
+            factory.router.count("log_suppressed", "", "wss")
+        self.close_code, self.close_reason = code, reason
+        self._close(code, reason)
 
-    def _closeConnection(self, abort: bool = False) -> None:  # noqa: N802
+    def _close(self, code: int, reason: str, echo: bool = True) -> None:
+        """Write the close frame, close once flushed, abort after :data:`CLOSE_TIMEOUT`."""
+        if not self.open:
+            return
+        self.open = False
+        transport: Any = self.transport
+        transport.write(close_frame(code, reason) if echo else frame(OP_CLOSE, b""))
         shaper = self.shaper
         if shaper is not None:
             shaper.stop()  # unregisters its producer: a TLS transport closes only after that
-        transport = self.transport
-        if abort and self.failedByMe and self.localCloseCode is not None and transport is not None:
-            # We failed the connection (1002, 1007, 1009) and the peer's close frame came in the
-            # same read: an abort would discard our close frame. Flush it, abort later if unread.
-            if self.abort_call is None:
-                transport.loseConnection()
-                self.abort_call = self.factory.reactor.callLater(
-                    self.closeHandshakeTimeout or 5, transport.abortConnection
-                )
-            return
-        super()._closeConnection(abort)
+        transport.loseConnection()
+        if self.abort_call is None:
+            self.abort_call = self.factory.reactor.callLater(CLOSE_TIMEOUT, self._abort_closing)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        call, self.abort_call = self.abort_call, None
-        if call is not None and call.active():
-            call.cancel()
-        super().connectionLost(reason)
+    def _abort_closing(self) -> None:
+        self.abort_call = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
-        # autobahn's one exit for protocol errors (1002), invalid UTF-8 (1007), too big (1009)
-        if self.state == WebSocketServerProtocol.STATE_OPEN:  # once: a second error only drops
-            factory: SipWebSocketFactory = self.factory
-            factory.router.count("ws_protocol_errors", self.tenant.id, str(code))
-            if factory.may_log():
-                self.edge_log.info(
-                    "WSS400 {tenant} WebSocket from {peer} closed with {code}: {reason}",
-                    tenant=self.tenant.id,
-                    peer=self.peer,
-                    code=code,
-                    reason=reason[:120],
-                )
-            else:
-                factory.router.count("log_suppressed", "", "wss")
-        super()._fail_connection(code, reason)
+    def abort(self) -> None:
+        """Drop the connection without a close frame (as a lost network would)."""
+        self._abort()
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
-        if self.flow is not None:
-            self.factory.router.data_from_client(self.flow, payload)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
-        flow, self.flow = self.flow, None
+    def _abort(self) -> None:
+        self.open = False
         shaper = self.shaper
         if shaper is not None:
             shaper.stop()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def sweep(self) -> None:
+        """Called once a period by the factory: ping a silent connection, abort a dead one."""
+        if self.heard:
+            self.heard = False
+            self.pinged = False
+        elif not self.pinged:
+            self.pinged = True
+            if self.open:
+                self.transport.write(_PING)  # type: ignore[union-attr]
+        elif self.open:
+            self.factory.router.count("ws_ping_timeouts", self.tenant.id)
+            self.close_reason = "ping timeout"
+            self._abort()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self.open = False
+        self.factory.connections.discard(self)
+        call, self.abort_call = self.abort_call, None
+        if call is not None and call.active():
+            call.cancel()
+        shaper = self.shaper
+        if shaper is not None:
+            shaper.stop()
+        flow, self.flow = self.flow, None
         if flow is not None:
-            self.factory.router.close_flow(flow, reason or f"websocket closed ({code})")
+            self.factory.router.close_flow(flow, self.close_reason or f"websocket closed ({self.close_code})")
 
     # -- called by the router ------------------------------------------------------------------
     def _send_sip(self, data: bytes) -> None:
         shaper = self.shaper
         if shaper is None:
-            self.sendMessage(data, isBinary=False)
+            self._write_sip(data)
         else:
             shaper.send(data)
 
     def _write_sip(self, data: bytes) -> None:
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendMessage(data, isBinary=False)
+        if self.open:
+            self.transport.write(frame(TEXT, data))  # type: ignore[union-attr]
 
     def _close_flow(self, code: int, reason: str) -> None:
-        # autobahn lets applications send 1000 or 3000-4999 only (1001 "going away" is its own)
+        # applications close with 1000 or 3000-4999 (RFC 6455 s.7.4.2); anything else becomes 1000
         if code != 1000 and not 3000 <= code <= 4999:
             code = 1000
-        self.sendClose(code, reason[:120])
+        self._close(code, reason[:120])
 
 
-class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
-    protocol = SipWebSocketProtocol
+class SipWebSocketFactory:
+    """What every SIP WebSocket shares: router, limits, shaping, the log budget, the liveness sweep."""
 
     def __init__(
         self,
@@ -299,67 +292,66 @@ class SipWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         now: Callable[[], float],
         shaping: Shaping | None = None,
     ) -> None:
-        txaio.use_twisted()
-        # autobahn logs every frame at debug level through txaio: filter at the source
-        txaio.set_global_log_level("info")  # type: ignore[attr-defined]
-        super().__init__(reactor=reactor, protocols=["sip"], server="mcs-edge")
         self.router = router
+        self.reactor = reactor
+        self.max_message = config.sip.max_message_size
+        #: Seconds between liveness sweeps (:meth:`sweep`, driven by the service's timers).
+        self.sweep_interval = config.sip.keepalive_timeout / 3
         #: Per-connection buckets (tx/protect/shaping.py); None = unshaped.
         self.shaping = shaping
+        self.connections: set[SipWebSocketProtocol] = set()
         self._logs = RateLimitedLog(Logger(), burst=LOG_PER_SECOND, window=1.0, now=now)
-        configure_factory(self, config)
 
     def may_log(self) -> bool:
         """At most :data:`LOG_PER_SECOND` protocol-error lines per second (the rest are counted)."""
         return self._logs.allow("WSS400")
 
-
-def configure_factory(factory: WebSocketServerFactory, config: EdgeConfig) -> None:
-    """Every WebSocket option set explicitly, in one place."""
-    max_size = config.sip.max_message_size
-    factory.setProtocolOptions(
-        webStatus=False,
-        maxFramePayloadSize=max_size,
-        maxMessagePayloadSize=max_size,
-        autoFragmentSize=0,
-        failByDrop=False,
-        openHandshakeTimeout=config.tls.handshake_timeout,
-        closeHandshakeTimeout=5,
-        tcpNoDelay=True,
-        autoPingInterval=config.sip.keepalive_timeout / 2,
-        autoPingTimeout=max(10.0, config.sip.keepalive_timeout / 4),
-        perMessageCompressionAccept=_refuse_compression,
-        allowedOrigins=["*"],  # checked per tenant in onConnect
-        requireMaskedClientFrames=True,
-        trustXForwardedFor=0,
-        versions=[13],  # RFC 6455 only (the front answers 426 to any other version first)
-        utf8validateIncoming=True,  # RFC 6455 s.8.1: invalid UTF-8 in a text message -> 1007
-    )
-    # autobahn copies every option from the factory into each connection's __dict__ (and
-    # pretty-prints them for a debug line) unless the protocol class already has them: give the
-    # factory a protocol class that carries them, so a connection holds only its own state.
-    options: dict[str, Any] = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
-    base = factory.protocol
-    # a function among the options (perMessageCompressionAccept) must stay a plain function on the
-    # class, not become a method that autobahn would call with the connection as first argument
-    attrs = {k: staticmethod(v) if isinstance(v, FunctionType) else v for k, v in options.items()}
-    factory.protocol = type(base.__name__, (base,), {**attrs, "CONFIG_ATTRS": ()})  # type: ignore[assignment]
+    def sweep(self) -> None:
+        """Ping connections silent for a period, abort those silent a period after their ping."""
+        for proto in list(self.connections):
+            proto.sweep()
 
 
-def _refuse_compression(offers: Any) -> None:
-    return None
+def _refuse(request: Request, code: int, body: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return f"{code} {body}\n".encode()
 
 
-def take_over(request: Request, factory: SipWebSocketFactory, tenant: TenantConfig) -> bool:
-    """Hand an HTTP upgrade request's connection to a new SIP WebSocket protocol."""
+def take_over(request: Request, factory: SipWebSocketFactory, tenant: TenantConfig) -> bytes | None:
+    """Answer a SIP WebSocket upgrade: None once the connection is the WebSocket's, else the body of
+    the HTTP refusal (its status set on ``request``)."""
+    router = factory.router
+    headers = request.requestHeaders
+    key = headers.getRawHeaders(b"sec-websocket-key") or []
+    accept = accept_key(key[0]) if len(key) == 1 else None
+    if (
+        request.method != b"GET"
+        or accept is None
+        or not connection_upgrade(headers.getRawHeaders(b"connection") or [])
+    ):
+        router.count("ws_refused", tenant.id, "handshake")
+        return _refuse(request, 400, "invalid WebSocket opening handshake")
+    offered = b",".join(headers.getRawHeaders(b"sec-websocket-protocol") or [])
+    if b"sip" not in (p.strip() for p in offered.split(b",")):
+        router.count("ws_refused", tenant.id, "no_sip_subprotocol")
+        return _refuse(request, 400, "WebSocket subprotocol 'sip' required")
+    origin = request.getHeader("origin")
+    peer: Any = request.getClientAddress()
+    if not origin_allowed(tenant, origin, request.getHeader("host")):
+        router.count("ws_refused", tenant.id, "origin")
+        SipWebSocketProtocol.edge_log.info(
+            "WSS403 {tenant} origin {origin} refused from {peer}",
+            tenant=tenant.id,
+            origin=origin,
+            peer=getattr(peer, "host", "?"),
+        )
+        return _refuse(request, 403, "Origin not allowed")
     channel: Any = request.channel
     transport: Any = channel.transport
     if transport is None:
-        return False
-    proto: Any = factory.buildProtocol(transport.getPeer())
-    if proto is None:
-        return False
-    proto.tenant = tenant
+        return _refuse(request, 400, "connection gone")
+    proto = SipWebSocketProtocol(factory, tenant, (peer.host, peer.port))
     channel.setTimeout(None)  # the HTTP idle timer must not fire on the upgraded connection
     # The channel registered itself as the transport's producer; the WebSocket's shaper takes its
     # place (and a TLS transport with a producer left registered never closes).
@@ -378,9 +370,9 @@ def take_over(request: Request, factory: SipWebSocketFactory, tenant: TenantConf
         producer.resumeProducing()
     elif hasattr(transport, "resumeProducing"):
         transport.resumeProducing()
-    data = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        data += name + b": " + b",".join(values) + b"\r\n"
-    data += b"\r\n"
-    proto.dataReceived(data)
-    return True
+    nodelay = getattr(transport, "setTcpNoDelay", None)
+    if nodelay is not None:
+        nodelay(True)
+    transport.write(opening_answer(accept, b"sip", _SERVER))
+    proto.start()
+    return None

@@ -122,8 +122,8 @@ class FrontResource(Resource):
                 return refused
             offered = [p.strip() for p in (request.getHeader("sec-websocket-protocol") or "").split(",")]
             if "sip" in offered and self.sip_ws is not None:
-                if take_over(request, self.sip_ws, tenant):
-                    return NOT_DONE_YET  # type: ignore[return-value]
+                refusal = take_over(request, self.sip_ws, tenant)
+                return NOT_DONE_YET if refusal is None else refusal  # type: ignore[return-value]
             elif tenant.backend_http and pass_websocket(self.http_proxy, request, tenant):  # widget chat
                 return NOT_DONE_YET  # type: ignore[return-value]
             request.setResponseCode(400)

@@ -1,0 +1,306 @@
+"""The transport layers of SIP over WSS alone, in process: CPU per message, before/after in one run.
+
+``bench_sip.py`` measures whole transactions beside Kamailio; on a loaded machine its figures move
+with the load of others. This script isolates what sits between the socket and the SIP router and
+counts CPU time (``time.process_time``) only, best of ``--repeat`` rounds:
+
+* ``ws``        one SIP request frame (a 480-byte REGISTER, masked) in through the edge's WebSocket
+                protocol and one 200 OK frame out (the router is a stand-in that answers at once);
+* ``keepalive`` one CRLFCRLF keepalive frame in, its CRLF pong out (RFC 5626 s.4.4.1);
+* ``ping``      one WebSocket ping in, its pong out;
+* ``tls``       the TLS layer per message: one record in (decrypt, hand over) and one out (encrypt),
+                through Twisted's ``TLSMemoryBIOProtocol`` over pyOpenSSL, as the edge runs it
+                (``MODE_RELEASE_BUFFERS``), and through the standard library's ``ssl`` memory BIOs
+                (``ssl.SSLObject``, what a native asyncio/uvloop TLS transport uses) for comparison.
+
+The WebSocket rows run in a child process per source tree: ``--baseline-src DIR`` (e.g. ``git archive
+main mcs_edge | tar -x -C DIR``) adds the edge from ``DIR`` for a before/after in the same run.
+
+    .venv/bin/python bench/bench_transport.py [--messages 20000] [--repeat 5] [--baseline-src DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAIN = "rossi.example.com"
+REGISTER = (
+    f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS c1.invalid;branch=z9hG4bK0123456789\r\n"
+    f"Max-Forwards: 70\r\nFrom: <sip:u1@{DOMAIN}>;tag=t1\r\nTo: <sip:u1@{DOMAIN}>\r\n"
+    f"Call-ID: r1-0123456789\r\nCSeq: 1 REGISTER\r\nContact: <sip:u1@c1.invalid;transport=ws>;expires=600\r\n"
+    "Supported: path, outbound\r\nUser-Agent: bench\r\nContent-Length: 0\r\n\r\n"
+).encode()
+OK = (
+    "SIP/2.0 200 OK\r\nVia: SIP/2.0/WSS c1.invalid;branch=z9hG4bK0123456789\r\n"
+    f"From: <sip:u1@{DOMAIN}>;tag=t1\r\nTo: <sip:u1@{DOMAIN}>;tag=abc\r\nCall-ID: r1-0123456789\r\n"
+    "CSeq: 1 REGISTER\r\nContact: <sip:u1@c1.invalid;transport=ws>;expires=600\r\nContent-Length: 0\r\n\r\n"
+).encode()
+
+
+def _masked(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    head = (
+        bytes((0x80 | opcode, 0x80 | n)) if n < 126 else bytes((0x80 | opcode, 0x80 | 126, n >> 8, n & 0xFF))
+    )
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+# -- the WebSocket layer, run in a child with one source tree's mcs_edge --------------------------
+def _ws_child(messages: int, repeat: int) -> dict[str, float]:
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from mcs_edge import config as c
+    from mcs_edge.tx.sip import websocket as ws
+
+    cfg = c.loads(
+        '[listen]\nhttps = "127.0.0.1:8443"\n[[tenants]]\nid = "rossi"\n'
+        f'domains = ["{DOMAIN}"]\nbackend_sip = "udp:10.1.0.10:5060"\n'
+    )
+
+    class Router:
+        def __init__(self) -> None:
+            self.send: Any = None
+            self.messages = 0
+            self.touched = 0
+
+        def open_flow(self, tenant: Any, transport: str, peer: Any, send: Any, close: Any) -> Any:
+            self.send = send
+            return object()
+
+        def data_from_client(self, flow: Any, data: bytes) -> None:
+            self.messages += 1
+            self.send(OK)
+
+        def touch(self, flow: Any) -> None:
+            self.touched += 1
+
+        def count(self, *args: Any) -> None:
+            pass
+
+        def close_flow(self, flow: Any, reason: str) -> None:
+            pass
+
+    class Sink(StringTransport):
+        def write(self, data: bytes) -> None:
+            pass
+
+    def connect() -> Any:
+        clock = Clock()
+        router = Router()
+        factory = ws.SipWebSocketFactory(router, cfg, clock, clock.seconds)  # type: ignore[arg-type]
+        tenant = cfg.tenants[0]
+        if hasattr(ws, "CLOSE_TIMEOUT"):  # the sans-IO codec
+            proto = ws.SipWebSocketProtocol(factory, tenant, ("192.0.2.1", 4000))
+            proto.makeConnection(Sink())
+            proto.start()
+            return proto, router
+        else:  # autobahn, handshake replayed as take_over did
+            proto = factory.buildProtocol(None)
+            proto.tenant = tenant
+            transport = StringTransport(peerAddress=None)
+            proto.makeConnection(transport)
+            proto.dataReceived(
+                (
+                    f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                    "Sec-WebSocket-Protocol: sip\r\n\r\n"
+                ).encode()
+            )
+            assert b" 101 " in transport.value().split(b"\r\n", 1)[0], transport.value()[:200]
+            transport.write = lambda data: None  # type: ignore[method-assign]
+        return proto, router
+
+    def run(frames: list[bytes]) -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            proto, router = connect()
+            receive = proto.dataReceived
+            t0 = time.process_time()
+            for f in frames:
+                receive(f)
+            best = min(best, (time.process_time() - t0) / len(frames))
+            assert router.messages + router.touched + (frames[0][0] == 0x89) * len(frames) >= len(frames)
+        return best * 1e6
+
+    masks = [os.urandom(4) for _ in range(64)]
+    return {
+        "ws": run([_masked(0x1, REGISTER, masks[i % 64]) for i in range(messages)]),
+        "keepalive": run([_masked(0x1, b"\r\n\r\n", masks[i % 64]) for i in range(messages)]),
+        "ping": run([_masked(0x9, b"", masks[i % 64]) for i in range(messages)]),
+    }
+
+
+def _ws(src: str | None, messages: int, repeat: int) -> dict[str, float]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src or str(ROOT), env.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, __file__, "--child-ws", str(messages), "--repeat", str(repeat)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# -- the TLS layer ----------------------------------------------------------------------------------
+def _certificate(tmp: str) -> tuple[str, str]:
+    cert, key = f"{tmp}/c.pem", f"{tmp}/k.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+            *("-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={DOMAIN}"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _client() -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    return ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN), incoming, outgoing
+
+
+def _records(client: ssl.SSLObject, outgoing: ssl.MemoryBIO, n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        client.write(REGISTER)
+        out.append(outgoing.read())
+    return out
+
+
+def _tls_twisted(cert: str, key: str, messages: int, repeat: int) -> float:
+    from OpenSSL import SSL
+    from twisted.internet import ssl as tssl
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    class Clock:
+        """callLater(0) of the write aggregator, run at 'the next turn' (the reactor's own cost left out)."""
+
+        def __init__(self) -> None:
+            self.calls: list[Any] = []
+
+        def callLater(self, delay: float, fn: Any, *a: Any) -> Any:  # noqa: N802
+            self.calls.append(fn)
+            return self
+
+        def advance(self, _: float) -> None:
+            calls, self.calls = self.calls, []
+            for fn in calls:
+                fn()
+
+    options = tssl.DefaultOpenSSLContextFactory(key, cert)
+    options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)
+
+    class Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802
+            self.transport.write(OK)  # type: ignore[union-attr]
+
+    best = float("inf")
+    for _ in range(repeat):
+        clock = Clock()
+        factory = TLSMemoryBIOFactory(options, False, Factory.forProtocol(Echo), clock=clock)
+        server = factory.buildProtocol(None)
+        wire = StringTransport()
+        server.makeConnection(wire)
+        client, incoming, outgoing = _client()
+        for _ in range(10):  # handshake
+            try:
+                client.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            data = outgoing.read()
+            if data:
+                server.dataReceived(data)
+            clock.advance(0)
+            incoming.write(wire.value())
+            wire.clear()
+        client.do_handshake()
+        records = _records(client, outgoing, messages)
+        t0 = time.process_time()
+        for i, record in enumerate(records):
+            server.dataReceived(record)
+            clock.advance(0)  # the reactor's next turn: the write aggregator flushes
+            if i & 255 == 0:
+                wire.clear()
+        best = min(best, (time.process_time() - t0) / messages)
+    return best * 1e6
+
+
+def _tls_stdlib(cert: str, key: str, messages: int, repeat: int) -> float:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    best = float("inf")
+    for _ in range(repeat):
+        s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        server = ctx.wrap_bio(s_in, s_out, server_side=True)
+        client, incoming, outgoing = _client()
+        for _ in range(10):
+            for side in (client, server):
+                try:
+                    side.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+            s_in.write(outgoing.read())
+            incoming.write(s_out.read())
+        records = _records(client, outgoing, messages)
+        t0 = time.process_time()
+        for record in records:
+            s_in.write(record)
+            try:
+                while True:
+                    if not server.read(65536):
+                        break
+            except ssl.SSLWantReadError:
+                pass
+            server.write(OK)
+            s_out.read()
+        best = min(best, (time.process_time() - t0) / messages)
+    return best * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--baseline-src", "--baseline", dest="baseline_src", default=None)
+    ap.add_argument("--child-ws", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_ws:
+        print(json.dumps(_ws_child(args.child_ws, args.repeat)))
+        return
+    rows: list[tuple[str, dict[str, float]]] = []
+    if args.baseline_src:
+        rows.append(("baseline tree", _ws(args.baseline_src, args.messages, args.repeat)))
+    rows.append(("this tree", _ws(None, args.messages, args.repeat)))
+    print(f"CPU per message, best of {args.repeat} x {args.messages} (us)")
+    print(f"{'edge':<16}{'ws REGISTER+200':>18}{'CRLF keepalive':>16}{'ping':>8}")
+    for name, r in rows:
+        print(f"{name:<16}{r['ws']:>18.2f}{r['keepalive']:>16.2f}{r['ping']:>8.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = _certificate(tmp)
+        twisted_tls = _tls_twisted(cert, key, args.messages, args.repeat)
+        stdlib_tls = _tls_stdlib(cert, key, args.messages, args.repeat)
+    print(f"TLS, one record in + one out: Twisted TLSMemoryBIOProtocol (pyOpenSSL) {twisted_tls:.2f} us,")
+    print(f"  stdlib ssl memory BIOs {stdlib_tls:.2f} us (ratio {twisted_tls / stdlib_tls:.2f})")
+
+
+if __name__ == "__main__":
+    main()
