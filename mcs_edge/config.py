@@ -907,6 +907,12 @@ class OverloadConfig:
         doc="share of wall time on the CPU above which the admitted share falls (above 1 = CPU not watched)",
     )
     retry_after: int = f(c_int(1, 3600), 5, doc="Retry-After (s) in the 503 to a refused request")
+    max_queue_age: float = f(
+        c_float_or_zero(0.005, 10),
+        0.1,
+        doc="a new INVITE/REGISTER read this many seconds after the loop-lag probe last ran (the reactor"
+        " is working through a backlog) gets 503 at once; 0 = off",
+    )
     max_media_packet_rate: int = f(
         c_int(0, 100_000_000),
         0,
@@ -1138,6 +1144,10 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
         errors.append(ConfigError("turn.default_lifetime", "must not exceed turn.max_lifetime"))
     if cfg.overload.lag_low >= cfg.overload.lag_high:
         errors.append(ConfigError("overload.lag_low", "must be below overload.lag_high"))
+    if 0 < cfg.overload.max_queue_age <= 2 * cfg.overload.probe_interval:
+        errors.append(
+            ConfigError("overload.max_queue_age", "must be 0 (off) or above twice overload.probe_interval")
+        )
     if cfg.shaping.burst < 1500:
         errors.append(ConfigError("shaping.burst", "must be at least 1500 bytes"))
     if cfg.tls.unknown_sni == "default":

@@ -168,6 +168,7 @@ BAD: list[tuple[str, str, str]] = [
     ("[media]\nports = [80, 2000]\n" + BASE, "media.ports[0]", "minimum"),
     ("[media]\nidle_timeout = 0\n" + BASE, "media.idle_timeout", "minimum"),
     ("[shaping]\nrate = -5\n" + BASE, "shaping.rate", "minimum"),
+    ("[overload]\nmax_queue_age = 0.015\n" + BASE, "overload.max_queue_age", "twice overload.probe_interval"),
     ("[shaping]\nburst = 100\n" + BASE, "shaping.burst", "minimum"),
     (
         '[[tenants]]\nid = "Rossi!"\ndomains = ["r.example.com"]\nbackend_sip = "udp:1.2.3.4:5060"\n',

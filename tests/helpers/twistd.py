@@ -29,8 +29,10 @@ class TwistdEdge:
         reactor: str = "uvloop",
         timeout: float = 30,
         prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """``prefix``: a command the process runs under (``taskset -c 0`` in the benches)."""
+        """``prefix``: a command the process runs under (``taskset -c 0`` in the benches); ``env``:
+        its environment (None = this process's)."""
         self.tmp = tmp
         self.conf = tmp / "edge.toml"
         self.conf.write_text(text)
@@ -50,6 +52,7 @@ class TwistdEdge:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=tmp,
+                env=env,
             )
         try:
             text_now = self.wait_log(READY, timeout)

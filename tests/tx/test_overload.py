@@ -126,3 +126,73 @@ def test_media_admission_limit_refuses_new_calls_only() -> None:
 
 def _noop(*_args: Any) -> None:
     return None
+
+
+def _late(h: Harness, seconds: float) -> None:
+    """The reactor is ``seconds`` into a turn that started after the probe last ran (timers wait)."""
+    h.clock.rightNow += seconds
+
+
+def test_request_read_late_in_a_long_turn_is_refused_by_its_age() -> None:
+    """Before the gate's ratio moves, a new REGISTER read 0.2 s after the probe last ran gets 503 (queue_age);
+    one read within the age limit, and requests within a dialog, still go through."""
+    h = Harness()
+    probe = LoadProbe(h.timers, OverloadSettings(max_queue_age=0.1), 0.01)
+    h.router.overload = probe.gate
+    probe.start()
+    h.clock.pump([0.01] * 5)
+    _late(h, 0.05)
+    h.send(_register(1))
+    assert len(h.udp.sent) == 1 and not probe.gate.shedding
+    _late(h, 0.15)
+    h.send(_register(2))
+    h.send(_in_dialog("BYE", 3))
+    assert [_status(d) for d in h.to_client] == [503]
+    assert b"\r\nRetry-After: 5\r\n" in h.to_client[0]
+    assert len(h.udp.sent) == 2  # the first REGISTER and the BYE
+    assert h.router.shed["queue_age:REGISTER"] == 1
+    h.clock.advance(0)  # the turn ends: the probe runs, new work is fresh again
+    h.send(_register(4))
+    assert len(h.udp.sent) == 3
+    probe.stop()
+    _late(h, 1.0)
+    h.send(_register(5))  # no probe running: nothing is late
+    assert len(h.udp.sent) == 4
+
+
+def test_ack_of_a_refused_invite_is_absorbed_not_routed() -> None:
+    """The ACK of the 503 (same branch as the INVITE) ends at the edge and is counted."""
+    h, probe = _overloaded()
+    h.send(_invite())
+    assert [_status(d) for d in h.to_client] == [503]
+    ack = _invite().replace(b"INVITE sip:", b"ACK sip:").replace(b"1 INVITE", b"1 ACK")
+    h.send(ack)
+    assert h.udp.sent == []
+    assert h.router.counters[("overload_ack_absorbed", "rossi", "")] == 1
+    probe.stop()
+
+
+def _pbx_invite(branch: str = "z9hG4bKpbx1") -> bytes:
+    return (
+        f"INVITE sip:a@rossi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.10:5060;branch={branch}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:200@rossi.example.com>;tag=p9\r\nTo: <sip:a@rossi.example.com>\r\n"
+        "Call-ID: pbx1\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_new_invite_from_the_pbx_over_udp_gets_one_503_and_its_retransmissions_are_dropped() -> None:
+    """Under overload a PBX's new INVITE is answered 503 over UDP once; a retransmission is dropped and
+    counted; the PBX's ACK of the 503 ends at the edge; nothing reaches the client."""
+    h, probe = _overloaded()
+    pbx = ("10.1.0.10", 5060)
+    h.router.data_from_backend(_pbx_invite(), pbx, "udp")
+    assert [(_status(d), addr) for d, addr in h.udp.sent] == [(503, pbx)]
+    assert b"\r\nRetry-After: 5\r\n" in h.udp.sent[0][0]
+    h.router.data_from_backend(_pbx_invite(), pbx, "udp")
+    assert len(h.udp.sent) == 1
+    assert h.router.counters[("overload_retransmission_dropped", "", "udp")] == 1
+    ack = _pbx_invite().replace(b"INVITE sip:", b"ACK sip:").replace(b"7 INVITE", b"7 ACK")
+    h.router.data_from_backend(ack, pbx, "udp")
+    assert h.router.counters[("overload_ack_absorbed", "", "udp")] == 1
+    assert h.to_client == [] and h.router.core.pairs == 0
+    probe.stop()

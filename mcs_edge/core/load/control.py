@@ -34,6 +34,15 @@ Overload is sustained lateness: one long turn (a certificate generated, a reload
 and the backlog it leaves are absorbed by the smoothing (weight ``smoothing`` per sample) and
 refuse nothing, while a reactor that cannot keep up is late at every sample.
 
+The lag is sampled every ``interval``; between samples the gate also knows how long ago the probe
+last ran (``last_tick``). That is the age of the reactor's current work: a reactor that reads a
+backlog (tens of messages per connection per turn) does not come back to its timers until the turn
+ends, so every message read after ``now - last_tick > max_queue_age`` has waited at least that long
+(in the kernel's socket buffers, then in the turn). :meth:`AdmissionGate.refusal` refuses a new
+INVITE/REGISTER at once in that case (reason ``queue_age``), without waiting for the next step:
+this bounds the work admitted per turn, hence the turn's length and the queueing delay of what is
+admitted (RFC 6357 s.4: refuse by delay, not by count).
+
 The fraction is applied deterministically (a credit counter, no randomness): at ratio 0.25 every
 fourth new request is admitted. Requests within a dialog, ACK, CANCEL, BYE and responses are
 never refused here: they finish work already accepted (RFC 7339 s.5.10.1, RFC 6357 s.4). With
@@ -113,6 +122,7 @@ class OverloadSettings:
     retry_after: int = 5
     smoothing: float = 0.2  # weight of a new sample in the smoothed lag and busy share
     busy_high: float = 0.95  # share of wall time on the CPU (process time) that counts as saturated
+    max_queue_age: float = 0.1  # refuse new requests read this long after the probe last ran; 0 = off
 
 
 class AdmissionGate:
@@ -125,6 +135,7 @@ class AdmissionGate:
         "_window_n",
         "admitted",
         "busy",
+        "last_tick",
         "ratio",
         "settings",
         "shed",
@@ -142,6 +153,8 @@ class AdmissionGate:
         self._window_n = 0
         self.admitted = 0
         self.shed = 0
+        #: When the probe last ran (``now`` of the last sample); None while no probe runs.
+        self.last_tick: float | None = None
 
     @property
     def shedding(self) -> bool:
@@ -151,6 +164,7 @@ class AdmissionGate:
         """A lag sample at ``now`` (and the share of time on the CPU since the last one); adjusts the
         admitted fraction at most once per ``step``."""
         s = self.settings
+        self.last_tick = now
         self.smoothed += s.smoothing * (lag - self.smoothed)
         if busy is not None:
             self.busy += s.smoothing * (busy - self.busy)
@@ -174,6 +188,20 @@ class AdmissionGate:
         self._last_step = now
         self._window_min = float("inf")
         self._window_n = 0
+
+    def late(self, now: float) -> bool:
+        """Whether work read at ``now`` is older than ``max_queue_age`` (the probe has not run since)."""
+        last = self.last_tick
+        age = self.settings.max_queue_age
+        return last is not None and age > 0.0 and now - last > age and self.settings.enabled
+
+    def refusal(self, now: float) -> str | None:
+        """One new transaction read at ``now`` asks to come in: None to serve it, else the reason to
+        refuse it (``queue_age`` or ``loop_lag``)."""
+        if self.late(now):
+            self.shed += 1
+            return "queue_age"
+        return None if self.admit() else "loop_lag"
 
     def admit(self) -> bool:
         """One new transaction asks to come in: True to serve it, False to refuse it (503)."""

@@ -228,7 +228,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         return any(f[0] == key for f in self._fields)
 
     def __eq__(self, other: object) -> bool:
@@ -243,7 +243,7 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the value of the first field called ``name`` (whole line), else ``default``."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         for f in self._fields:
             if f[0] == key:
                 return f[2]
@@ -251,12 +251,12 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Return the values of every field called ``name``, one per header line."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         return [f[2] for f in self._fields if f[0] == key]
 
     def values(self, name: str) -> list[str]:
         """Return every element of ``name``: comma lists are split for ``LIST_HEADERS``."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         if key not in LIST_HEADERS:
             return [f[2] for f in self._fields if f[0] == key]
         out: list[str] = []
@@ -267,7 +267,7 @@ class Headers:
 
     def first_value(self, name: str) -> str | None:
         """Return the first element of ``name`` (the first item of a comma list), else None."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         for f in self._fields:
             if f[0] == key:
                 value = f[2]
@@ -278,7 +278,7 @@ class Headers:
 
     def count(self, name: str) -> int:
         """Return how many header lines are called ``name``."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         return sum(1 for f in self._fields if f[0] == key)
 
     def add(self, name: str, value: str) -> None:
@@ -287,7 +287,7 @@ class Headers:
 
     def insert_first(self, name: str, value: str) -> None:
         """Insert a field before the first field with the same name (at the top if none)."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         fields = self._fields
         for i, f in enumerate(fields):
             if f[0] == key:
@@ -300,7 +300,7 @@ class Headers:
 
         Appends the field when there is none. The first field keeps its written name.
         """
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         value = _check_value(value)
         fields = self._fields
         for i, f in enumerate(fields):
@@ -317,14 +317,14 @@ class Headers:
 
     def remove(self, name: str) -> int:
         """Remove every field called ``name``; return how many were removed."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         before = len(self._fields)
         self._fields[:] = [f for f in self._fields if f[0] != key]
         return before - len(self._fields)
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first element of ``name`` (see ``first_value``), else None."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         fields = self._fields
         for i, f in enumerate(fields):
             if f[0] == key:
@@ -340,7 +340,7 @@ class Headers:
 
     def replace_first_value(self, name: str, value: str) -> None:
         """Replace the first element of ``name`` (LocalProtocolError if there is none)."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         value = _check_value(value)
         fields = self._fields
         for i, f in enumerate(fields):
@@ -654,6 +654,46 @@ def parse_via_tuple(text: str) -> tuple[Via, ...]:
     """``parse_via`` without the copy: a cached tuple shared by every caller (Vias are frozen)."""
     # A proxy reads the same Via text several times per message (matching, loop check,
     # received/rport): parse each distinct value once. Vias are frozen, so sharing is safe.
+    # A new value usually differs from one seen before only in its branch (a new transaction
+    # from the same sent-by): the rest is validated once, as a template, and the branch checked
+    # as a token (RFC 3261 s.20.42: via-branch = "branch" EQUAL token).
+    start = text.find(";branch=") + 8
+    if start > 7 and len(text) <= CACHED_VALUE_MAX and "," not in text and '"' not in text:
+        end = text.find(";", start)
+        if end < 0:
+            end = len(text)
+        branch = text[start:end]
+        if _TOKEN_FULL(branch) is not None:
+            try:
+                via = _via_template(text[:start] + _BRANCH_SLOT + text[end:])
+            except RemoteProtocolError:
+                return _parse_via_items(text)  # the error names the text as written
+            params = via.params
+            for i, (name, value) in enumerate(params):
+                if value == _BRANCH_SLOT and name == "branch":
+                    return (
+                        Via(
+                            via.transport,
+                            via.host,
+                            via.port,
+                            (*params[:i], ("branch", branch), *params[i + 1 :]),
+                            via.protocol,
+                        ),
+                    )
+    return _parse_via_items(text)
+
+
+_BRANCH_SLOT = "z9hG4bK-"
+_TOKEN_FULL = _abnf.TOKEN_RE.fullmatch
+
+
+@functools.lru_cache(maxsize=1024)
+def _via_template(text: str) -> Via:
+    """A one-element Via value whose branch is ``_BRANCH_SLOT`` (errors are not cached)."""
+    return _parse_via_items(text)[0]
+
+
+def _parse_via_items(text: str) -> tuple[Via, ...]:
     out: list[Via] = []
     for item in split_commas(text):
         m = _abnf.VIA_RE.fullmatch(item)
@@ -685,7 +725,13 @@ class CSeq:
 
 
 def parse_cseq(text: str) -> CSeq:
-    """Parse a CSeq value; the sequence number must be below 2**31."""
+    """Parse a CSeq value; the sequence number must be below 2**31 (cached, see ``parse_uri``)."""
+    if len(text) <= CACHED_VALUE_MAX:
+        return _parse_cseq_cached(text)
+    return _parse_cseq(text)
+
+
+def _parse_cseq(text: str) -> CSeq:
     m = _abnf.CSEQ_RE.fullmatch(text)
     if m is None:
         raise RemoteProtocolError(f"invalid CSeq {text[:80]!r}", 400)
@@ -693,6 +739,9 @@ def parse_cseq(text: str) -> CSeq:
     if len(digits) > 10 or int(digits) >= 2**31:
         raise RemoteProtocolError("CSeq sequence number out of range", 400)
     return CSeq(int(digits), m["method"])
+
+
+_parse_cseq_cached = functools.lru_cache(maxsize=4096)(_parse_cseq)
 
 
 def parse_max_forwards(text: str) -> int:

@@ -223,7 +223,7 @@ class Message:
         value = self.headers.pop_first_value("via")
         if value is None:
             raise LocalProtocolError("message has no Via to pop")
-        return parse_via(value)[0]
+        return parse_via_tuple(value)[0]
 
     def replace_top_via(self, via: Via | str) -> None:
         """Replace the top Via element (e.g. with ``received``/``rport`` added, s.18.2.1)."""

@@ -12,13 +12,17 @@ Which requests may be refused (RFC 7339 s.5.10.1 and RFC 3261 s.21.5.4): only th
 new work, an initial INVITE (no To tag) and REGISTER. Never a request within a dialog (re-INVITE,
 BYE, UPDATE...), ACK or CANCEL; responses are never touched. When the To line cannot be found on
 a line of its own (folded or missing) the request is *not* refused here: the full parser sees it.
+
+:func:`top_branch` reads the branch of the first Via line: the ACK of a refused INVITE carries the
+INVITE's branch (RFC 3261 s.17.1.1.3), so the adapter absorbs it instead of routing it, and a UDP
+retransmission of a refused request is recognised (and dropped) by the same key.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["SHEDDABLE_METHODS", "refusal", "sheddable"]
+__all__ = ["SHEDDABLE_METHODS", "refusal", "sheddable", "top_branch"]
 
 SHEDDABLE_METHODS = (b"INVITE", b"REGISTER")
 
@@ -90,3 +94,18 @@ def refusal(
             b"Content-Length: 0\r\n\r\n",
         ]
     )
+
+
+# RFC 3261 s.20.42: via-branch = "branch" EQUAL token
+_VIA_LINE = re.compile(rb"\r\n(?:via|v)[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
+
+
+def top_branch(data: bytes) -> bytes | None:
+    """The branch parameter of the top Via (first element of the first Via line), else None."""
+    head_end = data.find(b"\r\n\r\n")
+    line = _VIA_LINE.search(data, 0, len(data) if head_end < 0 else head_end + 2)
+    if line is None:
+        return None
+    m = _BRANCH.search(line.group(1).split(b",", 1)[0])
+    return None if m is None else m.group(1)

@@ -112,7 +112,7 @@ from enum import Enum
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
-from .headers import MAGIC_COOKIE, Headers, parse_via
+from .headers import MAGIC_COOKIE, Headers, parse_via_tuple
 from .message import Request, Response
 
 __all__ = [
@@ -239,7 +239,7 @@ def cookie_server_key(branch: str, host: str, port: int | None, method: str) -> 
 
 def server_key(request: Request) -> ServerKey:
     """Server transaction key of a request (s.17.2.3); ACK maps to its INVITE."""
-    via = parse_via(request.headers.first_value("via") or "")[0]
+    via = parse_via_tuple(request.headers.first_value("via") or "")[0]
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch
     if branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):

@@ -58,6 +58,7 @@ def overload_settings(config: EdgeConfig) -> OverloadSettings:
         lag_low=o.lag_low,
         retry_after=o.retry_after,
         busy_high=o.busy_high,
+        max_queue_age=o.max_queue_age,
     )
 
 
@@ -91,6 +92,7 @@ class LoadProbe:
     def stop(self) -> None:
         self.timers.cancel(self._call)
         self._call = None
+        self.gate.last_tick = None  # no probe, no age: nothing is refused as late
 
     def update(self, settings: OverloadSettings) -> None:
         self.gate.settings = settings
@@ -197,8 +199,9 @@ def load_families(
         "Requests refused 503 under overload, by reason and method",
         labels=["reason", "method"],
     )
-    for method, n in sorted(shed.items()):
-        c.add_metric(["loop_lag", method], n)
+    for key, n in sorted(shed.items()):
+        reason, _, method = key.rpartition(":")  # "METHOD" (loop lag) or "reason:METHOD"
+        c.add_metric([reason or "loop_lag", method], n)
     c.add_metric(["media_load", "INVITE"], media_refused)
     yield c
     g = GaugeMetricFamily("mcs_edge_media_packet_rate", "Relayed media packets per second (this worker)")

@@ -38,7 +38,7 @@ from mcs_edge.core.sip.proxy import (
     ToBackend,
     ToFlow,
 )
-from mcs_edge.core.sip.shed import refusal, sheddable
+from mcs_edge.core.sip.shed import refusal, sheddable, top_branch
 from mcs_edge.core.sip.transaction import TimerConfig
 from mcs_edge.logevents import EVENTS
 from mcs_edge.tx.ops.logs import RateLimitedLog
@@ -69,6 +69,8 @@ MAX_UDP_DATAGRAM = 65535
 _LEADING = re.compile(rb"[\r\n]*(SIP/)?")
 # Source (tenant id, IP) of recently closed flows: a PBX answer may arrive after the client left.
 _CLOSED_PEERS = 16384
+# Branches of requests refused under overload (their ACK is absorbed, a UDP retransmission dropped).
+_REFUSED_BRANCHES = 8192
 
 
 @dataclass(slots=True, eq=False)
@@ -210,8 +212,10 @@ class SipRouter:
         self.overload = overload
         self._local = _LocalSlot()
         self._attached = False
-        #: New INVITE/REGISTER refused under overload, by method (metrics).
+        #: New INVITE/REGISTER refused under overload: by method for the loop-lag gate, by
+        #: ``"queue_age:METHOD"`` for requests read too late in a turn (metrics).
         self.shed: dict[str, int] = {"INVITE": 0, "REGISTER": 0}
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
         #: The core's problems, rate-limited per code (the one RateLimitedLog, tx/ops/logs.py).
         self._problem_log = RateLimitedLog(self.log, burst=10, window=1.0, now=timers.now)
         self._tag_prefix = secrets.token_hex(4)  # To tags of refusals: prefix + counter, no syscall each
@@ -413,34 +417,53 @@ class SipRouter:
             if is_request and not protection.admit_request(flow.tenant.id, flow.peer[0]):
                 self.count("requests_dropped", flow.tenant.id, flow.transport)
                 return
+        now = self.timers.now()
         gate = self.overload
-        if gate is not None and gate.shedding:
+        if gate is not None and (gate.shedding or gate.late(now)):
             method = sheddable(data)
-            if method is not None and not gate.admit():
-                self._refuse_overload(flow, data, method)
-                return
-        self.core.receive_from_client(flow.id, data, self.timers.now())
+            if method is not None:
+                reason = gate.refusal(now)
+                if reason is not None:
+                    answer = self._refusal(data, method, reason)
+                    if answer is not None:
+                        flow.send(answer)
+                    return
+        if self._refused and data.startswith(b"ACK ") and self._absorb_ack(data):
+            self.count("overload_ack_absorbed", flow.tenant.id)
+            return
+        self.core.receive_from_client(flow.id, data, now)
         self._flush()
+
+    def _absorb_ack(self, data: bytes) -> bool:
+        """The ACK of a 503 sent under overload (same branch as the INVITE, RFC 3261 s.17.1.1.3)."""
+        branch = top_branch(data)
+        return branch is not None and self._refused.pop(branch, False) is None
 
     def reject_unframed(self, flow: ClientFlow, data: bytes, exc: RemoteProtocolError) -> None:
         """A stream flow's bytes cannot be framed: answer the request they start, if possible."""
         self.core.reject_unframed(flow.id, data, exc)
         self._flush()
 
-    def _refuse_overload(self, flow: ClientFlow, data: bytes, method: bytes) -> None:
+    def _refusal(self, data: bytes, method: bytes, reason: str) -> bytes | None:
         """503 + Retry-After from the request's bytes, before it is parsed (core/sip/shed.py)."""
         name = method.decode()
-        n = self.shed[name] = self.shed.get(name, 0) + 1
-        answer = refusal(
+        key = name if reason == "loop_lag" else f"{reason}:{name}"
+        n = self.shed[key] = self.shed.get(key, 0) + 1
+        if method == b"INVITE":
+            branch = top_branch(data)
+            if branch is not None:
+                refused = self._refused
+                refused[branch] = None
+                if len(refused) > _REFUSED_BRANCHES:
+                    refused.popitem(last=False)
+        return refusal(
             data,
             503,
             "Service Unavailable (overload)",
             self.config.overload.retry_after,
-            f"{self._tag_prefix}{name[0]}{n:x}",
+            f"{self._tag_prefix}{name[0]}{reason[0]}{n:x}",
             self.config.edge.name,
         )
-        if answer is not None:
-            flow.send(answer)
 
     def touch(self, flow: ClientFlow) -> None:
         """A keepalive arrived on ``flow``: it is alive."""
@@ -484,8 +507,40 @@ class SipRouter:
         if self.health is not None and self.health.claims(data):
             self.health.response(data, addr)
             return
-        self.core.receive_from_backend(data, addr, transport, self.timers.now())
+        now = self.timers.now()
+        gate = self.overload
+        if transport == "udp" and gate is not None and self._shed_from_backend(gate, data, addr, now):
+            return
+        self.core.receive_from_backend(data, addr, transport, now)
         self._flush()
+
+    def _shed_from_backend(self, gate: AdmissionGate, data: bytes, addr: tuple[str, int], now: float) -> bool:
+        """A new INVITE from a PBX over UDP under overload: 503 once, its retransmissions dropped."""
+        if not (self._refused or gate.shedding or gate.late(now)):
+            return False
+        if data.startswith(b"ACK "):  # the PBX's ACK of our 503: ends there
+            if self._refused and self._absorb_ack(data):
+                self.count("overload_ack_absorbed", "", "udp")
+                return True
+            return False
+        if sheddable(data) != b"INVITE":
+            return False
+        branch = top_branch(data)
+        if branch is not None and branch in self._refused:
+            self.count("overload_retransmission_dropped", "", "udp")
+            return True
+        if not (gate.shedding or gate.late(now)):
+            return False
+        reason = gate.refusal(now)
+        if reason is None:
+            return False
+        answer = self._refusal(data, b"INVITE", reason)
+        if answer is not None and self.udp is not None:
+            try:
+                self.udp.write(answer, addr)
+            except Exception as exc:  # e.g. EHOSTUNREACH
+                self.count("backend_send_errors", "", type(exc).__name__)
+        return True
 
     def reindex_backends(self) -> None:
         """PBX names resolved to new addresses: requests from them are matched from now on."""

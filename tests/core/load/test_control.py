@@ -78,3 +78,21 @@ def test_saturated_cpu_sheds_even_with_moderate_lag() -> None:
         now += 0.01
         gate.observe_lag(0.0, now, busy=0.3)
     assert not gate.shedding
+
+
+def test_work_read_long_after_the_last_probe_is_refused_by_age() -> None:
+    """`refusal(now)`: within max_queue_age of the last sample nothing is late; past it every new request is
+    refused as `queue_age` whatever the ratio; no sample yet or a disabled gate: never late."""
+    gate = AdmissionGate(OverloadSettings(max_queue_age=0.1))
+    assert not gate.late(5.0)  # no probe has run
+    now = _feed(gate, 0.0, [0.0] * 3)
+    assert gate.ratio == 1.0
+    assert gate.refusal(now + 0.09) is None
+    assert gate.refusal(now + 0.11) == "queue_age"
+    assert gate.shed == 1 and gate.admitted == 1
+    off = AdmissionGate(OverloadSettings(max_queue_age=0.0))
+    _feed(off, 0.0, [0.0])
+    assert off.refusal(100.0) is None
+    disabled = AdmissionGate(OverloadSettings(enabled=False))
+    _feed(disabled, 0.0, [0.0])
+    assert disabled.refusal(100.0) is None

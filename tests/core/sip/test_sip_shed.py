@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mcs_edge.core.sip.message import Response, parse
-from mcs_edge.core.sip.shed import refusal, sheddable
+from mcs_edge.core.sip.shed import refusal, sheddable, top_branch
 
 HEAD = (
     "Via: SIP/2.0/WSS a.invalid;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK0\r\n"
@@ -58,3 +58,21 @@ def test_refusal_needs_the_five_headers() -> None:
     """No Call-ID: no response can be built (the full parser will answer 400 instead)."""
     data = _msg("REGISTER").replace(b"Call-ID: k1\r\n", b"")
     assert refusal(data, 503, "x", 5, "t", "s") is None
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (
+            b"Via: SIP/2.0/WSS a.invalid;rport;branch=z9hG4bKx1;alias\r\nv: SIP/2.0/UDP b;branch=z9hG4bKy",
+            b"z9hG4bKx1",
+        ),
+        (b"v:SIP/2.0/UDP b ; BRANCH = z9hG4bKc , SIP/2.0/UDP c;branch=z9hG4bKd", b"z9hG4bKc"),
+        (b"Via: SIP/2.0/UDP b, SIP/2.0/UDP c;branch=z9hG4bKd", None),  # the top via-parm has none
+        (b"From: <sip:a@b>;branch=no", None),
+    ],
+)
+def test_top_branch_reads_the_first_via_parm_only(head: bytes, expected: bytes | None) -> None:
+    """The ACK of a refused INVITE is matched by the branch of its top Via, nothing else."""
+    data = b"ACK sip:a@b SIP/2.0\r\n" + head + b"\r\nCSeq: 1 ACK\r\n\r\nVia: x;branch=body"
+    assert top_branch(data) == expected
