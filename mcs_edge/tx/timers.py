@@ -45,10 +45,13 @@ class Timers:
         return len(self._calls) + len(self._loops)
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> DelayedCall:
+        # ``run`` needs its DelayedCall and the DelayedCall holds ``run``: a reference cycle, broken
+        # when the call fires (``holder.pop()``) or is cancelled (Twisted drops ``func``), so a
+        # timer is freed by reference counting, never left to the cycle collector (issue 21)
         holder: list[DelayedCall] = []
 
         def run() -> None:
-            self._calls.discard(holder[0])
+            self._calls.discard(holder.pop())
             try:
                 fn(*args)
             except Exception:
