@@ -931,6 +931,13 @@ class OverloadConfig:
         50000,
         doc="generation-0 collection threshold (allocations; Python's default 700)",
     )
+    gc_full_interval: float = f(
+        c_float_or_zero(1, 86400),
+        60.0,
+        doc="seconds between full (generation-2) collections, run by the edge when the reactor is calm "
+        "(forced after 10x this without a calm moment) instead of when the interpreter decides; "
+        "0 = the interpreter's automatic full collections",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,18 @@ router asks it). The same tick samples the media relay's packet total into a
 young collections), and :func:`freeze_startup` moves everything built before the reactor runs
 (modules, config, tenant table, certificates) into the permanent generation (``gc.freeze``) so a
 full collection walks only what the traffic created.
+
+Full collections (issue 21). A full (generation-2) collection walks every tracked object the
+traffic keeps (connections, flows, calls, transactions held by RFC 3261 timers): tens of
+milliseconds on a busy edge, a stall the loop-lag probe sees. The interpreter starts one whenever
+enough objects survived two younger collections, at any moment, under load too. With
+``overload.gc_full_interval`` set, :func:`tune_gc` switches that off (generation-2 threshold out of
+reach) and :class:`FullCollections`, ticked by the probe, runs the full collection itself: after
+``interval`` seconds, at the first *calm* tick (smoothed loop lag and CPU share low: the queue is
+empty, so the pause delays only what arrives during it), or after ``FORCE_FACTOR * interval``
+regardless, so memory in reference cycles stays bounded on an edge that is never calm. The hot
+paths make no reference cycles (timers, calls, transactions die by reference counting), so young
+collections find little and full collections free little; they remain the safety net.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig
 
 __all__ = [
+    "FullCollections",
     "GcMonitor",
     "LoadProbe",
     "freeze_startup",
@@ -62,6 +75,39 @@ def overload_settings(config: EdgeConfig) -> OverloadSettings:
     )
 
 
+class FullCollections:
+    """Full collections at calm moments instead of when the interpreter decides (module docstring)."""
+
+    FORCE_FACTOR = 10
+    CALM_LAG = 0.002  # smoothed loop lag (s) at or below which the reactor counts as calm
+    CALM_BUSY = 0.25  # smoothed share of wall time on the CPU at or below which it counts as calm
+
+    def __init__(self, interval: float, now: float, collect: Callable[[int], int] = gc.collect) -> None:
+        self.interval = interval
+        self._collect = collect
+        self.calm_runs = 0
+        self.forced_runs = 0
+        self._restart(now)
+
+    def _restart(self, now: float) -> None:
+        self.due = now + self.interval
+        self.deadline = now + self.interval * self.FORCE_FACTOR
+
+    def tick(self, now: float, lag: float, busy: float) -> bool:
+        """Run the full collection when it is due and the reactor calm (or overdue); True when run."""
+        if now < self.due:
+            return False
+        if lag <= self.CALM_LAG and busy <= self.CALM_BUSY:
+            self.calm_runs += 1
+        elif now >= self.deadline:
+            self.forced_runs += 1
+        else:
+            return False
+        self._collect(2)
+        self._restart(now)
+        return True
+
+
 class LoadProbe:
     """One periodic timer measuring its own lateness; feeds the histogram and the gate."""
 
@@ -72,7 +118,10 @@ class LoadProbe:
         interval: float = 0.01,
         media_total: Callable[[], int] | None = None,
         cpu_time: Callable[[], float] = time.process_time,
+        full_collections: FullCollections | None = None,
     ) -> None:
+        #: full collections to tick; None: the process's (:func:`tune_gc` with ``full_interval``), if any
+        self.full_collections = full_collections
         self.timers = timers
         self._cpu_time = cpu_time
         self._cpu_last = cpu_time()
@@ -113,6 +162,9 @@ class LoadProbe:
         self.gate.observe_lag(lag, now, busy)
         if self._media_total is not None:
             self.media_rate.sample(self._media_total(), now)
+        full = self.full_collections if self.full_collections is not None else _FULL
+        if full is not None and full.tick(now, self.gate.smoothed, self.gate.busy):
+            now = self.timers.now()  # the collection's pause is not the next tick's lag
         self._arm(now)
 
 
@@ -145,6 +197,9 @@ class GcMonitor:
 
 
 _MONITOR: GcMonitor | None = None
+_FULL: FullCollections | None = None
+#: a generation-2 threshold never reached: the interpreter starts no full collection by itself
+NO_AUTOMATIC_FULL = 2**31 - 1
 
 
 def gc_monitor() -> GcMonitor | None:
@@ -152,13 +207,26 @@ def gc_monitor() -> GcMonitor | None:
     return _MONITOR
 
 
-def tune_gc(thresholds: tuple[int, int, int], monitor: bool = True) -> None:
-    """Set the collector thresholds of this process and time its pauses."""
-    global _MONITOR
-    gc.set_threshold(*thresholds)
+def tune_gc(
+    thresholds: tuple[int, int, int],
+    monitor: bool = True,
+    full_interval: float = 0.0,
+    now: Callable[[], float] = time.monotonic,
+) -> FullCollections | None:
+    """Set the collector thresholds of this process and time its pauses; with ``full_interval``,
+    full collections are left to the :class:`FullCollections` returned (the probe ticks it)."""
+    global _MONITOR, _FULL
+    gen0, gen1, gen2 = thresholds
+    if full_interval > 0:
+        gen2 = NO_AUTOMATIC_FULL
+        _FULL = FullCollections(full_interval, now())
+    else:
+        _FULL = None
+    gc.set_threshold(gen0, gen1, gen2)
     if monitor and _MONITOR is None:
         _MONITOR = GcMonitor()
         _MONITOR.install()
+    return _FULL
 
 
 def freeze_startup() -> None:
