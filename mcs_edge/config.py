@@ -934,9 +934,9 @@ class OverloadConfig:
     gc_full_interval: float = f(
         c_float_or_zero(1, 86400),
         60.0,
-        doc="seconds between full (generation-2) collections, run by the edge when the reactor is calm "
-        "(forced after 10x this without a calm moment) instead of when the interpreter decides; "
-        "0 = the interpreter's automatic full collections",
+        doc="seconds between full collections, run by the edge when the reactor is calm (forced after "
+        "10x this without a calm moment), with young ones every 0.1 s, instead of when the interpreter "
+        "decides; 0 = the interpreter's automatic collections",
     )
 
 

@@ -134,11 +134,13 @@ def test_full_collection_waits_for_a_calm_reactor() -> None:
     not while the reactor lags or the CPU is busy; the next one is due an interval later."""
     runs: list[int] = []
     full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0)
+    full.young_due = float("inf")  # young collections: see the next test
     assert not full.tick(30.0, 0.0, 0.0)  # not due yet
     assert not full.tick(61.0, 0.05, 0.1)  # due, but the loop lags
     assert not full.tick(61.5, 0.0, 0.9)  # due, but the CPU is busy
     assert full.tick(62.0, 0.001, 0.2)
     assert runs == [2] and full.calm_runs == 1 and full.forced_runs == 0
+    full.young_due = float("inf")
     assert not full.tick(121.0, 0.0, 0.0)
     assert full.tick(122.0, 0.0, 0.0)
 
@@ -148,9 +150,21 @@ def test_full_collection_forced_on_an_edge_never_calm() -> None:
     runs: list[int] = []
     full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0)
     for t in range(60, 600, 10):
-        assert not full.tick(float(t), 0.5, 1.0)
+        full.tick(float(t), 0.5, 1.0)
+    assert 2 not in runs
     assert full.tick(600.0, 0.5, 1.0)
-    assert runs == [2] and full.forced_runs == 1
+    assert runs[-1] == 2 and full.forced_runs == 1
+
+
+def test_young_collections_every_tenth_of_a_second_whatever_the_load() -> None:
+    """Young collections run on time, busy or not, so each walks only 0.1 s of survivors."""
+    runs: list[int] = []
+    full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0)
+    assert not full.tick(0.05, 0.5, 1.0)
+    assert full.tick(0.1, 0.5, 1.0)
+    assert not full.tick(0.15, 0.5, 1.0)
+    assert full.tick(0.21, 0.5, 1.0)
+    assert runs == [0, 0] and full.young_runs == 2
 
 
 def test_probe_ticks_the_full_collections() -> None:
@@ -161,20 +175,20 @@ def test_probe_ticks_the_full_collections() -> None:
     probe = LoadProbe(h.timers, OverloadSettings(), 0.5, cpu_time=lambda: 0.0, full_collections=full)
     probe.start()
     h.clock.pump([0.5] * 118)
-    assert runs == []
+    assert 2 not in runs and len(runs) == 118  # a young collection each tick (0.5 s apart)
     h.clock.pump([0.5] * 4)
-    assert runs == [2]
+    assert runs.count(2) == 1
     probe.stop()
 
 
 def test_tune_gc_hands_full_collections_to_the_probe() -> None:
-    """With full_interval, the interpreter's own full collections are off (generation-2 threshold out
-    of reach) and tune_gc returns the schedule the probe ticks; without, they are back."""
+    """With full_interval, the interpreter's own collections of generations 1 and 2 are off (their
+    thresholds out of reach) and tune_gc returns the schedule the probe ticks; without, they are back."""
     before = gc.get_threshold()
     try:
         full = tune_gc((before[0], before[1], before[2]), monitor=False, full_interval=30.0)
         assert full is not None and full.interval == 30.0
-        assert gc.get_threshold()[2] == NO_AUTOMATIC_FULL
+        assert gc.get_threshold() == (before[0], NO_AUTOMATIC_FULL, NO_AUTOMATIC_FULL)
         assert tune_gc(before, monitor=False) is None
         assert gc.get_threshold() == before
     finally:
