@@ -271,6 +271,10 @@ def _print_diagnosis(path: Path) -> None:
         )
         for what, n in d["big_young"][:10]:
             print(f"    {n:10d}  {what}")
+        young = [e for e in d["gc_events"] if e[2] < 2]
+        joined = sorted(zip(young, fo, strict=False), key=lambda x: -x[0][1])[:6]
+        for e, f in joined:
+            print(f"    slowest: gen{e[2]} {e[1]} ms, {f[0]} objects, {f[1]} referents, biggest {f[2][:3]}")
     if d["census"]:
         print("  cycle garbage by type:", d["census"][:25])
         print("  cycle garbage by creator:")

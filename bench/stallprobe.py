@@ -241,7 +241,7 @@ def _report(gclog: GcLog, sampler: Sampler, stall: float) -> dict[str, Any]:
         "stall_count": len(stalls),
         "culprits": culprits.most_common(40),
         "census": gclog.census.most_common(40),
-        "fanouts": gclog.fanouts[-400:],
+        "fanouts": gclog.fanouts,
         "big_young": gclog.big.most_common(20),
         "creators": gclog.creators.most_common(60),
     }
