@@ -54,7 +54,7 @@ from mcs_edge.tx.sip.resolver import BackendResolver, make_resolver
 from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
 from mcs_edge.tx.sip.websocket import SipWebSocketFactory
-from mcs_edge.tx.timers import Timers
+from mcs_edge.tx.timers import SlicedSweep, Timers
 from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
 from mcs_edge.tx.tls.certificates import CertificateStore
 from mcs_edge.tx.tunnel.wireguard import WireGuardTunnel
@@ -333,7 +333,13 @@ class EdgeService(MultiService):
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
-        self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
+        # idle stream flows: a pass over every flow, 256 per reactor turn (tx/timers.py SlicedSweep)
+        SlicedSweep(
+            self.timers,
+            min(10.0, self.config.sip.keepalive_timeout / 4),
+            lambda: self.sip.flows.values(),
+            self.sip.sweep_flow,
+        ).start()
         self._watch_backend_names()
         self.backend_health.update(self.config)
         if self.tunnel is not None:
