@@ -88,13 +88,20 @@ def bench_toml(state: Path, pbx_port: int, edge: str = "", extra: str = "", tena
 class BenchEdge(TwistdEdge):
     """``twistd -n --reactor=uvloop mcs-edge`` (behind ``prefix``, e.g. taskset) with :func:`bench_toml`."""
 
-    def __init__(self, tmp: str, text: str, prefix: list[str] | None = None, src: str | None = None) -> None:
+    def __init__(
+        self,
+        tmp: str,
+        text: str,
+        prefix: list[str] | None = None,
+        src: str | None = None,
+        launcher: list[str] | None = None,
+    ) -> None:
         """``src``: run the edge from that source tree instead (``--baseline-src``: before/after in one run)."""
         env = dict(os.environ)
         if src:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         try:
-            super().__init__(Path(tmp), text, prefix=prefix or [], timeout=60, env=env)
+            super().__init__(Path(tmp), text, prefix=prefix or [], timeout=60, env=env, launcher=launcher)
         except AssertionError as exc:
             raise SystemExit(f"edge did not start: {str(exc)[-3000:]}") from None
         self.port = self.https

@@ -35,6 +35,7 @@ import os
 import re
 import resource
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
@@ -100,6 +101,9 @@ OFFER = (
 
 
 NICE: list[str] = []  # ["nice", "-n", N] with --nice
+DIAGNOSE: list[str] = []  # [directory, stallprobe options...] with --diagnose
+PBX_PID: list[int] = []  # the PBX stand-in, for its CPU share
+WINDOWS: list[tuple[str, float, float]] = []  # (step, perf_counter start, end): the diagnosis per step
 
 
 def _taskset(cpu: int) -> list[str]:
@@ -136,7 +140,14 @@ TENANT = 'media = "passthrough"\n[tenants.limits]\nmax_connections = 100000\n'
 class Edge(BenchEdge):
     def __init__(self, tmp: str, pbx_port: int, extra: str = "", src: str | None = None) -> None:
         text = bench_toml(Path(tmp) / "state", pbx_port, extra=extra, tenant=TENANT)
-        super().__init__(tmp, text, _taskset(0), src=src)
+        self.diagnosis: Path | None = None
+        launcher = None
+        if DIAGNOSE:  # --diagnose: the edge runs under bench/stallprobe.py
+            Path(DIAGNOSE[0]).mkdir(parents=True, exist_ok=True)
+            self.diagnosis = Path(DIAGNOSE[0]) / f"stalls-{os.getpid()}-{int(time.time() * 1000)}.json"
+            probe = Path(__file__).resolve().parent / "stallprobe.py"
+            launcher = [str(BIN / "python"), str(probe), str(self.diagnosis), *DIAGNOSE[1:], "--"]
+        super().__init__(tmp, text, _taskset(0), src=src, launcher=launcher)
         self.token = (Path(tmp) / "state" / "admin-token").read_text().strip()
 
     def cpu(self) -> float:
@@ -161,6 +172,59 @@ class Edge(BenchEdge):
                 except ValueError:
                     pass
         return out
+
+    def stop(self) -> None:
+        super().stop()
+        if self.diagnosis is not None and self.diagnosis.exists():
+            shutil.copy(self.log, self.diagnosis.with_suffix(".log"))
+            _print_diagnosis(self.diagnosis)
+            codes: dict[str, int] = {}
+            for code in re.findall(r"\b([A-Z]{3}\d{3})\b", self.log.read_text()):
+                codes[code] = codes.get(code, 0) + 1
+            print("  log lines by code:", sorted(codes.items(), key=lambda kv: -kv[1])[:15])
+
+
+def _print_diagnosis(path: Path) -> None:
+    """The stall probe's summary (bench/stallprobe.py): GC by generation, stalls, cycle census."""
+    d = json.loads(path.read_text())
+    print(f"diagnosis ({path}): {d['samples']} stack samples, {d['stall_count']} stalls")
+    for g, row in d["gc"].items():
+        print(
+            f"  gen{g}: {row['n']} collections, mean {row['mean_ms']} ms, max {row['max_ms']} ms, "
+            f"{row['collected']} objects freed"
+        )
+    for step, w0, w1 in WINDOWS:
+        inside = [s for s in d["stalls"] if w0 <= s["t"] <= w1]
+        gcs = [e for e in d["gc_events"] if w0 <= e[0] <= w1]
+        print(
+            f"  {step}: {len(inside)} stalls >= {d.get('stall_ms', 10)} ms, longest "
+            f"{max((s['ms'] for s in inside), default=0)} ms; {len(gcs)} collections (gen, ms, freed, young): "
+            f"{[e[1:] for e in sorted(gcs, key=lambda e: -e[1])[:6]]}"
+        )
+        for s in inside[:8]:
+            print(f"    stall {s['ms']:6.1f} ms: {s['top'][:6]}")
+    for s in d["stalls"][:15]:
+        print(
+            f"  stall at {s['at_s']:6.1f} s: {s['ms']:6.1f} ms, GC (gen, ms, freed, young) {s['gc']}: {s['top'][:4]}"
+        )
+    print("  most seen in stalls:", d["culprits"][:20])
+    if d.get("big_young"):
+        fo = d["fanouts"]
+        print(
+            f"  young collections: mean {sum(f[0] for f in fo) / max(len(fo), 1):.0f} objects, "
+            f"{sum(f[1] for f in fo) / max(len(fo), 1):.0f} referents visited; biggest young containers:"
+        )
+        for what, n in d["big_young"][:10]:
+            print(f"    {n:10d}  {what}")
+        young = [e for e in d["gc_events"] if e[2] < 2]
+        joined = sorted(zip(young, fo, strict=False), key=lambda x: -x[0][1])[:6]
+        for e, f in joined:
+            print(f"    slowest: gen{e[2]} {e[1]} ms, {f[0]} objects, {f[1]} referents, biggest {f[2][:3]}")
+    if d["census"]:
+        print("  cycle garbage by type:", d["census"][:25])
+        print("  cycle garbage by creator:")
+        for who, n in d["creators"][:40]:
+            print(f"    {n:8d}  {who}")
 
 
 class Kamailio:
@@ -497,6 +561,19 @@ async def _settle(conns: list[Conn], timeout: float) -> None:
 
 
 # --------------------------------------------------------------------------------------- parts
+async def _quiesce(edge: Edge | Kamailio, conns: list[Conn], hold: float) -> None:
+    """Before a step: the previous phase's BYEs (sent ``hold`` s after each 200) answered, and the
+    edge's overload gate back to admitting everything, so a step measures its own load only."""
+    await asyncio.sleep(hold + 0.2)
+    await _settle(conns, 10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if edge.metrics().get("mcs_edge_overload_admitted_ratio", 1.0) >= 1.0:
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)
+
+
 def _gc_row(before: dict[str, float], after: dict[str, float]) -> str:
     """Per generation: collections and the bucket bound of the longest pause (ms), between two scrapes."""
     out = []
@@ -525,7 +602,7 @@ async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: s
     caps: dict[str, float] = {}
     print(
         f"{'scenario':24} {'load':>5} {'tx/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} "
-        f"{'lag50':>7} {'lag99':>7} {'lag99.9':>7} {'GC gen0/1/2: n<max ms':>22} {'CPU%':>5} {'gen%':>5} {'fail':>5}"
+        f"{'lag50':>7} {'lag99':>7} {'lag99.9':>7} {'GC gen0/1/2: n<max ms':>22} {'CPU%':>5} {'gen%':>5} {'pbx%':>5} {'503':>5} {'fail':>5}"
     )
     for kind in args.kinds.split(","):
         cpu0 = cpu_ticks(edge.pid)
@@ -538,15 +615,20 @@ async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: s
         )
         for step in [int(x) for x in args.steps.split(",")]:
             rate = cap * step / 100 / (2 if kind == "invite" else 1)  # a call is 2 transactions (INVITE, BYE)
+            await _quiesce(edge, conns, args.hold)
             before = edge.metrics()
             cpu0 = edge.cpu()
+            pbx0 = cpu_ticks(PBX_PID[0]) if PBX_PID else 0.0
+            w0 = time.perf_counter()
             st, gen_cpu, _behind = await _open_loop(conns, kind, rate, args.seconds)
+            WINDOWS.append((f"{name}{kind} {step}%", w0, time.perf_counter()))
             cpu = (edge.cpu() - cpu0) / args.seconds
+            pbx_cpu = (cpu_ticks(PBX_PID[0]) - pbx0) / args.seconds if PBX_PID else float("nan")
             after = edge.metrics()
             print(
                 f"{name + kind:24} {step:4d}% {len(st.lat) / args.seconds:7.0f} {_pct(st.lat, 0.5) * 1000:7.2f} "
                 f"{_pct(st.lat, 0.99) * 1000:7.2f} {_pct(st.lat, 0.999) * 1000:7.2f} {_lag_row(before, after)} "
-                f"{cpu * 100:5.0f} {gen_cpu * 100:5.0f} {st.refused:5d} {st.failed:5d}",
+                f"{cpu * 100:5.0f} {gen_cpu * 100:5.0f} {pbx_cpu * 100:5.0f} {st.refused:5d} {st.failed:5d}",
                 flush=True,
             )
     print(f"{name or 'mcs-edge '}CPU per transaction at each step: CPU% x 10,000 / tx/s (us)", flush=True)
@@ -805,7 +887,27 @@ def main() -> None:
         help="run edge, PBX and generator SCHED_FIFO at this priority (root; a shared machine's other "
         "load then cannot delay them: latency figures measure the edge, not the neighbours)",
     )
+    ap.add_argument(
+        "--diagnose",
+        default="",
+        help="DIR: run the edge under bench/stallprobe.py (GC callbacks, stack sampler) and print "
+        "its summary; perturbs the edge, so the figures of such a run are not the edge's",
+    )
+    ap.add_argument(
+        "--saveall", action="store_true", help="with --diagnose: gc.DEBUG_SAVEALL census of the cycles"
+    )
+    ap.add_argument(
+        "--fanout",
+        action="store_true",
+        help="with --diagnose: before each young collection, list the young containers it will walk",
+    )
     args = ap.parse_args()
+    if args.diagnose:
+        DIAGNOSE[:] = [
+            args.diagnose,
+            *(["--saveall"] if args.saveall else []),
+            *(["--fanout"] if args.fanout else []),
+        ]
     if args.nice:
         NICE[:] = ["nice", "-n", str(args.nice)]
         os.nice(args.nice)
@@ -836,6 +938,7 @@ def main() -> None:
             text=True,
         )
         assert pbx.stdout is not None and pbx.stdout.readline().strip() == "READY"
+        PBX_PID[:] = [pbx.pid]
         # capacity, latency, memory and churn on an edge whose gate does not watch the CPU (at capacity
         # the CPU is saturated by definition); the overload part gets a fresh edge with the defaults
         edge = Edge(tmp, pbx_port, args.extra or "[overload]\nbusy_high = 1.01\n")

@@ -933,6 +933,13 @@ class OverloadConfig:
         50000,
         doc="generation-0 collection threshold (allocations; Python's default 700)",
     )
+    gc_full_interval: float = f(
+        c_float_or_zero(1, 86400),
+        60.0,
+        doc="seconds between full collections, run by the edge when the reactor is calm (forced after "
+        "10x this without a calm moment), with young ones every 0.1 s, instead of when the interpreter "
+        "decides; 0 = the interpreter's automatic collections",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,7 @@ EVENTS: dict[str, str] = {
     "CHK200": "{tenant} network check reported: {result} ({kept} figures)",
     # logging
     "LOG300": "{key}: {count} more message(s) suppressed in the last {window:.0f} s",
+    "LOG301": "{count} log line(s) dropped: the log output did not keep up",
     # cluster replication
     "CLU100": "cluster node {node} ({role}) replicating to redis {host}:{port}",
     "CLU101": "replication on: redis {host}:{port}",

@@ -83,7 +83,8 @@ def makeService(options: Options) -> Any:  # noqa: N802
         service = Supervisor(cfg, reactor, options["config"], ["--log-format", options["log-format"]])
     else:
         service = EdgeService(cfg, reactor, config_path=options["config"])
-    _tune_gc(cfg, reactor)
+    # the supervisor of workers has no load probe to run full collections: it keeps the automatic ones
+    _tune_gc(cfg, reactor, scheduled_full=worker is not None or cfg.edge.workers <= 1)
     # a taken address, a missing certificate, an unusable state directory: one line, exit 1
     from mcs_edge.tx.ops.startup import StartupGuard
 
@@ -123,13 +124,17 @@ class _Secrets:
         return self._values | {token} if isinstance(token, str) else self._values
 
 
-def _tune_gc(cfg: config_mod.EdgeConfig, reactor: Any) -> None:
-    """A long-lived server's collector: fewer young collections, startup objects frozen once running."""
+def _tune_gc(cfg: config_mod.EdgeConfig, reactor: Any, scheduled_full: bool = True) -> None:
+    """A long-lived server's collector: fewer young collections, full collections at calm moments
+    (the load probe runs them), startup objects frozen once running."""
     import gc
 
     from mcs_edge.tx.ops.loadprobe import freeze_startup, tune_gc
 
     _gen0, gen1, gen2 = gc.get_threshold()
-    tune_gc((cfg.overload.gc_threshold, gen1, gen2))
+    tune_gc(
+        (cfg.overload.gc_threshold, gen1, gen2),
+        full_interval=cfg.overload.gc_full_interval if scheduled_full else 0.0,
+    )
     if cfg.overload.gc_freeze:
         reactor.callWhenRunning(lambda: reactor.callLater(0, freeze_startup))

@@ -64,8 +64,8 @@ from mcs_edge.tx.sip.health import BackendMonitor
 from mcs_edge.tx.sip.resolver import BackendResolver, make_resolver
 from mcs_edge.tx.sip.router import MAX_UDP_DATAGRAM, BackendUDP, SipRouter
 from mcs_edge.tx.sip.stream import SipStreamFactory
-from mcs_edge.tx.sip.websocket import SipWebSocketFactory
-from mcs_edge.tx.timers import Timers, wall_clock
+from mcs_edge.tx.sip.websocket import SipWebSocketFactory, SipWebSocketProtocol
+from mcs_edge.tx.timers import SlicedSweep, Timers, wall_clock
 from mcs_edge.tx.tls.acme import AcmeManager, PlainHttpRequest, PlainHttpResource
 from mcs_edge.tx.tls.certificates import CertificateStore
 from mcs_edge.tx.tunnel.wireguard import WireGuardTunnel
@@ -414,9 +414,18 @@ class EdgeService(MultiService):
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
-        self.timers.looping(min(10.0, self.config.sip.keepalive_timeout / 4), self.sip.sweep_idle)
-        if self.sip_ws is not None:  # WebSocket liveness: one sweep for all connections
-            self.timers.looping(self.sip_ws.sweep_interval, self.sip_ws.sweep)
+        # idle stream flows: a pass over every flow, 256 per reactor turn (tx/timers.py SlicedSweep)
+        SlicedSweep(
+            self.timers,
+            min(10.0, self.config.sip.keepalive_timeout / 4),
+            lambda: self.sip.flows.values(),
+            self.sip.sweep_flow,
+        ).start()
+        sip_ws = self.sip_ws
+        if sip_ws is not None:  # WebSocket liveness: ping the silent, abort the dead, in slices too
+            SlicedSweep(
+                self.timers, sip_ws.sweep_interval, lambda: sip_ws.connections, SipWebSocketProtocol.sweep
+            ).start()
         self._watch_backend_names()
         self.backend_health.update(self.config)
         if self.tunnel is not None:

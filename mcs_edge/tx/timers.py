@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IReactorTime
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 __all__ = [
     "CoreTimer",
+    "SlicedSweep",
     "TimedCore",
     "Timers",
     "cpu_time",
@@ -66,6 +67,9 @@ def perf_counter() -> float:
     return time.perf_counter()
 
 
+T = TypeVar("T")
+
+
 class TimedCore(Protocol):
     def get_timer(self) -> float | None: ...
 
@@ -87,10 +91,13 @@ class Timers:
         return len(self._calls) + len(self._loops)
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> DelayedCall:
+        # ``run`` needs its DelayedCall and the DelayedCall holds ``run``: a reference cycle, broken
+        # when the call fires (``holder.pop()``) or is cancelled (Twisted drops ``func``), so a
+        # timer is freed by reference counting, never left to the cycle collector (issue 21)
         holder: list[DelayedCall] = []
 
         def run() -> None:
-            self._calls.discard(holder[0])
+            self._calls.discard(holder.pop())
             try:
                 fn(*args)
             except Exception:
@@ -188,3 +195,69 @@ class CoreTimer:
     @property
     def active(self) -> bool:
         return self._call is not None and self._call.active()
+
+
+class SlicedSweep(Generic[T]):
+    """A periodic pass over a collection, ``size`` items per reactor turn (issue 21).
+
+    Every ``interval`` seconds the pass takes a snapshot of ``items()`` and calls ``visit`` on each
+    item, ``size`` at a time, yielding to the reactor between slices (``call_later(0)``), so a sweep
+    over 10,000 connections never holds the reactor for the whole pass. A pass still running when
+    the next is due is not restarted. ``visit`` sees items the snapshot holds: it must check that an
+    item is still current (a flow closed between two slices).
+    """
+
+    def __init__(
+        self,
+        timers: Timers,
+        interval: float,
+        items: Callable[[], Iterable[T]],
+        visit: Callable[[T], Any],
+        size: int = 256,
+    ) -> None:
+        self.timers = timers
+        self.interval = interval
+        self.items = items
+        self.visit = visit
+        self.size = size
+        self.passes = 0
+        self._pending: list[T] | None = None
+        self._pos = 0
+        self._loop: LoopingCall | None = None
+        self._call: DelayedCall | None = None
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = self.timers.looping(self.interval, self._begin)
+
+    def stop(self) -> None:
+        self.timers.stop_looping(self._loop)
+        self._loop = None
+        self.timers.cancel(self._call)
+        self._call = None
+        self._pending = None
+
+    def _begin(self) -> None:
+        if self._pending is not None:
+            return
+        self._pending = list(self.items())
+        self._pos = 0
+        self.passes += 1
+        self._slice()
+
+    def _slice(self) -> None:
+        self._call = None
+        pending = self._pending
+        if pending is None:
+            return
+        end = self._pos + self.size
+        for item in pending[self._pos : end]:
+            try:
+                self.visit(item)
+            except Exception:
+                Timers.log.failure("TMR501 periodic task {fn!r} failed", fn=self.visit)
+        self._pos = end
+        if end < len(pending):
+            self._call = self.timers.call_later(0, self._slice)
+        else:
+            self._pending = None

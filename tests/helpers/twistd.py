@@ -30,9 +30,11 @@ class TwistdEdge:
         timeout: float = 30,
         prefix: list[str] | None = None,
         env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         """``prefix``: a command the process runs under (``taskset -c 0`` in the benches); ``env``:
-        its environment (None = this process's)."""
+        its environment (None = this process's); ``launcher``: what runs twistd's arguments (default
+        ``twistd`` itself; bench/stallprobe.py wraps it)."""
         self.tmp = tmp
         self.conf = tmp / "edge.toml"
         self.conf.write_text(text)
@@ -41,7 +43,7 @@ class TwistdEdge:
             self.proc = subprocess.Popen(
                 [
                     *(prefix or []),
-                    str(BIN / "twistd"),
+                    *(launcher or [str(BIN / "twistd")]),
                     "-n",
                     "--pidfile=",
                     f"--reactor={reactor}",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.internet.task import Clock
 
 from mcs_edge.core.load import OverloadSettings
-from mcs_edge.tx.ops.loadprobe import LoadProbe
+from mcs_edge.tx.ops.loadprobe import NO_AUTOMATIC_FULL, FullCollections, LoadProbe, tune_gc
 from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 
 from .test_sip_router import CFG, Harness, _invite, _options, _status
@@ -196,3 +197,69 @@ def test_new_invite_from_the_pbx_over_udp_gets_one_503_and_its_retransmissions_a
     assert h.router.counters[("overload_ack_absorbed", "", "udp")] == 1
     assert h.to_client == [] and h.router.core.pairs == 0
     probe.stop()
+
+
+def test_full_collection_waits_for_a_calm_reactor() -> None:
+    """Due after the interval, the full collection runs at the first calm tick (low lag, low CPU),
+    not while the reactor lags or the CPU is busy; the next one is due an interval later."""
+    runs: list[int] = []
+    full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0)
+    full.young_due = float("inf")  # young collections: see the next test
+    assert not full.tick(30.0, 0.0, 0.0)  # not due yet
+    assert not full.tick(61.0, 0.05, 0.1)  # due, but the loop lags
+    assert not full.tick(61.5, 0.0, 0.9)  # due, but the CPU is busy
+    assert full.tick(62.0, 0.001, 0.2)
+    assert runs == [2] and full.calm_runs == 1 and full.forced_runs == 0
+    full.young_due = float("inf")
+    assert not full.tick(121.0, 0.0, 0.0)
+    assert full.tick(122.0, 0.0, 0.0)
+
+
+def test_full_collection_forced_on_an_edge_never_calm() -> None:
+    """An edge never calm still gets its full collection after FORCE_FACTOR intervals."""
+    runs: list[int] = []
+    full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0)
+    for t in range(60, 600, 10):
+        full.tick(float(t), 0.5, 1.0)
+    assert 2 not in runs
+    assert full.tick(600.0, 0.5, 1.0)
+    assert runs[-1] == 2 and full.forced_runs == 1
+
+
+def test_young_collections_every_tenth_of_a_second_whatever_the_load() -> None:
+    """Young collections run on time, busy or not, so each walks only 0.1 s of survivors."""
+    runs: list[int] = []
+    full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0)
+    assert not full.tick(0.05, 0.5, 1.0)
+    assert full.tick(0.1, 0.5, 1.0)
+    assert not full.tick(0.15, 0.5, 1.0)
+    assert full.tick(0.21, 0.5, 1.0)
+    assert runs == [0, 0] and full.young_runs == 2
+
+
+def test_probe_ticks_the_full_collections() -> None:
+    """The load probe drives the full collections: one after 60 s of calm turns in virtual time."""
+    h = Harness()
+    runs: list[int] = []
+    full = FullCollections(60.0, h.clock.seconds(), lambda gen: runs.append(gen) or 0)
+    probe = LoadProbe(h.timers, OverloadSettings(), 0.5, cpu_time=lambda: 0.0, full_collections=full)
+    probe.start()
+    h.clock.pump([0.5] * 118)
+    assert 2 not in runs and len(runs) == 118  # a young collection each tick (0.5 s apart)
+    h.clock.pump([0.5] * 4)
+    assert runs.count(2) == 1
+    probe.stop()
+
+
+def test_tune_gc_hands_full_collections_to_the_probe() -> None:
+    """With full_interval, the interpreter's own collections of generations 1 and 2 are off (their
+    thresholds out of reach) and tune_gc returns the schedule the probe ticks; without, they are back."""
+    before = gc.get_threshold()
+    try:
+        full = tune_gc((before[0], before[1], before[2]), monitor=False, full_interval=30.0)
+        assert full is not None and full.interval == 30.0
+        assert gc.get_threshold() == (before[0], NO_AUTOMATIC_FULL, NO_AUTOMATIC_FULL)
+        assert tune_gc(before, monitor=False) is None
+        assert gc.get_threshold() == before
+    finally:
+        tune_gc(before, monitor=False)

@@ -148,10 +148,10 @@ class _Source:
 class LegQuality:
     """RTCP-derived figures of one leg (see the module docstring)."""
 
-    __slots__ = ("_call", "_pending_sr", "_sources", "bad_rtcp", "counters", "rtt", "rtt_samples", "side")
+    __slots__ = ("_clocks", "_pending_sr", "_sources", "bad_rtcp", "counters", "rtt", "rtt_samples", "side")
 
-    def __init__(self, call: CallQuality, side: str, counters: _Counters) -> None:
-        self._call = call
+    def __init__(self, clocks: SourceClocks, side: str, counters: _Counters) -> None:
+        self._clocks = clocks  # shared with the call, not the call itself: no reference cycle
         self.side = side
         self.counters = counters
         self._sources: dict[int, _Source] = {}
@@ -167,10 +167,10 @@ class LegQuality:
         except RemoteProtocolError:
             self.bad_rtcp += 1
             return
-        call = self._call
+        clocks = self._clocks
         for report in reports:
             if report.sender is not None:
-                call.sender_report(report.ssrc, report.sender.ntp_seconds, report.sender.rtp_timestamp)
+                clocks.sender_report(report.ssrc, report.sender.ntp_seconds, report.sender.rtp_timestamp)
             for block in report.blocks:
                 self._block(block, now)
 
@@ -227,7 +227,7 @@ class LegQuality:
     def jitter(self) -> float | None:
         worst: float | None = None
         for ssrc, source in self._sources.items():
-            rate = self._call.clock_rate(ssrc)
+            rate = self._clocks.clock_rate(ssrc)
             if rate is None:
                 continue
             value = source.latest.jitter / rate
@@ -244,23 +244,14 @@ class LegQuality:
 # ------------------------------------------------------------------------------------------- call
 
 
-class CallQuality:
-    """The quality of one call: its legs' figures, clock rates learnt from SRs, the call summary."""
+class SourceClocks:
+    """The RTP clock rates of a call's sources, learnt from pairs of their SRs (shared by its legs)."""
 
-    __slots__ = ("_sr", "legs", "rates")
+    __slots__ = ("_sr", "rates")
 
     def __init__(self) -> None:
-        self.legs: list[LegQuality] = []
         self.rates: dict[int, int] = {}
         self._sr: dict[int, tuple[float, int]] = {}
-
-    def new_leg(self, side: str, counters: _Counters) -> LegQuality:
-        """The quality object of a new leg (the oldest is forgotten past MAX_LEGS)."""
-        leg = LegQuality(self, side, counters)
-        if len(self.legs) >= MAX_LEGS:
-            del self.legs[0]
-        self.legs.append(leg)
-        return leg
 
     def sender_report(self, ssrc: int, ntp: float, rtp_timestamp: int) -> None:
         """An SR of ``ssrc``: two of them give its RTP clock rate."""
@@ -281,6 +272,39 @@ class CallQuality:
 
     def clock_rate(self, ssrc: int) -> int | None:
         return self.rates.get(ssrc)
+
+
+class CallQuality:
+    """The quality of one call: its legs' figures, clock rates learnt from SRs, the call summary.
+
+    The call holds its legs and their shared :class:`SourceClocks`; a leg never points back at the
+    call, so a released call is freed by reference counting, not left to the cycle collector.
+    """
+
+    __slots__ = ("clocks", "legs")
+
+    def __init__(self) -> None:
+        self.legs: list[LegQuality] = []
+        self.clocks = SourceClocks()
+
+    def new_leg(self, side: str, counters: _Counters) -> LegQuality:
+        """The quality object of a new leg (the oldest is forgotten past MAX_LEGS)."""
+        leg = LegQuality(self.clocks, side, counters)
+        if len(self.legs) >= MAX_LEGS:
+            del self.legs[0]
+        self.legs.append(leg)
+        return leg
+
+    @property
+    def rates(self) -> dict[int, int]:
+        return self.clocks.rates
+
+    def sender_report(self, ssrc: int, ntp: float, rtp_timestamp: int) -> None:
+        """An SR of ``ssrc``: two of them give its RTP clock rate."""
+        self.clocks.sender_report(ssrc, ntp, rtp_timestamp)
+
+    def clock_rate(self, ssrc: int) -> int | None:
+        return self.clocks.rates.get(ssrc)
 
     def figures(self) -> list[LegFigures]:
         """Per side ("CLIENT", "PBX"): the figures of the leg that carried the most packets."""

@@ -19,6 +19,13 @@ token) is written with the secret replaced by ``********``, whichever code path 
 observer and this filter is not in the path; in the foreground (``twistd -n``, ``mcs-edge run``,
 the documented way) and with ``--log-format=json`` it always is.)
 
+Off the reactor thread (issue 21): both outputs write to a :class:`ThreadedOutput`. The reactor
+thread formats the line and appends it to a buffer; a writer thread writes what has gathered
+every ``delay`` seconds (the write and flush system calls release the GIL). A log pipe that blocks
+(a stalled journald, a full terminal) never stops the reactor: past ``max_pending`` characters
+lines are dropped, counted, and reported with ``LOG301`` once the output moves again. At exit
+(and on shutdown) what is buffered is written synchronously.
+
 Per-packet and per-message errors go through :class:`RateLimitedLog`: at most ``burst`` lines per
 key every ``window`` seconds; the rest are counted and summarised with ``LOG300`` the next time the
 key logs after its window, so a flood of garbage costs a dict lookup per message and never floods
@@ -27,9 +34,14 @@ the log. No timer is involved (the summary is emitted lazily), so nothing is lef
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
+import os
 import sys
+import threading
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import IO, Any
@@ -47,6 +59,7 @@ __all__ = [
     "LoggingRoot",
     "RateLimitedLog",
     "RedactingObserver",
+    "ThreadedOutput",
     "json_stdout_observer",
     "log_observer",
 ]
@@ -108,11 +121,151 @@ def _jsonable(value: Any) -> bool:
     return False
 
 
+class LoggingRoot(MultiService):
+    """A root service that installs a log observer on the twistd application it joins.
+
+    twistd starts logging after ``makeService`` and takes the application's ``ILogObserver``
+    component when one is set; this is how ``--log-format=json`` replaces the text output. When it
+    stops, log output turns synchronous (:meth:`ThreadedOutput.close`): twistd ends a process
+    stopped by a signal with that signal, and no exit handler would write the last lines.
+    """
+
+    def __init__(self, observer: ILogObserver) -> None:
+        super().__init__()
+        self.observer = observer
+
+    def setServiceParent(self, parent: Any) -> Any:  # noqa: N802
+        set_component = getattr(parent, "setComponent", None)
+        if set_component is not None:
+            set_component(ILogObserver, self.observer)
+        return super().setServiceParent(parent)
+
+    def stopService(self) -> Any:  # noqa: N802
+        for out in list(_OUTPUTS):
+            out.close()
+        return super().stopService()
+
+
+_OUTPUTS: weakref.WeakSet[ThreadedOutput] = weakref.WeakSet()
+
+
+class ThreadedOutput:
+    """A text stream written by a thread of its own: ``write`` only appends to a buffer (see the
+    module docstring). ``dropped_line(count)`` is the line reporting dropped lines, in the output's
+    format."""
+
+    def __init__(
+        self,
+        out: IO[str],
+        dropped_line: Callable[[int], str] | None = None,
+        max_pending: int = 4 * 1024 * 1024,
+        delay: float = 0.05,
+    ) -> None:
+        self._out = out
+        self._dropped_line = dropped_line or _text_dropped_line
+        self.max_pending = max_pending
+        self.delay = delay
+        self._lock = threading.Lock()  # the buffer
+        self._io = threading.Lock()  # one writer at a time, in order
+        self._pending: list[str] = []
+        self._size = 0
+        self._dropped = 0
+        #: lines dropped since start (the output did not keep up)
+        self.dropped_total = 0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        os.register_at_fork(after_in_child=self._forked)  # twistd daemonises after makeService
+        atexit.register(self.close)
+        _OUTPUTS.add(self)
+
+    def _forked(self) -> None:
+        self._thread = None  # threads do not survive fork: the child starts its own
+        self._wake = threading.Event()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self._size + len(text) > self.max_pending:
+                self._dropped += 1
+                self.dropped_total += 1
+                return len(text)
+            self._pending.append(text)
+            self._size += len(text)
+        if self._closed:
+            self._drain()
+        elif not self._wake.is_set():
+            if self._thread is None:
+                self._start()
+            self._wake.set()
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing: the writer thread flushes after each batch."""
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name="mcs-edge-log", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        wake = self._wake
+        while not self._closed:
+            wake.wait()
+            time.sleep(self.delay)  # let a burst gather: one write for many lines
+            wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        with self._io:
+            with self._lock:
+                chunks, dropped = self._pending, self._dropped
+                self._pending, self._size, self._dropped = [], 0, 0
+            if dropped:
+                chunks.append(self._dropped_line(dropped))
+            if not chunks:
+                return
+            try:
+                self._out.write("".join(chunks))
+                self._out.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        """Write what is buffered now, in the calling thread; later writes are written at once."""
+        self._closed = True
+        self._wake.set()
+        self._drain()
+
+
+def _text_dropped_line(count: int) -> str:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S%z")
+    return f"{stamp} [mcs_edge.tx.ops.logs#warn] LOG301 {count} log line(s) dropped: the log output did not keep up\n"
+
+
+def _json_dropped_line(extra: dict[str, Any]) -> Callable[[int], str]:
+    def line(count: int) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": "warn",
+            "code": "LOG301",
+            "message": f"LOG301 {count} log line(s) dropped: the log output did not keep up",
+            "namespace": "mcs_edge.tx.ops.logs",
+            **extra,
+            "count": count,
+        }
+        return json.dumps(out, separators=(",", ":")) + "\n"
+
+    return line
+
+
 def log_observer(fmt: str, worker: int | None = None) -> ILogObserver:
-    """The observer for ``--log-format`` (``text`` or ``json``); worker processes tag their lines."""
+    """The observer for ``--log-format`` (``text`` or ``json``), writing through a
+    :class:`ThreadedOutput` on stdout; worker processes tag their lines."""
     if fmt == "json":
-        return JsonLineObserver(sys.stdout, {"worker": worker} if worker is not None else None)
-    text = textFileLogObserver(sys.stdout)
+        extra = {"worker": worker} if worker is not None else {}
+        out = ThreadedOutput(sys.stdout, _json_dropped_line(extra))
+        return JsonLineObserver(out, extra or None)  # type: ignore[arg-type]
+    text = textFileLogObserver(ThreadedOutput(sys.stdout))  # type: ignore[arg-type]
     if worker is None:
         return text
     tag = f"worker{worker}"
@@ -168,24 +321,6 @@ class RedactingObserver:
 def json_stdout_observer() -> JsonLineObserver:
     """Observer factory for ``twistd --logger mcs_edge.tx.ops.logs.json_stdout_observer``."""
     return JsonLineObserver(sys.stdout)
-
-
-class LoggingRoot(MultiService):
-    """A root service that installs a log observer on the twistd application it joins.
-
-    twistd starts logging after ``makeService`` and takes the application's ``ILogObserver``
-    component when one is set; this is how ``--log-format=json`` replaces the text output.
-    """
-
-    def __init__(self, observer: ILogObserver) -> None:
-        super().__init__()
-        self.observer = observer
-
-    def setServiceParent(self, parent: Any) -> Any:  # noqa: N802
-        set_component = getattr(parent, "setComponent", None)
-        if set_component is not None:
-            set_component(ILogObserver, self.observer)
-        return super().setServiceParent(parent)
 
 
 class _Window:

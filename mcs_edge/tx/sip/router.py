@@ -473,16 +473,19 @@ class SipRouter:
 
     def sweep_idle(self) -> int:
         """Close stream flows silent for longer than ``sip.keepalive_timeout`` (WebSockets ping)."""
-        now = self.timers.now()
-        limit = self.config.sip.keepalive_timeout
-        closed = 0
-        for flow in list(self.flows.values()):
-            core_flow = self.core.flows.get(flow.id)
-            if flow.transport != "wss" and core_flow is not None and now - core_flow.last_seen > limit:
-                self.count("flows_idle_closed", flow.tenant.id, flow.transport)
-                flow.close(1000, "keepalive timeout")
-                closed += 1
-        return closed
+        return sum(self.sweep_flow(flow) for flow in list(self.flows.values()))
+
+    def sweep_flow(self, flow: ClientFlow) -> bool:
+        """Close ``flow`` if it is a live stream flow silent for longer than ``sip.keepalive_timeout``
+        (one step of the service's sliced sweep; a flow closed meanwhile is left alone)."""
+        if flow.transport == "wss" or self.flows.get(flow.id) is not flow:
+            return False
+        core_flow = self.core.flows.get(flow.id)
+        if core_flow is None or self.timers.now() - core_flow.last_seen <= self.config.sip.keepalive_timeout:
+            return False
+        self.count("flows_idle_closed", flow.tenant.id, flow.transport)
+        flow.close(1000, "keepalive timeout")
+        return True
 
     def close_flow(self, flow: ClientFlow, reason: str) -> None:
         if self.flows.pop(flow.id, None) is None:
