@@ -52,7 +52,7 @@ from zope.interface import implementer
 
 from mcs_edge.config import REDACTED
 from mcs_edge.logevents import code_of
-from mcs_edge.tx.timers import monotonic, wall_clock
+from mcs_edge.tx.timers import monotonic, wall_clock, wall_datetime
 
 __all__ = [
     "JsonLineObserver",
@@ -238,14 +238,14 @@ class ThreadedOutput:
 
 
 def _text_dropped_line(count: int) -> str:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S%z")
+    stamp = wall_datetime().strftime("%Y-%m-%dT%H:%M:%S%z")
     return f"{stamp} [mcs_edge.tx.ops.logs#warn] LOG301 {count} log line(s) dropped: the log output did not keep up\n"
 
 
 def _json_dropped_line(extra: dict[str, Any]) -> Callable[[int], str]:
     def line(count: int) -> str:
         out: dict[str, Any] = {
-            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "time": wall_datetime().isoformat(timespec="milliseconds"),
             "level": "warn",
             "code": "LOG301",
             "message": f"LOG301 {count} log line(s) dropped: the log output did not keep up",
