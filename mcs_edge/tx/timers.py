@@ -10,8 +10,8 @@ reactors, so deadlines are turned into delays against our monotonic ``now`` and 
 ``callLater``. Tests pass a ``Clock`` and ``now=clock.seconds`` so both agree in virtual time.
 
 No other module of tx/ reads a clock (tests/tx/test_one_clock.py): they are handed a ``now``
-(usually ``Timers.now``) or use :func:`monotonic`, :func:`wall_clock` / :func:`wall_datetime`
-(only where a figure is a wall-clock timestamp by nature), :func:`cpu_time` or :func:`perf_counter`.
+(usually ``Timers.now``) or use :data:`monotonic`, :data:`wall_clock` / :func:`wall_datetime`
+(only where a figure is a wall-clock timestamp by nature), :data:`cpu_time` or :data:`perf_counter`.
 """
 
 from __future__ import annotations
@@ -39,32 +39,28 @@ __all__ = [
 ]
 
 
-def monotonic() -> float:
-    """The adapters' clock (seconds, monotonic): the default ``now`` of :class:`Timers`, and the
-    clock of a process that has no ``Timers`` of its own. Nothing else in tx/ reads a clock."""
-    return time.monotonic()
+# The clocks are the time module's own functions (aliases, not wrappers: per-packet code calls
+# ``now()`` and pays no extra Python frame).
 
+#: The adapters' clock (seconds, monotonic): the default ``now`` of :class:`Timers`, and the clock
+#: of a process that has no ``Timers`` of its own. Nothing else in tx/ reads a clock.
+monotonic: Callable[[], float] = time.monotonic
 
-def wall_clock() -> float:
-    """Unix time (seconds) for the few figures that are wall-clock timestamps by nature:
-    certificate expiry, report times shown to operators, ACME dates. Durations and deadlines
-    use the monotonic ``now``."""
-    return time.time()
+#: Unix time (seconds) for the few figures that are wall-clock timestamps by nature: certificate
+#: expiry, report times shown to operators, provider tokens, WireGuard handshakes. Durations and
+#: deadlines use the monotonic ``now``.
+wall_clock: Callable[[], float] = time.time
+
+#: The highest-resolution interval clock (GC pauses are sub-millisecond).
+perf_counter: Callable[[], float] = time.perf_counter
+
+#: CPU seconds of this process (work measured per task: replication, load probe).
+cpu_time: Callable[[], float] = time.process_time
 
 
 def wall_datetime() -> datetime.datetime:
-    """:func:`wall_clock` as an aware UTC datetime (ACME orders and certificate dates)."""
+    """:data:`wall_clock` as an aware UTC datetime (ACME orders and certificate dates)."""
     return datetime.datetime.now(datetime.UTC)
-
-
-def cpu_time() -> float:
-    """CPU seconds of this process (work measured per task: replication, load probe)."""
-    return time.process_time()
-
-
-def perf_counter() -> float:
-    """The highest-resolution interval clock (GC pauses are sub-millisecond)."""
-    return time.perf_counter()
 
 
 T = TypeVar("T")

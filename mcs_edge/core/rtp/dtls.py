@@ -131,7 +131,7 @@ def _verify_callback(conn: SSL.Connection, cert: object, errno: int, depth: int,
     endpoint = conn.get_app_data()
     if not isinstance(endpoint, DtlsEndpoint) or depth != 0:
         return True  # a chain above the leaf (browsers send none) is not what we pin
-    return endpoint._check_peer_certificate(cert)
+    return endpoint.check_peer_certificate(cert)
 
 
 # --------------------------------------------------------------------------------------- events
@@ -325,7 +325,7 @@ class DtlsEndpoint:
 
     # -------------------------------------------------------------------------------- internals
 
-    def _check_peer_certificate(self, cert: object) -> bool:
+    def check_peer_certificate(self, cert: object) -> bool:
         to_crypto = getattr(cert, "to_cryptography", None)
         if to_crypto is None:
             self._fail_reason = "no peer certificate"

@@ -231,11 +231,11 @@ def try_consume_all(buckets: Iterable[TokenBucket], n: float, now: float) -> tup
     for bucket in chain:
         tokens = bucket.refill(now)
         if n > tokens:
-            t = bucket._time_when(n, tokens, bucket._last)
+            t = bucket.time_when(n, now)  # refilled at now: the same deadline as from its state
             if t > retry_at:
                 retry_at = t
     if retry_at > now:
         return False, retry_at
     for bucket in chain:
-        bucket._tokens -= n
+        bucket.charge(n, now)  # already refilled at now: only takes n
     return True, now

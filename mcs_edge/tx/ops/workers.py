@@ -162,6 +162,11 @@ class ReusePortReactor:
         self.mcs_shared_addresses = frozenset(shared)
         directlyProvides(self, *providedBy(reactor))
 
+    @property
+    def wrapped(self) -> Any:
+        """The real reactor this one wraps."""
+        return self._reactor
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
 
@@ -310,7 +315,7 @@ def _die_with_parent() -> None:
 def reactor_name(reactor: Any) -> str | None:
     """The ``twistd --reactor`` name of ``reactor`` (for starting workers the same way)."""
     if isinstance(reactor, ReusePortReactor):
-        reactor = reactor._reactor
+        reactor = reactor.wrapped
     module = type(reactor).__module__
     if "asyncioreactor" in module:
         loop = asyncio_loop_of(reactor)
@@ -355,12 +360,12 @@ class _Worker(ProcessProtocol):
             if isinstance(msg, dict) and msg.get("event") == "ready":
                 self.info = msg
                 self.ready = True
-                self.supervisor._worker_ready(self)
+                self.supervisor.worker_ready(self)
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802
         self.ready = False
         ended, self.ended = self.ended, None
-        self.supervisor._worker_ended(self, reason)
+        self.supervisor.worker_ended(self, reason)
         if ended is not None:
             ended.callback(None)
 
@@ -523,7 +528,8 @@ class Supervisor(MultiService):
             )
             self._schedule_restart(w)
 
-    def _worker_ready(self, w: _Worker) -> None:
+    def worker_ready(self, w: _Worker) -> None:
+        """Worker ``w`` wrote its ready line (fd 3)."""
         self._delays[w.index] = 0.0
         self.log.info(
             "WRK101 worker {index} (pid {pid}) ready: backend SIP port {backend_port}, media ports {media}",
@@ -546,7 +552,8 @@ class Supervisor(MultiService):
                 port=port,
             )
 
-    def _worker_ended(self, w: _Worker, reason: Failure) -> None:
+    def worker_ended(self, w: _Worker, reason: Failure) -> None:
+        """Worker ``w``'s process exited: restart it unless stopping."""
         if self.stopping:
             return
         self.restarts[w.index] += 1

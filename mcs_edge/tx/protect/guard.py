@@ -351,6 +351,10 @@ class _GuardedProtocol(ProtocolWrapper):
     factory: GuardedFactory
     _host: str | None = None
 
+    def admitted(self, host: str) -> None:
+        """The guard admitted this connection from ``host``: its end is reported to the guard."""
+        self._host = host
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         host, self._host = self._host, None
         if host is not None:
@@ -385,6 +389,6 @@ class GuardedFactory(WrappingFactory[_GuardedProtocol]):
             if proto.wrappedProtocol is None:  # pragma: no cover - the wrapped factory refused
                 self.protection.accept_closed(host)
                 return None
-            proto._host = host
+            proto.admitted(host)
             return proto
         return super().buildProtocol(addr)

@@ -46,7 +46,7 @@ from typing import Any
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
-__all__ = ["FrontSite", "StrictHTTPChannel"]
+__all__ = ["FrontSite", "StrictHTTPChannel", "request_line"]
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 s.5.6.2
 _DIGITS = re.compile(rb"[0-9]{1,18}")
@@ -57,6 +57,13 @@ _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 16\r\n"
     b"Connection: close\r\n\r\n400 bad request\n"
 )
+
+
+def request_line(channel: Any) -> tuple[bytes, bytes]:
+    """(method, target) of the request being read on ``channel``, from ``HTTPChannel``'s private
+    ``_command``/``_path`` (twisted.web has no public accessor before the Request exists): the one
+    place that reads them."""
+    return getattr(channel, "_command", b""), getattr(channel, "_path", b"")
 
 
 class StrictHTTPChannel(HTTPChannel):

@@ -66,6 +66,7 @@ from zope.interface import implementer
 
 from mcs_edge.core.tenants.table import normalise_host
 from mcs_edge.tx.ops.logs import RateLimitedLog
+from mcs_edge.tx.web.framing import request_line
 
 if TYPE_CHECKING:
     from mcs_edge.config import TenantConfig
@@ -254,11 +255,14 @@ class FrontRequest(server.Request):
     _exchange: _Exchange | None = None
     _local_body = 0
 
+    @property
+    def disconnected(self) -> bool:
+        """The client's connection is gone (twisted.web keeps this in the private ``_disconnected``)."""
+        return self._disconnected
+
     def gotLength(self, length: int | None) -> None:  # noqa: N802
-        channel: Any = self.channel
         cfg = self.proxy.live.config.proxy
-        method: bytes = getattr(channel, "_command", b"")
-        target: bytes = getattr(channel, "_path", b"")
+        method, target = request_line(self.channel)
         head_size = len(method) + len(target) + 11
         for name, values in self.requestHeaders.getAllRawHeaders():
             head_size += sum(len(name) + len(v) + 4 for v in values)
@@ -522,7 +526,7 @@ class _Exchange:
     def _answer_error(self, status: int) -> None:
         req = self.request
         self.finished = True
-        if req._disconnected:
+        if req.disconnected:
             return
         phrase = {502: b"Bad Gateway", 504: b"Gateway Timeout"}[status]
         req.setResponseCode(status, phrase)
@@ -537,7 +541,7 @@ class _Exchange:
     def _bug(self, failure: Failure) -> None:
         self.log.failure("WEB500 {tenant} proxy exchange failed", failure, tenant=self.tenant.id)
         self.client_gone()
-        if not self.request._disconnected:
+        if not self.request.disconnected:
             self.request.channel.loseConnection()
 
     # -- called by the relay -----------------------------------------------------------------
@@ -563,7 +567,7 @@ class _Exchange:
                 self.log.debug("unregisterProducer: {exc!r}", exc=exc)
 
     def data(self, data: bytes) -> None:
-        if not self.finished and not self.request._disconnected:
+        if not self.finished and not self.request.disconnected:
             self._arm(self._idle_timeout)
             self.request.write(data)
 
@@ -574,7 +578,7 @@ class _Exchange:
             return
         self.finished = True
         req = self.request
-        if req._disconnected:
+        if req.disconnected:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
             req.finish()
