@@ -7,6 +7,10 @@ relay:
 * ``direct``      the load generator's sockets talk to each other (latency baseline, no relay)
 * ``floor``       a minimal Twisted ``listenUDP`` forwarder (epoll reactor): two ports per call,
                   each forwarding to the other side's last source
+* ``native``      the same forwarder as a native uvloop datagram endpoint (the floor of the relay)
+* ``reader``      the same forwarder on ``loop.add_reader`` with one ``recvfrom`` per readable event
+                  (drains the socket ourselves instead of libuv's read loop; measured the same as
+                  ``native``, see docs/performance.md)
 * ``passthrough`` the edge's relay (MediaRelay on Twisted's asyncio reactor over uvloop, native
                   datagram endpoints), both legs PASSTHROUGH: opaque packets, latching, policing
 * ``bridge``      the same relay bridging DTLS-SRTP (client side, keys from a real DTLS handshake

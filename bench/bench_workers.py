@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import WS, BenchEdge, bench_toml, cpu_ticks, tree
 
@@ -510,6 +511,7 @@ class MediaLoad:
         self.streams = 0
         #: (seconds from INVITE to 200, streams already flowing) per call set up through the edge
         self.setups: list[tuple[float, int]] = []
+        self.probe_failures: dict[str, int] = {}  # hold: probe calls refused or timed out, by reason
 
     async def _dests(self, i: int, client_port: int, pbx_port: int) -> tuple[int, int]:
         """(where the client sends, where the PBX sends) for call ``i``."""
@@ -794,14 +796,13 @@ def _register(i: int) -> bytes:
     ).encode()
 
 
-async def _agents(port: int, n: int, ctx: ssl.SSLContext) -> tuple[list[WS], int]:
-    """``n`` WSS connections, each REGISTERed (200 from the PBX); returns them and the failures."""
+async def _agents(port: int, n: int, ctx: ssl.SSLContext) -> tuple[list[WS], dict[str, int]]:
+    """``n`` WSS connections, each REGISTERed (200 from the PBX); returns them and the failures by reason."""
     held: list[WS] = []
-    failed = 0
+    failed: dict[str, int] = {}
     sem = asyncio.Semaphore(64)
 
     async def one(i: int) -> None:
-        nonlocal failed
         async with sem:
             try:
                 ws = await asyncio.wait_for(WS.connect(port, "bench.example.com", ctx), 30)
@@ -810,8 +811,9 @@ async def _agents(port: int, n: int, ctx: ssl.SSLContext) -> tuple[list[WS], int
                     if not msg.startswith(b"SIP/2.0 1"):
                         raise RuntimeError(msg.split(b"\r\n", 1)[0].decode(errors="replace"))
                 held.append(ws)
-            except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
-                failed += 1
+            except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+                reason = str(exc)[:40] if isinstance(exc, RuntimeError) else type(exc).__name__
+                failed[reason] = failed.get(reason, 0) + 1
 
     await asyncio.gather(*(one(i) for i in range(n)))
     return held, failed
@@ -829,8 +831,9 @@ async def _probe_calls(load: MediaLoad, stop: asyncio.Event, out: list[float]) -
         try:
             await load.conns[k % len(load.conns)].invite(call_id, _sdp(9))
             out.append(time.perf_counter() - t0)
-        except (TimeoutError, RuntimeError, ConnectionError):
+        except (TimeoutError, RuntimeError, ConnectionError) as exc:
             out.append(float("inf"))
+            load.probe_failures[str(exc)[:40]] = load.probe_failures.get(str(exc)[:40], 0) + 1
         load.pbx.answers.pop(call_id, None)
         load.pbx.offers.pop(call_id, None)
         try:
@@ -846,9 +849,9 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, float]:
+async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    out: dict[str, float] = {"workers": workers}
+    out: dict[str, Any] = {"workers": workers}
     with tempfile.TemporaryDirectory() as tmp:
         pbx_transport, pbx = await loop.create_datagram_endpoint(Pbx, local_addr=("127.0.0.1", 0))
         lo = random.randrange(20000, 21000, 2)
@@ -875,9 +878,10 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, float]:
             ctx.verify_mode = ssl.CERT_NONE
             cpu0, t0 = edge.cpu(), time.monotonic()
             agents, failed = await _agents(edge.port, args.registered, ctx)
+            out["register_failures"] = failed  # type: ignore[assignment]
             out.update(
                 registered=len(agents),
-                register_failed=failed,
+                register_failed=sum(failed.values()),
                 register_s=time.monotonic() - t0,
                 register_cpu=edge.cpu() - cpu0,
             )
@@ -904,6 +908,7 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, float]:
             await probe
             out.update(r)
             out.update(probe_p50=_pct(probes, 0.5), probe_p99=_pct(probes, 0.99), probes=len(probes))
+            out["probe_failures"] = load.probe_failures
             out["connections_alive"] = sum(1 for ws in agents if not ws.w.is_closing())
         finally:
             if load is not None:
@@ -931,6 +936,8 @@ def hold_bench(args: argparse.Namespace) -> None:
             f" ({int(r['register_failed'])} failed, {r['register_s']:.0f} s, edge {1e3 * r['register_cpu'] / max(r['registered'], 1):.2f} ms CPU each),"
             f" {int(gone)} dropped during the hold"
         )
+        if r["register_failures"]:
+            print(f"    registration failures: {r['register_failures']}")
         print(
             f"    {int(r['calls'])} calls set up in {r['setup_s']:.0f} s: INVITE->200 p50 {1e3 * r['setup_p50']:.0f} ms,"
             f" p99 {1e3 * r['setup_p99']:.0f} ms (p99 {1e3 * r['setup_late_p99']:.0f} ms for the last 10%)"
@@ -940,6 +947,8 @@ def hold_bench(args: argparse.Namespace) -> None:
             f" (nominal {int(r['nominal'])}), generator lag {1e3 * r['lag']:.0f} ms;"
             f" probe calls ({int(r['probes'])}): p50 {1e3 * r['probe_p50']:.0f} ms, p99 {1e3 * r['probe_p99']:.0f} ms"
         )
+        if r["probe_failures"]:
+            print(f"    probe calls failed: {r['probe_failures']}")
         print(
             f"    CPU: edge {r['edge_cpu'] / r['elapsed']:.2f} cores ({1e6 * r['edge_cpu'] / max(r['got'], 1):.1f} us/pkt),"
             f" generator {r['gen_cpu'] / r['elapsed']:.2f}, everything else {r['other_cpu'] / r['elapsed']:.2f}"
