@@ -439,10 +439,9 @@ def parse(
             line, raw = item
         else:
             line = raw = item  # type: ignore[assignment]
-        colon = line.find(":")
-        if colon <= 0:
+        name, colon, value = line.partition(":")
+        if not name or not colon:
             raise _fail(f"header line without a name: {line[:40]!r}", 400, is_request)
-        name = line[:colon]
         key = key_cache_get(name)
         if key is None:
             if name[-1] in " \t":
@@ -451,7 +450,7 @@ def parse(
                 key = header_key(name)
             except LocalProtocolError:
                 raise _fail(f"invalid header name {name[:40]!r}", 400, is_request) from None
-        append((key, name, line[colon + 1 :].strip(" \t"), raw))
+        append((key, name, value.strip(" \t"), raw))
     if len(fields) > limits.max_header_count:
         raise _fail("too many header fields", 400, is_request)
     headers = Headers._from_fields(fields)
