@@ -909,9 +909,9 @@ class OverloadConfig:
     retry_after: int = f(c_int(1, 3600), 5, doc="Retry-After (s) in the 503 to a refused request")
     max_queue_age: float = f(
         c_float_or_zero(0.005, 10),
-        0.1,
+        0.0,
         doc="a new INVITE/REGISTER read this many seconds after the loop-lag probe last ran (the reactor"
-        " is working through a backlog) gets 503 at once; 0 = off",
+        " is working through a backlog) gets 503 at once; 0 = off (see docs/performance.md before turning it on)",
     )
     max_media_packet_rate: int = f(
         c_int(0, 100_000_000),

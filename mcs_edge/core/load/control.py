@@ -122,7 +122,7 @@ class OverloadSettings:
     retry_after: int = 5
     smoothing: float = 0.2  # weight of a new sample in the smoothed lag and busy share
     busy_high: float = 0.95  # share of wall time on the CPU (process time) that counts as saturated
-    max_queue_age: float = 0.1  # refuse new requests read this long after the probe last ran; 0 = off
+    max_queue_age: float = 0.0  # refuse new requests read this long after the probe last ran; 0 = off
 
 
 class AdmissionGate:

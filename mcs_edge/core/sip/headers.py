@@ -365,6 +365,9 @@ def _check_value(value: str) -> str:
 
 
 def _find_param(params: Params, name: str) -> tuple[bool, str | None]:
+    for k, v in params:  # names as written are nearly always lower case already
+        if k == name:
+            return True, v
     name = name.lower()
     for k, v in params:
         if k.lower() == name:

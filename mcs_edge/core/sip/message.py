@@ -426,8 +426,6 @@ def parse(
         raise _fail("header line too long", 400, is_request)
     fields: list[HeaderField] = []
     append = fields.append
-    counts: dict[str, int] = {}
-    counts_get = counts.get
     key_cache_get = _KEY_CACHE.get
     logical: list[str] | list[tuple[str, str]]
     if "\r\n " in head or "\r\n\t" in head:
@@ -441,10 +439,9 @@ def parse(
             line, raw = item
         else:
             line = raw = item  # type: ignore[assignment]
-        colon = line.find(":")
-        if colon <= 0:
+        name, colon, value = line.partition(":")
+        if not name or not colon:
             raise _fail(f"header line without a name: {line[:40]!r}", 400, is_request)
-        name = line[:colon]
         key = key_cache_get(name)
         if key is None:
             if name[-1] in " \t":
@@ -453,8 +450,7 @@ def parse(
                 key = header_key(name)
             except LocalProtocolError:
                 raise _fail(f"invalid header name {name[:40]!r}", 400, is_request) from None
-        append((key, name, line[colon + 1 :].strip(" \t"), raw))
-        counts[key] = counts_get(key, 0) + 1
+        append((key, name, value.strip(" \t"), raw))
     if len(fields) > limits.max_header_count:
         raise _fail("too many header fields", 400, is_request)
     headers = Headers._from_fields(fields)
@@ -487,17 +483,21 @@ def parse(
         msg = Response(int(code), reason, headers, b"", SIP_VERSION)
 
     # --- header semantics ---
-    for key in _MANDATORY_REQUEST:
-        if key not in counts:
-            raise _fail(f"missing mandatory header field {key}", 400, is_request)
-    if is_request and require_max_forwards and "max-forwards" not in counts:
+    keys = [f[0] for f in fields]
+    present = set(keys)
+    if not present.issuperset(_MANDATORY_REQUEST):
+        for key in _MANDATORY_REQUEST:
+            if key not in present:
+                raise _fail(f"missing mandatory header field {key}", 400, is_request)
+    if is_request and require_max_forwards and "max-forwards" not in present:
         raise RemoteProtocolError("missing mandatory header field max-forwards", 400)
-    for key in SINGLE_HEADERS:
-        if counts.get(key, 0) > 1:
-            raise _fail(f"more than one {key} header field", 400, is_request)
-    content_length = _validate_fields(fields, is_request, limits)
+    if len(present) != len(keys):  # some field repeats: at most one of each single-valued field
+        for key in SINGLE_HEADERS:
+            if keys.count(key) > 1:
+                raise _fail(f"more than one {key} header field", 400, is_request)
+    content_length, cseq_text = _validate_fields(fields, is_request, limits)
     try:
-        cseq = parse_cseq(headers.get("cseq") or "")
+        cseq = parse_cseq(cseq_text)
     except RemoteProtocolError as exc:
         raise _fail(str(exc), 400, is_request) from None
     if isinstance(msg, Request) and cseq.method != msg.method:
@@ -563,39 +563,67 @@ def _check_request_uri_uncached(uri: str) -> None:
 _check_request_uri_cached = functools.lru_cache(maxsize=1024)(_check_request_uri_uncached)
 
 
-def _validate_fields(fields: list[HeaderField], is_request: bool, limits: Limits) -> int | None:
-    """Check the syntax of the fields a proxy relies on; return Content-Length (or None)."""
+# what _validate_fields checks per header key (other fields are not interpreted by a proxy)
+_VIA, _NAME_ADDR, _NAME_ADDR_LIST, _CALL_ID, _MAX_FORWARDS, _CONTENT_LENGTH, _CSEQ = range(7)
+_CHECKS: dict[str, int] = {
+    "via": _VIA,
+    **dict.fromkeys(_NAME_ADDR_KEYS, _NAME_ADDR),
+    **dict.fromkeys(_NAME_ADDR_LIST_KEYS, _NAME_ADDR_LIST),
+    "call-id": _CALL_ID,
+    "max-forwards": _MAX_FORWARDS,
+    "content-length": _CONTENT_LENGTH,
+    "cseq": _CSEQ,
+}
+
+
+def _validate_fields(fields: list[HeaderField], is_request: bool, limits: Limits) -> tuple[int | None, str]:
+    """Check the syntax of the fields a proxy relies on; return Content-Length (or None) and the
+    CSeq value (the caller parses it)."""
     content_length: int | None = None
+    cseq = ""
+    checks_get = _CHECKS.get
     try:
         for key, _name, value, _raw in fields:
-            if key == "via":
+            check = checks_get(key)
+            if check is None:
+                continue
+            if check == _VIA:
                 parse_via_tuple(value)  # validates each via-parm; the proxy reads it next
-            elif key in _NAME_ADDR_KEYS:
+            elif check == _NAME_ADDR:
                 if not _valid_name_addr(value):
                     raise RemoteProtocolError(f"invalid {key} {value[:80]!r}", 400)
-            elif key in _NAME_ADDR_LIST_KEYS:
+            elif check == _NAME_ADDR_LIST:
                 if key == "contact" and value == "*":
+                    continue
+                if "," not in value:
+                    if not _valid_name_addr(value):
+                        raise RemoteProtocolError(f"invalid {key} {value[:80]!r}", 400)
                     continue
                 for item in split_commas(value):
                     if not _valid_name_addr(item):
                         raise RemoteProtocolError(f"invalid {key} {item[:80]!r}", 400)
-            elif key == "call-id":
-                if _abnf.CALL_ID_RE.fullmatch(value) is None:
+            elif check == _CALL_ID:
+                if _CALL_ID_FULL(value) is None:
                     raise RemoteProtocolError(f"invalid Call-ID {value[:80]!r}", 400)
-            elif key == "max-forwards":
+            elif check == _CSEQ:
+                cseq = value
+            elif check == _MAX_FORWARDS:
                 if is_request:
                     parse_max_forwards(value)
-            elif key == "content-length":
-                if not value.isdigit() or not value.isascii():
-                    raise RemoteProtocolError(f"invalid Content-Length {value[:20]!r}", 400)
-                if len(value) > 10 or int(value) > limits.max_message_size:
-                    raise RemoteProtocolError("Content-Length exceeds the cap", 413)
+            elif not value.isdigit() or not value.isascii():  # Content-Length
+                raise RemoteProtocolError(f"invalid Content-Length {value[:20]!r}", 400)
+            elif len(value) > 10 or int(value) > limits.max_message_size:
+                raise RemoteProtocolError("Content-Length exceeds the cap", 413)
+            else:
                 content_length = int(value)
     except RemoteProtocolError as exc:
         if not is_request:
             raise RemoteProtocolError(str(exc), None) from None
         raise
-    return content_length
+    return content_length, cseq
+
+
+_CALL_ID_FULL = _abnf.CALL_ID_RE.fullmatch
 
 
 def _valid_name_addr(value: str) -> bool:
