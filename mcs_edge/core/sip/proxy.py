@@ -99,6 +99,10 @@ MAGIC = "z9hG4bK"
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 SDP_METHODS = frozenset({"INVITE", "ACK", "UPDATE", "PRACK"})
 FLOW_PARAM = "mcsf"
+#: calls ended in one timer turn when lost connections' grace runs out (whole connections at a time);
+#: the rest wait for the next turn: a network blip that dropped many clients at once must not end
+#: all their calls in one reactor turn (issue 21)
+GRACE_CALLS_PER_TURN = 8
 Addr = tuple[str, int]
 
 
@@ -410,10 +414,15 @@ class SipProxy:
                 "push_calls_lost_timeout", f"{waiting.key.tenant_id}: {waiting.key.aor} did not wake up"
             )
             self._fail_waiting(waiting, TIMEOUT_REASON, now)
-        for lost in list(self.flow_registry.expired(now)):
-            for call in self.calls.of_flow(lost.flow_id):
+        ended = 0
+        while ended < GRACE_CALLS_PER_TURN:
+            lost_flows = list(self.flow_registry.expired(now, 1))
+            if not lost_flows:
+                break
+            for call in self.calls.of_flow(lost_flows[0].flow_id):
                 if call.state == "grace":
                     self._end_after_grace(call, now)
+                    ended += 1
         self._pump(now)
 
     @property
