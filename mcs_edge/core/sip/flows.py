@@ -271,18 +271,23 @@ class FlowRegistry:
                 deadline = forget
         return deadline
 
-    def expired(self, now: float) -> Iterator[LostFlow]:
-        """Lost flows whose grace is over (removed as they are yielded); idle bindings forgotten."""
+    def expired(self, now: float, limit: int | None = None) -> Iterator[LostFlow]:
+        """Lost flows whose grace is over (removed as they are yielded), at most ``limit`` of them
+        (the rest stay due: ``get_timer`` says now, so a caller ends a burst over several turns,
+        issue 21); idle bindings forgotten."""
         while self._idle:
             key = next(iter(self._idle))
             if self.bindings[key].forget_at > now:
                 break
             self._forget(key)
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        left = limit
+        while heap and heap[0][0] <= now and (left is None or left > 0):
             _, flow_id = heapq.heappop(heap)
             lost = self.recovered(flow_id)
             if lost is not None:
+                if left is not None:
+                    left -= 1
                 yield lost
 
     def _forget(self, key: BindingKey) -> None:

@@ -114,6 +114,11 @@ __all__ = [
     "ToFlow",
 ]
 
+#: calls ended in one timer turn when lost connections' grace runs out (whole connections at a time);
+#: the rest wait for the next turn: a network blip that dropped many clients at once must not end
+#: all their calls in one reactor turn (issue 21)
+GRACE_CALLS_PER_TURN = 8
+
 
 class SipProxy(ClientRequests, BackendRequests, Responses):
     """The proxy core (see the module docstring); built with
@@ -156,10 +161,15 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
                 "push_calls_lost_timeout", "PSH405", tenant=waiting.key.tenant_id, aor=waiting.key.aor
             )
             self._fail_waiting(waiting, TIMEOUT_REASON, now)
-        for lost in list(self.flow_registry.expired(now)):
-            for call in self.calls.of_flow(lost.flow_id):
+        ended = 0
+        while ended < GRACE_CALLS_PER_TURN:
+            lost_flows = list(self.flow_registry.expired(now, 1))
+            if not lost_flows:
+                break
+            for call in self.calls.of_flow(lost_flows[0].flow_id):
                 if call.state == "grace":
                     self._end_after_grace(call, now)
+                    ended += 1
         self._pump(now)
 
     @property

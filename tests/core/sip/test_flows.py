@@ -28,7 +28,7 @@ from mcs_edge.core.media.reanchor import StreamContinuity, transport_only_change
 from mcs_edge.core.media.sdp import SessionDescription
 from mcs_edge.core.sip.flows import BindingKey, FlowRegistry, binding_key
 from mcs_edge.core.sip.headers import parse_name_addr, parse_name_addrs
-from mcs_edge.core.sip.proxy import CloseFlow, ToFlow
+from mcs_edge.core.sip.proxy import GRACE_CALLS_PER_TURN, CloseFlow, ToFlow
 
 INSTANCE = "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>"
 GRACE = 30.0
@@ -428,3 +428,34 @@ def test_stream_continuity_rewrites_rtcp_of_the_mapped_stream() -> None:
     rr_other = struct.pack("!BBHI", 0x80, 201, 1, 0xDDDD)
     assert cont.rewrite_rtcp(rr_other) == rr_other
     assert cont.rewrite_rtcp(b"\x80\xc8\x00") == b"\x80\xc8\x00"  # truncated: unchanged
+
+
+def test_a_burst_of_lost_connections_ends_over_several_turns() -> None:
+    """20 connections lost at the same moment: their grace ends at most ``limit`` per call of
+    ``expired``; the rest stay due (get_timer says so), so the proxy ends them over several reactor
+    turns instead of all calls in one (issue 21)."""
+    reg = FlowRegistry(grace=30)
+    for flow_id in range(20):
+        reg.flow_closed(flow_id, "t", 0.0, keep=True)
+    first = list(reg.expired(30.0, 8))
+    assert len(first) == 8
+    assert reg.get_timer() == 30.0  # the rest still due
+    assert len(list(reg.expired(30.0, 8))) == 8
+    assert len(list(reg.expired(30.0, 8))) == 4
+    assert reg.get_timer() is None and not reg.lost
+
+
+def test_grace_ending_for_many_lost_connections_is_spread_over_turns() -> None:
+    """Ten clients lost at once: when their grace ends, the proxy ends at most GRACE_CALLS_PER_TURN
+    calls per timer turn and stays due for the rest (one reactor turn per slice, issue 21)."""
+    h = Harness()
+    for _ in range(10):
+        lost_call(h, instance=None)
+    h.now += GRACE
+    h.proxy.handle_timer(h.now)
+    assert h.proxy.counters["calls_lost_after_grace"] == GRACE_CALLS_PER_TURN
+    timer = h.proxy.get_timer()
+    assert timer is not None and timer <= h.now
+    h.proxy.handle_timer(h.now)
+    assert h.proxy.counters["calls_lost_after_grace"] == 10
+    assert h.proxy.flow_registry.lost == {}
