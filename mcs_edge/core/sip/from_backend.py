@@ -64,11 +64,7 @@ class BackendRequests(Wakeups, Cancelling):
         if not is_new:
             return
         self._dest[tx] = back
-        if req.method == "INVITE":
-            self._respond_trying(tx, req, now)
-        mf = req.max_forwards
-        if mf is not None and mf <= 0:
-            self._respond(tx, req, 483, "Too Many Hops", now)
+        if not self._trying_and_hops(tx, req, now):
             return
         fwd = req.copy()
         found, flow, _ = self._target_flow(fwd)

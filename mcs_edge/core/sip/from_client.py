@@ -74,11 +74,7 @@ class ClientRequests(Forwarding, Cancelling):
         if not is_new:
             return
         self._dest[tx] = self._shared(FlowDest(flow.id))
-        if req.method == "INVITE":
-            self._respond_trying(tx, req, now)
-        mf = req.max_forwards
-        if mf is not None and mf <= 0:
-            self._respond(tx, req, 483, "Too Many Hops", now)
+        if not self._trying_and_hops(tx, req, now):
             return
         if any(self.routing.via_is_ours(v) for v in req.vias):
             self.count("sip_loop")
