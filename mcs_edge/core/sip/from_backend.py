@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from .cancel import Cancelling
-from .destinations import BackendDest, Dest, FlowDest
+from .destinations import BackendDest, Dest
 from .headers import SipUri
 from .message import Request, Response
 from .registrar import Flow
@@ -59,7 +59,7 @@ class BackendRequests(Wakeups, Cancelling):
             fwd = req.copy()
             found, flow, _ = self._target_flow(fwd)
             if flow is not None and flow.tenant in tenants:
-                self._forward_stateless(fwd, self.routing.client_via(flow), FlowDest(flow.id), False, now)
+                self._forward_stateless(fwd, self.routing.client_via(flow), flow.dest, False, now)
             return
         if not is_new:
             return

@@ -250,7 +250,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
             self.problem("sip_bad_from_client", "SIP440", tenant=flow.tenant.id, error=str(exc))
-            self._reject_garbage(data, exc, FlowDest(flow_id))
+            self._reject_garbage(data, exc, flow.dest)
             return
         try:
             if isinstance(msg, Response):
@@ -259,7 +259,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
                 self._request_from_client(flow, msg, now)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
             self.problem("sip_bad_from_client", "SIP440", tenant=flow.tenant.id, error=str(exc))
-            self._refuse_unprocessable(msg, FlowDest(flow_id))
+            self._refuse_unprocessable(msg, flow.dest)
         self._pump(now)
 
     def reject_unframed(self, flow_id: int, data: bytes, exc: RemoteProtocolError) -> None:
