@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .destinations import Dest, FlowDest
 from .message import Request
-from .state import Pair, ProxyState
+from .state import Pair, ProxyState, add_request_headers
 from .transaction import cookie_server_key
 
 __all__ = ["Cancelling"]
@@ -71,12 +71,10 @@ class Cancelling(ProxyState):
         for name in ("route",):
             for v in inv.headers.get_all(name):
                 c.headers.add("Route", v)
-        c.headers.add("Max-Forwards", "70")
-        c.headers.add("From", inv.headers.get("from") or "")
-        c.headers.add("To", inv.headers.get("to") or "")
-        c.headers.add("Call-ID", inv.call_id)
-        c.headers.add("CSeq", f"{inv.cseq.seq} CANCEL")
-        c.headers.add("Content-Length", "0")
+        headers = inv.headers
+        add_request_headers(
+            c, headers.get("from") or "", headers.get("to") or "", inv.call_id, f"{inv.cseq.seq} CANCEL"
+        )
         dest = self._dest.get(pair.client)
         if dest is None:
             return

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from mcs_edge.errors import LocalProtocolError
 
-from .destinations import BackendDest, Dest, FlowDest
+from .destinations import BackendDest, Dest
 from .headers import NameAddr, SipUri
 from .message import Request
 from .registrar import Flow, Registrar
@@ -103,7 +103,7 @@ class Forwarding(Registrar):
             fwd.prepend_record_route(self.routing.backend_rr(transport))
             fwd.prepend_record_route(self.routing.client_rr(flow))
         fwd.push_via(self.routing.client_via(flow))
-        self._forward(tx, req, fwd, flow.tenant.id, flow.id, False, FlowDest(flow.id), True, now)
+        self._forward(tx, req, fwd, flow.tenant.id, flow.id, False, flow.dest, True, now)
 
     def _forward_ack_to_backend(self, flow: Flow, req: Request, now: float) -> None:
         fwd = req.copy()

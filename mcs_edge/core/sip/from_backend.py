@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from .cancel import Cancelling
-from .destinations import BackendDest, Dest, FlowDest
+from .destinations import BackendDest, Dest
 from .headers import SipUri
 from .message import Request, Response
 from .registrar import Flow
@@ -59,16 +59,12 @@ class BackendRequests(Wakeups, Cancelling):
             fwd = req.copy()
             found, flow, _ = self._target_flow(fwd)
             if flow is not None and flow.tenant in tenants:
-                self._forward_stateless(fwd, self.routing.client_via(flow), FlowDest(flow.id), False, now)
+                self._forward_stateless(fwd, self.routing.client_via(flow), flow.dest, False, now)
             return
         if not is_new:
             return
         self._dest[tx] = back
-        if req.method == "INVITE":
-            self._respond_trying(tx, req, now)
-        mf = req.max_forwards
-        if mf is not None and mf <= 0:
-            self._respond(tx, req, 483, "Too Many Hops", now)
+        if not self._trying_and_hops(tx, req, now):
             return
         fwd = req.copy()
         found, flow, _ = self._target_flow(fwd)

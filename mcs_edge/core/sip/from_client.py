@@ -35,7 +35,7 @@ otherwise                                forwarded: our Routes removed (RFC 3261
 from __future__ import annotations
 
 from .cancel import Cancelling
-from .destinations import BackendDest, FlowDest
+from .destinations import BackendDest
 from .forwarding import Forwarding
 from .headers import SipUri
 from .message import Request, Response
@@ -55,7 +55,7 @@ class ClientRequests(Forwarding, Cancelling):
         top = req.top_via
         stamp_received(req, top, flow.peer)
         if req.method == "CANCEL":
-            self._cancel(req, FlowDest(flow.id), now)
+            self._cancel(req, flow.dest, now)
             return
         tx, is_new = self.layer.receive_request(req, now, reliable=True)
         if tx is None:  # ACK for a 2xx: stateless, along the route to this tenant's PBX
@@ -73,12 +73,8 @@ class ClientRequests(Forwarding, Cancelling):
             return
         if not is_new:
             return
-        self._dest[tx] = self._shared(FlowDest(flow.id))
-        if req.method == "INVITE":
-            self._respond_trying(tx, req, now)
-        mf = req.max_forwards
-        if mf is not None and mf <= 0:
-            self._respond(tx, req, 483, "Too Many Hops", now)
+        self._dest[tx] = flow.dest
+        if not self._trying_and_hops(tx, req, now):
             return
         if any(self.routing.via_is_ours(v) for v in req.vias):
             self.count("sip_loop")

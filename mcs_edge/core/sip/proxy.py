@@ -271,7 +271,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
             self.problem("sip_bad_from_client", "SIP440", tenant=flow.tenant.id, error=str(exc))
-            self._reject_garbage(data, exc, FlowDest(flow_id))
+            self._reject_garbage(data, exc, flow.dest)
             return
         try:
             if isinstance(msg, Response):
@@ -280,9 +280,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
                 self._request_from_client(flow, msg, now)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
             self.problem("sip_bad_from_client", "SIP440", tenant=flow.tenant.id, error=str(exc))
-            if isinstance(msg, Request) and msg.method != "ACK":
-                self.count("sip_refused_400")
-                self._answer_stateless(msg, 400, "Bad Request", FlowDest(flow_id))
+            self._refuse_unprocessable(msg, flow.dest)
         self._pump(now)
 
     def reject_unframed(self, flow_id: int, data: bytes, exc: RemoteProtocolError) -> None:
@@ -300,13 +298,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
         try:
             msg = parse(data, limits=self.limits, require_max_forwards=False)
         except RemoteProtocolError as exc:
-            self.problem(
-                "sip_bad_from_backend",
-                "SIP441",
-                tenant=tenants[0].id,
-                source=f"{src[0]}:{src[1]}",
-                error=str(exc),
-            )
+            self._bad_from_backend(tenants[0].id, src, exc)
             self._reject_garbage(data, exc, back)  # e.g. 416 for an unsupported Request-URI scheme
             return
         try:
@@ -315,17 +307,14 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
             else:
                 self._request_from_backend(tenants, msg, src, transport, now)
         except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
-            self.problem(
-                "sip_bad_from_backend",
-                "SIP441",
-                tenant=tenants[0].id,
-                source=f"{src[0]}:{src[1]}",
-                error=str(exc),
-            )
-            if isinstance(msg, Request) and msg.method != "ACK":
-                self.count("sip_refused_400")
-                self._answer_stateless(msg, 400, "Bad Request", back)
+            self._bad_from_backend(tenants[0].id, src, exc)
+            self._refuse_unprocessable(msg, back)
         self._pump(now)
+
+    def _bad_from_backend(self, tenant_id: str, src: Addr, exc: Exception) -> None:
+        self.problem(
+            "sip_bad_from_backend", "SIP441", tenant=tenant_id, source=f"{src[0]}:{src[1]}", error=str(exc)
+        )
 
     def send_to_flow(self, flow_id: int, request: Request, now: float) -> bool:
         """Send a request the edge itself originates (e.g. the echo service's BYE) to a client flow.

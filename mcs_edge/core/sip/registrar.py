@@ -32,7 +32,7 @@ from typing import Any
 from mcs_edge.errors import RemoteProtocolError
 
 from .calls import address_of_record
-from .destinations import CloseFlow
+from .destinations import CloseFlow, FlowDest
 from .dialogs import Dialogs
 from .flows import BindingKey, binding_key
 from .headers import SipUri
@@ -55,6 +55,11 @@ class Flow:
     registered: bool = False
     last_seen: float = 0.0
     aor: str = ""  # the address of record of its last successful REGISTER (admin API, panel)
+    #: Where its transactions' messages go (one value per flow, shared by them).
+    dest: FlowDest = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dest = FlowDest(self.id)
 
 
 class Registrar(Dialogs):

@@ -34,7 +34,7 @@ from typing import Any
 from .cancel import Cancelling
 from .destinations import Dest, FlowDest
 from .message import Request, Response
-from .state import LOCAL_CLASS, RELAYED_CLASS, Pair
+from .state import LOCAL_CLASS, RELAYED_CLASS, Pair, add_request_headers
 from .transaction import ClientTransaction, ServerTransaction
 from .wakeup import Wakeups
 
@@ -168,12 +168,9 @@ class Responses(Wakeups, Cancelling):
             routes = [r for r in reversed(resp.record_routes) if not self.routing.is_ours(r.uri)]
             if routes:
                 req.set_routes(list(routes))
-        req.headers.add("Max-Forwards", "70")
-        req.headers.add("From", inv.headers.get("from") or "")
-        req.headers.add("To", resp.headers.get("to") or "")
-        req.headers.add("Call-ID", inv.call_id)
-        req.headers.add("CSeq", f"{seq} {method}")
-        req.headers.add("Content-Length", "0")
+        add_request_headers(
+            req, inv.headers.get("from") or "", resp.headers.get("to") or "", inv.call_id, f"{seq} {method}"
+        )
         return req
 
     def _own_via(self, pair: Pair, dest: Dest) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "RELAYED_CLASS",
     "Pair",
     "ProxyState",
+    "add_request_headers",
     "error_from_bytes",
 ]
 
@@ -210,9 +211,23 @@ class ProxyState:
         resp.headers.add("Server", self.settings.server_name)
         self._emit(dest, resp.serialize())
 
-    def _respond_trying(self, tx: ServerTransaction, req: Request, now: float) -> None:
-        resp = Response.for_request(req, 100, "Trying")
-        self.layer.send_response(tx, resp, now)
+    def _trying_and_hops(self, tx: ServerTransaction, req: Request, now: float) -> bool:
+        """A new server transaction of either direction: 100 Trying to an INVITE at once (RFC 3261
+        s.16.2), 483 when Max-Forwards is 0 (s.16.3 step 3). False when the request is answered."""
+        if req.method == "INVITE":
+            self.layer.send_response(tx, Response.for_request(req, 100, "Trying"), now)
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            self._respond(tx, req, 483, "Too Many Hops", now)
+            return False
+        return True
+
+    def _refuse_unprocessable(self, msg: Request | Response, dest: Dest) -> None:
+        """A request that parsed but cannot be processed: 400, stateless (RFC 3261 s.16.3); no
+        answer to a response or an ACK."""
+        if isinstance(msg, Request) and msg.method != "ACK":
+            self.count("sip_refused_400")
+            self._answer_stateless(msg, 400, "Bad Request", dest)
 
     def _shared(self, dest: Dest) -> Dest:
         pool = self._dest_pool
@@ -241,6 +256,18 @@ class ProxyState:
             return
         self.count(f"sip_refused_{status}")
         self._emit(dest, resp)
+
+
+def add_request_headers(req: Request, from_: str, to: str, call_id: str, cseq: str) -> None:
+    """The rest of a request the edge builds itself (RFC 3261 s.8.1.1: a CANCEL, s.9.1, or an
+    ACK/BYE in a dialog, s.12.2.1.1): Max-Forwards, From, To, Call-ID, CSeq, an empty body."""
+    headers = req.headers
+    headers.add("Max-Forwards", "70")
+    headers.add("From", from_)
+    headers.add("To", to)
+    headers.add("Call-ID", call_id)
+    headers.add("CSeq", cseq)
+    headers.add("Content-Length", "0")
 
 
 def error_from_bytes(data: bytes, status: int, reason: str) -> bytes | None:
