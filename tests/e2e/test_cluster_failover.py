@@ -29,14 +29,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.aiortc_call import (
-    LoopThread,
-    WsUa,
-    audio_call,
-    audio_window,
-    in_thread,
-    wait_for,
-)
+from helpers.aiortc_call import LoopThread, WsUa, audio_call, audio_window, in_thread, wait_for
 from helpers.edge import (
     TOKEN,
     InProcessEdge,

@@ -42,6 +42,7 @@ from helpers.aiortc_call import (
     offer_and_answer,
     wait_for,
 )
+from helpers.aiortc_call import check_window as audio_check_window
 from helpers.edge import (
     TOKEN,
     InProcessEdge,
@@ -199,9 +200,7 @@ def _response_to(request: str, code: int, reason: str) -> str:
 
 
 def check_window(window: tuple[int, int], what: str) -> None:
-    sent, got = window
-    assert sent >= 60, f"{what}: only {sent} frames sent"
-    assert got >= MIN_RATIO * sent, f"{what}: {got} of {sent} frames came back"
+    audio_check_window(window, what, 60, MIN_RATIO)
 
 
 @pytest_twisted.inlineCallbacks

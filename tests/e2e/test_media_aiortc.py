@@ -43,6 +43,7 @@ from helpers.aiortc_call import (
     new_pc,
     offer_and_answer,
 )
+from helpers.aiortc_call import check_window as audio_check_window
 from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
 from helpers.media_pbx import AsyncPbx, RtpEcho, plain_answer, start_echo
 from helpers.webrtc_peer import WebRtcPeer, rtp_packet
@@ -267,9 +268,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def check_window(window: tuple[int, int], what: str) -> None:
-    sent, got = window
-    assert sent >= 100, f"{what}: only {sent} frames sent in {SEND_SECONDS} s"
-    assert got >= MIN_RATIO * sent, f"{what}: {got} of {sent} frames came back"
+    audio_check_window(window, what, 100, MIN_RATIO)
 
 
 @pytest_twisted.inlineCallbacks

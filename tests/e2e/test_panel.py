@@ -26,12 +26,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.aiortc_call import (
-    LoopThread,
-    WsUa,
-    audio_call,
-    in_thread,
-)
+from helpers.aiortc_call import LoopThread, WsUa, audio_call, in_thread
 from helpers.browser import CHROMIUM, launch
 from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
 from helpers.media_pbx import AsyncPbx, reporting_echo_answer

@@ -218,3 +218,11 @@ async def audio_call(ua: WsUa) -> tuple[RTCPeerConnection, ToneTrack, Counter]:
         await pc.close()
         raise
     return pc, tone, counter
+
+
+def check_window(window: tuple[int, int], what: str, min_sent: int, min_ratio: float = 0.9) -> None:
+    """A measuring window (frames sent, frames echoed back): at least ``min_sent`` sent and at least
+    ``min_ratio`` of them back."""
+    sent, got = window
+    assert sent >= min_sent, f"{what}: only {sent} frames sent"
+    assert got >= min_ratio * sent, f"{what}: {got} of {sent} frames came back"
