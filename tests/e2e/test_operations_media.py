@@ -29,6 +29,7 @@ from helpers.aiortc_call import LoopThread, WsUa, audio_call, audio_window, dtls
 from helpers.edge import (
     TOKEN,
     InProcessEdge,
+    StopAfter,
     api,
     connect_refused,
     edge_toml,
@@ -156,10 +157,8 @@ class LocalMediaEdge(InProcessEdge):
 
 
 @pytest.fixture
-def local(tmp_path: Path, runner: LoopThread) -> Any:
-    e = LocalMediaEdge(tmp_path, runner)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def local(tmp_path: Path, runner: LoopThread, stop_after: StopAfter) -> Any:
+    return stop_after(LocalMediaEdge(tmp_path, runner))
 
 
 def _relay_ports(e: LocalMediaEdge) -> list[tuple[int, ...]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import StopAfter
 from helpers.ports import free_udp_port
 from helpers.turnedge import TurnEdge
 from twisted.internet import threads
@@ -23,10 +24,8 @@ PEER_IP = "127.0.0.2"
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = TurnEdge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(TurnEdge(tmp_path))
 
 
 @pytest.fixture
