@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from cryptography import x509
-from helpers.edge import InProcessEdge, edge_toml, parse_metrics, until
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, parse_metrics, until
 from helpers.https import Conn
 from helpers.pebble import Pebble
 from helpers.ports import free_tcp_port
@@ -83,10 +83,8 @@ api_secret = "bianchi-platform-secret"
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = AcmeEdge(tmp_path, TWO_TENANTS)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(AcmeEdge(tmp_path, TWO_TENANTS))
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from helpers.browser import CHROMIUM, chromium_page, demo_toml, wait
-from helpers.edge import InProcessEdge, free_udp_port, until
+from helpers.edge import InProcessEdge, StopAfter, free_udp_port, until
 from helpers.sipp import Sipp
 from twisted.internet import threads
 
@@ -47,10 +47,8 @@ class BrowserEdge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = BrowserEdge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(BrowserEdge(tmp_path))
 
 
 # ------------------------------------------------------------------------------ the check page

@@ -25,7 +25,7 @@ import pytest
 import pytest_twisted
 from helpers.aiortc_call import LoopThread
 from helpers.browser import CHROMIUM, chromium_page, demo_toml, wait
-from helpers.edge import InProcessEdge, on_reactor, until
+from helpers.edge import InProcessEdge, StopAfter, on_reactor, until
 from helpers.media_pbx import start_recording_pbx
 from twisted.internet import threads
 
@@ -51,10 +51,8 @@ class RecoveryBrowserEdge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path, runner: LoopThread) -> Any:
-    e = RecoveryBrowserEdge(tmp_path, runner)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, runner: LoopThread, stop_after: StopAfter) -> Any:
+    return stop_after(RecoveryBrowserEdge(tmp_path, runner))
 
 
 def _kill(edge: RecoveryBrowserEdge) -> int:

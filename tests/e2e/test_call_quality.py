@@ -16,13 +16,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.aiortc_call import (
-    LoopThread,
-    WsUa,
-    audio_call,
-    in_thread,
-)
-from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
+from helpers.aiortc_call import LoopThread, WsUa, audio_call, in_thread
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, media_range, tenant_toml
 from helpers.media_pbx import AsyncPbx, reporting_echo_answer
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import threads
@@ -86,10 +81,8 @@ async def call(edge: QualityEdge, tid: str, lossy: bool, live: asyncio.Event, do
 
 
 @pytest.fixture
-def edge(tmp_path: Path, runner: LoopThread) -> Any:
-    e = QualityEdge(tmp_path, runner)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, runner: LoopThread, stop_after: StopAfter) -> Any:
+    return stop_after(QualityEdge(tmp_path, runner))
 
 
 def histogram(text: str, name: str) -> dict[tuple[str, ...], tuple[float, float]]:

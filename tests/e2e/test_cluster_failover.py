@@ -29,17 +29,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.aiortc_call import (
-    LoopThread,
-    WsUa,
-    audio_call,
-    audio_window,
-    in_thread,
-    wait_for,
-)
+from helpers.aiortc_call import LoopThread, WsUa, audio_call, audio_window, in_thread, wait_for
 from helpers.edge import (
     TOKEN,
     InProcessEdge,
+    StopAfter,
     api,
     edge_toml,
     free_tcp_port,
@@ -190,18 +184,9 @@ async def failover_scenario(pair: Pair) -> dict[str, Any]:
     return result
 
 
-@pytest.fixture(scope="module")
-def runner() -> Any:
-    r = LoopThread()
-    yield r
-    r.stop()
-
-
 @pytest.fixture
-def pair(tmp_path: Path, runner: LoopThread) -> Any:
-    p = Pair(tmp_path, runner)
-    yield p
-    pytest_twisted.blockon(p.stop())
+def pair(tmp_path: Path, runner: LoopThread, stop_after: StopAfter) -> Any:
+    return stop_after(Pair(tmp_path, runner))
 
 
 @pytest_twisted.inlineCallbacks

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.edge import InProcessEdge, edge_toml, free_udp_port, tenant_toml, until
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, free_udp_port, tenant_toml, until
 from helpers.https import Conn
 from helpers.webrtc_peer import WebRtcPeer, rtcp_rr
 from helpers.wsclient import WSClient, header, status
@@ -69,10 +69,8 @@ class Edge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = Edge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(Edge(tmp_path))
 
 
 class Dialog:

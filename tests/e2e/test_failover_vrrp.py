@@ -30,14 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.aiortc_call import (
-    LoopThread,
-    WsUa,
-    audio_call,
-    audio_window,
-    in_thread,
-    wait_for,
-)
+from helpers.aiortc_call import LoopThread, WsUa, audio_call, audio_window, in_thread, wait_for
 from helpers.edge import TOKEN, edge_toml, tenant_toml
 from helpers.media_pbx import start_recording_pbx
 from helpers.netns import enter_netns

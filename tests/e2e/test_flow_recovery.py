@@ -30,21 +30,19 @@ import pytest
 import pytest_twisted
 from aiortc import RTCPeerConnection
 from helpers.aiortc_call import (
-    Counter,
     LoopThread,
-    ToneTrack,
     WsUa,
     audio_call,
     audio_window,
-    connected,
+    ice_restart,
     in_thread,
-    new_pc,
-    offer_and_answer,
     wait_for,
 )
+from helpers.aiortc_call import check_window as audio_check_window
 from helpers.edge import (
     TOKEN,
     InProcessEdge,
+    StopAfter,
     edge_toml,
     media_range,
     metrics,
@@ -100,10 +98,8 @@ class RecoveryEdge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path, runner: LoopThread) -> Any:
-    e = RecoveryEdge(tmp_path, runner)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, runner: LoopThread, stop_after: StopAfter) -> Any:
+    return stop_after(RecoveryEdge(tmp_path, runner))
 
 
 def register(ws: WSClient, domain: str, instance: str | None = INSTANCE, user: str = "alice") -> str:
@@ -145,13 +141,7 @@ async def recovery_scenario(edge: RecoveryEdge) -> dict[str, Any]:
         ws2 = await in_thread(edge.client, "rossi", "127.0.0.2")
         result["register"] = status(await in_thread(register, ws2, "rossi.example.com"))
         ua.ws = ws2
-        counter = Counter()
-        pc2 = new_pc(counter)
-        pcs.append(pc2)
-        tone = ToneTrack()
-        pc2.addTrack(tone)
-        result["restart_answer"] = await offer_and_answer(ua, pc2)
-        await connected(pc2)
+        _pc2, tone, counter, result["restart_answer"] = await ice_restart(ua, pcs)
         await wait_for(lambda: counter.frames["audio"] > 0, 5, "audio again")
         result["recovery_seconds"] = time.monotonic() - back
         result["after"] = await audio_window(tone, counter, 2.0)
@@ -199,9 +189,7 @@ def _response_to(request: str, code: int, reason: str) -> str:
 
 
 def check_window(window: tuple[int, int], what: str) -> None:
-    sent, got = window
-    assert sent >= 60, f"{what}: only {sent} frames sent"
-    assert got >= MIN_RATIO * sent, f"{what}: {got} of {sent} frames came back"
+    audio_check_window(window, what, 60, MIN_RATIO)
 
 
 @pytest_twisted.inlineCallbacks

@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from helpers.edge import InProcessEdge, edge_toml, tenant_toml
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, tenant_toml
 from helpers.https import Conn
 from twisted.internet import threads
 from twisted.logger import formatEvent, globalLogPublisher
@@ -48,10 +48,8 @@ class HandoffEdge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = HandoffEdge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(HandoffEdge(tmp_path))
 
 
 @pytest_twisted.inlineCallbacks

@@ -39,11 +39,13 @@ from helpers.aiortc_call import (
     audio_window,
     connected,
     dtls_state,
+    ice_restart,
     in_thread,
     new_pc,
     offer_and_answer,
 )
-from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
+from helpers.aiortc_call import check_window as audio_check_window
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, media_range, tenant_toml
 from helpers.media_pbx import AsyncPbx, RtpEcho, plain_answer, start_echo
 from helpers.webrtc_peer import WebRtcPeer, rtp_packet
 from twisted.internet import threads
@@ -153,10 +155,8 @@ class MediaEdge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path, runner: LoopThread) -> Any:
-    e = MediaEdge(tmp_path, runner)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, runner: LoopThread, stop_after: StopAfter) -> Any:
+    return stop_after(MediaEdge(tmp_path, runner))
 
 
 # ----------------------------------------------------------------------------------------- bridge
@@ -244,13 +244,7 @@ async def bridge_call(edge: MediaEdge, tid: str, *, reinvites: bool, hostile: bo
             result["unhold_answer"] = await offer_and_answer(ua, pc)
             result["after_unhold"] = await audio_window(tone, counter)
             # ICE restart: a new connection (new ufrag/pwd, new certificate) offered in a re-INVITE
-            counter2 = Counter()
-            pc2 = new_pc(counter2)
-            pcs.append(pc2)
-            tone2 = ToneTrack()
-            pc2.addTrack(tone2)
-            result["restart_answer"] = await offer_and_answer(ua, pc2)
-            await connected(pc2)
+            _pc2, tone2, counter2, result["restart_answer"] = await ice_restart(ua, pcs)
             await pc.close()
             result["after_restart"] = await audio_window(tone2, counter2)
         result["bye"] = await in_thread(ua.bye)
@@ -267,9 +261,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def check_window(window: tuple[int, int], what: str) -> None:
-    sent, got = window
-    assert sent >= 100, f"{what}: only {sent} frames sent in {SEND_SECONDS} s"
-    assert got >= MIN_RATIO * sent, f"{what}: {got} of {sent} frames came back"
+    audio_check_window(window, what, 100, MIN_RATIO)
 
 
 @pytest_twisted.inlineCallbacks

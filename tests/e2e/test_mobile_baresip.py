@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from helpers.baresip import Baresip, Netns
 from helpers.echo_pbx import EchoPbx
-from helpers.edge import TOKEN, api, metrics, sample
+from helpers.edge import TOKEN, api, edge_toml, free_tcp_port, metrics, sample, tenant_toml
 from helpers.twistd import TwistdEdge
 
 # baresip and ip(8) are real peers; network namespaces also need root (CI runs as root)
@@ -29,14 +29,6 @@ pytestmark = pytest.mark.requires_tool("baresip", "ip")
 
 AOR = "sip:alice@rossi.example.com"
 MEDIA_PORTS = 200
-
-
-def _free_port(host: str) -> int:
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _media_range() -> tuple[int, int]:
@@ -55,39 +47,22 @@ class Setup:
             self.pbx = EchoPbx()
             low, high = _media_range()
             low, high = low + media_offset, high + media_offset
-            self.sip_tls = _free_port("0.0.0.0" if split else self.ns.host_ip)
+            self.sip_tls = free_tcp_port("0.0.0.0" if split else self.ns.host_ip)
             public = self.ns.second_ip or self.ns.host_ip
             listen = "0.0.0.0" if split else self.ns.host_ip
-            text = f"""
-[edge]
-state_dir = "{tmp / "state"}"
-public_address = "{public}"
-backend_address = "127.0.0.1"
-[listen]
-https = "127.0.0.1:0"
-sip_tls = "{listen}:{self.sip_tls}"
-backend_sip = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[admin]
-token = "{TOKEN}"
-[tls]
-unknown_sni = "reject"
-sip_no_sni_certificate = "rossi"
-reload_interval = 0
-[media]
-ports = [{low}, {high}]
-[[tenants]]
-id = "rossi"
-domains = ["rossi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx.port}"
-certificate = "self-signed"
-[[tenants]]
-id = "verdi"
-domains = ["verdi.example.com"]
-backend_sip = "udp:127.0.0.1:{self.pbx.port}"
-certificate = "self-signed"
-app_media = "rtp"
-"""
+            tenants = tenant_toml("rossi", self.pbx.port) + tenant_toml(
+                "verdi", self.pbx.port, keys='app_media = "rtp"\n'
+            )
+            text = edge_toml(
+                tmp / "state",
+                tenants,
+                edge=f'public_address = "{public}"\nbackend_address = "127.0.0.1"\n',
+                sip_tls=f"{listen}:{self.sip_tls}",
+                token=TOKEN,
+                media=(low, high),
+                media_bind=None,
+                sections='[tls]\nunknown_sni = "reject"\nsip_no_sni_certificate = "rossi"\nreload_interval = 0\n',
+            )
             self.edge = TwistdEdge(tmp, text)  # the production reactor (uvloop)
         except BaseException:
             self.close()

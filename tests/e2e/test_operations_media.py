@@ -25,21 +25,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.aiortc_call import (
-    Counter,
-    LoopThread,
-    ToneTrack,
-    WsUa,
-    audio_window,
-    connected,
-    dtls_state,
-    in_thread,
-    new_pc,
-    offer_and_answer,
-)
+from helpers.aiortc_call import LoopThread, WsUa, audio_call, audio_window, dtls_state, in_thread
 from helpers.edge import (
     TOKEN,
     InProcessEdge,
+    StopAfter,
     api,
     connect_refused,
     edge_toml,
@@ -116,15 +106,11 @@ async def call_across(
     """REGISTER, a call with audio; one window before, then each blocking action and a window after it; BYE."""
     ws = await in_thread(client)
     result: dict[str, Any] = {"echoed": []}
-    counter = Counter()
-    pc = new_pc(counter)
-    tone = ToneTrack()
-    pc.addTrack(tone)
     ua = WsUa(ws, "rossi.example.com")
+    pc = None
     try:
         result["register"] = status(await in_thread(Phone(ws, "rossi.example.com").register))
-        await offer_and_answer(ua, pc)
-        await connected(pc)
+        pc, tone, counter = await audio_call(ua)
         result["dtls"] = dtls_state(pc)
         result["before"] = await audio_window(tone, counter, WINDOW)
         assert echo_pbx.echo is not None
@@ -136,7 +122,8 @@ async def call_across(
         result["bye"] = await in_thread(ua.bye)
         result["sources"] = len(echo_pbx.echo.sources)
     finally:
-        await pc.close()
+        if pc is not None:
+            await pc.close()
         ws.close()
     return result
 
@@ -170,10 +157,8 @@ class LocalMediaEdge(InProcessEdge):
 
 
 @pytest.fixture
-def local(tmp_path: Path, runner: LoopThread) -> Any:
-    e = LocalMediaEdge(tmp_path, runner)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def local(tmp_path: Path, runner: LoopThread, stop_after: StopAfter) -> Any:
+    return stop_after(LocalMediaEdge(tmp_path, runner))
 
 
 def _relay_ports(e: LocalMediaEdge) -> list[tuple[int, ...]]:

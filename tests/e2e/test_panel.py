@@ -26,14 +26,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.aiortc_call import (
-    LoopThread,
-    WsUa,
-    audio_call,
-    in_thread,
-)
+from helpers.aiortc_call import LoopThread, WsUa, audio_call, in_thread
 from helpers.browser import CHROMIUM, launch
-from helpers.edge import InProcessEdge, edge_toml, media_range, tenant_toml
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, media_range, tenant_toml
 from helpers.media_pbx import AsyncPbx, reporting_echo_answer
 from helpers.phone import Phone
 from helpers.wsclient import WSClient, status
@@ -60,10 +55,8 @@ class PanelEdge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path, runner: LoopThread) -> Any:
-    e = PanelEdge(tmp_path, runner)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, runner: LoopThread, stop_after: StopAfter) -> Any:
+    return stop_after(PanelEdge(tmp_path, runner))
 
 
 def http(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: Any = None) -> int:

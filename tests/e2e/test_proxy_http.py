@@ -17,7 +17,7 @@ import pytest
 import pytest_twisted
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from helpers.edge import InProcessEdge, edge_toml, sleep, tenant_toml
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, sleep, tenant_toml
 from helpers.https import Conn
 from helpers.ports import free_tcp_port
 from helpers.wsclient import HandshakeRefused, WSClient
@@ -171,10 +171,8 @@ class ProxyEdge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = ProxyEdge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(ProxyEdge(tmp_path))
 
 
 def in_thread(fn: Any, *args: Any, **kw: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.edge import InProcessEdge, edge_toml, tenant_toml
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, tenant_toml
 from helpers.pbx import Pbx
 from helpers.wsclient import WSClient, headers
 from twisted.internet import threads
@@ -42,10 +42,8 @@ class Edge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = Edge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(Edge(tmp_path))
 
 
 def _udp_exchange(port: int, data: bytes, want: int = 1, timeout: float = 5.0) -> list[bytes]:

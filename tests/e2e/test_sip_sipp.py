@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.edge import InProcessEdge, edge_toml, free_udp_port, sleep, tenant_toml
+from helpers.edge import InProcessEdge, StopAfter, edge_toml, free_udp_port, sleep, tenant_toml
 from helpers.phone import answer_incoming
 from helpers.sipp import Sipp
 from helpers.wsclient import WSClient, header, headers, status
@@ -42,10 +42,8 @@ class Edge(InProcessEdge):
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = Edge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(Edge(tmp_path))
 
 
 def _register(ws: WSClient, user: str = "alice") -> tuple[str, str]:

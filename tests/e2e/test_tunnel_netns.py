@@ -349,17 +349,7 @@ def test_two_tenants_behind_wireguard_tunnels(tmp_path: Path) -> None:
 def test_webrtc_audio_reaches_the_pbx_through_its_tunnel(tmp_path: Path) -> None:
     """An aiortc client over WSS calls tenant A: DTLS-SRTP to the edge, plain RTP through A's tunnel to
     the PBX's echo (which sees it from the edge's tunnel address only) and back to the client."""
-    from helpers.aiortc_call import (
-        Counter,
-        LoopThread,
-        ToneTrack,
-        WsUa,
-        audio_window,
-        connected,
-        in_thread,
-        new_pc,
-        offer_and_answer,
-    )
+    from helpers.aiortc_call import LoopThread, WsUa, audio_call, audio_window, in_thread
     from helpers.media_pbx import AsyncPbx, plain_answer, start_echo
 
     topo = Topology(tmp_path)
@@ -390,18 +380,15 @@ def test_webrtc_audio_reaches_the_pbx_through_its_tunnel(tmp_path: Path) -> None
 
         async def call() -> tuple[tuple[int, int], int]:
             ws = await in_thread(topo.client, tid)
-            counter = Counter()
-            pc = new_pc(counter)
-            tone = ToneTrack()
-            pc.addTrack(tone)
             ua = WsUa(ws, f"{tid}.example.com")
             try:
-                await offer_and_answer(ua, pc)
-                await connected(pc)
-                window = await audio_window(tone, counter, 2.5)
-                return window, await in_thread(ua.bye)
+                pc, tone, counter = await audio_call(ua)
+                try:
+                    window = await audio_window(tone, counter, 2.5)
+                    return window, await in_thread(ua.bye)
+                finally:
+                    await pc.close()
             finally:
-                await pc.close()
                 ws.close()
 
         (sent, got), bye = client_loop.run(call())

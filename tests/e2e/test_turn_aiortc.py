@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import StopAfter
 from helpers.turnedge import TurnEdge
 from twisted.internet import threads
 
@@ -21,10 +22,8 @@ HELPER = Path(__file__).resolve().parent.parent / "helpers" / "aiortc_turn_call.
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = TurnEdge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(TurnEdge(tmp_path))
 
 
 def _call(edge: TurnEdge, scheme: str) -> dict[str, Any]:

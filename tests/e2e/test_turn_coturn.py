@@ -4,7 +4,6 @@ UDP, TCP and TLS (on the shared HTTPS port), echoed by turnutils_peer."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers.edge import StopAfter
+from helpers.ports import free_udp_port
 from helpers.turnedge import TurnEdge
 from twisted.internet import threads
 
@@ -22,25 +23,15 @@ pytestmark = pytest.mark.requires_tool(
 PEER_IP = "127.0.0.2"
 
 
-def _free_udp_port(ip: str) -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((ip, 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = TurnEdge(tmp_path)
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(TurnEdge(tmp_path))
 
 
 @pytest.fixture
 def peer():  # type: ignore[no-untyped-def]
     """turnutils_peer: a UDP echo server on 127.0.0.2."""
-    port = _free_udp_port(PEER_IP)
+    port = free_udp_port(PEER_IP)
     proc = subprocess.Popen(
         ["turnutils_peer", "-L", PEER_IP, "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -18,17 +18,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers.edge import LocalEdge
+from helpers.edge import LocalEdge, StopAfter
 from twisted.internet import threads
 
 MAX = 4096  # sip.max_message_size in these tests
 
 
 @pytest.fixture
-def edge(tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = LocalEdge(tmp_path, tail=f"[sip]\nmax_message_size = {MAX}\n")
-    yield e
-    pytest_twisted.blockon(e.stop())
+def edge(tmp_path: Path, stop_after: StopAfter) -> Any:
+    return stop_after(LocalEdge(tmp_path, tail=f"[sip]\nmax_message_size = {MAX}\n"))
 
 
 class RawWS:

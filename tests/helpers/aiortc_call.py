@@ -204,13 +204,19 @@ async def offer_and_answer(ua: WsUa, pc: RTCPeerConnection) -> str:
 # -------------------------------------------------------------------------------------------- edge
 
 
-async def audio_call(ua: WsUa) -> tuple[RTCPeerConnection, ToneTrack, Counter]:
-    """A new peer connection sending a tone, offered in ``ua``'s INVITE (or re-INVITE, e.g. an ICE
-    restart), ICE and DTLS connected; (pc, tone, counter). The peer connection is closed if that fails."""
+def tone_pc() -> tuple[RTCPeerConnection, ToneTrack, Counter]:
+    """A peer connection sending a tone, counting what it decodes; (pc, tone, counter)."""
     counter = Counter()
     pc = new_pc(counter)
     tone = ToneTrack()
     pc.addTrack(tone)
+    return pc, tone, counter
+
+
+async def audio_call(ua: WsUa) -> tuple[RTCPeerConnection, ToneTrack, Counter]:
+    """A :func:`tone_pc` offered in ``ua``'s INVITE (or re-INVITE), ICE and DTLS connected;
+    (pc, tone, counter). The peer connection is closed if that fails."""
+    pc, tone, counter = tone_pc()
     try:
         await offer_and_answer(ua, pc)
         await connected(pc)
@@ -218,3 +224,24 @@ async def audio_call(ua: WsUa) -> tuple[RTCPeerConnection, ToneTrack, Counter]:
         await pc.close()
         raise
     return pc, tone, counter
+
+
+async def ice_restart(
+    ua: WsUa, pcs: list[RTCPeerConnection]
+) -> tuple[RTCPeerConnection, ToneTrack, Counter, str]:
+    """An ICE restart as a browser makes one: a new :func:`tone_pc` (new ufrag/pwd, certificate, SSRC,
+    sequence numbers; appended to ``pcs``, which the caller closes) offered in a re-INVITE and connected;
+    (pc, tone, counter, the edge's answer)."""
+    pc, tone, counter = tone_pc()
+    pcs.append(pc)
+    answer = await offer_and_answer(ua, pc)
+    await connected(pc)
+    return pc, tone, counter, answer
+
+
+def check_window(window: tuple[int, int], what: str, min_sent: int, min_ratio: float = 0.9) -> None:
+    """A measuring window (frames sent, frames echoed back): at least ``min_sent`` sent and at least
+    ``min_ratio`` of them back."""
+    sent, got = window
+    assert sent >= min_sent, f"{what}: only {sent} frames sent"
+    assert got >= min_ratio * sent, f"{what}: {got} of {sent} frames came back"

@@ -33,12 +33,31 @@ if TYPE_CHECKING:
     from helpers.aiortc_call import LoopThread
 
 __all__ = [
-    "TOKEN", "InProcessEdge", "LocalEdge", "api", "config_text", "connect_refused", "edge_toml",
-    "free_tcp_port", "free_udp_port", "http", "media_range", "metrics", "on_reactor", "parse_metrics", "sample", "sleep",
-    "tenant_toml", "until",
-]  # fmt: skip
+    "TOKEN",
+    "InProcessEdge",
+    "LocalEdge",
+    "StopAfter",
+    "api",
+    "config_text",
+    "connect_refused",
+    "edge_toml",
+    "free_tcp_port",
+    "free_udp_port",
+    "http",
+    "media_range",
+    "metrics",
+    "on_reactor",
+    "parse_metrics",
+    "sample",
+    "sleep",
+    "tenant_toml",
+    "until",
+]
 
 TOKEN = "test-admin-token-0123456789"
+
+#: the ``stop_after`` fixture of tests/e2e/conftest.py: registers an edge, returns it, stops it at teardown
+StopAfter = Callable[[Any], Any]
 
 
 def tenant_toml(
