@@ -29,14 +29,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     "the TLS connection over to autobahn (no public API)",
     ("tx/cluster/replicator.py", "_makeEndpoint"): "txredisapi builds its endpoints only through this "
     "module function; the subscriber factory needs one with our connect deadline",
-    ("tx/ops/workers.py", "_asyncioEventloop"): "twisted's asyncio reactor keeps its loop here "
-    "(no public accessor)",
-    ("tx/media/relay.py", "_asyncioEventloop"): "twisted's asyncio reactor keeps its loop here "
-    "(no public accessor); " + OWNED_ELSEWHERE,
-    ("tx/turn/server.py", "_asyncioEventloop"): "twisted's asyncio reactor keeps its loop here "
-    "(no public accessor); " + OWNED_ELSEWHERE,
-    # files other engineers are changing now (media; SIP performance)
-    ("tx/turn/server.py", "_tasks"): OWNED_ELSEWHERE + " (media: one relay-endpoint module)",
+    ("tx/relay_endpoint.py", "_asyncioEventloop"): "twisted's asyncio reactor keeps its loop here "
+    "(no public accessor); the one loop lookup (asyncio_loop_of) for relay, TURN and workers",
+    # files other engineers were changing (SIP performance)
     ("core/sip/message.py", "_from_fields"): OWNED_ELSEWHERE + " (SIP parsing performance)",
     ("core/sip/transaction.py", "_due"): OWNED_ELSEWHERE + " (SIP transaction performance)",
     ("core/sip/transaction.py", "_deadlines"): OWNED_ELSEWHERE + " (SIP transaction performance)",
