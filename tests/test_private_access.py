@@ -16,7 +16,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mcs_edge"
 
-OWNED_ELSEWHERE = "owned by another change in progress (left for it; see the issue-17 report)"
 
 #: (module under mcs_edge/, attribute) -> why it is allowed.
 ALLOWED: dict[tuple[str, str], str] = {
@@ -31,12 +30,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     "module function; the subscriber factory needs one with our connect deadline",
     ("tx/relay_endpoint.py", "_asyncioEventloop"): "twisted's asyncio reactor keeps its loop here "
     "(no public accessor); the one loop lookup (asyncio_loop_of) for relay, TURN and workers",
-    # files other engineers were changing (SIP performance)
-    ("core/sip/message.py", "_from_fields"): OWNED_ELSEWHERE + " (SIP parsing performance)",
-    ("core/sip/transaction.py", "_due"): OWNED_ELSEWHERE + " (SIP transaction performance)",
-    ("core/sip/transaction.py", "_deadlines"): OWNED_ELSEWHERE + " (SIP transaction performance)",
-    ("core/sip/transaction.py", "_schedule"): OWNED_ELSEWHERE + " (SIP transaction performance)",
-    ("core/sip/transaction.py", "_remove"): OWNED_ELSEWHERE + " (SIP transaction performance)",
 }
 
 _REFLECT = frozenset({"getattr", "hasattr", "setattr"})

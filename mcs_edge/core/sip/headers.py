@@ -204,14 +204,14 @@ class Headers:
         self._fields: list[HeaderField] = [(header_key(n), n, v, None) for n, v in fields]
 
     @classmethod
-    def _from_fields(cls, fields: list[HeaderField]) -> Headers:
+    def from_fields(cls, fields: list[HeaderField]) -> Headers:
         self = cls.__new__(cls)
         self._fields = fields
         return self
 
     def copy(self) -> Headers:
         """Return an independent copy (fields are immutable tuples, so this is one list copy)."""
-        return Headers._from_fields(self._fields.copy())
+        return Headers.from_fields(self._fields.copy())
 
     @property
     def fields(self) -> list[HeaderField]:

@@ -365,7 +365,7 @@ class Response(Message):
                 else:
                     fields.append(f)
         fields.append(("content-length", "Content-Length", "0", None))
-        return cls(status, reason, Headers._from_fields(fields))
+        return cls(status, reason, Headers.from_fields(fields))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Response):
@@ -453,7 +453,7 @@ def parse(
         append((key, name, value.strip(" \t"), raw))
     if len(fields) > limits.max_header_count:
         raise _fail("too many header fields", 400, is_request)
-    headers = Headers._from_fields(fields)
+    headers = Headers.from_fields(fields)
 
     # --- start line ---
     msg: Request | Response

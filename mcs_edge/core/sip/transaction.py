@@ -254,12 +254,12 @@ class Transaction:
     """State, timers and event queue shared by client and server transactions."""
 
     __slots__ = (
-        "_deadlines",
-        "_due",
         "_events",
         "_layer",
         "_request",
         "config",
+        "deadlines",
+        "due_bucket",
         "is_invite",
         "key",
         "method",
@@ -280,10 +280,10 @@ class Transaction:
         self.config = config
         self.is_invite = self.method == "INVITE"
         self.state = State.TERMINATED
-        self._deadlines: dict[str, float] = {}
+        self.deadlines: dict[str, float] = {}
         self._events: deque[Event] = deque() if events is None else events
         self._layer: TransactionLayer | None = None
-        self._due: float | None = None  # the layer's bucket this transaction sits in
+        self.due_bucket: float | None = None  # the layer's bucket this transaction sits in
         self.key: tuple[str, ...] = ()
 
     @property
@@ -319,29 +319,29 @@ class Transaction:
 
     def get_timer(self) -> float | None:
         """The earliest absolute deadline, or ``None``."""
-        return min(self._deadlines.values()) if self._deadlines else None
+        return min(self.deadlines.values()) if self.deadlines else None
 
     def timer(self, name: str) -> float | None:
         """The deadline of one named timer (``"A"`` ... ``"M"``), or ``None``."""
-        return self._deadlines.get(name)
+        return self.deadlines.get(name)
 
     def _start(self, name: str, deadline: float) -> None:
-        self._deadlines[name] = deadline
+        self.deadlines[name] = deadline
         if self._layer is not None:
-            self._layer._schedule(self)
+            self._layer.schedule(self)
 
     def _stop(self, *names: str) -> None:
         for name in names:
-            self._deadlines.pop(name, None)
+            self.deadlines.pop(name, None)
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline is at or before ``now``, earliest first."""
         while self.state is not State.TERMINATED:
-            due = [(t, n) for n, t in self._deadlines.items() if t <= now]
+            due = [(t, n) for n, t in self.deadlines.items() if t <= now]
             if not due:
                 return
             deadline, name = min(due)
-            del self._deadlines[name]
+            del self.deadlines[name]
             self._fire(name, deadline, now)
 
     def _fire(self, name: str, deadline: float, now: float) -> None:
@@ -356,10 +356,10 @@ class Transaction:
 
     def _terminate(self) -> None:
         self.state = State.TERMINATED
-        self._deadlines.clear()
+        self.deadlines.clear()
         self._events.append(Terminated(self))
         if self._layer is not None:
-            self._layer._remove(self)
+            self._layer.forget(self)
 
     def _send(self, message: Request | Response | None, data: bytes | None = None) -> bytes:
         if data is None:
@@ -707,10 +707,10 @@ class TransactionLayer:
             if entry is None:
                 continue
             for tx in entry if isinstance(entry, list) else (entry,):
-                tx._due = None
+                tx.due_bucket = None
                 if tx.state is not State.TERMINATED:
                     tx.handle_timer(now)
-                    self._schedule(tx)
+                    self.schedule(tx)
 
     def next_event(self) -> Event | None:
         """Pop the next event of any transaction."""
@@ -722,16 +722,16 @@ class TransactionLayer:
         self._events.clear()
         return out
 
-    def _schedule(self, tx: Transaction) -> None:
+    def schedule(self, tx: Transaction) -> None:
         """File ``tx`` under its earliest deadline (after a timer started or fired)."""
-        deadlines = tx._deadlines
+        deadlines = tx.deadlines
         due = min(deadlines.values()) if deadlines else None
-        old = tx._due
+        old = tx.due_bucket
         if due == old:
             return
         if old is not None:
             self._unfile(tx, old)
-        tx._due = due
+        tx.due_bucket = due
         if due is not None:
             buckets = self._buckets
             entry = buckets.get(due)
@@ -753,10 +753,10 @@ class TransactionLayer:
             if not entry:
                 del buckets[due]
 
-    def _remove(self, tx: Transaction) -> None:
-        if tx._due is not None:
-            self._unfile(tx, tx._due)
-            tx._due = None
+    def forget(self, tx: Transaction) -> None:
+        if tx.due_bucket is not None:
+            self._unfile(tx, tx.due_bucket)
+            tx.due_bucket = None
         if isinstance(tx, ClientTransaction):
             key = (tx.key[0], tx.key[1])
             if self._clients.get(key) is tx:
