@@ -239,6 +239,10 @@ class RelayEndpoints:
             return endpoint
         sock = bind_socket(host, port, reuse_port=reuse_port)
         task = endpoint.listen_native(loop, sock, received, on_ready, on_failed)
+        if on_ready is not None and not endpoint.native:
+            # until the loop's endpoint exists the owner sends on the bound socket (a TURN client's
+            # first ChannelData can arrive before it); on_ready is called again with the loop's sendto
+            on_ready(endpoint.sendto)
         if not task.done():
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
