@@ -18,7 +18,7 @@ a status to a request's SDP                answers the request with that status 
 a status to a 18x answer (initial INVITE)  CANCELs the INVITE, answers 488 (RFC 3261 s.9.1)
 a status to a 2xx answer (INVITE)          ACKs and BYEs that dialog, answers 488
                                            (RFC 3261 s.13.3.1.4: no half-open call)
-a status to another response               relays 500 "Media Error" instead
+a status to another 1xx or 2xx             relays 500 "Media Error" instead
 =========================================  =================================================
 """
 
