@@ -39,7 +39,7 @@ from .state import Pair, ProxyState
 from .transaction import ServerTransaction
 
 if TYPE_CHECKING:
-    from .registrar import Flow
+    from .flows import Flow
 
 __all__ = ["Dialogs"]
 

@@ -47,8 +47,9 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
+from .destinations import Addr, FlowDest
 from .headers import NameAddr, SipUri
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "IN_GRACE",
     "Binding",
     "BindingKey",
+    "Flow",
     "FlowRegistry",
     "LostFlow",
     "RecoveryHistogram",
@@ -357,3 +359,23 @@ class RecoveryHistogram:
             out.append((repr(bound), running))
         out.append(("+Inf", self.count))
         return out
+
+
+@dataclass(slots=True, eq=False)
+class Flow:
+    """One client connection as the proxy sees it."""
+
+    id: int
+    token: str
+    tenant: Any
+    transport: str  # "wss" or "tls"
+    peer: Addr
+    aliases: dict[str, str] = field(default_factory=dict)  # alias key -> original Contact URI
+    registered: bool = False
+    last_seen: float = 0.0
+    aor: str = ""  # the address of record of its last successful REGISTER (admin API, panel)
+    #: Where its transactions' messages go (one value per flow, shared by them).
+    dest: FlowDest = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dest = FlowDest(self.id)

@@ -25,9 +25,10 @@ from __future__ import annotations
 from mcs_edge.errors import LocalProtocolError
 
 from .destinations import BackendDest, Dest
+from .flows import Flow
 from .headers import NameAddr, SipUri
 from .message import Request
-from .registrar import Flow, Registrar
+from .registrar import Registrar
 from .routing import Addr, response_addr
 from .state import DIALOG_METHODS, REASONS, Pair
 from .transaction import ServerTransaction

@@ -33,9 +33,9 @@ from typing import Any
 
 from .cancel import Cancelling
 from .destinations import BackendDest, Dest
+from .flows import Flow
 from .headers import SipUri
 from .message import Request, Response
-from .registrar import Flow
 from .routing import FLOW_PARAM, Addr, response_addr, stamp_received
 from .wakeup import Wakeups
 

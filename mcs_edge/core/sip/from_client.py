@@ -36,10 +36,10 @@ from __future__ import annotations
 
 from .cancel import Cancelling
 from .destinations import BackendDest
+from .flows import Flow
 from .forwarding import Forwarding
 from .headers import SipUri
 from .message import Request, Response
-from .registrar import Flow
 from .routing import stamp_received
 from .state import DIALOG_METHODS, REASONS
 

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Protocol
 from .message import Request, Response
 
 if TYPE_CHECKING:
-    from .registrar import Flow
-    from .state import Pair
+    from .flows import Flow
+    from .pairs import Pair
 
 __all__ = ["LocalService", "MediaHook", "PassthroughMedia"]
 

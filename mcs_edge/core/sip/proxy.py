@@ -78,13 +78,12 @@ from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 from .calls import Dialog
 from .destinations import Action, BackendDest, CloseFlow, Dest, FlowDest, Push, ToBackend, ToFlow
-from .flows import BindingKey
+from .flows import BindingKey, Flow
 from .framing import PING, PONG
 from .from_backend import BackendRequests
 from .from_client import ClientRequests
 from .media_hook import LocalService, MediaHook, PassthroughMedia
 from .message import Request, Response, parse
-from .registrar import Flow
 from .responses import Responses
 from .routing import Addr, ProxySettings, TenantInfo
 from .state import Pair

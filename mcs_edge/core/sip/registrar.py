@@ -26,40 +26,19 @@ REGISTER to a PBX without Path         each Contact rewritten to an alias at the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from mcs_edge.errors import RemoteProtocolError
 
 from .calls import address_of_record
-from .destinations import CloseFlow, FlowDest
+from .destinations import CloseFlow
 from .dialogs import Dialogs
-from .flows import BindingKey, binding_key
+from .flows import BindingKey, Flow, binding_key
 from .headers import SipUri
 from .message import Request, Response
 from .routing import FLOW_PARAM, Addr, hostport, replace_uri
 
 __all__ = ["Flow", "Registrar"]
-
-
-@dataclass(slots=True, eq=False)
-class Flow:
-    """One client connection as the proxy sees it."""
-
-    id: int
-    token: str
-    tenant: Any
-    transport: str  # "wss" or "tls"
-    peer: Addr
-    aliases: dict[str, str] = field(default_factory=dict)  # alias key -> original Contact URI
-    registered: bool = False
-    last_seen: float = 0.0
-    aor: str = ""  # the address of record of its last successful REGISTER (admin API, panel)
-    #: Where its transactions' messages go (one value per flow, shared by them).
-    dest: FlowDest = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.dest = FlowDest(self.id)
 
 
 class Registrar(Dialogs):

@@ -44,7 +44,7 @@ from .message import Request
 from .transaction import TimerConfig
 
 if TYPE_CHECKING:
-    from .registrar import Flow
+    from .flows import Flow
 
 __all__ = [
     "FLOW_PARAM",

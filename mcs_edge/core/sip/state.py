@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mcs_edge.core.push.bindings import PushRegistry, WakeTable
@@ -43,12 +42,13 @@ from .destinations import Action, Dest, FlowDest, ToBackend, ToFlow
 from .flows import FlowRegistry, RecoveryHistogram
 from .media_hook import LocalService, MediaHook, PassthroughMedia
 from .message import Limits, Request, Response
+from .pairs import Pair
 from .problems import Problem
 from .routing import Addr, ProxySettings, Routing
 from .transaction import ClientTransaction, ServerTransaction, TransactionLayer
 
 if TYPE_CHECKING:
-    from .registrar import Flow
+    from .flows import Flow
 
 __all__ = [
     "DIALOG_METHODS",
@@ -68,41 +68,6 @@ LOCAL_CLASS = tuple(f"sip_responses_local_{c}xx" for c in range(7))
 RELAYED_CLASS = tuple(f"sip_responses_relayed_{c}xx" for c in range(7))
 
 REASONS = {488: "Not Acceptable Here", 503: "Service Unavailable", 500: "Server Internal Error"}
-
-
-@dataclass(slots=True, eq=False)
-class Pair:
-    """A server transaction and the client transaction that forwards its request.
-
-    Once the final response is sent the pair keeps only what a 2xx retransmission needs (method,
-    Call-ID, whether the INVITE was initial): ``request`` is released (None) like the transactions'.
-    """
-
-    server: ServerTransaction
-    tenant_id: str
-    from_client: bool
-    flow_id: int  # the client flow involved (source or target)
-    request: Request | None  # the forwarded request (as sent); None once the final response is sent
-    client: ClientTransaction | None = None
-    got_provisional: bool = False
-    cancel_pending: bool = False
-    final_sent: bool = False
-    #: The far side's 2xx carried an answer the media relay cannot use: that dialog was ACKed and
-    #: BYEd by the edge (this ACK is re-sent for each 2xx retransmission).
-    refused_ack: tuple[Dest, bytes] | None = None
-    #: An early answer (18x) was unusable: the INVITE was CANCELled and refused; a 2xx that still
-    #: comes is ACKed and BYEd.
-    abandoned: bool = False
-    method: str = ""
-    call_id: str = ""
-    initial: bool = False  # no To tag: creates a dialog (an initial INVITE is a new call)
-
-    def __post_init__(self) -> None:
-        request = self.request
-        if request is not None:
-            self.method = request.method
-            self.call_id = request.call_id
-            self.initial = request.to.tag is None
 
 
 class ProxyState:

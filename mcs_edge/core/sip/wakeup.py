@@ -33,10 +33,10 @@ from mcs_edge.core.push.bindings import FAILED_REASON, PushKey, Waiting, feature
 from mcs_edge.errors import RemoteProtocolError
 
 from .destinations import Push
+from .flows import Flow
 from .forwarding import Forwarding
 from .headers import NameAddr, SipUri
 from .message import Request, Response
-from .registrar import Flow
 from .routing import FLOW_PARAM, Addr
 from .state import LOCAL_CLASS
 from .transaction import ServerTransaction

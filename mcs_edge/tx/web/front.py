@@ -19,14 +19,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from mcs_edge import __version__
 from mcs_edge.tx.sip.websocket import refuse_version, take_over
-from mcs_edge.tx.tls.certificates import tls_binding
 from mcs_edge.tx.turn.api import render_ice_servers
+from mcs_edge.tx.web.binding import bound_tenant
 from mcs_edge.tx.web.handoff import CertificateHandoff
 from mcs_edge.tx.web.proxy import pass_websocket
 from mcs_edge.tx.web.scripts import SCRIPTS, render_script
 
 if TYPE_CHECKING:
-    from mcs_edge.config import TenantConfig
     from mcs_edge.tx.protect.guard import Protection
     from mcs_edge.tx.seams import LiveConfig
     from mcs_edge.tx.sip.router import SipRouter
@@ -37,26 +36,6 @@ if TYPE_CHECKING:
     from mcs_edge.tx.web.proxy import HttpProxy
 
 __all__ = ["FrontResource", "bound_tenant"]
-
-
-def bound_tenant(service: LiveConfig, request: Request) -> tuple[TenantConfig | None, int, str]:
-    """(tenant, status, reason): the tenant this request may reach, or why not.
-
-    With ``tls.unknown_sni = "default"``, a connection without SNI (or with a name no tenant owns)
-    is served by ``tls.default_tenant``; its requests whose Host no tenant owns (an IP address, a
-    name of no tenant) are bound to that tenant too, as the certificate already was. A Host that
-    belongs to another tenant is still refused (421).
-    """
-    host = request.getHeader("host")
-    by_host = service.tenants.by_host(host)
-    by_sni, by_default = tls_binding(request.channel.transport, service.tenants, service.config)
-    if by_host is None:
-        if by_default and by_sni is not None:
-            return by_sni, 200, ""
-        return None, 404, "unknown host"
-    if by_sni is not None and by_sni.id != by_host.id:
-        return None, 421, "Host does not match the TLS server name"
-    return by_host, 200, ""
 
 
 class FrontResource(Resource):

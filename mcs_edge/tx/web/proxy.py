@@ -15,7 +15,7 @@ In ``gotLength``:
    ``Content-Length`` fields, both together, obs-fold, bare CR/LF, several Hosts, bad chunking -- is
    refused with one 400 and a close by :class:`~mcs_edge.tx.web.framing.StrictHTTPChannel` before
    a request exists: smuggling attempts never reach a backend).
-2. Routing: the tenant is the one Host *and* SNI agree on (:func:`~mcs_edge.tx.web.front.bound_tenant`;
+2. Routing: the tenant is the one Host *and* SNI agree on (:func:`~mcs_edge.tx.web.binding.bound_tenant`;
    otherwise the request goes to :class:`~mcs_edge.tx.web.front.FrontResource`, which answers 421/404).
    A tenant with ``backend_http`` gets everything except ``/.well-known/mcs-edge/...`` (served by
    the edge) and WebSocket upgrades (``FrontResource`` sends subprotocol ``sip`` to the SIP edge and
@@ -66,6 +66,7 @@ from zope.interface import implementer
 
 from mcs_edge.core.tenants.table import normalise_host
 from mcs_edge.tx.ops.logs import RateLimitedLog
+from mcs_edge.tx.web.binding import bound_tenant
 from mcs_edge.tx.web.framing import request_line
 
 if TYPE_CHECKING:
@@ -228,8 +229,6 @@ class HttpProxy:
         upgrade = (request.getHeader("upgrade") or "").lower()
         if "websocket" in upgrade:
             return None
-        from mcs_edge.tx.web.front import bound_tenant
-
         tenant, _status, _reason = bound_tenant(self.live, request)
         if tenant is None or not tenant.backend_http:
             return None
