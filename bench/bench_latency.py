@@ -744,13 +744,12 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
         c.close()
 
 
-def _txmem() -> None:
+def _txmem(counts: list[int]) -> None:
     """Bytes held per transaction kept by Timers J/K/L/M, measured in the proxy core."""
     import gc
     import tracemalloc
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from mcs_edge.core.sip import headers
     from mcs_edge.core.sip.proxy import ProxySettings, SipProxy, ToBackend, ToFlow
 
     class Tenant:
@@ -813,38 +812,62 @@ def _txmem() -> None:
             assert isinstance(action, ToFlow)
 
     def caches() -> None:
-        for fn in vars(headers).values():  # bounded parse caches are not per-transaction memory
-            if hasattr(fn, "cache_clear"):
-                fn.cache_clear()
+        # Bounded parse caches (at most a few thousand entries whatever the load) are not
+        # per-transaction memory: empty every one of the SIP core before each snapshot.
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith("mcs_edge.core.sip"):
+                for fn in vars(module).values():
+                    if hasattr(fn, "cache_clear"):
+                        fn.cache_clear()
         gc.collect()
 
-    rate, seconds = 300.0, 40.0  # steady state: Timers L/M (32 s) keep 32 s of calls
+    # Timers K (T4 = 5 s, REGISTER toward the UDP PBX) and L/M (64*T1 = 32 s, INVITE) keep the
+    # transactions of the last 5 s / 32 s: the rate sets how many are held. A table resize can
+    # land inside the window (a dict doubles at 2/3 full), so one count can read high or low:
+    # bytes per transaction is the slope between counts.
+    hold = {"REGISTER": 5.0, "INVITE": 32.0}
     now = 1.0
+    serial = 0
     for method in ("REGISTER", "INVITE"):
         for i in range(200):
-            one(-1 - i, method, now)  # warm up
-        now += 100.0
-        core.handle_timer(now)
-        core.drain()
-        caches()
-        tracemalloc.start()
-        snap0 = tracemalloc.take_snapshot()
-        held0 = len(core.layer)
-        for i in range(int(rate * seconds)):
-            one(i + (0 if method == "REGISTER" else 10**6), method, now)
-            now += 1 / rate
-        core.calls.calls.clear()  # the call table is live state, not a retained transaction
-        caches()
-        snap1 = tracemalloc.take_snapshot()
-        tracemalloc.stop()
-        held = len(core.layer) - held0
-        size = sum(s.size_diff for s in snap1.compare_to(snap0, "filename"))
-        if os.environ.get("TXMEM_DETAIL"):
-            for stat in snap1.compare_to(snap0, "lineno")[:12]:
-                print("   ", stat)
+            one(-1 - i - serial, method, now)  # warm up
+        serial += 200
+        points: list[tuple[int, int]] = []
+        for target in counts:
+            rate = target / hold[method] / (2 if method == "INVITE" else 1)  # INVITE: server + client
+            seconds = hold[method] * 1.25
+            now += 100.0
+            core.handle_timer(now)
+            core.drain()
+            core.calls.calls.clear()
+            caches()
+            tracemalloc.start()
+            snap0 = tracemalloc.take_snapshot()
+            held0 = len(core.layer)
+            for _ in range(int(rate * seconds)):
+                one(serial, method, now)
+                serial += 1
+                now += 1 / rate
+            core.calls.calls.clear()  # the call table is live state, not a retained transaction
+            caches()
+            snap1 = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            held = len(core.layer) - held0
+            size = sum(s.size_diff for s in snap1.compare_to(snap0, "filename"))
+            if os.environ.get("TXMEM_DETAIL"):
+                for stat in snap1.compare_to(snap0, "lineno")[:12]:
+                    print("   ", stat)
+            points.append((held, size))
+            print(f"retained {method:8}: {held:6} transactions held, {size / 1024:8.1f} KiB, {size / max(held, 1):5.0f} B each")
+        slopes = [(b1 - b0) / (h1 - h0) for (h0, b0), (h1, b1) in zip(points, points[1:]) if h1 != h0]
+        n = len(points)
+        mh = sum(h for h, _ in points) / n
+        mb = sum(b for _, b in points) / n
+        den = sum((h - mh) ** 2 for h, _ in points)
+        fit = sum((h - mh) * (b - mb) for h, b in points) / den if den else float("nan")
         print(
-            f"retained {method:8}: {held} transactions held after {seconds:.0f} s at {rate:.0f}/s, "
-            f"{size / max(held, 1):.0f} bytes each"
+            f"retained {method:8}: {fit:.0f} bytes per transaction (least-squares slope over "
+            f"{', '.join(str(h) for h, _ in points)}; between counts: {', '.join(f'{x:.0f}' for x in slopes)})"
         )
         now += 100.0
         core.handle_timer(now)
@@ -868,6 +891,11 @@ def main() -> None:
     ap.add_argument("--overload-seconds", type=float, default=20)
     ap.add_argument("--overload-extra", default="", help="edge.toml text for the overload edge (defaults)")
     ap.add_argument("--txmem", action="store_true")
+    ap.add_argument(
+        "--txmem-counts",
+        default="1000,1500,3000,6000",
+        help="retained transactions to measure at (--txmem); bytes each is the slope between them",
+    )
     ap.add_argument(
         "--baseline-src",
         default="",
@@ -915,7 +943,7 @@ def main() -> None:
         NICE[:] = ["chrt", "-f", str(args.rt)]
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.rt))
     if args.txmem:
-        _txmem()
+        _txmem([int(x) for x in args.txmem_counts.split(",")])
         return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

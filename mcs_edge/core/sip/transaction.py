@@ -275,7 +275,8 @@ class Transaction:
         events: deque[Event] | None,
     ) -> None:
         self._request: Request | None = request
-        self.method = request.method
+        # The shared name, not the parsed message's string (57 B kept per retained transaction).
+        self.method = _METHODS.get(request.method, request.method)
         self.reliable = reliable
         self.config = config
         self.is_invite = self.method == "INVITE"
