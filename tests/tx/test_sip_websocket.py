@@ -1,16 +1,28 @@
-"""The SIP WebSocket adapter in virtual time: the WSS400 log budget, the liveness sweep, keepalives, closing."""
+"""The SIP WebSocket adapter in virtual time: the WSS400 log budget, the liveness sweep, keepalives, closing,
+the hand-off from HTTP."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mcs_edge import config as c
-from mcs_edge.tx.sip.websocket import CLOSE_TIMEOUT, LOG_PER_SECOND, SipWebSocketFactory, SipWebSocketProtocol
+from mcs_edge.tx.sip.websocket import (
+    CLOSE_TIMEOUT,
+    LOG_PER_SECOND,
+    SipWebSocketFactory,
+    SipWebSocketProtocol,
+    take_over,
+)
 
 CFG = c.loads(
     '[listen]\nhttps = "127.0.0.1:8443"\n[[tenants]]\nid = "rossi"\ndomains = ["rossi.example.com"]\n'
@@ -126,3 +138,51 @@ def test_refused_flow_closes_with_4008() -> None:
     router = _Router(refuse=True)
     _, _, _, transport = _open(router)
     assert transport.value() == b"\x88\x12\x0f\xa8connection limit" and transport.disconnecting
+
+
+class _Upgrade(Resource):
+    """A resource that hands a SIP WebSocket upgrade over as the front does."""
+
+    isLeaf = True
+
+    def __init__(self, factory: SipWebSocketFactory) -> None:
+        super().__init__()
+        self.factory = factory
+        self.requests: list[weakref.ref[Request]] = []
+
+    def render(self, request: Request) -> Any:
+        self.requests.append(weakref.ref(request))
+        refusal = take_over(request, self.factory, CFG.tenants[0])
+        return NOT_DONE_YET if refusal is None else refusal
+
+
+def test_hand_off_leaves_no_reference_cycle_between_http_channel_and_request() -> None:
+    """Once the WebSocket owns the connection, the HTTP channel and its request are freed by
+    reference counting alone (no cycle left for the collector: gc is disabled here)."""
+    clock = Clock()
+    factory = SipWebSocketFactory(_Router(), CFG, clock, clock.seconds)  # type: ignore[arg-type]
+    resource = _Upgrade(factory)
+    site = Site(resource)
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4000))
+    assert channel is not None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 4000))
+    gc.collect()
+    gc.disable()
+    try:
+        channel.makeConnection(transport)
+        channel.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: rossi.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Protocol: sip\r\n\r\n"
+        )
+        assert b"101 Switching Protocols" in transport.value()
+        proto = transport.protocol
+        assert isinstance(proto, SipWebSocketProtocol)
+        channel_ref = weakref.ref(channel)
+        (request_ref,) = resource.requests
+        del channel
+        assert channel_ref() is None
+        assert request_ref() is None
+        proto.connectionLost(Failure(ConnectionDone()))
+    finally:
+        gc.enable()

@@ -375,4 +375,11 @@ def take_over(request: Request, factory: SipWebSocketFactory, tenant: TenantConf
         nodelay(True)
     transport.write(opening_answer(accept, b"sip", _SERVER))
     proto.start()
+    # The HTTP channel and its request point at each other (``channel.requests``,
+    # ``request.channel``) and the channel never finishes this request: with the WebSocket owning
+    # the transport, drop the channel's side so both are freed by reference counting, not by the
+    # cycle collector (one cycle per connection otherwise).
+    requests = getattr(channel, "requests", None)
+    if isinstance(requests, list):
+        requests.clear()
     return None
