@@ -839,7 +839,7 @@ def _txmem(counts: list[int]) -> None:
             now += 100.0
             core.handle_timer(now)
             core.drain()
-            core.calls.calls.clear()
+            core.calls.flow_closed(flow.id)
             caches()
             tracemalloc.start()
             snap0 = tracemalloc.take_snapshot()
@@ -848,7 +848,7 @@ def _txmem(counts: list[int]) -> None:
                 one(serial, method, now)
                 serial += 1
                 now += 1 / rate
-            core.calls.calls.clear()  # the call table is live state, not a retained transaction
+            core.calls.flow_closed(flow.id)  # the call table is live state, not a retained transaction
             caches()
             snap1 = tracemalloc.take_snapshot()
             tracemalloc.stop()
