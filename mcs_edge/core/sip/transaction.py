@@ -225,6 +225,9 @@ _METHODS = {
     )
 }
 
+_SENT_BY: dict[str, str] = {}
+_SENT_BY_MAX = 4096
+
 
 def client_key(branch: str, method: str) -> ClientKey:
     """Client transaction key (s.17.1.3): top Via branch and CSeq method (ACK counts as INVITE)."""
@@ -234,7 +237,15 @@ def client_key(branch: str, method: str) -> ClientKey:
 def cookie_server_key(branch: str, host: str, port: int | None, method: str) -> ServerKey:
     """Server transaction key for an RFC 3261 branch: (branch, sent-by, method), sent-by as one string."""
     method = "INVITE" if method == "ACK" else _METHODS.get(method, method)
-    return branch, host if port is None else f"{host}:{port}", method
+    sent_by = host if port is None else f"{host}:{port}"
+    # One shared string per sent-by, not a copy per transaction (58 B each kept while Timers
+    # L/H/J hold the transaction). Bounded: past the limit new values are simply not shared.
+    shared = _SENT_BY.get(sent_by)
+    if shared is None:
+        if len(_SENT_BY) < _SENT_BY_MAX:
+            _SENT_BY[sent_by] = sent_by
+        shared = sent_by
+    return branch, shared, method
 
 
 def server_key(request: Request) -> ServerKey:

@@ -436,6 +436,19 @@ def test_completed_invite_client_resends_its_ack_from_bytes() -> None:
     assert again.data == ack.data
 
 
+def test_retained_keys_share_method_and_sent_by_with_no_string_of_the_parsed_message() -> None:
+    """Two transactions from two parsed messages share the method name and the sent-by string of
+    their keys: a completed transaction keeps no string of its message beyond its own branch."""
+    a, b = request("OPTIONS", "z9hG4bKa"), request("OPTIONS", "z9hG4bKb")
+    assert a.method is not b.method  # each parse makes its own strings
+    ta, tb = ServerTransaction(a, 0.0, reliable=False), ServerTransaction(b, 0.0, reliable=False)
+    assert ta.method is tb.method
+    assert ta.key[1] == "client.example.com:5060" and ta.key[1] is tb.key[1]
+    assert ta.key[2] is tb.key[2] is ta.method
+    ca, cb = ClientTransaction(a, 0.0, reliable=False), ClientTransaction(b, 0.0, reliable=False)
+    assert ca.method is cb.method is ca.key[1] is cb.key[1]
+
+
 def test_accepted_invite_transactions_release_their_messages() -> None:
     """RFC 6026 Accepted (Timers L and M, 64*T1): both sides keep no parsed message."""
     req = request()
