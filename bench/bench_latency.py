@@ -20,16 +20,19 @@ the machine is shared, so read ratios within one run):
    load is served again.
 6. **bytes per retained transaction** (``--txmem``): REGISTER and INVITE transactions completed
    through the proxy core in this process, measured with ``tracemalloc`` while Timers J/K/L/M
-   still hold them.
+   still hold them, at several counts (``--txmem-counts``, bounded parse caches emptied): bytes
+   per transaction is the slope between counts, so a table doubling inside one window does not
+   set the figure.
 
 Usage: ``python bench/bench_latency.py [--steps 25,50,75] [--seconds 10] [--conns 50] [--overload]
-[--churn-calls 100000] [--rss-seconds 60 --rss-rate 300] [--txmem]``.
+[--churn-calls 100000] [--rss-seconds 60 --rss-rate 300] [--txmem [--txmem-counts 1000,1500,3000,6000]]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -38,6 +41,7 @@ import secrets
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -858,13 +862,15 @@ def _txmem(counts: list[int]) -> None:
                 for stat in snap1.compare_to(snap0, "lineno")[:12]:
                     print("   ", stat)
             points.append((held, size))
-            print(f"retained {method:8}: {held:6} transactions held, {size / 1024:8.1f} KiB, {size / max(held, 1):5.0f} B each")
-        slopes = [(b1 - b0) / (h1 - h0) for (h0, b0), (h1, b1) in zip(points, points[1:]) if h1 != h0]
-        n = len(points)
-        mh = sum(h for h, _ in points) / n
-        mb = sum(b for _, b in points) / n
-        den = sum((h - mh) ** 2 for h, _ in points)
-        fit = sum((h - mh) * (b - mb) for h, b in points) / den if den else float("nan")
+            print(
+                f"retained {method:8}: {held:6} transactions held, {size / 1024:8.1f} KiB, {size / max(held, 1):5.0f} B each"
+            )
+        slopes = [(b1 - b0) / (h1 - h0) for (h0, b0), (h1, b1) in itertools.pairwise(points) if h1 != h0]
+        fit = (
+            statistics.linear_regression([h for h, _ in points], [b for _, b in points]).slope
+            if len({h for h, _ in points}) > 1
+            else float("nan")
+        )
         print(
             f"retained {method:8}: {fit:.0f} bytes per transaction (least-squares slope over "
             f"{', '.join(str(h) for h, _ in points)}; between counts: {', '.join(f'{x:.0f}' for x in slopes)})"
