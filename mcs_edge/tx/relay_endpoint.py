@@ -142,9 +142,13 @@ class RelayEndpoint:
             self._sock = None
 
     def _send_socket(self, data: bytes, addr: Any) -> None:
-        """Before the loop's endpoint exists: write on the bound socket."""
+        """Before the loop's endpoint exists: write on the bound socket (a sender kept from then
+        goes through the loop's transport once it owns the socket)."""
         sock = self._sock
         if sock is None or self.closed:
+            transport = self.transport
+            if transport is not None and not self.closed:
+                transport.sendto(data, addr)
             return
         try:
             sock.sendto(data, addr)
