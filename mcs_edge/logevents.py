@@ -68,6 +68,8 @@ EVENTS: dict[str, str] = {
     # TLS
     "TLS201": "{tenant} certificate loaded from {path} (expires {expires}, sha256 {sha256})",
     "TLS401": "{tenant} certificate {path} not loaded: {reason}{keeping}",
+    "TLS300": "{listener}: TLS from {peer} for {name} refused before the handshake: {reason}",
+    "TLS400": "{listener}: bad TLS from {peer} ({kind}: {reason}); closed",
     # SIP
     "SIP230": "{tenant} call {call_id} moved to a new connection of its client after {seconds} s",
     "SIP400": "{problem}",  # no longer emitted: the core's problems have their own codes (SIP44x, PSH40x)

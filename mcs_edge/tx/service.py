@@ -348,13 +348,15 @@ class EdgeService(MultiService):
         site.timeOut = 60
         site.requestFactory = self.http_proxy.request_factory()
         https_factory = site if self.turn is None else self.turn.https_factory(site)
-        https_tls = self.metrics.tls_factory("https", self.certs, https_factory)
+        handshake = {"timers": self.timers, "handshake_timeout": lambda: self.config.tls.handshake_timeout}
+        https_tls = self.metrics.tls_factory("https", self.certs, https_factory, **handshake)
         self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
         if cfg.listen.sip_tls is not None:
             sip_tls = self.metrics.tls_factory(
                 "sip_tls",
                 self.certs.sip_tls_creator(),
                 SipStreamFactory(self.sip, lambda: self.config, lambda: self.tenants, self.shaping),
+                **handshake,
             )
             self._tcp("sip_tls", cfg.listen.sip_tls, GuardedFactory(sip_tls, self.protection, "sip_tls"))
         if cfg.listen.http is not None:  # ACME HTTP-01 answers, redirects to HTTPS

@@ -11,8 +11,10 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from helpers.https import Conn
-from OpenSSL import SSL
+from helpers.tlsmem import Memory, client_context
+from helpers.tlsstore import Echo
 from twisted.internet import threads
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 
 from mcs_edge import certs
@@ -23,6 +25,7 @@ from mcs_edge.tx.service import EdgeService
 from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls.acme import ACME_IDENTIFIER_OID, AcmeError, AcmeManager, _alpn_challenge_context
 from mcs_edge.tx.tls.certificates import CertificateStore
+from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
 
 
 def _config(state: Path, extra: str = "") -> c.EdgeConfig:
@@ -61,37 +64,12 @@ certificate = "self-signed"
 def _handshake(
     store: CertificateStore, sni: str, alpn: list[str] | None, max_tls: Any
 ) -> tuple[Any, str | None]:
-    """Run one handshake in memory: (peer certificate, negotiated ALPN)."""
-    server = store.serverConnectionForTLS(object())  # type: ignore[arg-type]
-    server.set_accept_state()
-    ctx = ssl._create_unverified_context()
-    ctx.maximum_version = max_tls
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    for _ in range(20):
-        try:
-            client.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            pass
-        data = outgoing.read()
-        if data:
-            server.bio_write(data)
-        try:
-            server.do_handshake()
-        except SSL.WantReadError:
-            pass
-        while True:
-            try:
-                out = server.bio_read(65536)
-            except SSL.WantReadError:
-                break
-            incoming.write(out)
-    der = client.getpeercert(binary_form=True)
+    """Run one handshake in memory through the edge's TLS layer: (peer certificate, negotiated ALPN)."""
+    mem = Memory(StdlibTLSFactory(store, Factory.forProtocol(Echo)), sni, client_context(alpn, max_tls))
+    assert mem.handshake()
+    der = mem.client.getpeercert(binary_form=True)
     assert der is not None
-    return x509.load_der_x509_certificate(der), client.selected_alpn_protocol()
+    return x509.load_der_x509_certificate(der), mem.client.selected_alpn_protocol()
 
 
 @pytest.fixture
@@ -103,10 +81,14 @@ def store(tmp_path: Path) -> CertificateStore:
     return s
 
 
-def test_acme_tls_client_gets_challenge_certificate_on_tls13(store: CertificateStore) -> None:
-    """A TLS 1.3 ClientHello offering acme-tls/1 for a pending name gets the RFC 8737 certificate."""
-    store.set_acme_challenge("Rossi.Example.com", _alpn_challenge_context("rossi.example.com", "tok.thumb"))
-    cert, alpn = _handshake(store, "rossi.example.com", ["acme-tls/1"], ssl.TLSVersion.TLSv1_3)
+@pytest.mark.parametrize("max_tls", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_acme_tls_client_gets_challenge_certificate(store: CertificateStore, max_tls: Any) -> None:
+    """A ClientHello offering acme-tls/1 for a pending name gets the RFC 8737 certificate, in TLS 1.3
+    and, since the certificate is chosen from the ClientHello before the handshake, in TLS 1.2."""
+    store.set_acme_challenge(
+        "Rossi.Example.com", _alpn_challenge_context(store, "rossi.example.com", "tok.thumb")
+    )
+    cert, alpn = _handshake(store, "rossi.example.com", ["acme-tls/1"], max_tls)
     assert alpn == "acme-tls/1"
     ext = cert.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID)
     assert ext.critical
@@ -115,11 +97,11 @@ def test_acme_tls_client_gets_challenge_certificate_on_tls13(store: CertificateS
 
 
 def test_ordinary_clients_never_see_the_challenge_certificate(store: CertificateStore) -> None:
-    """Without acme-tls/1, for another name, or over TLS 1.2, the tenant's usual certificate is served."""
+    """Without acme-tls/1, or once the challenge is removed, the tenant's usual certificate is served."""
     store.set_acme_challenge(
-        "bianchi.example.com", _alpn_challenge_context("bianchi.example.com", "tok.thumb")
+        "bianchi.example.com", _alpn_challenge_context(store, "bianchi.example.com", "tok.thumb")
     )
-    for alpn, tls in ((["http/1.1"], ssl.TLSVersion.TLSv1_3), (["acme-tls/1"], ssl.TLSVersion.TLSv1_2)):
+    for alpn, tls in ((["http/1.1"], ssl.TLSVersion.TLSv1_3), (["http/1.1"], ssl.TLSVersion.TLSv1_2)):
         cert, chosen = _handshake(store, "bianchi.example.com", alpn, tls)
         assert chosen != "acme-tls/1"
         with pytest.raises(x509.ExtensionNotFound):

@@ -16,6 +16,7 @@ from mcs_edge import config as c
 from mcs_edge.core.guard import Decision, RateLimit
 from mcs_edge.core.sip.message import Request, Response, parse
 from mcs_edge.core.tenants import TenantTable
+from mcs_edge.core.tls.client_hello import ClientHello
 from mcs_edge.tx.protect.guard import (
     ACCEPT,
     GuardedFactory,
@@ -356,16 +357,12 @@ def test_unknown_tls_server_name_is_counted_as_a_scanner() -> None:
     store = CertificateStore(h.cfg, TenantTable(h.cfg.tenants))
     store.on_unknown_sni = lambda: h.protection.scanner("tls_sni")
 
-    class Conn:
-        def __init__(self, name: bytes | None) -> None:
-            self.name = name
+    def hello(name: str | None) -> ClientHello:
+        return ClientHello(name, (b"http/1.1",), 0x0303, (0x0304,))
 
-        def get_servername(self) -> bytes | None:
-            return self.name
-
-    store._on_servername(Conn(b"scan.example.net"))  # type: ignore[arg-type]
-    store._on_servername(Conn(None))  # type: ignore[arg-type]
-    store._on_servername(Conn(b"rossi.example.com"))  # type: ignore[arg-type]
+    assert store.context_for_hello(hello("scan.example.net")) == "unknown_name"
+    assert store.context_for_hello(hello(None)) == "unknown_name"
+    assert store.context_for_hello(hello("rossi.example.com")) == "no_certificate"  # not loaded
     assert h.protection.scanner_kinds == {"tls_sni": 2}
 
 

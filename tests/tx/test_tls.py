@@ -12,12 +12,12 @@ import pytest
 import pytest_twisted
 from helpers.tlsstore import Echo, cert_env, tls_config, write_pair
 from twisted.internet import protocol, threads
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mcs_edge import certs
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.tx.tls.certificates import CertificateStore
+from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
 
 NAMES = {"rossi": "rossi.example.com", "bianchi": "bianchi.example.com", "verdi": "verdi.example.com"}
 
@@ -46,7 +46,7 @@ def _serve(store: CertificateStore) -> Any:
     from twisted.internet import reactor
 
     factory = protocol.Factory.forProtocol(Echo)
-    return reactor.listenTCP(0, TLSMemoryBIOFactory(store, False, factory), interface="127.0.0.1")
+    return reactor.listenTCP(0, StdlibTLSFactory(store, factory), interface="127.0.0.1")
 
 
 def _client_ctx(cafile: str, max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:

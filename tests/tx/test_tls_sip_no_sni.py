@@ -11,12 +11,12 @@ import pytest
 import pytest_twisted
 from helpers.tlsstore import Echo, cert_env, tls_config
 from twisted.internet import protocol, threads
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mcs_edge import config as c
 from mcs_edge.core.tenants import TenantTable
 from mcs_edge.errors import ConfigErrors
 from mcs_edge.tx.tls.certificates import CertificateStore
+from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
 
 NAMES = {"rossi": "rossi.example.com", "verdi": "verdi.example.com"}
 
@@ -50,10 +50,8 @@ def test_no_sni_gets_the_configured_certificate_on_sip_tls_only(env: dict[str, A
     store = CertificateStore(cfg, TenantTable(cfg.tenants))
     store.refresh()
     factory = protocol.Factory.forProtocol(Echo)
-    sip = reactor.listenTCP(
-        0, TLSMemoryBIOFactory(store.sip_tls_creator(), False, factory), interface="127.0.0.1"
-    )
-    https = reactor.listenTCP(0, TLSMemoryBIOFactory(store, False, factory), interface="127.0.0.1")
+    sip = reactor.listenTCP(0, StdlibTLSFactory(store.sip_tls_creator(), factory), interface="127.0.0.1")
+    https = reactor.listenTCP(0, StdlibTLSFactory(store, factory), interface="127.0.0.1")
     ca = env["ca"].cert_path
     try:
         san = yield threads.deferToThread(_handshake, sip.getHost().port, None, ca)
@@ -77,7 +75,7 @@ def test_without_the_setting_no_sni_is_refused_on_sip_tls(env: dict[str, Any]) -
     store.refresh()
     sip = reactor.listenTCP(
         0,
-        TLSMemoryBIOFactory(store.sip_tls_creator(), False, protocol.Factory.forProtocol(Echo)),
+        StdlibTLSFactory(store.sip_tls_creator(), protocol.Factory.forProtocol(Echo)),
         interface="127.0.0.1",
     )
     try:

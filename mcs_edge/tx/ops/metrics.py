@@ -56,11 +56,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metr
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
-from twisted.internet.protocol import connectionDone
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
-from twisted.python.failure import Failure
 
 from mcs_edge import __version__
+from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory, TlsStats
 
 if TYPE_CHECKING:
     from mcs_edge.tx.media.relay import MediaRelay
@@ -71,7 +69,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT_TYPE",
     "MERGE_MODES",
-    "CountingTLSFactory",
     "EdgeMetrics",
     "TlsStats",
     "acme_families",
@@ -139,51 +136,6 @@ def families(kind: Kind, rows: Iterable[tuple[str, str, Any, Iterable[str]]]) ->
     """:func:`family` for each (name, doc, values, labels) row of a table."""
     for name, doc, values, labels in rows:
         yield family(kind, name, doc, values, labels)
-
-
-class TlsStats:
-    """Handshake outcomes of one TLS listener."""
-
-    __slots__ = ("aborted", "failed", "ok")
-
-    def __init__(self) -> None:
-        self.ok = 0
-        self.failed = 0  # a TLS error (no certificate for the name, protocol version, bad record)
-        self.aborted = 0  # the connection ended before the handshake finished, without a TLS error
-
-
-class _CountingTLSTransport(BufferingTLSTransport):
-    """Counts the handshake outcome of each connection in its factory's :class:`TlsStats`."""
-
-    _mcs_failed = False
-
-    def _checkHandshakeStatus(self) -> None:  # noqa: N802
-        was_done = self._handshakeDone
-        super()._checkHandshakeStatus()
-        if was_done:
-            return
-        stats: TlsStats = self.factory.stats  # type: ignore[attr-defined]
-        if self._handshakeDone:
-            stats.ok += 1
-        elif self._lostTLSConnection and not self._mcs_failed:
-            self._mcs_failed = True
-            stats.failed += 1
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        if not self._handshakeDone and not self._mcs_failed:
-            self._mcs_failed = True
-            self.factory.stats.aborted += 1  # type: ignore[attr-defined]
-        super().connectionLost(reason)
-
-
-class CountingTLSFactory(TLSMemoryBIOFactory):
-    """``TLSMemoryBIOFactory`` whose connections count their handshake outcome."""
-
-    protocol = _CountingTLSTransport
-
-    def __init__(self, context_factory: Any, is_client: bool, wrapped: Any, stats: TlsStats) -> None:
-        super().__init__(context_factory, is_client, wrapped)
-        self.stats = stats
 
 
 class _Collector:
@@ -254,9 +206,10 @@ class EdgeMetrics:
             stats = self.tls[listener] = TlsStats()
         return stats
 
-    def tls_factory(self, listener: str, creator: Any, wrapped: Any) -> CountingTLSFactory:
-        """A server-side TLS wrapping factory whose handshakes count under ``listener``."""
-        return CountingTLSFactory(creator, False, wrapped, self.tls_stats(listener))
+    def tls_factory(self, listener: str, chooser: Any, wrapped: Any, **kw: Any) -> StdlibTLSFactory:
+        """A server-side TLS wrapping factory (tx/tls/stdlib_tls.py) whose handshakes count under
+        ``listener``; ``kw``: its ``timers`` and ``handshake_timeout``."""
+        return StdlibTLSFactory(chooser, wrapped, self.tls_stats(listener), listener=listener, **kw)
 
     def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
         return Counter(name, doc, list(labels), registry=self.registry)

@@ -253,6 +253,7 @@ class SipRouter:
             push_providers=self._push_providers,
         )
         self.timer = CoreTimer(self.timers, self.core, on_fire=lambda _result: self._flush())
+        self.stopped = False  # set by stop(): no timer is armed after it
         self._index_backends(tenants)
 
     def attach(
@@ -620,7 +621,8 @@ class SipRouter:
                     core.push_result(action, "error", self.timers.now())
                 else:
                     self.push.send(action)
-        self.timer.arm()
+        if not self.stopped:
+            self.timer.arm()
         self._log_problems()
 
     def _to_backend(self, action: ToBackend) -> None:
@@ -765,6 +767,7 @@ class SipRouter:
         )
 
     def stop(self) -> None:
+        self.stopped = True  # connections lost after this arm no timer (the service's are cancelled)
         self.timer.cancel()
         for flow in list(self.flows.values()):
             flow.close(1001, "edge shutting down")

@@ -19,8 +19,8 @@ Challenges:
   for the matching Host only; every other request there is redirected to HTTPS.
 * ``tls-alpn-01`` (RFC 8737): a self-signed certificate holding the critical ``acmeIdentifier``
   extension is built per name and handed to the :class:`~mcs_edge.tx.tls.certificates.CertificateStore`, which
-  serves it to a TLS 1.3 ClientHello offering ALPN ``acme-tls/1`` for that name (TLS 1.2 cannot
-  switch the certificate after ALPN in OpenSSL; CAs validate with TLS 1.3).
+  serves it to a ClientHello offering ALPN ``acme-tls/1`` for that name, in TLS 1.2 and 1.3 (the
+  certificate is chosen from the ClientHello before the handshake starts, tx/tls/stdlib_tls.py).
 
 Responders are installed just before the CA is asked to validate and removed when the order ends,
 on every path. The issued chain is checked (leaf key = our key) and written atomically (key first,
@@ -45,6 +45,7 @@ import hashlib
 import ipaddress
 import os
 import random
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
-from OpenSSL import SSL
 from twisted.internet import defer, task, threads
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
@@ -72,7 +72,7 @@ from mcs_edge.core.tenants import TenantTable
 from mcs_edge.core.tenants.table import normalise_host
 from mcs_edge.files import atomic_write
 from mcs_edge.tx.timers import wall_datetime
-from mcs_edge.tx.tls.certificates import CertificateStore, make_base_options
+from mcs_edge.tx.tls.certificates import CertificateStore
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -146,14 +146,12 @@ def alpn_challenge_certificate(
     return cert, key
 
 
-def _alpn_challenge_context(domain: str, key_authorization: str) -> SSL.Context:
+def _alpn_challenge_context(store: CertificateStore, domain: str, key_authorization: str) -> ssl.SSLContext:
     cert, key = alpn_challenge_certificate(domain, key_authorization)
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    make_base_options(ctx, "1.2")
-    ctx.use_certificate(cert)
-    ctx.use_privatekey(key)
-    ctx.check_privatekey()
-    return ctx
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return store.acme_challenge_context(cert.public_bytes(serialization.Encoding.PEM), key_pem)
 
 
 def _split_names(domains: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -530,7 +528,7 @@ class AcmeManager:
             self._http01[token] = (domain.lower(), key_auth)
             installed.append(("http-01", token))
         else:
-            self.store.set_acme_challenge(domain, _alpn_challenge_context(domain, key_auth))
+            self.store.set_acme_challenge(domain, _alpn_challenge_context(self.store, domain, key_auth))
             installed.append(("tls-alpn-01", domain))
 
     def _uninstall(self, installed: list[tuple[str, str]]) -> None:

@@ -86,11 +86,12 @@ from mcs_edge.core.stun.turn import (
 )
 from mcs_edge.errors import RemoteProtocolError
 from mcs_edge.tx.ops.logs import RateLimitedLog
-from mcs_edge.tx.ops.metrics import CountingTLSFactory, TlsStats
 from mcs_edge.tx.ops.workers import reuse_port_for
 from mcs_edge.tx.relay_endpoint import RelayEndpoint, RelayEndpoints
 from mcs_edge.tx.timers import CoreTimer, Timers, wall_clock
+from mcs_edge.tx.tls.certificates import tls_server_name
 from mcs_edge.tx.tls.front import TlsFrontFactory
+from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory, TlsStats
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -628,9 +629,7 @@ class TurnStreamProtocol(Protocol):
         self._bound = True
         if not self.tls:
             return
-        handle = self.transport.getHandle() if hasattr(self.transport, "getHandle") else None
-        get_name = getattr(handle, "get_servername", None)
-        name = get_name() if get_name is not None else None
+        name = tls_server_name(self.transport)
         tenant = self.listener.turn.tenants.by_sni(name) if name else None
         if tenant is not None:
             self._tenant = tenant.id
@@ -802,10 +801,17 @@ class TurnService(MultiService):
             tcp = self._listener("tcp", stream=True)
             self._add_tcp("turn_tcp", listen.turn, TurnStreamFactory(tcp, tls=False))
         #: the ``turns`` listener's TLS layer; its handshakes count in the service's metrics (start)
-        self.turns_tls: CountingTLSFactory | None = None
+        self.turns_tls: StdlibTLSFactory | None = None
         if listen.turns is not None:
             turns = self._listener("tls", stream=True)
-            self.turns_tls = CountingTLSFactory(certs, False, TurnStreamFactory(turns, tls=True), TlsStats())
+            self.turns_tls = StdlibTLSFactory(
+                certs,
+                TurnStreamFactory(turns, tls=True),
+                TlsStats(),
+                listener="turns",
+                timers=timers,
+                handshake_timeout=lambda: self.config.tls.handshake_timeout,
+            )
             self._add_tcp("turns", listen.turns, self.turns_tls)
         self.https_listener: TurnListener | None = (
             self._listener("https", stream=True) if config.turn.tls_on_https else None
@@ -825,7 +831,7 @@ class TurnService(MultiService):
 
     # -- wiring helpers ---------------------------------------------------------------------------
     def https_factory(self, site: Any) -> Any:
-        """What ``TLSMemoryBIOFactory`` on ``listen.https`` should wrap: the front, or ``site`` alone."""
+        """What the TLS layer on ``listen.https`` should wrap: the front, or ``site`` alone."""
         if self.https_listener is None:
             return site
         idle = float(getattr(site, "timeOut", None) or 60.0)
