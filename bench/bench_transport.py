@@ -9,12 +9,17 @@ counts CPU time (``time.process_time``) only, best of ``--repeat`` rounds:
 * ``keepalive`` one CRLFCRLF keepalive frame in, its CRLF pong out (RFC 5626 s.4.4.1);
 * ``ping``      one WebSocket ping in, its pong out;
 * ``tls``       the TLS layer per message: one record in (decrypt, hand over) and one out (encrypt),
-                through Twisted's ``TLSMemoryBIOProtocol`` over pyOpenSSL, as the edge runs it
-                (``MODE_RELEASE_BUFFERS``), and through the standard library's ``ssl`` memory BIOs
-                (``ssl.SSLObject``, what a native asyncio/uvloop TLS transport uses) for comparison.
+                for a REGISTER (answered 200 OK) and for a CRLFCRLF keepalive frame (answered by
+                its pong): *old*, Twisted's ``TLSMemoryBIOProtocol`` over pyOpenSSL
+                (``MODE_RELEASE_BUFFERS``) as the edge ran it before; *new*, the edge's own layer
+                (tx/tls/stdlib_tls.py: ``ssl.SSLObject`` on memory BIOs); and the bare stdlib
+                memory BIOs as the floor.
 
 The WebSocket rows run in a child process per source tree: ``--baseline-src DIR`` (e.g. ``git archive
 main mcs_edge | tar -x -C DIR``) adds the edge from ``DIR`` for a before/after in the same run.
+
+``--tls-conns N`` (2,000) also holds N idle server-side connections of each TLS layer in a fresh
+process (after a handshake and one REGISTER each) and prints PSS per connection.
 
     .venv/bin/python bench/bench_transport.py [--messages 20000] [--repeat 5] [--baseline-src DIR]
 """
@@ -176,15 +181,19 @@ def _client() -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
     return ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN), incoming, outgoing
 
 
-def _records(client: ssl.SSLObject, outgoing: ssl.MemoryBIO, n: int) -> list[bytes]:
+def _records(
+    client: ssl.SSLObject, outgoing: ssl.MemoryBIO, n: int, payload: bytes = REGISTER
+) -> list[bytes]:
     out = []
     for _ in range(n):
-        client.write(REGISTER)
+        client.write(payload)
         out.append(outgoing.read())
     return out
 
 
-def _tls_twisted(cert: str, key: str, messages: int, repeat: int) -> float:
+def _tls_twisted(
+    cert: str, key: str, messages: int, repeat: int, payload: bytes = REGISTER, reply: bytes = OK
+) -> float:
     from OpenSSL import SSL
     from twisted.internet import ssl as tssl
     from twisted.internet.protocol import Factory, Protocol
@@ -211,7 +220,7 @@ def _tls_twisted(cert: str, key: str, messages: int, repeat: int) -> float:
 
     class Echo(Protocol):
         def dataReceived(self, data: bytes) -> None:  # noqa: N802
-            self.transport.write(OK)  # type: ignore[union-attr]
+            self.transport.write(reply)  # type: ignore[union-attr]
 
     best = float("inf")
     for _ in range(repeat):
@@ -233,7 +242,7 @@ def _tls_twisted(cert: str, key: str, messages: int, repeat: int) -> float:
             incoming.write(wire.value())
             wire.clear()
         client.do_handshake()
-        records = _records(client, outgoing, messages)
+        records = _records(client, outgoing, messages, payload)
         t0 = time.process_time()
         for i, record in enumerate(records):
             server.dataReceived(record)
@@ -242,6 +251,148 @@ def _tls_twisted(cert: str, key: str, messages: int, repeat: int) -> float:
                 wire.clear()
         best = min(best, (time.process_time() - t0) / messages)
     return best * 1e6
+
+
+def _tls_edge(
+    cert: str, key: str, messages: int, repeat: int, payload: bytes = REGISTER, reply: bytes = OK
+) -> float:
+    """The edge's TLS layer (tx/tls/stdlib_tls.py) over a wire that drops what it is given."""
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+
+    from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+
+    class Chooser:
+        def context_for_hello(self, hello: Any) -> ssl.SSLContext:
+            return ctx
+
+    class Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802
+            self.transport.write(reply)  # type: ignore[union-attr]
+
+    best = float("inf")
+    for _ in range(repeat):
+        factory = StdlibTLSFactory(Chooser(), Factory.forProtocol(Echo))
+        server: Any = factory.buildProtocol(None)  # type: ignore[arg-type]
+        wire = StringTransport()
+        server.makeConnection(wire)
+        client, incoming, outgoing = _client()
+        for _ in range(10):  # handshake
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            data = outgoing.read()
+            if data:
+                server.dataReceived(data)
+            incoming.write(wire.value())
+            wire.clear()
+        data = outgoing.read()
+        if data:
+            server.dataReceived(data)
+        wire.clear()
+        records = _records(client, outgoing, messages, payload)
+        wire.write = lambda data: None  # type: ignore[method-assign]
+        receive = server.dataReceived
+        t0 = time.process_time()
+        for record in records:
+            receive(record)
+        best = min(best, (time.process_time() - t0) / messages)
+    return best * 1e6
+
+
+def _pss_kib() -> float:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return float(line.split()[1])
+    raise RuntimeError("no Pss in /proc/self/smaps_rollup")
+
+
+def _tls_memory_child(layer: str, cert: str, key: str, conns: int) -> float:
+    """KiB of PSS per idle server-side TLS connection of ``layer`` ("old" or "new"), each after a
+    handshake and one REGISTER in + 200 OK out, measured in a fresh process."""
+    import gc
+
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+
+    class Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802
+            self.transport.write(OK)  # type: ignore[union-attr]
+
+    class Wire(StringTransport):
+        def write(self, data: bytes) -> None:
+            self.out = data
+
+    if layer == "old":
+        from OpenSSL import SSL
+        from twisted.internet import ssl as tssl
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        options = tssl.DefaultOpenSSLContextFactory(key, cert)
+        options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)
+
+        class Clock:
+            def callLater(self, delay: float, fn: Any, *a: Any) -> Any:  # noqa: N802
+                fn(*a)
+                return self
+
+        factory: Any = TLSMemoryBIOFactory(options, False, Factory.forProtocol(Echo), clock=Clock())
+    else:
+        from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+
+        class Chooser:
+            def context_for_hello(self, hello: Any) -> ssl.SSLContext:
+                return ctx
+
+        factory = StdlibTLSFactory(Chooser(), Factory.forProtocol(Echo))
+
+    def connect() -> Any:
+        server = factory.buildProtocol(None)
+        wire = Wire()
+        wire.out = b""
+        server.makeConnection(wire)
+        client, incoming, outgoing = _client()
+        for _ in range(10):
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            wire.out = b""
+            server.dataReceived(outgoing.read())
+            incoming.write(wire.out)
+        server.dataReceived(outgoing.read())
+        client.write(REGISTER)
+        server.dataReceived(outgoing.read())
+        return server
+
+    held = [connect() for _ in range(50)]  # warm the allocator and the session cache
+    gc.collect()
+    before = _pss_kib()
+    held += [connect() for _ in range(conns)]
+    gc.collect()
+    return (_pss_kib() - before) / conns
+
+
+def _tls_memory(cert: str, key: str, conns: int) -> dict[str, float]:
+    out = {}
+    for layer in ("old", "new"):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child-tls-memory", layer, cert, key, str(conns)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[layer] = float(proc.stdout.strip().splitlines()[-1])
+    return out
 
 
 def _tls_stdlib(cert: str, key: str, messages: int, repeat: int) -> float:
@@ -281,8 +432,16 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--baseline-src", "--baseline", dest="baseline_src", default=None)
+    ap.add_argument(
+        "--tls-conns", type=int, default=2000, help="idle TLS connections held per layer (0: skip)"
+    )
     ap.add_argument("--child-ws", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--child-tls-memory", nargs=4, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_tls_memory:
+        layer, cert, key, conns = args.child_tls_memory
+        print(_tls_memory_child(layer, cert, key, int(conns)))
+        return
     if args.child_ws:
         print(json.dumps(_ws_child(args.child_ws, args.repeat)))
         return
@@ -294,12 +453,31 @@ def main() -> None:
     print(f"{'edge':<16}{'ws REGISTER+200':>18}{'CRLF keepalive':>16}{'ping':>8}")
     for name, r in rows:
         print(f"{name:<16}{r['ws']:>18.2f}{r['keepalive']:>16.2f}{r['ping']:>8.2f}")
+    keepalive, pong = _masked(0x1, b"\r\n\r\n", b"\x01\x02\x03\x04"), b"\x81\x02\r\n"
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = _certificate(tmp)
-        twisted_tls = _tls_twisted(cert, key, args.messages, args.repeat)
+        rows_tls = {
+            "REGISTER in + 200 OK out": (
+                _tls_twisted(cert, key, args.messages, args.repeat),
+                _tls_edge(cert, key, args.messages, args.repeat),
+            ),
+            "CRLF keepalive in + pong out": (
+                _tls_twisted(cert, key, args.messages, args.repeat, keepalive, pong),
+                _tls_edge(cert, key, args.messages, args.repeat, keepalive, pong),
+            ),
+        }
         stdlib_tls = _tls_stdlib(cert, key, args.messages, args.repeat)
-    print(f"TLS, one record in + one out: Twisted TLSMemoryBIOProtocol (pyOpenSSL) {twisted_tls:.2f} us,")
-    print(f"  stdlib ssl memory BIOs {stdlib_tls:.2f} us (ratio {twisted_tls / stdlib_tls:.2f})")
+        memory = _tls_memory(cert, key, args.tls_conns) if args.tls_conns else None
+    print("TLS layer per message, one record in + one out (us):")
+    print(f"{'':<32}{'old: Twisted/pyOpenSSL':>24}{'new: edge stdlib_tls':>22}{'ratio':>8}")
+    for name, (old, new) in rows_tls.items():
+        print(f"{name:<32}{old:>24.2f}{new:>22.2f}{old / new:>8.2f}")
+    print(f"  (bare stdlib ssl memory BIOs, REGISTER: {stdlib_tls:.2f} us)")
+    if memory is not None:
+        print(
+            f"TLS layer, PSS per idle connection ({args.tls_conns} held, after one REGISTER): "
+            f"old {memory['old']:.1f} KiB, new {memory['new']:.1f} KiB"
+        )
 
 
 if __name__ == "__main__":

@@ -223,15 +223,15 @@ class StdlibTLSProtocol(ProtocolWrapper):
                 data = conn.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # the peer's close_notify: answer it and close
-                self.loseConnection()
-                return
+            except ssl.SSLZeroReturnError:  # pragma: no cover - the stdlib returns b"" instead
+                data = b""
             except (ssl.SSLError, ValueError) as exc:
                 self._flush()
                 self._refuse("failed", _reason(exc), None)
                 return
-            if not data:
-                break
+            if not data:  # the peer's close_notify: answer it and close
+                self.loseConnection()
+                return
             self.wrappedProtocol.dataReceived(data)
             if self._state != _OPEN:
                 return
