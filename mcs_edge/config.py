@@ -503,7 +503,9 @@ class TlsConfig:
         c_float(0, 86400), 30.0, doc="seconds between certificate file checks; 0 = off"
     )
     handshake_timeout: float = f(
-        c_float(1, 300), 10.0, doc="seconds for the TLS + WebSocket opening handshake"
+        c_float(1, 300),
+        10.0,
+        doc="seconds from accept to the end of the TLS handshake on listen.https, sip_tls and turns (then aborted)",
     )
 
 

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-:class:`TlsFrontFactory` is the factory a TLS wrapping factory (``TLSMemoryBIOFactory``) wraps on
-``listen.https``. Each connection first gets a small :class:`_FrontProtocol`:
+:class:`TlsFrontFactory` is the factory the TLS layer (tx/tls/stdlib_tls.py ``StdlibTLSFactory``)
+wraps on ``listen.https``. Each connection first gets a small :class:`_FrontProtocol`:
 
 * when the TLS handshake completes with ALPN ``stun.turn`` (RFC 7443), the connection goes to the
   TURN factory at once;
