@@ -15,6 +15,15 @@ counts CPU time (``time.process_time``) only, best of ``--repeat`` rounds:
                 (tx/tls/stdlib_tls.py: ``ssl.SSLObject`` on memory BIOs); and the bare stdlib
                 memory BIOs as the floor.
 
+* ``tcp``       the TCP transport under a Twisted protocol on the uvloop reactor, one REGISTER-sized
+                request read and one 200-sized answer written per message over loopback (``--conns``
+                connections, closed loop): Twisted's own TCP transport (``listenTCP``: ``add_reader`` ->
+                ``doRead`` -> ``recv``; each write through ``add_writer``/``remove_writer``) against the
+                loop's native streams (:mod:`mcs_edge.tx.native_stream`). The server runs in a child
+                pinned to CPU 0 (the client on CPU 1) and counts its own CPU time (process CPU: user +
+                system, the kernel's TCP work included) over ``--messages`` messages, best of
+                ``--repeat``.
+
 The WebSocket rows run in a child process per source tree: ``--baseline-src DIR`` (e.g. ``git archive
 main mcs_edge | tar -x -C DIR``) adds the edge from ``DIR`` for a before/after in the same run.
 
@@ -22,6 +31,7 @@ main mcs_edge | tar -x -C DIR``) adds the edge from ``DIR`` for a before/after i
 process (after a handshake and one REGISTER each) and prints PSS per connection.
 
     .venv/bin/python bench/bench_transport.py [--messages 20000] [--repeat 5] [--baseline-src DIR]
+        [--conns 20] [--only-tcp]
 """
 
 from __future__ import annotations
@@ -157,6 +167,87 @@ def _ws(src: str | None, messages: int, repeat: int) -> dict[str, float]:
         check=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# -- the TCP transport ------------------------------------------------------------------------------
+TCP_SERVER = r"""
+import sys, time
+import asyncio, uvloop
+from twisted.internet import asyncioreactor
+loop = uvloop.new_event_loop(); asyncio.set_event_loop(loop); asyncioreactor.install(loop)
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+messages, kind, size, answer = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), b"a" * int(sys.argv[4])
+WARM = 2000
+state = {"count": 0, "t0": 0.0}
+class Answer(Protocol):
+    buf = b""
+    def dataReceived(self, data):
+        buf = self.buf + data
+        while len(buf) >= size:
+            buf = buf[size:]
+            self.transport.write(answer)
+            state["count"] += 1
+            if state["count"] == WARM:
+                state["t0"] = time.process_time()
+            elif state["count"] == WARM + messages:
+                print("CPU", (time.process_time() - state["t0"]) / messages, flush=True)
+                reactor.stop()
+        self.buf = buf
+factory = Factory.forProtocol(Answer)
+if kind == "native":
+    from mcs_edge.tx.native_stream import listen_tcp
+    port = listen_tcp(reactor, 0, factory, interface="127.0.0.1")
+else:
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+print("PORT", port.getHost().port, flush=True)
+reactor.run()
+"""
+
+
+def _tcp(kind: str, messages: int, conns: int) -> float:
+    """Server CPU per message (us) of one TCP transport kind ("twisted" or "native")."""
+    import asyncio
+    import shutil
+
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    )
+    proc = subprocess.Popen(
+        [*pin, sys.executable, "-c", TCP_SERVER, str(messages), kind, str(len(REGISTER)), str(len(OK))],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline().split()[1])
+
+    async def client() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, _context: None)  # resets when the server exits
+        done = asyncio.Event()
+
+        async def one() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                while not done.is_set():
+                    writer.write(REGISTER)
+                    await reader.readexactly(len(OK))
+            except (ConnectionError, asyncio.IncompleteReadError):
+                done.set()
+            writer.close()
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(conns)]
+        await loop.run_in_executor(None, proc.wait)
+        done.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    import uvloop
+
+    uvloop.run(client())
+    line = proc.stdout.read().strip()
+    return float(line.split()[1]) * 1e6
 
 
 # -- the TLS layer ----------------------------------------------------------------------------------
@@ -435,6 +526,8 @@ def main() -> None:
     ap.add_argument(
         "--tls-conns", type=int, default=2000, help="idle TLS connections held per layer (0: skip)"
     )
+    ap.add_argument("--conns", type=int, default=20, help="TCP rows: connections, each closed loop")
+    ap.add_argument("--only-tcp", action="store_true", help="only the TCP transport rows")
     ap.add_argument("--child-ws", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--child-tls-memory", nargs=4, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -444,6 +537,17 @@ def main() -> None:
         return
     if args.child_ws:
         print(json.dumps(_ws_child(args.child_ws, args.repeat)))
+        return
+    if os.cpu_count() and os.cpu_count() > 1 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {1})  # the clients; the TCP server child is pinned to CPU 0
+    twisted_tcp = min(_tcp("twisted", args.messages, args.conns) for _ in range(args.repeat))
+    native_tcp = min(_tcp("native", args.messages, args.conns) for _ in range(args.repeat))
+    print(f"TCP transport, server CPU per message (one {len(REGISTER)}-byte read + one {len(OK)}-byte write,")
+    print(f"  {args.conns} connections, best of {args.repeat} x {args.messages}): Twisted's TCP transport")
+    print(
+        f"  {twisted_tcp:.2f} us, the loop's native streams {native_tcp:.2f} us (ratio {twisted_tcp / native_tcp:.2f})"
+    )
+    if args.only_tcp:
         return
     rows: list[tuple[str, dict[str, float]]] = []
     if args.baseline_src:

@@ -57,6 +57,8 @@ EVENTS: dict[str, str] = {
     "EDG104": "stopped accepting connections on {listeners}",
     "EDG300": "backend SIP receive buffer not resized: {error}",
     "EDG301": "drain timeout after {elapsed:.1f} s: closing {calls} call(s) on {flows} connection(s)",
+    "EDG500": "{where} raised on a connection from {peer}",
+    "EDG501": "{port}: the loop could not serve the listening socket: {error}",
     # configuration
     "CFG200": "reload: embedded default, nothing to read; re-checking certificates",
     "CFG201": "configuration reloaded: {count} tenant(s)",

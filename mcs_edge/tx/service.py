@@ -38,6 +38,7 @@ from mcs_edge.tx.cluster.replicator import Replicator
 from mcs_edge.tx.media.echo import EchoService
 from mcs_edge.tx.media.quality import CallQualityRecorder
 from mcs_edge.tx.media.relay import MediaRelay
+from mcs_edge.tx.native_stream import listen_tcp, tcp_server
 from mcs_edge.tx.ops.admin import Health, LocalAdmin, announce_admin, note_bound_ports, service_checks
 from mcs_edge.tx.ops.admin_tls import admin_tls
 from mcs_edge.tx.ops.drain import Drainer
@@ -295,9 +296,21 @@ class EdgeService(MultiService):
 
     # -- construction ------------------------------------------------------------------------
     def _tcp(
-        self, name: str, hp: config_mod.HostPort, factory: Any, parent: MultiService | None = None
+        self,
+        name: str,
+        hp: config_mod.HostPort,
+        factory: Any,
+        parent: MultiService | None = None,
+        *,
+        native: bool = True,
     ) -> None:
-        server = internet.TCPServer(hp.port, factory, interface=hp.host, reactor=self.reactor)
+        """A TCP listener child: the asyncio loop's native streams on the asyncio reactor
+        (tx/native_stream.py), Twisted's ``listenTCP`` otherwise or when ``native`` is False."""
+        server = (
+            tcp_server(hp.port, factory, interface=hp.host, reactor=self.reactor)
+            if native
+            else internet.TCPServer(hp.port, factory, interface=hp.host, reactor=self.reactor)
+        )
         server.setName(name)
         server.setServiceParent(parent if parent is not None else self._listeners)
 
@@ -382,7 +395,8 @@ class EdgeService(MultiService):
         panel_site = admin_site_with_panel(self.admin, lambda: self.config.state_dir, self.timers.now)
         tls = admin_tls(cfg)  # [admin] tls: HTTPS (tx/ops/admin_tls.py)
         if tls is None:
-            self._tcp("admin", cfg.listen.admin, panel_site, parent=self)
+            # loopback, a few requests a minute: Twisted's listenTCP (as the supervisor's admin listener)
+            self._tcp("admin", cfg.listen.admin, panel_site, parent=self, native=False)
         else:
             server = internet.SSLServer(
                 cfg.listen.admin.port, panel_site, tls, interface=cfg.listen.admin.host, reactor=self.reactor
@@ -491,8 +505,8 @@ class EdgeService(MultiService):
 
         host = self.config.listen.backend_sip.host
         try:
-            self.ports["backend_sip_tcp"] = self.reactor.listenTCP(
-                port, self.backends.inbound_factory(), interface=host
+            self.ports["backend_sip_tcp"] = listen_tcp(  # native streams on the asyncio reactor
+                self.reactor, port, self.backends.inbound_factory(), interface=host
             )
         except CannotListenError as exc:
             self.log.warn(

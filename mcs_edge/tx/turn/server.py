@@ -64,7 +64,6 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Metric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.application import internet
 from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
@@ -85,6 +84,7 @@ from mcs_edge.core.stun.turn import (
     TurnServer,
 )
 from mcs_edge.errors import RemoteProtocolError
+from mcs_edge.tx.native_stream import tcp_server
 from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.ops.workers import reuse_port_for
 from mcs_edge.tx.relay_endpoint import RelayEndpoint, RelayEndpoints
@@ -824,7 +824,7 @@ class TurnService(MultiService):
 
     def _add_tcp(self, name: str, hp: Any, factory: Any) -> None:
         factory = self._wrap(name, factory)
-        server = internet.TCPServer(hp.port, factory, interface=hp.host, reactor=self.reactor)
+        server = tcp_server(hp.port, factory, interface=hp.host, reactor=self.reactor)  # tx/native_stream.py
         server.setName(name)
         server.setServiceParent(self)
         self._tcp_servers[name] = server
