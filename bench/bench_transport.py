@@ -13,7 +13,8 @@ counts CPU time (``time.process_time``) only, best of ``--repeat`` rounds:
                 its pong): *old*, Twisted's ``TLSMemoryBIOProtocol`` over pyOpenSSL
                 (``MODE_RELEASE_BUFFERS``) as the edge ran it before; *new*, the edge's own layer
                 (tx/tls/stdlib_tls.py: ``ssl.SSLObject`` on memory BIOs); and the bare stdlib
-                memory BIOs as the floor.
+                memory BIOs as the floor; and the refusal of a connection whose ClientHello
+                names no tenant (old: OpenSSL fails the handshake; new: read, alert, close).
 
 * ``tcp``       the TCP transport under a Twisted protocol on the uvloop reactor, one REGISTER-sized
                 request read and one 200-sized answer written per message over loopback (``--conns``
@@ -396,6 +397,64 @@ def _tls_edge(
     return best * 1e6
 
 
+def _refusals(messages: int, repeat: int) -> tuple[float, float]:
+    """CPU per refused connection whose ClientHello names no tenant: (old, new) in us.
+
+    Old: Twisted's TLS layer over pyOpenSSL with a base context holding no certificate and a
+    servername callback that finds nothing (as the edge ran it): OpenSSL parses the hello and fails
+    the handshake. New: the edge's layer reads the hello, finds no context, sends the alert."""
+    from OpenSSL import SSL
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from zope.interface import implementer
+
+    try:
+        from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+    except ImportError:  # pragma: no cover
+        from twisted.internet._sslverify import IOpenSSLServerConnectionCreator  # type: ignore[attr-defined,no-redef]
+
+    from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
+
+    client, _incoming, outgoing = _client()
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+
+    base = SSL.Context(SSL.TLS_METHOD)
+    base.set_tlsext_servername_callback(lambda conn: None)
+
+    @implementer(IOpenSSLServerConnectionCreator)
+    class Creator:
+        def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:  # noqa: N802
+            return SSL.Connection(base, None)
+
+    class Refuser:
+        def context_for_hello(self, hello: Any) -> str:
+            return "unknown_name"
+
+    class Clock:
+        def callLater(self, delay: float, fn: Any, *a: Any) -> Any:  # noqa: N802
+            return self
+
+    def run(factory: Any) -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.process_time()
+            for _ in range(messages):
+                server = factory.buildProtocol(None)
+                server.makeConnection(StringTransport())
+                server.dataReceived(hello)
+            best = min(best, (time.process_time() - t0) / messages)
+        return best * 1e6
+
+    old = run(TLSMemoryBIOFactory(Creator(), False, Factory.forProtocol(Protocol), clock=Clock()))
+    new = run(StdlibTLSFactory(Refuser(), Factory.forProtocol(Protocol)))
+    return old, new
+
+
 def _pss_kib() -> float:
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
@@ -577,6 +636,11 @@ def main() -> None:
     for name, (old, new) in rows_tls.items():
         print(f"{name:<32}{old:>24.2f}{new:>22.2f}{old / new:>8.2f}")
     print(f"  (bare stdlib ssl memory BIOs, REGISTER: {stdlib_tls:.2f} us)")
+    old_refusal, new_refusal = _refusals(max(1000, args.messages // 10), args.repeat)
+    print(
+        f"{'unknown-name ClientHello refused':<32}{old_refusal:>24.2f}{new_refusal:>22.2f}"
+        f"{old_refusal / new_refusal:>8.2f}   (per connection)"
+    )
     if memory is not None:
         print(
             f"TLS layer, PSS per idle connection ({args.tls_conns} held, after one REGISTER): "

@@ -108,12 +108,44 @@ def test_each_tenant_gets_its_own_certificate(env: dict[str, Any]) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_unknown_sni_is_rejected_by_default(env: dict[str, Any]) -> Any:
-    """With unknown_sni = "reject", an unknown name or no name fails the handshake."""
+    """With unknown_sni = "reject", an unknown name or no name gets an unrecognized_name alert (RFC 6066
+    s.3) in answer to its ClientHello, before any key exchange."""
     _store, port = _serving(env)
     try:
         for sni in ("evil.example.net", None):
-            with pytest.raises(ssl.SSLError):
+            with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
                 yield threads.deferToThread(_handshake, port.getHost().port, sni, env["ca"].cert_path)
+    finally:
+        yield port.stopListening()
+
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data``, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(data)
+        out = b""
+        while True:
+            chunk = raw.recv(4096)
+            if not chunk:
+                return out
+            out += chunk
+
+
+@pytest_twisted.inlineCallbacks
+def test_garbage_on_the_tls_port_gets_an_alert_and_a_clean_close(env: dict[str, Any]) -> Any:
+    """Plain HTTP, or a ClientHello announcing more than 16 KiB, on a TLS port: a decode_error alert and a
+    close from the server (no exception in the reactor; the port keeps serving)."""
+    _store, port = _serving(env)
+    p = port.getHost().port
+    try:
+        for data in (
+            b"GET / HTTP/1.1\r\nHost: rossi.example.com\r\n\r\n",
+            b"\x16\x03\x01\x00\x04\x01\x01\x00\x00",
+        ):
+            answer = yield threads.deferToThread(_raw_exchange, p, data)
+            assert answer == b"\x15\x03\x03\x00\x02\x02\x32"  # fatal decode_error
+        san, _version = yield threads.deferToThread(_handshake, p, NAMES["rossi"], env["ca"].cert_path)
+        assert san == NAMES["rossi"]
     finally:
         yield port.stopListening()
 

@@ -237,8 +237,7 @@ class StdlibTLSProtocol(ProtocolWrapper):
                 return
             if not bio.pending and not conn.pending():
                 break
-        if self._out.pending:  # type: ignore[union-attr]
-            self._flush()  # post-handshake messages (key update answers)
+        self._flush()  # post-handshake messages (key update answers), if any
 
     def _flush(self) -> None:
         out = self._out
