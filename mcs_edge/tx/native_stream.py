@@ -323,8 +323,13 @@ class StreamTransport(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport subclass
         self._transport = transport
         port = self._port
+        peername = transport.get_extra_info("peername")
+        if peername is None:  # reset by the peer before we got to it: nothing to serve
+            self.disconnecting = self.disconnected = True
+            transport.abort()
+            return
         try:
-            self._peer = peer = _address(transport.get_extra_info("peername"))
+            self._peer = peer = _address(peername)
             protocol = port.factory.buildProtocol(peer)
         except Exception:
             self._fail("buildProtocol")
