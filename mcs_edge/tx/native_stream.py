@@ -35,7 +35,8 @@ transport of the protocol the factory builds:
   Nothing ever raises into the loop.
 * half-close: a peer's EOF calls ``readConnectionLost`` of an ``IHalfCloseableProtocol`` and keeps
   the connection open for writing; any other protocol is closed (``ConnectionDone``) after what is
-  buffered is flushed (Twisted drops that buffer). ``loseWriteConnection`` is the loop's ``write_eof``.
+  buffered is flushed (Twisted drops that buffer). ``loseWriteConnection`` is the loop's ``write_eof``
+  (later writes are dropped; ``writeConnectionLost`` of an ``IHalfCloseableProtocol`` is called at once).
 * flow control: the loop's ``pause_writing``/``resume_writing`` (its write buffer above 64 KiB /
   back below 16 KiB on uvloop) pause and resume a registered streaming producer; a pull producer
   (``streaming=False``) is asked for more on the next loop turn after each of its writes while the
@@ -293,6 +294,7 @@ class StreamTransport(asyncio.Protocol):
         "_reason",
         "_streaming",
         "_transport",
+        "_writable",
         "_write_paused",
         "connected",
         "disconnected",
@@ -307,6 +309,7 @@ class StreamTransport(asyncio.Protocol):
         self._producer: Any = None
         self._streaming = True
         self._write_paused = False
+        self._writable = False  # until the protocol is built; False again once closing
         self._pulling = False
         self._aborted = False
         self._reason: Failure | None = None
@@ -323,8 +326,13 @@ class StreamTransport(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport subclass
         self._transport = transport
         port = self._port
+        peername = transport.get_extra_info("peername")
+        if peername is None:  # reset by the peer before we got to it: nothing to serve
+            self.disconnecting = self.disconnected = True
+            transport.abort()
+            return
         try:
-            self._peer = peer = _address(transport.get_extra_info("peername"))
+            self._peer = peer = _address(peername)
             protocol = port.factory.buildProtocol(peer)
         except Exception:
             self._fail("buildProtocol")
@@ -334,7 +342,7 @@ class StreamTransport(asyncio.Protocol):
             transport.abort()
             return
         self.protocol = protocol
-        self.connected = True
+        self.connected = self._writable = True
         port.connections.add(self)
         try:
             protocol.makeConnection(self)
@@ -357,6 +365,7 @@ class StreamTransport(asyncio.Protocol):
                 return False
             return True
         self.disconnecting = True  # the loop closes the transport after flushing its buffer
+        self._writable = False
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -406,6 +415,7 @@ class StreamTransport(asyncio.Protocol):
 
     def _close(self, *, abort: bool) -> None:
         self.disconnecting = True
+        self._writable = False
         transport = self._transport
         if self.disconnected or transport is None:
             return
@@ -423,7 +433,7 @@ class StreamTransport(asyncio.Protocol):
         self._lost(reason)
 
     def _lost(self, reason: Failure) -> None:
-        self.connected = False
+        self.connected = self._writable = False
         self.disconnecting = True
         self.disconnected = True
         self._port.lost(self)
@@ -451,14 +461,14 @@ class StreamTransport(asyncio.Protocol):
 
     # -- ITransport ------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.disconnecting:
+        if not self._writable:
             return
         self._transport.write(data)
         if self._producer is not None and not self._streaming:
             self._pull_soon()
 
     def writeSequence(self, data: Any) -> None:  # noqa: N802
-        if self.disconnecting:
+        if not self._writable:
             return
         self._transport.writelines(data)
         if self._producer is not None and not self._streaming:
@@ -475,10 +485,19 @@ class StreamTransport(asyncio.Protocol):
             self._close(abort=True)
 
     def loseWriteConnection(self) -> None:  # noqa: N802
-        """Half-close: send FIN after what is buffered; reading goes on."""
+        """Half-close: send FIN after what is buffered; reading goes on. An ``IHalfCloseableProtocol``
+        gets ``writeConnectionLost`` at once (Twisted calls it once the FIN is sent)."""
         transport = self._transport
-        if not self.disconnecting and transport is not None and not transport.is_closing():
-            transport.write_eof()
+        if not self._writable or transport is None or transport.is_closing():
+            return
+        self._writable = False  # no more writes; loseConnection still closes
+        transport.write_eof()
+        protocol = self.protocol
+        if protocol is not None and IHalfCloseableProtocol.providedBy(protocol):
+            try:
+                protocol.writeConnectionLost()
+            except Exception:
+                self._fail("writeConnectionLost")
 
     def getPeer(self) -> Address:  # noqa: N802
         assert self._peer is not None
@@ -549,7 +568,7 @@ class StreamTransport(asyncio.Protocol):
         """A pull producer's turn: asked for more while the write buffer is below its mark."""
         self._pulling = False
         producer = self._producer
-        if producer is None or self._streaming or self._write_paused or self.disconnecting:
+        if producer is None or self._streaming or self._write_paused or not self._writable:
             return
         try:
             producer.resumeProducing()

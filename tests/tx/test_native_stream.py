@@ -557,7 +557,7 @@ def test_half_close_keeps_writing_for_half_closeable_protocols(loop_kind: str) -
             self.transport.loseConnection()
 
         def writeConnectionLost(self) -> None:
-            pass
+            raise AssertionError("not half-closed by us")
 
     async def scenario(loop: asyncio.AbstractEventLoop) -> None:
         factory = Recording(loop, proto=Half)
@@ -595,8 +595,10 @@ def test_lose_write_connection_sends_fin_and_keeps_reading(loop_kind: str) -> No
         assert await read_all(loop, sock) == b"bye"
         await loop.sock_sendall(sock, b"still heard")
         await until(lambda: proto.data == b"still heard", "the client's bytes after our FIN")
+        proto.transport.write(b"dropped after the FIN")
+        proto.transport.loseConnection()  # still closes the connection
+        assert (await proto.done).check(ConnectionDone)
         sock.close()
-        await proto.done
         await port.stopListening().asFuture(loop)
 
     run(loop_kind, scenario)
