@@ -9,16 +9,22 @@ closed inside the measured time. No TLS, no WebSocket, no UDP of the SIP message
 (``bench_latency.py`` / ``bench_sip.py`` measure those). Process CPU time, best of ``--repeat``.
 
     .venv/bin/python bench/bench_call_setup.py [--count 2000] [--repeat 5] [--profile]
+        [--baseline-src DIR] [--extra 'socket_pool = 0\n'] [--no-media]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
+import os
 import pstats
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import _common  # noqa: F401 (puts tests/ on sys.path)
 
@@ -136,60 +142,63 @@ class Setup:
         self.flow = self.proxy.open_flow(T, "wss", ("127.0.0.1", 40000), 0.0).id
         self.n = 0
 
-    async def call(self, clock=time.process_time) -> tuple[float, float]:
-        """One call: set-up CPU (INVITE, 200, ACK) and tear-down CPU (BYE, 200)."""
+    async def call(self, clock: Callable[[], float] = time.process_time) -> tuple[float, ...]:
+        """One call; CPU of: the INVITE's own turn, the loop's work after it (endpoint tasks, pool
+        refill), the 200 and the ACK, the tear-down (BYE, its turn, its 200)."""
         self.n += 1
         n = self.n
         proxy, now = self.proxy, self.timers.now()
         t0 = clock()
         proxy.receive_from_client(self.flow, _invite(n), now)
         upstream = _drain(proxy)[0]
-        await _turn()
         t1 = clock()
-        ok = _answer(upstream, f"p{n}", ANSWER)
+        await _turn()
         t2 = clock()
+        ok = _answer(upstream, f"p{n}", ANSWER)
+        t3 = clock()
         proxy.receive_from_backend(ok, PBX, "udp", now)
         to_client: list[bytes] = []
         _drain(proxy, to_client)
         final = next(d for d in to_client if d.startswith(b"SIP/2.0 200"))
-        t3 = clock()
-        ack = _in_dialog("ACK", final, n)
         t4 = clock()
+        ack = _in_dialog("ACK", final, n)
+        t5 = clock()
         proxy.receive_from_client(self.flow, ack, now)
         _drain(proxy)
-        t5 = clock()
-        setup = (t1 - t0) + (t3 - t2) + (t5 - t4)
-        bye = _in_dialog("BYE", final, n)
         t6 = clock()
+        bye = _in_dialog("BYE", final, n)
+        t7 = clock()
         proxy.receive_from_client(self.flow, bye, now)
         up = _drain(proxy)[0]
         await _turn()
-        t7 = clock()
-        ok2 = _answer(up, None)
         t8 = clock()
+        ok2 = _answer(up, None)
+        t9 = clock()
         proxy.receive_from_backend(ok2, PBX, "udp", now)
         _drain(proxy)
-        t9 = clock()
-        return setup, (t7 - t6) + (t9 - t8)
+        t10 = clock()
+        return (t1 - t0, t2 - t1, (t4 - t3) + (t6 - t5), (t8 - t7) + (t10 - t9))
 
 
-def run(count: int, extra: str, profile: bool) -> tuple[float, float]:
+PARTS = ("INVITE turn", "loop after it", "200 + ACK", "BYE + 200", "total")
+
+
+def run(count: int, extra: str, profile: bool) -> list[float]:
     return asyncio.get_event_loop().run_until_complete(_run(count, extra, profile))
 
 
-async def _run(count: int, extra: str, profile: bool) -> tuple[float, float]:
+async def _run(count: int, extra: str, profile: bool) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         s = Setup(tmp, extra)
         for _ in range(200):  # warm-up
             await s.call()
         prof = cProfile.Profile() if profile else None
-        setup = teardown = 0.0
+        sums = [0.0] * 4
         if prof:
             prof.enable()
         for _ in range(count):
-            a, b = await s.call()
-            setup += a
-            teardown += b
+            for i, x in enumerate(await s.call()):
+                sums[i] += x
         if prof:
             prof.disable()
             stats = pstats.Stats(prof)
@@ -198,7 +207,8 @@ async def _run(count: int, extra: str, profile: bool) -> tuple[float, float]:
         assert not s.relay.ports, f"{len(s.relay.ports)} relay ports left open"
         s.relay.stop()
         await _turn()
-        return 1e6 * setup / count, 1e6 * teardown / count
+        out = [1e6 * x / count for x in sums]
+        return [*out, sum(out)]
 
 
 def main() -> None:
@@ -208,13 +218,41 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--extra", default="", help="more [media] keys / tables of edge.toml")
     ap.add_argument("--no-media", action="store_true", help="the proxy core alone (no media hook)")
+    ap.add_argument(
+        "--baseline-src",
+        default="",
+        help="also run the edge from this source tree (e.g. git archive main), alternating with this tree",
+    )
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, figures as JSON
     args = ap.parse_args()
     MEDIA[0] = not args.no_media
     if args.profile:
         run(args.count, args.extra, True)
         return
-    best = min((run(args.count, args.extra, False) for _ in range(args.repeat)), key=sum)
-    print(f"per call, CPU us: set-up (INVITE, 200, ACK) {best[0]:.1f}, tear-down (BYE, 200) {best[1]:.1f}")
+    if args.json:
+        print(json.dumps(run(args.count, args.extra, False)))
+        return
+    trees = {"this tree": ""} if not args.baseline_src else {"baseline": args.baseline_src, "this tree": ""}
+    results: dict[str, list[list[float]]] = {name: [] for name in trees}
+    for _ in range(args.repeat):  # alternate the trees: drift of a shared machine hits both
+        for name, src in trees.items():
+            results[name].append(_subprocess(src, args))
+    print(f"per call, CPU us (best of {args.repeat} by total; {args.count} calls each)")
+    print(f"{'':12}" + "".join(f"{p:>15}" for p in PARTS))
+    for name, runs in results.items():
+        best = min(runs, key=lambda r: r[-1])
+        print(f"{name:12}" + "".join(f"{x:15.1f}" for x in best))
+
+
+def _subprocess(src: str, args: argparse.Namespace) -> list[float]:
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    cmd = [sys.executable, __file__, "--json", "--count", str(args.count), "--extra", args.extra]
+    if args.no_media:
+        cmd.append("--no-media")
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return [float(x) for x in json.loads(out.strip().splitlines()[-1])]
 
 
 if __name__ == "__main__":
