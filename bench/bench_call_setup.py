@@ -232,7 +232,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(run(args.count, args.extra, False)))
         return
-    trees = {"this tree": ""} if not args.baseline_src else {"baseline": args.baseline_src, "this tree": ""}
+    trees = {"this tree": ""} if not args.baseline_src else {"baseline": args.baseline_src, "this tree": os.environ.get("BENCH_THIS_SRC", "")}
     results: dict[str, list[list[float]]] = {name: [] for name in trees}
     for _ in range(args.repeat):  # alternate the trees: drift of a shared machine hits both
         for name, src in trees.items():

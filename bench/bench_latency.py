@@ -601,7 +601,11 @@ def _lag_row(before: dict[str, float], after: dict[str, float]) -> str:
     return " ".join(parts) + f" {_gc_row(before, after):>22}"
 
 
-async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: str = "") -> dict[str, float]:
+async def _latency_part(
+    edge: Edge | Kamailio, args: argparse.Namespace, name: str = "", rate_caps: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Capacity, then the steps at a share of it (of ``rate_caps`` when given: the baseline's, so
+    before and after are offered the same rates)."""
     conns = await _connect(edge.port, args.conns, args.hold)
     caps: dict[str, float] = {}
     print(
@@ -618,7 +622,10 @@ async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: s
             f"{name + kind + ' capacity':24} {'max':>5} {cap:7.0f} {'':74} {cpu * 100:5.0f}   CPU us/tx {cpu * 1e6 / max(cap, 1):.0f}"
         )
         for step in [int(x) for x in args.steps.split(",")]:
-            rate = cap * step / 100 / (2 if kind == "invite" else 1)  # a call is 2 transactions (INVITE, BYE)
+            base = rate_caps.get(kind, cap) if rate_caps else cap
+            rate = (
+                base * step / 100 / (2 if kind == "invite" else 1)
+            )  # a call is 2 transactions (INVITE, BYE)
             await _quiesce(edge, conns, args.hold)
             before = edge.metrics()
             cpu0 = edge.cpu()
@@ -905,7 +912,8 @@ def main() -> None:
     ap.add_argument(
         "--baseline-src",
         default="",
-        help="also run the overload part on the edge from this source tree (e.g. git archive main), first",
+        help="also run the latency steps (first, at rates the edge then gets too) and the overload part on "
+        "the edge from this source tree (e.g. git archive main)",
     )
     ap.add_argument(
         "--kamailio", action="store_true", help="the same steps against Kamailio (bench/kamailio/)"
@@ -987,7 +995,20 @@ def main() -> None:
             )
             if args.rss_seconds > 0:  # first: idle is the fresh process
                 asyncio.run(_rss_part(edge, args))
-            caps = asyncio.run(_latency_part(edge, args)) if args.steps else {}
+            base_caps: dict[str, float] | None = None
+            if args.baseline_src and args.steps:  # before/after in one run, offered the same rates
+                base_edge = Edge(
+                    tempfile.mkdtemp(dir=tmp),
+                    pbx_port,
+                    args.extra or "[overload]\nbusy_high = 1.01\n",
+                    args.baseline_src,
+                )
+                try:
+                    time.sleep(1.0)
+                    base_caps = asyncio.run(_latency_part(base_edge, args, "baseline "))
+                finally:
+                    base_edge.stop()
+            caps = asyncio.run(_latency_part(edge, args, rate_caps=base_caps)) if args.steps else {}
             if args.kamailio and args.steps:
                 kam = Kamailio(tmp, pbx_port)
                 print(f"kamailio pids {kam.pids()} on port {kam.port}, CPU so far {kam.cpu():.2f} s")
