@@ -578,13 +578,6 @@ class MediaConfig:
     bind: str | None = f(
         c_ip, None, doc="IP the relay sockets bind; default 0.0.0.0 (:: if edge.public_address is IPv6)"
     )
-    socket_pool: int = f(
-        c_int(0, 1024),
-        16,
-        doc="relay sockets each worker keeps bound ahead of calls (at most an eighth of its ports; "
-        "refilled a few per reactor turn, given back when the range runs low), so a call set-up "
-        "binds none; 0 = bind every port when its leg is created; read at start",
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,17 +77,7 @@ def _ignore(_kind: str) -> None:
 class RelayEndpoint:
     """One bound UDP socket: datagrams to ``received``; ``sendto`` at once (see the module docstring)."""
 
-    __slots__ = (
-        "_on_ready",
-        "_proto",
-        "_sock",
-        "_twisted",
-        "closed",
-        "on_error",
-        "port",
-        "sendto",
-        "transport",
-    )
+    __slots__ = ("_on_ready", "_sock", "_twisted", "closed", "on_error", "port", "sendto", "transport")
 
     def __init__(self, on_error: Callable[[str], None]) -> None:
         #: the bound port (the one asked for, or the kernel's choice for port 0)
@@ -98,7 +88,6 @@ class RelayEndpoint:
         self.transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
         self._twisted: Any = None
-        self._proto: _Native | _Twisted | None = None
         self._on_ready: Callable[[Sendto], None] | None = None
         self.sendto: Sendto = self._send_socket
 
@@ -109,9 +98,7 @@ class RelayEndpoint:
 
     def listen_twisted(self, reactor: Any, host: str, port: int, received: Received) -> None:
         """Twisted's ``listenUDP`` (raises ``CannotListenError``)."""
-        proto = _Twisted(received)
-        self._twisted = reactor.listenUDP(port, proto, interface=host)
-        self._proto = proto
+        self._twisted = reactor.listenUDP(port, _Twisted(received), interface=host)
         self.port = self._twisted.getHost().port
         self.sendto = self._send_twisted
 
@@ -128,22 +115,9 @@ class RelayEndpoint:
         self.port = sock.getsockname()[1]
         self._on_ready = on_ready
         proto = _Native(self, received)
-        self._proto = proto
         task = asyncio.ensure_future(loop.create_datagram_endpoint(lambda: proto, sock=sock), loop=loop)
         task.add_done_callback(lambda t: self._created(t, on_failed))
         return task
-
-    def retarget(self, received: Received, on_ready: Callable[[Sendto], None] | None = None) -> Sendto:
-        """Hand the endpoint to a new owner (a socket bound ahead, :mod:`mcs_edge.tx.media.pool`):
-        its datagrams go to ``received`` from now on; returns the sender to use now, and calls
-        ``on_ready`` with the loop's ``sendto`` if the loop's endpoint does not exist yet."""
-        proto = self._proto
-        if isinstance(proto, _Native):
-            proto.datagram_received = received  # type: ignore[method-assign,assignment]
-        elif proto is not None:
-            proto.datagramReceived = received  # type: ignore[method-assign,assignment]
-        self._on_ready = on_ready if self.transport is None and self._twisted is None else None
-        return self.sendto
 
     def ready(self, transport: asyncio.DatagramTransport) -> None:
         """The loop's endpoint exists (its protocol's ``connection_made``)."""
@@ -163,7 +137,6 @@ class RelayEndpoint:
             if not task.cancelled() and not self.closed and on_failed is not None:
                 on_failed(task.exception())  # type: ignore[arg-type]
             self.sendto = _discard
-            self._proto = None  # the endpoint <-> protocol reference is dropped with the endpoint
         if self.transport is None and self._sock is not None and (failed or self.closed):
             self._sock.close()
             self._sock = None
@@ -200,8 +173,6 @@ class RelayEndpoint:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
-        self._proto = None
-        self._on_ready = None
         port, self._twisted = self._twisted, None
         return port.stopListening() if port is not None else None
 

@@ -228,7 +228,7 @@ class EdgeService(MultiService):
             running=lambda: bool(self.running),
             listeners=lambda: list(self),
             draining=lambda: self.drainer.draining,
-            allocator=self.media,  # free counts the sockets bound ahead (tx/media/pool.py)
+            allocator=self.media.anchor.allocator,
             tunnel=self.tunnel,
         ).items():
             self.health.add_check(check_name, check)

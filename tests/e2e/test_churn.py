@@ -74,7 +74,7 @@ def test_churn_leaves_no_call_port_transaction_timer_or_descriptor(tmp_path: Pat
         assert idle["calls"] == idle["connections"] == idle["ports_used"] == idle["transactions"] == 0
         done = yield threads.deferToThread(_churn, e)
         assert done == CALLS_PER_CLIENT * CLIENTS
-        assert e.service.media.anchor.ports_in_use == 0  # BYE released both legs at once
+        assert e.service.media.anchor.allocator.in_use == 0  # BYE released both legs at once
         after = yield threads.deferToThread(_wait_idle, e, idle)
         left = {k: (after[k], idle[k]) for k in idle if after[k] > idle[k]}
         assert not left, f"left behind (now, idle): {left}"

@@ -65,7 +65,7 @@ class Edge(InProcessEdge):
 
     def media_idle(self) -> bool:
         anchor = self.service.media.anchor
-        return not self.service.echo.calls and anchor.ports_in_use == 0 and not self.service.media.ports
+        return not self.service.echo.calls and anchor.allocator.in_use == 0 and not self.service.media.ports
 
 
 @pytest.fixture

@@ -213,7 +213,7 @@ class InProcessEdge:
     def media_idle(self) -> bool:
         """No media session, relay port or echo call left."""
         anchor = self.service.media.anchor
-        return not anchor.sessions and anchor.ports_in_use == 0 and not self.service.echo.calls
+        return not anchor.sessions and anchor.allocator.in_use == 0 and not self.service.echo.calls
 
     def relay_state(self) -> dict[str, int]:
         media = self.service.media

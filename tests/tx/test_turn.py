@@ -146,7 +146,7 @@ def test_udp_allocation_relays_both_ways_and_refresh_zero_releases(edge: Edge) -
         assert out["data2"] == b"by indication"
         assert out["other"] == (out["second"], b"no channel")
         assert out["relay"][0] == "127.0.0.1" and 31000 <= out["relay"][1] <= 31999
-        assert len(edge.turn.pool) == 1 and _turn_ports(edge) == 1
+        assert len(edge.turn.pool) == 1 and edge.turn.pool.ports.in_use == 1
         relay = next(iter(edge.turn.pool.relays.values()))
         listener = edge.turn.listeners["udp"]
         if asyncio_loop_of(edge.service.reactor) is not None:  # hot-path rule: native loop endpoints
@@ -156,7 +156,7 @@ def test_udp_allocation_relays_both_ways_and_refresh_zero_releases(edge: Edge) -
             assert not relay.endpoint.native
         code = yield threads.deferToThread(client.refresh, 0)
         assert code == 0
-        assert len(edge.turn.pool) == 0 and _turn_ports(edge) == 0
+        assert len(edge.turn.pool) == 0 and edge.turn.pool.ports.in_use == 0
         counters = edge.turn.listeners["udp"].counters()
         assert counters["allocations_created"] == 1 and counters["allocations_deleted"] == 1
     finally:
@@ -244,7 +244,7 @@ def test_tcp_framing_survives_one_byte_writes_and_close_releases(edge: Edge) -> 
         if len(edge.turn.pool) == 0:
             break
         yield threads.deferToThread(time.sleep, 0.02)
-    assert len(edge.turn.pool) == 0 and _turn_ports(edge) == 0
+    assert len(edge.turn.pool) == 0 and edge.turn.pool.ports.in_use == 0
     assert edge.turn.listeners["tcp"].server.counters.allocations_deleted == 1
 
 
@@ -414,7 +414,7 @@ def test_stop_releases_every_relay(tmp_path: Path) -> Any:
     assert len(relays) == 5 and edge.turn.allocations() == 5
     yield edge.stop()
     yield threads.deferToThread(time.sleep, 0.1)  # asyncio transports close on the next loop turn
-    assert len(edge.turn.pool) == 0 and _turn_ports(edge) == 0 and edge.turn.allocations() == 0
+    assert len(edge.turn.pool) == 0 and edge.turn.pool.ports.in_use == 0 and edge.turn.allocations() == 0
     for port in relays:  # every relay socket is closed: the port can be bound again
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", port))
@@ -634,11 +634,6 @@ def test_metrics_expose_turn_counters(edge: Edge) -> Any:
     assert 'mcs_edge_turn_allocations{tenant="rossi"} 1.0' in text
     assert 'mcs_edge_turn_requests_refused_total{listener="udp",reason="forbidden_peer"} 2.0' in text
     assert 'mcs_edge_turn_allocations_created_total{listener="udp"} 2.0' in text
-
-
-def _turn_ports(edge: Edge) -> int:
-    """Ports of the shared allocator held by TURN (the media relay's pool holds some bound ahead)."""
-    return edge.turn.pool.ports.in_use - edge.service.media.pool.pooled
 
 
 @pytest_twisted.inlineCallbacks

@@ -64,7 +64,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from mcs_edge.core.media.ports import Allocation, PortAllocator
+from mcs_edge.core.media.ports import PortAllocator
 from mcs_edge.core.media.reanchor import StreamContinuity, clock_rate
 from mcs_edge.core.media.sdp import Profile, SessionDescription, client_profile_for
 from mcs_edge.core.media.session import (
@@ -104,11 +104,6 @@ class RelayIO(Protocol):
 
     def close_port(self, port: int) -> None:
         """Close ``port``."""
-        ...
-
-    def prebound(self, rtcp_mux: bool) -> Allocation | None:
-        """An allocation of the anchor's allocator whose port(s) the I/O layer bound ahead (a pool
-        of sockets, so a call set-up binds nothing), or None: the anchor allocates and binds."""
         ...
 
 
@@ -200,7 +195,6 @@ class MediaAnchor:
         #: Told of every live session released (before its legs are closed): call-end records.
         self.on_released = on_released
         self._forced_ports: list[tuple[int, int | None]] = []  # ports of legs being adopted
-        self._leg_ports = 0  # ports held by legs (the allocator also counts ports bound ahead by the I/O)
 
     # ---------------------------------------------------------------------------- bookkeeping
 
@@ -221,8 +215,8 @@ class MediaAnchor:
 
     @property
     def ports_in_use(self) -> int:
-        """Relay ports held by media legs (not counting the ones the I/O layer bound ahead)."""
-        return self._leg_ports
+        """Relay ports currently handed out."""
+        return self.allocator.in_use
 
     # ------------------------------------------------------------------------------ MediaHook
 
@@ -545,9 +539,6 @@ class MediaAnchor:
                 self.count("media_port_bind_failed", f"replicated port {rtp} is taken")
                 return False
             return self._bind(leg, claimed)
-        pooled = self.io.prebound(rtcp_mux)
-        if pooled is not None and self._bind(leg, pooled):
-            return True
         for _ in range(self.settings.max_bind_attempts):
             alloc = allocator.allocate(rtcp_mux=rtcp_mux)
             if alloc is None:
@@ -575,7 +566,6 @@ class MediaAnchor:
             send_rtcp = opened
         leg.port = alloc.rtp_port
         leg.rtcp_port = alloc.rtcp_port
-        self._leg_ports += 1 if alloc.rtcp_port is None else 2
         leg.send = send
         leg.send_rtcp = send_rtcp
         return True
@@ -591,7 +581,6 @@ class MediaAnchor:
         if leg.rtcp_port is not None:
             self.io.close_port(leg.rtcp_port)
         self.allocator.release(leg.port)
-        self._leg_ports -= 1 if leg.rtcp_port is None else 2
         leg.port = 0
         leg.rtcp_port = None
         leg.send = _discard

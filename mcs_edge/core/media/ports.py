@@ -167,11 +167,6 @@ class PortAllocator:
             del self._mask[base]  # partner was free (queued as a single): whole slot is free again
             self._free_pairs.append(base)
 
-    def can_allocate(self, *, rtcp_mux: bool) -> bool:
-        """True if :meth:`allocate` with ``rtcp_mux`` would succeed now (any free port for a single
-        one, a whole free even/odd slot for a pair)."""
-        return self.in_use < self.capacity if rtcp_mux else bool(self._free_pairs)
-
     def is_allocated(self, rtp_port: int) -> bool:
         """True if ``rtp_port`` is the RTP port of a live allocation."""
         return rtp_port in self._allocs

@@ -36,13 +36,11 @@ from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.anchor import AnchorSettings, MediaAnchor
 from mcs_edge.core.media.session import Leg, Sender, SessionSettings
 from mcs_edge.core.shaping import Policer
-from mcs_edge.tx.media.pool import RelayPortPool
 from mcs_edge.tx.relay_endpoint import RelayEndpoint, RelayEndpoints
 from mcs_edge.tx.timers import CoreTimer
 
 if TYPE_CHECKING:
     from mcs_edge.config import EdgeConfig
-    from mcs_edge.core.media.ports import Allocation
     from mcs_edge.core.media.session import MediaSession
     from mcs_edge.core.sip.message import Request, Response
     from mcs_edge.tx.timers import Timers
@@ -141,33 +139,11 @@ class MediaRelay:
         #: Datagrams received on every relay port (the overload probe turns it into a rate).
         self.packets = 0
         self.over_limit = over_limit
-        #: relay sockets bound ahead of calls (tx/media/pool.py), from the allocator legs and TURN share
-        self.pool = RelayPortPool(
-            self.endpoints,
-            self.anchor.allocator,
-            bind,
-            timers,
-            config.media.socket_pool,
-            self.count,
-            self._socket_error,
-        )
-        self.pool.start()
 
     @property
     def native(self) -> bool:
         """True when relay ports are native asyncio (uvloop) datagram endpoints."""
         return self.endpoints.native
-
-    # ------------------------------------------------------------------- PortPool (readiness)
-    @property
-    def free(self) -> int:
-        """Relay ports a new call can get: free in the allocator or bound ahead in the pool."""
-        return self.anchor.allocator.free + self.pool.pooled
-
-    @property
-    def capacity(self) -> int:
-        """Relay ports of this worker's range."""
-        return self.anchor.allocator.capacity
 
     # ---------------------------------------------------------------------------- MediaHook
     def on_message(self, pair: Any, message: Request | Response, from_client: bool, now: float) -> int | None:
@@ -205,9 +181,6 @@ class MediaRelay:
         return body
 
     # ------------------------------------------------------------------------------ RelayIO
-    def prebound(self, rtcp_mux: bool) -> Allocation | None:
-        return self.pool.take(rtcp_mux)
-
     def open_port(self, port: int, leg: Leg, rtcp: bool) -> Sender | None:
         if port in self.ports:
             return None
@@ -219,11 +192,6 @@ class MediaRelay:
             else:
                 leg.send = sendto
 
-        pooled = self.pool.claim(port)
-        if pooled is not None:  # bound ahead: hand the endpoint to the leg
-            relay_port.endpoint = pooled
-            self.ports[port] = relay_port
-            return pooled.retarget(relay_port.datagram_received, ready)
         try:
             endpoint = self.endpoints.open(
                 self.bind_host,
@@ -253,9 +221,6 @@ class MediaRelay:
         relay_port = self.ports.pop(port, None)
         if relay_port is not None:
             relay_port.close()
-        unclaimed = self.pool.claim(port)  # taken from the pool, never opened (a failed leg bind)
-        if unclaimed is not None:
-            unclaimed.close()
 
     # --------------------------------------------------------------------------------- misc
     def poke(self, leg: Leg) -> None:
@@ -298,7 +263,6 @@ class MediaRelay:
     def stop(self) -> None:
         """Release every session and port; cancel the timer and the endpoints being created."""
         self.anchor.shutdown()
-        self.pool.close()
         self.timer.cancel()
         for port in list(self.ports):
             self.close_port(port)

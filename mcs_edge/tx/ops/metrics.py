@@ -541,12 +541,8 @@ def media_families(relay: MediaRelay) -> Iterator[Metric]:
             ("mcs_edge_media_ports_open", "Relay ports open", len(relay.ports), ()),
             (
                 "mcs_edge_media_ports",
-                "Relay ports of media.ports (this worker's slice), by state (pooled: bound ahead of calls)",
-                {
-                    "free": allocator.free,
-                    "used": allocator.in_use - relay.pool.pooled,
-                    "pooled": relay.pool.pooled,
-                },
+                "Relay ports of media.ports (this worker's slice), by state",
+                {"free": allocator.free, "used": allocator.in_use},
                 ["state"],
             ),
         ),

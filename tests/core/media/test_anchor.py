@@ -42,9 +42,6 @@ class FakeIO:
         self.sent: list[tuple[int, bytes, Any]] = []
         self.refuse = refuse or set()
         self.opened = 0
-        #: allocations "bound ahead" (the relay's socket pool), handed out by ``prebound``
-        self.pool: list[Any] = []
-        self.asked: list[bool] = []
 
     def open_port(self, port: int, leg: Leg, rtcp: bool) -> Any:
         if port in self.refuse:
@@ -56,14 +53,6 @@ class FakeIO:
 
     def close_port(self, port: int) -> None:
         del self.open[port]
-
-    def prebound(self, rtcp_mux: bool) -> Any:
-        self.asked.append(rtcp_mux)
-        for alloc in self.pool:
-            if (alloc.rtcp_port is None) == rtcp_mux:
-                self.pool.remove(alloc)
-                return alloc
-        return None
 
     def take(self, addr: Any) -> list[bytes]:
         out = [d for _, d, a in self.sent if a == addr]
@@ -490,29 +479,6 @@ def test_a_port_that_cannot_be_bound_is_skipped() -> None:
     ports = {p for p in h.io.open}
     assert 40000 not in ports and 40002 not in ports and h.anchor.counters["media_port_bind_failed"] == 2
     assert SessionDescription.parse(answer).media[0].port in ports
-
-
-def test_ports_bound_ahead_are_used_first_and_given_back_at_the_end() -> None:
-    """The I/O layer's pre-bound allocations (its socket pool) serve a new leg before the allocator;
-    ``ports_in_use`` counts the legs' ports only, and the BYE gives them back to the allocator."""
-    h = Harness()
-    single = h.anchor.allocator.allocate(rtcp_mux=True)
-    pair = h.anchor.allocator.allocate(rtcp_mux=False)
-    assert single is not None and pair is not None
-    h.io.pool = [single, pair]  # what the relay's pool holds: allocated, bound
-    assert h.anchor.ports_in_use == 0
-    call, browser, answer = answered_call(h)
-    assert sorted(h.io.open) == sorted([single.rtp_port, pair.rtp_port, pair.rtp_port + 1])
-    assert h.io.asked == [True, False] and h.io.pool == []
-    assert SessionDescription.parse(answer).media[0].port == single.rtp_port
-    assert h.anchor.ports_in_use == 3 == h.anchor.allocator.in_use
-    connect_media(h, call, browser, answer)
-    call.request("BYE")
-    call.pbx_reply(200, "OK")
-    h.tick(40)
-    del call, browser
-    assert h.anchor.ports_in_use == 0
-    assert_clean(h)
 
 
 def test_another_tenant_cannot_touch_a_call() -> None:

@@ -20,9 +20,6 @@ class IO:
     def close_port(self, port: int) -> None:
         return None
 
-    def prebound(self, rtcp_mux: bool) -> Any:
-        return None
-
 
 @dataclass
 class FakePair:
