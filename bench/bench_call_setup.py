@@ -9,7 +9,7 @@ closed inside the measured time. No TLS, no WebSocket, no UDP of the SIP message
 (``bench_latency.py`` / ``bench_sip.py`` measure those). Process CPU time, best of ``--repeat``.
 
     .venv/bin/python bench/bench_call_setup.py [--count 2000] [--repeat 5] [--profile]
-        [--baseline-src DIR] [--extra 'socket_pool = 0\n'] [--no-media]
+        [--baseline-src DIR] [--extra 'TOML'] [--no-media]
 """
 
 from __future__ import annotations
@@ -232,7 +232,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(run(args.count, args.extra, False)))
         return
-    trees = {"this tree": ""} if not args.baseline_src else {"baseline": args.baseline_src, "this tree": os.environ.get("BENCH_THIS_SRC", "")}
+    trees = (
+        {"this tree": ""}
+        if not args.baseline_src
+        else {"baseline": args.baseline_src, "this tree": os.environ.get("BENCH_THIS_SRC", "")}
+    )
     results: dict[str, list[list[float]]] = {name: [] for name in trees}
     for _ in range(args.repeat):  # alternate the trees: drift of a shared machine hits both
         for name, src in trees.items():

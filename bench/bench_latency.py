@@ -943,12 +943,16 @@ def main() -> None:
         action="store_true",
         help="with --diagnose: before each young collection, list the young containers it will walk",
     )
+    ap.add_argument(
+        "--stall", default="", help="with --diagnose: report busy runs longer than this many ms (default 10)"
+    )
     args = ap.parse_args()
     if args.diagnose:
         DIAGNOSE[:] = [
             args.diagnose,
             *(["--saveall"] if args.saveall else []),
             *(["--fanout"] if args.fanout else []),
+            *(["--stall", args.stall] if args.stall else []),
         ]
     if args.nice:
         NICE[:] = ["nice", "-n", str(args.nice)]
