@@ -601,7 +601,11 @@ def _lag_row(before: dict[str, float], after: dict[str, float]) -> str:
     return " ".join(parts) + f" {_gc_row(before, after):>22}"
 
 
-async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: str = "") -> dict[str, float]:
+async def _latency_part(
+    edge: Edge | Kamailio, args: argparse.Namespace, name: str = "", rate_caps: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Capacity, then the steps at a share of it (of ``rate_caps`` when given: the baseline's, so
+    before and after are offered the same rates)."""
     conns = await _connect(edge.port, args.conns, args.hold)
     caps: dict[str, float] = {}
     print(
@@ -618,7 +622,10 @@ async def _latency_part(edge: Edge | Kamailio, args: argparse.Namespace, name: s
             f"{name + kind + ' capacity':24} {'max':>5} {cap:7.0f} {'':74} {cpu * 100:5.0f}   CPU us/tx {cpu * 1e6 / max(cap, 1):.0f}"
         )
         for step in [int(x) for x in args.steps.split(",")]:
-            rate = cap * step / 100 / (2 if kind == "invite" else 1)  # a call is 2 transactions (INVITE, BYE)
+            base = rate_caps.get(kind, cap) if rate_caps else cap
+            rate = (
+                base * step / 100 / (2 if kind == "invite" else 1)
+            )  # a call is 2 transactions (INVITE, BYE)
             await _quiesce(edge, conns, args.hold)
             before = edge.metrics()
             cpu0 = edge.cpu()
@@ -905,7 +912,8 @@ def main() -> None:
     ap.add_argument(
         "--baseline-src",
         default="",
-        help="also run the overload part on the edge from this source tree (e.g. git archive main), first",
+        help="also run the latency steps (first, at rates the edge then gets too) and the overload part on "
+        "the edge from this source tree (e.g. git archive main)",
     )
     ap.add_argument(
         "--kamailio", action="store_true", help="the same steps against Kamailio (bench/kamailio/)"
@@ -935,12 +943,26 @@ def main() -> None:
         action="store_true",
         help="with --diagnose: before each young collection, list the young containers it will walk",
     )
+    ap.add_argument(
+        "--gc-agents",
+        type=int,
+        default=0,
+        help="only the full-collection part: this many registered agents, calls at --gc-rate for "
+        "--gc-seconds, full collections every --gc-interval s (baseline too with --baseline-src)",
+    )
+    ap.add_argument("--gc-rate", type=float, default=50)
+    ap.add_argument("--gc-seconds", type=float, default=40)
+    ap.add_argument("--gc-interval", type=float, default=5)
+    ap.add_argument(
+        "--stall", default="", help="with --diagnose: report busy runs longer than this many ms (default 10)"
+    )
     args = ap.parse_args()
     if args.diagnose:
         DIAGNOSE[:] = [
             args.diagnose,
             *(["--saveall"] if args.saveall else []),
             *(["--fanout"] if args.fanout else []),
+            *(["--stall", args.stall] if args.stall else []),
         ]
     if args.nice:
         NICE[:] = ["nice", "-n", str(args.nice)]
@@ -950,6 +972,9 @@ def main() -> None:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.rt))
     if args.txmem:
         _txmem([int(x) for x in args.txmem_counts.split(",")])
+        return
+    if args.gc_agents:
+        _gc_only(args)
         return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -987,7 +1012,20 @@ def main() -> None:
             )
             if args.rss_seconds > 0:  # first: idle is the fresh process
                 asyncio.run(_rss_part(edge, args))
-            caps = asyncio.run(_latency_part(edge, args)) if args.steps else {}
+            base_caps: dict[str, float] | None = None
+            if args.baseline_src and args.steps:  # before/after in one run, offered the same rates
+                base_edge = Edge(
+                    tempfile.mkdtemp(dir=tmp),
+                    pbx_port,
+                    args.extra or "[overload]\nbusy_high = 1.01\n",
+                    args.baseline_src,
+                )
+                try:
+                    time.sleep(1.0)
+                    base_caps = asyncio.run(_latency_part(base_edge, args, "baseline "))
+                finally:
+                    base_edge.stop()
+            caps = asyncio.run(_latency_part(edge, args, rate_caps=base_caps)) if args.steps else {}
             if args.kamailio and args.steps:
                 kam = Kamailio(tmp, pbx_port)
                 print(f"kamailio pids {kam.pids()} on port {kam.port}, CPU so far {kam.cpu():.2f} s")
@@ -1056,6 +1094,44 @@ def main() -> None:
     sys.exit(0 if ok else 1)
 
 
+async def _gc_part(edge: Edge, args: argparse.Namespace, name: str) -> None:
+    """``--gc-agents N``: N registered agents held, calls at a low rate: the full collections' pauses
+    (``mcs_edge_gc_pause_seconds{generation="2"}``) over ``--gc-seconds``, the edge's
+    ``overload.gc_full_interval`` short (set by the caller) so several fall in the window."""
+    conns = await _connect(edge.port, args.gc_agents, args.hold)
+    t0 = time.perf_counter()
+    for c in conns:
+        c.register(t0)
+    deadline = time.monotonic() + 60
+    while sum(c.inflight for c in conns) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    registered = _merge(conns).ok
+    await asyncio.sleep(2 * args.gc_interval)  # the first full collection after start walks everything
+    key = 'mcs_edge_gc_pause_seconds_{}{{generation="2"}}'
+    before = edge.metrics()
+    st, _gen, _behind = await _open_loop(conns[:50], "invite", args.gc_rate, args.gc_seconds)
+    await asyncio.sleep(1.0)
+    after = edge.metrics()
+    n = after.get(key.format("count"), 0.0) - before.get(key.format("count"), 0.0)
+    total = after.get(key.format("sum"), 0.0) - before.get(key.format("sum"), 0.0)
+    frozen = after.get("mcs_edge_gc_frozen_objects", float("nan"))
+    label = 'generation="2"'
+    longest = _hist_pct(
+        _hist(before, "mcs_edge_gc_pause_seconds", label),
+        _hist(after, "mcs_edge_gc_pause_seconds", label),
+        1.0,
+    )
+    print(
+        f"{name}gc: {registered} agents registered, {st.calls_done} calls at {args.gc_rate:.0f}/s in "
+        f"{args.gc_seconds:.0f} s: {n:.0f} full collections, mean {1000 * total / max(n, 1):.1f} ms, "
+        f"longest <= {longest * 1000:.0f} ms (bucket); frozen objects {frozen:.0f}; "
+        f"RSS {_rss_mib(edge.pid):.1f} MiB",
+        flush=True,
+    )
+    for c in conns:
+        c.close()
+
+
 async def _capacity_only(edge: Edge, args: argparse.Namespace) -> float:
     conns = await _connect(edge.port, args.conns, args.hold)
     cap = await _closed_loop(conns, "register", args.capacity_seconds, args.depth)
@@ -1063,6 +1139,31 @@ async def _capacity_only(edge: Edge, args: argparse.Namespace) -> float:
         c.close()
     print(f"register capacity {cap:.0f}/s")
     return cap
+
+
+def _gc_only(args: argparse.Namespace) -> None:
+    """``--gc-agents``: the full-collection part on the baseline tree (if any), then on this one."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _pin_self(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        pbx_port = free_port(socket.SOCK_DGRAM)
+        pbx = subprocess.Popen(
+            [*_taskset(1), str(BIN / "python"), "-c", PBX, str(pbx_port)], stdout=subprocess.PIPE, text=True
+        )
+        assert pbx.stdout is not None and pbx.stdout.readline().strip() == "READY"
+        extra = f"[overload]\nbusy_high = 1.01\ngc_full_interval = {args.gc_interval}\n{args.extra}"
+        try:
+            for name, src in ([("baseline ", args.baseline_src)] if args.baseline_src else []) + [("", None)]:
+                edge = Edge(tempfile.mkdtemp(dir=tmp), pbx_port, extra, src)
+                try:
+                    time.sleep(1.0)
+                    asyncio.run(_gc_part(edge, args, name))
+                finally:
+                    edge.stop()
+        finally:
+            pbx.terminate()
+            pbx.wait()
 
 
 if __name__ == "__main__":

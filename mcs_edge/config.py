@@ -928,7 +928,8 @@ class OverloadConfig:
     gc_freeze: bool = f(
         c_bool,
         True,
-        doc="after start, move the objects built so far out of the collector's reach (gc.freeze)",
+        doc="after start, move the objects built so far out of the collector's reach (gc.freeze); with "
+        "gc_full_interval, also the survivors of each full collection (every 10th walks the whole heap)",
     )
     gc_threshold: int = f(
         c_int(100, 10_000_000),

@@ -135,6 +135,7 @@ def _tune_gc(cfg: config_mod.EdgeConfig, reactor: Any, scheduled_full: bool = Tr
     tune_gc(
         (cfg.overload.gc_threshold, gen1, gen2),
         full_interval=cfg.overload.gc_full_interval if scheduled_full else 0.0,
+        freeze_survivors=cfg.overload.gc_freeze,
     )
     if cfg.overload.gc_freeze:
         reactor.callWhenRunning(lambda: reactor.callLater(0, freeze_startup))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -213,6 +214,53 @@ def test_full_collection_waits_for_a_calm_reactor() -> None:
     full.young_due = float("inf")
     assert not full.tick(121.0, 0.0, 0.0)
     assert full.tick(122.0, 0.0, 0.0)
+
+
+def test_full_collections_freeze_survivors_and_walk_the_whole_heap_every_tenth() -> None:
+    """Each full collection freezes its survivors; every THAW_EVERY-th unfreezes everything first."""
+    calls: list[str] = []
+    full = FullCollections(
+        60.0,
+        0.0,
+        lambda gen: calls.append(f"collect{gen}") or 0,
+        lambda: calls.append("freeze"),
+        lambda: calls.append("unfreeze"),
+    )
+    for k in range(1, 2 * FullCollections.THAW_EVERY + 1):
+        full.young_due = float("inf")
+        assert full.tick(60.0 * k + 1, 0.0, 0.0)
+    thaw = FullCollections.THAW_EVERY
+    one = ["collect2", "freeze"]
+    assert calls == one * (thaw - 1) + ["unfreeze", *one] + one * (thaw - 1) + ["unfreeze", *one]
+    assert full.thawed_runs == 2 and full.calm_runs == 2 * thaw
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: Any = None
+
+
+def test_a_cycle_among_frozen_survivors_is_collected_at_the_next_thaw() -> None:
+    """The real collector: an object alive at a full collection is frozen; when it later dies in a
+    reference cycle, the collections that walk only newer objects leave it, the thawed one frees it."""
+    full = FullCollections(60.0, 0.0, gc.collect, gc.freeze, gc.unfreeze)
+    try:
+        a, b = _Node(), _Node()
+        a.other, b.other = b, a  # a cycle, alive while we hold it
+        gone = weakref.ref(a)
+        full.young_due = float("inf")
+        assert full.tick(61.0, 0.0, 0.0)  # full collection 1: a and b survive, frozen
+        assert gc.get_freeze_count() > 0
+        del a, b  # now garbage, in a cycle, frozen
+        k = 1
+        while full.thawed_runs == 0 and k < 100:
+            assert gone() is not None  # not walked while frozen
+            k += 1
+            full.young_due = float("inf")
+            assert full.tick(60.0 * k + 1, 0.0, 0.0)
+        assert k == FullCollections.THAW_EVERY and gone() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_full_collection_forced_on_an_edge_never_calm() -> None:

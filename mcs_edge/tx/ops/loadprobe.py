@@ -38,6 +38,16 @@ out of reach and :class:`FullCollections`, ticked by the probe, runs the collect
 
 The hot paths make no reference cycles (timers, calls, transactions die by reference counting), so
 collections find little garbage; they remain the safety net.
+
+Survivors frozen between full collections. A full collection walks every object alive: the
+connections, flows and registrations of every agent (tens of thousands of objects with thousands of
+agents) each time, though they rarely change. So after each full collection, :func:`tune_gc`'s
+schedule freezes the survivors (``gc.freeze``: out of every later collection's walk; they are still
+freed by reference counting when they die), and the next full collection walks only what was built
+since. Every ``THAW_EVERY``-th full collection first unfreezes everything (``gc.unfreeze``), so a
+reference cycle among objects that were frozen is found within ``THAW_EVERY`` intervals: memory in
+such cycles stays bounded as before, the full pause over the whole heap comes once in
+``THAW_EVERY`` intervals instead of every interval.
 """
 
 from __future__ import annotations
@@ -93,13 +103,28 @@ class FullCollections:
     CALM_BUSY = 0.25  # smoothed share of wall time on the CPU at or below which it counts as calm
 
     YOUNG_INTERVAL = 0.1  # seconds between young (generation-0) collections
+    THAW_EVERY = 10  # every so many full collections walk the whole heap (frozen survivors too)
 
-    def __init__(self, interval: float, now: float, collect: Callable[[int], int] = gc.collect) -> None:
+    def __init__(
+        self,
+        interval: float,
+        now: float,
+        collect: Callable[[int], int] = gc.collect,
+        freeze: Callable[[], None] | None = None,
+        unfreeze: Callable[[], None] | None = None,
+    ) -> None:
+        """``freeze``/``unfreeze``: ``gc.freeze``/``gc.unfreeze`` in the edge (:func:`tune_gc`);
+        without them survivors are not frozen."""
         self.interval = interval
         self._collect = collect
+        self._freeze = freeze
+        self._unfreeze = unfreeze
         self.calm_runs = 0
         self.forced_runs = 0
         self.young_runs = 0
+        #: full collections over the whole heap (frozen survivors unfrozen first)
+        self.thawed_runs = 0
+        self._since_thaw = 0
         self.young_due = now + self.YOUNG_INTERVAL
         self._restart(now)
 
@@ -118,10 +143,24 @@ class FullCollections:
             self.forced_runs += 1
         else:
             return self._young(now)
-        self._collect(2)
+        self._full()
         self._restart(now)
         self.young_due = now + self.YOUNG_INTERVAL
         return True
+
+    def _full(self) -> None:
+        """A full collection: of what was built since the last one, or (every ``THAW_EVERY``-th)
+        of the whole heap; then its survivors are frozen."""
+        if self._freeze is None:
+            self._collect(2)
+            return
+        self._since_thaw += 1
+        if self._since_thaw >= self.THAW_EVERY and self._unfreeze is not None:
+            self._since_thaw = 0
+            self.thawed_runs += 1
+            self._unfreeze()
+        self._collect(2)
+        self._freeze()
 
     def _young(self, now: float) -> bool:
         if now < self.young_due:
@@ -237,14 +276,19 @@ def tune_gc(
     monitor: bool = True,
     full_interval: float = 0.0,
     now: Callable[[], float] = monotonic,
+    freeze_survivors: bool = False,
 ) -> FullCollections | None:
     """Set the collector thresholds of this process and time its pauses; with ``full_interval``,
-    full collections are left to the :class:`FullCollections` returned (the probe ticks it)."""
+    full collections are left to the :class:`FullCollections` returned (the probe ticks it), which
+    with ``freeze_survivors`` freezes what survives each of them (module docstring)."""
     global _MONITOR, _FULL
     gen0, gen1, gen2 = thresholds
     if full_interval > 0:
         gen1 = gen2 = NO_AUTOMATIC_FULL
-        _FULL = FullCollections(full_interval, now())
+        if freeze_survivors:
+            _FULL = FullCollections(full_interval, now(), gc.collect, gc.freeze, gc.unfreeze)
+        else:
+            _FULL = FullCollections(full_interval, now())
     else:
         _FULL = None
     gc.set_threshold(gen0, gen1, gen2)
@@ -324,3 +368,9 @@ def load_families(
         for generation, n in enumerate(monitor.collected):
             c.add_metric([str(generation)], n)
         yield c
+        g = GaugeMetricFamily(
+            "mcs_edge_gc_frozen_objects",
+            "Objects in the permanent generation (start-up, and survivors of the last full collection)",
+        )
+        g.add_metric([], gc.get_freeze_count())
+        yield g
