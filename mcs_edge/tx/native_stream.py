@@ -190,6 +190,7 @@ class NativeTCPPort:
         self._server: asyncio.AbstractServer | None = None
         self._task: asyncio.Future[Any] | None = None
         self._trigger: Any = None
+        self._stop_waiters: list[Deferred[None]] = []  # stopped before the loop served the socket
 
     def __repr__(self) -> str:
         return f"<NativeTCPPort {self.factory.__class__.__name__} on {self._address or self.port}>"
@@ -227,29 +228,31 @@ class NativeTCPPort:
                 )
             if sock is not None:
                 sock.close()
+        elif self.listening:
+            self._server = task.result()
             return
-        server = task.result()
-        if not self.listening:  # stopped while the task was pending
-            server.close()
-            return
-        self._server = server
+        else:  # stopped while the loop was creating its server
+            task.result().close()
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def stopListening(self) -> Deferred[None]:  # noqa: N802
-        """Stop accepting (connections stay); the Deferred fires on the next loop turn."""
+        """Stop accepting (connections stay); the Deferred fires once the listening socket is
+        closed: on the next loop turn, or when the loop's server, still being created, is closed."""
         if not self.listening:
             return succeed(None)
         self.listening = False
-        task, server = self._task, self._server
-        self._server = None
-        if server is not None:
-            server.close()
-        elif task is not None:
-            task.cancel()  # _served closes the socket, or the server if it was already created
+        server, self._server = self._server, None
         self.factory.doStop()
         if not self.connections:
             self._remove_trigger()
         d: Deferred[None] = Deferred()
-        self.loop.call_soon(d.callback, None)
+        if server is not None:
+            server.close()
+            self.loop.call_soon(d.callback, None)
+        else:  # not cancelled: the standard loop's create_server may already serve, then yield once
+            self._stop_waiters.append(d)
         return d
 
     loseConnection = stopListening  # Twisted ports have both names

@@ -604,6 +604,39 @@ def test_lose_write_connection_sends_fin_and_keeps_reading(loop_kind: str) -> No
     run(loop_kind, scenario)
 
 
+def test_lose_write_connection_tells_a_half_closeable_protocol(loop_kind: str) -> None:
+    """An IHalfCloseableProtocol that half-closes gets writeConnectionLost; its peer's FIN then gets readConnectionLost."""
+    seen: list[str] = []
+
+    @implementer(IHalfCloseableProtocol)
+    class Half(Recorder):
+        def connectionMade(self) -> None:
+            self.transport.write(b"all I say")
+            self.transport.loseWriteConnection()
+
+        def writeConnectionLost(self) -> None:
+            seen.append("write")
+
+        def readConnectionLost(self) -> None:
+            seen.append("read")
+            self.transport.loseConnection()
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> None:
+        factory = Recording(loop, proto=Half)
+        port = listen(loop, factory)
+        sock = await connect(loop, port)
+        assert await read_all(loop, sock) == b"all I say"
+        assert seen == ["write"]
+        sock.shutdown(socket.SHUT_WR)
+        proto = await factory.made
+        assert (await proto.done).check(ConnectionDone)
+        assert seen == ["write", "read"]
+        sock.close()
+        await port.stopListening().asFuture(loop)
+
+    run(loop_kind, scenario)
+
+
 def test_a_raising_callback_aborts_the_connection_and_is_its_reason(loop_kind: str, caplog: Any) -> None:
     """dataReceived raising: nothing reaches the loop's exception handler, the connection is aborted, connectionLost gets that error, EDG500 is logged."""
     from twisted.logger import globalLogPublisher
@@ -662,14 +695,13 @@ def test_stop_listening_refuses_new_connections_and_keeps_live_ones(loop_kind: s
 
 
 def test_stop_listening_before_the_loop_served_the_socket(loop_kind: str) -> None:
-    """Stopped in the same turn it started: the socket is closed, the port can be bound again."""
+    """Stopped in the same turn it started: once stopListening's Deferred fired the socket is closed (the port binds again at once)."""
 
     async def scenario(loop: asyncio.AbstractEventLoop) -> None:
         factory = Recording(loop)
         port = listen(loop, factory)
         number = port.getHost().port
         await port.stopListening().asFuture(loop)
-        await asyncio.sleep(0.01)
         again = NativeTCPPort(Triggers(), loop, number, factory, interface="127.0.0.1")
         again.startListening()
         await again.stopListening().asFuture(loop)
