@@ -316,3 +316,32 @@ def test_echo_through_a_real_factory_and_large_writes(env: Env) -> None:
         if len(got) >= len(payload):
             break
     assert got == payload
+
+
+def test_pem_is_loaded_from_memory_and_the_fallback_leaves_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+    """context_from_pem: through a memfd nothing is written; without memfd_create the PEM goes to a
+    0600 file of the scratch directory, removed at once; a key of another certificate is refused."""
+    from mcs_edge import certs
+    from mcs_edge.tx.tls import certificates as tc
+
+    ca = certs.ensure_dev_ca(str(tmp_path / "state"))
+    chain, key = certs.issue_leaf(ca, ("rossi.example.com",))
+    scratch = tmp_path / "scratch"
+    ctx = tc.make_server_context("1.2", (b"http/1.1",))
+    tc.context_from_pem(ctx, chain, key, str(scratch))
+    assert not scratch.exists()
+    modes: list[int] = []
+    real_load = ssl.SSLContext.load_cert_chain
+
+    def spy(self: ssl.SSLContext, path: str, *a: Any) -> None:
+        modes.append(Path(path).stat().st_mode & 0o777)
+        real_load(self, path, *a)
+
+    monkeypatch.delattr(tc.os, "memfd_create")
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", spy)
+    tc.context_from_pem(tc.make_server_context("1.2", ()), chain, key, str(scratch))
+    assert modes == [0o600] and list(scratch.iterdir()) == []
+    _other_chain, other_key = certs.issue_leaf(ca, ("verdi.example.com",))
+    with pytest.raises(ssl.SSLError):
+        tc.context_from_pem(tc.make_server_context("1.2", ()), chain, other_key, str(scratch))
+    assert list(scratch.iterdir()) == []
