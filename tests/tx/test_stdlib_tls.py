@@ -183,6 +183,21 @@ def test_malformed_client_hello_gets_decode_error_and_a_close(env: Env, garbage:
     assert mem.from_server() == b""
 
 
+def test_hello_in_tiny_records_is_bounded(env: Env) -> None:
+    """A hello announced at 16 KiB sent one byte per record: refused at the ninth record."""
+    mem = env.memory()
+    message = b"\x01\x00\x40\x00" + bytes(16384)
+    sent = 0
+    for b in message:
+        mem.to_server(b"\x16\x03\x03\x00\x01" + bytes((b,)))
+        sent += 1
+        if mem.closed:
+            break
+    assert mem.closed and mem.from_server() == alert_record(50)
+    assert sent == 9
+    assert _stats(env) == (0, 1, 0)
+
+
 def test_hello_byte_by_byte(env: Env) -> None:
     """A ClientHello arriving one byte per read is buffered until whole."""
     mem = env.memory()

@@ -58,7 +58,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mcs_edge.core.tls.client_hello import MAX_HELLO, Malformed, NeedMore, parse_client_hello
+from mcs_edge.core.tls.client_hello import MAX_HELLO, MAX_RECORDS, Malformed, NeedMore, parse_client_hello
 from mcs_edge.tx.ops.logs import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ ALERT_HANDSHAKE_FAILURE = 40
 ALERT_DECODE_ERROR = 50
 ALERT_UNRECOGNIZED_NAME = 112
 _READ_SIZE = 16384  # one record's plaintext at most (RFC 8446 s.5.1)
+#: bytes buffered before the ClientHello is judged (the parser refuses more records first)
+_MAX_BUFFERED = MAX_HELLO + 4 + MAX_RECORDS * 5
 
 _HELLO, _HANDSHAKE, _OPEN, _CLOSED = 0, 1, 2, 3
 
@@ -159,7 +161,7 @@ class StdlibTLSProtocol(ProtocolWrapper):
         buffered = self._hello + data if self._hello else data
         result = parse_client_hello(buffered)
         if isinstance(result, NeedMore):
-            if len(buffered) > MAX_HELLO + 5 * 8:  # pragma: no cover - the parser refuses first
+            if len(buffered) > _MAX_BUFFERED:  # pragma: no cover - the parser refuses first
                 self._refuse("malformed", "too_large", ALERT_DECODE_ERROR)
             else:
                 self._hello = buffered
