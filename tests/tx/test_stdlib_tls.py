@@ -17,7 +17,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls.certificates import CertificateStore, sent_no_sni, tls_binding
 from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory, TlsStats, alert_record
 
@@ -77,7 +76,7 @@ class Env:
             inner,
             self.stats,
             listener="https",
-            timers=Timers(self.clock, self.clock.seconds),
+            clock=self.clock,
             handshake_timeout=lambda: timeout,
         )
         return factory
@@ -246,24 +245,45 @@ def test_timer_cancelled_at_handshake_and_on_early_loss(env: Env) -> None:
     assert env.clock.getDelayedCalls() == [] and _stats(env) == (1, 0, 1)
 
 
-def test_lose_connection_sends_close_notify_and_peer_close_notify_is_answered(env: Env) -> None:
+def test_lose_connection_sends_close_notify_then_lingers_until_the_peer_closes(env: Env) -> None:
+    """loseConnection: close_notify at once; what the peer still sends is read and dropped (no reset
+    losing the last answer) until its close_notify, which closes the TCP connection."""
     mem = env.memory()
     assert mem.handshake()
     rec = env.protocols[0]
-    rec.transport.write(b"bye")  # type: ignore[union-attr]
+    rec.transport.write(b"413 too large")  # type: ignore[union-attr]
     rec.transport.loseConnection()  # type: ignore[union-attr]
     rec.transport.write(b"dropped after close")  # type: ignore[union-attr]
-    assert mem.closed
+    assert not mem.closed
     mem.pump()
-    assert mem.client.read(100) == b"bye"
+    assert mem.client.read(100) == b"413 too large"
     assert mem.client.read(100) == b""  # close_notify (the stdlib reads it as end of data)
-    # the other way: the client's close_notify closes the connection
-    other = env.memory()
-    assert other.handshake()
+    mem.send(b"the rest of a large body" * 100)  # still sending: dropped, not delivered
+    assert not mem.closed and rec.data == b""
+    mem.client.unwrap()  # the client's close_notify (the edge's is already in)
+    mem.pump()
+    assert mem.closed
+    assert env.clock.getDelayedCalls() == []
+
+
+def test_lingering_ends_after_two_seconds_without_the_peer(env: Env) -> None:
+    mem = env.memory()
+    assert mem.handshake()
+    env.protocols[0].transport.loseConnection()  # type: ignore[union-attr]
+    env.clock.advance(1.9)
+    assert not mem.closed
+    env.clock.advance(0.2)
+    assert mem.closed
+
+
+def test_peer_close_notify_is_answered_and_closes_at_once(env: Env) -> None:
+    mem = env.memory()
+    assert mem.handshake()
     with pytest.raises(ssl.SSLWantReadError):
-        other.client.unwrap()
-    other.pump()
-    assert other.closed
+        mem.client.unwrap()
+    mem.pump()
+    assert mem.closed and env.clock.getDelayedCalls() == []
+    mem.client.unwrap()  # the edge's close_notify came back
 
 
 def test_wrapped_protocol_can_be_replaced_after_the_handshake(env: Env) -> None:
