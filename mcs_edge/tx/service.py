@@ -361,7 +361,7 @@ class EdgeService(MultiService):
         site.timeOut = 60
         site.requestFactory = self.http_proxy.request_factory()
         https_factory = site if self.turn is None else self.turn.https_factory(site)
-        handshake = {"timers": self.timers, "handshake_timeout": lambda: self.config.tls.handshake_timeout}
+        handshake = {"clock": self.reactor, "handshake_timeout": lambda: self.config.tls.handshake_timeout}
         https_tls = self.metrics.tls_factory("https", self.certs, https_factory, **handshake)
         self._tcp("https", cfg.listen.https, GuardedFactory(https_tls, self.protection, "https"))
         if cfg.listen.sip_tls is not None:

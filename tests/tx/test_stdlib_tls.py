@@ -17,7 +17,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mcs_edge.core.tenants import TenantTable
-from mcs_edge.tx.timers import Timers
 from mcs_edge.tx.tls.certificates import CertificateStore, sent_no_sni, tls_binding
 from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory, TlsStats, alert_record
 
@@ -77,7 +76,7 @@ class Env:
             inner,
             self.stats,
             listener="https",
-            timers=Timers(self.clock, self.clock.seconds),
+            clock=self.clock,
             handshake_timeout=lambda: timeout,
         )
         return factory
@@ -183,6 +182,21 @@ def test_malformed_client_hello_gets_decode_error_and_a_close(env: Env, garbage:
     assert mem.from_server() == b""
 
 
+def test_hello_in_tiny_records_is_bounded(env: Env) -> None:
+    """A hello announced at 16 KiB sent one byte per record: refused at the ninth record."""
+    mem = env.memory()
+    message = b"\x01\x00\x40\x00" + bytes(16384)
+    sent = 0
+    for b in message:
+        mem.to_server(b"\x16\x03\x03\x00\x01" + bytes((b,)))
+        sent += 1
+        if mem.closed:
+            break
+    assert mem.closed and mem.from_server() == alert_record(50)
+    assert sent == 9
+    assert _stats(env) == (0, 1, 0)
+
+
 def test_hello_byte_by_byte(env: Env) -> None:
     """A ClientHello arriving one byte per read is buffered until whole."""
     mem = env.memory()
@@ -231,24 +245,45 @@ def test_timer_cancelled_at_handshake_and_on_early_loss(env: Env) -> None:
     assert env.clock.getDelayedCalls() == [] and _stats(env) == (1, 0, 1)
 
 
-def test_lose_connection_sends_close_notify_and_peer_close_notify_is_answered(env: Env) -> None:
+def test_lose_connection_sends_close_notify_then_lingers_until_the_peer_closes(env: Env) -> None:
+    """loseConnection: close_notify at once; what the peer still sends is read and dropped (no reset
+    losing the last answer) until its close_notify, which closes the TCP connection."""
     mem = env.memory()
     assert mem.handshake()
     rec = env.protocols[0]
-    rec.transport.write(b"bye")  # type: ignore[union-attr]
+    rec.transport.write(b"413 too large")  # type: ignore[union-attr]
     rec.transport.loseConnection()  # type: ignore[union-attr]
     rec.transport.write(b"dropped after close")  # type: ignore[union-attr]
-    assert mem.closed
+    assert not mem.closed
     mem.pump()
-    assert mem.client.read(100) == b"bye"
+    assert mem.client.read(100) == b"413 too large"
     assert mem.client.read(100) == b""  # close_notify (the stdlib reads it as end of data)
-    # the other way: the client's close_notify closes the connection
-    other = env.memory()
-    assert other.handshake()
+    mem.send(b"the rest of a large body" * 100)  # still sending: dropped, not delivered
+    assert not mem.closed and rec.data == b""
+    mem.client.unwrap()  # the client's close_notify (the edge's is already in)
+    mem.pump()
+    assert mem.closed
+    assert env.clock.getDelayedCalls() == []
+
+
+def test_lingering_ends_after_two_seconds_without_the_peer(env: Env) -> None:
+    mem = env.memory()
+    assert mem.handshake()
+    env.protocols[0].transport.loseConnection()  # type: ignore[union-attr]
+    env.clock.advance(1.9)
+    assert not mem.closed
+    env.clock.advance(0.2)
+    assert mem.closed
+
+
+def test_peer_close_notify_is_answered_and_closes_at_once(env: Env) -> None:
+    mem = env.memory()
+    assert mem.handshake()
     with pytest.raises(ssl.SSLWantReadError):
-        other.client.unwrap()
-    other.pump()
-    assert other.closed
+        mem.client.unwrap()
+    mem.pump()
+    assert mem.closed and env.clock.getDelayedCalls() == []
+    mem.client.unwrap()  # the edge's close_notify came back
 
 
 def test_wrapped_protocol_can_be_replaced_after_the_handshake(env: Env) -> None:
@@ -316,3 +351,32 @@ def test_echo_through_a_real_factory_and_large_writes(env: Env) -> None:
         if len(got) >= len(payload):
             break
     assert got == payload
+
+
+def test_pem_is_loaded_from_memory_and_the_fallback_leaves_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+    """context_from_pem: through a memfd nothing is written; without memfd_create the PEM goes to a
+    0600 file of the scratch directory, removed at once; a key of another certificate is refused."""
+    from mcs_edge import certs
+    from mcs_edge.tx.tls import certificates as tc
+
+    ca = certs.ensure_dev_ca(str(tmp_path / "state"))
+    chain, key = certs.issue_leaf(ca, ("rossi.example.com",))
+    scratch = tmp_path / "scratch"
+    ctx = tc.make_server_context("1.2", (b"http/1.1",))
+    tc.context_from_pem(ctx, chain, key, str(scratch))
+    assert not scratch.exists()
+    modes: list[int] = []
+    real_load = ssl.SSLContext.load_cert_chain
+
+    def spy(self: ssl.SSLContext, path: str, *a: Any) -> None:
+        modes.append(Path(path).stat().st_mode & 0o777)
+        real_load(self, path, *a)
+
+    monkeypatch.delattr(tc.os, "memfd_create")
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", spy)
+    tc.context_from_pem(tc.make_server_context("1.2", ()), chain, key, str(scratch))
+    assert modes == [0o600] and list(scratch.iterdir()) == []
+    _other_chain, other_key = certs.issue_leaf(ca, ("verdi.example.com",))
+    with pytest.raises(ssl.SSLError):
+        tc.context_from_pem(tc.make_server_context("1.2", ()), chain, other_key, str(scratch))
+    assert list(scratch.iterdir()) == []

@@ -65,6 +65,8 @@ first byte not 22 (handshake), or a record      ``Malformed("not_tls")``
 version whose first byte is not 3
 a record longer than 2^14, or empty             ``Malformed("record")``
 a later record of another content type          ``Malformed("record")``
+a hello spread over more than                   ``Malformed("record")``
+:data:`MAX_RECORDS` records
 handshake type not client_hello                 ``Malformed("not_client_hello")``
 handshake length over :data:`MAX_HELLO`         ``Malformed("too_large")``
 bytes still missing (record or message)         ``NEED_MORE``
@@ -86,6 +88,7 @@ from typing import Final
 
 __all__ = [
     "MAX_HELLO",
+    "MAX_RECORDS",
     "NEED_MORE",
     "ClientHello",
     "Malformed",
@@ -97,6 +100,9 @@ __all__ = [
 #: bytes (post-quantum key shares push Chromium's to about 1,800); 16 KiB is one full record.
 MAX_HELLO: Final = 16384
 _MAX_RECORD: Final = 16384  # RFC 8446 s.5.1: 2^14
+#: Records one ClientHello may span. Clients send one (two for the largest post-quantum key
+#: shares); a hello in many tiny records would make every read re-scan them all.
+MAX_RECORDS: Final = 8
 _HANDSHAKE: Final = 22
 _CLIENT_HELLO: Final = 1
 _EXT_SERVER_NAME: Final = 0
@@ -154,9 +160,13 @@ def parse_client_hello(data: bytes | bytearray | memoryview) -> ClientHello | Ne
     message = bytearray()
     pos = 0
     need: int | None = None  # the handshake message's full length, once its header is in
+    records = 0
     while True:
         if pos >= n:
             return NEED_MORE
+        records += 1
+        if records > MAX_RECORDS:
+            return Malformed("record")
         if buf[pos] != _HANDSHAKE:
             return Malformed("not_tls" if pos == 0 else "record")
         if pos + 1 < n and buf[pos + 1] != 3:

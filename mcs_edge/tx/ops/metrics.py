@@ -208,7 +208,7 @@ class EdgeMetrics:
 
     def tls_factory(self, listener: str, chooser: Any, wrapped: Any, **kw: Any) -> StdlibTLSFactory:
         """A server-side TLS wrapping factory (tx/tls/stdlib_tls.py) whose handshakes count under
-        ``listener``; ``kw``: its ``timers`` and ``handshake_timeout``."""
+        ``listener``; ``kw``: its ``clock`` and ``handshake_timeout``."""
         return StdlibTLSFactory(chooser, wrapped, self.tls_stats(listener), listener=listener, **kw)
 
     def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:

@@ -118,23 +118,29 @@ def context_from_pem(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes, scra
     if memfd is not None and os.path.isdir("/proc/self/fd"):
         fd = memfd("mcs-edge-pem", getattr(os, "MFD_CLOEXEC", 0))
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             ctx.load_cert_chain(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
         return
-    os.makedirs(scratch_dir, mode=0o700, exist_ok=True)  # pragma: no cover - not Linux
-    fd, path = tempfile.mkstemp(prefix=".pem-", dir=scratch_dir)  # pragma: no cover
-    try:  # pragma: no cover
-        os.write(fd, data)
+    os.makedirs(scratch_dir, mode=0o700, exist_ok=True)  # without memfd (not Linux)
+    fd, path = tempfile.mkstemp(prefix=".pem-", dir=scratch_dir)  # created 0600
+    try:
+        _write_all(fd, data)
         os.close(fd)
         fd = -1
         ctx.load_cert_chain(path)
-    finally:  # pragma: no cover
+    finally:
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _file_sig(path: str) -> tuple[int, int, int] | None:

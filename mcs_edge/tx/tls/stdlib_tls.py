@@ -21,8 +21,10 @@ producers. A connection goes through four states:
 4. *open*: the wrapped protocol is connected (``makeConnection``) only now, then told
    ``handshakeCompleted`` (``IHandshakeListener``); ``negotiatedProtocol`` and :attr:`server_name`
    / :attr:`sni_sent` are set. Records in are decrypted and handed on; each ``write`` is one
-   encryption and one write below. ``loseConnection`` sends ``close_notify`` and closes below;
-   a peer's ``close_notify`` is answered the same way.
+   encryption and one write below. ``loseConnection`` sends ``close_notify``, then keeps reading
+   (and dropping) what the peer still sends until its ``close_notify`` or close, at most
+   :data:`LINGER` seconds, before closing below (closing on unread bytes would reset the connection
+   and lose the last answer); a peer's ``close_notify`` is answered and closes at once.
 
 Producers are registered on the transport below (encryption is synchronous, so its pauses are the
 right ones for the wrapped protocol). ``wrappedProtocol`` may be replaced after the handshake (the
@@ -58,14 +60,13 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mcs_edge.core.tls.client_hello import MAX_HELLO, Malformed, NeedMore, parse_client_hello
+from mcs_edge.core.tls.client_hello import MAX_HELLO, MAX_RECORDS, Malformed, NeedMore, parse_client_hello
 from mcs_edge.tx.ops.logs import RateLimitedLog
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress
+    from twisted.internet.interfaces import IAddress, IReactorTime
 
     from mcs_edge.core.tls.client_hello import ClientHello
-    from mcs_edge.tx.timers import Timers
 
 __all__ = [
     "ContextChooser",
@@ -80,8 +81,14 @@ ALERT_HANDSHAKE_FAILURE = 40
 ALERT_DECODE_ERROR = 50
 ALERT_UNRECOGNIZED_NAME = 112
 _READ_SIZE = 16384  # one record's plaintext at most (RFC 8446 s.5.1)
+#: bytes buffered before the ClientHello is judged (the parser refuses more records first)
+_MAX_BUFFERED = MAX_HELLO + 4 + MAX_RECORDS * 5
 
-_HELLO, _HANDSHAKE, _OPEN, _CLOSED = 0, 1, 2, 3
+_HELLO, _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = 0, 1, 2, 3, 4
+#: seconds a closing connection keeps reading (and dropping) what the peer still sends before the
+#: TCP close: closing with unread bytes would reset the connection and lose the last answer (an early
+#: 413 to a client still sending its body); the peer's close_notify or close ends it sooner
+LINGER = 2.0
 
 
 def alert_record(description: int) -> bytes:
@@ -138,10 +145,10 @@ class StdlibTLSProtocol(ProtocolWrapper):
 
     def connectionMade(self) -> None:  # noqa: N802
         factory = self.factory
-        if factory.timers is not None:
+        if factory.clock is not None:
             timeout = factory.handshake_timeout()
             if timeout > 0:
-                self._timer = factory.timers.call_later(timeout, self._timed_out)
+                self._timer = factory.clock.callLater(timeout, self._timed_out)
 
     # -- bytes from below ---------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
@@ -154,12 +161,14 @@ class StdlibTLSProtocol(ProtocolWrapper):
             self._handshake()
         elif state == _HELLO:
             self._hello_received(data)
+        elif state == _CLOSING:
+            self._linger_read(data)
 
     def _hello_received(self, data: bytes) -> None:
         buffered = self._hello + data if self._hello else data
         result = parse_client_hello(buffered)
         if isinstance(result, NeedMore):
-            if len(buffered) > MAX_HELLO + 5 * 8:  # pragma: no cover - the parser refuses first
+            if len(buffered) > _MAX_BUFFERED:  # pragma: no cover - the parser refuses first
                 self._refuse("malformed", "too_large", ALERT_DECODE_ERROR)
             else:
                 self._hello = buffered
@@ -230,7 +239,7 @@ class StdlibTLSProtocol(ProtocolWrapper):
                 self._refuse("failed", _reason(exc), None)
                 return
             if not data:  # the peer's close_notify: answer it and close
-                self.loseConnection()
+                self._shutdown(linger=False)
                 return
             self.wrappedProtocol.dataReceived(data)
             if self._state != _OPEN:
@@ -261,7 +270,10 @@ class StdlibTLSProtocol(ProtocolWrapper):
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:  # noqa: N802
-        if self.disconnecting or self._state == _CLOSED or self.transport is None:
+        self._shutdown(linger=True)
+
+    def _shutdown(self, linger: bool) -> None:
+        if self.disconnecting or self._state in (_CLOSING, _CLOSED) or self.transport is None:
             return
         self.disconnecting = True
         self._cancel_timer()
@@ -269,10 +281,36 @@ class StdlibTLSProtocol(ProtocolWrapper):
             try:
                 self._ssl.unwrap()  # type: ignore[union-attr]  # close_notify
             except (ssl.SSLError, ValueError):
-                pass  # the peer's close_notify is not awaited
+                pass  # the peer's close_notify comes later, or never
             self._flush()
+            clock = self.factory.clock
+            if linger and clock is not None:  # linger: read and drop until the peer closes, at most LINGER s
+                self._state = _CLOSING
+                self._timer = clock.callLater(LINGER, self._linger_end)
+                return
         self._state = _CLOSED
         self.transport.loseConnection()
+
+    def _linger_read(self, data: bytes) -> None:
+        conn, bio = self._ssl, self._in
+        assert conn is not None and bio is not None
+        bio.write(data)
+        while True:
+            try:
+                if not conn.read(_READ_SIZE):  # the peer's close_notify
+                    break
+            except ssl.SSLWantReadError:
+                return
+            except (ssl.SSLError, ValueError):
+                break
+        self._linger_end()
+
+    def _linger_end(self) -> None:
+        self._cancel_timer()
+        if self._state == _CLOSING:
+            self._state = _CLOSED
+            if self.transport is not None:
+                self.transport.loseConnection()
 
     def abortConnection(self) -> None:  # noqa: N802
         if self.transport is None:
@@ -335,7 +373,8 @@ class StdlibTLSProtocol(ProtocolWrapper):
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
-            self.factory.timers.cancel(self._timer)  # type: ignore[union-attr]
+            if self._timer.active():
+                self._timer.cancel()
             self._timer = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
@@ -357,7 +396,10 @@ class StdlibTLSFactory(WrappingFactory["StdlibTLSProtocol"]):
     """Wraps ``wrapped`` (a listener's factory) in server-side TLS chosen by ``chooser``.
 
     ``stats`` counts handshake outcomes (replaceable until the port opens); ``listener`` names
-    the listener in logs; ``handshake_timeout`` is read per connection (seconds, 0 = none)."""
+    the listener in logs; ``handshake_timeout`` is read per connection (seconds, 0 = none);
+    ``clock`` (the reactor) runs the handshake timeout and the linger of closing connections:
+    short per-connection calls, not the service's ``Timers`` (which a stopped service empties while
+    connections may still be closing), as the WebSocket's close timeout."""
 
     protocol = StdlibTLSProtocol
     noisy = False
@@ -370,14 +412,14 @@ class StdlibTLSFactory(WrappingFactory["StdlibTLSProtocol"]):
         stats: TlsStats | None = None,
         *,
         listener: str = "tls",
-        timers: Timers | None = None,
+        clock: IReactorTime | None = None,
         handshake_timeout: Callable[[], float] = lambda: 10.0,
     ) -> None:
         super().__init__(wrapped)
         self.chooser = chooser
         self.stats = stats if stats is not None else TlsStats()
         self.listener = listener
-        self.timers = timers
+        self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.ratelog = RateLimitedLog(self.log, burst=5, window=10.0)
 

@@ -809,7 +809,7 @@ class TurnService(MultiService):
                 TurnStreamFactory(turns, tls=True),
                 TlsStats(),
                 listener="turns",
-                timers=timers,
+                clock=reactor,
                 handshake_timeout=lambda: self.config.tls.handshake_timeout,
             )
             self._add_tcp("turns", listen.turns, self.turns_tls)

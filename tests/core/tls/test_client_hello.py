@@ -6,7 +6,14 @@ import ssl
 
 import pytest
 
-from mcs_edge.core.tls.client_hello import MAX_HELLO, NEED_MORE, ClientHello, Malformed, parse_client_hello
+from mcs_edge.core.tls.client_hello import (
+    MAX_HELLO,
+    MAX_RECORDS,
+    NEED_MORE,
+    ClientHello,
+    Malformed,
+    parse_client_hello,
+)
 
 # `openssl s_client -connect ... -servername Rossi.Example.com -alpn h2,http/1.1` (OpenSSL 3.0), as sent
 S_CLIENT = bytes.fromhex(
@@ -175,3 +182,11 @@ def test_the_size_bound_holds_for_fragmented_hellos() -> None:
     assert isinstance(parse_client_hello(data), ClientHello)
     over = b"\x01" + (MAX_HELLO + 1).to_bytes(3, "big")
     assert parse_client_hello(_record(over)) == Malformed("too_large")
+
+
+def test_a_hello_in_more_records_than_allowed_is_refused() -> None:
+    """MAX_RECORDS records of one byte are still waited for; one more is refused, whatever follows."""
+    message = S_CLIENT[5:]
+    tiny = b"".join(_record(message[i : i + 1]) for i in range(MAX_RECORDS))
+    assert parse_client_hello(tiny) is NEED_MORE
+    assert parse_client_hello(tiny + _record(message[MAX_RECORDS : MAX_RECORDS + 1])) == Malformed("record")
