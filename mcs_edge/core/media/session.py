@@ -279,6 +279,8 @@ class Leg:
         "router",
         "rtcp_ice",
         "rtcp_port",
+        "rx_ssrc",
+        "rx_tracker",
         "sdes",
         "sdes_key",
         "sdp_remote",
@@ -324,6 +326,8 @@ class Leg:
         self.route_map: dict[int, Leg] = {}
         self.default_target: Leg | None = None
         self.counters = LegCounters()
+        self.rx_ssrc = b""  # the SSRC (4 bytes) of the last RTP packet the fast path counted ...
+        self.rx_tracker: SequenceTracker | None = None  # ... and its tracker in counters.sequences
         # loss/jitter/RTT of this leg from RTCP and the counters (core/media/quality.py)
         self.quality = session.quality.new_leg(side.name, self.counters)
         self.stun_rx = 0
@@ -377,20 +381,19 @@ class Leg:
             counters = self.counters
             counters.packets += 1
             counters.bytes += n
-            ssrc = _U32(data, 8)[0]
             seq = (data[2] << 8) | data[3]
-            tracker = counters.sequences.get(ssrc)
-            if tracker is not None:
+            tracker = self.rx_tracker
+            if tracker is not None and data.startswith(self.rx_ssrc, 8):  # the last packet's SSRC
                 if 0 < seq - tracker.max_seq < MAX_DROPOUT:  # the next packet in order: no call
                     tracker.max_seq = seq
                     tracker.received += 1
                 else:
                     tracker.update(seq)
-            elif len(counters.sequences) < MAX_TRACKED_SSRCS:
-                counters.sequences[ssrc] = SequenceTracker(seq)
+            else:
+                self._track(data, seq)
             target = self.target
             if target is None:
-                target = self._route(ssrc, data[1] & 0x7F)
+                target = self._route(_U32(data, 8)[0], data[1] & 0x7F)
                 if target is None:
                     return False
             rewrite = target.rewrite
@@ -447,20 +450,19 @@ class Leg:
             counters = self.counters
             counters.packets += 1
             counters.bytes += n
-            ssrc = _U32(data, 8)[0]
             seq = (data[2] << 8) | data[3]
-            tracker = counters.sequences.get(ssrc)
-            if tracker is not None:
+            tracker = self.rx_tracker
+            if tracker is not None and data.startswith(self.rx_ssrc, 8):  # the last packet's SSRC
                 if 0 < seq - tracker.max_seq < MAX_DROPOUT:  # the next packet in order: no call
                     tracker.max_seq = seq
                     tracker.received += 1
                 else:
                     tracker.update(seq)
-            elif len(counters.sequences) < MAX_TRACKED_SSRCS:
-                counters.sequences[ssrc] = SequenceTracker(seq)
+            else:
+                self._track(data, seq)
             target = self.target
             if target is None:
-                target = self._route(ssrc, data[1] & 0x7F)
+                target = self._route(_U32(data, 8)[0], data[1] & 0x7F)
                 if target is None:
                     return False
             rewrite = target.rewrite
@@ -479,6 +481,19 @@ class Leg:
             return self._dtls(data, addr, now)
         self.counters.drop("garbage")
         return False
+
+    def _track(self, data: bytes, seq: int) -> None:
+        """Sequence accounting for a packet whose SSRC is not the previous packet's (the fast path
+        keeps the last SSRC's tracker and compares its 4 bytes in place)."""
+        ssrc = _U32(data, 8)[0]
+        sequences = self.counters.sequences
+        tracker = sequences.get(ssrc)
+        if tracker is not None:
+            tracker.update(seq)
+        elif len(sequences) < MAX_TRACKED_SSRCS:
+            tracker = sequences[ssrc] = SequenceTracker(seq)
+        self.rx_ssrc = data[8:12]
+        self.rx_tracker = tracker
 
     def receive_rtcp(self, data: bytes, addr: Addr, now: float) -> bool:
         """One datagram on the leg's separate RTCP port (RTCP not muxed)."""

@@ -99,3 +99,20 @@ def test_rtcp_and_short_packets_from_the_current_source_take_the_general_path() 
     assert ports.take(port=pbx.rtcp_port) == [report]
     client.receive(rtp_packet(2, 0x55)[:11], PHONE, 1.2)
     assert client.counters.dropped == {"truncated": 1} and client.counters.packets == 2
+
+
+def test_sequence_accounting_follows_ssrc_changes_and_the_tracking_limit() -> None:
+    """The fast path keeps the last SSRC's tracker: interleaved SSRCs, a return to an earlier one and
+    SSRCs beyond the tracking limit are accounted exactly as one tracker per SSRC (at most 32)."""
+    _session, ports, client, _pbx = rtp_call()
+    order = [(1, 0xA), (1, 0xB), (2, 0xA), (3, 0xA), (2, 0xB), (5, 0xA), (3, 0xB)]
+    for i, (seq, ssrc) in enumerate(order):
+        client.receive(rtp_packet(seq, ssrc), PHONE, 1.0 + i * 0.01)
+    a, b = client.counters.sequences[0xA], client.counters.sequences[0xB]
+    assert (a.received, a.expected, a.lost) == (4, 5, 1) and (b.received, b.expected, b.lost) == (3, 3, 0)
+    for ssrc in range(0x100, 0x100 + 40):  # only 32 SSRCs are tracked; every packet is still forwarded
+        client.receive(rtp_packet(1, ssrc), PHONE, 2.0)
+        client.receive(rtp_packet(2, ssrc), PHONE, 2.0)
+    assert len(client.counters.sequences) == 32 and client.counters.packets == len(order) + 80
+    assert len(ports.take(PBX_ADDR)) == len(order) + 80
+    assert all(t.received == 2 for s, t in client.counters.sequences.items() if s >= 0x100)
