@@ -47,7 +47,8 @@ only after the answer is committed and ICE has selected an address. DTLS records
 before the role is known (a browser answering ``active`` may send its ClientHello before its SIP
 answer reaches us) are kept (at most four) and replayed at commit.
 
-Per-packet path (:meth:`Leg.receive`, one call per datagram): demux by first byte, source check
+Per-packet path (:meth:`Leg.receive`, one call per datagram; RTP from the current source takes a
+fast path at its top that makes the same decisions inline): demux by first byte, source check
 (ICE consent, or latching: the first packet latches; another source takes over only after the
 latched one has been silent ``relatch_after`` seconds), police (token bucket of the leg), SRTP
 unprotect, count (packets, bytes, loss from sequence gaps), route, protect, send. Every refused
