@@ -364,7 +364,8 @@ class Leg:
         """
         n = len(data)
         if n > 11 and _IS_RTP[data[0]] and addr == self.remote and not 191 < data[1] < 224:
-            if not self.police(n, now):
+            police = self.police  # slot loads, then calls: a LOAD_METHOD on a slot never specializes
+            if not police(n, now):
                 self.policer.refused(n)
                 self.counters.drop("policed")
                 return False
@@ -373,8 +374,9 @@ class Leg:
                 if srtp is None:
                     self.counters.drop("not-keyed")
                     return False
+                unprotect = srtp.unprotect_rtp
                 try:
-                    data = srtp.unprotect_rtp(data)
+                    data = unprotect(data)
                 except RemoteProtocolError:
                     self.counters.drop("srtp")
                     return False
@@ -384,7 +386,7 @@ class Leg:
             counters.bytes += n
             seq = (data[2] << 8) | data[3]
             tracker = self.rx_tracker
-            if tracker is not None and data.startswith(self.rx_ssrc, 8):  # the last packet's SSRC
+            if tracker is not None and data[8:12] == self.rx_ssrc:  # the last packet's SSRC
                 if 0 < seq - tracker.max_seq < MAX_DROPOUT:  # the next packet in order: no call
                     tracker.max_seq = seq
                     tracker.received += 1
@@ -406,8 +408,9 @@ class Leg:
                 if srtp is None:
                     target.counters.drop("not-keyed")
                     return False
+                protect = srtp.protect_rtp
                 try:
-                    data = srtp.protect_rtp(data)
+                    data = protect(data)
                 except RemoteProtocolError:
                     target.counters.drop("srtp-protect")
                     return False
@@ -415,8 +418,9 @@ class Leg:
             if dest is None:
                 target.counters.drop("no-destination")
                 return False
+            send = target.send
             try:
-                target.send(data, dest)
+                send(data, dest)
             except Exception:  # a socket error must never reach the reactor
                 target.counters.drop("send-error")
                 return False
@@ -453,7 +457,7 @@ class Leg:
             counters.bytes += n
             seq = (data[2] << 8) | data[3]
             tracker = self.rx_tracker
-            if tracker is not None and data.startswith(self.rx_ssrc, 8):  # the last packet's SSRC
+            if tracker is not None and data[8:12] == self.rx_ssrc:  # the last packet's SSRC
                 if 0 < seq - tracker.max_seq < MAX_DROPOUT:  # the next packet in order: no call
                     tracker.max_seq = seq
                     tracker.received += 1
@@ -485,7 +489,7 @@ class Leg:
 
     def _track(self, data: bytes, seq: int) -> None:
         """Sequence accounting for a packet whose SSRC is not the previous packet's (the fast path
-        keeps the last SSRC's tracker and compares its 4 bytes in place)."""
+        keeps the last SSRC's tracker and compares its 4 bytes)."""
         ssrc = _U32(data, 8)[0]
         sequences = self.counters.sequences
         tracker = sequences.get(ssrc)
