@@ -291,6 +291,7 @@ class Control:
         if src:  # another source tree's mcs_edge (e.g. main, for before/after in one run)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env)
+        self.name = f"{kind}.{mode}" + (".base" if src else "")
 
     def request(self, **msg: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -603,11 +604,19 @@ async def load(
 
     loop.call_at(start, tick, 0)
     await asyncio.sleep(start - loop.time() + warmup)
+    perf = None
+    if os.environ.get("MCS_BENCH_PERF") and isinstance(ctl, Control):
+        # sample the relay process over the measuring window only: `perf report -i FILE.KIND.MODE`
+        out = f"{os.environ['MCS_BENCH_PERF']}.{ctl.name}"
+        perf = subprocess.Popen(["perf", "record", "-q", "-g", "-p", str(ctl.proc.pid), "-o", out])
     cpu0 = await cpu()
     window[0] = time.perf_counter()
     await asyncio.sleep(seconds)
     window[1] = time.perf_counter()
     cpu1 = await cpu()
+    if perf is not None:
+        perf.send_signal(2)
+        perf.wait(30)
     await done
     await asyncio.sleep(0.3)
     sent = sum(1 for s in streams for t in s.sent_at if window[0] <= t < window[1])

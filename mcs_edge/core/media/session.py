@@ -47,7 +47,8 @@ only after the answer is committed and ICE has selected an address. DTLS records
 before the role is known (a browser answering ``active`` may send its ClientHello before its SIP
 answer reaches us) are kept (at most four) and replayed at commit.
 
-Per-packet path (:meth:`Leg.receive`, one call per datagram): demux by first byte, source check
+Per-packet path (:meth:`Leg.receive`, one call per datagram; RTP from the current source takes a
+fast path at its top that makes the same decisions inline): demux by first byte, source check
 (ICE consent, or latching: the first packet latches; another source takes over only after the
 latched one has been silent ``relatch_after`` seconds), police (token bucket of the leg), SRTP
 unprotect, count (packets, bytes, loss from sequence gaps), route, protect, send. Every refused
@@ -132,6 +133,7 @@ ANSWER_SDES_SUITES: Final = ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM", "AES
 _SDES_KEY_LENGTH: Final = max(SDES_SUITES.values())
 _SENDING: Final = frozenset({"sendrecv", "sendonly"})
 _KINDS: Final = bytes(classify_first_byte(b) for b in range(256))
+_IS_RTP: Final = bytes(classify_first_byte(b) == KIND_RTP for b in range(256))
 _U32: Final = struct.Struct("!I").unpack_from
 _STUN_COOKIE: Final = b"\x21\x12\xa4\x42"
 _INF: Final = float("inf")
@@ -263,6 +265,7 @@ class Leg:
         "last_rtp",
         "last_rx",
         "limit",
+        "police",
         "policer",
         "port",
         "profile",
@@ -277,6 +280,8 @@ class Leg:
         "router",
         "rtcp_ice",
         "rtcp_port",
+        "rx_ssrc",
+        "rx_tracker",
         "sdes",
         "sdes_key",
         "sdp_remote",
@@ -322,12 +327,15 @@ class Leg:
         self.route_map: dict[int, Leg] = {}
         self.default_target: Leg | None = None
         self.counters = LegCounters()
+        self.rx_ssrc = b""  # the SSRC (4 bytes) of the last RTP packet the fast path counted ...
+        self.rx_tracker: SequenceTracker | None = None  # ... and its tracker in counters.sequences
         # loss/jitter/RTT of this leg from RTCP and the counters (core/media/quality.py)
         self.quality = session.quality.new_leg(side.name, self.counters)
         self.stun_rx = 0
         self.tx_packets = 0
         self.tx_bytes = 0
         self.policer = session.new_policer(now)
+        self.police = self.policer.check  # the per-packet decision (counted by policer.refused)
         self.relatch_after = settings.relatch_after
         self.last_rx = now
         self.last_rtcp_rx = now
@@ -347,8 +355,78 @@ class Leg:
     # ---------------------------------------------------------------------- the per-packet path
 
     def receive(self, data: bytes, addr: Addr, now: float) -> bool:
-        """One datagram on the leg's RTP (or only) port. True: ICE/DTLS state may have changed."""
+        """One datagram on the leg's RTP (or only) port. True: ICE/DTLS state may have changed.
+
+        The fast path (an RTP packet of at least a fixed header from the current source, not
+        RTCP) is the general path below with the checks it passes taken out, in the same order:
+        police, unprotect, count, route, rewrite, protect, send; one Python frame besides the
+        bucket's ``consume`` and libsrtp's call.
+        """
         n = len(data)
+        if n > 11 and _IS_RTP[data[0]] and addr == self.remote and not 191 < data[1] < 224:
+            police = self.police  # slot loads, then calls: a LOAD_METHOD on a slot never specializes
+            if not police(n, now):
+                self.policer.refused(n)
+                self.counters.drop("policed")
+                return False
+            if self.decrypts:
+                srtp = self.srtp
+                if srtp is None:
+                    self.counters.drop("not-keyed")
+                    return False
+                unprotect = srtp.unprotect_rtp
+                try:
+                    data = unprotect(data)
+                except RemoteProtocolError:
+                    self.counters.drop("srtp")
+                    return False
+            self.last_rx = now
+            counters = self.counters
+            counters.packets += 1
+            counters.bytes += n
+            seq = (data[2] << 8) | data[3]
+            tracker = self.rx_tracker
+            if tracker is not None and data[8:12] == self.rx_ssrc:  # the last packet's SSRC
+                if 0 < seq - tracker.max_seq < MAX_DROPOUT:  # the next packet in order: no call
+                    tracker.max_seq = seq
+                    tracker.received += 1
+                else:
+                    tracker.update(seq)
+            else:
+                self._track(data, seq)
+            target = self.target
+            if target is None:
+                target = self._route(_U32(data, 8)[0], data[1] & 0x7F)
+                if target is None:
+                    return False
+            rewrite = target.rewrite
+            if rewrite is not None:
+                data = rewrite(data, now)
+            target.last_rtp = data
+            if target.encrypts:
+                srtp = target.srtp
+                if srtp is None:
+                    target.counters.drop("not-keyed")
+                    return False
+                protect = srtp.protect_rtp
+                try:
+                    data = protect(data)
+                except RemoteProtocolError:
+                    target.counters.drop("srtp-protect")
+                    return False
+            dest = target.remote
+            if dest is None:
+                target.counters.drop("no-destination")
+                return False
+            send = target.send
+            try:
+                send(data, dest)
+            except Exception:  # a socket error must never reach the reactor
+                target.counters.drop("send-error")
+                return False
+            target.tx_packets += 1
+            target.tx_bytes += len(data)
+            return False
         kind = _KINDS[data[0]] if n else 0
         if kind == KIND_RTP:
             moved = addr != self.remote
@@ -377,20 +455,19 @@ class Leg:
             counters = self.counters
             counters.packets += 1
             counters.bytes += n
-            ssrc = _U32(data, 8)[0]
             seq = (data[2] << 8) | data[3]
-            tracker = counters.sequences.get(ssrc)
-            if tracker is not None:
+            tracker = self.rx_tracker
+            if tracker is not None and data[8:12] == self.rx_ssrc:  # the last packet's SSRC
                 if 0 < seq - tracker.max_seq < MAX_DROPOUT:  # the next packet in order: no call
                     tracker.max_seq = seq
                     tracker.received += 1
                 else:
                     tracker.update(seq)
-            elif len(counters.sequences) < MAX_TRACKED_SSRCS:
-                counters.sequences[ssrc] = SequenceTracker(seq)
+            else:
+                self._track(data, seq)
             target = self.target
             if target is None:
-                target = self._route(ssrc, data[1] & 0x7F)
+                target = self._route(_U32(data, 8)[0], data[1] & 0x7F)
                 if target is None:
                     return False
             rewrite = target.rewrite
@@ -409,6 +486,19 @@ class Leg:
             return self._dtls(data, addr, now)
         self.counters.drop("garbage")
         return False
+
+    def _track(self, data: bytes, seq: int) -> None:
+        """Sequence accounting for a packet whose SSRC is not the previous packet's (the fast path
+        keeps the last SSRC's tracker and compares its 4 bytes)."""
+        ssrc = _U32(data, 8)[0]
+        sequences = self.counters.sequences
+        tracker = sequences.get(ssrc)
+        if tracker is not None:
+            tracker.update(seq)
+        elif len(sequences) < MAX_TRACKED_SSRCS:
+            tracker = sequences[ssrc] = SequenceTracker(seq)
+        self.rx_ssrc = data[8:12]
+        self.rx_tracker = tracker
 
     def receive_rtcp(self, data: bytes, addr: Addr, now: float) -> bool:
         """One datagram on the leg's separate RTCP port (RTCP not muxed)."""

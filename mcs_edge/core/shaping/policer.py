@@ -13,9 +13,16 @@ Policing drops: there is no queue and no ``retry_at`` on this path. Drops are co
 policer (``dropped_packets``, ``dropped_bytes``; ``parent_dropped_packets`` is the part refused by
 the parent) for the adapter to export; admitted packets are not counted here, to keep the
 admitted path to one call.
+
+Per packet the media relay calls ``check`` (the same decision as :meth:`Policer.admit`, without
+counting a refusal) and, only on a refusal, ``refused``: without a parent ``check`` *is* the
+bucket's ``consume``, so an admitted packet costs one Python frame, not two. Every packet is still
+charged to the bucket at its own time and size: the decisions are exactly those of ``admit``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from mcs_edge.core.shaping.token_bucket import ADMITTED, REFUSED_PARENT, TokenBucket
 
@@ -25,7 +32,7 @@ __all__ = ["Policer"]
 class Policer:
     """Admit or drop packets against ``bucket`` (and ``parent``, when given), counting drops."""
 
-    __slots__ = ("bucket", "dropped_bytes", "dropped_packets", "parent", "parent_dropped_packets")
+    __slots__ = ("bucket", "check", "dropped_bytes", "dropped_packets", "parent", "parent_dropped_packets")
 
     def __init__(self, bucket: TokenBucket, parent: TokenBucket | None = None) -> None:
         self.bucket = bucket
@@ -33,19 +40,27 @@ class Policer:
         self.dropped_packets = 0
         self.dropped_bytes = 0
         self.parent_dropped_packets = 0
+        #: ``check(size, now)``: True admits (tokens taken); False refuses (the caller then calls
+        #: :meth:`refused`). The bucket's own ``consume`` when there is no parent.
+        self.check: Callable[[int, float], bool] = bucket.consume if parent is None else self._check_within
+
+    def _check_within(self, size: int, now: float) -> bool:
+        verdict = self.bucket.consume_within(self.parent, size, now)  # type: ignore[arg-type]
+        if verdict == ADMITTED:
+            return True
+        if verdict == REFUSED_PARENT:
+            self.parent_dropped_packets += 1
+        return False
+
+    def refused(self, size: int) -> None:
+        """Count a packet of ``size`` bytes that ``check`` refused."""
+        self.dropped_packets += 1
+        self.dropped_bytes += size
 
     def admit(self, size: int, now: float) -> bool:
         """``True``: forward the packet of ``size`` bytes; ``False``: drop it (counted)."""
-        parent = self.parent
-        if parent is None:
-            if self.bucket.consume(size, now):
-                return True
-        else:
-            verdict = self.bucket.consume_within(parent, size, now)
-            if verdict == ADMITTED:
-                return True
-            if verdict == REFUSED_PARENT:
-                self.parent_dropped_packets += 1
+        if self.check(size, now):
+            return True
         self.dropped_packets += 1
         self.dropped_bytes += size
         return False

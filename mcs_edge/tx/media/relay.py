@@ -70,22 +70,31 @@ def relay_settings(config: EdgeConfig) -> AnchorSettings:
     )
 
 
+def _receiver(relay: MediaRelay, leg: Leg, rtcp: bool) -> Callable[[bytes, Any], None]:
+    """The loop's ``datagram_received`` for one relay port: count, one call into the leg, and a
+    poke of the anchor when the leg reports an ICE/DTLS change. A closure over what it uses, so
+    the per-packet frame looks up nothing but the relay's packet counter."""
+    receive = leg.receive_rtcp if rtcp else leg.receive
+    now = relay.now
+    poke = relay.poke
+
+    def datagram_received(data: bytes, addr: Any) -> None:
+        relay.packets += 1
+        if receive(data, addr, now()):
+            poke(leg)
+
+    return datagram_received
+
+
 class _RelayPort:
     """One relay port: its endpoint and the one call per datagram into its leg."""
 
-    __slots__ = ("endpoint", "leg", "now", "receive", "relay")
+    __slots__ = ("datagram_received", "endpoint", "leg")
 
     def __init__(self, relay: MediaRelay, leg: Leg, rtcp: bool) -> None:
-        self.relay = relay
         self.leg = leg
-        self.receive = leg.receive_rtcp if rtcp else leg.receive
-        self.now = relay.now
+        self.datagram_received = _receiver(relay, leg, rtcp)
         self.endpoint: RelayEndpoint | None = None
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.relay.packets += 1
-        if self.receive(data, addr, self.now()):
-            self.relay.poke(self.leg)
 
     def close(self) -> None:
         if self.endpoint is not None:

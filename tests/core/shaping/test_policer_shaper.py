@@ -127,3 +127,35 @@ def test_property_shaped_reader_respects_the_rate(ops: list[tuple[float, int]]) 
         resume_at = s.data_received(size, now)
         assert resume_at is None or resume_at > now
     assert total <= 20_000.0 + 10_000.0 * now + largest + 1e-6
+
+
+@given(
+    st.booleans(),
+    st.lists(st.tuples(st.floats(0.0, 0.05), st.integers(0, 1500)), max_size=120),
+)
+def test_policer_check_then_refused_is_admit(with_parent: bool, packets: list[tuple[float, int]]) -> None:
+    """The relay's per-packet form (``check``, then ``refused`` on a refusal) decides and counts exactly
+    as ``admit``, with and without a tenant bucket, packet by packet."""
+
+    def policer() -> Policer:
+        return Policer(
+            TokenBucket(8000.0, 3000.0, 0.0), TokenBucket(6000.0, 2500.0, 0.0) if with_parent else None
+        )
+
+    slow, fast = policer(), policer()
+    now = 0.0
+    for step, size in packets:
+        now += step
+        admitted = fast.check(size, now)
+        if not admitted:
+            fast.refused(size)
+        assert admitted is slow.admit(size, now)
+    assert (fast.dropped_packets, fast.dropped_bytes, fast.parent_dropped_packets) == (
+        slow.dropped_packets,
+        slow.dropped_bytes,
+        slow.parent_dropped_packets,
+    )
+    assert fast.bucket.available(now) == slow.bucket.available(now)
+    if with_parent:
+        assert fast.parent is not None and slow.parent is not None
+        assert fast.parent.available(now) == slow.parent.available(now)
