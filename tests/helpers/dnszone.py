@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.error import CannotListenError
 from twisted.names import authority, dns, server
 
 
@@ -39,9 +40,19 @@ class DnsServer:
         self.zone = MemoryZone(origin)
         factory = server.DNSServerFactory(authorities=[self.zone])
         factory.noisy = False
-        self.udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-        port = self.udp.getHost().port
-        self.tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+        # UDP and TCP on one port number (a truncated answer is asked again over TCP): the UDP port is
+        # ephemeral, and the same number on TCP may be held by another process; then try another
+        for attempt in range(50):
+            self.udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+            port = self.udp.getHost().port
+            try:
+                self.tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+            except CannotListenError:
+                self.udp.stopListening()
+                if attempt == 49:
+                    raise
+                continue
+            break
         self.address = ("127.0.0.1", port)
 
     def stop(self) -> None:
