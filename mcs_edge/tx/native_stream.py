@@ -24,6 +24,12 @@ transport of the protocol the factory builds:
   ``buildProtocol(addr)`` is called with the peer's ``IPv4Address``/``IPv6Address`` (``TCP``) before
   anything is read, so the guard's ``GuardedFactory`` refuses first; ``None`` aborts the connection
   at once (Twisted's port closes the socket the same way).
+* reading, one read per connection per loop turn under load: libuv reads a readable socket up to
+  32 times in a row, so at overload one connection with a backlog was read dry (thousands of SIP
+  messages) before the PBX's UDP answers or any other client, and admitted INVITEs waited seconds
+  while the PBX retransmitted. A read of at least :data:`READ_TURN` bytes pauses the connection's
+  reading until the next loop turn (``call_soon``); small reads (a message or two, the normal case)
+  cost nothing more. A pause by the producer's consumer survives that release.
 * ``write``/``writeSequence``: to the loop's transport; dropped once the connection is closing
   (``loseConnection``/``abortConnection`` called, or lost), where Twisted would still buffer them
   until its close.
@@ -108,6 +114,10 @@ def _address(addr: Any) -> Address:
 def native_tcp(reactor: Any) -> bool:
     """True when :func:`listen_tcp` serves with the loop's native streams on this reactor."""
     return asyncio_loop_of(reactor) is not None
+
+
+#: A read of at least this many bytes ends the connection's reading for the current loop turn.
+READ_TURN = 16 * 1024
 
 
 def listen_tcp(reactor: Any, port: int, factory: Any, backlog: int = BACKLOG, interface: str = "") -> Any:
@@ -290,6 +300,8 @@ class StreamTransport(asyncio.Protocol):
 
     __slots__ = (
         "_aborted",
+        "_held",
+        "_paused",
         "_peer",
         "_port",
         "_producer",
@@ -315,6 +327,8 @@ class StreamTransport(asyncio.Protocol):
         self._writable = False  # until the protocol is built; False again once closing
         self._pulling = False
         self._aborted = False
+        self._paused = False  # reading paused by the producer's consumer (shaping, twisted.web)
+        self._held = False  # reading held back for the rest of this loop turn after a large read
         self._reason: Failure | None = None
         #: the Twisted protocol (settable: a hand-over replaces it, as with Twisted's transports)
         self.protocol: Any = None
@@ -357,6 +371,22 @@ class StreamTransport(asyncio.Protocol):
             self.protocol.dataReceived(data)
         except Exception:
             self._fail("dataReceived")
+            return
+        if len(data) >= READ_TURN and not self._held:
+            # A full read: more is likely waiting. libuv would read this socket again (up to 32
+            # times) before any other descriptor of this turn, so under load one busy connection
+            # would hold the PBX's answers and every other client back; read it again next turn.
+            transport = self._transport
+            if transport is not None and not self.disconnected:
+                self._held = True
+                transport.pause_reading()
+                self._port.loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        self._held = False
+        transport = self._transport
+        if transport is not None and not self.disconnected and not self._paused:
+            transport.resume_reading()
 
     def eof_received(self) -> bool:
         protocol = self.protocol
@@ -580,13 +610,15 @@ class StreamTransport(asyncio.Protocol):
 
     # -- IPushProducer (reading) ---------------------------------------------------------------
     def pauseProducing(self) -> None:  # noqa: N802
+        self._paused = True
         transport = self._transport
         if transport is not None and not self.disconnected:
             transport.pause_reading()
 
     def resumeProducing(self) -> None:  # noqa: N802
+        self._paused = False
         transport = self._transport
-        if transport is not None and not self.disconnected:
+        if transport is not None and not self.disconnected and not self._held:
             transport.resume_reading()
 
     def stopProducing(self) -> None:  # noqa: N802

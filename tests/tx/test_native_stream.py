@@ -547,6 +547,54 @@ def test_pause_producing_stops_reading_until_resumed(loop_kind: str) -> None:
     run(loop_kind, scenario)
 
 
+def test_a_full_read_ends_the_connections_reading_for_the_loop_turn(loop_kind: str) -> None:
+    """With megabytes waiting on a connection, the loop reads it once per turn (a read of at least
+    READ_TURN bytes holds it until the next turn), so other sockets are read in between; a pause
+    asked for meanwhile survives the release."""
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> None:
+        turn = [0]
+        reads: list[tuple[int, int]] = []  # (loop turn, bytes) per dataReceived
+
+        def tick() -> None:
+            turn[0] += 1
+            if not stop.is_set():
+                loop.call_soon(tick)
+
+        stop = threading.Event()
+        factory = Recording(loop, on_data=lambda p, d: reads.append((turn[0], len(d))))
+        port = listen(loop, factory)
+        sock = await connect(loop, port)
+        proto = await factory.made
+        proto.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        proto.transport.pauseProducing()
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        blob = b"x" * (3 << 20)
+        sender = threading.Thread(target=sock.sendall, args=(blob,))
+        sender.start()
+        await asyncio.sleep(0.3)
+        loop.call_soon(tick)
+        proto.transport.resumeProducing()
+        await until(lambda: len(proto.data) == len(blob), "the upload")
+        stop.set()
+        sender.join()
+        big = [t for t, n in reads if n >= 16 * 1024]  # READ_TURN or more
+        assert big and len(big) == len(set(big)), f"a connection was read twice in one turn: {reads}"
+        # a pause asked for while the connection is held for the turn survives the release
+        sock.setblocking(False)
+        proto.transport.pauseProducing()
+        await loop.sock_sendall(sock, b"y" * (64 * 1024))
+        await asyncio.sleep(0.1)
+        assert len(proto.data) == len(blob)
+        proto.transport.resumeProducing()
+        await until(lambda: len(proto.data) == len(blob) + 64 * 1024, "the bytes after the pause")
+        sock.close()
+        await port.stopListening().asFuture(loop)
+
+    run(loop_kind, scenario)
+
+
 def test_half_close_keeps_writing_for_half_closeable_protocols(loop_kind: str) -> None:
     """A client's FIN calls readConnectionLost of an IHalfCloseableProtocol, which can still answer; another protocol just gets ConnectionDone."""
 
