@@ -159,6 +159,7 @@ class EdgeService(MultiService):
             overload_settings(config),
             config.overload.probe_interval,
             media_total=lambda: self.media.packets,
+            idle_interval=config.overload.probe_idle_interval,
         )
         # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache; a changed
         # answer re-indexes the router and reconnects links (self._backend_addresses_changed).
