@@ -285,6 +285,19 @@ def test_young_collections_every_tenth_of_a_second_whatever_the_load() -> None:
     assert runs == [0, 0] and full.young_runs == 2
 
 
+def test_young_collection_waits_while_next_to_nothing_was_allocated() -> None:
+    """A due young collection with fewer than YOUNG_MIN new objects is skipped (an idle edge), and
+    runs at the next tick once enough were allocated."""
+    runs: list[int] = []
+    pending = [3]
+    full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0, young_pending=lambda: pending[0])
+    assert not full.tick(0.1, 0.0, 0.0) and not full.tick(0.2, 0.0, 0.0)
+    assert runs == [] and full.young_skipped == 2
+    pending[0] = FullCollections.YOUNG_MIN
+    assert full.tick(0.35, 0.0, 0.0)
+    assert runs == [0] and full.young_runs == 1
+
+
 def test_probe_ticks_the_full_collections() -> None:
     """The load probe drives the full collections: one after 60 s of calm turns in virtual time."""
     h = Harness()
@@ -306,6 +319,9 @@ def test_tune_gc_hands_full_collections_to_the_probe() -> None:
     try:
         full = tune_gc((before[0], before[1], before[2]), monitor=False, full_interval=30.0)
         assert full is not None and full.interval == 30.0
+        gc.collect(0)
+        full.young_due = 0.0
+        assert not full.tick(0.0, 0.0, 0.0) and full.young_skipped == 1  # nothing allocated since
         assert gc.get_threshold() == (before[0], NO_AUTOMATIC_FULL, NO_AUTOMATIC_FULL)
         assert tune_gc(before, monitor=False) is None
         assert gc.get_threshold() == before

@@ -40,7 +40,8 @@ With ``overload.gc_full_interval`` set, :func:`tune_gc` puts the thresholds of g
 out of reach and :class:`FullCollections`, ticked by the probe, runs the collections itself:
 
 * a young collection every ``YOUNG_INTERVAL`` (0.1 s), so it walks 0.1 s of survivors (a fraction
-  of a millisecond at full load); ``overload.gc_threshold`` stays the interpreter's trigger for
+  of a millisecond at full load), skipped while fewer than ``YOUNG_MIN`` objects were allocated
+  since the last one (``gc.get_count()``: an idle edge allocates next to nothing); ``overload.gc_threshold`` stays the interpreter's trigger for
   allocation bursts between two ticks;
 * a full collection once ``interval`` seconds have passed, at the first *calm* tick (smoothed loop
   lag and CPU share low: the queue is empty, so the pause delays only what arrives during it), or
@@ -115,6 +116,7 @@ class FullCollections:
 
     YOUNG_INTERVAL = 0.1  # seconds between young (generation-0) collections
     THAW_EVERY = 10  # every so many full collections walk the whole heap (frozen survivors too)
+    YOUNG_MIN = 100  # tracked objects allocated (net) since the last young collection, below which it waits
 
     def __init__(
         self,
@@ -123,10 +125,15 @@ class FullCollections:
         collect: Callable[[int], int] = gc.collect,
         freeze: Callable[[], None] | None = None,
         unfreeze: Callable[[], None] | None = None,
+        young_pending: Callable[[], int] | None = None,
     ) -> None:
         """``freeze``/``unfreeze``: ``gc.freeze``/``gc.unfreeze`` in the edge (:func:`tune_gc`);
-        without them survivors are not frozen."""
+        without them survivors are not frozen. ``young_pending``: objects in generation 0
+        (``gc.get_count()[0]``); without it every due young collection runs."""
         self.interval = interval
+        self._young_pending = young_pending
+        #: due young collections skipped as (next to) empty
+        self.young_skipped = 0
         self._collect = collect
         self._freeze = freeze
         self._unfreeze = unfreeze
@@ -177,6 +184,10 @@ class FullCollections:
         if now < self.young_due:
             return False
         self.young_due = now + self.YOUNG_INTERVAL
+        pending = self._young_pending
+        if pending is not None and pending() < self.YOUNG_MIN:
+            self.young_skipped += 1
+            return False
         self.young_runs += 1
         self._collect(0)
         return True
@@ -320,6 +331,10 @@ _FULL: FullCollections | None = None
 NO_AUTOMATIC_FULL = 2**31 - 1
 
 
+def _gen0_count() -> int:
+    return gc.get_count()[0]
+
+
 def gc_monitor() -> GcMonitor | None:
     """The process's monitor, when :func:`tune_gc` installed one."""
     return _MONITOR
@@ -340,9 +355,11 @@ def tune_gc(
     if full_interval > 0:
         gen1 = gen2 = NO_AUTOMATIC_FULL
         if freeze_survivors:
-            _FULL = FullCollections(full_interval, now(), gc.collect, gc.freeze, gc.unfreeze)
+            _FULL = FullCollections(
+                full_interval, now(), gc.collect, gc.freeze, gc.unfreeze, young_pending=_gen0_count
+            )
         else:
-            _FULL = FullCollections(full_interval, now())
+            _FULL = FullCollections(full_interval, now(), young_pending=_gen0_count)
     else:
         _FULL = None
     gc.set_threshold(gen0, gen1, gen2)
