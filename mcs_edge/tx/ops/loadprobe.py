@@ -18,7 +18,9 @@ every ``idle_interval`` instead (``overload.probe_idle_interval``; 0 keeps the n
 hands the gate a ``wake`` callback: the first message the router checks (every message from a
 client or a PBX) wakes it back to the normal interval at once, so the lag is measured at the normal
 rate whenever there is traffic (:mod:`mcs_edge.core.load.control`). An idle tick that finds the
-process busy (media, keepalives, timers) or late returns to the normal interval too. The lag
+process busy (media, keepalives, timers: more than ``IDLE_BUSY`` of the interval on the CPU) or
+``overload.lag_high`` late returns to the normal interval too; a smaller lag of an idle process is
+another process holding the CPU (a shared machine), not a backlog of ours, and keeps the idle mode. The lag
 histogram then holds one sample per ``idle_interval`` of idle time instead of one per ``interval``.
 
 :class:`GcMonitor` (process-wide, installed by ``tap.makeService`` and never by tests) hooks
@@ -282,7 +284,12 @@ class LoadProbe:
         if self.idle_interval <= self.interval:
             self._arm(now, self.interval)
             return
-        if (busy is None or busy <= self.IDLE_BUSY) and gate.smoothed <= self.IDLE_LAG and not gate.shedding:
+        quiet = (busy is None or busy <= self.IDLE_BUSY) and not gate.shedding
+        if self.idle:  # a late idle tick of an idle process: another process had the CPU, not a backlog
+            quiet = quiet and lag < gate.settings.lag_high
+        else:
+            quiet = quiet and gate.smoothed <= self.IDLE_LAG
+        if quiet:
             if self._idle_since is None:
                 self._idle_since = now
             if self.idle or now - self._idle_since >= self.IDLE_AFTER:
