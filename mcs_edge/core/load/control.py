@@ -45,9 +45,10 @@ admitted (RFC 6357 s.4: refuse by delay, not by count).
 
 An idle reactor is sampled slowly (the probe's idle mode, ``overload.probe_idle_interval``): the
 probe then sets ``wake``, and the first :meth:`AdmissionGate.late` check after it (the router makes
-one per message from a client or a PBX) counts the reactor as having been at its timers just now
-(it was idle until this read), calls ``wake(now)`` so the probe samples at its normal interval
-again, and refuses nothing as late. Between an idle reactor and the first message nothing waited.
+one per message from a client, and from a PBX over UDP) counts the reactor as having been at its
+timers just now (it was idle until this read), calls ``wake(now)`` so the probe samples at its
+normal interval again, and refuses nothing as late. Between an idle reactor and the first message
+nothing waited.
 
 The fraction is applied deterministically (a credit counter, no randomness): at ratio 0.25 every
 fourth new request is admitted. Requests within a dialog, ACK, CANCEL, BYE and responses are

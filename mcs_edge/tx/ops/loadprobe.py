@@ -16,12 +16,13 @@ docs/performance.md). Once the reactor has been idle for ``IDLE_AFTER`` seconds 
 of time on the CPU <= ``IDLE_BUSY``, smoothed lag <= ``IDLE_LAG``, nothing refused), the probe ticks
 every ``idle_interval`` instead (``overload.probe_idle_interval``; 0 keeps the normal interval) and
 hands the gate a ``wake`` callback: the first message the router checks (every message from a
-client or a PBX) wakes it back to the normal interval at once, so the lag is measured at the normal
-rate whenever there is traffic (:mod:`mcs_edge.core.load.control`). An idle tick that finds the
-process busy (media, keepalives, timers: more than ``IDLE_BUSY`` of the interval on the CPU) or
-``overload.lag_high`` late returns to the normal interval too; a smaller lag of an idle process is
-another process holding the CPU (a shared machine), not a backlog of ours, and keeps the idle mode. The lag
-histogram then holds one sample per ``idle_interval`` of idle time instead of one per ``interval``.
+client, and from a PBX over UDP) wakes it back to the normal interval at once, so the lag is
+measured at the normal rate whenever there is traffic (:mod:`mcs_edge.core.load.control`). An idle
+tick that finds the process busy (media, keepalives, timers: more than ``IDLE_BUSY`` of the
+interval on the CPU) or ``overload.lag_high`` late returns to the normal interval too; a smaller lag
+of an idle process is another process holding the CPU (a shared machine), not a backlog of ours,
+and keeps the idle mode. The lag histogram then holds one sample per ``idle_interval`` of idle time
+instead of one per ``interval``.
 
 :class:`GcMonitor` (process-wide, installed by ``tap.makeService`` and never by tests) hooks
 ``gc.callbacks`` to time every collection by generation (``mcs_edge_gc_pause_seconds``); with it
