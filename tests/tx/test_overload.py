@@ -389,7 +389,10 @@ def test_idle_probe_returns_to_its_interval_when_busy_or_late_without_a_message(
     probe = _idle_probe(h, cpu)
     h.clock.pump([0.01] * 110)
     assert probe.idle
-    cpu[0] += 0.1  # 20% of the next 0.5 s on the CPU
+    cpu[0] += 0.05  # 10% of the next 0.5 s (keepalives answered below the router): still idle
+    h.clock.advance(_next_tick(h))
+    assert probe.idle
+    cpu[0] += 0.15  # 30% of the next 0.5 s on the CPU
     h.clock.pump([0.5])
     assert not probe.idle and probe.gate.wake is None
     h.clock.pump([0.01] * 150)

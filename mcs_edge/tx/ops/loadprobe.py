@@ -200,7 +200,7 @@ class LoadProbe:
     """One periodic timer measuring its own lateness; feeds the histogram and the gate."""
 
     IDLE_AFTER = 1.0  # seconds of idle ticks before the probe slows to ``idle_interval``
-    IDLE_BUSY = 0.05  # share of wall time on the CPU since the last tick at or below which it is idle
+    IDLE_BUSY = 0.2  # share of wall time on the CPU since the last tick at or below which it is idle
     IDLE_LAG = 0.005  # smoothed loop lag (s) at or below which the reactor counts as idle
 
     def __init__(
