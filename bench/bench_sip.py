@@ -21,10 +21,15 @@ CPU (% of its core: it must not be the bottleneck), and the ratio to Kamailio.
 Idle connections (``--idle 1000,5000``): that many WSS connections held (edge and Kamailio:
 registered), then PSS per connection (summed over the process tree), idle CPU, and the CPU of one
 CRLF keepalive (``\\r\\n\\r\\n`` frame, RFC 5626 s.4.4.1) and of one WebSocket ping, each sent once on
-every held connection, spread over a few seconds (CPU above idle / keepalives sent).
+every held connection, spread over a few seconds (CPU above idle / keepalives sent). Idle CPU is
+measured over ``--idle-window`` seconds (4) starting ``--idle-settle`` seconds (3) after the last
+REGISTER was answered: with the default 3 s the window still holds the registrations' tail (the
+transactions RFC 3261 timers keep after the answer ending, the first full collection);
+``--idle-settle 30`` measures the edge at rest.
 
     .venv/bin/python bench/bench_sip.py [--rate 1000] [--methods REGISTER,INVITE] [--seconds 10]
-        [--conns 50] [--idle 1000,5000] [--servers edge,kamailio,echo] [--repeat 1]
+        [--conns 50] [--idle 1000,5000] [--idle-settle 3] [--idle-window 4]
+        [--servers edge,kamailio,echo] [--repeat 1]
 
 ``--baseline DIR`` (or ``--baseline-src``) adds the server ``base``: the edge with ``mcs_edge`` from the
 source tree ``DIR`` (e.g. an export of an older commit), for a before/after comparison in one run
@@ -384,7 +389,9 @@ class Load:
         }
 
 
-async def _idle(port: int, count: int, pid: int, register: bool) -> dict[str, float]:
+async def _idle(
+    port: int, count: int, pid: int, register: bool, settle: float = 3.0, window: float = 4.0
+) -> dict[str, float]:
     """Hold ``count`` connections: PSS per connection, idle CPU, CPU per CRLF keepalive and per WS ping."""
     ctx = ssl._create_unverified_context()
     await asyncio.sleep(0.5)
@@ -400,9 +407,8 @@ async def _idle(port: int, count: int, pid: int, register: bool) -> dict[str, fl
 
     for start in range(0, count, 50):
         await asyncio.gather(*(open_one(i) for i in range(start, min(count, start + 50))))
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(settle)
     held = _pss_kib(pid)
-    window = 4.0
     cpu0 = _cpu_seconds(pid)
     await asyncio.sleep(window)
     idle_cpu = _cpu_seconds(pid) - cpu0
@@ -631,6 +637,10 @@ def main() -> None:
     ap.add_argument("--methods", default="REGISTER,INVITE")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--idle", default="1000,5000", help="held connections, comma-separated ('' = none)")
+    ap.add_argument(
+        "--idle-settle", type=float, default=3.0, help="seconds from the last REGISTER to the idle window"
+    )
+    ap.add_argument("--idle-window", type=float, default=4.0, help="seconds of the idle CPU measurement")
     ap.add_argument("--servers", default="edge,kamailio,echo")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument(
@@ -676,7 +686,9 @@ def main() -> None:
                                 results.setdefault((name, method, rate), []).append(r)
                                 _print_load(name, method, rate, r)
                         for n in idle_counts:
-                            i = uvloop.run(_idle(port, n, proc.pid, name != "echo"))
+                            i = uvloop.run(
+                                _idle(port, n, proc.pid, name != "echo", args.idle_settle, args.idle_window)
+                            )
                             idle.setdefault((name, n), []).append(i)
                             print(
                                 f"  idle {LABELS[name]:34} {n:6d} conns: PSS {i['pss']:.1f} KiB/conn,"

@@ -895,6 +895,12 @@ class OverloadConfig:
     probe_interval: float = f(
         c_float(0.001, 1), 0.01, doc="seconds between loop-lag samples (mcs_edge_loop_lag_seconds)"
     )
+    probe_idle_interval: float = f(
+        c_float_or_zero(0.01, 10),
+        0.5,
+        doc="seconds between loop-lag samples once the reactor has been idle for 1 s (the first message"
+        " read returns to probe_interval at once); 0 = always probe_interval",
+    )
     lag_high: float = f(
         c_float(0.002, 10),
         0.05,
@@ -1154,6 +1160,10 @@ def _cross_checks(cfg: EdgeConfig) -> list[ConfigError]:
         errors.append(ConfigError("turn.default_lifetime", "must not exceed turn.max_lifetime"))
     if cfg.overload.lag_low >= cfg.overload.lag_high:
         errors.append(ConfigError("overload.lag_low", "must be below overload.lag_high"))
+    if 0 < cfg.overload.probe_idle_interval <= cfg.overload.probe_interval:
+        errors.append(
+            ConfigError("overload.probe_idle_interval", "must be 0 (off) or above overload.probe_interval")
+        )
     if 0 < cfg.overload.max_queue_age <= 2 * cfg.overload.probe_interval:
         errors.append(
             ConfigError("overload.max_queue_age", "must be 0 (off) or above twice overload.probe_interval")

@@ -159,6 +159,7 @@ class EdgeService(MultiService):
             overload_settings(config),
             config.overload.probe_interval,
             media_total=lambda: self.media.packets,
+            idle_interval=config.overload.probe_idle_interval,
         )
         # PBX names (tx/sip/resolver.py): twisted.names, RFC 3263 SRV, TTL-bound cache; a changed
         # answer re-indexes the router and reconnects links (self._backend_addresses_changed).
@@ -430,11 +431,13 @@ class EdgeService(MultiService):
         interval = self.config.tls.reload_interval
         if interval > 0:
             self._cert_loop = self.timers.looping(interval, self.refresh_certificates)
-        # idle stream flows: a pass over every flow, 256 per reactor turn (tx/timers.py SlicedSweep)
+        # idle stream flows: a pass over the SIP TCP/TLS flows, 256 per reactor turn (tx/timers.py
+        # SlicedSweep); WebSocket flows are left to the WebSocket liveness sweep below, so an edge
+        # holding 10,000 agents over WSS does not visit each of them every 10 s for nothing
         SlicedSweep(
             self.timers,
             min(10.0, self.config.sip.keepalive_timeout / 4),
-            lambda: self.sip.flows.values(),
+            self.sip.sweepable_flows,
             self.sip.sweep_flow,
         ).start()
         sip_ws = self.sip_ws

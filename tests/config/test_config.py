@@ -169,6 +169,11 @@ BAD: list[tuple[str, str, str]] = [
     ("[media]\nidle_timeout = 0\n" + BASE, "media.idle_timeout", "minimum"),
     ("[shaping]\nrate = -5\n" + BASE, "shaping.rate", "minimum"),
     ("[overload]\nmax_queue_age = 0.015\n" + BASE, "overload.max_queue_age", "twice overload.probe_interval"),
+    (
+        "[overload]\nprobe_idle_interval = 0.01\n" + BASE,
+        "overload.probe_idle_interval",
+        "above overload.probe_interval",
+    ),
     ("[shaping]\nburst = 100\n" + BASE, "shaping.burst", "minimum"),
     (
         '[[tenants]]\nid = "Rossi!"\ndomains = ["r.example.com"]\nbackend_sip = "udp:1.2.3.4:5060"\n',

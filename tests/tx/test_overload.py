@@ -285,6 +285,19 @@ def test_young_collections_every_tenth_of_a_second_whatever_the_load() -> None:
     assert runs == [0, 0] and full.young_runs == 2
 
 
+def test_young_collection_waits_while_next_to_nothing_was_allocated() -> None:
+    """A due young collection with fewer than YOUNG_MIN new objects is skipped (an idle edge), and
+    runs at the next tick once enough were allocated."""
+    runs: list[int] = []
+    pending = [3]
+    full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0, young_pending=lambda: pending[0])
+    assert not full.tick(0.1, 0.0, 0.0) and not full.tick(0.2, 0.0, 0.0)
+    assert runs == [] and full.young_skipped == 2
+    pending[0] = FullCollections.YOUNG_MIN
+    assert full.tick(0.35, 0.0, 0.0)
+    assert runs == [0] and full.young_runs == 1
+
+
 def test_probe_ticks_the_full_collections() -> None:
     """The load probe drives the full collections: one after 60 s of calm turns in virtual time."""
     h = Harness()
@@ -306,8 +319,107 @@ def test_tune_gc_hands_full_collections_to_the_probe() -> None:
     try:
         full = tune_gc((before[0], before[1], before[2]), monitor=False, full_interval=30.0)
         assert full is not None and full.interval == 30.0
+        gc.collect(0)
+        full.young_due = 0.0
+        assert not full.tick(0.0, 0.0, 0.0) and full.young_skipped == 1  # nothing allocated since
         assert gc.get_threshold() == (before[0], NO_AUTOMATIC_FULL, NO_AUTOMATIC_FULL)
         assert tune_gc(before, monitor=False) is None
         assert gc.get_threshold() == before
     finally:
         tune_gc(before, monitor=False)
+
+
+def _idle_probe(h: Harness, cpu: list[float], **settings: Any) -> LoadProbe:
+    probe = LoadProbe(
+        h.timers, OverloadSettings(**settings), 0.01, cpu_time=lambda: cpu[0], idle_interval=0.5
+    )
+    h.router.overload = probe.gate
+    probe.start()
+    return probe
+
+
+def test_probe_of_an_idle_reactor_ticks_every_idle_interval() -> None:
+    """After 1 s without CPU use or lag the probe ticks every 0.5 s, not every 10 ms: 20 wake-ups in
+    10 idle seconds instead of 1,000 (the idle edge's CPU went mostly to these)."""
+    h = Harness()
+    probe = _idle_probe(h, [0.0])
+    h.clock.pump([0.01] * 99)
+    assert not probe.idle and probe.histogram.count == 99
+    h.clock.pump([0.01] * 11)
+    assert probe.idle
+    count = probe.histogram.count
+    h.clock.pump([0.001] * 10000)  # 10 idle seconds
+    assert count + 19 <= probe.histogram.count <= count + 21
+    assert len(h.timers) == 1
+    probe.stop()
+    assert len(h.timers) == 0 and probe.gate.wake is None
+
+
+def test_first_message_wakes_an_idle_probe_and_is_not_late() -> None:
+    """A REGISTER read 0.4 s after the idle probe's last tick is served (the reactor was idle, not
+    behind: queue_age refuses nothing), and the probe samples every 10 ms again from that moment."""
+    h = Harness()
+    probe = _idle_probe(h, [0.0], max_queue_age=0.1)
+    h.clock.pump([0.01] * 110)
+    assert probe.idle
+    h.clock.pump([0.4])
+    h.send(_register(1))
+    assert len(h.udp.sent) == 1 and h.to_client == [] and h.router.shed.get("queue_age:REGISTER", 0) == 0
+    assert probe.wakes == 1 and not probe.idle
+    count = probe.histogram.count
+    h.clock.pump([0.01] * 5)
+    assert probe.histogram.count == count + 5
+    _late(h, 0.15)  # then a long turn: the age check works again at once
+    h.send(_register(2))
+    assert [_status(d) for d in h.to_client] == [503]
+    probe.stop()
+
+
+def _next_tick(h: Harness) -> float:
+    """Seconds until the probe's tick (the one timer pending)."""
+    (call,) = h.clock.getDelayedCalls()
+    return call.getTime() - h.clock.seconds()
+
+
+def test_idle_probe_returns_to_its_interval_when_busy_or_late_without_a_message() -> None:
+    """CPU use with no SIP message (media, timers) or a late idle tick brings back 10 ms samples, and
+    a stall after that is shed as before; a busy reactor never slows its probe."""
+    h = Harness()
+    cpu = [0.0]
+    probe = _idle_probe(h, cpu)
+    h.clock.pump([0.01] * 110)
+    assert probe.idle
+    cpu[0] += 0.05  # 10% of the next 0.5 s (keepalives answered below the router): still idle
+    h.clock.advance(_next_tick(h))
+    assert probe.idle
+    cpu[0] += 0.15  # 30% of the next 0.5 s on the CPU
+    h.clock.pump([0.5])
+    assert not probe.idle and probe.gate.wake is None
+    h.clock.pump([0.01] * 150)
+    assert probe.idle
+    h.clock.advance(_next_tick(h) + 0.03)  # the idle tick fires 30 ms late: another process had the CPU
+    assert probe.idle
+    h.clock.advance(_next_tick(h) + 0.2)  # the idle tick fires 0.2 s late
+    assert not probe.idle
+    _stall(h.clock, probe, 0.2, 40)
+    assert probe.gate.ratio < 0.01
+    h.send(_invite())
+    assert [_status(d) for d in h.to_client] == [503]
+    probe.stop()
+
+    busy = Harness()
+    clock = busy.clock
+    probe = LoadProbe(busy.timers, OverloadSettings(), 0.01, cpu_time=clock.seconds, idle_interval=0.5)
+    probe.start()
+    clock.pump([0.01] * 500)
+    assert not probe.idle and probe.histogram.count == 500
+    probe.stop()
+
+
+def test_probe_without_idle_interval_keeps_its_interval() -> None:
+    h = Harness()
+    probe = LoadProbe(h.timers, OverloadSettings(), 0.01, cpu_time=lambda: 0.0)
+    probe.start()
+    h.clock.pump([0.01] * 300)
+    assert not probe.idle and probe.histogram.count == 300 and probe.gate.wake is None
+    probe.stop()

@@ -211,3 +211,21 @@ def test_every_request_from_either_side_is_forwarded_or_answered() -> None:
         h.router.data_from_backend(data, ("10.1.0.10", 5060), "udp")
         finals = [d for d, _ in h.udp.sent if not d.startswith(b"SIP/2.0 1")]
         assert h.to_client or finals or h.router.core.counters.get("sip_dropped_unanswerable"), path.name
+
+
+def test_idle_sweep_visits_and_closes_silent_tls_flows_only() -> None:
+    """The periodic idle-flow pass visits only SIP-over-TCP/TLS flows (WebSockets have their own
+    liveness sweep): an edge holding WSS agents visits none of them, and a TLS flow silent for longer
+    than sip.keepalive_timeout is closed."""
+    h = Harness()
+    closed: list[tuple[int, str]] = []
+    tls = h.router.open_flow(
+        CFG.tenants[0], "tls", ("192.0.2.9", 5061), lambda _d: None, lambda code, r: closed.append((code, r))
+    )
+    assert tls is not None
+    assert h.router.sweepable_flows() == [tls]
+    h.clock.advance(CFG.sip.keepalive_timeout + 1)
+    assert h.router.sweep_idle() == 1
+    assert closed == [(1000, "keepalive timeout")] and h.closed == []
+    h.router.close_flow(tls, "closed")
+    assert h.router.sweepable_flows() == []

@@ -43,6 +43,13 @@ INVITE/REGISTER at once in that case (reason ``queue_age``), without waiting for
 this bounds the work admitted per turn, hence the turn's length and the queueing delay of what is
 admitted (RFC 6357 s.4: refuse by delay, not by count).
 
+An idle reactor is sampled slowly (the probe's idle mode, ``overload.probe_idle_interval``): the
+probe then sets ``wake``, and the first :meth:`AdmissionGate.late` check after it (the router makes
+one per message from a client, and from a PBX over UDP) counts the reactor as having been at its
+timers just now (it was idle until this read), calls ``wake(now)`` so the probe samples at its
+normal interval again, and refuses nothing as late. Between an idle reactor and the first message
+nothing waited.
+
 The fraction is applied deterministically (a credit counter, no randomness): at ratio 0.25 every
 fourth new request is admitted. Requests within a dialog, ACK, CANCEL, BYE and responses are
 never refused here: they finish work already accepted (RFC 7339 s.5.10.1, RFC 6357 s.4). With
@@ -56,6 +63,7 @@ by the same timer; the media admission limit compares it with ``overload.max_med
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["LAG_BUCKETS", "AdmissionGate", "LagHistogram", "OverloadSettings", "RateMeter"]
@@ -140,6 +148,7 @@ class AdmissionGate:
         "settings",
         "shed",
         "smoothed",
+        "wake",
     )
 
     def __init__(self, settings: OverloadSettings | None = None) -> None:
@@ -155,6 +164,8 @@ class AdmissionGate:
         self.shed = 0
         #: When the probe last ran (``now`` of the last sample); None while no probe runs.
         self.last_tick: float | None = None
+        #: Set while the probe samples an idle reactor slowly: called (once) by the next :meth:`late`.
+        self.wake: Callable[[float], None] | None = None
 
     @property
     def shedding(self) -> bool:
@@ -190,7 +201,14 @@ class AdmissionGate:
         self._window_n = 0
 
     def late(self, now: float) -> bool:
-        """Whether work read at ``now`` is older than ``max_queue_age`` (the probe has not run since)."""
+        """Whether work read at ``now`` is older than ``max_queue_age`` (the probe has not run since).
+        The first call after the probe went idle wakes it and is never late (module docstring)."""
+        wake = self.wake
+        if wake is not None:
+            self.wake = None
+            self.last_tick = now
+            wake(now)
+            return False
         last = self.last_tick
         age = self.settings.max_queue_age
         return last is not None and age > 0.0 and now - last > age and self.settings.enabled

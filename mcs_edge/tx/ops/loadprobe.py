@@ -10,6 +10,20 @@ reactor did between the deadline and now). Each sample goes to a
 router asks it). The same tick samples the media relay's packet total into a
 :class:`~mcs_edge.core.load.RateMeter` for the media admission limit.
 
+Idle mode. Each tick wakes the process: at 100 ticks/s that was most of an idle edge's CPU (about
+1.5% of a core with 10,000 idle connections held, against 0.1% with the probe at 1 s; see
+docs/performance.md). Once the reactor has been idle for ``IDLE_AFTER`` seconds (every tick's share
+of time on the CPU <= ``IDLE_BUSY``, smoothed lag <= ``IDLE_LAG``, nothing refused), the probe ticks
+every ``idle_interval`` instead (``overload.probe_idle_interval``; 0 keeps the normal interval) and
+hands the gate a ``wake`` callback: the first message the router checks (every message from a
+client, and from a PBX over UDP) wakes it back to the normal interval at once, so the lag is
+measured at the normal rate whenever there is traffic (:mod:`mcs_edge.core.load.control`). An idle
+tick that finds the process busy (media, keepalives, timers: more than ``IDLE_BUSY`` of the
+interval on the CPU) or ``overload.lag_high`` late returns to the normal interval too; a smaller lag
+of an idle process is another process holding the CPU (a shared machine), not a backlog of ours,
+and keeps the idle mode. The lag histogram then holds one sample per ``idle_interval`` of idle time
+instead of one per ``interval``.
+
 :class:`GcMonitor` (process-wide, installed by ``tap.makeService`` and never by tests) hooks
 ``gc.callbacks`` to time every collection by generation (``mcs_edge_gc_pause_seconds``); with it
 :func:`tune_gc` sets the collector for a long-lived server: generation-0 threshold raised (fewer
@@ -29,7 +43,8 @@ With ``overload.gc_full_interval`` set, :func:`tune_gc` puts the thresholds of g
 out of reach and :class:`FullCollections`, ticked by the probe, runs the collections itself:
 
 * a young collection every ``YOUNG_INTERVAL`` (0.1 s), so it walks 0.1 s of survivors (a fraction
-  of a millisecond at full load); ``overload.gc_threshold`` stays the interpreter's trigger for
+  of a millisecond at full load), skipped while fewer than ``YOUNG_MIN`` objects were allocated
+  since the last one (``gc.get_count()``: an idle edge allocates next to nothing); ``overload.gc_threshold`` stays the interpreter's trigger for
   allocation bursts between two ticks;
 * a full collection once ``interval`` seconds have passed, at the first *calm* tick (smoothed loop
   lag and CPU share low: the queue is empty, so the pause delays only what arrives during it), or
@@ -104,6 +119,7 @@ class FullCollections:
 
     YOUNG_INTERVAL = 0.1  # seconds between young (generation-0) collections
     THAW_EVERY = 10  # every so many full collections walk the whole heap (frozen survivors too)
+    YOUNG_MIN = 100  # tracked objects allocated (net) since the last young collection, below which it waits
 
     def __init__(
         self,
@@ -112,10 +128,15 @@ class FullCollections:
         collect: Callable[[int], int] = gc.collect,
         freeze: Callable[[], None] | None = None,
         unfreeze: Callable[[], None] | None = None,
+        young_pending: Callable[[], int] | None = None,
     ) -> None:
         """``freeze``/``unfreeze``: ``gc.freeze``/``gc.unfreeze`` in the edge (:func:`tune_gc`);
-        without them survivors are not frozen."""
+        without them survivors are not frozen. ``young_pending``: objects in generation 0
+        (``gc.get_count()[0]``); without it every due young collection runs."""
         self.interval = interval
+        self._young_pending = young_pending
+        #: due young collections skipped as (next to) empty
+        self.young_skipped = 0
         self._collect = collect
         self._freeze = freeze
         self._unfreeze = unfreeze
@@ -166,6 +187,10 @@ class FullCollections:
         if now < self.young_due:
             return False
         self.young_due = now + self.YOUNG_INTERVAL
+        pending = self._young_pending
+        if pending is not None and pending() < self.YOUNG_MIN:
+            self.young_skipped += 1
+            return False
         self.young_runs += 1
         self._collect(0)
         return True
@@ -173,6 +198,10 @@ class FullCollections:
 
 class LoadProbe:
     """One periodic timer measuring its own lateness; feeds the histogram and the gate."""
+
+    IDLE_AFTER = 1.0  # seconds of idle ticks before the probe slows to ``idle_interval``
+    IDLE_BUSY = 0.2  # share of wall time on the CPU since the last tick at or below which it is idle
+    IDLE_LAG = 0.005  # smoothed loop lag (s) at or below which the reactor counts as idle
 
     def __init__(
         self,
@@ -182,7 +211,10 @@ class LoadProbe:
         media_total: Callable[[], int] | None = None,
         cpu_time: Callable[[], float] = cpu_time,
         full_collections: FullCollections | None = None,
+        idle_interval: float = 0.0,
     ) -> None:
+        """``idle_interval``: seconds between ticks once the reactor is idle (module docstring);
+        0 (or not above ``interval``): always ``interval``."""
         #: full collections to tick; None: the process's (:func:`tune_gc` with ``full_interval``), if any
         self.full_collections = full_collections
         self.timers = timers
@@ -194,24 +226,44 @@ class LoadProbe:
         self.gate = AdmissionGate(settings)
         self.media_rate = RateMeter(1.0)
         self._media_total = media_total
+        self.idle_interval = idle_interval
+        #: ticks at ``idle_interval`` (the reactor idle) rather than ``interval``
+        self.idle = False
+        #: times traffic woke the probe out of its idle mode
+        self.wakes = 0
+        self._idle_since: float | None = None
         self._due = 0.0
         self._call: Any = None
 
     def start(self) -> None:
         if self._call is None and self.interval > 0:
-            self._arm(self.timers.now())
+            self._arm(self.timers.now(), self.interval)
 
     def stop(self) -> None:
         self.timers.cancel(self._call)
         self._call = None
+        self.idle = False
+        self._idle_since = None
+        self.gate.wake = None
         self.gate.last_tick = None  # no probe, no age: nothing is refused as late
 
     def update(self, settings: OverloadSettings) -> None:
         self.gate.settings = settings
 
-    def _arm(self, now: float) -> None:
-        self._due = now + self.interval
-        self._call = self.timers.call_later(self.interval, self._tick)
+    def _arm(self, now: float, interval: float) -> None:
+        self._due = now + interval
+        self._call = self.timers.call_later(interval, self._tick)
+
+    def _wake(self, now: float) -> None:
+        """Traffic while idle (the gate's first check): back to the normal interval from ``now``."""
+        if not self.idle or self._call is None:
+            return
+        self.wakes += 1
+        self.idle = False
+        self._idle_since = None
+        self.timers.cancel(self._call)
+        self._cpu_last, self._wall_last = self._cpu_time(), now  # the next share covers traffic only
+        self._arm(now, self.interval)
 
     def _tick(self) -> None:
         now = self.timers.now()
@@ -223,13 +275,34 @@ class LoadProbe:
         wall = now - self._wall_last
         busy = (cpu - self._cpu_last) / wall if wall > 0 else None
         self._cpu_last, self._wall_last = cpu, now
-        self.gate.observe_lag(lag, now, busy)
+        gate = self.gate
+        gate.observe_lag(lag, now, busy)
         if self._media_total is not None:
             self.media_rate.sample(self._media_total(), now)
         full = self.full_collections if self.full_collections is not None else _FULL
         if full is not None:
-            full.tick(now, self.gate.smoothed, self.gate.busy)  # its pause shows as the next tick's lag
-        self._arm(now)
+            full.tick(now, gate.smoothed, gate.busy)  # its pause shows as the next tick's lag
+        if self.idle_interval <= self.interval:
+            self._arm(now, self.interval)
+            return
+        quiet = (busy is None or busy <= self.IDLE_BUSY) and not gate.shedding
+        if self.idle:  # a late idle tick of an idle process: another process had the CPU, not a backlog
+            quiet = quiet and lag < gate.settings.lag_high
+        else:
+            quiet = quiet and gate.smoothed <= self.IDLE_LAG
+        if quiet:
+            if self._idle_since is None:
+                self._idle_since = now
+            if self.idle or now - self._idle_since >= self.IDLE_AFTER:
+                self.idle = True
+                gate.wake = self._wake
+                self._arm(now, self.idle_interval)
+                return
+        else:
+            self._idle_since = None
+        self.idle = False
+        gate.wake = None
+        self._arm(now, self.interval)
 
 
 class GcMonitor:
@@ -266,6 +339,10 @@ _FULL: FullCollections | None = None
 NO_AUTOMATIC_FULL = 2**31 - 1
 
 
+def _gen0_count() -> int:
+    return gc.get_count()[0]
+
+
 def gc_monitor() -> GcMonitor | None:
     """The process's monitor, when :func:`tune_gc` installed one."""
     return _MONITOR
@@ -286,9 +363,11 @@ def tune_gc(
     if full_interval > 0:
         gen1 = gen2 = NO_AUTOMATIC_FULL
         if freeze_survivors:
-            _FULL = FullCollections(full_interval, now(), gc.collect, gc.freeze, gc.unfreeze)
+            _FULL = FullCollections(
+                full_interval, now(), gc.collect, gc.freeze, gc.unfreeze, young_pending=_gen0_count
+            )
         else:
-            _FULL = FullCollections(full_interval, now())
+            _FULL = FullCollections(full_interval, now(), young_pending=_gen0_count)
     else:
         _FULL = None
     gc.set_threshold(gen0, gen1, gen2)

@@ -474,7 +474,12 @@ class SipRouter:
 
     def sweep_idle(self) -> int:
         """Close stream flows silent for longer than ``sip.keepalive_timeout`` (WebSockets ping)."""
-        return sum(self.sweep_flow(flow) for flow in list(self.flows.values()))
+        return sum(self.sweep_flow(flow) for flow in self.sweepable_flows())
+
+    def sweepable_flows(self) -> list[ClientFlow]:
+        """The flows :meth:`sweep_flow` may close: SIP over TCP/TLS, not the WebSockets (their own
+        liveness sweep pings them), so a pass over 10,000 WSS agents visits none of them."""
+        return [flow for flow in self.flows.values() if flow.transport != "wss"]
 
     def sweep_flow(self, flow: ClientFlow) -> bool:
         """Close ``flow`` if it is a live stream flow silent for longer than ``sip.keepalive_timeout``
