@@ -28,8 +28,10 @@ transport of the protocol the factory builds:
   32 times in a row, so at overload one connection with a backlog was read dry (thousands of SIP
   messages) before the PBX's UDP answers or any other client, and admitted INVITEs waited seconds
   while the PBX retransmitted. A read of at least :data:`READ_TURN` bytes pauses the connection's
-  reading until the next loop turn (``call_soon``); small reads (a message or two, the normal case)
-  cost nothing more. A pause by the producer's consumer survives that release.
+  reading and is handed on READ_TURN bytes per loop turn (``call_soon``), reading resuming the turn
+  after the last slice; small reads (a message or two, the normal case) cost nothing more. A pause
+  by the producer's consumer also pauses the slices; what is left of a held read when the connection
+  is lost is dropped.
 * ``write``/``writeSequence``: to the loop's transport; dropped once the connection is closing
   (``loseConnection``/``abortConnection`` called, or lost), where Twisted would still buffer them
   until its close.
@@ -303,10 +305,12 @@ class StreamTransport(asyncio.Protocol):
         "_held",
         "_paused",
         "_peer",
+        "_pending",
         "_port",
         "_producer",
         "_pulling",
         "_reason",
+        "_stepping",
         "_streaming",
         "_transport",
         "_writable",
@@ -328,7 +332,9 @@ class StreamTransport(asyncio.Protocol):
         self._pulling = False
         self._aborted = False
         self._paused = False  # reading paused by the producer's consumer (shaping, twisted.web)
-        self._held = False  # reading held back for the rest of this loop turn after a large read
+        self._held = False  # reading paused while a large read is handed on, READ_TURN bytes a turn
+        self._pending: memoryview | None = None  # what is left of that read
+        self._stepping = False  # the next slice is scheduled
         self._reason: Failure | None = None
         #: the Twisted protocol (settable: a hand-over replaces it, as with Twisted's transports)
         self.protocol: Any = None
@@ -367,26 +373,50 @@ class StreamTransport(asyncio.Protocol):
             self._fail("connectionMade")
 
     def data_received(self, data: bytes) -> None:
+        if len(data) < READ_TURN:
+            try:
+                self.protocol.dataReceived(data)
+            except Exception:
+                self._fail("dataReceived")
+            return
+        # A large read: more is likely waiting, and libuv reads up to 256 KiB at once and reads this
+        # socket again (up to 32 times) before any other descriptor of this turn. Under load one
+        # busy connection would then hold the PBX's answers, the load probe and every other client
+        # back: hand on READ_TURN bytes per loop turn, reading paused until the last is handed on.
+        self._pending = memoryview(data)
+        if not self._held:
+            self._held = True
+            transport = self._transport
+            if transport is not None and not self.disconnected:
+                transport.pause_reading()
+        self._step()
+
+    def _step(self) -> None:
+        """Hand on one READ_TURN slice of the held read, the next one on the next loop turn; the
+        turn after the last slice, reading resumes (unless the consumer paused it)."""
+        self._stepping = False
+        if self.disconnected:
+            self._pending = None
+            return
+        pending = self._pending
+        if pending is None:
+            self._held = False
+            transport = self._transport
+            if transport is not None and not self._paused:
+                transport.resume_reading()
+            return
+        if self._paused:
+            return  # resumeProducing continues
+        rest = pending[READ_TURN:]
+        self._pending = rest if len(rest) else None
         try:
-            self.protocol.dataReceived(data)
+            self.protocol.dataReceived(bytes(pending[:READ_TURN]))
         except Exception:
             self._fail("dataReceived")
             return
-        if len(data) >= READ_TURN and not self._held:
-            # A full read: more is likely waiting. libuv would read this socket again (up to 32
-            # times) before any other descriptor of this turn, so under load one busy connection
-            # would hold the PBX's answers and every other client back; read it again next turn.
-            transport = self._transport
-            if transport is not None and not self.disconnected:
-                self._held = True
-                transport.pause_reading()
-                self._port.loop.call_soon(self._release)
-
-    def _release(self) -> None:
-        self._held = False
-        transport = self._transport
-        if transport is not None and not self.disconnected and not self._paused:
-            transport.resume_reading()
+        if not self.disconnected and not self._stepping:
+            self._stepping = True
+            self._port.loop.call_soon(self._step)
 
     def eof_received(self) -> bool:
         protocol = self.protocol
@@ -618,8 +648,13 @@ class StreamTransport(asyncio.Protocol):
     def resumeProducing(self) -> None:  # noqa: N802
         self._paused = False
         transport = self._transport
-        if transport is not None and not self.disconnected and not self._held:
+        if transport is None or self.disconnected:
+            return
+        if not self._held:
             transport.resume_reading()
+        elif not self._stepping:  # a held read paused midway: go on with it next turn
+            self._stepping = True
+            self._port.loop.call_soon(self._step)
 
     def stopProducing(self) -> None:  # noqa: N802
         self.loseConnection()

@@ -581,6 +581,7 @@ def test_a_full_read_ends_the_connections_reading_for_the_loop_turn(loop_kind: s
         sender.join()
         big = [t for t, n in reads if n >= 16 * 1024]  # READ_TURN or more
         assert big and len(big) == len(set(big)), f"a connection was read twice in one turn: {reads}"
+        assert max(n for _, n in reads) <= native_stream.READ_TURN  # large reads handed on in slices
         # a pause asked for while the connection is held for the turn survives the release
         sock.setblocking(False)
         proto.transport.pauseProducing()
@@ -589,6 +590,37 @@ def test_a_full_read_ends_the_connections_reading_for_the_loop_turn(loop_kind: s
         assert len(proto.data) == len(blob)
         proto.transport.resumeProducing()
         await until(lambda: len(proto.data) == len(blob) + 64 * 1024, "the bytes after the pause")
+        sock.close()
+        await port.stopListening().asFuture(loop)
+
+    run(loop_kind, scenario)
+
+
+def test_a_pause_midway_through_a_large_read_holds_its_remaining_slices(loop_kind: str) -> None:
+    """pauseProducing from dataReceived of the first slice: nothing more is handed on until
+    resumeProducing, then the rest of the read and what followed, in order."""
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> None:
+        def first_slice(proto: Recorder, data: bytes) -> None:
+            if len(proto.data) == len(data):
+                proto.transport.pauseProducing()
+
+        factory = Recording(loop, on_data=first_slice)
+        port = listen(loop, factory)
+        sock = await connect(loop, port)
+        proto = await factory.made
+        proto.transport.pauseProducing()
+        blob = bytes(range(256)) * 800  # 200 KiB, one read once resumed
+        await loop.sock_sendall(sock, blob)
+        await asyncio.sleep(0.1)
+        proto.transport.resumeProducing()
+        await until(lambda: len(proto.data) > 0, "the first slice")
+        await asyncio.sleep(0.1)
+        assert 0 < len(proto.data) < len(blob)
+        await loop.sock_sendall(sock, b"after")
+        proto.on_data = None
+        proto.transport.resumeProducing()
+        await until(lambda: proto.data == blob + b"after", "the rest, in order")
         sock.close()
         await port.stopListening().asFuture(loop)
 
