@@ -248,10 +248,10 @@ class MediaAnchor:
                         return None
                     session = self._new_session(call_id, pair, now)
                     created = True
-                out = session.offer(side, sdp, now, message.cseq.seq)
+                out = session.offer_body(side, sdp, now, message.cseq.seq)
             else:
                 assert session is not None
-                out = session.answer(side, sdp, now)
+                out = session.answer_body(side, sdp, now)
         except OutOfPorts as exc:
             self.count("media_ports_exhausted", str(exc))
             if created and session is not None:
@@ -263,7 +263,7 @@ class MediaAnchor:
             if created and session is not None:
                 self._release(session, "SDP refused")
             return status if status is not None and status >= 400 else 488
-        message.set_body(bytes(out))
+        message.set_body(out)
         if kind == "offer" and side is CLIENT and pair is not None:
             self._client_offered(pair, session)
         info = session.owner_data

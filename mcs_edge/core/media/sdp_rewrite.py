@@ -28,6 +28,13 @@ PASSTHROUGH      proto, crypto, fingerprint, setup and ICE credentials of the fa
                  only addresses, ports and candidates become the relay's
 ===============  ==================================================================================
 
+PASSTHROUGH has a second, cheaper writer: :func:`passthrough_body` edits the received description's
+lines as they are written out (the ``c=`` lines, the ``m=`` ports, ``a=rtcp`` and the candidates;
+every other line is written as parsed) instead of building a new description and serialising it.
+It gives the same text as :func:`rewrite_offer` / :func:`rewrite_answer` for every description
+(tests/core/media/test_sdp_passthrough.py checks it on captured SDPs and generated variants of
+them); the model writers stay the reference and serve every other profile.
+
 Going from WEBRTC towards a SIP peer (RTP, SDES), attributes that only make sense between browsers
 are dropped: header extensions (``extmap``), RTCP feedback (``rtcp-fb``, meaningless in AVP),
 ``rtcp-rsize``, ``ssrc``/``ssrc-group``/``msid``, simulcast. Codecs are kept. Non-RTP m-lines (data
@@ -59,6 +66,7 @@ from mcs_edge.core.media.sdp import (
     Fingerprint,
     Group,
     IceCredentials,
+    Line,
     MediaDescription,
     Profile,
     SessionDescription,
@@ -73,6 +81,7 @@ __all__ = [
     "LocalLeg",
     "RelayAddress",
     "host_candidate",
+    "passthrough_body",
     "rewrite_answer",
     "rewrite_offer",
 ]
@@ -456,3 +465,98 @@ def rewrite_answer(
         elif leg.ice is not None:
             session = replace(session, attributes=(Attribute("ice-lite"), *session.attributes))
     return _place_connections(session, media, leg.relays, host or answer.origin.address)
+
+
+# --------------------------------------------------------------------------- passthrough, in place
+
+_PASSTHROUGH_DROPPED: Final = frozenset({"candidate", "remote-candidates", "end-of-candidates"})
+
+
+def _connection_text(host: str) -> str:
+    return f"c=IN IP6 {host}" if ":" in host else f"c=IN IP4 {host}"
+
+
+def _write_lines(out: list[str], lines: tuple[Line, ...], connection: str | None, after: str) -> None:
+    """``lines`` as :func:`~mcs_edge.core.media.sdp._set_connection` leaves them, written to ``out``."""
+    placed = False
+    start = len(out)
+    for line in lines:
+        if line.type == "c":
+            if connection is not None and not placed:
+                out.append(connection)
+            placed = True
+        else:
+            out.append(f"{line.type}={line.value}")
+    if connection is not None and not placed:
+        pos = start
+        while pos - start < len(lines) and pos < len(out) and out[pos][0] in after:
+            pos += 1
+        out.insert(pos, connection)
+
+
+def passthrough_body(
+    sdp: SessionDescription,
+    relays: tuple[RelayAddress | None, ...],
+    offer: SessionDescription | None = None,
+) -> str:
+    """The text after the ``o=`` line of ``rewrite_offer(sdp, leg)`` (``offer`` None) or of
+    ``rewrite_answer(sdp, offer, leg)`` for a PASSTHROUGH ``leg`` with these ``relays``.
+
+    Written in one pass over ``sdp``'s parsed lines: a line the relay does not change is written as
+    it came, no description is built. Raises what the model writers raise for the same input.
+    """
+    media = sdp.media
+    counterpart = offer.media if offer is not None else media
+    if len(relays) != len(counterpart):
+        raise LocalProtocolError(f"{len(relays)} relay addresses for {len(counterpart)} m-lines")
+    if len(media) != len(counterpart):
+        raise RemoteProtocolError(
+            f"answer has {len(media)} m-lines, offer had {len(counterpart)}", status_hint=488
+        )
+    host: str | None = None
+    for relay in relays:
+        if relay is not None:
+            host = relay.host
+            break
+    base = host or sdp.origin.address
+    base_connection = _connection_text(base)
+    session_c = any(line.type == "c" for line in sdp.lines)
+    out = [f"s={sdp.session_name}"]
+    _write_lines(out, sdp.lines, base_connection if session_c else None, "iuep")
+    out.extend([str(a) for a in sdp.attributes])
+    for i, m in enumerate(media):
+        relay = relays[i]
+        o = counterpart[i]
+        if relay is None or m.rejected or o.rejected:
+            out.append(" ".join(("m=" + m.media, "0", o.proto, *(m.formats or ("0",)))))
+            if not session_c:
+                out.append(base_connection)
+            if o.mid is not None:
+                out.append(f"a=mid:{o.mid}")
+            continue
+        port = str(relay.port) if m.port_count is None else f"{relay.port}/{m.port_count}"
+        out.append(" ".join(("m=" + m.media, port, m.proto, *m.formats)))
+        has_c = any(line.type == "c" for line in m.lines)
+        needs = has_c or not session_c or relay.host != base
+        _write_lines(out, m.lines, _connection_text(relay.host) if needs else None, "i")
+        had_ice = False
+        rtcp_port = relay.rtcp_port
+        for a in m.attributes:
+            name = a.name
+            if name in _PASSTHROUGH_DROPPED:
+                had_ice = had_ice or name == "candidate"
+                continue
+            if name == "rtcp":
+                if rtcp_port is not None:
+                    out.append(f"a=rtcp:{rtcp_port}")
+                continue
+            if name == "ice-ufrag":
+                had_ice = True
+            out.append(f"a={name}" if a.value is None else f"a={name}:{a.value}")
+        if had_ice:
+            out.append(f"a=candidate:{host_candidate(relay, 1)}")
+            if rtcp_port is not None:
+                out.append(f"a=candidate:{host_candidate(relay, 2)}")
+            out.append("a=end-of-candidates")
+    out.append("")
+    return "\r\n".join(out)

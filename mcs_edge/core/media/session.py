@@ -38,7 +38,10 @@ only then *commits* both sides' remote parameters: addresses, ICE credentials (a
 an ICE restart: new local credentials in our answer, old pairs kept until the peer nominates
 under the new ones), DTLS role and fingerprints (a new fingerprint starts a new DTLS association;
 the old SRTP keys serve until it completes), SDES keys (kept, with their replay state, when
-unchanged). A failed re-offer therefore changes nothing. Every SDP we send carries our own
+unchanged). A failed re-offer therefore changes nothing. :meth:`MediaSession.offer_body` /
+:meth:`MediaSession.answer_body` return the same SDP as bytes (what the anchor sends); a passthrough
+session writes them by editing the received lines (:func:`passthrough_body`) instead of building
+and serialising the rewritten description. Every SDP we send carries our own
 ``o=`` line, whose version grows only when the body changed (RFC 3264 s.8).
 
 DTLS role: we answer ``passive`` (we are the server and never send first) unless the offerer is
@@ -88,7 +91,14 @@ from mcs_edge.core.media.sdp import (
     SessionDescription,
     detect_profile,
 )
-from mcs_edge.core.media.sdp_rewrite import SDES_SUITES, LocalLeg, RelayAddress, rewrite_answer, rewrite_offer
+from mcs_edge.core.media.sdp_rewrite import (
+    SDES_SUITES,
+    LocalLeg,
+    RelayAddress,
+    passthrough_body,
+    rewrite_answer,
+    rewrite_offer,
+)
 from mcs_edge.core.media.source_gate import SourceGate
 from mcs_edge.core.randomness import RandomBytes, random_int
 from mcs_edge.core.rtp.demux import KIND_DTLS, KIND_RTP, KIND_STUN, classify_first_byte
@@ -969,7 +979,7 @@ class Leg:
 class _Offer:
     side: Side
     sdp: SessionDescription  # as received
-    sent: SessionDescription  # as rewritten for the other side
+    sent_rejected: tuple[bool, ...]  # per m-line of the offer sent to the other side: rejected
     tag: object
     deadline: float
     answered: bool = False
@@ -1067,48 +1077,87 @@ class MediaSession:
         Raises RemoteProtocolError(488) for SDP we cannot relay, :class:`OutOfPorts` when no port is
         left (legs created for this offer are released first).
         """
+        out = self._make_offer(side, sdp, now, tag, False)
+        assert isinstance(out, SessionDescription)
+        return out
+
+    def offer_body(self, side: Side, sdp: SessionDescription, now: float, tag: object = None) -> bytes:
+        """:meth:`offer` as the bytes to send. A passthrough session writes them by editing ``sdp``'s
+        lines (:func:`passthrough_body`), without building the rewritten description."""
+        out = self._make_offer(side, sdp, now, tag, self.passthrough)
+        return out if isinstance(out, bytes) else bytes(out)
+
+    def _make_offer(
+        self, side: Side, sdp: SessionDescription, now: float, tag: object, as_bytes: bool
+    ) -> SessionDescription | bytes:
         if self.ended is not None:
             raise LocalProtocolError("session has ended")
         other = Side(1 - side)
         profile_in = self._profile_of(side, sdp)
         profile_out = self._profile_for_offer(other, profile_in)
         created: list[Leg] = []
+        body: str | None = None
+        out: SessionDescription | None = None
         try:
             self._ensure_legs(side, sdp, profile_in, self._bundles(sdp, profile_in), created, now, True)
             legs_out = self._ensure_legs(
                 other, sdp, profile_out, self._bundles_out(sdp, profile_in, profile_out), created, now, False
             )
-            local = self._local_leg(other, sdp, legs_out, None, self.settings.offer_sdes_suites)
-            out = rewrite_offer(sdp, local)
+            if as_bytes:
+                relays = self._relays(other, sdp, legs_out, None)
+                body = passthrough_body(sdp, relays)
+                sent_rejected = tuple(r is None or m.rejected for m, r in zip(sdp.media, relays, strict=True))
+            else:
+                local = self._local_leg(other, sdp, legs_out, None, self.settings.offer_sdes_suites)
+                out = rewrite_offer(sdp, local)
+                sent_rejected = tuple(m.rejected for m in out.media)
         except BaseException:
             self._drop_legs(created)
             raise
         self.profiles[side] = profile_in
         self.profiles[other] = profile_out
-        out = self._stamp(other, out)
-        self._offer = _Offer(side, sdp, out, tag, now + self.settings.offer_timeout)
-        return out
+        result: SessionDescription | bytes
+        if body is not None:
+            result = self._stamp_body(other, body)
+        else:
+            assert out is not None
+            result = out = self._stamp(other, out)
+        self._offer = _Offer(side, sdp, sent_rejected, tag, now + self.settings.offer_timeout)
+        return result
 
     def answer(self, side: Side, sdp: SessionDescription, now: float) -> SessionDescription:
         """The answer ``side`` gave to the other side's offer -> the answer to send to the offerer."""
+        out = self._make_answer(side, sdp, now, False)
+        assert isinstance(out, SessionDescription)
+        return out
+
+    def answer_body(self, side: Side, sdp: SessionDescription, now: float) -> bytes:
+        """:meth:`answer` as the bytes to send (a passthrough session edits ``sdp``'s lines)."""
+        out = self._make_answer(side, sdp, now, self.passthrough)
+        return out if isinstance(out, bytes) else bytes(out)
+
+    def _make_answer(
+        self, side: Side, sdp: SessionDescription, now: float, as_bytes: bool
+    ) -> SessionDescription | bytes:
         offer = self._offer
         if self.ended is not None:
             raise LocalProtocolError("session has ended")
         if offer is None or offer.side is side:
             raise LocalProtocolError("no offer from the other side to answer")
         offerer = offer.side
-        if len(sdp.media) != len(offer.sent.media):
+        if len(sdp.media) != len(offer.sent_rejected):
             raise RemoteProtocolError(
-                f"answer has {len(sdp.media)} m-lines, offer had {len(offer.sent.media)}", status_hint=488
+                f"answer has {len(sdp.media)} m-lines, offer had {len(offer.sent_rejected)}", status_hint=488
             )
         profile_out = self.profiles[side]
         assert profile_out is not None
         answered = self._answered_profile(sdp, profile_out)
-        plans_answerer = self._plan(side, sdp, offer.sent, answered, answering=False)
+        answer_rejected = tuple(m.rejected for m in sdp.media)
+        plans_answerer = self._plan(side, sdp, offer.sent_rejected, answered, answering=False)
         profile_in = self.profiles[offerer]
         assert profile_in is not None
         new_credentials: tuple[str, str] | None = None
-        plans_offerer = self._plan(offerer, offer.sdp, sdp, profile_in, answering=True)
+        plans_offerer = self._plan(offerer, offer.sdp, answer_rejected, profile_in, answering=True)
         if profile_in is Profile.WEBRTC and any(p.ice_restart for p in plans_offerer.values()):
             new_credentials = generate_credentials(self.settings.random_bytes)
         setup = None
@@ -1120,9 +1169,16 @@ class MediaSession:
         saved = self.ice_credentials[offerer]
         if new_credentials is not None:
             self.ice_credentials[offerer] = new_credentials
+        body: str | None = None
+        out: SessionDescription | None = None
         try:
-            local = self._local_leg(offerer, offer.sdp, legs, setup, self.settings.answer_sdes_suites, sdp)
-            out = rewrite_answer(sdp, offer.sdp, local)
+            if as_bytes:
+                body = passthrough_body(sdp, self._relays(offerer, offer.sdp, legs, sdp), offer.sdp)
+            else:
+                local = self._local_leg(
+                    offerer, offer.sdp, legs, setup, self.settings.answer_sdes_suites, sdp
+                )
+                out = rewrite_answer(sdp, offer.sdp, local)
         except BaseException:
             self.ice_credentials[offerer] = saved
             raise
@@ -1138,6 +1194,9 @@ class MediaSession:
         offer.answered = True
         self._wire(offer.sdp, sdp)
         self.established = True
+        if body is not None:
+            return self._stamp_body(offerer, body)
+        assert out is not None
         return self._stamp(offerer, out)
 
     def answer_locally(
@@ -1344,6 +1403,41 @@ class MediaSession:
             rtcp_candidate=self.native_client and side is CLIENT and answer is None,
         )
 
+    def _relays(
+        self,
+        side: Side,
+        sdp: SessionDescription,
+        legs: list[Leg | None],
+        answer: SessionDescription | None,
+    ) -> tuple[RelayAddress | None, ...]:
+        """The relay address of each m-line of ``sdp`` on ``side`` (None: rejected), as
+        :meth:`_local_leg` gives them."""
+        host = self.settings.host(side)
+        relays: list[RelayAddress | None] = []
+        for i, m in enumerate(sdp.media):
+            leg = legs[i] if i < len(legs) else None
+            if (
+                leg is None
+                or m.rejected
+                or (answer is not None and answer.media[i].rejected)
+                or not self._accepts(False, m.is_rtp)
+                or not leg.port
+            ):
+                relays.append(None)
+            else:
+                relays.append(RelayAddress(host, leg.port, leg.rtcp_port))
+        return tuple(relays)
+
+    def _stamp_body(self, side: Side, body: str) -> bytes:
+        """:meth:`_stamp` for a body written as text (the lines after ``o=``): the whole SDP as bytes."""
+        host = self.settings.host(side)
+        if body != self._last_body[side]:
+            self._last_body[side] = body
+            self._origin_version[side] += 1
+        addrtype = "IP6" if _is_v6(host) else "IP4"
+        origin = f"o=- {self._origin_id[side]} {self._origin_version[side]} IN {addrtype} {host}"
+        return f"v=0\r\n{origin}\r\n{body}".encode()
+
     def _stamp(self, side: Side, sdp: SessionDescription) -> SessionDescription:
         """Our own o= line toward ``side``: version bumped only when the body changed."""
         host = self.settings.host(side)
@@ -1367,12 +1461,13 @@ class MediaSession:
         self,
         side: Side,
         sdp: SessionDescription,
-        counterpart: SessionDescription,
+        counterpart_rejected: tuple[bool, ...],
         profile: Profile,
         *,
         answering: bool,
     ) -> dict[int, _LegPlan]:
-        """Validate ``side``'s SDP against its leg list; one plan per leg (keyed by id)."""
+        """Validate ``side``'s SDP against its leg list; one plan per leg (keyed by id).
+        ``counterpart_rejected``: per m-line, rejected in the other side's SDP (offer or answer)."""
         plans: dict[int, _LegPlan] = {}
         legs = self.mline_legs[side]
         for i, m in enumerate(sdp.media):
@@ -1380,7 +1475,7 @@ class MediaSession:
             if leg is None:
                 continue
             active = (
-                not m.rejected and not counterpart.media[i].rejected if i < len(counterpart.media) else False
+                not m.rejected and not counterpart_rejected[i] if i < len(counterpart_rejected) else False
             )
             t = sdp.transport(i)
             plan = plans.get(id(leg))
