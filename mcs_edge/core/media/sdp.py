@@ -30,7 +30,7 @@ import base64
 import binascii
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -66,6 +66,7 @@ MAX_LINES: Final = 4096
 
 DIRECTIONS: Final = ("sendrecv", "sendonly", "recvonly", "inactive")
 SETUP_ROLES: Final = ("active", "passive", "actpass", "holdconn")
+_DIRECTION_SET: Final = frozenset(DIRECTIONS)
 
 PROTO_RTP_AVP: Final = "RTP/AVP"
 PROTO_RTP_AVPF: Final = "RTP/AVPF"
@@ -532,37 +533,32 @@ def _check_nonempty(value: str | None, name: str) -> None:
         raise _bad(f"a={name} needs a value")
 
 
+_VALIDATORS: Final[dict[str, Callable[[str | None, str], object]]] = {
+    "candidate": lambda v, _n: Candidate.parse(v or ""),
+    "crypto": lambda v, _n: Crypto.parse(v or ""),
+    "fingerprint": lambda v, _n: Fingerprint.parse(v or ""),
+    "rtpmap": lambda v, _n: RtpMap.parse(v or ""),
+    "group": lambda v, _n: Group.parse(v or ""),
+    "rtcp": lambda v, _n: RtcpAttribute.parse(v or ""),
+    "setup": lambda v, _n: _check_setup(v),
+    "ice-ufrag": _check_ice_chars,
+    "ice-pwd": _check_ice_chars,
+    "mid": _check_nonempty,
+    "ice-options": _check_nonempty,
+    "msid": _check_nonempty,
+    **dict.fromkeys(("rtcp-mux", "ice-lite", "end-of-candidates", *DIRECTIONS), _check_flag),
+    "ssrc": lambda v, _n: _check_ssrc(v),
+    "fmtp": lambda v, _n: _check_pt_prefixed(v, "fmtp"),
+    "rtcp-fb": lambda v, _n: _check_pt_prefixed(v, "rtcp-fb", wildcard=True),
+    "extmap": lambda v, _n: _check_extmap(v),
+}
+
+
 def _validate_attribute(attr: Attribute) -> None:
     """Check the attributes whose values the edge reads (others pass untouched)."""
-    name, value = attr.name, attr.value
-    if name == "candidate":
-        Candidate.parse(value or "")
-    elif name == "crypto":
-        Crypto.parse(value or "")
-    elif name == "fingerprint":
-        Fingerprint.parse(value or "")
-    elif name == "rtpmap":
-        RtpMap.parse(value or "")
-    elif name == "group":
-        Group.parse(value or "")
-    elif name == "rtcp":
-        RtcpAttribute.parse(value or "")
-    elif name == "setup":
-        _check_setup(value)
-    elif name in ("ice-ufrag", "ice-pwd"):
-        _check_ice_chars(value, name)
-    elif name in ("mid", "ice-options", "msid"):
-        _check_nonempty(value, name)
-    elif name in ("rtcp-mux", "ice-lite", "end-of-candidates", *DIRECTIONS):
-        _check_flag(value, name)
-    elif name == "ssrc":
-        _check_ssrc(value)
-    elif name == "fmtp":
-        _check_pt_prefixed(value, "fmtp")
-    elif name == "rtcp-fb":
-        _check_pt_prefixed(value, "rtcp-fb", wildcard=True)
-    elif name == "extmap":
-        _check_extmap(value)
+    check = _VALIDATORS.get(attr.name)
+    if check is not None:
+        check(attr.value, attr.name)
 
 
 # --------------------------------------------------------------------------- attribute container
@@ -872,43 +868,113 @@ class SessionDescription(_HasAttributes):
         return None
 
     def transport(self, index: int) -> MediaTransport:
-        """The far end's transport for m-line ``index``, with session-level fallbacks applied."""
+        """The far end's transport for m-line ``index``, with session-level fallbacks applied.
+
+        One pass over the m-line's attributes and one over the session's (the values the properties
+        ``connection``, ``rtcp``, ``ice_credentials``, ``setup``, ``direction`` ... read one by one).
+        """
         m = self.media[index]
-        conn = m.connection or self.connection
-        address = conn.address.split("/")[0] if conn is not None else None
-        rtcp = m.rtcp
-        mux = m.rtcp_mux
+        mid = ufrag = pwd = setup = rtcp_value = None
+        mux = bundle_only = ice_lite = has_crypto = False
+        direction = "sendrecv"
+        candidates: list[Candidate] = []
+        fingerprints: list[Fingerprint] = []
+        cryptos: list[Crypto] = []
+        for attr in m.attributes:
+            name = attr.name
+            value = "" if attr.value is None else attr.value
+            if name == "candidate":
+                candidates.append(Candidate.parse(value))
+            elif name in _DIRECTION_SET:
+                direction = name
+            elif name == "rtcp-mux":
+                mux = True
+            elif name == "mid":
+                mid = value if mid is None else mid
+            elif name == "ice-ufrag":
+                ufrag = value if ufrag is None else ufrag
+            elif name == "ice-pwd":
+                pwd = value if pwd is None else pwd
+            elif name == "fingerprint":
+                fingerprints.append(Fingerprint.parse(value))
+            elif name == "setup":
+                setup = value if setup is None else setup
+            elif name == "crypto":
+                has_crypto = True
+                cryptos.append(Crypto.parse(value))
+            elif name == "rtcp":
+                rtcp_value = value if rtcp_value is None else rtcp_value
+            elif name == "bundle-only":
+                bundle_only = True
+            elif name == "ice-lite":
+                ice_lite = True
+        ice = IceCredentials(ufrag, pwd) if ufrag and pwd else None
+        if ice is None or not fingerprints or setup is None or not ice_lite:
+            s_ufrag = s_pwd = s_setup = None
+            s_fingerprints: list[Fingerprint] = []
+            for attr in self.attributes:
+                name = attr.name
+                value = "" if attr.value is None else attr.value
+                if name == "ice-ufrag":
+                    s_ufrag = value if s_ufrag is None else s_ufrag
+                elif name == "ice-pwd":
+                    s_pwd = value if s_pwd is None else s_pwd
+                elif name == "fingerprint":
+                    s_fingerprints.append(Fingerprint.parse(value))
+                elif name == "setup":
+                    s_setup = value if s_setup is None else s_setup
+                elif name == "ice-lite":
+                    ice_lite = True
+            if ice is None and s_ufrag and s_pwd:
+                ice = IceCredentials(s_ufrag, s_pwd)
+            if not fingerprints:
+                fingerprints = s_fingerprints
+            if setup is None:
+                setup = s_setup
+        conn_value = _first_connection(m.lines)
+        if conn_value is None:
+            conn_value = _first_connection(self.lines)
+        address = Connection.parse(conn_value).address.split("/")[0] if conn_value is not None else None
+        rejected = m.port == 0 and not bundle_only
         rtcp_port: int | None
         rtcp_address = address
-        if m.rejected or mux:
+        if rejected or mux:
             rtcp_port = None
-        elif rtcp is not None:
+        elif rtcp_value is not None:
+            rtcp = RtcpAttribute.parse(rtcp_value)
             rtcp_port = rtcp.port
             if rtcp.connection is not None:
                 rtcp_address = rtcp.connection.address
         else:
             rtcp_port = m.port + 1
         formats = tuple(int(f) for f in m.formats if _DIGITS_RE.fullmatch(f) and int(f) <= 127)
+        proto = m.proto.upper()
+        if "TLS" in proto:
+            profile = Profile.WEBRTC
+        elif "SAVP" in proto or ("AVP" in proto and has_crypto):
+            profile = Profile.SDES
+        else:
+            profile = Profile.RTP
         return MediaTransport(
             index=index,
             media=m.media,
             proto=m.proto,
-            profile=detect_profile(m),
-            rejected=m.rejected,
-            mid=m.mid,
+            profile=profile,
+            rejected=rejected,
+            mid=mid,
             address=address,
             port=m.port,
             rtcp_address=rtcp_address if rtcp_port is not None else None,
             rtcp_port=rtcp_port,
             rtcp_mux=mux,
-            ice=m.ice_credentials or self.ice_credentials,
-            ice_lite=self.has("ice-lite") or m.has("ice-lite"),
-            candidates=m.candidates,
-            fingerprints=m.fingerprints or self.fingerprints,
-            setup=m.setup if m.setup is not None else self.get("setup"),
-            cryptos=m.cryptos,
+            ice=ice,
+            ice_lite=ice_lite,
+            candidates=tuple(candidates),
+            fingerprints=tuple(fingerprints),
+            setup=setup,
+            cryptos=tuple(cryptos),
             payload_types=formats,
-            direction=m.direction,
+            direction=direction,
         )
 
     def transports(self) -> tuple[MediaTransport, ...]:
@@ -933,6 +999,13 @@ class SessionDescription(_HasAttributes):
     def with_media(self, media: Iterable[MediaDescription]) -> SessionDescription:
         """A copy with these m-sections."""
         return replace(self, media=tuple(media))
+
+
+def _first_connection(lines: tuple[Line, ...]) -> str | None:
+    for line in lines:
+        if line.type == "c":
+            return line.value
+    return None
 
 
 def _parse_m_line(value: str) -> tuple[str, int, int | None, str, tuple[str, ...]]:

@@ -72,6 +72,7 @@ re-arm the session's timer and reap ended sessions.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable
@@ -222,6 +223,12 @@ def _ip(host: str | None) -> str | None:
     """``host`` if it is a usable IP literal (not unspecified), else None."""
     if not host:
         return None
+    return _usable_ip(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _usable_ip(host: str) -> str | None:
+    """:func:`_ip` of a non-empty string; remembered (a PBX or client address recurs in every SDP)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

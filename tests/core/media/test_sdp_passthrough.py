@@ -5,6 +5,7 @@ gives the same bytes and the same decisions as the model writers (``rewrite_offe
 from __future__ import annotations
 
 import random
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcs_edge.certs import edge_dtls_certificate
-from mcs_edge.core.media.sdp import Profile, SessionDescription
+from mcs_edge.core.media.sdp import MediaTransport, Profile, SessionDescription, detect_profile
 from mcs_edge.core.media.sdp_rewrite import (
     LocalLeg,
     RelayAddress,
@@ -52,6 +53,12 @@ def _captured() -> dict[str, str]:
     out = {p.name: p.read_text() for p in sorted(DATA.glob("*.sdp"))}
     out.update({"expected/" + p.name: p.read_text() for p in sorted((DATA / "expected").glob("*.sdp"))})
     out["baresip_offer"] = BARESIP_OFFER
+    # ICE credentials at both levels (the media level's win), a session-level fingerprint and setup
+    out["baresip_offer_both_levels"] = BARESIP_OFFER.replace(
+        "a=label:1\r\n", "a=label:1\r\na=ice-ufrag:Mm1x\r\na=ice-pwd:mediapassword0123456789\r\n"
+    ).replace(
+        "t=0 0\r\n", "t=0 0\r\na=setup:actpass\r\na=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\n"
+    )
     out["plain"] = PLAIN
     out["webrtc_peer_av"] = WebRtcPeer(("198.51.100.7", 50000), kinds=("audio", "video")).offer()
     out["webrtc_peer_unbundled"] = WebRtcPeer(("198.51.100.7", 50000)).offer(bundle=False)
@@ -108,7 +115,7 @@ def _variant(text: str, draw: Callable[[Any], Any]) -> str:
         elif edit == 9:
             lines[pos] = lines[pos].replace("candidate", "remote-candidates", 1)
         else:
-            lines.insert(pos, draw(st.sampled_from(("a=bundle-only", "a=rtcp:9 IN IP4 0.0.0.0", "a=x:"))))
+            lines.insert(pos, draw(st.sampled_from(SESSION_OR_MEDIA)))
     sep = draw(st.sampled_from(("\r\n", "\n")))
     return sep.join(lines) + sep
 
@@ -132,6 +139,18 @@ EXTRA_LINES = (
     "a=flag",
     "a=rtcp:abc",
     "a=setup:bogus",
+)
+SESSION_OR_MEDIA = (
+    "a=bundle-only",
+    "a=rtcp:9 IN IP4 0.0.0.0",
+    "a=x:",
+    "a=ice-lite",
+    "a=setup:passive",
+    "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
+    "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" + "A" * 40,
+    "a=ice-ufrag:",
+    "a=mid",
+    "a=recvonly",
 )
 EXTRA_M_LINES = (
     "audio 30000 RTP/AVP 0",
@@ -339,3 +358,69 @@ def test_origin_version_moves_the_same_way() -> None:
     )
     versions = [SessionDescription.parse(b).origin.session_version for b in out[0::3] if isinstance(b, bytes)]
     assert versions == ["1", "1", "1", "2"]
+
+
+# ------------------------------------------------------------------ transport() in one pass
+
+
+def _transport_by_properties(sdp: SessionDescription, index: int) -> MediaTransport:
+    """``SessionDescription.transport`` as it was written before the one-pass version: each value
+    read through its property (the reference the one-pass reading must agree with)."""
+    m = sdp.media[index]
+    conn = m.connection or sdp.connection
+    address = conn.address.split("/")[0] if conn is not None else None
+    rtcp = m.rtcp
+    mux = m.rtcp_mux
+    rtcp_port: int | None
+    rtcp_address = address
+    if m.rejected or mux:
+        rtcp_port = None
+    elif rtcp is not None:
+        rtcp_port = rtcp.port
+        if rtcp.connection is not None:
+            rtcp_address = rtcp.connection.address
+    else:
+        rtcp_port = m.port + 1
+    formats = tuple(int(f) for f in m.formats if re.fullmatch(r"[0-9]{1,10}", f) and int(f) <= 127)
+    return MediaTransport(
+        index=index,
+        media=m.media,
+        proto=m.proto,
+        profile=detect_profile(m),
+        rejected=m.rejected,
+        mid=m.mid,
+        address=address,
+        port=m.port,
+        rtcp_address=rtcp_address if rtcp_port is not None else None,
+        rtcp_port=rtcp_port,
+        rtcp_mux=mux,
+        ice=m.ice_credentials or sdp.ice_credentials,
+        ice_lite=sdp.has("ice-lite") or m.has("ice-lite"),
+        candidates=m.candidates,
+        fingerprints=m.fingerprints or sdp.fingerprints,
+        setup=m.setup if m.setup is not None else sdp.get("setup"),
+        cryptos=m.cryptos,
+        payload_types=formats,
+        direction=m.direction,
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_transport_reads_what_the_properties_read_on_captured_sdps(name: str) -> None:
+    """Every m-line of every captured SDP: the one-pass transport equals the property-by-property one."""
+    sdp = SessionDescription.parse(CAPTURED[name])
+    for i in range(len(sdp.media)):
+        assert sdp.transport(i) == _transport_by_properties(sdp, i)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_transport_reads_what_the_properties_read_on_variants(data: st.DataObject) -> None:
+    """Generated variants (session/media fallbacks, duplicates, flags, rejected lines): the same transports."""
+    text = _variant(CAPTURED[data.draw(st.sampled_from(NAMES))], data.draw)
+    try:
+        sdp = SessionDescription.parse(text)
+    except EdgeError:
+        return
+    for i in range(len(sdp.media)):
+        assert sdp.transport(i) == _transport_by_properties(sdp, i)
