@@ -811,21 +811,35 @@ class SessionDescription(_HasAttributes):
                     MediaDescription(kind, port, proto, formats, count, tuple(cur_lines), tuple(cur_attrs))
                 )
 
+        attributes_seen = _SHARED_ATTRIBUTES
+        lines_seen = _SHARED_LINES
         for typ, value in parsed[3:]:
             if typ == "m":
                 close_media()
                 cur = _parse_m_line(value)
                 cur_lines, cur_attrs = [], []
             elif typ == "a":
-                attr = _parse_attribute(value)
+                attr = attributes_seen.get(value)
+                if attr is None:
+                    attr = _parse_attribute(value)
+                    if attr.name not in _UNSHARED and len(value) <= _MAX_SHARED_LENGTH:
+                        if len(attributes_seen) >= _MAX_SHARED:
+                            attributes_seen.clear()
+                        attributes_seen[value] = attr
                 (cur_attrs if cur is not None else session_attrs).append(attr)
             else:
                 allowed = _LINE_TYPES_MEDIA if cur is not None else _LINE_TYPES_SESSION
                 if typ not in allowed:
                     raise _bad(f"unexpected {typ}= line")
-                line = Line(typ, value)
-                if typ == "c":
-                    Connection.parse(value)
+                line = lines_seen.get((typ, value))
+                if line is None:
+                    line = Line(typ, value)
+                    if typ == "c":
+                        Connection.parse(value)
+                    if len(value) <= _MAX_SHARED_LENGTH:
+                        if len(lines_seen) >= _MAX_SHARED:
+                            lines_seen.clear()
+                        lines_seen[typ, value] = line
                 (cur_lines if cur is not None else session_lines).append(line)
         close_media()
         return cls(
@@ -999,6 +1013,19 @@ class SessionDescription(_HasAttributes):
     def with_media(self, media: Iterable[MediaDescription]) -> SessionDescription:
         """A copy with these m-sections."""
         return replace(self, media=tuple(media))
+
+
+#: Attributes and lines already parsed and checked, shared by every description (they are frozen):
+#: ``a=rtpmap:0 PCMU/8000``, ``a=sendrecv``, ``t=0 0`` or a PBX's ``c=`` recur in every SDP. Bounded
+#: (emptied when full; values up to 200 characters); the attributes whose values differ per call
+#: (candidates, keys, credentials, SSRCs, RTCP ports) are never kept.
+_MAX_SHARED: Final = 2048
+_MAX_SHARED_LENGTH: Final = 200
+_UNSHARED: Final = frozenset(
+    {"candidate", "crypto", "fingerprint", "ice-ufrag", "ice-pwd", "ssrc", "ssrc-group", "msid", "rtcp"}
+)
+_SHARED_ATTRIBUTES: dict[str, Attribute] = {}
+_SHARED_LINES: dict[tuple[str, str], Line] = {}
 
 
 def _first_connection(lines: tuple[Line, ...]) -> str | None:

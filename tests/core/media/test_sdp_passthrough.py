@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcs_edge.certs import edge_dtls_certificate
+from mcs_edge.core.media import sdp as sdp_module
 from mcs_edge.core.media.sdp import MediaTransport, Profile, SessionDescription, detect_profile
 from mcs_edge.core.media.sdp_rewrite import (
     LocalLeg,
@@ -424,3 +425,35 @@ def test_transport_reads_what_the_properties_read_on_variants(data: st.DataObjec
         return
     for i in range(len(sdp.media)):
         assert sdp.transport(i) == _transport_by_properties(sdp, i)
+
+
+# ------------------------------------------------------------ lines shared between descriptions
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parse_with_shared_lines_equals_a_fresh_parse(name: str) -> None:
+    """A description parsed while the shared attributes/lines are warm equals one parsed from empty tables."""
+    warm = SessionDescription.parse(CAPTURED[name])
+    sdp_module._SHARED_ATTRIBUTES.clear()
+    sdp_module._SHARED_LINES.clear()
+    cold = SessionDescription.parse(CAPTURED[name])
+    assert warm == cold and warm.serialize() == cold.serialize()
+    assert SessionDescription.parse(CAPTURED[name]) == cold
+
+
+def test_shared_lines_stay_bounded_and_keep_per_call_values_out() -> None:
+    """Many SDPs with per-call attributes and lines: the shared tables never pass their bound, candidates
+    and credentials are never kept, long values are not kept, and a malformed value is still refused."""
+    for i in range(6000):
+        text = PLAIN.replace(
+            "a=sendrecv", f"a=sendrecv\r\na=x-call:{i}\r\na=ice-ufrag:u{i}\r\na=ice-pwd:p{i:022d}"
+        )
+        SessionDescription.parse(text.replace("127.0.0.1\r\nt=", f"10.{i // 256 % 256}.{i % 256}.1\r\nt="))
+        assert len(sdp_module._SHARED_ATTRIBUTES) <= sdp_module._MAX_SHARED
+        assert len(sdp_module._SHARED_LINES) <= sdp_module._MAX_SHARED
+    SessionDescription.parse(PLAIN.replace("a=sendrecv", "a=x-long:" + "y" * 500))
+    kept = {a.name for a in sdp_module._SHARED_ATTRIBUTES.values()}
+    assert not kept & {"ice-ufrag", "ice-pwd", "candidate"} and "x-long" not in kept
+    SessionDescription.parse(PLAIN.replace("a=sendrecv", "a=rtpmap:0 PCMU/8000"))
+    with pytest.raises(RemoteProtocolError):
+        SessionDescription.parse(PLAIN.replace("a=sendrecv", "a=rtpmap:0 PCMU"))
