@@ -9,7 +9,11 @@ closed inside the measured time. No TLS, no WebSocket, no UDP of the SIP message
 (``bench_latency.py`` / ``bench_sip.py`` measure those). Process CPU time, best of ``--repeat``.
 
     .venv/bin/python bench/bench_call_setup.py [--count 2000] [--repeat 5] [--profile]
-        [--baseline-src DIR] [--extra 'TOML'] [--no-media]
+        [--baseline-src DIR] [--extra 'TOML'] [--no-media] [--sdp plain|browser]
+
+``--sdp browser`` uses a captured JsSIP/Chromium offer (BUNDLE, rtcp-mux, ICE candidates, 8 codecs;
+tests/data/sdp/jssip_chromium_offer.sdp) and a Chromium answer as the PBX's (a WebRTC-capable PBX
+behind a passthrough tenant) instead of the plain RTP pair.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import _common  # noqa: F401 (puts tests/ on sys.path)
+import _common  # (puts tests/ on sys.path)
 
 from mcs_edge import reactor as edge_reactor
 
@@ -54,6 +58,14 @@ ANSWER = (
     "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
 )
 MEDIA: list[bool] = [True]
+SDP_DIR = _common.ROOT / "tests" / "data" / "sdp"
+SDPS = {
+    "plain": (OFFER, ANSWER),
+    "browser": (
+        (SDP_DIR / "jssip_chromium_offer.sdp").read_text(),
+        (SDP_DIR / "chromium_answer.sdp").read_text(),
+    ),
+}
 _KEEP = ("via:", "from", "to: ", "call", "cseq", "reco")
 
 
@@ -218,6 +230,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--extra", default="", help="more [media] keys / tables of edge.toml")
     ap.add_argument("--no-media", action="store_true", help="the proxy core alone (no media hook)")
+    ap.add_argument("--sdp", choices=sorted(SDPS), default="plain", help="offer/answer pair (see above)")
     ap.add_argument(
         "--baseline-src",
         default="",
@@ -226,6 +239,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, figures as JSON
     args = ap.parse_args()
     MEDIA[0] = not args.no_media
+    global OFFER, ANSWER
+    OFFER, ANSWER = SDPS[args.sdp]
     if args.profile:
         run(args.count, args.extra, True)
         return
@@ -252,7 +267,17 @@ def _subprocess(src: str, args: argparse.Namespace) -> list[float]:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, __file__, "--json", "--count", str(args.count), "--extra", args.extra]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--json",
+        "--count",
+        str(args.count),
+        "--extra",
+        args.extra,
+        "--sdp",
+        args.sdp,
+    ]
     if args.no_media:
         cmd.append("--no-media")
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
