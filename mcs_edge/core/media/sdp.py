@@ -533,10 +533,37 @@ def _check_nonempty(value: str | None, name: str) -> None:
         raise _bad(f"a={name} needs a value")
 
 
+#: Candidates and fingerprints read while parsing, kept for :meth:`SessionDescription.transport`,
+#: which reads the same lines again moments later (bounded, emptied when full; keys are not kept).
+_CANDIDATES: dict[str, Candidate] = {}
+_FINGERPRINTS: dict[str, Fingerprint] = {}
+_MAX_TYPED: Final = 1024
+
+
+def _candidate(value: str) -> Candidate:
+    candidate = _CANDIDATES.get(value)
+    if candidate is None:
+        candidate = Candidate.parse(value)
+        if len(_CANDIDATES) >= _MAX_TYPED:
+            _CANDIDATES.clear()
+        _CANDIDATES[value] = candidate
+    return candidate
+
+
+def _fingerprint(value: str) -> Fingerprint:
+    fingerprint = _FINGERPRINTS.get(value)
+    if fingerprint is None:
+        fingerprint = Fingerprint.parse(value)
+        if len(_FINGERPRINTS) >= _MAX_TYPED:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[value] = fingerprint
+    return fingerprint
+
+
 _VALIDATORS: Final[dict[str, Callable[[str | None, str], object]]] = {
-    "candidate": lambda v, _n: Candidate.parse(v or ""),
+    "candidate": lambda v, _n: _candidate(v or ""),
     "crypto": lambda v, _n: Crypto.parse(v or ""),
-    "fingerprint": lambda v, _n: Fingerprint.parse(v or ""),
+    "fingerprint": lambda v, _n: _fingerprint(v or ""),
     "rtpmap": lambda v, _n: RtpMap.parse(v or ""),
     "group": lambda v, _n: Group.parse(v or ""),
     "rtcp": lambda v, _n: RtcpAttribute.parse(v or ""),
@@ -597,7 +624,7 @@ class _HasAttributes:
     @property
     def fingerprints(self) -> tuple[Fingerprint, ...]:
         """Every ``a=fingerprint`` at this level."""
-        return tuple(Fingerprint.parse(v) for v in self.get_all("fingerprint"))
+        return tuple(_fingerprint(v) for v in self.get_all("fingerprint"))
 
     @property
     def ice_credentials(self) -> IceCredentials | None:
@@ -655,7 +682,7 @@ class MediaDescription(_HasAttributes):
     @property
     def candidates(self) -> tuple[Candidate, ...]:
         """Every ``a=candidate``."""
-        return tuple(Candidate.parse(v) for v in self.get_all("candidate"))
+        return tuple(_candidate(v) for v in self.get_all("candidate"))
 
     @property
     def cryptos(self) -> tuple[Crypto, ...]:
@@ -898,7 +925,7 @@ class SessionDescription(_HasAttributes):
             name = attr.name
             value = "" if attr.value is None else attr.value
             if name == "candidate":
-                candidates.append(Candidate.parse(value))
+                candidates.append(_candidate(value))
             elif name in _DIRECTION_SET:
                 direction = name
             elif name == "rtcp-mux":
@@ -910,7 +937,7 @@ class SessionDescription(_HasAttributes):
             elif name == "ice-pwd":
                 pwd = value if pwd is None else pwd
             elif name == "fingerprint":
-                fingerprints.append(Fingerprint.parse(value))
+                fingerprints.append(_fingerprint(value))
             elif name == "setup":
                 setup = value if setup is None else setup
             elif name == "crypto":
@@ -934,7 +961,7 @@ class SessionDescription(_HasAttributes):
                 elif name == "ice-pwd":
                     s_pwd = value if s_pwd is None else s_pwd
                 elif name == "fingerprint":
-                    s_fingerprints.append(Fingerprint.parse(value))
+                    s_fingerprints.append(_fingerprint(value))
                 elif name == "setup":
                     s_setup = value if s_setup is None else s_setup
                 elif name == "ice-lite":

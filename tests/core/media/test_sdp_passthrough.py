@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media import sdp as sdp_module
-from mcs_edge.core.media.sdp import MediaTransport, Profile, SessionDescription, detect_profile
+from mcs_edge.core.media.sdp import Candidate, MediaTransport, Profile, SessionDescription, detect_profile
 from mcs_edge.core.media.sdp_rewrite import (
     LocalLeg,
     RelayAddress,
@@ -457,3 +457,18 @@ def test_shared_lines_stay_bounded_and_keep_per_call_values_out() -> None:
     SessionDescription.parse(PLAIN.replace("a=sendrecv", "a=rtpmap:0 PCMU/8000"))
     with pytest.raises(RemoteProtocolError):
         SessionDescription.parse(PLAIN.replace("a=sendrecv", "a=rtpmap:0 PCMU"))
+
+
+def test_candidates_and_fingerprints_read_again_are_the_parsed_ones_and_stay_bounded() -> None:
+    """transport() reads candidates and fingerprints parsed moments before (equal values); thousands
+    of distinct candidates keep the table within its bound; a bad one is refused every time."""
+    sdp_module._CANDIDATES.clear()
+    sdp = SessionDescription.parse(CAPTURED["jssip_chromium_offer.sdp"])
+    assert sdp.transport(0).candidates == tuple(Candidate.parse(v) for v in sdp.media[0].get_all("candidate"))
+    for i in range(3000):
+        line = f"a=candidate:1 1 udp 2130706431 10.1.{i // 256 % 256}.{i % 256} {1024 + i} typ host"
+        SessionDescription.parse(PLAIN + line + "\r\n")
+        assert len(sdp_module._CANDIDATES) <= sdp_module._MAX_TYPED
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError):
+            SessionDescription.parse(PLAIN + "a=candidate:1 1 udp 2130706431 10.1.1.1 99999 typ host\r\n")
