@@ -58,6 +58,9 @@ ANSWER = (
     "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
 )
 MEDIA: list[bool] = [True]
+#: Relay ports: below the kernel's ephemeral range (32768-60999 by default), where other processes'
+#: sockets on a shared machine would make binds fail now and then.
+PORTS = [30000, 32759]
 SDP_DIR = _common.ROOT / "tests" / "data" / "sdp"
 SDPS = {
     "plain": (OFFER, ANSWER),
@@ -73,7 +76,7 @@ def _config(tmp: str, extra: str) -> object:
     return loads(
         f'[edge]\nstate_dir = "{tmp}"\npublic_address = "127.0.0.1"\nbackend_address = "127.0.0.1"\n'
         '[listen]\nhttps = "127.0.0.1:0"\nsip_tls = "off"\nbackend_sip = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n'
-        f'[media]\nbind = "127.0.0.1"\nports = [30000, 39999]\n{extra}'
+        f'[media]\nbind = "127.0.0.1"\nports = [{PORTS[0]}, {PORTS[1]}]\n{extra}'
         f'[[tenants]]\nid = "bench"\ndomains = ["{DOMAIN}"]\nbackend_sip = "udp:127.0.0.1:5060"\n'
         'certificate = "self-signed"\nmedia = "passthrough"\n'
     )
@@ -231,6 +234,7 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="more [media] keys / tables of edge.toml")
     ap.add_argument("--no-media", action="store_true", help="the proxy core alone (no media hook)")
     ap.add_argument("--sdp", choices=sorted(SDPS), default="plain", help="offer/answer pair (see above)")
+    ap.add_argument("--ports", default="30000-32759", help="relay port range LO-HI")
     ap.add_argument(
         "--baseline-src",
         default="",
@@ -241,6 +245,7 @@ def main() -> None:
     MEDIA[0] = not args.no_media
     global OFFER, ANSWER
     OFFER, ANSWER = SDPS[args.sdp]
+    PORTS[:] = [int(x) for x in args.ports.split("-")]
     if args.profile:
         run(args.count, args.extra, True)
         return
@@ -277,6 +282,8 @@ def _subprocess(src: str, args: argparse.Namespace) -> list[float]:
         args.extra,
         "--sdp",
         args.sdp,
+        "--ports",
+        args.ports,
     ]
     if args.no_media:
         cmd.append("--no-media")
