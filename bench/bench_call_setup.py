@@ -11,6 +11,9 @@ closed inside the measured time. No TLS, no WebSocket, no UDP of the SIP message
     .venv/bin/python bench/bench_call_setup.py [--count 2000] [--repeat 5] [--profile]
         [--baseline-src DIR] [--extra 'TOML'] [--no-media] [--sdp plain|browser]
 
+``--core`` times the media core alone instead (no SIP, no sockets): per call, the two SDP parses
+and a passthrough ``MediaSession``'s offer and answer on memory ports, as the anchor calls them.
+
 ``--sdp browser`` uses a captured JsSIP/Chromium offer (BUNDLE, rtcp-mux, ICE candidates, 8 codecs;
 tests/data/sdp/jssip_chromium_offer.sdp) and a Chromium answer as the PBX's (a WebRTC-capable PBX
 behind a passthrough tenant) instead of the plain RTP pair.
@@ -62,6 +65,10 @@ MEDIA: list[bool] = [True]
 #: sockets on a shared machine would make binds fail now and then.
 PORTS = [30000, 32759]
 SDP_DIR = _common.ROOT / "tests" / "data" / "sdp"
+#: Ports in the client's offer made different for each call (m= port, candidates), as browsers'
+#: and phones' offers differ: nothing per call is found already parsed.
+CALL_PORTS = {"plain": ("40002",), "browser": ("54012", "60231")}
+VARY: list[str] = list(CALL_PORTS["plain"])
 SDPS = {
     "plain": (OFFER, ANSWER),
     "browser": (
@@ -82,12 +89,21 @@ def _config(tmp: str, extra: str) -> object:
     )
 
 
+def _offer(n: int) -> str:
+    """The client's offer of call ``n`` (its ports differ per call)."""
+    offer = OFFER
+    for i, port in enumerate(VARY):
+        offer = offer.replace(f" {port}", f" {1024 + (n * 7 + i * 4099) % 60000}")
+    return offer
+
+
 def _invite(n: int) -> bytes:
+    offer = _offer(n)
     return (
         f"INVITE sip:200@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS b.invalid;branch=z9hG4bKi{n}\r\n"
         f"Max-Forwards: 70\r\nTo: <sip:200@{DOMAIN}>\r\nFrom: <sip:gen@{DOMAIN}>;tag=g{n}\r\n"
         f"Call-ID: c{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:gen@b.invalid;transport=ws;ob>\r\n"
-        f"Content-Type: application/sdp\r\nContent-Length: {len(OFFER)}\r\n\r\n{OFFER}"
+        f"Content-Type: application/sdp\r\nContent-Length: {len(offer)}\r\n\r\n{offer}"
     ).encode()
 
 
@@ -196,6 +212,56 @@ class Setup:
 
 
 PARTS = ("INVITE turn", "loop after it", "200 + ACK", "BYE + 200", "total")
+CORE_PARTS = ("parse offer", "offer", "parse answer", "answer", "total")
+
+
+def run_core(count: int) -> list[float]:
+    """The media core alone (see the module docstring): CPU us per call by part."""
+    from helpers.legports import RecordingPorts
+
+    from mcs_edge.certs import edge_dtls_certificate
+    from mcs_edge.core.media.sdp import Profile, SessionDescription
+    from mcs_edge.core.media.session import CLIENT, PBX, MediaSession, SessionSettings
+
+    class Ports(RecordingPorts):
+        def close(self, leg: object) -> None:
+            self.open_ports.pop(leg.port, None)  # type: ignore[attr-defined]
+            leg.port = 0  # type: ignore[attr-defined]
+
+    settings = SessionSettings(
+        client_host="203.0.113.10",
+        pbx_host="10.0.0.5",
+        certificate=edge_dtls_certificate(),
+        random_bytes=secrets.token_bytes,
+    )
+    ports = Ports(limit=1 << 30)
+    answer_body = ANSWER.encode()
+    clock = time.process_time
+    sums = [0.0] * 4
+    for n in range(200 + count):
+        session = MediaSession(f"c{n}", settings, ports, pbx_profile=Profile.PASSTHROUGH)
+        offer_body = _offer(n).encode()
+        t0 = clock()
+        offer = SessionDescription.parse(offer_body)
+        t1 = clock()
+        if hasattr(session, "offer_body"):
+            session.offer_body(CLIENT, offer, 0.0, 1)
+        else:  # a tree from before offer_body
+            bytes(session.offer(CLIENT, offer, 0.0, 1))
+        t2 = clock()
+        answer = SessionDescription.parse(answer_body)
+        t3 = clock()
+        if hasattr(session, "answer_body"):
+            session.answer_body(PBX, answer, 0.0)
+        else:
+            bytes(session.answer(PBX, answer, 0.0))
+        t4 = clock()
+        session.close()
+        if n >= 200:
+            for i, x in enumerate((t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                sums[i] += x
+    out = [1e6 * x / count for x in sums]
+    return [*out, sum(out)]
 
 
 def run(count: int, extra: str, profile: bool) -> list[float]:
@@ -235,6 +301,7 @@ def main() -> None:
     ap.add_argument("--no-media", action="store_true", help="the proxy core alone (no media hook)")
     ap.add_argument("--sdp", choices=sorted(SDPS), default="plain", help="offer/answer pair (see above)")
     ap.add_argument("--ports", default="30000-32759", help="relay port range LO-HI")
+    ap.add_argument("--core", action="store_true", help="the media core alone (see above)")
     ap.add_argument(
         "--baseline-src",
         default="",
@@ -245,12 +312,13 @@ def main() -> None:
     MEDIA[0] = not args.no_media
     global OFFER, ANSWER
     OFFER, ANSWER = SDPS[args.sdp]
+    VARY[:] = CALL_PORTS[args.sdp]
     PORTS[:] = [int(x) for x in args.ports.split("-")]
     if args.profile:
         run(args.count, args.extra, True)
         return
     if args.json:
-        print(json.dumps(run(args.count, args.extra, False)))
+        print(json.dumps(run_core(args.count) if args.core else run(args.count, args.extra, False)))
         return
     trees = (
         {"this tree": ""}
@@ -262,7 +330,7 @@ def main() -> None:
         for name, src in trees.items():
             results[name].append(_subprocess(src, args))
     print(f"per call, CPU us (best of {args.repeat} by total; {args.count} calls each)")
-    print(f"{'':12}" + "".join(f"{p:>15}" for p in PARTS))
+    print(f"{'':12}" + "".join(f"{p:>15}" for p in (CORE_PARTS if args.core else PARTS)))
     for name, runs in results.items():
         best = min(runs, key=lambda r: r[-1])
         print(f"{name:12}" + "".join(f"{x:15.1f}" for x in best))
@@ -287,6 +355,8 @@ def _subprocess(src: str, args: argparse.Namespace) -> list[float]:
     ]
     if args.no_media:
         cmd.append("--no-media")
+    if args.core:
+        cmd.append("--core")
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return [float(x) for x in json.loads(out.strip().splitlines()[-1])]
 
