@@ -1049,7 +1049,18 @@ class SessionDescription(_HasAttributes):
 _MAX_SHARED: Final = 2048
 _MAX_SHARED_LENGTH: Final = 200
 _UNSHARED: Final = frozenset(
-    {"candidate", "crypto", "fingerprint", "ice-ufrag", "ice-pwd", "ssrc", "ssrc-group", "msid", "rtcp"}
+    {
+        "candidate",
+        "crypto",
+        "fingerprint",
+        "ice-ufrag",
+        "ice-pwd",
+        "ssrc",
+        "ssrc-group",
+        "msid",
+        "msid-semantic",
+        "rtcp",
+    }
 )
 _SHARED_ATTRIBUTES: dict[str, Attribute] = {}
 _SHARED_LINES: dict[tuple[str, str], Line] = {}
