@@ -814,6 +814,8 @@ class SessionDescription(_HasAttributes):
             if "\r" in raw or "\x00" in raw:
                 raise _bad("CR or NUL inside a line")
             parsed.append((raw[0], raw[2:]))
+        if len(parsed) < 3:  # blank lines do not count
+            raise _bad("needs at least v=, o= and s= lines")
 
         if parsed[0] != ("v", "0"):
             raise _bad("first line must be v=0")

@@ -348,3 +348,31 @@ def test_fuzz_typed_values(value: str) -> None:
             parser(value)
         except RemoteProtocolError:
             pass
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["v=0\r\n\r\no=- 1 1 IN IP4 192.0.2.1\r\n", "v=0\n\n\n\ns=-\n", "\r\n\r\nv=0\r\n\r\n"],
+)
+def test_blank_lines_do_not_count_as_the_three_first_lines(text: str) -> None:
+    """Fewer than v=, o=, s= once blank lines are skipped: 488 (it was an IndexError, out of the media hook)."""
+    with pytest.raises(RemoteProtocolError) as err:
+        SessionDescription.parse(text)
+    assert err.value.status_hint == 488
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["v=0", "o=- 1 1 IN IP4 192.0.2.1", "s=-", "", "t=0 0", "a=x", "m=audio 9 RTP/AVP 0"]
+        ),
+        max_size=8,
+    )
+)
+def test_any_arrangement_of_lines_parses_or_is_refused_with_488(lines: list[str]) -> None:
+    """Short bodies of real and blank lines in any order: a description or RemoteProtocolError, nothing else."""
+    try:
+        SessionDescription.parse("\r\n".join(lines) + "\r\n")
+    except RemoteProtocolError as exc:
+        assert exc.status_hint == 488
