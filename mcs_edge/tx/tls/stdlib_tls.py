@@ -21,7 +21,10 @@ producers. A connection goes through four states:
 4. *open*: the wrapped protocol is connected (``makeConnection``) only now, then told
    ``handshakeCompleted`` (``IHandshakeListener``); ``negotiatedProtocol`` and :attr:`server_name`
    / :attr:`sni_sent` are set. Records in are decrypted and handed on; each ``write`` is one
-   encryption and one write below. ``loseConnection`` sends ``close_notify``, then keeps reading
+   encryption, written below at once, or, when made while the records of one read are handed on
+   (the answers and refusals of the requests in them), all written below in one write at the end of
+   that read: one system call per read instead of one per answer (under overload a read holds tens
+   of requests, most of them refused at once). ``loseConnection`` sends ``close_notify``, then keeps reading
    (and dropping) what the peer still sends until its ``close_notify`` or close, at most
    :data:`LINGER` seconds, before closing below (closing on unread bytes would reset the connection
    and lose the last answer); a peer's ``close_notify`` is answered and closes at once.
@@ -136,6 +139,7 @@ class StdlibTLSProtocol(ProtocolWrapper):
     _out: ssl.MemoryBIO | None = None
     _timer: Any = None
     _made = False  # the wrapped protocol has been connected
+    _reading = False  # records of one read are being handed on: writes are encrypted, sent at its end
     _counted = False  # this connection's handshake outcome is counted
 
     def makeConnection(self, transport: Any) -> None:  # noqa: N802
@@ -224,6 +228,14 @@ class StdlibTLSProtocol(ProtocolWrapper):
             self._read()  # application data that came with the client's Finished
 
     def _read(self) -> None:
+        self._reading = True  # writes made while the records of this read are handed on wait for its end
+        try:
+            self._read_records()
+        finally:
+            self._reading = False
+        self._flush()  # the answers to this read's records in one write below (and post-handshake messages)
+
+    def _read_records(self) -> None:
         conn = self._ssl
         bio = self._in
         assert conn is not None and bio is not None
@@ -246,7 +258,6 @@ class StdlibTLSProtocol(ProtocolWrapper):
                 return
             if not bio.pending and not conn.pending():
                 break
-        self._flush()  # post-handshake messages (key update answers), if any
 
     def _flush(self) -> None:
         out = self._out
@@ -264,7 +275,8 @@ class StdlibTLSProtocol(ProtocolWrapper):
         except (ssl.SSLError, ValueError) as exc:
             self._refuse("failed", _reason(exc), None)
             return
-        self.transport.write(self._out.read())  # type: ignore[union-attr]
+        if not self._reading:
+            self.transport.write(self._out.read())  # type: ignore[union-attr]
 
     def writeSequence(self, data: Any) -> None:  # noqa: N802
         self.write(b"".join(data))
