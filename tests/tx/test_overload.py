@@ -9,7 +9,13 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from mcs_edge.core.load import OverloadSettings
-from mcs_edge.tx.ops.loadprobe import NO_AUTOMATIC_FULL, FullCollections, LoadProbe, tune_gc
+from mcs_edge.tx.ops.loadprobe import (
+    NO_AUTOMATIC_FULL,
+    FullCollections,
+    LoadProbe,
+    overload_settings,
+    tune_gc,
+)
 from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 
 from .test_sip_router import CFG, Harness, _invite, _options, _status
@@ -422,4 +428,40 @@ def test_probe_without_idle_interval_keeps_its_interval() -> None:
     probe.start()
     h.clock.pump([0.01] * 300)
     assert not probe.idle and probe.histogram.count == 300 and probe.gate.wake is None
+    probe.stop()
+
+
+def test_default_gate_refuses_new_work_read_late_in_a_turn_never_dialog_ack_cancel_bye() -> None:
+    """With the configured defaults (the age rule on) a long turn's new INVITE and REGISTER get 503 +
+    Retry-After before they are parsed; a re-INVITE, BYE, ACK, CANCEL and UPDATE read in the same turn
+    go on to the PBX; the next punctual turn serves new requests again (RFC 3261 s.21.5.4, RFC 7339
+    s.5.10.1)."""
+    h = Harness()
+    probe = LoadProbe(h.timers, overload_settings(CFG), CFG.overload.probe_interval)
+    assert probe.gate.settings.max_queue_age == CFG.overload.max_queue_age > 0
+    h.router.overload = probe.gate
+    probe.start()
+    h.clock.pump([0.01] * 5)
+    _late(h, 0.2)  # a turn that has been busy for 0.2 s since the probe last ran
+    h.send(_invite())
+    h.send(_register(1))
+    for i, method in enumerate(("INVITE", "BYE", "ACK", "UPDATE"), start=2):
+        h.send(_in_dialog(method, i))
+    cancel = _invite().replace(b"INVITE sip:", b"CANCEL sip:").replace(b"1 INVITE", b"1 CANCEL")
+    h.send(cancel)
+    refused = [d for d in h.to_client if _status(d) == 503]
+    assert len(refused) == 2 and all(b"\r\nRetry-After: 5\r\n" in d for d in refused)
+    assert {d.split(b"\r\nCSeq: ", 1)[1].split(b"\r\n", 1)[0] for d in refused} == {
+        b"1 INVITE",
+        b"1 REGISTER",
+    }
+    sent = [d.split(b" ", 1)[0] for d, _addr in h.udp.sent]
+    assert sent.count(b"INVITE") == 1 and {b"BYE", b"ACK", b"UPDATE"} <= set(sent)  # the re-INVITE
+    # the CANCEL is handled by the proxy (its INVITE was refused statelessly: 481), never refused 503
+    assert [_status(d) for d in h.to_client if b"\r\nCSeq: 1 CANCEL\r\n" in d] == [481]
+    assert h.router.shed == {"INVITE": 0, "REGISTER": 0, "queue_age:INVITE": 1, "queue_age:REGISTER": 1}
+    assert probe.gate.ratio == 1.0
+    h.clock.advance(0)  # the turn ends, the probe runs: new work is fresh again
+    h.send(_register(9))
+    assert any(d.startswith(b"REGISTER ") for d, _addr in h.udp.sent)
     probe.stop()

@@ -43,6 +43,29 @@ INVITE/REGISTER at once in that case (reason ``queue_age``), without waiting for
 this bounds the work admitted per turn, hence the turn's length and the queueing delay of what is
 admitted (RFC 6357 s.4: refuse by delay, not by count).
 
+With ``max_queue_age`` set (the default), the age rule decides alone and the admitted fraction stays
+1. The two cannot usefully be combined: under overload a turn is the work admitted in its first
+``max_queue_age`` plus the refusals of everything read after that, so the lag is about one such
+turn and the CPU is saturated by definition; lowering the fraction then refuses requests the turn
+had room for, while the cost of the refusals, which is what lengthens the turn, stays the same.
+The age rule counts that cost where it matters: the refusals made early in a turn use up the same
+budget as the work admitted in it. Measured at 3x capacity (docs/performance.md, "Overload
+control"): AIMD alone let seconds of backlog build (accepted p99 of seconds, the gate reacting once
+per turn, and turns of a second); AIMD with the age rule held p99 near 0.25 s with a third of the
+goodput lost to a fraction stuck low; the age rule alone gave the most goodput at a p99 set by
+``max_queue_age`` (about three turns of ``max_queue_age`` plus the refusals in them).
+
+========================================  =====================================================
+the gate (``AdmissionGate.refusal``)      a new INVITE/REGISTER read at ``now``
+========================================  =====================================================
+``enabled`` false, or no probe running     admitted
+``max_queue_age`` > 0 and                  refused, ``queue_age`` (RFC 6357 s.4: by delay;
+``now - last_tick > max_queue_age``        RFC 7339 s.5.10: early, before it is parsed)
+``max_queue_age`` > 0, otherwise           admitted (the fraction is 1)
+``max_queue_age`` = 0                      admitted or refused (``loop_lag``) by the AIMD
+                                           fraction of the table above
+========================================  =====================================================
+
 An idle reactor is sampled slowly (the probe's idle mode, ``overload.probe_idle_interval``): the
 probe then sets ``wake``, and the first :meth:`AdmissionGate.late` check after it (the router makes
 one per message from a client, and from a PBX over UDP) counts the reactor as having been at its
@@ -130,7 +153,7 @@ class OverloadSettings:
     retry_after: int = 5
     smoothing: float = 0.2  # weight of a new sample in the smoothed lag and busy share
     busy_high: float = 0.95  # share of wall time on the CPU (process time) that counts as saturated
-    max_queue_age: float = 0.0  # refuse new requests read this long after the probe last ran; 0 = off
+    max_queue_age: float = 0.0  # refuse new requests read this long after the probe last ran; 0 = off (AIMD)
 
 
 class AdmissionGate:
@@ -186,7 +209,7 @@ class AdmissionGate:
             self._last_step = now
         if now - self._last_step < s.step:
             return
-        if not s.enabled:
+        if not s.enabled or s.max_queue_age > 0.0:  # off, or the age rule decides alone
             self.ratio = 1.0
         elif self._window_n >= 2 and (
             (self._window_min >= s.lag_high and self.smoothed >= s.lag_high) or self.busy >= s.busy_high

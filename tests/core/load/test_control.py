@@ -96,3 +96,40 @@ def test_work_read_long_after_the_last_probe_is_refused_by_age() -> None:
     disabled = AdmissionGate(OverloadSettings(enabled=False))
     _feed(disabled, 0.0, [0.0])
     assert disabled.refusal(100.0) is None
+
+
+def test_age_rule_decides_alone_and_the_fraction_stays_one() -> None:
+    """With max_queue_age set, sustained lag and a saturated CPU leave the admitted fraction at 1:
+    lowering it would refuse work the turn has room for while the refusals' cost, which lengthens the
+    turn, stays (module docstring); only age refuses, and it refuses every new request past it."""
+    gate = AdmissionGate(OverloadSettings(max_queue_age=0.03, busy_high=0.95))
+    now = 0.0
+    for _ in range(100):
+        now += 0.1
+        gate.observe_lag(0.09, now, busy=1.0)
+    assert gate.ratio == 1.0 and not gate.shedding
+    assert gate.smoothed > 0.05 and gate.busy > 0.95  # still measured (metrics)
+    assert gate.refusal(now + 0.02) is None
+    assert [gate.refusal(now + 0.031 + i * 0.001) for i in range(5)] == ["queue_age"] * 5
+    assert gate.shed == 5 and gate.admitted == 1
+
+
+def test_gate_decision_table() -> None:
+    """One row per line of the module's table: disabled or unprobed gates admit; with an age limit,
+    age alone refuses; without one, the AIMD fraction decides (RFC 6357 s.4, RFC 7339 s.5.10)."""
+    rows: list[tuple[OverloadSettings, bool, float, str | None]] = [
+        # settings, probe has run, seconds since its last tick, expected refusal
+        (OverloadSettings(enabled=False, max_queue_age=0.03), True, 1.0, None),
+        (OverloadSettings(max_queue_age=0.03), False, 1.0, None),
+        (OverloadSettings(max_queue_age=0.03), True, 0.031, "queue_age"),
+        (OverloadSettings(max_queue_age=0.03), True, 0.029, None),
+        (OverloadSettings(max_queue_age=0.0), True, 5.0, None),  # no age rule, fraction still 1
+    ]
+    for settings, probed, age, expected in rows:
+        gate = AdmissionGate(settings)
+        if probed:
+            gate.observe_lag(0.0, 10.0)
+        assert gate.refusal(10.0 + age) == expected, (settings, probed, age)
+    aimd = AdmissionGate(OverloadSettings(max_queue_age=0.0, min_ratio=0.0))
+    _feed(aimd, 0.0, [0.2] * 40)
+    assert aimd.refusal(aimd.last_tick or 0.0) == "loop_lag"
