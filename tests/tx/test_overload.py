@@ -465,3 +465,26 @@ def test_default_gate_refuses_new_work_read_late_in_a_turn_never_dialog_ack_canc
     h.send(_register(9))
     assert any(d.startswith(b"REGISTER ") for d, _addr in h.udp.sent)
     probe.stop()
+
+
+def test_request_read_after_a_collection_in_the_probe_is_not_refused_by_age() -> None:
+    """A collection run by the probe's tick (0.2 s here) does not make the requests read right after it
+    late: the queue age counts from the end of the probe's own work (a calm edge is not behind)."""
+    h = Harness()
+
+    def collect(_generation: int) -> int:
+        h.clock.rightNow += 0.2  # the collection's pause
+        return 0
+
+    full = FullCollections(60.0, h.clock.seconds(), collect)
+    probe = LoadProbe(h.timers, overload_settings(CFG), 0.01, cpu_time=lambda: 0.0, full_collections=full)
+    h.router.overload = probe.gate
+    probe.start()
+    for _ in range(20):  # until the tick that runs the young collection (0.1 s)
+        h.clock.advance(0.01)
+        if full.young_runs:
+            break
+    assert full.young_runs == 1
+    h.send(_register(1))  # read in the same turn, right after the collection
+    assert len(h.udp.sent) == 1 and h.router.shed.get("queue_age:REGISTER", 0) == 0
+    probe.stop()
