@@ -405,3 +405,24 @@ def test_answers_to_the_records_of_one_read_go_out_in_one_write(env: Env) -> Non
     assert mem.receive() == b"one;two;three;"
     mem.server.write(b"later")
     assert len(writes) == 2 and mem.receive() == b"later"
+
+
+def test_records_of_one_read_reach_the_wrapped_protocol_in_one_call(env: Env) -> None:
+    """Three records read at once are handed on as one chunk (one pass of the protocols above per
+    read); a close_notify after them still delivers them first, then closes."""
+    mem = env.memory()
+    assert mem.handshake()
+    proto = env.protocols[0]
+    calls: list[bytes] = []
+    proto.dataReceived = calls.append  # type: ignore[method-assign]
+    for part in (b"one;", b"two;", b"three;"):
+        mem.client.write(part)
+    mem.pump()
+    assert calls == [b"one;two;three;"]
+    mem.client.write(b"last;")
+    try:
+        mem.client.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    mem.pump()
+    assert calls[1:] == [b"last;"] and mem.closed

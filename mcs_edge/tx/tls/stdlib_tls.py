@@ -20,7 +20,8 @@ producers. A connection goes through four states:
    flushes OpenSSL's alert and closes. ``tls.handshake_timeout`` bounds states 1-3 (one timer).
 4. *open*: the wrapped protocol is connected (``makeConnection``) only now, then told
    ``handshakeCompleted`` (``IHandshakeListener``); ``negotiatedProtocol`` and :attr:`server_name`
-   / :attr:`sni_sent` are set. Records in are decrypted and handed on; each ``write`` is one
+   / :attr:`sni_sent` are set. The records of one read are decrypted and their plaintext handed on
+   in one call (one pass of the protocols above per read, not per record); each ``write`` is one
    encryption, written below at once, or, when made while the records of one read are handed on
    (the answers and refusals of the requests in them), all written below in one write at the end of
    that read: one system call per read instead of one per answer (under overload a read holds tens
@@ -236,9 +237,12 @@ class StdlibTLSProtocol(ProtocolWrapper):
         self._flush()  # the answers to this read's records in one write below (and post-handshake messages)
 
     def _read_records(self) -> None:
+        """Decrypt every whole record of this read and hand the plaintext on in one call (a stream:
+        the wrapped protocol frames it; one call per read instead of one per record)."""
         conn = self._ssl
         bio = self._in
         assert conn is not None and bio is not None
+        plain: list[bytes] = []
         while True:
             try:
                 data = conn.read(_READ_SIZE)
@@ -247,17 +251,26 @@ class StdlibTLSProtocol(ProtocolWrapper):
             except ssl.SSLZeroReturnError:  # pragma: no cover - the stdlib returns b"" instead
                 data = b""
             except (ssl.SSLError, ValueError) as exc:
+                if plain and not self._deliver(plain):
+                    return
                 self._flush()
                 self._refuse("failed", _reason(exc), None)
                 return
-            if not data:  # the peer's close_notify: answer it and close
+            if not data:  # the peer's close_notify: what came before it, then answer it and close
+                if plain and not self._deliver(plain):
+                    return
                 self._shutdown(linger=False)
                 return
-            self.wrappedProtocol.dataReceived(data)
-            if self._state != _OPEN:
-                return
+            plain.append(data)
             if not bio.pending and not conn.pending():
                 break
+        if plain:
+            self._deliver(plain)
+
+    def _deliver(self, plain: list[bytes]) -> bool:
+        """Hand ``plain`` on; False when the connection is no longer open after it."""
+        self.wrappedProtocol.dataReceived(plain[0] if len(plain) == 1 else b"".join(plain))
+        return self._state == _OPEN
 
     def _flush(self) -> None:
         out = self._out
