@@ -488,3 +488,22 @@ def test_request_read_after_a_collection_in_the_probe_is_not_refused_by_age() ->
     h.send(_register(1))  # read in the same turn, right after the collection
     assert len(h.udp.sent) == 1 and h.router.shed.get("queue_age:REGISTER", 0) == 0
     probe.stop()
+
+
+def test_pbx_invite_read_late_gets_one_503_and_its_retransmission_is_dropped_with_the_default_gate() -> None:
+    """With the configured defaults (the age rule), a PBX's new INVITE over UDP read late in a turn
+    is answered 503 + Retry-After once; its retransmission, read late too, is dropped and counted."""
+    h = Harness()
+    probe = LoadProbe(h.timers, overload_settings(CFG), CFG.overload.probe_interval)
+    h.router.overload = probe.gate
+    probe.start()
+    h.clock.pump([0.01] * 5)
+    _late(h, 0.2)
+    pbx = ("10.1.0.10", 5060)
+    h.router.data_from_backend(_pbx_invite(), pbx, "udp")
+    h.router.data_from_backend(_pbx_invite(), pbx, "udp")
+    assert [(_status(d), addr) for d, addr in h.udp.sent] == [(503, pbx)]
+    assert b"\r\nRetry-After: 5\r\n" in h.udp.sent[0][0]
+    assert h.router.counters[("overload_retransmission_dropped", "", "udp")] == 1
+    assert h.router.shed["queue_age:INVITE"] == 1 and h.to_client == []
+    probe.stop()
