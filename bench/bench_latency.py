@@ -15,7 +15,8 @@ the machine is shared, so read ratios within one run):
 4. **churn**: ``--churn-calls`` calls, then every client leaves; the bench waits for the RFC 3261
    timers (Timer L/M: 64*T1) and asserts from the admin API and ``/metrics`` that no call,
    connection, relay port, SIP transaction, timer or descriptor is left (exit status 1 if one is);
-5. **overload** (``--overload``): REGISTER offered at 3x capacity for ``--overload-seconds`` over
+5. **overload** (``--overload``): REGISTER (``--overload-kind invite``: INVITE/ACK/BYE calls, with
+   media) offered at 3x capacity for ``--overload-seconds`` over
    ``--overload-conns`` connections (enough that each stays under its per-connection shaping):
    goodput (2xx/s) against capacity, 503s, p99 of accepted, the edge's CPU and from it the CPU of
    one refusal, then the time until a request at 25 % load is served again. The capacity is the
@@ -113,7 +114,7 @@ OFFER = (
 NICE: list[str] = []  # ["nice", "-n", N] with --nice
 DIAGNOSE: list[str] = []  # [directory, stallprobe options...] with --diagnose
 PBX_PID: list[int] = []  # the PBX stand-in, for its CPU share
-SERVED_CPU: list[float] = []  # edge CPU seconds per REGISTER served at capacity (the last capacity run)
+SERVED_CPU: list[float] = []  # edge CPU seconds per transaction served at capacity (the last capacity run)
 WINDOWS: list[tuple[str, float, float]] = []  # (step, perf_counter start, end): the diagnosis per step
 
 
@@ -754,7 +755,9 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
             stderr=subprocess.DEVNULL,
         )
     cpu0 = edge.cpu()
-    st, gen_cpu, behind = await _open_loop(conns, "register", cap * 3, args.overload_seconds)
+    kind = args.overload_kind
+    per_call = 2 if kind == "invite" else 1  # a call is 2 transactions (INVITE, BYE), as in the steps
+    st, gen_cpu, behind = await _open_loop(conns, kind, cap * 3 / per_call, args.overload_seconds)
     edge_cpu = (edge.cpu() - cpu0) / args.overload_seconds
     if sampler is not None:
         sampler.cancel()
@@ -772,7 +775,7 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
     )
     good = st.ok / args.overload_seconds
     print(
-        f"overload: offered {cap * 3:.0f}/s (3x {cap:.0f}) for {args.overload_seconds:.0f} s: goodput "
+        f"overload: {kind} offered {cap * 3:.0f} tx/s (3x {cap:.0f}) for {args.overload_seconds:.0f} s: goodput "
         f"{good:.0f}/s = {good / cap * 100:.0f}% of capacity; 503 {st.refused} (edge counted {shed:.0f}), "
         f"other failures {st.failed}, unanswered {sum(len(c.pending) for c in conns)}; accepted p50 "
         f"{_pct(st.lat, 0.5) * 1000:.1f} ms p99 {_pct(st.lat, 0.99) * 1000:.1f} ms; generator CPU "
@@ -782,7 +785,7 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
     if SERVED_CPU and st.refused:
         refusal_us = (edge_cpu * args.overload_seconds - st.ok * SERVED_CPU[0]) / st.refused * 1e6
         print(
-            f"overload: edge CPU per REGISTER served at capacity {SERVED_CPU[0] * 1e6:.0f} us; so per refusal "
+            f"overload: edge CPU per {kind} transaction at capacity {SERVED_CPU[0] * 1e6:.0f} us; so per refusal "
             f"about {refusal_us:.0f} us"
         )
     if os.environ.get("OVERLOAD_DETAIL"):
@@ -799,7 +802,7 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
     t_end = time.perf_counter()
     recovered = None
     for _ in range(50):
-        st, _gen, _behind = await _open_loop(conns, "register", cap * 0.25, 0.2)
+        st, _gen, _behind = await _open_loop(conns, kind, cap * 0.25 / per_call, 0.2)
         if st.refused == 0 and st.failed == 0 and st.ok > 0:
             recovered = time.perf_counter() - t_end - 0.2
             break
@@ -982,6 +985,13 @@ def main() -> None:
         default=0,
         help="take this as the edge's REGISTER capacity (tx/s) instead of measuring it (a shared machine's "
         "neighbours move the measured figure)",
+    )
+    ap.add_argument(
+        "--overload-kind",
+        choices=("register", "invite"),
+        default="register",
+        help="what the overload part offers: REGISTER, or INVITE/ACK/BYE calls (capacity and goodput in "
+        "transactions/s, a call being two)",
     )
     ap.add_argument(
         "--overload-conns",
@@ -1226,20 +1236,20 @@ def _capacity_gate_off(tmp: str, pbx_port: int, args: argparse.Namespace, src: s
     """REGISTER capacity (closed loop) of a fresh edge from ``src`` (None: this tree), gate off."""
     probe = Edge(tempfile.mkdtemp(dir=tmp), pbx_port, "[overload]\nenabled = false\n", src)
     try:
-        return asyncio.run(_capacity_only(probe, args))
+        return asyncio.run(_capacity_only(probe, args, args.overload_kind))
     finally:
         probe.stop()
 
 
-async def _capacity_only(edge: Edge, args: argparse.Namespace) -> float:
+async def _capacity_only(edge: Edge, args: argparse.Namespace, kind: str = "register") -> float:
     conns = await _connect(edge.port, args.conns, args.hold)
     cpu0, t0 = edge.cpu(), time.monotonic()
-    cap = await _closed_loop(conns, "register", args.capacity_seconds, args.depth)
+    cap = await _closed_loop(conns, kind, args.capacity_seconds, args.depth)
     cpu = edge.cpu() - cpu0  # the closed loop and its settling
     for c in conns:
         c.close()
     SERVED_CPU[:] = [cpu / max(1.0, cap * args.capacity_seconds)]
-    print(f"register capacity {cap:.0f}/s, edge CPU {cpu / (time.monotonic() - t0) * 100:.0f}%")
+    print(f"{kind} capacity {cap:.0f}/s, edge CPU {cpu / (time.monotonic() - t0) * 100:.0f}%")
     return cap
 
 
