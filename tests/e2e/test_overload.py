@@ -1,9 +1,12 @@
 """Overload end to end: a WSS client's new INVITE and REGISTER read late in a reactor turn get 503 +
 Retry-After before they are parsed; requests within a dialog, ACK, CANCEL and BYE in the same read go on.
 
-The turn is made long by the edge's own handling of one message (an OPTIONS whose handling takes
-0.2 s stands in for a turn full of work): every message after it in the same read is 0.2 s older
-than the loop-lag probe's last run, past the default ``overload.max_queue_age`` (0.03 s).
+Turns are made long by the edge's own handling of one message (an OPTIONS whose handling takes
+0.2 s stands in for a turn full of work), each read in the turn after the previous one. Three such
+turns in a row: the first refuses nothing (one long turn is not overload), the probe measures it
+(under uvloop before the next turn's reads, under the plain asyncio loop after them: hence three),
+and every message read after the stall of the last is 0.2 s older than the probe's last run, past
+the default ``overload.max_queue_age`` (0.03 s), while the turn before was that long too.
 """
 
 from __future__ import annotations
@@ -71,18 +74,19 @@ def _answers(ws: WSClient, count: int) -> dict[str, str]:
 def test_overloaded_edge_refuses_new_invite_and_register_never_dialog_ack_cancel_bye(
     tmp_path: Path, stop_after: StopAfter
 ) -> Any:
-    """After a 0.2 s stretch of work in one turn, the new INVITE and REGISTER of the same read get 503
+    """After long turns in a row (0.2 s of work each), the new INVITE and REGISTER read late in the
+    last get 503
     with Retry-After (the PBX never sees them, the CANCEL of that INVITE gets 481); the re-INVITE, ACK
     and BYE of an established call reach the PBX and are answered; the refusals are counted by reason;
     once the turn is over a new REGISTER is served again."""
     edge = stop_after(LocalEdge(tmp_path, tail="[overload]\nprobe_idle_interval = 0\n"))
     router = edge.service.sip
     served = router.data_from_client
-    stalled = threading.Event()
+    stalled = [threading.Event() for _ in range(3)]
 
     def slow(flow: Any, data: bytes) -> None:  # one message whose handling fills the turn
-        if data.startswith(b"OPTIONS ") and b"Call-ID: stall\r\n" in data:
-            stalled.set()
+        if data.startswith(b"OPTIONS ") and b"Call-ID: stall-" in data:
+            stalled[int(data.split(b"Call-ID: stall-", 1)[1][:1])].set()
             time.sleep(0.2)
         served(flow, data)
 
@@ -104,9 +108,12 @@ def test_overloaded_edge_refuses_new_invite_and_register_never_dialog_ack_cancel
             dialog = {"to_tag": to_tag, "uri": pbx_contact, "route": route}
             new_call = "new-" + uuid.uuid4().hex[:8]
             new_branch = "z9hG4bK" + uuid.uuid4().hex[:12]
-            ws.send_many(
+            for n in (0, 1):  # long turns, each read while the one before is under way
+                ws.send(_request("OPTIONS", f"stall-{n}", n + 1, uri=f"sip:{DOMAIN}"))
+                assert stalled[n].wait(5)
+            ws.send_many(  # read in the next turn, itself long
                 [
-                    _request("OPTIONS", "stall", 1, uri=f"sip:{DOMAIN}"),
+                    _request("OPTIONS", "stall-2", 3, uri=f"sip:{DOMAIN}"),
                     _request("ACK", call, 1, **dialog),
                     _request("INVITE", new_call, 1, branch=new_branch),
                     _register(2),
@@ -114,13 +121,13 @@ def test_overloaded_edge_refuses_new_invite_and_register_never_dialog_ack_cancel
                     _request("CANCEL", new_call, 1, branch=new_branch),
                 ]
             )
-            answers = _answers(ws, 5)  # OPTIONS, new INVITE, REGISTER, re-INVITE, CANCEL
+            answers = _answers(ws, 7)  # three OPTIONS, new INVITE, REGISTER, re-INVITE, CANCEL
             ws.send(_request("ACK", call, 2, **dialog))
             ws.send(_request("BYE", call, 3, **dialog))
             bye = _final(ws)
             ws.send(_register(3))
             after = _final(ws)
-            return {"answers": answers, "bye": bye, "after": after, "stalled": stalled.is_set()}
+            return {"answers": answers, "bye": bye, "after": after, "stalled": stalled[2].is_set()}
         finally:
             ws.close()
 

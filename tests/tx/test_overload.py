@@ -149,6 +149,7 @@ def test_request_read_late_in_a_long_turn_is_refused_by_its_age() -> None:
     h.router.overload = probe.gate
     probe.start()
     h.clock.pump([0.01] * 5)
+    _stall(h.clock, probe, 0.15, 1)  # the turn before was long too (the probe's sample)
     _late(h, 0.05)
     h.send(_register(1))
     assert len(h.udp.sent) == 1 and not probe.gate.shedding
@@ -375,8 +376,12 @@ def test_first_message_wakes_an_idle_probe_and_is_not_late() -> None:
     count = probe.histogram.count
     h.clock.pump([0.01] * 5)
     assert probe.histogram.count == count + 5
-    _late(h, 0.15)  # then a long turn: the age check works again at once
+    _late(h, 0.15)  # then one long turn: served (one long turn refuses nothing)
     h.send(_register(2))
+    assert h.to_client == []
+    h.clock.advance(0)  # the probe measures it
+    _late(h, 0.15)  # a second long turn in a row: the age check works again at once
+    h.send(_register(3))
     assert [_status(d) for d in h.to_client] == [503]
     probe.stop()
 
@@ -442,7 +447,8 @@ def test_default_gate_refuses_new_work_read_late_in_a_turn_never_dialog_ack_canc
     h.router.overload = probe.gate
     probe.start()
     h.clock.pump([0.01] * 5)
-    _late(h, 0.2)  # a turn that has been busy for 0.2 s since the probe last ran
+    _stall(h.clock, probe, 0.2, 1)  # a long turn (the probe measures it), then
+    _late(h, 0.2)  # another, busy for 0.2 s since the probe last ran
     h.send(_invite())
     h.send(_register(1))
     for i, method in enumerate(("INVITE", "BYE", "ACK", "UPDATE"), start=2):
@@ -498,6 +504,7 @@ def test_pbx_invite_read_late_gets_one_503_and_its_retransmission_is_dropped_wit
     h.router.overload = probe.gate
     probe.start()
     h.clock.pump([0.01] * 5)
+    _stall(h.clock, probe, 0.2, 1)
     _late(h, 0.2)
     pbx = ("10.1.0.10", 5060)
     h.router.data_from_backend(_pbx_invite(), pbx, "udp")
