@@ -921,8 +921,9 @@ class OverloadConfig:
     max_queue_age: float = f(
         c_float_or_zero(0.005, 10),
         0.03,
-        doc="a new INVITE/REGISTER read this many seconds after the loop-lag probe last ran (the reactor"
-        " is working through a backlog) gets 503 at once, and this rule alone decides (lag_high, lag_low and"
+        doc="a new INVITE/REGISTER read this many seconds after the loop-lag probe last ran, the turn"
+        " before having been that long too (the reactor is working through a backlog), gets 503 at once,"
+        " and this rule alone decides (lag_high, lag_low and"
         " busy_high then only feed the metrics); 0 = off: the admitted share follows the loop lag and the CPU",
     )
     max_media_packet_rate: int = f(
