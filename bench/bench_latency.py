@@ -15,9 +15,16 @@ the machine is shared, so read ratios within one run):
 4. **churn**: ``--churn-calls`` calls, then every client leaves; the bench waits for the RFC 3261
    timers (Timer L/M: 64*T1) and asserts from the admin API and ``/metrics`` that no call,
    connection, relay port, SIP transaction, timer or descriptor is left (exit status 1 if one is);
-5. **overload** (``--overload``): REGISTER offered at 3x capacity for ``--overload-seconds``:
-   goodput (2xx/s) against capacity, 503s, p99 of accepted, then the time until a request at 25 %
-   load is served again.
+5. **overload** (``--overload``): REGISTER (``--overload-kind invite``: INVITE/ACK/BYE calls, with
+   media) offered at 3x capacity for ``--overload-seconds`` over
+   ``--overload-conns`` connections (enough that each stays under its per-connection shaping):
+   goodput (2xx/s) against capacity, 503s, p99 of accepted, the edge's CPU and from it the CPU of
+   one refusal, then the time until a request at 25 % load is served again. The capacity is the
+   closed-loop REGISTER rate of a fresh edge with its gate off (``--overload-capacity`` gives it
+   instead, for runs on a busy machine); ``OVERLOAD_DETAIL=1`` adds the gate's state every 0.5 s and
+   a latency histogram; ``MCS_BENCH_PERF=file`` / ``MCS_BENCH_PYSPY=file`` sample the edge with
+   ``perf record -g`` / ``py-spy record -f raw`` over the overload window, ``MCS_BENCH_PROFILE=file``
+   runs that edge under cProfile.
 6. **bytes per retained transaction** (``--txmem``): REGISTER and INVITE transactions completed
    through the proxy core in this process, measured with ``tracemalloc`` while Timers J/K/L/M
    still hold them, at several counts (``--txmem-counts``, bounded parse caches emptied): bytes
@@ -107,6 +114,7 @@ OFFER = (
 NICE: list[str] = []  # ["nice", "-n", N] with --nice
 DIAGNOSE: list[str] = []  # [directory, stallprobe options...] with --diagnose
 PBX_PID: list[int] = []  # the PBX stand-in, for its CPU share
+SERVED_CPU: list[float] = []  # edge CPU seconds per transaction served at capacity (the last capacity run)
 WINDOWS: list[tuple[str, float, float]] = []  # (step, perf_counter start, end): the diagnosis per step
 
 
@@ -142,10 +150,15 @@ TENANT = 'media = "passthrough"\n[tenants.limits]\nmax_connections = 100000\n'
 
 
 class Edge(BenchEdge):
-    def __init__(self, tmp: str, pbx_port: int, extra: str = "", src: str | None = None) -> None:
+    def __init__(
+        self, tmp: str, pbx_port: int, extra: str = "", src: str | None = None, profile: str = ""
+    ) -> None:
+        """``profile``: a file for twistd's cProfile statistics of this edge (they perturb it)."""
         text = bench_toml(Path(tmp) / "state", pbx_port, extra=extra, tenant=TENANT)
         self.diagnosis: Path | None = None
         launcher = None
+        if profile:
+            launcher = [str(BIN / "twistd"), "--profile", profile, "--profiler=cprofile", "--savestats"]
         if DIAGNOSE:  # --diagnose: the edge runs under bench/stallprobe.py
             Path(DIAGNOSE[0]).mkdir(parents=True, exist_ok=True)
             self.diagnosis = Path(DIAGNOSE[0]) / f"stalls-{os.getpid()}-{int(time.time() * 1000)}.json"
@@ -709,9 +722,49 @@ async def _churn_part(
 
 
 async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> None:
-    conns = await _connect(edge.port, args.conns, args.hold)
+    # enough connections that each stays within its per-connection shaping (shaping.rate, 60 KB/s:
+    # about 130 REGISTER/s): past it the edge paces the reading of that connection, and the bench
+    # would measure the shaper instead of the gate
+    conns = await _connect(edge.port, args.overload_conns, args.hold)
     before = edge.metrics()
-    st, gen_cpu, behind = await _open_loop(conns, "register", cap * 3, args.overload_seconds)
+    perf = None
+    if os.environ.get("MCS_BENCH_PERF"):  # perf samples of the edge over the overload window
+        perf = subprocess.Popen(
+            ["perf", "record", "-g", "-q", "-o", os.environ["MCS_BENCH_PERF"], "-p", str(edge.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    series: list[str] = []
+    sampler = asyncio.ensure_future(_gate_series(edge, series)) if os.environ.get("OVERLOAD_DETAIL") else None
+    if os.environ.get("MCS_BENCH_PYSPY"):  # py-spy samples (Python stacks) of the edge, same window
+        perf = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--nonblocking",
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                os.environ["MCS_BENCH_PYSPY"],
+                "-p",
+                str(edge.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    cpu0 = edge.cpu()
+    kind = args.overload_kind
+    per_call = 2 if kind == "invite" else 1  # a call is 2 transactions (INVITE, BYE), as in the steps
+    st, gen_cpu, behind = await _open_loop(conns, kind, cap * 3 / per_call, args.overload_seconds)
+    edge_cpu = (edge.cpu() - cpu0) / args.overload_seconds
+    if sampler is not None:
+        sampler.cancel()
+        print("overload: gate every 0.5 s (admitted ratio / smoothed lag ms / busy):", " ".join(series))
+    if perf is not None:
+        perf.send_signal(2)
+        perf.wait()
     try:
         after = edge.metrics()
     except OSError:  # the edge is still working through the backlog: its admin does not answer
@@ -722,12 +775,19 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
     )
     good = st.ok / args.overload_seconds
     print(
-        f"overload: offered {cap * 3:.0f}/s (3x {cap:.0f}) for {args.overload_seconds:.0f} s: goodput "
+        f"overload: {kind} offered {cap * 3:.0f} tx/s (3x {cap:.0f}) for {args.overload_seconds:.0f} s: goodput "
         f"{good:.0f}/s = {good / cap * 100:.0f}% of capacity; 503 {st.refused} (edge counted {shed:.0f}), "
         f"other failures {st.failed}, unanswered {sum(len(c.pending) for c in conns)}; accepted p50 "
         f"{_pct(st.lat, 0.5) * 1000:.1f} ms p99 {_pct(st.lat, 0.99) * 1000:.1f} ms; generator CPU "
-        f"{gen_cpu * 100:.0f}%, max behind schedule {behind * 1000:.0f} ms"
+        f"{gen_cpu * 100:.0f}%, max behind schedule {behind * 1000:.0f} ms; edge CPU {edge_cpu * 100:.0f}% "
+        f"(over the load and its settling, per second of load)"
     )
+    if SERVED_CPU and st.refused:
+        refusal_us = (edge_cpu * args.overload_seconds - st.ok * SERVED_CPU[0]) / st.refused * 1e6
+        print(
+            f"overload: edge CPU per {kind} transaction at capacity {SERVED_CPU[0] * 1e6:.0f} us; so per refusal "
+            f"about {refusal_us:.0f} us"
+        )
     if os.environ.get("OVERLOAD_DETAIL"):
         bounds = [0.01, 0.1, 0.5, 1, 2, 4, 8, 12, 16, 20, 30, 60]
         counts = [
@@ -742,7 +802,7 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
     t_end = time.perf_counter()
     recovered = None
     for _ in range(50):
-        st, _gen, _behind = await _open_loop(conns, "register", cap * 0.25, 0.2)
+        st, _gen, _behind = await _open_loop(conns, kind, cap * 0.25 / per_call, 0.2)
         if st.refused == 0 and st.failed == 0 and st.ok > 0:
             recovered = time.perf_counter() - t_end - 0.2
             break
@@ -753,6 +813,23 @@ async def _overload_part(edge: Edge, args: argparse.Namespace, cap: float) -> No
     )
     for c in conns:
         c.close()
+
+
+async def _gate_series(edge: Edge, out: list[str]) -> None:
+    """The gate's state every 0.5 s (OVERLOAD_DETAIL), read off the reactor of the generator."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            m = await loop.run_in_executor(None, edge.metrics)
+        except OSError:
+            out.append("-")
+        else:
+            out.append(
+                f"{m.get('mcs_edge_overload_admitted_ratio', -1):.2f}/"
+                f"{m.get('mcs_edge_loop_lag_smoothed_seconds', -1) * 1000:.0f}/"
+                f"{m.get('mcs_edge_reactor_busy_ratio', -1):.2f}"
+            )
+        await asyncio.sleep(0.5)
 
 
 def _txmem(counts: list[int]) -> None:
@@ -902,6 +979,26 @@ def main() -> None:
     ap.add_argument("--churn-rate", type=float, default=300)
     ap.add_argument("--overload", action="store_true")
     ap.add_argument("--overload-seconds", type=float, default=20)
+    ap.add_argument(
+        "--overload-capacity",
+        type=float,
+        default=0,
+        help="take this as the edge's REGISTER capacity (tx/s) instead of measuring it (a shared machine's "
+        "neighbours move the measured figure)",
+    )
+    ap.add_argument(
+        "--overload-kind",
+        choices=("register", "invite"),
+        default="register",
+        help="what the overload part offers: REGISTER, or INVITE/ACK/BYE calls (capacity and goodput in "
+        "transactions/s, a call being two)",
+    )
+    ap.add_argument(
+        "--overload-conns",
+        type=int,
+        default=200,
+        help="WSS connections the overload load is spread over (each under its shaping rate)",
+    )
     ap.add_argument("--overload-extra", default="", help="edge.toml text for the overload edge (defaults)")
     ap.add_argument("--txmem", action="store_true")
     ap.add_argument(
@@ -1025,7 +1122,8 @@ def main() -> None:
                     base_caps = asyncio.run(_latency_part(base_edge, args, "baseline "))
                 finally:
                     base_edge.stop()
-            caps = asyncio.run(_latency_part(edge, args, rate_caps=base_caps)) if args.steps else {}
+            if args.steps:
+                asyncio.run(_latency_part(edge, args, rate_caps=base_caps))
             if args.kamailio and args.steps:
                 kam = Kamailio(tmp, pbx_port)
                 print(f"kamailio pids {kam.pids()} on port {kam.port}, CPU so far {kam.cpu():.2f} s")
@@ -1036,19 +1134,16 @@ def main() -> None:
                         print("kamailio log:", kam.log.read_text()[-3000:])
                     kam.stop()
             if args.overload:
-                cap = caps.get("register") or asyncio.run(_capacity_only(edge, args))
+                # each tree's own capacity, on an edge whose gate is off: with the gate on, the closed
+                # loop's queue (conns x depth requests) makes it refuse, and the capacity came out low
                 if args.baseline_src:  # before/after in one run: the baseline tree's own capacity
-                    probe = Edge(
-                        tempfile.mkdtemp(dir=tmp),
-                        pbx_port,
-                        "[overload]\nbusy_high = 1.01\n",
-                        args.baseline_src,
+                    print("baseline", end=" ")
+                    base_cap = args.overload_capacity or _capacity_gate_off(
+                        tmp, pbx_port, args, args.baseline_src
                     )
-                    try:
-                        print("baseline", end=" ")
-                        base_cap = asyncio.run(_capacity_only(probe, args))
-                    finally:
-                        probe.stop()
+                cap = _capacity_gate_off(tmp, pbx_port, args, None)
+                cap = args.overload_capacity or cap
+                if args.baseline_src:
                     fresh = Edge(tempfile.mkdtemp(dir=tmp), pbx_port, args.overload_extra, args.baseline_src)
                     try:
                         print("baseline:")
@@ -1056,7 +1151,12 @@ def main() -> None:
                     finally:
                         fresh.stop()
                     print("this tree:")
-                fresh = Edge(tempfile.mkdtemp(dir=tmp), pbx_port, args.overload_extra)
+                fresh = Edge(
+                    tempfile.mkdtemp(dir=tmp),
+                    pbx_port,
+                    args.overload_extra,
+                    profile=os.environ.get("MCS_BENCH_PROFILE", ""),
+                )
                 try:
                     asyncio.run(_overload_part(fresh, args, cap))
                 finally:
@@ -1132,12 +1232,24 @@ async def _gc_part(edge: Edge, args: argparse.Namespace, name: str) -> None:
         c.close()
 
 
-async def _capacity_only(edge: Edge, args: argparse.Namespace) -> float:
+def _capacity_gate_off(tmp: str, pbx_port: int, args: argparse.Namespace, src: str | None) -> float:
+    """REGISTER capacity (closed loop) of a fresh edge from ``src`` (None: this tree), gate off."""
+    probe = Edge(tempfile.mkdtemp(dir=tmp), pbx_port, "[overload]\nenabled = false\n", src)
+    try:
+        return asyncio.run(_capacity_only(probe, args, args.overload_kind))
+    finally:
+        probe.stop()
+
+
+async def _capacity_only(edge: Edge, args: argparse.Namespace, kind: str = "register") -> float:
     conns = await _connect(edge.port, args.conns, args.hold)
-    cap = await _closed_loop(conns, "register", args.capacity_seconds, args.depth)
+    cpu0, t0 = edge.cpu(), time.monotonic()
+    cap = await _closed_loop(conns, kind, args.capacity_seconds, args.depth)
+    cpu = edge.cpu() - cpu0  # the closed loop and its settling
     for c in conns:
         c.close()
-    print(f"register capacity {cap:.0f}/s")
+    SERVED_CPU[:] = [cpu / max(1.0, cap * args.capacity_seconds)]
+    print(f"{kind} capacity {cap:.0f}/s, edge CPU {cpu / (time.monotonic() - t0) * 100:.0f}%")
     return cap
 
 

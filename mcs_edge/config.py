@@ -904,22 +904,27 @@ class OverloadConfig:
     lag_high: float = f(
         c_float(0.002, 10),
         0.05,
-        doc="smoothed loop lag (s) above which the admitted share of new requests falls",
+        doc="smoothed loop lag (s) above which the admitted share of new requests falls (max_queue_age = 0)",
     )
     lag_low: float = f(
-        c_float(0.001, 10), 0.02, doc="loop lag (s) below which the admitted share grows again"
+        c_float(0.001, 10),
+        0.02,
+        doc="loop lag (s) below which the admitted share grows again (max_queue_age = 0)",
     )
     busy_high: float = f(
         c_float(0.5, 1.01),
         0.95,
-        doc="share of wall time on the CPU above which the admitted share falls (above 1 = CPU not watched)",
+        doc="share of wall time on the CPU above which the admitted share falls (above 1 = CPU not watched;"
+        " max_queue_age = 0)",
     )
     retry_after: int = f(c_int(1, 3600), 5, doc="Retry-After (s) in the 503 to a refused request")
     max_queue_age: float = f(
         c_float_or_zero(0.005, 10),
-        0.0,
-        doc="a new INVITE/REGISTER read this many seconds after the loop-lag probe last ran (the reactor"
-        " is working through a backlog) gets 503 at once; 0 = off (see docs/performance.md before turning it on)",
+        0.03,
+        doc="a new INVITE/REGISTER read this many seconds after the loop-lag probe last ran, the turn"
+        " before having been that long too (the reactor is working through a backlog), gets 503 at once,"
+        " and this rule alone decides (lag_high, lag_low and"
+        " busy_high then only feed the metrics); 0 = off: the admitted share follows the loop lag and the CPU",
     )
     max_media_packet_rate: int = f(
         c_int(0, 100_000_000),

@@ -100,6 +100,10 @@ class WSClient:
         data = text.encode() if isinstance(text, str) else text
         self.sock.sendall(self._frame(0x1, data))
 
+    def send_many(self, texts: list[str]) -> None:
+        """Several text messages in one write (one TLS record, read by the edge in one read)."""
+        self.sock.sendall(b"".join(self._frame(0x1, t.encode()) for t in texts))
+
     def recv(self, timeout: float = 5.0) -> str:
         """The next text message (answers pings; raises ConnectionError on close)."""
         deadline = time.monotonic() + timeout

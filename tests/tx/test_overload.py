@@ -9,7 +9,13 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from mcs_edge.core.load import OverloadSettings
-from mcs_edge.tx.ops.loadprobe import NO_AUTOMATIC_FULL, FullCollections, LoadProbe, tune_gc
+from mcs_edge.tx.ops.loadprobe import (
+    NO_AUTOMATIC_FULL,
+    FullCollections,
+    LoadProbe,
+    overload_settings,
+    tune_gc,
+)
 from mcs_edge.tx.sip.router import ClientFlow, SipRouter
 
 from .test_sip_router import CFG, Harness, _invite, _options, _status
@@ -143,6 +149,7 @@ def test_request_read_late_in_a_long_turn_is_refused_by_its_age() -> None:
     h.router.overload = probe.gate
     probe.start()
     h.clock.pump([0.01] * 5)
+    _stall(h.clock, probe, 0.15, 1)  # the turn before was long too (the probe's sample)
     _late(h, 0.05)
     h.send(_register(1))
     assert len(h.udp.sent) == 1 and not probe.gate.shedding
@@ -369,8 +376,12 @@ def test_first_message_wakes_an_idle_probe_and_is_not_late() -> None:
     count = probe.histogram.count
     h.clock.pump([0.01] * 5)
     assert probe.histogram.count == count + 5
-    _late(h, 0.15)  # then a long turn: the age check works again at once
+    _late(h, 0.15)  # then one long turn: served (one long turn refuses nothing)
     h.send(_register(2))
+    assert h.to_client == []
+    h.clock.advance(0)  # the probe measures it
+    _late(h, 0.15)  # a second long turn in a row: the age check works again at once
+    h.send(_register(3))
     assert [_status(d) for d in h.to_client] == [503]
     probe.stop()
 
@@ -422,4 +433,84 @@ def test_probe_without_idle_interval_keeps_its_interval() -> None:
     probe.start()
     h.clock.pump([0.01] * 300)
     assert not probe.idle and probe.histogram.count == 300 and probe.gate.wake is None
+    probe.stop()
+
+
+def test_default_gate_refuses_new_work_read_late_in_a_turn_never_dialog_ack_cancel_bye() -> None:
+    """With the configured defaults (the age rule on) a long turn's new INVITE and REGISTER get 503 +
+    Retry-After before they are parsed; a re-INVITE, BYE, ACK, CANCEL and UPDATE read in the same turn
+    go on to the PBX; the next punctual turn serves new requests again (RFC 3261 s.21.5.4, RFC 7339
+    s.5.10.1)."""
+    h = Harness()
+    probe = LoadProbe(h.timers, overload_settings(CFG), CFG.overload.probe_interval)
+    assert probe.gate.settings.max_queue_age == CFG.overload.max_queue_age > 0
+    h.router.overload = probe.gate
+    probe.start()
+    h.clock.pump([0.01] * 5)
+    _stall(h.clock, probe, 0.2, 1)  # a long turn (the probe measures it), then
+    _late(h, 0.2)  # another, busy for 0.2 s since the probe last ran
+    h.send(_invite())
+    h.send(_register(1))
+    for i, method in enumerate(("INVITE", "BYE", "ACK", "UPDATE"), start=2):
+        h.send(_in_dialog(method, i))
+    cancel = _invite().replace(b"INVITE sip:", b"CANCEL sip:").replace(b"1 INVITE", b"1 CANCEL")
+    h.send(cancel)
+    refused = [d for d in h.to_client if _status(d) == 503]
+    assert len(refused) == 2 and all(b"\r\nRetry-After: 5\r\n" in d for d in refused)
+    assert {d.split(b"\r\nCSeq: ", 1)[1].split(b"\r\n", 1)[0] for d in refused} == {
+        b"1 INVITE",
+        b"1 REGISTER",
+    }
+    sent = [d.split(b" ", 1)[0] for d, _addr in h.udp.sent]
+    assert sent.count(b"INVITE") == 1 and {b"BYE", b"ACK", b"UPDATE"} <= set(sent)  # the re-INVITE
+    # the CANCEL is handled by the proxy (its INVITE was refused statelessly: 481), never refused 503
+    assert [_status(d) for d in h.to_client if b"\r\nCSeq: 1 CANCEL\r\n" in d] == [481]
+    assert h.router.shed == {"INVITE": 0, "REGISTER": 0, "queue_age:INVITE": 1, "queue_age:REGISTER": 1}
+    assert probe.gate.ratio == 1.0
+    h.clock.advance(0)  # the turn ends, the probe runs: new work is fresh again
+    h.send(_register(9))
+    assert any(d.startswith(b"REGISTER ") for d, _addr in h.udp.sent)
+    probe.stop()
+
+
+def test_request_read_after_a_collection_in_the_probe_is_not_refused_by_age() -> None:
+    """A collection run by the probe's tick (0.2 s here) does not make the requests read right after it
+    late: the queue age counts from the end of the probe's own work (a calm edge is not behind)."""
+    h = Harness()
+
+    def collect(_generation: int) -> int:
+        h.clock.rightNow += 0.2  # the collection's pause
+        return 0
+
+    full = FullCollections(60.0, h.clock.seconds(), collect)
+    probe = LoadProbe(h.timers, overload_settings(CFG), 0.01, cpu_time=lambda: 0.0, full_collections=full)
+    h.router.overload = probe.gate
+    probe.start()
+    for _ in range(20):  # until the tick that runs the young collection (0.1 s)
+        h.clock.advance(0.01)
+        if full.young_runs:
+            break
+    assert full.young_runs == 1
+    h.send(_register(1))  # read in the same turn, right after the collection
+    assert len(h.udp.sent) == 1 and h.router.shed.get("queue_age:REGISTER", 0) == 0
+    probe.stop()
+
+
+def test_pbx_invite_read_late_gets_one_503_and_its_retransmission_is_dropped_with_the_default_gate() -> None:
+    """With the configured defaults (the age rule), a PBX's new INVITE over UDP read late in a turn
+    is answered 503 + Retry-After once; its retransmission, read late too, is dropped and counted."""
+    h = Harness()
+    probe = LoadProbe(h.timers, overload_settings(CFG), CFG.overload.probe_interval)
+    h.router.overload = probe.gate
+    probe.start()
+    h.clock.pump([0.01] * 5)
+    _stall(h.clock, probe, 0.2, 1)
+    _late(h, 0.2)
+    pbx = ("10.1.0.10", 5060)
+    h.router.data_from_backend(_pbx_invite(), pbx, "udp")
+    h.router.data_from_backend(_pbx_invite(), pbx, "udp")
+    assert [(_status(d), addr) for d, addr in h.udp.sent] == [(503, pbx)]
+    assert b"\r\nRetry-After: 5\r\n" in h.udp.sent[0][0]
+    assert h.router.counters[("overload_retransmission_dropped", "", "udp")] == 1
+    assert h.router.shed["queue_age:INVITE"] == 1 and h.to_client == []
     probe.stop()

@@ -380,3 +380,49 @@ def test_pem_is_loaded_from_memory_and_the_fallback_leaves_nothing(tmp_path: Pat
     with pytest.raises(ssl.SSLError):
         tc.context_from_pem(tc.make_server_context("1.2", ()), chain, other_key, str(scratch))
     assert list(scratch.iterdir()) == []
+
+
+def test_answers_to_the_records_of_one_read_go_out_in_one_write(env: Env) -> None:
+    """Three records read at once, each answered by the wrapped protocol: one write below (one system
+    call per read instead of one per answer), all three answers in it, in order; a write made outside
+    a read still goes out at once."""
+    mem = Memory(
+        env.factory(wrapped=protocol.Factory.forProtocol(Echo)), "verdi.example.com", client_context()
+    )
+    assert mem.handshake()
+    writes: list[bytes] = []
+    below = mem.wire.write
+
+    def counted(data: bytes) -> None:
+        writes.append(data)
+        below(data)
+
+    mem.wire.write = counted  # type: ignore[method-assign]
+    for part in (b"one;", b"two;", b"three;"):
+        mem.client.write(part)  # three records
+    mem.pump()
+    assert len(writes) == 1
+    assert mem.receive() == b"one;two;three;"
+    mem.server.write(b"later")
+    assert len(writes) == 2 and mem.receive() == b"later"
+
+
+def test_records_of_one_read_reach_the_wrapped_protocol_in_one_call(env: Env) -> None:
+    """Three records read at once are handed on as one chunk (one pass of the protocols above per
+    read); a close_notify after them still delivers them first, then closes."""
+    mem = env.memory()
+    assert mem.handshake()
+    proto = env.protocols[0]
+    calls: list[bytes] = []
+    proto.dataReceived = calls.append  # type: ignore[method-assign]
+    for part in (b"one;", b"two;", b"three;"):
+        mem.client.write(part)
+    mem.pump()
+    assert calls == [b"one;two;three;"]
+    mem.client.write(b"last;")
+    try:
+        mem.client.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    mem.pump()
+    assert calls[1:] == [b"last;"] and mem.closed

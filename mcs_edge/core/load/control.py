@@ -39,9 +39,37 @@ last ran (``last_tick``). That is the age of the reactor's current work: a react
 backlog (tens of messages per connection per turn) does not come back to its timers until the turn
 ends, so every message read after ``now - last_tick > max_queue_age`` has waited at least that long
 (in the kernel's socket buffers, then in the turn). :meth:`AdmissionGate.refusal` refuses a new
-INVITE/REGISTER at once in that case (reason ``queue_age``), without waiting for the next step:
+INVITE/REGISTER at once in that case (reason ``queue_age``), without waiting for the next step,
+provided the turn before was that long too (the probe's last sample, ``last_lag``): as for the lag,
+one long turn (a certificate generated, a reload, a burst of media work in the same reactor) and
+what it leaves waiting refuse nothing, while under overload every turn is long, so the rule holds
+from the second long turn on (the first admits what arrived during the short turn before it):
 this bounds the work admitted per turn, hence the turn's length and the queueing delay of what is
 admitted (RFC 6357 s.4: refuse by delay, not by count).
+
+With ``max_queue_age`` set (the default), the age rule decides alone and the admitted fraction stays
+1. The two cannot usefully be combined: under overload a turn is the work admitted in its first
+``max_queue_age`` plus the refusals of everything read after that, so the lag is about one such
+turn and the CPU is saturated by definition; lowering the fraction then refuses requests the turn
+had room for, while the cost of the refusals, which is what lengthens the turn, stays the same.
+The age rule counts that cost where it matters: the refusals made early in a turn use up the same
+budget as the work admitted in it. Measured at 3x capacity (docs/performance.md, "Overload
+control"): AIMD alone let seconds of backlog build (accepted p99 of seconds, the gate reacting once
+per turn, and turns of a second); AIMD with the age rule held p99 near 0.25 s with a third of the
+goodput lost to a fraction stuck low; the age rule alone gave the most goodput at a p99 set by
+``max_queue_age`` (about three turns of ``max_queue_age`` plus the refusals in them).
+
+========================================  =====================================================
+the gate (``AdmissionGate.refusal``)      a new INVITE/REGISTER read at ``now``
+========================================  =====================================================
+``enabled`` false, or no probe running     admitted
+``max_queue_age`` > 0 and                  refused, ``queue_age`` (RFC 6357 s.4: by delay;
+``now - last_tick > max_queue_age`` and    RFC 7339 s.5.10: early, before it is parsed)
+``last_lag >= max_queue_age``
+``max_queue_age`` > 0, otherwise           admitted (the fraction is 1)
+``max_queue_age`` = 0                      admitted or refused (``loop_lag``) by the AIMD
+                                           fraction of the table above
+========================================  =====================================================
 
 An idle reactor is sampled slowly (the probe's idle mode, ``overload.probe_idle_interval``): the
 probe then sets ``wake``, and the first :meth:`AdmissionGate.late` check after it (the router makes
@@ -130,7 +158,7 @@ class OverloadSettings:
     retry_after: int = 5
     smoothing: float = 0.2  # weight of a new sample in the smoothed lag and busy share
     busy_high: float = 0.95  # share of wall time on the CPU (process time) that counts as saturated
-    max_queue_age: float = 0.0  # refuse new requests read this long after the probe last ran; 0 = off
+    max_queue_age: float = 0.0  # refuse new requests read this long after the probe last ran; 0 = off (AIMD)
 
 
 class AdmissionGate:
@@ -143,6 +171,7 @@ class AdmissionGate:
         "_window_n",
         "admitted",
         "busy",
+        "last_lag",
         "last_tick",
         "ratio",
         "settings",
@@ -164,6 +193,8 @@ class AdmissionGate:
         self.shed = 0
         #: When the probe last ran (``now`` of the last sample); None while no probe runs.
         self.last_tick: float | None = None
+        #: The last sample's lag: how long the turn before the probe's last run took.
+        self.last_lag = 0.0
         #: Set while the probe samples an idle reactor slowly: called (once) by the next :meth:`late`.
         self.wake: Callable[[float], None] | None = None
 
@@ -176,6 +207,7 @@ class AdmissionGate:
         admitted fraction at most once per ``step``."""
         s = self.settings
         self.last_tick = now
+        self.last_lag = lag
         self.smoothed += s.smoothing * (lag - self.smoothed)
         if busy is not None:
             self.busy += s.smoothing * (busy - self.busy)
@@ -186,7 +218,7 @@ class AdmissionGate:
             self._last_step = now
         if now - self._last_step < s.step:
             return
-        if not s.enabled:
+        if not s.enabled or s.max_queue_age > 0.0:  # off, or the age rule decides alone
             self.ratio = 1.0
         elif self._window_n >= 2 and (
             (self._window_min >= s.lag_high and self.smoothed >= s.lag_high) or self.busy >= s.busy_high
@@ -201,8 +233,9 @@ class AdmissionGate:
         self._window_n = 0
 
     def late(self, now: float) -> bool:
-        """Whether work read at ``now`` is older than ``max_queue_age`` (the probe has not run since).
-        The first call after the probe went idle wakes it and is never late (module docstring)."""
+        """Whether work read at ``now`` is older than ``max_queue_age`` (the probe has not run since)
+        while the turn before this one was that long too (the probe's last sample). The first call
+        after the probe went idle wakes it and is never late (module docstring)."""
         wake = self.wake
         if wake is not None:
             self.wake = None
@@ -211,7 +244,13 @@ class AdmissionGate:
             return False
         last = self.last_tick
         age = self.settings.max_queue_age
-        return last is not None and age > 0.0 and now - last > age and self.settings.enabled
+        return (
+            last is not None
+            and age > 0.0
+            and now - last > age
+            and self.last_lag >= age  # the turn before was long too: sustained, not one long turn
+            and self.settings.enabled
+        )
 
     def refusal(self, now: float) -> str | None:
         """One new transaction read at ``now`` asks to come in: None to serve it, else the reason to

@@ -280,8 +280,10 @@ class LoadProbe:
         if self._media_total is not None:
             self.media_rate.sample(self._media_total(), now)
         full = self.full_collections if self.full_collections is not None else _FULL
-        if full is not None:
-            full.tick(now, gate.smoothed, gate.busy)  # its pause shows as the next tick's lag
+        if full is not None and full.tick(now, gate.smoothed, gate.busy):
+            # its pause shows as the next tick's lag; the queue age counts from its end: what was read
+            # during a collection (placed at a calm moment) is not a backlog to refuse
+            gate.last_tick = self.timers.now()
         if self.idle_interval <= self.interval:
             self._arm(now, self.interval)
             return

@@ -20,8 +20,12 @@ producers. A connection goes through four states:
    flushes OpenSSL's alert and closes. ``tls.handshake_timeout`` bounds states 1-3 (one timer).
 4. *open*: the wrapped protocol is connected (``makeConnection``) only now, then told
    ``handshakeCompleted`` (``IHandshakeListener``); ``negotiatedProtocol`` and :attr:`server_name`
-   / :attr:`sni_sent` are set. Records in are decrypted and handed on; each ``write`` is one
-   encryption and one write below. ``loseConnection`` sends ``close_notify``, then keeps reading
+   / :attr:`sni_sent` are set. The records of one read are decrypted and their plaintext handed on
+   in one call (one pass of the protocols above per read, not per record); each ``write`` is one
+   encryption, written below at once, or, when made while the records of one read are handed on
+   (the answers and refusals of the requests in them), all written below in one write at the end of
+   that read: one system call per read instead of one per answer (under overload a read holds tens
+   of requests, most of them refused at once). ``loseConnection`` sends ``close_notify``, then keeps reading
    (and dropping) what the peer still sends until its ``close_notify`` or close, at most
    :data:`LINGER` seconds, before closing below (closing on unread bytes would reset the connection
    and lose the last answer); a peer's ``close_notify`` is answered and closes at once.
@@ -136,6 +140,7 @@ class StdlibTLSProtocol(ProtocolWrapper):
     _out: ssl.MemoryBIO | None = None
     _timer: Any = None
     _made = False  # the wrapped protocol has been connected
+    _reading = False  # records of one read are being handed on: writes are encrypted, sent at its end
     _counted = False  # this connection's handshake outcome is counted
 
     def makeConnection(self, transport: Any) -> None:  # noqa: N802
@@ -224,9 +229,20 @@ class StdlibTLSProtocol(ProtocolWrapper):
             self._read()  # application data that came with the client's Finished
 
     def _read(self) -> None:
+        self._reading = True  # writes made while the records of this read are handed on wait for its end
+        try:
+            self._read_records()
+        finally:
+            self._reading = False
+        self._flush()  # the answers to this read's records in one write below (and post-handshake messages)
+
+    def _read_records(self) -> None:
+        """Decrypt every whole record of this read and hand the plaintext on in one call (a stream:
+        the wrapped protocol frames it; one call per read instead of one per record)."""
         conn = self._ssl
         bio = self._in
         assert conn is not None and bio is not None
+        plain: list[bytes] = []
         while True:
             try:
                 data = conn.read(_READ_SIZE)
@@ -235,18 +251,26 @@ class StdlibTLSProtocol(ProtocolWrapper):
             except ssl.SSLZeroReturnError:  # pragma: no cover - the stdlib returns b"" instead
                 data = b""
             except (ssl.SSLError, ValueError) as exc:
+                if plain and not self._deliver(plain):
+                    return
                 self._flush()
                 self._refuse("failed", _reason(exc), None)
                 return
-            if not data:  # the peer's close_notify: answer it and close
+            if not data:  # the peer's close_notify: what came before it, then answer it and close
+                if plain and not self._deliver(plain):
+                    return
                 self._shutdown(linger=False)
                 return
-            self.wrappedProtocol.dataReceived(data)
-            if self._state != _OPEN:
-                return
+            plain.append(data)
             if not bio.pending and not conn.pending():
                 break
-        self._flush()  # post-handshake messages (key update answers), if any
+        if plain:
+            self._deliver(plain)
+
+    def _deliver(self, plain: list[bytes]) -> bool:
+        """Hand ``plain`` on; False when the connection is no longer open after it."""
+        self.wrappedProtocol.dataReceived(plain[0] if len(plain) == 1 else b"".join(plain))
+        return self._state == _OPEN
 
     def _flush(self) -> None:
         out = self._out
@@ -264,7 +288,8 @@ class StdlibTLSProtocol(ProtocolWrapper):
         except (ssl.SSLError, ValueError) as exc:
             self._refuse("failed", _reason(exc), None)
             return
-        self.transport.write(self._out.read())  # type: ignore[union-attr]
+        if not self._reading:
+            self.transport.write(self._out.read())  # type: ignore[union-attr]
 
     def writeSequence(self, data: Any) -> None:  # noqa: N802
         self.write(b"".join(data))

@@ -81,11 +81,12 @@ def test_saturated_cpu_sheds_even_with_moderate_lag() -> None:
 
 
 def test_work_read_long_after_the_last_probe_is_refused_by_age() -> None:
-    """`refusal(now)`: within max_queue_age of the last sample nothing is late; past it every new request is
-    refused as `queue_age` whatever the ratio; no sample yet or a disabled gate: never late."""
+    """`refusal(now)`: within max_queue_age of the last sample nothing is late; past it, after a turn
+    that was that long too, every new request is refused as `queue_age` whatever the ratio; no sample
+    yet or a disabled gate: never late."""
     gate = AdmissionGate(OverloadSettings(max_queue_age=0.1))
     assert not gate.late(5.0)  # no probe has run
-    now = _feed(gate, 0.0, [0.0] * 3)
+    now = _feed(gate, 0.0, [0.0, 0.0, 0.12])
     assert gate.ratio == 1.0
     assert gate.refusal(now + 0.09) is None
     assert gate.refusal(now + 0.11) == "queue_age"
@@ -96,3 +97,58 @@ def test_work_read_long_after_the_last_probe_is_refused_by_age() -> None:
     disabled = AdmissionGate(OverloadSettings(enabled=False))
     _feed(disabled, 0.0, [0.0])
     assert disabled.refusal(100.0) is None
+
+
+def test_age_rule_decides_alone_and_the_fraction_stays_one() -> None:
+    """With max_queue_age set, sustained lag and a saturated CPU leave the admitted fraction at 1:
+    lowering it would refuse work the turn has room for while the refusals' cost, which lengthens the
+    turn, stays (module docstring); only age refuses, and it refuses every new request past it."""
+    gate = AdmissionGate(OverloadSettings(max_queue_age=0.03, busy_high=0.95))
+    now = 0.0
+    assert gate.last_lag == 0.0
+    for _ in range(100):
+        now += 0.1
+        gate.observe_lag(0.09, now, busy=1.0)
+    assert gate.ratio == 1.0 and not gate.shedding
+    assert gate.smoothed > 0.05 and gate.busy > 0.95  # still measured (metrics)
+    assert gate.refusal(now + 0.02) is None
+    assert [gate.refusal(now + 0.031 + i * 0.001) for i in range(5)] == ["queue_age"] * 5
+    assert gate.shed == 5 and gate.admitted == 1
+
+
+def test_gate_decision_table() -> None:
+    """One row per line of the module's table: disabled or unprobed gates admit; with an age limit,
+    age alone refuses; without one, the AIMD fraction decides (RFC 6357 s.4, RFC 7339 s.5.10)."""
+    rows: list[tuple[OverloadSettings, bool, float, str | None]] = [
+        # settings, lag of the probe's last sample (None: no probe ran), seconds since it, expected
+        (OverloadSettings(enabled=False, max_queue_age=0.03), 0.05, 1.0, None),
+        (OverloadSettings(max_queue_age=0.03), None, 1.0, None),
+        (OverloadSettings(max_queue_age=0.03), 0.05, 0.031, "queue_age"),
+        (OverloadSettings(max_queue_age=0.03), 0.03, 0.031, "queue_age"),
+        (OverloadSettings(max_queue_age=0.03), 0.05, 0.029, None),
+        (OverloadSettings(max_queue_age=0.03), 0.01, 1.0, None),  # one long turn after a short one
+        (OverloadSettings(max_queue_age=0.0), 0.05, 5.0, None),  # no age rule, fraction still 1
+    ]
+    for settings, lag, age, expected in rows:
+        gate = AdmissionGate(settings)
+        if lag is not None:
+            gate.observe_lag(lag, 10.0)
+        assert gate.refusal(10.0 + age) == expected, (settings, lag, age)
+    aimd = AdmissionGate(OverloadSettings(max_queue_age=0.0, min_ratio=0.0))
+    _feed(aimd, 0.0, [0.2] * 40)
+    assert aimd.refusal(aimd.last_tick or 0.0) == "loop_lag"
+
+
+def test_one_long_turn_refuses_nothing_by_age_two_in_a_row_do() -> None:
+    """A long turn after short ones (a certificate generated, a burst of media work) refuses nothing
+    read late in it; when the turn before was long too (the probe's sample says so), it refuses."""
+    gate = AdmissionGate(OverloadSettings(max_queue_age=0.03))
+    now = _feed(gate, 0.0, [0.0] * 5)
+    assert gate.refusal(now + 0.5) is None  # first long turn: served
+    gate.observe_lag(0.5, now + 0.5)  # the probe runs after it and measures it
+    now += 0.5
+    assert gate.refusal(now + 0.02) is None  # within the age
+    assert gate.refusal(now + 0.04) == "queue_age"  # second long turn: refused
+    gate.observe_lag(0.04, now + 0.05)
+    gate.observe_lag(0.0, now + 0.06)  # a punctual turn: the next long one is a first again
+    assert gate.refusal(now + 0.5) is None
