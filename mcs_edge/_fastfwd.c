@@ -411,7 +411,9 @@ hand_on(PortObject *self, PyObject *data, const Addr *from, Saved *exc)
     PyObject *r = NULL;
     if (addr != NULL) {
         PyObject *args[2] = {data, addr};
-        r = PyObject_Vectorcall(self->received, args, 2, NULL);
+        PyObject *handler = Py_NewRef(self->received); /* the handler may close this port */
+        r = PyObject_Vectorcall(handler, args, 2, NULL);
+        Py_DECREF(handler);
         Py_DECREF(addr);
     }
     if (r == NULL) {

@@ -118,7 +118,7 @@ def _fast_receiver(relay: MediaRelay, leg: Leg, rtcp: bool) -> Callable[[bytes, 
             held.revoke()  # type: ignore[attr-defined]
         if receive(data, addr, now()):
             poke(leg)
-        if leg.offload is None:
+        if leg.offload is None and not leg.decrypts:  # an SRTP leg is never held: no call
             consider(leg)
 
     return datagram_received
