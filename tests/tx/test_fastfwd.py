@@ -459,3 +459,126 @@ def test_take_reports_what_the_rule_did() -> None:
         port.close()
     for sock in (s, t, phone, dest):
         sock.close()
+
+
+# ------------------------------------------------------------------ the relay on the running reactor
+
+
+def _relay_config(tmp: Any, lo: int, offload: str) -> Any:
+    from mcs_edge import config as c
+
+    return c.loads(
+        f'[edge]\nstate_dir = "{tmp / "state"}"\n[listen]\nhttps = "127.0.0.1:0"\nbackend_sip = "127.0.0.1:0"\n'
+        f'[media]\nports = [{lo}, {lo + 99}]\nbind = "127.0.0.1"\noffload = "{offload}"\n'
+        '[[tenants]]\nid = "rossi"\ndomains = ["rossi.example.com"]\nbackend_sip = "udp:127.0.0.1:5999"\n'
+        'certificate = "self-signed"\n',
+        str(tmp),
+    )
+
+
+def _sip(start: str, call_id: str, port: int, tag: str) -> Any:
+    from mcs_edge.core.sip.message import parse
+
+    body = f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtcp-mux\r\n"
+    head = (
+        f"{start}\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK1\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:a@rossi.example.com>;tag=1\r\nTo: <sip:200@rossi.example.com>{tag}\r\nCall-ID: {call_id}\r\n"
+        f"CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return parse(head.encode() + body.encode())
+
+
+class _Pair:
+    tenant_id = "rossi"
+    flow_id = 1
+
+
+def _recv(sock: socket.socket, timeout: float = 3.0) -> tuple[bytes, Any]:
+    sock.settimeout(timeout)
+    try:
+        return sock.recvfrom(4096)
+    finally:
+        sock.setblocking(False)
+
+
+def _talk(src: socket.socket, dst: socket.socket, to: Any, seqs: range, ssrc: int) -> list[bytes]:
+    got = []
+    for seq in seqs:
+        src.sendto(rtp_packet(seq, ssrc), to)
+        got.append(_recv(dst)[0])
+    return got
+
+
+@pytest.mark.parametrize("offload", ["auto", "off"])
+def test_relay_forwards_in_c_and_follows_a_relatched_peer(tmp_path: Any, offload: str) -> Any:
+    """Through MediaRelay on the running reactor: after the first packets the legs are held by C
+    rules (asyncio reactor, extension built, ``auto``); when the PBX re-latches to a new port
+    (after 2 s of silence), the client's packets follow it; the counters read through ``stats()``
+    are those of every packet; ``off`` (and the default reactor) relay the same through Python."""
+    import uuid
+
+    import pytest_twisted
+    from twisted.internet import reactor, task, threads
+
+    from mcs_edge.core.media.sdp import SessionDescription
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.timers import Timers
+
+    @pytest_twisted.inlineCallbacks
+    def run() -> Any:
+        lo = random.randrange(20000, 32000, 2)
+        timers = Timers(reactor)
+        relay = MediaRelay(
+            _relay_config(tmp_path, lo, offload), reactor, timers, tenant_media=lambda tid: "bridge"
+        )
+        native = hasattr(reactor, "_asyncioEventloop")
+        assert relay.offload == (native and ff is not None and offload == "auto")
+        client, pbx, pbx2 = _udp(), _udp(), _udp()
+        call_id = uuid.uuid4().hex
+        try:
+            invite = _sip("INVITE sip:200@rossi.example.com SIP/2.0", call_id, client.getsockname()[1], "")
+            assert relay.on_message(_Pair(), invite, True, timers.now()) is None
+            to_client = (
+                "127.0.0.1",
+                SessionDescription.parse(invite.body).media[0].port,
+            )  # the PBX sends here
+            ok = _sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2")
+            assert relay.on_message(_Pair(), ok, False, timers.now()) is None
+            to_pbx = ("127.0.0.1", SessionDescription.parse(ok.body).media[0].port)  # the client sends here
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+            def first() -> None:
+                assert _talk(client, pbx, to_pbx, range(1, 21), 0x11) == [
+                    rtp_packet(s, 0x11) for s in range(1, 21)
+                ]
+                assert _talk(pbx, client, to_client, range(1, 21), 0x22) == [
+                    rtp_packet(s, 0x22) for s in range(1, 21)
+                ]
+
+            yield threads.deferToThread(first)
+            if relay.offload:
+                assert len(relay.held) == 2 and relay.tally.value >= 36
+            yield task.deferLater(reactor, 2.2, lambda: None)  # the PBX's source is silent: it may re-latch
+
+            def second() -> None:
+                assert _talk(pbx2, client, to_client, range(21, 26), 0x22) == [
+                    rtp_packet(s, 0x22) for s in range(21, 26)
+                ]
+                assert _talk(client, pbx2, to_pbx, range(21, 41), 0x11) == [
+                    rtp_packet(s, 0x11) for s in range(21, 41)
+                ]
+                with pytest.raises(OSError):
+                    _recv(pbx, 0.2)  # nothing went to the old address
+
+            yield threads.deferToThread(second)
+            legs = relay.anchor.sessions[call_id].stats()["legs"]
+            assert [(leg["rx_packets"], leg["tx_packets"]) for leg in legs] == [(40, 25), (25, 40)]
+            relay.on_end(call_id, "BYE")
+            assert relay.ports == {} and relay.held == {}
+        finally:
+            for s in (client, pbx, pbx2):
+                s.close()
+            relay.stop()
+            timers.cancel_all()
+
+    return run()

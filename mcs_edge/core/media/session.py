@@ -360,10 +360,16 @@ class Leg:
 
     def offload_spec(self) -> OffloadSpec | None:
         """The forwarding rule that would do this leg's fast path, or None (core/media/offload.py)."""
-        if self.decrypts or self.session.ended is not None:
-            return None
+        if self.decrypts or self.ice is not None or self.session.ended is not None:
+            return None  # ICE moves ``remote`` from timers too: such a leg stays in Python
         target = self.target
-        if target is None or target.encrypts or target.rewrite is not None or target.remote is None:
+        if (
+            target is None
+            or target.encrypts
+            or target.rewrite is not None
+            or target.remote is None
+            or target.ice is not None
+        ):
             return None
         source = self.remote
         tracker = self.rx_tracker

@@ -110,16 +110,22 @@ def _fast_receiver(relay: MediaRelay, leg: Leg, rtcp: bool) -> Callable[[bytes, 
     now = relay.now
     poke = relay.poke
     consider = relay.consider
+    moved = relay.moved
 
     def datagram_received(data: bytes, addr: Any) -> None:
         relay.py_packets += 1
         held = leg.offload
         if held is not None:
             held.revoke()  # type: ignore[attr-defined]
+        remote = leg.remote
         if receive(data, addr, now()):
             poke(leg)
+        if leg.remote is not remote:
+            moved(leg)  # the rules sending to this leg's peer follow it
         if leg.offload is None and not leg.decrypts:  # an SRTP leg is never held: no call
-            consider(leg)
+            target = leg.target
+            if target is None or not target.encrypts:
+                consider(leg)
 
     return datagram_received
 
@@ -330,6 +336,14 @@ class MediaRelay:
         held = _Held(self, leg, sep.fast, spec)
         leg.offload = held
         self.held[leg] = held
+
+    def moved(self, leg: Leg) -> None:
+        """``leg.remote`` changed (re-latched): rules forwarding to it are revoked and asked again."""
+        for other in leg.session.legs:
+            held = other.offload
+            if isinstance(held, _Held) and held.spec.target is leg:
+                held.revoke()
+                self.consider(other)
 
     def sync(self) -> None:
         """Fold every rule's counters into its leg (metrics, admin); the rules keep running."""
