@@ -582,3 +582,54 @@ def test_relay_forwards_in_c_and_follows_a_relatched_peer(tmp_path: Any, offload
             timers.cancel_all()
 
     return run()
+
+
+def test_relay_open_close_loop_returns_every_fd_and_rule(tmp_path: Any) -> Any:
+    """100 calls set up, carrying RTP (held by rules where offload applies) and ended: no fd, port,
+    rule or reader left (an fd left registered with the loop would also break the next bind)."""
+    import uuid
+
+    import pytest_twisted
+    from twisted.internet import reactor, task, threads
+
+    from mcs_edge.core.media.sdp import SessionDescription
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.timers import Timers
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    @pytest_twisted.inlineCallbacks
+    def run() -> Any:
+        lo = random.randrange(20000, 32000, 2)
+        timers = Timers(reactor)
+        relay = MediaRelay(
+            _relay_config(tmp_path, lo, "auto"), reactor, timers, tenant_media=lambda tid: "bridge"
+        )
+        client, pbx = _udp(), _udp()
+        try:
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            before = fds()
+            for round_ in range(100):
+                call_id = uuid.uuid4().hex
+                invite = _sip(
+                    "INVITE sip:200@rossi.example.com SIP/2.0", call_id, client.getsockname()[1], ""
+                )
+                relay.on_message(_Pair(), invite, True, timers.now())
+                ok = _sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2")
+                relay.on_message(_Pair(), ok, False, timers.now())
+                to_pbx = ("127.0.0.1", SessionDescription.parse(ok.body).media[0].port)
+                yield threads.deferToThread(_talk, client, pbx, to_pbx, range(1, 4), 0x33)
+                if relay.offload and round_ == 0:
+                    assert len(relay.held) == 1
+                relay.on_end(call_id, "BYE")
+                assert relay.ports == {} and relay.held == {}
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            assert fds() == before
+        finally:
+            client.close()
+            pbx.close()
+            relay.stop()
+            timers.cancel_all()
+
+    return run()
