@@ -2,8 +2,8 @@
 
 ``mcs_edge._fastfwd`` is the media relay's in-process forwarding table (docs/performance.md,
 "In-process forwarding"). It is optional: without a compiler the install still succeeds and the
-relay runs its pure-Python path (``media.offload = "auto"`` then means off; ``"on"`` refuses to
-start). CI sets ``CI=1``, under which tests/tx/test_fastfwd.py fails when the module is missing.
+relay runs its pure-Python path (``media.offload = "auto"`` then means the Python path, as
+``"off"`` always does). CI sets ``CI=1``, under which tests/tx/test_fastfwd.py fails when the module is missing.
 """
 
 from setuptools import Extension, setup
