@@ -141,12 +141,20 @@ def serve(kind: str, reactor_name: str, mode: str, lo: int) -> None:
             return {"offer": invite.body.decode(), "answer": ok.body.decode(), "error": status}
 
         def stats(_msg: dict[str, Any]) -> dict[str, Any]:
+            sync = getattr(relay, "sync", None)  # counters of legs held by C forwarding rules
+            if sync is not None:
+                sync()
             dropped: dict[str, int] = {}
             for session in relay.anchor.sessions.values():
                 for leg in session.legs:
                     for reason, n in leg.counters.dropped.items():
                         dropped[reason] = dropped.get(reason, 0) + n
-            return {"dropped": dropped, "native": relay.native, "sessions": len(relay.anchor.sessions)}
+            return {
+                "dropped": dropped,
+                "native": relay.native,
+                "sessions": len(relay.anchor.sessions),
+                "offloaded": len(getattr(relay, "held", ())),
+            }
 
         handlers["call"] = call
         handlers["stats"] = stats
@@ -849,6 +857,8 @@ def main() -> None:
                 dropped = {k: v for k, v in r.get("dropped", {}).items() if v}
                 if dropped:
                     print(f"{'':40} relay drops: {dropped}")
+                if r.get("offloaded"):
+                    print(f"{'':40} legs held by C forwarding rules at the end: {r['offloaded']}")
         ref = per_packet.get("rtpengine")
         if ref:
             ref_median = statistics.median(ref)

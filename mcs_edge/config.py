@@ -580,6 +580,13 @@ class MediaConfig:
     bind: str | None = f(
         c_ip, None, doc="IP the relay sockets bind; default 0.0.0.0 (:: if edge.public_address is IPv6)"
     )
+    offload: str = f(
+        c_enum("auto", "off"),
+        "auto",
+        doc="auto: on the asyncio (uvloop) reactor, relay sockets are read by the built-in C forwarding"
+        " table, which forwards plain RTP of a leg with no SRTP or rewrite itself (docs/performance.md);"
+        " without the compiled module, or on other reactors, the Python path. off: always the Python path",
+    )
 
 
 @dataclass(frozen=True, slots=True)

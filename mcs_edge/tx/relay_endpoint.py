@@ -17,6 +17,13 @@ pending tasks are kept in :class:`RelayEndpoints` (a task nobody references can 
 cancelled by :meth:`RelayEndpoints.close`. On any other reactor the socket is Twisted's
 ``listenUDP`` with the same ``received`` (slower, same behaviour).
 
+With ``open_fast`` (the media relay when ``media.offload`` allows it and the C module
+``mcs_edge._fastfwd`` is built) the socket is instead read by a :class:`mcs_edge._fastfwd.Port`
+registered with ``loop.add_reader``: the loop calls C, which reads a batch with ``recvmmsg``,
+forwards the datagrams its rule takes (core/media/offload.py) and hands every other one to
+``received(data, addr)``; ``sendto`` is the Port's (C, ``sendto(2)``, errors to ``on_error``).
+Closing removes the reader, frees the rule and closes the socket.
+
 ``reuse_port`` sets ``SO_REUSEADDR`` + ``SO_REUSEPORT`` before binding: the listeners that worker
 processes share (``edge.workers``, :mod:`mcs_edge.tx.ops.workers`).
 
@@ -35,16 +42,27 @@ from typing import Any
 from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 
+try:
+    import mcs_edge._fastfwd as _fastfwd
+except ImportError:  # the optional extension was not built: the Python path only
+    _fastfwd = None  # type: ignore[assignment]
+
 __all__ = [
     "Received",
     "RelayEndpoint",
     "RelayEndpoints",
     "asyncio_loop_of",
     "bind_socket",
+    "fastfwd",
 ]
 
 Received = Callable[[bytes, Any], Any]
 Sendto = Callable[[bytes, Any], None]
+
+
+def fastfwd() -> Any:
+    """The C module ``mcs_edge._fastfwd``, or None when it was not built."""
+    return _fastfwd
 
 
 def asyncio_loop_of(reactor: Any) -> asyncio.AbstractEventLoop | None:
@@ -77,7 +95,18 @@ def _ignore(_kind: str) -> None:
 class RelayEndpoint:
     """One bound UDP socket: datagrams to ``received``; ``sendto`` at once (see the module docstring)."""
 
-    __slots__ = ("_on_ready", "_sock", "_twisted", "closed", "on_error", "port", "sendto", "transport")
+    __slots__ = (
+        "_loop",
+        "_on_ready",
+        "_sock",
+        "_twisted",
+        "closed",
+        "fast",
+        "on_error",
+        "port",
+        "sendto",
+        "transport",
+    )
 
     def __init__(self, on_error: Callable[[str], None]) -> None:
         #: the bound port (the one asked for, or the kernel's choice for port 0)
@@ -90,6 +119,9 @@ class RelayEndpoint:
         self._twisted: Any = None
         self._on_ready: Callable[[Sendto], None] | None = None
         self.sendto: Sendto = self._send_socket
+        #: the C reader of the socket (``open_fast``), None otherwise
+        self.fast: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def native(self) -> bool:
@@ -118,6 +150,18 @@ class RelayEndpoint:
         task = asyncio.ensure_future(loop.create_datagram_endpoint(lambda: proto, sock=sock), loop=loop)
         task.add_done_callback(lambda t: self._created(t, on_failed))
         return task
+
+    def listen_fast(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, received: Received, tally: Any
+    ) -> None:
+        """Read the bound ``sock`` with a C Port registered as the loop's reader of its fd."""
+        fast = _fastfwd.Port(sock.fileno(), received, self.on_error, None, tally)
+        loop.add_reader(sock.fileno(), fast)
+        self._sock = sock
+        self._loop = loop
+        self.fast = fast
+        self.port = sock.getsockname()[1]
+        self.sendto = fast.sendto
 
     def ready(self, transport: asyncio.DatagramTransport) -> None:
         """The loop's endpoint exists (its protocol's ``connection_made``)."""
@@ -170,6 +214,16 @@ class RelayEndpoint:
         returns ``listenUDP``'s ``stopListening`` Deferred on Twisted's reactors, else None."""
         self.closed = True
         self.sendto = _discard
+        fast, self.fast = self.fast, None
+        if fast is not None:
+            sock, self._sock = self._sock, None
+            loop, self._loop = self._loop, None
+            if sock is not None:
+                if loop is not None and not loop.is_closed():
+                    loop.remove_reader(sock.fileno())
+                fast.close()  # the rule is freed, the fd forgotten before the socket closes
+                sock.close()
+            return None
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -250,6 +304,36 @@ class RelayEndpoints:
         if not task.done():
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        return endpoint
+
+    @property
+    def can_offload(self) -> bool:
+        """True when ``open_fast`` is available: the asyncio loop and the built C module."""
+        return self.loop is not None and _fastfwd is not None
+
+    def open_fast(
+        self,
+        host: str,
+        port: int,
+        received: Received,
+        *,
+        on_error: Callable[[str], None] = _ignore,
+        tally: Any = None,
+        reuse_port: bool = False,
+    ) -> RelayEndpoint:
+        """Bind ``host:port`` now (raises ``OSError``) and read it with a C Port (``can_offload``
+        must be True): datagrams its rule does not take go to ``received``; ``endpoint.fast`` is the
+        Port, ``endpoint.sendto`` its ``sendto``."""
+        loop = self.loop
+        if loop is None or _fastfwd is None:
+            raise RuntimeError("open_fast needs the asyncio reactor and the built mcs_edge._fastfwd")
+        endpoint = RelayEndpoint(on_error)
+        sock = bind_socket(host, port, reuse_port=reuse_port)
+        try:
+            endpoint.listen_fast(loop, sock, received, tally)
+        except BaseException:
+            sock.close()
+            raise
         return endpoint
 
     def close(self) -> None:

@@ -282,6 +282,7 @@ class EdgeService(MultiService):
     def _cluster_snapshot(self, box: Any, node: str, now: float) -> dict[str, dict[str, Any]]:
         core = self.sip.core
         assert self.cluster is not None
+        self.media.sync()  # the counters of legs held by C forwarding rules (tx_index)
         return snapshot(
             core.calls,
             core.flows,

@@ -119,7 +119,7 @@ def test_relay_sockets_carry_rtp_both_ways_and_close_on_end(tmp_path: Path) -> A
         got = yield threads.deferToThread(_exchange, client, pbx, client_relay, pbx_relay)
         assert got[0] == rtp_packet(0, 0x1111) and got[1] == rtp_packet(0, 0x2222)
         session = relay.anchor.sessions[call_id]
-        assert [leg.counters.packets for leg in session.legs] == [5, 5]
+        assert [leg["rx_packets"] for leg in session.stats()["legs"]] == [5, 5]
         relay.on_end(call_id, "BYE")
         assert relay.ports == {} and relay.anchor.ports_in_use == 0
         yield _sleep(0.05)

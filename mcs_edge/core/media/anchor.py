@@ -678,6 +678,8 @@ class MediaAnchor:
         if session.ended is None:
             session.ended = reason
         if live and self.on_released is not None:
+            for leg in session.legs:
+                leg.sync()  # the call-end record reads the counters
             try:
                 self.on_released(session, reason)
             except Exception as exc:  # a record must never keep ports from being released

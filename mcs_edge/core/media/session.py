@@ -80,6 +80,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 from mcs_edge.core.media.forwarding import MAX_DROPOUT, ForwardingTable, LegCounters, SequenceTracker
+from mcs_edge.core.media.offload import MAX_OFFLOAD_TRACKERS, Offload, OffloadSpec, OffloadTaken
 from mcs_edge.core.media.quality import CallQuality
 from mcs_edge.core.media.reanchor import transport_only_change
 from mcs_edge.core.media.sdp import (
@@ -282,6 +283,7 @@ class Leg:
         "last_rtp",
         "last_rx",
         "limit",
+        "offload",
         "police",
         "policer",
         "port",
@@ -365,9 +367,82 @@ class Leg:
         self.last_rtp = b""
         self.rewrite: Callable[[bytes, float], bytes] | None = None
         self.rewrite_rtcp: Callable[[bytes], bytes] | None = None
+        #: The holder of this leg's forwarding rule while one runs its fast path (core/media/offload.py).
+        self.offload: Offload | None = None
 
     def __repr__(self) -> str:
         return f"<Leg {self.side.name} {self.profile.name} port={self.port} remote={self.remote}>"
+
+    # ----------------------------------------------------------------- offloading the fast path
+
+    def offload_spec(self) -> OffloadSpec | None:
+        """The forwarding rule that would do this leg's fast path, or None (core/media/offload.py)."""
+        if self.decrypts or self.ice is not None or self.session.ended is not None:
+            return None  # ICE moves ``remote`` from timers too: such a leg stays in Python
+        target = self.target
+        if (
+            target is None
+            or target.encrypts
+            or target.rewrite is not None
+            or target.remote is None
+            or target.ice is not None
+        ):
+            return None
+        source = self.remote
+        tracker = self.rx_tracker
+        if source is None or tracker is None or len(self.rx_ssrc) != 4:
+            return None
+        policer = self.policer
+        bucket = policer.bucket
+        if policer.parent is not None or self.police != bucket.consume:
+            return None
+        sequences = self.counters.sequences
+        current = _U32(self.rx_ssrc)[0]
+        if sequences.get(current) is not tracker:
+            return None
+        trackers = [(self.rx_ssrc, tracker.max_seq)]
+        for ssrc, other in sequences.items():
+            if ssrc != current and len(trackers) < MAX_OFFLOAD_TRACKERS:
+                trackers.append((ssrc.to_bytes(4, "big"), other.max_seq))
+        tokens, last = bucket.state()
+        return OffloadSpec(
+            source, target, target.remote, bucket.rate, bucket.burst, tokens, last, tuple(trackers), 0
+        )
+
+    def absorb_offload(self, spec: OffloadSpec, taken: OffloadTaken) -> None:
+        """Apply what a rule installed from ``spec`` did, as the fast path would have done it."""
+        counters = self.counters
+        counters.packets += taken.packets
+        counters.bytes += taken.rx_bytes
+        if taken.policed:
+            self.policer.dropped_packets += taken.policed
+            self.policer.dropped_bytes += taken.policed_bytes
+            dropped = counters.dropped
+            dropped["policed"] = dropped.get("policed", 0) + taken.policed
+        if taken.last_rx is not None:
+            self.last_rx = taken.last_rx
+        self.policer.bucket.restore(taken.tokens, taken.last)
+        sequences = counters.sequences
+        for (ssrc, _), (max_seq, received) in zip(spec.trackers, taken.trackers, strict=True):
+            if received:
+                tracker = sequences[_U32(ssrc)[0]]
+                tracker.max_seq = max_seq
+                tracker.received += received
+        ssrc = spec.trackers[taken.current][0]
+        if ssrc != self.rx_ssrc:
+            self.rx_ssrc = ssrc
+            self.rx_tracker = sequences[_U32(ssrc)[0]]
+        target = spec.target
+        target.tx_packets += taken.tx_packets
+        target.tx_bytes += taken.tx_bytes
+        if taken.last_rtp is not None:
+            target.last_rtp = taken.last_rtp
+
+    def sync(self) -> None:
+        """Bring back what a forwarding rule counted for this leg (nothing when none holds it)."""
+        offload = self.offload
+        if offload is not None:
+            offload.sync()
 
     # ---------------------------------------------------------------------- the per-packet path
 
@@ -957,6 +1032,7 @@ class Leg:
 
     def close(self) -> None:
         """Drop every per-leg object (the session releases the ports)."""
+        self.sync()
         dtls = self.dtls
         if dtls is not None:
             dtls.close()
@@ -1689,6 +1765,8 @@ class MediaSession:
         """Run whatever is due: ICE consent, DTLS retransmission, idle and offer timeouts."""
         if self.ended is not None:
             return
+        for leg in self.legs:
+            leg.sync()  # what forwarding rules counted (last_rx) before any deadline is judged
         offer = self._offer
         if not self.established and offer is not None and offer.deadline <= now:
             self.end("offer not answered")
@@ -1722,6 +1800,8 @@ class MediaSession:
 
     def stats(self) -> dict[str, Any]:
         """Counters per leg, for metrics and tests."""
+        for leg in self.legs:
+            leg.sync()
         return {
             "ended": self.ended,
             "legs": [

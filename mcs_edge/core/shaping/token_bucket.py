@@ -187,7 +187,17 @@ class TokenBucket:
             t = _nextafter(t, _INF)
         return t
 
+    def state(self) -> tuple[float, float]:
+        """``(tokens, last)``: the fill and the time it was computed at (see :meth:`restore`)."""
+        return self._tokens, self._last
+
     # -- other mutations -----------------------------------------------------------------------
+
+    def restore(self, tokens: float, last: float) -> None:
+        """Adopt ``(tokens, last)`` from :meth:`state` of a copy that ran elsewhere meanwhile (the
+        relay's in-process forwarding runs this bucket's arithmetic in C while it holds a leg)."""
+        self._tokens = min(float(tokens), self._burst)
+        self._last = float(last)
 
     def refill(self, now: float) -> float:
         """Credit the tokens earned up to ``now`` and return the fill (observably a no-op)."""

@@ -473,6 +473,7 @@ def guard_families(protection: Protection, now: float) -> Iterator[Metric]:
 
 def media_families(relay: MediaRelay) -> Iterator[Metric]:
     """What the media relay counts, and its port pool (media legs and TURN relays share it)."""
+    relay.sync()  # counters of the legs held by C forwarding rules
     anchor = relay.anchor
     events = {k: n for k, n in relay.counters.items() if isinstance(k, str) and isinstance(n, int)}
     yield from families(

@@ -1,0 +1,72 @@
+"""Offloading a leg's fast path: the decision (a value) and the counters coming back (a value).
+
+Theory of operation
+-------------------
+The relay's I/O may run the fast path of :meth:`~mcs_edge.core.media.session.Leg.receive` outside
+Python (tx/media/relay.py with the C module ``mcs_edge._fastfwd``; docs/performance.md,
+"In-process forwarding"). The core decides *whether* and *with what*: :meth:`Leg.offload_spec`
+returns an :class:`OffloadSpec` only when every RTP packet from the current source that the fast
+path would forward needs nothing but the steps a forwarding rule does (source check, police with the
+leg's own token bucket, count, in-order sequence accounting, send unchanged to the target's peer):
+no SRTP either way, no rewrite, one direct target with a known address, no tenant aggregate bucket
+(shared by other legs, so it stays in Python), and a sequence tracker for the current SSRC.
+
+While a rule holds the leg, the leg's counters, bucket, trackers, ``last_rx`` and the target's
+``tx_*``/``last_rtp`` move outside Python. :meth:`Leg.sync` asks the holder (the leg's ``offload``,
+an :class:`Offload`) to bring them back, as an :class:`OffloadTaken`, which
+:meth:`Leg.absorb_offload` applies exactly as the fast path would have, packet by packet. The
+holder revokes the rule (taking the counters) before anything else touches the leg: every datagram
+the rule does not take (RTCP, STUN, another source, a new SSRC, a late packet), every signalling
+event of the call, its timers and its end; the session calls :meth:`Leg.sync` in its timer and
+stats paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+__all__ = ["MAX_OFFLOAD_TRACKERS", "Offload", "OffloadSpec", "OffloadTaken"]
+
+#: SSRCs a rule follows at once (audio and video bundled on one leg, RTX).
+MAX_OFFLOAD_TRACKERS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadSpec:
+    """What a forwarding rule needs to do the leg's fast path (see the module docstring)."""
+
+    source: Any  #: the latched source address: only its datagrams take the rule
+    target: Any  #: the Leg whose port sends them ... (Any: this module is below session.py)
+    dest: Any  #: ... to this address (the target's remote)
+    rate: float  #: the leg's token bucket: rate, burst, fill and its time
+    burst: float
+    tokens: float
+    last: float
+    trackers: tuple[tuple[bytes, int], ...]  #: (SSRC as 4 bytes, max_seq) of the leg's trackers
+    current: int  #: the index in ``trackers`` of the last packet's SSRC
+
+
+class OffloadTaken(NamedTuple):
+    """The rule's counters since it was installed or last taken (deltas, except where absolute)."""
+
+    packets: int
+    rx_bytes: int
+    policed: int
+    policed_bytes: int
+    tx_packets: int  #: counted on the target
+    tx_bytes: int
+    send_errors: int  #: the I/O counts these (the loop's sendto never raises either)
+    last_rx: float | None  #: absolute; None when no packet was forwarded
+    tokens: float  #: absolute bucket state
+    last: float
+    trackers: tuple[tuple[int, int], ...]  #: (max_seq absolute, received delta) per spec tracker
+    current: int
+    last_rtp: bytes | None  #: the target's last forwarded packet, None when none
+
+
+class Offload(Protocol):
+    """The holder of a leg's rule (set as ``leg.offload`` by the I/O that installed it)."""
+
+    def sync(self) -> None:
+        """Bring the rule's counters back into the leg (:meth:`Leg.absorb_offload`); rule kept."""

@@ -1,0 +1,20 @@
+"""Build of the optional C extension (everything else is in pyproject.toml).
+
+``mcs_edge._fastfwd`` is the media relay's in-process forwarding table (docs/performance.md,
+"In-process forwarding"). It is optional: without a compiler the install still succeeds and the
+relay runs its pure-Python path (``media.offload = "auto"`` then means the Python path, as
+``"off"`` always does). CI sets ``CI=1``, under which tests/tx/test_fastfwd.py fails when the module is missing.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "mcs_edge._fastfwd",
+            ["mcs_edge/_fastfwd.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+            optional=True,
+        )
+    ]
+)

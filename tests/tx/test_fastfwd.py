@@ -1,0 +1,635 @@
+"""The C forwarding rule (mcs_edge._fastfwd) against the Python fast path of ``Leg.receive``.
+
+Each scenario runs one packet sequence twice on loopback sockets: once through ``Leg.receive``
+alone, once through a C Port whose rule the leg installs (the relay adapter's ``_Held`` folds the
+counters back). The bytes that reach the PBX and every counter of both legs must be the same:
+packets, bytes, drops by reason, policing decisions and bucket state (a scripted ``now``),
+sequence trackers, ``last_rx``, the far leg's tx counters and ``last_rtp``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import secrets
+import socket
+import struct
+import sys
+import tracemalloc
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from helpers.legports import RecordingPorts
+from helpers.webrtc_peer import rtcp_rr, rtp_packet
+
+from mcs_edge.certs import edge_dtls_certificate
+from mcs_edge.core.media.sdp import Profile, SessionDescription
+from mcs_edge.core.media.session import CLIENT, PBX, Leg, MediaSession, SessionSettings
+from mcs_edge.core.shaping import Policer, TokenBucket
+from mcs_edge.tx.media.relay import _Held
+from mcs_edge.tx.relay_endpoint import fastfwd
+
+ff = fastfwd()
+
+
+def test_the_extension_is_built_under_ci() -> None:
+    """CI builds the extension (``pip install -e``); a missing one fails there instead of skipping."""
+    if ff is None:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "mcs_edge._fastfwd was not built (setup.py ext_modules; gcc and Python headers needed)"
+            )
+        pytest.skip("mcs_edge._fastfwd not built")
+    assert ff.BATCH >= 1
+
+
+needs_ff = pytest.mark.skipif(ff is None, reason="mcs_edge._fastfwd not built")
+
+SETTINGS = SessionSettings(
+    client_host="127.0.0.1",
+    pbx_host="127.0.0.1",
+    certificate=edge_dtls_certificate(),
+    random_bytes=secrets.token_bytes,
+)
+
+
+def _udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+def _plain(addr: tuple[str, int], user: str) -> SessionDescription:
+    return SessionDescription.parse(
+        f"v=0\r\no={user} 1 1 IN IP4 {addr[0]}\r\ns=-\r\nc=IN IP4 {addr[0]}\r\nt=0 0\r\n"
+        f"m=audio {addr[1]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    )
+
+
+class Peers:
+    """The phone, a stranger and the PBX: real sockets, so both runs see the same addresses."""
+
+    def __init__(self) -> None:
+        self.phone, self.stranger, self.pbx = _udp(), _udp(), _udp()
+        self.addr = {
+            "phone": self.phone.getsockname(),
+            "stranger": self.stranger.getsockname(),
+            "pbx": self.pbx.getsockname(),
+        }
+
+    def drain_pbx(self) -> list[bytes]:
+        out = []
+        while True:
+            try:
+                out.append(self.pbx.recv(4096))
+            except BlockingIOError:
+                return out
+
+    def close(self) -> None:
+        for s in (self.phone, self.stranger, self.pbx):
+            s.close()
+
+
+def _call(
+    peers: Peers, profile: Profile, rate: float, burst: float
+) -> tuple[MediaSession, RecordingPorts, Leg, Leg]:
+    ports = RecordingPorts()
+    policer = lambda: Policer(TokenBucket(rate, burst, 0.0))  # noqa: E731
+    session = MediaSession("c", SETTINGS, ports, pbx_profile=profile, policer=policer)
+    session.offer(CLIENT, _plain(peers.addr["phone"], "phone"), 0.0)
+    session.answer(PBX, _plain(peers.addr["pbx"], "pbx"), 0.0)
+    client, pbx = session.mline_legs[CLIENT][0], session.mline_legs[PBX][0]
+    assert client is not None and pbx is not None
+    return session, ports, client, pbx
+
+
+def _state(leg: Leg, far: Leg) -> dict[str, Any]:
+    c = leg.counters
+    return {
+        "packets": c.packets,
+        "bytes": c.bytes,
+        "dropped": dict(c.dropped),
+        "sequences": {s: (t.base, t.max_seq, t.cycles, t.received) for s, t in c.sequences.items()},
+        "rx_ssrc": leg.rx_ssrc,
+        "last_rx": leg.last_rx,
+        "policed": (leg.policer.dropped_packets, leg.policer.dropped_bytes),
+        "bucket": leg.policer.bucket.state(),
+        "far_tx": (far.tx_packets, far.tx_bytes),
+        "far_last_rtp": far.last_rtp,
+        "far_dropped": dict(far.counters.dropped),
+    }
+
+
+Script = list[tuple[str, bytes, float]]  # (who sends, datagram, now)
+
+
+def run_python(
+    script: Script, profile: Profile, rate: float, burst: float
+) -> tuple[list[bytes], dict[str, Any]]:
+    peers = Peers()
+    try:
+        _session, ports, client, pbx = _call(peers, profile, rate, burst)
+        for who, data, now in script:
+            client.receive(data, peers.addr[who], now)
+        return ports.take(peers.addr["pbx"], port=pbx.port), _state(client, pbx)
+    finally:
+        peers.close()
+
+
+class Harness:
+    """The relay adapter's part for one leg: its Port (C) and the far leg's Port for sending."""
+
+    def __init__(self, client: Leg, pbx: Leg, now: list[float]) -> None:
+        self.client, self.now = client, now
+        self.csock, self.psock = _udp(), _udp()
+        self.errors: list[str] = []
+        self.tally = ff.Tally()
+        self.handed_on = 0
+        self.relay = SimpleNamespace(held={}, counters={})
+        self.port = ff.Port(
+            self.csock.fileno(), self.received, self.errors.append, lambda: self.now[0], self.tally
+        )
+        self.far = ff.Port(self.psock.fileno(), lambda d, a: None, self.errors.append)
+        pbx.send = self.far.sendto  # the Python path sends from the same socket as the rule
+        self.installs = 0
+
+    def received(self, data: bytes, addr: Any) -> None:
+        self.handed_on += 1
+        held = self.client.offload
+        if held is not None:
+            held.revoke()  # type: ignore[attr-defined]
+        self.client.receive(data, addr, self.now[0])
+        self.consider()
+
+    def consider(self) -> None:
+        leg = self.client
+        spec = leg.offload_spec()
+        if leg.offload is not None or spec is None:
+            return
+        self.port.install(
+            spec.source,
+            self.far,
+            spec.dest,
+            spec.rate,
+            spec.burst,
+            spec.tokens,
+            spec.last,
+            spec.trackers,
+            spec.current,
+        )
+        leg.offload = held = _Held(self.relay, leg, self.port, spec)  # type: ignore[arg-type]
+        self.relay.held[leg] = held
+        self.installs += 1
+
+    def pump(self) -> None:
+        """Read until the datagram just sent was handled (forwarded here or handed on)."""
+        before = self.tally.value + self.handed_on
+        for _ in range(10000):
+            self.port()
+            if self.tally.value + self.handed_on > before:
+                return
+        raise AssertionError("datagram never arrived")
+
+    def close(self) -> None:
+        self.port.close()
+        self.far.close()
+        self.csock.close()
+        self.psock.close()
+
+
+def run_c(
+    script: Script, profile: Profile, rate: float, burst: float
+) -> tuple[list[bytes], dict[str, Any], Harness]:
+    peers = Peers()
+    now = [0.0]
+    _session, _ports, client, pbx = _call(peers, profile, rate, burst)
+    h = Harness(client, pbx, now)
+    try:
+        relay_addr = h.csock.getsockname()
+        forwarded: list[bytes] = []
+        for who, data, t in script:
+            now[0] = t
+            getattr(peers, who).sendto(data, relay_addr)
+            h.pump()
+            forwarded += peers.drain_pbx()  # loopback delivers at once; the socket's buffer stays small
+        client.sync()
+        return forwarded, _state(client, pbx), h
+    finally:
+        h.close()
+        peers.close()
+
+
+def _same(script: Script, profile: Profile = Profile.RTP, rate: float = 1e6, burst: float = 1e6) -> Harness:
+    sent_py, state_py = run_python(script, profile, rate, burst)
+    sent_c, state_c, h = run_c(script, profile, rate, burst)
+    assert sent_c == sent_py
+    assert state_c == state_py
+    return h
+
+
+def _stream(seqs: list[int], ssrc: int = 0x1234, t0: float = 1.0, who: str = "phone") -> Script:
+    return [
+        (who, rtp_packet(seq, ssrc, payload=bytes(100 + i % 50)), t0 + i * 0.02) for i, seq in enumerate(seqs)
+    ]
+
+
+@needs_ff
+@pytest.mark.parametrize("profile", [Profile.RTP, Profile.PASSTHROUGH])
+def test_in_order_stream_is_forwarded_in_c_with_the_same_counters(profile: Profile) -> None:
+    h = _same(_stream(list(range(1, 60))), profile)
+    assert h.tally.value == 58 and h.handed_on == 1  # the first packet made the tracker, in Python
+
+
+@needs_ff
+def test_gaps_late_packets_wrap_and_jumps_match_the_sequence_tracker() -> None:
+    seqs = [65530, 65531, 65533, 65532, 65534, 65535, 0, 1, 5, 4, 6, 7, 20000, 20001, 20002, 20001, 20003]
+    h = _same(_stream(seqs))
+    assert h.tally.value > 0 and h.handed_on > 1
+
+
+@needs_ff
+def test_interleaved_ssrcs_new_ssrcs_and_more_than_a_rule_tracks() -> None:
+    script: Script = []
+    t = 1.0
+    for i in range(1, 40):
+        for ssrc in (0xA, 0xB) if i < 20 else (0xA, 0xB, 0xC, 0xD, 0xE, 0xF):
+            script.append(("phone", rtp_packet(i, ssrc), t))
+            t += 0.005
+    h = _same(script)
+    assert h.tally.value > len(script) // 2
+
+
+@needs_ff
+def test_policing_decisions_and_bucket_state_are_the_same() -> None:
+    """A bucket of 2,000 bytes at 4,000 bytes/s: bursts and several packets at one ``now``."""
+    script: Script = []
+    t = 1.0
+    for i in range(1, 200):
+        script.append(("phone", rtp_packet(i, 0x99, payload=bytes(160)), t))
+        t += 0.0 if i % 7 else 0.05  # 7 packets at the same time, then a pause
+    h = _same(script, rate=4000.0, burst=2000.0)
+    assert h.tally.value > 0
+
+
+@needs_ff
+def test_rtcp_stranger_short_and_garbage_go_the_python_way() -> None:
+    script = _stream(list(range(1, 10)))
+    script += [("phone", rtcp_rr(0x1234), 1.3), ("stranger", rtp_packet(10, 0x1234), 1.31)]
+    script += [("phone", rtp_packet(10, 0x1234)[:11], 1.32), ("phone", b"\x00garbage", 1.33)]
+    script += [("phone", bytes([0x80, 200]) + bytes(30), 1.34)]  # RTCP SR shape, too odd for RTP
+    script += _stream(list(range(10, 30)), t0=1.4)
+    _same(script)
+
+
+@needs_ff
+def test_random_datagrams_never_crash_and_match() -> None:
+    rng = random.Random(7)
+    script: Script = []
+    seq = 100
+    for i in range(400):
+        r = rng.random()
+        if r < 0.7:
+            seq = (seq + 1) & 0xFFFF
+            data = rtp_packet(seq, 0x5151, pt=rng.choice([0, 8, 96, 111]))
+        elif r < 0.85:
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 40)))
+        else:
+            data = bytes([rng.randrange(128, 192)]) + bytes(
+                rng.getrandbits(8) for _ in range(rng.randrange(0, 30))
+            )
+        script.append(("phone" if rng.random() < 0.95 else "stranger", data, 1.0 + i * 0.003))
+    _same(script, rate=40000.0, burst=3000.0)
+
+
+@needs_ff
+def test_sendto_and_errors_never_raise_for_socket_failures() -> None:
+    errors: list[str] = []
+    s = _udp()
+    p = ff.Port(s.fileno(), lambda d, a: None, errors.append)
+    p.sendto(b"x" * 70000, ("127.0.0.1", 9))  # EMSGSIZE: counted, not raised
+    assert errors == ["send"]
+    with pytest.raises(ValueError):
+        p.sendto(b"x", ("not-an-address", 9))
+    with pytest.raises(TypeError):
+        p.sendto(b"x", "127.0.0.1")
+    p.close()
+    p.sendto(b"x", ("127.0.0.1", 9))  # closed: nothing, no error
+    assert errors == ["send"]
+    p()  # closed: the reader does nothing
+    s.close()
+
+
+@needs_ff
+def test_handler_errors_reach_the_loop_after_the_batch() -> None:
+    """An exception in ``received`` is raised once the batch is read (the loop reports it);
+    the other datagrams of the batch were still handed on."""
+    s, peer = _udp(), _udp()
+    got: list[bytes] = []
+
+    def received(data: bytes, addr: Any) -> None:
+        got.append(data)
+        if data == b"2":
+            raise RuntimeError("boom")
+
+    p = ff.Port(s.fileno(), received, lambda k: None)
+    for d in (b"1", b"2", b"3"):
+        peer.sendto(d, s.getsockname())
+    with pytest.raises(RuntimeError, match="boom"):
+        for _ in range(1000):
+            p()
+            if len(got) == 3:
+                break
+    assert got == [b"1", b"2", b"3"]
+    p.close()
+    s.close()
+    peer.close()
+
+
+@needs_ff
+def test_install_refuses_bad_rules() -> None:
+    s, t = _udp(), _udp()
+    p = ff.Port(s.fileno(), lambda d, a: None, lambda k: None)
+    far = ff.Port(t.fileno(), lambda d, a: None, lambda k: None)
+    good = dict(
+        source=("127.0.0.1", 1),
+        target=far,
+        dest=("127.0.0.1", 2),
+        rate=1.0,
+        burst=1.0,
+        tokens=1.0,
+        last=0.0,
+        trackers=((b"abcd", 1),),
+        current=0,
+    )
+    for bad in (
+        {"trackers": ()},
+        {"trackers": ((b"abc", 1),)},
+        {"trackers": ((b"abcd", 70000),)},
+        {"current": 1},
+        {"source": ("host.example", 1)},
+        {"dest": ("127.0.0.1", 70000)},
+        {"target": object()},
+    ):
+        with pytest.raises((ValueError, TypeError, OverflowError)):
+            p.install(**{**good, **bad})
+        assert not p.installed
+    p.install(**good)
+    assert p.installed
+    with pytest.raises(RuntimeError):
+        p.install(**good)
+    assert p.revoke() is not None and not p.installed and p.take() is None
+    for port in (p, far):
+        port.close()
+    s.close()
+    t.close()
+
+
+@needs_ff
+def test_open_close_loop_leaks_nothing() -> None:
+    """Ports holding rules on each other (a cycle A -> B -> A), opened and closed or just dropped:
+    no growth of traced memory, and the handlers' reference counts come back."""
+
+    def handler(_d: bytes, _a: Any) -> None:
+        return None
+
+    s1, s2 = _udp(), _udp()
+    base_refs = sys.getrefcount(handler)
+
+    def round_(close: bool) -> None:
+        a = ff.Port(s1.fileno(), handler, handler)
+        b = ff.Port(s2.fileno(), handler, handler)
+        a.install(("127.0.0.1", 1), b, ("127.0.0.1", 2), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0)
+        b.install(("127.0.0.1", 2), a, ("127.0.0.1", 1), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0)
+        a.take()
+        if close:
+            a.close()
+            b.close()
+
+    for close in (True, False):
+        for _ in range(200):
+            round_(close)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3000):
+            round_(close)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert grown < 64 * 1024, grown
+    assert sys.getrefcount(handler) == base_refs
+    s1.close()
+    s2.close()
+
+
+@needs_ff
+def test_take_reports_what_the_rule_did() -> None:
+    """The raw tuple: counters since the last take, absolute bucket and tracker state."""
+    s, t, phone, dest = _udp(), _udp(), _udp(), _udp()
+    now = [5.0]
+    p = ff.Port(s.fileno(), lambda d, a: None, lambda k: None, lambda: now[0])
+    far = ff.Port(t.fileno(), lambda d, a: None, lambda k: None)
+    p.install(
+        phone.getsockname(),
+        far,
+        dest.getsockname(),
+        100.0,
+        400.0,
+        400.0,
+        4.0,
+        ((struct.pack("!I", 7), 9),),
+        0,
+    )
+    for seq in (10, 11, 12):
+        phone.sendto(rtp_packet(seq, 7, payload=bytes(188)), s.getsockname())  # 200 bytes
+    for _ in range(1000):
+        p()
+        taken = p.take()
+        if taken is not None and taken[0] + taken[2] == 3:
+            break
+    assert taken[:7] == (2, 400, 1, 200, 2, 400, 0)  # 400 tokens: two admitted, one policed
+    assert taken[7] == 5.0 and taken[8:10] == (0.0, 5.0) and taken[10] == ((11, 2),)
+    assert taken[12] == rtp_packet(11, 7, payload=bytes(188))
+    assert [dest.recv(4096) for _ in range(2)] == [rtp_packet(s, 7, payload=bytes(188)) for s in (10, 11)]
+    assert p.take()[:7] == (0,) * 7
+    for port in (p, far):
+        port.close()
+    for sock in (s, t, phone, dest):
+        sock.close()
+
+
+# ------------------------------------------------------------------ the relay on the running reactor
+
+
+def _relay_config(tmp: Any, lo: int, offload: str) -> Any:
+    from mcs_edge import config as c
+
+    return c.loads(
+        f'[edge]\nstate_dir = "{tmp / "state"}"\n[listen]\nhttps = "127.0.0.1:0"\nbackend_sip = "127.0.0.1:0"\n'
+        f'[media]\nports = [{lo}, {lo + 99}]\nbind = "127.0.0.1"\noffload = "{offload}"\n'
+        '[[tenants]]\nid = "rossi"\ndomains = ["rossi.example.com"]\nbackend_sip = "udp:127.0.0.1:5999"\n'
+        'certificate = "self-signed"\n',
+        str(tmp),
+    )
+
+
+def _sip(start: str, call_id: str, port: int, tag: str) -> Any:
+    from mcs_edge.core.sip.message import parse
+
+    body = f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtcp-mux\r\n"
+    head = (
+        f"{start}\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK1\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:a@rossi.example.com>;tag=1\r\nTo: <sip:200@rossi.example.com>{tag}\r\nCall-ID: {call_id}\r\n"
+        f"CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return parse(head.encode() + body.encode())
+
+
+class _Pair:
+    tenant_id = "rossi"
+    flow_id = 1
+
+
+def _recv(sock: socket.socket, timeout: float = 3.0) -> tuple[bytes, Any]:
+    sock.settimeout(timeout)
+    try:
+        return sock.recvfrom(4096)
+    finally:
+        sock.setblocking(False)
+
+
+def _talk(src: socket.socket, dst: socket.socket, to: Any, seqs: range, ssrc: int) -> list[bytes]:
+    got = []
+    for seq in seqs:
+        src.sendto(rtp_packet(seq, ssrc), to)
+        got.append(_recv(dst)[0])
+    return got
+
+
+@pytest.mark.parametrize("offload", ["auto", "off"])
+def test_relay_forwards_in_c_and_follows_a_relatched_peer(tmp_path: Any, offload: str) -> Any:
+    """Through MediaRelay on the running reactor: after the first packets the legs are held by C
+    rules (asyncio reactor, extension built, ``auto``); when the PBX re-latches to a new port
+    (after 2 s of silence), the client's packets follow it; the counters read through ``stats()``
+    are those of every packet; ``off`` (and the default reactor) relay the same through Python."""
+    import uuid
+
+    import pytest_twisted
+    from twisted.internet import reactor, task, threads
+
+    from mcs_edge.core.media.sdp import SessionDescription
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.timers import Timers
+
+    @pytest_twisted.inlineCallbacks
+    def run() -> Any:
+        lo = random.randrange(20000, 32000, 2)
+        timers = Timers(reactor)
+        relay = MediaRelay(
+            _relay_config(tmp_path, lo, offload), reactor, timers, tenant_media=lambda tid: "bridge"
+        )
+        native = hasattr(reactor, "_asyncioEventloop")
+        assert relay.offload == (native and ff is not None and offload == "auto")
+        client, pbx, pbx2 = _udp(), _udp(), _udp()
+        call_id = uuid.uuid4().hex
+        try:
+            invite = _sip("INVITE sip:200@rossi.example.com SIP/2.0", call_id, client.getsockname()[1], "")
+            assert relay.on_message(_Pair(), invite, True, timers.now()) is None
+            to_client = (
+                "127.0.0.1",
+                SessionDescription.parse(invite.body).media[0].port,
+            )  # the PBX sends here
+            ok = _sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2")
+            assert relay.on_message(_Pair(), ok, False, timers.now()) is None
+            to_pbx = ("127.0.0.1", SessionDescription.parse(ok.body).media[0].port)  # the client sends here
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+            def first() -> None:
+                assert _talk(client, pbx, to_pbx, range(1, 21), 0x11) == [
+                    rtp_packet(s, 0x11) for s in range(1, 21)
+                ]
+                assert _talk(pbx, client, to_client, range(1, 21), 0x22) == [
+                    rtp_packet(s, 0x22) for s in range(1, 21)
+                ]
+
+            yield threads.deferToThread(first)
+            if relay.offload:
+                assert len(relay.held) == 2 and relay.tally.value >= 36
+            yield task.deferLater(reactor, 2.2, lambda: None)  # the PBX's source is silent: it may re-latch
+
+            def second() -> None:
+                assert _talk(pbx2, client, to_client, range(21, 26), 0x22) == [
+                    rtp_packet(s, 0x22) for s in range(21, 26)
+                ]
+                assert _talk(client, pbx2, to_pbx, range(21, 41), 0x11) == [
+                    rtp_packet(s, 0x11) for s in range(21, 41)
+                ]
+                with pytest.raises(OSError):
+                    _recv(pbx, 0.2)  # nothing went to the old address
+
+            yield threads.deferToThread(second)
+            legs = relay.anchor.sessions[call_id].stats()["legs"]
+            assert [(leg["rx_packets"], leg["tx_packets"]) for leg in legs] == [(40, 25), (25, 40)]
+            relay.on_end(call_id, "BYE")
+            assert relay.ports == {} and relay.held == {}
+        finally:
+            for s in (client, pbx, pbx2):
+                s.close()
+            relay.stop()
+            timers.cancel_all()
+
+    return run()
+
+
+def test_relay_open_close_loop_returns_every_fd_and_rule(tmp_path: Any) -> Any:
+    """100 calls set up, carrying RTP (held by rules where offload applies) and ended: no fd, port,
+    rule or reader left (an fd left registered with the loop would also break the next bind)."""
+    import uuid
+
+    import pytest_twisted
+    from twisted.internet import reactor, task, threads
+
+    from mcs_edge.core.media.sdp import SessionDescription
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.timers import Timers
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    @pytest_twisted.inlineCallbacks
+    def run() -> Any:
+        lo = random.randrange(20000, 32000, 2)
+        timers = Timers(reactor)
+        relay = MediaRelay(
+            _relay_config(tmp_path, lo, "auto"), reactor, timers, tenant_media=lambda tid: "bridge"
+        )
+        client, pbx = _udp(), _udp()
+        try:
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            before = fds()
+            for round_ in range(100):
+                call_id = uuid.uuid4().hex
+                invite = _sip(
+                    "INVITE sip:200@rossi.example.com SIP/2.0", call_id, client.getsockname()[1], ""
+                )
+                relay.on_message(_Pair(), invite, True, timers.now())
+                ok = _sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2")
+                relay.on_message(_Pair(), ok, False, timers.now())
+                to_pbx = ("127.0.0.1", SessionDescription.parse(ok.body).media[0].port)
+                yield threads.deferToThread(_talk, client, pbx, to_pbx, range(1, 4), 0x33)
+                if relay.offload and round_ == 0:
+                    assert len(relay.held) == 1
+                relay.on_end(call_id, "BYE")
+                assert relay.ports == {} and relay.held == {}
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            assert fds() == before
+        finally:
+            client.close()
+            pbx.close()
+            relay.stop()
+            timers.cancel_all()
+
+    return run()
