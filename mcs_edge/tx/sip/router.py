@@ -39,7 +39,7 @@ from mcs_edge.core.sip.proxy import (
     ToFlow,
 )
 from mcs_edge.core.sip.shed import refusal, sheddable, top_branch
-from mcs_edge.core.sip.transaction import TimerConfig
+from mcs_edge.core.sip.transaction import TIMER_GRID, TimerConfig
 from mcs_edge.logevents import EVENTS
 from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.timers import CoreTimer
@@ -231,7 +231,7 @@ class SipRouter:
             backend_host=config.edge.backend_address,
             backend_port=backend_port or listen.backend_sip.port,
             max_message_size=config.sip.max_message_size,
-            timers=TimerConfig(t1=config.sip.t1),
+            timers=TimerConfig(t1=config.sip.t1, granularity=TIMER_GRID),
             server_name=config.edge.name,
             flow_grace=config.sip.flow_grace,
             push_wait=config.push.wait,
