@@ -202,6 +202,13 @@ class Routing:
 def stamp_received(req: Request, top: Any, peer: Addr) -> None:
     """RFC 3261 s.18.2.1 / RFC 3581 s.4: note where the request really came from on its top Via."""
     host, _port = top.sent_by
+    if host != peer[0] and not top.has_param("received") and not top.has_param("rport"):
+        # the usual case (a WebSocket client's Via names an .invalid host): one parameter
+        # appended to the Via as written, no Via object built and formatted again
+        text = req.headers.first_value("via")
+        if text is not None:
+            req.replace_top_via(f"{text};received={peer[0]}")
+            return
     via = top
     changed = False
     if host != peer[0]:
