@@ -418,6 +418,7 @@ async def _idle(
         ("crlf", b"\x81\x84\x00\x00\x00\x00\r\n\r\n"),  # masked text frame, zero mask
         ("ping", b"\x89\x80\x00\x00\x00\x00"),  # masked empty ping
     ):
+        perf = _perf_start(pid, kind)
         cpu0 = _cpu_seconds(pid)
         t0 = time.monotonic()
         step = window / max(1, len(clients)) * 50
@@ -427,6 +428,7 @@ async def _idle(
             await asyncio.sleep(max(0.0, t0 + step * (start // 50 + 1) - time.monotonic()))
         await asyncio.sleep(max(0.0, t0 + window - time.monotonic()))
         costs[kind] = max(0.0, _cpu_seconds(pid) - cpu0 - idle_cpu) / max(1, len(clients))
+        _perf_stop(perf)
     for task in drains:
         task.cancel()
     for ws in clients:
@@ -438,6 +440,26 @@ async def _idle(
         "crlf_us": 1e6 * costs["crlf"],
         "ping_us": 1e6 * costs["ping"],
     }
+
+
+def _perf_start(pid: int, kind: str) -> subprocess.Popen[bytes] | None:
+    """``MCS_BENCH_PERF=file``: ``perf record -g`` of the server over one keepalive window, into
+    ``file.KIND`` (``perf report -i ... --sort dso`` splits kernel, libpython, libssl, uvloop; the
+    sampling adds a little to the figure of that window)."""
+    out = os.environ.get("MCS_BENCH_PERF")
+    if not out or shutil.which("perf") is None:
+        return None
+    return subprocess.Popen(
+        ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", f"{out}.{kind}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _perf_stop(perf: subprocess.Popen[bytes] | None) -> None:
+    if perf is not None:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=30)
 
 
 async def _drain(ws: WS) -> None:

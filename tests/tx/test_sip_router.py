@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,50 @@ def test_idle_sweep_visits_and_closes_silent_tls_flows_only() -> None:
     assert closed == [(1000, "keepalive timeout")] and h.closed == []
     h.router.close_flow(tls, "closed")
     assert h.router.sweepable_flows() == []
+
+
+class _BoundPort:
+    """The backend port as Twisted's UDP port shows it: ``getHandle()`` is its socket; ``write``
+    must not be used for a PBX's IP address."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.written: list[bytes] = []
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append(data)
+
+
+def test_backend_datagrams_go_out_through_the_sockets_own_sendto() -> None:
+    """Requests toward a PBX's IP address are sent with the bound socket's ``sendto`` (not the
+    Twisted port's ``write``); a datagram too large for UDP is counted as a send error by name."""
+    pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pbx.bind(("127.0.0.1", 0))
+    pbx.settimeout(5)
+    port = pbx.getsockname()[1]
+    cfg = c.loads(
+        '[listen]\nhttps = "127.0.0.1:8443"\nbackend_sip = "127.0.0.1:5070"\n'
+        '[[tenants]]\nid = "rossi"\ndomains = ["rossi.example.com"]\n'
+        f'backend_sip = "udp:127.0.0.1:{port}"\n'
+    )
+    clock = Clock()
+    router = SipRouter(cfg, TenantTable(cfg.tenants), Timers(clock, now=clock.seconds))
+    bound = _BoundPort()
+    router.backend_socket(bound)
+    flow = router.open_flow(cfg.tenants[0], "wss", ("192.0.2.7", 40000), lambda _d: None, lambda _c, _r: None)
+    assert flow is not None
+    try:
+        router.data_from_client(flow, _options())
+        data, src = pbx.recvfrom(65535)
+        assert data.startswith(b"OPTIONS ") and src == bound.sock.getsockname()
+        assert bound.written == []
+        router.send_to_backend(cfg.tenants[0], b"x" * 70_000)  # over the UDP maximum: EMSGSIZE
+        assert router.counters.get(("backend_send_errors", "rossi", "MessageLengthError")) == 1
+    finally:
+        router.stop()
+        bound.sock.close()
+        pbx.close()

@@ -52,7 +52,7 @@ OVERFLOW = 2
 class InboundPacer:
     """Charge inbound chunks to ``bucket`` (and ``tenant``); hold them, in order, while in debt."""
 
-    __slots__ = ("_held", "_own", "_tenant", "held_bytes", "max_held", "overflowed")
+    __slots__ = ("_held", "_own", "_tenant", "charged_into_debt", "held_bytes", "max_held", "overflowed")
 
     def __init__(
         self, bucket: TokenBucket, tenant: TokenBucket | None = None, *, max_held: int = 1 << 20
@@ -66,6 +66,9 @@ class InboundPacer:
         self.max_held = max_held
         #: Set when a chunk did not fit in ``max_held`` (the adapter should close).
         self.overflowed = False
+        #: Whether the last chunk ``feed`` delivered put a bucket in debt (the reader must pause
+        #: now); False otherwise. The adapter's per-read check, without asking ``paused``.
+        self.charged_into_debt = False
 
     @property
     def bucket(self) -> TokenBucket:
@@ -88,8 +91,11 @@ class InboundPacer:
             tenant.data_received(n, now)
 
     def feed(self, chunk: bytes, now: float) -> bool:
-        """``True``: deliver ``chunk`` now (it is charged). ``False``: it is held (or overflowed)."""
-        if self._held or self._in_debt():
+        """``True``: deliver ``chunk`` now (it is charged; ``charged_into_debt`` says whether that
+        put a bucket in debt). ``False``: it is held (or overflowed)."""
+        own = self._own
+        tenant = self._tenant
+        if self._held or own.paused or (tenant is not None and tenant.paused):
             n = len(chunk)
             if self.held_bytes + n > self.max_held:
                 self.overflowed = True
@@ -97,7 +103,12 @@ class InboundPacer:
             self._held.append(chunk)
             self.held_bytes += n
             return False
-        self._charge(len(chunk), now)
+        # every read of every connection comes here (a keepalive too): the charge inline
+        n = len(chunk)
+        debt = own.data_received(n, now) is not None
+        if tenant is not None and tenant.data_received(n, now) is not None:
+            debt = True
+        self.charged_into_debt = debt
         return True
 
     def get_timer(self) -> float | None:

@@ -33,6 +33,7 @@ from mcs_edge.errors import RemoteProtocolError
 from .calls import Call, Dialog
 from .destinations import BackendDest
 from .flows import GRACE_BYE_REASON, in_grace_answer
+from .headers import parse_name_addr
 from .message import Request, Response
 from .routing import route_uri
 from .state import Pair, ProxyState
@@ -118,23 +119,27 @@ class Dialogs(ProxyState):
         call = self.calls.calls.get(pair.call_id)
         if req is None or call is None or call.dialog is not None:
             return  # a 2xx retransmission: the dialog was noted at the first one
+        # The route set is the Record-Route entries as written (RFC 3261 s.12.1.2; the parser
+        # validated each as a name-addr): not parsed into objects and formatted back.
         try:
             if pair.from_client:
                 local, remote = req.headers.get("from"), resp.headers.get("to")
-                contacts = resp.contacts
-                routes = [str(r) for r in reversed(resp.record_routes)]
+                contact = resp.headers.first_value("contact")
+                routes = resp.headers.values("record-route")
+                routes.reverse()
             else:
                 local, remote = resp.headers.get("to"), req.headers.get("from")
-                contacts = req.contacts
-                routes = [str(r) for r in req.record_routes]
+                contact = req.headers.first_value("contact")
+                routes = req.headers.values("record-route")
+            if not local or not remote or not contact:
+                return
+            target = str(parse_name_addr(contact).uri)
         except (RemoteProtocolError, ValueError):
-            return
-        if not local or not remote or not contacts:
             return
         while routes and self.routing.is_ours(route_uri(routes[0])):
             routes.pop(0)
         seq = req.cseq.seq if pair.from_client else 0
-        call.dialog = Dialog(local, remote, str(contacts[0].uri), tuple(routes), seq)
+        call.dialog = Dialog(local, remote, target, tuple(routes), seq)
 
     def _answer_in_grace(self, tx: ServerTransaction, req: Request, tenants: list[Any], now: float) -> bool:
         """A PBX request for a call whose client connection is lost and in grace (flows.IN_GRACE)."""

@@ -118,6 +118,8 @@ __all__ = [
 #: all their calls in one reactor turn (issue 21)
 GRACE_CALLS_PER_TURN = 8
 
+_FAILURES = (Timeout, TransportError)
+
 
 class SipProxy(ClientRequests, BackendRequests, Responses):
     """The proxy core (see the module docstring); built with
@@ -139,17 +141,12 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
         return out
 
     def get_timer(self) -> float | None:
-        times = [
-            x
-            for x in (
-                self.layer.get_timer(),
-                self.flow_registry.get_timer(),
-                self.push_registry.get_timer(),
-                self.wakes.get_timer(),
-            )
-            if x is not None
-        ]
-        return min(times) if times else None
+        # asked after every message (the adapter re-arms its timer): no list, no generator
+        due = self.layer.get_timer()
+        for other in (self.flow_registry.get_timer(), self.push_registry.get_timer(), self.wakes.get_timer()):
+            if other is not None and (due is None or other < due):
+                due = other
+        return due
 
     def handle_timer(self, now: float) -> None:
         self.layer.handle_timer(now)
@@ -347,7 +344,7 @@ class SipProxy(ClientRequests, BackendRequests, Responses):
                 self._relay_response(ev.transaction, ev.response, now)
             elif isinstance(ev, PassAck):
                 self._relay_ack(ev.transaction, ev.ack, now)
-            elif isinstance(ev, Timeout | TransportError):
+            elif isinstance(ev, _FAILURES):
                 self._on_failure(ev.transaction, isinstance(ev, Timeout), now)
             elif isinstance(ev, Terminated):
                 self._dest.pop(ev.transaction, None)

@@ -202,10 +202,20 @@ class Routing:
 def stamp_received(req: Request, top: Any, peer: Addr) -> None:
     """RFC 3261 s.18.2.1 / RFC 3581 s.4: note where the request really came from on its top Via."""
     host, _port = top.sent_by
+    # an IPv6 source in brackets (the form RFC 5118's IPv6 Via examples use): this edge's own
+    # parser refuses a bare IPv6 via-received, and the PBX's answer echoes this Via back to it
+    source = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+    if host != peer[0] and host != source and not top.has_param("received") and not top.has_param("rport"):
+        # the usual case (a WebSocket client's Via names an .invalid host): one parameter
+        # appended to the Via as written, no Via object built and formatted again
+        text = req.headers.first_value("via")
+        if text is not None:
+            req.replace_top_via(f"{text};received={source}")
+            return
     via = top
     changed = False
-    if host != peer[0]:
-        via = via.with_param("received", peer[0])
+    if host != peer[0] and host != source:
+        via = via.with_param("received", source)
         changed = True
     if top.has_param("rport") and top.rport is None:
         via = via.with_param("rport", str(peer[1]))

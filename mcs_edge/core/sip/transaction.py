@@ -106,6 +106,7 @@ queue for all transactions.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -116,6 +117,7 @@ from .headers import MAGIC_COOKIE, Headers, parse_via_tuple
 from .message import Request, Response
 
 __all__ = [
+    "TIMER_GRID",
     "ClientTransaction",
     "Event",
     "PassAck",
@@ -149,16 +151,32 @@ class State(Enum):
 
 @dataclass(frozen=True, slots=True)
 class TimerConfig:
-    """T1, T2, T4 (RFC 3261 s.17.1.1.1, table 4), the 100 Trying delay, and Timer D's floor."""
+    """T1, T2, T4 (RFC 3261 s.17.1.1.1, table 4), the 100 Trying delay, Timer D's floor, and the
+    timer grid.
+
+    ``granularity``: deadlines are filed on a grid of this step (rounded up, so a timer fires at
+    most one step late, never early), and transactions whose deadlines fall in the same step fire
+    together. Every transaction has its own deadline (its start time plus T1, T4, 64*T1), so
+    without a grid a proxy at 1,000 transactions/s has a timer due every millisecond and the
+    adapter re-arms a reactor timer for each; on the 1/64 s grid that is at most 64 a second. The
+    RFC's timers are hundreds of milliseconds to seconds (T1 = 500 ms), so 16 ms late is well
+    inside their purpose (retransmission back-off, state clean-up). A power of two keeps deadlines
+    that are whole multiples of it (T1 = 0.5 s from a whole second) exactly where they were.
+    0 (the default) = exact deadlines; the edge's router uses :data:`TIMER_GRID`.
+    """
 
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
     trying_delay: float | None = 0.2
     timer_d: float = 32.0
+    granularity: float = 0.0
 
 
 DEFAULT_TIMERS = TimerConfig()
+
+#: The timer grid of the edge's proxy (``TimerConfig.granularity``): 1/64 s.
+TIMER_GRID = 1 / 64
 
 ClientKey = tuple[str, str]
 ServerKey = tuple[str, ...]
@@ -628,15 +646,17 @@ class TransactionLayer:
     drains the events of all transactions. Terminated transactions leave the tables by themselves.
     """
 
-    __slots__ = ("_buckets", "_clients", "_events", "_heap", "_servers", "config")
+    __slots__ = ("_buckets", "_clients", "_events", "_grid", "_heap", "_servers", "config")
 
     def __init__(self, config: TimerConfig = DEFAULT_TIMERS) -> None:
         self.config = config
+        # steps per second of the timer grid (TimerConfig.granularity), 0 = exact deadlines
+        self._grid = 1 / config.granularity if config.granularity > 0 else 0.0
         self._clients: dict[ClientKey, ClientTransaction] = {}
         self._servers: dict[ServerKey, ServerTransaction] = {}
         self._events: deque[Event] = deque()
-        # Timers: each transaction is filed under its earliest deadline (a list when several share
-        # it); the heap holds those deadlines as plain floats, so an outdated one holds no
+        # Timers: each transaction is filed under its earliest deadline rounded up to the grid (a
+        # list when several share it); the heap holds those grid points as plain floats, so an outdated one holds no
         # transaction alive and costs a few bytes until it is popped.
         self._buckets: dict[float, Transaction | list[Transaction]] = {}
         self._heap: list[float] = []
@@ -738,6 +758,8 @@ class TransactionLayer:
         """File ``tx`` under its earliest deadline (after a timer started or fired)."""
         deadlines = tx.deadlines
         due = min(deadlines.values()) if deadlines else None
+        if due is not None and self._grid:
+            due = math.ceil(due * self._grid) / self._grid
         old = tx.due_bucket
         if due == old:
             return

@@ -238,7 +238,8 @@ class StreamShaper:
             return True
         inbound = self.inbound
         if inbound.feed(data, self._timers.now()):
-            self._sync_reading()
+            if inbound.charged_into_debt or self.reading_paused:
+                self._sync_reading()
             return True
         if inbound.overflowed:
             self._overflow(f"more than {inbound.max_held} bytes arrived while reading was paused")

@@ -12,9 +12,11 @@ Problems the core reports (``(code, fields)`` values) are logged under their own
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 import secrets
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -39,7 +41,7 @@ from mcs_edge.core.sip.proxy import (
     ToFlow,
 )
 from mcs_edge.core.sip.shed import refusal, sheddable, top_branch
-from mcs_edge.core.sip.transaction import TimerConfig
+from mcs_edge.core.sip.transaction import TIMER_GRID, TimerConfig
 from mcs_edge.logevents import EVENTS
 from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.timers import CoreTimer
@@ -194,6 +196,7 @@ class SipRouter:
         self.media = media
         self.flows: dict[int, ClientFlow] = {}
         self.udp: Any = None  # IListeningPort of BackendUDP, once bound (backend_socket)
+        self._udp_sendto: Callable[[bytes, tuple[str, int]], int] | None = None  # its socket's sendto
         self.counters: dict[tuple[str, str, str], int] = {}
         self._log_budget = 0.0
         self._log_stamp = 0.0
@@ -231,7 +234,7 @@ class SipRouter:
             backend_host=config.edge.backend_address,
             backend_port=backend_port or listen.backend_sip.port,
             max_message_size=config.sip.max_message_size,
-            timers=TimerConfig(t1=config.sip.t1),
+            timers=TimerConfig(t1=config.sip.t1, granularity=TIMER_GRID),
             server_name=config.edge.name,
             flow_grace=config.sip.flow_grace,
             push_wait=config.push.wait,
@@ -281,8 +284,15 @@ class SipRouter:
         self._local.target = local
 
     def backend_socket(self, udp: Any) -> None:
-        """The bound backend UDP socket (``IListeningPort`` of :class:`BackendUDP`), once listening."""
+        """The bound backend UDP socket (``IListeningPort`` of :class:`BackendUDP`), once listening.
+
+        Datagrams to a PBX's IP address go out through the socket's own ``sendto`` (the port's
+        ``getHandle()``): Twisted's ``Port.write`` checks the address with ``isIPAddress`` and
+        wraps the call, 3.6 us against 1.3 us per datagram here (one or two per transaction)."""
         self.udp = udp
+        handle = getattr(udp, "getHandle", None)
+        sock = handle() if handle is not None else None
+        self._udp_sendto = sock.sendto if isinstance(sock, socket.socket) else None
 
     @property
     def proxy_settings(self) -> ProxySettings:
@@ -632,8 +642,18 @@ class SipRouter:
 
     def _to_backend(self, action: ToBackend) -> None:
         if action.transport == "udp" and self.udp is not None:
-            if self.resolver is not None and not _is_ip(action.addr[0]):
-                self._send_udp_named(action)
+            if not _is_ip(action.addr[0]):
+                if self.resolver is not None:
+                    self._send_udp_named(action)
+                    return
+            elif (sendto := self._udp_sendto) is not None:
+                try:
+                    sendto(action.data, action.addr)
+                except ConnectionRefusedError:
+                    pass  # an earlier datagram's ICMP port unreachable (Port.write ignores it too)
+                except OSError as exc:  # e.g. EHOSTUNREACH, EMSGSIZE (named as Port.write raises it)
+                    name = "MessageLengthError" if exc.errno == errno.EMSGSIZE else type(exc).__name__
+                    self.count("backend_send_errors", action.tenant_id, name)
                 return
             try:
                 self.udp.write(action.data, action.addr)

@@ -17,7 +17,7 @@ def test_chunks_within_the_burst_are_delivered_at_once() -> None:
     p = InboundPacer(TokenBucket(1000.0, 3000.0, 0.0))
     assert p.feed(b"a" * 1000, 0.0) is True
     assert p.feed(b"b" * 1000, 0.5) is True
-    assert p.paused is False
+    assert p.paused is False and p.charged_into_debt is False
     assert p.get_timer() is None
 
 
@@ -25,7 +25,7 @@ def test_debt_pauses_holds_in_order_and_releases_at_the_rate() -> None:
     """Past the bucket the reader pauses; later chunks are held and released in order as debt is paid."""
     p = InboundPacer(TokenBucket(1000.0, 1000.0, 0.0))
     assert p.feed(b"1" * 1500, 0.0) is True  # charged in full: 500 bytes of debt
-    assert p.paused is True
+    assert p.paused is True and p.charged_into_debt is True  # the reader pauses at once
     assert p.get_timer() == pytest.approx(0.5)
     assert p.feed(b"2" * 400, 0.1) is False  # held (what TLS had already decrypted)
     assert p.feed(b"3" * 400, 0.1) is False
@@ -64,6 +64,7 @@ def test_tenant_debt_pauses_another_connection_of_the_tenant() -> None:
     assert a.feed(b"a" * 900, 0.0) is True
     assert b.feed(b"b" * 600, 0.0) is True  # tenant now at -500: b pauses
     assert (a.paused, b.paused) == (False, True)
+    assert (a.charged_into_debt, b.charged_into_debt) == (False, True)
     assert a.feed(b"a" * 100, 0.0) is True  # a charges the tenant further and finds it in debt
     assert a.paused is True
     assert b.get_timer() == pytest.approx(0.5)  # b saw -500

@@ -122,3 +122,27 @@ def test_answered_invite_keeps_compact_records_and_relays_2xx_retransmissions() 
     p.handle_timer(0.1 + 64 * 0.5)
     p.drain()
     assert len(p.layer) == 0 and p.pairs == 0
+
+
+def test_answered_call_keeps_the_pbx_route_set_as_written_and_its_contact() -> None:
+    """The dialog noted at the 2xx (for the edge's own BYE after grace) holds the PBX side's
+    Record-Route entries as the PBX wrote them, toward the PBX, without the edge's own entries,
+    and the PBX's Contact URI as target."""
+    p = _proxy()
+    flow = p.open_flow(T, "wss", ("198.51.100.7", 40000), 0.0)
+    p.receive_from_client(flow.id, _invite("c7", "z9hG4bKc7"), 0.0)
+    (fwd,) = _to_backend(p.drain())
+    ours = [ln for ln in fwd.decode().split("\r\n") if ln.startswith("Record-Route:")]
+    assert len(ours) == 2
+    pbx_rr = "<sip:sbc.pbx.example.com;lr;ftag=a1> , <sip:10.1.0.20:5060;lr>"
+    answer = _answer(fwd, "200 OK").replace(
+        b"Content-Length",
+        f"Record-Route: {pbx_rr}\r\n{ours[0]}\r\n{ours[1]}\r\nContact: <sip:200@10.1.0.10:5060>\r\nContent-Length".encode(),
+    )
+    p.receive_from_backend(answer, PBX, "udp", 0.1)
+    assert any(d.startswith(b"SIP/2.0 200") for d in _to_flow(p.drain()))
+    dialog = p.calls.calls["c7"].dialog
+    assert dialog is not None
+    assert dialog.routes == ("<sip:10.1.0.20:5060;lr>", "<sip:sbc.pbx.example.com;lr;ftag=a1>")
+    assert dialog.target == "sip:200@10.1.0.10:5060"
+    assert dialog.local == "<sip:a@rossi.example.com>;tag=a1" and dialog.remote.endswith(";tag=p1")

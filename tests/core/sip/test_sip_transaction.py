@@ -486,3 +486,33 @@ def test_layer_timers_with_equal_deadlines_all_fire() -> None:
     assert len(sends(layer.drain_events())) == 2
     layer.handle_timer(64 * T1)
     assert a.state is b.state is State.TERMINATED
+
+
+def test_layer_timer_grid_coalesces_deadlines_and_never_fires_early() -> None:
+    """On a 1/64 s grid, transactions started 1 ms apart share one due point (one timer turn fires
+    them all), no timer fires before its own deadline, none more than one step after it."""
+    grid = 1 / 64
+    layer = TransactionLayer(TimerConfig(granularity=grid))
+    exact = TransactionLayer()
+    starts = [10.0 + 0.001 * i for i in range(1, 11)]  # ten REGISTERs 1 ms apart
+    for i, start in enumerate(starts):
+        for each in (layer, exact):
+            each.send_request(request("REGISTER", branch=f"z9hG4bKg{i}"), start, reliable=False)
+    layer.drain_events()
+    exact.drain_events()
+    first = starts[0] + T1
+    due = layer.get_timer()
+    assert due is not None and first <= due < first + grid and (due / grid).is_integer()
+    assert exact.get_timer() == first
+    turns = 0
+    while (at := exact.get_timer()) is not None and at < starts[-1] + T1 + grid:
+        exact.handle_timer(at)
+        turns += 1
+    assert turns == 10  # exact deadlines: one timer turn per transaction
+    layer.handle_timer(first - 0.0005)  # before every deadline: nothing fires
+    assert sends(layer.drain_events()) == []
+    assert due is not None
+    layer.handle_timer(due)
+    assert len(sends(layer.drain_events())) == 10  # all ten deadlines lie in [10.501, 10.510]: one turn
+    again = layer.get_timer()  # the second retransmission (T2 doubling from each deadline), on the grid
+    assert again is not None and first + 2 * T1 <= again < first + 2 * T1 + grid
