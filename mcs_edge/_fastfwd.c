@@ -310,7 +310,9 @@ port_now(PortObject *self, double *now)
         *now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
         return 0;
     }
-    PyObject *v = PyObject_CallNoArgs(self->clock);
+    PyObject *clock = Py_NewRef(self->clock); /* the clock may close this port */
+    PyObject *v = PyObject_CallNoArgs(clock);
+    Py_DECREF(clock);
     if (v == NULL)
         return -1;
     *now = PyFloat_AsDouble(v);
@@ -323,7 +325,9 @@ call_on_error(PortObject *self, const char *kind)
 {
     if (self->on_error == NULL)
         return 0;
-    PyObject *r = PyObject_CallFunction(self->on_error, "s", kind);
+    PyObject *on_error = Py_NewRef(self->on_error); /* the callback may close this port */
+    PyObject *r = PyObject_CallFunction(on_error, "s", kind);
+    Py_DECREF(on_error);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -480,6 +484,12 @@ Port_call(PortObject *self, PyObject *args, PyObject *kwds)
                 }
                 else
                     have_now = 1;
+                /* the clock is Python code when one was given: read the rule again after it */
+                if (r != NULL) {
+                    r = self->rule;
+                    if (r != NULL && (!r->active || self->fd < 0))
+                        r = NULL;
+                }
             }
             if (r != NULL && rule_apply(r, rx_buf[i], n, &rx_addr[i], now)) {
                 if (self->tally)
@@ -496,6 +506,7 @@ Port_call(PortObject *self, PyObject *args, PyObject *kwds)
         }
         hand_on(self, data, &rx_addr[i], &exc);
         Py_DECREF(data);
+        have_now = 0; /* the handler ran: a rule it installed starts at its own, later time */
     }
     busy = 0;
     Py_DECREF(self);
@@ -554,7 +565,12 @@ Port_install(PortObject *self, PyObject *args, PyObject *kwds)
     for (Py_ssize_t k = 0; k < ntrack; k++) {
         const char *b;
         Py_ssize_t blen;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(trackers, k), "y#l", &b, &blen, &max_seq[k]))
+        PyObject *item = PyTuple_GET_ITEM(trackers, k);
+        if (!PyTuple_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "a tracker is a tuple (4-byte ssrc, max_seq)");
+            return NULL;
+        }
+        if (!PyArg_ParseTuple(item, "y#l", &b, &blen, &max_seq[k]))
             return NULL;
         if (blen != 4 || max_seq[k] < 0 || max_seq[k] > 65535) {
             PyErr_SetString(PyExc_ValueError, "a tracker is (4-byte ssrc, max_seq 0-65535)");

@@ -155,12 +155,13 @@ class RelayEndpoint:
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, received: Received, tally: Any
     ) -> None:
         """Read the bound ``sock`` with a C Port registered as the loop's reader of its fd."""
+        port = sock.getsockname()[1]  # before the reader exists: nothing can fail after it
         fast = _fastfwd.Port(sock.fileno(), received, self.on_error, None, tally)
         loop.add_reader(sock.fileno(), fast)
         self._sock = sock
         self._loop = loop
         self.fast = fast
-        self.port = sock.getsockname()[1]
+        self.port = port
         self.sendto = fast.sendto
 
     def ready(self, transport: asyncio.DatagramTransport) -> None:

@@ -461,6 +461,74 @@ def test_take_reports_what_the_rule_did() -> None:
         sock.close()
 
 
+@needs_ff
+@pytest.mark.parametrize("action", ["close", "revoke"])
+def test_a_clock_that_closes_or_revokes_the_port_stops_the_rule(action: str) -> None:
+    """The clock is Python when one is given: the rule is read again after it, so a port closed
+    or revoked by it forwards nothing and counts nothing (before, the freed rule was used)."""
+    s, t, phone, dest = _udp(), _udp(), _udp(), _udp()
+    p: Any = None
+
+    def clock() -> float:
+        getattr(p, action)()
+        return 5.0
+
+    handed: list[bytes] = []
+    p = ff.Port(s.fileno(), lambda d, a: handed.append(d), lambda k: None, clock)
+    far = ff.Port(t.fileno(), lambda d, a: None, lambda k: None)
+    p.install(
+        phone.getsockname(),
+        far,
+        dest.getsockname(),
+        100.0,
+        400.0,
+        400.0,
+        4.0,
+        ((struct.pack("!I", 7), 9),),
+        0,
+    )
+    packet = rtp_packet(10, 7, payload=bytes(20))
+    phone.sendto(packet, s.getsockname())
+    dest.settimeout(0.2)
+    for _ in range(200):
+        p()
+        if action == "close" or handed:
+            break
+    with pytest.raises(TimeoutError):
+        dest.recv(4096)
+    # revoked: the packet goes the Python way (a rule gone is not charged); closed: nowhere
+    assert handed == ([packet] if action == "revoke" else [])
+    for port in (p, far):
+        port.close()
+    for sock in (s, t, phone, dest):
+        sock.close()
+
+
+@needs_ff
+def test_a_handler_closing_its_own_port_mid_batch_ends_the_batch_cleanly() -> None:
+    """Datagrams of the batch after a close are not handed on, and nothing crashes."""
+    s, peer = _udp(), _udp()
+    got: list[bytes] = []
+    p: Any = None
+
+    def received(data: bytes, addr: Any) -> None:
+        got.append(data)
+        p.close()
+
+    p = ff.Port(s.fileno(), received, lambda k: None)
+    for d in (b"1", b"2", b"3"):
+        peer.sendto(d, s.getsockname())
+    for _ in range(1000):
+        p()
+        if got:
+            break
+    assert got == [b"1"]
+    p()  # a closed port reads nothing
+    assert got == [b"1"]
+    s.close()
+    peer.close()
+
+
 # ------------------------------------------------------------------ the relay on the running reactor
 
 
