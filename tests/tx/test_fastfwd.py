@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from helpers.legports import RecordingPorts
-from helpers.webrtc_peer import rtcp_rr, rtp_packet
+from helpers.webrtc_peer import WebRtcPeer, rtcp_rr, rtp_packet
 
 from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.sdp import Profile, SessionDescription
@@ -93,14 +93,40 @@ class Peers:
             s.close()
 
 
+#: ICE runs: the edge's credentials are the same in both runs (the script's checks carry them)
+ICE_SETTINGS = SessionSettings(
+    client_host="127.0.0.1",
+    pbx_host="127.0.0.1",
+    idle_timeout=300.0,
+    certificate=edge_dtls_certificate(),
+    random_bytes=lambda n: bytes(range(n)),
+)
+
+
+def _ice_offer(addr: tuple[str, int], peer: WebRtcPeer, also: tuple[str, int]) -> SessionDescription:
+    """The mobile app's plain RTP offer with ICE (rtcp-mux), a candidate at ``addr`` and ``also``."""
+    return SessionDescription.parse(
+        f"v=0\r\no=phone 1 1 IN IP4 {addr[0]}\r\ns=-\r\nc=IN IP4 {addr[0]}\r\nt=0 0\r\n"
+        f"m=audio {addr[1]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\na=rtcp-mux\r\n"
+        f"a=ice-ufrag:{peer.ufrag}\r\na=ice-pwd:{peer.pwd}\r\n"
+        f"a=candidate:1 1 UDP 2113929471 {addr[0]} {addr[1]} typ host\r\n"
+        f"a=candidate:2 1 UDP 2113929470 {also[0]} {also[1]} typ host\r\n"
+    )
+
+
 def _call(
-    peers: Peers, profile: Profile, rate: float, burst: float
+    peers: Peers, profile: Profile, rate: float, burst: float, ice: WebRtcPeer | None = None
 ) -> tuple[MediaSession, RecordingPorts, Leg, Leg]:
     ports = RecordingPorts()
     policer = lambda: Policer(TokenBucket(rate, burst, 0.0))  # noqa: E731
-    session = MediaSession("c", SETTINGS, ports, pbx_profile=profile, policer=policer)
-    session.offer(CLIENT, _plain(peers.addr["phone"], "phone"), 0.0)
-    session.answer(PBX, _plain(peers.addr["pbx"], "pbx"), 0.0)
+    if ice is None:
+        session = MediaSession("c", SETTINGS, ports, pbx_profile=profile, policer=policer)
+        session.offer(CLIENT, _plain(peers.addr["phone"], "phone"), 0.0)
+        session.answer(PBX, _plain(peers.addr["pbx"], "pbx"), 0.0)
+    else:
+        session = MediaSession("c", ICE_SETTINGS, ports, pbx_profile=profile, policer=policer)
+        session.offer(CLIENT, _ice_offer(peers.addr["phone"], ice, peers.addr["stranger"]), 0.0, 1)
+        ice.accept(session.answer(PBX, _plain(peers.addr["pbx"], "pbx"), 0.0))
     client, pbx = session.mline_legs[CLIENT][0], session.mline_legs[PBX][0]
     assert client is not None and pbx is not None
     return session, ports, client, pbx
@@ -124,16 +150,28 @@ def _state(leg: Leg, far: Leg) -> dict[str, Any]:
 
 
 Script = list[tuple[str, bytes, float]]  # (who sends, datagram, now)
+#: script entries with these datagrams: an ICE check from ``who`` (nominating / not), the
+#: session's timer at ``now`` (who = "timer")
+CHECK, PROBE, TIMER = b"check", b"probe", b"timer"
+
+
+def _datagram(data: bytes, ice: WebRtcPeer | None) -> bytes:
+    if ice is not None and data in (CHECK, PROBE):
+        return ice.check(use_candidate=data == CHECK)
+    return data
 
 
 def run_python(
-    script: Script, profile: Profile, rate: float, burst: float
+    script: Script, profile: Profile, rate: float, burst: float, ice: WebRtcPeer | None = None
 ) -> tuple[list[bytes], dict[str, Any]]:
     peers = Peers()
     try:
-        _session, ports, client, pbx = _call(peers, profile, rate, burst)
+        session, ports, client, pbx = _call(peers, profile, rate, burst, ice)
         for who, data, now in script:
-            client.receive(data, peers.addr[who], now)
+            if data == TIMER:
+                session.handle_timer(now)
+            else:
+                client.receive(_datagram(data, ice), peers.addr[who], now)
         return ports.take(peers.addr["pbx"], port=pbx.port), _state(client, pbx)
     finally:
         peers.close()
@@ -148,13 +186,14 @@ class Harness:
         self.errors: list[str] = []
         self.tally = ff.Tally()
         self.handed_on = 0
-        self.relay = SimpleNamespace(held={}, counters={})
+        self.relay = SimpleNamespace(held={}, counters={}, released=[])
         self.port = ff.Port(
             self.csock.fileno(), self.received, self.errors.append, lambda: self.now[0], self.tally
         )
         self.far = ff.Port(self.psock.fileno(), lambda d, a: None, self.errors.append)
         pbx.send = self.far.sendto  # the Python path sends from the same socket as the rule
         self.installs = 0
+        self.timers = 0
 
     def received(self, data: bytes, addr: Any) -> None:
         self.handed_on += 1
@@ -201,18 +240,25 @@ class Harness:
 
 
 def run_c(
-    script: Script, profile: Profile, rate: float, burst: float
+    script: Script, profile: Profile, rate: float, burst: float, ice: WebRtcPeer | None = None
 ) -> tuple[list[bytes], dict[str, Any], Harness]:
     peers = Peers()
     now = [0.0]
-    _session, _ports, client, pbx = _call(peers, profile, rate, burst)
+    session, _ports, client, pbx = _call(peers, profile, rate, burst, ice)
     h = Harness(client, pbx, now)
     try:
         relay_addr = h.csock.getsockname()
         forwarded: list[bytes] = []
         for who, data, t in script:
             now[0] = t
-            getattr(peers, who).sendto(data, relay_addr)
+            if data == TIMER:  # the relay's part: the session's timer, then ask the released legs
+                session.handle_timer(t)
+                h.timers += 1
+                released, h.relay.released = h.relay.released, []
+                if session.ended is None and released:
+                    h.consider()
+                continue
+            getattr(peers, who).sendto(_datagram(data, ice), relay_addr)
             h.pump()
             forwarded += peers.drain_pbx()  # loopback delivers at once; the socket's buffer stays small
         client.sync()
@@ -222,9 +268,15 @@ def run_c(
         peers.close()
 
 
-def _same(script: Script, profile: Profile = Profile.RTP, rate: float = 1e6, burst: float = 1e6) -> Harness:
-    sent_py, state_py = run_python(script, profile, rate, burst)
-    sent_c, state_c, h = run_c(script, profile, rate, burst)
+def _same(
+    script: Script,
+    profile: Profile = Profile.RTP,
+    rate: float = 1e6,
+    burst: float = 1e6,
+    ice: WebRtcPeer | None = None,
+) -> Harness:
+    sent_py, state_py = run_python(script, profile, rate, burst, ice)
+    sent_c, state_c, h = run_c(script, profile, rate, burst, ice)
     assert sent_c == sent_py
     assert state_c == state_py
     return h
@@ -282,6 +334,42 @@ def test_rtcp_stranger_short_and_garbage_go_the_python_way() -> None:
     script += [("phone", bytes([0x80, 200]) + bytes(30), 1.34)]  # RTCP SR shape, too odd for RTP
     script += _stream(list(range(10, 30)), t0=1.4)
     _same(script)
+
+
+@needs_ff
+def test_an_ice_leg_is_held_by_a_rule_between_checks_and_timers() -> None:
+    """A plain RTP leg with ICE-lite (the mobile app): checks go the Python way, RTP from the
+    nominated address is forwarded in C; session timers before consent runs out release the rule
+    and it comes back; the same bytes and counters as Python alone."""
+    script: Script = [("phone", CHECK, 0.5), ("stranger", rtp_packet(1, 0x77), 0.6)]  # no consent
+    script += _stream(list(range(1, 40)), ssrc=0x77, t0=1.0)
+    script += [("timer", TIMER, 1.9), ("phone", CHECK, 2.0)]
+    script += _stream(list(range(40, 80)), ssrc=0x77, t0=2.1)
+    script += [("timer", TIMER, 3.0)]
+    script += _stream(list(range(80, 100)), ssrc=0x77, t0=3.1)
+    h = _same(script, ice=WebRtcPeer(("127.0.0.1", 1)))
+    assert h.timers == 2 and h.installs >= 4 and h.tally.value > 80
+
+
+@needs_ff
+def test_consent_expiry_in_a_timer_stops_the_rule_and_moves_the_source() -> None:
+    """The nominated address stops refreshing consent; another pair of the leg keeps it. The
+    timer at the first pair's expiry moves ``remote`` to the other pair: the rule is released
+    there, packets from the old address are dropped (no consent) and those from the new one are
+    forwarded (by a new rule); then that pair's consent runs out too: the call ends, nothing more
+    is forwarded. Same bytes and counters as Python alone."""
+    script: Script = [("stranger", CHECK, 0.5), ("phone", CHECK, 0.6)]  # the later one is selected
+    script += _stream(list(range(1, 30)), ssrc=0x77, t0=1.0)
+    script += [("stranger", PROBE, 20.0), ("timer", TIMER, 30.7)]  # the phone's consent ran out
+    script += _stream(list(range(30, 40)), ssrc=0x77, t0=30.8)  # old source: no consent
+    script += _stream(list(range(40, 60)), ssrc=0x77, t0=31.2, who="stranger")
+    script += [("timer", TIMER, 50.1)]  # the stranger's consent ran out: the call ends
+    script += _stream(list(range(60, 70)), ssrc=0x77, t0=50.2, who="stranger")
+    h = _same(script, ice=WebRtcPeer(("127.0.0.1", 1)))
+    held = h.client.offload
+    assert held is None and h.client.session.ended == "consent lost"
+    assert h.client.counters.dropped["no-consent"] == 10 + 10  # the old source, then after the end
+    assert h.client.counters.packets == 29 + 20 and h.installs >= 2
 
 
 @needs_ff
@@ -697,6 +785,151 @@ def test_relay_open_close_loop_returns_every_fd_and_rule(tmp_path: Any) -> Any:
         finally:
             client.close()
             pbx.close()
+            relay.stop()
+            timers.cancel_all()
+
+    return run()
+
+
+def _rtp_from(sock: socket.socket, timeout: float = 3.0) -> bytes:
+    """The next RTP datagram on ``sock`` (STUN responses to the checks are skipped)."""
+    while True:
+        data = _recv(sock, timeout)[0]
+        if data[0] >> 6 == 2:
+            return data
+
+
+def _talk_rtp(src: socket.socket, dst: socket.socket, to: Any, seqs: range, ssrc: int) -> list[bytes]:
+    got = []
+    for seq in seqs:
+        src.sendto(rtp_packet(seq, ssrc), to)
+        got.append(_rtp_from(dst))
+    return got
+
+
+def _ice_sip(start: str, call_id: str, addr: Any, tag: str, peer: WebRtcPeer, also: Any) -> Any:
+    from mcs_edge.core.sip.message import parse
+
+    body = (
+        f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {addr[1]} RTP/AVP 0\r\na=rtcp-mux\r\na=ice-ufrag:{peer.ufrag}\r\na=ice-pwd:{peer.pwd}\r\n"
+        f"a=candidate:1 1 UDP 2113929471 127.0.0.1 {addr[1]} typ host\r\n"
+        f"a=candidate:2 1 UDP 2113929470 127.0.0.1 {also[1]} typ host\r\n"
+    )
+    head = (
+        f"{start}\r\nVia: SIP/2.0/TLS x.invalid;branch=z9hG4bK1\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:a@rossi.example.com>;tag=1\r\nTo: <sip:200@rossi.example.com>{tag}\r\nCall-ID: {call_id}\r\n"
+        f"CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return parse(head.encode() + body.encode())
+
+
+@pytest.mark.parametrize("offload", ["auto", "off"])
+def test_relay_holds_an_ice_leg_and_a_consent_timer_moves_then_stops_forwarding(
+    tmp_path: Any, offload: str
+) -> Any:
+    """Through MediaRelay on the running reactor, a mobile app's plain RTP call with ICE-lite on
+    the client leg: after the checks both directions are held by C rules (asyncio reactor); the
+    nominated address stops refreshing consent while another candidate keeps it: at the expiry the
+    session timer moves the client leg to the other address, and both rules follow (the PBX's
+    packets go there, the old address is no longer heard); when that consent runs out too, the
+    call ends at once: no rule, no port, nothing forwarded."""
+    import uuid
+
+    import pytest_twisted
+    from twisted.internet import reactor, task, threads
+
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.timers import Timers
+
+    @pytest_twisted.inlineCallbacks
+    def run() -> Any:
+        lo = random.randrange(20000, 32000, 2)
+        timers = Timers(reactor)
+        relay = MediaRelay(
+            _relay_config(tmp_path, lo, offload),
+            reactor,
+            timers,
+            tenant_media=lambda tid: "bridge",
+            client_transport=lambda _flow: "tls",
+        )
+        client, client2, pbx = _udp(), _udp(), _udp()
+        app = WebRtcPeer(client.getsockname())
+        call_id = uuid.uuid4().hex
+        try:
+            invite = _ice_sip(
+                "INVITE sip:200@rossi.example.com SIP/2.0",
+                call_id,
+                client.getsockname(),
+                "",
+                app,
+                client2.getsockname(),
+            )
+            assert relay.on_message(_Pair(), invite, True, timers.now()) is None
+            to_client = ("127.0.0.1", SessionDescription.parse(invite.body).media[0].port)
+            ok = _sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2")
+            assert relay.on_message(_Pair(), ok, False, timers.now()) is None
+            answer = SessionDescription.parse(ok.body)
+            app.accept(answer)
+            to_pbx = ("127.0.0.1", answer.media[0].port)  # the app sends here
+            session = relay.anchor.sessions[call_id]
+            leg = session.mline_legs[CLIENT][0]
+            assert leg is not None and leg.ice is not None
+            leg.ice.consent_timeout = 1.0  # the test's consent period (30 s in production)
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+            def first() -> None:
+                client2.sendto(app.check(), to_pbx)  # nominated first: the app's second choice
+                _recv(client2)
+                client.sendto(app.check(), to_pbx)  # nominated last: selected
+                assert _talk_rtp(client, pbx, to_pbx, range(1, 21), 0x11) == [
+                    rtp_packet(s, 0x11) for s in range(1, 21)
+                ]
+                assert _talk_rtp(pbx, client, to_client, range(1, 21), 0x22) == [
+                    rtp_packet(s, 0x22) for s in range(1, 21)
+                ]
+
+            yield threads.deferToThread(first)
+            if relay.offload:
+                assert len(relay.held) == 2 and relay.tally.value >= 36
+            for _ in range(3):  # only the second candidate keeps consent (to about 1.8 s from now)
+                client2.sendto(app.check(use_candidate=False), to_pbx)
+                yield task.deferLater(reactor, 0.4, lambda: None)
+            for _ in range(100):  # the session timer at the first's expiry (no datagram after it)
+                if leg.remote == client2.getsockname():
+                    break
+                yield task.deferLater(reactor, 0.01, lambda: None)
+            assert leg.remote == client2.getsockname() and session.ended is None
+
+            def second() -> None:
+                assert _talk_rtp(pbx, client2, to_client, range(21, 31), 0x22) == [
+                    rtp_packet(s, 0x22) for s in range(21, 31)
+                ]
+                client.sendto(rtp_packet(21, 0x11), to_pbx)  # the old address: no consent any more
+                assert _talk_rtp(client2, pbx, to_pbx, range(22, 32), 0x11) == [
+                    rtp_packet(s, 0x11) for s in range(22, 32)
+                ]
+
+            yield threads.deferToThread(second)
+            if relay.offload:
+                assert len(relay.held) == 2
+            assert leg.counters.dropped.get("no-consent") == 1
+            for _ in range(300):  # no check any more: the call ends
+                if session.ended is not None:
+                    break
+                yield task.deferLater(reactor, 0.01, lambda: None)
+            assert session.ended == "consent lost"
+            assert call_id not in relay.anchor.sessions and relay.ports == {} and relay.held == {}
+
+            def third() -> None:
+                pbx.sendto(rtp_packet(40, 0x22), to_client)
+                with pytest.raises(OSError):
+                    _rtp_from(client2, 0.3)
+
+            yield threads.deferToThread(third)
+        finally:
+            for s in (client, client2, pbx):
+                s.close()
             relay.stop()
             timers.cancel_all()
 

@@ -18,7 +18,9 @@ an :class:`Offload`) to bring them back, as an :class:`OffloadTaken`, which
 holder revokes the rule (taking the counters) before anything else touches the leg: every datagram
 the rule does not take (RTCP, STUN, another source, a new SSRC, a late packet), every signalling
 event of the call, its timers and its end; the session calls :meth:`Leg.sync` in its timer and
-stats paths.
+stats paths, and :meth:`Offload.release` instead in its timer path when the session has ICE: ICE
+moves a leg's ``remote`` (the rule's source, or the destination of the rule sending to it) and ends
+the call on consent loss from timers too, with no datagram passing through the holder.
 """
 
 from __future__ import annotations
@@ -70,3 +72,8 @@ class Offload(Protocol):
 
     def sync(self) -> None:
         """Bring the rule's counters back into the leg (:meth:`Leg.absorb_offload`); rule kept."""
+
+    def release(self) -> None:
+        """Remove the rule, its counters folded into the leg (:meth:`Leg.absorb_offload`): the core
+        is about to run a timer that may change the leg's or its target's ``remote`` (ICE). The
+        holder asks the leg again (:meth:`Leg.offload_spec`) once the core's timer has returned."""

@@ -377,16 +377,12 @@ class Leg:
 
     def offload_spec(self) -> OffloadSpec | None:
         """The forwarding rule that would do this leg's fast path, or None (core/media/offload.py)."""
-        if self.decrypts or self.ice is not None or self.session.ended is not None:
-            return None  # ICE moves ``remote`` from timers too: such a leg stays in Python
+        if self.decrypts or self.session.ended is not None:
+            return None
+        # ICE may move ``remote`` (the rule's source, or its target's: its destination) or end the
+        # call from a timer too: MediaSession.handle_timer releases such rules before it runs them.
         target = self.target
-        if (
-            target is None
-            or target.encrypts
-            or target.rewrite is not None
-            or target.remote is None
-            or target.ice is not None
-        ):
+        if target is None or target.encrypts or target.rewrite is not None or target.remote is None:
             return None
         source = self.remote
         tracker = self.rx_tracker
@@ -1765,8 +1761,22 @@ class MediaSession:
         """Run whatever is due: ICE consent, DTLS retransmission, idle and offer timeouts."""
         if self.ended is not None:
             return
+        # What forwarding rules counted (last_rx) comes back before any deadline is judged. With
+        # ICE in the session a timer may move a leg's ``remote`` (nomination, consent of the
+        # selected pair lost: another pair or the end of the call): the rules are released, not
+        # synced, so none forwards from or to an old address; the holder asks again afterwards.
+        ice = False
         for leg in self.legs:
-            leg.sync()  # what forwarding rules counted (last_rx) before any deadline is judged
+            if leg.ice is not None:
+                ice = True
+                break
+        for leg in self.legs:
+            offload = leg.offload
+            if offload is not None:
+                if ice:
+                    offload.release()
+                else:
+                    offload.sync()
         offer = self._offer
         if not self.established and offer is not None and offer.deadline <= now:
             self.end("offer not answered")

@@ -27,8 +27,10 @@ rule and the leg's fast path runs in C, no Python per packet. The rule is *revok
 folded back into the leg, :meth:`Leg.absorb_offload`) before any Python code touches the leg:
 every datagram the rule hands on (RTCP, STUN, another source or SSRC, a late packet) and every call
 into the anchor for its session (SIP messages, end, park, move, pokes); the session's timers and
-stats pull the counters (:meth:`Leg.sync`), and so does the metrics collector (:meth:`sync`). After
-each such event the relay asks the leg again and reinstalls. Ports close with their rule freed.
+stats pull the counters (:meth:`Leg.sync`), and so does the metrics collector (:meth:`sync`). A
+session with ICE *releases* its rules in its timer instead (ICE moves ``remote`` or ends the call on
+consent loss from timers, no datagram involved; :meth:`_Held.release`). After each such event the
+relay asks the leg again and reinstalls. Ports close with their rule freed.
 
 Failures: a port that cannot be bound makes the anchor try the next one; send errors are counted
 by the legs; ICMP errors the loop reports are counted here; problems are logged rate-limited.
@@ -168,6 +170,12 @@ class _Held:
         if taken is not None:
             self._apply(taken)
 
+    def release(self) -> None:
+        """Remove the rule for a core timer that may move the leg (ICE); the relay asks the leg
+        again once the timer has run (:meth:`MediaRelay._timer_fired`)."""
+        self.revoke()
+        self.relay.released.append(self.leg)
+
     def _apply(self, raw: tuple[Any, ...]) -> None:
         taken = OffloadTaken(*raw)
         self.leg.absorb_offload(self.spec, taken)
@@ -232,6 +240,8 @@ class MediaRelay:
         self.tally: Any = ff.Tally() if self.offload else None
         #: the legs a C rule holds
         self.held: dict[Leg, _Held] = {}
+        #: legs whose rule a session timer released (ICE); asked again after the timer
+        self.released: list[Leg] = []
         self.anchor = MediaAnchor(
             self.settings,
             self,
@@ -241,7 +251,7 @@ class MediaRelay:
             app_media=app_media,
             on_released=on_released,
         )
-        self.timer = CoreTimer(timers, self.anchor, on_fire=lambda _result: self._log_problems())
+        self.timer = CoreTimer(timers, self.anchor, on_fire=lambda _result: self._timer_fired())
         self.ports: dict[int, _RelayPort] = {}
         self.counters: dict[str, int] = {}
         self._log_stamp = 0.0
@@ -349,6 +359,17 @@ class MediaRelay:
         """Fold every rule's counters into its leg (metrics, admin); the rules keep running."""
         for held in list(self.held.values()):
             held.sync()
+
+    def _timer_fired(self) -> None:
+        """After the anchor's timer: ask again the legs whose rules a session timer released (ICE
+        may have moved a ``remote`` or ended the call: then no rule comes back)."""
+        self._log_problems()
+        released = self.released
+        if released:
+            self.released = []
+            for leg in released:
+                if leg.session.ended is None:
+                    self.consider(leg)
 
     def _release(self, call_id: str) -> None:
         """Revoke the rules of the call's legs: the anchor is about to look at or change them."""
