@@ -17,6 +17,8 @@ relay:
                   per call) <-> plain RTP (PBX side): SRTP unprotect one way, protect the other
 * ``rtp bridge``  the same relay, both sides plain RTP (a SIP client offering RTP/AVP, tenant
                   ``bridge``): latching, policing, loss accounting, no SRTP
+* ``rtp+ice``     the same with ICE-lite on the client leg (the mobile app over SIP/TLS offering
+                  RTP/AVP with ICE credentials; one nominating check before media)
 * ``rtpengine``   the reference: Debian's ``rtpengine`` daemon (userspace forwarding, no kernel
                   table, ``--num-threads=1``), driven over its ng control protocol (bencode over
                   UDP: offer/answer/delete), relaying plain RTP both ways like ``rtp bridge``
@@ -115,8 +117,12 @@ def serve(kind: str, reactor_name: str, mode: str, lo: int) -> None:
             ".",
         )
         timers = Timers(reactor)
-        tenant_mode = "bridge" if mode == "rtp" else mode  # "rtp": a plain RTP client, tenant bridge
-        relay = MediaRelay(cfg, reactor, timers, tenant_media=lambda _tid: tenant_mode)
+        # "rtp": a plain RTP client, tenant bridge; "rtp-ice": the same over SIP/TLS with ICE-lite
+        tenant_mode = "bridge" if mode in ("rtp", "rtp-ice") else mode
+        transport = "tls" if mode == "rtp-ice" else "wss"
+        relay = MediaRelay(
+            cfg, reactor, timers, tenant_media=lambda _tid: tenant_mode, client_transport=lambda _f: transport
+        )
 
         class Pair:
             tenant_id = "t"
@@ -529,13 +535,26 @@ def setup_calls(
             ports = ctl.request(op="pair", a=list(caddr), b=list(paddr))
             to_pbx, to_client = ("127.0.0.1", ports["a"]), ("127.0.0.1", ports["b"])
             packets_c = plain_c
-        elif kind == "rtpengine" or mode == "rtp":
+        elif kind == "rtpengine" or mode in ("rtp", "rtp-ice"):
             assert ctl is not None
-            reply = ctl.request(op="call", offer=_plain_sdp(caddr, "client"), answer=_plain_sdp(paddr, "pbx"))
+            app = WebRtcPeer(caddr)
+            offer = _plain_sdp(caddr, "client")
+            if mode == "rtp-ice":  # the mobile app: plain RTP with ICE (rtcp-mux, one host candidate)
+                offer += (
+                    f"a=rtcp-mux\r\na=ice-ufrag:{app.ufrag}\r\na=ice-pwd:{app.pwd}\r\n"
+                    f"a=candidate:1 1 UDP 2113929471 {caddr[0]} {caddr[1]} typ host\r\n"
+                )
+            reply = ctl.request(op="call", offer=offer, answer=_plain_sdp(paddr, "pbx"))
             if reply.get("error") is not None:
                 raise RuntimeError(f"relay refused the call: {reply}")
             to_client = ("127.0.0.1", SessionDescription.parse(reply["offer"]).media[0].port)
-            to_pbx = ("127.0.0.1", SessionDescription.parse(reply["answer"]).media[0].port)
+            client_side = SessionDescription.parse(reply["answer"])
+            to_pbx = ("127.0.0.1", client_side.media[0].port)
+            if mode == "rtp-ice":  # a nominating check: the relay sends to (and hears) the app
+                app.accept(client_side)
+                client.settimeout(2)
+                client.sendto(app.check(), to_pbx)
+                client.recvfrom(2048)
             packets_c = plain_c
         else:
             assert ctl is not None
@@ -764,7 +783,7 @@ def main() -> None:
     )
     parser.add_argument("--serve", choices=("relay", "floor", "floor-native", "floor-reader"))
     parser.add_argument("--reactor", default="uvloop", choices=("uvloop", "epoll"))
-    parser.add_argument("--mode", default="bridge", choices=("bridge", "passthrough", "rtp"))
+    parser.add_argument("--mode", default="bridge", choices=("bridge", "passthrough", "rtp", "rtp-ice"))
     parser.add_argument("--lo", type=int, default=30000)
     parser.add_argument("--streams", default="100,500")
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -807,6 +826,7 @@ def main() -> None:
         ("rtpengine", "rtpengine", "rtp", "-", "rtpengine userspace, 1 thread (ref)"),
         ("passthrough", "relay", "passthrough", "uvloop", "mcs_edge passthrough (uvloop)"),
         ("rtp", "relay", "rtp", "uvloop", "mcs_edge bridge RTP<->RTP (uvloop)"),
+        ("rtp-ice", "relay", "rtp-ice", "uvloop", "mcs_edge bridge RTP+ICE<->RTP (uvloop)"),
         ("bridge", "relay", "bridge", "uvloop", "mcs_edge bridge SRTP<->RTP (uvloop)"),
     ]
     if args.epoll:
