@@ -499,6 +499,7 @@ class MediaRelay:
     def stop(self) -> None:
         """Release every session and port; cancel the timer and the endpoints being created."""
         self._release_all()
+        self.released = []
         self.anchor.shutdown()
         self.timer.cancel()
         for port in list(self.ports):
