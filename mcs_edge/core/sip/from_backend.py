@@ -118,6 +118,6 @@ class BackendRequests(Wakeups, Cancelling):
         if not self.routing.via_is_ours(top):
             self.count("sip_stray_response")
             return
-        if self.layer.receive_response(resp, now) is None:
+        if self.layer.receive_response(resp, now, top) is None:
             # e.g. a 2xx retransmission after the transaction ended: relay by Via to its flow
             self.count("sip_stray_response")

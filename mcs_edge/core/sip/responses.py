@@ -58,7 +58,7 @@ class Responses(Wakeups, Cancelling):
             if status == 100:
                 return  # 100 is hop-by-hop
         out = resp.copy()
-        out.pop_via()
+        out.headers.pop_first_value("via")  # ours (matched by branch): RFC 3261 s.16.7 step 3
         method = pair.method
         if pair.from_client and method == "REGISTER" and status < 300:
             flow = self.flows.get(pair.flow_id)

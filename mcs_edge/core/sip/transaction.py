@@ -113,7 +113,7 @@ from enum import Enum
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
-from .headers import MAGIC_COOKIE, Headers, parse_via_tuple
+from .headers import MAGIC_COOKIE, Headers, Via, parse_via_tuple
 from .message import Request, Response
 
 __all__ = [
@@ -675,9 +675,12 @@ class TransactionLayer:
         self._clients[key] = tx
         return tx
 
-    def receive_response(self, response: Response, now: float) -> ClientTransaction | None:
-        """Route a response to its client transaction; ``None`` when it matches none."""
-        branch = response.top_via.branch
+    def receive_response(
+        self, response: Response, now: float, top: Via | None = None
+    ) -> ClientTransaction | None:
+        """Route a response to its client transaction; ``None`` when it matches none (``top``: its
+        top Via when the caller parsed it already)."""
+        branch = (response.top_via if top is None else top).branch
         if branch is None:
             return None
         tx = self._clients.get(client_key(branch, response.cseq.method))
