@@ -25,6 +25,7 @@ from helpers.legports import RecordingPorts
 from helpers.webrtc_peer import WebRtcPeer, rtcp_rr, rtp_packet
 
 from mcs_edge.certs import edge_dtls_certificate
+from mcs_edge.core.media.offload import OffloadTaken
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import CLIENT, PBX, Leg, MediaSession, SessionSettings
 from mcs_edge.core.shaping import Policer, TokenBucket
@@ -615,6 +616,29 @@ def test_a_handler_closing_its_own_port_mid_batch_ends_the_batch_cleanly() -> No
     assert got == [b"1"]
     s.close()
     peer.close()
+
+
+def test_counters_taken_from_a_rule_never_move_last_rx_backwards() -> None:
+    """A call back from park has ``last_rx`` raised to the return time by the anchor; a rule's older
+    last packet, folded in afterwards, must not undo that (the idle timeout would count the park)."""
+    peers = Peers()
+    try:
+        _session, _ports, client, _pbx = _call(peers, Profile.RTP, 1e6, 1e6)
+        client.receive(rtp_packet(10, 7, payload=bytes(20)), peers.addr["phone"], 1.0)
+        spec = client.offload_spec()
+        assert spec is not None
+        client.last_rx = 100.0  # the anchor's _unpark: max(last_rx, now)
+        none = tuple((max_seq, 0) for _, max_seq in spec.trackers)
+        taken = OffloadTaken(3, 600, 0, 0, 3, 600, 0, 40.0, 1e6, 40.0, none, 0, None)
+        client.absorb_offload(spec, taken)
+        assert client.last_rx == 100.0
+        assert client.counters.packets == 4
+        client.absorb_offload(
+            spec, taken._replace(packets=0, rx_bytes=0, tx_packets=0, tx_bytes=0, last_rx=120.0)
+        )
+        assert client.last_rx == 120.0
+    finally:
+        peers.close()
 
 
 # ------------------------------------------------------------------ the relay on the running reactor

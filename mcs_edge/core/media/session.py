@@ -415,7 +415,9 @@ class Leg:
             self.policer.dropped_bytes += taken.policed_bytes
             dropped = counters.dropped
             dropped["policed"] = dropped.get("policed", 0) + taken.policed
-        if taken.last_rx is not None:
+        if taken.last_rx is not None and taken.last_rx > self.last_rx:
+            # never backwards: the anchor may have moved last_rx on since (a call coming back from
+            # park counts from its return), and the rule's packet came before that
             self.last_rx = taken.last_rx
         self.policer.bucket.restore(taken.tokens, taken.last)
         sequences = counters.sequences
