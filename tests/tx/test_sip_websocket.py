@@ -128,10 +128,21 @@ def test_peer_close_is_echoed_and_a_connection_that_does_not_flush_is_aborted() 
     transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
     proto.dataReceived(_masked(0x8, b"\x03\xe8bye"))
     assert transport.value() == b"\x88\x02\x03\xe8" and transport.disconnecting
+    assert router.closed == ["bye"]  # the flow ends with the close frame, before TCP closes
     clock.advance(CLOSE_TIMEOUT)
     assert aborted == [True]
     proto.connectionLost(Failure(ConnectionDone()))
-    assert router.closed == ["bye"] and not clock.getDelayedCalls()
+    assert router.closed == ["bye"] and not clock.getDelayedCalls()  # once only
+
+
+def test_a_flow_the_router_closes_is_released_at_once_and_once() -> None:
+    router = _Router()
+    _, _, proto, transport = _open(router)
+    proto._close_flow(1000, "keepalive timeout")
+    assert transport.disconnecting and len(router.closed) == 1
+    proto.sweep(), proto.sweep(), proto.sweep()  # a closing connection is not aborted twice
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert len(router.closed) == 1
 
 
 def test_refused_flow_closes_with_4008() -> None:

@@ -216,6 +216,7 @@ class SipWebSocketProtocol(Protocol):
         shaper = self.shaper
         if shaper is not None:
             shaper.stop()  # unregisters its producer: a TLS transport closes only after that
+        self._release_flow()
         transport.loseConnection()
         if self.abort_call is None:
             self.abort_call = self.factory.reactor.callLater(CLOSE_TIMEOUT, self._abort_closing)
@@ -233,6 +234,7 @@ class SipWebSocketProtocol(Protocol):
         shaper = self.shaper
         if shaper is not None:
             shaper.stop()
+        self._release_flow()
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def sweep(self) -> None:
@@ -258,6 +260,12 @@ class SipWebSocketProtocol(Protocol):
         shaper = self.shaper
         if shaper is not None:
             shaper.stop()
+        self._release_flow()
+
+    def _release_flow(self) -> None:
+        """The flow ends when the closing starts, not when TCP closes (which may linger for seconds
+        under TLS): from the first close frame no SIP can cross it (RFC 6455 s.5.5.1), so the router
+        forgets it at once and requests for it fail over now instead of being dropped on the way."""
         flow, self.flow = self.flow, None
         if flow is not None:
             self.factory.router.close_flow(flow, self.close_reason or f"websocket closed ({self.close_code})")
