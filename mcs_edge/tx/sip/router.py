@@ -40,7 +40,7 @@ from mcs_edge.core.sip.proxy import (
     ToBackend,
     ToFlow,
 )
-from mcs_edge.core.sip.shed import refusal, sheddable, top_branch
+from mcs_edge.core.sip.shed import Refusals, ShedFields, shed_fields, top_branch, via_branch
 from mcs_edge.core.sip.transaction import TIMER_GRID, TimerConfig
 from mcs_edge.logevents import EVENTS
 from mcs_edge.tx.ops.logs import RateLimitedLog
@@ -140,6 +140,11 @@ def sip_listen_addresses(config: EdgeConfig) -> frozenset[tuple[str, int]]:
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
+def _refusals_of(config: EdgeConfig) -> Refusals:
+    """The 503 every refusal under overload is written from (core/sip/shed.py)."""
+    return Refusals(503, "Service Unavailable (overload)", config.overload.retry_after, config.edge.name)
+
+
 class _LocalSlot:
     """The core's ``local`` hook (core/sip/proxy.LocalService), forwarding to the part attached
     with :meth:`SipRouter.attach` (the echo service); claims nothing while none is."""
@@ -222,6 +227,9 @@ class SipRouter:
         #: The core's problems, rate-limited per code (the one RateLimitedLog, tx/ops/logs.py).
         self._problem_log = RateLimitedLog(self.log, burst=10, window=1.0, now=timers.now)
         self._tag_prefix = secrets.token_hex(4)  # To tags of refusals: prefix + counter, no syscall each
+        #: (reason, method) -> (key in :attr:`shed`, To tag prefix): nothing formatted per refusal
+        self._shed_keys: dict[tuple[str, bytes], tuple[str, bytes]] = {}
+        self._refusals = _refusals_of(config)
         self._build(config, tenants, backend_port)
 
     def _build(
@@ -358,6 +366,7 @@ class SipRouter:
     def update(self, config: EdgeConfig, tenants: TenantTable[TenantConfig]) -> None:
         """Adopt a reloaded configuration; flows of removed tenants are closed."""
         self.config = config
+        self._refusals = _refusals_of(config)
         self.tenants = tenants
         self.core.flow_registry.grace = config.sip.flow_grace
         self.core.update_settings(
@@ -431,13 +440,11 @@ class SipRouter:
         now = self.timers.now()
         gate = self.overload
         if gate is not None and (gate.shedding or gate.late(now)):
-            method = sheddable(data)
-            if method is not None:
+            fields = shed_fields(data)
+            if fields is not None:
                 reason = gate.refusal(now)
                 if reason is not None:
-                    answer = self._refusal(data, method, reason)
-                    if answer is not None:
-                        flow.send(answer)
+                    flow.send(self._refusal(fields, reason))
                     return
         if self._refused and data.startswith(b"ACK ") and self._absorb_ack(data):
             self.count("overload_ack_absorbed", flow.tenant.id)
@@ -455,26 +462,27 @@ class SipRouter:
         self.core.reject_unframed(flow.id, data, exc)
         self._flush()
 
-    def _refusal(self, data: bytes, method: bytes, reason: str) -> bytes | None:
+    def _refusal(self, fields: ShedFields, reason: str) -> bytes:
         """503 + Retry-After from the request's bytes, before it is parsed (core/sip/shed.py)."""
-        name = method.decode()
-        key = name if reason == "loop_lag" else f"{reason}:{name}"
-        n = self.shed[key] = self.shed.get(key, 0) + 1
+        method = fields[0]
+        keys = self._shed_keys.get((reason, method))
+        if keys is None:
+            name = method.decode()
+            keys = self._shed_keys[reason, method] = (
+                name if reason == "loop_lag" else f"{reason}:{name}",
+                f"{self._tag_prefix}{name[0]}{reason[0]}".encode(),
+            )
+        key, tag = keys
+        shed = self.shed
+        n = shed[key] = shed.get(key, 0) + 1
         if method == b"INVITE":
-            branch = top_branch(data)
+            branch = via_branch(fields[1][0])
             if branch is not None:
                 refused = self._refused
                 refused[branch] = None
                 if len(refused) > _REFUSED_BRANCHES:
                     refused.popitem(last=False)
-        return refusal(
-            data,
-            503,
-            "Service Unavailable (overload)",
-            self.config.overload.retry_after,
-            f"{self._tag_prefix}{name[0]}{reason[0]}{n:x}",
-            self.config.edge.name,
-        )
+        return self._refusals.answer(fields, b"%s%x" % (tag, n))
 
     def touch(self, flow: ClientFlow) -> None:
         """A keepalive arrived on ``flow``: it is alive."""
@@ -542,9 +550,10 @@ class SipRouter:
                 self.count("overload_ack_absorbed", "", "udp")
                 return True
             return False
-        if sheddable(data) != b"INVITE":
+        fields = shed_fields(data)
+        if fields is None or fields[0] != b"INVITE":
             return False
-        branch = top_branch(data)
+        branch = via_branch(fields[1][0])
         if branch is not None and branch in self._refused:
             self.count("overload_retransmission_dropped", "", "udp")
             return True
@@ -553,8 +562,8 @@ class SipRouter:
         reason = gate.refusal(now)
         if reason is None:
             return False
-        answer = self._refusal(data, b"INVITE", reason)
-        if answer is not None and self.udp is not None:
+        answer = self._refusal(fields, reason)
+        if self.udp is not None:
             try:
                 self.udp.write(answer, addr)
             except Exception as exc:  # e.g. EHOSTUNREACH
