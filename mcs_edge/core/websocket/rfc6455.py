@@ -61,6 +61,7 @@ __all__ = [
     "close_frame",
     "connection_upgrade",
     "frame",
+    "frame_header",
     "opening_answer",
     "valid_close_code",
 ]
@@ -119,12 +120,16 @@ def opening_answer(accept: bytes, protocol: bytes, server: bytes) -> bytes:
 
 def frame(opcode: int, payload: bytes) -> bytes:
     """One unfragmented server frame (never masked, s.5.1)."""
-    n = len(payload)
+    return frame_header(opcode, len(payload)) + payload
+
+
+def frame_header(opcode: int, n: int) -> bytes:
+    """The header of an unfragmented server frame of ``n`` payload octets (s.5.2)."""
     if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
+        return bytes((0x80 | opcode, n))
     if n < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+        return struct.pack("!BBH", 0x80 | opcode, 126, n)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n)
 
 
 def close_frame(code: int, reason: str = "") -> bytes:

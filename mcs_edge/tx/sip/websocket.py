@@ -55,6 +55,7 @@ from mcs_edge.core.websocket.rfc6455 import (
     close_frame,
     connection_upgrade,
     frame,
+    frame_header,
     opening_answer,
 )
 from mcs_edge.tx.ops.logs import RateLimitedLog
@@ -137,6 +138,8 @@ class SipWebSocketProtocol(Protocol):
         self.close_code = 1006  # s.7.1.5: abnormal closure until a close frame is exchanged
         self.close_reason = ""
         self.abort_call: Any = None  # DelayedCall: abort a closing connection that does not flush
+        #: frames written while the messages of one read are handed on, written below at its end
+        self._out: list[bytes] | None = None
 
     def start(self) -> None:
         """The 101 is written: open the flow (or close with 4008 when refused)."""
@@ -171,14 +174,30 @@ class SipWebSocketProtocol(Protocol):
             shaper.data_received(data)
 
     def _deliver(self, data: bytes) -> None:
-        for kind, payload, code, reason in self.decoder.feed(data):
+        events = self.decoder.feed(data)
+        if not events:
+            return
+        # The answers to the messages of this read (under overload mostly 503s, written at once by
+        # the router) go below in one write at its end: one TLS record, not one per answer.
+        out: list[bytes] = []
+        self._out = out
+        try:
+            self._events(events)
+        finally:
+            if self._out is out:
+                self._out = None
+                if out:
+                    self.transport.write(b"".join(out))  # type: ignore[union-attr]
+
+    def _events(self, events: list[Any]) -> None:
+        for kind, payload, code, reason in events:
             if kind == MESSAGE:
                 flow = self.flow
                 if flow is not None and self.open:
                     self.factory.router.data_from_client(flow, payload)
             elif kind == PING:
                 if self.open:
-                    self.transport.write(frame(OP_PONG, payload))  # type: ignore[union-attr]
+                    self._write_frame(OP_PONG, payload)
             elif kind == CLOSE:
                 self.close_code, self.close_reason = code, reason
                 if self.open:  # s.5.5.1: echo the status code (none when none was given)
@@ -212,6 +231,7 @@ class SipWebSocketProtocol(Protocol):
             return
         self.open = False
         transport: Any = self.transport
+        self._flush_out()  # what was answered before the close frame goes first
         transport.write(close_frame(code, reason) if echo else frame(OP_CLOSE, b""))
         shaper = self.shaper
         if shaper is not None:
@@ -231,6 +251,7 @@ class SipWebSocketProtocol(Protocol):
 
     def _abort(self) -> None:
         self.open = False
+        self._out = None
         shaper = self.shaper
         if shaper is not None:
             shaper.stop()
@@ -280,7 +301,20 @@ class SipWebSocketProtocol(Protocol):
 
     def _write_sip(self, data: bytes) -> None:
         if self.open:
-            self.transport.write(frame(TEXT, data))  # type: ignore[union-attr]
+            self._write_frame(TEXT, data)
+
+    def _write_frame(self, opcode: int, payload: bytes) -> None:
+        out = self._out
+        if out is None:
+            self.transport.write(frame(opcode, payload))  # type: ignore[union-attr]
+        else:  # joined at the end of the read (``_deliver``)
+            out.append(frame_header(opcode, len(payload)))
+            out.append(payload)
+
+    def _flush_out(self) -> None:
+        out, self._out = self._out, None
+        if out:
+            self.transport.write(b"".join(out))  # type: ignore[union-attr]
 
     def _close_flow(self, code: int, reason: str) -> None:
         # applications close with 1000 or 3000-4999 (RFC 6455 s.7.4.2); anything else becomes 1000
