@@ -264,7 +264,8 @@ class Protection:
             decision = self.guard.admit_request(host, tenant_id, self.timers.now())
         except ValueError:
             return True
-        self._arm()
+        if not self._stopped:  # only the source table changed (the bans were only read)
+            self._guard_timer.arm()
         if decision.allowed:
             return True
         reason = decision.reason
