@@ -432,14 +432,17 @@ class SipRouter:
     def data_from_client(self, flow: ClientFlow, data: bytes) -> None:
         protection = self.protection
         if protection is not None:
-            m = _LEADING.match(data)
-            is_request = m is not None and m.group(1) is None and m.end() < len(data)  # or garbage
+            if data[:1] in b"\r\n":  # leading CRLFs (or nothing): what follows them decides
+                m = _LEADING.match(data)
+                is_request = m is not None and m.group(1) is None and m.end() < len(data)  # or garbage
+            else:
+                is_request = not data.startswith(b"SIP/")
             if is_request and not protection.admit_request(flow.tenant.id, flow.peer[0]):
                 self.count("requests_dropped", flow.tenant.id, flow.transport)
                 return
         now = self.timers.now()
         gate = self.overload
-        if gate is not None and (gate.shedding or gate.late(now)):
+        if gate is not None and (gate.ratio < 1.0 or gate.late(now)):
             fields = shed_fields(data)
             if fields is not None:
                 reason = gate.refusal(now)

@@ -190,11 +190,12 @@ class SipWebSocketProtocol(Protocol):
                     self.transport.write(b"".join(out))  # type: ignore[union-attr]
 
     def _events(self, events: list[Any]) -> None:
+        to_router = self.factory.router.data_from_client
         for kind, payload, code, reason in events:
             if kind == MESSAGE:
                 flow = self.flow
                 if flow is not None and self.open:
-                    self.factory.router.data_from_client(flow, payload)
+                    to_router(flow, payload)
             elif kind == PING:
                 if self.open:
                     self._write_frame(OP_PONG, payload)
