@@ -1,0 +1,261 @@
+"""CPU of one refusal under overload through the whole SIP-over-WSS stack, in process.
+
+``bench_latency.py --overload`` measures goodput at 3x capacity on a live edge; its per-refusal
+figure is a subtraction on a shared machine. This script isolates the refusal itself: a real
+server-side TLS connection (``tx/tls/stdlib_tls.py``, a handshake with the standard library's
+client on memory BIOs), the SIP WebSocket protocol (``tx/sip/websocket.py``, shaping on), the SIP
+router (``tx/sip/router.py``) with the guard (``tx/protect/guard.py``) and the overload gate held
+late (every new INVITE/REGISTER is refused by queue age), as the service composes them. Each
+"read" is ``--per-read`` TLS records, one masked WebSocket frame (random mask, as browsers send)
+of one SIP request each; the answers (503 + Retry-After) go to a wire that keeps only their byte
+count. Printed: CPU (``time.process_time``) per refused request, best of ``--repeat`` rounds,
+for REGISTER and initial INVITE at each ``--per-read``; ``--baseline-src DIR`` runs the same in a
+child on the tree in DIR (before/after in one run). ``--profile`` prints a cProfile of one round.
+
+    .venv/bin/python bench/bench_refusal.py [--messages 20000] [--per-read 1,8,32] [--repeat 5]
+        [--baseline-src DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAIN = "rossi.example.com"
+
+
+def _request(method: str, i: int) -> bytes:
+    body = (
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+        "m=audio 40000 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+        "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\na=ice-ufrag:abcd\r\n"
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n"
+        if method == "INVITE"
+        else ""
+    )
+    ruri = f"sip:200@{DOMAIN}" if method == "INVITE" else f"sip:{DOMAIN}"
+    to = f"<sip:200@{DOMAIN}>" if method == "INVITE" else f"<sip:u{i}@{DOMAIN}>"
+    extra = "Content-Type: application/sdp\r\n" if body else "Expires: 600\r\n"
+    return (
+        f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/WSS c{i}.invalid;branch=z9hG4bK{i:010d}{method[0]}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:u{i}@{DOMAIN}>;tag=t{i}\r\nTo: {to}\r\n"
+        f"Call-ID: {method[0]}{i}-0123456789abcdef\r\nCSeq: 1 {method}\r\n"
+        f'Contact: <sip:u{i}@c{i}.invalid;transport=ws>;+sip.instance="<urn:uuid:00000000-0000-0000-0000-{i:012d}>"\r\n'
+        f"Supported: path, outbound, gruu\r\nUser-Agent: JsSIP 3.10.0\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+def _masked(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126, n >> 8, n & 0xFF))
+    key = (mask * (n // 4 + 1))[:n]
+    return head + mask + (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+def _certificate(tmp: str) -> tuple[str, str]:
+    cert, key = f"{tmp}/c.pem", f"{tmp}/k.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+            *("-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={DOMAIN}"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _child(
+    messages: int, per_reads: list[int], repeat: int, cert: str, key: str, profile: bool
+) -> dict[str, float]:
+    import time
+
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from mcs_edge import config as c
+    from mcs_edge.core.load import AdmissionGate
+    from mcs_edge.core.tenants import TenantTable
+    from mcs_edge.tx.ops.loadprobe import overload_settings
+    from mcs_edge.tx.protect.guard import Protection
+    from mcs_edge.tx.protect.shaping import Shaping
+    from mcs_edge.tx.sip import websocket as ws
+    from mcs_edge.tx.sip.router import SipRouter
+    from mcs_edge.tx.timers import Timers
+    from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
+
+    cfg = c.loads(
+        f'[listen]\nhttps = "127.0.0.1:8443"\nbackend_sip = "127.0.0.1:5070"\n'
+        f'[[tenants]]\nid = "rossi"\ndomains = ["{DOMAIN}"]\nbackend_sip = "udp:10.1.0.10:5060"\n'
+    )
+    clock = Clock()
+    clock.advance(1000.0)
+    timers = Timers(clock, clock.seconds)
+    tenants = TenantTable(cfg.tenants)
+    protection = Protection(cfg, timers)
+    shaping = Shaping(cfg, timers)
+
+    gate = AdmissionGate(overload_settings(cfg))
+    router = SipRouter(cfg, tenants, timers, protection=protection, overload=gate)
+    factory = ws.SipWebSocketFactory(router, cfg, clock, timers.now, shaping=shaping)
+    tenant = cfg.tenants[0]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+
+    class Chooser:
+        def context_for_hello(self, hello: Any) -> ssl.SSLContext:
+            return ctx
+
+    tls_factory = StdlibTLSFactory(Chooser(), Factory.forProtocol(Protocol))
+
+    class Wire(StringTransport):
+        """Keeps the handshake's bytes, then only counts what is written."""
+
+        def __init__(self) -> None:
+            super().__init__(peerAddress=None)
+            self.bytes = 0
+            self.keep = True
+
+        def write(self, data: bytes) -> None:
+            self.bytes += len(data)
+            if self.keep:
+                super().write(data)
+
+    def connect(peer: int) -> tuple[Any, Any, Any, Any, Wire]:
+        server: Any = tls_factory.buildProtocol(None)  # type: ignore[arg-type]
+        wire = Wire()
+        server.makeConnection(wire)
+        cctx = ssl.create_default_context()
+        cctx.check_hostname = False
+        cctx.verify_mode = ssl.CERT_NONE
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = cctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+        for _ in range(10):
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            data = outgoing.read()
+            if data:
+                server.dataReceived(data)
+            incoming.write(wire.value())
+            wire.clear()
+        data = outgoing.read()
+        if data:
+            server.dataReceived(data)
+        proto = ws.SipWebSocketProtocol(factory, tenant, (f"192.0.2.{1 + peer % 250}", 40000 + peer))
+        server.wrappedProtocol = proto
+        proto.makeConnection(server)
+        proto.start()
+        wire.clear()
+        wire.keep = False
+        return server, proto, client, outgoing, wire
+
+    out: dict[str, float] = {}
+    for method in ("REGISTER", "INVITE"):
+        payloads = [_masked(_request(method, i), os.urandom(4)) for i in range(512)]
+        for per_read in per_reads:
+            best = float("inf")
+            for r in range(repeat):
+                conns = [connect(p) for p in range(8)]
+                reads = []
+                for i in range(messages // per_read):
+                    server, _proto, client, outgoing, _wire = conns[i % len(conns)]
+                    for j in range(per_read):
+                        client.write(payloads[(i * per_read + j) % len(payloads)])
+                    reads.append((server, outgoing.read()))
+                refused0 = sum(router.shed.values())
+                prof = None
+                if profile and r == 0 and per_read == per_reads[-1]:
+                    import cProfile
+
+                    prof = cProfile.Profile()
+                t0 = time.process_time()
+                if prof is not None:
+                    prof.enable()
+                for server, data in reads:
+                    gate.last_tick = clock.seconds() - 1.0  # the probe last ran a second ago: late
+                    gate.last_lag = 1.0
+                    clock.advance(per_read / 50)  # each connection at 50 requests/s (within its shaping)
+                    server.dataReceived(data)
+                if prof is not None:
+                    prof.disable()
+                spent = time.process_time() - t0
+                refused = sum(router.shed.values()) - refused0
+                n = len(reads) * per_read
+                assert refused == n, (refused, n)
+                best = min(best, spent / n)
+                for _server, proto, *_rest in conns:
+                    proto.abort()
+                if prof is not None:
+                    import pstats
+
+                    pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(
+                        int(os.environ.get("BENCH_PROFILE_ROWS", "25"))
+                    )
+            out[f"{method} x{per_read}"] = best * 1e6
+    return out
+
+
+def _run(src: str | None, args: argparse.Namespace, cert: str, key: str) -> dict[str, float]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src or str(ROOT), env.get("PYTHONPATH")]))
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        *("--messages", str(args.messages), "--per-read", args.per_read, "--repeat", str(args.repeat)),
+        *("--cert", cert, "--key", key),
+    ]
+    if args.profile and src is None:
+        cmd.append("--profile")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"child failed ({src or 'this tree'}):\n{done.stderr[-4000:]}")
+    if args.profile:
+        sys.stderr.write(done.stderr)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=20000)
+    p.add_argument("--per-read", default="1,8,32", help="TLS records (requests) per read")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--baseline-src", default="")
+    p.add_argument(
+        "--profile", action="store_true", help="cProfile one round of this tree (largest --per-read)"
+    )
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--cert", default="", help=argparse.SUPPRESS)
+    p.add_argument("--key", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    per_reads = [int(x) for x in args.per_read.split(",")]
+    if args.child:
+        print(json.dumps(_child(args.messages, per_reads, args.repeat, args.cert, args.key, args.profile)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = _certificate(tmp)
+        rows = {"this tree": _run(None, args, cert, key)}
+        if args.baseline_src:
+            rows = {"before": _run(args.baseline_src, args, cert, key), **rows}
+    names = list(rows)
+    print(f"load average {os.getloadavg()[0]:.2f}; CPU per refused request (us), best of {args.repeat}")
+    print(f"{'case':28}" + "".join(f"{n:>14}" for n in names))
+    for case in rows[names[-1]]:
+        print(f"{case:28}" + "".join(f"{rows[n].get(case, float('nan')):14.2f}" for n in names))
+
+
+if __name__ == "__main__":
+    main()
