@@ -25,6 +25,11 @@ factory every ``sip.keepalive_timeout / 3`` pings each connection that was silen
 period and aborts one still silent a period after its ping (``ws_ping_timeouts``), so a dead
 connection goes within ``sip.keepalive_timeout``.
 
+Writes: the frames written while the messages of one read are handed on (the router's answers to
+them; under overload mostly 503s written at once) are joined and written below at the end of that
+read, one TLS record instead of one per answer; a close frame first flushes what was answered before
+it. Frames written at any other time (answers from the PBX, pings) go below at once.
+
 Closing: the edge's close frame is written, the transport is closed once flushed (RFC 6455 s.7.1.1:
 the server closes TCP first) and aborted if that has not happened :data:`CLOSE_TIMEOUT` seconds later;
 a peer's close frame is echoed (s.5.5.1) before the same.
