@@ -23,7 +23,7 @@ an INVITE whose To has a tag (in a dialog)            None (RFC 3261 s.12.2: a r
 one of these header lines folded                      None (RFC 3261 s.7.3.1: the parser unfolds)
 no Via, or no (or an empty) From, To, Call-ID, CSeq   None (no valid response can be built from
                                                       the bytes, RFC 3261 s.8.2.6: the parser
-                                                      answers 400)
+                                                      answers 400 or drops it, as without overload)
 otherwise                                             method, Via values, From, To, Call-ID,
                                                       CSeq (the first of each single header)
 ====================================================  =========================================
@@ -86,7 +86,7 @@ def shed_fields(data: bytes) -> ShedFields | None:
     for name, value, folded in _NEEDED.findall(head):
         value = value.rstrip()
         if folded or not value:
-            return None  # let the parser unfold it, or answer 400
+            return None  # the parser unfolds it, or answers 400 (or drops it)
         canonical = _NAMES.get(name) or _NAMES[name.lower()]
         if canonical == b"Via":
             vias.append(value)

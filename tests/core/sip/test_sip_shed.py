@@ -108,7 +108,7 @@ def test_fast_refusal_leaves_a_request_without_a_needed_header_to_the_parser(
     missing: str, method: str
 ) -> None:
     """No Via, From, Call-ID or CSeq (or an empty one): no valid response can be built from the
-    bytes, so the request goes on to the full parser (which answers 400)."""
+    bytes, so the request goes on to the full parser (which answers 400 or drops it)."""
     lines = _msg(method).split(b"\r\n")
     kept = [ln for ln in lines if not ln.startswith(missing.encode() + b":")]
     assert shed_fields(b"\r\n".join(kept)) is None
