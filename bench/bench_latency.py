@@ -223,13 +223,24 @@ def _print_turns(path: Path) -> None:
         span = rows[-1][0] - rows[0][0] or 1.0
         print(
             f"  {step}: Twisted timer turns {sum(r[2] for r in rows) / span:.0f}/s, of them with no call due "
-            f"{sum(r[3] for r in rows) / span:.0f}/s"
+            f"{sum(r[3] for r in rows) / span:.0f}/s; process CPU {(rows[-1][5] - rows[0][5]) / span * 100:.0f}%, "
+            f"of which in the wrapped loop callbacks {sum(r[4] for r in rows[1:]) / span * 100:.0f}% (wall)"
         )
         over = {ms: sum(1 for lag in ticks if lag >= ms / 1000) for ms in (1, 2, 5, 10)}
         print(
             f"  {step}: {n} ticks; late >= 1/2/5/10 ms: "
             + ", ".join(f"{over[ms]} ({over[ms] * 100 / n:.2f}%)" for ms in over)
         )
+        worst = sorted((x for x in d["late"] if w0 <= x["t"] <= w1), key=lambda x: -x["lag"])[:3]
+        for x in worst:
+            parts = sorted({**x["top"], **x["nested"]}.items(), key=lambda kv: -kv[1][1])[:5]
+            off = x.get("off_cpu")
+            print(
+                f"    late tick of {x['lag'] * 1000:.1f} ms"
+                + (f" (process off the CPU {off * 1000:.1f} ms)" if off is not None else "")
+                + ": "
+                + ", ".join(f"{label} x{c} {sec * 1000:.2f} ms" for label, (c, sec) in parts)
+            )
         for lo, hi in ((0.001, 0.002), (0.002, 1.0)):
             late = [x for x in d["late"] if w0 <= x["t"] <= w1 and lo <= x["lag"] < hi]
             if not late:
@@ -253,6 +264,12 @@ def _print_turns(path: Path) -> None:
             print(
                 f"      {'not in a wrapped entry (uvloop C, tasks)':44} {'':6} {sum(x['rest'] for x in late) / k * 1000:7.3f}"
             )
+            offs = sorted(x["off_cpu"] for x in late if x.get("off_cpu") is not None)
+            if offs:
+                print(
+                    f"      of the window, the process off the CPU (wall - process CPU since the callback running "
+                    f"at the deadline began): median {offs[len(offs) // 2] * 1000:.3f} ms"
+                )
             if lo < 0.002:
                 continue
             # each candidate's share of the late ticks: how many would be under 2 ms without it

@@ -41,20 +41,35 @@ clock = time.monotonic  # the probe's own clock (Timers.now), so deadlines compa
 RECORDS: list[tuple[float, float, int, str]] = []
 OPEN: list[tuple[float, str]] = []  # the entries being run, outermost first
 LATE: list[dict[str, Any]] = []
-TICKS: list[tuple[float, float, int, int]] = []  # (time, lag, Twisted timer turns, of them with none due)
+#: (time, lag, Twisted timer turns, of them with none due, seconds in wrapped callbacks, process CPU time)
+TICKS: list[tuple[float, float, int, int, float, float]] = []
 COUNTS = [0, 0]  # Twisted timer turns since the last tick, of them with no call due
+BUSY = [0.0]  # seconds in the loop's wrapped callbacks since the last tick
 KEEP = 4.0  # seconds of records kept (older ones are dropped in batches)
 
 _CSEQ = re.compile(rb"\r\n(?:CSeq)[ \t]*:[ \t]*\d+[ \t]+([A-Z]+)", re.I)
 
 
+#: (wall, process CPU) at the start of each loop callback (the last 4,096)
+STARTS: list[tuple[float, float]] = []
+cpu = time.process_time
+
+
 def _enter(label: str) -> None:
+    if not OPEN:
+        STARTS.append((clock(), cpu()))
+        if len(STARTS) > 8192:
+            del STARTS[:4096]
     OPEN.append((clock(), label))
 
 
 def _leave() -> None:
     t0, label = OPEN.pop()
-    RECORDS.append((t0, clock(), len(OPEN), label))
+    t1 = clock()
+    depth = len(OPEN)
+    RECORDS.append((t0, t1, depth, label))
+    if not depth:
+        BUSY[0] += t1 - t0
     if len(RECORDS) > 400_000:
         cut = clock() - KEEP
         keep = [r for r in RECORDS if r[1] >= cut]
@@ -163,8 +178,9 @@ def install(late: float) -> None:
         now = clock()
         due = self._due
         lag = now - due
-        TICKS.append((now, lag, COUNTS[0], COUNTS[1]))
+        TICKS.append((now, lag, COUNTS[0], COUNTS[1], BUSY[0], time.process_time()))
         COUNTS[0] = COUNTS[1] = 0
+        BUSY[0] = 0.0
         if lag >= late:
             _attribute(due, now, lag)
         original_tick(self)
@@ -200,8 +216,17 @@ def _attribute(due: float, now: float, lag: float) -> None:
             top[label + " (before the probe)"] = d
             top_n[label + " (before the probe)"] = 1
             covered += d
+    # CPU spent from the start of the last callback that began before the deadline to now, against
+    # the wall time: the rest is time the process did not run (idle in the poll, or not scheduled)
+    off = None
+    c_now = cpu()
+    for w, c in reversed(STARTS):
+        if w <= due:
+            off = (now - w) - (c_now - c)
+            break
     LATE.append(
         {
+            "off_cpu": off,
             "t": now,
             "lag": lag,
             "top": {k: (top_n[k], v) for k, v in top.items()},
