@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.posixbase import PosixReactorBase
 
 __all__ = ["PreciseTimersReactor", "TimerFd", "install", "new_loop"]
 
@@ -125,8 +126,19 @@ class PreciseTimersReactor(AsyncioSelectorReactor):
             return
         timeout = self.timeout()
         if timeout is not None:
-            self._scheduledAt = self._asyncioEventloop.time() + timeout  # type: ignore[assignment]
+            # the earliest call's time on the reactor's clock (timeout() just put new calls in the heap),
+            # not the loop's millisecond clock: a call due sooner by under a millisecond still re-arms
+            self._scheduledAt = self._pendingTimedCalls[0].time  # type: ignore[assignment]
             timerfd.arm(timeout)
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:  # noqa: N802
+        if self._timerfd is None:
+            return super().callLater(delay, callable, *args, **kw)
+        call = PosixReactorBase.callLater(self, delay, callable, *args, **kw)
+        scheduled = self._scheduledAt
+        if scheduled is None or call.getTime() < scheduled:
+            self._reschedule()
+        return call
 
     def _close_timerfd(self) -> None:
         timerfd, self._timerfd = self._timerfd, None

@@ -56,6 +56,15 @@ moved.func = at(11, start + 0.0135)
 calls[3].delay(0.01)                  # moved later: at 0.0119, before 10
 calls[3].func = at(3, start + 0.0119)
 
+# the timer is armed for the earliest call, also when a new call is sooner by under a millisecond
+armed = []
+def check_armed():
+    first = reactor.callLater(0.02, lambda: None)
+    armed.append(abs(reactor._scheduledAt - first.getTime()) < 1e-9)
+    sooner = reactor.callLater(0.0197, lambda: None)
+    armed.append(abs(reactor._scheduledAt - sooner.getTime()) < 1e-9)
+reactor.callLater(0.025, check_armed)
+
 def chain(n, t0):
     # sub-millisecond delays one after the other: each must wait its own time, no more turns
     if n == 0:
@@ -67,9 +76,9 @@ def chain(n, t0):
         early.append((("chain", n), t0 - now))
     d = 0.0002 + (n % 7) * 0.00013
     reactor.callLater(d, chain, n - 1, reactor.seconds() + d)
-reactor.callLater(0.03, chain, 200, reactor.seconds() + 0.03)
+reactor.callLater(0.05, chain, 200, reactor.seconds() + 0.05)
 reactor.run()
-print(json.dumps({"fired": fired, "early": early, "turns": turns[0], "type": type(reactor).__name__}))
+print(json.dumps({"fired": fired, "early": early, "turns": turns[0], "type": type(reactor).__name__, "armed": armed}))
 """
 
 
@@ -79,12 +88,13 @@ def test_delayed_calls_in_order_never_early_one_turn_each() -> None:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["type"] == "PreciseTimersReactor"
+    assert result["armed"] == [True, True]
     plain = [x for x in result["fired"] if not isinstance(x, list)]
     assert plain == [0, 1, 2, 4, 6, 7, 8, 9, 3, 10, 11]
     assert [x[1] for x in result["fired"] if isinstance(x, list)] == list(range(200, 0, -1))
     # Twisted's clock is time.time(); allow its resolution, nothing more
     assert all(ahead < 1e-5 for _name, ahead in result["early"]), result["early"]
-    # about one timer turn per distinct deadline (~211 here, plus stop): millisecond timers that fire
+    # about one timer turn per distinct deadline (~214 here, plus stop): millisecond timers that fire
     # early and re-arm, or sub-millisecond ones turned into call_soon, take several turns each
     assert result["turns"] <= 260, result["turns"]
 
