@@ -113,6 +113,7 @@ OFFER = (
 
 NICE: list[str] = []  # ["nice", "-n", N] with --nice
 DIAGNOSE: list[str] = []  # [directory, stallprobe options...] with --diagnose
+TURNS: list[str] = []  # [directory, turnprobe options...] with --turns
 PBX_PID: list[int] = []  # the PBX stand-in, for its CPU share
 SERVED_CPU: list[float] = []  # edge CPU seconds per transaction served at capacity (the last capacity run)
 WINDOWS: list[tuple[str, float, float]] = []  # (step, perf_counter start, end): the diagnosis per step
@@ -164,6 +165,12 @@ class Edge(BenchEdge):
             self.diagnosis = Path(DIAGNOSE[0]) / f"stalls-{os.getpid()}-{int(time.time() * 1000)}.json"
             probe = Path(__file__).resolve().parent / "stallprobe.py"
             launcher = [str(BIN / "python"), str(probe), str(self.diagnosis), *DIAGNOSE[1:], "--"]
+        self.turns: Path | None = None
+        if TURNS:  # --turns: the edge runs under bench/turnprobe.py
+            Path(TURNS[0]).mkdir(parents=True, exist_ok=True)
+            self.turns = Path(TURNS[0]) / f"turns-{os.getpid()}-{int(time.time() * 1000)}.json"
+            probe = Path(__file__).resolve().parent / "turnprobe.py"
+            launcher = [str(BIN / "python"), str(probe), str(self.turns), *TURNS[1:], "--"]
         super().__init__(tmp, text, _taskset(0), src=src, launcher=launcher)
         self.token = (Path(tmp) / "state" / "admin-token").read_text().strip()
 
@@ -192,6 +199,8 @@ class Edge(BenchEdge):
 
     def stop(self) -> None:
         super().stop()
+        if self.turns is not None and self.turns.exists():
+            _print_turns(self.turns)
         if self.diagnosis is not None and self.diagnosis.exists():
             shutil.copy(self.log, self.diagnosis.with_suffix(".log"))
             _print_diagnosis(self.diagnosis)
@@ -199,6 +208,97 @@ class Edge(BenchEdge):
             for code in re.findall(r"\b([A-Z]{3}\d{3})\b", self.log.read_text()):
                 codes[code] = codes.get(code, 0) + 1
             print("  log lines by code:", sorted(codes.items(), key=lambda kv: -kv[1])[:15])
+
+
+def _print_turns(path: Path) -> None:
+    """The turn probe's attribution of late probe ticks (bench/turnprobe.py), per latency step."""
+    d = json.loads(path.read_text())
+    print(f"late probe ticks ({path}): what ran between a tick's deadline and the tick")
+    for step, w0, w1 in WINDOWS:
+        rows = [row for row in d["ticks"] if w0 <= row[0] <= w1]
+        if not rows:
+            continue
+        ticks = [row[1] for row in rows]
+        n = len(ticks)
+        span = rows[-1][0] - rows[0][0] or 1.0
+        print(
+            f"  {step}: Twisted timer turns {sum(r[2] for r in rows) / span:.0f}/s, of them with no call due "
+            f"{sum(r[3] for r in rows) / span:.0f}/s; process CPU {(rows[-1][5] - rows[0][5]) / span * 100:.0f}%, "
+            f"of which in the wrapped loop callbacks {sum(r[4] for r in rows[1:]) / span * 100:.0f}% (wall)"
+        )
+        over = {ms: sum(1 for lag in ticks if lag >= ms / 1000) for ms in (1, 2, 5, 10)}
+        print(
+            f"  {step}: {n} ticks; late >= 1/2/5/10 ms: "
+            + ", ".join(f"{over[ms]} ({over[ms] * 100 / n:.2f}%)" for ms in over)
+        )
+        worst = sorted((x for x in d["late"] if w0 <= x["t"] <= w1), key=lambda x: -x["lag"])[:3]
+        for x in worst:
+            parts = sorted({**x["top"], **x["nested"]}.items(), key=lambda kv: -kv[1][1])[:5]
+            off = x.get("off_cpu")
+            print(
+                f"    late tick of {x['lag'] * 1000:.1f} ms"
+                + (f" (process off the CPU {off * 1000:.1f} ms)" if off is not None else "")
+                + ": "
+                + ", ".join(f"{label} x{c} {sec * 1000:.2f} ms" for label, (c, sec) in parts)
+            )
+        for lo, hi in ((0.001, 0.002), (0.002, 1.0)):
+            late = [x for x in d["late"] if w0 <= x["t"] <= w1 and lo <= x["lag"] < hi]
+            if not late:
+                continue
+            k = len(late)
+            print(
+                f"    {len(late)} ticks {lo * 1000:.0f}-{hi * 1000:.0f} ms late, mean lag "
+                f"{sum(x['lag'] for x in late) / k * 1000:.2f} ms; per tick: calls (count, ms)"
+            )
+            for key in ("top", "nested"):
+                tot: dict[str, list[float]] = {}
+                for x in late:
+                    for label, (c, sec) in x[key].items():
+                        row = tot.setdefault(label, [0, 0.0])
+                        row[0] += c
+                        row[1] += sec
+                for label, (c, sec) in sorted(tot.items(), key=lambda kv: -kv[1][1])[:14]:
+                    print(
+                        f"      {'' if key == 'top' else '  '}{label:44} {c / k:6.2f} {sec / k * 1000:7.3f}"
+                    )
+            print(
+                f"      {'not in a wrapped entry (uvloop C, tasks)':44} {'':6} {sum(x['rest'] for x in late) / k * 1000:7.3f}"
+            )
+            offs = sorted(x["off_cpu"] for x in late if x.get("off_cpu") is not None)
+            if offs:
+                print(
+                    f"      of the window, the process off the CPU (wall - process CPU since the callback running "
+                    f"at the deadline began): median {offs[len(offs) // 2] * 1000:.3f} ms"
+                )
+            if lo < 0.002:
+                continue
+            # each candidate's share of the late ticks: how many would be under 2 ms without it
+            parts: dict[str, list[str]] = {
+                "relay ports opened/closed": ["relay open_port", "relay close_port"],
+                "media hook and end (ports included)": ["media hook", "media end"],
+                "Twisted timers (all)": [
+                    "loop:twisted timers",
+                    "loop:twisted timers, none due",
+                    "loop:twisted timers (before the probe)",
+                ],
+                "garbage collections": ["gc0", "gc1", "gc2"],
+                "PBX UDP reads": ["loop:fd Port"],
+                "client TCP reads": ["loop:tcp read", "loop:tcp read, a later slice"],
+                "not in a wrapped entry": ["rest"],
+            }
+            out = []
+            for what, labels in parts.items():
+                saved = 0
+                for x in late:
+                    cut = sum(
+                        (x["top"].get(lb) or x["nested"].get(lb) or (0, x["rest"] if lb == "rest" else 0.0))[
+                            1
+                        ]
+                        for lb in labels
+                    )
+                    saved += x["lag"] - cut < 0.002
+                out.append(f"{what} {saved} ({saved * 100 / k:.0f}%)")
+            print("      late ticks >= 2 ms that would be under 2 ms without: " + "; ".join(out))
 
 
 def _print_diagnosis(path: Path) -> None:
@@ -611,7 +711,18 @@ def _gc_row(before: dict[str, float], after: dict[str, float]) -> str:
 def _lag_row(before: dict[str, float], after: dict[str, float]) -> str:
     hb, ha = _hist(before, "mcs_edge_loop_lag_seconds"), _hist(after, "mcs_edge_loop_lag_seconds")
     parts = [f"{_hist_pct(hb, ha, q) * 1000:7.1f}" for q in (0.5, 0.99, 0.999)]
-    return " ".join(parts) + f" {_gc_row(before, after):>22}"
+    return " ".join(parts) + f" {_hist_over(hb, ha, 0.002):>6}" + f" {_gc_row(before, after):>22}"
+
+
+def _hist_over(before: list[tuple[float, float]], after: list[tuple[float, float]], bound: float) -> str:
+    """Share (%) of the samples between two scrapes above ``bound`` (a bucket bound): the p99 target
+    is met when it is under 1%, which the bucket quantiles above show only to a bucket."""
+    b = dict(before)
+    delta = {k: n - b.get(k, 0.0) for k, n in after}
+    total = delta.get(float("inf"), 0.0)
+    if total <= 0 or bound not in delta:
+        return "-"
+    return f"{(total - delta[bound]) * 100 / total:.2f}"
 
 
 async def _latency_part(
@@ -623,7 +734,7 @@ async def _latency_part(
     caps: dict[str, float] = {}
     print(
         f"{'scenario':24} {'load':>5} {'tx/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} "
-        f"{'lag50':>7} {'lag99':>7} {'lag99.9':>7} {'GC gen0/1/2: n<max ms':>22} {'CPU%':>5} {'gen%':>5} {'pbx%':>5} {'503':>5} {'fail':>5}"
+        f"{'lag50':>7} {'lag99':>7} {'lag99.9':>7} {'>2ms%':>6} {'GC gen0/1/2: n<max ms':>22} {'CPU%':>5} {'gen%':>5} {'pbx%':>5} {'503':>5} {'fail':>5}"
     )
     for kind in args.kinds.split(","):
         cpu0 = cpu_ticks(edge.pid)
@@ -632,7 +743,7 @@ async def _latency_part(
         cpu = (cpu_ticks(edge.pid) - cpu0) / (time.monotonic() - t0)
         caps[kind] = cap
         print(
-            f"{name + kind + ' capacity':24} {'max':>5} {cap:7.0f} {'':74} {cpu * 100:5.0f}   CPU us/tx {cpu * 1e6 / max(cap, 1):.0f}"
+            f"{name + kind + ' capacity':24} {'max':>5} {cap:7.0f} {'':81} {cpu * 100:5.0f}   CPU us/tx {cpu * 1e6 / max(cap, 1):.0f}"
         )
         for step in [int(x) for x in args.steps.split(",")]:
             base = rate_caps.get(kind, cap) if rate_caps else cap
@@ -1053,7 +1164,16 @@ def main() -> None:
     ap.add_argument(
         "--stall", default="", help="with --diagnose: report busy runs longer than this many ms (default 10)"
     )
+    ap.add_argument(
+        "--turns",
+        default="",
+        help="DIR: run the edge under bench/turnprobe.py (entry points timed) and print, per step, what "
+        "ran while the loop-lag probe was late; perturbs the edge a little",
+    )
+    ap.add_argument("--late", default="", help="with --turns: ticks at least this many ms late (default 1)")
     args = ap.parse_args()
+    if args.turns:
+        TURNS[:] = [args.turns, *(["--late", args.late] if args.late else [])]
     if args.diagnose:
         DIAGNOSE[:] = [
             args.diagnose,

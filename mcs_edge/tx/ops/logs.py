@@ -26,6 +26,16 @@ every ``delay`` seconds (the write and flush system calls release the GIL). A lo
 lines are dropped, counted, and reported with ``LOG301`` once the output moves again. At exit
 (and on shutdown) what is buffered is written synchronously.
 
+Formatted once (issue 21). Twisted formats an event with a ``string.Formatter`` written in Python
+(about 15 us for a record of six fields), and the chain formatted each event twice: the redaction
+scan, then the output. :func:`event_text` formats it once per event (cached in the event under
+:data:`TEXT_KEY`, a ``log_`` key, so no output shows it) with the C ``str.format_map`` when the format
+has no ``{name()}`` call field (Twisted's extension, the only difference), Twisted's ``formatEvent``
+otherwise or when that raises (so an unformattable event reads as Twisted writes it). The text
+output (:func:`classic_text`) is Twisted's ``formatEventAsClassicLogText`` line on that text, its
+timestamp formatted once per second. Measured on the bench's call churn, the one record per ended
+call (``MED200``) cost about 0.1 ms of the reactor's turn (docs/performance.md).
+
 Per-packet and per-message errors go through :class:`RateLimitedLog`: at most ``burst`` lines per
 key every ``window`` seconds; the rest are counted and summarised with ``LOG300`` the next time the
 key logs after its window, so a flood of garbage costs a dict lookup per message and never floods
@@ -47,7 +57,16 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from twisted.application.service import MultiService
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, textFileLogObserver
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+    timeFormatRFC3339,
+)
 from zope.interface import implementer
 
 from mcs_edge.config import REDACTED
@@ -55,14 +74,85 @@ from mcs_edge.logevents import code_of
 from mcs_edge.tx.timers import monotonic, wall_clock, wall_datetime
 
 __all__ = [
+    "TEXT_KEY",
     "JsonLineObserver",
     "LoggingRoot",
     "RateLimitedLog",
     "RedactingObserver",
     "ThreadedOutput",
+    "classic_text",
+    "event_text",
     "json_stdout_observer",
     "log_observer",
 ]
+
+#: the event's formatted text, once :func:`event_text` has formatted it (a ``log_`` key: no output shows it)
+TEXT_KEY = "log_mcs_text"
+
+
+def _format(event: dict[str, Any]) -> str:
+    fmt = event.get("log_format")
+    if type(fmt) is str and "()" not in fmt and "log_flattened" not in event:
+        try:
+            return fmt.format_map(event)
+        except Exception:  # Twisted's formatter decides (and describes an unformattable event)
+            return formatEvent(event)
+    return formatEvent(event)
+
+
+def event_text(event: dict[str, Any]) -> str:
+    """``formatEvent(event)``, formatted once per event (module docstring)."""
+    text = event.get(TEXT_KEY)
+    if type(text) is not str:
+        text = _format(event)
+        event[TEXT_KEY] = text
+    return text
+
+
+class _Stamp:
+    """Twisted's ``formatTime(when, timeFormatRFC3339)``, formatted once per second (the format has
+    whole seconds, and a time zone offset changes on a second boundary)."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second: int | None = None
+        self.text = ""
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(when, timeFormatRFC3339)
+        second = int(when // 1)
+        if second != self.second:
+            self.text = formatTime(float(second), timeFormatRFC3339)
+            self.second = second
+        return self.text
+
+
+_STAMP = _Stamp()
+
+
+def _system(event: dict[str, Any]) -> str:
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        return f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+    try:
+        return str(system)
+    except Exception:
+        return "UNFORMATTABLE"
+
+
+def classic_text(event: dict[str, Any]) -> str | None:
+    """Twisted's ``formatEventAsClassicLogText`` (the text observer's line) on :func:`event_text`;
+    an event with a failure is left to Twisted (its traceback)."""
+    if "log_failure" in event:
+        return formatEventAsClassicLogText(event, formatTime=lambda when: formatTime(when, timeFormatRFC3339))
+    text = event_text(event)
+    if not text:
+        return None
+    return f"{_STAMP(event.get('log_time'))} [{_system(event)}] {text}".replace("\n", "\n\t") + "\n"
+
 
 _SKIP = frozenset({"format", "message", "isError", "system", "time", "failure", "why", "printed"})
 
@@ -94,7 +184,7 @@ class JsonLineObserver:
             "time": datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="milliseconds"),
             "level": level.name if isinstance(level, type(LogLevel.info)) else "info",
             "code": code_of(fmt) if isinstance(fmt, str) else None,
-            "message": formatEvent(event),
+            "message": event_text(event),
             "namespace": event.get("log_namespace"),
         }
         out.update(self._extra)
@@ -265,7 +355,7 @@ def log_observer(fmt: str, worker: int | None = None) -> ILogObserver:
         extra = {"worker": worker} if worker is not None else {}
         out = ThreadedOutput(sys.stdout, _json_dropped_line(extra))
         return JsonLineObserver(out, extra or None)  # type: ignore[arg-type]
-    text = textFileLogObserver(ThreadedOutput(sys.stdout))  # type: ignore[arg-type]
+    text = FileLogObserver(ThreadedOutput(sys.stdout), classic_text)  # type: ignore[arg-type]
     if worker is None:
         return text
     tag = f"worker{worker}"
@@ -299,7 +389,7 @@ class RedactingObserver:
         except Exception:  # never let logging raise into the emitter
             found = []
         if found:
-            text = formatEvent(event)
+            text = event_text(event)
             failure = event.get("log_failure")
             tb = ""
             if failure is not None:
@@ -315,6 +405,7 @@ class RedactingObserver:
                     text += "\n" + tb
                 event = {k: v for k, v in event.items() if k.startswith("log_") and k != "log_failure"}
                 event["log_format"] = text.replace("{", "{{").replace("}", "}}")
+                event[TEXT_KEY] = text  # the redacted text, not the one formatted above
         self._observer(event)
 
 
