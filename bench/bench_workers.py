@@ -527,6 +527,10 @@ class MediaLoad:
     ) -> None:
         self.mode = mode
         self.srtp = srtp  #: clients offer SDES-SRTP (CGenerator only)
+        #: set-up INVITEs answered 503 (overload) are sent again after 1 s, as a phone would
+        #: (Retry-After), this many times at most; ``refused`` counts them
+        self.retries = 0
+        self.refused = 0
         self.gen = gen
         self.pbx = pbx
         self.conns = conns
@@ -541,7 +545,20 @@ class MediaLoad:
         if self.mode == "direct":
             return pbx_port, client_port
         assert self.pbx is not None
-        call_id = f"bench{i}x{os.getpid()}"
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._call(
+                    f"bench{i}x{os.getpid()}" + (f"r{attempt}" if attempt else ""), i, client_port, pbx_port
+                )
+            except RuntimeError as exc:
+                if " 503 " not in str(exc) or attempt == self.retries:
+                    raise
+                self.refused += 1
+                await asyncio.sleep(1.0)
+        raise AssertionError("not reached")
+
+    async def _call(self, call_id: str, i: int, client_port: int, pbx_port: int) -> tuple[int, int]:
+        assert self.pbx is not None
         self.pbx.answers[call_id] = _sdp(pbx_port)
         key = None
         if self.srtp:
@@ -549,9 +566,11 @@ class MediaLoad:
             key = os.urandom(30)
             self.gen.set_key(i, key)
         t0 = time.perf_counter()
-        answer = await self.conns[i % len(self.conns)].invite(call_id, _sdp(client_port, key=key))
+        try:
+            answer = await self.conns[i % len(self.conns)].invite(call_id, _sdp(client_port, key=key))
+        finally:
+            self.pbx.answers.pop(call_id, None)
         self.setups.append((time.perf_counter() - t0, self.streams))
-        self.pbx.answers.pop(call_id, None)
         # the relay's client-side port (from the answer), its PBX-side port (from the offer the PBX got)
         return _media_port(answer), _media_port(self.pbx.offers.pop(call_id))
 
@@ -919,12 +938,13 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             ]
             gen: Generator = CGenerator(args.rtpgen) if args.rtpgen is not None else PyGenerator()
             load = MediaLoad("edge", gen, pbx, conns, srtp=args.client_srtp == "sdes")
+            load.retries = args.retry_refused
             t0 = time.monotonic()
             try:
                 await load.ensure(2 * args.calls)
             except (TimeoutError, RuntimeError, ConnectionError) as exc:
                 print(f"  call setup failed after {load.calls} calls: {exc!r}", file=sys.stderr)
-            out.update(calls=load.calls, setup_s=time.monotonic() - t0)
+            out.update(calls=load.calls, setup_s=time.monotonic() - t0, setup_refused=load.refused)
             ramp = [d for d, _ in load.setups]
             late = [d for d, flowing in load.setups if flowing >= 2 * args.calls * 0.9]
             out.update(setup_p50=_pct(ramp, 0.5), setup_p99=_pct(ramp, 0.99), setup_late_p99=_pct(late, 0.99))
@@ -977,6 +997,7 @@ def hold_bench(args: argparse.Namespace) -> None:
         print(
             f"    {int(r['calls'])} calls set up in {r['setup_s']:.0f} s: INVITE->200 p50 {1e3 * r['setup_p50']:.0f} ms,"
             f" p99 {1e3 * r['setup_p99']:.0f} ms (p99 {1e3 * r['setup_late_p99']:.0f} ms for the last 10%)"
+            f"{'; ' + str(r['setup_refused']) + ' INVITEs refused with 503 and sent again' if r['setup_refused'] else ''}"
         )
         print(
             f"    hold: {int(r['sent'])} packets sent, loss {100 * r['loss']:.3f}%, {r['rate']:.0f} pkt/s"
@@ -1037,6 +1058,12 @@ def main() -> None:
     ap.add_argument("--registered", type=int, default=10000, help="hold: registered WSS agents held")
     ap.add_argument("--calls", type=int, default=1000, help="hold: concurrent calls")
     ap.add_argument("--hold", type=float, default=60.0, help="hold: seconds the calls are measured")
+    ap.add_argument(
+        "--retry-refused",
+        type=int,
+        default=0,
+        help="hold: a set-up INVITE answered 503 is sent again after 1 s, at most this many times (counted)",
+    )
     ap.add_argument(
         "--client-srtp",
         default="none",

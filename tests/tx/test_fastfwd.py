@@ -4,7 +4,8 @@ Each scenario runs one packet sequence twice on loopback sockets: once through `
 alone, once through a C Port whose rule the leg installs (the relay adapter's ``_Held`` folds the
 counters back). The bytes that reach the PBX and every counter of both legs must be the same:
 packets, bytes, drops by reason, policing decisions and bucket state (a scripted ``now``),
-sequence trackers, ``last_rx``, the far leg's tx counters and ``last_rtp``.
+sequence trackers, ``last_rx``, the far leg's tx counters and ``last_rtp``. SRTP legs (SDES on
+either side) run the same way: the rule unprotects and protects with the legs' own libsrtp sessions.
 """
 
 from __future__ import annotations
