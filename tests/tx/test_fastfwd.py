@@ -726,8 +726,9 @@ def test_install_refuses_bad_rules() -> None:
 
 @needs_ff
 def test_open_close_loop_leaks_nothing() -> None:
-    """Ports holding rules on each other (a cycle A -> B -> A), opened and closed or just dropped:
-    no growth of traced memory, and the handlers' reference counts come back."""
+    """Ports holding rules on each other (a cycle A -> B -> A), with SRTP sessions' owners, opened
+    and closed or just dropped (a rule revoked and installed again): no growth of traced memory,
+    and the handlers' and owners' reference counts come back."""
 
     def handler(_d: bytes, _a: Any) -> None:
         return None
@@ -735,15 +736,22 @@ def test_open_close_loop_leaks_nothing() -> None:
     s1, s2 = _udp(), _udp()
     base_refs = sys.getrefcount(handler)
 
+    owner = object()  # an SRTP session's owner: the rules hold it (never called: no traffic)
+    base_owner_refs = sys.getrefcount(owner)
+    srtp = (1, 1, owner, 1500)
+
     def round_(close: bool) -> None:
         a = ff.Port(s1.fileno(), handler, handler)
         b = ff.Port(s2.fileno(), handler, handler)
-        a.install(("127.0.0.1", 1), b, ("127.0.0.1", 2), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0)
-        b.install(("127.0.0.1", 2), a, ("127.0.0.1", 1), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0)
+        a.install(("127.0.0.1", 1), b, ("127.0.0.1", 2), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0, srtp, srtp)
+        b.install(("127.0.0.1", 2), a, ("127.0.0.1", 1), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0, None, srtp)
         a.take()
         if close:
             a.close()
             b.close()
+        else:
+            b.revoke()
+            b.install(("127.0.0.1", 2), a, ("127.0.0.1", 1), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0, srtp)
 
     for close in (True, False):
         for _ in range(200):
@@ -758,6 +766,7 @@ def test_open_close_loop_leaks_nothing() -> None:
         tracemalloc.stop()
         assert grown < 64 * 1024, grown
     assert sys.getrefcount(handler) == base_refs
+    assert sys.getrefcount(owner) == base_owner_refs + 1  # the tuple ``srtp`` holds one
     s1.close()
     s2.close()
 
