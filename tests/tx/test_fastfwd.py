@@ -1215,3 +1215,110 @@ def test_relay_holds_an_ice_leg_and_a_consent_timer_moves_then_stops_forwarding(
             timers.cancel_all()
 
     return run()
+
+
+def _sdes_sip(start: str, call_id: str, port: int, tag: str, cseq: int, key: bytes | None) -> Any:
+    """An INVITE or its 200 with SDP: RTP/SAVP with an SDES ``key``, or plain RTP/AVP."""
+    from mcs_edge.core.sip.message import parse
+
+    proto, crypto = "RTP/AVP", ""
+    if key is not None:
+        proto = "RTP/SAVP"
+        crypto = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(key).decode()}\r\n"
+    body = (
+        f"v=0\r\no=- 1 {cseq} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} {proto} 0\r\na=rtcp-mux\r\n{crypto}"
+    )
+    head = (
+        f"{start}\r\nVia: SIP/2.0/TLS x.invalid;branch=z9hG4bK{cseq}\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:a@rossi.example.com>;tag=1\r\nTo: <sip:200@rossi.example.com>{tag}\r\nCall-ID: {call_id}\r\n"
+        f"CSeq: {cseq} INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return parse(head.encode() + body.encode())
+
+
+@pytest.mark.parametrize("offload", ["auto", "off"])
+def test_relay_forwards_sdes_srtp_in_c_and_follows_a_new_key(tmp_path: Any, offload: str) -> Any:
+    """Through MediaRelay on the running reactor, an app's SDES-SRTP call bridged to a plain RTP
+    PBX: after the first packets both legs are held by rules that unprotect / protect in C (the app
+    gets SRTP it can decrypt with the edge's key, the PBX plain RTP); a re-INVITE with a new key
+    moves both rules to the new libsrtp sessions (the old key's packets are refused and counted,
+    the new key's forwarded); the counters read through ``stats()`` are those of every packet."""
+    import uuid
+
+    import pytest_twisted
+    from twisted.internet import reactor, task, threads
+
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.timers import Timers
+
+    @pytest_twisted.inlineCallbacks
+    def run() -> Any:
+        lo = random.randrange(20000, 32000, 2)
+        timers = Timers(reactor)
+        relay = MediaRelay(
+            _relay_config(tmp_path, lo, offload),
+            reactor,
+            timers,
+            tenant_media=lambda tid: "bridge",
+            client_transport=lambda _flow: "tls",
+        )
+        client, pbx = _udp(), _udp()
+        call_id = uuid.uuid4().hex
+        key1, key2 = bytes(range(30)), bytes(range(50, 80))
+        try:
+            port = client.getsockname()[1]
+            invite = _sdes_sip("INVITE sip:200@rossi.example.com SIP/2.0", call_id, port, "", 1, key1)
+            assert relay.on_message(_Pair(), invite, True, timers.now()) is None
+            to_client = ("127.0.0.1", SessionDescription.parse(invite.body).media[0].port)
+            ok = _sdes_sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2", 1, None)
+            assert relay.on_message(_Pair(), ok, False, timers.now()) is None
+            answer = SessionDescription.parse(ok.body)
+            to_pbx = ("127.0.0.1", answer.media[0].port)
+            (crypto,) = answer.media[0].cryptos
+            app = SrtpContext(AES_CM_128_HMAC_SHA1_80, key1, crypto.key)
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+            def first() -> None:
+                for seq in range(1, 21):
+                    client.sendto(app.protect_rtp(rtp_packet(seq, 0x11)), to_pbx)
+                    assert _recv(pbx)[0] == rtp_packet(seq, 0x11)
+                for seq in range(1, 21):
+                    pbx.sendto(rtp_packet(seq, 0x22), to_client)
+                    assert app.unprotect_rtp(_recv(client)[0]) == rtp_packet(seq, 0x22)
+
+            yield threads.deferToThread(first)
+            if relay.offload:
+                assert len(relay.held) == 2 and relay.tally.value >= 36
+            reinvite = _sdes_sip("INVITE sip:200@rossi.example.com SIP/2.0", call_id, port, ";tag=2", 2, key2)
+            assert relay.on_message(_Pair(), reinvite, True, timers.now()) is None
+            ok2 = _sdes_sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2", 2, None)
+            assert relay.on_message(_Pair(), ok2, False, timers.now()) is None
+            (crypto2,) = SessionDescription.parse(ok2.body).media[0].cryptos
+            app2 = SrtpContext(AES_CM_128_HMAC_SHA1_80, key2, crypto2.key)
+
+            def second() -> None:
+                for seq in range(21, 26):  # the old key: refused (counted as srtp)
+                    client.sendto(app.protect_rtp(rtp_packet(seq, 0x11)), to_pbx)
+                for seq in range(26, 46):
+                    client.sendto(app2.protect_rtp(rtp_packet(seq, 0x11)), to_pbx)
+                    assert _recv(pbx)[0] == rtp_packet(seq, 0x11)
+                for seq in range(21, 41):
+                    pbx.sendto(rtp_packet(seq, 0x22), to_client)
+                    assert app2.unprotect_rtp(_recv(client)[0]) == rtp_packet(seq, 0x22)
+
+            yield threads.deferToThread(second)
+            if relay.offload:
+                assert len(relay.held) == 2
+            legs = relay.anchor.sessions[call_id].stats()["legs"]
+            assert [(leg["rx_packets"], leg["tx_packets"]) for leg in legs] == [(40, 40), (40, 40)]
+            assert legs[0]["dropped"] == {"srtp": 5}
+            relay.on_end(call_id, "BYE")
+            assert relay.ports == {} and relay.held == {}
+        finally:
+            for s in (client, pbx):
+                s.close()
+            relay.stop()
+            timers.cancel_all()
+
+    return run()
