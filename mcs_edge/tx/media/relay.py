@@ -23,14 +23,15 @@ C module built; docs/performance.md, "In-process forwarding"): each relay port i
 C :class:`mcs_edge._fastfwd.Port` (``RelayEndpoints.open_fast``). When a leg's state is simple
 (:meth:`Leg.offload_spec`: plain RTP, passthrough or SRTP (with keys) to one target that needs no
 rewrite, the leg's own bucket, a tracker for the current SSRC) the relay installs that spec as the
-Port's rule and the leg's fast path runs in C, libsrtp included, no Python per packet. The rule is *revoked* (its counters
-folded back into the leg, :meth:`Leg.absorb_offload`) before any Python code touches the leg:
-every datagram the rule hands on (RTCP, STUN, another source or SSRC, a late packet) and every call
-into the anchor for its session (SIP messages, end, park, move, pokes); the session's timers and
-stats pull the counters (:meth:`Leg.sync`), and so does the metrics collector (:meth:`sync`). A
-session with ICE *releases* its rules in its timer instead (ICE moves ``remote`` or ends the call on
-consent loss from timers, no datagram involved; a DTLS timer may re-key a leg; :meth:`_Held.release`). After each such event the
-relay asks the leg again and reinstalls. Ports close with their rule freed.
+Port's rule and the leg's fast path runs in C, libsrtp included, no Python per packet. The rule is
+*revoked* (its counters folded back into the leg, :meth:`Leg.absorb_offload`) before any Python
+code touches the leg: every datagram the rule hands on (RTCP, STUN, another source or SSRC, a late
+packet) and every call into the anchor for its session (SIP messages, end, park, move, pokes); the
+session's timers and stats pull the counters (:meth:`Leg.sync`), and so does the metrics collector
+(:meth:`sync`). A session with ICE or DTLS *releases* its rules in its timer instead (ICE moves
+``remote`` or ends the call on consent loss from timers, a DTLS timer may re-key a leg, no datagram
+involved; :meth:`_Held.release`). After each such event the relay asks the leg again and
+reinstalls. Ports close with their rule freed.
 
 Failures: a port that cannot be bound makes the anchor try the next one; send errors are counted
 by the legs; ICMP errors the loop reports are counted here; problems are logged rate-limited.
