@@ -29,7 +29,10 @@ and near ``--media-ref`` streams.
 (TLS + WebSocket, each REGISTERed; this process is the PBX and answers 200) are opened and held,
 then ``--calls`` calls are set up over ``--media-conns`` more WSS connections (tenant media mode
 ``--media-mode``; ``bridge``: the generator's clients offer plain RTP/AVP, since ``rtpgen.c`` does no
-DTLS-SRTP) and each carries 50 packets/s each way, sent and counted by ``rtpgen.c``; the calls are
+DTLS-SRTP; with ``--client-srtp sdes`` they offer RTP/SAVP with an SDES key instead and ``rtpgen.c``
+sends SRTP (AES_CM_128_HMAC_SHA1_80, OpenSSL's libcrypto), so the edge bridges SRTP <-> RTP: the
+cheapest way to load its SRTP path, DTLS aside) and each carries 50 packets/s each way, sent and
+counted by ``rtpgen.c``; the calls are
 then held for ``--hold`` seconds while a probe call is set up every 0.5 s. Printed per worker
 count: agents registered (and the edge's CPU per registration), INVITE -> 200 times while the calls
 are set up and of the probes during the hold, loss over the hold, and the CPU of the edge, the
@@ -42,13 +45,14 @@ reached with the generator on it.
 
 Usage: ``python bench/bench_workers.py [--bench sip,media,hold] [--workers 1,2] [--seconds 8]
 [--conns 64] [--media-start 800] [--media-window 3] [--media-budget 150] [-v]
-[--media-mode passthrough|bridge] [--registered 10000] [--calls 1000] [--hold 60]``.
+[--media-mode passthrough|bridge] [--client-srtp none|sdes] [--registered 10000] [--calls 1000] [--hold 60]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import random
 import resource
@@ -271,10 +275,15 @@ class Pbx(asyncio.DatagramProtocol):
         self.transport.sendto(out.encode(), addr)  # type: ignore[union-attr]
 
 
-def _sdp(port: int, extra: str = "") -> str:
+def _sdp(port: int, extra: str = "", key: bytes | None = None) -> str:
+    """A plain RTP/AVP offer or answer, RTP/SAVP with an SDES ``key`` (AES_CM_128_HMAC_SHA1_80)."""
+    proto = "RTP/AVP"
+    if key is not None:
+        proto = "RTP/SAVP"
+        extra = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(key).decode()}\r\n{extra}"
     return (
         f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\na=sendrecv\r\n{extra}"
+        f"m=audio {port} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\na=sendrecv\r\n{extra}"
     )
 
 
@@ -451,6 +460,15 @@ class CGenerator:
     def set_dest(self, call: int, up: int, down: int) -> None:
         self._cmd(f"dest {call} {up} {down}", reply=False)
 
+    def sizes(self) -> tuple[int, ...]:
+        """Datagrams of 172 (RTP) and 182 bytes (SRTP) the client and the PBX sockets received in the
+        window: (client 172, client 182, PBX 172, PBX 182)."""
+        return tuple(int(w) for w in self._cmd("sizes").split())
+
+    def set_key(self, call: int, key: bytes) -> None:
+        """The call's client stream is SDES-SRTP with this master key||salt."""
+        self._cmd(f"key {call} {key.hex()}", reply=False)
+
     def set_active(self, n: int) -> None:
         self._cmd(f"active {n}")
 
@@ -483,13 +501,15 @@ def _raise_priority() -> None:
         pass
 
 
-def build_rtpgen(tmp: str) -> Path | None:
-    """Compile ``bench/rtpgen.c`` (None when there is no C compiler)."""
+def build_rtpgen(tmp: str, srtp: bool = False) -> Path | None:
+    """Compile ``bench/rtpgen.c`` (None when there is no C compiler; with ``srtp``, none without
+    OpenSSL's libcrypto and headers either)."""
     src = Path(__file__).resolve().parent / "rtpgen.c"
     out = Path(tmp) / "rtpgen"
+    flags = ["-DWITH_SRTP", str(src), "-lcrypto"] if srtp else [str(src)]
     for cc in ("cc", "gcc", "clang"):
         try:
-            subprocess.run([cc, "-O2", "-o", str(out), str(src)], check=True, capture_output=True)
+            subprocess.run([cc, "-O2", "-o", str(out), *flags], check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError):
             continue
         return out
@@ -502,8 +522,15 @@ Generator = PyGenerator | CGenerator
 class MediaLoad:
     """Calls (through the edge, or ``direct``) and their streams, sent by ``gen``."""
 
-    def __init__(self, mode: str, gen: Generator, pbx: Pbx | None, conns: list[SipConn]) -> None:
+    def __init__(
+        self, mode: str, gen: Generator, pbx: Pbx | None, conns: list[SipConn], srtp: bool = False
+    ) -> None:
         self.mode = mode
+        self.srtp = srtp  #: clients offer SDES-SRTP (CGenerator only)
+        #: set-up INVITEs answered 503 (overload) are sent again after 1 s, as a phone would
+        #: (Retry-After), this many times at most; ``refused`` counts them
+        self.retries = 0
+        self.refused = 0
         self.gen = gen
         self.pbx = pbx
         self.conns = conns
@@ -518,12 +545,32 @@ class MediaLoad:
         if self.mode == "direct":
             return pbx_port, client_port
         assert self.pbx is not None
-        call_id = f"bench{i}x{os.getpid()}"
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._call(
+                    f"bench{i}x{os.getpid()}" + (f"r{attempt}" if attempt else ""), i, client_port, pbx_port
+                )
+            except RuntimeError as exc:
+                if " 503 " not in str(exc) or attempt == self.retries:
+                    raise
+                self.refused += 1
+                await asyncio.sleep(1.0)
+        raise AssertionError("not reached")
+
+    async def _call(self, call_id: str, i: int, client_port: int, pbx_port: int) -> tuple[int, int]:
+        assert self.pbx is not None
         self.pbx.answers[call_id] = _sdp(pbx_port)
+        key = None
+        if self.srtp:
+            assert isinstance(self.gen, CGenerator), "SDES-SRTP clients need rtpgen.c"
+            key = os.urandom(30)
+            self.gen.set_key(i, key)
         t0 = time.perf_counter()
-        answer = await self.conns[i % len(self.conns)].invite(call_id, _sdp(client_port))
+        try:
+            answer = await self.conns[i % len(self.conns)].invite(call_id, _sdp(client_port, key=key))
+        finally:
+            self.pbx.answers.pop(call_id, None)
         self.setups.append((time.perf_counter() - t0, self.streams))
-        self.pbx.answers.pop(call_id, None)
         # the relay's client-side port (from the answer), its PBX-side port (from the offer the PBX got)
         return _media_port(answer), _media_port(self.pbx.offers.pop(call_id))
 
@@ -890,13 +937,14 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(args.media_conns)
             ]
             gen: Generator = CGenerator(args.rtpgen) if args.rtpgen is not None else PyGenerator()
-            load = MediaLoad("edge", gen, pbx, conns)
+            load = MediaLoad("edge", gen, pbx, conns, srtp=args.client_srtp == "sdes")
+            load.retries = args.retry_refused
             t0 = time.monotonic()
             try:
                 await load.ensure(2 * args.calls)
             except (TimeoutError, RuntimeError, ConnectionError) as exc:
                 print(f"  call setup failed after {load.calls} calls: {exc!r}", file=sys.stderr)
-            out.update(calls=load.calls, setup_s=time.monotonic() - t0)
+            out.update(calls=load.calls, setup_s=time.monotonic() - t0, setup_refused=load.refused)
             ramp = [d for d, _ in load.setups]
             late = [d for d, flowing in load.setups if flowing >= 2 * args.calls * 0.9]
             out.update(setup_p50=_pct(ramp, 0.5), setup_p99=_pct(ramp, 0.99), setup_late_p99=_pct(late, 0.99))
@@ -904,6 +952,8 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             probes: list[float] = []
             probe = asyncio.ensure_future(_probe_calls(load, stop, probes))
             r = await _measure(load, edge, args.hold)
+            if isinstance(gen, CGenerator):
+                out["sizes"] = gen.sizes()
             stop.set()
             await probe
             out.update(r)
@@ -922,10 +972,16 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def hold_bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as build:
-        args.rtpgen = build_rtpgen(build) if args.generator == "c" else None
+        srtp = args.client_srtp == "sdes"
+        args.rtpgen = build_rtpgen(build, srtp) if args.generator == "c" else None
+        if srtp and args.rtpgen is None:
+            raise SystemExit(
+                "--client-srtp sdes needs rtpgen.c built with OpenSSL's libcrypto (cc, libssl-dev)"
+            )
         rows = [asyncio.run(_hold_run(int(n), args)) for n in args.workers.split(",")]
+    clients = "SDES-SRTP clients, " if srtp else ""
     print(
-        f"Hold: {args.registered} registered WSS agents + {args.calls} calls ({args.media_mode}; {RATE} pkt/s"
+        f"Hold: {args.registered} registered WSS agents + {args.calls} calls ({clients}{args.media_mode}; {RATE} pkt/s"
         f" each way) held {args.hold:.0f} s, a new probe call every 0.5 s; {os.cpu_count()} CPU(s) shared with"
         " the generator (rtpgen.c, nice -10) and this process (agents, PBX)"
     )
@@ -941,6 +997,7 @@ def hold_bench(args: argparse.Namespace) -> None:
         print(
             f"    {int(r['calls'])} calls set up in {r['setup_s']:.0f} s: INVITE->200 p50 {1e3 * r['setup_p50']:.0f} ms,"
             f" p99 {1e3 * r['setup_p99']:.0f} ms (p99 {1e3 * r['setup_late_p99']:.0f} ms for the last 10%)"
+            f"{'; ' + str(r['setup_refused']) + ' INVITEs refused with 503 and sent again' if r['setup_refused'] else ''}"
         )
         print(
             f"    hold: {int(r['sent'])} packets sent, loss {100 * r['loss']:.3f}%, {r['rate']:.0f} pkt/s"
@@ -949,6 +1006,11 @@ def hold_bench(args: argparse.Namespace) -> None:
         )
         if r["probe_failures"]:
             print(f"    probe calls failed: {r['probe_failures']}")
+        if "sizes" in r:
+            c172, c182, p172, p182 = r["sizes"]
+            print(
+                f"    datagrams received, RTP (172 bytes) / SRTP (182): clients {c172} / {c182}, PBX {p172} / {p182}"
+            )
         print(
             f"    CPU: edge {r['edge_cpu'] / r['elapsed']:.2f} cores ({1e6 * r['edge_cpu'] / max(r['got'], 1):.1f} us/pkt),"
             f" generator {r['gen_cpu'] / r['elapsed']:.2f}, everything else {r['other_cpu'] / r['elapsed']:.2f}"
@@ -996,6 +1058,18 @@ def main() -> None:
     ap.add_argument("--registered", type=int, default=10000, help="hold: registered WSS agents held")
     ap.add_argument("--calls", type=int, default=1000, help="hold: concurrent calls")
     ap.add_argument("--hold", type=float, default=60.0, help="hold: seconds the calls are measured")
+    ap.add_argument(
+        "--retry-refused",
+        type=int,
+        default=0,
+        help="hold: a set-up INVITE answered 503 is sent again after 1 s, at most this many times (counted)",
+    )
+    ap.add_argument(
+        "--client-srtp",
+        default="none",
+        choices=("none", "sdes"),
+        help="hold: the clients offer SDES-SRTP (RTP/SAVP + a=crypto) and rtpgen.c sends SRTP",
+    )
     ap.add_argument("--generator", default="c", choices=("c", "python"), help="media: RTP load generator")
     ap.add_argument("--media-start", type=int, default=800, help="media: streams at the first level")
     ap.add_argument("--media-window", type=float, default=3.0, help="media: seconds per measuring window")

@@ -13,10 +13,17 @@
  * Control on stdin, one command per line, one reply line for those that answer:
  *   alloc K                 K new calls; reply "ports c0 p0 c1 p1 ..." (their client/pbx ports)
  *   dest I UP DOWN          call I sends stream 2I to 127.0.0.1:UP and 2I+1 to 127.0.0.1:DOWN
+ *   key I HEX               call I's client stream (2I) is SDES-SRTP, AES_CM_128_HMAC_SHA1_80 with
+ *                           this master key||salt (60 hex digits): 182-byte packets (RFC 3711,
+ *                           key derivation rate 0; AES-CTR and HMAC-SHA1 from OpenSSL's libcrypto).
+ *                           What comes back to the client is counted from its clear header.
+ *                           Only when built with -DWITH_SRTP -lcrypto (bench_workers.py tries that first).
  *   active S                streams 0..S-1 send, the others are silent; reply "ok"
  *   start                   a window starts now (every stream's counters reset); reply "ok"
  *   stop                    the window ends now (later packets are not counted as sent); reply "ok"
  *   report                  reply "sent got lag_max_us resyncs" for the last window
+ *   sizes                   reply "c172 c182 p172 p182": datagrams of 172 (RTP) and 182 bytes (SRTP)
+ *                           received by the client and the PBX sockets since the last start
  *   quit
  */
 #define _GNU_SOURCE
@@ -33,20 +40,38 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef WITH_SRTP
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#endif
+
 #define TICK_NS 2000000LL
 #define MAX_CALLS 20000
+
+#ifdef WITH_SRTP
+typedef struct {
+    EVP_CIPHER_CTX *cipher;   /* AES-128-CTR with the session key */
+    unsigned char salt[14];   /* session salt */
+    SHA_CTX inner, outer;     /* HMAC-SHA1 with the session auth key: the pads already hashed */
+} srtp_t;
+#endif
 
 typedef struct {
     int fd;                 /* the socket this stream is sent from */
     struct sockaddr_in dst; /* where it goes */
     uint32_t ssrc;
     uint64_t n, lo, hi, got;
+#ifdef WITH_SRTP
+    srtp_t *srtp;           /* SDES-SRTP (client streams with a key), else NULL */
+#endif
 } stream_t;
 
 static stream_t streams[2 * MAX_CALLS];
 static int fds[2 * MAX_CALLS]; /* fds[2i] client socket (receives stream 2i+1), fds[2i+1] pbx socket */
 static int ncalls, active, ep;
 static int64_t lag_max;
+static uint64_t sizes[2][2]; /* [pbx socket][182 bytes] */
 static long resyncs;
 
 static int64_t now_ns(void) {
@@ -108,21 +133,90 @@ static void set_dst(stream_t *s, int port) {
     s->dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 }
 
+#ifdef WITH_SRTP
+/* RFC 3711 s.4.3.1 with key derivation rate 0: AES-CM(master key, (salt ^ label<<48) || 0x0000) */
+static void srtp_derive(const unsigned char *mkey, const unsigned char *msalt, unsigned char label,
+                        unsigned char *out, int len) {
+    unsigned char iv[16] = {0}, zero[32] = {0};
+    memcpy(iv, msalt, 14);
+    iv[7] ^= label;
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int outl = 0;
+    EVP_EncryptInit_ex(c, EVP_aes_128_ctr(), NULL, mkey, iv);
+    EVP_EncryptUpdate(c, out, &outl, zero, len);
+    EVP_CIPHER_CTX_free(c);
+}
+
+static int set_key(int call, const char *hex) {
+    unsigned char master[30];
+    if (call < 0 || call >= ncalls || strlen(hex) < 60) return -1;
+    for (int i = 0; i < 30; i++) {
+        unsigned int v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) return -1;
+        master[i] = (unsigned char)v;
+    }
+    srtp_t *k = calloc(1, sizeof *k);
+    unsigned char ekey[16], akey[20], pad[64];
+    srtp_derive(master, master + 16, 0x00, ekey, 16);
+    srtp_derive(master, master + 16, 0x01, akey, 20);
+    srtp_derive(master, master + 16, 0x02, k->salt, 14);
+    k->cipher = EVP_CIPHER_CTX_new();
+    EVP_EncryptInit_ex(k->cipher, EVP_aes_128_ctr(), NULL, ekey, NULL);
+    memset(pad, 0x36, 64);
+    for (int i = 0; i < 20; i++) pad[i] ^= akey[i];
+    SHA1_Init(&k->inner);
+    SHA1_Update(&k->inner, pad, 64);
+    memset(pad, 0x5c, 64);
+    for (int i = 0; i < 20; i++) pad[i] ^= akey[i];
+    SHA1_Init(&k->outer);
+    SHA1_Update(&k->outer, pad, 64);
+    streams[2 * call].srtp = k;
+    return 0;
+}
+
+/* RTP (len bytes at pkt) -> SRTP in place, 10-byte tag appended; returns the new length */
+static int srtp_protect(srtp_t *k, unsigned char *pkt, int len, uint32_t ssrc, uint64_t index) {
+    unsigned char iv[16] = {0}, mac[SHA_DIGEST_LENGTH], roc[4];
+    memcpy(iv, k->salt, 14);
+    for (int i = 0; i < 4; i++) iv[4 + i] ^= (unsigned char)(ssrc >> (24 - 8 * i));
+    for (int i = 0; i < 6; i++) iv[8 + i] ^= (unsigned char)(index >> (40 - 8 * i));
+    int outl = 0;
+    EVP_EncryptInit_ex(k->cipher, NULL, NULL, NULL, iv);
+    EVP_EncryptUpdate(k->cipher, pkt + 12, &outl, pkt + 12, len - 12);
+    uint32_t r = (uint32_t)(index >> 16);
+    roc[0] = (unsigned char)(r >> 24), roc[1] = (unsigned char)(r >> 16);
+    roc[2] = (unsigned char)(r >> 8), roc[3] = (unsigned char)r;
+    SHA_CTX c = k->inner;
+    SHA1_Update(&c, pkt, (size_t)len);
+    SHA1_Update(&c, roc, 4);
+    SHA1_Final(mac, &c);
+    c = k->outer;
+    SHA1_Update(&c, mac, SHA_DIGEST_LENGTH);
+    SHA1_Final(mac, &c);
+    memcpy(pkt + len, mac, 10);
+    return len + 10;
+}
+#endif
+
 static void send_slot(int slot) {
-    unsigned char pkt[172];
-    memset(pkt + 12, 0x5a, 160);
-    pkt[0] = 0x80;
-    pkt[1] = 0;
+    unsigned char pkt[172 + 16];
     for (int s = slot; s < active; s += 10) {
         stream_t *st = &streams[s];
         uint64_t n = st->n++;
         uint16_t seq = htons((uint16_t)n);
         uint32_t ts = htonl((uint32_t)(n * 160));
         uint32_t ssrc = htonl(st->ssrc);
+        int len = 172;
+        pkt[0] = 0x80;
+        pkt[1] = 0;
         memcpy(pkt + 2, &seq, 2);
         memcpy(pkt + 4, &ts, 4);
         memcpy(pkt + 8, &ssrc, 4);
-        sendto(st->fd, pkt, sizeof pkt, 0, (struct sockaddr *)&st->dst, sizeof st->dst);
+        memset(pkt + 12, 0x5a, 160);
+#ifdef WITH_SRTP
+        if (st->srtp != NULL) len = srtp_protect(st->srtp, pkt, len, st->ssrc, n);
+#endif
+        sendto(st->fd, pkt, (size_t)len, 0, (struct sockaddr *)&st->dst, sizeof st->dst);
     }
 }
 
@@ -134,6 +228,7 @@ static void receive(int sock_index) {
         ssize_t len = recv(fds[sock_index], buf, sizeof buf, 0);
         if (len < 0) return;
         if (len < 12 || (buf[0] >> 6) != 2) continue;
+        if (len == 172 || len == 182) sizes[sock_index & 1][len == 182]++;
         uint32_t ts;
         memcpy(&ts, buf + 4, 4);
         uint64_t n = ntohl(ts) / 160;
@@ -153,6 +248,16 @@ static int command(char *cmd) {
             set_dst(&streams[2 * a], b);
             set_dst(&streams[2 * a + 1], c);
         }
+    } else if (strncmp(cmd, "key ", 4) == 0) {
+        char hex[128];
+        if (sscanf(cmd, "key %d %127s", &a, hex) == 2) {
+#ifdef WITH_SRTP
+            if (set_key(a, hex) < 0) fprintf(stderr, "rtpgen: bad key for call %d\n", a);
+#else
+            fprintf(stderr, "rtpgen: built without SRTP\n");
+            exit(1);
+#endif
+        }
     } else if (sscanf(cmd, "active %d", &a) == 1) {
         active = a < 2 * ncalls ? a : 2 * ncalls;
         puts("ok");
@@ -164,6 +269,7 @@ static int command(char *cmd) {
         }
         lag_max = 0;
         resyncs = 0;
+        memset(sizes, 0, sizeof sizes);
         puts("ok");
     } else if (strncmp(cmd, "stop", 4) == 0) {
         for (int s = 0; s < 2 * ncalls; s++) streams[s].hi = streams[s].n;
@@ -177,6 +283,9 @@ static int command(char *cmd) {
         }
         printf("%llu %llu %lld %ld\n", (unsigned long long)sent, (unsigned long long)got,
                (long long)(lag_max / 1000), resyncs);
+    } else if (strncmp(cmd, "sizes", 5) == 0) {
+        printf("%llu %llu %llu %llu\n", (unsigned long long)sizes[0][0], (unsigned long long)sizes[0][1],
+               (unsigned long long)sizes[1][0], (unsigned long long)sizes[1][1]);
     } else if (strncmp(cmd, "quit", 4) == 0) {
         return 0;
     }

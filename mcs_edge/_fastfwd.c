@@ -8,13 +8,22 @@
  * Python handler ``received(data, addr)`` unchanged (the general packet path of the Leg).
  *
  * The rule is the Python fast path of ``Leg.receive`` (mcs_edge/core/media/session.py) for a leg
- * with no SRTP and no rewrite, its checks in the same order:
+ * with no rewrite toward its target, its checks in the same order:
  *   RTP (first byte 128..191, not an RTCP second byte 192..223, at least 12 bytes) from the latched
- *   source -> same SSRC as the last packet and the next sequence number in order (else: handed to
- *   Python before anything is charged, so Python's SequenceTracker.update sees it) -> police (the
- *   leg's token bucket, the exact arithmetic of core/shaping/token_bucket.py TokenBucket.consume)
- *   -> last_rx, packets, bytes, sequence -> the packet is the target leg's last_rtp -> sendto from
- *   the target leg's socket to the target's remote -> tx packets/bytes.
+ *   source -> same SSRC as the last packet and the next sequence number in order, no longer than
+ *   the rule takes (else: handed to Python before anything is charged, so Python's
+ *   SequenceTracker.update, or libsrtp's refusal of a long packet, sees it) -> police (the leg's
+ *   token bucket, the exact arithmetic of core/shaping/token_bucket.py TokenBucket.consume) ->
+ *   SRTP unprotect in place when the leg decrypts (refused: the leg's "srtp" drop, as in Python)
+ *   -> last_rx, packets, bytes (the received length), sequence -> the plain packet is the target
+ *   leg's last_rtp -> SRTP protect in place when the target encrypts (refused: the target's
+ *   "srtp-protect" drop) -> sendto from the target leg's socket to the target's remote -> tx
+ *   packets/bytes.
+ * SRTP runs through libsrtp's own functions and sessions, handed over by Python as integers
+ * (core/rtp/srtp.py SrtpOffload: pylibsrtp's statically linked libsrtp, no build dependency here):
+ * the same srtp_t as the Python path, so replay window and rollover counter stay one whichever
+ * path a packet takes. The rule holds a reference to each session's owner, so the srtp_t lives as
+ * long as the rule uses it.
  * Counters accumulate here; Python takes them (``take``) when it needs them and folds them into
  * the Leg (Leg.absorb_offload), or ``revoke``s the rule (take + remove) before the Leg's state
  * changes. Bad input never raises: a datagram is either forwarded, counted as policed, or handed on.
@@ -25,6 +34,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -50,6 +60,12 @@ keep_error(Saved *e)
 #define RULE_PKT 2048    /* larger RTP packets go the Python way */
 #define MAX_DROPOUT 3000 /* core/media/forwarding.py */
 #define MAX_TRACK 4      /* SSRCs one rule follows (audio + video bundled, RTX ...) */
+/* libsrtp 2: srtp_err_status_t srtp_protect(srtp_t, void *rtp_hdr, int *len) (and srtp_unprotect);
+ * protect writes the auth tag (and MKI) after the packet: the receive slot has SLOT bytes */
+typedef int (*SrtpFunction)(void *session, void *packet, int *len);
+#define SRTP_TRAILER_MAX (16 + 128) /* SRTP_MAX_TAG_LEN + SRTP_MAX_MKI_LEN */
+
+_Static_assert(RULE_PKT + SRTP_TRAILER_MAX <= SLOT, "a protected packet must fit its receive slot");
 
 typedef struct {
     socklen_t len;
@@ -75,11 +91,16 @@ typedef struct {
     Addr dest;
     double rate, burst, tokens, last;
     int ntrack, current; /* the SSRCs tracked (the Leg's SequenceTrackers), the last packet's */
+    Py_ssize_t limit;    /* longest datagram the rule takes (RULE_PKT, less when SRTP refuses more) */
+    SrtpFunction unprotect, protect; /* NULL: no SRTP that way */
+    void *rx_session, *tx_session;   /* srtp_t */
+    PyObject *rx_owner, *tx_owner;   /* strong references: they own the srtp_t */
     unsigned char ssrc[MAX_TRACK][4];
     long max_seq[MAX_TRACK];
     unsigned long long received[MAX_TRACK];
     /* taken by Python */
     unsigned long long packets, bytes, policed, policed_bytes, tx_packets, tx_bytes, send_errors;
+    unsigned long long srtp_drops, protect_drops;
     double last_rx;
     int have_rx;
     Py_ssize_t last_len; /* -1: nothing forwarded since the last take */
@@ -100,7 +121,7 @@ static PyTypeObject PortType;
 static PyTypeObject TallyType;
 
 /* one receive area for every Port: the loop runs one callback at a time, under the GIL */
-static unsigned char rx_buf[BATCH][SLOT];
+static unsigned char rx_buf[BATCH][SLOT] __attribute__((aligned(16)));
 static Addr rx_addr[BATCH];
 static struct mmsghdr rx_msgs[BATCH];
 static struct iovec rx_iov[BATCH];
@@ -225,12 +246,23 @@ static PyTypeObject TallyType = {
 
 /* ------------------------------------------------------------------------------------- Port */
 
+/* drop the rule's references (its target and SRTP owners) */
+static void
+rule_clear_refs(Rule *r)
+{
+    Py_CLEAR(r->target);
+    r->unprotect = r->protect = NULL;
+    r->rx_session = r->tx_session = NULL;
+    Py_CLEAR(r->rx_owner);
+    Py_CLEAR(r->tx_owner);
+}
+
 static void
 rule_free(Rule *r)
 {
     if (r == NULL)
         return;
-    Py_CLEAR(r->target);
+    rule_clear_refs(r);
     PyMem_Free(r);
 }
 
@@ -241,8 +273,11 @@ Port_traverse(PortObject *self, visitproc visit, void *arg)
     Py_VISIT(self->on_error);
     Py_VISIT(self->clock);
     Py_VISIT(self->tally);
-    if (self->rule)
+    if (self->rule) {
         Py_VISIT(self->rule->target);
+        Py_VISIT(self->rule->rx_owner);
+        Py_VISIT(self->rule->tx_owner);
+    }
     return 0;
 }
 
@@ -336,7 +371,7 @@ call_on_error(PortObject *self, const char *kind)
 
 /* The rule's decision for one datagram: 1 handled here (forwarded or policed), 0 hand to Python. */
 static inline int
-rule_apply(Rule *r, const unsigned char *data, Py_ssize_t n, const Addr *from, double now)
+rule_apply(Rule *r, unsigned char *data, Py_ssize_t n, const Addr *from, double now)
 {
     if (n < 12 || data[0] < 128 || data[0] > 191 || (data[1] > 191 && data[1] < 224) ||
         !addr_eq(from, &r->source))
@@ -353,8 +388,8 @@ rule_apply(Rule *r, const unsigned char *data, Py_ssize_t n, const Addr *from, d
     long ahead = seq - r->max_seq[k];
     if (ahead <= 0 || ahead >= MAX_DROPOUT)
         return 0; /* a late packet, a wrap or a jump: SequenceTracker.update in Python */
-    if (n > RULE_PKT)
-        return 0;
+    if (n > r->limit)
+        return 0; /* longer than the rule or libsrtp takes: Python (it counts what libsrtp refuses) */
     /* TokenBucket.consume(n, now) */
     double tokens = r->tokens;
     double elapsed = now - r->last;
@@ -384,26 +419,51 @@ rule_apply(Rule *r, const unsigned char *data, Py_ssize_t n, const Addr *from, d
         r->policed_bytes += (unsigned long long)n;
         return 1;
     }
+    /* n <= limit <= RULE_PKT: the plain packet fits last_pkt, the protected one its SLOT */
+    int len = (int)n;
+    if (r->unprotect != NULL) {
+        /* in place; the header (sequence number, SSRC: checked above) is not encrypted */
+        if (r->unprotect(r->rx_session, data, &len) != 0) {
+            r->srtp_drops++; /* the fast path's counters.drop("srtp"), after policing */
+            return 1;
+        }
+        if (len < 12 || len > n) { /* cannot happen (libsrtp only removes the trailer) */
+            r->srtp_drops++;
+            return 1;
+        }
+    }
     r->last_rx = now;
     r->have_rx = 1;
     r->packets++;
-    r->bytes += (unsigned long long)n;
+    r->bytes += (unsigned long long)n; /* the datagram's length, as Python counts it */
     r->max_seq[k] = seq;
     r->received[k]++;
     r->current = k;
-    memcpy(r->last_pkt, data, (size_t)n);
-    r->last_len = n;
+    memcpy(r->last_pkt, data, (size_t)len);
+    r->last_len = len;
+    if (r->protect != NULL) {
+        int plain = len;
+        /* in place: libsrtp appends at most SRTP_TRAILER_MAX bytes, well inside the SLOT */
+        if (r->protect(r->tx_session, data, &len) != 0) {
+            r->protect_drops++; /* the target's counters.drop("srtp-protect") */
+            return 1;
+        }
+        if (len < plain || len > plain + SRTP_TRAILER_MAX) { /* cannot happen */
+            r->protect_drops++;
+            return 1;
+        }
+    }
     int fd = r->target ? r->target->fd : -1;
     if (fd >= 0) {
         ssize_t sent;
         do {
-            sent = sendto(fd, data, (size_t)n, 0, &r->dest.u.sa, r->dest.len);
+            sent = sendto(fd, data, (size_t)len, 0, &r->dest.u.sa, r->dest.len);
         } while (sent < 0 && errno == EINTR);
         if (sent < 0)
             r->send_errors++;
     }
     r->tx_packets++;
-    r->tx_bytes += (unsigned long long)n;
+    r->tx_bytes += (unsigned long long)len;
     return 1;
 }
 
@@ -542,20 +602,64 @@ Port_sendto(PortObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* One SRTP direction from Python: None, or (function, srtp_t, owner, room) (core/rtp/srtp.py
+ * SrtpOffload). The integers are trusted to be libsrtp's function and a live session owned by
+ * ``owner`` (the rule keeps ``owner``): only Python code of this package passes them. */
+typedef struct {
+    SrtpFunction function;
+    void *session;
+    PyObject *owner; /* borrowed */
+    Py_ssize_t room;
+} SrtpArg;
+
+static int
+srtp_arg(PyObject *o, SrtpArg *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (o == Py_None)
+        return 0;
+    if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 4) {
+        PyErr_SetString(PyExc_TypeError, "SRTP is None or (function, session, owner, room)");
+        return -1;
+    }
+    /* unsigned: a negative integer is an OverflowError, not an address */
+    unsigned long long fn = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(o, 0));
+    if (fn == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    unsigned long long session = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(o, 1));
+    if (session == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    Py_ssize_t room = PyLong_AsSsize_t(PyTuple_GET_ITEM(o, 3));
+    if (room == -1 && PyErr_Occurred())
+        return -1;
+    if (fn == 0 || session == 0 || room < 12) {
+        PyErr_SetString(PyExc_ValueError, "SRTP needs a function, a session and room >= 12");
+        return -1;
+    }
+    out->function = (SrtpFunction)(uintptr_t)fn;
+    out->session = (void *)(uintptr_t)session;
+    out->owner = PyTuple_GET_ITEM(o, 2);
+    out->room = room;
+    return 0;
+}
+
 static PyObject *
 Port_install(PortObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"source", "target", "dest", "rate", "burst", "tokens", "last",
-                             "trackers", "current", NULL};
-    PyObject *source, *dest, *trackers;
+                             "trackers", "current", "unprotect", "protect", NULL};
+    PyObject *source, *dest, *trackers, *unprotect = Py_None, *protect = Py_None;
     PortObject *target;
     double rate, burst, tokens, last;
     int current;
     unsigned char ssrc[MAX_TRACK][4];
     long max_seq[MAX_TRACK];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!OddddO!i:install", kwlist, &source, &PortType,
-                                     &target, &dest, &rate, &burst, &tokens, &last, &PyTuple_Type,
-                                     &trackers, &current))
+    SrtpArg rx, tx;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!OddddO!i|OO:install", kwlist, &source,
+                                     &PortType, &target, &dest, &rate, &burst, &tokens, &last,
+                                     &PyTuple_Type, &trackers, &current, &unprotect, &protect))
+        return NULL;
+    if (srtp_arg(unprotect, &rx) < 0 || srtp_arg(protect, &tx) < 0)
         return NULL;
     Py_ssize_t ntrack = PyTuple_GET_SIZE(trackers);
     if (ntrack < 1 || ntrack > MAX_TRACK || current < 0 || current >= ntrack) {
@@ -596,7 +700,7 @@ Port_install(PortObject *self, PyObject *args, PyObject *kwds)
             return PyErr_NoMemory();
     }
     else {
-        Py_CLEAR(r->target);
+        rule_clear_refs(r); /* an inactive rule holds none; kept for safety */
         memset(r, 0, offsetof(Rule, last_pkt));
     }
     r->source = src_addr;
@@ -606,6 +710,21 @@ Port_install(PortObject *self, PyObject *args, PyObject *kwds)
     memcpy(r->ssrc, ssrc, sizeof(ssrc));
     memcpy(r->max_seq, max_seq, sizeof(max_seq));
     r->target = (PortObject *)Py_NewRef(target);
+    r->limit = RULE_PKT;
+    if (rx.function != NULL) {
+        r->unprotect = rx.function;
+        r->rx_session = rx.session;
+        r->rx_owner = Py_NewRef(rx.owner);
+        if (rx.room < r->limit)
+            r->limit = rx.room;
+    }
+    if (tx.function != NULL) {
+        r->protect = tx.function;
+        r->tx_session = tx.session;
+        r->tx_owner = Py_NewRef(tx.owner);
+        if (tx.room < r->limit)
+            r->limit = tx.room;
+    }
     r->rate = rate;
     r->burst = burst;
     r->tokens = tokens;
@@ -617,7 +736,8 @@ Port_install(PortObject *self, PyObject *args, PyObject *kwds)
 }
 
 /* (packets, bytes, policed, policed_bytes, tx_packets, tx_bytes, send_errors, last_rx | None,
- *  tokens, last, ((max_seq, received), ...) per tracker, current, last_rtp | None);
+ *  tokens, last, ((max_seq, received), ...) per tracker, current, last_rtp | None, srtp_drops,
+ *  protect_drops);
  * the deltas restart from 0 */
 static PyObject *
 rule_take(Rule *r)
@@ -653,13 +773,15 @@ rule_take(Rule *r)
         }
         PyTuple_SET_ITEM(tr, k, item);
     }
-    PyObject *t = Py_BuildValue("(KKKKKKKNddNiN)", r->packets, r->bytes, r->policed, r->policed_bytes,
-                                r->tx_packets, r->tx_bytes, r->send_errors, last_rx, r->tokens, r->last,
-                                tr, r->current, last_rtp);
+    PyObject *t = Py_BuildValue("(KKKKKKKNddNiNKK)", r->packets, r->bytes, r->policed,
+                                r->policed_bytes, r->tx_packets, r->tx_bytes, r->send_errors, last_rx,
+                                r->tokens, r->last, tr, r->current, last_rtp, r->srtp_drops,
+                                r->protect_drops);
     if (t == NULL)
         return NULL;
     r->packets = r->bytes = r->policed = r->policed_bytes = 0;
     r->tx_packets = r->tx_bytes = r->send_errors = 0;
+    r->srtp_drops = r->protect_drops = 0;
     memset(r->received, 0, sizeof(r->received));
     r->have_rx = 0;
     r->last_len = -1;
@@ -684,7 +806,7 @@ Port_revoke(PortObject *self, PyObject *Py_UNUSED(ignored))
     if (t == NULL)
         return NULL;
     r->active = 0;
-    Py_CLEAR(r->target);
+    rule_clear_refs(r);
     return t;
 }
 
@@ -713,7 +835,8 @@ static PyMethodDef Port_methods[] = {
     {"sendto", (PyCFunction)(void (*)(void))Port_sendto, METH_FASTCALL,
      "sendto(data, addr): send on the socket; errors go to on_error('send'), never raised."},
     {"install", (PyCFunction)(void (*)(void))Port_install, METH_VARARGS | METH_KEYWORDS,
-     "install(source, target, dest, rate, burst, tokens, last, trackers, current): the fast rule."},
+     "install(source, target, dest, rate, burst, tokens, last, trackers, current, unprotect=None, "
+     "protect=None): the fast rule."},
     {"take", (PyCFunction)Port_take, METH_NOARGS,
      "The rule's counters since the last take (None without a rule); deltas restart at 0."},
     {"revoke", (PyCFunction)Port_revoke, METH_NOARGS, "take() and remove the rule."},

@@ -235,6 +235,9 @@ async def bridge_call(edge: MediaEdge, tid: str, *, reinvites: bool, hostile: bo
             result["stats"] = session_stats(edge)
         else:
             result["first"] = await audio_window(tone, counter)
+        media = edge.service.media
+        # datagrams the C forwarding rules handled (asyncio reactor, media.offload = "auto"): SRTP legs
+        result["offloaded"] = media.tally.value if media.offload else None
         if reinvites:
             transceiver = pc.getTransceivers()[0]
             transceiver.direction = "sendonly"
@@ -272,6 +275,7 @@ def test_bridge_webrtc_to_plain_rtp_with_hold_and_ice_restart(edge: MediaEdge) -
     assert result["ice"] in ("completed", "connected") and result["dtls"] == "connected"
     assert "a=ice-lite" in result["answer"] and "a=setup:passive" in result["answer"]
     check_window(result["first"], "bridge")
+    assert result["offloaded"] is None or result["offloaded"] >= 100  # SRTP unprotect/protect in C
     assert "a=recvonly" in result["hold_answer"]
     check_window(result["after_unhold"], "after unhold")
     check_window(result["after_restart"], "after ICE restart")
@@ -298,6 +302,7 @@ def test_bridge_sdes_webrtc_to_srtp_pbx(edge: MediaEdge) -> Any:
     report(result)
     assert result["ice"] in ("completed", "connected") and result["dtls"] == "connected"
     check_window(result["first"], "bridge-sdes (under a junk spray)")
+    assert result["offloaded"] is None or result["offloaded"] >= 100  # SRTP both ways in C
     (stats,) = result["stats"]
     client, pbx = stats["legs"]
     sprayed_each = result["sprayed"] // 10  # per junk kind and port

@@ -4,11 +4,13 @@ Each scenario runs one packet sequence twice on loopback sockets: once through `
 alone, once through a C Port whose rule the leg installs (the relay adapter's ``_Held`` folds the
 counters back). The bytes that reach the PBX and every counter of both legs must be the same:
 packets, bytes, drops by reason, policing decisions and bucket state (a scripted ``now``),
-sequence trackers, ``last_rx``, the far leg's tx counters and ``last_rtp``.
+sequence trackers, ``last_rx``, the far leg's tx counters and ``last_rtp``. SRTP legs (SDES on
+either side) run the same way: the rule unprotects and protects with the legs' own libsrtp sessions.
 """
 
 from __future__ import annotations
 
+import base64
 import gc
 import os
 import random
@@ -28,6 +30,7 @@ from mcs_edge.certs import edge_dtls_certificate
 from mcs_edge.core.media.offload import OffloadTaken
 from mcs_edge.core.media.sdp import Profile, SessionDescription
 from mcs_edge.core.media.session import CLIENT, PBX, Leg, MediaSession, SessionSettings
+from mcs_edge.core.rtp.srtp import AES_CM_128_HMAC_SHA1_80, SrtpContext
 from mcs_edge.core.shaping import Policer, TokenBucket
 from mcs_edge.tx.media.relay import _Held
 from mcs_edge.tx.relay_endpoint import fastfwd
@@ -63,11 +66,56 @@ def _udp() -> socket.socket:
     return s
 
 
-def _plain(addr: tuple[str, int], user: str) -> SessionDescription:
+def _plain(addr: tuple[str, int], user: str, key: bytes | None = None) -> SessionDescription:
+    """Plain RTP, or RTP/SAVP with an SDES ``key`` (AES_CM_128_HMAC_SHA1_80)."""
+    proto, crypto = "RTP/AVP", ""
+    if key is not None:
+        proto = "RTP/SAVP"
+        crypto = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(key).decode()}\r\n"
     return SessionDescription.parse(
         f"v=0\r\no={user} 1 1 IN IP4 {addr[0]}\r\ns=-\r\nc=IN IP4 {addr[0]}\r\nt=0 0\r\n"
-        f"m=audio {addr[1]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        f"m=audio {addr[1]} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n{crypto}"
     )
+
+
+#: SDES runs: the phone's and the PBX's master keys, and the edge's (the same in both runs)
+PHONE_KEY, PBX_KEY = bytes(range(30)), bytes(range(100, 130))
+SRTP_SETTINGS = SessionSettings(
+    client_host="127.0.0.1",
+    pbx_host="127.0.0.1",
+    certificate=edge_dtls_certificate(),
+    random_bytes=lambda n: bytes(range(200, 200 + n)),
+)
+
+
+def _phone_srtp() -> SrtpContext:
+    """The phone's SRTP (its key; the edge's toward it does not matter for what the phone sends)."""
+    return SrtpContext(AES_CM_128_HMAC_SHA1_80, PHONE_KEY, bytes(30))
+
+
+class _Phone:
+    """The phone's sender: SRTP of any length (the edge's contexts refuse what its buffer cannot
+    take; a phone may send it), through the libsrtp function and session of ``offload_protect``."""
+
+    def __init__(self) -> None:
+        from pylibsrtp._binding import ffi
+
+        self.ffi = ffi
+        self.srtp = _phone_srtp()
+        o = self.srtp.offload_protect()
+        self.fn = ffi.cast("srtp_err_status_t (*)(srtp_t, void *, int *)", o.function)
+        self.session = ffi.cast("srtp_t", o.handle)
+        self.buf = ffi.new("char[]", 4096)
+        self.len = ffi.new("int *")
+
+    def protect_rtp(self, plain: bytes) -> bytes:
+        self.ffi.memmove(self.buf, plain, len(plain))
+        self.len[0] = len(plain)
+        assert self.fn(self.session, self.buf, self.len) == 0
+        return bytes(self.ffi.buffer(self.buf, self.len[0]))
+
+    def protect_rtcp(self, plain: bytes) -> bytes:
+        return self.srtp.protect_rtcp(plain)
 
 
 class Peers:
@@ -116,11 +164,23 @@ def _ice_offer(addr: tuple[str, int], peer: WebRtcPeer, also: tuple[str, int]) -
 
 
 def _call(
-    peers: Peers, profile: Profile, rate: float, burst: float, ice: WebRtcPeer | None = None
+    peers: Peers,
+    profile: Profile,
+    rate: float,
+    burst: float,
+    ice: WebRtcPeer | None = None,
+    phone_sdes: bool = False,
 ) -> tuple[MediaSession, RecordingPorts, Leg, Leg]:
+    """A call from the phone (plain RTP, or SDES-SRTP with ``phone_sdes``) to the PBX (``profile``:
+    RTP, passthrough, or SDES with the PBX's key)."""
     ports = RecordingPorts()
     policer = lambda: Policer(TokenBucket(rate, burst, 0.0))  # noqa: E731
-    if ice is None:
+    if phone_sdes or profile is Profile.SDES:
+        session = MediaSession("c", SRTP_SETTINGS, ports, pbx_profile=profile, policer=policer)
+        session.offer(CLIENT, _plain(peers.addr["phone"], "phone", PHONE_KEY if phone_sdes else None), 0.0)
+        pbx_key = PBX_KEY if profile is Profile.SDES else None
+        session.answer(PBX, _plain(peers.addr["pbx"], "pbx", pbx_key), 0.0)
+    elif ice is None:
         session = MediaSession("c", SETTINGS, ports, pbx_profile=profile, policer=policer)
         session.offer(CLIENT, _plain(peers.addr["phone"], "phone"), 0.0)
         session.answer(PBX, _plain(peers.addr["pbx"], "pbx"), 0.0)
@@ -163,11 +223,16 @@ def _datagram(data: bytes, ice: WebRtcPeer | None) -> bytes:
 
 
 def run_python(
-    script: Script, profile: Profile, rate: float, burst: float, ice: WebRtcPeer | None = None
+    script: Script,
+    profile: Profile,
+    rate: float,
+    burst: float,
+    ice: WebRtcPeer | None = None,
+    phone_sdes: bool = False,
 ) -> tuple[list[bytes], dict[str, Any]]:
     peers = Peers()
     try:
-        session, ports, client, pbx = _call(peers, profile, rate, burst, ice)
+        session, ports, client, pbx = _call(peers, profile, rate, burst, ice, phone_sdes)
         for who, data, now in script:
             if data == TIMER:
                 session.handle_timer(now)
@@ -195,6 +260,8 @@ class Harness:
         pbx.send = self.far.sendto  # the Python path sends from the same socket as the rule
         self.installs = 0
         self.timers = 0
+        self.sent: list[bytes] = []  # what reached the PBX and the legs' state (set by _same)
+        self.state: dict[str, Any] = {}
 
     def received(self, data: bytes, addr: Any) -> None:
         self.handed_on += 1
@@ -219,6 +286,8 @@ class Harness:
             spec.last,
             spec.trackers,
             spec.current,
+            spec.unprotect,
+            spec.protect,
         )
         leg.offload = held = _Held(self.relay, leg, self.port, spec)  # type: ignore[arg-type]
         self.relay.held[leg] = held
@@ -241,11 +310,16 @@ class Harness:
 
 
 def run_c(
-    script: Script, profile: Profile, rate: float, burst: float, ice: WebRtcPeer | None = None
+    script: Script,
+    profile: Profile,
+    rate: float,
+    burst: float,
+    ice: WebRtcPeer | None = None,
+    phone_sdes: bool = False,
 ) -> tuple[list[bytes], dict[str, Any], Harness]:
     peers = Peers()
     now = [0.0]
-    session, _ports, client, pbx = _call(peers, profile, rate, burst, ice)
+    session, _ports, client, pbx = _call(peers, profile, rate, burst, ice, phone_sdes)
     h = Harness(client, pbx, now)
     try:
         relay_addr = h.csock.getsockname()
@@ -275,11 +349,14 @@ def _same(
     rate: float = 1e6,
     burst: float = 1e6,
     ice: WebRtcPeer | None = None,
+    phone_sdes: bool = False,
 ) -> Harness:
-    sent_py, state_py = run_python(script, profile, rate, burst, ice)
-    sent_c, state_c, h = run_c(script, profile, rate, burst, ice)
+    sent_py, state_py = run_python(script, profile, rate, burst, ice, phone_sdes)
+    sent_c, state_c, h = run_c(script, profile, rate, burst, ice, phone_sdes)
     assert sent_c == sent_py
     assert state_c == state_py
+    h.sent = sent_c
+    h.state = state_c
     return h
 
 
@@ -393,6 +470,177 @@ def test_random_datagrams_never_crash_and_match() -> None:
     _same(script, rate=40000.0, burst=3000.0)
 
 
+# ------------------------------------------------------------------------------- SRTP in the rule
+
+#: (the phone speaks SDES-SRTP, the PBX's profile): the rule decrypts, encrypts, or both
+SRTP_CASES = [(True, Profile.RTP), (False, Profile.SDES), (True, Profile.SDES)]
+SRTP_IDS = ["srtp-to-rtp", "rtp-to-srtp", "srtp-to-srtp"]
+
+
+def _srtp_script(phone_sdes: bool, t0: float = 1.0, step: float = 0.02) -> tuple[Script, int]:
+    """In-order SRTP (or RTP) with what a rule must treat as the Python path does: a packet whose
+    tag does not verify and, after it, the genuine packet of that number; a replay; SRTCP; a
+    late packet; one too long to protect after decryption (1,412 bytes plain) and one too long to
+    unprotect (1,512 bytes); a header without tag or payload. Returns the script and the number
+    of datagrams the Python path counts as ``srtp`` drops."""
+    srtp = _Phone() if phone_sdes else None
+
+    def seal(plain: bytes) -> bytes:
+        return srtp.protect_rtp(plain) if srtp is not None else plain
+
+    packets: list[bytes] = []
+    sent: dict[int, bytes] = {}
+
+    def send(seq: int, payload: bytes = b"") -> None:
+        data = sent[seq] = seal(rtp_packet(seq, 0x5EC, payload=payload or bytes(100 + seq % 50)))
+        packets.append(data)
+
+    for seq in range(1, 31):
+        send(seq)
+    genuine = seal(rtp_packet(31, 0x5EC, payload=bytes(120)))
+    packets.append(genuine[:-1] + bytes([genuine[-1] ^ 1]))  # tag does not verify (in order)
+    packets.append(genuine)
+    packets.append(sent[20])  # a replay (Python: late; libsrtp: replayed)
+    rr = rtcp_rr(0x5EC)
+    packets.append(srtp.protect_rtcp(rr) if srtp is not None else rr)
+    for seq in range(32, 40):
+        send(seq)
+    for seq in range(41, 45):
+        send(seq)
+    send(40)  # late, inside libsrtp's window
+    send(45, bytes(1400))  # 1,412 bytes plain: libsrtp's protect refuses it (too long)
+    send(46, bytes(1490))  # 1,502 plain, 1,512 protected: too long to unprotect
+    for seq in range(47, 60):
+        send(seq)
+    packets.append(rtp_packet(60, 0x5EC, payload=b""))  # a bare header: no tag, no payload
+    for seq in range(61, 80):
+        send(seq)
+    script = [("phone", data, t0 + i * step) for i, data in enumerate(packets)]
+    return script, (4 if phone_sdes else 0)
+
+
+@needs_ff
+@pytest.mark.parametrize(("phone_sdes", "profile"), SRTP_CASES, ids=SRTP_IDS)
+def test_srtp_legs_are_forwarded_in_c_with_the_same_bytes_and_counters(
+    phone_sdes: bool, profile: Profile
+) -> None:
+    """SDES-SRTP from the phone to a plain PBX, plain RTP to an SDES PBX, SRTP both ways: the rule
+    unprotects and protects with the legs' own libsrtp sessions; bytes at the PBX and every counter
+    are those of the Python path, including the refusals (tag, replay, too long, no tag)."""
+    script, srtp_drops = _srtp_script(phone_sdes)
+    h = _same(script, profile, phone_sdes=phone_sdes)
+    dropped = h.state["dropped"]
+    assert dropped.get("srtp", 0) == srtp_drops
+    far_dropped = h.state["far_dropped"]
+    too_long = 1 if phone_sdes else 2  # 1,412 and 1,502 bytes plain (the latter fails unprotect first)
+    assert far_dropped.get("srtp-protect", 0) == (too_long if profile is Profile.SDES else 0)
+    # the rule did the work: all but the first packet, the replay, RTCP, the late one, the long ones
+    assert h.tally.value >= len(script) - 7 and h.installs >= 1
+    if profile is Profile.SDES:  # what the PBX got decrypts to the phone's packets
+        pbx = SrtpContext(AES_CM_128_HMAC_SHA1_80, PBX_KEY, SRTP_SETTINGS.random_bytes(30))
+        plain = [pbx.unprotect_rtp(d) for d in h.sent[:3]]
+        assert [struct.unpack("!H", p[2:4])[0] for p in plain[:3]] == [1, 2, 3]
+
+
+@needs_ff
+@pytest.mark.parametrize(("phone_sdes", "profile"), SRTP_CASES, ids=SRTP_IDS)
+def test_srtp_refusals_under_a_tight_bucket_are_charged_as_python_charges_them(
+    phone_sdes: bool, profile: Profile
+) -> None:
+    """The same packets at 7 per ``now`` into a 2,000-byte bucket: a packet libsrtp refuses has been
+    policed first (Python charges the bucket, then counts ``srtp``); handing it on instead, or
+    counting it before policing, changes the bucket, the ``policed`` and the ``srtp`` counts."""
+    script, _ = _srtp_script(phone_sdes)
+    script = [(who, data, 1.0 + (i // 7) * 0.05) for i, (who, data, _t) in enumerate(script)]
+    h = _same(script, profile, rate=4000.0, burst=2000.0, phone_sdes=phone_sdes)
+    assert h.state["policed"][0] > 0 and h.tally.value > 0
+
+
+@needs_ff
+def test_an_srtp_rule_keeps_the_session_alive_and_the_python_path_shares_its_replay_window() -> None:
+    """The rule holds the libsrtp session's owner: dropping every Python reference to the leg's
+    SRTP context while the rule runs leaves the session usable (no use after free); a packet the
+    rule unprotected is a replay for the Python path afterwards (one libsrtp session)."""
+    peers = Peers()
+    now = [1.0]
+    _session, _ports, client, pbx = _call(peers, Profile.RTP, 1e6, 1e6, phone_sdes=True)
+    h = Harness(client, pbx, now)
+    try:
+        srtp = _Phone()
+        relay_addr = h.csock.getsockname()
+        packets = [srtp.protect_rtp(rtp_packet(seq, 0x77)) for seq in range(1, 12)]
+        for data in packets[:2]:
+            peers.phone.sendto(data, relay_addr)
+            h.pump()
+        assert client.offload is not None and h.tally.value == 1
+        spec = client.offload.spec  # type: ignore[attr-defined]
+        assert spec.unprotect is not None and spec.protect is None
+        owner = spec.unprotect.owner
+        refs = sys.getrefcount(owner)
+        client.offload.spec = None  # type: ignore[attr-defined]
+        del spec
+        context, client.srtp = client.srtp, None
+        del context
+        gc.collect()
+        assert sys.getrefcount(owner) < refs  # only the rule (and this frame) hold it now
+        del owner
+        for data in packets[2:10]:
+            peers.phone.sendto(data, relay_addr)
+            h.pump()
+        assert h.tally.value == 9 and len(peers.drain_pbx()) == 10
+        h.port.revoke()
+        h.port.install(("127.0.0.1", 1), h.far, ("127.0.0.1", 2), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0)
+        h.port.revoke()  # the old owner is released here; nothing else uses its session
+        gc.collect()
+    finally:
+        h.close()
+        peers.close()
+    # one libsrtp session: what the rule unprotected, Python refuses as a replay
+    peers = Peers()
+    now = [1.0]
+    _session, _ports, client, pbx = _call(peers, Profile.RTP, 1e6, 1e6, phone_sdes=True)
+    h = Harness(client, pbx, now)
+    try:
+        relay_addr = h.csock.getsockname()
+        for data in packets[:6]:
+            peers.phone.sendto(data, relay_addr)
+            h.pump()
+        assert h.tally.value == 5
+        h.client.offload.revoke()  # type: ignore[union-attr]
+        client.receive(packets[4], peers.addr["phone"], 2.0)
+        assert client.counters.dropped == {"srtp": 1} and client.counters.packets == 6
+    finally:
+        h.close()
+        peers.close()
+
+
+@needs_ff
+def test_install_refuses_bad_srtp() -> None:
+    s, t = _udp(), _udp()
+    p = ff.Port(s.fileno(), lambda d, a: None, lambda k: None)
+    far = ff.Port(t.fileno(), lambda d, a: None, lambda k: None)
+    base = (("127.0.0.1", 1), far, ("127.0.0.1", 2), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0)
+    good = tuple(_phone_srtp().offload_unprotect())
+    for bad in (
+        (0, 1, None, 1500),
+        (1, 0, None, 1500),
+        (1, 1, None, 11),
+        (1, 1, None),
+        "x",
+        (-1, 1, None, 100),
+    ):
+        for key in ("unprotect", "protect"):
+            with pytest.raises((ValueError, TypeError, OverflowError)):
+                p.install(*base, **{key: bad})
+            assert not p.installed
+    p.install(*base, unprotect=good, protect=None)
+    assert p.installed and len(p.revoke() or ()) == 15
+    for port in (p, far):
+        port.close()
+    s.close()
+    t.close()
+
+
 @needs_ff
 def test_sendto_and_errors_never_raise_for_socket_failures() -> None:
     errors: list[str] = []
@@ -478,8 +726,9 @@ def test_install_refuses_bad_rules() -> None:
 
 @needs_ff
 def test_open_close_loop_leaks_nothing() -> None:
-    """Ports holding rules on each other (a cycle A -> B -> A), opened and closed or just dropped:
-    no growth of traced memory, and the handlers' reference counts come back."""
+    """Ports holding rules on each other (a cycle A -> B -> A), with SRTP sessions' owners, opened
+    and closed or just dropped (a rule revoked and installed again): no growth of traced memory,
+    and the handlers' and owners' reference counts come back."""
 
     def handler(_d: bytes, _a: Any) -> None:
         return None
@@ -487,15 +736,22 @@ def test_open_close_loop_leaks_nothing() -> None:
     s1, s2 = _udp(), _udp()
     base_refs = sys.getrefcount(handler)
 
+    owner = object()  # an SRTP session's owner: the rules hold it (never called: no traffic)
+    base_owner_refs = sys.getrefcount(owner)
+    srtp = (1, 1, owner, 1500)
+
     def round_(close: bool) -> None:
         a = ff.Port(s1.fileno(), handler, handler)
         b = ff.Port(s2.fileno(), handler, handler)
-        a.install(("127.0.0.1", 1), b, ("127.0.0.1", 2), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0)
-        b.install(("127.0.0.1", 2), a, ("127.0.0.1", 1), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0)
+        a.install(("127.0.0.1", 1), b, ("127.0.0.1", 2), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0, srtp, srtp)
+        b.install(("127.0.0.1", 2), a, ("127.0.0.1", 1), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0, None, srtp)
         a.take()
         if close:
             a.close()
             b.close()
+        else:
+            b.revoke()
+            b.install(("127.0.0.1", 2), a, ("127.0.0.1", 1), 1.0, 1.0, 1.0, 0.0, ((b"abcd", 1),), 0, srtp)
 
     for close in (True, False):
         for _ in range(200):
@@ -510,6 +766,7 @@ def test_open_close_loop_leaks_nothing() -> None:
         tracemalloc.stop()
         assert grown < 64 * 1024, grown
     assert sys.getrefcount(handler) == base_refs
+    assert sys.getrefcount(owner) == base_owner_refs + 1  # the tuple ``srtp`` holds one
     s1.close()
     s2.close()
 
@@ -953,6 +1210,113 @@ def test_relay_holds_an_ice_leg_and_a_consent_timer_moves_then_stops_forwarding(
             yield threads.deferToThread(third)
         finally:
             for s in (client, client2, pbx):
+                s.close()
+            relay.stop()
+            timers.cancel_all()
+
+    return run()
+
+
+def _sdes_sip(start: str, call_id: str, port: int, tag: str, cseq: int, key: bytes | None) -> Any:
+    """An INVITE or its 200 with SDP: RTP/SAVP with an SDES ``key``, or plain RTP/AVP."""
+    from mcs_edge.core.sip.message import parse
+
+    proto, crypto = "RTP/AVP", ""
+    if key is not None:
+        proto = "RTP/SAVP"
+        crypto = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(key).decode()}\r\n"
+    body = (
+        f"v=0\r\no=- 1 {cseq} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} {proto} 0\r\na=rtcp-mux\r\n{crypto}"
+    )
+    head = (
+        f"{start}\r\nVia: SIP/2.0/TLS x.invalid;branch=z9hG4bK{cseq}\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:a@rossi.example.com>;tag=1\r\nTo: <sip:200@rossi.example.com>{tag}\r\nCall-ID: {call_id}\r\n"
+        f"CSeq: {cseq} INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return parse(head.encode() + body.encode())
+
+
+@pytest.mark.parametrize("offload", ["auto", "off"])
+def test_relay_forwards_sdes_srtp_in_c_and_follows_a_new_key(tmp_path: Any, offload: str) -> Any:
+    """Through MediaRelay on the running reactor, an app's SDES-SRTP call bridged to a plain RTP
+    PBX: after the first packets both legs are held by rules that unprotect / protect in C (the app
+    gets SRTP it can decrypt with the edge's key, the PBX plain RTP); a re-INVITE with a new key
+    moves both rules to the new libsrtp sessions (the old key's packets are refused and counted,
+    the new key's forwarded); the counters read through ``stats()`` are those of every packet."""
+    import uuid
+
+    import pytest_twisted
+    from twisted.internet import reactor, task, threads
+
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.timers import Timers
+
+    @pytest_twisted.inlineCallbacks
+    def run() -> Any:
+        lo = random.randrange(20000, 32000, 2)
+        timers = Timers(reactor)
+        relay = MediaRelay(
+            _relay_config(tmp_path, lo, offload),
+            reactor,
+            timers,
+            tenant_media=lambda tid: "bridge",
+            client_transport=lambda _flow: "tls",
+        )
+        client, pbx = _udp(), _udp()
+        call_id = uuid.uuid4().hex
+        key1, key2 = bytes(range(30)), bytes(range(50, 80))
+        try:
+            port = client.getsockname()[1]
+            invite = _sdes_sip("INVITE sip:200@rossi.example.com SIP/2.0", call_id, port, "", 1, key1)
+            assert relay.on_message(_Pair(), invite, True, timers.now()) is None
+            to_client = ("127.0.0.1", SessionDescription.parse(invite.body).media[0].port)
+            ok = _sdes_sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2", 1, None)
+            assert relay.on_message(_Pair(), ok, False, timers.now()) is None
+            answer = SessionDescription.parse(ok.body)
+            to_pbx = ("127.0.0.1", answer.media[0].port)
+            (crypto,) = answer.media[0].cryptos
+            app = SrtpContext(AES_CM_128_HMAC_SHA1_80, key1, crypto.key)
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+            def first() -> None:
+                for seq in range(1, 21):
+                    client.sendto(app.protect_rtp(rtp_packet(seq, 0x11)), to_pbx)
+                    assert _recv(pbx)[0] == rtp_packet(seq, 0x11)
+                for seq in range(1, 21):
+                    pbx.sendto(rtp_packet(seq, 0x22), to_client)
+                    assert app.unprotect_rtp(_recv(client)[0]) == rtp_packet(seq, 0x22)
+
+            yield threads.deferToThread(first)
+            if relay.offload:
+                assert len(relay.held) == 2 and relay.tally.value >= 36
+            reinvite = _sdes_sip("INVITE sip:200@rossi.example.com SIP/2.0", call_id, port, ";tag=2", 2, key2)
+            assert relay.on_message(_Pair(), reinvite, True, timers.now()) is None
+            ok2 = _sdes_sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2", 2, None)
+            assert relay.on_message(_Pair(), ok2, False, timers.now()) is None
+            (crypto2,) = SessionDescription.parse(ok2.body).media[0].cryptos
+            app2 = SrtpContext(AES_CM_128_HMAC_SHA1_80, key2, crypto2.key)
+
+            def second() -> None:
+                for seq in range(21, 26):  # the old key: refused (counted as srtp)
+                    client.sendto(app.protect_rtp(rtp_packet(seq, 0x11)), to_pbx)
+                for seq in range(26, 46):
+                    client.sendto(app2.protect_rtp(rtp_packet(seq, 0x11)), to_pbx)
+                    assert _recv(pbx)[0] == rtp_packet(seq, 0x11)
+                for seq in range(21, 41):
+                    pbx.sendto(rtp_packet(seq, 0x22), to_client)
+                    assert app2.unprotect_rtp(_recv(client)[0]) == rtp_packet(seq, 0x22)
+
+            yield threads.deferToThread(second)
+            if relay.offload:
+                assert len(relay.held) == 2
+            legs = relay.anchor.sessions[call_id].stats()["legs"]
+            assert [(leg["rx_packets"], leg["tx_packets"]) for leg in legs] == [(40, 40), (40, 40)]
+            assert legs[0]["dropped"] == {"srtp": 5}
+            relay.on_end(call_id, "BYE")
+            assert relay.ports == {} and relay.held == {}
+        finally:
+            for s in (client, pbx):
                 s.close()
             relay.stop()
             timers.cancel_all()

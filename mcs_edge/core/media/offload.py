@@ -7,9 +7,11 @@ Python (tx/media/relay.py with the C module ``mcs_edge._fastfwd``; docs/performa
 "In-process forwarding"). The core decides *whether* and *with what*: :meth:`Leg.offload_spec`
 returns an :class:`OffloadSpec` only when every RTP packet from the current source that the fast
 path would forward needs nothing but the steps a forwarding rule does (source check, police with the
-leg's own token bucket, count, in-order sequence accounting, send unchanged to the target's peer):
-no SRTP either way, no rewrite, one direct target with a known address, no tenant aggregate bucket
-(shared by other legs, so it stays in Python), and a sequence tracker for the current SSRC.
+leg's own token bucket, SRTP unprotect when the leg decrypts, count, in-order sequence accounting,
+SRTP protect when the target encrypts, send to the target's peer): keyed SRTP contexts where SRTP
+is needed (the rule runs the same libsrtp sessions as the Python path, :class:`SrtpOffload`), no
+rewrite, one direct target with a known address, no tenant aggregate bucket (shared by other legs,
+so it stays in Python), and a sequence tracker for the current SSRC.
 
 While a rule holds the leg, the leg's counters, bucket, trackers, ``last_rx`` and the target's
 ``tx_*``/``last_rtp`` move outside Python. :meth:`Leg.sync` asks the holder (the leg's ``offload``,
@@ -18,15 +20,18 @@ an :class:`Offload`) to bring them back, as an :class:`OffloadTaken`, which
 holder revokes the rule (taking the counters) before anything else touches the leg: every datagram
 the rule does not take (RTCP, STUN, another source, a new SSRC, a late packet), every signalling
 event of the call, its timers and its end; the session calls :meth:`Leg.sync` in its timer and
-stats paths, and :meth:`Offload.release` instead in its timer path when the session has ICE: ICE
-moves a leg's ``remote`` (the rule's source, or the destination of the rule sending to it) and ends
-the call on consent loss from timers too, with no datagram passing through the holder.
+stats paths, and :meth:`Offload.release` instead in its timer path when the session has ICE or DTLS:
+ICE moves a leg's ``remote`` (the rule's source, or the destination of the rule sending to it) and
+ends the call on consent loss from timers too, and a DTLS timer may complete a handshake (a new SRTP
+context), with no datagram passing through the holder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
+
+from mcs_edge.core.rtp.srtp import SrtpOffload
 
 __all__ = ["MAX_OFFLOAD_TRACKERS", "Offload", "OffloadSpec", "OffloadTaken"]
 
@@ -47,6 +52,12 @@ class OffloadSpec:
     last: float
     trackers: tuple[tuple[bytes, int], ...]  #: (SSRC as 4 bytes, max_seq) of the leg's trackers
     current: int  #: the index in ``trackers`` of the last packet's SSRC
+    #: the leg's inbound SRTP (the rule unprotects in place before counting; a libsrtp failure is
+    #: the fast path's ``srtp`` drop), None when the leg does not decrypt
+    unprotect: SrtpOffload | None = None
+    #: the target's outbound SRTP (protect after ``last_rtp`` took the plain packet; a failure is the
+    #: target's ``srtp-protect`` drop), None when the target does not encrypt
+    protect: SrtpOffload | None = None
 
 
 class OffloadTaken(NamedTuple):
@@ -64,7 +75,9 @@ class OffloadTaken(NamedTuple):
     last: float
     trackers: tuple[tuple[int, int], ...]  #: (max_seq absolute, received delta) per spec tracker
     current: int
-    last_rtp: bytes | None  #: the target's last forwarded packet, None when none
+    last_rtp: bytes | None  #: the target's last forwarded packet (plain RTP), None when none
+    srtp_drops: int = 0  #: packets libsrtp refused to unprotect (the leg's ``srtp`` drops)
+    protect_drops: int = 0  #: packets libsrtp refused to protect (the target's ``srtp-protect`` drops)
 
 
 class Offload(Protocol):

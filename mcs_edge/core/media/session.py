@@ -377,13 +377,25 @@ class Leg:
 
     def offload_spec(self) -> OffloadSpec | None:
         """The forwarding rule that would do this leg's fast path, or None (core/media/offload.py)."""
-        if self.decrypts or self.session.ended is not None:
+        if self.session.ended is not None:
             return None
+        unprotect = protect = None
+        if self.decrypts:  # a leg not keyed yet counts "not-keyed" in Python
+            srtp = self.srtp
+            if srtp is None:
+                return None
+            unprotect = srtp.offload_unprotect()
         # ICE may move ``remote`` (the rule's source, or its target's: its destination) or end the
-        # call from a timer too: MediaSession.handle_timer releases such rules before it runs them.
+        # call from a timer too, and DTLS may re-key a leg from a timer: MediaSession.handle_timer
+        # releases such rules before it runs them.
         target = self.target
-        if target is None or target.encrypts or target.rewrite is not None or target.remote is None:
+        if target is None or target.rewrite is not None or target.remote is None:
             return None
+        if target.encrypts:
+            srtp = target.srtp
+            if srtp is None:
+                return None
+            protect = srtp.offload_protect()
         source = self.remote
         tracker = self.rx_tracker
         if source is None or tracker is None or len(self.rx_ssrc) != 4:
@@ -402,7 +414,17 @@ class Leg:
                 trackers.append((ssrc.to_bytes(4, "big"), other.max_seq))
         tokens, last = bucket.state()
         return OffloadSpec(
-            source, target, target.remote, bucket.rate, bucket.burst, tokens, last, tuple(trackers), 0
+            source,
+            target,
+            target.remote,
+            bucket.rate,
+            bucket.burst,
+            tokens,
+            last,
+            tuple(trackers),
+            0,
+            unprotect,
+            protect,
         )
 
     def absorb_offload(self, spec: OffloadSpec, taken: OffloadTaken) -> None:
@@ -415,6 +437,9 @@ class Leg:
             self.policer.dropped_bytes += taken.policed_bytes
             dropped = counters.dropped
             dropped["policed"] = dropped.get("policed", 0) + taken.policed
+        if taken.srtp_drops:
+            dropped = counters.dropped
+            dropped["srtp"] = dropped.get("srtp", 0) + taken.srtp_drops
         if taken.last_rx is not None and taken.last_rx > self.last_rx:
             # never backwards: the anchor may have moved last_rx on since (a call coming back from
             # park counts from its return), and the rule's packet came before that
@@ -433,6 +458,9 @@ class Leg:
         target = spec.target
         target.tx_packets += taken.tx_packets
         target.tx_bytes += taken.tx_bytes
+        if taken.protect_drops:
+            dropped = target.counters.dropped
+            dropped["srtp-protect"] = dropped.get("srtp-protect", 0) + taken.protect_drops
         if taken.last_rtp is not None:
             target.last_rtp = taken.last_rtp
 
@@ -1767,15 +1795,16 @@ class MediaSession:
         # ICE in the session a timer may move a leg's ``remote`` (nomination, consent of the
         # selected pair lost: another pair or the end of the call): the rules are released, not
         # synced, so none forwards from or to an old address; the holder asks again afterwards.
-        ice = False
+        # A DTLS endpoint's timer may complete a handshake (a new SRTP context for the leg): same.
+        moves = False
         for leg in self.legs:
-            if leg.ice is not None:
-                ice = True
+            if leg.ice is not None or leg.dtls is not None:
+                moves = True
                 break
         for leg in self.legs:
             offload = leg.offload
             if offload is not None:
-                if ice:
+                if moves:
                     offload.release()
                 else:
                     offload.sync()

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pylibsrtp import Policy
 from pylibsrtp._binding import ffi as _ffi  # the cffi binding pylibsrtp builds and ships
@@ -41,6 +41,7 @@ __all__ = [
     "PROFILES",
     "PROFILES_BY_DTLS_NAME",
     "SrtpContext",
+    "SrtpOffload",
     "SrtpProfile",
     "keys_from_dtls",
 ]
@@ -119,6 +120,29 @@ _ERRORS: Final = {  # libsrtp's srtp_err_status_t
     13: "no appropriate context found",
     21: "parse error",
 }
+
+
+def _address(function: Any) -> int:
+    """A libsrtp function of the binding as an integer (``srtp_err_status_t (*)(srtp_t, void *, int *)``)."""
+    return int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, function)))
+
+
+_PROTECT_ADDRESS: Final = _address("srtp_protect")
+_UNPROTECT_ADDRESS: Final = _address("srtp_unprotect")
+
+
+class SrtpOffload(NamedTuple):
+    """One direction of an :class:`SrtpContext` for a forwarding rule outside Python
+    (core/media/offload.py): libsrtp's function and the direction's ``srtp_t`` as integers, the
+    object owning that ``srtp_t`` (the rule keeps a reference to it: the session is deallocated
+    only with its owner), and the longest packet this direction takes (what Python refuses above
+    it, the rule hands to Python). The rule runs the same libsrtp session as the Python path, so
+    replay window and rollover counter stay one."""
+
+    function: int  #: ``srtp_protect`` or ``srtp_unprotect``
+    handle: int  #: the ``srtp_t``
+    owner: object  #: keeps ``handle`` alive
+    room: int  #: the longest input packet
 
 
 class _Direction:
@@ -205,3 +229,13 @@ class SrtpContext:
         self.unprotect_rtcp: Callable[[bytes], bytes] = partial(
             rx.run, _unprotect_rtcp, _MAX_PACKET, "SRTCP unprotect"
         )
+
+    def offload_unprotect(self) -> SrtpOffload:
+        """The inbound RTP direction for a forwarding rule (same libsrtp session as ``unprotect_rtp``)."""
+        rx = self._rx
+        return SrtpOffload(_UNPROTECT_ADDRESS, int(_ffi.cast("uintptr_t", rx.srtp)), rx, _MAX_PACKET)
+
+    def offload_protect(self) -> SrtpOffload:
+        """The outbound RTP direction for a forwarding rule (same libsrtp session as ``protect_rtp``)."""
+        tx = self._tx
+        return SrtpOffload(_PROTECT_ADDRESS, int(_ffi.cast("uintptr_t", tx.srtp)), tx, _RTP_ROOM)

@@ -21,16 +21,17 @@ change does the relay poke the anchor and re-arm the timer.
 In-process forwarding (``media.offload = "auto"``, the default, on the asyncio reactor with the
 C module built; docs/performance.md, "In-process forwarding"): each relay port is instead read by a
 C :class:`mcs_edge._fastfwd.Port` (``RelayEndpoints.open_fast``). When a leg's state is simple
-(:meth:`Leg.offload_spec`: plain RTP or passthrough to one target that needs no SRTP or rewrite,
-the leg's own bucket, a tracker for the current SSRC) the relay installs that spec as the Port's
-rule and the leg's fast path runs in C, no Python per packet. The rule is *revoked* (its counters
-folded back into the leg, :meth:`Leg.absorb_offload`) before any Python code touches the leg:
-every datagram the rule hands on (RTCP, STUN, another source or SSRC, a late packet) and every call
-into the anchor for its session (SIP messages, end, park, move, pokes); the session's timers and
-stats pull the counters (:meth:`Leg.sync`), and so does the metrics collector (:meth:`sync`). A
-session with ICE *releases* its rules in its timer instead (ICE moves ``remote`` or ends the call on
-consent loss from timers, no datagram involved; :meth:`_Held.release`). After each such event the
-relay asks the leg again and reinstalls. Ports close with their rule freed.
+(:meth:`Leg.offload_spec`: plain RTP, passthrough or SRTP (with keys) to one target that needs no
+rewrite, the leg's own bucket, a tracker for the current SSRC) the relay installs that spec as the
+Port's rule and the leg's fast path runs in C, libsrtp included, no Python per packet. The rule is
+*revoked* (its counters folded back into the leg, :meth:`Leg.absorb_offload`) before any Python
+code touches the leg: every datagram the rule hands on (RTCP, STUN, another source or SSRC, a late
+packet) and every call into the anchor for its session (SIP messages, end, park, move, pokes); the
+session's timers and stats pull the counters (:meth:`Leg.sync`), and so does the metrics collector
+(:meth:`sync`). A session with ICE or DTLS *releases* its rules in its timer instead (ICE moves
+``remote`` or ends the call on consent loss from timers, a DTLS timer may re-key a leg, no datagram
+involved; :meth:`_Held.release`). After each such event the relay asks the leg again and
+reinstalls. Ports close with their rule freed.
 
 Failures: a port that cannot be bound makes the anchor try the next one; send errors are counted
 by the legs; ICMP errors the loop reports are counted here; problems are logged rate-limited.
@@ -124,10 +125,8 @@ def _fast_receiver(relay: MediaRelay, leg: Leg, rtcp: bool) -> Callable[[bytes, 
             poke(leg)
         if leg.remote is not remote:
             moved(leg)  # the rules sending to this leg's peer follow it
-        if leg.offload is None and not leg.decrypts:  # an SRTP leg is never held: no call
-            target = leg.target
-            if target is None or not target.encrypts:
-                consider(leg)
+        if leg.offload is None:
+            consider(leg)
 
     return datagram_received
 
@@ -342,6 +341,8 @@ class MediaRelay:
             spec.last,
             spec.trackers,
             spec.current,
+            spec.unprotect,
+            spec.protect,
         )
         held = _Held(self, leg, sep.fast, spec)
         leg.offload = held
