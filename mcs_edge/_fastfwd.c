@@ -250,11 +250,16 @@ static PyTypeObject TallyType = {
 static void
 rule_clear_refs(Rule *r)
 {
-    Py_CLEAR(r->target);
+    /* every field is cleared before any reference is dropped: a finalizer run by a decref may
+       install a new rule in this same memory, which must then stay as installed */
+    PyObject *target = (PyObject *)r->target, *rx_owner = r->rx_owner, *tx_owner = r->tx_owner;
+    r->target = NULL;
+    r->rx_owner = r->tx_owner = NULL;
     r->unprotect = r->protect = NULL;
     r->rx_session = r->tx_session = NULL;
-    Py_CLEAR(r->rx_owner);
-    Py_CLEAR(r->tx_owner);
+    Py_XDECREF(target);
+    Py_XDECREF(rx_owner);
+    Py_XDECREF(tx_owner);
 }
 
 static void
@@ -803,8 +808,8 @@ Port_revoke(PortObject *self, PyObject *Py_UNUSED(ignored))
     if (r == NULL || !r->active)
         Py_RETURN_NONE;
     PyObject *t = rule_take(r);
-    if (t == NULL)
-        return NULL;
+    /* revoked even when the counters cannot be handed back (no memory): the caller has detached
+       the leg already, so a rule left active would forward beside the Python path */
     r->active = 0;
     rule_clear_refs(r);
     return t;

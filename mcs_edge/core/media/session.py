@@ -385,6 +385,8 @@ class Leg:
             if srtp is None:
                 return None
             unprotect = srtp.offload_unprotect()
+            if unprotect is None:
+                return None
         # ICE may move ``remote`` (the rule's source, or its target's: its destination) or end the
         # call from a timer too, and DTLS may re-key a leg from a timer: MediaSession.handle_timer
         # releases such rules before it runs them.
@@ -396,6 +398,8 @@ class Leg:
             if srtp is None:
                 return None
             protect = srtp.offload_protect()
+            if protect is None:
+                return None
         source = self.remote
         tracker = self.rx_tracker
         if source is None or tracker is None or len(self.rx_ssrc) != 4:

@@ -123,8 +123,14 @@ _ERRORS: Final = {  # libsrtp's srtp_err_status_t
 
 
 def _address(function: Any) -> int:
-    """A libsrtp function of the binding as an integer (``srtp_err_status_t (*)(srtp_t, void *, int *)``)."""
-    return int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, function)))
+    """A libsrtp function of the binding as an integer, or 0 when it is not the libsrtp 2 call the
+    forwarding rule makes (``srtp_err_status_t (*)(srtp_t, void *, int *)``; libsrtp 3 changed it):
+    the rule casts the integer to that type, so another signature would corrupt memory silently
+    where the Python path fails loudly. With 0 no leg with SRTP is offloaded."""
+    pointer = _ffi.addressof(_lib, function)
+    if _ffi.typeof(pointer) is not _ffi.typeof("srtp_err_status_t(*)(srtp_t, void *, int *)"):
+        return 0
+    return int(_ffi.cast("uintptr_t", pointer))
 
 
 _PROTECT_ADDRESS: Final = _address("srtp_protect")
@@ -230,12 +236,18 @@ class SrtpContext:
             rx.run, _unprotect_rtcp, _MAX_PACKET, "SRTCP unprotect"
         )
 
-    def offload_unprotect(self) -> SrtpOffload:
-        """The inbound RTP direction for a forwarding rule (same libsrtp session as ``unprotect_rtp``)."""
+    def offload_unprotect(self) -> SrtpOffload | None:
+        """The inbound RTP direction for a forwarding rule (same libsrtp session as ``unprotect_rtp``),
+        or None when the binding's libsrtp cannot be called by the rule (:func:`_address`)."""
+        if not _UNPROTECT_ADDRESS:
+            return None
         rx = self._rx
         return SrtpOffload(_UNPROTECT_ADDRESS, int(_ffi.cast("uintptr_t", rx.srtp)), rx, _MAX_PACKET)
 
-    def offload_protect(self) -> SrtpOffload:
-        """The outbound RTP direction for a forwarding rule (same libsrtp session as ``protect_rtp``)."""
+    def offload_protect(self) -> SrtpOffload | None:
+        """The outbound RTP direction for a forwarding rule (same libsrtp session as ``protect_rtp``),
+        or None when the binding's libsrtp cannot be called by the rule (:func:`_address`)."""
+        if not _PROTECT_ADDRESS:
+            return None
         tx = self._tx
         return SrtpOffload(_PROTECT_ADDRESS, int(_ffi.cast("uintptr_t", tx.srtp)), tx, _RTP_ROOM)

@@ -119,3 +119,12 @@ def test_interoperates_with_pylibsrtp_sessions(profile: SrtpProfile) -> None:
     assert ours.unprotect_rtp(theirs_tx.protect(RTP)) == RTP
     assert theirs_rx.unprotect_rtcp(ours.protect_rtcp(RTCP)) == RTCP
     assert ours.unprotect_rtcp(theirs_tx.protect_rtcp(RTCP)) == RTCP
+
+
+def test_the_rule_gets_libsrtp_only_with_the_call_signature_it_makes() -> None:
+    """A binding function of another signature (libsrtp 3's protect, here srtp_init) gives 0: the
+    forwarding rule would cast it to ``(srtp_t, void *, int *)`` and corrupt memory silently."""
+    from mcs_edge.core.rtp import srtp
+
+    assert srtp._address("srtp_protect") and srtp._address("srtp_unprotect")
+    assert srtp._address("srtp_init") == 0
