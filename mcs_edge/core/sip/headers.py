@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 from . import _abnf
+from ._frozen import fast_init
 
 __all__ = [
     "CACHED_VALUE_MAX",
@@ -402,6 +403,7 @@ def _parse_uri_params(text: str) -> Params:
     return tuple(_split_param(item) for item in text[1:].split(";"))
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SipUri:
     """A ``sip:`` or ``sips:`` URI (RFC 3261 s.19.1). ``host`` keeps IPv6 brackets."""
@@ -511,6 +513,7 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NameAddr:
     """``name-addr`` or ``addr-spec`` with header parameters (From, To, Contact, Route ...).
@@ -586,6 +589,7 @@ def parse_name_addrs(text: str) -> list[NameAddr]:
     return [parse_name_addr(item) for item in split_commas(text)]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Via:
     """One ``via-parm`` (RFC 3261 s.20.42). ``transport`` is upper case; ``host`` as written."""
@@ -716,6 +720,7 @@ def _parse_via_items(text: str) -> tuple[Via, ...]:
     return tuple(out)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CSeq:
     """``CSeq: seq method`` (RFC 3261 s.8.1.1.5: seq < 2**31)."""
