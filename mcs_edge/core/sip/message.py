@@ -58,6 +58,7 @@ from .headers import (
     SipUri,
     Via,
     header_key,
+    name_addr_template,
     parse_cseq,
     parse_max_forwards,
     parse_name_addr,
@@ -666,4 +667,12 @@ def _valid_name_addr(value: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _valid_name_addr_cached(value: str) -> bool:
+    split = name_addr_template(value)  # a known value with a new tag: its template checked once
+    if split is not None:
+        return _valid_name_addr_template(split[0])
+    return _abnf.NAME_ADDR_RE.fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_name_addr_template(value: str) -> bool:
     return _abnf.NAME_ADDR_RE.fullmatch(value) is not None
