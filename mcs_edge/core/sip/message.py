@@ -22,6 +22,13 @@ RFC 4475):
   s.3.1.1.8); without it the body is the rest of the message (``content_length_required=True``,
   which the stream framer uses, makes it mandatory).
 
+The head of a common message (printable ASCII, CRLF line ends, no folded line, token names,
+within the limits) is cut into its fields by the optional C extension ``mcs_edge._sipscan``
+(``_scan``), which returns exactly what the Python loop (``_scan_head``) builds, or ``None`` for
+anything else, which then takes the Python path and gets its verdict; the validation below is the
+same either way. Short values the checks have seen before are cached; a Via or name-addr that
+differs from a known one only in its ``branch``/``tag`` token is checked from its cached template.
+
 Errors raise ``RemoteProtocolError``. For requests ``status_hint`` is the status to answer; for
 responses it is always ``None`` (a bad response is dropped, RFC 3261 s.18.1.2). Size caps
 (``Limits``): a message larger than ``max_message_size`` is 513 Message Too Large; a
