@@ -4,6 +4,10 @@
 "In-process forwarding"). It is optional: without a compiler the install still succeeds and the
 relay runs its pure-Python path (``media.offload = "auto"`` then means the Python path, as
 ``"off"`` always does). CI sets ``CI=1``, under which tests/tx/test_fastfwd.py fails when the module is missing.
+
+``mcs_edge._sipscan`` cuts the head of a SIP message into its header fields (docs/performance.md,
+"A C scanner for the head"); optional the same way: without it ``mcs_edge/core/sip/message.py``
+runs its Python path (tests/core/sip/test_sipscan.py fails under ``CI=1`` when it is missing).
 """
 
 from setuptools import Extension, setup
@@ -15,6 +19,12 @@ setup(
             ["mcs_edge/_fastfwd.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
             optional=True,
-        )
+        ),
+        Extension(
+            "mcs_edge._sipscan",
+            ["mcs_edge/_sipscan.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
     ]
 )

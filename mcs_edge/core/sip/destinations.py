@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 from mcs_edge.core.push.bindings import PushKey
 
+from ._frozen import fast_init
+
 __all__ = ["Action", "BackendDest", "CloseFlow", "Dest", "FlowDest", "Push", "ToBackend", "ToFlow"]
 
 Addr = tuple[str, int]
@@ -50,12 +52,14 @@ class BackendDest(NamedTuple):
         return self.transport != "udp"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ToFlow:
     flow_id: int
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ToBackend:
     tenant_id: str
@@ -64,6 +68,7 @@ class ToBackend:
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CloseFlow:
     flow_id: int

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
 from . import _abnf
+from ._frozen import fast_init
 
 __all__ = [
     "CACHED_VALUE_MAX",
@@ -48,6 +49,7 @@ __all__ = [
     "SipUri",
     "Via",
     "header_key",
+    "name_addr_template",
     "parse_cseq",
     "parse_max_forwards",
     "parse_name_addr",
@@ -402,6 +404,7 @@ def _parse_uri_params(text: str) -> Params:
     return tuple(_split_param(item) for item in text[1:].split(";"))
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SipUri:
     """A ``sip:`` or ``sips:`` URI (RFC 3261 s.19.1). ``host`` keeps IPv6 brackets."""
@@ -511,6 +514,7 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NameAddr:
     """``name-addr`` or ``addr-spec`` with header parameters (From, To, Contact, Route ...).
@@ -562,6 +566,49 @@ def parse_name_addr(text: str) -> NameAddr:
     return _parse_name_addr(text)
 
 
+def _parse_name_addr_new(text: str) -> NameAddr:
+    """A short value not in the cache: one seen before except for its ``tag`` (the To of each new
+    answer, the From of each new call) is parsed from its template (``name_addr_template``,
+    cached on its own) and given its tag back."""
+    split = name_addr_template(text)
+    if split is None:
+        return _parse_name_addr(text)
+    template, tag = split
+    try:
+        parsed = _parse_name_addr_template(template)
+    except RemoteProtocolError:
+        return _parse_name_addr(text)  # the error names the text as written
+    params = parsed.params
+    for i, (name, value) in enumerate(params):
+        if value == _TAG_SLOT and name == "tag":
+            return NameAddr(parsed.uri, parsed.display_name, (*params[:i], ("tag", tag), *params[i + 1 :]))
+    return _parse_name_addr(text)  # pragma: no cover - the template has its slot
+
+
+_TAG_SLOT = "-tag-"
+
+
+def name_addr_template(text: str) -> tuple[str, str] | None:
+    """``(template, tag)`` when ``text`` is ``... <uri> ... ;tag=TOKEN ...`` with no quoted string
+    after the ``>``: the template has the tag's value replaced by a fixed token, and is valid as a
+    name-addr exactly when ``text`` is (the header parameters after ``>`` are generic-params, a
+    token value can be exchanged for another token). ``None`` otherwise.
+    """
+    gt = text.rfind(">")
+    if gt < 0:
+        return None
+    start = text.find(";tag=", gt) + 5
+    if start < 5 or '"' in text[gt:]:
+        return None
+    end = text.find(";", start)
+    if end < 0:
+        end = len(text)
+    tag = text[start:end]
+    if _TOKEN_FULL(tag) is None:
+        return None
+    return text[:start] + _TAG_SLOT + text[end:], tag
+
+
 def _parse_name_addr(text: str) -> NameAddr:
     m = _abnf.NAME_ADDR_RE.fullmatch(text)
     if m is None:
@@ -578,7 +625,8 @@ def _parse_name_addr(text: str) -> NameAddr:
     return NameAddr(parse_uri(uri_text), display_name, _parse_generic_params(m["params"]))
 
 
-_parse_name_addr_cached = functools.lru_cache(maxsize=4096)(_parse_name_addr)
+_parse_name_addr_cached = functools.lru_cache(maxsize=4096)(_parse_name_addr_new)
+_parse_name_addr_template = functools.lru_cache(maxsize=1024)(_parse_name_addr)
 
 
 def parse_name_addrs(text: str) -> list[NameAddr]:
@@ -586,6 +634,7 @@ def parse_name_addrs(text: str) -> list[NameAddr]:
     return [parse_name_addr(item) for item in split_commas(text)]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Via:
     """One ``via-parm`` (RFC 3261 s.20.42). ``transport`` is upper case; ``host`` as written."""
@@ -716,6 +765,7 @@ def _parse_via_items(text: str) -> tuple[Via, ...]:
     return tuple(out)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CSeq:
     """``CSeq: seq method`` (RFC 3261 s.8.1.1.5: seq < 2**31)."""

@@ -22,6 +22,13 @@ RFC 4475):
   s.3.1.1.8); without it the body is the rest of the message (``content_length_required=True``,
   which the stream framer uses, makes it mandatory).
 
+The head of a common message (printable ASCII, CRLF line ends, no folded line, token names,
+within the limits) is cut into its fields by the optional C extension ``mcs_edge._sipscan``
+(``_scan``), which returns exactly what the Python loop (``_scan_head``) builds, or ``None`` for
+anything else, which then takes the Python path and gets its verdict; the validation below is the
+same either way. Short values the checks have seen before are cached; a Via or name-addr that
+differs from a known one only in its ``branch``/``tag`` token is checked from its cached template.
+
 Errors raise ``RemoteProtocolError``. For requests ``status_hint`` is the status to answer; for
 responses it is always ``None`` (a bad response is dropped, RFC 3261 s.18.1.2). Size caps
 (``Limits``): a message larger than ``max_message_size`` is 513 Message Too Large; a
@@ -38,6 +45,7 @@ writes unchanged fields from their original text.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
@@ -45,7 +53,9 @@ from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 from . import _abnf
 from .headers import (
     _KEY_CACHE,
+    _KEY_CACHE_MAX,
     CACHED_VALUE_MAX,
+    COMPACT_FORMS,
     SINGLE_HEADERS,
     CSeq,
     HeaderField,
@@ -55,6 +65,7 @@ from .headers import (
     SipUri,
     Via,
     header_key,
+    name_addr_template,
     parse_cseq,
     parse_max_forwards,
     parse_name_addr,
@@ -63,6 +74,16 @@ from .headers import (
     parse_via_tuple,
     split_commas,
 )
+
+_Scan = Callable[
+    [bytes, int, int, dict[str, str], dict[str, str], int],
+    tuple[str, list[tuple[str, str, str, str | None]], int] | None,
+]
+_scan: _Scan | None
+try:  # the C scanner of the head (setup.py, optional): the Python path below is used without it
+    from mcs_edge._sipscan import scan as _scan
+except ImportError:  # pragma: no cover - depends on the build
+    _scan = None
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -408,51 +429,14 @@ def parse(
     if len(data) > limits.max_message_size:
         raise RemoteProtocolError(f"message of {len(data)} bytes exceeds the cap", 513)
     is_request = not data.startswith(b"SIP/")
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        raise _fail("no empty line after the header fields", 400, is_request)
-    head = data[:end].decode(_ENC, _ERRORS)
-    lines = head.split("\r\n")
-    nlines = len(lines)
-    if head.count("\n") != nlines - 1 or head.count("\r") != nlines - 1:
-        raise _fail("bare CR or LF in the message head", 400, is_request)
-    if nlines - 1 > limits.max_header_count and _count_fields(lines) > limits.max_header_count:
-        raise _fail("too many header fields", 400, is_request)
-    start = lines[0]
-    max_line = limits.max_header_line
-
-    # --- header fields ---
-    if len(head) > max_line and any(len(line) > max_line for line in lines):
-        raise _fail("header line too long", 400, is_request)
-    fields: list[HeaderField] = []
-    append = fields.append
-    key_cache_get = _KEY_CACHE.get
-    logical: list[str] | list[tuple[str, str]]
-    if "\r\n " in head or "\r\n\t" in head:
-        logical = _unfold(lines, is_request)
-        if any(len(raw) > max_line for _line, raw in logical):
-            raise _fail("header line too long", 400, is_request)
-    else:
-        logical = lines
-    for item in logical[1:]:
-        if type(item) is tuple:
-            line, raw = item
-        else:
-            line = raw = item  # type: ignore[assignment]
-        name, colon, value = line.partition(":")
-        if not name or not colon:
-            raise _fail(f"header line without a name: {line[:40]!r}", 400, is_request)
-        key = key_cache_get(name)
-        if key is None:
-            if name[-1] in " \t":
-                name = name.rstrip(" \t")
-            try:
-                key = header_key(name)
-            except LocalProtocolError:
-                raise _fail(f"invalid header name {name[:40]!r}", 400, is_request) from None
-        append((key, name, value.strip(" \t"), raw))
-    if len(fields) > limits.max_header_count:
-        raise _fail("too many header fields", 400, is_request)
+    scanned = (
+        None
+        if _scan is None
+        else _scan(
+            data, limits.max_header_line, limits.max_header_count, _KEY_CACHE, COMPACT_FORMS, _KEY_CACHE_MAX
+        )
+    )
+    start, fields, end = _scan_head(data, is_request, limits) if scanned is None else scanned
     headers = Headers.from_fields(fields)
 
     # --- start line ---
@@ -516,6 +500,60 @@ def parse(
     else:
         msg.body = rest[:content_length]
     return msg
+
+
+def _scan_head(data: bytes, is_request: bool, limits: Limits) -> tuple[str, list[HeaderField], int]:
+    """The head cut into its start line and header fields, and the offset of the empty line.
+
+    The Python path: ``mcs_edge._sipscan.scan`` (C, optional) returns the same for the common
+    message and ``None`` for everything else (folded lines, non-ASCII octets, any error), which
+    then takes this path; tests/core/sip/test_sipscan.py checks the two agree.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise _fail("no empty line after the header fields", 400, is_request)
+    head = data[:end].decode(_ENC, _ERRORS)
+    lines = head.split("\r\n")
+    nlines = len(lines)
+    if head.count("\n") != nlines - 1 or head.count("\r") != nlines - 1:
+        raise _fail("bare CR or LF in the message head", 400, is_request)
+    if nlines - 1 > limits.max_header_count and _count_fields(lines) > limits.max_header_count:
+        raise _fail("too many header fields", 400, is_request)
+    max_line = limits.max_header_line
+
+    # --- header fields ---
+    if len(head) > max_line and any(len(line) > max_line for line in lines):
+        raise _fail("header line too long", 400, is_request)
+    fields: list[HeaderField] = []
+    append = fields.append
+    key_cache_get = _KEY_CACHE.get
+    logical: list[str] | list[tuple[str, str]]
+    if "\r\n " in head or "\r\n\t" in head:
+        logical = _unfold(lines, is_request)
+        if any(len(raw) > max_line for _line, raw in logical):
+            raise _fail("header line too long", 400, is_request)
+    else:
+        logical = lines
+    for item in logical[1:]:
+        if type(item) is tuple:
+            line, raw = item
+        else:
+            line = raw = item  # type: ignore[assignment]
+        name, colon, value = line.partition(":")
+        if not name or not colon:
+            raise _fail(f"header line without a name: {line[:40]!r}", 400, is_request)
+        key = key_cache_get(name)
+        if key is None:
+            if name[-1] in " \t":
+                name = name.rstrip(" \t")
+            try:
+                key = header_key(name)
+            except LocalProtocolError:
+                raise _fail(f"invalid header name {name[:40]!r}", 400, is_request) from None
+        append((key, name, value.strip(" \t"), raw))
+    if len(fields) > limits.max_header_count:
+        raise _fail("too many header fields", 400, is_request)
+    return lines[0], fields, end
 
 
 def _unfold(lines: list[str], is_request: bool) -> list[tuple[str, str]]:
@@ -636,4 +674,12 @@ def _valid_name_addr(value: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _valid_name_addr_cached(value: str) -> bool:
+    split = name_addr_template(value)  # a known value with a new tag: its template checked once
+    if split is not None:
+        return _valid_name_addr_template(split[0])
+    return _abnf.NAME_ADDR_RE.fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_name_addr_template(value: str) -> bool:
     return _abnf.NAME_ADDR_RE.fullmatch(value) is not None

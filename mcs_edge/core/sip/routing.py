@@ -115,14 +115,20 @@ class Routing:
         self, settings: ProxySettings, tenant_for_domain: Callable[[str], Any], random_bytes: RandomBytes
     ) -> None:
         self.settings = settings
-        self.own = settings.own_addresses()
+        self._own(settings)
         self._tenant_for_domain = tenant_for_domain
         self._random_bytes = random_bytes
 
     def update(self, settings: ProxySettings) -> None:
         """New settings (e.g. ports known once bound); the set of our own addresses follows."""
         self.settings = settings
+        self._own(settings)
+
+    def _own(self, settings: ProxySettings) -> None:
         self.own = settings.own_addresses()
+        # what is_ours asks per Route entry, as sets (no walk over the pairs)
+        self._own_hosts = frozenset(h for h, _p in self.own)
+        self._own_ports = frozenset(p for _h, p in self.own)
 
     def new_branch(self) -> str:
         return MAGIC + self._random_bytes(10).hex()
@@ -134,12 +140,14 @@ class Routing:
             return False
         host = uri.host.lower().strip("[]")
         port = uri.port
-        if any(host == h and (port is None or port == p) for h, p in self.own):
-            return True
         if port is None:
+            if host in self._own_hosts:
+                return True
             secure = uri.scheme == "sips" or (uri.param("transport") or "").lower() == "tls"
             port = 5061 if secure else 5060
-        return any(port == p for _h, p in self.own) and self._tenant_for_domain(host) is not None
+        elif (host, port) in self.own:
+            return True
+        return port in self._own_ports and self._tenant_for_domain(host) is not None
 
     def via(self, transport: str, host: str, port: int, branch: str) -> str:
         if transport == "wss":

@@ -113,6 +113,7 @@ from enum import Enum
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
 
+from ._frozen import fast_init
 from .headers import MAGIC_COOKIE, Headers, Via, parse_via_tuple
 from .message import Request, Response
 
@@ -182,6 +183,7 @@ ClientKey = tuple[str, str]
 ServerKey = tuple[str, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Send:
     """Put ``data`` (the wire form of ``message``) on the transaction's transport.
@@ -194,6 +196,7 @@ class Send:
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PassResponse:
     """A response for the TU (client transactions)."""
@@ -202,6 +205,7 @@ class PassResponse:
     response: Response
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PassAck:
     """An ACK for a 2xx, received while the INVITE server transaction was Accepted."""
@@ -210,6 +214,7 @@ class PassAck:
     ack: Request
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Timeout:
     """Timer B, F or H fired: the peer did not answer (or did not ACK)."""
@@ -217,6 +222,7 @@ class Timeout:
     transaction: Transaction
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TransportError:
     """The transport failed to send for this transaction."""
@@ -224,6 +230,7 @@ class TransportError:
     transaction: Transaction
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Terminated:
     """The transaction is over; drop every reference to it."""

@@ -1,0 +1,222 @@
+/* mcs_edge._sipscan: the head of a SIP message cut into fields in C (optional speed-up).
+ *
+ * scan(data, max_line, max_count, key_cache, compact, cache_max) returns
+ * (start_line, fields, end) for the common message: a head (the octets before the first CRLF CRLF)
+ * of printable ASCII and HTAB only, every line ended by CRLF (no bare CR or LF), no folded line
+ * (RFC 3261 s.7.3.1), every header line "name [WSP] : value" with a token name, no line longer
+ * than max_line and at most max_count fields. ``fields`` is the list of
+ * (key, name, value, raw) tuples that mcs_edge/core/sip/message.py's Python loop builds for the
+ * same head: key = the lower-case long name (compact forms expanded through ``compact``; names
+ * already seen looked up in ``key_cache``, which is filled up to ``cache_max`` entries, the same
+ * dict the Python path uses), name = as written without trailing WSP, value = without surrounding
+ * SP/HTAB, raw = the whole line. ``end`` is the offset of the CRLF CRLF.
+ *
+ * Anything else returns None and the caller runs the Python path, which gives the same result or
+ * the same error (tests/core/sip/test_sipscan.py checks the two agree on arbitrary input). The
+ * module is a pure function on bytes: no I/O, no state of its own.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* RFC 3261 s.25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~") */
+static unsigned char token_char[256];
+
+static void init_tables(void)
+{
+    const char *extra = "-.!%*_+`'~";
+    for (int c = '0'; c <= '9'; c++)
+        token_char[c] = 1;
+    for (int c = 'a'; c <= 'z'; c++)
+        token_char[c] = 1;
+    for (int c = 'A'; c <= 'Z'; c++)
+        token_char[c] = 1;
+    for (const char *p = extra; *p; p++)
+        token_char[(unsigned char)*p] = 1;
+}
+
+/* An ASCII str of n octets (the caller checked they are ASCII). */
+static PyObject *ascii_str(const char *p, Py_ssize_t n)
+{
+    PyObject *s = PyUnicode_New(n, 127);
+    if (s != NULL && n > 0)
+        memcpy(PyUnicode_1BYTE_DATA(s), p, (size_t)n);
+    return s;
+}
+
+static PyObject *key_of(const char *name, Py_ssize_t n, PyObject *name_obj, PyObject *key_cache,
+                        PyObject *compact, Py_ssize_t cache_max)
+{
+    PyObject *key = PyDict_GetItemWithError(key_cache, name_obj);
+    if (key != NULL) {
+        Py_INCREF(key);
+        return key;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    char low[256];
+    PyObject *lower;
+    if (n <= (Py_ssize_t)sizeof(low)) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            char c = name[i];
+            low[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+        }
+        lower = ascii_str(low, n);
+    } else {
+        lower = PyObject_CallMethod(name_obj, "lower", NULL);
+    }
+    if (lower == NULL)
+        return NULL;
+    key = PyDict_GetItemWithError(compact, lower);
+    if (key != NULL) {
+        Py_INCREF(key);
+        Py_DECREF(lower);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(lower);
+        return NULL;
+    } else {
+        key = lower;
+    }
+    if (PyDict_GET_SIZE(key_cache) < cache_max && PyDict_SetItem(key_cache, name_obj, key) < 0) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    return key;
+}
+
+static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "scan(data, max_line, max_count, key_cache, compact, cache_max)");
+        return NULL;
+    }
+    PyObject *key_cache = args[3], *compact = args[4];
+    if (!PyDict_CheckExact(key_cache) || !PyDict_CheckExact(compact)) {
+        PyErr_SetString(PyExc_TypeError, "key_cache and compact must be dicts");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t max_line = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_count = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t cache_max = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred()) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const char *data = (const char *)view.buf;
+    Py_ssize_t size = view.len;
+    PyObject *result = NULL, *fields = NULL, *start = NULL;
+
+    /* the head: up to the first CRLF CRLF; every octet printable ASCII or HTAB, CR only before LF */
+    Py_ssize_t end = -1;
+    Py_ssize_t nlines = 1;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c >= 0x20 && c < 0x7f)
+            continue;
+        if (c == '\t')
+            continue;
+        if (c == '\r' && i + 1 < size && data[i + 1] == '\n') {
+            if (i + 3 < size && data[i + 2] == '\r' && data[i + 3] == '\n') {
+                end = i;
+                break;
+            }
+            if (i + 2 < size && (data[i + 2] == ' ' || data[i + 2] == '\t'))
+                goto fallback; /* a folded line: the Python path unfolds it */
+            nlines++;
+            i++;
+            continue;
+        }
+        goto fallback; /* bare CR/LF, a control character or non-ASCII: the Python path decides */
+    }
+    if (end < 0 || nlines - 1 > max_count)
+        goto fallback;
+
+    fields = PyList_New(nlines - 1);
+    if (fields == NULL)
+        goto done;
+    Py_ssize_t pos = 0, index = -1;
+    while (pos <= end) {
+        const char *line = data + pos;
+        const char *nl = memchr(line, '\r', (size_t)(end - pos));
+        Py_ssize_t len = nl == NULL ? end - pos : nl - line;
+        if (len > max_line)
+            goto fallback;
+        if (index < 0) {
+            start = ascii_str(line, len);
+            if (start == NULL)
+                goto done;
+        } else {
+            const char *colon = memchr(line, ':', (size_t)len);
+            if (colon == NULL)
+                goto fallback;
+            Py_ssize_t name_len = colon - line;
+            while (name_len > 0 && (line[name_len - 1] == ' ' || line[name_len - 1] == '\t'))
+                name_len--;
+            if (name_len == 0)
+                goto fallback;
+            for (Py_ssize_t k = 0; k < name_len; k++)
+                if (!token_char[(unsigned char)line[k]])
+                    goto fallback;
+            const char *v = colon + 1, *v_end = line + len;
+            while (v < v_end && (*v == ' ' || *v == '\t'))
+                v++;
+            while (v_end > v && (v_end[-1] == ' ' || v_end[-1] == '\t'))
+                v_end--;
+            PyObject *item = PyTuple_New(4);
+            if (item == NULL)
+                goto done;
+            PyList_SET_ITEM(fields, index, item);
+            PyObject *name = ascii_str(line, name_len);
+            if (name == NULL)
+                goto done;
+            PyTuple_SET_ITEM(item, 1, name);
+            PyObject *key = key_of(line, name_len, name, key_cache, compact, cache_max);
+            if (key == NULL)
+                goto done;
+            PyTuple_SET_ITEM(item, 0, key);
+            PyObject *value = ascii_str(v, v_end - v);
+            if (value == NULL)
+                goto done;
+            PyTuple_SET_ITEM(item, 2, value);
+            PyObject *raw = ascii_str(line, len);
+            if (raw == NULL)
+                goto done;
+            PyTuple_SET_ITEM(item, 3, raw);
+        }
+        index++;
+        pos += len + 2;
+    }
+    result = Py_BuildValue("(NNn)", start, fields, end);
+    start = fields = NULL;
+    goto done;
+
+fallback:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(start);
+    Py_XDECREF(fields);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "scan(data, max_line, max_count, key_cache, compact, cache_max) -> (start_line, fields, end) or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "mcs_edge._sipscan",
+    "The head of a SIP message cut into header fields in C (see mcs_edge/core/sip/message.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__sipscan(void)
+{
+    init_tables();
+    return PyModule_Create(&moduledef);
+}

@@ -1,0 +1,11 @@
+"""Type stub of the C extension mcs_edge/_sipscan.c (the head of a SIP message cut into fields)."""
+
+def scan(
+    data: bytes,
+    max_line: int,
+    max_count: int,
+    key_cache: dict[str, str],
+    compact: dict[str, str],
+    cache_max: int,
+    /,
+) -> tuple[str, list[tuple[str, str, str, str | None]], int] | None: ...
