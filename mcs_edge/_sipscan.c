@@ -95,18 +95,21 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "key_cache and compact must be dicts");
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+    /* bytes only: immutable, so nothing run during the scan (a finalizer in key_of) can change
+       what was already checked */
+    if (!PyBytes_CheckExact(args[0]))
+        Py_RETURN_NONE; /* any other buffer: the Python path */
     Py_ssize_t max_line = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t max_count = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t cache_max = PyLong_AsSsize_t(args[5]);
-    if (PyErr_Occurred()) {
-        PyBuffer_Release(&view);
+    if (max_line == -1 && PyErr_Occurred())
         return NULL;
-    }
-    const char *data = (const char *)view.buf;
-    Py_ssize_t size = view.len;
+    Py_ssize_t max_count = PyLong_AsSsize_t(args[2]);
+    if (max_count == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t cache_max = PyLong_AsSsize_t(args[5]);
+    if (cache_max == -1 && PyErr_Occurred())
+        return NULL;
+    const char *data = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     PyObject *result = NULL, *fields = NULL, *start = NULL;
 
     /* the head: up to the first CRLF CRLF; every octet printable ASCII or HTAB, CR only before LF */
@@ -199,7 +202,6 @@ fallback:
 done:
     Py_XDECREF(start);
     Py_XDECREF(fields);
-    PyBuffer_Release(&view);
     return result;
 }
 
