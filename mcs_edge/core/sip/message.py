@@ -442,29 +442,15 @@ def parse(
     # --- start line ---
     msg: Request | Response
     if is_request:
-        parts = start.split(" ")
-        if len(parts) != 3:
-            raise RemoteProtocolError(f"malformed request line {start[:80]!r}", 400)
-        method, uri, version = parts
-        if _abnf.METHOD_RE.fullmatch(method) is None:
-            raise RemoteProtocolError(f"invalid method {method[:40]!r}", 400)
-        if _abnf.SIP_VERSION_RE.fullmatch(version) is None:
-            raise RemoteProtocolError(f"malformed request line {start[:80]!r}", 400)
-        if version.upper() != SIP_VERSION:
-            raise RemoteProtocolError(f"unsupported version {version}", 505)
-        _check_request_uri(uri)
-        msg = Request(method, uri, headers, b"", SIP_VERSION)
+        line = _REQUEST_LINES.get(start)
+        if line is None:
+            line = _request_line(start)
+        msg = Request(line[0], line[1], headers, b"", SIP_VERSION)
     else:
-        parts = start.split(" ", 2)
-        if len(parts) < 2 or _abnf.SIP_VERSION_RE.fullmatch(parts[0]) is None:
-            raise RemoteProtocolError(f"malformed status line {start[:80]!r}", None)
-        if parts[0].upper() != SIP_VERSION:
-            raise RemoteProtocolError(f"unsupported version {parts[0]}", None)
-        code = parts[1]
-        if _abnf.STATUS_CODE_RE.fullmatch(code) is None:
-            raise RemoteProtocolError(f"invalid status code {code[:20]!r}", None)
-        reason = parts[2] if len(parts) == 3 else ""
-        msg = Response(int(code), reason, headers, b"", SIP_VERSION)
+        status = _STATUS_LINES.get(start)
+        if status is None:
+            status = _status_line(start)
+        msg = Response(status[0], status[1], headers, b"", SIP_VERSION)
 
     # --- header semantics ---
     keys = [f[0] for f in fields]
@@ -476,9 +462,11 @@ def parse(
     if is_request and require_max_forwards and "max-forwards" not in present:
         raise RemoteProtocolError("missing mandatory header field max-forwards", 400)
     if len(present) != len(keys):  # some field repeats: at most one of each single-valued field
-        for key in SINGLE_HEADERS:
-            if keys.count(key) > 1:
-                raise _fail(f"more than one {key} header field", 400, is_request)
+        singles = [key for key in keys if key in SINGLE_HEADERS]
+        if len(singles) != len(set(singles)):
+            for key in SINGLE_HEADERS:  # the one to name, as found before the check above
+                if keys.count(key) > 1:
+                    raise _fail(f"more than one {key} header field", 400, is_request)
     content_length, cseq_text = _validate_fields(fields, is_request, limits)
     try:
         cseq = parse_cseq(cseq_text)
@@ -500,6 +488,53 @@ def parse(
     else:
         msg.body = rest[:content_length]
     return msg
+
+
+# Start lines already checked (a proxy sees the same few again and again: "SIP/2.0 200 OK", an
+# ACK or BYE to a PBX's Contact, INVITEs to the same Request-URIs). Only lines that passed every
+# check are kept (an invalid one is checked, and refused, every time); bounded, emptied when full.
+_REQUEST_LINES: dict[str, tuple[str, str]] = {}
+_STATUS_LINES: dict[str, tuple[int, str]] = {}
+_START_LINES_MAX = 2048
+
+
+def _request_line(start: str) -> tuple[str, str]:
+    """``(method, Request-URI)`` of a request line (RFC 3261 s.7.1, s.25.1), or the error."""
+    parts = start.split(" ")
+    if len(parts) != 3:
+        raise RemoteProtocolError(f"malformed request line {start[:80]!r}", 400)
+    method, uri, version = parts
+    if _abnf.METHOD_RE.fullmatch(method) is None:
+        raise RemoteProtocolError(f"invalid method {method[:40]!r}", 400)
+    if _abnf.SIP_VERSION_RE.fullmatch(version) is None:
+        raise RemoteProtocolError(f"malformed request line {start[:80]!r}", 400)
+    if version.upper() != SIP_VERSION:
+        raise RemoteProtocolError(f"unsupported version {version}", 505)
+    _check_request_uri(uri)
+    line = (method, uri)
+    if len(start) <= CACHED_VALUE_MAX:
+        if len(_REQUEST_LINES) >= _START_LINES_MAX:
+            _REQUEST_LINES.clear()
+        _REQUEST_LINES[start] = line
+    return line
+
+
+def _status_line(start: str) -> tuple[int, str]:
+    """``(status, reason)`` of a status line (RFC 3261 s.7.2, s.25.1), or the error."""
+    parts = start.split(" ", 2)
+    if len(parts) < 2 or _abnf.SIP_VERSION_RE.fullmatch(parts[0]) is None:
+        raise RemoteProtocolError(f"malformed status line {start[:80]!r}", None)
+    if parts[0].upper() != SIP_VERSION:
+        raise RemoteProtocolError(f"unsupported version {parts[0]}", None)
+    code = parts[1]
+    if _abnf.STATUS_CODE_RE.fullmatch(code) is None:
+        raise RemoteProtocolError(f"invalid status code {code[:20]!r}", None)
+    status = (int(code), parts[2] if len(parts) == 3 else "")
+    if len(start) <= CACHED_VALUE_MAX:
+        if len(_STATUS_LINES) >= _START_LINES_MAX:
+            _STATUS_LINES.clear()
+        _STATUS_LINES[start] = status
+    return status
 
 
 def _scan_head(data: bytes, is_request: bool, limits: Limits) -> tuple[str, list[HeaderField], int]:
