@@ -71,16 +71,21 @@ def asyncio_loop_of(reactor: Any) -> asyncio.AbstractEventLoop | None:
     return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
+_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+
+
 def bind_socket(
     host: str, port: int, kind: int = socket.SOCK_DGRAM, *, reuse_port: bool = False
 ) -> socket.socket:
     """A non-blocking socket bound to ``host:port`` (``SO_REUSEPORT`` when ``reuse_port``); raises OSError."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
+    # non-blocking from its creation (one system call less than setblocking, per relay port)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind | _NONBLOCK)
     try:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setblocking(False)
+        if not _NONBLOCK:
+            sock.setblocking(False)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -152,10 +157,17 @@ class RelayEndpoint:
         return task
 
     def listen_fast(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, received: Received, tally: Any
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        received: Received,
+        tally: Any,
+        port: int = 0,
     ) -> None:
-        """Read the bound ``sock`` with a C Port registered as the loop's reader of its fd."""
-        port = sock.getsockname()[1]  # before the reader exists: nothing can fail after it
+        """Read the bound ``sock`` with a C Port registered as the loop's reader of its fd
+        (``port``: the port it was bound to, when not 0: no system call to ask it)."""
+        if not port:
+            port = sock.getsockname()[1]  # before the reader exists: nothing can fail after it
         fast = _fastfwd.Port(sock.fileno(), received, self.on_error, None, tally)
         loop.add_reader(sock.fileno(), fast)
         self._sock = sock
@@ -331,7 +343,7 @@ class RelayEndpoints:
         endpoint = RelayEndpoint(on_error)
         sock = bind_socket(host, port, reuse_port=reuse_port)
         try:
-            endpoint.listen_fast(loop, sock, received, tally)
+            endpoint.listen_fast(loop, sock, received, tally, port)
         except BaseException:
             sock.close()
             raise

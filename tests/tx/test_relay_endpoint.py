@@ -132,3 +132,16 @@ def test_send_errors_are_counted_not_raised() -> None:
     finally:
         endpoint.close()
         endpoints.close()
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_STREAM])
+def test_bound_sockets_are_non_blocking_from_creation(kind: int) -> None:
+    """``bind_socket`` makes the socket non-blocking (created so, without a separate call), of the
+    kind asked, bound where asked."""
+    sock = bind_socket("127.0.0.1", 0, kind)
+    try:
+        assert sock.getblocking() is False and sock.gettimeout() == 0.0
+        assert sock.type == kind
+        assert sock.getsockname()[0] == "127.0.0.1" and sock.getsockname()[1] > 0
+    finally:
+        sock.close()
