@@ -205,9 +205,182 @@ done:
     return result;
 }
 
+/* via(text) -> (transport, host, port, params, protocol) or None.
+ *
+ * One via-parm (RFC 3261 s.20.42) of the common form, all of it ASCII:
+ *
+ *     token "/" token "/" token SP host [ ":" port ] *( ";" token [ "=" token ] )
+ *
+ * with no other whitespace, no comma, no quoted string and no IPv6 reference; host a hostname
+ * (RFC 3261 s.25.1: labels of alphanumerics with inner "-", dot-separated, one trailing dot
+ * allowed; an IPv4address is one), port 1 to 5 digits up to 65535. Returned as
+ * mcs_edge/core/sip/headers.py's Python path builds its Via: transport upper-cased, host as
+ * written, port an int or None, params a tuple of (name, value-or-None), protocol "SIP/2.0" when
+ * it reads so in any case, else as written. Everything else returns None and the Python path
+ * (the grammar's regular expression) decides: this function only ever accepts, never refuses
+ * (tests/core/sip/test_sipscan.py checks it against the Python path). */
+static PyObject *via(PyObject *module, PyObject *text)
+{
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_COMPACT_ASCII(text))
+        Py_RETURN_NONE;
+    const char *p = (const char *)PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
+    Py_ssize_t tok[3][2];
+    for (int t = 0; t < 3; t++) { /* protocol-name / protocol-version / transport */
+        Py_ssize_t s0 = i;
+        while (i < n && token_char[(unsigned char)p[i]])
+            i++;
+        if (i == s0)
+            Py_RETURN_NONE;
+        tok[t][0] = s0;
+        tok[t][1] = i;
+        if (t < 2) {
+            if (i >= n || p[i] != '/')
+                Py_RETURN_NONE;
+            i++;
+        }
+    }
+    if (i >= n || p[i] != ' ')
+        Py_RETURN_NONE;
+    i++;
+    /* host: hostname = *( domainlabel "." ) toplabel [ "." ] (toplabel relaxed as the regex is) */
+    Py_ssize_t h0 = i;
+    int labels = 0;
+    for (;;) {
+        Py_ssize_t l0 = i;
+        while (i < n && (Py_ISALNUM((unsigned char)p[i]) || p[i] == '-'))
+            i++;
+        if (i == l0) {
+            if (labels > 0 && p[i - 1] == '.' && (i - 1) > h0)
+                break; /* the one trailing dot */
+            Py_RETURN_NONE;
+        }
+        if (p[l0] == '-' || p[i - 1] == '-')
+            Py_RETURN_NONE;
+        labels++;
+        if (i < n && p[i] == '.') {
+            i++;
+            continue;
+        }
+        break;
+    }
+    Py_ssize_t h1 = i;
+    long port = -1;
+    if (i < n && p[i] == ':') {
+        i++;
+        Py_ssize_t d0 = i;
+        port = 0;
+        while (i < n && p[i] >= '0' && p[i] <= '9' && i - d0 < 6) {
+            port = port * 10 + (p[i] - '0');
+            i++;
+        }
+        if (i == d0 || i - d0 > 5 || port > 65535)
+            Py_RETURN_NONE;
+    }
+    /* params: *( ";" token [ "=" token ] ) to the end */
+    Py_ssize_t nparams = 0;
+    Py_ssize_t ps[64][4];
+    while (i < n) {
+        if (p[i] != ';' || nparams == 64)
+            Py_RETURN_NONE;
+        i++;
+        Py_ssize_t k0 = i;
+        while (i < n && token_char[(unsigned char)p[i]])
+            i++;
+        if (i == k0)
+            Py_RETURN_NONE;
+        ps[nparams][0] = k0;
+        ps[nparams][1] = i;
+        ps[nparams][2] = ps[nparams][3] = -1;
+        if (i < n && p[i] == '=') {
+            i++;
+            Py_ssize_t v0 = i;
+            while (i < n && token_char[(unsigned char)p[i]])
+                i++;
+            if (i == v0)
+                Py_RETURN_NONE;
+            ps[nparams][2] = v0;
+            ps[nparams][3] = i;
+        }
+        nparams++;
+    }
+
+    PyObject *params = PyTuple_New(nparams), *result = NULL;
+    if (params == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < nparams; k++) {
+        PyObject *name = ascii_str(p + ps[k][0], ps[k][1] - ps[k][0]), *value;
+        if (name == NULL)
+            goto done;
+        if (ps[k][2] < 0) {
+            value = Py_None;
+            Py_INCREF(value);
+        } else if ((value = ascii_str(p + ps[k][2], ps[k][3] - ps[k][2])) == NULL) {
+            Py_DECREF(name);
+            goto done;
+        }
+        PyObject *pair = PyTuple_Pack(2, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (pair == NULL)
+            goto done;
+        PyTuple_SET_ITEM(params, k, pair);
+    }
+    char upper[64];
+    Py_ssize_t tl = tok[2][1] - tok[2][0];
+    PyObject *transport;
+    if (tl <= (Py_ssize_t)sizeof(upper)) {
+        for (Py_ssize_t k = 0; k < tl; k++)
+            upper[k] = Py_TOUPPER((unsigned char)p[tok[2][0] + k]);
+        transport = ascii_str(upper, tl);
+    } else {
+        PyObject *as_written = ascii_str(p + tok[2][0], tl);
+        transport = as_written == NULL ? NULL : PyObject_CallMethod(as_written, "upper", NULL);
+        Py_XDECREF(as_written);
+    }
+    if (transport == NULL)
+        goto done;
+    Py_ssize_t pl = tok[1][1] - tok[0][0]; /* "name/version" as written */
+    PyObject *protocol;
+    if (pl == 7 && (p[tok[0][0]] | 0x20) == 's' && (p[tok[0][0] + 1] | 0x20) == 'i' &&
+        (p[tok[0][0] + 2] | 0x20) == 'p' && memcmp(p + tok[0][0] + 3, "/2.0", 4) == 0)
+        protocol = PyUnicode_FromString("SIP/2.0");
+    else
+        protocol = ascii_str(p + tok[0][0], pl);
+    if (protocol == NULL) {
+        Py_DECREF(transport);
+        goto done;
+    }
+    PyObject *host = ascii_str(p + h0, h1 - h0);
+    if (host == NULL) {
+        Py_DECREF(transport);
+        Py_DECREF(protocol);
+        goto done;
+    }
+    PyObject *port_obj = port < 0 ? Py_None : PyLong_FromLong(port);
+    if (port < 0)
+        Py_INCREF(port_obj);
+    if (port_obj == NULL) {
+        Py_DECREF(transport);
+        Py_DECREF(protocol);
+        Py_DECREF(host);
+        goto done;
+    }
+    result = PyTuple_Pack(5, transport, host, port_obj, params, protocol);
+    Py_DECREF(transport);
+    Py_DECREF(host);
+    Py_DECREF(port_obj);
+    Py_DECREF(protocol);
+done:
+    Py_DECREF(params);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(data, max_line, max_count, key_cache, compact, cache_max) -> (start_line, fields, end) or None"},
+    {"via", (PyCFunction)via, METH_O,
+     "via(text) -> (transport, host, port, params, protocol) of a common one-element Via value, or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,5 @@
-"""Type stub of the C extension mcs_edge/_sipscan.c (the head of a SIP message cut into fields)."""
+"""Type stub of the C extension mcs_edge/_sipscan.c (the head of a SIP message cut into fields, a
+common Via value read)."""
 
 def scan(
     data: bytes,
@@ -9,3 +10,5 @@ def scan(
     cache_max: int,
     /,
 ) -> tuple[str, list[tuple[str, str, str, str | None]], int] | None: ...
+
+def via(text: str, /) -> tuple[str, str, int | None, tuple[tuple[str, str | None], ...], str] | None: ...

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from mcs_edge.errors import LocalProtocolError, RemoteProtocolError
@@ -706,6 +706,12 @@ def parse_via_tuple(text: str) -> tuple[Via, ...]:
     """``parse_via`` without the copy: a cached tuple shared by every caller (Vias are frozen)."""
     # A proxy reads the same Via text several times per message (matching, loop check,
     # received/rport): parse each distinct value once. Vias are frozen, so sharing is safe.
+    # The common form (one via-parm, tokens only) is read by the C scanner when it is built; it
+    # accepts only what the grammar accepts and returns None for anything else (the paths below).
+    if _via_c is not None:
+        fields = _via_c(text)
+        if fields is not None:
+            return (Via(*fields),)
     # A new value usually differs from one seen before only in its branch (a new transaction
     # from the same sent-by): the rest is validated once, as a template, and the branch checked
     # as a token (RFC 3261 s.20.42: via-branch = "branch" EQUAL token).
@@ -734,6 +740,12 @@ def parse_via_tuple(text: str) -> tuple[Via, ...]:
                     )
     return _parse_via_items(text)
 
+
+_via_c: Callable[[str], tuple[str, str, int | None, Params, str] | None] | None
+try:  # the C reader of a common Via value (setup.py, optional): the Python paths are used without it
+    from mcs_edge._sipscan import via as _via_c
+except ImportError:  # pragma: no cover - depends on the build
+    _via_c = None
 
 _BRANCH_SLOT = "z9hG4bK-"
 _TOKEN_FULL = _abnf.TOKEN_RE.fullmatch

@@ -6,6 +6,12 @@ must give the same start line, the same field tuples (key, name, value, raw) and
 wherever the Python path refuses a head, the C scanner must not answer. Checked on every RFC 4475
 torture message, on hand-picked edge cases and on arbitrary bytes (hypothesis); ``parse`` is
 also run with and without the scanner over the torture messages (same message or same error).
+
+``via`` reads a common one-element Via value (tokens only, a hostname, a port) and returns ``None``
+for anything else, which then takes the Python paths of ``headers.parse_via_tuple``. Wherever it
+answers, the grammar's regular expression (``headers._parse_via_items``) must accept the value
+and give the same Via; checked on every Via of the torture messages, on hand-picked edge cases
+and on generated values (hypothesis).
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcs_edge.core.sip import message
-from mcs_edge.core.sip.headers import _KEY_CACHE, _KEY_CACHE_MAX, COMPACT_FORMS
+from mcs_edge.core.sip import headers, message
+from mcs_edge.core.sip.headers import _KEY_CACHE, _KEY_CACHE_MAX, COMPACT_FORMS, Via, _parse_via_items
 from mcs_edge.core.sip.message import DEFAULT_LIMITS, Limits, _scan_head, parse
 from mcs_edge.errors import RemoteProtocolError
 
@@ -42,6 +48,7 @@ def test_the_extension_is_built_under_ci() -> None:
             )
         pytest.skip("mcs_edge._sipscan not built")
     assert message._scan is _sipscan.scan
+    assert headers._via_c is _sipscan.via
 
 
 def _c(
@@ -196,3 +203,190 @@ def test_structured_heads_agree(data: bytes) -> None:
 def test_arbitrary_bytes_agree(data: bytes) -> None:
     _agree(data)
     _agree(REGISTER[:40] + data + b"\r\n\r\n")
+
+
+# ------------------------------------------------------------------------------------- Via
+
+
+def _via_agree(text: str) -> bool:
+    """Assert C's reading of a Via value is the grammar's; return whether C answered."""
+    assert _sipscan is not None
+    try:
+        python: tuple[Via, ...] | None = _parse_via_items(text)
+    except RemoteProtocolError:
+        python = None
+    c = _sipscan.via(text)
+    if c is None:
+        return False
+    assert python is not None and len(python) == 1, f"C answered where Python refuses: {text!r}"
+    assert Via(*c) == python[0]
+    assert type(c[2]) is (int if python[0].port is not None else type(None))
+    return True
+
+
+COMMON_VIAS = [
+    "SIP/2.0/WSS c0.invalid;branch=z9hG4bKi1",
+    "SIP/2.0/WSS c0.invalid;branch=z9hG4bKi1;received=127.0.0.1",
+    "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK3b33ca23edd5375d4a0c;rport",
+    "SIP/2.0/UDP 10.0.0.5:5060;rport=5060;received=10.0.0.5;branch=z9hG4bK-524287-1---abc",
+    "SIP/2.0/TLS pbx.example.com:5061;branch=z9hG4bK.a1;alias",
+    "sip/2.0/udp host.:0;x",
+    "SIP/2.0/UDP a-b.c-d.e:65535",
+]
+
+VIA_CASES = [
+    *COMMON_VIAS,
+    "",
+    "SIP/2.0/UDP",
+    "SIP/2.0/UDP ",
+    "SIP/2.0 UDP h",
+    "SIP/2.0/UDP  h",
+    "SIP/2.0/UDP\th",
+    "SIP / 2.0 / UDP h",
+    "SIP/2.0/UDP h ;branch=x",
+    "SIP/2.0/UDP h; branch=x",
+    "SIP/2.0/UDP h;branch = x",
+    "SIP/2.0/UDP h:5060 ",
+    "SIP/2.0/UDP h : 5060",
+    "SIP/2.0/UDP h:",
+    "SIP/2.0/UDP h:65536",
+    "SIP/2.0/UDP h:123456",
+    "SIP/2.0/UDP h:005060",
+    "SIP/2.0/UDP h:05060",
+    "SIP/2.0/UDP h;",
+    "SIP/2.0/UDP h;;a",
+    "SIP/2.0/UDP h;a=",
+    "SIP/2.0/UDP h;a=b=c",
+    'SIP/2.0/UDP h;a="b"',
+    "SIP/2.0/UDP h;received=[::1]",
+    "SIP/2.0/UDP [::1]:5060;branch=z9hG4bK1",
+    "SIP/2.0/UDP h, SIP/2.0/UDP g",
+    "SIP/2.0/UDP a..b",
+    "SIP/2.0/UDP .a",
+    "SIP/2.0/UDP a.",
+    "SIP/2.0/UDP a..",
+    "SIP/2.0/UDP -a",
+    "SIP/2.0/UDP a-",
+    "SIP/2.0/UDP a.-b",
+    "SIP/2.0/UDP a_b",
+    "SIP/2.0/UDP 1.2.3.4.5",
+    "SIP/2.0/UDP 1234.5.6.7",
+    "SIP/2.1/UDP h",
+    "SIP/2.0.0/UDP h",
+    "SIP/2.0/UDP/X h",
+    "SIPS/2.0/TLS h",
+    "SIP/2.0/" + "T" * 70 + " h",
+    "SIP/2.0/UDP h" + ";p" * 63,
+    "SIP/2.0/UDP h" + ";p" * 64,
+    "SIP/2.0/UDP h" + ";p" * 65,
+    "SIP/2.0/UDP h\u00e9",
+    "SIP/2.0/UDP h;a=\u00e9",
+    "SIP/2.0/UDP h\x00",
+]
+
+
+@needs_scan
+def test_common_vias_are_read_in_c() -> None:
+    """The Vias of a call through the edge are read by C, as the grammar reads them."""
+    for text in COMMON_VIAS:
+        assert _via_agree(text), text
+
+
+@needs_scan
+@pytest.mark.parametrize("text", VIA_CASES)
+def test_via_edge_cases_agree(text: str) -> None:
+    _via_agree(text)
+
+
+@needs_scan
+def test_via_limits_decline() -> None:
+    """Past 64 parameters, or a port above 65535, C leaves the value to the Python path."""
+    assert _sipscan is not None
+    assert _sipscan.via("SIP/2.0/UDP h" + ";p" * 64) is not None
+    assert _sipscan.via("SIP/2.0/UDP h" + ";p" * 65) is None
+    assert _sipscan.via("SIP/2.0/UDP h:65536") is None
+    assert _sipscan.via(b"SIP/2.0/UDP h") is None  # type: ignore[arg-type]
+
+
+@needs_scan
+@pytest.mark.parametrize("path", TORTURE, ids=lambda p: p.stem)
+def test_torture_vias_agree(path: Path) -> None:
+    try:
+        msg = parse(path.read_bytes())
+    except RemoteProtocolError:
+        return
+    for value in msg.headers.get_all("via"):
+        _via_agree(value)
+
+
+@needs_scan
+@pytest.mark.parametrize("path", TORTURE, ids=lambda p: p.stem)
+def test_parse_vias_the_same_with_and_without_c(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torture messages' Vias read the same (or fail the same) through parse_via_tuple either way."""
+    try:
+        msg = parse(path.read_bytes())
+    except RemoteProtocolError:
+        return
+
+    def read(value: str) -> object:
+        headers.parse_via_tuple.cache_clear()
+        try:
+            return headers.parse_via_tuple(value)
+        except RemoteProtocolError as exc:
+            return ("error", str(exc), exc.status_hint)
+
+    values = msg.headers.get_all("via")
+    with_c = [read(v) for v in values]
+    monkeypatch.setattr(headers, "_via_c", None)
+    assert [read(v) for v in values] == with_c
+    headers.parse_via_tuple.cache_clear()
+
+
+_TOKEN_CHARS = "aZ09.-!%*_+`'~"
+_VIA_TOKEN = st.text(alphabet=st.sampled_from(list(_TOKEN_CHARS)), min_size=1, max_size=6)
+_VIA_LABEL = st.one_of(
+    st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,4}[A-Za-z0-9])?", fullmatch=True),
+    st.text(alphabet=st.sampled_from([*"aZ09-_"]), max_size=4),
+)
+_ODD = st.sampled_from([*' \t;:=/.,-_[]"@', "\u00e9", "\x00", ";;", "=="])
+
+
+@st.composite
+def _vias(draw: st.DrawFn) -> str:
+    """Mostly well-formed Vias of every shape the C reader takes, some with one character changed."""
+    protocol = draw(st.sampled_from(["SIP/2.0/", "SIP/2.0/", "sip/2.0/", "SIP/2.1/", "X/y/"]))
+    transport = draw(st.one_of(st.sampled_from(["UDP", "udp", "WSS", "TLS", "TCP"]), _VIA_TOKEN))
+    host = ".".join(draw(st.lists(_VIA_LABEL, min_size=1, max_size=4)))
+    if draw(st.integers(0, 9)) == 0:
+        host += "."
+    if draw(st.integers(0, 4)) == 0:
+        host = draw(st.sampled_from(["[::1]", "[2001:db8::1]", "1.2.3.4", "255.255.255.255", "1.2.3"]))
+    port = draw(st.one_of(st.just(""), st.integers(0, 9_999_999).map(lambda p: f":{p}"), st.just(":05060")))
+    params = ""
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(st.one_of(st.sampled_from(["branch", "rport", "received", "ttl", "maddr"]), _VIA_TOKEN))
+        value = draw(
+            st.one_of(st.none(), _VIA_TOKEN, st.sampled_from(["z9hG4bK1", "1.2.3.4", "[::1]", '"q"']))
+        )
+        params += ";" + name + ("" if value is None else "=" + value)
+    text = protocol + transport + " " + host + port + params
+    if draw(st.integers(0, 2)) == 0:  # one character inserted or replaced somewhere
+        at = draw(st.integers(0, len(text)))
+        odd = draw(_ODD)
+        text = text[:at] + odd + text[at + draw(st.integers(0, 1)) :]
+    return text
+
+
+@needs_scan
+@settings(max_examples=1500, deadline=None)
+@given(_vias())
+def test_structured_vias_agree(text: str) -> None:
+    _via_agree(text)
+
+
+@needs_scan
+@settings(max_examples=600, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*'SIP/2.0UDh .:;=-_,[]"x19', "\t", "\u00e9"]), max_size=40))
+def test_arbitrary_via_text_agrees(text: str) -> None:
+    _via_agree(text)
+    _via_agree("SIP/2.0/UDP " + text)
