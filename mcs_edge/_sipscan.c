@@ -21,6 +21,8 @@
 
 /* RFC 3261 s.25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~") */
 static unsigned char token_char[256];
+/* word (RFC 3261 s.25.1): the token characters and ( ) < > : \ DQUOTE / [ ] ? { } */
+static unsigned char word_char[256];
 
 static void init_tables(void)
 {
@@ -33,6 +35,11 @@ static void init_tables(void)
         token_char[c] = 1;
     for (const char *p = extra; *p; p++)
         token_char[(unsigned char)*p] = 1;
+    const char *word_extra = "()<>:\\\"/[]?{}";
+    for (int c = 0; c < 256; c++)
+        word_char[c] = token_char[c];
+    for (const char *p = word_extra; *p; p++)
+        word_char[(unsigned char)*p] = 1;
 }
 
 /* An ASCII str of n octets (the caller checked they are ASCII). */
@@ -376,7 +383,36 @@ done:
     return result;
 }
 
+/* call_id(text) -> True or False: whether text is a callid (RFC 3261 s.25.1: callid = word
+ * [ "@" word ], word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" /
+ * "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" / "?" / "{" / "}")), as
+ * mcs_edge/core/sip/_abnf.py's CALL_ID_RE decides it; None for a str that is not ASCII (the
+ * regular expression decides). */
+
+static PyObject *call_id(PyObject *module, PyObject *text)
+{
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_COMPACT_ASCII(text))
+        Py_RETURN_NONE;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
+    while (i < n && word_char[p[i]])
+        i++;
+    if (i == 0)
+        Py_RETURN_FALSE;
+    if (i < n) {
+        if (p[i] != '@')
+            Py_RETURN_FALSE;
+        Py_ssize_t w = ++i;
+        while (i < n && word_char[p[i]])
+            i++;
+        if (i == w || i < n)
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
+    {"call_id", (PyCFunction)call_id, METH_O, "call_id(text) -> whether text is a Call-ID value (None: not ASCII)"},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(data, max_line, max_count, key_cache, compact, cache_max) -> (start_line, fields, end) or None"},
     {"via", (PyCFunction)via, METH_O,

@@ -80,10 +80,12 @@ _Scan = Callable[
     tuple[str, list[tuple[str, str, str, str | None]], int] | None,
 ]
 _scan: _Scan | None
+_call_id_c: Callable[[str], bool | None] | None
 try:  # the C scanner of the head (setup.py, optional): the Python path below is used without it
+    from mcs_edge._sipscan import call_id as _call_id_c
     from mcs_edge._sipscan import scan as _scan
 except ImportError:  # pragma: no cover - depends on the build
-    _scan = None
+    _scan = _call_id_c = None
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -676,7 +678,8 @@ def _validate_fields(fields: list[HeaderField], is_request: bool, limits: Limits
                     if not _valid_name_addr(item):
                         raise RemoteProtocolError(f"invalid {key} {item[:80]!r}", 400)
             elif check == _CALL_ID:
-                if _CALL_ID_FULL(value) is None:
+                valid = None if _call_id_c is None else _call_id_c(value)
+                if not (_CALL_ID_FULL(value) is not None if valid is None else valid):
                     raise RemoteProtocolError(f"invalid Call-ID {value[:80]!r}", 400)
             elif check == _CSEQ:
                 cseq = value

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcs_edge.core.sip import headers, message
+from mcs_edge.core.sip import _abnf, headers, message
 from mcs_edge.core.sip.headers import _KEY_CACHE, _KEY_CACHE_MAX, COMPACT_FORMS, Via, _parse_via_items
 from mcs_edge.core.sip.message import DEFAULT_LIMITS, Limits, _scan_head, parse
 from mcs_edge.errors import RemoteProtocolError
@@ -49,6 +49,7 @@ def test_the_extension_is_built_under_ci() -> None:
         pytest.skip("mcs_edge._sipscan not built")
     assert message._scan is _sipscan.scan
     assert headers._via_c is _sipscan.via
+    assert message._call_id_c is _sipscan.call_id
 
 
 def _c(
@@ -390,3 +391,59 @@ def test_structured_vias_agree(text: str) -> None:
 def test_arbitrary_via_text_agrees(text: str) -> None:
     _via_agree(text)
     _via_agree("SIP/2.0/UDP " + text)
+
+
+# --------------------------------------------------------------------------------- Call-ID
+
+
+def _call_id_agree(text: str) -> None:
+    assert _sipscan is not None
+    c = _sipscan.call_id(text)
+    if c is None:
+        assert not text.isascii()
+        return
+    assert c == (_abnf.CALL_ID_RE.fullmatch(text) is not None), text
+
+
+CALL_IDS = [
+    "c1",
+    "a84b4c76e66710@pc33.atlanta.com",
+    "3f5e7a1c-9b2d-4e8f-a6c1-0d2e4f6a8b9c",
+    'a\\b"c<d>:e/[f]?{g}(h)',
+    "",
+    "@",
+    "@b",
+    "a@",
+    "a@b@c",
+    "a b",
+    "a\tb",
+    "a;b",
+    "a,b",
+    "a=b",
+    "a#b",
+    "a\x00b",
+    "a\x7fb",
+    "\u00e9",
+    "a@\u00e9",
+]
+
+
+@needs_scan
+@pytest.mark.parametrize("text", CALL_IDS)
+def test_call_id_cases_agree(text: str) -> None:
+    _call_id_agree(text)
+
+
+@needs_scan
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x80), max_size=12))
+def test_arbitrary_call_ids_agree(text: str) -> None:
+    _call_id_agree(text)
+    _call_id_agree(text + "@" + text)
+
+
+@needs_scan
+def test_every_ascii_character_in_a_call_id_agrees() -> None:
+    for code in range(128):
+        for text in (chr(code), f"a{chr(code)}b", f"a@b{chr(code)}", f"{chr(code)}@b"):
+            _call_id_agree(text)
