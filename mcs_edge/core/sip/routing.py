@@ -108,6 +108,9 @@ class ProxySettings:
         return out
 
 
+_BRANCHES_PER_DRAW = 64
+
+
 class Routing:
     """The routing decisions of the module docstring for one set of settings."""
 
@@ -118,6 +121,7 @@ class Routing:
         self._own(settings)
         self._tenant_for_domain = tenant_for_domain
         self._random_bytes = random_bytes
+        self._branches: list[str] = []
 
     def update(self, settings: ProxySettings) -> None:
         """New settings (e.g. ports known once bound); the set of our own addresses follows."""
@@ -131,7 +135,14 @@ class Routing:
         self._own_ports = frozenset(p for _h, p in self.own)
 
     def new_branch(self) -> str:
-        return MAGIC + self._random_bytes(10).hex()
+        """A new RFC 3261 branch: the magic cookie and 80 random bits (RFC 3261 s.8.1.1.7: unique
+        across space and time). Drawn 64 at a time: one call of the random source (a system call)
+        per 64 branches instead of one per branch, two per INVITE transaction."""
+        branches = self._branches
+        if not branches:
+            pool = self._random_bytes(10 * _BRANCHES_PER_DRAW).hex()
+            branches.extend(MAGIC + pool[i : i + 20] for i in range(0, 20 * _BRANCHES_PER_DRAW, 20))
+        return branches.pop()
 
     def is_ours(self, uri: SipUri | Any) -> bool:
         """Does ``uri`` name this edge (RFC 3261 s.16.4)? Any of our addresses and listening ports,
