@@ -38,7 +38,7 @@ from .cancel import Cancelling
 from .destinations import BackendDest
 from .flows import Flow
 from .forwarding import Forwarding
-from .headers import SipUri
+from .headers import SipUri, Via
 from .message import Request, Response
 from .routing import stamp_received
 from .state import DIALOG_METHODS, REASONS
@@ -57,7 +57,7 @@ class ClientRequests(Forwarding, Cancelling):
         if req.method == "CANCEL":
             self._cancel(req, flow.dest, now)
             return
-        tx, is_new = self.layer.receive_request(req, now, reliable=True)
+        tx, is_new = self.layer.receive_request(req, now, reliable=True, top=top)
         if tx is None:  # ACK for a 2xx: stateless, along the route to this tenant's PBX
             ack_key = (req.call_id, req.cseq.seq)
             if ack_key in self._local_acks:
@@ -76,7 +76,7 @@ class ClientRequests(Forwarding, Cancelling):
         self._dest[tx] = flow.dest
         if not self._trying_and_hops(tx, req, now):
             return
-        if any(self.routing.via_is_ours(v) for v in req.vias):
+        if self._via_loop(req, top):
             self.count("sip_loop")
             self._respond(tx, req, 482, "Loop Detected", now)
             return
@@ -126,6 +126,17 @@ class ClientRequests(Forwarding, Cancelling):
         fwd.push_via(self.routing.backend_via(transport))
         dest = BackendDest(tenant.id, transport, addr)
         self._forward(tx, req, fwd, tenant.id, flow.id, True, dest, transport != "udp", now)
+
+    def _via_loop(self, req: Request, top: Via) -> bool:
+        """A Via of ours in the request (RFC 3261 s.16.3 step 4). ``top`` is the top Via as received
+        (before ``received`` was added: the sent-by and branch looked at are the same); the others
+        are parsed only when there are others."""
+        if self.routing.via_is_ours(top):
+            return True
+        values = req.headers.get_all("via")
+        if len(values) == 1 and "," not in values[0]:
+            return False
+        return any(self.routing.via_is_ours(v) for v in req.vias)
 
     def _response_from_client(self, flow: Flow, resp: Response, now: float) -> None:
         tx = self.layer.receive_response(resp, now)

@@ -273,10 +273,20 @@ def cookie_server_key(branch: str, host: str, port: int | None, method: str) -> 
     return branch, shared, method
 
 
-def server_key(request: Request) -> ServerKey:
-    """Server transaction key of a request (s.17.2.3); ACK maps to its INVITE."""
-    via = parse_via_tuple(request.headers.first_value("via") or "")[0]
+def server_key(request: Request, top: Via | None = None) -> ServerKey:
+    """Server transaction key of a request (s.17.2.3); ACK maps to its INVITE.
+
+    ``top``: the top Via as received, already parsed by the caller (the request's own may have
+    been stamped with ``received`` since: the branch and sent-by, all an RFC 3261 key holds, are
+    the same); an RFC 2543 key is made from the request's Via as it is now, as without ``top``.
+    """
     method = "INVITE" if request.method == "ACK" else request.method
+    if top is not None:
+        branch = top.branch
+        if branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
+            host, port = top.sent_by
+            return cookie_server_key(branch, host, port, method)
+    via = parse_via_tuple(request.headers.first_value("via") or "")[0]
     branch = via.branch
     if branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
         host, port = via.sent_by
@@ -707,13 +717,14 @@ class TransactionLayer:
             return None
 
     def receive_request(
-        self, request: Request, now: float, *, reliable: bool
+        self, request: Request, now: float, *, reliable: bool, top: Via | None = None
     ) -> tuple[ServerTransaction | None, bool]:
         """Route a request: ``(tx, True)`` for a new server transaction the TU must handle,
         ``(tx, False)`` for a retransmission or ACK absorbed by ``tx``, ``(None, False)`` for an
-        ACK that matches no transaction (an ACK for a 2xx: forward it statelessly).
+        ACK that matches no transaction (an ACK for a 2xx: forward it statelessly). ``top``: see
+        :func:`server_key`.
         """
-        key = server_key(request)
+        key = server_key(request, top)
         tx = self._servers.get(key)
         if tx is not None:
             tx.receive_request(request, now)
