@@ -281,15 +281,17 @@ def test_full_collection_forced_on_an_edge_never_calm() -> None:
     assert runs[-1] == 2 and full.forced_runs == 1
 
 
-def test_young_collections_every_tenth_of_a_second_whatever_the_load() -> None:
-    """Young collections run on time, busy or not, so each walks only 0.1 s of survivors."""
+def test_young_collections_at_every_probe_tick_whatever_the_load() -> None:
+    """Young collections run at every 10 ms tick (one firing a millisecond early included), busy or
+    not, so each walks only 10 ms of survivors; never twice within YOUNG_INTERVAL."""
     runs: list[int] = []
     full = FullCollections(60.0, 0.0, lambda gen: runs.append(gen) or 0)
-    assert not full.tick(0.05, 0.5, 1.0)
-    assert full.tick(0.1, 0.5, 1.0)
-    assert not full.tick(0.15, 0.5, 1.0)
-    assert full.tick(0.21, 0.5, 1.0)
-    assert runs == [0, 0] and full.young_runs == 2
+    assert not full.tick(0.005, 0.5, 1.0)
+    assert full.tick(0.009, 0.5, 1.0)
+    assert not full.tick(0.012, 0.5, 1.0)
+    assert full.tick(0.0185, 0.5, 1.0)
+    assert full.tick(0.0285, 0.5, 1.0)
+    assert runs == [0, 0, 0] and full.young_runs == 3
 
 
 def test_young_collection_waits_while_next_to_nothing_was_allocated() -> None:
@@ -486,7 +488,7 @@ def test_request_read_after_a_collection_in_the_probe_is_not_refused_by_age() ->
     probe = LoadProbe(h.timers, overload_settings(CFG), 0.01, cpu_time=lambda: 0.0, full_collections=full)
     h.router.overload = probe.gate
     probe.start()
-    for _ in range(20):  # until the tick that runs the young collection (0.1 s)
+    for _ in range(20):  # until the tick that runs the young collection
         h.clock.advance(0.01)
         if full.young_runs:
             break

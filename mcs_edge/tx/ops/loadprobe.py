@@ -42,8 +42,12 @@ older generations' collections walk more still (every survivor, or the whole hea
 With ``overload.gc_full_interval`` set, :func:`tune_gc` puts the thresholds of generations 1 and 2
 out of reach and :class:`FullCollections`, ticked by the probe, runs the collections itself:
 
-* a young collection every ``YOUNG_INTERVAL`` (0.1 s), so it walks 0.1 s of survivors (a fraction
-  of a millisecond at full load), skipped while fewer than ``YOUNG_MIN`` objects were allocated
+* a young collection at every probe tick (``YOUNG_INTERVAL``, 8 ms: every tick at the default
+  10 ms interval, which uvloop's millisecond timers may fire up to a millisecond early), so it walks
+  10 ms of survivors: 0.2-0.5 ms with calls at half load, where 0.1 s of them (the interval until
+  session 6) took 3-5 ms, and that pause, taken in the tick, made one probe tick in ten 2-5 ms late
+  (the next deadline is counted from the tick's start; docs/performance.md, "Turn budget"). It is
+  skipped while fewer than ``YOUNG_MIN`` objects were allocated
   since the last one (``gc.get_count()``: an idle edge allocates next to nothing); ``overload.gc_threshold`` stays the interpreter's trigger for
   allocation bursts between two ticks;
 * a full collection once ``interval`` seconds have passed, at the first *calm* tick (smoothed loop
@@ -117,7 +121,7 @@ class FullCollections:
     CALM_LAG = 0.002  # smoothed loop lag (s) at or below which the reactor counts as calm
     CALM_BUSY = 0.25  # smoothed share of wall time on the CPU at or below which it counts as calm
 
-    YOUNG_INTERVAL = 0.1  # seconds between young (generation-0) collections
+    YOUNG_INTERVAL = 0.008  # seconds between young (generation-0) collections: every 10 ms probe tick
     THAW_EVERY = 10  # every so many full collections walk the whole heap (frozen survivors too)
     YOUNG_MIN = 100  # tracked objects allocated (net) since the last young collection, below which it waits
 
