@@ -958,7 +958,7 @@ class OverloadConfig:
         c_float_or_zero(1, 86400),
         60.0,
         doc="seconds between full collections, run by the edge when the reactor is calm (forced after "
-        "10x this without a calm moment), with young ones every 0.1 s, instead of when the interpreter "
+        "10x this without a calm moment), with young ones at every load-probe tick (8 ms), instead of when the interpreter "
         "decides; 0 = the interpreter's automatic collections",
     )
 
