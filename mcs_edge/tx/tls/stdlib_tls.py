@@ -158,9 +158,16 @@ class StdlibTLSProtocol(ProtocolWrapper):
     # -- bytes from below ---------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         state = self._state
-        if state == _OPEN:
+        if state == _OPEN:  # _read() inline: every read of an open connection comes here
             self._in.write(data)  # type: ignore[union-attr]
-            self._read()
+            self._reading = True
+            try:
+                self._read_records()
+            finally:
+                self._reading = False
+            out = self._out  # the answers to this read's records in one write below (as _flush)
+            if out is not None and out.pending and self.transport is not None:
+                self.transport.write(out.read())
         elif state == _HANDSHAKE:
             self._in.write(data)  # type: ignore[union-attr]
             self._handshake()
@@ -242,10 +249,32 @@ class StdlibTLSProtocol(ProtocolWrapper):
         conn = self._ssl
         bio = self._in
         assert conn is not None and bio is not None
+        read = conn.read
+        try:
+            data = read(_READ_SIZE)
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLZeroReturnError:  # pragma: no cover - the stdlib returns b"" instead
+            data = b""
+        except (ssl.SSLError, ValueError) as exc:
+            self._flush()
+            self._refuse("failed", _reason(exc), None)
+            return
+        if data and not bio.pending and not conn.pending():  # one record (or all of them) in one read
+            self.wrappedProtocol.dataReceived(data)
+            return
         plain: list[bytes] = []
         while True:
+            if not data:  # the peer's close_notify: what came before it, then answer it and close
+                if plain and not self._deliver(plain):
+                    return
+                self._shutdown(linger=False)
+                return
+            plain.append(data)
+            if not bio.pending and not conn.pending():
+                break
             try:
-                data = conn.read(_READ_SIZE)
+                data = read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # pragma: no cover - the stdlib returns b"" instead
@@ -256,16 +285,7 @@ class StdlibTLSProtocol(ProtocolWrapper):
                 self._flush()
                 self._refuse("failed", _reason(exc), None)
                 return
-            if not data:  # the peer's close_notify: what came before it, then answer it and close
-                if plain and not self._deliver(plain):
-                    return
-                self._shutdown(linger=False)
-                return
-            plain.append(data)
-            if not bio.pending and not conn.pending():
-                break
-        if plain:
-            self._deliver(plain)
+        self._deliver(plain)
 
     def _deliver(self, plain: list[bytes]) -> bool:
         """Hand ``plain`` on; False when the connection is no longer open after it."""
@@ -281,10 +301,8 @@ class StdlibTLSProtocol(ProtocolWrapper):
     def write(self, data: bytes) -> None:
         if self._state != _OPEN or self.disconnecting or not data:
             return
-        conn = self._ssl
-        assert conn is not None
         try:
-            conn.write(data)
+            self._ssl.write(data)  # type: ignore[union-attr]
         except (ssl.SSLError, ValueError) as exc:
             self._refuse("failed", _reason(exc), None)
             return
