@@ -3,7 +3,8 @@
 ``bench_latency.py --overload`` measures goodput at 3x capacity on a live edge; its per-refusal
 figure is a subtraction on a shared machine. This script isolates the refusal itself: a real
 server-side TLS connection (``tx/tls/stdlib_tls.py``, a handshake with the standard library's
-client on memory BIOs), the SIP WebSocket protocol (``tx/sip/websocket.py``, shaping on), the SIP
+client on memory BIOs) inside the guard's accept-time wrapper (``GuardedFactory``: each source
+counted live, as on the listener), the SIP WebSocket protocol (``tx/sip/websocket.py``, shaping on), the SIP
 router (``tx/sip/router.py``) with the guard (``tx/protect/guard.py``) and the overload gate held
 late (every new INVITE/REGISTER is refused by queue age), as the service composes them. Each
 "read" is ``--per-read`` TLS records, one masked WebSocket frame (random mask, as browsers send)
@@ -79,6 +80,7 @@ def _child(
 ) -> dict[str, float]:
     import time
 
+    from twisted.internet.address import IPv4Address
     from twisted.internet.protocol import Factory, Protocol
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
@@ -87,7 +89,7 @@ def _child(
     from mcs_edge.core.load import AdmissionGate
     from mcs_edge.core.tenants import TenantTable
     from mcs_edge.tx.ops.loadprobe import overload_settings
-    from mcs_edge.tx.protect.guard import Protection
+    from mcs_edge.tx.protect.guard import GuardedFactory, Protection
     from mcs_edge.tx.protect.shaping import Shaping
     from mcs_edge.tx.sip import websocket as ws
     from mcs_edge.tx.sip.router import SipRouter
@@ -117,6 +119,7 @@ def _child(
             return ctx
 
     tls_factory = StdlibTLSFactory(Chooser(), Factory.forProtocol(Protocol))
+    guarded = GuardedFactory(tls_factory, protection, "https")
 
     class Wire(StringTransport):
         """Keeps the handshake's bytes, then only counts what is written."""
@@ -132,7 +135,11 @@ def _child(
                 super().write(data)
 
     def connect(peer: int) -> tuple[Any, Any, Any, Any, Wire]:
-        server: Any = tls_factory.buildProtocol(None)  # type: ignore[arg-type]
+        host = f"192.0.2.{1 + peer % 250}"
+        # as the service composes the listener: the guard's wrapper (per-source caps, the source
+        # counted live) around the TLS connection
+        server: Any = guarded.buildProtocol(IPv4Address("TCP", host, 40000 + peer))
+        tls = server.wrappedProtocol
         wire = Wire()
         server.makeConnection(wire)
         cctx = ssl.create_default_context()
@@ -154,9 +161,9 @@ def _child(
         data = outgoing.read()
         if data:
             server.dataReceived(data)
-        proto = ws.SipWebSocketProtocol(factory, tenant, (f"192.0.2.{1 + peer % 250}", 40000 + peer))
-        server.wrappedProtocol = proto
-        proto.makeConnection(server)
+        proto = ws.SipWebSocketProtocol(factory, tenant, (host, 40000 + peer))
+        tls.wrappedProtocol = proto
+        proto.makeConnection(tls)
         proto.start()
         wire.clear()
         wire.keep = False

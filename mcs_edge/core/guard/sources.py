@@ -178,6 +178,9 @@ class SourceGuard:
         self._tenants: dict[str, _Tenant] = {}
         #: Refusals by reason code since start.
         self.refusals: dict[str, int] = {}
+        #: Counts the admissions that used or added an idle source (so :meth:`get_timer` may have
+        #: moved): a caller compares it before and after a request to re-arm only then.
+        self.idle_touched = 0
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -244,6 +247,7 @@ class SourceGuard:
         if entry is not None:
             return entry
         idle = self._idle
+        self.idle_touched += 1
         entry = idle.get(key)
         if entry is not None:
             idle.move_to_end(key)

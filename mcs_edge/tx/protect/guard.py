@@ -260,11 +260,15 @@ class Protection:
 
     def admit_request(self, tenant_id: str, host: str) -> bool:
         """One SIP request from ``host`` on a flow of ``tenant_id``: bans and request rate."""
+        guard = self.guard
+        touched = guard.idle_touched
         try:
-            decision = self.guard.admit_request(host, tenant_id, self.timers.now())
+            decision = guard.admit_request(host, tenant_id, self.timers.now())
         except ValueError:
             return True
-        if not self._stopped:  # only the source table changed (the bans were only read)
+        # Only the source table's idle part has a deadline (the bans were only read): a request on
+        # a live connection's source (every WSS and SIP/TLS request) leaves it, and the timer, alone.
+        if guard.idle_touched != touched and not self._stopped:
             self._guard_timer.arm()
         if decision.allowed:
             return True
