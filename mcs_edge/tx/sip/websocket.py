@@ -37,6 +37,7 @@ a peer's close frame is echoed (s.5.5.1) before the same.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -88,6 +89,7 @@ LOG_PER_SECOND = 10
 #: Seconds a closing connection may take to flush before it is aborted.
 CLOSE_TIMEOUT = 5.0
 _PING = frame(OP_PING, b"")
+_TEXT16 = struct.Struct("!BBH").pack
 _SERVER = b"mcs-edge"
 
 
@@ -300,7 +302,12 @@ class SipWebSocketProtocol(Protocol):
             return
         out = self._out
         n = len(data)
-        head = bytes((0x81, n)) if n < 126 else frame_header(TEXT, n)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 65536:  # RFC 6455 s.5.2: 16-bit extended length (most SIP messages)
+            head = _TEXT16(0x81, 126, n)
+        else:
+            head = frame_header(TEXT, n)
         if out is None:
             self.transport.write(head + data)  # type: ignore[union-attr]
         else:  # joined at the end of the read (``_deliver``)

@@ -142,6 +142,9 @@ class StdlibTLSProtocol(ProtocolWrapper):
     _made = False  # the wrapped protocol has been connected
     _reading = False  # records of one read are being handed on: writes are encrypted, sent at its end
     _counted = False  # this connection's handshake outcome is counted
+    #: called once when the connection is lost (the guard's release of an admitted source,
+    #: tx/protect/guard.py: no wrapper protocol between the transport and this one)
+    on_lost: Callable[[], None] | None = None
 
     def makeConnection(self, transport: Any) -> None:  # noqa: N802
         # No per-instance interface declaration (ProtocolWrapper copies the transport's): the
@@ -421,6 +424,10 @@ class StdlibTLSProtocol(ProtocolWrapper):
             self._timer = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        on_lost = self.on_lost
+        if on_lost is not None:
+            self.on_lost = None
+            on_lost()
         self._cancel_timer()
         if not self._counted:
             self._count("aborted")
