@@ -94,7 +94,7 @@ def _child(
     from mcs_edge.tx.sip import websocket as ws
     from mcs_edge.tx.sip.router import SipRouter
     from mcs_edge.tx.timers import Timers
-    from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
+    from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory, StdlibTLSProtocol
 
     cfg = c.loads(
         f'[listen]\nhttps = "127.0.0.1:8443"\nbackend_sip = "127.0.0.1:5070"\n'
@@ -139,7 +139,7 @@ def _child(
         # as the service composes the listener: the guard's wrapper (per-source caps, the source
         # counted live) around the TLS connection
         server: Any = guarded.buildProtocol(IPv4Address("TCP", host, 40000 + peer))
-        tls = server.wrappedProtocol
+        tls = server if isinstance(server, StdlibTLSProtocol) else server.wrappedProtocol  # unwrapped since c7961c5
         wire = Wire()
         server.makeConnection(wire)
         cctx = ssl.create_default_context()
