@@ -129,7 +129,8 @@ class Refusals:
     def answer(self, fields: ShedFields, to_tag: bytes) -> bytes:
         """The response to the request ``fields`` were read from, with ``to_tag`` when its To has none."""
         method, vias, frm, to, call_id, cseq = fields
-        if method == b"INVITE" or _TAG.search(to) is None:  # a new INVITE's To has none
+        # a new INVITE's To has none; a To without ";" has none (no regex for the common REGISTER)
+        if method == b"INVITE" or b";" not in to or _TAG.search(to) is None:
             to += b";tag=" + to_tag
         return b"".join(
             (
