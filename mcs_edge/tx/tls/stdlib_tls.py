@@ -5,9 +5,10 @@ Theory of operation
 :class:`StdlibTLSFactory` wraps the factory of a public TLS listener (``listen.https``,
 ``listen.sip_tls``, ``listen.turns``); each connection gets a :class:`StdlibTLSProtocol`, a
 ``ProtocolWrapper`` that is the wrapped protocol's transport. It relies only on the Twisted
-``ITransport`` of what is below it (the guard's wrapper over a TCP transport, or a native stream
-of the asyncio loop): ``write``, ``loseConnection``, ``abortConnection``, ``getPeer``/``getHost``,
-producers. A connection goes through four states:
+``ITransport`` of what is below it (a native stream of the asyncio loop or a TCP transport; the
+guard's ``GuardedFactory`` puts no wrapper in between and is told of the connection's end through
+:attr:`StdlibTLSProtocol.on_lost`): ``write``, ``loseConnection``, ``abortConnection``,
+``getPeer``/``getHost``, producers. A connection goes through four states:
 
 1. *hello*: bytes are buffered until :func:`mcs_edge.core.tls.client_hello.parse_client_hello`
    judges them (bounded to 16 KiB). A malformed hello gets a ``decode_error`` alert and a close.
