@@ -201,13 +201,9 @@ static PyObject *shed_fields(PyObject *self, PyObject *arg)
     else
         Py_RETURN_NONE;
     /* head = data up to and including the CRLF before the first CRLF CRLF, else all of it */
+    /* The head ends at the first CRLF CRLF (shed.py: data[:head_end + 2]); it is found on the way
+     * (a header value stops at CR, so none runs past it), end = n until then. */
     Py_ssize_t end = n;
-    for (Py_ssize_t i = 0; i + 3 < n; i++) {
-        if (data[i] == '\r' && data[i + 1] == '\n' && data[i + 2] == '\r' && data[i + 3] == '\n') {
-            end = i + 2;
-            break;
-        }
-    }
     Py_ssize_t start[5] = {0}, len[5] = {0};
     int seen[5] = {0};
     /* Via values: offsets in a small array, more on the heap (a Via per proxy on the path) */
@@ -215,10 +211,19 @@ static PyObject *shed_fields(PyObject *self, PyObject *arg)
     PyObject *result = NULL;
     Py_ssize_t i = 0;
     while (i + 1 < end) {
-        if (!(data[i] == '\r' && data[i + 1] == '\n')) {
+        if (data[i] != '\r') { /* to the next CR (libc's memchr) */
+            const unsigned char *cr = memchr(data + i, '\r', (size_t)(end - i));
+            if (cr == NULL)
+                break;
+            i = cr - data;
+            continue;
+        }
+        if (data[i + 1] != '\n') {
             i++;
             continue;
         }
+        if (i + 3 < n && data[i + 2] == '\r' && data[i + 3] == '\n')
+            break; /* the empty line: the end of the head */
         /* \r\n(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([^\r\n]*)(\r\n[ \t])? */
         Py_ssize_t p = i + 2, q = p;
         while (q < end && data[q] != ':' && data[q] != ' ' && data[q] != '\t' && data[q] != '\r' &&
@@ -236,7 +241,7 @@ static PyObject *shed_fields(PyObject *self, PyObject *arg)
         while (r < end && (data[r] == ' ' || data[r] == '\t'))
             r++;
         Py_ssize_t v = r;
-        while (r < end && data[r] != '\r' && data[r] != '\n')
+        while (r < end && data[r] != '\r' && data[r] != '\n') /* [^\r\n]* */
             r++;
         Py_ssize_t vend = r;
         if (r + 3 <= end && data[r] == '\r' && data[r + 1] == '\n' && (data[r + 2] == ' ' || data[r + 2] == '\t'))
@@ -291,9 +296,23 @@ static PyObject *shed_fields(PyObject *self, PyObject *arg)
         }
         PyList_SET_ITEM(vias, k, b);
     }
-    result = Py_BuildValue("(ONy#y#y#y#)", method, vias, data + start[F_FROM], len[F_FROM],
-                           data + start[F_TO], len[F_TO], data + start[F_CALLID], len[F_CALLID],
-                           data + start[F_CSEQ], len[F_CSEQ]);
+    result = PyTuple_New(6);
+    if (result == NULL) {
+        Py_DECREF(vias);
+        goto done;
+    }
+    Py_INCREF(method);
+    PyTuple_SET_ITEM(result, 0, method);
+    PyTuple_SET_ITEM(result, 1, vias);
+    static const int order[4] = {F_FROM, F_TO, F_CALLID, F_CSEQ};
+    for (int k = 0; k < 4; k++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)data + start[order[k]], len[order[k]]);
+        if (b == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyTuple_SET_ITEM(result, 2 + k, b);
+    }
     goto done;
 none:
     result = Py_NewRef(Py_None);
