@@ -448,7 +448,7 @@ def _live(src: str | None, args: argparse.Namespace, cert: str, key: str) -> dic
                 cpu1, shed1 = mark()
                 if shed1 >= target or time.monotonic() > deadline:
                     break
-                time.sleep(0.005)
+                time.sleep(0.02)
             client.stdin.write("close\n")
             client.stdin.flush()
             client.wait(30)
