@@ -300,8 +300,9 @@ def send(first, count, rate):
 send(0, warm, rate)
 print("warm", flush=True)
 sys.stdin.readline()
+t = time.monotonic()
 send(warm, per_conn, rate)
-print("sent", flush=True)
+print("sent", time.monotonic() - t, flush=True)
 while sys.stdin.readline().strip() != "close":
     pass
 for s in socks:
@@ -439,6 +440,7 @@ def _live(
         else:
             frames = " ".join(_masked(_request("REGISTER", i), os.urandom(4)).hex() for i in range(256))
         best = float("inf")
+        rates: list[float] = []  # what the client achieved (below --live-rate when its CPU is taken)
         conns = args.live_conns
         per_conn = max(1, args.messages // conns)
         warm = 20
@@ -463,7 +465,9 @@ def _live(
             target = shed0 + per_conn * conns
             client.stdin.write("go\n")
             client.stdin.flush()
-            assert client.stdout.readline().strip() == "sent"
+            sent, seconds = client.stdout.readline().split()
+            assert sent == "sent"
+            rates.append(per_conn * conns / float(seconds))
             deadline = time.monotonic() + 60
             while True:
                 cpu1, shed1 = mark()
@@ -476,6 +480,10 @@ def _live(
             assert shed1 >= target, (shed1 - shed0, per_conn * conns)
             best = min(best, (cpu1 - cpu0) / (shed1 - shed0))
         what = "CRLF keepalive" if keepalive else "REGISTER refused"
+        print(
+            f"{what} live ({'before' if src else 'this tree'}): client sent {min(rates):.0f}-{max(rates):.0f}/s",
+            file=sys.stderr,
+        )
         return {f"{what} live, {conns} conns, {args.live_rate}/s": best * 1e6}
     finally:
         server.stdin.close()
