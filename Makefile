@@ -2,12 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# the install (and the build of the C extensions mcs_edge/_fastfwd.c, _sipscan.c) is redone when any of these change
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py mcs_edge/_fastfwd.c mcs_edge/_sipscan.c | sha1sum | cut -c1-12)
+# the install (and the build of the C extensions mcs_edge/_fastfwd.c, _sipscan.c, _wirescan.c) is redone when any of these change
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py mcs_edge/_fastfwd.c mcs_edge/_sipscan.c mcs_edge/_wirescan.c | sha1sum | cut -c1-12)
 
 .PHONY: run test test-core test-tx lint typecheck bench clean
 
-$(STAMP): pyproject.toml setup.py mcs_edge/_fastfwd.c mcs_edge/_sipscan.c
+$(STAMP): pyproject.toml setup.py mcs_edge/_fastfwd.c mcs_edge/_sipscan.c mcs_edge/_wirescan.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,lint]' --config-settings editable_mode=compat

@@ -8,6 +8,11 @@ relay runs its pure-Python path (``media.offload = "auto"`` then means the Pytho
 ``mcs_edge._sipscan`` cuts the head of a SIP message into its header fields (docs/performance.md,
 "A C scanner for the head"); optional the same way: without it ``mcs_edge/core/sip/message.py``
 runs its Python path (tests/core/sip/test_sipscan.py fails under ``CI=1`` when it is missing).
+
+``mcs_edge._wirescan`` decodes whole SIP WebSocket data frames (unmasking) and reads the five headers
+a refusal under overload echoes (docs/performance.md, "The refusal path in fewer steps"); optional
+the same way: without it ``core/websocket/rfc6455.py`` and ``core/sip/shed.py`` run their Python
+paths (tests/core/sip/test_wirescan.py fails under ``CI=1`` when it is missing).
 """
 
 from setuptools import Extension, setup
@@ -23,6 +28,12 @@ setup(
         Extension(
             "mcs_edge._sipscan",
             ["mcs_edge/_sipscan.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
+        Extension(
+            "mcs_edge._wirescan",
+            ["mcs_edge/_wirescan.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         ),

@@ -10,6 +10,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from mcs_edge import config as c
@@ -192,6 +193,32 @@ def test_source_over_its_cap_is_refused_at_accept_while_allow_listed_networks_ar
     _lose(first)
     assert _connect(factory, "192.0.2.1") is not None
     assert len(factory.protocols) == 12
+
+
+def test_a_tls_connection_is_not_wrapped_and_releases_its_source_when_lost() -> None:
+    """Around the TLS factory the guard adds no protocol on the read path: the admitted connection
+    is the TLS protocol itself, whose end releases the source (once), as the wrapper's did."""
+    from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory, StdlibTLSProtocol
+
+    class _NoChooser:
+        def context_for_hello(self, hello: Any) -> str:
+            return "unknown_name"
+
+    h = Harness(_config("max_connections_per_ip = 1"))
+    factory = GuardedFactory(
+        StdlibTLSFactory(_NoChooser(), Factory.forProtocol(_Echo)), h.protection, "https"
+    )
+    first = _connect(factory, "192.0.2.1")
+    assert isinstance(first, StdlibTLSProtocol)
+    assert first.transport is not None and not isinstance(first.transport, ProtocolWrapper)
+    assert h.protection.guard.connections("192.0.2.1") == 1
+    assert _connect(factory, "192.0.2.1") is None  # over the cap
+    _lose(first)
+    _lose(first)  # a second report changes nothing
+    assert h.protection.guard.connections("192.0.2.1") == 0
+    second = _connect(factory, "192.0.2.1")
+    assert isinstance(second, StdlibTLSProtocol)
+    assert h.protection.guard.connections("192.0.2.1") == 1
 
 
 def test_connection_rate_per_source_recovers_in_virtual_time() -> None:

@@ -178,6 +178,9 @@ class SourceGuard:
         self._tenants: dict[str, _Tenant] = {}
         #: Refusals by reason code since start.
         self.refusals: dict[str, int] = {}
+        #: Counts the admissions that used or added an idle source (so :meth:`get_timer` may have
+        #: moved): a caller compares it before and after a request to re-arm only then.
+        self.idle_touched = 0
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -244,6 +247,7 @@ class SourceGuard:
         if entry is not None:
             return entry
         idle = self._idle
+        self.idle_touched += 1
         entry = idle.get(key)
         if entry is not None:
             idle.move_to_end(key)
@@ -333,16 +337,21 @@ class SourceGuard:
             return self._refuse(BANNED)
         ip_bucket: TokenBucket | None = None
         if limits.request_rate_per_ip is not None:
-            entry = self._entry(source, now)
+            # every request of every client comes here: a live source is found without _entry
+            entry = self._live.get(source.key) or self._entry(source, now)
             if entry is None:
                 return self._refuse(SOURCE_TABLE_FULL)
-            if not self._exempt(entry, tenant):
+            if not entry.exempt and not self._allow.for_tenant(entry.address, tenant):  # _exempt
                 ip_bucket = entry.req_bucket
                 if ip_bucket is None:
                     ip_bucket = entry.req_bucket = limits.request_rate_per_ip.bucket(now)
         state = self._tenants.get(tenant)
         tenant_bucket = state.req_bucket if state is not None else None
-        if tenant_bucket is None and tenant in self._tenant_limits:
+        if tenant_bucket is None:
+            if tenant not in self._tenant_limits:  # the common case: a per-source rate only
+                if ip_bucket is None or ip_bucket.consume(1.0, now):
+                    return ALLOWED
+                return self._refuse(PER_IP_RATE)
             tenant_bucket = self._tenant(tenant, now).req_bucket
         refusal = self._charge(ip_bucket, tenant_bucket, now, PER_IP_RATE, TENANT_RATE)
         return ALLOWED if refusal is None else self._refuse(refusal)

@@ -176,8 +176,7 @@ class OutboundQueue:
     def offer(self, data: bytes, now: float) -> int:
         """``SEND_NOW`` (write ``data`` now; charged), ``QUEUED``, or ``OVERFLOW`` (not kept)."""
         bucket = self._bucket
-        if not self._queue and self.writable and bucket.available(now) >= 0.0:
-            bucket.charge(len(data), now)
+        if not self._queue and self.writable and bucket.charge_if_not_in_debt(len(data), now):
             return SEND_NOW
         n = len(data)
         if self.queued_bytes + n > self.max_bytes:

@@ -210,9 +210,32 @@ class TokenBucket:
 
     def charge(self, n: float, now: float) -> float:
         """Take ``n`` tokens unconditionally (the fill may go negative); return the new fill."""
-        self.refill(now)
-        self._tokens -= n
-        return self._tokens
+        tokens = self._tokens  # refill(now) inline: every read and every write of a stream comes here
+        elapsed = now - self._last
+        if elapsed > 0.0:
+            tokens += elapsed * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
+            self._last = now
+        tokens -= n
+        self._tokens = tokens
+        return tokens
+
+    def charge_if_not_in_debt(self, n: float, now: float) -> bool:
+        """Take ``n`` tokens (the fill may go negative) if the fill at ``now`` is not negative; else
+        take nothing. ``available(now) >= 0`` then ``charge(n, now)`` in one call."""
+        tokens = self._tokens
+        elapsed = now - self._last
+        if elapsed > 0.0:
+            tokens += elapsed * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
+            self._last = now
+            self._tokens = tokens
+        if tokens < 0.0:
+            return False
+        self._tokens = tokens - n
+        return True
 
     def reconfigure(self, rate: float, burst: float, now: float) -> None:
         """Switch to a new ``rate``/``burst`` at ``now``, keeping the fill (capped at the new burst).

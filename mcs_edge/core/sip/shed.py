@@ -6,7 +6,9 @@ Under overload the edge must spend as little as possible on what it refuses (RFC
 RFC 6357 s.4: a 503 that costs as much as serving the request does not relieve anything). So a
 request is read once: :func:`shed_fields` checks the request line and finds the five header lines
 a response needs (RFC 3261 s.8.2.6: Via, From, To, Call-ID, CSeq) in one scan of the header
-section, or says the request is not one to refuse here; :class:`Refusals` writes the 503 from those
+section, or says the request is not one to refuse here (in C, ``mcs_edge._wirescan.shed_fields``,
+when the optional extension is built: 0.3 us instead of 3.6 for a REGISTER; the Python path,
+``_shed_fields``, gives the same answer on every input); :class:`Refusals` writes the 503 from those
 values between a status line and a tail (Retry-After, Server, Content-Length) built once.
 
 Which requests may be refused (RFC 7339 s.5.10.1 and RFC 3261 s.21.5.4): only those that start new
@@ -39,6 +41,7 @@ recognised (and dropped) by the same key.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TypeAlias
 
 __all__ = ["SHEDDABLE_METHODS", "Refusals", "ShedFields", "shed_fields", "top_branch", "via_branch"]
@@ -70,9 +73,10 @@ _TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
 ShedFields: TypeAlias = tuple[bytes, list[bytes], bytes, bytes, bytes, bytes]
 
 
-def shed_fields(data: bytes) -> ShedFields | None:
+def _shed_fields(data: bytes) -> ShedFields | None:
     """The method and the values a 503 echoes when ``data`` is a new INVITE/REGISTER that can be
-    answered from its bytes, else None (the table in the module docstring)."""
+    answered from its bytes, else None (the table in the module docstring). The Python path of
+    :func:`shed_fields`."""
     if data.startswith(b"REGISTER "):
         method = b"REGISTER"
     elif data.startswith(b"INVITE "):
@@ -100,6 +104,16 @@ def shed_fields(data: bytes) -> ShedFields | None:
     return method, vias, single[b"From"], to, single[b"Call-ID"], single[b"CSeq"]
 
 
+_c_shed_fields: Callable[[bytes], ShedFields | None] | None
+try:  # the same function in C (mcs_edge/_wirescan.c, optional; tests/core/sip/test_wirescan.py)
+    from mcs_edge._wirescan import shed_fields as _c_shed_fields
+except ImportError:  # pragma: no cover - depends on the build
+    _c_shed_fields = None
+
+#: :func:`_shed_fields`, in C when the extension is built (one pass over the head, no regex)
+shed_fields = _shed_fields if _c_shed_fields is None else _c_shed_fields
+
+
 class Refusals:
     """Stateless responses with a fixed status line and tail, built once (RFC 3261 s.8.2.6)."""
 
@@ -115,7 +129,8 @@ class Refusals:
     def answer(self, fields: ShedFields, to_tag: bytes) -> bytes:
         """The response to the request ``fields`` were read from, with ``to_tag`` when its To has none."""
         method, vias, frm, to, call_id, cseq = fields
-        if method == b"INVITE" or _TAG.search(to) is None:  # a new INVITE's To has none
+        # a new INVITE's To has none; a To without ";" has none (no regex for the common REGISTER)
+        if method == b"INVITE" or b";" not in to or _TAG.search(to) is None:
             to += b";tag=" + to_tag
         return b"".join(
             (

@@ -31,6 +31,12 @@ After a failure or a close the decoder reads nothing more (s.7.1.7: the connecti
 Unmasking XORs the payload as one integer (``int.from_bytes``) with the repeated key; UTF-8 is
 checked with ``bytes.isascii`` then ``bytes.decode`` for whole messages and the codecs module's
 incremental decoder for fragmented ones (a sequence split between fragments is valid).
+
+Between frames, the optional C extension ``mcs_edge._wirescan.ws_messages`` decodes the run of
+whole, masked, unfragmented text/binary frames within ``max_message`` (text: valid UTF-8) at the
+start of the data, the bulk of SIP traffic, and returns where it stopped; everything else (control
+frames, fragments, every failure, an incomplete frame) is decided by the Python loop below, from
+that offset (tests/core/sip/test_wirescan.py: both paths give the same events on arbitrary input).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import binascii
 import codecs
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 __all__ = [
@@ -142,6 +148,13 @@ def valid_close_code(code: int) -> bool:
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
+_ws_messages: Callable[[bytes, int, int], tuple[list[Event], int]] | None
+try:  # whole data frames decoded in C (mcs_edge/_wirescan.c, optional; tests/core/sip/test_wirescan.py)
+    from mcs_edge._wirescan import ws_messages as _ws_messages
+except ImportError:  # pragma: no cover - depends on the build
+    _ws_messages = None
+
+
 def _unmask(payload: bytes, mask: bytes) -> bytes:
     n = len(payload)
     if not n:
@@ -198,9 +211,15 @@ class Decoder:
         if self._buf:
             data = self._buf + data
             self._buf = b""
-        out: list[Event] = []
-        pos = 0
         n = len(data)
+        out: list[Event]
+        if self._opcode or _ws_messages is None:
+            out = []
+            pos = 0
+        else:  # between frames: the whole data frames in C, the rest (if any) below
+            out, pos = _ws_messages(data, 0, self.max_message)
+            if pos == n:
+                return out
         while n - pos >= 2:
             b0 = data[pos]
             b1 = data[pos + 1]

@@ -67,6 +67,7 @@ from mcs_edge.core.guard.decision import ALLOWED
 from mcs_edge.core.guard.sip_auth import AuthOutcome
 from mcs_edge.tx.ops.logs import RateLimitedLog
 from mcs_edge.tx.timers import CoreTimer, Timers
+from mcs_edge.tx.tls.stdlib_tls import StdlibTLSFactory
 
 __all__ = [
     "ACCEPT",
@@ -260,11 +261,15 @@ class Protection:
 
     def admit_request(self, tenant_id: str, host: str) -> bool:
         """One SIP request from ``host`` on a flow of ``tenant_id``: bans and request rate."""
+        guard = self.guard
+        touched = guard.idle_touched
         try:
-            decision = self.guard.admit_request(host, tenant_id, self.timers.now())
+            decision = guard.admit_request(host, tenant_id, self.timers.now())
         except ValueError:
             return True
-        if not self._stopped:  # only the source table changed (the bans were only read)
+        # Only the source table's idle part has a deadline (the bans were only read): a request on
+        # a live connection's source (every WSS and SIP/TLS request) leaves it, and the timer, alone.
+        if guard.idle_touched != touched and not self._stopped:
             self._guard_timer.arm()
         if decision.allowed:
             return True
@@ -367,7 +372,9 @@ class GuardedFactory(WrappingFactory[_GuardedProtocol]):
     """Wraps a listener's (TLS) factory: sources over their caps, or banned, get no protocol.
 
     Returning ``None`` from ``buildProtocol`` makes the port close the socket at once, so a
-    refused source costs no TLS handshake and no memory.
+    refused source costs no TLS handshake and no memory. An admitted connection of a
+    :class:`StdlibTLSFactory` is its TLS protocol itself, which calls its ``on_lost`` (the guard's
+    release) when it ends; any other protocol is wrapped in a :class:`_GuardedProtocol`.
     """
 
     protocol = _GuardedProtocol
@@ -377,19 +384,46 @@ class GuardedFactory(WrappingFactory[_GuardedProtocol]):
         self.protection = protection
         self.listener = listener
 
-    def buildProtocol(self, addr: IAddress | None) -> _GuardedProtocol | None:  # type: ignore[override]  # noqa: N802
+    def buildProtocol(self, addr: IAddress | None) -> Any:  # noqa: N802
         host = getattr(addr, "host", None)
         if isinstance(host, str):
-            if not self.protection.admit_accept(host, self.listener):
+            protection = self.protection
+            if not protection.admit_accept(host, self.listener):
                 return None
+            if isinstance(self.wrappedFactory, StdlibTLSFactory):
+                # The TLS connection reports its own end (``on_lost``): no wrapper on its path, so
+                # each read and write of every connection takes one step less.
+                try:
+                    tls = self.wrappedFactory.buildProtocol(addr)  # type: ignore[arg-type]
+                except BaseException:
+                    protection.accept_closed(host)
+                    raise
+                if tls is None:  # pragma: no cover - the wrapped factory refused
+                    protection.accept_closed(host)
+                    return None
+                tls.on_lost = _Release(protection, host)
+                return tls
             try:
                 proto = super().buildProtocol(addr)
             except BaseException:
-                self.protection.accept_closed(host)
+                protection.accept_closed(host)
                 raise
             if proto.wrappedProtocol is None:  # pragma: no cover - the wrapped factory refused
-                self.protection.accept_closed(host)
+                protection.accept_closed(host)
                 return None
             proto.admitted(host)
             return proto
         return super().buildProtocol(addr)
+
+
+class _Release:
+    """Reports the end of a connection admitted from ``host`` to the guard (once)."""
+
+    __slots__ = ("host", "protection")
+
+    def __init__(self, protection: Protection, host: str) -> None:
+        self.protection = protection
+        self.host = host
+
+    def __call__(self) -> None:
+        self.protection.accept_closed(self.host)

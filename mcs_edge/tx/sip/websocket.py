@@ -37,6 +37,7 @@ a peer's close frame is echoed (s.5.5.1) before the same.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -88,6 +89,7 @@ LOG_PER_SECOND = 10
 #: Seconds a closing connection may take to flush before it is aborted.
 CLOSE_TIMEOUT = 5.0
 _PING = frame(OP_PING, b"")
+_TEXT16 = struct.Struct("!BBH").pack
 _SERVER = b"mcs-edge"
 
 
@@ -151,15 +153,16 @@ class SipWebSocketProtocol(Protocol):
         factory = self.factory
         self.open = True
         factory.connections.add(self)
-        self.flow = factory.router.open_flow(self.tenant, "wss", self.peer, self._send_sip, self._close_flow)
-        if self.flow is None:
-            self._close(4008, "connection limit")
-            return
         shaping = factory.shaping
-        if shaping is not None:
-            self.shaper = shaping.stream(
+        send = self._write_sip
+        if shaping is not None:  # the router sends through the shaper (a stopped one writes at once)
+            shaper = self.shaper = shaping.stream(
                 self.tenant, self.transport, self._deliver, self._write_sip, self._abort, "wss", self.peer[0]
             )
+            send = shaper.send
+        self.flow = factory.router.open_flow(self.tenant, "wss", self.peer, send, self._close_flow)
+        if self.flow is None:
+            self._close(4008, "connection limit")
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.heard = True
@@ -173,10 +176,9 @@ class SipWebSocketProtocol(Protocol):
                 self.transport.write(reply)  # type: ignore[union-attr]
                 return
         shaper = self.shaper
-        if shaper is None:
+        # paced: delivered now or, while reading is paused, later and in order (through _deliver)
+        if shaper is None or shaper.admit(data):
             self._deliver(data)
-        else:  # paced: delivered now or, while reading is paused, later and in order
-            shaper.data_received(data)
 
     def _deliver(self, data: bytes) -> None:
         events = self.decoder.feed(data)
@@ -187,30 +189,27 @@ class SipWebSocketProtocol(Protocol):
         out: list[bytes] = []
         self._out = out
         try:
-            self._events(events)
+            to_router = self.factory.router.data_from_client
+            for kind, payload, code, reason in events:
+                if kind == MESSAGE:
+                    flow = self.flow
+                    if flow is not None and self.open:
+                        to_router(flow, payload)
+                elif kind == PING:
+                    if self.open:
+                        self._write_frame(OP_PONG, payload)
+                elif kind == CLOSE:
+                    self.close_code, self.close_reason = code, reason
+                    if self.open:  # s.5.5.1: echo the status code (none when none was given)
+                        self._close(code, "", echo=code != 1005)
+                elif kind == FAIL:
+                    self._fail(code, reason)
+                # PONG: the read itself marked the connection alive
         finally:
             if self._out is out:
                 self._out = None
                 if out:
                     self.transport.write(b"".join(out))  # type: ignore[union-attr]
-
-    def _events(self, events: list[Any]) -> None:
-        to_router = self.factory.router.data_from_client
-        for kind, payload, code, reason in events:
-            if kind == MESSAGE:
-                flow = self.flow
-                if flow is not None and self.open:
-                    to_router(flow, payload)
-            elif kind == PING:
-                if self.open:
-                    self._write_frame(OP_PONG, payload)
-            elif kind == CLOSE:
-                self.close_code, self.close_reason = code, reason
-                if self.open:  # s.5.5.1: echo the status code (none when none was given)
-                    self._close(code, "", echo=code != 1005)
-            elif kind == FAIL:
-                self._fail(code, reason)
-            # PONG: the read itself marked the connection alive
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (1002, 1007, 1009): counted, logged rate-limited, closed with ``code``."""
@@ -297,17 +296,23 @@ class SipWebSocketProtocol(Protocol):
         if flow is not None:
             self.factory.router.close_flow(flow, self.close_reason or f"websocket closed ({self.close_code})")
 
-    # -- called by the router ------------------------------------------------------------------
-    def _send_sip(self, data: bytes) -> None:
-        shaper = self.shaper
-        if shaper is None:
-            self._write_sip(data)
-        else:
-            shaper.send(data)
-
+    # -- called by the router (through the shaper when there is one) ----------------------------
     def _write_sip(self, data: bytes) -> None:
-        if self.open:
-            self._write_frame(TEXT, data)
+        if not self.open:
+            return
+        out = self._out
+        n = len(data)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 65536:  # RFC 6455 s.5.2: 16-bit extended length (most SIP messages)
+            head = _TEXT16(0x81, 126, n)
+        else:
+            head = frame_header(TEXT, n)
+        if out is None:
+            self.transport.write(head + data)  # type: ignore[union-attr]
+        else:  # joined at the end of the read (``_deliver``)
+            out.append(head)
+            out.append(data)
 
     def _write_frame(self, opcode: int, payload: bytes) -> None:
         out = self._out

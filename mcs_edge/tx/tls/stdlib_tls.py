@@ -5,9 +5,10 @@ Theory of operation
 :class:`StdlibTLSFactory` wraps the factory of a public TLS listener (``listen.https``,
 ``listen.sip_tls``, ``listen.turns``); each connection gets a :class:`StdlibTLSProtocol`, a
 ``ProtocolWrapper`` that is the wrapped protocol's transport. It relies only on the Twisted
-``ITransport`` of what is below it (the guard's wrapper over a TCP transport, or a native stream
-of the asyncio loop): ``write``, ``loseConnection``, ``abortConnection``, ``getPeer``/``getHost``,
-producers. A connection goes through four states:
+``ITransport`` of what is below it (a native stream of the asyncio loop or a TCP transport; the
+guard's ``GuardedFactory`` puts no wrapper in between and is told of the connection's end through
+:attr:`StdlibTLSProtocol.on_lost`): ``write``, ``loseConnection``, ``abortConnection``,
+``getPeer``/``getHost``, producers. A connection goes through four states:
 
 1. *hello*: bytes are buffered until :func:`mcs_edge.core.tls.client_hello.parse_client_hello`
    judges them (bounded to 16 KiB). A malformed hello gets a ``decode_error`` alert and a close.
@@ -142,6 +143,9 @@ class StdlibTLSProtocol(ProtocolWrapper):
     _made = False  # the wrapped protocol has been connected
     _reading = False  # records of one read are being handed on: writes are encrypted, sent at its end
     _counted = False  # this connection's handshake outcome is counted
+    #: called once when the connection is lost (the guard's release of an admitted source,
+    #: tx/protect/guard.py: no wrapper protocol between the transport and this one)
+    on_lost: Callable[[], None] | None = None
 
     def makeConnection(self, transport: Any) -> None:  # noqa: N802
         # No per-instance interface declaration (ProtocolWrapper copies the transport's): the
@@ -158,9 +162,16 @@ class StdlibTLSProtocol(ProtocolWrapper):
     # -- bytes from below ---------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         state = self._state
-        if state == _OPEN:
+        if state == _OPEN:  # _read() inline: every read of an open connection comes here
             self._in.write(data)  # type: ignore[union-attr]
-            self._read()
+            self._reading = True
+            try:
+                self._read_records()
+            finally:
+                self._reading = False
+            out = self._out  # the answers to this read's records in one write below (as _flush)
+            if out is not None and out.pending and self.transport is not None:
+                self.transport.write(out.read())
         elif state == _HANDSHAKE:
             self._in.write(data)  # type: ignore[union-attr]
             self._handshake()
@@ -242,10 +253,32 @@ class StdlibTLSProtocol(ProtocolWrapper):
         conn = self._ssl
         bio = self._in
         assert conn is not None and bio is not None
+        read = conn.read
+        try:
+            data = read(_READ_SIZE)
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLZeroReturnError:  # pragma: no cover - the stdlib returns b"" instead
+            data = b""
+        except (ssl.SSLError, ValueError) as exc:
+            self._flush()
+            self._refuse("failed", _reason(exc), None)
+            return
+        if data and not bio.pending and not conn.pending():  # one record (or all of them) in one read
+            self.wrappedProtocol.dataReceived(data)
+            return
         plain: list[bytes] = []
         while True:
+            if not data:  # the peer's close_notify: what came before it, then answer it and close
+                if plain and not self._deliver(plain):
+                    return
+                self._shutdown(linger=False)
+                return
+            plain.append(data)
+            if not bio.pending and not conn.pending():
+                break
             try:
-                data = conn.read(_READ_SIZE)
+                data = read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # pragma: no cover - the stdlib returns b"" instead
@@ -256,16 +289,7 @@ class StdlibTLSProtocol(ProtocolWrapper):
                 self._flush()
                 self._refuse("failed", _reason(exc), None)
                 return
-            if not data:  # the peer's close_notify: what came before it, then answer it and close
-                if plain and not self._deliver(plain):
-                    return
-                self._shutdown(linger=False)
-                return
-            plain.append(data)
-            if not bio.pending and not conn.pending():
-                break
-        if plain:
-            self._deliver(plain)
+        self._deliver(plain)
 
     def _deliver(self, plain: list[bytes]) -> bool:
         """Hand ``plain`` on; False when the connection is no longer open after it."""
@@ -281,10 +305,8 @@ class StdlibTLSProtocol(ProtocolWrapper):
     def write(self, data: bytes) -> None:
         if self._state != _OPEN or self.disconnecting or not data:
             return
-        conn = self._ssl
-        assert conn is not None
         try:
-            conn.write(data)
+            self._ssl.write(data)  # type: ignore[union-attr]
         except (ssl.SSLError, ValueError) as exc:
             self._refuse("failed", _reason(exc), None)
             return
@@ -403,6 +425,10 @@ class StdlibTLSProtocol(ProtocolWrapper):
             self._timer = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        on_lost = self.on_lost
+        if on_lost is not None:
+            self.on_lost = None
+            on_lost()
         self._cancel_timer()
         if not self._counted:
             self._count("aborted")

@@ -83,6 +83,24 @@ def test_per_ip_request_rate() -> None:
     assert g.admit_request("192.0.2.2", "rossi", 10.5) == OK
 
 
+def test_only_requests_from_idle_sources_touch_the_idle_table() -> None:
+    """``idle_touched`` (the adapter re-arms the expiry timer only when it moves): a request from a
+    source with a live connection leaves it alone; one from an idle or new source moves it and may
+    move ``get_timer``. The per-source rate is the same either way."""
+    g = guard(request_rate_per_ip=RateLimit(2.0, 3.0))
+    assert g.admit_connection("192.0.2.1", "rossi", 10.0) == OK
+    before = g.idle_touched
+    for _ in range(3):
+        assert g.admit_request("192.0.2.1", "rossi", 10.0) == OK
+    assert g.admit_request("192.0.2.1", "rossi", 10.0) == Decision(False, "per_ip_rate")
+    assert g.idle_touched == before and g.get_timer() is None
+    assert g.admit_request("192.0.2.2", "rossi", 10.0) == OK  # a new source: idle, with a deadline
+    assert g.idle_touched == before + 1 and g.get_timer() is not None
+    deadline = g.get_timer()
+    assert g.admit_request("192.0.2.2", "rossi", 11.0) == OK
+    assert g.idle_touched == before + 2 and g.get_timer() is not None and g.get_timer() > deadline  # type: ignore[operator]
+
+
 def test_ipv6_sources_are_counted_per_slash_64() -> None:
     """Hopping addresses inside one IPv6 /64 does not escape the per-source cap."""
     g = guard(max_connections_per_ip=2)

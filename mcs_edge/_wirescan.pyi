@@ -1,0 +1,6 @@
+"""Type stub of the C extension mcs_edge/_wirescan.c (WebSocket data frames, a refusal's fields)."""
+
+def ws_messages(
+    data: bytes, start: int, max_message: int, /
+) -> tuple[list[tuple[int, bytes, int, str]], int]: ...
+def shed_fields(data: bytes, /) -> tuple[bytes, list[bytes], bytes, bytes, bytes, bytes] | None: ...
