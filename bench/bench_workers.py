@@ -1089,9 +1089,22 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             stop = asyncio.Event()
             probes: list[float] = []
             probe = asyncio.ensure_future(_probe_calls(load, stop, probes))
+            watched = {f"worker {pid}": pid for pid in edge.pids if pid != edge.pid}
+            if isinstance(gen, CGenerator):
+                watched["generator"] = gen.proc.pid
+            sched0 = {k: _schedstat(pid) for k, pid in watched.items()}
             out["hold_from"] = time.monotonic()
             r = await _measure(load, edge, args.hold)
             out["hold_to"] = time.monotonic()
+            out["sched"] = {  # type: ignore[assignment]
+                k: tuple(b - a for a, b in zip(sched0[k], _schedstat(pid), strict=True))
+                for k, pid in watched.items()
+            }
+            if args.turns:  # the workers write their turn probe reports now (bench/workerprobe)
+                for pid in edge.pids:
+                    if pid != edge.pid:
+                        os.kill(pid, signal.SIGUSR2)
+                await asyncio.sleep(3.0)
             if isinstance(gen, CGenerator):
                 out["sizes"] = gen.sizes()
                 if args.client_srtp != "none":
@@ -1112,6 +1125,24 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             pbx_transport.close()
             await loop.run_in_executor(None, edge.stop)
     return out
+
+
+def _schedstat(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of ``pid``'s threads so far
+    (``/proc/PID/task/*/schedstat``; (0, 0) once it is gone)."""
+    run = wait = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0, 0.0
+    for task in tasks:
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:
+            continue
+        run += int(fields[0])
+        wait += int(fields[1])
+    return run / 1e9, wait / 1e9
 
 
 def _turns_summary(directory: str, since: float, until: float) -> list[str]:
@@ -1218,6 +1249,11 @@ def hold_bench(args: argparse.Namespace) -> None:
                 f"    ICE consent checks sent {d['consent_sent']}, answered {d['consent_ok']} (whole run);"
                 f" keyed {d['keyed']}, failed {d['failed']}"
             )
+        span = r["hold_to"] - r["hold_from"]
+        print(
+            "    on a CPU / runnable but waiting for one, over the hold (cores): "
+            + ", ".join(f"{k} {run / span:.2f} / {wait / span:.2f}" for k, (run, wait) in r["sched"].items())
+        )
         if args.turns:
             for line in _turns_summary(args.turns, r["hold_from"], r["hold_to"]):
                 print(line)

@@ -7,7 +7,8 @@ sets both), every worker installs the turn probe at start-up and writes
 ``DIR/turns-worker-PID.json`` when it exits (the same format as ``turnprobe.py``; ``--late`` from
 ``MCS_EDGE_TURNPROBE_LATE``, ms, default 1). Besides turnprobe's entry points it times the media
 relay's Python side: a datagram a forwarding rule handed on (by port kind), the rule revoked /
-synced / released / installed, the anchor's timer. Any other process ignores it. A diagnosis: the
+synced / released / installed, the anchor's timer. The report is written on SIGUSR2 (the bench
+sends it after the hold) and again at exit. Any other process ignores it. A diagnosis: the
 wrapping costs about a microsecond per entry, figures come from runs without it.
 """
 
@@ -79,6 +80,9 @@ def _install(out_dir: str) -> None:
             )
 
     atexit.register(dump)
+    import signal
+
+    signal.signal(signal.SIGUSR2, lambda signum, frame: dump())  # the bench asks after the hold
     # the supervisor may be gone (and SIGTERM this worker again) before atexit runs: write the
     # report when the reactor shuts down too
     from mcs_edge.tx.ops import loadprobe
