@@ -640,6 +640,7 @@ class MediaLoad:
         #: (seconds from INVITE to 200, streams already flowing) per call set up through the edge
         self.setups: list[tuple[float, int]] = []
         self.probe_failures: dict[str, int] = {}  # hold: probe calls refused or timed out, by reason
+        self.pbx_not_plain = 0  #: calls whose offer to the PBX was not plain RTP/AVP
 
     async def _dests(self, i: int, client_port: int, pbx_port: int) -> tuple[int, int]:
         """(where the client sends, where the PBX sends) for call ``i``."""
@@ -695,7 +696,10 @@ class MediaLoad:
                 fingerprint[1] if len(fingerprint) == 2 and fingerprint[0] == "sha-256" else "",
             )
         # the relay's client-side port (from the answer), its PBX-side port (from the offer the PBX got)
-        return _media_port(answer), _media_port(self.pbx.offers.pop(call_id))
+        to_pbx = self.pbx.offers.pop(call_id)
+        if " RTP/AVP " not in to_pbx or "a=crypto:" in to_pbx or "a=fingerprint:" in to_pbx:
+            self.pbx_not_plain += 1  # the bridge must offer the PBX plain RTP
+        return _media_port(answer), _media_port(to_pbx)
 
     async def ensure(self, streams: int) -> None:
         """At least ``streams`` streams exist (calls set up 32 at a time) and exactly that many send."""
@@ -1076,6 +1080,7 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             except (TimeoutError, RuntimeError, ConnectionError) as exc:
                 print(f"  call setup failed after {load.calls} calls: {exc!r}", file=sys.stderr)
             out.update(calls=load.calls, setup_s=time.monotonic() - t0, setup_refused=load.refused)
+            out["pbx_not_plain"] = load.pbx_not_plain
             if args.client_srtp == "dtls":
                 assert isinstance(gen, CGenerator)
                 deadline = time.monotonic() + 40
@@ -1237,6 +1242,8 @@ def hold_bench(args: argparse.Namespace) -> None:
             print(
                 f"    datagrams received, RTP (172 bytes) / SRTP (182): clients {c172} / {c182}, PBX {p172} / {p182}"
             )
+        if r["pbx_not_plain"]:
+            print(f"    {int(r['pbx_not_plain'])} offers to the PBX were not plain RTP/AVP")
         if "auth" in r:
             a = r["auth"]
             print(
