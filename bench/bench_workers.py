@@ -57,6 +57,7 @@ import itertools
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import ssl
@@ -138,9 +139,22 @@ async def _load(
 class Edge(BenchEdge):
     """``twistd -n --reactor=uvloop mcs-edge`` with ``workers`` processes and one tenant ``bench``."""
 
-    def __init__(self, tmp: str, workers: int, backend_port: int, extra: str = "", tenant: str = "") -> None:
+    def __init__(
+        self,
+        tmp: str,
+        workers: int,
+        backend_port: int,
+        extra: str = "",
+        tenant: str = "",
+        session: bool = False,
+    ) -> None:
+        """``session``: the edge runs in a session of its own (``setsid``), hence, with the kernel's
+        autogroup scheduling (``kernel.sched_autogroup_enabled``), in a scheduling group of its own:
+        the generator's ``nice -10`` then ranks it within the bench's group only, and the edge gets
+        a group's share of the machine, as it would beside another service."""
         edge = f'workers = {workers}\npublic_address = "127.0.0.1"\nbackend_address = "127.0.0.1"\n'
-        super().__init__(tmp, bench_toml(Path(tmp) / "state", backend_port, edge, extra, tenant))
+        prefix = ["setsid"] if session and shutil.which("setsid") else None
+        super().__init__(tmp, bench_toml(Path(tmp) / "state", backend_port, edge, extra, tenant), prefix)
         time.sleep(0.5)
         self.pids = tree(self.proc.pid)
 
@@ -1046,6 +1060,7 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
                 pbx_transport.get_extra_info("sockname")[1],
                 extra,
                 f'media = "{args.media_mode}"\n[tenants.limits]\nmax_connections = {limit}\n',
+                args.edge_session,
             ),
         )
         agents: list[WS] = []
@@ -1324,6 +1339,11 @@ def main() -> None:
         help="hold: the clients offer SDES-SRTP (RTP/SAVP + a=crypto) and rtpgen.c sends SRTP; dtls: "
         "they offer as a browser (UDP/TLS/RTP/SAVPF, ICE, a=setup:actpass) and rtpgen.c runs ICE, the "
         "DTLS handshake and SRTP with the exported keys, ICE consent every 4-6 s",
+    )
+    ap.add_argument(
+        "--edge-session",
+        action="store_true",
+        help="hold: run the edge in a session (so an autogroup) of its own: see Edge",
     )
     ap.add_argument(
         "--turns",
