@@ -1204,6 +1204,10 @@ def _turns_summary(directory: str, since: float, until: float) -> list[str]:
 
 
 def hold_bench(args: argparse.Namespace) -> None:
+    if args.client_srtp != "none" and args.media_mode != "bridge":
+        raise SystemExit(
+            f"--client-srtp {args.client_srtp} needs --media-mode bridge (the PBX speaks plain RTP)"
+        )
     if args.turns:  # the workers run bench/turnprobe.py's wrapping (bench/workerprobe/sitecustomize.py)
         Path(args.turns).mkdir(parents=True, exist_ok=True)
         probe_site = str(Path(__file__).resolve().parent / "workerprobe")
