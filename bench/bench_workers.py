@@ -28,15 +28,26 @@ and near ``--media-ref`` streams.
 **Hold** (``--bench hold``): the issue's two-worker figure. ``--registered`` WSS connections
 (TLS + WebSocket, each REGISTERed; this process is the PBX and answers 200) are opened and held,
 then ``--calls`` calls are set up over ``--media-conns`` more WSS connections (tenant media mode
-``--media-mode``; ``bridge``: the generator's clients offer plain RTP/AVP, since ``rtpgen.c`` does no
-DTLS-SRTP; with ``--client-srtp sdes`` they offer RTP/SAVP with an SDES key instead and ``rtpgen.c``
-sends SRTP (AES_CM_128_HMAC_SHA1_80, OpenSSL's libcrypto), so the edge bridges SRTP <-> RTP: the
-cheapest way to load its SRTP path, DTLS aside) and each carries 50 packets/s each way, sent and
-counted by ``rtpgen.c``; the calls are
-then held for ``--hold`` seconds while a probe call is set up every 0.5 s. Printed per worker
-count: agents registered (and the edge's CPU per registration), INVITE -> 200 times while the calls
-are set up and of the probes during the hold, loss over the hold, and the CPU of the edge, the
-generator and everything else on the machine.
+``--media-mode``) and each carries 50 packets/s each way, sent and counted by ``rtpgen.c``; the
+calls are then held for ``--hold`` seconds while a probe call is set up every 0.5 s. What the
+clients offer (``--client-srtp``, with ``--media-mode bridge``): ``none``, plain RTP/AVP;
+``sdes``, RTP/SAVP with an SDES key, and ``rtpgen.c`` sends SRTP (AES_CM_128_HMAC_SHA1_80,
+OpenSSL's libcrypto), so the edge bridges SRTP <-> RTP; ``dtls``, what a browser offers
+(UDP/TLS/RTP/SAVPF: ICE credentials and a host candidate, ``a=fingerprint`` of a certificate made
+for the run, ``a=setup:actpass``, rtcp-mux, BUNDLE), and ``rtpgen.c`` plays the browser toward the
+ICE-lite edge: STUN checks with USE-CANDIDATE, MESSAGE-INTEGRITY and FINGERPRINT, the DTLS handshake
+as client (OpenSSL, memory BIOs; the edge's certificate checked against its fingerprint), SRTP keys
+from the exporter (RFC 5764), then SRTP, and a consent check every 4-6 s (RFC 7675); the hold starts
+once every call is keyed. With SRTP clients every packet the clients receive has its tag checked
+(the DTLS receive key, or the SDES answer's). Printed per worker count: agents registered (and the
+edge's CPU per registration), INVITE -> 200 times while the calls are set up and of the probes
+during the hold, DTLS set-up (calls keyed, answer -> keys p50/p99), loss over the hold, the
+datagrams each side received (RTP or SRTP; valid and invalid tags), consent checks, the CPU of the
+edge, the generator and everything else on the machine, and for each worker and the generator the
+time on a CPU and runnable but waiting for one (``/proc/PID/task/*/schedstat``). ``--turns DIR``
+runs the workers under ``bench/turnprobe.py`` (``bench/workerprobe/``) and prints what the probe
+ticks >= 30 ms late held; ``--edge-session`` runs the edge in a session (a scheduling autogroup) of
+its own.
 
 On a 2-core machine the load generator (and for SIP the PBX responder) shares the cores with the
 workers, so 2 workers cannot double the 1-worker figure here: read the CPU-per-unit columns for the
@@ -45,7 +56,8 @@ reached with the generator on it.
 
 Usage: ``python bench/bench_workers.py [--bench sip,media,hold] [--workers 1,2] [--seconds 8]
 [--conns 64] [--media-start 800] [--media-window 3] [--media-budget 150] [-v]
-[--media-mode passthrough|bridge] [--client-srtp none|sdes] [--registered 10000] [--calls 1000] [--hold 60]``.
+[--media-mode passthrough|bridge] [--client-srtp none|sdes|dtls] [--registered 10000] [--calls 1000] [--hold 60]
+[--retry-refused N] [--turns DIR] [--edge-session]``.
 """
 
 from __future__ import annotations
@@ -1325,7 +1337,7 @@ def main() -> None:
         "--media-mode",
         default="passthrough",
         choices=("passthrough", "bridge"),
-        help="tenant media mode (bridge: the generator's clients offer plain RTP, rtpgen.c has no SRTP)",
+        help="tenant media mode (bridge: the clients offer what --client-srtp says, the PBX plain RTP)",
     )
     ap.add_argument("--registered", type=int, default=10000, help="hold: registered WSS agents held")
     ap.add_argument("--calls", type=int, default=1000, help="hold: concurrent calls")
