@@ -28,15 +28,26 @@ and near ``--media-ref`` streams.
 **Hold** (``--bench hold``): the issue's two-worker figure. ``--registered`` WSS connections
 (TLS + WebSocket, each REGISTERed; this process is the PBX and answers 200) are opened and held,
 then ``--calls`` calls are set up over ``--media-conns`` more WSS connections (tenant media mode
-``--media-mode``; ``bridge``: the generator's clients offer plain RTP/AVP, since ``rtpgen.c`` does no
-DTLS-SRTP; with ``--client-srtp sdes`` they offer RTP/SAVP with an SDES key instead and ``rtpgen.c``
-sends SRTP (AES_CM_128_HMAC_SHA1_80, OpenSSL's libcrypto), so the edge bridges SRTP <-> RTP: the
-cheapest way to load its SRTP path, DTLS aside) and each carries 50 packets/s each way, sent and
-counted by ``rtpgen.c``; the calls are
-then held for ``--hold`` seconds while a probe call is set up every 0.5 s. Printed per worker
-count: agents registered (and the edge's CPU per registration), INVITE -> 200 times while the calls
-are set up and of the probes during the hold, loss over the hold, and the CPU of the edge, the
-generator and everything else on the machine.
+``--media-mode``) and each carries 50 packets/s each way, sent and counted by ``rtpgen.c``; the
+calls are then held for ``--hold`` seconds while a probe call is set up every 0.5 s. What the
+clients offer (``--client-srtp``, with ``--media-mode bridge``): ``none``, plain RTP/AVP;
+``sdes``, RTP/SAVP with an SDES key, and ``rtpgen.c`` sends SRTP (AES_CM_128_HMAC_SHA1_80,
+OpenSSL's libcrypto), so the edge bridges SRTP <-> RTP; ``dtls``, what a browser offers
+(UDP/TLS/RTP/SAVPF: ICE credentials and a host candidate, ``a=fingerprint`` of a certificate made
+for the run, ``a=setup:actpass``, rtcp-mux, BUNDLE), and ``rtpgen.c`` plays the browser toward the
+ICE-lite edge: STUN checks with USE-CANDIDATE, MESSAGE-INTEGRITY and FINGERPRINT, the DTLS handshake
+as client (OpenSSL, memory BIOs; the edge's certificate checked against its fingerprint), SRTP keys
+from the exporter (RFC 5764), then SRTP, and a consent check every 4-6 s (RFC 7675); the hold starts
+once every call is keyed. With SRTP clients every packet the clients receive has its tag checked
+(the DTLS receive key, or the SDES answer's). Printed per worker count: agents registered (and the
+edge's CPU per registration), INVITE -> 200 times while the calls are set up and of the probes
+during the hold, DTLS set-up (calls keyed, answer -> keys p50/p99), loss over the hold, the
+datagrams each side received (RTP or SRTP; valid and invalid tags), consent checks, the CPU of the
+edge, the generator and everything else on the machine, and for each worker and the generator the
+time on a CPU and runnable but waiting for one (``/proc/PID/task/*/schedstat``). ``--turns DIR``
+runs the workers under ``bench/turnprobe.py`` (``bench/workerprobe/``) and prints what the probe
+ticks >= 30 ms late held; ``--edge-session`` runs the edge in a session (a scheduling autogroup) of
+its own.
 
 On a 2-core machine the load generator (and for SIP the PBX responder) shares the cores with the
 workers, so 2 workers cannot double the 1-worker figure here: read the CPU-per-unit columns for the
@@ -45,7 +56,8 @@ reached with the generator on it.
 
 Usage: ``python bench/bench_workers.py [--bench sip,media,hold] [--workers 1,2] [--seconds 8]
 [--conns 64] [--media-start 800] [--media-window 3] [--media-budget 150] [-v]
-[--media-mode passthrough|bridge] [--client-srtp none|sdes] [--registered 10000] [--calls 1000] [--hold 60]``.
+[--media-mode passthrough|bridge] [--client-srtp none|sdes|dtls] [--registered 10000] [--calls 1000] [--hold 60]
+[--retry-refused N] [--turns DIR] [--edge-session]``.
 """
 
 from __future__ import annotations
@@ -53,9 +65,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import itertools
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import ssl
@@ -137,9 +151,22 @@ async def _load(
 class Edge(BenchEdge):
     """``twistd -n --reactor=uvloop mcs-edge`` with ``workers`` processes and one tenant ``bench``."""
 
-    def __init__(self, tmp: str, workers: int, backend_port: int, extra: str = "", tenant: str = "") -> None:
+    def __init__(
+        self,
+        tmp: str,
+        workers: int,
+        backend_port: int,
+        extra: str = "",
+        tenant: str = "",
+        session: bool = False,
+    ) -> None:
+        """``session``: the edge runs in a session of its own (``setsid``), hence, with the kernel's
+        autogroup scheduling (``kernel.sched_autogroup_enabled``), in a scheduling group of its own:
+        the generator's ``nice -10`` then ranks it within the bench's group only, and the edge gets
+        a group's share of the machine, as it would beside another service."""
         edge = f'workers = {workers}\npublic_address = "127.0.0.1"\nbackend_address = "127.0.0.1"\n'
-        super().__init__(tmp, bench_toml(Path(tmp) / "state", backend_port, edge, extra, tenant))
+        prefix = ["setsid"] if session and shutil.which("setsid") else None
+        super().__init__(tmp, bench_toml(Path(tmp) / "state", backend_port, edge, extra, tenant), prefix)
         time.sleep(0.5)
         self.pids = tree(self.proc.pid)
 
@@ -165,6 +192,7 @@ PAYLOAD = bytes(range(160))
 RATE = 50  # packets/s per stream
 TICK = 0.002  # each 20 ms period is spread over 10 ticks
 LOSS_LIMIT = 0.001  # 0.1 %
+TURN_LIMIT = 0.03  # --turns: probe ticks this late (the default overload.max_queue_age) are counted
 RAMP = 1.25
 OTHER_LOAD = 0.25  # cores busy with other work during a lossy window: measured again
 _TS = struct.Struct("!I")
@@ -285,6 +313,70 @@ def _sdp(port: int, extra: str = "", key: bytes | None = None) -> str:
         f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
         f"m=audio {port} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\na=sendrecv\r\n{extra}"
     )
+
+
+def _webrtc_sdp(port: int, ufrag: str, pwd: str, fingerprint: str) -> str:
+    """What a browser offers (UDP/TLS/RTP/SAVPF: ICE host candidate, DTLS fingerprint, setup
+    actpass, rtcp-mux, BUNDLE of one audio section; RFC 8829/8843)."""
+    return (
+        "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+        "a=msid-semantic: WMS\r\n"
+        f"m=audio {port} UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\n"
+        f"a=candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host\r\n"
+        f"a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=ice-options:trickle\r\n"
+        f"a=fingerprint:sha-256 {fingerprint}\r\na=setup:actpass\r\na=mid:0\r\na=sendrecv\r\n"
+        "a=rtcp-mux\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+
+
+def _attribute(sdp: str, name: str) -> str:
+    """The value of the first ``a=name:`` line of ``sdp`` ('' when there is none)."""
+    prefix = f"a={name}:"
+    for line in sdp.split("\r\n"):
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    return ""
+
+
+class DtlsIdentity:
+    """The WebRTC clients' DTLS certificate (ECDSA P-256, self-signed, as a browser's), in PEM files
+    for ``rtpgen.c``, and its SHA-256 fingerprint for the offers."""
+
+    def __init__(self, directory: str) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "WebRTC")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256())
+        )
+        self.cert = Path(directory) / "webrtc-cert.pem"
+        self.key = Path(directory) / "webrtc-key.pem"
+        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        self.fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+    def offer(self, port: int) -> tuple[str, str]:
+        """A browser's offer from ``port`` with fresh ICE credentials: (SDP, our ufrag)."""
+        ufrag = os.urandom(4).hex()
+        return _webrtc_sdp(port, ufrag, os.urandom(12).hex(), self.fingerprint), ufrag
 
 
 def _media_port(sdp: str) -> int:
@@ -469,6 +561,36 @@ class CGenerator:
         """The call's client stream is SDES-SRTP with this master key||salt."""
         self._cmd(f"key {call} {key.hex()}", reply=False)
 
+    def set_rx_key(self, call: int, key: bytes) -> None:
+        """What the edge sends to the call's client is SRTP with this master key||salt: checked."""
+        self._cmd(f"rkey {call} {key.hex()}", reply=False)
+
+    def dtls_certificate(self, identity: DtlsIdentity) -> None:
+        answer = self._cmd(f"dtlscert {identity.cert} {identity.key}")
+        if answer != "ok":
+            raise RuntimeError(f"rtpgen: {answer}")
+
+    def start_ice(self, call: int, edge_ufrag: str, edge_pwd: str, ufrag: str, fingerprint: str) -> None:
+        """The call's client runs ICE, then DTLS as client, toward its destination (rtpgen.c)."""
+        fp = fingerprint.replace(":", "")
+        self._cmd(f"ice {call} {edge_ufrag} {edge_pwd} {ufrag} {fp}", reply=False)
+
+    def dtls(self) -> dict[str, int]:
+        """WebRTC clients: keyed, failed, pending, consent checks sent / answered, time to keys (us)."""
+        words = [int(w) for w in self._cmd("dtls").split()]
+        return dict(
+            zip(
+                ("keyed", "failed", "pending", "consent_sent", "consent_ok", "p50_us", "p99_us"),
+                words,
+                strict=True,
+            )
+        )
+
+    def auth(self) -> dict[str, int]:
+        """Received on the client sockets since start: SRTP whose tag verified / did not, RTCP, STUN, DTLS."""
+        words = [int(w) for w in self._cmd("auth").split()]
+        return dict(zip(("srtp_ok", "srtp_bad", "rtcp", "stun", "dtls"), words, strict=True))
+
     def set_active(self, n: int) -> None:
         self._cmd(f"active {n}")
 
@@ -502,11 +624,11 @@ def _raise_priority() -> None:
 
 
 def build_rtpgen(tmp: str, srtp: bool = False) -> Path | None:
-    """Compile ``bench/rtpgen.c`` (None when there is no C compiler; with ``srtp``, none without
-    OpenSSL's libcrypto and headers either)."""
+    """Compile ``bench/rtpgen.c`` (None when there is no C compiler; with ``srtp`` (SDES and DTLS-SRTP
+    clients), none without OpenSSL's libssl, libcrypto and headers either)."""
     src = Path(__file__).resolve().parent / "rtpgen.c"
     out = Path(tmp) / "rtpgen"
-    flags = ["-DWITH_SRTP", str(src), "-lcrypto"] if srtp else [str(src)]
+    flags = ["-DWITH_SRTP", str(src), "-lssl", "-lcrypto"] if srtp else [str(src)]
     for cc in ("cc", "gcc", "clang"):
         try:
             subprocess.run([cc, "-O2", "-o", str(out), *flags], check=True, capture_output=True)
@@ -523,10 +645,15 @@ class MediaLoad:
     """Calls (through the edge, or ``direct``) and their streams, sent by ``gen``."""
 
     def __init__(
-        self, mode: str, gen: Generator, pbx: Pbx | None, conns: list[SipConn], srtp: bool = False
+        self, mode: str, gen: Generator, pbx: Pbx | None, conns: list[SipConn], client: str = "none"
     ) -> None:
         self.mode = mode
-        self.srtp = srtp  #: clients offer SDES-SRTP (CGenerator only)
+        #: what the clients offer: "none" (RTP/AVP), "sdes" (RTP/SAVP + a=crypto), "dtls" (a browser's
+        #: UDP/TLS/RTP/SAVPF: ICE, DTLS-SRTP); SRTP needs the CGenerator
+        self.client = client
+        self.identity: DtlsIdentity | None = None  #: "dtls": the clients' certificate
+        #: "dtls": call -> (edge ufrag, edge pwd, our ufrag, edge fingerprint) from the answer
+        self.webrtc: dict[int, tuple[str, str, str, str]] = {}
         #: set-up INVITEs answered 503 (overload) are sent again after 1 s, as a phone would
         #: (Retry-After), this many times at most; ``refused`` counts them
         self.retries = 0
@@ -539,6 +666,7 @@ class MediaLoad:
         #: (seconds from INVITE to 200, streams already flowing) per call set up through the edge
         self.setups: list[tuple[float, int]] = []
         self.probe_failures: dict[str, int] = {}  # hold: probe calls refused or timed out, by reason
+        self.pbx_not_plain = 0  #: calls whose offer to the PBX was not plain RTP/AVP
 
     async def _dests(self, i: int, client_port: int, pbx_port: int) -> tuple[int, int]:
         """(where the client sends, where the PBX sends) for call ``i``."""
@@ -561,18 +689,43 @@ class MediaLoad:
         assert self.pbx is not None
         self.pbx.answers[call_id] = _sdp(pbx_port)
         key = None
-        if self.srtp:
-            assert isinstance(self.gen, CGenerator), "SDES-SRTP clients need rtpgen.c"
-            key = os.urandom(30)
-            self.gen.set_key(i, key)
+        ufrag = ""
+        if self.client == "dtls":
+            assert self.identity is not None, "DTLS-SRTP clients need their certificate"
+            offer, ufrag = self.identity.offer(client_port)
+        else:
+            if self.client == "sdes":
+                assert isinstance(self.gen, CGenerator), "SDES-SRTP clients need rtpgen.c"
+                key = os.urandom(30)
+                self.gen.set_key(i, key)
+            offer = _sdp(client_port, key=key)
         t0 = time.perf_counter()
         try:
-            answer = await self.conns[i % len(self.conns)].invite(call_id, _sdp(client_port, key=key))
+            answer = await self.conns[i % len(self.conns)].invite(call_id, offer)
         finally:
             self.pbx.answers.pop(call_id, None)
         self.setups.append((time.perf_counter() - t0, self.streams))
+        if self.client == "sdes":
+            crypto = _attribute(answer, "crypto").split()
+            if len(crypto) < 3 or not crypto[2].startswith("inline:"):
+                raise RuntimeError(f"no SDES key in the answer: {answer!r}")
+            self.gen.set_rx_key(i, base64.b64decode(crypto[2][7:].split("|")[0]))  # type: ignore[union-attr]
+        elif self.client == "dtls":
+            setup = _attribute(answer, "setup")
+            if setup != "passive":  # the clients are DTLS clients (a browser's actpass, answered passive)
+                raise RuntimeError(f"answer a=setup:{setup!r}, expected passive")
+            fingerprint = _attribute(answer, "fingerprint").split()
+            self.webrtc[i] = (
+                _attribute(answer, "ice-ufrag"),
+                _attribute(answer, "ice-pwd"),
+                ufrag,
+                fingerprint[1] if len(fingerprint) == 2 and fingerprint[0] == "sha-256" else "",
+            )
         # the relay's client-side port (from the answer), its PBX-side port (from the offer the PBX got)
-        return _media_port(answer), _media_port(self.pbx.offers.pop(call_id))
+        to_pbx = self.pbx.offers.pop(call_id)
+        if " RTP/AVP " not in to_pbx or "a=crypto:" in to_pbx or "a=fingerprint:" in to_pbx:
+            self.pbx_not_plain += 1  # the bridge must offer the PBX plain RTP
+        return _media_port(answer), _media_port(to_pbx)
 
     async def ensure(self, streams: int) -> None:
         """At least ``streams`` streams exist (calls set up 32 at a time) and exactly that many send."""
@@ -584,6 +737,9 @@ class MediaLoad:
             dests = await asyncio.gather(*(self._dests(first + j, c, p) for j, (c, p) in enumerate(ports)))
             for j, (up, down) in enumerate(dests):
                 self.gen.set_dest(first + j, up, down)
+                webrtc = self.webrtc.pop(first + j, None)
+                if webrtc is not None:
+                    self.gen.start_ice(first + j, *webrtc)  # type: ignore[union-attr]
             self.gen.set_active(2 * self.calls)  # the calls set up so far send while the next are set up
             self.streams = 2 * self.calls
         self.gen.set_active(streams)
@@ -874,9 +1030,10 @@ async def _probe_calls(load: MediaLoad, stop: asyncio.Event, out: list[float]) -
         k += 1
         call_id = f"probe{k}x{os.getpid()}"
         load.pbx.answers[call_id] = _sdp(9)
+        offer = _sdp(9) if load.identity is None else load.identity.offer(9)[0]
         t0 = time.perf_counter()
         try:
-            await load.conns[k % len(load.conns)].invite(call_id, _sdp(9))
+            await load.conns[k % len(load.conns)].invite(call_id, offer)
             out.append(time.perf_counter() - t0)
         except (TimeoutError, RuntimeError, ConnectionError) as exc:
             out.append(float("inf"))
@@ -915,6 +1072,7 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
                 pbx_transport.get_extra_info("sockname")[1],
                 extra,
                 f'media = "{args.media_mode}"\n[tenants.limits]\nmax_connections = {limit}\n',
+                args.edge_session,
             ),
         )
         agents: list[WS] = []
@@ -937,7 +1095,11 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(args.media_conns)
             ]
             gen: Generator = CGenerator(args.rtpgen) if args.rtpgen is not None else PyGenerator()
-            load = MediaLoad("edge", gen, pbx, conns, srtp=args.client_srtp == "sdes")
+            load = MediaLoad("edge", gen, pbx, conns, client=args.client_srtp)
+            if args.client_srtp == "dtls":
+                assert isinstance(gen, CGenerator)
+                load.identity = DtlsIdentity(tmp)
+                gen.dtls_certificate(load.identity)
             load.retries = args.retry_refused
             t0 = time.monotonic()
             try:
@@ -945,15 +1107,42 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             except (TimeoutError, RuntimeError, ConnectionError) as exc:
                 print(f"  call setup failed after {load.calls} calls: {exc!r}", file=sys.stderr)
             out.update(calls=load.calls, setup_s=time.monotonic() - t0, setup_refused=load.refused)
+            out["pbx_not_plain"] = load.pbx_not_plain
+            if args.client_srtp == "dtls":
+                assert isinstance(gen, CGenerator)
+                deadline = time.monotonic() + 40
+                while (state := gen.dtls())["pending"] and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                out["dtls_setup"] = state  # type: ignore[assignment]
+                out["keyed_s"] = time.monotonic() - t0
             ramp = [d for d, _ in load.setups]
             late = [d for d, flowing in load.setups if flowing >= 2 * args.calls * 0.9]
             out.update(setup_p50=_pct(ramp, 0.5), setup_p99=_pct(ramp, 0.99), setup_late_p99=_pct(late, 0.99))
             stop = asyncio.Event()
             probes: list[float] = []
             probe = asyncio.ensure_future(_probe_calls(load, stop, probes))
+            watched = {f"worker {pid}": pid for pid in edge.pids if pid != edge.pid}
+            if isinstance(gen, CGenerator):
+                watched["generator"] = gen.proc.pid
+            sched0 = {k: _schedstat(pid) for k, pid in watched.items()}
+            out["hold_from"] = time.monotonic()
             r = await _measure(load, edge, args.hold)
+            out["hold_to"] = time.monotonic()
+            out["sched"] = {  # type: ignore[assignment]
+                k: tuple(b - a for a, b in zip(sched0[k], _schedstat(pid), strict=True))
+                for k, pid in watched.items()
+            }
+            if args.turns:  # the workers write their turn probe reports now (bench/workerprobe)
+                for pid in edge.pids:
+                    if pid != edge.pid:
+                        os.kill(pid, signal.SIGUSR2)
+                await asyncio.sleep(3.0)
             if isinstance(gen, CGenerator):
                 out["sizes"] = gen.sizes()
+                if args.client_srtp != "none":
+                    out["auth"] = gen.auth()  # type: ignore[assignment]
+                if args.client_srtp == "dtls":
+                    out["dtls_hold"] = gen.dtls()  # type: ignore[assignment]
             stop.set()
             await probe
             out.update(r)
@@ -970,16 +1159,82 @@ async def _hold_run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _schedstat(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of ``pid``'s threads so far
+    (``/proc/PID/task/*/schedstat``; (0, 0) once it is gone)."""
+    run = wait = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0, 0.0
+    for task in tasks:
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:
+            continue
+        run += int(fields[0])
+        wait += int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
+def _turns_summary(directory: str, since: float, until: float) -> list[str]:
+    """The workers' late loop-lag probe ticks over the hold (``--turns``: bench/workerprobe), per
+    worker: how many were ``TURN_LIMIT`` or more late, how many of those followed another such
+    tick (what the overload gate's queue-age rule needs before it refuses), and what their windows
+    held: time the process was not on a CPU (runnable but not running, or idle in the poll), time in
+    timed Python entry points (SIP, timers, media handed to Python), the rest (uvloop and the C
+    forwarding Ports: the relay's packets)."""
+    import json
+
+    lines = []
+    for path in sorted(Path(directory).glob("turns-worker-*.json")):
+        data = json.loads(path.read_text())
+        ticks = [t for t in data["ticks"] if since <= t[0] <= until]
+        lags = [t[1] for t in ticks]
+        late = [e for e in data["late"] if since <= e["t"] <= until and e["lag"] >= TURN_LIMIT]
+        paired = sum(1 for a, b in itertools.pairwise(lags) if a >= TURN_LIMIT and b >= TURN_LIMIT)
+        cpu = (ticks[-1][5] - ticks[0][5]) / max(ticks[-1][0] - ticks[0][0], 1e-9) if len(ticks) > 1 else 0.0
+        line = (
+            f"    worker pid {path.stem.rsplit('-', 1)[1]}: {len(ticks)} probe ticks over the hold, process CPU"
+            f" {cpu:.2f} cores; {len(late)} ticks >= {TURN_LIMIT * 1e3:.0f} ms late, {paired} of them right"
+            " after another"
+        )
+        if late:
+            n = len(late)
+            off = sum(e["off_cpu"] or 0.0 for e in late) / n
+            timed: dict[str, float] = {}
+            for e in late:
+                for label, (_, seconds) in e["top"].items():
+                    timed[label] = timed.get(label, 0.0) + seconds / n
+            top = ", ".join(f"{k} {1e3 * v:.1f}" for k, v in sorted(timed.items(), key=lambda kv: -kv[1])[:4])
+            line += (
+                f"; per such tick: lag {1e3 * sum(e['lag'] for e in late) / n:.1f} ms, off CPU {1e3 * off:.1f} ms,"
+                f" untimed (uvloop, C Ports) {1e3 * sum(e['rest'] for e in late) / n:.1f} ms; timed ms: {top}"
+            )
+        lines.append(line)
+    return lines
+
+
 def hold_bench(args: argparse.Namespace) -> None:
+    if args.client_srtp != "none" and args.media_mode != "bridge":
+        raise SystemExit(
+            f"--client-srtp {args.client_srtp} needs --media-mode bridge (the PBX speaks plain RTP)"
+        )
+    if args.turns:  # the workers run bench/turnprobe.py's wrapping (bench/workerprobe/sitecustomize.py)
+        Path(args.turns).mkdir(parents=True, exist_ok=True)
+        probe_site = str(Path(__file__).resolve().parent / "workerprobe")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [probe_site, os.environ.get("PYTHONPATH")]))
+        os.environ["MCS_EDGE_TURNPROBE"] = str(Path(args.turns).resolve())
+        os.environ["MCS_EDGE_TURNPROBE_LATE"] = str(TURN_LIMIT * 1e3 / 3)
     with tempfile.TemporaryDirectory() as build:
-        srtp = args.client_srtp == "sdes"
+        srtp = args.client_srtp != "none"
         args.rtpgen = build_rtpgen(build, srtp) if args.generator == "c" else None
         if srtp and args.rtpgen is None:
             raise SystemExit(
-                "--client-srtp sdes needs rtpgen.c built with OpenSSL's libcrypto (cc, libssl-dev)"
+                f"--client-srtp {args.client_srtp} needs rtpgen.c built with OpenSSL (cc, libssl-dev)"
             )
         rows = [asyncio.run(_hold_run(int(n), args)) for n in args.workers.split(",")]
-    clients = "SDES-SRTP clients, " if srtp else ""
+    clients = {"sdes": "SDES-SRTP clients, ", "dtls": "WebRTC DTLS-SRTP clients, "}.get(args.client_srtp, "")
     print(
         f"Hold: {args.registered} registered WSS agents + {args.calls} calls ({clients}{args.media_mode}; {RATE} pkt/s"
         f" each way) held {args.hold:.0f} s, a new probe call every 0.5 s; {os.cpu_count()} CPU(s) shared with"
@@ -999,6 +1254,13 @@ def hold_bench(args: argparse.Namespace) -> None:
             f" p99 {1e3 * r['setup_p99']:.0f} ms (p99 {1e3 * r['setup_late_p99']:.0f} ms for the last 10%)"
             f"{'; ' + str(r['setup_refused']) + ' INVITEs refused with 503 and sent again' if r['setup_refused'] else ''}"
         )
+        if "dtls_setup" in r:
+            d = r["dtls_setup"]
+            print(
+                f"    ICE + DTLS: {d['keyed']} calls keyed ({d['failed']} failed, {d['pending']} pending) in"
+                f" {r['keyed_s']:.0f} s from the first INVITE; from the answer to keys p50"
+                f" {d['p50_us'] / 1e3:.0f} ms, p99 {d['p99_us'] / 1e3:.0f} ms"
+            )
         print(
             f"    hold: {int(r['sent'])} packets sent, loss {100 * r['loss']:.3f}%, {r['rate']:.0f} pkt/s"
             f" (nominal {int(r['nominal'])}), generator lag {1e3 * r['lag']:.0f} ms;"
@@ -1011,6 +1273,28 @@ def hold_bench(args: argparse.Namespace) -> None:
             print(
                 f"    datagrams received, RTP (172 bytes) / SRTP (182): clients {c172} / {c182}, PBX {p172} / {p182}"
             )
+        if r["pbx_not_plain"]:
+            print(f"    {int(r['pbx_not_plain'])} offers to the PBX were not plain RTP/AVP")
+        if "auth" in r:
+            a = r["auth"]
+            print(
+                f"    clients received over the hold: SRTP with a valid tag {a['srtp_ok']}, invalid {a['srtp_bad']};"
+                f" RTCP {a['rtcp']}, STUN {a['stun']}, DTLS {a['dtls']}"
+            )
+        if "dtls_hold" in r:
+            d = r["dtls_hold"]
+            print(
+                f"    ICE consent checks sent {d['consent_sent']}, answered {d['consent_ok']} (whole run);"
+                f" keyed {d['keyed']}, failed {d['failed']}"
+            )
+        span = r["hold_to"] - r["hold_from"]
+        print(
+            "    on a CPU / runnable but waiting for one, over the hold (cores): "
+            + ", ".join(f"{k} {run / span:.2f} / {wait / span:.2f}" for k, (run, wait) in r["sched"].items())
+        )
+        if args.turns:
+            for line in _turns_summary(args.turns, r["hold_from"], r["hold_to"]):
+                print(line)
         print(
             f"    CPU: edge {r['edge_cpu'] / r['elapsed']:.2f} cores ({1e6 * r['edge_cpu'] / max(r['got'], 1):.1f} us/pkt),"
             f" generator {r['gen_cpu'] / r['elapsed']:.2f}, everything else {r['other_cpu'] / r['elapsed']:.2f}"
@@ -1053,7 +1337,7 @@ def main() -> None:
         "--media-mode",
         default="passthrough",
         choices=("passthrough", "bridge"),
-        help="tenant media mode (bridge: the generator's clients offer plain RTP, rtpgen.c has no SRTP)",
+        help="tenant media mode (bridge: the clients offer what --client-srtp says, the PBX plain RTP)",
     )
     ap.add_argument("--registered", type=int, default=10000, help="hold: registered WSS agents held")
     ap.add_argument("--calls", type=int, default=1000, help="hold: concurrent calls")
@@ -1067,8 +1351,21 @@ def main() -> None:
     ap.add_argument(
         "--client-srtp",
         default="none",
-        choices=("none", "sdes"),
-        help="hold: the clients offer SDES-SRTP (RTP/SAVP + a=crypto) and rtpgen.c sends SRTP",
+        choices=("none", "sdes", "dtls"),
+        help="hold: the clients offer SDES-SRTP (RTP/SAVP + a=crypto) and rtpgen.c sends SRTP; dtls: "
+        "they offer as a browser (UDP/TLS/RTP/SAVPF, ICE, a=setup:actpass) and rtpgen.c runs ICE, the "
+        "DTLS handshake and SRTP with the exported keys, ICE consent every 4-6 s",
+    )
+    ap.add_argument(
+        "--edge-session",
+        action="store_true",
+        help="hold: run the edge in a session (so an autogroup) of its own: see Edge",
+    )
+    ap.add_argument(
+        "--turns",
+        default="",
+        help="hold: DIR: run the workers under bench/turnprobe.py (bench/workerprobe) and print what the"
+        " probe ticks late by the overload gate's queue age held (a diagnosis: it perturbs the figures)",
     )
     ap.add_argument("--generator", default="c", choices=("c", "python"), help="media: RTP load generator")
     ap.add_argument("--media-start", type=int, default=800, help="media: streams at the first level")

@@ -1322,3 +1322,68 @@ def test_relay_forwards_sdes_srtp_in_c_and_follows_a_new_key(tmp_path: Any, offl
             timers.cancel_all()
 
     return run()
+
+
+def test_a_closed_connection_touches_only_its_own_calls_rules(tmp_path: Any) -> Any:
+    """A client connection closing ends its calls and leaves the rules of every other call as they
+    were (not revoked and reinstalled: that walked every rule of the worker per closed connection,
+    milliseconds with hundreds of calls); the other call keeps forwarding in C."""
+    import uuid
+
+    import pytest_twisted
+    from twisted.internet import reactor, task, threads
+
+    from mcs_edge.core.media.sdp import SessionDescription
+    from mcs_edge.tx.media.relay import MediaRelay
+    from mcs_edge.tx.timers import Timers
+
+    class _Flow2(_Pair):
+        flow_id = 2
+
+    @pytest_twisted.inlineCallbacks
+    def run() -> Any:
+        lo = random.randrange(20000, 32000, 2)
+        timers = Timers(reactor)
+        relay = MediaRelay(
+            _relay_config(tmp_path, lo, "auto"), reactor, timers, tenant_media=lambda tid: "bridge"
+        )
+        if not relay.offload:
+            pytest.skip("no C forwarding rules on this reactor/build")
+        socks = [_udp() for _ in range(4)]
+        try:
+            calls = []
+            for pair, (client, pbx) in ((_Pair(), socks[:2]), (_Flow2(), socks[2:])):
+                call_id = uuid.uuid4().hex
+                invite = _sip(
+                    "INVITE sip:200@rossi.example.com SIP/2.0", call_id, client.getsockname()[1], ""
+                )
+                assert relay.on_message(pair, invite, True, timers.now()) is None
+                ok = _sip("SIP/2.0 200 OK", call_id, pbx.getsockname()[1], ";tag=2")
+                assert relay.on_message(pair, ok, False, timers.now()) is None
+                to_pbx = ("127.0.0.1", SessionDescription.parse(ok.body).media[0].port)
+                calls.append((call_id, client, pbx, to_pbx))
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            for _, client, pbx, to_pbx in calls:
+                yield threads.deferToThread(_talk, client, pbx, to_pbx, range(1, 11), 0x44)
+            assert len(relay.held) == 2
+            kept_id = calls[1][0]
+            kept = {
+                leg: leg.offload for leg in relay.anchor.sessions[kept_id].legs if leg.offload is not None
+            }
+            assert len(kept) == 1
+            relay.on_flow_closed(1, timers.now())
+            assert calls[0][0] not in relay.anchor.sessions  # flow 1's call ended
+            assert {leg: leg.offload for leg in kept} == kept  # flow 2's rule: the same, untouched
+            assert len(relay.held) == 1
+            _, client, pbx, to_pbx = calls[1]
+            before = relay.tally.value
+            got = yield threads.deferToThread(_talk, client, pbx, to_pbx, range(11, 21), 0x44)
+            assert got == [rtp_packet(s, 0x44) for s in range(11, 21)]
+            assert relay.tally.value - before == 10  # every one forwarded by the kept rule
+        finally:
+            for s in socks:
+                s.close()
+            relay.stop()
+            timers.cancel_all()
+
+    return run()

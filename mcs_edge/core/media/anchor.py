@@ -372,6 +372,11 @@ class MediaAnchor:
             return
         self._release(session, reason)
 
+    def flow_calls(self, flow_id: int) -> tuple[str, ...]:
+        """The Call-IDs of the sessions anchored for the client connection ``flow_id``: what
+        :meth:`on_flow_closed` may end (the others are not touched)."""
+        return tuple(self._by_flow.get(flow_id, ()))
+
     def on_flow_closed(self, flow_id: int, now: float) -> None:
         """The client's connection is gone: its calls lose their media (except parked ones)."""
         self._flow_offered.pop(flow_id, None)
