@@ -1347,8 +1347,8 @@ def test_a_closed_connection_touches_only_its_own_calls_rules(tmp_path: Any) -> 
         relay = MediaRelay(
             _relay_config(tmp_path, lo, "auto"), reactor, timers, tenant_media=lambda tid: "bridge"
         )
-        if not relay.offload:
-            pytest.skip("no C forwarding rules on this reactor/build")
+        native = hasattr(reactor, "_asyncioEventloop")
+        assert relay.offload == (native and ff is not None)  # else: the Python path, checked below
         socks = [_udp() for _ in range(4)]
         try:
             calls = []
@@ -1365,21 +1365,23 @@ def test_a_closed_connection_touches_only_its_own_calls_rules(tmp_path: Any) -> 
             yield task.deferLater(reactor, 0.05, lambda: None)
             for _, client, pbx, to_pbx in calls:
                 yield threads.deferToThread(_talk, client, pbx, to_pbx, range(1, 11), 0x44)
-            assert len(relay.held) == 2
+            assert len(relay.held) == (2 if relay.offload else 0)
             kept_id = calls[1][0]
             kept = {
                 leg: leg.offload for leg in relay.anchor.sessions[kept_id].legs if leg.offload is not None
             }
-            assert len(kept) == 1
+            assert len(kept) == (1 if relay.offload else 0)
             relay.on_flow_closed(1, timers.now())
             assert calls[0][0] not in relay.anchor.sessions  # flow 1's call ended
+            assert kept_id in relay.anchor.sessions
             assert {leg: leg.offload for leg in kept} == kept  # flow 2's rule: the same, untouched
-            assert len(relay.held) == 1
+            assert len(relay.held) == (1 if relay.offload else 0)
             _, client, pbx, to_pbx = calls[1]
-            before = relay.tally.value
+            before = relay.tally.value if relay.offload else 0
             got = yield threads.deferToThread(_talk, client, pbx, to_pbx, range(11, 21), 0x44)
             assert got == [rtp_packet(s, 0x44) for s in range(11, 21)]
-            assert relay.tally.value - before == 10  # every one forwarded by the kept rule
+            if relay.offload:
+                assert relay.tally.value - before == 10  # every one forwarded by the kept rule
         finally:
             for s in socks:
                 s.close()
